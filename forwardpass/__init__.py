@@ -1,0 +1,15 @@
+"""forwardpass: run trained models on new data — load, preprocess, forward pass, postprocess, measure.
+
+import forwardpass
+model = forwardpass.load("mobilenet_v2")          # a repository name, a model folder or a model file
+model.predict("samples/images/china.jpg")         # the whole pipeline: top-5 labels with scores
+model.infer({"input": batch})                     # the forward pass alone
+"""
+
+from forwardpass import errors
+from forwardpass.config import ModelConfig
+from forwardpass.model import Model, load
+from forwardpass.repository import Repository
+from forwardpass.tensor import DataType, TensorSpec
+
+__all__ = ["DataType", "Model", "ModelConfig", "Repository", "TensorSpec", "errors", "load"]

@@ -1,0 +1,98 @@
+"""ONNX Runtime: the default engine."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+from forwardpass.config import EngineConfig
+from forwardpass.errors import ConfigError, InputError
+from forwardpass.tensor import DataType, TensorSpec
+
+__all__ = ["OrtSession", "choose_providers"]
+
+log = logging.getLogger(__name__)
+
+# Fastest first; CPU is always last so a model always has somewhere to run.
+_PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def choose_providers(requested: str | list[str]) -> list[str]:
+    available = ort.get_available_providers()
+    if requested == "auto":
+        return [p for p in _PREFERRED if p in available]
+    missing = [p for p in requested if p not in available]
+    if missing:
+        raise ConfigError(f"execution provider(s) {missing} not available here; available: {available}")
+    return list(requested)
+
+
+class OrtSession:
+    """An `onnxruntime.InferenceSession` behind the `Session` interface."""
+
+    def __init__(self, path: Path, engine: EngineConfig | None = None) -> None:
+        engine = engine or EngineConfig()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = engine.intra_op_threads
+        options.inter_op_num_threads = engine.inter_op_threads
+        options.graph_optimization_level = _OPTIMIZATION[engine.graph_optimization]
+        options.log_severity_level = 3
+        providers = choose_providers(engine.providers)
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # ORT raises its own untyped errors for unreadable models
+            raise ConfigError(f"{path}: ONNX Runtime cannot load this model: {str(exc).splitlines()[0]}") from None
+        self._inputs = [_spec(arg) for arg in self._session.get_inputs()]
+        self._outputs = [_spec(arg) for arg in self._session.get_outputs()]
+        self._output_names = [spec.name for spec in self._outputs]
+        for _ in range(engine.warmup):
+            self._warm_up()
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._session.get_providers())
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            results = self._session.run(self._output_names, inputs)
+        except (InvalidArgument, ValueError) as exc:
+            raise InputError(f"the model refused the input: {str(exc).splitlines()[0]}") from None
+        return dict(zip(self._output_names, results, strict=True))
+
+    def close(self) -> None:
+        del self._session
+
+    def _warm_up(self) -> None:
+        feed = {}
+        for spec in self._inputs:
+            if spec.dtype.numpy_dtype is None or spec.dtype is DataType.BYTES:
+                return
+            shape = tuple(1 if dim == -1 else dim for dim in spec.shape)
+            feed[spec.name] = np.zeros(shape, dtype=spec.dtype.numpy_dtype)
+        try:
+            self._session.run(self._output_names, feed)
+        except Exception as exc:  # a model may reject zeros (e.g. index inputs); the first real call warms it instead
+            log.debug("warm-up skipped: %s", exc)
+
+
+def _spec(arg: ort.NodeArg) -> TensorSpec:
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in arg.shape)
+    return TensorSpec(arg.name, DataType.from_name(arg.type), shape)

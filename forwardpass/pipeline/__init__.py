@@ -1,0 +1,103 @@
+"""Per-item preprocessing and postprocessing, assembled from a model's declarative config. Pure: no I/O per call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from forwardpass.config import (
+    ClassificationConfig,
+    EmbeddingConfig,
+    ImageConfig,
+    ModelConfig,
+    RegressionConfig,
+    TextConfig,
+)
+from forwardpass.errors import ConfigError, DecodeError, ShapeError
+from forwardpass.pipeline.image import ImagePreprocessor
+from forwardpass.pipeline.outputs import Classify, Embed, Prediction, RawOutputs, Regress, load_labels
+from forwardpass.pipeline.tabular import TabularPreprocessor
+from forwardpass.pipeline.text import TextPreprocessor
+from forwardpass.tensor import TensorSpec
+
+__all__ = ["Arrays", "Collate", "Pipeline", "Postprocessor", "Prediction", "Preprocessor", "stack"]
+
+Arrays = dict[str, np.ndarray]
+Collate = Callable[[Sequence[Arrays]], Arrays]
+
+
+class Preprocessor(Protocol):
+    def __call__(self, raw: object) -> Arrays: ...
+
+
+class Postprocessor(Protocol):
+    def __call__(self, outputs: Arrays, inputs: Arrays, top_k: int | None = None) -> Prediction: ...
+
+
+def stack(items: Sequence[Arrays]) -> Arrays:
+    """Items of equal shape → one batch (batch dimension first)."""
+    try:
+        return {name: np.stack([item[name] for item in items]) for name in items[0]}
+    except ValueError:
+        raise ShapeError("items in one batch differ in shape; send them separately or pad them") from None
+
+
+class TensorInput:
+    """No declared preprocessing: an array (single-input models) or a {name: array} mapping per item."""
+
+    def __init__(self, inputs: list[TensorSpec]) -> None:
+        self.names = [spec.name for spec in inputs]
+
+    def __call__(self, raw: object) -> Arrays:
+        if isinstance(raw, Mapping):
+            return dict(raw)
+        if isinstance(raw, np.ndarray | list) and len(self.names) == 1:
+            return {self.names[0]: np.asarray(raw)}
+        expected = "an array" if len(self.names) == 1 else f"a mapping of {self.names} to arrays"
+        raise DecodeError(f"this model declares no preprocessing: expected {expected}, got {type(raw).__name__}")
+
+
+class Pipeline:
+    """`preprocess(raw) -> arrays` for one item, `collate(items) -> batch`, `postprocess(outputs, inputs)` per item."""
+
+    def __init__(self, config: ModelConfig, inputs: list[TensorSpec], outputs: list[TensorSpec], model_dir: Path):
+        self.preprocess, self.collate = _preprocessor(config, inputs, model_dir)
+        self.postprocess = _postprocessor(config, outputs, model_dir)
+
+
+def _pick(name: str | None, specs: list[TensorSpec], field: str) -> str:
+    names = [spec.name for spec in specs]
+    if name is None:
+        return names[0]
+    if name not in names:
+        raise ConfigError(f"{field}: the model has no tensor '{name}'; it has {names}")
+    return name
+
+
+def _preprocessor(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path) -> tuple[Preprocessor, Collate]:
+    declared = config.preprocess
+    if isinstance(declared, ImageConfig):
+        return ImagePreprocessor(declared, _pick(declared.input, inputs, "preprocess.input")), stack
+    if isinstance(declared, TextConfig):
+        for tensor in declared.inputs.values():
+            _pick(tensor, inputs, "preprocess.inputs")
+        text = TextPreprocessor(declared, model_dir)
+        return text, text.collate
+    if declared is not None:
+        return TabularPreprocessor(declared, _pick(declared.input, inputs, "preprocess.input")), stack
+    return TensorInput(inputs), stack
+
+
+def _postprocessor(config: ModelConfig, outputs: list[TensorSpec], model_dir: Path) -> Postprocessor:
+    declared = config.postprocess
+    if isinstance(declared, ClassificationConfig):
+        labels = load_labels(declared.labels, model_dir)
+        return Classify(declared, _pick(declared.output, outputs, "postprocess.output"), labels)
+    if isinstance(declared, RegressionConfig):
+        return Regress(declared, _pick(declared.output, outputs, "postprocess.output"))
+    if isinstance(declared, EmbeddingConfig):
+        return Embed(declared, _pick(declared.output, outputs, "postprocess.output"))
+    return RawOutputs()

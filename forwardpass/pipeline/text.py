@@ -1,0 +1,55 @@
+"""Text: a Hugging Face `tokenizer.json` through the `tokenizers` library — truncation, padding, attention mask."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from forwardpass.config import TextConfig
+from forwardpass.errors import ConfigError, DecodeError
+
+__all__ = ["TextPreprocessor"]
+
+
+class TextPreprocessor:
+    def __init__(self, config: TextConfig, model_dir: Path) -> None:
+        path = model_dir / config.tokenizer
+        if not path.resolve().is_relative_to(model_dir.resolve()):
+            raise ConfigError(f"preprocess.tokenizer '{config.tokenizer}' points outside the model folder {model_dir}")
+        try:
+            self.tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises plain Exception for missing or malformed files
+            raise ConfigError(f"preprocess.tokenizer: cannot load {path}: {exc}") from None
+        self.tokenizer.enable_truncation(config.max_length)
+        if config.padding == "max_length":
+            self.tokenizer.enable_padding(length=config.max_length)
+        else:
+            self.tokenizer.no_padding()
+        self.fields = dict(config.inputs)
+
+    def __call__(self, raw: object) -> dict[str, np.ndarray]:
+        if not isinstance(raw, str):
+            raise DecodeError(f"expected text (a string), got {type(raw).__name__}")
+        encoding = self.tokenizer.encode(raw)
+        values = {
+            "input_ids": encoding.ids,
+            "attention_mask": encoding.attention_mask,
+            "token_type_ids": encoding.type_ids,
+        }
+        return {tensor: np.asarray(values[field], dtype=np.int64) for field, tensor in self.fields.items()}
+
+    def collate(self, items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Right-pad every tensor to the longest item (pad id for input_ids, 0 for masks and type ids)."""
+        pad_id = self.tokenizer.padding["pad_id"] if self.tokenizer.padding else 0
+        longest = max(item[name].shape[-1] for item in items for name in item)
+        batch = {}
+        for field, tensor in self.fields.items():
+            fill = pad_id if field == "input_ids" else 0
+            rows = np.full((len(items), longest), fill, dtype=np.int64)
+            for row, item in zip(rows, items, strict=True):
+                row[: item[tensor].shape[-1]] = item[tensor]
+            batch[tensor] = rows
+        return batch

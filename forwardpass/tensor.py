@@ -1,0 +1,108 @@
+"""Tensor types and specs: ONE table that maps KServe V2 names, numpy, ONNX, torch and TensorFlow dtypes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from forwardpass.errors import DTypeError, NonFiniteError, ShapeError
+
+__all__ = ["DataType", "TensorSpec"]
+
+
+class DataType(Enum):
+    """V2 name = (numpy dtype or None, ONNX Runtime type string, torch name, TensorFlow name)."""
+
+    BOOL = ("bool", "tensor(bool)", "bool", "bool")
+    UINT8 = ("uint8", "tensor(uint8)", "uint8", "uint8")
+    UINT16 = ("uint16", "tensor(uint16)", "uint16", "uint16")
+    UINT32 = ("uint32", "tensor(uint32)", "uint32", "uint32")
+    UINT64 = ("uint64", "tensor(uint64)", "uint64", "uint64")
+    INT8 = ("int8", "tensor(int8)", "int8", "int8")
+    INT16 = ("int16", "tensor(int16)", "int16", "int16")
+    INT32 = ("int32", "tensor(int32)", "int32", "int32")
+    INT64 = ("int64", "tensor(int64)", "int64", "int64")
+    FP16 = ("float16", "tensor(float16)", "float16", "float16")
+    FP32 = ("float32", "tensor(float)", "float32", "float32")
+    FP64 = ("float64", "tensor(double)", "float64", "float64")
+    BF16 = (None, "tensor(bfloat16)", "bfloat16", "bfloat16")
+    BYTES = ("object", "tensor(string)", None, "string")
+
+    def __init__(self, numpy_name: str | None, onnx_name: str, torch_name: str | None, tf_name: str | None) -> None:
+        self.numpy_dtype = np.dtype(numpy_name) if numpy_name else None
+        self.onnx_name = onnx_name
+        self.torch_name = torch_name
+        self.tf_name = tf_name
+
+    @classmethod
+    def from_name(cls, name: str) -> DataType:
+        """A V2 name ("FP32"), an ONNX Runtime type ("tensor(float)") or a numpy name ("float32")."""
+        found = _BY_ANY_NAME.get(name) or _BY_ANY_NAME.get(name.upper())
+        if found is None:
+            raise DTypeError(f"unknown data type '{name}'; use one of {', '.join(d.name for d in cls)}")
+        return found
+
+    @classmethod
+    def from_numpy(cls, dtype: np.dtype) -> DataType:
+        if dtype.kind in "SUO":
+            return cls.BYTES
+        return cls.from_name(dtype.name)
+
+
+_BY_ANY_NAME: dict[str, DataType] = {}
+for _member in DataType:
+    _BY_ANY_NAME[_member.name] = _member
+    _BY_ANY_NAME[_member.onnx_name] = _member
+    if _member.numpy_dtype is not None and _member is not DataType.BYTES:
+        _BY_ANY_NAME[_member.numpy_dtype.name] = _member
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A named tensor the model takes or gives; -1 marks a dynamic dimension (the first is the batch)."""
+
+    name: str
+    dtype: DataType
+    shape: tuple[int, ...]
+    allow_nonfinite: bool = True
+
+    def validate(self, value: object) -> np.ndarray:
+        """Return `value` as an array of this spec's dtype and shape, or raise an InputError naming the tensor."""
+        array = value if isinstance(value, np.ndarray) else _as_array(self.name, value)
+        expected = self.dtype.numpy_dtype
+        if expected is not None and array.dtype != expected:
+            array = self._cast(array, expected)
+        if array.ndim != len(self.shape) or any(
+            want != -1 and got != want for got, want in zip(array.shape, self.shape, strict=True)
+        ):
+            raise ShapeError(f"input '{self.name}': expected shape {list(self.shape)}, got {list(array.shape)}")
+        if not self.allow_nonfinite and array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise NonFiniteError(f"input '{self.name}' contains NaN or infinity, which this model's config forbids")
+        return array
+
+    def _cast(self, array: np.ndarray, expected: np.dtype) -> np.ndarray:
+        # same_kind: float64 -> float32 and int -> float are fine; float -> int or text -> number would lose data.
+        if expected.kind == "O" and array.dtype.kind in "SU":
+            return array.astype(object)
+        if array.dtype.kind in "biuf" and np.can_cast(array.dtype, expected, casting="same_kind"):
+            return array.astype(expected)
+        if array.dtype.kind in "biu" and expected.kind == "f":
+            return array.astype(expected)
+        raise DTypeError(f"input '{self.name}': expected {self.dtype.name} ({expected.name}), got {array.dtype.name}")
+
+    def unbatched(self) -> TensorSpec:
+        """The spec of one item: the batch dimension dropped."""
+        return TensorSpec(self.name, self.dtype, self.shape[1:], self.allow_nonfinite)
+
+    def to_dict(self) -> dict[str, object]:
+        """The V2 metadata form: {"name", "datatype", "shape"}."""
+        return {"name": self.name, "datatype": self.dtype.name, "shape": list(self.shape)}
+
+
+def _as_array(name: str, value: object) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise ShapeError(f"input '{name}': not a rectangular array ({exc})") from None
