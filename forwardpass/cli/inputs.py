@@ -1,0 +1,283 @@
+"""Decode `forwardpass predict` arguments into raw items for `Model.preprocess`, the way the model's config asks.
+
+    image models    an image file, passed on as its path (the pipeline decodes it)
+    text models     a text string, or a .txt file whose whole content is one input
+    tabular models  a .csv file (one record per row), a .json file (an object, or a list of objects), a .jsonl file
+                    (one object per line) or an inline JSON object
+    no preprocessing  a .npy array (or .npz / .json for several inputs): with the model's rank it is a batch, one
+                    item per row; with one dimension less it is one item
+
+One argument may give many items (`file.csv#row2`, `file.jsonl#line3`, `batch.npy#row1`; rows count from 1). An
+argument that cannot be read at all becomes a single item carrying its error, so the other arguments still run.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from forwardpass.config import ImageConfig, ModelConfig, TabularConfig, TextConfig
+from forwardpass.errors import DecodeError, ForwardpassError, InputError, MissingFieldError, NotFoundError, ShapeError
+from forwardpass.tensor import TensorSpec
+
+__all__ = ["Item", "decode_inputs"]
+
+RECORD_SUFFIXES = (".csv", ".json", ".jsonl", ".ndjson")
+ARRAY_SUFFIXES = (".npy", ".npz", ".json")
+# Files that are certainly not images; anything else goes to the image decoder, which names what is wrong with it.
+NOT_IMAGE_SUFFIXES = (*RECORD_SUFFIXES, ".txt", ".tsv", ".yaml", ".yml", ".md", ".npy", ".npz")
+_FILE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,5}")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One input for one prediction: its name for the output (`file.csv#row2`) and the raw value, or an error."""
+
+    name: str
+    raw: object = None
+    error: ForwardpassError | None = None
+
+
+Decoder = Callable[[str], list[Item]]
+
+
+def decode_inputs(args: Sequence[str], config: ModelConfig, inputs: Sequence[TensorSpec]) -> list[Item]:
+    """Every argument's items, in order; an argument that cannot be decoded gives one item with its error."""
+    decode = _decoder(config, inputs)
+    items: list[Item] = []
+    for arg in args:
+        try:
+            items.extend(decode(arg))
+        except ForwardpassError as exc:
+            items.append(Item(arg, error=exc))
+    return items
+
+
+def _decoder(config: ModelConfig, inputs: Sequence[TensorSpec]) -> Decoder:
+    declared = config.preprocess
+    if isinstance(declared, ImageConfig):
+        return _image
+    if isinstance(declared, TextConfig):
+        return _text
+    if isinstance(declared, TabularConfig):
+        return lambda arg: _records(arg, declared)
+    return lambda arg: _arrays(arg, inputs)
+
+
+# --- files ---------------------------------------------------------------------------------------------------------
+
+
+def _existing_file(arg: str) -> Path:
+    path = Path(arg)
+    if path.is_dir():
+        raise InputError(f"is a folder, not a file; give the files in it (e.g. {path / '*'})")
+    if not path.is_file():
+        raise NotFoundError("no such file")
+    return path
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror})") from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return _read_bytes(path).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DecodeError("is not UTF-8 text") from None
+
+
+def _parse_json(data: bytes | str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"is not valid JSON ({exc})") from None
+
+
+def _suffix(path: Path) -> str:
+    return path.suffix.lower() or "(no suffix)"
+
+
+# --- images and text -----------------------------------------------------------------------------------------------
+
+
+def _image(arg: str) -> list[Item]:
+    if not Path(arg).exists() and not _looks_like_path(arg):
+        raise DecodeError(f"expected an image file, got the text {_shorten(arg)!r}")
+    path = _existing_file(arg)
+    if path.suffix.lower() in NOT_IMAGE_SUFFIXES:
+        raise DecodeError(f"expected an image file (.jpg, .png, ...), got a '{path.suffix.lower()}' file")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror})") from None
+    # The original string, not the Path: the image decoder's messages then name the file as the user typed it.
+    return [Item(arg, arg)]
+
+
+def _text(arg: str) -> list[Item]:
+    path = Path(arg)
+    if path.suffix.lower() == ".txt":
+        return [Item(arg, _read_text(_existing_file(arg)).strip())]
+    if path.is_file():
+        raise DecodeError(f"expected text or a .txt file, got a '{_suffix(path)}' file")
+    return [Item(_shorten(arg), arg)]
+
+
+def _looks_like_path(arg: str) -> bool:
+    return "/" in arg or "\\" in arg or _FILE_SUFFIX.fullmatch(Path(arg).suffix) is not None
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- records -------------------------------------------------------------------------------------------------------
+
+
+def _records(arg: str, config: TabularConfig) -> list[Item]:
+    if arg.lstrip().startswith("{"):
+        return [Item(_shorten(arg), _parse_json(arg))]
+    path = _existing_file(arg)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        items = _csv_rows(arg, path, config)
+    elif suffix == ".json":
+        items = _json_records(arg, _parse_json(_read_bytes(path)))
+    elif suffix in (".jsonl", ".ndjson"):
+        items = _jsonl_records(arg, _read_text(path))
+    else:
+        expected = "records (.csv, .json, .jsonl or an inline JSON object)"
+        raise DecodeError(f"expected {expected}, got a '{_suffix(path)}' file")
+    if not items:
+        raise DecodeError("holds no records")
+    return items
+
+
+def _csv_rows(arg: str, path: Path, config: TabularConfig) -> list[Item]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as file:
+            reader = csv.DictReader(file)
+            header = reader.fieldnames
+            rows = list(reader)
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise DecodeError("is not UTF-8 text") from None
+    except csv.Error as exc:
+        raise DecodeError(f"is not valid CSV ({exc})") from None
+    if not header:
+        raise DecodeError("is empty: expected a header row with the column names")
+    # Checked once for the file: otherwise every row would report the same missing column.
+    missing = [c.name for c in config.columns if c.impute is None and c.categories is None and c.name not in header]
+    if missing:
+        raise MissingFieldError(f"the header lacks column(s) {missing}, which the model needs (no impute value)")
+    return [_csv_item(f"{arg}#row{n}", row, len(header)) for n, row in enumerate(rows, 1)]
+
+
+def _csv_item(name: str, row: dict[str | Any, Any], width: int) -> Item:
+    extra = row.get(None)  # DictReader puts the fields beyond the header under the key None
+    if extra:
+        return Item(name, error=DecodeError(f"has {width + len(extra)} fields, the header has {width}"))
+    return Item(name, row)
+
+
+def _json_records(arg: str, data: Any) -> list[Item]:
+    if isinstance(data, dict):
+        return [Item(arg, data)]
+    if isinstance(data, list):
+        return [Item(f"{arg}#row{n}", record) for n, record in enumerate(data, 1)]
+    raise DecodeError(f"expected a JSON object (one record) or a list of objects, got {type(data).__name__}")
+
+
+def _jsonl_records(arg: str, text: str) -> list[Item]:
+    items = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                items.append(Item(f"{arg}#line{n}", _parse_json(line)))
+            except DecodeError as exc:
+                items.append(Item(f"{arg}#line{n}", error=exc))
+    return items
+
+
+# --- arrays --------------------------------------------------------------------------------------------------------
+
+
+def _arrays(arg: str, specs: Sequence[TensorSpec]) -> list[Item]:
+    path = _existing_file(arg)
+    names = [spec.name for spec in specs]
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        arrays = _load_npz(path)
+    elif suffix not in ARRAY_SUFFIXES:
+        raise DecodeError(f"expected an array file (.npy, .npz or .json), got a '{_suffix(path)}' file")
+    elif len(names) != 1:
+        raise InputError(f"this model takes {len(names)} inputs {names}: give an .npz file with arrays of those names")
+    elif suffix == ".npy":
+        arrays = {names[0]: _load_npy(path)}
+    else:
+        arrays = {names[0]: _json_array(_parse_json(_read_bytes(path)))}
+    if sorted(arrays) != sorted(names):
+        raise InputError(f"holds arrays {sorted(arrays)}; the model takes {names}")
+    return _split(arg, arrays, specs)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        with path.open("rb") as file:
+            # read_array, not np.load: it insists on the .npy header instead of guessing the file is a pickle
+            return np.lib.format.read_array(file, allow_pickle=False)
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror})") from None
+    except (ValueError, EOFError) as exc:
+        raise DecodeError(f"is not a readable .npy array of numbers ({exc})") from None
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, EOFError, AttributeError) as exc:
+        raise DecodeError(f"is not a readable .npz archive of arrays ({exc})") from None
+
+
+def _json_array(data: Any) -> np.ndarray:
+    try:
+        return np.asarray(data)
+    except ValueError:
+        raise ShapeError("is not a rectangular array (rows of different lengths?)") from None
+
+
+def _split(arg: str, arrays: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> list[Item]:
+    """One item if every array lacks the batch dimension, else one item per row."""
+    if all(arrays[spec.name].ndim == len(spec.shape) - 1 for spec in specs):
+        return [Item(arg, arrays)]
+    for spec in specs:
+        if arrays[spec.name].ndim != len(spec.shape):
+            shape = list(spec.shape)
+            raise ShapeError(
+                f"input '{spec.name}': expected {len(shape)} dimensions (a batch, shape {shape}) or "
+                f"{len(shape) - 1} (one item, shape {shape[1:]}), got shape {list(arrays[spec.name].shape)}"
+            )
+        # Shape and dtype are the same for every row: checked once so a bad file gives one error, not one per row.
+        # NaN/inf are left to each row, so the finite rows still run.
+        TensorSpec(spec.name, spec.dtype, (-1, *spec.shape[1:])).validate(arrays[spec.name])
+    counts = {len(array) for array in arrays.values()}
+    if len(counts) != 1:
+        raise ShapeError(f"the arrays differ in their number of rows: {sorted(counts)}")
+    count = counts.pop()
+    if count == 0:
+        raise ShapeError("holds no rows")
+    return [Item(f"{arg}#row{i + 1}", {name: array[i] for name, array in arrays.items()}) for i in range(count)]

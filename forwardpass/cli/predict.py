@@ -1,0 +1,198 @@
+"""`forwardpass predict`: inputs in, one prediction (or one error) per input out."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from forwardpass.cli.common import REPOSITORY, VERSION, open_model
+from forwardpass.cli.inputs import Item, decode_inputs
+from forwardpass.errors import ForwardpassError, InputError
+from forwardpass.model import Model
+from forwardpass.pipeline import Arrays, Prediction
+
+__all__ = ["register"]
+
+Outcome = Prediction | ForwardpassError
+PREVIEW = 5  # numbers shown per embedding or raw output in the human listing
+
+
+def predict(
+    model: str = typer.Argument(
+        ...,
+        metavar="MODEL",
+        help="A model file (.onnx), a model folder, or a model name in the repository.",
+        show_default=False,
+    ),
+    inputs: list[str] = typer.Argument(
+        ...,
+        metavar="INPUT",
+        help=(
+            "Image files (image models); text strings or .txt files, one input per file (text models); "
+            ".csv / .json / .jsonl files of records or an inline JSON object (tabular models); "
+            ".npy / .npz / .json arrays (models without preprocessing)."
+        ),
+        show_default=False,
+    ),
+    top_k: int | None = typer.Option(
+        None,
+        "--top-k",
+        "-k",
+        help="Classes to list per input, at least 1 (classification models; default: the config's top_k).",
+        show_default=False,
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per input per line, for scripts."),
+    repository: Path | None = REPOSITORY,
+    version: int | None = VERSION,
+) -> None:
+    """Predict with a model: each INPUT is decoded as the model's config says, and the results are listed.
+
+    Inputs go through the model together, in batches. What an INPUT holds:
+    image models: one image per file; text models: a string, or a .txt file
+    whose whole content is ONE input; tabular models: a CSV file (one record
+    per row, named FILE.csv#row1, ...), a JSON object or list of objects, a
+    JSONL file (one object per line), or an inline JSON object; models with
+    no preprocessing: a .npy array that is a batch (one prediction per row)
+    if it has the model's rank, one item if it has one dimension less.
+
+    A bad input does not stop the others: it is reported on stderr as
+    "error: INPUT: why", and the exit code is 2.
+
+    Examples:
+
+      forwardpass predict mobilenet_v2 samples/images/china.jpg --top-k 3
+
+      forwardpass predict digits_cnn samples/digits/*.png --json
+
+      forwardpass predict breast_cancer samples/records/breast_cancer.csv
+
+      forwardpass predict diabetes '{"age": 50, "sex": 1, "bmi": 31.2}'
+
+      forwardpass predict path/to/model.onnx batch.npy --json
+
+      forwardpass predict my_model a.jpg -r /srv/models --version 2
+    """
+    if top_k is not None and top_k < 1:
+        raise InputError(f"--top-k must be at least 1, got {top_k}")
+    loaded = open_model(model, repository, version)
+    try:
+        items = decode_inputs(inputs, loaded.config, loaded.inputs)
+        failures = _report(items, run(loaded, items, top_k), as_json)
+    finally:
+        loaded.close()
+    if failures:
+        raise typer.Exit(max(error.exit_code for error in failures))
+
+
+def run(model: Model, items: Sequence[Item], top_k: int | None) -> Iterator[Outcome]:
+    """One outcome per item, in order, a batch at a time (memory stays bounded and results show as they come)."""
+    for start in range(0, len(items), model.batch_size):
+        yield from _run_batch(model, items[start : start + model.batch_size], top_k)
+
+
+def _run_batch(model: Model, items: Sequence[Item], top_k: int | None) -> list[Outcome]:
+    """Each item is preprocessed alone, so an error names its item; the good ones then go through the model together."""
+    errors: dict[int, ForwardpassError] = {}
+    ready: dict[int, Arrays] = {}
+    for i, item in enumerate(items):
+        if item.error is not None:
+            errors[i] = item.error
+            continue
+        try:
+            ready[i] = model.preprocess(item.raw)
+        except ForwardpassError as exc:
+            errors[i] = exc
+    results = dict(zip(ready, _forward(model, list(ready.values()), top_k), strict=True))
+    return [errors[i] if i in errors else results[i] for i in range(len(items))]
+
+
+def _forward(model: Model, items: list[Arrays], top_k: int | None) -> list[Outcome]:
+    if not items:
+        return []
+    try:
+        return [model.pipeline.postprocess(out, inp, top_k) for out, inp in model.run_items(items)]
+    except ForwardpassError as exc:
+        if len(items) == 1:
+            return [exc]
+    # A failed batch (e.g. items of different shapes) fails no item by itself: each runs alone to find the culprit.
+    return [_forward(model, [item], top_k)[0] for item in items]
+
+
+def _report(items: Sequence[Item], outcomes: Iterable[Outcome], as_json: bool) -> list[ForwardpassError]:
+    console = Console(soft_wrap=True, highlight=False)
+    failures = []
+    for item, outcome in zip(items, outcomes, strict=True):
+        if isinstance(outcome, ForwardpassError):
+            failures.append(outcome)
+            typer.secho(f"error: {_located(item.name, outcome)}", fg=typer.colors.RED, err=True)
+        elif as_json:
+            line = orjson.dumps({"input": item.name, **outcome}, option=orjson.OPT_SERIALIZE_NUMPY)
+            sys.stdout.buffer.write(line + b"\n")
+            sys.stdout.buffer.flush()
+        else:
+            console.print(Text(item.name, style="bold"))
+            for row in describe(outcome):
+                console.print(Text("  " + row))
+    return failures
+
+
+def _located(name: str, error: ForwardpassError) -> str:
+    # The image decoder's messages already quote the file as typed: naming it twice would read badly.
+    message = str(error)
+    return message if f"'{name}'" in message else f"{name}: {message}"
+
+
+# --- the human listing ---------------------------------------------------------------------------------------------
+
+
+def describe(prediction: Prediction) -> list[str]:
+    """Lines for one prediction: ranked classes, a value, an embedding summary or raw outputs."""
+    if "top_k" in prediction:
+        return _ranked(prediction["top_k"])
+    if "value" in prediction:
+        return [f"value: {_numbers(prediction['value'])}"]
+    if "embedding" in prediction:
+        return [_embedding(prediction["embedding"])]
+    if "outputs" in prediction:
+        return [_raw(name, value) for name, value in prediction["outputs"].items()]
+    return [f"{key}: {value}" for key, value in prediction.items()]
+
+
+def _ranked(ranked: list[dict[str, Any]]) -> list[str]:
+    width = max(len(str(entry["label"])) for entry in ranked)
+    return [f"{rank:>3}  {entry['label']!s:<{width}}  {entry['score']:.4f}" for rank, entry in enumerate(ranked, 1)]
+
+
+def _embedding(vector: list[float]) -> str:
+    norm = float(np.linalg.norm(np.asarray(vector, dtype=np.float64)))
+    return f"embedding: {len(vector)} dims  {_preview(vector)}  L2 norm {norm:.4f}"
+
+
+def _raw(name: str, value: object) -> str:
+    array = np.asarray(value)
+    return f"{name}: shape {list(array.shape)}  {_preview(array.reshape(-1).tolist())}"
+
+
+def _preview(values: list[Any]) -> str:
+    shown = ", ".join(_number(v) for v in values[:PREVIEW])
+    return f"[{shown}{', ...' if len(values) > PREVIEW else ''}]"
+
+
+def _numbers(value: object) -> str:
+    return ", ".join(_number(v) for v in value) if isinstance(value, list) else _number(value)
+
+
+def _number(value: object) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(predict)
