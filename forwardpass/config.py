@@ -175,20 +175,45 @@ class ModelConfig(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(f"{source}: {_describe(exc)}") from None
+            raise ConfigError(f"{source}: {_describe(exc, data)}") from None
 
 
-def _describe(exc: ValidationError) -> str:
+_KINDS = {
+    "preprocess": "'image', 'text', 'tabular'",
+    "postprocess": "'classification', 'regression', 'embedding', 'raw'",
+}
+
+
+def _field(loc: tuple[int | str, ...], data: Any) -> str:
+    """The error's place as the YAML spells it: pydantic adds levels of its own for a tagged union's tag
+    ('preprocess.image.resize') and for a union's member types ('resize.int'); neither is in the file."""
+    parts: list[str] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("kind") == part:
+            continue  # the tag of a tagged union
+        if not isinstance(node, dict | list):
+            break  # below a value: the names of union members
+        parts.append(str(part))
+        if isinstance(node, dict):
+            node = node.get(part)
+        else:
+            node = node[part] if isinstance(part, int) and 0 <= part < len(node) else None
+    return ".".join(parts)
+
+
+def _describe(exc: ValidationError, data: Any) -> str:
     """The first error as 'field <dotted.path>: problem; fix'."""
     error = exc.errors()[0]
-    field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    field = _field(error["loc"], data) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
         fix = "remove it or check its spelling"
     elif kind == "missing":
         fix = "add it"
     elif kind == "union_tag_invalid" or kind == "union_tag_not_found":
-        fix = "set kind to one of " + str(error.get("ctx", {}).get("expected_tags", "the documented kinds"))
+        tags = error.get("ctx", {}).get("expected_tags") or _KINDS.get(field, "the documented kinds")
+        fix = f"set kind to one of {tags}"
     else:
         fix = f"got {error.get('input')!r}"
     return f"field '{field}': {error['msg']}; {fix}"

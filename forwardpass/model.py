@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from forwardpass.backends import open_session
 from forwardpass.backends.base import Session
 from forwardpass.config import EngineConfig, ModelConfig
-from forwardpass.errors import ConfigError, InputError, NotFoundError
+from forwardpass.errors import ConfigError, InputError, NotFoundError, ShapeError
 from forwardpass.pipeline import Arrays, Pipeline, Prediction
 from forwardpass.repository import CONFIG_FILE, ModelEntry, Repository, default_repository, find_artefact, versions_in
 from forwardpass.tensor import TensorSpec
@@ -55,7 +55,11 @@ class Model:
         for start in range(0, len(items), self.batch_size):
             batch = self.pipeline.collate(items[start : start + self.batch_size])
             outputs = self.session.run(batch)
-            for i in range(len(next(iter(batch.values())))):
+            size = len(next(iter(batch.values())))
+            if any(len(value) != size for value in outputs.values()):
+                shapes = {name: list(value.shape) for name, value in outputs.items()}
+                raise ShapeError(f"model '{self.name}' gave outputs {shapes} for {size} items: it has no batch dim")
+            for i in range(size):
                 rows.append(({k: v[i] for k, v in outputs.items()}, {k: v[i] for k, v in batch.items()}))
         return rows
 
@@ -101,9 +105,9 @@ def locate(model: str | Path, repository: str | Path | None = None, version: int
     path = Path(model)
     if path.is_file():
         # <model>/<version>/model.onnx keeps its model folder's config and labels
-        in_repository = path.parent.name.isdigit() and (path.parent.parent / CONFIG_FILE).is_file()
-        directory = path.parent.parent if in_repository else path.parent
-        return ModelEntry(path.stem, int(path.parent.name) if in_repository else None, directory, path)
+        if path.parent.name.isdigit() and (path.parent.parent / CONFIG_FILE).is_file():
+            return ModelEntry(path.parent.parent.name, int(path.parent.name), path.parent.parent, path)
+        return ModelEntry(path.stem, None, path.parent, path)
     if path.is_dir():
         if versions_in(path):
             return Repository(path.parent).resolve(path.name, version)

@@ -55,7 +55,14 @@ class Repository:
         self._real_root = self.root.resolve()
 
     def names(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if _NAME.fullmatch(p.name) and versions_in(p))
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if _NAME.fullmatch(p.name)
+            and ".." not in p.name
+            and p.resolve().is_relative_to(self._real_root)
+            and versions_in(p)
+        )
 
     def versions(self, name: str) -> list[int]:
         return versions_in(self._model_dir(name))

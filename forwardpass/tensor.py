@@ -83,13 +83,20 @@ class TensorSpec:
         return array
 
     def _cast(self, array: np.ndarray, expected: np.dtype) -> np.ndarray:
-        # same_kind: float64 -> float32 and int -> float are fine; float -> int or text -> number would lose data.
+        """Casts that keep every value: float64 → float32, int → float, int → a narrower int when values fit."""
         if expected.kind == "O" and array.dtype.kind in "SU":
             return array.astype(object)
-        if array.dtype.kind in "biuf" and np.can_cast(array.dtype, expected, casting="same_kind"):
+        source = array.dtype.kind
+        if (
+            (source in "biu" and expected.kind == "f")
+            or (source == "f" == expected.kind)
+            or (source == "b" == expected.kind)
+        ):
             return array.astype(expected)
-        if array.dtype.kind in "biu" and expected.kind == "f":
-            return array.astype(expected)
+        if source in "biu" and expected.kind in "iu":
+            limits = np.iinfo(expected)
+            if array.size == 0 or (array.min() >= limits.min and array.max() <= limits.max):
+                return array.astype(expected)
         raise DTypeError(f"input '{self.name}': expected {self.dtype.name} ({expected.name}), got {array.dtype.name}")
 
     def unbatched(self) -> TensorSpec:

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from forwardpass.config import ImageConfig
-from forwardpass.errors import DecodeError
+from forwardpass.errors import ConfigError, DecodeError
 from forwardpass.tensor import DataType
 
 __all__ = ["ImagePreprocessor", "decode_image"]
@@ -54,7 +54,7 @@ class ImagePreprocessor:
         self._mean = np.asarray(config.mean, dtype=np.float32).reshape(1, 1, -1)
         self._std = np.asarray(config.std, dtype=np.float32).reshape(1, 1, -1)
         if self._mean.size not in (1, channels) or self._std.size not in (1, channels):
-            raise ValueError(f"mean/std need 1 or {channels} values for color {config.color}")
+            raise ConfigError(f"preprocess.mean/std: need 1 or {channels} values each for color {config.color}")
         dtype = DataType.from_name(config.datatype).numpy_dtype
         self._dtype = dtype if dtype is not None else np.dtype(np.float32)
 

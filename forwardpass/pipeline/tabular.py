@@ -40,7 +40,9 @@ class TabularPreprocessor:
 
 
 def _is_missing(value: object) -> bool:
-    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+    if value is None or (isinstance(value, str) and value == ""):
+        return True
+    return isinstance(value, float | np.floating) and math.isnan(value)
 
 
 def _number(name: str, value: object) -> float:

@@ -24,8 +24,14 @@ class TextPreprocessor:
         except Exception as exc:  # tokenizers raises plain Exception for missing or malformed files
             raise ConfigError(f"preprocess.tokenizer: cannot load {path}: {exc}") from None
         self.tokenizer.enable_truncation(config.max_length)
+        saved = self.tokenizer.padding  # the tokenizer.json's own padding settings, if it has any
+        if saved is not None:
+            self.pad_id, pad_token = int(saved["pad_id"]), str(saved["pad_token"])
+        else:
+            pad_token = next((t for t in ("[PAD]", "<pad>") if self.tokenizer.token_to_id(t) is not None), "[PAD]")
+            self.pad_id = self.tokenizer.token_to_id(pad_token) or 0
         if config.padding == "max_length":
-            self.tokenizer.enable_padding(length=config.max_length)
+            self.tokenizer.enable_padding(length=config.max_length, pad_id=self.pad_id, pad_token=pad_token)
         else:
             self.tokenizer.no_padding()
         self.fields = dict(config.inputs)
@@ -43,11 +49,10 @@ class TextPreprocessor:
 
     def collate(self, items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Right-pad every tensor to the longest item (pad id for input_ids, 0 for masks and type ids)."""
-        pad_id = self.tokenizer.padding["pad_id"] if self.tokenizer.padding else 0
         longest = max(item[name].shape[-1] for item in items for name in item)
         batch = {}
         for field, tensor in self.fields.items():
-            fill = pad_id if field == "input_ids" else 0
+            fill = self.pad_id if field == "input_ids" else 0
             rows = np.full((len(items), longest), fill, dtype=np.int64)
             for row, item in zip(rows, items, strict=True):
                 row[: item[tensor].shape[-1]] = item[tensor]

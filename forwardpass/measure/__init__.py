@@ -1,0 +1,30 @@
+"""Measurement: accuracy on labelled data (`evaluate`), speed against raw ONNX Runtime (`bench`), machine info."""
+
+from forwardpass.measure.datasets import Dataset, Example, ItemError, open_dataset
+from forwardpass.measure.evaluate import EvalReport, RegressionMetrics, TopKAccuracy, evaluate
+from forwardpass.measure.machine import machine_info
+from forwardpass.measure.speed import RawSession, SpeedPoint, bench, effective_engine, random_inputs
+from forwardpass.measure.stats import LatencySummary, paired_ratio
+from forwardpass.measure.timing import RoundDone, Timing, interleave
+
+__all__ = [
+    "Dataset",
+    "EvalReport",
+    "Example",
+    "ItemError",
+    "LatencySummary",
+    "RawSession",
+    "RegressionMetrics",
+    "RoundDone",
+    "SpeedPoint",
+    "Timing",
+    "TopKAccuracy",
+    "bench",
+    "effective_engine",
+    "evaluate",
+    "interleave",
+    "machine_info",
+    "open_dataset",
+    "paired_ratio",
+    "random_inputs",
+]

@@ -1,0 +1,140 @@
+"""Speed: `Model.infer` against raw `onnxruntime.InferenceSession.run` on the same file and options, interleaved."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from forwardpass.config import EngineConfig
+from forwardpass.errors import DTypeError, InputError
+from forwardpass.measure.timing import OnRound, Timing, interleave
+from forwardpass.model import Model
+from forwardpass.tensor import DataType, TensorSpec
+
+__all__ = [
+    "OURS",
+    "RAW",
+    "ROUND_SECONDS",
+    "RawSession",
+    "SpeedPoint",
+    "bench",
+    "effective_engine",
+    "random_inputs",
+]
+
+OURS = "forwardpass"
+RAW = "onnxruntime"
+# Short enough that several rounds fit in a few seconds, long enough that switching contenders costs nothing.
+ROUND_SECONDS = 0.5
+DYNAMIC_DIM = 16
+
+
+def random_inputs(
+    specs: Sequence[TensorSpec], batch_size: int, *, dynamic_dim: int = DYNAMIC_DIM, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """A valid batch from the specs: normal floats, small non-negative ints, random bools; dynamic dims set."""
+    rng = np.random.default_rng(seed)
+    batch: dict[str, np.ndarray] = {}
+    for spec in specs:
+        first, rest = (spec.shape[0], spec.shape[1:]) if spec.shape else (-1, ())
+        if first not in (-1, batch_size):
+            raise InputError(f"input '{spec.name}' has a fixed batch size of {first}; use batch size {first}")
+        shape = (batch_size, *(dynamic_dim if dim == -1 else dim for dim in rest)) if spec.shape else ()
+        batch[spec.name] = _random(spec, shape, rng)
+    return batch
+
+
+def _random(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    dtype = spec.dtype.numpy_dtype
+    if dtype is None or spec.dtype is DataType.BYTES:
+        raise DTypeError(f"input '{spec.name}' is {spec.dtype.name}: random inputs are only made for numeric tensors")
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, shape).astype(dtype)
+    return rng.integers(0, 10, shape).astype(dtype)  # small: ints are often indices (tokens, categories)
+
+
+def effective_engine(model: Model, **overrides: Any) -> EngineConfig:
+    """The engine options a model was loaded with: its config's `engine:` section plus `load()`'s overrides."""
+    return EngineConfig.model_validate({**model.config.engine.model_dump(), **overrides})
+
+
+class RawSession:
+    """A plain `onnxruntime.InferenceSession` on the model's file, built here from the same engine options."""
+
+    def __init__(self, model: Model, engine: EngineConfig) -> None:
+        import onnxruntime as ort  # imported on use, as the backend does
+
+        levels = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = engine.intra_op_threads
+        options.inter_op_num_threads = engine.inter_op_threads
+        options.graph_optimization_level = levels[engine.graph_optimization]
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(model.entry.artefact), sess_options=options, providers=model.session.providers
+        )
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[Any]:
+        return self.session.run(self.output_names, feed)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeedPoint:
+    """One batch size: both contenders' timings and their paired throughput ratio (ours / raw)."""
+
+    batch_size: int
+    ours: Timing
+    raw: Timing
+
+    @property
+    def ratio(self) -> float:
+        return self.ours.ratio_to(self.raw)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"batch_size": self.batch_size, OURS: self.ours.to_dict(), RAW: self.raw.to_dict(), "ratio": self.ratio}
+
+
+def bench(
+    model: Model,
+    engine: EngineConfig,
+    batch_sizes: Sequence[int],
+    *,
+    seconds: float,
+    warmup_seconds: float,
+    rounds: int | None = None,
+    on_round: OnRound | None = None,
+    raw: RawSession | None = None,
+) -> list[SpeedPoint]:
+    """For each batch size, `seconds` of `Model.infer` and as many of raw ORT, in alternating rounds."""
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise InputError("batch sizes must be positive integers")
+    if seconds <= 0 or warmup_seconds < 0:
+        raise InputError("the duration must be positive and the warm-up not negative")
+    rounds = rounds or max(2, math.ceil(seconds / ROUND_SECONDS))
+    reference = raw or RawSession(model, engine)
+    points = []
+    for batch_size in batch_sizes:
+        feed = random_inputs(model.inputs, batch_size)
+        timings = interleave(
+            {OURS: partial(model.infer, feed), RAW: partial(reference.run, feed)},
+            batch_size,
+            rounds=rounds,
+            round_seconds=seconds / rounds,
+            warmup_seconds=warmup_seconds,
+            on_round=on_round,
+        )
+        points.append(SpeedPoint(batch_size, timings[OURS], timings[RAW]))
+    return points

@@ -1,0 +1,302 @@
+"""ImagePreprocessor against an independent numpy/Pillow computation and against torchvision's own transforms."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import struct
+import zlib
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from forwardpass.config import ImageConfig, ModelConfig
+from forwardpass.errors import ConfigError, DecodeError
+from forwardpass.pipeline import Pipeline
+from forwardpass.pipeline.image import ImagePreprocessor
+from forwardpass.tensor import DataType, TensorSpec
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def make_image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    """A smooth gradient plus noise: resizing has real work to do, values cover 0..255."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / max(width - 1, 1), y * 255 / max(height - 1, 1), (x + y) % 256], axis=-1)
+    pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    return image.convert(mode) if mode != "RGB" else image
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def reference(
+    data: bytes,
+    *,
+    color: str = "RGB",
+    resize: int | tuple[int, int] | None = None,
+    crop: int | tuple[int, int] | None = None,
+    mean: list[float] = (0.0,),  # type: ignore[assignment]
+    std: list[float] = (1.0,),  # type: ignore[assignment]
+    layout: str = "NCHW",
+) -> np.ndarray:
+    """The same steps written out independently: Pillow for decode and bilinear resize, numpy for the rest."""
+    image = Image.open(io.BytesIO(data)).convert(color)
+    if isinstance(resize, int):
+        width, height = image.size
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = resize, int(resize * long / short)  # torchvision's _compute_resized_output_size
+        new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    elif resize is not None:
+        image = image.resize((resize[1], resize[0]), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image).astype(np.float64)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if crop is not None:
+        crop_h, crop_w = (crop, crop) if isinstance(crop, int) else crop
+        height, width = pixels.shape[:2]
+        top = round((height - crop_h) / 2.0)  # torchvision's center_crop: int(round(x)), round half to even
+        left = round((width - crop_w) / 2.0)
+        pixels = pixels[top : top + crop_h, left : left + crop_w]
+    pixels = (pixels / 255.0 - np.asarray(mean)) / np.asarray(std)
+    return pixels.transpose(2, 0, 1) if layout == "NCHW" else pixels
+
+
+def preprocess(raw: object, **fields: object) -> np.ndarray:
+    config = ImageConfig(kind="image", **fields)  # type: ignore[arg-type]
+    return ImagePreprocessor(config, "input")(raw)["input"]
+
+
+SIZES = [(301, 200), (200, 301), (97, 131), (513, 257), (64, 64), (33, 1000)]
+STEPS = [
+    {"resize": 32, "crop": 24, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+    {"resize": 32, "crop": 27, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},  # (32-27)/2 = 2.5 rounds to 2
+    {"resize": 29, "crop": (20, 17), "layout": "NHWC", "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.1]},
+    {"color": "L", "resize": 20, "crop": 15, "mean": [0.5], "std": [0.25]},
+    {"color": "L", "resize": 21, "layout": "NHWC"},
+    {"resize": (30, 41)},
+    {"crop": 31, "mean": [0.5], "std": [0.5]},
+    {},
+]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize(
+    "steps", STEPS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items() if k not in ("mean", "std")) or "plain"
+)
+def test_equals_an_independent_computation(size: tuple[int, int], steps: dict):
+    data = encode(make_image(*size, seed=size[0]))
+    expected = reference(data, **steps)
+    got = preprocess(data, **steps)
+    assert got.dtype == np.float32
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_shapes_follow_torchvision_for_portrait_and_landscape():
+    portrait = preprocess(encode(make_image(200, 301)), resize=256)
+    landscape = preprocess(encode(make_image(301, 200)), resize=256)
+    assert portrait.shape == (3, 385, 256)  # int(256 * 301 / 200) = 385
+    assert landscape.shape == (3, 256, 385)
+    assert preprocess(encode(make_image(200, 301)), resize=256, crop=224, layout="NHWC").shape == (224, 224, 3)
+
+
+@pytest.mark.parametrize("source", ["path", "str", "bytes", "pil"])
+def test_every_source_gives_the_same_array(tmp_path: Path, source: str):
+    image = make_image(120, 90)
+    data = encode(image)
+    path = tmp_path / "photo.png"
+    path.write_bytes(data)
+    raw = {"path": path, "str": str(path), "bytes": data, "pil": image}[source]
+    np.testing.assert_array_equal(preprocess(raw, resize=40, crop=32), preprocess(data, resize=40, crop=32))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "L", "CMYK", "I;16"])
+def test_other_modes_are_converted(mode: str):
+    image = (
+        make_image(50, 40, mode=mode)
+        if mode != "I;16"
+        else Image.fromarray(np.arange(2000, dtype=np.uint16).reshape(40, 50))
+    )
+    data = encode(image, "TIFF" if mode == "CMYK" else "PNG")
+    got = preprocess(data, resize=32, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    np.testing.assert_allclose(got, reference(data, resize=32, mean=IMAGENET_MEAN, std=IMAGENET_STD), atol=1e-6)
+    assert preprocess(data, color="L").shape == (1, 40, 50)
+
+
+def test_output_datatype_follows_the_config():
+    data = encode(make_image(20, 20))
+    assert preprocess(data, datatype="FP16").dtype == np.float16
+    assert preprocess(data, datatype="FP64").dtype == np.float64
+
+
+# --- torchvision ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def torchvision() -> ModuleType:
+    """torchvision's C ops do not load beside the CPU torch wheel here; declare the two it registers at import."""
+    torch = pytest.importorskip("torch")
+    for op in ("nms", "qnms"):
+        # RuntimeError: already defined in this process (by torchvision itself or an earlier run of this fixture)
+        with contextlib.suppress(RuntimeError):
+            torch.library.define(f"torchvision::{op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    return pytest.importorskip("torchvision")
+
+
+@pytest.mark.parametrize("size", [(300, 451), (517, 333), (301, 256), (224, 224), (640, 480)], ids=str)
+def test_equals_torchvision_transforms(torchvision: ModuleType, size: tuple[int, int]):
+    from torchvision import transforms
+
+    image = make_image(*size, seed=size[1])
+    pipeline = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    expected = pipeline(image).numpy()
+    got = preprocess(encode(image), resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert got.shape == expected.shape == (3, 224, 224)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_equals_torchvision_grayscale_and_rectangular_crop(torchvision: ModuleType):
+    from torchvision import transforms
+
+    image = make_image(333, 517, seed=5)
+    pipeline = transforms.Compose(
+        [transforms.Grayscale(), transforms.Resize(100), transforms.CenterCrop((91, 64)), transforms.ToTensor()]
+    )
+    got = preprocess(encode(image), color="L", resize=100, crop=(91, 64))
+    np.testing.assert_allclose(got, pipeline(image).numpy(), rtol=0, atol=1e-5)
+
+
+# --- EXIF orientation -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("orientation", "turns"), [(6, -1), (8, 1), (3, 2)], ids=["rot90cw", "rot90ccw", "rot180"])
+def test_exif_orientation_is_applied(orientation: int, turns: int):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(make_image(60, 40), "JPEG", exif=exif, quality=95)
+    stored = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32)  # as stored, 40 rows x 60
+    assert stored.shape == (40, 60, 3)
+    got = preprocess(data, scale=1.0, layout="NHWC")
+    np.testing.assert_array_equal(got, np.rot90(stored, k=turns))
+
+
+def test_no_exif_leaves_the_image_as_stored():
+    data = encode(make_image(60, 40), "JPEG", quality=95)
+    stored = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32)
+    np.testing.assert_array_equal(preprocess(data, scale=1.0, layout="NHWC"), stored)
+
+
+# --- errors ---------------------------------------------------------------------------------------------------------
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims `width` x `height` pixels but holds no image data: cheap to make, huge if decoded."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def decode_error(raw: object, **fields: object) -> str:
+    with pytest.raises(DecodeError) as info:
+        preprocess(raw, **fields)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_corrupt_bytes():
+    message = decode_error(b"\x00\x01 definitely not an image \xff" * 10)
+    assert "image bytes" in message
+    assert "not an image" in message
+
+
+def test_corrupt_data_behind_a_valid_signature():
+    message = decode_error(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    assert "image" in message
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_file(tmp_path: Path, fmt: str):
+    data = encode(make_image(64, 48), fmt)
+    path = tmp_path / f"cut.{fmt.lower()}"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    message = decode_error(path)
+    assert str(path) in message
+    assert "truncated" in message
+
+
+def test_truncated_bytes():
+    data = encode(make_image(64, 48), "JPEG")
+    assert "truncated" in decode_error(data[: len(data) // 2])
+
+
+def test_a_text_file(tmp_path: Path):
+    path = tmp_path / "notes.jpg"
+    path.write_text("hello, I am not a picture\n" * 20)
+    message = decode_error(path)
+    assert str(path) in message
+    assert "not an image" in message
+
+
+def test_a_missing_file(tmp_path: Path):
+    assert "no such file" in decode_error(tmp_path / "absent.png")
+
+
+def test_over_the_configured_pixel_limit():
+    message = decode_error(encode(make_image(64, 64)), max_pixels=1000)
+    assert "64x64" in message
+    assert "1000" in message
+
+
+def test_exactly_at_the_pixel_limit_is_fine():
+    assert preprocess(encode(make_image(40, 25)), max_pixels=1000).shape == (3, 25, 40)
+
+
+@pytest.mark.parametrize(("width", "height"), [(10_000, 10_000), (20_000, 20_000)], ids=["warning-size", "bomb-size"])
+def test_decompression_bombs_are_refused_before_decoding(width: int, height: int):
+    """Pillow warns above 89M pixels and refuses above 178M; both must be a DecodeError, never a decode attempt."""
+    message = decode_error(png_header_only(width, height))
+    assert "decompression bomb" in message or "over the limit" in message
+
+
+def test_a_bomb_under_pillows_limit_but_over_ours():
+    message = decode_error(png_header_only(8_000, 8_000))  # 64M pixels > the default 50M
+    assert "8000x8000" in message
+
+
+@pytest.mark.parametrize("raw", [42, None, {"image": "x.png"}, np.zeros((4, 4, 3), np.uint8), ["a.png"]], ids=str)
+def test_not_an_image_object(raw: object):
+    message = decode_error(raw)
+    assert "expected an image" in message
+
+
+def test_image_smaller_than_the_crop():
+    assert "smaller than" in decode_error(encode(make_image(20, 20)), crop=32)
+
+
+def test_mean_std_of_the_wrong_length_is_a_config_error(tmp_path: Path):
+    config = ModelConfig.from_dict({"preprocess": {"kind": "image", "mean": [0.5, 0.5], "std": [0.2]}})
+    specs = [TensorSpec("input", DataType.FP32, (-1, 3, 8, 8))]
+    with pytest.raises(ConfigError, match="mean"):
+        Pipeline(config, specs, specs, tmp_path)

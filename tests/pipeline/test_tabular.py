@@ -1,0 +1,138 @@
+"""TabularPreprocessor: fixed column order, scaling equal to scikit-learn's, imputation, one-hot, per-column errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+from forwardpass.config import TabularColumn, TabularConfig
+from forwardpass.errors import DTypeError, InputError, MissingFieldError
+from forwardpass.pipeline.tabular import TabularPreprocessor
+
+COLUMNS = ["age", "bmi", "bp", "glucose"]
+TRAIN = np.array(
+    [[25.0, 22.1, 80.0, 90.0], [61.0, 31.4, 95.0, 140.0], [43.0, 27.0, 70.0, 101.0], [33.0, 35.2, 88.0, 180.0]]
+)
+NEW = np.array([[50.0, 24.0, 77.0, 120.0], [19.0, 40.5, 101.0, 65.0], [70.0, 18.0, 60.0, 210.0]])
+
+
+def preprocessor(columns: list[TabularColumn], datatype: str = "FP32") -> TabularPreprocessor:
+    return TabularPreprocessor(TabularConfig(kind="tabular", columns=columns, datatype=datatype), "features")
+
+
+def records(rows: np.ndarray) -> list[dict[str, float]]:
+    return [dict(zip(COLUMNS, map(float, row), strict=True)) for row in rows]
+
+
+def test_columns_follow_the_config_not_the_record():
+    pre = preprocessor([TabularColumn(name=name) for name in ["c", "a", "b"]])
+    forward = pre({"a": 1, "b": 2, "c": 3})["features"]
+    backward = pre({"c": 3, "b": 2, "a": 1})["features"]
+    np.testing.assert_array_equal(forward, [3.0, 1.0, 2.0])
+    np.testing.assert_array_equal(backward, forward)
+    assert pre({"a": 1, "b": 2, "c": 3, "extra": "ignored"})["features"].tolist() == [3.0, 1.0, 2.0]
+
+
+def test_output_dtype_and_width():
+    pre = preprocessor([TabularColumn(name="x"), TabularColumn(name="y", categories=["a", "b", "c"])], "FP64")
+    out = pre({"x": 2, "y": "b"})["features"]
+    assert out.dtype == np.float64
+    assert out.shape == (4,) == (pre.width,)
+
+
+def test_standard_scaling_equals_sklearn():
+    scaler = StandardScaler().fit(TRAIN)
+    pre = preprocessor(
+        [
+            TabularColumn(name=name, transform="standard", mean=float(mean), std=float(std))
+            for name, mean, std in zip(COLUMNS, scaler.mean_, scaler.scale_, strict=True)
+        ]
+    )
+    got = np.stack([pre(record)["features"] for record in records(NEW)])
+    np.testing.assert_allclose(got, scaler.transform(NEW).astype(np.float32), rtol=1e-6, atol=1e-6)
+
+
+def test_minmax_scaling_equals_sklearn():
+    scaler = MinMaxScaler().fit(TRAIN)
+    pre = preprocessor(
+        [
+            TabularColumn(name=name, transform="minmax", min=float(low), max=float(high))
+            for name, low, high in zip(COLUMNS, scaler.data_min_, scaler.data_max_, strict=True)
+        ]
+    )
+    got = np.stack([pre(record)["features"] for record in records(NEW)])
+    np.testing.assert_allclose(got, scaler.transform(NEW).astype(np.float32), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("missing", ["absent", None, "", float("nan"), np.float64("nan"), np.float32("nan")])
+def test_impute_fills_missing_values(missing: object):
+    pre = preprocessor(
+        [
+            TabularColumn(name="age", transform="standard", mean=40.0, std=10.0, impute=40.0),
+            TabularColumn(name="bmi", impute=25.5),
+        ]
+    )
+    record = {"age": 50} if missing == "absent" else {"age": 50, "bmi": missing}
+    np.testing.assert_allclose(pre(record)["features"], [1.0, 25.5])
+
+
+def test_impute_a_category():
+    pre = preprocessor([TabularColumn(name="sex", categories=["f", "m"], impute="f")])
+    assert pre({})["features"].tolist() == [1.0, 0.0]
+    assert pre({"sex": "m"})["features"].tolist() == [0.0, 1.0]
+
+
+def test_numbers_as_strings_and_bools_are_accepted():
+    pre = preprocessor([TabularColumn(name="a"), TabularColumn(name="b")])
+    np.testing.assert_allclose(pre({"a": "3.5", "b": True})["features"], [3.5, 1.0])
+
+
+def test_one_hot_categories():
+    pre = preprocessor(
+        [
+            TabularColumn(name="colour", categories=["red", "green", "blue"]),
+            TabularColumn(name="n"),
+            TabularColumn(name="size", categories=["1", "2"]),
+        ]
+    )
+    out = pre({"colour": "blue", "n": 7, "size": 2})["features"]
+    assert out.tolist() == [0.0, 0.0, 1.0, 7.0, 0.0, 1.0]
+
+
+def test_unknown_category_names_the_column():
+    pre = preprocessor([TabularColumn(name="colour", categories=["red", "green"])])
+    with pytest.raises(InputError) as info:
+        pre({"colour": "purple"})
+    assert "'colour'" in str(info.value)
+    assert "'purple'" in str(info.value)
+    assert "red" in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["abc", [1, 2], {"x": 1}, float("inf"), "-inf", np.array([1.0, 2.0])])
+def test_non_numbers_are_dtype_errors_naming_the_column(value: object):
+    pre = preprocessor([TabularColumn(name="age"), TabularColumn(name="glucose")])
+    with pytest.raises(DTypeError, match="'glucose'"):
+        pre({"age": 3, "glucose": value})
+
+
+def test_missing_column_without_impute_names_it():
+    pre = preprocessor([TabularColumn(name="age"), TabularColumn(name="glucose")])
+    for record in ({"age": 3}, {"age": 3, "glucose": None}, {"age": 3, "glucose": ""}, {"age": 3, "glucose": math.nan}):
+        with pytest.raises(MissingFieldError, match="'glucose'"):
+            pre(record)
+
+
+@pytest.mark.parametrize("raw", [[1.0, 2.0], "age=3", 5, None])
+def test_a_non_record_is_refused(raw: object):
+    with pytest.raises(InputError, match="record"):
+        preprocessor([TabularColumn(name="age")])(raw)
+
+
+def test_degenerate_scales_are_refused_by_the_config():
+    with pytest.raises(ValueError, match="std must not be 0"):
+        TabularColumn(name="a", transform="standard", std=0)
+    with pytest.raises(ValueError, match="max must differ from min"):
+        TabularColumn(name="a", transform="minmax", min=1, max=1)

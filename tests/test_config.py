@@ -1,0 +1,188 @@
+"""ModelConfig: a valid file parses; every ConfigError is one line naming the file, the field and a fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import forwardpass
+from forwardpass.config import ClassificationConfig, ImageConfig, ModelConfig
+from forwardpass.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def config_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        ModelConfig.from_file(path)
+    message = str(info.value)
+    assert "\n" not in message, "messages are one line"
+    assert str(path) in message, "messages name the file"
+    return message
+
+
+def test_a_full_config_parses(tmp_path: Path):
+    path = write(
+        tmp_path,
+        """
+description: a small CNN
+max_batch_size: 8
+inputs:
+  - name: input
+    allow_nonfinite: false
+preprocess:
+  kind: image
+  resize: 256
+  crop: [224, 200]
+  mean: [0.485, 0.456, 0.406]
+  std: [0.229, 0.224, 0.225]
+postprocess:
+  kind: classification
+  labels: [cat, dog]
+  top_k: 2
+engine:
+  intra_op_threads: 1
+  warmup: 0
+""",
+    )
+    config = ModelConfig.from_file(path)
+    assert config.max_batch_size == 8
+    assert config.inputs[0].allow_nonfinite is False
+    assert isinstance(config.preprocess, ImageConfig)
+    assert config.preprocess.resize == 256
+    assert config.preprocess.crop == (224, 200)
+    assert isinstance(config.postprocess, ClassificationConfig)
+    assert config.postprocess.labels == ["cat", "dog"]
+    assert config.engine.intra_op_threads == 1
+
+
+def test_an_empty_file_is_all_defaults(tmp_path: Path):
+    config = ModelConfig.from_file(write(tmp_path, ""))
+    assert config == ModelConfig()
+    assert config.preprocess is None
+    assert config.max_batch_size == 0
+
+
+def test_unknown_top_level_field(tmp_path: Path):
+    message = config_error(write(tmp_path, "max_batchsize: 4\n"))
+    assert "'max_batchsize'" in message
+    assert "remove it or check its spelling" in message
+
+
+def test_unknown_nested_field_is_named_as_the_file_spells_it(tmp_path: Path):
+    """The YAML path is preprocess.colour; pydantic's tag level ('image') is not a level of the file."""
+    message = config_error(write(tmp_path, "preprocess:\n  kind: image\n  colour: RGB\n"))
+    assert "'preprocess.colour'" in message
+    assert "remove it or check its spelling" in message
+
+
+def test_unknown_engine_field(tmp_path: Path):
+    message = config_error(write(tmp_path, "engine:\n  threads: 2\n"))
+    assert "'engine.threads'" in message
+    assert "remove it" in message
+
+
+def test_wrong_type(tmp_path: Path):
+    message = config_error(write(tmp_path, "max_batch_size: many\n"))
+    assert "'max_batch_size'" in message
+    assert "valid integer" in message
+    assert "'many'" in message
+
+
+def test_wrong_type_inside_a_union_field(tmp_path: Path):
+    """resize is `int | [h, w]`: the message names preprocess.resize, not pydantic's internal 'image'/'int' levels."""
+    message = config_error(write(tmp_path, "preprocess:\n  kind: image\n  resize: big\n"))
+    assert "'preprocess.resize'" in message
+    assert "'big'" in message
+
+
+def test_out_of_range_value(tmp_path: Path):
+    message = config_error(write(tmp_path, "engine:\n  warmup: -1\n"))
+    assert "'engine.warmup'" in message
+    assert "greater than or equal to 0" in message
+
+
+def test_missing_required_field(tmp_path: Path):
+    message = config_error(write(tmp_path, "inputs:\n  - datatype: FP32\n"))
+    assert "'inputs.0.name'" in message
+    assert "add it" in message
+
+
+@pytest.mark.parametrize(
+    ("section", "kinds"),
+    [("preprocess", ["image", "text", "tabular"]), ("postprocess", ["classification", "regression", "embedding"])],
+)
+def test_unknown_kind_lists_the_kinds(tmp_path: Path, section: str, kinds: list[str]):
+    message = config_error(write(tmp_path, f"{section}:\n  kind: video\n"))
+    assert f"'{section}'" in message
+    assert "'video'" in message
+    assert "set kind to one of" in message
+    for kind in kinds:
+        assert f"'{kind}'" in message
+
+
+@pytest.mark.parametrize(
+    ("section", "kinds"),
+    [("preprocess", ["image", "text", "tabular"]), ("postprocess", ["classification", "regression", "embedding"])],
+)
+def test_missing_kind_lists_the_kinds(tmp_path: Path, section: str, kinds: list[str]):
+    message = config_error(write(tmp_path, f"{section}:\n  resize: 3\n"))
+    assert f"'{section}'" in message
+    assert "kind" in message
+    for kind in kinds:
+        assert kind in message
+
+
+def test_model_validator_message(tmp_path: Path):
+    text = "preprocess:\n  kind: tabular\n  columns:\n    - name: age\n      transform: standard\n      std: 0\n"
+    message = config_error(write(tmp_path, text))
+    assert "preprocess.columns.0" in message
+    assert "std must not be 0" in message
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path):
+    message = config_error(write(tmp_path, "description: ok\npreprocess:\n  kind: image\n   resize: [1, 2\n"))
+    assert "not valid YAML" in message
+    assert "line 4" in message
+    assert "fix the syntax" in message
+
+
+@pytest.mark.parametrize("text", ["- kind: image\n- kind: text\n", "just a sentence\n", "42\n"])
+def test_non_mapping_top_level(tmp_path: Path, text: str):
+    message = config_error(write(tmp_path, text))
+    assert "mapping" in message
+    assert "top level" in message
+
+
+def test_unreadable_file(tmp_path: Path):
+    folder = tmp_path / "config.yaml"
+    folder.mkdir()
+    message = config_error(folder)
+    assert "cannot read" in message
+
+
+def test_from_dict_names_its_source():
+    with pytest.raises(ConfigError, match=r"^inline: field 'precision'"):
+        ModelConfig.from_dict({"precision": "fp8"}, source="inline")
+
+
+def test_load_reports_the_config_beside_the_versions(tmp_path: Path, add_model):
+    add_model(tmp_path / "adder" / "1" / "model.onnx")
+    config = write(tmp_path / "adder", "postprocess:\n  kind: classification\n  top_k: 0\n")
+    with pytest.raises(ConfigError) as info:
+        forwardpass.load("adder", repository=tmp_path)
+    assert str(config) in str(info.value)
+    assert "top_k" in str(info.value)
+
+
+def test_engine_keyword_options_are_validated(tmp_path: Path, add_model):
+    add_model(tmp_path / "adder" / "1" / "model.onnx")
+    with pytest.raises(ConfigError, match="intra_op_threads"):
+        forwardpass.load("adder", repository=tmp_path, intra_op_threads=-1)
+    with pytest.raises(ConfigError, match="turbo"):
+        forwardpass.load("adder", repository=tmp_path, turbo=True)

@@ -1,0 +1,157 @@
+"""Repository layout `<root>/<model>/<version>/<artefact>`: listing, resolving, and refusing paths outside the root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import forwardpass
+from forwardpass.errors import NotFoundError, UnsafePathError
+from forwardpass.repository import Repository, find_artefact, versions_in
+
+
+@pytest.fixture
+def repo(tmp_path: Path, add_model) -> Path:
+    """resnet: versions 1, 2, 10 (plus a non-version folder and an empty version); bert: 3; notes/: no versions."""
+    root = tmp_path / "models"
+    for version in (1, 2, 10):
+        add_model(root / "resnet" / str(version) / "model.onnx", constant=float(version))
+    (root / "resnet" / "7").mkdir()  # a version folder without a model file does not count
+    (root / "resnet" / "latest").mkdir()  # not a number
+    (root / "resnet" / "config.yaml").write_text("description: r\n")
+    add_model(root / "bert" / "3" / "weights.onnx")
+    (root / "notes").mkdir()
+    (root / "notes" / "readme.txt").write_text("not a model")
+    (root / "README.md").write_text("a file at the top")
+    return root
+
+
+def test_names_lists_models_with_versions_only(repo: Path):
+    assert Repository(repo).names() == ["bert", "resnet"]
+
+
+def test_versions_are_numeric_and_ascending(repo: Path):
+    assert Repository(repo).versions("resnet") == [1, 2, 10]
+    assert Repository(repo).versions("bert") == [3]
+    assert versions_in(repo / "notes") == []
+    assert versions_in(repo / "missing") == []
+
+
+def test_highest_version_wins(repo: Path):
+    entry = Repository(repo).resolve("resnet")
+    assert entry.version == 10  # numerically highest, not "2" as a string sort would give
+    assert entry.artefact == repo / "resnet" / "10" / "model.onnx"
+    assert entry.directory == repo / "resnet"
+    assert entry.config_path == repo / "resnet" / "config.yaml"
+
+
+def test_a_version_can_be_chosen(repo: Path):
+    entry = Repository(repo).resolve("resnet", 2)
+    assert (entry.name, entry.version) == ("resnet", 2)
+    assert entry.artefact == repo / "resnet" / "2" / "model.onnx"
+
+
+def test_artefact_need_not_be_called_model_onnx(repo: Path):
+    entry = Repository(repo).resolve("bert")
+    assert entry.artefact == repo / "bert" / "3" / "weights.onnx"
+    assert entry.config_path is None
+
+
+def test_two_candidate_artefacts_are_ambiguous(tmp_path: Path, add_model):
+    add_model(tmp_path / "a.onnx")
+    add_model(tmp_path / "b.onnx")
+    with pytest.raises(NotFoundError, match=r"expected one model file.*a\.onnx, b\.onnx"):
+        find_artefact(tmp_path)
+
+
+def test_unknown_model_lists_what_exists(repo: Path):
+    with pytest.raises(NotFoundError) as info:
+        Repository(repo).resolve("resnet50")
+    message = str(info.value)
+    assert "'resnet50'" in message
+    assert "bert, resnet" in message
+
+
+def test_unknown_version_lists_the_versions(repo: Path):
+    with pytest.raises(NotFoundError) as info:
+        Repository(repo).resolve("resnet", 7)
+    assert "version 7" in str(info.value)
+    assert "[1, 2, 10]" in str(info.value)
+
+
+def test_model_folder_without_versions(repo: Path):
+    with pytest.raises(NotFoundError, match="no numbered version folder"):
+        Repository(repo).resolve("notes")
+
+
+def test_missing_root():
+    with pytest.raises(NotFoundError, match="does not exist"):
+        Repository("/nonexistent/forwardpass/models")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["..", "../models", "resnet/1", "a..b", "/etc", "/etc/passwd", "..\\x", "resnet\\1", "", ".hidden", "a" * 200],
+)
+def test_unsafe_names_are_refused(repo: Path, name: str):
+    repository = Repository(repo)
+    with pytest.raises(UnsafePathError, match="not a valid model name"):
+        repository.resolve(name)
+    with pytest.raises(UnsafePathError):
+        repository.versions(name)
+
+
+def test_unsafe_names_are_refused_by_load(repo: Path):
+    with pytest.raises(UnsafePathError):
+        forwardpass.load("../models/resnet", repository=repo)
+
+
+@pytest.fixture
+def outside(tmp_path: Path, add_model) -> Path:
+    """A model folder that lives outside the repository root."""
+    folder = tmp_path / "elsewhere" / "secret"
+    add_model(folder / "1" / "model.onnx")
+    return folder
+
+
+def test_symlinked_model_folder_pointing_outside_is_refused(repo: Path, outside: Path):
+    os.symlink(outside, repo / "escape")
+    with pytest.raises(UnsafePathError, match="outside the repository"):
+        Repository(repo).resolve("escape")
+    with pytest.raises(UnsafePathError):
+        forwardpass.load("escape", repository=repo)
+
+
+def test_names_skips_models_that_cannot_be_loaded(repo: Path, outside: Path):
+    """`names()` feeds `forwardpass models`, which loads each name: an escaping symlink must not be listed."""
+    os.symlink(outside, repo / "escape")
+    assert Repository(repo).names() == ["bert", "resnet"]
+
+
+def test_symlinked_version_folder_pointing_outside_is_refused(repo: Path, outside: Path):
+    os.symlink(outside / "1", repo / "bert" / "4")
+    with pytest.raises(UnsafePathError, match="version 4"):
+        Repository(repo).resolve("bert")  # 4 is now the highest
+    assert Repository(repo).resolve("bert", 3).version == 3
+
+
+def test_symlinked_artefact_pointing_outside_is_refused(repo: Path, outside: Path):
+    (repo / "bert" / "5").mkdir()
+    os.symlink(outside / "1" / "model.onnx", repo / "bert" / "5" / "model.onnx")
+    with pytest.raises(UnsafePathError):
+        Repository(repo).resolve("bert", 5)
+
+
+def test_symlinks_inside_the_root_are_fine(repo: Path):
+    os.symlink(repo / "resnet", repo / "resnet-alias")
+    entry = Repository(repo).resolve("resnet-alias")
+    assert entry.version == 10
+    assert "resnet-alias" in Repository(repo).names()
+
+
+def test_a_symlinked_root_is_fine(tmp_path: Path, repo: Path):
+    link = tmp_path / "link-to-models"
+    os.symlink(repo, link)
+    assert Repository(link).resolve("resnet").version == 10
