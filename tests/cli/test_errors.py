@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -47,17 +46,6 @@ def test_missing_record_file(cli: Cli) -> None:
 
 def test_folder_given_as_input_file(cli: Cli) -> None:
     assert_one_error(cli("predict", "img_cls", "folder"), "folder", "is a folder")
-
-
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs file permissions that bind (not root)")
-def test_unreadable_input_file(cli: Cli, input_dir: Path) -> None:
-    locked = input_dir / "locked.png"
-    shutil.copy(input_dir / "one.png", locked)
-    locked.chmod(0)
-    try:
-        assert_one_error(cli("predict", "img_cls", "locked.png"), "locked.png", "cannot read")
-    finally:
-        locked.unlink()
 
 
 def test_corrupt_image(cli: Cli) -> None:
