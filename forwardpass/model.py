@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from forwardpass.backends import open_session
 from forwardpass.backends.base import Session
 from forwardpass.config import EngineConfig, ModelConfig
-from forwardpass.errors import ConfigError, InputError, NotFoundError, ShapeError
+from forwardpass.errors import ConfigError, ForwardpassError, InputError, NotFoundError, ShapeError
 from forwardpass.pipeline import Arrays, Pipeline, Prediction
 from forwardpass.repository import CONFIG_FILE, ModelEntry, Repository, default_repository, find_artefact, versions_in
 from forwardpass.tensor import TensorSpec
@@ -24,8 +24,9 @@ DEFAULT_PREDICT_BATCH = 32
 
 
 class Model:
-    def __init__(self, entry: ModelEntry, config: ModelConfig, session: Session) -> None:
+    def __init__(self, entry: ModelEntry, config: ModelConfig, session: Session, engine: EngineConfig) -> None:
         self.entry = entry
+        self.engine = engine  # the effective engine options: the config's `engine:` plus load()'s overrides
         self.name = entry.name
         self.version = entry.version
         self.config = config
@@ -49,35 +50,65 @@ class Model:
         """One raw item (image path/bytes, text, record, array) → validated arrays without the batch dimension."""
         return self._validate(self.pipeline.preprocess(raw), self._item_specs)
 
-    def run_items(self, items: Sequence[Arrays]) -> list[tuple[Arrays, Arrays]]:
-        """Preprocessed items → forward passes of at most `batch_size` → (outputs row, inputs row) per item."""
+    def run_items(self, items: Sequence[Arrays], batch_size: int | None = None) -> list[tuple[Arrays, Arrays]]:
+        """Preprocessed items → forward passes of at most `batch_size` (default: the model's) → (outputs row,
+        inputs row) per item."""
+        size = batch_size or self.batch_size
         rows: list[tuple[Arrays, Arrays]] = []
-        for start in range(0, len(items), self.batch_size):
-            batch = self.pipeline.collate(items[start : start + self.batch_size])
+        for start in range(0, len(items), size):
+            batch = self.pipeline.collate(items[start : start + size])
             outputs = self.session.run(batch)
-            size = len(next(iter(batch.values())))
-            if any(len(value) != size for value in outputs.values()):
+            count = len(next(iter(batch.values())))
+            if any(len(value) != count for value in outputs.values()):
                 shapes = {name: list(value.shape) for name, value in outputs.items()}
-                raise ShapeError(f"model '{self.name}' gave outputs {shapes} for {size} items: it has no batch dim")
-            for i in range(size):
+                raise ShapeError(f"model '{self.name}' gave outputs {shapes} for {count} items: it has no batch dim")
+            for i in range(count):
                 rows.append(({k: v[i] for k, v in outputs.items()}, {k: v[i] for k, v in batch.items()}))
         return rows
 
     def predict(self, raw: object, *, top_k: int | None = None) -> Prediction | list[Prediction]:
-        """The whole pipeline. One raw item gives one prediction; a list or tuple of items gives a list."""
-        many = isinstance(raw, list | tuple)
+        """The whole pipeline. One raw item gives one prediction; a list or tuple of items gives a list. The first
+        bad item raises its error; `predict_each` gives every item its own outcome instead."""
         raws: Sequence[object] = raw if isinstance(raw, list | tuple) else [raw]
-        items = [self.preprocess(item) for item in raws]
-        predictions = [self.pipeline.postprocess(out, inp, top_k) for out, inp in self.run_items(items)]
-        return predictions if many else predictions[0]
+        predictions = []
+        for outcome in self.predict_each(raws, top_k=top_k):
+            if isinstance(outcome, ForwardpassError):
+                raise outcome
+            predictions.append(outcome)
+        return predictions if isinstance(raw, list | tuple) else predictions[0]
+
+    def predict_each(self, raws: Sequence[object], *, top_k: int | None = None) -> list[Prediction | ForwardpassError]:
+        """One outcome per raw item, in order: its prediction, or the error that item alone causes. A bad item
+        never fails its neighbours: items are preprocessed alone, and a failed batch is retried item by item."""
+        outcomes: list[Prediction | ForwardpassError] = [{} for _ in raws]
+        ready: dict[int, Arrays] = {}
+        for i, raw in enumerate(raws):
+            try:
+                ready[i] = self.preprocess(raw)
+            except ForwardpassError as exc:
+                outcomes[i] = exc
+        for i, outcome in zip(ready, self._forward(list(ready.values()), top_k), strict=True):
+            outcomes[i] = outcome
+        return outcomes
+
+    def _forward(self, items: list[Arrays], top_k: int | None) -> list[Prediction | ForwardpassError]:
+        if not items:
+            return []
+        try:
+            return [self.pipeline.postprocess(out, inp, top_k) for out, inp in self.run_items(items)]
+        except ForwardpassError as exc:
+            if len(items) == 1:
+                return [exc]
+        # A failed batch (e.g. items of different shapes) blames no item by itself: each runs alone to find it.
+        return [self._forward([item], top_k)[0] for item in items]
 
     def close(self) -> None:
         self.session.close()
 
     def _validate(self, arrays: dict[str, Any], specs: dict[str, TensorSpec]) -> Arrays:
-        unknown = arrays.keys() - specs.keys()
-        missing = specs.keys() - arrays.keys()
-        if unknown or missing:
+        if arrays.keys() != specs.keys():
+            unknown = arrays.keys() - specs.keys()
+            missing = specs.keys() - arrays.keys()
             problem = f"unknown input(s) {sorted(unknown)}" if unknown else f"missing input(s) {sorted(missing)}"
             raise InputError(f"model '{self.name}': {problem}; it takes {list(specs)}")
         return {name: spec.validate(arrays[name]) for name, spec in specs.items()}
@@ -132,4 +163,4 @@ def load(
         engine = EngineConfig.model_validate({**config.engine.model_dump(), **engine_options})
     except ValidationError as exc:
         raise ConfigError(f"engine options {engine_options}: {exc.errors()[0]['msg']}") from None
-    return Model(entry, config, open_session(entry.artefact, engine))
+    return Model(entry, config, open_session(entry.artefact, engine), engine)

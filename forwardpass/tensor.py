@@ -74,10 +74,11 @@ class TensorSpec:
         expected = self.dtype.numpy_dtype
         if expected is not None and array.dtype != expected:
             array = self._cast(array, expected)
-        if array.ndim != len(self.shape) or any(
-            want != -1 and got != want for got, want in zip(array.shape, self.shape, strict=True)
-        ):
+        if array.ndim != len(self.shape):
             raise ShapeError(f"input '{self.name}': expected shape {list(self.shape)}, got {list(array.shape)}")
+        for got, want in zip(array.shape, self.shape):  # noqa: B905 -- lengths checked above; hot path
+            if want != -1 and got != want:
+                raise ShapeError(f"input '{self.name}': expected shape {list(self.shape)}, got {list(array.shape)}")
         if not self.allow_nonfinite and array.dtype.kind == "f" and not np.isfinite(array).all():
             raise NonFiniteError(f"input '{self.name}' contains NaN or infinity, which this model's config forbids")
         return array

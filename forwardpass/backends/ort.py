@@ -13,7 +13,7 @@ from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, InputError
 from forwardpass.tensor import DataType, TensorSpec
 
-__all__ = ["OrtSession", "choose_providers"]
+__all__ = ["OrtSession", "choose_providers", "session_options"]
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +37,21 @@ def choose_providers(requested: str | list[str]) -> list[str]:
     return list(requested)
 
 
+def session_options(engine: EngineConfig) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = engine.intra_op_threads
+    options.inter_op_num_threads = engine.inter_op_threads
+    options.graph_optimization_level = _OPTIMIZATION[engine.graph_optimization]
+    options.log_severity_level = 3
+    return options
+
+
 class OrtSession:
     """An `onnxruntime.InferenceSession` behind the `Session` interface."""
 
     def __init__(self, path: Path, engine: EngineConfig | None = None) -> None:
         engine = engine or EngineConfig()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = engine.intra_op_threads
-        options.inter_op_num_threads = engine.inter_op_threads
-        options.graph_optimization_level = _OPTIMIZATION[engine.graph_optimization]
-        options.log_severity_level = 3
+        options = session_options(engine)
         providers = choose_providers(engine.providers)
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -75,7 +80,7 @@ class OrtSession:
             results = self._session.run(self._output_names, inputs)
         except (InvalidArgument, ValueError) as exc:
             raise InputError(f"the model refused the input: {str(exc).splitlines()[0]}") from None
-        return dict(zip(self._output_names, results, strict=True))
+        return dict(zip(self._output_names, results))  # noqa: B905 -- ORT returns one result per name; hot path
 
     def close(self) -> None:
         del self._session

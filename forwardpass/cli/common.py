@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -20,6 +21,6 @@ REPOSITORY = typer.Option(
 VERSION = typer.Option(None, "--version", "-v", help="Model version (default: the highest).", show_default=False)
 
 
-def open_model(model: str, repository: Path | None, version: int | None) -> Model:
-    """A model file, a model folder, or a name in the repository."""
-    return load(model, repository=repository, version=version)
+def open_model(model: str, repository: Path | None, version: int | None, **engine_options: Any) -> Model:
+    """A model file, a model folder, or a name in the repository; options override the config's `engine:`."""
+    return load(model, repository=repository, version=version, **engine_options)

@@ -21,13 +21,11 @@ from forwardpass.measure import (
     RoundDone,
     SpeedPoint,
     bench,
-    effective_engine,
     evaluate,
     machine_info,
     open_dataset,
 )
 from forwardpass.measure.evaluate import MAX_REPORTED_ERRORS
-from forwardpass.model import load
 
 __all__ = ["register"]
 
@@ -111,9 +109,8 @@ def bench_command(
     if duration <= 0 or warmup < 0:
         raise InputError("--duration must be positive and --warmup not negative")
     overrides: dict[str, Any] = {} if threads is None else {"intra_op_threads": threads}
-    loaded = load(model, repository=repository, version=version, **overrides)
-    engine = effective_engine(loaded, **overrides)
-    raw = RawSession(loaded, engine)
+    loaded = open_model(model, repository, version, **overrides)
+    raw = RawSession(loaded)
     machine = machine_info()
     console = Console()
     if not as_json:
@@ -128,12 +125,12 @@ def bench_command(
                 rate = f"{done.items_per_second:,.0f} items/s"
                 progress.update(task, advance=done.seconds, description=f"batch {size} {done.name} {step}: {rate}")
 
-            points += bench(loaded, engine, [size], seconds=duration, warmup_seconds=warmup, on_round=show, raw=raw)
+            points += bench(loaded, [size], seconds=duration, warmup_seconds=warmup, on_round=show, raw=raw)
     settings = {
         "batch_sizes": sizes,
-        "intra_op_threads": engine.intra_op_threads,
-        "inter_op_threads": engine.inter_op_threads,
-        "graph_optimization": engine.graph_optimization,
+        "intra_op_threads": loaded.engine.intra_op_threads,
+        "inter_op_threads": loaded.engine.inter_op_threads,
+        "graph_optimization": loaded.engine.graph_optimization,
         "providers": loaded.session.providers,
         "duration": duration,
         "warmup": warmup,
@@ -150,7 +147,7 @@ def bench_command(
             }
         )
     else:
-        console.print(_bench_table(loaded.name, points, engine.intra_op_threads))
+        console.print(_bench_table(loaded.name, points, loaded.engine.intra_op_threads))
         console.print("ours: Model.infer; raw ORT: InferenceSession.run; latencies in ms per call", style="dim")
 
 

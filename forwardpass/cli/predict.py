@@ -17,7 +17,7 @@ from forwardpass.cli.common import REPOSITORY, VERSION, open_model
 from forwardpass.cli.inputs import Item, decode_inputs
 from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.model import Model
-from forwardpass.pipeline import Arrays, Prediction
+from forwardpass.pipeline import Prediction
 
 __all__ = ["register"]
 
@@ -99,31 +99,10 @@ def run(model: Model, items: Sequence[Item], top_k: int | None) -> Iterator[Outc
 
 
 def _run_batch(model: Model, items: Sequence[Item], top_k: int | None) -> list[Outcome]:
-    """Each item is preprocessed alone, so an error names its item; the good ones then go through the model together."""
-    errors: dict[int, ForwardpassError] = {}
-    ready: dict[int, Arrays] = {}
-    for i, item in enumerate(items):
-        if item.error is not None:
-            errors[i] = item.error
-            continue
-        try:
-            ready[i] = model.preprocess(item.raw)
-        except ForwardpassError as exc:
-            errors[i] = exc
-    results = dict(zip(ready, _forward(model, list(ready.values()), top_k), strict=True))
-    return [errors[i] if i in errors else results[i] for i in range(len(items))]
-
-
-def _forward(model: Model, items: list[Arrays], top_k: int | None) -> list[Outcome]:
-    if not items:
-        return []
-    try:
-        return [model.pipeline.postprocess(out, inp, top_k) for out, inp in model.run_items(items)]
-    except ForwardpassError as exc:
-        if len(items) == 1:
-            return [exc]
-    # A failed batch (e.g. items of different shapes) fails no item by itself: each runs alone to find the culprit.
-    return [_forward(model, [item], top_k)[0] for item in items]
+    """Items that failed to decode keep their error; the others get the model's per-item outcome."""
+    good = [i for i, item in enumerate(items) if item.error is None]
+    results = dict(zip(good, model.predict_each([items[i].raw for i in good], top_k=top_k), strict=True))
+    return [results[i] if item.error is None else item.error for i, item in enumerate(items)]
 
 
 def _report(items: Sequence[Item], outcomes: Iterable[Outcome], as_json: bool) -> list[ForwardpassError]:

