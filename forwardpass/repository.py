@@ -6,12 +6,20 @@
         labels.txt         any files the config names
         1/model.onnx
         2/model.onnx       the highest version wins unless one is asked for
+      minilm/
+        1/                 a version folder may hold one model file of any format (model.pt, model.keras, ...),
+          config.json      or be the model itself: a Hugging Face folder, a SavedModel, an MXNet symbol + params
+          model.safetensors
+          tokenizer.json
 
-Names and files that would leave the root (`..`, absolute paths, symlinks pointing out) are refused.
+Which format an artefact is, `forwardpass.formats` decides; this module knows only the layout. Hidden entries
+(such as the `.forwardpass/` conversion cache) are never the model. Names and files that would leave the root (`..`,
+absolute paths, symlinks pointing out) are refused.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -19,10 +27,22 @@ from pathlib import Path
 
 from forwardpass.errors import NotFoundError, UnsafePathError
 
-__all__ = ["CONFIG_FILE", "ModelEntry", "Repository", "default_repository", "find_artefact", "versions_in"]
+__all__ = [
+    "CONFIG_FILE",
+    "PRECISION_FILE",
+    "PRECISION_PLOT",
+    "ModelEntry",
+    "Repository",
+    "default_repository",
+    "find_artefact",
+    "read_variant",
+    "versions_in",
+]
 
 CONFIG_FILE = "config.yaml"
-ARTEFACT_SUFFIXES = (".onnx",)
+# Written by `forwardpass optimize` beside a derived version's model: its precision and what it derives from.
+PRECISION_FILE = "precision.json"
+PRECISION_PLOT = "precision.png"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -39,6 +59,12 @@ class ModelEntry:
     def config_path(self) -> Path | None:
         path = self.directory / CONFIG_FILE
         return path if path.is_file() else None
+
+    @property
+    def variant(self) -> dict[str, object]:
+        """The version's precision.json (empty for a version that `forwardpass optimize` did not make)."""
+        folder = self.artefact if self.artefact.is_dir() else self.artefact.parent
+        return read_variant(folder)
 
 
 def default_repository() -> Path:
@@ -67,17 +93,44 @@ class Repository:
     def versions(self, name: str) -> list[int]:
         return versions_in(self._model_dir(name))
 
-    def resolve(self, name: str, version: int | None = None) -> ModelEntry:
+    def precisions(self, name: str) -> dict[int, str]:
+        """Each version's precision: from its precision.json, "fp32" for a version that has none."""
+        directory = self._model_dir(name)
+        return {v: str(read_variant(directory / str(v)).get("precision", "fp32")) for v in versions_in(directory)}
+
+    def derived_from(self, name: str) -> dict[int, int]:
+        """{version: the version it was made from} for the versions `forwardpass optimize` made."""
+        directory = self._model_dir(name)
+        lineage = {}
+        for v in versions_in(directory):
+            source = read_variant(directory / str(v)).get("source")
+            if isinstance(source, dict) and isinstance(source.get("version"), int):
+                lineage[v] = source["version"]
+        return lineage
+
+    def resolve(self, name: str, version: int | None = None, precision: str | None = None) -> ModelEntry:
+        """`version`, else the highest version of `precision` (when given), else the highest version."""
         directory = self._model_dir(name)
         versions = versions_in(directory)
         if not versions:
             raise NotFoundError(f"model '{name}' has no numbered version folder with a model in {directory}")
+        if version is None and precision is not None:
+            precisions = self.precisions(name)
+            matching = [v for v in versions if precisions[v] == precision]
+            if not matching:
+                have = ", ".join(f"{v}: {p}" for v, p in precisions.items())
+                raise NotFoundError(
+                    f"model '{name}' has no {precision} version (versions: {have}); "
+                    f"make one with: forwardpass optimize {name} --precision {precision}"
+                )
+            version = matching[-1]
         if version is None:
             version = versions[-1]
         elif version not in versions:
             raise NotFoundError(f"model '{name}' has no version {version}; versions: {versions}")
         artefact = find_artefact(directory / str(version))
-        self._inside_root(artefact, f"model '{name}' version {version}")
+        for part in [artefact, *(artefact.rglob("*") if artefact.is_dir() else [])]:
+            self._inside_root(part, f"model '{name}' version {version}")
         return ModelEntry(name, version, directory, artefact)
 
     def _model_dir(self, name: str) -> Path:
@@ -96,15 +149,29 @@ class Repository:
 
 
 def find_artefact(folder: Path) -> Path:
-    """The model file in a version folder: `model.onnx`, else the only file with a known suffix."""
+    """The model in a version folder: `model.onnx`; else the only `.onnx` file; else the only entry (a model file,
+    or a model folder such as `model.savedmodel/`); else the folder itself, whose files together are the model."""
     preferred = folder / "model.onnx"
     if preferred.is_file():
         return preferred
-    candidates = sorted(p for p in folder.iterdir() if p.suffix in ARTEFACT_SUFFIXES)
-    if len(candidates) != 1:
-        found = "none" if not candidates else ", ".join(p.name for p in candidates)
-        raise NotFoundError(f"{folder}: expected one model file ({', '.join(ARTEFACT_SUFFIXES)}), found {found}")
-    return candidates[0]
+    entries = _model_entries(folder)
+    onnx = [p for p in entries if p.suffix == ".onnx"]
+    if len(onnx) > 1:
+        raise NotFoundError(f"{folder}: expected one model file (.onnx), found {', '.join(p.name for p in onnx)}")
+    if onnx:
+        return onnx[0]
+    if not entries:
+        raise NotFoundError(f"{folder}: no model file or folder in it")
+    return entries[0] if len(entries) == 1 else folder
+
+
+def read_variant(folder: Path) -> dict[str, object]:
+    """A version folder's precision.json, or {} when it has none or it cannot be read as a JSON object."""
+    try:
+        data = json.loads((folder / PRECISION_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def versions_in(directory: Path) -> list[int]:
@@ -115,4 +182,10 @@ def versions_in(directory: Path) -> list[int]:
 
 
 def _has_artefact(folder: Path) -> bool:
-    return any(p.suffix in ARTEFACT_SUFFIXES for p in folder.iterdir())
+    return bool(_model_entries(folder))
+
+
+def _model_entries(folder: Path) -> list[Path]:
+    """What in a folder may be (part of) the model: not hidden, not the model's config, not its precision record."""
+    ignored = (CONFIG_FILE, PRECISION_FILE, PRECISION_PLOT)
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.name not in ignored)

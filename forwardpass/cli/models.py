@@ -17,7 +17,9 @@ __all__ = ["register"]
 
 
 def models(repository: Path | None = REPOSITORY) -> None:
-    """List the models of a repository: versions, inputs, outputs, and where they run.
+    """List the models of a repository: versions, inputs, outputs, how they are served and where they run.
+
+    "served" says whether a non-ONNX model runs in its own framework or converted to ONNX, and why.
 
     Examples:
 
@@ -27,12 +29,14 @@ def models(repository: Path | None = REPOSITORY) -> None:
     """
     repo = Repository(repository or default_repository())
     table = Table(title=f"models in {repo.root}")
-    for column in ("model", "versions", "inputs", "outputs", "pipeline", "providers"):
+    for column in ("model", "versions", "inputs", "outputs", "pipeline", "served", "providers"):
         table.add_column(column)
     for name in repo.names():
         model = load(name, repository=repo.root, warmup=0)
         pipeline = "→".join(
-            kind for kind in (_kind(model.config.preprocess), "onnx", _kind(model.config.postprocess)) if kind
+            kind
+            for kind in (_kind(model.config.preprocess), model.serving.format, _kind(model.config.postprocess))
+            if kind
         )
         table.add_row(
             name,
@@ -40,6 +44,7 @@ def models(repository: Path | None = REPOSITORY) -> None:
             "\n".join(_describe(spec) for spec in model.inputs),
             "\n".join(_describe(spec) for spec in model.outputs),
             pipeline,
+            model.serving.describe(),
             ", ".join(p.removesuffix("ExecutionProvider") for p in model.session.providers),
         )
         model.close()

@@ -1,1 +1,131 @@
-"""Source formats: recognise an artefact, run it natively, convert it to ONNX (registry written by the formats lead)."""
+"""Source formats: which format an artefact is, and how it is opened (natively, or converted to ONNX with parity).
+
+Each format lives in its own module and exposes instances; REGISTERED lists them in detection order (the first
+whose `detect` says yes wins, so formats that claim generic suffixes such as `.json` or `.pb` come after the specific
+ones). The modules are imported when the first artefact is detected, and import their frameworks only when a model is
+opened, so `import forwardpass` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from forwardpass.backends.base import Session
+from forwardpass.config import EngineConfig, SourceConfig
+from forwardpass.errors import ConfigError, NotFoundError
+from forwardpass.formats.base import ConvertOptions, Format, LoadOptions
+from forwardpass.formats.convert import convert_with_parity
+from forwardpass.formats.serve import SERVE_MODES, ServeMode, Serving, serve
+
+__all__ = [
+    "REGISTERED",
+    "SERVE_MODES",
+    "ConvertOptions",
+    "Format",
+    "LoadOptions",
+    "ServeMode",
+    "Serving",
+    "convert_model",
+    "detect_format",
+    "load_options",
+    "open_model_session",
+    "open_served",
+    "registered_formats",
+    "resolve_artefact",
+]
+
+# (module in forwardpass.formats, instance), in detection order.
+REGISTERED: tuple[tuple[str, str], ...] = (
+    ("onnx", "ONNX"),
+    ("huggingface", "HUGGINGFACE"),
+    ("tensorflow", "SAVED_MODEL"),
+    ("mxnet", "MXNET"),
+    ("torch", "TORCH_EXPORT"),
+    ("torch", "TORCHSCRIPT"),
+    ("tensorflow", "KERAS"),
+    ("tensorflow", "FROZEN_GRAPH"),
+    ("xgboost", "XGBOOST"),
+    ("lightgbm", "LIGHTGBM"),
+    ("sklearn", "SKLEARN"),
+)
+
+
+@cache
+def registered_formats() -> tuple[Format, ...]:
+    """The format instances, in detection order."""
+    found: list[Format] = []
+    for module, instance in REGISTERED:
+        found.append(getattr(importlib.import_module(f"forwardpass.formats.{module}"), instance))
+    return tuple(found)
+
+
+def detect_format(path: Path) -> Format:
+    """The format of a model file or folder, or a ConfigError naming the path and the formats known."""
+    if not path.exists():
+        raise NotFoundError(f"no model file or folder at '{path}'")
+    for fmt in registered_formats():
+        if fmt.detect(path):
+            return fmt
+    known = ", ".join(fmt.name for fmt in registered_formats())
+    raise ConfigError(f"{path}: not a model in any known format ({known})")
+
+
+def resolve_artefact(path: Path) -> tuple[Format, Path]:
+    """A path that is a model, or a folder holding exactly one model among other files (config, labels)."""
+    formats = registered_formats()
+    if path.is_dir() and not any(fmt.detect(path) for fmt in formats):
+        found = [
+            entry
+            for entry in sorted(path.iterdir())
+            if not entry.name.startswith(".") and any(f.detect(entry) for f in formats)  # hidden: caches
+        ]
+        if len(found) == 1:
+            return detect_format(found[0]), found[0]
+        if found:
+            names = ", ".join(entry.name for entry in found)
+            raise ConfigError(f"{path}: holds several models ({names}); keep one per version folder")
+    return detect_format(path), path
+
+
+def open_model_session(
+    artefact: Path,
+    engine: EngineConfig,
+    options: LoadOptions | None = None,
+    serve_mode: ServeMode = "auto",
+    convert: ConvertOptions | None = None,
+) -> tuple[Session, Serving]:
+    """The one way to open a model: detect its format, then run it natively or converted as `serve_mode` says."""
+    fmt, path = resolve_artefact(artefact)
+    return serve(fmt, path, engine, options or LoadOptions(), serve_mode, convert or ConvertOptions())
+
+
+def open_served(serving: Serving, engine: EngineConfig) -> Session:
+    """Another session that runs a model the way it is already served (e.g. a server's second instance)."""
+    return open_model_session(serving.runs, engine, serving.options, "native")[0]
+
+
+def convert_model(
+    source: Path, output: Path, options: LoadOptions | None = None, convert: ConvertOptions | None = None
+) -> dict[str, Any]:
+    """`forwardpass convert`: write OUTPUT.onnx and OUTPUT.json (provenance with parity), or refuse with figures."""
+    fmt, path = resolve_artefact(source)
+    return convert_with_parity(fmt, path, output, options or LoadOptions(), convert or ConvertOptions())
+
+
+def load_options(
+    source: SourceConfig, *, trust_pickle: bool = False, signature: str | None = None
+) -> tuple[LoadOptions, ConvertOptions]:
+    """A config's `source:` section (plus what the caller says) as the options formats take."""
+    declared = source.inputs
+    options = LoadOptions(
+        trust_pickle=trust_pickle,
+        signature=signature or source.signature,
+        input_names=[tensor.name for tensor in declared] or None,
+        output_names=list(source.outputs) or None,
+        input_shapes={tensor.name: list(tensor.shape) for tensor in declared if tensor.shape is not None},
+        input_dtypes={tensor.name: tensor.datatype for tensor in declared if tensor.datatype is not None},
+    )
+    return options, ConvertOptions(opset=source.opset, tolerance=source.tolerance)

@@ -1,0 +1,229 @@
+"""Hugging Face model folders: config.json + *.safetensors weights + tokenizer.json (encoders: embeddings and
+sequence classification).
+
+Natively transformers runs them (extra `huggingface`); converted, torch.onnx exports them with dynamic batch and
+sequence axes. Outputs keep transformers' names: `last_hidden_state` for an encoder (pooling is the pipeline's job),
+`logits` for a `...ForSequenceClassification` head. Inputs are `input_ids`, `attention_mask` and, for models with
+token types (BERT), `token_type_ids`. Each file is checked before transformers reads it, so a damaged one is named.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import struct
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from forwardpass.backends.base import Session
+from forwardpass.config import EngineConfig
+from forwardpass.errors import ConfigError
+from forwardpass.formats.base import ConvertOptions, LoadOptions, require
+from forwardpass.formats.torch import TorchSession, import_torch
+from forwardpass.tensor import DataType, TensorSpec
+
+__all__ = ["HUGGINGFACE", "SENTENCES", "HuggingFaceFormat"]
+
+_EXTRA = "huggingface"
+_CONFIG = "config.json"
+_TOKENIZER = "tokenizer.json"
+_TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+# Real sentences of different lengths: parity inputs for text models, padded per batch like real traffic.
+SENTENCES = (
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "A woman is playing violin.",
+    "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.",
+    "A monkey is playing drums.",
+    "Someone in a gorilla costume is playing a set of drums.",
+    "The new movie is awesome!",
+    "The cat sits outside.",
+    "The new movie is so great, I watched it twice and would happily see it again next week.",
+    "Python is a programming language that lets you work quickly and integrate systems more effectively.",
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness.",
+    "Inference servers batch requests to keep the accelerator busy.",
+    "Hi",
+    "The quick brown fox jumps over the lazy dog near the riverbank at dawn.",
+    "Stock markets fell sharply on Tuesday after the central bank raised interest rates again.",
+    "Please remember to water the plants while I am away.",
+    "How do I reset my password?",
+    "The museum's new exhibition features paintings from the early twentieth century.",
+    "Rain is expected tomorrow afternoon.",
+    "She finished the marathon in under four hours despite the heat.",
+    "Quantum computers use qubits, which can represent a superposition of states.",
+    "Where is the nearest train station?",
+    "The recipe calls for two cups of flour, one egg and a pinch of salt.",
+    "Our team shipped the release candidate on Friday evening.",
+    "Birds migrate south for the winter.",
+    "He apologised for the delay and promised to send the report by noon.",
+    "This restaurant serves the best noodles in town.",
+    "Electric cars are becoming cheaper every year.",
+    "The library closes at nine.",
+)
+
+
+class HuggingFaceFormat:
+    name = "huggingface"
+    extra = _EXTRA
+
+    def detect(self, path: Path) -> bool:
+        return (
+            path.is_dir()
+            and (path / _CONFIG).is_file()
+            and (path / _TOKENIZER).is_file()
+            and any(path.glob("*.safetensors"))
+        )
+
+    def open_native(self, path: Path, engine: EngineConfig, options: LoadOptions) -> Session:
+        torch, encoder = _load(path, attention=None)  # transformers' fastest for this model
+        if engine.intra_op_threads:
+            torch.set_num_threads(engine.intra_op_threads)
+        return TorchSession(encoder, encoder.input_specs, torch, path, [encoder.output_name])
+
+    def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
+        torch, encoder = _load(path, attention="eager")  # the plainest attention exports to the plainest graph
+        example = self.parity_samples(path, encoder.input_specs, 3)[-1]
+        names = [spec.name for spec in encoder.input_specs]
+        per_token = encoder.output_name == "last_hidden_state"
+        dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
+        dynamic[encoder.output_name] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but honours the opset
+            try:
+                torch.onnx.export(
+                    encoder,
+                    tuple(torch.from_numpy(example[name]) for name in names),
+                    str(output),
+                    dynamo=False,
+                    opset_version=convert.opset,
+                    input_names=names,
+                    output_names=[encoder.output_name],
+                    dynamic_axes=dynamic,
+                )
+            except Exception as exc:  # the exporter raises many kinds for unsupported operators
+                raise ConfigError(f"{path}: torch.onnx cannot export this model: {exc}") from None
+        transformers = require("transformers", _EXTRA)
+        versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+        return {"tool_versions": versions, "exporter": "torch.onnx.export(dynamo=False)"}
+
+    def parity_samples(self, path: Path, specs: Sequence[TensorSpec], n: int) -> list[dict[str, np.ndarray]]:
+        """Real sentences, tokenized by the folder's tokenizer, in batches of 1, 3, then 16, padded per batch."""
+        tokenizer = _tokenizer(path)
+        texts = [SENTENCES[i % len(SENTENCES)] for i in range(n)]
+        batches, start = [], 0
+        for size in _batch_sizes(n):
+            encodings = tokenizer.encode_batch(texts[start : start + size])
+            start += size
+            fields = {
+                "input_ids": [e.ids for e in encodings],
+                "attention_mask": [e.attention_mask for e in encodings],
+                "token_type_ids": [e.type_ids for e in encodings],
+            }
+            batches.append({spec.name: np.asarray(fields[spec.name], dtype=np.int64) for spec in specs})
+        return batches
+
+
+def _batch_sizes(n: int) -> list[int]:
+    sizes: list[int] = []
+    for wanted in (1, 3):
+        if sum(sizes) < n:
+            sizes.append(min(wanted, n - sum(sizes)))
+    while sum(sizes) < n:
+        sizes.append(min(16, n - sum(sizes)))
+    return sizes
+
+
+def _tokenizer(path: Path) -> Any:
+    """The folder's tokenizer, padding to the longest text of a batch and truncating where the model must."""
+    from tokenizers import Tokenizer
+
+    file = path / _TOKENIZER
+    try:
+        tokenizer = Tokenizer.from_file(str(file))
+    except Exception as exc:  # tokenizers raises plain Exception for malformed files
+        raise ConfigError(f"{file}: not a readable tokenizer.json (huggingface folder): {exc}") from None
+    limit = int(_read_config(path).get("max_position_embeddings", 512))
+    tokenizer.enable_truncation(min(limit, 512))
+    padding = tokenizer.padding or {}
+    tokenizer.enable_padding(pad_id=int(padding.get("pad_id", 0)), pad_token=str(padding.get("pad_token", "[PAD]")))
+    return tokenizer
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    file = path / _CONFIG
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{file}: not a readable config.json (huggingface folder): {exc}") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ConfigError(f"{file}: not a transformers config.json (huggingface folder): no model_type")
+    return config
+
+
+def _check_safetensors(file: Path) -> None:
+    """The header says how long the file must be: a truncated or damaged weights file is named before loading."""
+    try:
+        with file.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        ends = [int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"]
+    except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError) as exc:
+        raise ConfigError(f"{file}: not a readable safetensors file (huggingface folder): {exc}") from None
+    expected = 8 + length + max(ends, default=0)
+    if file.stat().st_size < expected:
+        raise ConfigError(
+            f"{file}: truncated safetensors file (huggingface folder): {file.stat().st_size} bytes, expected {expected}"
+        )
+
+
+def _load(path: Path, attention: str | None) -> tuple[ModuleType, Any]:
+    """torch, and the model wrapped as an nn.Module taking the text inputs positionally and returning one tensor.
+    The folder's files are checked first, so a damaged one is named without importing a framework."""
+    config = _read_config(path)
+    _tokenizer(path)
+    for weights in sorted(path.glob("*.safetensors")):
+        _check_safetensors(weights)
+    torch = import_torch(_EXTRA)
+    transformers = require("transformers", _EXTRA)
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    classifier = any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or [])
+    auto = transformers.AutoModelForSequenceClassification if classifier else transformers.AutoModel
+    try:
+        model = auto.from_pretrained(str(path), local_files_only=True, attn_implementation=attention)
+    except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for folders it cannot read
+        raise ConfigError(f"{path}: transformers cannot load this huggingface folder: {exc}") from None
+    accepted = inspect.signature(model.forward).parameters
+    names = [name for name in _TEXT_INPUTS if name in accepted]
+    if "token_type_ids" in names and not config.get("type_vocab_size"):
+        names.remove("token_type_ids")
+    return torch, _encoder_module(torch, model.float(), names, "logits" if classifier else "last_hidden_state")
+
+
+def _encoder_module(torch: ModuleType, model: Any, names: list[str], output_name: str) -> Any:
+    class Encoder(torch.nn.Module):  # type: ignore[name-defined]
+        """Positional text inputs in, one named output out: the shape both torch and the ONNX exporter want."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.output_name = output_name
+            self.input_specs = [TensorSpec(name, DataType.INT64, (-1, -1)) for name in names]
+
+        def forward(self, *tensors: Any) -> Any:
+            return self.model(**dict(zip(names, tensors, strict=True)))[output_name]
+
+    # eval() on the wrapper as well: exporting restores the training flag the wrapper had, dropout included
+    return Encoder().eval()
+
+
+HUGGINGFACE = HuggingFaceFormat()

@@ -1,0 +1,342 @@
+"""PyTorch: TorchScript archives (`torch.jit.save`) and `torch.export` programs (`torch.export.save`, `.pt2`).
+
+Natively they run in torch; converted, torch.onnx writes them to ONNX (the TorchScript-based exporter for TorchScript,
+which honours the asked opset; the dynamo exporter for exported programs, which writes opset 18 or later).
+A plain `torch.save` checkpoint (a state_dict, or a pickled nn.Module) is weights without a program: it is refused
+with the way to export one, never unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import sys
+import warnings
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from forwardpass.backends.base import Session
+from forwardpass.config import EngineConfig
+from forwardpass.errors import ConfigError, InputError
+from forwardpass.formats.base import ConvertOptions, LoadOptions, require
+from forwardpass.formats.parity import random_samples
+from forwardpass.tensor import DataType, TensorSpec
+
+__all__ = ["TORCHSCRIPT", "TORCH_EXPORT", "TorchExportFormat", "TorchScriptFormat", "TorchSession", "import_torch"]
+
+_SCRIPT_SUFFIXES = (".pt", ".pth", ".jit", ".torchscript")
+_EXPORT_SUFFIX = ".pt2"
+
+
+def import_torch(extra: str = "torch") -> ModuleType:
+    torch = require("torch", extra)
+    _let_a_mismatched_torchvision_import(torch)
+    return torch
+
+
+def _let_a_mismatched_torchvision_import(torch: ModuleType) -> None:
+    """A torchvision wheel built for another torch variant (CUDA beside a CPU torch) cannot load its C ops, and its
+    import then fails registering fake kernels for them; transformers imports torchvision whenever it is installed.
+    Defining the two op schemas it registers first lets it import: only its pure-Python parts are used here."""
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or spec.origin is None or "torchvision" in sys.modules or hasattr(torch.ops.torchvision, "nms"):
+        return
+    library = next(Path(spec.origin).parent.glob("_C*.so"), None)
+    if library is None:
+        return
+    try:
+        torch.ops.load_library(str(library))
+    except OSError:
+        for op in ("nms", "qnms"):
+            torch.library.define(f"torchvision::{op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+
+
+class TorchSession:
+    """A torch callable behind the `Session` interface: numpy in, numpy out (floats as float32), batch first.
+
+    Outputs are named the way the ONNX export names them: `output_names` when given, else a single tensor is
+    `output`, a tuple `output_0`, ..., a dict keeps its keys. Their specs come from two probe passes of different
+    sizes: dims that change are dynamic.
+    """
+
+    def __init__(
+        self,
+        module: Callable[..., Any],
+        inputs: list[TensorSpec],
+        torch: ModuleType,
+        source: Path,
+        output_names: Sequence[str] | None = None,
+    ) -> None:
+        self._module = module
+        self._inputs = inputs
+        self._torch = torch
+        self._source = source
+        self._output_names = list(output_names) if output_names else None
+        small = random_samples(inputs, 1, dynamic_size=8)[0]
+        larger = random_samples(inputs, 4, dynamic_size=9)[-1]
+        first, second = self.run(small), self.run(larger)
+        self._outputs = [_output_spec(name, first[name], second[name]) for name in first]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    @property
+    def providers(self) -> list[str]:
+        return ["torch:cpu"]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        tensors = [torch.from_numpy(np.array(inputs[spec.name], copy=True, order="C")) for spec in self._inputs]
+        try:
+            with torch.inference_mode():
+                result = self._module(*tensors)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise InputError(f"the model refused the input: {_first_line(exc)}") from None
+        named = name_outputs(result, self._source)
+        if self._output_names is not None:
+            named = dict(zip(self._output_names, named.values(), strict=True))
+        return {name: _to_numpy(tensor) for name, tensor in named.items()}
+
+    def close(self) -> None:
+        del self._module
+
+
+def name_outputs(result: Any, source: Path) -> dict[str, Any]:
+    """A forward pass's result as named tensors: `output`, `output_<i>` for a tuple or list, a dict's own keys."""
+    if isinstance(result, dict):
+        return {str(key): value for key, value in result.items()}
+    if isinstance(result, tuple | list):
+        return {f"output_{i}": value for i, value in enumerate(result)}
+    if hasattr(result, "detach"):
+        return {"output": result}
+    raise ConfigError(f"{source}: the model returns {type(result).__name__}; tensors, tuples or dicts of them only")
+
+
+def _to_numpy(tensor: Any) -> np.ndarray:
+    if not hasattr(tensor, "detach"):
+        raise InputError(f"the model returned {type(tensor).__name__} where a tensor was expected")
+    array = tensor.detach().cpu()
+    if array.is_floating_point():
+        array = array.float()
+    result: np.ndarray = array.numpy()
+    return result
+
+
+def _output_spec(name: str, first: np.ndarray, second: np.ndarray) -> TensorSpec:
+    shape = tuple(a if a == b and i > 0 else -1 for i, (a, b) in enumerate(zip(first.shape, second.shape, strict=True)))
+    return TensorSpec(name, DataType.from_numpy(first.dtype), shape)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _dtype(torch_dtype: Any) -> DataType:
+    name = str(torch_dtype).removeprefix("torch.")
+    for member in DataType:
+        if member.torch_name == name:
+            return member
+    raise ConfigError(f"torch dtype {name} has no tensor type here")
+
+
+def _set_threads(torch: ModuleType, engine: EngineConfig) -> None:
+    if engine.intra_op_threads:
+        torch.set_num_threads(engine.intra_op_threads)
+
+
+def _zip_names(path: Path) -> list[str] | None:
+    """The entries of a zip archive, or None when the file is not one (or is truncated)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+
+
+def _dynamic_axes(specs: Sequence[TensorSpec]) -> dict[str, dict[int, str]]:
+    return {
+        spec.name: {i: "batch" if i == 0 else f"{spec.name}_dim{i}" for i, dim in enumerate(spec.shape) if dim == -1}
+        for spec in specs
+    }
+
+
+def _example(inputs: list[TensorSpec], torch: ModuleType) -> tuple[Any, ...]:
+    batch = random_samples(inputs, 3)[-1]  # batch of 2: a batch of 1 invites exporters to fold the batch dim
+    return tuple(torch.from_numpy(batch[spec.name]) for spec in inputs)
+
+
+class TorchScriptFormat:
+    name = "torchscript"
+    extra = "torch"
+
+    def detect(self, path: Path) -> bool:
+        if not path.is_file():
+            return False
+        if path.suffix in _SCRIPT_SUFFIXES:
+            return True
+        names = _zip_names(path)
+        return names is not None and any("/code/" in name for name in names)
+
+    def open_native(self, path: Path, engine: EngineConfig, options: LoadOptions) -> Session:
+        torch, module = self._load(path)
+        _set_threads(torch, engine)
+        return TorchSession(module, self._inputs(module, path, options), torch, path)
+
+    def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
+        torch, module = self._load(path)
+        session = TorchSession(module, self._inputs(module, path, options), torch, path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but honours the opset
+            try:
+                torch.onnx.export(
+                    module,
+                    _example(session.inputs, torch),
+                    str(output),
+                    dynamo=False,
+                    opset_version=convert.opset,
+                    input_names=[spec.name for spec in session.inputs],
+                    output_names=[spec.name for spec in session.outputs],
+                    dynamic_axes=_dynamic_axes([*session.inputs, *session.outputs]),
+                )
+            except Exception as exc:  # the exporter raises many kinds for unsupported operators
+                problem = _first_line(exc)
+                raise ConfigError(f"{path}: torch.onnx cannot export this TorchScript model: {problem}") from None
+        return {"tool_versions": {"torch": torch.__version__}, "exporter": "torch.onnx.export(dynamo=False)"}
+
+    def _load(self, path: Path) -> tuple[ModuleType, Any]:
+        """torch and the module; the archive is checked first, so a damaged file is named without importing torch."""
+        names = _zip_names(path)
+        if names is None:
+            raise ConfigError(f"{path}: not a readable TorchScript archive (truncated or corrupt?)")
+        if not any("/code/" in name for name in names):
+            raise ConfigError(
+                f"{path}: a torch.save checkpoint (weights or a pickled module), not a TorchScript program; "
+                "save the model with torch.jit.save(torch.jit.trace(model, example)) or torch.export.save"
+            )
+        torch = import_torch()
+        try:
+            traced = any(name.endswith("/traced_inputs.pkl") for name in names)  # traced: it knows input shapes
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated; its archives remain
+                module = torch.jit.load(str(path), map_location="cpu", _restore_shapes=traced)
+        except Exception as exc:  # torch raises RuntimeError and others for damaged archives
+            raise ConfigError(f"{path}: not a readable TorchScript archive: {_first_line(exc)}") from None
+        return torch, module.eval()
+
+    def _inputs(self, module: Any, path: Path, options: LoadOptions) -> list[TensorSpec]:
+        arguments = module.forward.schema.arguments[1:]  # the first is self
+        traced = list(module.graph.inputs())[1:]
+        specs = []
+        for argument, value in zip(arguments, traced, strict=False):
+            if argument.default_value is not None:
+                continue
+            if str(argument.type) != "Tensor":
+                raise ConfigError(f"{path}: forward argument '{argument.name}' is {argument.type}; tensors only")
+            specs.append(_script_input(argument.name, value.type(), path, options))
+        unknown = sorted({*options.input_shapes, *options.input_dtypes} - {spec.name for spec in specs})
+        if unknown:
+            raise ConfigError(f"{path}: no input named {unknown}; its inputs are {[spec.name for spec in specs]}")
+        return specs
+
+
+def _script_input(name: str, traced: Any, path: Path, options: LoadOptions) -> TensorSpec:
+    declared_dtype = options.input_dtypes.get(name)
+    if declared_dtype is not None:
+        dtype = DataType.from_name(declared_dtype)
+    else:
+        recorded = traced.dtype() if hasattr(traced, "dtype") else None
+        dtype = _dtype(recorded) if recorded is not None else DataType.FP32
+    if name in options.input_shapes:
+        return TensorSpec(name, dtype, tuple(options.input_shapes[name]))
+    sizes = traced.sizes() if hasattr(traced, "sizes") else None
+    if sizes is None:
+        raise ConfigError(
+            f"{path}: this TorchScript archive records no shape for input '{name}'; give it "
+            f"(config source.inputs, or --input {name}=-1,3,224,224)"
+        )
+    return TensorSpec(name, dtype, (-1, *sizes[1:]))
+
+
+class TorchExportFormat:
+    name = "torch.export"
+    extra = "torch"
+
+    def detect(self, path: Path) -> bool:
+        if not path.is_file():
+            return False
+        if path.suffix == _EXPORT_SUFFIX:
+            return True
+        names = _zip_names(path)
+        return names is not None and any(name.endswith("/archive_format") for name in names)
+
+    def open_native(self, path: Path, engine: EngineConfig, options: LoadOptions) -> Session:
+        torch, program = self._load(path)
+        _set_threads(torch, engine)
+        return TorchSession(program.module(), _program_inputs(program), torch, path)
+
+    def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
+        torch, program = self._load(path)
+        session = TorchSession(program.module(), _program_inputs(program), torch, path)
+        opset = max(convert.opset, 18)  # the dynamo exporter writes opset 18 at least and cannot go lower
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            try:
+                exported = torch.onnx.export(
+                    program,
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=[spec.name for spec in session.inputs],
+                    output_names=[spec.name for spec in session.outputs],
+                    verbose=False,
+                )
+                exported.save(str(output))
+            except Exception as exc:  # the exporter raises many kinds for unsupported operators
+                raise ConfigError(f"{path}: torch.onnx cannot export this program: {_first_line(exc)}") from None
+        versions = {"torch": torch.__version__, "onnxscript": _version_of("onnxscript")}
+        exporter = "torch.onnx.export(dynamo=True)"
+        return {"tool_versions": versions, "exporter": exporter, "opset_requested": convert.opset}
+
+    def _load(self, path: Path) -> tuple[ModuleType, Any]:
+        """torch and the program; the archive is checked first, so a damaged file is named without importing torch."""
+        if _zip_names(path) is None:
+            raise ConfigError(f"{path}: not a readable torch.export program (.pt2; truncated or corrupt?)")
+        torch = import_torch()
+        try:
+            return torch, torch.export.load(str(path))
+        except Exception as exc:  # torch raises RuntimeError, KeyError, ... for damaged or foreign archives
+            raise ConfigError(f"{path}: not a readable torch.export program: {_first_line(exc)}") from None
+
+
+def _program_inputs(program: Any) -> list[TensorSpec]:
+    nodes = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    specs = []
+    for name in program.graph_signature.user_inputs:
+        value = nodes[name].meta["val"]
+        shape = tuple(dim if isinstance(dim, int) else -1 for dim in value.shape)
+        specs.append(TensorSpec(name, _dtype(value.dtype), shape))
+    return specs
+
+
+def _version_of(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+TORCHSCRIPT = TorchScriptFormat()
+TORCH_EXPORT = TorchExportFormat()

