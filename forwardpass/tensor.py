@@ -9,7 +9,7 @@ import numpy as np
 
 from forwardpass.errors import DTypeError, NonFiniteError, ShapeError
 
-__all__ = ["DataType", "TensorSpec"]
+__all__ = ["DataType", "TensorSpec", "as_array"]
 
 
 class DataType(Enum):
@@ -70,7 +70,7 @@ class TensorSpec:
 
     def validate(self, value: object) -> np.ndarray:
         """Return `value` as an array of this spec's dtype and shape, or raise an InputError naming the tensor."""
-        array = value if isinstance(value, np.ndarray) else _as_array(self.name, value)
+        array = value if isinstance(value, np.ndarray) else as_array(self.name, value)
         expected = self.dtype.numpy_dtype
         if expected is not None and array.dtype != expected:
             array = self._cast(array, expected)
@@ -88,11 +88,13 @@ class TensorSpec:
         if expected.kind == "O" and array.dtype.kind in "SU":
             return array.astype(object)
         source = array.dtype.kind
-        if (
-            (source in "biu" and expected.kind == "f")
-            or (source == "f" == expected.kind)
-            or (source == "b" == expected.kind)
-        ):
+        if source == "f" == expected.kind:
+            with np.errstate(over="ignore"):
+                narrowed = array.astype(expected)
+            if np.isinf(narrowed).sum() != np.isinf(array).sum():
+                raise DTypeError(f"input '{self.name}': values beyond the range of {self.dtype.name} ({expected.name})")
+            return narrowed
+        if (source in "biu" and expected.kind == "f") or (source == "b" == expected.kind):
             return array.astype(expected)
         if source in "biu" and expected.kind in "iu":
             limits = np.iinfo(expected)
@@ -109,7 +111,8 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.dtype.name, "shape": list(self.shape)}
 
 
-def _as_array(name: str, value: object) -> np.ndarray:
+def as_array(name: str, value: object) -> np.ndarray:
+    """`np.asarray`, with a ragged nesting refused as a ShapeError naming the tensor."""
     try:
         return np.asarray(value)
     except (ValueError, TypeError) as exc:

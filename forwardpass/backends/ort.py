@@ -60,6 +60,7 @@ class OrtSession:
         self._inputs = [_spec(arg) for arg in self._session.get_inputs()]
         self._outputs = [_spec(arg) for arg in self._session.get_outputs()]
         self._output_names = [spec.name for spec in self._outputs]
+        self._text_inputs = [spec.name for spec in self._inputs if spec.dtype is DataType.BYTES]
         for _ in range(engine.warmup):
             self._warm_up()
 
@@ -76,6 +77,8 @@ class OrtSession:
         return list(self._session.get_providers())
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._text_inputs:
+            inputs = {**inputs, **{name: _as_text(name, inputs[name]) for name in self._text_inputs if name in inputs}}
         try:
             results = self._session.run(self._output_names, inputs)
         except (InvalidArgument, ValueError) as exc:
@@ -96,6 +99,17 @@ class OrtSession:
             self._session.run(self._output_names, feed)
         except Exception as exc:  # a model may reject zeros (e.g. index inputs); the first real call warms it instead
             log.debug("warm-up skipped: %s", exc)
+
+
+def _as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """ORT turns a bytes element into its repr ("b'...'"), silently: string tensors get UTF-8 text instead."""
+    if not any(isinstance(element, bytes) for element in array.flat):
+        return array
+    try:
+        text = [element.decode() if isinstance(element, bytes) else element for element in array.flat]
+    except UnicodeDecodeError:
+        raise InputError(f"input '{name}': a string element is not valid UTF-8") from None
+    return np.array(text, dtype=object).reshape(array.shape)
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:

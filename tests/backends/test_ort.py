@@ -11,7 +11,6 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from forwardpass.backends import open_session
 from forwardpass.backends.ort import OrtSession, choose_providers
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, InputError
@@ -182,17 +181,33 @@ def test_a_folder_instead_of_a_file(tmp_path: Path):
         OrtSession(folder)
 
 
-def test_open_session_picks_the_backend_by_suffix(adder: Path, tmp_path: Path):
-    assert isinstance(open_session(adder, EngineConfig(warmup=0)), OrtSession)
-    other = tmp_path / "model.pt"
-    other.write_bytes(b"x")
-    with pytest.raises(ConfigError, match=r"no backend for '\.pt'"):
-        open_session(other, EngineConfig())
-
-
 def test_bad_input_at_run_time_is_an_input_error(adder: Path):
     session = OrtSession(adder, EngineConfig(warmup=0))
     with pytest.raises(InputError, match="refused the input"):
         session.run({"x": np.zeros((2, 7), np.float32)})
     with pytest.raises(InputError):
         session.run({"x": np.zeros((2, 3), np.float64)})
+
+
+@pytest.fixture(scope="module")
+def echo_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["same"])],
+        "echo",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["n"])],
+        [helper.make_tensor_value_info("same", TensorProto.STRING, ["n"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return save(model, tmp_path_factory.mktemp("echo") / "model.onnx")
+
+
+def test_bytes_elements_reach_a_string_model_as_text_not_as_their_repr(echo_text: Path):
+    session = OrtSession(echo_text, EngineConfig(warmup=0))
+    out = session.run({"text": np.array([b"caf\xc3\xa9", "plain"], dtype=object)})
+    assert out["same"].tolist() == ["café", "plain"]
+
+
+def test_bytes_that_are_not_utf8_are_an_input_error_naming_the_tensor(echo_text: Path):
+    session = OrtSession(echo_text, EngineConfig(warmup=0))
+    with pytest.raises(InputError, match=r"'text'.*UTF-8"):
+        session.run({"text": np.array([b"\xff"], dtype=object)})

@@ -1,0 +1,126 @@
+"""`forwardpass serve`: the real-time server (KServe V2 over HTTP and gRPC, TF Serving REST, pipeline endpoints)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from pydantic import ValidationError
+
+from forwardpass.cli.common import REPOSITORY
+from forwardpass.errors import ConfigError
+
+__all__ = ["register"]
+
+
+def serve(
+    repository: Path | None = REPOSITORY,
+    http_port: int | None = typer.Option(
+        None,
+        "--http-port",
+        help="HTTP port; 0 picks a free one (env FORWARDPASS_HTTP_PORT, default 8000).",
+        show_default=False,
+    ),
+    grpc_port: int | None = typer.Option(
+        None,
+        "--grpc-port",
+        help="gRPC port; 0 turns gRPC off (env FORWARDPASS_GRPC_PORT, default 8001).",
+        show_default=False,
+    ),
+    host: str | None = typer.Option(
+        None, "--host", help="Address to listen on (env FORWARDPASS_HOST, default 127.0.0.1).", show_default=False
+    ),
+    auth_token: str | None = typer.Option(
+        None,
+        "--auth-token",
+        help="Require 'Authorization: Bearer <token>' on every call but health checks (env FORWARDPASS_AUTH_TOKEN).",
+        show_default=False,
+    ),
+    poll_interval: float | None = typer.Option(
+        None,
+        "--poll-interval",
+        help="Seconds between looks for new or changed models; 0 never (env FORWARDPASS_POLL_INTERVAL_S).",
+        show_default=False,
+    ),
+    request_timeout: float | None = typer.Option(
+        None,
+        "--request-timeout",
+        help="Seconds a request may take (env FORWARDPASS_REQUEST_TIMEOUT_S, default 30).",
+        show_default=False,
+    ),
+    max_request_bytes: int | None = typer.Option(
+        None,
+        "--max-request-bytes",
+        help="Largest request body (env FORWARDPASS_MAX_REQUEST_BYTES, default 64 MiB).",
+        show_default=False,
+    ),
+    trust_pickle: bool | None = typer.Option(
+        None,
+        "--trust-pickle",
+        help="Let pickled models (scikit-learn, joblib) load: unpickling runs code (env FORWARDPASS_TRUST_PICKLE).",
+        show_default=False,
+    ),
+    access_log: bool | None = typer.Option(
+        None,
+        "--access-log/--no-access-log",
+        help="One JSON line per request on stderr (env FORWARDPASS_ACCESS_LOG).",
+        show_default=False,
+    ),
+    ray: bool = typer.Option(
+        False, "--ray", help="Serve HTTP through Ray Serve replicas (no gRPC; needs forwardpass\\[ray])."
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="With --ray: join the Ray cluster at this address.", show_default=False
+    ),
+    replicas: int = typer.Option(1, "--replicas", help="With --ray: replicas, each serving every model."),
+    max_replicas: int | None = typer.Option(
+        None, "--max-replicas", help="With --ray: autoscale from --replicas up to this many.", show_default=False
+    ),
+) -> None:
+    """Serve every model of a repository until SIGTERM or Ctrl-C (then finish requests in progress and exit 0).
+
+    Examples:
+
+      forwardpass serve
+
+      forwardpass serve --repository /srv/models --http-port 8080 --grpc-port 0
+
+      FORWARDPASS_AUTH_TOKEN=secret forwardpass serve --host 0.0.0.0
+
+      forwardpass serve --ray --replicas 2 --max-replicas 8
+    """
+    from forwardpass.server.app import serve as run_server  # the server's imports only when serving
+    from forwardpass.server.settings import ServerSettings
+
+    options: dict[str, Any] = {
+        "repository": repository,
+        "http_port": http_port,
+        "grpc_port": grpc_port,
+        "host": host,
+        "auth_token": auth_token,
+        "poll_interval_s": poll_interval,
+        "request_timeout_s": request_timeout,
+        "max_request_bytes": max_request_bytes,
+        "access_log": access_log,
+        "trust_pickle": trust_pickle,
+    }
+    try:
+        settings = ServerSettings(**{key: value for key, value in options.items() if value is not None})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"])
+        raise ConfigError(f"server setting '{field}': {error['msg']} (got {error.get('input')!r})") from None
+    if ray or ray_address:
+        from forwardpass.modes.ray_serve import serve_on_ray  # Ray only when asked for
+
+        if replicas < 1 or (max_replicas is not None and max_replicas < replicas):
+            raise ConfigError(f"--replicas must be at least 1 and --max-replicas at least --replicas ({replicas})")
+
+        serve_on_ray(settings, address=ray_address, replicas=replicas, max_replicas=max_replicas)
+    else:
+        run_server(settings)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)

@@ -1,0 +1,328 @@
+"""ModelRegistry: the models and versions a server runs, loaded from a Repository, each behind its own Batcher.
+
+Every numbered version of a model is served; a request without a version gets the highest. Loading (explicitly or
+because the repository changed) opens the new or changed versions in a thread while traffic flows, swaps them in
+with one assignment, and drains what they replace: requests already inside an old version finish there, new ones
+reach the new version, none fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from forwardpass.backends.base import Session
+from forwardpass.config import ModelConfig
+from forwardpass.errors import ForwardpassError, NotFoundError
+from forwardpass.model import Model, load
+from forwardpass.repository import Repository
+from forwardpass.scheduler import Batcher, Runner
+from forwardpass.scheduler.sequence import SequenceBatcher, state_slots
+from forwardpass.tensor import TensorSpec
+
+__all__ = ["ModelRegistry", "Served", "available_cores"]
+
+log = logging.getLogger(__name__)
+
+BatchObserver = Callable[["Served", int, float], None]  # (version, rows in the batch, seconds of forward pass)
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(eq=False)
+class Served:
+    """One version of one model as the server runs it."""
+
+    model: Model
+    batcher: Batcher
+    sessions: list[Session]  # one per instance; the model's own first
+    max_batch_size: int  # 0 when the config turns batching off or the model has no dynamic batch dimension
+    fingerprint: Fingerprint
+    sequencer: SequenceBatcher | None = None  # stateful models (config `sequence_batching:`) run their steps here
+    active: int = 0
+    _idle: asyncio.Event | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def version(self) -> str:
+        return str(self.model.version if self.model.version is not None else 1)
+
+    @property
+    def depth(self) -> int:
+        """Requests (or sequence steps) waiting for an instance."""
+        return self.batcher.depth + (self.sequencer.depth if self.sequencer is not None else 0)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """What clients send: a stateful model's state inputs are the server's business."""
+        return self.sequencer.inputs if self.sequencer is not None else self.model.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        hidden = self.sequencer.state_outputs if self.sequencer is not None else frozenset()
+        return [spec for spec in self.model.outputs if spec.name not in hidden]
+
+    @contextmanager
+    def in_use(self) -> Iterator[Served]:
+        """Held by a request from lookup to answer, so that retiring this version waits for it."""
+        self.active += 1
+        try:
+            yield self
+        finally:
+            self.active -= 1
+            if self._idle is not None and not self.active:
+                self._idle.set()
+
+    async def retire(self) -> None:
+        """Wait for the requests inside, drain the batcher, close the sessions."""
+        if self.active:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+        await self.batcher.drain()
+        if self.sequencer is not None:
+            await self.sequencer.drain()
+        for session in self.sessions:
+            session.close()
+        if self.model.audit is not None:  # commits decisions a grouped audit log still holds
+            self.model.audit.close()
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        repository: Repository,
+        *,
+        on_batch: BatchObserver | None = None,
+        cores: int | None = None,
+        trust_pickle: bool = False,
+    ) -> None:
+        self.repository = repository
+        self.trust_pickle = trust_pickle
+        self.on_batch = on_batch  # told of every batch of every version loaded from now on: metrics
+        self._cores = cores or available_cores()
+        self._versions: dict[str, dict[int, Served]] = {}
+        self._latest: dict[str, Served] = {}
+        self._wanted: set[str] = set()  # models that should be loaded
+        self._seen: set[str] = set()  # models the repository has shown us; polling only adds new ones
+        self._failed: dict[str, str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def get(self, name: str, version: str | None = None) -> Served:
+        """The served version (the highest when `version` is None or empty); NotFoundError otherwise."""
+        if not version:
+            served = self._latest.get(name)
+            if served is None:
+                raise self._not_loaded(name)
+            return served
+        versions = self._versions.get(name)
+        if versions is None:
+            raise self._not_loaded(name)
+        found = versions.get(int(version)) if version.isascii() and version.isdigit() else None
+        if found is None:
+            raise NotFoundError(f"model '{name}' has no version '{version}'; versions: {sorted(versions)}")
+        return found
+
+    def loaded(self) -> list[Served]:
+        return [served for versions in self._versions.values() for served in versions.values()]
+
+    def versions(self, name: str) -> list[str]:
+        self.get(name)
+        return [str(version) for version in sorted(self._versions[name])]
+
+    def ready(self) -> bool:
+        """Every model that should be loaded is loaded."""
+        return all(name in self._latest for name in self._wanted)
+
+    def index(self) -> list[dict[str, str]]:
+        """Triton's repository index: every model the repository holds or the registry serves, with its state."""
+        rows: list[dict[str, str]] = []
+        for name in sorted(set(self.repository.names()) | self._versions.keys()):
+            versions = self._versions.get(name)
+            if versions:
+                rows.extend({"name": name, "version": str(v), "state": "READY", "reason": ""} for v in sorted(versions))
+            else:
+                reason = self._failed.get(name, "unloaded")
+                rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason})
+        return rows
+
+    async def load_all(self) -> None:
+        """Load every model of the repository, side by side; a model that fails is logged and left unavailable."""
+        names = self.repository.names()
+        results = await asyncio.gather(*(self.load(name) for name in names), return_exceptions=True)
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, ForwardpassError):
+                log.warning("model '%s' not loaded: %s", name, result)
+            elif isinstance(result, BaseException):
+                raise result
+
+    async def load(self, name: str) -> None:
+        """Load (or reload) every version of a model: new and changed versions open beside the old, then swap."""
+        async with self._lock(name):
+            self._wanted.add(name)
+            self._seen.add(name)
+            try:
+                await self._sync(name)
+            except ForwardpassError as exc:
+                self._failed[name] = str(exc)
+                raise
+            self._failed.pop(name, None)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving a model; returns when the requests already inside it have finished."""
+        async with self._lock(name):
+            if name not in self._versions and name not in self._wanted:
+                self.repository.versions(name)  # NotFoundError for a model the repository lacks
+            self._wanted.discard(name)
+            self._latest.pop(name, None)
+            old = self._versions.pop(name, {})
+            await asyncio.gather(*(served.retire() for served in old.values()))
+
+    async def poll(self) -> None:
+        """One look at the repository: load new models, reload changed ones, unload removed ones."""
+        names = set(self.repository.names())
+        for name in sorted(names - self._seen):
+            await self._try(self.load, name)
+        for name in sorted(self._wanted & names):
+            current = self._versions.get(name, {})
+            found = {v: _fingerprint(self.repository, name, v) for v in self.repository.versions(name)}
+            if found != {v: served.fingerprint for v, served in current.items()}:
+                await self._try(self.load, name)
+        for name in sorted(self._wanted - names):
+            await self._try(self.unload, name)
+
+    async def close(self) -> None:
+        for name in list(self._versions):
+            await self.unload(name)
+        await asyncio.gather(*self._retiring)
+
+    async def _sync(self, name: str) -> None:
+        numbers = self.repository.versions(name)
+        if not numbers:
+            raise NotFoundError(f"model '{name}' has no numbered version folder with a model file")
+        current = self._versions.get(name, {})
+        fresh: dict[int, Served] = {}
+        opened: list[Served] = []
+        try:
+            for number in numbers:
+                fingerprint = _fingerprint(self.repository, name, number)
+                old = current.get(number)
+                if old is not None and old.fingerprint == fingerprint:
+                    fresh[number] = old
+                else:
+                    fresh[number] = await asyncio.to_thread(self._open, name, number, fingerprint)
+                    opened.append(fresh[number])
+        except BaseException:
+            for served in opened:
+                await served.retire()
+            raise
+        self._versions[name] = fresh
+        self._latest[name] = fresh[self._default_version(name, numbers)]
+        kept = {id(served) for served in fresh.values()}
+        for served in current.values():
+            if id(served) not in kept:
+                task = asyncio.create_task(served.retire())
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+
+    def _open(self, name: str, version: int, fingerprint: Fingerprint) -> Served:
+        """In a thread: the model, one session per instance (cores split between them), its batcher."""
+        entry = self.repository.resolve(name, version)
+        config = ModelConfig.from_file(entry.config_path) if entry.config_path else ModelConfig()
+        threads = config.engine.intra_op_threads or max(1, self._cores // config.instances)
+        model = load(
+            name,
+            repository=self.repository.root,
+            version=version,
+            trust_pickle=self.trust_pickle,
+            intra_op_threads=threads,
+        )
+        sessions = [model.session, *(model.open_session() for _ in range(config.instances - 1))]
+        max_batch_size = config.max_batch_size if model.batchable else 0
+        batching = config.dynamic_batching
+        runners: list[Runner] = [session.run for session in sessions]
+        batcher = Batcher(
+            runners,
+            max_batch_size=max_batch_size,
+            preferred_batch_sizes=batching.preferred_batch_size,
+            max_queue_delay_s=batching.max_queue_delay_us / 1e6,
+            max_queue_size=batching.max_queue_size,
+            name=name,
+        )
+        sequencer = None
+        if config.sequence_batching is not None:
+            sequencing = config.sequence_batching
+            sequencer = SequenceBatcher(
+                runners,
+                model.inputs,
+                state_slots(sequencing, model.inputs, model.outputs),
+                max_batch_size=config.max_batch_size,
+                max_sequences=sequencing.max_sequences,
+                idle_timeout_s=sequencing.idle_timeout_s,
+                max_queue_size=batching.max_queue_size,
+                name=name,
+            )
+        served = Served(model, batcher, sessions, max_batch_size, fingerprint, sequencer)
+        if self.on_batch is not None:
+            observer = self.on_batch
+            batcher.on_batch = lambda rows, run_s: observer(served, rows, run_s)
+            if sequencer is not None:
+                sequencer.on_batch = batcher.on_batch
+        return served
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _not_loaded(self, name: str) -> NotFoundError:
+        ready = ", ".join(sorted(self._latest)) or "none"
+        return NotFoundError(f"model '{name}' is not loaded; ready models: {ready}")
+
+    def _default_version(self, name: str, numbers: list[int]) -> int:
+        """What a request naming no version gets: the highest version, or the highest of the config's `precision:`
+        (the variants `forwardpass optimize` writes)."""
+        entry = self.repository.resolve(name)
+        config = ModelConfig.from_file(entry.config_path) if entry.config_path else ModelConfig()
+        if config.precision is None:
+            return numbers[-1]
+        return self.repository.resolve(name, None, config.precision).version or numbers[-1]
+
+    async def _try(self, action: Callable[[str], Awaitable[None]], name: str) -> None:
+        try:
+            await action(name)
+        except ForwardpassError as exc:
+            log.warning("repository poll: model '%s': %s", name, exc)
+
+
+def _fingerprint(repository: Repository, name: str, version: int) -> Fingerprint:
+    """What a version's files look like (the model folder's own files and the version folder's): a change reloads."""
+    model_dir = repository.root / name
+    files = [p for p in model_dir.iterdir() if p.is_file()]
+    version_dir = model_dir / str(version)
+    if version_dir.is_dir():
+        files.extend(p for p in version_dir.rglob("*") if p.is_file())
+    # hidden entries (a conversion cache written while loading) are not the model: they must not trigger a reload
+    visible = [p for p in files if not any(part.startswith(".") for part in p.relative_to(model_dir).parts)]
+    return tuple(sorted((str(p.relative_to(model_dir)), *_stat(p)) for p in visible))
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        info = path.stat()
+    except OSError:  # removed while we looked
+        return (0, 0)
+    return (info.st_mtime_ns, info.st_size)

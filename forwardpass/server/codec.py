@@ -1,0 +1,372 @@
+"""HTTP bodies ↔ the data plane's types: KServe V2 JSON, its binary tensor data extension, TF Serving's REST API.
+
+Binary tensor data: the body is a JSON header of `Inference-Header-Content-Length` bytes followed by the raw
+tensors, in input (or output) order, each announced by `parameters.binary_data_size`. Fixed-size types are
+little-endian; BYTES elements each carry a 4-byte little-endian length prefix. Every malformed body raises an
+InputError that names the tensor and the problem; nothing here allocates more than the body declares.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import struct
+from typing import Any
+
+import numpy as np
+import orjson
+
+from forwardpass.errors import DTypeError, InputError, ShapeError
+from forwardpass.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from forwardpass.tensor import DataType
+
+__all__ = [
+    "decode_bytes_elements",
+    "decode_infer_request",
+    "decode_json",
+    "decode_tf_request",
+    "encode_bytes_elements",
+    "encode_infer_response",
+    "encode_json",
+    "encode_tf_response",
+]
+
+_LENGTH = struct.Struct("<I")
+# Which JSON values (numpy kinds after np.asarray) each family of datatypes accepts.
+_KINDS = {"b": ("b", "booleans"), "i": ("iu", "integers"), "u": ("iu", "integers"), "f": ("iuf", "numbers")}
+
+
+def decode_json(body: bytes, what: str = "request body") -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"{what} is not valid JSON: {exc}") from None
+
+
+def encode_json(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest:
+    """A V2 infer request: JSON alone, or a JSON header of `header_length` bytes followed by binary tensors."""
+    if header_length is not None and not 0 < header_length <= len(body):
+        raise InputError(f"Inference-Header-Content-Length {header_length} is outside the {len(body)}-byte body")
+    document = decode_json(body if header_length is None else body[:header_length], "inference request header")
+    if not isinstance(document, dict):
+        raise InputError(f"inference request must be a JSON object, got {type(document).__name__}")
+    entries = document.get("inputs")
+    if not isinstance(entries, list) or not entries:
+        raise InputError("inference request needs 'inputs': a non-empty list of tensors")
+    binary = memoryview(body)[header_length:] if header_length is not None else None
+    offset = 0
+    inputs = []
+    for index, entry in enumerate(entries):
+        name, dtype, shape, parameters = _tensor_header(entry, index)
+        size = parameters.get("binary_data_size")
+        if size is None:
+            if "data" not in entry:
+                raise InputError(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
+            data = _from_json(name, dtype, shape, entry["data"])
+        else:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise InputError(f"input '{name}': binary_data_size must be a non-negative integer, got {size!r}")
+            if binary is None:
+                raise InputError(f"input '{name}' has binary_data_size but no Inference-Header-Content-Length header")
+            if offset + size > len(binary):
+                raise InputError(
+                    f"input '{name}': binary_data_size {size} at offset {offset} goes past the end of the "
+                    f"{len(binary)} bytes of binary data"
+                )
+            data = _from_binary(name, dtype, shape, binary[offset : offset + size])
+            offset += size
+        inputs.append(Tensor(name, dtype.name, data, parameters))
+    if binary is not None and offset != len(binary):
+        raise InputError(
+            f"the body has {len(binary)} bytes of binary data but the inputs' binary_data_size add up to {offset}"
+        )
+    parameters = _parameters(document.get("parameters"), "request")
+    outputs = _requested_outputs(document.get("outputs"), parameters.get("binary_data_output") is True)
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InputError(f"request 'id' must be a string, got {type(request_id).__name__}")
+    return InferRequest(inputs, outputs, request_id, parameters)
+
+
+def encode_infer_response(response: InferResponse, request: InferRequest) -> tuple[bytes, int | None]:
+    """The V2 response body and, when any output travels as binary data, the length of its JSON header."""
+    binary_default = request.parameters.get("binary_data_output") is True
+    binary_of = {output.name: output.binary for output in request.outputs or ()}
+    entries = []
+    chunks: list[bytes] = []
+    for tensor in response.outputs:
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.data.shape)}
+        if binary_of.get(tensor.name, binary_default):
+            raw = _to_binary(tensor)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = _to_json(tensor.data)
+        entries.append(entry)
+    document: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id:
+        document["id"] = response.id
+    if response.parameters:
+        document["parameters"] = response.parameters
+    document["outputs"] = entries
+    header = encode_json(document)
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def decode_tf_request(body: bytes, input_names: list[str]) -> tuple[dict[str, np.ndarray], bool]:
+    """TF Serving's predict body → (arrays by input name, whether it used the row format `instances`)."""
+    document = decode_json(body)
+    if not isinstance(document, dict):
+        raise InputError(f"predict request must be a JSON object, got {type(document).__name__}")
+    if ("instances" in document) == ("inputs" in document):
+        raise InputError("a TF Serving predict request needs exactly one of 'instances' (rows) or 'inputs' (columns)")
+    if "instances" in document:
+        instances = document["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise InputError("'instances' must be a non-empty list of rows")
+        if isinstance(instances[0], dict):
+            names = list(instances[0])
+            if any(not isinstance(row, dict) or list(row) != names for row in instances):
+                raise InputError(f"every instance must be an object with the same keys {names}")
+            return {name: _tf_array(name, [row[name] for row in instances]) for name in names}, True
+        return {_only_input(input_names): _tf_array(input_names[0], instances)}, True
+    columns = document["inputs"]
+    if isinstance(columns, dict):
+        return {name: _tf_array(name, value) for name, value in columns.items()}, False
+    return {_only_input(input_names): _tf_array(input_names[0], columns)}, False
+
+
+def encode_tf_response(response: InferResponse, rows: bool) -> bytes:
+    outputs = {tensor.name: tensor.data for tensor in response.outputs}
+    if rows:
+        if len(outputs) == 1:
+            return encode_json({"predictions": _to_nested(next(iter(outputs.values())))})
+        count = min(len(value) for value in outputs.values())
+        rows_out = [{name: _to_nested(value[i]) for name, value in outputs.items()} for i in range(count)]
+        return encode_json({"predictions": rows_out})
+    if len(outputs) == 1:
+        return encode_json({"outputs": _to_nested(next(iter(outputs.values())))})
+    return encode_json({"outputs": {name: _to_nested(value) for name, value in outputs.items()}})
+
+
+def decode_bytes_elements(buffer: memoryview | bytes, name: str) -> list[bytes]:
+    """BYTES tensor data: each element a 4-byte little-endian length then that many bytes."""
+    elements = []
+    offset = 0
+    end = len(buffer)
+    while offset < end:
+        if offset + 4 > end:
+            raise InputError(f"input '{name}': BYTES data ends inside an element's 4-byte length prefix")
+        (length,) = _LENGTH.unpack_from(buffer, offset)
+        offset += 4
+        if offset + length > end:
+            raise InputError(f"input '{name}': BYTES element of {length} bytes goes past the end of its data")
+        elements.append(bytes(buffer[offset : offset + length]))
+        offset += length
+    return elements
+
+
+def encode_bytes_elements(values: np.ndarray) -> bytes:
+    parts = []
+    for value in values.reshape(-1).tolist():
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        parts.append(_LENGTH.pack(len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def _tensor_header(entry: object, index: int) -> tuple[str, DataType, list[int], dict[str, Any]]:
+    if not isinstance(entry, dict):
+        raise InputError(f"inputs[{index}] must be an object with name, datatype, shape and data")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise InputError(f"inputs[{index}] needs a 'name' string")
+    datatype = entry.get("datatype")
+    if not isinstance(datatype, str):
+        raise DTypeError(f"input '{name}' needs a 'datatype' string such as \"FP32\"")
+    dtype = DataType.from_name(datatype)
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+        raise ShapeError(f"input '{name}': 'shape' must be a list of non-negative integers, got {shape!r}")
+    return name, dtype, shape, _parameters(entry.get("parameters"), f"input '{name}'")
+
+
+def _parameters(value: object, owner: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError(f"{owner}: 'parameters' must be an object, got {type(value).__name__}")
+    return value
+
+
+def _requested_outputs(value: object, binary_default: bool) -> list[RequestedOutput] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InputError(f"'outputs' must be a list of {{\"name\": ...}} objects, got {type(value).__name__}")
+    outputs = []
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise InputError(f"outputs[{index}] must be an object with a 'name' string")
+        parameters = _parameters(entry.get("parameters"), f"output '{entry['name']}'")
+        binary = parameters.get("binary_data", binary_default)
+        classification = parameters.get("classification", 0)
+        if not isinstance(binary, bool):
+            raise InputError(f"output '{entry['name']}': binary_data must be true or false, got {binary!r}")
+        if isinstance(classification, bool) or not isinstance(classification, int) or classification < 0:
+            raise InputError(
+                f"output '{entry['name']}': classification must be a non-negative integer, got {classification!r}"
+            )
+        outputs.append(RequestedOutput(entry["name"], binary, classification))
+    return outputs
+
+
+def _from_binary(name: str, dtype: DataType, shape: list[int], buffer: memoryview) -> np.ndarray:
+    count = math.prod(shape)
+    if dtype is DataType.BYTES:
+        elements = decode_bytes_elements(buffer, name)
+        if len(elements) != count:
+            raise ShapeError(f"input '{name}': shape {shape} needs {count} BYTES elements, got {len(elements)}")
+        array = np.empty(count, dtype=object)
+        array[:] = elements
+        return array.reshape(shape)
+    numpy_dtype = _numpy_dtype(name, dtype)
+    expected = count * numpy_dtype.itemsize
+    if len(buffer) != expected:
+        raise ShapeError(
+            f"input '{name}': {dtype.name} shape {shape} needs {expected} bytes, binary_data_size is {len(buffer)}"
+        )
+    return np.frombuffer(buffer, dtype=numpy_dtype.newbyteorder("<")).reshape(shape)
+
+
+def _from_json(name: str, dtype: DataType, shape: list[int], data: object) -> np.ndarray:
+    count = math.prod(shape)
+    if dtype is DataType.BYTES:
+        return _strings(name, data, shape, count)
+    numpy_dtype = _numpy_dtype(name, dtype)
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError, OverflowError):
+        raise ShapeError(f"input '{name}': 'data' is not a rectangular array of numbers") from None
+    if array.size != count:
+        raise ShapeError(f"input '{name}': shape {shape} needs {count} values, 'data' holds {array.size}")
+    if count:
+        accepted, described = _KINDS[numpy_dtype.kind]
+        if array.dtype.kind not in accepted:
+            raise DTypeError(f"input '{name}': {dtype.name} data must be {described}, got {_describe(array)}")
+        if numpy_dtype.kind in "iu":
+            limits = np.iinfo(numpy_dtype)
+            if array.min() < limits.min or array.max() > limits.max:
+                raise DTypeError(f"input '{name}': a value is outside the {dtype.name} range")
+    with np.errstate(over="ignore"):  # 1e300 as FP32 is inf, as a numpy cast gives; the model's NaN policy decides
+        return array.astype(numpy_dtype, copy=False).reshape(shape)
+
+
+def _strings(name: str, data: object, shape: list[int], count: int) -> np.ndarray:
+    flat: list[object] = []
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(reversed(value))
+        elif isinstance(value, str):
+            flat.append(value)
+        else:
+            raise DTypeError(f"input '{name}': BYTES data must be strings, got {type(value).__name__}")
+    if len(flat) != count:
+        raise ShapeError(f"input '{name}': shape {shape} needs {count} values, 'data' holds {len(flat)}")
+    array = np.empty(count, dtype=object)
+    array[:] = flat
+    return array.reshape(shape)
+
+
+def _numpy_dtype(name: str, dtype: DataType) -> np.dtype:
+    if dtype.numpy_dtype is None:
+        raise DTypeError(f"input '{name}': {dtype.name} tensors are not supported over HTTP; send FP32 or FP16")
+    return dtype.numpy_dtype
+
+
+def _describe(array: np.ndarray) -> str:
+    return {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers with fractions", "U": "strings"}.get(
+        array.dtype.kind, "mixed or nested values"
+    )
+
+
+def _to_binary(tensor: Tensor) -> bytes:
+    data = tensor.data
+    if data.dtype.kind == "O":
+        return encode_bytes_elements(data)
+    return np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<")).tobytes()
+
+
+def _to_json(data: np.ndarray) -> object:
+    if data.dtype.kind in "OSU":
+        return [_text(value) for value in data.reshape(-1).tolist()]
+    return np.ascontiguousarray(data).reshape(-1)
+
+
+def _to_nested(data: np.ndarray) -> object:
+    if data.dtype.kind in "OSU":
+        return np.vectorize(_text, otypes=[object])(data).tolist()
+    return np.ascontiguousarray(data)
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _tf_array(name: str, value: object) -> np.ndarray:
+    if _holds_b64(value):
+        return _tf_binary_array(name, value)
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        raise ShapeError(f"input '{name}': not a rectangular array") from None
+    if array.dtype.kind == "U":
+        return array.astype(object)
+    if array.dtype.kind not in "biuf":
+        raise DTypeError(f"input '{name}': values must be numbers or strings of one rectangular shape")
+    return array
+
+
+def _holds_b64(value: object) -> bool:
+    while isinstance(value, list) and value:
+        value = value[0]
+    return isinstance(value, dict)
+
+
+def _tf_binary_array(name: str, value: object) -> np.ndarray:
+    """TF Serving's binary values, {"b64": "<base64>"} wherever a string may stand, as an object array of bytes."""
+    leaves: list[bytes] = []
+
+    def shape_of(node: object) -> object:
+        if isinstance(node, list):
+            return [shape_of(child) for child in node]
+        if not (isinstance(node, dict) and node.keys() == {"b64"} and isinstance(node["b64"], str)):
+            raise DTypeError(f'input \'{name}\': a binary value must be {{"b64": "<base64 text>"}}, got {node!r}'[:200])
+        try:
+            leaves.append(base64.b64decode(node["b64"], validate=True))
+        except binascii.Error:
+            raise InputError(f"input '{name}': a \"b64\" value is not valid base64") from None
+        return 0
+
+    try:
+        shape = np.asarray(shape_of(value)).shape
+    except ValueError:
+        raise ShapeError(f"input '{name}': not a rectangular array") from None
+    array = np.empty(len(leaves), dtype=object)
+    array[:] = leaves
+    return array.reshape(shape)
+
+
+def _only_input(input_names: list[str]) -> str:
+    if len(input_names) != 1:
+        raise InputError(f"the model takes inputs {input_names}: name them (objects keyed by input name)")
+    return input_names[0]

@@ -1,0 +1,365 @@
+"""The data plane: the one implementation of the KServe V2 / Triton operations behind HTTP, gRPC and in-process use.
+
+Transports decode their wire format into `InferRequest` and call this; it validates each request on its own
+(before it can join a batch), sends it through the model's batcher, picks the requested outputs, applies the
+classification extension, and records metrics. It raises only forwardpass errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Any
+
+import numpy as np
+
+from forwardpass.config import ImageConfig
+from forwardpass.errors import DeadlineExceeded, DecodeError, ForwardpassError, InputError, NotFoundError
+from forwardpass.explain import explain
+from forwardpass.model import Model
+from forwardpass.pipeline import Arrays
+from forwardpass.pipeline.outputs import Classify, Prediction
+from forwardpass.quality.drift import InputWindow
+from forwardpass.quality.metrics import DriftCollector
+from forwardpass.registry import ModelRegistry, Served
+from forwardpass.scheduler import Batched
+from forwardpass.scheduler.sequence import sequence_flags
+from forwardpass.server.metrics import Metrics, Timings
+from forwardpass.server.settings import ServerSettings
+from forwardpass.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from forwardpass.tensor import DataType, TensorSpec
+
+__all__ = ["EXTENSIONS", "DataPlane"]
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = [
+    "classification",
+    "binary_tensor_data",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "parameters",
+]
+PLATFORM = "onnxruntime_onnx"
+_TRITON_TYPE = {dtype: "TYPE_STRING" if dtype is DataType.BYTES else f"TYPE_{dtype.name}" for dtype in DataType}
+
+
+class DataPlane:
+    def __init__(self, registry: ModelRegistry, settings: ServerSettings) -> None:
+        self._registry = registry
+        self._settings = settings
+        self.metrics = Metrics(self._queue_depths)
+        self.metrics.registry.register(DriftCollector(self._drift_windows))
+        registry.on_batch = lambda served, rows, run_s: self.metrics.batch(served.name, served.version, rows, run_s)
+        try:
+            self._version = package_version("forwardpass")
+        except PackageNotFoundError:
+            self._version = "0+unknown"
+
+    # health and metadata
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self._registry.ready()
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "forwardpass", "version": self._version, "extensions": list(EXTENSIONS)}
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        try:
+            self._registry.get(name, version)
+        except NotFoundError:
+            return False
+        return True
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        served = self._registry.get(name, version)
+        return {
+            "name": served.name,
+            "versions": self._registry.versions(served.name),
+            "platform": PLATFORM,
+            "inputs": [spec.to_dict() for spec in served.inputs],
+            "outputs": [spec.to_dict() for spec in served.outputs],
+        }
+
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Triton's ModelConfig in its JSON form; with batching on, dims leave out the batch dimension."""
+        served = self._registry.get(name, version)
+        config = served.model.config
+        batched = served.max_batch_size > 0
+        result: dict[str, Any] = {
+            "name": served.name,
+            "platform": PLATFORM,
+            "backend": "onnxruntime",
+            "version_policy": {"all": {}},
+            "max_batch_size": served.max_batch_size,
+            "input": [_tensor_config(spec, batched) for spec in served.inputs],
+            "output": [_tensor_config(spec, batched) for spec in served.outputs],
+            "instance_group": [{"name": served.name, "kind": "KIND_CPU", "count": len(served.sessions)}],
+            "default_model_filename": served.model.entry.artefact.name,
+        }
+        if batched:
+            batching = config.dynamic_batching
+            result["dynamic_batching"] = {
+                "preferred_batch_size": list(batching.preferred_batch_size),
+                "max_queue_delay_microseconds": batching.max_queue_delay_us,
+                "default_queue_policy": {"max_queue_size": batching.max_queue_size},
+            }
+        if config.sequence_batching is not None:
+            specs = {spec.name: spec for spec in served.model.inputs}
+            result["sequence_batching"] = {
+                "max_sequence_idle_microseconds": round(config.sequence_batching.idle_timeout_s * 1e6),
+                "state": [
+                    {
+                        "input_name": state.input,
+                        "output_name": state.output,
+                        "data_type": _TRITON_TYPE[specs[state.input].dtype],
+                        "dims": list(specs[state.input].shape),
+                    }
+                    for state in config.sequence_batching.state
+                ],
+            }
+        return result
+
+    def model_statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
+        if name:
+            versions = [version] if version else self._registry.versions(name)
+            pairs = [(name, self._registry.get(name, v).version) for v in versions]
+        else:
+            pairs = [(served.name, served.version) for served in self._registry.loaded()]
+        return self.metrics.statistics(sorted(pairs))
+
+    # repository
+
+    def repository_index(self) -> list[dict[str, str]]:
+        return self._registry.index()
+
+    async def load_model(self, name: str) -> None:
+        await self._registry.load(name)
+
+    async def unload_model(self, name: str) -> None:
+        await self._registry.unload(name)
+
+    # inference
+
+    async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
+        started = time.perf_counter()
+        served = self._served(name, version)
+        try:
+            with served.in_use():
+                model = served.model
+                arrays = {tensor.name: tensor.data for tensor in request.inputs}
+                if len(arrays) != len(request.inputs):
+                    raise InputError(f"model '{name}': an input is given twice: {[t.name for t in request.inputs]}")
+                sequencer = served.sequencer
+                batch = _as_text(sequencer.validate(arrays) if sequencer else model.validate(arrays))
+                rows = _rows(batch) if model.batchable else 1
+                wanted = _requested(served, request.outputs)
+                validated = time.perf_counter()
+                timeout_s = _timeout_s(request.parameters, self._settings)
+                if sequencer is not None:  # submitted before any await: a stream's steps keep their order
+                    sequence_id, start, end = sequence_flags(request.parameters, served.name)
+                    done = await _expiring(sequencer.submit(sequence_id, batch, start=start, end=end), name, timeout_s)
+                else:
+                    done = await self._run(served, batch, rows, timeout_s)
+                answered = time.perf_counter()
+                outputs = [self._output(served, done.outputs, output) for output in wanted]
+        except ForwardpassError as exc:
+            self.metrics.failed(served.name, served.version, exc, time.perf_counter() - started)
+            raise
+        except Exception as exc:
+            raise self._internal(served, exc, started) from exc
+        finished = time.perf_counter()
+        timings = Timings(done.queued_s, validated - started, done.run_s, finished - answered, total=finished - started)
+        self.metrics.succeeded(served.name, served.version, timings)
+        return InferResponse(served.name, served.version, outputs, request.id)
+
+    async def predict(self, name: str, version: str | None, raw: object, parameters: dict[str, Any]) -> Prediction:
+        """The whole pipeline for one raw item (image bytes, text, record): preprocess → batcher → postprocess."""
+        started = time.perf_counter()
+        served = self._served(name, version)
+        try:
+            with served.in_use():
+                model = served.model
+                top_k = _top_k(parameters)
+                item = await _preprocess(model, raw)
+                batch = model.pipeline.collate([item])
+                preprocessed = time.perf_counter()
+                done = await self._run(served, batch, 1, _timeout_s(parameters, self._settings))
+                answered = time.perf_counter()
+                inputs_row = {key: value[0] for key, value in batch.items()}
+                outputs_row = {key: value[0] for key, value in done.outputs.items()}
+                prediction = model.postprocess([(outputs_row, inputs_row)], top_k)[0]
+                if _wants_explanation(parameters):  # SHAP takes milliseconds to seconds: not on the loop
+                    prediction["explanation"] = await asyncio.to_thread(explain, model, raw, prediction)
+        except ForwardpassError as exc:
+            self.metrics.failed(served.name, served.version, exc, time.perf_counter() - started)
+            raise
+        except Exception as exc:
+            raise self._internal(served, exc, started) from exc
+        finished = time.perf_counter()
+        timings = Timings(
+            done.queued_s, preprocessed - started, done.run_s, finished - answered, total=finished - started
+        )
+        self.metrics.succeeded(served.name, served.version, timings)
+        return prediction
+
+    def _served(self, name: str, version: str | None) -> Served:
+        try:
+            return self._registry.get(name, version)
+        except ForwardpassError as exc:
+            self.metrics.failed(None, None, exc)
+            raise
+
+    async def _run(self, served: Served, batch: Arrays, rows: int, timeout_s: float) -> Batched:
+        return await _expiring(served.batcher.submit(batch, rows), served.name, timeout_s)
+
+    def _output(self, served: Served, outputs: Arrays, wanted: RequestedOutput) -> Tensor:
+        data = outputs[wanted.name]
+        if wanted.classification:
+            labels = _labels_of(served, wanted.name)
+            return Tensor(
+                wanted.name, "BYTES", _classify(data, wanted.classification, labels, served.max_batch_size > 0)
+            )
+        return Tensor(wanted.name, DataType.from_numpy(data.dtype).name, data)
+
+    def _internal(self, served: Served, exc: Exception, started: float) -> ForwardpassError:
+        log.exception("model '%s' version %s failed unexpectedly", served.name, served.version)
+        error = ForwardpassError(f"model '{served.name}' failed: {type(exc).__name__}: {exc}".splitlines()[0])
+        self.metrics.failed(served.name, served.version, error, time.perf_counter() - started)
+        return error
+
+    def _drift_windows(self) -> dict[tuple[str, str], InputWindow]:
+        return {
+            (served.name, served.version): served.model.window
+            for served in self._registry.loaded()
+            if served.model.window is not None
+        }
+
+    def _queue_depths(self) -> dict[tuple[str, str], int]:
+        return {(served.name, served.version): served.depth for served in self._registry.loaded()}
+
+
+async def _preprocess(model: Model, raw: object) -> Arrays:
+    if isinstance(raw, str) and isinstance(model.config.preprocess, ImageConfig):
+        # the image pipeline reads a str as a file path: over the network that would open the server's own files
+        raise DecodeError(f"model '{model.name}' takes an image: send its bytes (Content-Type image/*), not text")
+    try:
+        if isinstance(raw, bytes):  # decoding and resizing an image takes milliseconds: not on the loop
+            return await asyncio.to_thread(model.preprocess, raw)
+        return model.preprocess(raw)
+    except (ValueError, TypeError) as exc:  # preprocessing is a pure function of the caller's input
+        raise DecodeError(f"model '{model.name}' cannot read this input: {exc}".splitlines()[0]) from None
+
+
+def _tensor_config(spec: TensorSpec, batched: bool) -> dict[str, Any]:
+    dims = list(spec.shape[1:] if batched else spec.shape)
+    return {"name": spec.name, "data_type": _TRITON_TYPE[spec.dtype], "dims": dims}
+
+
+def _as_text(batch: Arrays) -> Arrays:
+    """BYTES elements as str: ONNX Runtime's string tensors hold text, and it would store a bytes object's repr."""
+    for name, array in batch.items():
+        if array.dtype.kind == "O" and array.size and any(isinstance(value, bytes) for value in array.flat):
+            text = np.empty(array.shape, dtype=object)
+            try:
+                text.flat[:] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in array.flat]
+            except UnicodeDecodeError:
+                raise InputError(f"input '{name}': a BYTES element is not UTF-8 text, which this model needs") from None
+            batch[name] = text
+    return batch
+
+
+def _rows(batch: Arrays) -> int:
+    sizes = {name: array.shape[0] for name, array in batch.items()}
+    first = next(iter(sizes.values()))
+    if any(size != first for size in sizes.values()):
+        raise InputError(f"inputs disagree on the batch size (first dimension): {sizes}")
+    if first == 0:
+        raise InputError("the batch has 0 rows; send at least one")
+    return first
+
+
+def _requested(served: Served, requested: list[RequestedOutput] | None) -> list[RequestedOutput]:
+    specs = {spec.name: spec for spec in served.outputs}
+    if requested is None:
+        return [RequestedOutput(name) for name in specs]
+    for wanted in requested:
+        spec = specs.get(wanted.name)
+        if spec is None:
+            raise InputError(f"model '{served.name}' has no output '{wanted.name}'; it has {list(specs)}")
+        if wanted.classification < 0:
+            raise InputError(f"output '{wanted.name}': classification must be a positive count of classes")
+        if wanted.classification and spec.dtype is DataType.BYTES:
+            raise InputError(f"output '{wanted.name}' holds strings; classification needs numeric scores")
+    return requested
+
+
+def _labels_of(served: Served, output: str) -> list[str] | None:
+    postprocess = served.model.pipeline.postprocess
+    if isinstance(postprocess, Classify) and postprocess.output == output:
+        return postprocess.labels
+    return None
+
+
+def _classify(values: np.ndarray, k: int, labels: list[str] | None, batched: bool) -> np.ndarray:
+    """Triton's classification extension: the top `k` of each row as "score:index[:label]" strings."""
+    rows = values.reshape(values.shape[0], -1) if batched and values.ndim > 1 else values.reshape(1, -1)
+    rows = rows.astype(np.float64)
+    k = min(k, rows.shape[1])
+    best = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+    result = np.empty(best.shape, dtype=object)
+    for r, indexes in enumerate(best):
+        for j, index in enumerate(indexes.tolist()):
+            label = f":{labels[index]}" if labels and index < len(labels) else ""
+            result[r, j] = f"{rows[r, index]:f}:{index}{label}"
+    return result if batched and values.ndim > 1 else result.reshape(k)
+
+
+def _timeout_s(parameters: dict[str, Any], settings: ServerSettings) -> float:
+    """The server's timeout, or the request's `timeout` parameter (microseconds, as tritonclient sends) if shorter."""
+    asked = parameters.get("timeout")
+    if asked is None:
+        return settings.request_timeout_s
+    if isinstance(asked, bool) or not isinstance(asked, int | float) or asked <= 0:
+        raise InputError(f"parameter 'timeout' must be a positive number of microseconds, got {asked!r}")
+    return min(settings.request_timeout_s, asked / 1e6)
+
+
+def _top_k(parameters: dict[str, Any]) -> int | None:
+    top_k = parameters.get("top_k")
+    if top_k is None:
+        return None
+    if isinstance(top_k, str) and top_k.isdigit():
+        top_k = int(top_k)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
+        raise InputError(f"parameter 'top_k' must be a positive integer, got {top_k!r}")
+    return top_k
+
+
+async def _expiring(future: asyncio.Future[Batched], name: str, timeout_s: float) -> Batched:
+    expiry = asyncio.get_running_loop().call_later(timeout_s, _expire, future, name, timeout_s)
+    try:
+        return await future
+    finally:
+        expiry.cancel()
+
+
+def _wants_explanation(parameters: dict[str, Any]) -> bool:
+    asked = parameters.get("explain", False)
+    if isinstance(asked, str) and asked.lower() in ("true", "1", "false", "0"):
+        return asked.lower() in ("true", "1")
+    if not isinstance(asked, bool):
+        raise InputError(f"parameter 'explain' must be true or false, got {asked!r}")
+    return asked
+
+
+def _expire(future: asyncio.Future[Batched], name: str, timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(DeadlineExceeded(f"model '{name}' did not answer within {timeout_s:g} s; retry later"))

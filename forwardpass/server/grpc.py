@@ -1,0 +1,295 @@
+"""The gRPC transport: Triton's `inference.GRPCInferenceService` (the KServe V2 core RPCs plus model config,
+statistics, repository control and streaming) in front of the data plane, so stock `tritonclient.grpc` works.
+
+Each RPC parses its message, decodes it (grpc_codec), calls the DataPlane and encodes the answer. Messages are parsed
+here rather than by grpc so that a corrupt one is INVALID_ARGUMENT, not grpc's UNKNOWN. A forwardpass error becomes
+the gRPC status its class names (errors.py) with its one-line message; inside a stream it becomes that response's
+`error_message` and the stream goes on. With an auth token set, every RPC but the two health checks needs the
+metadata `authorization: Bearer <token>`, as on HTTP. RPCs we do not offer (shared memory, trace, log settings)
+answer UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as ProtoMessage
+
+from forwardpass.errors import ConfigError, ForwardpassError, InputError, Unauthenticated
+from forwardpass.server import grpc_codec as codec
+from forwardpass.server.proto import grpc_service_pb2 as pb
+
+if TYPE_CHECKING:
+    from forwardpass.server.dataplane import DataPlane
+    from forwardpass.server.settings import ServerSettings
+
+__all__ = ["InferenceServicer", "create_grpc_server"]
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("forwardpass.access")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+# Liveness and readiness probes carry no credentials.
+OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
+# Requests of one stream in flight at once: enough to fill dynamic batches, few enough to bound memory.
+STREAM_WINDOW = 64
+# Unload parameters that change nothing here: we have no ensembles whose dependents could be unloaded too.
+IGNORED_UNLOAD_PARAMETERS = frozenset({"unload_dependents"})
+
+Message = TypeVar("Message", bound=ProtoMessage)
+
+
+class Context(Protocol):
+    """The part of grpc.aio.ServicerContext used here."""
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn: ...
+
+    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None: ...
+
+    def code(self) -> grpc.StatusCode | None: ...
+
+    def peer(self) -> str: ...
+
+
+class InferenceServicer:
+    """One coroutine per RPC of the service, named as in the proto: parsed request in, response message out."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
+        return codec.encode_server_metadata(self.dataplane.server_metadata())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version or None))
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+        return codec.encode_model_metadata(self.dataplane.model_metadata(request.name, request.version or None))
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
+        return codec.encode_model_config(self.dataplane.model_config(request.name, request.version or None))
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
+        statistics = self.dataplane.model_statistics(request.name or None, request.version or None)
+        return codec.encode_model_statistics(statistics)
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
+        return codec.encode_repository_index(self.dataplane.repository_index(), ready_only=request.ready)
+
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
+        if request.parameters:
+            raise InputError(
+                f"load '{request.model_name}': parameters {sorted(request.parameters)} are not supported; "
+                "put the config and files in the repository and load by name"
+            )
+        await self.dataplane.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest) -> pb.RepositoryModelUnloadResponse:
+        unsupported = set(request.parameters) - IGNORED_UNLOAD_PARAMETERS
+        if unsupported:
+            raise InputError(f"unload '{request.model_name}': parameters {sorted(unsupported)} are not supported")
+        await self.dataplane.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        try:
+            decoded = codec.decode_infer_request(request)
+        except ForwardpassError as error:
+            self.dataplane.metrics.failed(None, None, error)  # the data plane counts only what reaches it
+            raise
+        response = await self.dataplane.infer(request.model_name, request.model_version or None, decoded)
+        return codec.encode_infer_response(response)
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[bytes]) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests run concurrently (so they can share batches); answers go out in request order."""
+        answers: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | None] = asyncio.Queue(STREAM_WINDOW)
+        reader = asyncio.create_task(self._read_stream(requests, answers))
+        try:
+            while (answer := await answers.get()) is not None:
+                yield await answer
+            await reader  # re-raises a failure to read the stream
+        finally:
+            reader.cancel()
+            while not answers.empty():
+                pending = answers.get_nowait()
+                if pending is not None:
+                    pending.cancel()
+
+    async def _read_stream(
+        self,
+        requests: AsyncIterator[bytes],
+        answers: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | None],
+    ) -> None:
+        try:
+            async for raw in requests:
+                await answers.put(asyncio.create_task(self._stream_answer(raw)))
+        finally:
+            await answers.put(None)
+
+    async def _stream_answer(self, raw: bytes) -> pb.ModelStreamInferResponse:
+        request = pb.ModelInferRequest()
+        try:
+            request = parse(pb.ModelInferRequest, raw)
+            return pb.ModelStreamInferResponse(infer_response=await self.ModelInfer(request))
+        except ForwardpassError as error:
+            text = str(error)
+        except Exception:
+            log.exception("gRPC ModelStreamInfer request %r failed", request.id)
+            text = "internal error; see the server log"
+        # The request's identity rides along so that a client can tell which request failed.
+        echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+        return pb.ModelStreamInferResponse(error_message=text, infer_response=echo)
+
+
+def parse(message_type: type[Message], raw: bytes) -> Message:
+    try:
+        return message_type.FromString(raw)
+    except DecodeError:
+        raise InputError(f"the request is not a valid {message_type.DESCRIPTOR.full_name} message") from None
+
+
+def serialize(message: ProtoMessage) -> bytes:
+    return message.SerializeToString()
+
+
+def status_code(error: ForwardpassError) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, error.grpc_code, grpc.StatusCode.INTERNAL)
+
+
+class BearerToken:
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def check(self, context: Context) -> None:
+        given = next((value for key, value in context.invocation_metadata() or () if key == "authorization"), None)
+        given_bytes = given.encode() if isinstance(given, str) else given
+        if given_bytes is None or not hmac.compare_digest(given_bytes, self._expected):
+            problem = "missing" if given_bytes is None else "wrong"
+            raise Unauthenticated(f"{problem} bearer token: send metadata 'authorization: Bearer <token>'")
+
+
+def unary_handler(
+    implementation: Callable[[Any], Awaitable[ProtoMessage]],
+    request_type: type[ProtoMessage],
+    check: Callable[[Context], None] | None,
+) -> grpc.RpcMethodHandler:
+    name = implementation.__name__
+
+    async def handle(raw: bytes, context: Context) -> ProtoMessage:
+        try:
+            if check is not None:
+                check(context)
+            return await implementation(parse(request_type, raw))
+        except ForwardpassError as error:
+            await context.abort(status_code(error), str(error))
+        except Exception:
+            log.exception("gRPC %s failed", name)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}; see the server log")
+
+    return grpc.unary_unary_rpc_method_handler(handle, response_serializer=serialize)
+
+
+def stream_handler(servicer: InferenceServicer, token: BearerToken | None) -> grpc.RpcMethodHandler:
+    async def handle(raws: AsyncIterator[bytes], context: Context) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        if token is not None:
+            try:
+                token.check(context)
+            except Unauthenticated as error:
+                await context.abort(status_code(error), str(error))
+        async for answer in servicer.ModelStreamInfer(raws):
+            yield answer
+
+    return grpc.stream_stream_rpc_method_handler(handle, response_serializer=serialize)
+
+
+def with_access_log(name: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The same handler, writing one JSON line per call to the `forwardpass.access` logger, like HTTP's."""
+    path = f"/{SERVICE.full_name}/{name}"
+
+    def record(started: float, context: Context) -> None:
+        status = context.code() or grpc.StatusCode.OK
+        milliseconds = round((time.perf_counter() - started) * 1000, 3)
+        entry = {"protocol": "grpc", "path": path, "status": status.name, "ms": milliseconds, "client": context.peer()}
+        access_log.info(json.dumps(entry))
+
+    if handler.stream_stream is not None:
+        streaming = handler.stream_stream
+
+        async def stream(raws: AsyncIterator[bytes], context: Context) -> AsyncIterator[ProtoMessage]:
+            started = time.perf_counter()
+            try:
+                async for answer in streaming(raws, context):
+                    yield answer
+            finally:
+                record(started, context)
+
+        return grpc.stream_stream_rpc_method_handler(stream, response_serializer=serialize)
+    unary = handler.unary_unary
+
+    async def call(raw: bytes, context: Context) -> ProtoMessage:
+        started = time.perf_counter()
+        try:
+            return await unary(raw, context)
+        finally:
+            record(started, context)
+
+    return grpc.unary_unary_rpc_method_handler(call, response_serializer=serialize)
+
+
+def method_handlers(
+    servicer: InferenceServicer, token: BearerToken | None, log_access: bool = False
+) -> dict[str, grpc.RpcMethodHandler]:
+    """A handler for every RPC of the service the servicer implements; the others stay UNIMPLEMENTED."""
+    handlers = {"ModelStreamInfer": stream_handler(servicer, token)}
+    for method in SERVICE.methods:
+        implementation = getattr(servicer, method.name, None)
+        if method.name in handlers or implementation is None:
+            continue
+        check = None if token is None or method.name in OPEN_METHODS else token.check
+        handlers[method.name] = unary_handler(implementation, getattr(pb, method.input_type.name), check)
+    if log_access:
+        return {name: with_access_log(name, handler) for name, handler in handlers.items()}
+    return handlers
+
+
+def create_grpc_server(dataplane: DataPlane, settings: ServerSettings) -> grpc.aio.Server:
+    """The gRPC server bound to settings.host:grpc_port, not started; the caller starts and stops it in its loop."""
+    server = grpc.aio.server(
+        # Calls beyond this are refused with RESOURCE_EXHAUSTED at once, like HTTP's 503, instead of piling up.
+        maximum_concurrent_rpcs=settings.max_concurrent_requests,
+        options=[
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
+            ("grpc.max_send_message_length", -1),
+            # Without this a second server on a port already in use would bind too and take some of its calls.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    token = BearerToken(settings.auth_token) if settings.auth_token else None
+    handlers = method_handlers(InferenceServicer(dataplane), token, settings.access_log)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    address = f"{host}:{settings.grpc_port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:  # newer grpc versions raise where older ones return port 0
+        bound = 0
+    if not bound:
+        raise ConfigError(
+            f"gRPC cannot listen on {address}: port in use or address invalid; choose another --grpc-port"
+        )
+    return server

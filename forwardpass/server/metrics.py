@@ -1,0 +1,202 @@
+"""What the server measures: Prometheus metrics for `/metrics` and Triton's per-model statistics for `/stats`.
+
+Both are fed from the same three events: a request succeeded (with its time per stage), a request failed, a batch
+ran. Prometheus children are cached per model version so the hot path does no label lookups.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from forwardpass.errors import ForwardpassError
+
+__all__ = ["CONTENT_TYPE", "STAGES", "Metrics", "Timings"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+STAGES = ("queue", "preprocess", "inference", "postprocess")
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+QueueDepths = Callable[[], dict[tuple[str, str], int]]  # (model, version) → requests queued
+
+
+@dataclass(slots=True)
+class Timings:
+    """Seconds one request spent in each stage; `total` from the data plane's first look to its answer."""
+
+    queue: float = 0.0
+    preprocess: float = 0.0
+    inference: float = 0.0
+    postprocess: float = 0.0
+    total: float = 0.0
+
+
+@dataclass(slots=True)
+class _Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float, count: int = 1) -> None:
+        self.count += count
+        self.ns += int(seconds * 1e9)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass(slots=True)
+class _VersionStats:
+    """Triton's statistics of one model version (the JSON form `tritonclient` and `perf_analyzer` read)."""
+
+    success: _Duration = field(default_factory=_Duration)
+    fail: _Duration = field(default_factory=_Duration)
+    queue: _Duration = field(default_factory=_Duration)
+    compute_input: _Duration = field(default_factory=_Duration)
+    compute_infer: _Duration = field(default_factory=_Duration)
+    compute_output: _Duration = field(default_factory=_Duration)
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    batches: dict[int, _Duration] = field(default_factory=dict)
+
+    def to_dict(self, name: str, version: str) -> dict[str, Any]:
+        empty = {"count": 0, "ns": 0}
+        return {
+            "name": name,
+            "version": version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.to_dict(),
+                "fail": self.fail.to_dict(),
+                "queue": self.queue.to_dict(),
+                "compute_input": self.compute_input.to_dict(),
+                "compute_infer": self.compute_infer.to_dict(),
+                "compute_output": self.compute_output.to_dict(),
+                "cache_hit": empty,
+                "cache_miss": empty,
+            },
+            "batch_stats": [
+                {"batch_size": size, "compute_input": empty, "compute_infer": infer.to_dict(), "compute_output": empty}
+                for size, infer in sorted(self.batches.items())
+            ],
+            "memory_usage": [],
+        }
+
+
+class _QueueDepthCollector(Collector):
+    def __init__(self, depths: QueueDepths) -> None:
+        self._depths = depths
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "forwardpass_queue_depth", "Requests waiting for a model instance", labels=["model", "version"]
+        )
+        for (model, version), depth in sorted(self._depths().items()):
+            gauge.add_metric([model, version], depth)
+        yield gauge
+
+
+class _Children:
+    """One model version's Prometheus series, looked up once."""
+
+    __slots__ = ("batch_size", "latency", "requests", "stages")
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self.requests = metrics.requests.labels(model, version)
+        self.latency = metrics.latency.labels(model, version)
+        self.stages = [metrics.stages.labels(model, version, stage) for stage in STAGES]
+        self.batch_size = metrics.batch_size.labels(model, version)
+
+
+class Metrics:
+    def __init__(self, queue_depths: QueueDepths) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "forwardpass_requests", "Inference requests answered", ["model", "version"], registry=self.registry
+        )
+        self.failures = Counter(
+            "forwardpass_request_failures",
+            "Inference requests refused or failed, by HTTP status (model empty when unknown)",
+            ["model", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "forwardpass_request_duration_seconds",
+            "Time from a decoded request to its answer",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.stages = Histogram(
+            "forwardpass_stage_duration_seconds",
+            "Time per request in each stage: queue, preprocess, inference, postprocess",
+            ["model", "version", "stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "forwardpass_batch_size",
+            "Rows per forward pass",
+            ["model", "version"],
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_QueueDepthCollector(queue_depths))
+        self._children: dict[tuple[str, str], _Children] = {}
+        self._stats: dict[tuple[str, str], _VersionStats] = {}
+
+    def succeeded(self, model: str, version: str, timings: Timings) -> None:
+        children, stats = self._series(model, version)
+        children.requests.inc()
+        children.latency.observe(timings.total)
+        for histogram, seconds in zip(
+            children.stages, (timings.queue, timings.preprocess, timings.inference, timings.postprocess), strict=True
+        ):
+            histogram.observe(seconds)
+        stats.success.add(timings.total)
+        stats.queue.add(timings.queue)
+        stats.compute_input.add(timings.preprocess)
+        stats.compute_infer.add(timings.inference)
+        stats.compute_output.add(timings.postprocess)
+        stats.last_inference_ms = int(time.time() * 1000)
+
+    def failed(self, model: str | None, version: str | None, error: ForwardpassError, seconds: float = 0.0) -> None:
+        """`model` only when it is a served model: names from requests must not become label values."""
+        self.failures.labels(model or "", str(error.http_status)).inc()
+        if model is not None and version is not None:
+            self._series(model, version)[1].fail.add(seconds)
+
+    def batch(self, model: str, version: str, rows: int, run_s: float) -> None:
+        children, stats = self._series(model, version)
+        children.batch_size.observe(rows)
+        stats.inference_count += rows
+        stats.execution_count += 1
+        stats.batches.setdefault(rows, _Duration()).add(run_s)
+
+    def statistics(self, versions: list[tuple[str, str]]) -> dict[str, Any]:
+        """Triton's `{"model_stats": [...]}` for these (model, version) pairs."""
+        return {
+            "model_stats": [
+                self._stats.get((name, version), _VersionStats()).to_dict(name, version) for name, version in versions
+            ]
+        }
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def _series(self, model: str, version: str) -> tuple[_Children, _VersionStats]:
+        key = (model, version)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = _Children(self, model, version)
+            self._stats[key] = _VersionStats()
+        return children, self._stats[key]

@@ -1,0 +1,265 @@
+"""The dynamic batcher with plain Python runners: when it dispatches, what it coalesces, how failures stay alone."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from forwardpass.errors import InputError, Overloaded
+from forwardpass.scheduler import Batched, Batcher
+
+Arrays = dict[str, np.ndarray]
+
+
+class Recorder:
+    """A runner that doubles its input, records each batch's row count, and can hold a batch until released."""
+
+    def __init__(self, hold_first: bool = False) -> None:
+        self.batches: list[int] = []
+        self.release = threading.Event()
+        self.started = threading.Event()
+        if not hold_first:
+            self.release.set()
+
+    def __call__(self, arrays: Arrays) -> Arrays:
+        self.started.set()
+        self.release.wait(timeout=30)
+        x = arrays["x"]
+        self.batches.append(len(x))
+        if np.isnan(x).any():
+            raise InputError("x holds NaN")  # what ONNX Runtime does to a value it refuses
+        return {"y": x * 2}
+
+
+def rows(*values: float, width: int = 2) -> Arrays:
+    return {"x": np.array([[v] * width for v in values], dtype=np.float32)}
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    for _ in range(3000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition never came true")
+
+
+async def hold_engine(batcher: Batcher, runner: Recorder) -> asyncio.Future[Batched]:
+    """Start one request and wait until its batch is running, so that later requests must queue."""
+    first = batcher.submit(rows(0.0), 1)
+    await wait_for(runner.started.is_set)
+    return first
+
+
+@pytest.mark.asyncio
+async def test_a_lone_request_runs_at_once_even_with_a_long_queue_delay():
+    runner = Recorder()
+    batcher = Batcher([runner], max_batch_size=8, max_queue_delay_s=5.0)
+    started = time.perf_counter()
+    done = await batcher.submit(rows(1.0), 1)
+    assert time.perf_counter() - started < 2.5  # far below the 5 s delay: an idle engine does not wait
+    np.testing.assert_array_equal(done.outputs["y"], [[2.0, 2.0]])
+    assert runner.batches == [1]
+    await batcher.drain()
+
+
+@pytest.mark.asyncio
+async def test_requests_queued_behind_a_busy_engine_share_one_forward_pass():
+    runner = Recorder(hold_first=True)
+    batcher = Batcher([runner], max_batch_size=8)
+    first = await hold_engine(batcher, runner)
+    queued = [batcher.submit(rows(float(i)), 1) for i in range(1, 6)]
+    assert batcher.depth == 5
+    runner.release.set()
+    results = await asyncio.gather(first, *queued)
+    assert runner.batches == [1, 5]
+    for i, done in enumerate(results):
+        np.testing.assert_array_equal(done.outputs["y"], [[2.0 * i, 2.0 * i]])
+    assert results[1].batch_rows == 5
+    await batcher.drain()
+
+
+@pytest.mark.asyncio
+async def test_batches_never_exceed_max_batch_size_and_multi_row_requests_stay_whole():
+    runner = Recorder(hold_first=True)
+    batcher = Batcher([runner], max_batch_size=4)
+    first = await hold_engine(batcher, runner)
+    sizes = [1, 2, 1, 3, 1, 1]
+    queued = [batcher.submit(rows(*([float(n)] * n)), n) for n in sizes]
+    runner.release.set()
+    results = await asyncio.gather(first, *queued)
+    assert runner.batches == [1, 4, 4, 1]  # 1+2+1 | 3+1 | 1: a request never splits across batches
+    for n, done in zip(sizes, results[1:], strict=True):
+        assert done.outputs["y"].shape == (n, 2)
+        np.testing.assert_array_equal(done.outputs["y"], np.full((n, 2), 2.0 * n))
+    await batcher.drain()
+
+
+@pytest.mark.asyncio
+async def test_a_request_larger_than_max_batch_size_runs_alone():
+    runner = Recorder()
+    batcher = Batcher([runner], max_batch_size=2)
+    done = await batcher.submit(rows(1.0, 2.0, 3.0), 3)
+    assert done.outputs["y"].shape == (3, 2)
+    assert runner.batches == [3]
+    await batcher.drain()
+
+
+@pytest.mark.asyncio
+async def test_preferred_sizes_cut_the_batch():
+    runner = Recorder(hold_first=True)
+    batcher = Batcher([runner], max_batch_size=8, preferred_batch_sizes=[2, 4])
+    first = await hold_engine(batcher, runner)
+    queued = [batcher.submit(rows(float(i)), 1) for i in range(7)]
+    runner.release.set()
+    await asyncio.gather(first, *queued)
+    assert runner.batches == [1, 4, 2, 1]
+    await batcher.drain()
+
+
+@pytest.mark.asyncio
+async def test_a_queued_request_waits_up_to_the_delay_for_a_fuller_batch():
+    runner = Recorder(hold_first=True)
+    delay = 0.3
+    batcher = Batcher([runner], max_batch_size=8, max_queue_delay_s=delay)
+    first = await hold_engine(batcher, runner)
+    waiting = batcher.submit(rows(1.0), 1)
+    runner.release.set()
+    await first
+    late = batcher.submit(rows(2.0), 1)  # arrives while the first queued one waits: joins its batch
+    done = await waiting
+    await late
+    assert done.queued_s >= delay * 0.9  # it waited for its delay (timers never fire early)...
+    assert runner.batches == [1, 2]  # ...and the late one joined it
+    await batcher.drain()
+
+
+@pytest.mark.asyncio
+async def test_a_bad_request_fails_alone_and_its_batch_neighbours_succeed():
+    runner = Recorder(hold_first=True)
+    batcher = Batcher([runner], max_batch_size=8)
+    first = await hold_engine(batcher, runner)
+    good = [batcher.submit(rows(float(i)), 1) for i in range(1, 4)]
+    bad = batcher.submit(rows(float("nan")), 1)
+    more = [batcher.submit(rows(float(i)), 1) for i in range(4, 6)]
+    runner.release.set()
+    await first
+    for i, future in zip([1, 2, 3, 4, 5], [*good, *more], strict=True):
+        np.testing.assert_array_equal((await future).outputs["y"], [[2.0 * i, 2.0 * i]])
+    with pytest.raises(InputError, match="NaN"):
+        await bad
+    assert runner.batches[:2] == [1, 6]  # the batch of six ran (and failed) together, then each alone
+    assert sorted(runner.batches[2:]) == [1] * 6
+    await batcher.drain()
+
+
+@pytest.mark.asyncio
+async def test_requests_of_different_shapes_never_share_a_batch():
+    runner = Recorder(hold_first=True)
+    batcher = Batcher([runner], max_batch_size=8)
+    first = await hold_engine(batcher, runner)
+    narrow = [batcher.submit(rows(1.0, width=2), 1) for _ in range(3)]
+    wide = [batcher.submit(rows(1.0, width=3), 1) for _ in range(2)]
+    runner.release.set()
+    results = await asyncio.gather(first, *narrow, *wide)
+    assert [done.outputs["y"].shape[1] for done in results[1:]] == [2, 2, 2, 3, 3]
+    assert runner.batches == [1, 3, 2]
+    await batcher.drain()
+
+
+@pytest.mark.asyncio
+async def test_a_full_queue_refuses_with_overloaded():
+    runner = Recorder(hold_first=True)
+    batcher = Batcher([runner], max_batch_size=4, max_queue_size=3, name="tiny")
+    first = await hold_engine(batcher, runner)
+    queued = [batcher.submit(rows(1.0), 1) for _ in range(3)]
+    with pytest.raises(Overloaded, match="'tiny' has 3 requests queued") as refused:
+        batcher.submit(rows(1.0), 1)
+    assert refused.value.http_status == 503
+    runner.release.set()
+    await asyncio.gather(first, *queued)
+    await batcher.drain()
+
+
+@pytest.mark.asyncio
+async def test_timed_out_requests_are_skipped_not_run():
+    runner = Recorder(hold_first=True)
+    batcher = Batcher([runner], max_batch_size=8)
+    first = await hold_engine(batcher, runner)
+    abandoned = batcher.submit(rows(1.0), 1)
+    kept = batcher.submit(rows(2.0), 1)
+    abandoned.cancel()  # what a request timeout does to its future
+    runner.release.set()
+    await first
+    np.testing.assert_array_equal((await kept).outputs["y"], [[4.0, 4.0]])
+    assert runner.batches == [1, 1]
+    await batcher.drain()
+
+
+@pytest.mark.asyncio
+async def test_instances_run_batches_in_parallel():
+    gate = threading.Barrier(2, timeout=10)
+
+    def meet(arrays: Arrays) -> Arrays:
+        gate.wait()  # returns only when both instances are inside a forward pass at once
+        return {"y": arrays["x"]}
+
+    batcher = Batcher([meet, meet], max_batch_size=8)
+    results = await asyncio.gather(batcher.submit(rows(1.0), 1), batcher.submit(rows(2.0), 1))
+    assert [done.outputs["y"][0, 0] for done in results] == [1.0, 2.0]
+    await batcher.drain()
+
+
+@pytest.mark.asyncio
+async def test_drain_finishes_queued_work_then_refuses():
+    runner = Recorder(hold_first=True)
+    batcher = Batcher([runner], max_batch_size=8)
+    first = await hold_engine(batcher, runner)
+    queued = batcher.submit(rows(3.0), 1)
+    draining = asyncio.create_task(batcher.drain())
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded, match="being unloaded"):
+        batcher.submit(rows(1.0), 1)
+    runner.release.set()
+    await draining
+    assert (await first).outputs["y"].shape == (1, 2)
+    np.testing.assert_array_equal((await queued).outputs["y"], [[6.0, 6.0]])
+
+
+@pytest.mark.asyncio
+async def test_without_batching_each_request_runs_alone_and_the_observer_sees_every_batch():
+    runner = Recorder(hold_first=True)
+    seen: list[int] = []
+    batcher = Batcher([runner], max_batch_size=0, on_batch=lambda rows, seconds: seen.append(rows))
+    first = await hold_engine(batcher, runner)
+    queued = [batcher.submit(rows(1.0, 2.0), 2) for _ in range(3)]
+    runner.release.set()
+    await asyncio.gather(first, *queued)
+    assert runner.batches == [1, 2, 2, 2]
+    assert seen == [1, 2, 2, 2]
+    await batcher.drain()
+
+
+@pytest.mark.asyncio
+async def test_an_output_without_a_batch_dimension_is_answered_by_running_each_request_alone():
+    calls: list[int] = []
+    release = threading.Event()
+
+    def total(arrays: Arrays) -> Arrays:
+        release.wait(timeout=30)
+        calls.append(len(arrays["x"]))
+        return {"sum": np.asarray(arrays["x"].sum())}  # a scalar: rows cannot be split out of it
+
+    batcher = Batcher([total], max_batch_size=8)
+    first = batcher.submit(rows(1.0), 1)
+    await asyncio.sleep(0.05)
+    queued = [batcher.submit(rows(2.0), 1), batcher.submit(rows(3.0), 1)]
+    release.set()
+    results = await asyncio.gather(first, *queued)
+    assert [float(done.outputs["sum"]) for done in results] == [2.0, 4.0, 6.0]
+    assert calls == [1, 2, 1, 1]
+    await batcher.drain()

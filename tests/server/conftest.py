@@ -1,0 +1,257 @@
+"""The real server for the tests: an InferenceServer on 127.0.0.1 (a free port the OS picks) in a thread of its own
+with its own uvloop loop, and tiny ONNX models written with `onnx.helper` into a temporary repository."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import onnx
+import pytest
+import uvloop
+import yaml
+from onnx import TensorProto, helper, numpy_helper
+
+from forwardpass.repository import default_repository
+from forwardpass.server.app import InferenceServer
+from forwardpass.server.settings import ServerSettings
+
+T = TypeVar("T")
+MLP_LABELS = [f"class_{i}" for i in range(10)]
+
+
+def save(graph: onnx.GraphProto, folder: Path, config: dict[str, Any] | None = None) -> Path:
+    """Write `graph` as <folder>/model.onnx (folder = <repo>/<model>/<version>) and the model's config.yaml."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, folder / "model.onnx")
+    if config is not None:
+        (folder.parent / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return folder / "model.onnx"
+
+
+def mlp_graph(seed: int = 0, inputs: int = 64, hidden: int = 128, outputs: int = 10) -> onnx.GraphProto:
+    """y = relu(x W1 + b1) W2 + b2: the issue's tiny model (64 → 128 → 10)."""
+    rng = np.random.default_rng(seed)
+    weights = {
+        "w1": rng.standard_normal((inputs, hidden)).astype(np.float32) * 0.1,
+        "b1": rng.standard_normal(hidden).astype(np.float32) * 0.1,
+        "w2": rng.standard_normal((hidden, outputs)).astype(np.float32) * 0.1,
+        "b2": rng.standard_normal(outputs).astype(np.float32) * 0.1,
+    }
+    return helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Add", ["h", "b1"], ["h1"]),
+            helper.make_node("Relu", ["h1"], ["h2"]),
+            helper.make_node("MatMul", ["h2", "w2"], ["o"]),
+            helper.make_node("Add", ["o", "b2"], ["y"]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", inputs])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", outputs])],
+        initializer=[numpy_helper.from_array(value, name) for name, value in weights.items()],
+    )
+
+
+def add_graph(constant: float, width: int = 4) -> onnx.GraphProto:
+    """y = x + constant: each version of a model adds its own constant, so answers tell versions apart."""
+    return helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"])],
+        "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        initializer=[numpy_helper.from_array(np.full(width, constant, np.float32), "c")],
+    )
+
+
+def gather_graph(rows: int = 10, width: int = 4, slow: bool = False) -> onnx.GraphProto:
+    """y = table[index]: an index past the table passes validation but fails inside ONNX Runtime. `slow` adds
+    ~30 ms of work per forward pass, so that requests arriving meanwhile queue and share the next batch."""
+    table = np.arange(rows * width, dtype=np.float32).reshape(rows, width)
+    nodes = [helper.make_node("Gather", ["table", "index"], ["picked"], axis=0)]
+    initializers = [numpy_helper.from_array(table, "table")]
+    result = "picked"
+    if slow:
+        nodes.append(helper.make_node("Cast", ["index"], ["index_float"], to=TensorProto.FLOAT))
+        result = _add_slow_term(nodes, initializers, "index_float", "picked")
+    nodes.append(helper.make_node("Identity", [result], ["y"]))
+    return helper.make_graph(
+        nodes,
+        "gather",
+        [helper.make_tensor_value_info("index", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1, width])],
+        initializer=initializers,
+    )
+
+
+def slow_graph() -> onnx.GraphProto:
+    """y = x on FP32 [batch, 4], after ~30 ms of matrix products per forward pass."""
+    nodes: list[onnx.NodeProto] = []
+    initializers: list[onnx.TensorProto] = []
+    result = _add_slow_term(nodes, initializers, "x", "x")
+    nodes.append(helper.make_node("Identity", [result], ["y"]))
+    return helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=initializers,
+    )
+
+
+def _add_slow_term(
+    nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], source: str, target: str, size: int = 512
+) -> str:
+    """Appends `target + 0 * sum((A * sum(source))^16)`: four size-by-size matrix products per call that ONNX
+    Runtime cannot fold away, because they depend on the input. Returns the name of the result."""
+    matrix = np.random.default_rng(1).standard_normal((size, size)).astype(np.float32) / size
+    initializers += [numpy_helper.from_array(matrix, "slow_a"), numpy_helper.from_array(np.float32(0.0), "slow_zero")]
+    nodes += [
+        helper.make_node("ReduceSum", [source], ["slow_total"], keepdims=0),
+        helper.make_node("Mul", ["slow_a", "slow_total"], ["slow_m0"]),
+    ]
+    for i in range(4):
+        nodes.append(helper.make_node("MatMul", [f"slow_m{i}", f"slow_m{i}"], [f"slow_m{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceSum", ["slow_m4"], ["slow_sum"], keepdims=0),
+        helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_nothing"]),
+        helper.make_node("Add", [target, "slow_nothing"], ["slow_result"]),
+    ]
+    return "slow_result"
+
+
+def strings_graph() -> onnx.GraphProto:
+    """y = x on BYTES [batch, 2]: strings in, strings out."""
+    return helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "strings",
+        [helper.make_tensor_value_info("x", TensorProto.STRING, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, ["batch", 2])],
+    )
+
+
+def copy_bundled(name: str, repository: Path) -> Path:
+    source = default_repository() / name
+    if not (source / "1").is_dir():
+        pytest.skip(f"bundled model {name} is not built (make models)")
+    return Path(shutil.copytree(source, repository / name, ignore=shutil.ignore_patterns(".*")))
+
+
+def build_repository(root: Path) -> Path:
+    """The models most server tests share."""
+    classification = {"kind": "classification", "output": "y", "labels": MLP_LABELS, "top_k": 3}
+    save(mlp_graph(), root / "mlp" / "1", {"max_batch_size": 64, "postprocess": classification})
+    save(mlp_graph(), root / "mlp_unbatched" / "1", {"max_batch_size": 0})
+    save(add_graph(1.0), root / "add" / "1", {"max_batch_size": 16})
+    save(gather_graph(), root / "gather" / "1", {"max_batch_size": 32})
+    save(strings_graph(), root / "strings" / "1", {"max_batch_size": 8})
+    copy_bundled("digits_cnn", root)
+    copy_bundled("diabetes", root)
+    return root
+
+
+class RunningServer:
+    """A started InferenceServer; `call` runs a coroutine on its loop (e.g. registry operations)."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.server = InferenceServer(settings)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="forwardpass-test-server", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.http_port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        """host:port, as tritonclient wants it."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.settings.grpc_port}"
+
+    def start(self) -> RunningServer:
+        self._thread.start()
+        self._started.wait(timeout=60)
+        if self._failure is not None:
+            raise self._failure
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=60)
+
+    def call(self, coroutine: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coroutine(), self._loop).result(timeout=60)
+
+    def _run(self) -> None:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            await self.server.start()
+        except BaseException as exc:
+            self._failure = exc
+            self._started.set()
+            return
+        self._started.set()
+        await self.server.wait(self._stop)
+        await self.server.stop()
+
+
+def serve(repository: Path, **overrides: Any) -> RunningServer:
+    settings = ServerSettings(**{"repository": repository, "http_port": 0, "grpc_port": 0, **overrides})
+    return RunningServer(settings).start()
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_repository(tmp_path_factory.mktemp("repository"))
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path) -> Iterator[RunningServer]:
+    running = serve(repository)
+    yield running
+    running.stop()
+
+
+class Kit:
+    """The builders above, for test modules (which cannot import this conftest under --import-mode=importlib)."""
+
+    save = staticmethod(save)
+    mlp_graph = staticmethod(mlp_graph)
+    add_graph = staticmethod(add_graph)
+    gather_graph = staticmethod(gather_graph)
+    slow_graph = staticmethod(slow_graph)
+    strings_graph = staticmethod(strings_graph)
+    copy_bundled = staticmethod(copy_bundled)
+    serve = staticmethod(serve)
+    mlp_labels = MLP_LABELS
+
+
+@pytest.fixture(scope="session")
+def kit() -> type[Kit]:
+    return Kit

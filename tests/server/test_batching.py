@@ -1,0 +1,128 @@
+"""Dynamic batching through the real HTTP server: concurrent requests share forward passes, a bad request inside a
+batch fails alone, and an idle server adds no latency (compared with batching off, interleaved in one run)."""
+
+from __future__ import annotations
+
+import http.client
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import orjson
+import pytest
+
+
+@pytest.fixture(scope="module")
+def batching_server(tmp_path_factory: pytest.TempPathFactory, kit) -> Iterator:
+    root = tmp_path_factory.mktemp("batching")
+    kit.save(kit.gather_graph(slow=True), root / "gather" / "1", {"max_batch_size": 32})
+    # requests queued behind a running batch wait (up to 2 s) until exactly 15 rows can go together
+    burst = {"max_batch_size": 32, "dynamic_batching": {"max_queue_delay_us": 2_000_000, "preferred_batch_size": [15]}}
+    kit.save(kit.gather_graph(slow=True), root / "gather_burst" / "1", burst)
+    # a long queue delay: a request that finds the engine idle must still run at once
+    delayed = {"max_batch_size": 64, "dynamic_batching": {"max_queue_delay_us": 50_000, "preferred_batch_size": [64]}}
+    kit.save(kit.mlp_graph(), root / "mlp_batched" / "1", delayed)
+    kit.save(kit.mlp_graph(), root / "mlp_unbatched" / "1", {"max_batch_size": 0})
+    running = kit.serve(root)
+    yield running
+    running.stop()
+
+
+def post(connection: http.client.HTTPConnection, path: str, document: dict) -> tuple[int, dict]:
+    connection.request("POST", path, orjson.dumps(document), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    return response.status, orjson.loads(response.read())
+
+
+def gather_request(index: int) -> dict:
+    return {"inputs": [{"name": "index", "datatype": "INT64", "shape": [1, 1], "data": [index]}]}
+
+
+def test_a_bad_request_inside_a_batch_fails_alone_while_its_neighbours_succeed(batching_server):
+    indexes = [1, 2, 3, 4, 5, 99, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5]  # 99 is past the table: only ONNX Runtime notices
+    results: dict[int, tuple[int, dict]] = {}
+    start = threading.Barrier(len(indexes) + 1)
+
+    def send(slot: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", batching_server.port, timeout=60)
+        start.wait()
+        if slot:  # the first request occupies the engine; the rest arrive while it runs and queue together
+            time.sleep(0.005)
+        results[slot] = post(connection, "/v2/models/gather_burst/infer", gather_request(indexes[slot]))
+        connection.close()
+
+    threads = [threading.Thread(target=send, args=(slot,)) for slot in range(len(indexes))]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    for thread in threads:
+        thread.join(timeout=60)
+    for slot, index in enumerate(indexes):
+        status, body = results[slot]
+        if index == 99:
+            assert status == 400
+            assert "refused the input" in body["error"] and "idx=99" in body["error"]
+        else:
+            assert status == 200, body
+            assert body["outputs"][0]["data"] == [float(v) for v in range(index * 4, index * 4 + 4)]
+    sizes = [entry["batch_size"] for entry in _stats(batching_server, "gather_burst")["batch_stats"]]
+    assert 15 in sizes  # the fifteen queued requests, the bad one among them, ran as one batch first
+
+
+def test_concurrent_requests_are_coalesced_into_batches_larger_than_one(batching_server):
+    before = _stats(batching_server, "gather")["execution_count"]
+    done = []
+
+    def client(worker: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", batching_server.port, timeout=60)
+        for i in range(6):
+            status, _ = post(connection, "/v2/models/gather/infer", gather_request((worker + i) % 10))
+            done.append(status)
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(worker,)) for worker in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert done == [200] * 48
+    stats = _stats(batching_server, "gather")
+    assert stats["execution_count"] - before < 48  # fewer forward passes than requests
+    metrics = http.client.HTTPConnection("127.0.0.1", batching_server.port, timeout=60)
+    metrics.request("GET", "/metrics")
+    text = metrics.getresponse().read().decode()
+    ones = _bucket(text, "gather", "1.0")
+    total = _bucket(text, "gather", "+Inf")
+    assert total > ones  # the batch-size histogram saw batches of more than one row
+
+
+def test_an_idle_server_adds_no_latency_with_batching_on(batching_server):
+    """Concurrency 1, interleaved: the batched model (with a 50 ms queue delay!) against the unbatched one."""
+    connection = http.client.HTTPConnection("127.0.0.1", batching_server.port, timeout=60)
+    x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": x.ravel().tolist()}]}
+    latencies: dict[str, list[float]] = {"mlp_batched": [], "mlp_unbatched": []}
+    for i in range(600):
+        model = "mlp_batched" if i % 2 else "mlp_unbatched"
+        started = time.perf_counter()
+        status, answer = post(connection, f"/v2/models/{model}/infer", body)
+        if i >= 100:  # warm-up excluded
+            latencies[model].append(time.perf_counter() - started)
+        assert status == 200, answer
+    on = statistics.median(latencies["mlp_batched"])
+    off = statistics.median(latencies["mlp_unbatched"])
+    assert on < 0.010  # nowhere near the 50 ms delay: a request that finds the engine idle runs at once
+    assert on <= off * 1.5 + 0.0005, f"p50 with batching {on * 1e3:.3f} ms vs without {off * 1e3:.3f} ms"
+
+
+def _stats(server, model: str) -> dict:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    connection.request("GET", f"/v2/models/{model}/stats")
+    return orjson.loads(connection.getresponse().read())["model_stats"][0]
+
+
+def _bucket(text: str, model: str, le: str) -> float:
+    prefix = f'forwardpass_batch_size_bucket{{le="{le}",model="{model}",version="1"}} '
+    return next(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))

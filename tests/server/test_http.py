@@ -1,0 +1,365 @@
+"""The HTTP transport end to end: the real server on 127.0.0.1, the stock `tritonclient.http` (JSON and binary
+tensors), TF Serving's REST API, the pipeline endpoint, the repository API, statistics, metrics, auth, limits."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import tritonclient.http as triton
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+import forwardpass
+
+RNG = np.random.default_rng(7)
+
+
+@pytest.fixture(scope="module")
+def client(server) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(server.address)
+
+
+@pytest.fixture(scope="module")
+def mlp(repository: Path) -> forwardpass.Model:
+    return forwardpass.load("mlp", repository=repository)
+
+
+def mlp_input(x: np.ndarray, binary: bool) -> triton.InferInput:
+    tensor = triton.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    return tensor
+
+
+def error_of(response: httpx.Response) -> str:
+    body = response.json()
+    assert set(body) == {"error"} and "\n" not in body["error"], body
+    return body["error"]
+
+
+def test_health_and_server_metadata(client):
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    metadata = client.get_server_metadata()
+    assert metadata["name"] == "forwardpass"
+    assert {"binary_tensor_data", "classification", "model_repository", "statistics"} <= set(metadata["extensions"])
+
+
+def test_model_metadata_and_triton_config(client):
+    assert client.is_model_ready("mlp")
+    assert client.is_model_ready("mlp", "1")
+    assert not client.is_model_ready("mlp", "2")
+    metadata = client.get_model_metadata("mlp")
+    assert metadata["versions"] == ["1"]
+    assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}]
+    assert metadata["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1, 10]}]
+    config = client.get_model_config("mlp")
+    assert config["max_batch_size"] == 64
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [64]}]
+    assert config["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [10]}]
+    assert config["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 256
+    assert config["instance_group"][0]["count"] == 1
+    unbatched = client.get_model_config("mlp_unbatched", "1")
+    assert unbatched["max_batch_size"] == 0
+    assert unbatched["input"][0]["dims"] == [-1, 64]
+    assert "dynamic_batching" not in unbatched
+
+
+@pytest.mark.parametrize("binary_in", [False, True])
+@pytest.mark.parametrize("binary_out", [False, True])
+def test_infer_equals_the_model_in_process_exactly(client, mlp, binary_in, binary_out):
+    x = RNG.standard_normal((3, 64)).astype(np.float32)
+    expected = mlp.infer({"x": x})["y"]
+    result = client.infer("mlp", [mlp_input(x, binary_in)], outputs=[triton.InferRequestedOutput("y", binary_out)])
+    np.testing.assert_array_equal(result.as_numpy("y"), expected)
+    assert result.get_response()["model_version"] == "1"
+    everything = client.infer("mlp_unbatched", [mlp_input(x, binary_in)], request_id="r-42")  # all outputs, binary
+    np.testing.assert_array_equal(everything.as_numpy("y"), expected)
+    assert everything.get_response()["id"] == "r-42"
+
+
+def test_gzip_and_deflate_request_bodies(client, mlp):
+    x = RNG.standard_normal((2, 64)).astype(np.float32)
+    for algorithm in ("gzip", "deflate"):
+        result = client.infer("mlp", [mlp_input(x, True)], request_compression_algorithm=algorithm)
+        np.testing.assert_array_equal(result.as_numpy("y"), mlp.infer({"x": x})["y"])
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_classification_extension_gives_triton_style_strings(client, mlp, kit, binary):
+    x = RNG.standard_normal((2, 64)).astype(np.float32)
+    scores = mlp.infer({"x": x})["y"]
+    result = client.infer(
+        "mlp", [mlp_input(x, True)], outputs=[triton.InferRequestedOutput("y", binary, class_count=3)]
+    )
+    got = result.as_numpy("y")
+    assert got.shape == (2, 3)
+    for row, answer in zip(scores, got, strict=True):
+        best = np.argsort(-row, kind="stable")[:3]
+        expected = [f"{float(row[i]):f}:{i}:{kit.mlp_labels[i]}" for i in best]
+        assert [value.decode() if isinstance(value, bytes) else value for value in answer] == expected
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_bytes_tensors_round_trip(client, binary):
+    words = np.array([["héllo", "world"], ["", "ünïcode ✓"]], dtype=object)
+    tensor = triton.InferInput("x", [2, 2], "BYTES")
+    tensor.set_data_from_numpy(np.vectorize(lambda s: s.encode())(words).astype(object), binary_data=binary)
+    result = client.infer("strings", [tensor], outputs=[triton.InferRequestedOutput("y", binary)])
+    got = result.as_numpy("y")
+    assert [[v.decode() if isinstance(v, bytes) else v for v in row] for row in got] == words.tolist()
+
+
+def test_versions_statistics_and_the_repository_api(client, server):
+    x = np.ones((1, 4), dtype=np.float32)
+    tensor = triton.InferInput("x", [1, 4], "FP32")
+    tensor.set_data_from_numpy(x)
+    for _ in range(3):
+        client.infer("add", [tensor], model_version="1")
+    with pytest.raises(InferenceServerException, match="model 'add' has no version '9'") as unknown:
+        client.infer("add", [tensor], model_version="9")
+    assert unknown.value.status() == "404"
+    wrong = triton.InferInput("x", [1, 3], "FP32")
+    wrong.set_data_from_numpy(np.ones((1, 3), dtype=np.float32))
+    with pytest.raises(InferenceServerException, match=r"expected shape \[-1, 4\], got \[1, 3\]"):
+        client.infer("add", [wrong])
+    stats = client.get_inference_statistics("add")["model_stats"]
+    assert [(s["name"], s["version"]) for s in stats] == [("add", "1")]
+    assert stats[0]["inference_stats"]["success"]["count"] >= 3
+    assert stats[0]["inference_stats"]["fail"]["count"] >= 1
+    assert stats[0]["inference_count"] >= 3 and stats[0]["execution_count"] >= 1
+    assert {s["name"] for s in client.get_inference_statistics()["model_stats"]} >= {"add"}
+    index = {row["name"]: row for row in client.get_model_repository_index()}
+    assert index["add"]["state"] == "READY"
+    client.unload_model("add")
+    assert not client.is_model_ready("add")
+    assert {row["name"]: row for row in client.get_model_repository_index()}["add"]["state"] == "UNAVAILABLE"
+    with pytest.raises(InferenceServerException, match="not loaded") as gone:
+        client.infer("add", [tensor])
+    assert gone.value.status() == "404"
+    client.load_model("add")
+    assert client.is_model_ready("add")
+    np.testing.assert_array_equal(client.infer("add", [tensor]).as_numpy("y"), x + 1)
+
+
+def test_tf_serving_predict_rows_and_columns(server, mlp):
+    x = RNG.standard_normal((2, 64)).astype(np.float32)
+    expected = mlp.infer({"x": x})["y"]
+    rows = httpx.post(f"{server.url}/v1/models/mlp:predict", json={"instances": x.tolist()})
+    assert rows.status_code == 200, rows.text
+    np.testing.assert_array_equal(np.asarray(rows.json()["predictions"], dtype=np.float32), expected)
+    named = httpx.post(
+        f"{server.url}/v1/models/mlp/versions/1:predict", json={"instances": [{"x": r} for r in x.tolist()]}
+    )
+    np.testing.assert_array_equal(np.asarray(named.json()["predictions"], dtype=np.float32), expected)
+    columns = httpx.post(f"{server.url}/v1/models/mlp:predict", json={"inputs": {"x": x.tolist()}})
+    np.testing.assert_array_equal(np.asarray(columns.json()["outputs"], dtype=np.float32), expected)
+    status = httpx.get(f"{server.url}/v1/models/mlp").json()
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    both = httpx.post(f"{server.url}/v1/models/mlp:predict", json={"instances": [], "inputs": []})
+    assert both.status_code == 400 and "exactly one of" in error_of(both)
+
+
+def test_tf_serving_binary_values_travel_as_b64(server):
+    pairs = [["héllo", "wörld"], ["a", "b"]]
+    b64 = [[{"b64": base64.b64encode(text.encode()).decode()} for text in row] for row in pairs]
+    answer = httpx.post(f"{server.url}/v1/models/strings:predict", json={"instances": b64})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"] == pairs
+    for bad, problem in [([[{"b64": "@@"}, {"b64": "QQ=="}]], "not valid base64"), ([[{"x": 1}, 2]], "b64")]:
+        refused = httpx.post(f"{server.url}/v1/models/strings:predict", json={"instances": bad})
+        assert refused.status_code == 400 and problem in error_of(refused)
+
+
+def digit_image(fmt: str) -> bytes:
+    pixels = (np.random.default_rng(3).random((16, 16)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("fmt", "content_type"), [("PNG", "image/png"), ("JPEG", "image/jpeg")])
+def test_pipeline_endpoint_answers_an_image_like_model_predict(server, repository, fmt, content_type):
+    image = digit_image(fmt)
+    expected = forwardpass.load("digits_cnn", repository=repository).predict(image, top_k=3)
+    response = httpx.post(
+        f"{server.url}/v2/models/digits_cnn/predict?top_k=3", content=image, headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert [(c["label"], c["index"]) for c in answer["top_k"]] == [(c["label"], c["index"]) for c in expected["top_k"]]
+    np.testing.assert_allclose(
+        [c["score"] for c in answer["top_k"]], [c["score"] for c in expected["top_k"]], rtol=1e-6
+    )
+
+
+def test_pipeline_endpoint_answers_a_record_and_refuses_corrupt_images(server, repository):
+    record = {"age": 50, "sex": 1, "bmi": 31.5, "bp": 90, "s1": 180, "s2": 100, "s3": 50, "s4": 4, "s5": 4.6, "s6": 90}
+    expected = forwardpass.load("diabetes", repository=repository).predict(record)
+    answer = httpx.post(f"{server.url}/v2/models/diabetes/predict", json=record)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["value"] == pytest.approx(expected["value"], rel=1e-6)
+    corrupt = httpx.post(
+        f"{server.url}/v2/models/digits_cnn/predict",
+        content=b"\x89PNG not really",
+        headers={"Content-Type": "image/png"},
+    )
+    assert corrupt.status_code == 400
+    assert "not an image" in error_of(corrupt)
+    wrong_kind = httpx.post(
+        f"{server.url}/v2/models/diabetes/predict", content=b"hi", headers={"Content-Type": "text/csv"}
+    )
+    assert wrong_kind.status_code == 400 and "record" in error_of(wrong_kind)
+
+
+@pytest.mark.parametrize("text", ["/etc/passwd", "samples/digits/digit_4_1023.png", "../models/x.png"])
+def test_text_sent_to_an_image_model_is_never_opened_as_a_server_path(server, text: str):
+    answer = httpx.post(
+        f"{server.url}/v2/models/digits_cnn/predict", content=text, headers={"Content-Type": "text/plain"}
+    )
+    assert answer.status_code == 400
+    assert "send its bytes" in error_of(answer) and text not in error_of(answer)
+
+
+def v2(name: str, shape: list[int], data: object, datatype: str = "FP32") -> dict:
+    return {"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}]}
+
+
+BAD_REQUESTS = [
+    ("/v2/models/mlp/infer", b"{not json", {}, 400, "not valid JSON"),
+    ("/v2/models/mlp/infer", orjson.dumps({"inputs": []}), {}, 400, "non-empty list"),
+    ("/v2/models/mlp/infer", orjson.dumps(v2("z", [1, 64], [0.0] * 64)), {}, 400, "unknown input(s) ['z']"),
+    (
+        "/v2/models/mlp/infer",
+        orjson.dumps(v2("x", [1, 32], [0.0] * 32)),
+        {},
+        400,
+        "expected shape [-1, 64], got [1, 32]",
+    ),
+    ("/v2/models/mlp/infer", orjson.dumps(v2("x", [1, 64], [0.0] * 63)), {}, 400, "needs 64 values, 'data' holds 63"),
+    ("/v2/models/mlp/infer", orjson.dumps(v2("x", [1, 64], ["a"] * 64)), {}, 400, "FP32 data must be numbers"),
+    ("/v2/models/mlp/infer", orjson.dumps(v2("x", [1, 64], [0] * 64, "FP99")), {}, 400, "unknown data type 'FP99'"),
+    ("/v2/models/mlp/infer", orjson.dumps(v2("x", [1, 64], ["a"] * 64, "BYTES")), {}, 400, "input 'x': expected FP32"),
+    ("/v2/models/mlp/infer", orjson.dumps(v2("x", [0, 64], [])), {}, 400, "0 rows"),
+    (
+        "/v2/models/mlp/infer",
+        orjson.dumps({**v2("x", [1, 64], [0.0] * 64), "outputs": [{"name": "nope"}]}),
+        {},
+        400,
+        "has no output 'nope'",
+    ),
+    ("/v2/models/gather/infer", orjson.dumps(v2("index", [1, 1], [99], "INT64")), {}, 400, "refused the input"),
+    ("/v2/models/nope/infer", orjson.dumps(v2("x", [1, 64], [0.0] * 64)), {}, 404, "model 'nope' is not loaded"),
+    ("/v2/models/mlp/versions/3/infer", orjson.dumps(v2("x", [1, 64], [0.0] * 64)), {}, 404, "no version '3'"),
+    ("/v2/models/mlp/nothing", b"{}", {}, 404, "no such endpoint"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "headers", "status", "message"), BAD_REQUESTS)
+def test_bad_requests_get_a_4xx_naming_the_problem(server, path, body, headers, status, message):
+    response = httpx.post(server.url + path, content=body, headers=headers)
+    assert response.status_code == status, response.text
+    assert message in error_of(response)
+
+
+def binary_request(size: int, declared_size: int, header_length: int | None = None) -> tuple[bytes, dict[str, str]]:
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [1, 64], "parameters": {"binary_data_size": declared_size}}
+            ]
+        }
+    )
+    length = len(header) if header_length is None else header_length
+    return header + bytes(size), {"Inference-Header-Content-Length": str(length)}
+
+
+@pytest.mark.parametrize(
+    ("size", "declared", "header_length", "message"),
+    [
+        (256, 10_000, None, "goes past the end"),
+        (100, 100, None, "needs 256 bytes, binary_data_size is 100"),
+        (300, 256, None, "add up to 256"),
+        (256, 256, 10**6, "outside the"),
+        (256, 256, 3, "not valid JSON"),
+    ],
+)
+def test_lying_binary_headers_get_a_400(server, size, declared, header_length, message):
+    body, headers = binary_request(size, declared, header_length)
+    response = httpx.post(f"{server.url}/v2/models/mlp/infer", content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert message in error_of(response)
+
+
+def test_metrics_cover_requests_failures_stages_batches_and_queues(server, client):
+    client.infer("mlp", [mlp_input(np.zeros((1, 64), np.float32), True)])
+    httpx.post(f"{server.url}/v2/models/mlp/infer", content=b"{")
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'forwardpass_requests_total{model="mlp",version="1"}' in text
+    assert 'forwardpass_request_failures_total{code="400",model=""}' in text
+    for stage in ("queue", "preprocess", "inference", "postprocess"):
+        assert f'stage="{stage}"' in text
+    assert 'forwardpass_batch_size_bucket{le="1.0",model="mlp",version="1"}' in text
+    assert 'forwardpass_queue_depth{model="mlp",version="1"} 0.0' in text
+
+
+def test_oversized_bodies_get_413_before_they_are_read(repository, kit):
+    small = kit.serve(repository, max_request_bytes=1000)
+    try:
+        declared = httpx.post(f"{small.url}/v2/models/mlp/infer", content=b"x" * 5000)
+        assert declared.status_code == 413 and "over the limit of 1000" in error_of(declared)
+
+        def chunks():
+            yield from (b"y" * 400 for _ in range(5))
+
+        streamed = httpx.post(f"{small.url}/v2/models/mlp/infer", content=chunks())  # no Content-Length
+        assert streamed.status_code == 413
+        bomb = httpx.post(
+            f"{small.url}/v2/models/mlp/infer", content=_gzip(b"0" * 100_000), headers={"Content-Encoding": "gzip"}
+        )
+        assert bomb.status_code == 413 and "decompresses" in error_of(bomb)
+    finally:
+        small.stop()
+
+
+def _gzip(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(data)
+
+
+def test_a_bearer_token_guards_everything_but_health(repository, kit):
+    guarded = kit.serve(repository, auth_token="s3cret")
+    try:
+        anonymous = triton.InferenceServerClient(guarded.address)
+        assert anonymous.is_server_live() and anonymous.is_server_ready()
+        with pytest.raises(InferenceServerException, match="missing bearer token") as missing:
+            anonymous.get_model_metadata("mlp")
+        assert missing.value.status() == "401"
+        with pytest.raises(InferenceServerException, match="wrong bearer token"):
+            anonymous.infer(
+                "mlp", [mlp_input(np.zeros((1, 64), np.float32), True)], headers={"Authorization": "Bearer no"}
+            )
+        assert httpx.get(f"{guarded.url}/metrics").status_code == 401
+        good = {"Authorization": "Bearer s3cret"}
+        result = anonymous.infer("mlp", [mlp_input(np.zeros((1, 64), np.float32), True)], headers=good)
+        assert result.as_numpy("y").shape == (1, 10)
+    finally:
+        guarded.stop()
+
+
+def test_the_access_log_writes_one_json_line_per_request(repository, kit, caplog):
+    caplog.set_level(logging.INFO, logger="forwardpass.access")
+    logged = kit.serve(repository, access_log=True)
+    try:
+        httpx.get(f"{logged.url}/v2/models/mlp")
+    finally:
+        logged.stop()
+    lines = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "forwardpass.access"]
+    assert {"method": "GET", "path": "/v2/models/mlp", "status": 200}.items() <= lines[-1].items()
