@@ -1,0 +1,159 @@
+"""numpy arrays ↔ KServe V2 tensors on the client side: datatypes from `forwardpass.tensor`, BYTES elements and the
+binary tensor data layout from the server's own codec, so both ends read and write the same bytes.
+
+Outputs come back as numpy arrays of their V2 datatype; BYTES outputs as object arrays of `bytes` (as tritonclient
+gives them), whether they travelled as JSON or binary. Arrays decoded from binary data are read-only views of the
+answer's bytes (no copy); `array.copy()` gives a writable one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from forwardpass.errors import DTypeError, ForwardpassError, InputError, ShapeError
+from forwardpass.server.codec import decode_bytes_elements, decode_json, encode_bytes_elements, encode_json
+from forwardpass.tensor import DataType
+
+__all__ = ["Inputs", "as_tensor", "decode_http_response", "encode_http_request", "from_raw", "to_raw"]
+
+Inputs = Mapping[str, Any]  # input name → array-like (numpy array, nested lists, strings for BYTES)
+
+
+def as_tensor(name: str, value: object) -> tuple[DataType, np.ndarray]:
+    """An input as (V2 datatype, numpy array); strings and bytes become BYTES."""
+    try:
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise ShapeError(f"input '{name}': not a rectangular array ({exc})") from None
+    if array.dtype.kind in "SUO":
+        return DataType.BYTES, array
+    try:
+        return DataType.from_numpy(array.dtype), array
+    except DTypeError:
+        supported = ", ".join(d.numpy_dtype.name for d in DataType if d.numpy_dtype is not None)
+        raise DTypeError(
+            f"input '{name}': numpy {array.dtype.name} has no V2 datatype; use one of {supported}"
+        ) from None
+
+
+def to_raw(datatype: DataType, array: np.ndarray) -> bytes:
+    """The V2 binary layout: little-endian values, or BYTES elements each after a 4-byte little-endian length."""
+    if datatype is DataType.BYTES:
+        return encode_bytes_elements(array)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> np.ndarray:
+    dtype = _datatype(name, datatype)
+    count = math.prod(shape)
+    if dtype is DataType.BYTES:
+        elements = decode_bytes_elements(raw, name)
+        if len(elements) != count:
+            raise _malformed(f"output '{name}' of shape {list(shape)} holds {len(elements)} BYTES elements")
+        array = np.empty(count, dtype=object)
+        array[:] = elements
+        return array.reshape(shape)
+    assert dtype.numpy_dtype is not None  # _datatype refuses BF16
+    numpy_dtype = dtype.numpy_dtype.newbyteorder("<")
+    if len(raw) != count * numpy_dtype.itemsize:
+        raise _malformed(f"output '{name}' {datatype} {list(shape)} needs {count * numpy_dtype.itemsize} bytes")
+    return np.frombuffer(raw, dtype=numpy_dtype).reshape(shape)
+
+
+def encode_http_request(
+    inputs: Inputs,
+    outputs: Sequence[str] | None,
+    binary: bool,
+    classification: int,
+    parameters: Mapping[str, Any],
+) -> tuple[bytes, int | None]:
+    """A V2 infer body and, with `binary`, the length of its JSON header (the Inference-Header-Content-Length)."""
+    entries = []
+    chunks: list[bytes] = []
+    for name, value in inputs.items():
+        datatype, array = as_tensor(name, value)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype.name, "shape": list(array.shape)}
+        if binary:
+            raw = to_raw(datatype, array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = _json_data(name, datatype, array)
+        entries.append(entry)
+    document: dict[str, Any] = {"inputs": entries}
+    request_parameters = dict(parameters)
+    if outputs is not None or classification:
+        if outputs is None:
+            raise InputError("classification needs the outputs to classify: pass outputs=[...] too")
+        output_parameters: dict[str, Any] = {"binary_data": binary}
+        if classification:
+            output_parameters["classification"] = classification
+        document["outputs"] = [{"name": name, "parameters": output_parameters} for name in outputs]
+    elif binary:
+        request_parameters["binary_data_output"] = True
+    if request_parameters:
+        document["parameters"] = request_parameters
+    header = encode_json(document)
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def decode_http_response(body: bytes, header_length: int | None) -> dict[str, np.ndarray]:
+    """A V2 infer answer (JSON, or a JSON header of `header_length` bytes and binary tensors) → arrays by name."""
+    if header_length is not None and not 0 < header_length <= len(body):
+        raise _malformed(f"Inference-Header-Content-Length {header_length} is outside the {len(body)}-byte body")
+    try:
+        document = decode_json(body if header_length is None else body[:header_length], "the server's answer")
+        entries = document["outputs"]
+        binary = memoryview(body)[header_length or len(body) :]
+        offset = 0
+        results = {}
+        for entry in entries:
+            name, datatype, shape = entry["name"], entry["datatype"], entry["shape"]
+            size = (entry.get("parameters") or {}).get("binary_data_size")
+            if size is None:
+                results[name] = _from_json(name, datatype, shape, entry["data"])
+                continue
+            if offset + size > len(binary):
+                raise _malformed(f"output '{name}' of {size} bytes goes past the end of the answer")
+            results[name] = from_raw(name, datatype, shape, binary[offset : offset + size])
+            offset += size
+    except (KeyError, TypeError, ValueError, InputError) as exc:  # InputError: the codec's BYTES layout checks
+        raise _malformed(f"{type(exc).__name__}: {exc}") from None
+    return results
+
+
+def _json_data(name: str, datatype: DataType, array: np.ndarray) -> object:
+    if datatype is not DataType.BYTES:
+        return np.ascontiguousarray(array).reshape(-1)
+    try:
+        return [value.decode("utf-8") if isinstance(value, bytes) else str(value) for value in array.reshape(-1)]
+    except UnicodeDecodeError:
+        raise InputError(
+            f"input '{name}': a BYTES element is not UTF-8 text, which JSON cannot carry; send binary"
+        ) from None
+
+
+def _from_json(name: str, datatype: str, shape: Sequence[int], data: Sequence[Any]) -> np.ndarray:
+    dtype = _datatype(name, datatype)
+    if dtype is DataType.BYTES:
+        array = np.empty(len(data), dtype=object)
+        array[:] = [value.encode("utf-8") for value in data]
+        return array.reshape(shape)
+    return np.asarray(data, dtype=dtype.numpy_dtype).reshape(shape)
+
+
+def _datatype(name: str, datatype: str) -> DataType:
+    member = DataType.__members__.get(datatype)
+    if member is None or member.numpy_dtype is None:
+        raise _malformed(f"output '{name}' has datatype '{datatype}', which numpy cannot hold")
+    return member
+
+
+def _malformed(problem: str) -> ForwardpassError:
+    return ForwardpassError(f"the server's answer is not a valid V2 inference response: {problem}")
