@@ -1,4 +1,8 @@
-"""Measurement: accuracy on labelled data (`evaluate`), speed against raw ONNX Runtime (`bench`), machine info."""
+"""Measurement: accuracy on labelled data (`evaluate`), speed against raw ONNX Runtime (`bench`), machine info.
+
+Submodules imported on use: `loadgen` (load on a V2 server), `mlperf` (MLCommons LoadGen scenarios), `report`
+and `plots` (JSON / Markdown / PNG reports), `variants` (a model's precision versions).
+"""
 
 from forwardpass.measure.datasets import Dataset, Example, ItemError, open_dataset
 from forwardpass.measure.evaluate import EvalReport, RegressionMetrics, TopKAccuracy, evaluate

@@ -1,34 +1,43 @@
-"""Labelled data sets for evaluation: an ImageFolder tree, or a CSV / JSONL / JSON table with a label column.
+"""Labelled data sets for evaluation: an ImageFolder tree, a CSV / Parquet / JSONL / JSON table with a label column,
+or a `.npz` of input arrays and labels.
 
     data/digits/test/             one subfolder per class; its name is the label
       0/1002.png
       1/1049.png
     data/diabetes/test.csv        a record per row; the label column holds a class name or a number
+    data/rows.parquet             the same, as a Parquet file (needs pyarrow: pip install 'forwardpass[measure]')
+    data/arrays.npz               arrays of one row per item: the label array ('label' or 'target'), the group array
+                                  (--group-by), and the inputs: one array (any name) or one per model input name
 
-Each example keeps its raw form (an image path, a record) so it goes through the model's own pipeline.
+Each example keeps its raw form (an image path, a record, an array) so it goes through the model's own pipeline.
+A group column (`group_by`) tags each example for per-group metrics; the record keeps it, since it may be a feature.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forwardpass.errors import InputError, NotFoundError
+import numpy as np
+
+from forwardpass.errors import InputError, MissingExtraError, NotFoundError
 
 __all__ = ["DEFAULT_LABEL_COLUMNS", "IMAGE_SUFFIXES", "Dataset", "Example", "ItemError", "open_dataset"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-TABLE_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".json")
+TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson", ".json", ".npz")
 DEFAULT_LABEL_COLUMNS = ("label", "target")
 
 
 @dataclass(frozen=True, slots=True)
 class Example:
     source: str  # where it came from, for error reports: "cat/001.png", "row 3"
-    raw: object  # what Model.preprocess takes: an image path or a record
+    raw: object  # what Model.preprocess takes: an image path, a record or an array
     label: str
+    group: str | None = None  # the value of the group-by column
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +51,7 @@ class Dataset:
     path: Path
     label_column: str | None  # None for an ImageFolder: labels are folder names
     items: list[Example | ItemError] = field(default_factory=list)  # in file order; ItemError: could not be read
+    group_by: str | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -51,16 +61,32 @@ class Dataset:
         return [item for item in self.items if isinstance(item, Example)]
 
 
-def open_dataset(path: Path, label_column: str | None = None) -> Dataset:
+def open_dataset(path: Path, label_column: str | None = None, group_by: str | None = None) -> Dataset:
+    """The labelled items of `path`; `group_by` names the column (or `.npz` array) that splits them into groups."""
+    suffix = path.suffix.lower()
     if path.is_dir():
-        return _image_folder(path)
-    if not path.is_file():
-        raise NotFoundError(f"no data set at '{path}'; give an ImageFolder tree or a CSV / JSONL file")
-    if path.suffix.lower() == ".csv":
-        return _csv(path, label_column)
-    if path.suffix.lower() in TABLE_SUFFIXES:
-        return _json_records(path, label_column)
-    raise InputError(f"'{path}': unsupported data set; give an ImageFolder tree or a {' / '.join(TABLE_SUFFIXES)} file")
+        if group_by is not None:
+            raise InputError(
+                f"--group-by needs a table or .npz with a '{group_by}' column; '{path}' is an image folder"
+            )
+        dataset = _image_folder(path)
+    elif not path.is_file():
+        raise NotFoundError(f"no data set at '{path}'; give an ImageFolder tree, a table or a .npz file")
+    elif suffix == ".csv":
+        dataset = _csv(path, label_column, group_by)
+    elif suffix == ".parquet":
+        dataset = _records(path, _parquet_rows(path), label_column, group_by)
+    elif suffix == ".npz":
+        dataset = _npz(path, label_column, group_by)
+    elif suffix in TABLE_SUFFIXES:
+        dataset = _records(path, _json_rows(path), label_column, group_by)
+    else:
+        raise InputError(
+            f"'{path}': unsupported data set; give an ImageFolder tree or a {' / '.join(TABLE_SUFFIXES)} file"
+        )
+    if not dataset.items:
+        raise InputError(f"'{path}' holds no items")
+    return dataset
 
 
 def _image_folder(root: Path) -> Dataset:
@@ -84,11 +110,18 @@ def _pick_label(path: Path, columns: list[str], requested: str | None) -> str:
     raise InputError(f"'{path}' has no 'label' or 'target' column; name it with --label-column (columns: {columns})")
 
 
-def _csv(path: Path, label_column: str | None) -> Dataset:
+def _pick_group(path: Path, columns: Iterable[str], group_by: str | None) -> str | None:
+    if group_by is not None and group_by not in columns:
+        raise InputError(f"'{path}' has no column '{group_by}' to group by; columns: {', '.join(columns)}")
+    return group_by
+
+
+def _csv(path: Path, label_column: str | None, group_by: str | None) -> Dataset:
     with path.open(newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
-        label = _pick_label(path, list(reader.fieldnames or []), label_column)
-        dataset = Dataset(path, label)
+        columns = list(reader.fieldnames or [])
+        label = _pick_label(path, columns, label_column)
+        dataset = Dataset(path, label, group_by=_pick_group(path, columns, group_by))
         for row in reader:
             source = f"row {reader.line_num}"
             if None in row:  # more cells than header columns
@@ -99,7 +132,19 @@ def _csv(path: Path, label_column: str | None) -> Dataset:
     return dataset
 
 
-def _json_records(path: Path, label_column: str | None) -> Dataset:
+def _parquet_rows(path: Path) -> list[tuple[str, object]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MissingExtraError("pyarrow", "measure") from None
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+        raise InputError(f"'{path}' is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    return [(f"row {i}", row) for i, row in enumerate(rows, 1)]
+
+
+def _json_rows(path: Path) -> list[tuple[str, object]]:
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
         try:
@@ -117,11 +162,15 @@ def _json_records(path: Path, label_column: str | None) -> Dataset:
             parsed.append((source, json.loads(item) if isinstance(item, str) else item))
         except json.JSONDecodeError as exc:
             parsed.append((source, ItemError(source, f"not valid JSON ({exc.msg})")))
+    return parsed
+
+
+def _records(path: Path, parsed: list[tuple[str, object]], label_column: str | None, group_by: str | None) -> Dataset:
     first = next((record for _, record in parsed if isinstance(record, dict)), None)
     if first is None:
-        raise InputError(f"'{path}' holds no records (JSON objects)")
+        raise InputError(f"'{path}' holds no records")
     label = _pick_label(path, list(first), label_column)
-    dataset = Dataset(path, label)
+    dataset = Dataset(path, label, group_by=_pick_group(path, list(first), group_by))
     for source, record in parsed:
         if isinstance(record, ItemError):
             dataset.items.append(record)
@@ -135,8 +184,41 @@ def _json_records(path: Path, label_column: str | None) -> Dataset:
     return dataset
 
 
+def _npz(path: Path, label_column: str | None, group_by: str | None) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"'{path}' is not a readable .npz file of plain arrays ({exc})") from None
+    label = _pick_label(path, list(arrays), label_column)
+    group = _pick_group(path, list(arrays), group_by)
+    inputs = {name: array for name, array in arrays.items() if name not in (label, group)}
+    if not inputs:
+        raise InputError(f"'{path}' holds labels but no input arrays")
+    count = len(arrays[label])
+    wrong = {name: len(array) for name, array in arrays.items() if array.ndim == 0 or len(array) != count}
+    if wrong:
+        raise InputError(f"'{path}': every array needs one row per item ({count} labels); rows: {wrong}")
+    dataset = Dataset(path, label, group_by=group)
+    for i in range(count):
+        raw = next(iter(inputs.values()))[i] if len(inputs) == 1 else {name: a[i] for name, a in inputs.items()}
+        group_value = None if group is None else _text(arrays[group][i])
+        dataset.items.append(Example(f"item {i}", raw, _text(arrays[label][i]), group_value))
+    return dataset
+
+
+def _text(value: object) -> str:
+    """A label or group as text: 3.0 (a float array's integer) → '3', as a table would spell it."""
+    if isinstance(value, np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value.item() if isinstance(value, np.generic) else value)
+
+
 def _add_record(dataset: Dataset, source: str, record: dict[str, object], label: object) -> None:
+    group = None if dataset.group_by is None else record.get(dataset.group_by)
     if label is None or label == "":
         dataset.items.append(ItemError(source, f"empty '{dataset.label_column}'"))
+    elif dataset.group_by is not None and (group is None or group == ""):
+        dataset.items.append(ItemError(source, f"empty '{dataset.group_by}' (the group-by column)"))
     else:
-        dataset.items.append(Example(source, record, str(label)))
+        dataset.items.append(Example(source, record, str(label), None if group is None else str(group)))

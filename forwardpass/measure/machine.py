@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-__all__ = ["ISA_FLAGS", "machine_info"]
+__all__ = ["ISA_FLAGS", "LIBRARIES", "machine_info"]
 
 # The /proc/cpuinfo flags that decide which ONNX Runtime kernels run (fp32 AVX2/AVX-512, int8 VNNI, bf16, AMX).
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+# Further libraries a measurement may depend on, read from package metadata (nothing is imported); None: absent.
+LIBRARIES = ("onnx", "onnxruntime-gpu", "scikit-learn", "fairlearn", "mlcommons-loadgen", "torch", "tensorflow-cpu")
 
 
 def machine_info() -> dict[str, object]:
@@ -32,7 +36,27 @@ def machine_info() -> dict[str, object]:
         "onnxruntime": onnxruntime.__version__,
         "forwardpass": _version("forwardpass"),
         "providers": onnxruntime.get_available_providers(),
+        "gpu": _gpus(),
+        "libraries": {name: _version(name) for name in LIBRARIES},
     }
+
+
+def _gpus() -> list[str]:
+    """NVIDIA GPUs as `nvidia-smi` names them (with memory); none where it is not installed."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        listing = subprocess.run(
+            [smi, "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in listing.splitlines() if line.strip()]
 
 
 def _read(path: str) -> str:

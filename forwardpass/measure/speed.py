@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from forwardpass.errors import DTypeError, InputError
+from forwardpass.errors import ConfigError, DTypeError, InputError
 from forwardpass.measure.timing import OnRound, Timing, interleave
 from forwardpass.model import Model
 from forwardpass.tensor import DataType, TensorSpec
@@ -66,8 +66,14 @@ class RawSession:
 
         from forwardpass.backends.ort import session_options
 
+        runs = model.serving.runs  # the converted ONNX file when a non-ONNX model is served converted
+        if runs.suffix != ".onnx":
+            raise ConfigError(
+                f"model '{model.name}' runs natively ({model.serving.format}): raw ONNX Runtime has no file to be "
+                "compared with; load it with --serve onnx"
+            )
         self.session = ort.InferenceSession(
-            str(model.entry.artefact), sess_options=session_options(model.engine), providers=model.session.providers
+            str(runs), sess_options=session_options(model.engine), providers=model.session.providers
         )
         self.output_names = [output.name for output in self.session.get_outputs()]
 

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from forwardpass.cli import main
+from tests.measure.standin import Sampler, standin_server
 
 metrics = pytest.importorskip("sklearn.metrics")
 LABELS = ["cat", "dog", "bird"]
@@ -227,10 +228,15 @@ def test_bench_json_is_sane(fp: Cli) -> None:
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["model"] == "vec_raw"
-    assert report["settings"]["intra_op_threads"] == 1
-    assert {"cpu", "logical_cores", "isa", "onnxruntime", "numpy", "python", "providers"} <= set(report["machine"])
-    assert [r["batch_size"] for r in report["results"]] == [1, 4]
+    assert report["kind"] == "bench" and report["model"] == "vec_raw"
+    assert report["settings"]["threads"] == [1] and report["settings"]["batch_sizes"] == [1, 4]
+    assert {"cpu", "logical_cores", "isa", "onnxruntime", "numpy", "python", "providers", "gpu"} <= set(
+        report["machine"]
+    )
+    assert [(r["batch_size"], r["threads"], r["precision"]) for r in report["results"]] == [
+        (1, 1, "fp32"),
+        (4, 1, "fp32"),
+    ]
     for result in report["results"]:
         assert result["ratio"] > 0
         for engine in ("forwardpass", "onnxruntime"):
@@ -246,6 +252,168 @@ def test_bench_table(fp: Cli) -> None:
     assert "ours" in done.stdout and "raw ORT" in done.stdout and "Model.infer" in done.stdout
 
 
+def _image_folder(folder: Path, count: int = 12) -> list[str]:
+    rng = np.random.default_rng(3)
+    labels = [LABELS[i % 3] for i in range(count)]
+    for index, label in enumerate(labels):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, size=(8, 8), dtype=np.uint8)).save(folder / label / f"{index:02}.png")
+    return labels
+
+
+def test_eval_out_writes_report_and_plots(fp: Cli, tmp_path: Path) -> None:
+    _image_folder(tmp_path / "data")
+    done = fp("eval", "img_cls", tmp_path / "data", "--top-k", "1,2", "--out", tmp_path / "report")
+    assert done.returncode == 0, done.stderr
+    assert "per class" in done.stdout and "report:" in done.stdout
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["kind"] == "eval" and report["n"] == 12
+    assert set(report["per_class"]) == set(LABELS) and len(report["confusion_matrix"]["matrix"]) == 3
+    for name in report["plots"]:
+        assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "report" / "report.md").read_text().startswith("# eval: img_cls")
+
+
+def test_eval_group_by_prints_groups_and_gaps(fp: Cli, tables: Path, tmp_path: Path) -> None:
+    rows = list(csv.DictReader((tables / "cls.csv").open()))
+    with (tmp_path / "grouped.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, [*rows[0], "site"])
+        writer.writeheader()
+        writer.writerows({**row, "site": "ab"[i % 2]} for i, row in enumerate(rows))
+    done = fp("eval", "tab_cls", tmp_path / "grouped.csv", "--group-by", "site", "--json")
+    assert done.returncode == 0, done.stderr
+    groups = json.loads(done.stdout)["groups"]
+    assert {group: values["n"] for group, values in groups["by_group"].items()} == {"a": 40, "b": 40}
+    assert "accuracy" in groups["gaps"]
+    done = fp("eval", "tab_cls", tmp_path / "grouped.csv", "--group-by", "site")
+    assert "per site" in done.stdout and "largest gap in accuracy" in done.stdout
+
+
+@pytest.fixture
+def variant_repo(measure_repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """img_cls with a real int8 version 2 (ONNX Runtime's dynamic quantization) marked by its precision.json."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = tmp_path / "repository"
+    (root / "img_cls" / "1").mkdir(parents=True)
+    for name in ("config.yaml", "1/model.onnx"):
+        (root / "img_cls" / name).write_bytes((measure_repo.root / "img_cls" / name).read_bytes())
+    (root / "img_cls" / "2").mkdir()
+    quantize_dynamic(
+        root / "img_cls" / "1" / "model.onnx", root / "img_cls" / "2" / "model.onnx", weight_type=QuantType.QInt8
+    )
+    (root / "img_cls" / "2" / "precision.json").write_text(json.dumps({"precision": "int8", "source": "1"}))
+    monkeypatch.setenv("FORWARDPASS_REPOSITORY", str(root))
+    return root
+
+
+def test_bench_precisions_with_accuracy_beside_speed(fp: Cli, variant_repo: Path, tmp_path: Path) -> None:
+    _image_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    done = fp(
+        "bench",
+        "img_cls",
+        "--precision",
+        "fp32,int8",
+        "--batch-sizes",
+        "1,4",
+        "--duration",
+        "0.2",
+        "--warmup",
+        "0",
+        "--eval",
+        tmp_path / "data",
+        "--out",
+        out,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "accuracy beside speed" in done.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert [(r["precision"], r["version"], r["batch_size"]) for r in report["results"]] == [
+        ("fp32", 1, 1),
+        ("fp32", 1, 4),
+        ("int8", 2, 1),
+        ("int8", 2, 4),
+    ]
+    accuracy = report["accuracy"]["by_precision"]
+    assert set(accuracy) == {"fp32", "int8"} and accuracy["int8"]["version"] == 2
+    assert all(0 <= entry["value"] <= 1 and entry["throughput"] > 0 for entry in accuracy.values())
+    assert "accuracy_vs_throughput.png" in report["plots"]
+    for name in report["plots"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    done = fp("bench", "img_cls", "--precision", "int4", "--duration", "0.2")
+    assert done.returncode == 2 and "no int4 version" in done.stderr
+
+
+def test_bench_mlperf_keeps_loadgen_summary(fp: Cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = fp(
+        "bench",
+        "vec_raw",
+        "--batch-sizes",
+        "1",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0",
+        "--mlperf",
+        "Offline,SingleStream",
+        "--out",
+        out,
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    runs = json.loads(done.stdout)["mlperf"]
+    assert [r["scenario"] for r in runs] == ["Offline", "SingleStream"]
+    for run in runs:
+        assert "Result is : " in run["summary"] and run["result"] in ("VALID", "INVALID")
+        assert (Path(run["folder"]) / "mlperf_log_summary.txt").read_text() == run["summary"]
+    assert "## MLPerf LoadGen" in (out / "report.md").read_text()
+
+
+def test_bench_url_figures_match_the_servers_own_count(fp: Cli, tmp_path: Path) -> None:
+    with standin_server() as server, Sampler(lambda: server.served) as sampler:
+        done = fp(
+            "bench",
+            "--url",
+            f"http://127.0.0.1:{server.port}",
+            "--model",
+            "standin",
+            "--concurrency",
+            "3",
+            "--encoding",
+            "json",
+            "--clients",
+            "2",
+            "--duration",
+            "1.5",
+            "--out",
+            tmp_path,
+            "--json",
+        )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    (run,) = report["server"]["runs"]
+    reference, served = sampler.rate(0, warmups=3)
+    assert run["reported"] and run["requests"] == served and run["errors"] == 0
+    assert run["throughput"] == pytest.approx(reference, rel=0.15)
+    assert run["mode"] == "closed" and run["load"] == 3 and run["processes"] == 2
+    assert "server_latency_vs_throughput.png" in json.loads((tmp_path / "report.json").read_text())["plots"]
+
+
+def test_compare_two_bench_reports(fp: Cli, tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        done = fp(
+            "bench", "vec_raw", "--batch-sizes", "1,2", "--duration", "0.1", "--warmup", "0", "--out", tmp_path / name
+        )
+        assert done.returncode == 0, done.stderr
+    done = fp("compare", tmp_path / "one", tmp_path / "two" / "report.json", "--out", tmp_path / "cmp")
+    assert done.returncode == 0, done.stderr
+    assert "one" in done.stdout and "two" in done.stdout and "fp32" in done.stdout
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -255,17 +423,27 @@ def test_bench_table(fp: Cli) -> None:
         (("eval", "vec_raw", "table.csv"), "postprocess kind 'none'"),
         (("bench", "vec_raw", "--batch-sizes", "x"), "--batch-sizes"),
         (("bench", "vec_raw", "--duration", "0"), "--duration"),
+        (("eval", "img_cls", "empty"), "holds no images"),
+        (("eval", "tab_cls", "zebra.csv"), "not in model 'tab_cls''s label set: 'zebra'"),
+        (("eval", "tab_cls", "table.csv", "--group-by", "site"), "no column 'site' to group by"),
+        (("bench", "--url", "http://127.0.0.1:9", "--model", "vec_raw", "--duration", "0.1"), "does not answer"),
+        (("bench", "--url", "grpc://127.0.0.1:9", "--model", "vec_raw", "--duration", "0.1"), "does not answer"),
+        (("bench", "vec_raw", "--mlperf", "Batch"), "unknown scenario"),
+        (("bench",), "name the model"),
+        (("compare", "nothing.json", "table.csv"), "no report at"),
     ],
 )
 def test_bad_values_give_one_line_and_exit_2(fp: Cli, measure_repo: Repo, args: tuple[str, ...], message: str) -> None:
     (measure_repo.files / "table.csv").write_text("a,b,c,label\n1,2,3,cat\n", encoding="utf-8")
+    (measure_repo.files / "zebra.csv").write_text("a,b,c,label\n1,2,3,cat\n1,2,3,zebra\n", encoding="utf-8")
+    (measure_repo.files / "empty").mkdir(exist_ok=True)
     done = fp(*args)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error:") and message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("command", ["eval", "bench"])
+@pytest.mark.parametrize("command", ["eval", "bench", "compare"])
 def test_help_teaches_by_example(fp: Cli, command: str) -> None:
     done = fp(command, "--help")
     assert done.returncode == 0

@@ -75,8 +75,11 @@ def test_jsonl_and_json_records(tmp_path: Path) -> None:
 def test_missing_and_unsupported_paths(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="no data set at"):
         open_dataset(tmp_path / "nothing.csv")
-    (tmp_path / "data.parquet").write_bytes(b"")
+    (tmp_path / "data.xlsx").write_bytes(b"")
     with pytest.raises(InputError, match="unsupported data set"):
+        open_dataset(tmp_path / "data.xlsx")
+    (tmp_path / "data.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(InputError, match="not a readable Parquet file"):
         open_dataset(tmp_path / "data.parquet")
     (tmp_path / "list.json").write_text('{"a": 1}', encoding="utf-8")
     with pytest.raises(InputError, match="JSON list of records"):

@@ -102,7 +102,6 @@ def test_image_folder_top_k_equals_sklearn(digits: tuple[Path, Path]) -> None:
     }
     assert [e.source for e in report.errors] == ["three/broken.png"]
     assert "image" in report.errors[0].error
-    assert report.unknown_labels == []
 
 
 def test_batch_size_does_not_change_the_result(digits: tuple[Path, Path]) -> None:
@@ -115,15 +114,14 @@ def test_batch_size_does_not_change_the_result(digits: tuple[Path, Path]) -> Non
     assert sum(progress) == len(dataset)
 
 
-def test_labels_the_model_cannot_predict_are_reported(digits: tuple[Path, Path], tmp_path: Path) -> None:
+def test_labels_the_model_cannot_predict_are_refused(digits: tuple[Path, Path], tmp_path: Path) -> None:
     folder = tmp_path / "data"
     for name in ("one", "eleven"):
         (folder / name).mkdir(parents=True)
         source = next((digits[1] / "one").iterdir())
         (folder / name / "a.png").write_bytes(source.read_bytes())
-    report = evaluate(forwardpass.load(digits[0]), open_dataset(folder))
-    assert report.unknown_labels == ["eleven"]
-    assert report.n == 2
+    with pytest.raises(InputError, match="not in model 'model''s label set: 'eleven'"):
+        evaluate(forwardpass.load(digits[0]), open_dataset(folder))
 
 
 @pytest.fixture(scope="module")
@@ -256,17 +254,152 @@ def test_a_batch_of_mixed_shapes_falls_back_to_one_item_at_a_time(tmp_path: Path
     assert report.metrics["top_k_accuracy"]["1"] == pytest.approx(metrics.accuracy_score(truth, predicted))
 
 
-def test_models_without_labels_to_score_are_refused(tmp_path: Path) -> None:
+def _identity(tmp_path: Path, postprocess: dict[str, Any]) -> forwardpass.Model:
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
         "identity",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
     )
-    model = forwardpass.load(_save(graph, tmp_path / "model", {"postprocess": {"kind": "embedding"}}))
+    return forwardpass.load(_save(graph, tmp_path / "model", {"postprocess": postprocess}))
+
+
+def test_models_without_labels_to_score_are_refused(tmp_path: Path) -> None:
+    model = _identity(tmp_path, {"kind": "raw"})
     (tmp_path / "data.csv").write_text("x,label\n1,a\n", encoding="utf-8")
-    with pytest.raises(InputError, match="postprocess kind 'embedding'"):
+    with pytest.raises(InputError, match="postprocess kind 'raw'"):
         evaluate(model, open_dataset(tmp_path / "data.csv"))
+
+
+def test_embedding_recall_at_k_equals_numpy(tmp_path: Path) -> None:
+    """The identity model's embedding is its input: recall@K computed here from cosine similarities."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(6, 3))
+    pairs = np.repeat(np.arange(6), 2)
+    x = (centres[pairs] + rng.normal(scale=0.6, size=(12, 3))).astype(np.float32)
+    labels = np.array([f"p{i}" for i in pairs] + ["alone"])
+    x = np.vstack([x, rng.normal(size=(1, 3)).astype(np.float32)])  # no match: not a query
+    np.savez(tmp_path / "pairs.npz", x=x, label=labels)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    order = np.argsort(-similarity, axis=1)
+    expected = {k: np.mean([np.any(labels[order[i, :k]] == labels[i]) for i in range(12)]) for k in (1, 3)}
+    assert 0 < expected[1] < 1  # the noise makes some neighbours wrong: the test can tell
+
+    report = evaluate(_identity(tmp_path, {"kind": "embedding"}), open_dataset(tmp_path / "pairs.npz"), top_k=[1, 3])
+    assert report.task == "embedding" and report.n == 13
+    assert report.metrics["queries"] == 12
+    assert report.metrics["recall_at_k"] == {"1": pytest.approx(expected[1]), "3": pytest.approx(expected[3])}
+
+
+def _group_table(tabular: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """test.csv plus a 'site' column (three sites of unequal size); returns (path, sites, true class names)."""
+    rows = list(csv.DictReader((tabular / "test.csv").open()))[:-2]
+    sites = np.array(["north", "south", "east", "north", "south"] * 20)[: len(rows)]
+    path = tabular / "grouped.csv"
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, [*rows[0], "site"])
+        writer.writeheader()
+        writer.writerows({**row, "site": site} for row, site in zip(rows, sites, strict=True))
+    return path, sites, np.array([row["label"] for row in rows])
+
+
+def test_per_class_confusion_and_calibration_equal_sklearn_and_numpy(tabular: Path) -> None:
+    names = ["ant", "bee", "cat", "dog"]
+    probabilities = _ort(tabular / "cls", _standardized(tabular), "probabilities").astype(np.float64)
+    truth = np.array(names)[np.load(tabular / "classes.npy")]
+    predicted = np.array(names)[probabilities.argmax(axis=1)]
+    report = evaluate(forwardpass.load(tabular / "cls"), open_dataset(tabular / "test.csv"), top_k=[1])
+    result = report.metrics
+
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(truth, predicted, labels=names)
+    for i, name in enumerate(names):
+        assert result["per_class"][name] == {
+            "precision": pytest.approx(precision[i]),
+            "recall": pytest.approx(recall[i]),
+            "f1": pytest.approx(f1[i]),
+            "support": support[i],
+        }
+    assert result["confusion_matrix"] == {
+        "labels": names,
+        "matrix": metrics.confusion_matrix(truth, predicted, labels=names).tolist(),
+    }
+    confidence = probabilities.max(axis=1)
+    bins = np.minimum((np.ceil(confidence * 10) - 1).astype(int), 9)
+    correct = truth == predicted
+    ece = sum(np.mean(bins == b) * abs(correct[bins == b].mean() - confidence[bins == b].mean())
+              for b in range(10) if np.any(bins == b))  # fmt: skip
+    assert result["calibration"]["ece"] == pytest.approx(ece, rel=1e-6)
+    assert sum(b["n"] for b in result["calibration"]["bins"]) == len(truth)
+    assert result["accuracy"] == result["top_k_accuracy"]["1"]
+
+
+def test_per_group_metrics_equal_a_hand_split(tabular: Path) -> None:
+    path, sites, truth = _group_table(tabular)
+    names = ["ant", "bee", "cat", "dog"]
+    probabilities = _ort(tabular / "cls", _standardized(tabular), "probabilities")
+    ranks = np.argsort(-probabilities, axis=1)
+    top1 = np.array(names)[ranks[:, 0]]
+    top2_hit = np.array([names.index(t) in r[:2] for t, r in zip(truth, ranks, strict=True)])
+
+    dataset = open_dataset(path, group_by="site")
+    report = evaluate(forwardpass.load(tabular / "cls"), dataset, top_k=[1, 2], positive_label="dog")
+    groups = report.metrics["groups"]
+    accuracy = {}
+    for site in ("east", "north", "south"):
+        mine = sites == site
+        accuracy[site] = float(np.mean(top1[mine] == truth[mine]))
+        got = groups["by_group"][site]
+        assert got["n"] == int(mine.sum())
+        assert got["accuracy"] == pytest.approx(accuracy[site], abs=1e-12)
+        assert got["top_1_accuracy"] == pytest.approx(accuracy[site], abs=1e-12)
+        assert got["top_2_accuracy"] == pytest.approx(float(np.mean(top2_hit[mine])), abs=1e-12)
+        assert got["positive_rate"] == pytest.approx(float(np.mean(top1[mine] == "dog")), abs=1e-12)
+    gap = groups["gaps"]["accuracy"]
+    assert gap["difference"] == pytest.approx(max(accuracy.values()) - min(accuracy.values()), abs=1e-12)
+    assert gap["lowest"] == min(accuracy, key=accuracy.__getitem__)
+    assert gap["highest"] == max(accuracy, key=accuracy.__getitem__)
+    assert len(set(accuracy.values())) == 3  # different accuracies: a swapped group would show
+
+
+def test_regression_per_group_equals_sklearn(tabular: Path) -> None:
+    target = yaml.safe_load((tabular / "reg" / "config.yaml").read_text())["postprocess"]["target"]
+    predicted = _ort(tabular / "reg", _standardized(tabular)).reshape(-1) * target["std"] + target["mean"]
+    truth = np.load(tabular / "y.npy")
+    x = np.load(tabular / "x.npy")
+    half = np.where(np.arange(len(truth)) < 40, "a", "b")
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    table = {"f0": x[:, 0], "f1": x[:, 1], "f2": x[:, 2], "target": truth, "half": half}
+    pq.write_table(pa.table(table), tabular / "reg.parquet")
+    report = evaluate(forwardpass.load(tabular / "reg"), open_dataset(tabular / "reg.parquet", group_by="half"))
+    assert report.n == len(truth) and report.bad == 0
+    assert report.metrics["mae"] == pytest.approx(metrics.mean_absolute_error(truth, predicted), rel=1e-5)
+    for group in ("a", "b"):
+        mine = half == group
+        got = report.metrics["groups"]["by_group"][group]
+        assert got["mae"] == pytest.approx(metrics.mean_absolute_error(truth[mine], predicted[mine]), rel=1e-5)
+        assert got["rmse"] == pytest.approx(metrics.root_mean_squared_error(truth[mine], predicted[mine]), rel=1e-5)
+        assert got["r2"] == pytest.approx(metrics.r2_score(truth[mine], predicted[mine]), rel=1e-4)
+
+
+def test_npz_inputs_go_through_the_model(tabular: Path, tmp_path: Path) -> None:
+    """A model without preprocessing reads its input rows straight from the .npz; labels may be class indices."""
+    model = _identity(tmp_path, {"kind": "classification", "activation": "none"})
+    x = np.random.default_rng(2).normal(size=(30, 3)).astype(np.float32)
+    labels = np.random.default_rng(3).integers(0, 3, size=30)
+    np.savez(tmp_path / "data.npz", inputs=x, label=labels)
+    report = evaluate(model, open_dataset(tmp_path / "data.npz"), top_k=[1, 2])
+    order = np.argsort(-x, axis=1)
+    assert report.metrics["top_k_accuracy"] == {
+        "1": float(np.mean(order[:, 0] == labels)),
+        "2": float(np.mean([label in row[:2] for label, row in zip(labels, order, strict=True)])),
+    }
+    np.savez(tmp_path / "bad.npz", inputs=x, label=labels + 5)
+    with pytest.raises(InputError, match="not in model 'model''s label set: '5', '6', '7'"):
+        evaluate(model, open_dataset(tmp_path / "bad.npz"))
 
 
 def test_top_k_must_be_positive(digits: tuple[Path, Path]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import onnx
 import onnxruntime
 
 from forwardpass.measure import machine_info
@@ -15,6 +16,9 @@ def test_machine_info_names_cpu_cores_isa_and_versions() -> None:
     assert "CPUExecutionProvider" in info["providers"]  # type: ignore[operator]
     assert isinstance(info["isa"], list) and set(info["isa"]) <= set(ISA_FLAGS)
     assert isinstance(info["logical_cores"], int) and info["logical_cores"] >= 1
+    libraries = info["libraries"]
+    assert isinstance(libraries, dict) and libraries["onnx"] == onnx.__version__
+    assert isinstance(info["gpu"], list)
 
 
 def test_physical_cores_count_distinct_packages_and_cores() -> None:

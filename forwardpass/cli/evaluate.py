@@ -1,0 +1,146 @@
+"""`forwardpass eval`: accuracy on labelled raw data, per class and per group, with a report on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from forwardpass.cli.common import REPOSITORY, VERSION, open_model
+from forwardpass.cli.reporting import int_list, print_json, progress
+from forwardpass.measure import EvalReport, evaluate, open_dataset
+from forwardpass.measure.evaluate import MAX_REPORTED_ERRORS
+from forwardpass.measure.report import save_eval
+
+__all__ = ["eval_command", "register"]
+
+SHOWN_ERRORS = 5
+SHOWN_CLASSES = 20
+
+
+def eval_command(
+    model: str = typer.Argument(..., help="Model name in the repository, model folder, or model file."),
+    data: Path = typer.Argument(
+        ...,
+        help="ImageFolder tree (DATA/<label>/<image>), CSV / Parquet / JSONL / JSON table with a label column,"
+        " or .npz of input arrays and a label array.",
+    ),
+    top_k: str = typer.Option("1", "--top-k", help="Comma-separated K values: top-K accuracy, or recall@K."),
+    group_by: str | None = typer.Option(
+        None,
+        "--group-by",
+        help="Column splitting the items into groups: metrics per group, largest gap.",
+        show_default=False,
+    ),
+    positive_label: str | None = typer.Option(
+        None,
+        "--positive-label",
+        help="Class whose predicted rate is compared between groups (default: the second label of a two-class model).",
+        show_default=False,
+    ),
+    label_column: str | None = typer.Option(
+        None, "--label-column", help="Column holding the label (default: 'label', else 'target').", show_default=False
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Items per forward pass (default and limit: the model's).", show_default=False
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Folder for report.json, report.md and PNG plots.", show_default=False
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    repository: Path | None = REPOSITORY,
+    version: int | None = VERSION,
+) -> None:
+    """Score a model on labelled raw data, through its own preprocessing and postprocessing.
+
+    Classification: top-K accuracy, per-class precision / recall / F1, confusion matrix, calibration (ECE).
+    Regression: MAE, RMSE, R². Embeddings: recall@K (items sharing a label are each other's matches).
+
+    Items that cannot be read or run are counted and listed; they do not stop the run. Labels the model does not
+    know stop it before it starts.
+
+    Examples:
+
+      forwardpass eval digits_cnn data/digits/test --top-k 1,5 --out reports/digits
+
+      forwardpass eval breast_cancer data/breast_cancer/test.csv
+
+      forwardpass eval diabetes data/diabetes/test.csv --group-by sex --json
+
+      forwardpass eval my_model records.parquet --label-column species --group-by site
+    """
+    ks = int_list(top_k, "--top-k")
+    dataset = open_dataset(data, label_column, group_by)
+    loaded = open_model(model, repository, version)
+    with progress(items=True) as bar:
+        task = bar.add_task(f"eval {loaded.name}", total=len(dataset))
+        report = evaluate(
+            loaded,
+            dataset,
+            top_k=ks,
+            batch_size=batch_size,
+            on_progress=lambda n: bar.advance(task, n),
+            positive_label=positive_label,
+        )
+    loaded.close()
+    written = save_eval(report.to_dict(), out) if out is not None else []
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        _print_eval(report)
+        if written:
+            Console().print(f"report: {', '.join(str(path) for path in written)}", highlight=False)
+
+
+def _print_eval(report: EvalReport) -> None:
+    console = Console()
+    console.print(f"[bold]{report.model}[/] on {report.data} ({report.task})", highlight=False)
+    table = Table()
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in report.rows:
+        table.add_row(name, f"{value:.4f}")
+    table.add_row("items scored", str(report.n))
+    table.add_row("bad items", str(report.bad))
+    if report.seconds > 0:
+        table.add_row("items/s", f"{(report.n + report.bad) / report.seconds:,.0f}")
+    console.print(table)
+    per_class = report.metrics.get("per_class") or {}
+    if 1 < len(per_class) <= SHOWN_CLASSES:
+        classes = Table(title="per class")
+        for column in ("class", "precision", "recall", "F1", "support"):
+            classes.add_column(column, justify="left" if column == "class" else "right")
+        for label, values in per_class.items():
+            classes.add_row(label, *(f"{values[k]:.3f}" for k in ("precision", "recall", "f1")), str(values["support"]))
+        console.print(classes)
+    groups = report.metrics.get("groups")
+    if groups:
+        _print_groups(console, report.group_by or "group", groups)
+    for error in report.errors[:SHOWN_ERRORS]:
+        console.print(f"[yellow]bad item[/] {error.source}: {error.error}", markup=True, highlight=False)
+    if report.bad > SHOWN_ERRORS:
+        more = min(report.bad, MAX_REPORTED_ERRORS)
+        console.print(f"... {report.bad - SHOWN_ERRORS} more ({more} listed with --json)")
+
+
+def _print_groups(console: Console, name: str, groups: dict[str, dict[str, dict[str, object]]]) -> None:
+    by_group = groups["by_group"]
+    columns = sorted({key for values in by_group.values() for key in values} - {"n"})
+    table = Table(title=f"per {name}")
+    for column in (name, "n", *columns):
+        table.add_column(column, justify="left" if column == name else "right")
+    for group, values in by_group.items():
+        cells = [values.get(column) for column in columns]
+        table.add_row(group, str(values["n"]), *("-" if c is None else f"{c:.4f}" for c in cells))
+    console.print(table)
+    for metric, gap in groups["gaps"].items():
+        console.print(
+            f"largest gap in {metric}: {gap['difference']:.4f} ({gap['lowest']} lowest, {gap['highest']} highest)",
+            highlight=False,
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)
