@@ -1,0 +1,146 @@
+"""`forwardpass optimize`: the fastest precision of a model that loses at most X points, written as a new version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from forwardpass.cli.common import REPOSITORY, VERSION
+from forwardpass.errors import InputError
+from forwardpass.precision import PRECISIONS, Int8Settings, OptimizeReport, OptimizeRequest, optimize
+
+__all__ = ["register"]
+
+
+def optimize_command(
+    model: str = typer.Argument(..., help="Model name in the repository, model folder, or ONNX file."),
+    precision: str = typer.Option(..., "--precision", "-p", help=f"One of: {', '.join(PRECISIONS)}."),
+    calibration: Path | None = typer.Option(
+        None,
+        "--calibration",
+        help="Samples for INT8 calibration: image folder, .txt, .csv/.jsonl or .npy.",
+        show_default=False,
+    ),
+    eval_data: Path | None = typer.Option(
+        None,
+        "--eval",
+        help="Held-out data scored for accuracy (labelled: top-1 / R²; else agreement with FP32).",
+        show_default=False,
+    ),
+    max_accuracy_drop: float | None = typer.Option(
+        None,
+        "--max-accuracy-drop",
+        help="Largest accuracy loss allowed, in points (0.5 = half a point of top-1).",
+        show_default=False,
+    ),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Write a model folder here instead of a new version in the repository.",
+        show_default=False,
+    ),
+    method: str = typer.Option("minmax", "--calibration-method", help="INT8: minmax | entropy | percentile."),
+    quant_format: str = typer.Option("qdq", "--quant-format", help="INT8: qdq | qoperator."),
+    activations: str = typer.Option("u8", "--activations", help="INT8 activation type: u8 | s8 (weights are s8)."),
+    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="INT8 weight scales."),
+    block_size: int = typer.Option(16, "--block-size", help="INT4: weights per quantization block."),
+    threads: int = typer.Option(0, "--threads", help="ONNX Runtime intra-op threads when timing (0: default)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Batch size at which throughput is measured."),
+    duration: float = typer.Option(1.0, "--duration", help="Seconds of timing per candidate and batch size."),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Save precision.png (accuracy vs throughput)."),
+    repository: Path | None = REPOSITORY,
+    version: int | None = VERSION,
+) -> None:
+    """Make a lower-precision version of a model, measured beside the original in the same run.
+
+    The new version (or -o folder) holds the model and precision.json: source, precision per layer, calibration
+    data, tool versions, and accuracy, throughput, latency and size of the original and the new model.
+
+    Examples:
+
+      forwardpass optimize digits_cnn --precision int8 --calibration data/digits/train --eval data/digits/test
+
+      forwardpass optimize digits_cnn -p auto --calibration data/digits/train --eval data/digits/test \\
+        --max-accuracy-drop 0.5
+
+      forwardpass optimize minilm --precision int4 --eval sentences.txt --block-size 16 -o /tmp/minilm_int4
+
+      forwardpass optimize digits_cnn -p fp16 --eval data/digits/test
+
+    Then: forwardpass.load("digits_cnn", precision="int8"), or `precision: int8` in the model's config.yaml.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision: '{precision}' is not one of {', '.join(PRECISIONS)}")
+    settings = _int8_settings(method, quant_format, activations, per_channel)
+    request = OptimizeRequest(
+        model=model,
+        precision=precision,  # checked against PRECISIONS above
+        repository=repository,
+        version=version,
+        calibration=calibration,
+        eval_data=eval_data,
+        max_accuracy_drop=max_accuracy_drop,
+        output=output,
+        int8=settings,
+        block_size=block_size,
+        threads=threads,
+        batch_size=batch_size,
+        seconds=duration,
+        plot=plot,
+    )
+    console = Console(stderr=True)
+    with console.status("optimizing") as status:
+        report = optimize(request, progress=lambda step: status.update(step))
+    _print(report)
+
+
+def _int8_settings(method: str, quant_format: str, activations: str, per_channel: bool) -> Int8Settings:
+    choices = {
+        "--calibration-method": (method, ("minmax", "entropy", "percentile")),
+        "--quant-format": (quant_format, ("qdq", "qoperator")),
+        "--activations": (activations, ("u8", "s8")),
+    }
+    for option, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise InputError(f"{option}: '{value}' is not one of {', '.join(allowed)}")
+    return Int8Settings(
+        method=method,  # type: ignore[arg-type]
+        quant_format=quant_format,  # type: ignore[arg-type]
+        activations=activations,  # type: ignore[arg-type]
+        per_channel=per_channel,
+    )
+
+
+def _print(report: OptimizeReport) -> None:
+    console = Console()
+    table = Table(title=f"{report.model}: {report.metric}", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("candidate", "precision", "size MB", "items/s", "vs orig", "p50 ms (b1)", "accuracy", "drop", ""):
+        table.add_column(column, justify="left" if column in ("candidate", "precision", "") else "right")
+    base = report.original
+    for candidate in [base, *report.candidates]:
+        mark = "chosen" if candidate is report.chosen else ("" if candidate.within_budget else "over budget")
+        table.add_row(
+            candidate.label,
+            candidate.precision,
+            f"{candidate.size_bytes / 1e6:.2f}",
+            f"{candidate.throughput:,.0f}",
+            f"{candidate.throughput / base.throughput:.2f}x" if base.throughput else "",
+            f"{candidate.latency_ms:.3f}",
+            f"{candidate.accuracy:.2f}",
+            f"{candidate.drop:+.2f}" if candidate is not base else "",
+            mark,
+        )
+    console.print(table)
+    where = f"version {report.version} of {report.model}" if report.version is not None else "folder"
+    console.print(f"wrote {where}: {report.destination}", highlight=False)
+    if report.plot is not None:
+        console.print(f"plot: {report.plot}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("optimize")(optimize_command)

@@ -1,0 +1,463 @@
+"""`optimize`: make candidate precisions of an ONNX model, measure each beside the original in the same run, and
+write the fastest one within the accuracy budget as a new version (or to an output folder), atomically.
+
+Work happens in a hidden staging folder beside the destination; only the finished version folder is renamed into
+place, so a failure at any step leaves the repository as it was.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import onnx
+
+from forwardpass.errors import ConfigError, InputError
+from forwardpass.formats.base import require
+from forwardpass.measure.machine import machine_info
+from forwardpass.model import Model, load, locate
+from forwardpass.pipeline import Arrays
+from forwardpass.precision.samples import Samples, read_samples
+from forwardpass.precision.score import Quality, artefact_size, measure_speed, quality_for
+from forwardpass.precision.transforms import (
+    Converted,
+    Int8Settings,
+    compute_layers,
+    layer_precisions,
+    to_bf16_torch,
+    to_fp16,
+    to_fp32,
+    to_fp64,
+    to_int4,
+    to_int8_dynamic,
+    to_int8_static,
+)
+from forwardpass.repository import PRECISION_FILE, PRECISION_PLOT, ModelEntry, versions_in
+
+__all__ = ["PRECISIONS", "Candidate", "OptimizeReport", "OptimizeRequest", "optimize"]
+
+Precision = Literal["fp64", "fp32", "fp16", "bf16", "int8", "int8-dynamic", "int4", "auto"]
+PRECISIONS: tuple[Precision, ...] = ("fp64", "fp32", "fp16", "bf16", "int8", "int8-dynamic", "int4", "auto")
+NEEDS_CALIBRATION = frozenset({"int8", "auto"})
+ORIGINAL = "original"
+# Dynamic INT8 only where it pays: MatMul-style layers. Dynamic convolutions (ConvInteger) are several times slower.
+DYNAMIC_OPS = ("MatMul", "Attention", "LSTM", "GRU")
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizeRequest:
+    model: str
+    precision: Precision
+    repository: Path | None = None
+    version: int | None = None
+    calibration: Path | None = None
+    eval_data: Path | None = None
+    max_accuracy_drop: float | None = None
+    output: Path | None = None
+    int8: Int8Settings = field(default_factory=Int8Settings)
+    block_size: int = 16
+    threads: int = 0
+    batch_size: int = 16
+    seconds: float = 1.0
+    calibration_limit: int = 256
+    plot: bool = True
+
+
+@dataclass(slots=True)
+class Candidate:
+    label: str
+    precision: str  # what precision.json calls it: fp32, int8, mixed, ...
+    converted: Converted | None  # None for the original
+    layers: dict[str, str]
+    accuracy: float = 0.0
+    throughput: float = 0.0
+    latency_ms: float = 0.0
+    size_bytes: int = 0
+    drop: float = 0.0
+    within_budget: bool = True
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "label": self.label,
+            "precision": self.precision,
+            "accuracy": self.accuracy,
+            "accuracy_drop": self.drop,
+            "throughput": self.throughput,
+            "latency_ms_p50": self.latency_ms,
+            "size_bytes": self.size_bytes,
+            "within_budget": self.within_budget,
+        }
+
+
+@dataclass(slots=True)
+class OptimizeReport:
+    model: str
+    metric: str
+    original: Candidate
+    candidates: list[Candidate]
+    chosen: Candidate
+    destination: Path
+    version: int | None
+    provenance: dict[str, object] = field(default_factory=dict)
+    plot: Path | None = None
+
+
+def optimize(request: OptimizeRequest, progress: Progress | None = None) -> OptimizeReport:
+    say = progress or (lambda _: None)
+    if request.precision not in PRECISIONS:
+        raise InputError(f"unknown precision '{request.precision}'; use one of {', '.join(PRECISIONS)}")
+    if request.max_accuracy_drop is not None and request.max_accuracy_drop < 0:
+        raise InputError("--max-accuracy-drop must not be negative")
+    if request.batch_size < 1 or request.seconds <= 0 or request.calibration_limit < 1:
+        raise InputError("--batch-size, --duration and --calibration-limit must be positive")
+    entry = locate(request.model, request.repository, request.version)
+    if entry.artefact.suffix != ".onnx":
+        raise ConfigError(
+            f"{entry.artefact}: optimize works on ONNX models; convert it first (forwardpass convert {request.model})"
+        )
+    if request.precision in NEEDS_CALIBRATION and request.calibration is None:
+        raise InputError(f"--precision {request.precision} needs --calibration DATA (samples like the real inputs)")
+    destination_parent = request.output.parent if request.output else entry.directory
+    if request.output is not None and request.output.exists():
+        raise InputError(f"output '{request.output}' already exists; choose a new folder")
+    destination_parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".forwardpass-optimize-", dir=destination_parent))
+    opened: list[Model] = []
+    try:
+        _copy_model_files(entry, staging)
+        source = staging / "0" / "model.onnx"
+        source.parent.mkdir()
+        shutil.copyfile(entry.artefact, source)
+        original = _open(source, request.threads, opened)
+        say("reading calibration and eval data")
+        calibration = (
+            read_samples(
+                original,
+                request.calibration,
+                role="calibration",
+                limit=request.calibration_limit,
+                model_name=entry.name,
+            )
+            if request.calibration
+            else None
+        )
+        quality, eval_samples = quality_for(original, request.eval_data, calibration, entry.name)
+        search = _Search(request, staging, source, original, quality, calibration, opened, say)
+        candidates = search.run()
+        say("timing every candidate beside the original")
+        speeds = measure_speed(
+            {ORIGINAL: original, **{c.label: search.models[c.label] for c in candidates}},
+            eval_samples,
+            batch_size=request.batch_size,
+            seconds=request.seconds,
+        )
+        base = search.original
+        for candidate in [base, *candidates]:
+            speed = speeds[candidate.label]
+            candidate.throughput, candidate.latency_ms = speed.throughput, speed.latency_ms
+        chosen = _choose(candidates, request)
+        for model in opened:
+            model.close()
+        opened.clear()
+        folder = search.folders[chosen.label]
+        provenance = _provenance(request, entry, quality, calibration, base, chosen, candidates)
+        (folder / PRECISION_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+        plot = None
+        if request.plot:
+            plot = folder / PRECISION_PLOT
+            _plot(plot, base, candidates, chosen, quality.metric, request.batch_size)
+        destination, version = _publish(folder, staging, entry, request.output)
+        return OptimizeReport(
+            entry.name,
+            quality.metric,
+            base,
+            candidates,
+            chosen,
+            destination,
+            version,
+            provenance,
+            destination / PRECISION_PLOT if plot else None,
+        )
+    finally:
+        for model in opened:
+            model.close()
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class _Search:
+    """Makes and scores candidates in numbered staging folders."""
+
+    def __init__(
+        self,
+        request: OptimizeRequest,
+        staging: Path,
+        source: Path,
+        original: Model,
+        quality: Quality,
+        calibration: Samples | None,
+        opened: list[Model],
+        say: Progress,
+    ) -> None:
+        self.request = request
+        self.staging = staging
+        self.source = source
+        self.onnx_model = onnx.load(str(source))
+        self.quality = quality
+        self.calibration = calibration
+        self.opened = opened
+        self.say = say
+        self.models: dict[str, Model] = {}
+        self.folders: dict[str, Path] = {}
+        self.original_model = original
+        say(f"measuring the original ({quality.metric})")
+        self.original = Candidate(ORIGINAL, "fp32", None, dict.fromkeys(compute_layers(self.onnx_model), "fp32"))
+        self.original.accuracy = quality.measure(original)
+        self.original.size_bytes = artefact_size(source)
+
+    def run(self) -> list[Candidate]:
+        precision = self.request.precision
+        if precision != "auto":
+            return [self._make(precision, precision, self._transform(precision))]
+        return self._auto()
+
+    def _transform(self, precision: str, exclude: Sequence[str] = ()) -> Callable[[Path], Converted]:
+        request = self.request
+        if precision == "fp64":
+            return lambda out: to_fp64(self.source, out)
+        if precision == "fp32":
+            return lambda out: to_fp32(self.source, out)
+        if precision == "fp16":
+            return lambda out: to_fp16(self.source, out)
+        if precision == "bf16":
+            example = self.original_model.pipeline.collate(self._some_items())
+            return lambda out: to_bf16_torch(self.source, out.with_suffix(".pt"), example)
+        if precision == "int8":
+            batches = self._calibration_batches()
+            return lambda out: to_int8_static(self.source, out, batches, request.int8, exclude)
+        if precision == "int8-dynamic":
+            return lambda out: to_int8_dynamic(self.source, out)
+        if precision == "int8-dynamic-matmul":
+            return lambda out: to_int8_dynamic(self.source, out, DYNAMIC_OPS)
+        if precision == "int4":
+            return lambda out: to_int4(self.source, out, request.block_size)
+        raise InputError(f"unknown precision '{precision}'")
+
+    def _some_items(self) -> list[Arrays]:
+        if self.calibration is not None:
+            return list(self.calibration.items[:2])
+        raise InputError("bf16 needs --calibration DATA or --eval DATA to trace the model with")
+
+    def _calibration_batches(self) -> list[Arrays]:
+        assert self.calibration is not None  # checked before the search starts
+        return self.calibration.batches(16, self.original_model)
+
+    def _make(self, label: str, precision: str, transform: Callable[[Path], Converted]) -> Candidate:
+        self.say(f"making {label}")
+        folder = self.staging / str(len(self.folders) + 1)
+        folder.mkdir()
+        converted = transform(folder / "model.onnx")
+        for stray in folder.glob("*.onnx.data"):
+            stray.unlink()
+        self.folders[label] = folder
+        model = _open(converted.path, self.request.threads, self.opened)
+        self.models[label] = model
+        layers = (
+            layer_precisions(self.onnx_model, onnx.load(str(converted.path)))
+            if converted.engine == "onnxruntime"
+            else {}
+        ) | converted.layer_overrides
+        candidate = Candidate(label, precision, converted, layers)
+        self.say(f"measuring {label} ({self.quality.metric})")
+        candidate.accuracy = self.quality.measure(model)
+        candidate.size_bytes = artefact_size(converted.path)
+        candidate.drop = self.original.accuracy - candidate.accuracy
+        budget = self.request.max_accuracy_drop
+        candidate.within_budget = budget is None or candidate.drop <= budget + 1e-9
+        return candidate
+
+    def _auto(self) -> list[Candidate]:
+        """Whole-model precisions first; then, when full INT8 misses the budget, mixed precision: layers ranked by
+        how much keeping each alone in FP32 recovers, and added back to FP32 in that order until the budget holds."""
+        has = {node.op_type for node in self.onnx_model.graph.node}
+        candidates = [
+            self._make("fp32", "fp32", self._transform("fp32")),
+            self._make("fp16", "fp16", self._transform("fp16")),
+        ]
+        int8 = self._make("int8", "int8", self._transform("int8"))
+        candidates.append(int8)
+        if has & set(DYNAMIC_OPS):  # never for convolutions: DYNAMIC_OPS leaves them in FP32
+            candidates.append(self._make("int8-dynamic", "int8-dynamic", self._transform("int8-dynamic-matmul")))
+        if "MatMul" in has:
+            candidates.append(self._make("int4", "int4", self._transform("int4")))
+        if int8.within_budget:
+            return candidates
+        layers = compute_layers(self.onnx_model)
+        gains = {}
+        for layer in layers:
+            single = self._make(f"int8 except {layer}", "mixed", self._transform("int8", [layer]))
+            gains[layer] = single.accuracy - int8.accuracy
+            candidates.append(single)
+            if single.within_budget:
+                return candidates  # one layer in FP32 suffices; more would only be slower
+        ranked = sorted(layers, key=lambda name: gains[name], reverse=True)
+        for count in range(2, len(ranked)):
+            kept = ranked[:count]
+            mixed = self._make(f"int8, {count} layers fp32", "mixed", self._transform("int8", kept))
+            candidates.append(mixed)
+            if mixed.within_budget:
+                break
+        return candidates
+
+
+def _open(path: Path, threads: int, opened: list[Model]) -> Model:
+    model = load(path, serve="native" if path.suffix == ".pt" else None, intra_op_threads=threads, warmup=1)
+    opened.append(model)
+    return model
+
+
+def _copy_model_files(entry: ModelEntry, staging: Path) -> None:
+    """The model folder's config and the files it names (labels, tokenizer): candidates load with them."""
+    if entry.config_path is None:
+        return
+    for item in entry.directory.iterdir():
+        # metrics.json holds the original's build-time figures; precision.json will hold the new model's
+        wanted = item.is_file() and not item.name.startswith(".") and item.name != "metrics.json"
+        if wanted and item != entry.artefact:
+            shutil.copyfile(item, staging / item.name)
+
+
+def _choose(candidates: list[Candidate], request: OptimizeRequest) -> Candidate:
+    qualified = [c for c in candidates if c.within_budget]
+    if not qualified:
+        best = max(candidates, key=lambda c: c.accuracy)
+        raise InputError(
+            f"no candidate keeps the accuracy drop within {request.max_accuracy_drop} points (the closest, "
+            f"{best.label}, drops {best.drop:.2f}); nothing was written. Allow a larger --max-accuracy-drop"
+        )
+    return max(qualified, key=lambda c: c.throughput)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _figures(candidate: Candidate) -> dict[str, object]:
+    return {
+        "accuracy": candidate.accuracy,
+        "throughput": candidate.throughput,
+        "latency_ms_p50": candidate.latency_ms,
+        "size_bytes": candidate.size_bytes,
+    }
+
+
+def _provenance(
+    request: OptimizeRequest,
+    entry: ModelEntry,
+    quality: Quality,
+    calibration: Samples | None,
+    original: Candidate,
+    chosen: Candidate,
+    candidates: list[Candidate],
+) -> dict[str, object]:
+    converted = chosen.converted
+    assert converted is not None
+    record: dict[str, object] = {
+        "precision": chosen.precision,
+        "requested": request.precision,
+        "candidate": chosen.label,
+        "artefact": converted.path.name,
+        "engine": converted.engine,
+        "source": {
+            "model": entry.name,
+            "version": entry.version,
+            "artefact": str(entry.artefact),
+            "sha256": _sha256(entry.artefact),
+        },
+        "layers": chosen.layers,
+        "settings": converted.settings,
+        "notes": converted.notes,
+        "calibration": calibration.summary() if calibration else None,
+        "evaluation": {
+            "data": str(request.eval_data or request.calibration),
+            "metric": quality.metric,
+            "items": quality.items,
+        },
+        "tool_versions": converted.tool_versions,
+        "measured": {
+            "original": _figures(original),
+            "optimized": _figures(chosen),
+            "accuracy_drop": chosen.drop,
+            "throughput_ratio": chosen.throughput / original.throughput if original.throughput else None,
+            "size_ratio": chosen.size_bytes / original.size_bytes,
+            "batch_size": request.batch_size,
+            "intra_op_threads": request.threads,
+            "machine": machine_info(),
+        },
+        "max_accuracy_drop": request.max_accuracy_drop,
+        "candidates": [original.to_dict(), *(c.to_dict() for c in candidates)],
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    if converted.engine == "torch":
+        record["serve"] = "native"
+    return record
+
+
+def _plot(
+    path: Path, original: Candidate, candidates: list[Candidate], chosen: Candidate, metric: str, batch: int
+) -> None:
+    require("matplotlib", "precision").use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    for candidate in [original, *candidates]:
+        marker = "*" if candidate is chosen else ("o" if candidate.within_budget else "x")
+        axes.scatter(candidate.throughput, candidate.accuracy, marker=marker, s=140 if candidate is chosen else 50)
+        axes.annotate(
+            candidate.label,
+            (candidate.throughput, candidate.accuracy),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    axes.set_xlabel(f"throughput at batch {batch} (items/s)")
+    axes.set_ylabel(metric)
+    axes.set_title(f"accuracy vs throughput; chosen: {chosen.label}")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+
+
+def _publish(folder: Path, staging: Path, entry: ModelEntry, output: Path | None) -> tuple[Path, int | None]:
+    """Rename the finished folder into place: the next version number, or `output` (a model folder with the
+    config and the files it names, ready for `forwardpass predict OUTPUT`)."""
+    if output is not None:
+        for item in staging.iterdir():
+            if item.is_file():
+                shutil.copyfile(item, folder / item.name)
+        os.rename(folder, output)
+        return output, None
+    while True:
+        version = max(versions_in(entry.directory), default=0) + 1
+        target = entry.directory / str(version)
+        try:
+            os.rename(folder, target)
+        except OSError:
+            if target.exists():
+                continue  # another writer took this number meanwhile
+            raise
+        return target, version

@@ -1,0 +1,108 @@
+"""Calibration and evaluation samples: raw items read from a path, run through the model's own preprocessing.
+
+    a folder           every image file under it (an ImageFolder tree or a flat folder)
+    a .txt file        one text per line (text models)
+    .csv/.json/.jsonl  one record per row; a `label`/`target` column is ignored (tabular models)
+    a .npy file        already preprocessed: one item per row of the array (single-input models)
+
+Calibration is strict: one item that the model cannot take means the data does not match it, and nothing is made.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from forwardpass.errors import ForwardpassError, InputError, NotFoundError
+from forwardpass.measure.datasets import DEFAULT_LABEL_COLUMNS, IMAGE_SUFFIXES
+from forwardpass.model import Model
+from forwardpass.pipeline import Arrays
+
+__all__ = ["Samples", "read_samples"]
+
+
+@dataclass(frozen=True, slots=True)
+class Samples:
+    """Preprocessed items (no batch dimension) and where they came from."""
+
+    path: Path
+    items: list[Arrays]
+    kind: str  # "images", "texts", "records", "arrays"
+
+    def batches(self, size: int, collate_model: Model) -> list[Arrays]:
+        return [collate_model.pipeline.collate(self.items[i : i + size]) for i in range(0, len(self.items), size)]
+
+    def summary(self) -> dict[str, object]:
+        first = self.items[0]
+        return {
+            "path": str(self.path),
+            "kind": self.kind,
+            "items": len(self.items),
+            "item_shapes": {name: list(array.shape) for name, array in first.items()},
+        }
+
+
+def read_samples(
+    model: Model, path: Path, *, role: str, limit: int | None = None, model_name: str | None = None
+) -> Samples:
+    """Up to `limit` items of `path`, each through `model.preprocess`. `role` ("calibration", "eval") and
+    `model_name` (default: the model's) name the data and the model in errors."""
+    raws, kind = _raw_items(path, role)
+    if limit is not None:
+        raws = raws[:limit]
+    if not raws:
+        raise InputError(f"{role} data '{path}' holds no items; give at least one sample")
+    items = []
+    for source, raw in raws:
+        try:
+            items.append(model.preprocess(raw))
+        except ForwardpassError as exc:
+            raise InputError(
+                f"{role} data '{path}' does not match model '{model_name or model.name}' (inputs "
+                f"{[spec.to_dict() for spec in model.inputs]}): {source}: {exc}"
+            ) from None
+    return Samples(path, items, kind)
+
+
+def _raw_items(path: Path, role: str) -> tuple[list[tuple[str, object]], str]:
+    if path.is_dir():
+        images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return [(str(p.relative_to(path)), p) for p in images], "images"
+    if not path.is_file():
+        raise NotFoundError(f"no {role} data at '{path}'; give a folder of images or a .txt/.csv/.jsonl/.npy file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".txt":
+            lines = path.read_text(encoding="utf-8").splitlines()
+            return [(f"line {n}", line) for n, line in enumerate(lines, 1) if line.strip()], "texts"
+        if suffix == ".csv":
+            with path.open(newline="", encoding="utf-8-sig") as file:
+                rows = [_unlabelled(row) for row in csv.DictReader(file)]
+            return [(f"row {n}", row) for n, row in enumerate(rows, 1)], "records"
+        if suffix in (".jsonl", ".ndjson"):
+            lines = path.read_text(encoding="utf-8").splitlines()
+            return [(f"line {n}", _record(line)) for n, line in enumerate(lines, 1) if line.strip()], "records"
+        if suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            records = data if isinstance(data, list) else [data]
+            return [(f"record {n}", _unlabelled(r)) for n, r in enumerate(records, 1)], "records"
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+            return [(f"row {n}", row) for n, row in enumerate(array, 1)], "arrays"
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{role} data '{path}' cannot be read: {exc}") from None
+    raise InputError(f"{role} data '{path}': unsupported file; give a folder of images or a .txt/.csv/.jsonl/.npy")
+
+
+def _record(line: str) -> object:
+    return _unlabelled(json.loads(line))
+
+
+def _unlabelled(record: object) -> object:
+    if isinstance(record, dict):
+        return {key: value for key, value in record.items() if key not in DEFAULT_LABEL_COLUMNS}
+    return record

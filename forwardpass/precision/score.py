@@ -1,0 +1,134 @@
+"""What a candidate is worth: accuracy on the eval data, speed beside the original in the same run, size on disk.
+
+Accuracy is in points (0-100): top-1 accuracy for classifiers and R² x 100 for regressors, on labelled eval data;
+otherwise the mean cosine similarity x 100 of each item's result (embedding, or first output) to the original's.
+This is the small internal helper that `forwardpass.measure` may absorb: it uses `measure.evaluate` and
+`measure.timing.interleave` as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from forwardpass.errors import InputError
+from forwardpass.measure.datasets import Dataset, open_dataset
+from forwardpass.measure.evaluate import evaluate, task_of
+from forwardpass.measure.timing import Timing, interleave
+from forwardpass.model import Model
+from forwardpass.pipeline import Arrays
+from forwardpass.precision.samples import Samples, read_samples
+
+__all__ = ["Quality", "Speed", "artefact_size", "measure_speed", "quality_for"]
+
+
+class Quality(Protocol):
+    metric: str
+    items: int
+
+    def measure(self, model: Model) -> float:
+        """The model's score in points (higher is better)."""
+        ...
+
+
+class LabelledQuality:
+    def __init__(self, dataset: Dataset, task: str) -> None:
+        self.dataset = dataset
+        self.task = task
+        self.metric = "top-1 accuracy (%)" if task == "classification" else "R² x 100"
+        self.items = len(dataset.examples)
+
+    def measure(self, model: Model) -> float:
+        report = evaluate(model, self.dataset, top_k=(1,))
+        if report.errors:
+            first = report.errors[0]
+            raise InputError(f"eval data '{self.dataset.path}': {first.source}: {first.error}")
+        if self.task == "classification":
+            return 100.0 * float(report.metrics["top_k_accuracy"]["1"])
+        return 100.0 * float(report.metrics["r2"])
+
+
+class AgreementQuality:
+    """Mean cosine similarity of each item's result to the original model's, x 100."""
+
+    def __init__(self, samples: Samples, original: Model) -> None:
+        self.samples = samples
+        self.metric = "cosine similarity to the original (x 100)"
+        self.items = len(samples.items)
+        self.reference = self._vectors(original)
+
+    def measure(self, model: Model) -> float:
+        vectors = self._vectors(model)
+        dots = np.sum(vectors * self.reference, axis=1)
+        norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(self.reference, axis=1)
+        return 100.0 * float(np.mean(dots / np.maximum(norms, 1e-30)))
+
+    def _vectors(self, model: Model) -> np.ndarray:
+        rows = []
+        for outputs, inputs in model.run_items(self.samples.items):
+            prediction = model.pipeline.postprocess(outputs, inputs, None)
+            embedding = prediction.get("embedding")
+            if embedding is not None:
+                rows.append(np.asarray(embedding, dtype=np.float64))
+            else:
+                rows.append(np.asarray(next(iter(outputs.values())), dtype=np.float64).ravel())
+        return np.stack(rows)
+
+
+def quality_for(
+    original: Model, eval_data: Path | None, calibration: Samples | None, name: str
+) -> tuple[Quality, Samples]:
+    """Labelled metrics when the data has labels and the model is a classifier or regressor; agreement with the
+    original otherwise. Also the eval items, preprocessed (speed is measured on them)."""
+    if eval_data is None:
+        if calibration is None:
+            raise InputError("give --eval DATA (or --calibration DATA) so that accuracy can be measured")
+        return AgreementQuality(calibration, original), calibration
+    samples = read_samples(original, eval_data, role="eval", model_name=name)
+    try:
+        task = task_of(original)
+        dataset = open_dataset(eval_data)
+    except InputError:
+        return AgreementQuality(samples, original), samples
+    return LabelledQuality(dataset, task), samples
+
+
+@dataclass(frozen=True, slots=True)
+class Speed:
+    throughput: float  # items/s at the measured batch size
+    latency_ms: float  # median latency of one item alone (batch 1)
+
+
+def measure_speed(
+    models: Mapping[str, Model], samples: Samples, *, batch_size: int, seconds: float
+) -> dict[str, Speed]:
+    """Every model timed in the same interleaved rounds (so they share the machine's noise): throughput at
+    `batch_size`, latency at batch 1, on real eval items."""
+    first = next(iter(models.values()))
+    batch = _batch(first, samples.items, batch_size)
+    single = _batch(first, samples.items[:1], 1)
+    rounds = 4
+    at_batch = _timed(models, batch, batch_size, rounds, seconds)
+    at_one = _timed(models, single, 1, rounds, seconds / 2)
+    return {name: Speed(at_batch[name].throughput, at_one[name].latency.p50_ms) for name in models}
+
+
+def _batch(model: Model, items: Sequence[Arrays], size: int) -> Arrays:
+    chosen = [items[i % len(items)] for i in range(size)]
+    return model.pipeline.collate(chosen)
+
+
+def _timed(models: Mapping[str, Model], batch: Arrays, size: int, rounds: int, seconds: float) -> dict[str, Timing]:
+    calls = {name: partial(model.forward, model.validate(batch)) for name, model in models.items()}
+    return interleave(calls, size, rounds=rounds, round_seconds=seconds / rounds, warmup_seconds=0.2)
+
+
+def artefact_size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size

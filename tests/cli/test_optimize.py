@@ -1,0 +1,95 @@
+"""`forwardpass optimize` as users run it: a new version and a table on success; one error line and exit code 2,
+with nothing written, on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.precision.digits_resnet import write_digits
+
+ROOT = Path(__file__).resolve().parents[2]
+FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
+HELD_OUT = ROOT / "data" / "digits" / "test"
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_digits(tmp_path_factory.mktemp("digits"), limit_train=48).train
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    shutil.copytree(ROOT / "models" / "digits_cnn", tmp_path / "repo" / "digits_cnn")
+    return tmp_path / "repo"
+
+
+def run(repo: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    command = [FORWARDPASS, "optimize", "digits_cnn", "-r", str(repo), "--duration", "0.2", *map(str, args)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_error(done: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    for word in words:
+        assert word in errors[0], (word, errors[0])
+
+
+def versions(repo: Path) -> list[str]:
+    return sorted(p.name for p in (repo / "digits_cnn").iterdir())
+
+
+def test_int8_writes_a_new_version_and_prints_the_comparison(repo: Path, calibration: Path) -> None:
+    done = run(repo, "-p", "int8", "--calibration", calibration, "--eval", HELD_OUT)
+    assert done.returncode == 0, done.stderr
+    assert "chosen" in done.stdout and "original" in done.stdout
+    assert f"wrote version 2 of digits_cnn: {repo / 'digits_cnn' / '2'}" in done.stdout
+    record = json.loads((repo / "digits_cnn" / "2" / "precision.json").read_text())
+    assert record["precision"] == "int8" and record["source"]["version"] == 1
+    assert (repo / "digits_cnn" / "2" / "precision.png").is_file()
+    assert not [p for p in (repo / "digits_cnn").iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["-p", "int7"], ["--precision", "'int7'", "int8"]),
+        (["-p", "int8"], ["needs --calibration"]),
+        (["-p", "int8", "--calibration", "nowhere"], ["no calibration data at 'nowhere'"]),
+        (["-p", "int8", "--calibration-method", "median", "--calibration", "x"], ["--calibration-method"]),
+        (["-p", "fp16"], ["give --eval DATA"]),
+    ],
+)
+def test_bad_options_end_in_one_line(repo: Path, args: list[str], words: list[str]) -> None:
+    assert_one_error(run(repo, *args), *words)
+    assert versions(repo) == ["1", "config.yaml", "labels.txt", "metrics.json"]
+
+
+def test_calibration_data_that_does_not_match_the_model(repo: Path, tmp_path: Path) -> None:
+    records = tmp_path / "records.csv"
+    records.write_text("a,b\n1,2\n")
+    done = run(repo, "-p", "int8", "--calibration", records)
+    assert_one_error(done, "calibration data", "does not match model 'digits_cnn'")
+    assert versions(repo) == ["1", "config.yaml", "labels.txt", "metrics.json"]
+
+
+def test_an_impossible_budget_writes_nothing(repo: Path, calibration: Path) -> None:
+    done = run(repo, "-p", "int8", "--calibration", calibration, "--max-accuracy-drop", "0")
+    assert_one_error(done, "no candidate keeps the accuracy drop within 0.0", "nothing was written")
+    assert versions(repo) == ["1", "config.yaml", "labels.txt", "metrics.json"]
+
+
+def test_help_teaches_by_example() -> None:
+    done = subprocess.run([FORWARDPASS, "optimize", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert "--max-accuracy-drop 0.5" in done.stdout and 'precision="int8"' in done.stdout

@@ -1,0 +1,146 @@
+"""`optimize` end to end on real models and real data: accuracy kept, claims re-measured, budgets, atomic output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import forwardpass
+from forwardpass.errors import InputError, NotFoundError
+from forwardpass.measure.datasets import open_dataset
+from forwardpass.measure.evaluate import evaluate
+from forwardpass.precision import OptimizeRequest, optimize
+from forwardpass.repository import Repository
+from tests.precision.digits_resnet import DigitsData
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+
+
+def _top1(model: forwardpass.Model, data: Path) -> float:
+    return 100 * float(evaluate(model, open_dataset(data)).metrics["top_k_accuracy"]["1"])
+
+
+def _request(repo: Path, name: str, precision: str, **options: object) -> OptimizeRequest:
+    return OptimizeRequest(
+        model=name, repository=repo, precision=precision, seconds=0.2, calibration_limit=64, **options
+    )  # type: ignore[arg-type]
+
+
+def test_int8_digits_cnn_keeps_top1_and_its_claim_is_remeasured(digits_repo: Path, digits: DigitsData) -> None:
+    report = optimize(
+        _request(digits_repo, "digits_cnn", "int8", calibration=digits.train, eval_data=DATA / "digits" / "test")
+    )
+    assert report.version == 2
+    record = json.loads((report.destination / "precision.json").read_text())
+    assert record["precision"] == "int8"
+    assert record["source"] == {**record["source"], "model": "digits_cnn", "version": 1}
+    assert set(record["layers"].values()) == {"int8"}
+    assert record["calibration"]["items"] == 64  # the limit asked for
+    measured = record["measured"]
+    assert measured["original"]["accuracy"] - measured["optimized"]["accuracy"] <= 1.0
+    assert measured["optimized"]["size_bytes"] < measured["original"]["size_bytes"]
+    assert measured["optimized"]["throughput"] > 0 and measured["original"]["latency_ms_p50"] > 0
+    fresh = forwardpass.load("digits_cnn", repository=digits_repo, precision="int8")
+    assert fresh.version == 2
+    assert _top1(fresh, DATA / "digits" / "test") == pytest.approx(measured["optimized"]["accuracy"], abs=1e-9)
+    repository = Repository(digits_repo)
+    assert repository.precisions("digits_cnn") == {1: "fp32", 2: "int8"}
+    assert repository.derived_from("digits_cnn") == {2: 1}
+    assert forwardpass.load("digits_cnn", repository=digits_repo, precision="fp32").version == 1
+    assert (report.destination / "precision.png").read_bytes()[:4] == b"\x89PNG"
+    config = digits_repo / "digits_cnn" / "config.yaml"
+    config.write_text(config.read_text() + "precision: fp32\n")  # a server config pinning the FP32 variant
+    assert forwardpass.load("digits_cnn", repository=digits_repo).version == 1
+    assert forwardpass.load("digits_cnn", repository=digits_repo, version=2).version == 2
+
+
+def test_int8_resnet_style_cnn_keeps_top1_within_a_point(resnet_repo: Path, digits: DigitsData, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(resnet_repo, repo)
+    report = optimize(_request(repo, "resnet", "int8", calibration=digits.train, eval_data=digits.test, plot=False))
+    assert report.original.accuracy > 80  # it learned something: the comparison means something
+    assert report.original.accuracy - report.chosen.accuracy <= 1.0
+    assert _top1(forwardpass.load(report.destination / "model.onnx"), digits.test) == pytest.approx(
+        report.chosen.accuracy
+    )
+
+
+def test_auto_picks_the_fastest_candidate_within_budget(digits_repo: Path, digits: DigitsData) -> None:
+    report = optimize(
+        _request(
+            digits_repo,
+            "digits_cnn",
+            "auto",
+            calibration=digits.train,
+            eval_data=DATA / "digits" / "test",
+            max_accuracy_drop=0.5,
+        )
+    )
+    labels = [c.label for c in report.candidates]
+    assert {"fp32", "fp16", "int8"} <= set(labels)
+    assert "int8-dynamic" not in labels  # a CNN: dynamic INT8 convolutions are never tried
+    assert report.chosen.drop <= 0.5
+    qualified = [c for c in report.candidates if c.within_budget]
+    assert all(report.chosen.throughput >= c.throughput for c in qualified)
+    record = json.loads((report.destination / "precision.json").read_text())
+    assert len(record["candidates"]) == len(report.candidates) + 1  # the original too
+
+
+def test_auto_falls_back_to_mixed_precision_ranked_by_sensitivity(digits_repo: Path, digits: DigitsData) -> None:
+    """Without labels the metric is agreement with FP32, which full INT8 cannot keep to 0.001 points: the search
+    tries each layer alone in FP32, then adds layers back in order of sensitivity."""
+    report = optimize(
+        _request(digits_repo, "digits_cnn", "auto", calibration=digits.train, max_accuracy_drop=0.001, plot=False)
+    )
+    labels = [c.label for c in report.candidates]
+    int8 = next(c for c in report.candidates if c.label == "int8")
+    assert not int8.within_budget
+    mixed = [c for c in report.candidates if c.precision == "mixed"]
+    assert any(label.startswith("int8 except ") for label in labels)
+    assert all("fp32" in c.layers.values() and "int8" in c.layers.values() for c in mixed)
+    assert report.chosen.within_budget
+
+
+def _versions(repo: Path) -> list[str]:
+    return sorted(p.name for p in (repo / "digits_cnn").iterdir())
+
+
+def test_mismatched_calibration_data_is_refused_and_nothing_is_written(digits_repo: Path, tmp_path: Path) -> None:
+    before = _versions(digits_repo)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("hello\nworld\n")
+    with pytest.raises(InputError, match=r"calibration data .* does not match model .digits_cnn."):
+        optimize(_request(digits_repo, "digits_cnn", "int8", calibration=texts))
+    assert _versions(digits_repo) == before
+
+
+def test_empty_calibration_set_is_refused(digits_repo: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no items"):
+        optimize(_request(digits_repo, "digits_cnn", "int8", calibration=tmp_path / "empty"))
+    assert _versions(digits_repo) == ["1", "config.yaml", "labels.txt", "metrics.json"]
+
+
+def test_an_impossible_budget_is_refused_and_nothing_is_written(digits_repo: Path, digits: DigitsData) -> None:
+    with pytest.raises(InputError, match=r"no candidate keeps the accuracy drop within 0\.0"):
+        optimize(_request(digits_repo, "digits_cnn", "int8", calibration=digits.train, max_accuracy_drop=0.0))
+    assert _versions(digits_repo) == ["1", "config.yaml", "labels.txt", "metrics.json"]
+
+
+def test_output_folder_is_a_loadable_model(digits_repo: Path, digits: DigitsData, tmp_path: Path) -> None:
+    out = tmp_path / "digits_fp16"
+    report = optimize(_request(digits_repo, "digits_cnn", "fp16", eval_data=DATA / "digits" / "test", output=out))
+    assert report.destination == out and report.version is None
+    model = forwardpass.load(out)
+    assert model.predict(next((DATA / "digits" / "test" / "3").iterdir()))["label"] in {str(d) for d in range(10)}
+    assert _versions(digits_repo) == ["1", "config.yaml", "labels.txt", "metrics.json"]
+    with pytest.raises(InputError, match="already exists"):
+        optimize(_request(digits_repo, "digits_cnn", "fp16", eval_data=DATA / "digits" / "test", output=out))
+
+
+def test_load_names_the_precisions_a_model_has(digits_repo: Path) -> None:
+    with pytest.raises(NotFoundError, match=r"no int4 version \(versions: 1: fp32\).*forwardpass optimize"):
+        forwardpass.load("digits_cnn", repository=digits_repo, precision="int4")

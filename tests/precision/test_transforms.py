@@ -1,0 +1,106 @@
+"""Each precision's transform against the FP32 model, numerically, on real kernels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import forwardpass
+from forwardpass.errors import ConfigError
+from forwardpass.precision.transforms import layer_precisions, to_bf16_torch, to_fp16, to_fp64, to_int4
+
+MINILM = Path(__file__).resolve().parents[2] / "models" / "minilm"
+# Documented tolerances (README, optimize): relative to the output's scale.
+FP16_TOLERANCE = 1e-2
+BF16_TOLERANCE = 5e-2
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"x": x})[0])
+
+
+def _numpy_mlp(path: Path, x: np.ndarray) -> np.ndarray:
+    weights = {t.name: onnx.numpy_helper.to_array(t).astype(np.float64) for t in onnx.load(str(path)).graph.initializer}
+    hidden = np.maximum(x @ weights["w1"] + weights["b1"], 0.0)
+    return hidden @ weights["w2"] + weights["b2"]
+
+
+def test_fp64_matches_a_float64_numpy_reference(mlp_path: Path, tmp_path: Path) -> None:
+    converted = to_fp64(mlp_path, tmp_path / "fp64.onnx")
+    x = np.random.default_rng(1).standard_normal((5, 6)) * 1e3  # large values: float32 would lose ~1e-4
+    got = _run(converted.path, x)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, _numpy_mlp(mlp_path, x), rtol=1e-12, atol=1e-12)
+    assert not converted.notes  # every op of the MLP has a double kernel
+    assert np.abs(_run(mlp_path, x.astype(np.float32)) - _numpy_mlp(mlp_path, x)).max() > 1e-6
+
+
+def test_fp64_reports_the_nodes_it_keeps_in_float32(tmp_path: Path) -> None:
+    """The bundled digits CNN: ONNX Runtime has no double Conv, so both convolutions run in float32 between Casts."""
+    source = Path(__file__).resolve().parents[2] / "models" / "digits_cnn" / "1" / "model.onnx"
+    converted = to_fp64(source, tmp_path / "fp64.onnx")
+    convs = [node.name for node in onnx.load(str(source)).graph.node if node.op_type == "Conv"]
+    assert sorted(converted.layer_overrides) == sorted(convs)
+    x = np.random.default_rng(0).random((3, 1, 8, 8))
+    original = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    expected = original.run(None, {"input": x.astype(np.float32)})[0]
+    got = ort.InferenceSession(str(converted.path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fp16_keeps_io_types_and_stays_within_tolerance(mlp_path: Path, tmp_path: Path) -> None:
+    converted = to_fp16(mlp_path, tmp_path / "fp16.onnx")
+    x = np.random.default_rng(2).standard_normal((8, 6)).astype(np.float32)
+    expected, got = _run(mlp_path, x), _run(converted.path, x)
+    assert got.dtype == np.float32
+    assert np.abs(got - expected).max() <= FP16_TOLERANCE * np.abs(expected).max()
+    model = onnx.load(str(converted.path))
+    assert set(layer_precisions(onnx.load(str(mlp_path)), model).values()) == {"fp16"}
+    weights = {t.name: t.data_type for t in model.graph.initializer}
+    assert weights["w1"] == onnx.TensorProto.FLOAT16
+
+
+def test_bf16_runs_in_torch_within_tolerance(mlp_path: Path, tmp_path: Path) -> None:
+    x = np.random.default_rng(3).standard_normal((8, 6)).astype(np.float32)
+    converted = to_bf16_torch(mlp_path, tmp_path / "model.pt", {"x": x[:2]})
+    assert converted.engine == "torch"
+    model = forwardpass.load(converted.path, serve="native")
+    got = model.infer({"x": x})["y"]
+    expected = _run(mlp_path, x)
+    assert np.abs(got - expected).max() <= BF16_TOLERANCE * np.abs(expected).max()
+    assert np.abs(got - expected).max() > 0  # it did compute in bfloat16
+
+
+def test_int4_minilm_keeps_embeddings_and_shrinks_the_file(tmp_path: Path) -> None:
+    converted = to_int4(MINILM / "1" / "model.onnx", tmp_path / "model.onnx", block_size=16)
+    size_ratio = converted.path.stat().st_size / (MINILM / "1" / "model.onnx").stat().st_size
+    assert size_ratio <= 0.4
+    (tmp_path / "config.yaml").write_text((MINILM / "config.yaml").read_text())
+    (tmp_path / "tokenizer.json").write_text((MINILM / "tokenizer.json").read_text())
+    quantized = forwardpass.load(converted.path)
+    original = forwardpass.load("minilm")
+    sentences = [
+        "A man is playing a guitar.",
+        "The new movie is awesome.",
+        "The cat sits outside.",
+        "A woman watches TV.",
+        "Stock markets fell sharply today.",
+        "How do I bake sourdough bread?",
+    ]
+    a = np.array([p["embedding"] for p in original.predict(sentences)])
+    b = np.array([p["embedding"] for p in quantized.predict(sentences)])
+    cosine = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.mean() >= 0.98
+    ops = {node.op_type for node in onnx.load(str(converted.path)).graph.node}
+    assert "MatMulNBits" in ops
+
+
+def test_int4_refuses_a_model_without_matmul(tmp_path: Path) -> None:
+    source = Path(__file__).resolve().parents[2] / "models" / "digits_cnn" / "1" / "model.onnx"
+    with pytest.raises(ConfigError, match=r"MatMul layers, and this model has none"):
+        to_int4(source, tmp_path / "x.onnx", block_size=32)
