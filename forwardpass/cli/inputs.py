@@ -13,18 +13,16 @@ argument that cannot be read at all becomes a single item carrying its error, so
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
-from forwardpass.config import ImageConfig, ModelConfig, TabularConfig, TextConfig
+from forwardpass.config import ImageConfig, InteractionsConfig, ModelConfig, TabularConfig, TextConfig
 from forwardpass.errors import DecodeError, ForwardpassError, InputError, MissingFieldError, NotFoundError, ShapeError
+from forwardpass.modes.sources import Item, csv_header, csv_items, jsonl_items, parse_json
 from forwardpass.tensor import TensorSpec
 
 __all__ = ["Item", "decode_inputs"]
@@ -34,15 +32,6 @@ ARRAY_SUFFIXES = (".npy", ".npz", ".json")
 # Files that are certainly not images; anything else goes to the image decoder, which names what is wrong with it.
 NOT_IMAGE_SUFFIXES = (*RECORD_SUFFIXES, ".txt", ".tsv", ".yaml", ".yml", ".md", ".npy", ".npz")
 _FILE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,5}")
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One input for one prediction: its name for the output (`file.csv#row2`) and the raw value, or an error."""
-
-    name: str
-    raw: object = None
-    error: ForwardpassError | None = None
 
 
 Decoder = Callable[[str], list[Item]]
@@ -68,6 +57,8 @@ def _decoder(config: ModelConfig, inputs: Sequence[TensorSpec]) -> Decoder:
         return _text
     if isinstance(declared, TabularConfig):
         return lambda arg: _records(arg, declared)
+    if isinstance(declared, InteractionsConfig):
+        return _histories
     return lambda arg: _arrays(arg, inputs)
 
 
@@ -95,13 +86,6 @@ def _read_text(path: Path) -> str:
         return _read_bytes(path).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DecodeError("is not UTF-8 text") from None
-
-
-def _parse_json(data: bytes | str) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"is not valid JSON ({exc})") from None
 
 
 def _suffix(path: Path) -> str:
@@ -148,15 +132,15 @@ def _shorten(text: str, limit: int = 40) -> str:
 
 def _records(arg: str, config: TabularConfig) -> list[Item]:
     if arg.lstrip().startswith("{"):
-        return [Item(_shorten(arg), _parse_json(arg))]
+        return [Item(_shorten(arg), parse_json(arg))]
     path = _existing_file(arg)
     suffix = path.suffix.lower()
     if suffix == ".csv":
         items = _csv_rows(arg, path, config)
     elif suffix == ".json":
-        items = _json_records(arg, _parse_json(_read_bytes(path)))
+        items = _json_records(arg, parse_json(_read_bytes(path)))
     elif suffix in (".jsonl", ".ndjson"):
-        items = _jsonl_records(arg, _read_text(path))
+        items = list(jsonl_items(path, arg))
     else:
         expected = "records (.csv, .json, .jsonl or an inline JSON object)"
         raise DecodeError(f"expected {expected}, got a '{_suffix(path)}' file")
@@ -165,32 +149,25 @@ def _records(arg: str, config: TabularConfig) -> list[Item]:
     return items
 
 
+def _histories(arg: str) -> list[Item]:
+    """Recommendation models: an inline JSON object ({"seen": [...]}), or a .json / .jsonl file of them."""
+    if arg.lstrip().startswith("{"):
+        return [Item(_shorten(arg), parse_json(arg))]
+    path = _existing_file(arg)
+    if path.suffix.lower() == ".json":
+        return _json_records(arg, parse_json(_read_bytes(path)))
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        return list(jsonl_items(path, arg))
+    raise DecodeError(f"expected histories (.json, .jsonl or an inline JSON object), got a '{_suffix(path)}' file")
+
+
 def _csv_rows(arg: str, path: Path, config: TabularConfig) -> list[Item]:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as file:
-            reader = csv.DictReader(file)
-            header = reader.fieldnames
-            rows = list(reader)
-    except OSError as exc:
-        raise InputError(f"cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise DecodeError("is not UTF-8 text") from None
-    except csv.Error as exc:
-        raise DecodeError(f"is not valid CSV ({exc})") from None
-    if not header:
-        raise DecodeError("is empty: expected a header row with the column names")
+    header = csv_header(path)
     # Checked once for the file: otherwise every row would report the same missing column.
     missing = [c.name for c in config.columns if c.impute is None and c.categories is None and c.name not in header]
     if missing:
         raise MissingFieldError(f"the header lacks column(s) {missing}, which the model needs (no impute value)")
-    return [_csv_item(f"{arg}#row{n}", row, len(header)) for n, row in enumerate(rows, 1)]
-
-
-def _csv_item(name: str, row: dict[str | Any, Any], width: int) -> Item:
-    extra = row.get(None)  # DictReader puts the fields beyond the header under the key None
-    if extra:
-        return Item(name, error=DecodeError(f"has {width + len(extra)} fields, the header has {width}"))
-    return Item(name, row)
+    return list(csv_items(path, arg))
 
 
 def _json_records(arg: str, data: Any) -> list[Item]:
@@ -199,17 +176,6 @@ def _json_records(arg: str, data: Any) -> list[Item]:
     if isinstance(data, list):
         return [Item(f"{arg}#row{n}", record) for n, record in enumerate(data, 1)]
     raise DecodeError(f"expected a JSON object (one record) or a list of objects, got {type(data).__name__}")
-
-
-def _jsonl_records(arg: str, text: str) -> list[Item]:
-    items = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                items.append(Item(f"{arg}#line{n}", _parse_json(line)))
-            except DecodeError as exc:
-                items.append(Item(f"{arg}#line{n}", error=exc))
-    return items
 
 
 # --- arrays --------------------------------------------------------------------------------------------------------
@@ -228,7 +194,7 @@ def _arrays(arg: str, specs: Sequence[TensorSpec]) -> list[Item]:
     elif suffix == ".npy":
         arrays = {names[0]: _load_npy(path)}
     else:
-        arrays = {names[0]: _json_array(_parse_json(_read_bytes(path)))}
+        arrays = {names[0]: _json_array(parse_json(_read_bytes(path)))}
     if sorted(arrays) != sorted(names):
         raise InputError(f"holds arrays {sorted(arrays)}; the model takes {names}")
     return _split(arg, arrays, specs)

@@ -1,0 +1,209 @@
+"""Batch jobs: a folder or table of inputs → one prediction (or one error) per record, in part files, resumable.
+
+The input is read as a stream and cut into parts of `part_size` records (part k holds records [k·size, (k+1)·size)).
+The next part is read on a thread of its own; each part is decoded by a small thread pool while the previous batch
+runs its forward pass (ONNX Runtime and Pillow release the GIL), then written atomically and recorded in the
+output's manifest (`sinks.Output`). Memory is bounded by two parts, whatever the input's size. A killed job,
+resumed, skips the parts the manifest names and computes the rest: every record ends up exactly once in the output
+or the errors file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from forwardpass.errors import ForwardpassError, InputError
+from forwardpass.model import Model
+from forwardpass.modes.sinks import ERRORS_FILE, Output
+from forwardpass.modes.sources import Item, open_source
+from forwardpass.pipeline import Arrays
+
+__all__ = ["BatchOptions", "Part", "Progress", "Scorer", "Summary", "error_row", "job_identity", "parts", "run_batch"]
+
+Row = dict[str, Any]
+Progress = Callable[[int, int], None]  # (records done, records in all)
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    output_format: str = "parquet"
+    batch_size: int | None = None  # items per forward pass; None: the model's
+    part_size: int = 2048  # records per part file (and per manifest entry)
+    max_errors: int | None = 1000  # the job stops (resumably) once more records than this failed; None: no limit
+    top_k: int | None = None
+    workers: int = 2  # decoding threads
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class Summary:
+    records: int  # in the input
+    rows: int  # predictions in the output
+    errors: int  # bad records in the errors file
+    computed: int  # records this run computed (the others were done before it resumed)
+    seconds: float
+    output: Path
+
+    @property
+    def per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+    def describe(self) -> str:
+        errors = f", {self.errors} errors (see {self.output / ERRORS_FILE})" if self.errors else ", no errors"
+        resumed = f" ({self.records - self.computed} done before resuming)" if self.computed < self.records else ""
+        return (
+            f"{self.records} records{resumed}: {self.rows} predictions{errors}; "
+            f"{self.computed} in {self.seconds:.1f} s ({self.per_second:.1f} records/s) -> {self.output}"
+        )
+
+
+def job_identity(
+    model_name: str, version: int | None, input_path: Path, records: int, options: BatchOptions
+) -> dict[str, Any]:
+    """What makes two runs the same job: a resume must match it (else results of two jobs would mix). The record
+    count guards the numbering: an input that gained or lost records would shift every later part."""
+    return {
+        "model": model_name,
+        "version": version,
+        "input": str(input_path.resolve()),
+        "records": records,
+        "format": options.output_format,
+        "part_size": options.part_size,
+        "top_k": options.top_k,
+    }
+
+
+def error_row(item_id: str, error: ForwardpassError) -> Row:
+    return {"id": item_id, "error": str(error), "type": type(error).__name__}
+
+
+Part = tuple[int, int, list[Item]]  # (part index, index of its first record, its records)
+
+
+def parts(items: Iterable[Item], part_size: int) -> Iterator[Part]:
+    """The input's parts, in order. The next part is read on a thread of its own while this one is scored, so
+    reading (a .npy's rows, a table's parsing) overlaps the forward pass; two parts at most are held."""
+    stream = iter(items)
+
+    def read(index: int) -> Part | None:
+        chunk = list(itertools.islice(stream, part_size))
+        return (index, index * part_size, chunk) if chunk else None
+
+    with ThreadPoolExecutor(1, thread_name_prefix="forwardpass-read") as reader:
+        ahead = reader.submit(read, 0)
+        while (part := ahead.result()) is not None:
+            ahead = reader.submit(read, part[0] + 1)
+            yield part
+
+
+class Scorer:
+    """Records → (output rows, error rows): decoding on `workers` threads, a few batches ahead of the forward pass."""
+
+    def __init__(self, model: Model, *, batch_size: int | None = None, top_k: int | None = None, workers: int = 2):
+        if model.batchable and batch_size:
+            model.batch_size = batch_size  # the job owns this Model: its forward passes take this many items
+        self.model = model
+        self.top_k = top_k
+        self.workers = max(1, workers)
+        self._version = "" if model.version is None else str(model.version)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="forwardpass-decode")
+
+    def __enter__(self) -> Scorer:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+    def score(self, items: Iterable[Item]) -> tuple[list[Row], list[Row]]:
+        rows: list[Row] = []
+        errors: list[Row] = []
+        pending: deque[tuple[list[Item], Future[list[Arrays | ForwardpassError]]]] = deque()
+        batches = iter(items)
+        while batch := list(itertools.islice(batches, self.model.batch_size)):
+            pending.append((batch, self._pool.submit(self._preprocess, batch)))
+            if len(pending) > self.workers:  # keep the pool busy while this batch runs its forward pass
+                self._finish(*pending.popleft(), rows, errors)
+        while pending:
+            self._finish(*pending.popleft(), rows, errors)
+        return rows, errors
+
+    def _preprocess(self, batch: list[Item]) -> list[Arrays | ForwardpassError]:
+        prepared: list[Arrays | ForwardpassError] = []
+        for item in batch:
+            if item.error is not None:
+                prepared.append(item.error)
+                continue
+            try:
+                prepared.append(self.model.preprocess(item.raw))
+            except ForwardpassError as exc:
+                prepared.append(exc)
+        return prepared
+
+    def _finish(
+        self,
+        batch: list[Item],
+        future: Future[list[Arrays | ForwardpassError]],
+        rows: list[Row],
+        errors: list[Row],
+    ) -> None:
+        prepared = future.result()
+        ready = [p for p in prepared if not isinstance(p, ForwardpassError)]
+        outcomes = iter(self.model.forward_each(ready, self.top_k))
+        for item, arrays in zip(batch, prepared, strict=True):
+            outcome = arrays if isinstance(arrays, ForwardpassError) else next(outcomes)
+            if isinstance(outcome, ForwardpassError):
+                errors.append(error_row(item.name, outcome))
+            else:
+                rows.append({"id": item.name, "model": self.model.name, "version": self._version, **outcome})
+
+
+def run_batch(
+    model: Model, input_path: Path, output_dir: Path, options: BatchOptions, progress: Progress | None = None
+) -> Summary:
+    """The whole job in this process (the default; `modes.ray_data` runs the same job on a Ray cluster)."""
+    started = time.perf_counter()
+    source = open_source(input_path, model.config)
+    total = source.count()
+    output = Output(
+        output_dir,
+        options.output_format,
+        job_identity(model.name, model.version, input_path, total, options),
+        resume=options.resume,
+    )
+    done = 0
+    computed = 0
+    if not output.finished:
+        with Scorer(model, batch_size=options.batch_size, top_k=options.top_k, workers=options.workers) as scorer:
+            for index, start, items in parts(source.items(), options.part_size):
+                if not output.is_done(index):
+                    rows, errors = scorer.score(items)
+                    output.commit(index, start, start + len(items), rows, errors)
+                    computed += len(items)
+                    check_errors(output, options.max_errors)
+                done += len(items)
+                if progress is not None:
+                    progress(done, total)
+        output.finish()
+    seconds = time.perf_counter() - started
+    return Summary(total, output.rows, output.errors, computed, seconds, output_dir)
+
+
+def check_errors(output: Output, max_errors: int | None) -> None:
+    """Stop once more records than `max_errors` failed (the parts done stay done; --resume goes on from there)."""
+    if max_errors is not None and output.errors > max_errors:
+        errors_file = output.gather_errors()
+        raise InputError(
+            f"stopped: {output.errors} bad records, more than --max-errors {max_errors} (see {errors_file}); "
+            "fix the input or raise --max-errors, then run again with --resume"
+        )

@@ -1,0 +1,228 @@
+"""Batch outputs: part files written atomically, and a manifest of the parts done, so that a job killed at any
+moment resumes with every input record exactly once in the output (or in the errors file).
+
+    OUTPUT/part-000000.parquet   predictions of input records [0, part_size), one row each (also .csv, .jsonl)
+    OUTPUT/_errors/part-000000.jsonl   that part's bad records: {"id", "error", "type"}
+    OUTPUT/_errors.jsonl         every bad record, gathered when the job ends ("_": readers of the parts skip it)
+    OUTPUT/_manifest.json        the job's identity and the parts done; rewritten atomically after each part
+
+A part's files are complete before the manifest names it (temp file, fsync, rename); on resume, part files the
+manifest does not name are leftovers of a killed run, deleted and computed again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from forwardpass.errors import InputError
+
+__all__ = ["ERRORS_FILE", "FORMATS", "MANIFEST_FILE", "Output", "PartDone", "atomic_write"]
+
+FORMATS = ("parquet", "csv", "jsonl")
+MANIFEST_FILE = "_manifest.json"
+ERRORS_FILE = "_errors.jsonl"  # "_": Parquet and Arrow readers of the folder skip it
+PART_ERRORS_DIR = "_errors"
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PartDone:
+    index: int
+    start: int  # input records [start, stop)
+    stop: int
+    rows: int
+    errors: int
+
+
+@dataclass
+class _Manifest:
+    job: dict[str, Any]
+    parts: list[PartDone] = field(default_factory=list)
+    finished: bool = False
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(temp)` then rename onto `path`: readers (and a resumed job) see the whole file or none of it."""
+    temp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(temp)
+        with temp.open("rb") as file:
+            os.fsync(file.fileno())  # the data is on disk before the name points to it
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # and the rename itself
+    finally:
+        os.close(directory)
+
+
+class Output:
+    """The output folder of one job. `job` identifies it (model, input, options that change the results): resuming
+    with a different one is refused instead of mixing two jobs' results."""
+
+    def __init__(self, directory: Path, output_format: str, job: dict[str, Any], *, resume: bool) -> None:
+        if output_format not in FORMATS:
+            raise InputError(f"output format '{output_format}' is not one of {', '.join(FORMATS)}")
+        self.directory = directory
+        self.format = output_format
+        self._manifest_path = directory / MANIFEST_FILE
+        if directory.exists() and not directory.is_dir():
+            raise InputError(f"OUTPUT '{directory}' is a file; give a folder (it will hold the part files)")
+        if self._manifest_path.is_file():
+            if not resume:
+                raise InputError(
+                    f"OUTPUT '{directory}' holds a job already: pass --resume to finish it, or choose a new folder"
+                )
+            self._manifest = self._load(job)
+        else:
+            # a run killed before its first manifest write leaves only that write's temp file
+            if directory.is_dir() and any(not p.name.startswith(f".{MANIFEST_FILE}") for p in directory.iterdir()):
+                raise InputError(f"OUTPUT '{directory}' is not empty and holds no forwardpass job; choose a new folder")
+            directory.mkdir(parents=True, exist_ok=True)
+            self._manifest = _Manifest(job)
+            self._save()
+        self._done = {part.index: part for part in self._manifest.parts}
+        self._remove_leftovers()
+
+    @property
+    def finished(self) -> bool:
+        return self._manifest.finished
+
+    @property
+    def rows(self) -> int:
+        return sum(part.rows for part in self._done.values())
+
+    @property
+    def errors(self) -> int:
+        return sum(part.errors for part in self._done.values())
+
+    def is_done(self, index: int) -> bool:
+        return index in self._done
+
+    def part_path(self, index: int) -> Path:
+        return self.directory / f"part-{index:06d}.{self.format}"
+
+    def commit(self, index: int, start: int, stop: int, rows: Sequence[Row], errors: Sequence[Row]) -> None:
+        """Write one part's rows and errors, then record it as done: from here on it is never computed again."""
+        if rows:
+            atomic_write(self.part_path(index), lambda temp: _WRITERS[self.format](temp, rows))
+        if errors:
+            (self.directory / PART_ERRORS_DIR).mkdir(exist_ok=True)
+            atomic_write(self._errors_path(index), lambda temp: _write_jsonl(temp, errors))
+        part = PartDone(index, start, stop, len(rows), len(errors))
+        self._done[index] = part
+        self._manifest.parts.append(part)
+        self._save()
+
+    def gather_errors(self) -> Path:
+        """Every part's bad records, in input order, as one _errors.jsonl (rewritten whole, atomically)."""
+        path = self.directory / ERRORS_FILE
+
+        def write(temp: Path) -> None:
+            with temp.open("wb") as out:
+                for index in sorted(self._done):
+                    if self._done[index].errors:
+                        out.write(self._errors_path(index).read_bytes())
+
+        atomic_write(path, write)
+        return path
+
+    def finish(self) -> None:
+        self.gather_errors()
+        self._manifest.finished = True
+        self._save()
+
+    def _errors_path(self, index: int) -> Path:
+        return self.directory / PART_ERRORS_DIR / f"part-{index:06d}.jsonl"
+
+    def _save(self) -> None:
+        data = {
+            "job": self._manifest.job,
+            "finished": self._manifest.finished,
+            "parts": [asdict(part) for part in sorted(self._manifest.parts, key=lambda p: p.index)],
+        }
+
+        def write(temp: Path) -> None:
+            temp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+
+        atomic_write(self._manifest_path, write)
+
+    def _load(self, job: dict[str, Any]) -> _Manifest:
+        try:
+            data = orjson.loads(self._manifest_path.read_bytes())
+            parts = [PartDone(**part) for part in data["parts"]]
+            saved, finished = dict(data["job"]), bool(data["finished"])
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InputError(f"'{self._manifest_path}' is not a forwardpass batch manifest ({exc})") from None
+        changed = sorted(key for key in saved.keys() | job.keys() if saved.get(key) != job.get(key))
+        if changed:
+            was = ", ".join(f"{key}={saved.get(key)!r}" for key in changed)
+            now = ", ".join(f"{key}={job.get(key)!r}" for key in changed)
+            raise InputError(f"--resume: OUTPUT '{self.directory}' holds a different job ({was}; now {now})")
+        return _Manifest(saved, parts, finished)
+
+    def _remove_leftovers(self) -> None:
+        """Part files of parts the manifest does not name, and temp files: what a killed run left half-done."""
+        keep = {self.part_path(index).name for index, part in self._done.items() if part.rows}
+        keep_errors = {self._errors_path(index).name for index, part in self._done.items() if part.errors}
+        for path in self.directory.iterdir():
+            if (
+                path.is_file()
+                and path.name.startswith((".part-", "part-", f".{ERRORS_FILE}", f".{MANIFEST_FILE}"))
+                and path.name not in keep
+            ):
+                path.unlink()
+        errors_dir = self.directory / PART_ERRORS_DIR
+        if errors_dir.is_dir():
+            for path in errors_dir.iterdir():
+                if path.name not in keep_errors:
+                    path.unlink()
+
+
+# --- formats -------------------------------------------------------------------------------------------------------
+
+
+def _write_parquet(path: Path, rows: Sequence[Row]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(list(rows)), path)
+
+
+def _write_jsonl(path: Path, rows: Sequence[Row]) -> None:
+    with path.open("wb") as out:
+        for row in rows:
+            out.write(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+
+
+def _write_csv(path: Path, rows: Sequence[Row]) -> None:
+    import csv
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(_cell(row.get(column)) for column in columns)
+
+
+def _cell(value: object) -> object:
+    """Lists and records (top-K, embeddings, raw outputs) as JSON text: a CSV cell holds one value."""
+    if isinstance(value, list | dict):
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    return "" if value is None else value
+
+
+_WRITERS: dict[str, Callable[[Path, Sequence[Row]], None]] = {
+    "parquet": _write_parquet,
+    "csv": _write_csv,
+    "jsonl": _write_jsonl,
+}

@@ -1,0 +1,314 @@
+"""Batch inputs, read as a stream of records in a fixed order: every read of the same input gives the same records
+under the same ids, so a job can number them, split them into parts, skip the parts already done and resume.
+
+    image models      a folder of images (recursive, sorted; hidden files skipped), or one image file
+    text models       .jsonl (a JSON string, or an object with a "text" field, per line), .csv / .parquet with a
+                      "text" column, .txt (one text per line)
+    tabular models    .csv, .parquet, .jsonl (one object per line)
+    no preprocessing  .npy (one item per row, memory-mapped)
+    any model         a folder of the files above (recursive, sorted)
+
+A record's id is its file's path relative to INPUT (the file's name when INPUT is one file), plus `#rowN` (`#lineN`
+for JSONL) for one row of a table; rows count from 1. A record that cannot be read carries its error instead of
+a value, so it lands in the errors file and the job goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from forwardpass.config import ImageConfig, ModelConfig, TabularConfig, TextConfig
+from forwardpass.errors import DecodeError, ForwardpassError, InputError, NotFoundError
+
+__all__ = ["Item", "Source", "csv_header", "csv_items", "jsonl_items", "open_source", "parse_json"]
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson", ".txt", ".npy")
+TEXT_FIELD = "text"
+PARQUET_BATCH_ROWS = 1024  # rows decoded at a time: memory stays bounded whatever the file's size
+NPY_CHUNK_BYTES = 16 * 2**20  # .npy bytes read at a time
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One input for one prediction: its name for the output (`file.csv#row2`) and the raw value, or an error."""
+
+    name: str
+    raw: object = None
+    error: ForwardpassError | None = None
+
+
+class Source(Protocol):
+    def items(self) -> Iterator[Item]:
+        """Every record, in the same order on every call."""
+        ...
+
+    def count(self) -> int:
+        """How many records `items` gives (for progress and ETA); cheaper than reading them where it can be."""
+        ...
+
+
+def parse_json(data: bytes | str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"is not valid JSON ({exc})") from None
+
+
+def csv_header(path: Path) -> list[str]:
+    """The column names of a CSV file (its first row)."""
+    with _open_text(path) as file:
+        try:
+            header = next(csv.reader(file), None)
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DecodeError(_csv_problem(exc)) from None
+    if not header:
+        raise DecodeError("is empty: expected a header row with the column names")
+    return header
+
+
+def csv_items(path: Path, name: str) -> Iterator[Item]:
+    """One record (a {column: text} dict) per row, streamed; a row with more fields than the header is an error.
+    A file that stops parsing part-way gives one error item for the rest, after the rows read before it."""
+    with _open_text(path) as file:
+        reader = csv.DictReader(file)
+        row_number = 0
+        try:
+            for row_number, row in enumerate(reader, 1):
+                extra = row.get(None)  # type: ignore[call-overload,unused-ignore]  # DictReader puts extra fields under None
+                if extra:
+                    width = len(reader.fieldnames or ())
+                    message = f"has {width + len(extra)} fields, the header has {width}"
+                    yield Item(f"{name}#row{row_number}", error=DecodeError(message))
+                else:
+                    yield Item(f"{name}#row{row_number}", row)
+        except (csv.Error, UnicodeDecodeError) as exc:
+            yield Item(f"{name}#row{row_number + 1}", error=DecodeError(_csv_problem(exc)))
+
+
+def jsonl_items(path: Path, name: str) -> Iterator[Item]:
+    """One parsed JSON value per non-blank line, streamed; a line that is not JSON is an error item."""
+    with _open_text(path) as file:
+        try:
+            for line_number, line in enumerate(file, 1):
+                if line.strip():
+                    try:
+                        yield Item(f"{name}#line{line_number}", parse_json(line))
+                    except DecodeError as exc:
+                        yield Item(f"{name}#line{line_number}", error=exc)
+        except UnicodeDecodeError:
+            yield Item(f"{name}#line?", error=DecodeError("is not UTF-8 text"))
+
+
+def open_source(path: Path, config: ModelConfig) -> Source:
+    """The records of INPUT for a model with this config (what each kind of file holds depends on it)."""
+    if not path.exists():
+        raise NotFoundError(f"input '{path}': no such file or folder")
+    if isinstance(config.preprocess, ImageConfig):
+        return _Images(path)
+    return _Tables(path, _record_reader(config))
+
+
+# --- images --------------------------------------------------------------------------------------------------------
+
+
+class _Images:
+    """Image files, passed on as their paths: decoding happens in the pipeline, in the job's decoding threads."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._files = _files(root, suffixes=None)
+
+    def items(self) -> Iterator[Item]:
+        for path in self._files:
+            yield Item(_relative_name(path, self.root), str(path))
+
+    def count(self) -> int:
+        return len(self._files)
+
+
+# --- tables --------------------------------------------------------------------------------------------------------
+
+
+class _RecordReader(Protocol):
+    def __call__(self, path: Path, name: str) -> Iterator[Item]: ...
+
+
+class _Tables:
+    def __init__(self, root: Path, read: _RecordReader) -> None:
+        self.root = root
+        self._read = read
+        self._files = _files(root, suffixes=TABLE_SUFFIXES)
+        if not self._files:
+            raise InputError(f"input '{root}' holds no {', '.join(TABLE_SUFFIXES)} files")
+
+    def items(self) -> Iterator[Item]:
+        for path in self._files:
+            yield from self._file_items(path)
+
+    def count(self) -> int:
+        total = 0
+        for path in self._files:
+            known = _count_rows(path)
+            total += known if known is not None else sum(1 for _ in self._file_items(path))
+        return total
+
+    def _file_items(self, path: Path) -> Iterator[Item]:
+        name = _relative_name(path, self.root)
+        try:
+            yield from self._read(path, name)
+        except InputError as exc:  # a file that cannot be opened is one bad record, not the end of the job
+            yield Item(name, error=exc)
+
+
+def _record_reader(config: ModelConfig) -> _RecordReader:
+    if isinstance(config.preprocess, TextConfig):
+        return _texts
+    if isinstance(config.preprocess, TabularConfig):
+        return _records
+    return _arrays
+
+
+def _records(path: Path, name: str) -> Iterator[Item]:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return csv_items(path, name)
+    if suffix == ".parquet":
+        return _parquet_items(path, name)
+    if suffix in (".jsonl", ".ndjson"):
+        return jsonl_items(path, name)
+    return _unreadable(name, f"expected records (.csv, .parquet or .jsonl), got a '{suffix}' file")
+
+
+def _texts(path: Path, name: str) -> Iterator[Item]:
+    if path.suffix.lower() == ".txt":
+        return _text_lines(path, name)
+    return (_text_of(item) for item in _records(path, name))
+
+
+def _text_of(item: Item) -> Item:
+    if item.error is not None or isinstance(item.raw, str):
+        return item
+    if isinstance(item.raw, dict) and isinstance(item.raw.get(TEXT_FIELD), str):
+        return Item(item.name, item.raw[TEXT_FIELD])
+    return Item(item.name, error=DecodeError(f"expected a text, or a record with a '{TEXT_FIELD}' text field"))
+
+
+def _text_lines(path: Path, name: str) -> Iterator[Item]:
+    with _open_text(path) as file:
+        try:
+            for line_number, line in enumerate(file, 1):
+                if line.strip():
+                    yield Item(f"{name}#line{line_number}", line.rstrip("\r\n"))
+        except UnicodeDecodeError:
+            yield Item(f"{name}#line?", error=DecodeError("is not UTF-8 text"))
+
+
+def _arrays(path: Path, name: str) -> Iterator[Item]:
+    if path.suffix.lower() != ".npy":
+        return _unreadable(name, f"expected a .npy array (this model declares no preprocessing), got '{path.suffix}'")
+    try:
+        file = path.open("rb")
+    except OSError as exc:
+        raise InputError(f"'{path}': cannot read ({exc.strerror})") from None
+    try:
+        version = np.lib.format.read_magic(file)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(file)
+    except (ValueError, OSError, EOFError) as exc:
+        file.close()
+        return _unreadable(name, f"is not a readable .npy array of numbers ({exc})")
+    if not shape or fortran_order or dtype.hasobject:
+        file.close()
+        return _unreadable(name, "expected a C-ordered .npy array of numbers with one row per item")
+    return _npy_rows(file, name, shape, dtype)
+
+
+def _npy_rows(file: Any, name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> Iterator[Item]:
+    """Rows read a chunk at a time with plain reads (faster than faulting a memory map in page by page)."""
+    row_size = int(np.prod(shape[1:], dtype=np.int64))
+    chunk_rows = max(1, NPY_CHUNK_BYTES // max(1, row_size * dtype.itemsize))
+    with file:
+        for first in range(0, shape[0], chunk_rows):
+            count = min(chunk_rows, shape[0] - first)
+            chunk = np.fromfile(file, dtype=dtype, count=count * row_size)
+            if chunk.size != count * row_size:
+                yield Item(f"{name}#row{first + 1}", error=DecodeError("is truncated: fewer rows than its header says"))
+                return
+            for offset, row in enumerate(chunk.reshape(count, *shape[1:])):
+                yield Item(f"{name}#row{first + offset + 1}", row)
+
+
+def _parquet_items(path: Path, name: str) -> Iterator[Item]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        file = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        yield Item(name, error=DecodeError(f"is not a readable Parquet file ({exc})"))
+        return
+    numbers = itertools.count(1)
+    with file:
+        for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            for record in batch.to_pylist():
+                yield Item(f"{name}#row{next(numbers)}", record)
+
+
+def _count_rows(path: Path) -> int | None:
+    """Rows known without reading them (Parquet metadata, the .npy header); None where they must be read."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        if suffix == ".npy":
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+            return int(shape[0]) if shape else None
+    except Exception:  # unreadable: reading it counts its one error item
+        return None
+    return None
+
+
+def _unreadable(name: str, message: str) -> Iterator[Item]:
+    yield Item(name, error=DecodeError(message))
+
+
+# --- files ---------------------------------------------------------------------------------------------------------
+
+
+def _files(root: Path, suffixes: tuple[str, ...] | None) -> list[Path]:
+    """`root` itself if a file, else the files under it (recursive), sorted by relative path, hidden ones left out."""
+    if root.is_file():
+        return [root]
+    found = []
+    for path in root.rglob("*"):
+        relative = path.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        if suffixes is None or path.suffix.lower() in suffixes:
+            found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _relative_name(path: Path, root: Path) -> str:
+    return path.name if path == root else path.relative_to(root).as_posix()
+
+
+def _open_text(path: Path) -> Any:
+    try:
+        return path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise InputError(f"'{path}': cannot read ({exc.strerror})") from None
+
+
+def _csv_problem(exc: Exception) -> str:
+    return "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"is not valid CSV ({exc})"

@@ -1,0 +1,245 @@
+"""Batch jobs against `Model.predict` row by row: tables and image folders, every output format, bad records in the
+errors file with their reasons, every id exactly once, and the CLI's refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import forwardpass
+from forwardpass.errors import InputError
+from forwardpass.model import Model
+from forwardpass.modes.batch import BatchOptions, run_batch
+from forwardpass.modes.sinks import ERRORS_FILE, MANIFEST_FILE
+
+from .conftest import write_table
+
+FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
+
+
+def read_rows(output: Path, output_format: str = "parquet") -> list[dict[str, Any]]:
+    if output_format == "parquet":
+        return pq.read_table(output).to_pylist()  # the folder reads as one dataset: no other file gets in the way
+    rows: list[dict[str, Any]] = []
+    for part in sorted(output.glob(f"part-*.{output_format}")):
+        if output_format == "jsonl":
+            rows.extend(json.loads(line) for line in part.read_text(encoding="utf-8").splitlines())
+        else:
+            with part.open(newline="", encoding="utf-8") as file:
+                rows.extend(csv.DictReader(file))
+    return rows
+
+
+def read_errors(output: Path) -> dict[str, dict[str, str]]:
+    lines = (output / ERRORS_FILE).read_text(encoding="utf-8").splitlines()
+    return {error["id"]: error for error in map(json.loads, lines)}
+
+
+def assert_close(got: Any, expected: Any, where: str) -> None:
+    if isinstance(expected, dict):
+        assert set(got) >= set(expected), where
+        for key, value in expected.items():
+            assert_close(got[key], value, f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert len(got) == len(expected), where
+        for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+            assert_close(a, b, f"{where}[{i}]")
+    elif isinstance(expected, float):
+        assert got == pytest.approx(expected, rel=1e-5, abs=1e-7), where
+    else:
+        assert got == expected, where
+
+
+@pytest.fixture(scope="module")
+def tab_cls(repository: Path) -> Model:
+    return forwardpass.load("tab_cls", repository=repository)
+
+
+@pytest.fixture(scope="module")
+def img_cls(repository: Path) -> Model:
+    return forwardpass.load("img_cls", repository=repository)
+
+
+def test_table_rows_equal_model_predict_and_bad_records_land_in_the_errors_file(
+    tab_cls: Model, table: Path, tmp_path: Path
+):
+    summary = run_batch(tab_cls, table, tmp_path / "out", BatchOptions(part_size=500, batch_size=32))
+    rows = {row["id"]: row for row in read_rows(tmp_path / "out")}
+    errors = read_errors(tmp_path / "out")
+    with table.open(newline="", encoding="utf-8") as file:
+        records = list(csv.DictReader(file))
+    assert summary.records == len(records) == 3000
+    assert summary.rows == len(rows) and summary.errors == len(errors) == 30
+    assert not rows.keys() & errors.keys()
+    for number, record in enumerate(records, 1):
+        record_id = f"records.csv#row{number}"
+        if number % 97 == 0:
+            kind = (number // 97 - 1) % 3
+            reason = errors[record_id]["error"]
+            expected = ["missing column 'a'", "'not-a-number' is not a number", "has 5 fields, the header has 4"][kind]
+            assert expected in reason, (record_id, reason)
+            continue
+        row = rows[record_id]
+        assert row["model"] == "tab_cls" and row["version"] == "1"
+        assert_close(row, tab_cls.predict(record), record_id)
+
+
+def test_image_folder_rows_equal_model_predict(img_cls: Model, images: Path, tmp_path: Path):
+    summary = run_batch(img_cls, images, tmp_path / "out", BatchOptions(part_size=64, workers=2))
+    rows = {row["id"]: row for row in read_rows(tmp_path / "out")}
+    errors = read_errors(tmp_path / "out")
+    files = sorted(p for p in images.rglob("*") if p.is_file() and not p.name.startswith("."))
+    assert summary.records == len(files) == 303
+    assert set(errors) == {"group1/truncated.jpg", "group2/noise.png", "notes.txt"}
+    assert all(error["type"] == "DecodeError" for error in errors.values())
+    assert "not an image" in errors["group2/noise.png"]["error"]
+    assert len(rows) == 300
+    for path in files:
+        name = path.relative_to(images).as_posix()
+        if name not in errors:
+            assert_close(rows[name], img_cls.predict(path), name)
+
+
+@pytest.mark.parametrize("output_format", ["csv", "jsonl"])
+def test_every_format_holds_the_same_rows(tab_cls: Model, table: Path, tmp_path: Path, output_format: str):
+    run_batch(tab_cls, table, tmp_path / "parquet", BatchOptions(part_size=1000))
+    run_batch(tab_cls, table, tmp_path / "other", BatchOptions(output_format=output_format, part_size=1000))
+    expected = read_rows(tmp_path / "parquet")
+    got = read_rows(tmp_path / "other", output_format)
+    assert [row["id"] for row in got] == [row["id"] for row in expected]
+    for row, want in zip(got, expected, strict=True):
+        if output_format == "csv":  # CSV cells are text: numbers as written, lists as JSON
+            row = {**row, "index": int(row["index"]), "score": float(row["score"]), "top_k": json.loads(row["top_k"])}
+        assert_close(row, want, row["id"])
+
+
+def test_parquet_jsonl_and_a_folder_of_tables_read_like_csv(tab_cls: Model, tmp_path: Path):
+    values = np.random.default_rng(3).normal(size=(200, 3)).round(4)
+    good = [dict(zip("abc", map(float, row), strict=True)) for row in values]
+    folder = tmp_path / "tables"
+    (folder / "nested").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(good[:120]), folder / "first.parquet")
+    (folder / "nested" / "second.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in good[120:]) + "\n{broken\n", encoding="utf-8"
+    )
+    run_batch(tab_cls, folder, tmp_path / "out", BatchOptions(part_size=50))
+    rows = read_rows(tmp_path / "out")
+    assert [row["id"] for row in rows] == [f"first.parquet#row{i}" for i in range(1, 121)] + [
+        f"nested/second.jsonl#line{i}" for i in range(1, len(good) - 119)
+    ]
+    for row, record in zip(rows, good, strict=True):
+        assert_close(row, tab_cls.predict(record), row["id"])
+    errors = read_errors(tmp_path / "out")
+    assert list(errors) == [f"nested/second.jsonl#line{len(good) - 119}"]
+    assert "not valid JSON" in errors[f"nested/second.jsonl#line{len(good) - 119}"]["error"]
+
+
+def test_npy_rows_for_a_model_without_preprocessing(tmp_path: Path, add_model: Any):
+    model = forwardpass.load(add_model(tmp_path / "add.onnx", constant=2.0))
+    arrays = np.arange(40, dtype=np.float32).reshape(10, 4)
+    np.save(tmp_path / "rows.npy", arrays)
+    run_batch(model, tmp_path / "rows.npy", tmp_path / "out", BatchOptions(part_size=3))
+    rows = read_rows(tmp_path / "out")
+    assert [row["id"] for row in rows] == [f"rows.npy#row{i}" for i in range(1, 11)]
+    np.testing.assert_allclose([row["outputs"]["y"] for row in rows], arrays + 2.0)
+
+    whole = (tmp_path / "rows.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(whole[: len(whole) - 8])  # the last row lost its last two numbers
+    run_batch(model, tmp_path / "cut.npy", tmp_path / "cut", BatchOptions(part_size=3))
+    assert read_errors(tmp_path / "cut").keys() == {"cut.npy#row1"}  # one chunk: the whole of it is unreadable
+    assert "truncated" in read_errors(tmp_path / "cut")["cut.npy#row1"]["error"]
+
+
+def test_texts_from_txt_jsonl_and_csv_equal_model_predict(repository: Path, tmp_path: Path):
+    model = forwardpass.load("text_emb", repository=repository)
+    words = ["hello", "world", "cats", "dogs", "unknown"]
+    rng = np.random.default_rng(5)
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 6)))) for _ in range(60)]
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("\n".join(texts[:20]) + "\n\n", encoding="utf-8")  # the blank line is skipped
+    jsonl = [json.dumps(t) if i % 2 else json.dumps({"text": t}) for i, t in enumerate(texts[20:40])]
+    (folder / "b.jsonl").write_text("\n".join([*jsonl, json.dumps({"title": "no text"})]) + "\n", encoding="utf-8")
+    with (folder / "c.csv").open("w", newline="", encoding="utf-8") as file:
+        csv.writer(file).writerows([["text"], *([t] for t in texts[40:])])
+    run_batch(model, folder, tmp_path / "out", BatchOptions(part_size=16))
+    rows = read_rows(tmp_path / "out")
+    assert [row["id"] for row in rows] == (
+        [f"a.txt#line{i}" for i in range(1, 21)]
+        + [f"b.jsonl#line{i}" for i in range(1, 21)]
+        + [f"c.csv#row{i}" for i in range(1, 21)]
+    )
+    for row, text in zip(rows, texts, strict=True):
+        assert_close(row, model.predict(text), row["id"])
+    errors = read_errors(tmp_path / "out")
+    assert list(errors) == ["b.jsonl#line21"] and "'text' text field" in errors["b.jsonl#line21"]["error"]
+
+
+def run_cli(*args: str | Path, repository: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FORWARDPASS_REPOSITORY": str(repository), "NO_COLOR": "1"}
+    return subprocess.run([FORWARDPASS, "batch", *map(str, args)], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_runs_refuses_to_mix_jobs_and_stops_at_max_errors(repository: Path, table: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    done = run_cli("tab_cls", table, out, "--part-size", "1000", repository=repository)
+    assert done.returncode == 0, done.stderr
+    assert "3000 records: 2970 predictions, 30 errors" in done.stdout
+    again = run_cli("tab_cls", table, out, repository=repository)
+    assert again.returncode == 2 and "pass --resume" in again.stderr and "Traceback" not in again.stderr
+    other = run_cli("tab_cls", table, out, "--resume", "--part-size", "10", repository=repository)
+    assert other.returncode == 2 and "holds a different job" in other.stderr and "part_size=1000" in other.stderr
+    finished = run_cli("tab_cls", table, out, "--resume", "--part-size", "1000", repository=repository)
+    assert finished.returncode == 0 and "0 in" in finished.stdout  # nothing left to compute
+
+    stopped = tmp_path / "stopped"
+    too_many = run_cli("tab_cls", table, stopped, "--part-size", "500", "--max-errors", "4", repository=repository)
+    assert too_many.returncode == 2 and "more than --max-errors 4" in too_many.stderr
+    manifest = json.loads((stopped / MANIFEST_FILE).read_text(encoding="utf-8"))
+    assert [part["index"] for part in manifest["parts"]] == [0] and not manifest["finished"]
+    assert len(read_errors(stopped)) == 5  # the first part's, kept for the user to read
+    resumed = run_cli("tab_cls", table, stopped, "--resume", "--part-size", "500", "--max-errors", "-1",
+                      repository=repository)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_rows(stopped) == read_rows(out)
+
+    not_empty = run_cli("tab_cls", table, table.parent, repository=repository)
+    assert not_empty.returncode == 2 and "not empty" in not_empty.stderr
+
+
+def test_resume_refuses_an_input_that_changed(tab_cls: Model, tmp_path: Path):
+    table = tmp_path / "grows.csv"
+    write_table(table, 100)
+    run_batch(tab_cls, table, tmp_path / "out", BatchOptions(part_size=30))
+    write_table(table, 130)  # 30 more records: every part after them would be numbered differently
+    with pytest.raises(InputError, match="records=100"):
+        run_batch(tab_cls, table, tmp_path / "out", BatchOptions(part_size=30, resume=True))
+
+
+def test_a_run_killed_before_its_first_manifest_write_leaves_a_folder_that_starts_afresh(
+    tab_cls: Model, tmp_path: Path
+):
+    table = tmp_path / "rows.csv"
+    write_table(table, 50)
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / f".{MANIFEST_FILE}.tmp").write_bytes(b'{"job": ')  # the half-written temp file of that run
+    summary = run_batch(tab_cls, table, output, BatchOptions(part_size=20, resume=True))
+    assert (summary.records, summary.rows) == (50, 50)
+    assert sorted(p.name for p in output.iterdir()) == [
+        ERRORS_FILE,
+        MANIFEST_FILE,
+        "part-000000.parquet",
+        "part-000001.parquet",
+        "part-000002.parquet",
+    ]
