@@ -1,0 +1,227 @@
+"""Record streams: records arrive one by one (JSONL, CSV rows or lines of text, from a pipe or a growing file) and
+each answer is written the moment it is ready, in input order.
+
+    reader thread: lines ──► queue ──► main loop: the oldest record, plus whatever else is already waiting
+                                          (never waiting for more) ──► one forward pass ──► one JSON line per record
+
+A lone record is never held back for company: micro-batches form only from records that queued while the previous
+forward pass ran, so batching costs no latency at low rates and saves work at high ones. A record that cannot be
+parsed or predicted gets an error line of its own and the stream goes on.
+
+    {"line": 3, "prediction": {...}}           the record on input line 3 and the model's answer
+    {"line": 4, "error": "is not valid JSON"}  a record that failed alone
+"""
+
+from __future__ import annotations
+
+import csv
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import orjson
+
+from forwardpass.config import ModelConfig, TextConfig
+from forwardpass.errors import ConfigError, DecodeError, ForwardpassError
+from forwardpass.measure.stats import LatencySummary
+from forwardpass.model import Model
+from forwardpass.modes.sources import TEXT_FIELD, parse_json
+
+__all__ = ["FORMATS", "RecordFormat", "RecordParser", "StreamStats", "follow_lines", "guess_format", "run_stream"]
+
+RecordFormat = Literal["jsonl", "csv", "text"]
+FORMATS: tuple[RecordFormat, ...] = ("jsonl", "csv", "text")
+FOLLOW_POLL_S = 0.05  # how often a followed file is looked at again once its end is reached
+
+
+def guess_format(path: Path | None) -> RecordFormat:
+    """From the file's suffix; JSONL for stdin and anything unknown."""
+    suffix = path.suffix.lower() if path is not None else ""
+    if suffix == ".csv":
+        return "csv"
+    if suffix == ".txt":
+        return "text"
+    return "jsonl"
+
+
+class RecordParser:
+    """One input line → the raw item `Model.preprocess` takes. CSV's first line is its header, not a record."""
+
+    def __init__(self, record_format: RecordFormat, config: ModelConfig) -> None:
+        if record_format not in FORMATS:
+            raise ConfigError(f"unknown record format '{record_format}'; use one of {', '.join(FORMATS)}")
+        self.format = record_format
+        self._text_model = isinstance(config.preprocess, TextConfig)
+        self.header: list[str] | None = None
+
+    def is_header(self, line: str) -> bool:
+        """True for (and consumes) a CSV stream's first line."""
+        if self.format != "csv" or self.header is not None:
+            return False
+        self.header = _csv_fields(line)
+        if not self.header:
+            raise DecodeError("the first line of a CSV stream must name the columns")
+        return True
+
+    def parse(self, line: str) -> object:
+        if self.format == "text":
+            return line
+        if self.format == "csv":
+            assert self.header is not None, "is_header() sees the first line"
+            fields = _csv_fields(line)
+            if len(fields) != len(self.header):
+                raise DecodeError(f"has {len(fields)} fields, the header has {len(self.header)}")
+            record: object = dict(zip(self.header, fields, strict=True))
+        else:
+            record = parse_json(line)
+        if self._text_model and isinstance(record, dict):
+            if TEXT_FIELD not in record:
+                raise DecodeError(f"a text model's record needs a '{TEXT_FIELD}' field; it has {sorted(record)}")
+            return record[TEXT_FIELD]
+        return record
+
+
+def _csv_fields(line: str) -> list[str]:
+    try:
+        return next(csv.reader([line]), [])
+    except csv.Error as exc:
+        raise DecodeError(f"is not a CSV row ({exc})") from None
+
+
+def follow_lines(file: IO[str], stop: threading.Event, poll_s: float = FOLLOW_POLL_S) -> Iterator[str]:
+    """The lines of a file that keeps growing (`tail -f`): at its end, look again every `poll_s` until `stop` is set.
+    A last line still being written is held until its newline arrives."""
+    partial = ""
+    while not stop.is_set():
+        chunk = file.readline()
+        if not chunk:
+            stop.wait(poll_s)
+            continue
+        partial += chunk
+        if partial.endswith("\n"):
+            yield partial
+            partial = ""
+
+
+@dataclass
+class StreamStats:
+    """What `run_stream` did: records answered, errors among them, forward passes and the records they held,
+    per-record latency (from reading its line to writing its answer)."""
+
+    records: int = 0
+    errors: int = 0
+    batches: int = 0
+    batched_records: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    finished: float | None = None
+
+    def summary(self) -> str:
+        elapsed = (self.finished or time.perf_counter()) - self.started
+        rate = self.records / elapsed if elapsed > 0 else 0.0
+        line = f"{self.records} records ({self.errors} errors) in {elapsed:.2f} s, {rate:.1f} records/s"
+        if self.latencies_s:
+            latency = LatencySummary.of(self.latencies_s)
+            line += f"; latency ms p50 {latency.p50_ms:.2f} p99 {latency.p99_ms:.2f} max {latency.max_ms:.2f}"
+        if self.batches:
+            line += f"; forward passes {self.batches}, mean batch {self.batched_records / self.batches:.2f}"
+        return line
+
+
+@dataclass(slots=True)
+class _Record:
+    line: int
+    text: str
+    arrived: float
+
+
+def run_stream(
+    model: Model,
+    lines: Iterable[str],
+    write: Callable[[bytes], None],
+    *,
+    record_format: RecordFormat = "jsonl",
+    max_batch: int | None = None,
+    top_k: int | None = None,
+    stats: StreamStats | None = None,
+) -> StreamStats:
+    """Answer every record of `lines` (read in a thread of their own) with one JSON line given to `write`, in input
+    order, each as soon as its forward pass is done. Returns when `lines` ends; `stats` fills in as it goes."""
+    if model.config.sequence_batching is not None:
+        raise ConfigError(
+            f"model '{model.name}' keeps state per sequence: serve it (forwardpass serve) and stream its steps with "
+            "sequence ids over gRPC ModelStreamInfer or the WebSocket endpoint"
+        )
+    stats = stats if stats is not None else StreamStats()
+    parser = RecordParser(record_format, model.config)
+    limit = max_batch or model.batch_size
+    records: queue.Queue[_Record | None] = queue.Queue()
+    reader = threading.Thread(target=_read, args=(lines, records), name="forwardpass-stream-reader", daemon=True)
+    reader.start()
+    ended = False
+    while not ended:
+        first = records.get()
+        if first is None:
+            break
+        batch = [first]
+        while len(batch) < limit:  # only what is already waiting
+            try:
+                waiting = records.get_nowait()
+            except queue.Empty:
+                break
+            if waiting is None:
+                ended = True
+                break
+            batch.append(waiting)
+        _answer(model, parser, batch, write, top_k, stats)
+    stats.finished = time.perf_counter()
+    return stats
+
+
+def _read(lines: Iterable[str], records: queue.Queue[_Record | None]) -> None:
+    try:
+        for number, text in enumerate(lines, 1):
+            if text.strip():
+                records.put(_Record(number, text.rstrip("\r\n"), time.perf_counter()))
+    finally:
+        records.put(None)
+
+
+def _answer(
+    model: Model,
+    parser: RecordParser,
+    batch: list[_Record],
+    write: Callable[[bytes], None],
+    top_k: int | None,
+    stats: StreamStats,
+) -> None:
+    outcomes: dict[int, Any] = {}
+    raws: dict[int, object] = {}
+    for index, record in enumerate(batch):
+        try:
+            if parser.is_header(record.text):
+                continue
+            raws[index] = parser.parse(record.text)
+        except ForwardpassError as exc:
+            outcomes[index] = exc
+    if raws:
+        stats.batches += 1
+        stats.batched_records += len(raws)
+        for index, outcome in zip(raws, model.predict_each(list(raws.values()), top_k=top_k), strict=True):
+            outcomes[index] = outcome
+    for index, record in enumerate(batch):
+        if index not in outcomes:
+            continue  # the CSV header
+        outcome = outcomes[index]
+        if isinstance(outcome, ForwardpassError):
+            stats.errors += 1
+            answer: dict[str, Any] = {"line": record.line, "error": str(outcome)}
+        else:
+            answer = {"line": record.line, "prediction": outcome}
+        write(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE))
+        stats.records += 1
+        stats.latencies_s.append(time.perf_counter() - record.arrived)

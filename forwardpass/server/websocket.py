@@ -1,0 +1,135 @@
+"""The WebSocket transport: a stream of KServe V2 JSON inference requests to one model over one connection, for
+browsers and other clients without gRPC.
+
+    ws://host:port/v2/models/<model>/stream            (or /v2/models/<model>/versions/<version>/stream)
+    each message in:  {"id": "7", "inputs": [...], "outputs": [...], "parameters": {...}}   (a V2 infer request)
+    each message out: the V2 infer response, or {"id": "7", "error": "<one line>"}, in the order the requests came
+
+Requests run concurrently (so they can share batches) and are answered in order, as gRPC's ModelStreamInfer does; a
+bad request gets its error message and the stream goes on. Stateful models take `sequence_id`, `sequence_start`
+and `sequence_end` in `parameters`; a connection's steps reach the model in the order they were sent. With an auth
+token set, the handshake needs `Authorization: Bearer <token>`; without it the connection is refused (403).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from typing import TYPE_CHECKING, Any
+
+from starlette.routing import Router, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from forwardpass.errors import ForwardpassError, InputError
+from forwardpass.server.codec import decode_infer_request, decode_json, encode_infer_response, encode_json
+from forwardpass.server.types import InferRequest
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from forwardpass.server.dataplane import DataPlane
+    from forwardpass.server.settings import ServerSettings
+
+__all__ = ["STREAM_WINDOW", "with_websockets"]
+
+log = logging.getLogger(__name__)
+
+# Requests of one connection in flight at once: enough to fill batches, few enough to bound memory.
+STREAM_WINDOW = 64
+POLICY_VIOLATION = 1008  # the WebSocket close code for a refused handshake
+
+
+def with_websockets(app: ASGIApp, dataplane: DataPlane, settings: ServerSettings) -> ASGIApp:
+    """`app` for HTTP; WebSocket connections go to the stream endpoints."""
+    stream = _Stream(dataplane, settings)
+    sockets = Router(
+        routes=[
+            WebSocketRoute("/v2/models/{model}/stream", stream.serve),
+            WebSocketRoute("/v2/models/{model}/versions/{version}/stream", stream.serve),
+        ]
+    )
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        await (sockets if scope["type"] == "websocket" else app)(scope, receive, send)
+
+    return route
+
+
+class _Stream:
+    def __init__(self, dataplane: DataPlane, settings: ServerSettings) -> None:
+        self.dataplane = dataplane
+        self._expected = f"Bearer {settings.auth_token}".encode() if settings.auth_token else None
+
+    async def serve(self, websocket: WebSocket) -> None:
+        if self._expected is not None:
+            given = websocket.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, self._expected):
+                await websocket.close(POLICY_VIOLATION)
+                return
+        await websocket.accept()
+        name = websocket.path_params["model"]
+        version = websocket.path_params.get("version")
+        answers: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue(STREAM_WINDOW)
+        reader = asyncio.create_task(self._read(websocket, name, version, answers))
+        try:
+            while (answer := await answers.get()) is not None:
+                await websocket.send_text((await answer).decode())
+            await reader
+        except WebSocketDisconnect:
+            pass
+        finally:
+            reader.cancel()
+            while not answers.empty():
+                pending = answers.get_nowait()
+                if pending is not None:
+                    pending.cancel()
+
+    async def _read(
+        self, websocket: WebSocket, name: str, version: str | None, answers: asyncio.Queue[asyncio.Task[bytes] | None]
+    ) -> None:
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                body = message.get("bytes") or (message.get("text") or "").encode()
+                await answers.put(asyncio.create_task(self._answer(name, version, body)))
+        finally:
+            await answers.put(None)
+
+    async def _answer(self, name: str, version: str | None, body: bytes) -> bytes:
+        try:
+            request = _decode(body)
+        except ForwardpassError as error:
+            self.dataplane.metrics.failed(None, None, error)  # the data plane counts only what reaches it
+            return _error(_request_id(body), str(error))
+        try:
+            response = await self.dataplane.infer(name, version, request)
+            return encode_infer_response(response, request)[0]
+        except ForwardpassError as error:
+            text = str(error)
+        except Exception:
+            log.exception("WebSocket stream request %r to model '%s' failed", request.id, name)
+            text = "internal error; see the server log"
+        return _error(request.id, text)
+
+
+def _decode(body: bytes) -> InferRequest:
+    request = decode_infer_request(body, None)
+    if request.parameters.get("binary_data_output") is True or any(out.binary for out in request.outputs or ()):
+        raise InputError("over WebSocket every output is JSON: leave out binary_data / binary_data_output")
+    return request
+
+
+def _request_id(body: bytes) -> Any:
+    """The message's "id", when it is a JSON object with one: an answer to a bad request still names it."""
+    try:
+        document = decode_json(body)
+    except ForwardpassError:
+        return None
+    return document.get("id") if isinstance(document, dict) else None
+
+
+def _error(request_id: Any, text: str) -> bytes:
+    return encode_json({"id": request_id, "error": text} if request_id is not None else {"error": text})

@@ -1,0 +1,176 @@
+"""Record streams in process: a lone record is answered without waiting for company, records already waiting share
+a forward pass, order is kept, bad records fail alone, and every format parses as the model expects."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import yaml
+from onnx import TensorProto, helper, numpy_helper
+
+import forwardpass
+from forwardpass.config import ModelConfig
+from forwardpass.errors import ConfigError, DecodeError
+from forwardpass.model import Model
+from forwardpass.modes.stream import RecordParser, StreamStats, follow_lines, guess_format, run_stream
+from forwardpass.repository import default_repository
+
+WAIT_S = 30  # a step that never comes fails the test instead of hanging it
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Model]:
+    """A tabular regression: value = 2*a - b + 1, columns a and b (b imputed as 0 when missing)."""
+    folder = tmp_path_factory.mktemp("stream-model") / "affine"
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Add", ["y", "c"], ["value"])],
+        "affine",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[
+            numpy_helper.from_array(np.array([[2.0], [-1.0]], np.float32), "w"),
+            numpy_helper.from_array(np.array([1.0], np.float32), "c"),
+        ],
+    )
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx_model.ir_version = 8
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "model.onnx").write_bytes(onnx_model.SerializeToString())
+    config = {
+        "max_batch_size": 16,
+        "preprocess": {"kind": "tabular", "columns": [{"name": "a"}, {"name": "b", "impute": 0.0}]},
+        "postprocess": {"kind": "regression"},
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    loaded = forwardpass.load(folder)
+    yield loaded
+    loaded.close()
+
+
+class Answers:
+    """A `write` callback that keeps each answer and lets a test wait for the n-th."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, object]] = []
+        self.arrived: queue.Queue[int] = queue.Queue()
+
+    def __call__(self, line: bytes) -> None:
+        assert line.endswith(b"\n")
+        self.lines.append(orjson.loads(line))
+        self.arrived.put(len(self.lines))
+
+    def wait(self) -> int:
+        return self.arrived.get(timeout=WAIT_S)
+
+
+def test_a_lone_record_is_answered_before_the_next_one_is_even_read(model: Model) -> None:
+    """Each line is given only after the previous answer came: a stream that held a lone record back (waiting to
+    fill a batch) would never answer, and the test would fail on its timeout."""
+    answers = Answers()
+
+    def lines() -> Iterator[str]:
+        for a in range(6):
+            yield orjson.dumps({"a": a, "b": 1}).decode() + "\n"
+            assert answers.wait() == a + 1
+
+    stats = run_stream(model, lines(), answers)
+    assert [line["prediction"] for line in answers.lines] == [{"value": pytest.approx(2 * a - 1 + 1)} for a in range(6)]
+    assert (stats.records, stats.batches, stats.batched_records, stats.errors) == (6, 6, 6, 0)
+
+
+def test_records_already_waiting_share_forward_passes_and_keep_their_order(model: Model) -> None:
+    """The first answer is held until every line is queued: the records behind it then go in batches of at most
+    --max-batch, and answers still come in input order."""
+    queued = threading.Event()
+
+    def lines() -> Iterator[str]:
+        for a in range(40):
+            yield orjson.dumps({"a": a}).decode() + "\n"
+        queued.set()
+
+    answers: list[dict[str, object]] = []
+
+    def write(line: bytes) -> None:
+        assert queued.wait(WAIT_S)
+        answers.append(orjson.loads(line))
+
+    stats = run_stream(model, lines(), write, max_batch=16)
+    assert [answer["line"] for answer in answers] == list(range(1, 41))
+    assert [answer["prediction"] for answer in answers] == [{"value": pytest.approx(2 * a + 1)} for a in range(40)]
+    assert stats.batches <= 1 + 3  # the first record's pass, then 39 waiting records in passes of <= 16
+    assert stats.batched_records == 40
+
+
+def test_bad_records_get_an_error_line_and_the_stream_goes_on(model: Model) -> None:
+    lines = ['{"a": 1}\n', "not json\n", "\n", '{"a": "abc"}\n', "[1, 2]\n", '{"a": 2, "b": 3}\n']
+    answers = Answers()
+    stats = run_stream(model, lines, answers)
+    by_line = {answer["line"]: answer for answer in answers.lines}
+    assert sorted(by_line) == [1, 2, 4, 5, 6]  # the blank line is not a record
+    assert by_line[1]["prediction"] == {"value": pytest.approx(3.0)}
+    assert "is not valid JSON" in str(by_line[2]["error"])
+    assert "'abc' is not a number" in str(by_line[4]["error"])
+    assert "expected a record" in str(by_line[5]["error"])
+    assert by_line[6]["prediction"] == {"value": pytest.approx(2.0)}
+    assert (stats.records, stats.errors) == (5, 3)
+    assert "5 records (3 errors)" in stats.summary() and "records/s" in stats.summary()
+    assert "latency ms p50" in stats.summary()
+
+
+def test_csv_streams_start_with_their_header(model: Model) -> None:
+    answers = Answers()
+    run_stream(model, ["b,a\n", "1,2\n", "0,5\n", "1,2,3\n"], answers, record_format="csv")
+    assert answers.lines[:2] == [
+        {"line": 2, "prediction": {"value": pytest.approx(4.0)}},
+        {"line": 3, "prediction": {"value": pytest.approx(11.0)}},
+    ]
+    assert answers.lines[2] == {"line": 4, "error": "has 3 fields, the header has 2"}
+
+
+def test_the_parser_reads_text_and_text_records_for_text_models() -> None:
+    text_model = ModelConfig.from_dict({"preprocess": {"kind": "text"}})
+    assert RecordParser("text", text_model).parse("hello, world") == "hello, world"
+    jsonl = RecordParser("jsonl", text_model)
+    assert jsonl.parse('"plain string"') == "plain string"
+    assert jsonl.parse('{"text": "in a record", "id": 4}') == "in a record"
+    with pytest.raises(DecodeError, match="needs a 'text' field"):
+        jsonl.parse('{"body": "x"}')
+    assert (guess_format(Path("a.csv")), guess_format(Path("b.txt")), guess_format(None)) == ("csv", "text", "jsonl")
+
+
+def test_follow_lines_waits_for_growth_and_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "growing.jsonl"
+    path.write_text('{"a": 1}\n{"a"')
+    stop = threading.Event()
+    seen: queue.Queue[str] = queue.Queue()
+    with path.open(encoding="utf-8") as file:
+        reader = threading.Thread(target=lambda: [seen.put(line) for line in follow_lines(file, stop, poll_s=0.01)])
+        reader.start()
+        assert seen.get(timeout=WAIT_S) == '{"a": 1}\n'
+        with path.open("a", encoding="utf-8") as appender:
+            appender.write(': 2}\n{"a": 3}\n')
+        assert seen.get(timeout=WAIT_S) == '{"a": 2}\n'  # the half-written line, once whole
+        assert seen.get(timeout=WAIT_S) == '{"a": 3}\n'
+        stop.set()
+        reader.join(timeout=WAIT_S)
+    assert not reader.is_alive()
+
+
+def test_stats_summary_before_any_record() -> None:
+    assert StreamStats().summary().startswith("0 records (0 errors)")
+
+
+def test_a_stateful_model_is_sent_to_the_server() -> None:
+    folder = default_repository() / "silero_vad"
+    if not (folder / "1").is_dir():
+        pytest.skip("bundled model silero_vad is not built (make models)")
+    stateful = forwardpass.load(folder, warmup=0)
+    with pytest.raises(ConfigError, match="keeps state per sequence: serve it"):
+        run_stream(stateful, ['{"audio": [0.0]}\n'], lambda line: None)
+    stateful.close()
