@@ -1,0 +1,18 @@
+"""Token-sequence generation for decoder language models exported to ONNX with a KV cache: export, sampling,
+incremental detokenization and the continuous-batching decode loop."""
+
+from forwardpass.generation.engine import Generator, Listener, Ticket, TokenEvent
+from forwardpass.generation.loader import open_generator
+from forwardpass.generation.sampling import SamplingParams
+from forwardpass.generation.text import IncrementalText, TextCodec
+
+__all__ = [
+    "Generator",
+    "IncrementalText",
+    "Listener",
+    "SamplingParams",
+    "TextCodec",
+    "Ticket",
+    "TokenEvent",
+    "open_generator",
+]

@@ -1,0 +1,269 @@
+"""Continuous batching: one thread runs the decode loop of a model; requests join the running batch at the next
+step and leave it as soon as they finish, so a long generation never holds up a short one.
+
+Each step: admit waiting requests (their prompts run together once, left-padded; each one's first token is sampled
+at once, then their caches join the batch), run one decode step for the whole batch (one new token per sequence),
+choose each sequence's token, tell its listener, and drop the sequences that finished or were cancelled. Listeners
+are called on the loop's thread; `tokens` (blocking) and `stream` (asyncio) turn them into iterators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from forwardpass.backends.base import Session
+from forwardpass.config import GenerationConfig
+from forwardpass.errors import ForwardpassError, InputError, Overloaded
+from forwardpass.generation.decoder import BatchCache, DecoderLayout
+from forwardpass.generation.sampling import SamplingParams, sample
+from forwardpass.generation.text import TextCodec
+
+__all__ = ["Generator", "Listener", "Ticket", "TokenEvent"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    token_id: int
+    finish_reason: str | None  # None while the sequence goes on; "stop" (an end token) or "length" (the limit)
+
+
+Listener = Callable[[TokenEvent | ForwardpassError], object]
+
+
+class Ticket:
+    """A submitted request. `cancel()` takes it out of the batch at the next step (a client that went away)."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Sequence:
+    __slots__ = ("last", "limit", "listener", "params", "position", "produced", "prompt", "rng", "stops", "ticket")
+
+    def __init__(self, prompt: list[int], params: SamplingParams, listener: Listener, limit: int, stops: set[int]):
+        self.prompt = prompt
+        self.params = params
+        self.listener = listener
+        self.limit = limit
+        self.stops = stops
+        self.ticket = Ticket()
+        self.rng = np.random.default_rng(params.seed)
+        self.produced = 0
+        self.last = -1
+        self.position = len(prompt)
+
+
+class Generator:
+    """Token generation for one decoder session, with continuous batching."""
+
+    def __init__(self, session: Session, config: GenerationConfig, codec: TextCodec, name: str) -> None:
+        self.session = session
+        self.config = config
+        self.codec = codec
+        self.name = name
+        self.layout = DecoderLayout.of(session, name)
+        self._pending: deque[_Sequence] = deque()
+        self._condition = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        # what the loop did, for tests and benchmarks: decode steps, rows they decoded, the largest batch
+        self.steps = 0
+        self.rows_decoded = 0
+        self.peak_rows = 0
+
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        """A prompt as token ids: text is tokenized; ids are checked against the vocabulary."""
+        if isinstance(prompt, str):
+            return self.codec.encode(prompt)
+        if not prompt:
+            raise InputError("the prompt is empty")
+        vocab = self.codec.vocab_size
+        bad = [token for token in prompt if not 0 <= token < vocab]
+        if bad:
+            raise InputError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        return list(prompt)
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, listener: Listener) -> Ticket:
+        """Queue a request; its listener hears every token (the last with a finish reason) or one error."""
+        room = self.config.context_length - len(prompt_ids)
+        if room < 1:
+            raise InputError(
+                f"the prompt has {len(prompt_ids)} tokens; model '{self.name}' holds {self.config.context_length}"
+            )
+        limit = min(params.max_new_tokens or self.config.max_new_tokens, room)
+        stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.config.eos_token_ids))
+        sequence = _Sequence(prompt_ids, params, listener, limit, stops)
+        with self._condition:
+            if self._closed:
+                raise Overloaded(f"model '{self.name}' is shutting down; retry on another instance")
+            if len(self._pending) >= self.config.max_queue_size:
+                raise Overloaded(f"model '{self.name}' has {len(self._pending)} generations waiting, its limit")
+            self._pending.append(sequence)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=f"generate-{self.name}", daemon=True)
+                self._thread.start()
+            self._condition.notify()
+        return sequence.ticket
+
+    def tokens(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[TokenEvent]:
+        """The tokens as they come (blocking). The request is queued now: a refusal raises here, not on iteration."""
+        events: queue.SimpleQueue[TokenEvent | ForwardpassError] = queue.SimpleQueue()
+        return _drain(events.get, self.submit(prompt_ids, params, events.put))
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
+        """The tokens as they come, on the running asyncio loop; leaving the iteration early cancels the request.
+        The request is queued now: a refusal raises here, not on iteration."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[TokenEvent | ForwardpassError] = asyncio.Queue()
+        ticket = self.submit(prompt_ids, params, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        return _drain_async(events, ticket)
+
+    def close(self) -> None:
+        """Stop the loop; requests still running or waiting get an error."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        self._fail(list(self._pending), Overloaded(f"model '{self.name}' was unloaded during the generation"))
+        self._pending.clear()
+
+    # the loop's thread
+
+    def _loop(self) -> None:
+        cache = BatchCache(self.layout)
+        active: list[_Sequence] = []
+        while True:
+            with self._condition:
+                while not self._pending and not active and not self._closed:
+                    self._condition.wait()
+                if self._closed:
+                    break
+                room = self.config.max_batch_size - len(active)
+                joining = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+            try:
+                joining = [sequence for sequence in joining if not sequence.ticket.cancelled]
+                if joining:
+                    self._prefill(joining, cache, active)
+                if active:
+                    self._decode(cache, active)
+            except Exception as exc:
+                if not isinstance(exc, ForwardpassError):
+                    log.exception("generation step of model '%s' failed", self.name)
+                    exc = ForwardpassError(f"model '{self.name}': the generation step failed: {exc}")
+                self._fail([*active, *(sequence for sequence in joining if sequence not in active)], exc)
+                active.clear()
+                cache = BatchCache(self.layout)
+        self._fail(active, Overloaded(f"model '{self.name}' was unloaded during the generation"))
+
+    def _prefill(self, joining: list[_Sequence], cache: BatchCache, active: list[_Sequence]) -> None:
+        """Run the new prompts together (left-padded), emit each one's first token, and add those that go on to
+        the batch."""
+        width = max(len(sequence.prompt) for sequence in joining)
+        ids = np.zeros((len(joining), width), np.int64)
+        mask = np.zeros((len(joining), width), np.int64)
+        for row, sequence in enumerate(joining):
+            ids[row, width - len(sequence.prompt) :] = sequence.prompt
+            mask[row, width - len(sequence.prompt) :] = 1
+        feed = dict(zip(self.layout.past, self.layout.empty(len(joining)), strict=True))
+        feed.update(input_ids=ids, attention_mask=mask, position_ids=np.maximum(mask.cumsum(axis=1) - 1, 0))
+        outputs = self.session.run(feed)
+        logits = outputs["logits"][:, -1]
+        going_on = []
+        for row, sequence in enumerate(joining):
+            params = sequence.params
+            token = int(logits[row].argmax()) if params.greedy else sample(logits[row], params, sequence.rng)
+            if self._emit(sequence, token):
+                going_on.append(row)
+        first_new = cache.rows
+        cache.join(outputs, mask)
+        if len(going_on) < len(joining):
+            cache.keep([*range(first_new), *(first_new + row for row in going_on)])
+        active.extend(joining[row] for row in going_on)
+
+    def _decode(self, cache: BatchCache, active: list[_Sequence]) -> None:
+        """One token for every sequence of the batch."""
+        feed = cache.step_inputs()
+        feed["input_ids"] = np.asarray([[sequence.last] for sequence in active], np.int64)
+        feed["position_ids"] = np.asarray([[sequence.position] for sequence in active], np.int64)
+        outputs = self.session.run(feed)
+        self.steps += 1
+        self.rows_decoded += len(active)
+        self.peak_rows = max(self.peak_rows, len(active))
+        cache.advance(outputs, feed["attention_mask"])
+        logits = outputs["logits"][:, -1]
+        best = logits.argmax(axis=-1)
+        keep = []
+        for row, sequence in enumerate(active):
+            sequence.position += 1
+            if sequence.ticket.cancelled:
+                continue
+            params = sequence.params
+            token = int(best[row]) if params.greedy else sample(logits[row], params, sequence.rng)
+            if self._emit(sequence, token):
+                keep.append(row)
+        if len(keep) < len(active):
+            cache.keep(keep)
+            active[:] = [active[row] for row in keep]
+
+    def _emit(self, sequence: _Sequence, token: int) -> bool:
+        """Tell the listener; True while the sequence goes on."""
+        sequence.produced += 1
+        sequence.last = token
+        reason = "stop" if token in sequence.stops else "length" if sequence.produced >= sequence.limit else None
+        try:
+            sequence.listener(TokenEvent(token, reason))
+        except RuntimeError:  # the listener's event loop has closed: nobody is waiting any more
+            return False
+        return reason is None
+
+    def _fail(self, sequences: list[_Sequence], error: ForwardpassError) -> None:
+        for sequence in sequences:
+            try:
+                sequence.listener(error)
+            except RuntimeError:
+                continue
+
+
+def _drain(get: Callable[[], TokenEvent | ForwardpassError], ticket: Ticket) -> Iterator[TokenEvent]:
+    try:
+        while True:
+            event = get()
+            if isinstance(event, ForwardpassError):
+                raise event
+            yield event
+            if event.finish_reason is not None:
+                return
+    finally:
+        ticket.cancel()
+
+
+async def _drain_async(
+    events: asyncio.Queue[TokenEvent | ForwardpassError], ticket: Ticket
+) -> AsyncIterator[TokenEvent]:
+    try:
+        while True:
+            event = await events.get()
+            if isinstance(event, ForwardpassError):
+                raise event
+            yield event
+            if event.finish_reason is not None:
+                return
+    finally:
+        ticket.cancel()

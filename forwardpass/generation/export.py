@@ -1,0 +1,221 @@
+"""Hugging Face causal language models (a folder, or a GGUF file) → an ONNX decoder with its KV cache, as a model
+folder forwardpass serves: `config.yaml` (with its `generation:` section), `tokenizer.json`, `1/model.onnx` and
+`1/model.json` (how it was made, with the measured parity).
+
+The graph takes `input_ids`, `attention_mask` (past + new tokens), `position_ids` and `past_key_values.<i>.key|value`
+[batch, heads, past, head_dim]; it gives `logits` of the last position only and `present.<i>.key|value` (past + new).
+Explicit position ids and a full attention mask let one batch hold sequences of different lengths, left-padded.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+import tempfile
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import yaml
+
+from forwardpass.errors import ConfigError
+from forwardpass.formats.base import require
+from forwardpass.formats.torch import import_torch
+
+__all__ = ["EXTRA", "export_decoder", "is_causal_lm"]
+
+EXTRA = "huggingface"
+ONNX_FILE = "model.onnx"
+FIXED_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+def is_causal_lm(path: Path) -> bool:
+    """A GGUF file, or a Hugging Face folder whose architecture ends in ...ForCausalLM or ...LMHeadModel."""
+    if path.is_file():
+        return path.suffix == ".gguf"
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    architectures = config.get("architectures") or [] if isinstance(config, dict) else []
+    return any(str(name).endswith(("ForCausalLM", "LMHeadModel")) for name in architectures)
+
+
+def export_decoder(source: Path, destination: Path, *, opset: int = 17, tolerance: float = 1e-3) -> Path:
+    """Export `source` (a Hugging Face folder or a .gguf file) into the model folder `destination`; returns it.
+    The export is checked against transformers on a padded batch (prefill, then a decode step) before it is kept."""
+    torch = import_torch(EXTRA)
+    transformers = require("transformers", EXTRA)
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    model, tokenizer_json = _load(transformers, source)
+    decoder = _decoder_module(torch, transformers, model)
+    names = decoder.names
+    example = decoder.example(batch=2, past=3, new=4)
+    destination.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=destination, prefix=".exporting-") as work:
+        staged = Path(work) / ONNX_FILE
+        dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "position_ids": {0: "batch", 1: "sequence"}}
+        dynamic["attention_mask"] = {0: "batch", 1: "total"}
+        dynamic["logits"] = {0: "batch"}
+        dynamic.update({name: {0: "batch", 2: "past"} for name in names.past})
+        dynamic.update({name: {0: "batch", 2: "total"} for name in names.present})
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but honours the opset
+            try:
+                torch.onnx.export(
+                    decoder,
+                    tuple(example),
+                    str(staged),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=[*FIXED_INPUTS, *names.past],
+                    output_names=["logits", *names.present],
+                    dynamic_axes=dynamic,
+                )
+            except Exception as exc:  # the exporter raises many kinds for unsupported operators
+                raise ConfigError(f"{source}: torch.onnx cannot export this decoder: {exc}") from None
+        parity = _parity(torch, decoder, staged, tolerance, source)
+        version_folder = destination / "1"
+        version_folder.mkdir(exist_ok=True)
+        shutil.move(staged, version_folder / ONNX_FILE)
+    (destination / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+    config = {
+        "description": f"{type(model).__name__} decoder with its KV cache, exported by forwardpass from {source.name}",
+        "max_batch_size": 0,  # /infer runs one request as given; generation batches sequences itself
+        "engine": {"warmup": 0},
+        "generation": {
+            "tokenizer": "tokenizer.json",
+            "eos_token_ids": _eos_token_ids(model),
+            "context_length": _context_length(model.config),
+        },
+    }
+    (destination / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    provenance = {
+        "source": str(source),
+        "made": datetime.now(UTC).isoformat(timespec="seconds"),
+        "exporter": "torch.onnx.export(dynamo=False)",
+        "opset": opset,
+        "tool_versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "parity": parity,
+    }
+    (destination / "1" / "model.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
+    return destination
+
+
+def _load(transformers: ModuleType, source: Path) -> tuple[Any, str]:
+    """The model in FP32 with eager attention (the plainest graph), and its tokenizer as tokenizer.json text."""
+    if not source.exists():
+        raise ConfigError(f"no Hugging Face folder or GGUF file at '{source}'")
+    if not is_causal_lm(source):
+        raise ConfigError(f"{source}: not a causal language model (a ...ForCausalLM folder or a .gguf file)")
+    folder, options = (source.parent, {"gguf_file": source.name}) if source.is_file() else (source, {})
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(folder), local_files_only=True, attn_implementation="eager", dtype="float32", **options
+        )
+    except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for files it cannot read
+        raise ConfigError(f"{source}: transformers cannot load this model: {exc}") from None
+    tokenizer_file = folder / "tokenizer.json"
+    if not options and tokenizer_file.is_file():
+        return model.eval(), tokenizer_file.read_text(encoding="utf-8")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True, **options)
+        return model.eval(), tokenizer.backend_tokenizer.to_str()
+    except Exception as exc:  # as above
+        raise ConfigError(f"{source}: no fast tokenizer to save as tokenizer.json: {exc}") from None
+
+
+class _Names:
+    def __init__(self, layers: int) -> None:
+        self.past = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+        self.present = [name.replace("past_key_values", "present") for name in self.past]
+
+
+def _decoder_module(torch: ModuleType, transformers: ModuleType, model: Any) -> Any:
+    cache_class = transformers.DynamicCache
+    accepted = inspect.signature(model.forward).parameters
+    cache_argument = "cache" if "cache" in accepted else "past_key_values"
+    with torch.no_grad():  # one probe pass: how many layers, and each layer's cache shape
+        probe = model(input_ids=torch.zeros((1, 1), dtype=torch.long), use_cache=True)
+    probe_cache = getattr(probe, cache_argument, None) or probe.past_key_values
+    shapes = [(layer.keys.shape[1], layer.keys.shape[3], layer.values.shape[3]) for layer in probe_cache.layers]
+
+    class Decoder(torch.nn.Module):  # type: ignore[name-defined]
+        """Flat tensors in and out: what the ONNX exporter and ONNX Runtime want."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.names = _Names(len(shapes))
+
+        def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, *past: Any) -> tuple[Any, ...]:
+            pairs = [(past[2 * i], past[2 * i + 1]) for i in range(len(shapes))]
+            cache = cache_class(ddp_cache_data=pairs, config=self.model.config)
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache_argument: cache},
+            )
+            present = getattr(out, cache_argument, None) or out.past_key_values
+            return (out.logits, *[t for layer in present.layers for t in (layer.keys, layer.values)])
+
+        def example(self, batch: int, past: int, new: int, seed: int = 0) -> list[Any]:
+            """Inputs for `batch` sequences with `past` cached and `new` new tokens; the first row left-padded."""
+            generator = torch.Generator().manual_seed(seed)
+            vocab = int(self.model.config.vocab_size)
+            ids = torch.randint(0, vocab, (batch, new), generator=generator)
+            mask = torch.ones((batch, past + new), dtype=torch.long)
+            mask[0, : min(2, past + new - 1)] = 0
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
+            cache = []
+            for heads, key_dim, value_dim in shapes:
+                cache.append(torch.randn((batch, heads, past, key_dim), generator=generator))
+                cache.append(torch.randn((batch, heads, past, value_dim), generator=generator))
+            return [ids, mask, positions, *cache]
+
+    return Decoder().eval()
+
+
+def _parity(torch: ModuleType, decoder: Any, onnx_path: Path, tolerance: float, source: Path) -> dict[str, Any]:
+    """Prefill of a padded batch with an empty cache, then one decode step: the largest difference of any output."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_names = [arg.name for arg in session.get_inputs()]
+    worst = 0.0
+    for batch, past, new in ((3, 0, 7), (2, 5, 1)):
+        example = decoder.example(batch, past, new, seed=1)
+        with torch.no_grad():
+            expected = [t.numpy() for t in decoder(*example)]
+        got = session.run(None, {name: t.numpy() for name, t in zip(input_names, example, strict=True)})
+        worst = max(worst, *(float(np.abs(e - g).max()) for e, g in zip(expected, got, strict=True)))
+    if not worst <= tolerance:
+        raise ConfigError(f"{source}: the ONNX decoder differs from transformers by {worst:.3g} (> {tolerance})")
+    return {"max_abs_diff": worst, "tolerance": tolerance, "cases": "prefill 3x7 (padded), decode 2x(5+1)"}
+
+
+def _eos_token_ids(model: Any) -> list[int]:
+    vocab = int(model.config.vocab_size)
+    found: list[int] = []
+    for holder in (getattr(model, "generation_config", None), model.config):
+        value = getattr(holder, "eos_token_id", None)
+        for token in value if isinstance(value, list) else [value]:
+            if isinstance(token, int) and 0 <= token < vocab and token not in found:
+                found.append(token)
+    return found
+
+
+def _context_length(config: Any) -> int:
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 1:
+            return value
+    return 2048

@@ -1,0 +1,63 @@
+"""How the next token is chosen from the logits: greedy, or sampled with temperature, top-k and top-p (in that
+order, as transformers applies them), from a random generator of the request's own (seeded: reproducible whatever
+else shares the batch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from forwardpass.errors import InputError
+
+__all__ = ["SamplingParams", "sample"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """One request's choices. `temperature` 0 is greedy; `max_new_tokens` None takes the model's default."""
+
+    max_new_tokens: int | None = None
+    temperature: float = 0.0
+    top_k: int = 0  # 0: every token
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = field(default=())
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise InputError(f"temperature must be 0 (greedy) or more, got {self.temperature}")
+        if self.top_k < 0:
+            raise InputError(f"top_k must be 0 (off) or more, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and self.seed < 0:
+            raise InputError(f"seed must be a non-negative integer, got {self.seed}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    """One token id from one row of logits [vocab]."""
+    scaled = logits.astype(np.float64) / params.temperature
+    if 0 < params.top_k < scaled.shape[0]:
+        kth = np.partition(scaled, -params.top_k)[-params.top_k]
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    probabilities = np.exp(scaled - scaled.max())
+    probabilities /= probabilities.sum()
+    if params.top_p < 1:
+        order = np.argsort(-probabilities, kind="stable")
+        cumulative = np.cumsum(probabilities[order])
+        # keep the most likely tokens up to and including the one that reaches top_p
+        keep = order[: int(np.searchsorted(cumulative, params.top_p)) + 1]
+        kept = np.zeros_like(probabilities)
+        kept[keep] = probabilities[keep]
+        probabilities = kept / kept.sum()
+    cumulative = np.cumsum(probabilities)
+    index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    return min(index, probabilities.shape[0] - 1)

@@ -1,0 +1,63 @@
+"""The model's tokenizer: text → token ids for the prompt, and token ids → text as they come (incrementally, so that
+a character split over several tokens appears whole, once)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from forwardpass.errors import ConfigError, InputError
+
+__all__ = ["IncrementalText", "TextCodec"]
+
+
+class TextCodec:
+    def __init__(self, path: Path) -> None:
+        from tokenizers import Tokenizer
+
+        try:
+            self._tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises plain Exception for missing or malformed files
+            raise ConfigError(f"{path}: not a readable tokenizer.json: {exc}") from None
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        self.vocab_size = self._tokenizer.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self._tokenizer.encode(text).ids
+        if not ids:
+            raise InputError("the prompt is empty: it encodes to no tokens")
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        text: str = self._tokenizer.decode(ids, skip_special_tokens=True)
+        return text
+
+    def incremental(self) -> IncrementalText:
+        return IncrementalText(self)
+
+
+class IncrementalText:
+    """Token ids in, new text out. Decodes a short window (the last settled token onwards), not the whole output:
+    O(1) per token. Text ending in an incomplete character (U+FFFD) waits for the next token."""
+
+    def __init__(self, codec: TextCodec) -> None:
+        self._codec = codec
+        self.ids: list[int] = []
+        self._prefix = 0  # start of the window
+        self._read = 0  # tokens whose text has been given out
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        return self._advance(final=False)
+
+    def flush(self) -> str:
+        """The text still held back (an incomplete character at the very end)."""
+        return self._advance(final=True)
+
+    def _advance(self, final: bool) -> str:
+        settled = self._codec.decode(self.ids[self._prefix : self._read])
+        current = self._codec.decode(self.ids[self._prefix :])
+        if len(current) <= len(settled) or (current.endswith("\ufffd") and not final):
+            return ""
+        self._prefix, self._read = self._read, len(self.ids)
+        return current[len(settled) :]

@@ -1,0 +1,63 @@
+"""`forwardpass generate`, the real command: the streamed text and the --json answer agree with transformers'
+greedy ids; a Hugging Face folder is exported once and cached; a model that is not a decoder is one error line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from forwardpass.generation import TextCodec
+
+FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([FORWARDPASS, "generate", *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def test_json_answer_equals_transformers(exported: Path, reference) -> None:
+    done = run(exported, "The quick brown fox", "-n", "12", "--json")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    codec = TextCodec(exported / "tokenizer.json")
+    assert answer["token_ids"] == reference(codec.encode("The quick brown fox"), 12)
+    assert answer["text"] == codec.decode(answer["token_ids"])
+    assert answer["prompt_tokens"] == len(codec.encode("The quick brown fox"))
+
+
+def test_streamed_text_is_the_decoded_tokens(exported: Path) -> None:
+    plain = json.loads(run(exported, "Where is", "-n", "10", "--json").stdout)
+    done = run(exported, "Where is", "-n", "10")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == plain["text"] + "\n"
+    assert f"{len(plain['token_ids'])} tokens in" in done.stderr and "first after" in done.stderr
+
+
+def test_hugging_face_folder_is_exported_once(hf_folder: Path, tmp_path: Path, reference) -> None:
+    import shutil
+
+    folder = Path(shutil.copytree(hf_folder, tmp_path / "hf"))
+    first = run(folder, "Hi", "-n", "5", "--json")
+    assert first.returncode == 0, first.stderr
+    onnx = folder / ".forwardpass" / "decoder" / "1" / "model.onnx"
+    made = onnx.stat().st_mtime_ns
+    again = run(folder, "Hi", "-n", "5", "--json")
+    assert onnx.stat().st_mtime_ns == made
+    assert json.loads(first.stdout)["token_ids"] == json.loads(again.stdout)["token_ids"]
+    codec = TextCodec(folder / "tokenizer.json")
+    assert json.loads(first.stdout)["token_ids"] == reference(codec.encode("Hi"), 5)
+    exported = run(folder, "Hi", "-n", "5", "--json", "--export-to", tmp_path / "repository" / "gpt2")
+    assert exported.returncode == 0, exported.stderr
+    from_repository = run("gpt2", "Hi", "-n", "5", "--json", "-r", tmp_path / "repository")
+    assert json.loads(from_repository.stdout)["token_ids"] == json.loads(first.stdout)["token_ids"]
+
+
+def test_errors_are_one_line(tmp_path: Path, add_model) -> None:
+    add_model(tmp_path / "add" / "1" / "model.onnx")
+    done = run(tmp_path / "add", "Hi")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "not a decoder with a KV cache" in done.stderr
+    bad = run(tmp_path / "add", "Hi", "--top-p", "1.5")
+    assert bad.returncode == 2
