@@ -1,0 +1,57 @@
+"""The one number an explanation explains, computed for many rows at once: a regression's value (target scaling
+undone) or one class's probability."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from forwardpass.config import ClassificationConfig, RegressionConfig
+from forwardpass.errors import ConfigError
+from forwardpass.model import Model
+
+__all__ = ["scalar_outputs", "target_of"]
+
+
+def target_of(model: Model, prediction: dict[str, object]) -> tuple[int, str]:
+    """(class index, what is explained): the predicted class's probability, or the regression value."""
+    if isinstance(model.config.postprocess, ClassificationConfig):
+        index = int(prediction["index"])  # type: ignore[call-overload]
+        return index, f"P({prediction['label']})"
+    if isinstance(model.config.postprocess, RegressionConfig):
+        return 0, "value"
+    raise ConfigError(f"model '{model.name}': explanations need a classification or regression postprocess")
+
+
+def scalar_outputs(model: Model, batch: np.ndarray, input_name: str, index: int, chunk: int = 4096) -> np.ndarray:
+    """The explained number for each row of `batch` (the model's preprocessed input), in forward passes of `chunk`
+    rows (one at a time when the model has no batch dimension)."""
+    size = chunk if model.batchable else 1
+    dtype = model._item_specs[input_name].dtype.numpy_dtype
+    results = []
+    for start in range(0, len(batch), size):
+        part = batch[start : start + size].astype(dtype)
+        outputs = model.forward({input_name: part})
+        results.append(_scalar(model, outputs, len(part), index))
+    return np.concatenate(results)
+
+
+def _scalar(model: Model, outputs: dict[str, np.ndarray], rows: int, index: int) -> np.ndarray:
+    config = model.config.postprocess
+    if isinstance(config, ClassificationConfig):
+        name = config.output or model.outputs[0].name
+        scores = outputs[name].astype(np.float64).reshape(rows, -1)
+        if config.activation == "softmax":
+            shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+            scores = shifted / shifted.sum(axis=1, keepdims=True)
+        elif config.activation == "sigmoid":
+            scores = 1.0 / (1.0 + np.exp(-scores))
+        return scores[:, index]
+    assert isinstance(config, RegressionConfig)
+    name = config.output or model.outputs[0].name
+    values = outputs[name].astype(np.float64).reshape(rows, -1)[:, index]
+    target = config.target
+    if target is not None and target.transform == "standard":
+        return values * target.std + target.mean
+    if target is not None:
+        return values * (target.max - target.min) + target.min
+    return values

@@ -1,0 +1,132 @@
+"""`forwardpass predict` shows the action and audits it; `forwardpass audit` filters and exports; a schema
+violation is one line on stderr and exit 2; --explain adds attributions."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+
+FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
+COLUMNS = ["radius", "texture"]
+pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory) -> Path:
+    """`risk`: LogisticRegression on two breast-cancer columns, with decision rules, a schema and a profile."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+
+    from forwardpass.quality import build_profile
+
+    root = tmp_path_factory.mktemp("audit-repo")
+    data = load_breast_cancer()
+    x = data.data[:, :2]
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    classifier = LogisticRegression().fit((x - mean) / std, data.target)
+    (root / "risk" / "1").mkdir(parents=True)
+    onx = convert_sklearn(
+        classifier,
+        initial_types=[("input", FloatTensorType([None, 2]))],
+        target_opset={"": 17, "ai.onnx.ml": 3},
+        options={id(classifier): {"zipmap": False}},
+    )
+    onnx.save(onx, root / "risk" / "1" / "model.onnx")
+    build_profile({c: x[:, i] for i, c in enumerate(COLUMNS)}).save(root / "risk" / "profile.json")
+    config = {
+        "preprocess": {
+            "kind": "tabular",
+            "columns": [
+                {"name": c, "transform": "standard", "mean": float(m), "std": float(s)}
+                for c, m, s in zip(COLUMNS, mean, std, strict=True)
+            ],
+        },
+        "postprocess": {
+            "kind": "classification",
+            "output": "probabilities",
+            "activation": "none",
+            "labels": ["malignant", "benign"],
+        },
+        "decision": {"rules": [{"label": "malignant", "at_least": 0.5, "action": "review"}], "default": "routine"},
+        "input_schema": {"fields": {"radius": {"min": 0, "max": 40}, "texture": {"min": 0, "max": 50}}},
+        "profile": "profile.json",
+    }
+    (root / "risk" / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    rows = "\n".join(f"{a},{b}" for a, b in x[:6])
+    (root / "records.csv").write_text(f"radius,texture\n{rows}\n", encoding="utf-8")
+    shifted = "\n".join(f"{a},{b + 6}" for a, b in x[100:400])
+    (root / "shifted.csv").write_text(f"radius,texture\n{shifted}\n", encoding="utf-8")
+    return root
+
+
+def run(repository: Path, log: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "FORWARDPASS_REPOSITORY": str(repository),
+        "FORWARDPASS_AUDIT_LOG": str(log),
+        "NO_COLOR": "1",
+        "COLUMNS": "200",
+    }
+    return subprocess.run([FORWARDPASS, *args], cwd=repository, env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_predict_shows_actions_and_audit_lists_them(repository, tmp_path):
+    log = tmp_path / "audit.sqlite"
+    done = run(repository, log, "predict", "risk", "records.csv", "--json")
+    assert done.returncode == 0, done.stderr
+    predictions = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(predictions) == 6
+    actions = [p["action"] for p in predictions]
+    assert set(actions) == {"review", "routine"}
+    human = run(repository, log, "predict", "risk", '{"radius": 25, "texture": 30}')
+    assert "action: review  (rule: P(malignant) >= 0.5 -> review)" in human.stdout
+
+    table = run(repository, log, "audit")
+    assert table.returncode == 0, table.stderr
+    assert "7 decisions" in table.stdout
+    exported = run(repository, log, "audit", "--csv", "-", "--action", "review")
+    rows = list(csv.DictReader(io.StringIO(exported.stdout)))
+    assert len(rows) == actions.count("review") + 1
+    assert {row["model"] for row in rows} == {"risk"} and {row["action"] for row in rows} == {"review"}
+    assert json.loads(rows[-1]["scores"])["label"] == "malignant"
+    assert run(repository, log, "audit", "--csv", "-", "--since", "2999").stdout.count("\n") == 1  # header only
+    assert run(repository, log, "audit", "--model", "other", "--csv", "-").stdout.count("\n") == 1
+
+
+def test_audit_without_a_log_is_one_line_and_exit_2(repository, tmp_path):
+    done = run(repository, tmp_path / "none.sqlite", "audit")
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error: no audit log at") and done.stderr.count("\n") == 1
+
+
+def test_schema_violation_is_one_line_and_exit_2(repository, tmp_path):
+    log = tmp_path / "audit.sqlite"
+    done = run(repository, log, "predict", "risk", '{"radius": 45, "texture": 10}')
+    assert done.returncode == 2
+    assert "field 'radius': 45 is above the maximum 40 (rule: max)" in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert not log.exists() or run(repository, log, "audit", "--csv", "-").stdout.count("\n") == 1
+
+
+def test_predict_explain_adds_attributions(repository, tmp_path):
+    done = run(
+        repository, tmp_path / "a.sqlite", "predict", "risk", '{"radius": 18, "texture": 22}', "--json", "--explain"
+    )
+    assert done.returncode == 0, done.stderr
+    prediction = json.loads(done.stdout)
+    explanation = prediction["explanation"]
+    assert set(explanation["attributions"]) == set(COLUMNS)
+    total = sum(explanation["attributions"].values())
+    assert np.isclose(total, prediction["score"] - explanation["base_value"], atol=1e-5)

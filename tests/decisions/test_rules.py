@@ -1,0 +1,195 @@
+"""Decision rules: boundary values on their documented side, the cost-based threshold, and one audit row per
+prediction through the Python API."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import forwardpass
+from forwardpass.config import DecisionConfig, ModelConfig
+from forwardpass.decisions import AuditLog, Decider, choose_threshold
+from forwardpass.errors import ConfigError, SchemaError
+
+RECORD = {"mean radius": 14.0, "mean texture": 19.0, "mean smoothness": 0.1, "mean concavity": 0.09}
+
+
+def decider(decision: dict, postprocess: dict | None = None) -> Decider:
+    config = ModelConfig.from_dict(
+        {"postprocess": postprocess or {"kind": "classification", "labels": ["fraud", "fine"]}, "decision": decision}
+    )
+    assert config.decision is not None
+    return Decider(config.decision, config)
+
+
+def classified(fraud: float) -> dict:
+    ranked = sorted([("fraud", 0, fraud), ("fine", 1, 1 - fraud)], key=lambda entry: -entry[2])
+    top_k = [{"label": label, "index": index, "score": score} for label, index, score in ranked]
+    return {**top_k[0], "top_k": top_k}
+
+
+FRAUD_RULES = {
+    "rules": [
+        {"label": "fraud", "at_least": 0.9, "action": "block"},
+        {"label": "fraud", "at_least": 0.5, "action": "review"},
+    ],
+    "default": "allow",
+}
+
+
+@pytest.mark.parametrize(
+    ("fraud", "action"),
+    [
+        (0.9, "block"),  # at_least: the boundary itself fires
+        (float(np.nextafter(0.9, 0.0)), "review"),
+        (0.5, "review"),
+        (float(np.nextafter(0.5, 0.0)), "allow"),
+        (1.0, "block"),
+        (0.0, "allow"),
+    ],
+)
+def test_at_least_boundaries(fraud, action):
+    decision = decider(FRAUD_RULES).decide(classified(fraud))
+    assert decision.action == action
+    assert decision.score == fraud
+    assert decision.rule.endswith(f"-> {action}")
+
+
+@pytest.mark.parametrize(
+    ("value", "action"),
+    [(100.0, "normal"), (float(np.nextafter(100.0, 200.0)), "high"), (10.0, "normal"), (9.99, "low")],
+)
+def test_strict_bounds_exclude_the_boundary(value, action):
+    rules = {
+        "score": "value",
+        "rules": [{"above": 100, "action": "high"}, {"below": 10, "action": "low"}],
+        "default": "normal",
+    }
+    assert decider(rules, {"kind": "regression"}).decide({"value": value}).action == action
+
+
+def test_rule_text_names_the_class_and_bound():
+    decision = decider(FRAUD_RULES).decide(classified(0.95))
+    assert decision.rule == "P(fraud) >= 0.9 -> block"
+    assert decider(FRAUD_RULES).decide(classified(0.1)).rule == "default -> allow"
+
+
+def test_decision_config_is_checked():
+    with pytest.raises(ConfigError, match="needs postprocess kind RegressionConfig"):
+        decider({"score": "value", "rules": [{"at_least": 1, "action": "x"}], "default": "y"})
+    with pytest.raises(ConfigError, match="needs a bound"):
+        ModelConfig.from_dict({"decision": {"rules": [{"action": "x"}], "default": "y"}})
+    with pytest.raises(ConfigError, match="no class 'nope'"):
+        decider({"rules": [{"label": "nope", "at_least": 0.5, "action": "x"}], "default": "y"}).decide(classified(0.5))
+
+
+def test_cost_based_threshold():
+    scores = np.array([0.1, 0.2, 0.35, 0.4, 0.6, 0.7, 0.8, 0.95])
+    positives = np.array([0, 0, 1, 0, 1, 0, 1, 1], dtype=bool)
+    # a missed positive costs 10 false alarms: act from the lowest positive score on
+    cheap_alarms = choose_threshold(scores, positives, false_positive_cost=1, false_negative_cost=10)
+    assert cheap_alarms.threshold == 0.35
+    assert (cheap_alarms.false_positives, cheap_alarms.false_negatives, cheap_alarms.cost) == (2, 0, 2.0)
+    # false alarms cost 10 times a miss: act only where no negative lies at or above
+    costly_alarms = choose_threshold(scores, positives, false_positive_cost=10, false_negative_cost=1)
+    assert costly_alarms.threshold == 0.8
+    assert costly_alarms.cost == 2.0
+    never = choose_threshold(scores, np.zeros(8, dtype=bool), false_positive_cost=1, false_negative_cost=1)
+    assert never.threshold == np.inf and never.cost == 0
+
+
+def test_every_prediction_carries_its_action_and_one_audit_row(tasks, audit_log):
+    model = forwardpass.load("triage", repository=tasks.root)
+    records = [dict(RECORD, **{"mean radius": radius}) for radius in (8.0, 14.0, 15.5, 25.0, 11.0)]
+    predictions = model.predict(records)
+    reference = tasks.estimators["triage"]
+    assert all(p["action"] in ("refer", "review", "routine") for p in predictions)
+    rows = list(AuditLog(audit_log).query())
+    assert len(rows) == len(records)
+    x = np.array([[r[c] for c in RECORD] for r in records])
+    mean, std = tasks.data["triage"].mean(axis=0), tasks.data["triage"].std(axis=0)
+    malignant = reference.predict_proba(((x - mean) / std).astype(np.float32))[:, 0]
+    expected = ["refer" if p >= 0.9 else "review" if p >= 0.5 else "routine" for p in malignant]
+    margin = np.minimum(np.abs(malignant - 0.9), np.abs(malignant - 0.5)) > 1e-5
+    assert margin.all()
+    assert [p["action"] for p in predictions] == expected
+    assert [row.action for row in rows] == expected
+    assert {row.model for row in rows} == {"triage"} and {row.version for row in rows} == {"1"}
+    assert [row.rule for row in rows] == [p["rule"] for p in predictions]
+    assert len({row.input_hash for row in rows}) == len(records)
+    assert rows[0].scores["top_k"] == predictions[0]["top_k"]
+    assert len(predictions[0]["top_k"]) == 1  # every class was read for the rules, the config's top_k is shown
+    model.predict(records[0])
+    again = list(AuditLog(audit_log).query())
+    assert len(again) == len(records) + 1 and again[-1].input_hash == rows[0].input_hash
+    model.close()
+
+
+def test_a_refused_input_makes_no_decision(tasks, audit_log):
+    model = forwardpass.load("triage", repository=tasks.root)
+    outcomes = model.predict_each([dict(RECORD, **{"mean radius": 80.0}), RECORD])
+    assert isinstance(outcomes[0], SchemaError)
+    assert str(outcomes[0]) == "field 'mean radius': 80.0 is above the maximum 50 (rule: max)"
+    assert outcomes[1]["action"] == "routine"
+    assert [row.action for row in AuditLog(audit_log).query()] == ["routine"]
+    model.close()
+
+
+def test_audit_queries_filter_by_model_action_and_time(tmp_path):
+    from forwardpass.decisions import AuditRecord
+
+    log = AuditLog(tmp_path / "a.sqlite")
+    log.write([AuditRecord("2026-01-01T00:00:00.000000Z", "m", "1", "h1", {"score": 0.1}, "allow", "default -> allow")])
+    log.write(
+        [
+            AuditRecord(
+                "2026-01-02T00:00:00.000000Z", "m", "1", "h2", {"score": 0.95}, "block", "score >= 0.9 -> block"
+            ),
+            AuditRecord("2026-01-03T00:00:00.000000Z", "n", "2", "h3", {"value": 3}, "allow", "default -> allow"),
+        ]
+    )
+    assert [r.input_hash for r in log.query(action="allow")] == ["h1", "h3"]
+    assert [r.input_hash for r in log.query(model="m")] == ["h1", "h2"]
+    assert [r.input_hash for r in log.query(since="2026-01-02")] == ["h2", "h3"]
+    assert [r.input_hash for r in log.query(until="2026-01-02")] == ["h1"]
+    assert [r.input_hash for r in log.query(limit=1)] == ["h1"]
+    assert next(log.query(action="block")).scores == {"score": 0.95}
+    log.close()
+
+
+def test_decision_config_without_rules_is_refused():
+    with pytest.raises(ConfigError, match="rules"):
+        ModelConfig.from_dict({"decision": {"rules": [], "default": "x"}})
+    assert DecisionConfig(rules=[{"at_least": 0, "action": "a"}], default="b").audit
+
+
+def test_a_model_with_a_journal_moves_it_into_the_log_on_close(tasks, audit_log, tmp_path):
+    folder = Path(shutil.copytree(tasks.root / "triage", tmp_path / "repo" / "triage"))
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["decision"]["audit_group_ms"] = 60_000  # nothing moves by the interval within this test
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    model = forwardpass.load("triage", repository=tmp_path / "repo")
+    predictions = model.predict([RECORD, RECORD])
+    assert all("action" in p for p in predictions)
+    model.close()
+    with sqlite3.connect(audit_log) as plain_reader:  # in the table itself, not moved there by a query
+        assert plain_reader.execute("SELECT count(*) FROM decisions").fetchone() == (2,)
+    assert not list(audit_log.with_name(audit_log.name + ".pending").iterdir())
+
+
+def test_utc_now_sorts_and_matches_the_clock():
+    from datetime import UTC, datetime
+
+    from forwardpass.decisions.audit import utc_now
+
+    before = datetime.now(UTC)
+    stamps = [utc_now() for _ in range(1000)]
+    after = datetime.now(UTC)
+    assert stamps == sorted(stamps)
+    parsed = datetime.strptime(stamps[0], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert before.replace(microsecond=0) <= parsed <= after
