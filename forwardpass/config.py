@@ -15,15 +15,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from forwardpass.errors import ConfigError
 
 __all__ = [
+    "AnomalyConfig",
     "ClassificationConfig",
+    "ClusterConfig",
+    "DecisionConfig",
+    "DecisionRule",
+    "DynamicBatchingConfig",
     "EmbeddingConfig",
     "EngineConfig",
+    "FieldSchema",
+    "GenerationConfig",
     "ImageConfig",
+    "InputSchemaConfig",
+    "InteractionsConfig",
     "ModelConfig",
     "PostprocessConfig",
     "PreprocessConfig",
     "RawConfig",
+    "RecommendationConfig",
     "RegressionConfig",
+    "SequenceBatchingConfig",
+    "SequenceStateConfig",
+    "SourceConfig",
     "TabularColumn",
     "TabularConfig",
     "TensorConfig",
@@ -96,7 +109,17 @@ class TabularConfig(_Strict):
     columns: list[TabularColumn] = Field(min_length=1)
 
 
-PreprocessConfig = Annotated[ImageConfig | TextConfig | TabularConfig, Field(discriminator="kind")]
+class InteractionsConfig(_Strict):
+    """A user's history: a record `{"seen": [item ids]}` or a list of ids → a multi-hot vector over `items`."""
+
+    kind: Literal["interactions"]
+    input: str | None = None
+    items: str | list[str] = Field(description="item ids in the model's order: a file in the model folder, or a list")
+    field: str = Field(default="seen", description="the record's field that lists the items seen")
+    datatype: str = "FP32"
+
+
+PreprocessConfig = Annotated[ImageConfig | TextConfig | TabularConfig | InteractionsConfig, Field(discriminator="kind")]
 
 
 class ClassificationConfig(_Strict):
@@ -133,9 +156,96 @@ class RawConfig(_Strict):
     kind: Literal["raw"]
 
 
+class AnomalyConfig(_Strict):
+    """An anomaly score read from `output` and a flag: an item is anomalous when its score lies strictly beyond
+    `threshold` in the `anomalous` direction; a score equal to the threshold is normal (as scikit-learn's
+    IsolationForest, whose decision_function < 0 marks an outlier)."""
+
+    kind: Literal["anomaly"]
+    output: str | None = None
+    threshold: float = 0.0
+    anomalous: Literal["above", "below"] = "above"
+
+
+class ClusterConfig(_Strict):
+    """`output` holds each item's distance to every cluster centre: the nearest centre is its cluster."""
+
+    kind: Literal["cluster"]
+    output: str | None = None
+    labels: str | list[str] | None = Field(
+        default=None, description="cluster names: a file in the model folder, or a list"
+    )
+
+
+class RecommendationConfig(_Strict):
+    """`output` scores every item; the `top_n` best that the input tensor `seen` does not mark (> 0) are returned."""
+
+    kind: Literal["recommendation"]
+    output: str | None = None
+    seen: str | None = Field(default=None, description="input tensor marking items already seen (default: the first)")
+    items: str | list[str] | None = Field(default=None, description="item ids: a file in the model folder, or a list")
+    top_n: int = Field(default=10, gt=0)
+
+
 PostprocessConfig = Annotated[
-    ClassificationConfig | RegressionConfig | EmbeddingConfig | RawConfig, Field(discriminator="kind")
+    ClassificationConfig
+    | RegressionConfig
+    | EmbeddingConfig
+    | RawConfig
+    | AnomalyConfig
+    | ClusterConfig
+    | RecommendationConfig,
+    Field(discriminator="kind"),
 ]
+
+
+class DecisionRule(_Strict):
+    """Fires when the score read by the decision compares true against every bound given (at least one)."""
+
+    action: str = Field(min_length=1)
+    at_least: float | None = Field(default=None, description="fires when score >= at_least")
+    above: float | None = Field(default=None, description="fires when score > above")
+    at_most: float | None = Field(default=None, description="fires when score <= at_most")
+    below: float | None = Field(default=None, description="fires when score < below")
+    label: str | None = Field(default=None, description="classification: read this class's probability")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> DecisionRule:
+        if all(bound is None for bound in (self.at_least, self.above, self.at_most, self.below)):
+            raise ValueError(f"rule '{self.action}' needs a bound: at_least, above, at_most or below")
+        return self
+
+
+class DecisionConfig(_Strict):
+    """Prediction → action: rules in order, the first that fires wins, else `default`. Every decision is audited."""
+
+    score: Literal["score", "value", "anomaly_score", "distance"] = Field(
+        default="score", description="the prediction's field the rules read (score: the top class's probability)"
+    )
+    rules: list[DecisionRule] = Field(min_length=1)
+    default: str = Field(min_length=1)
+    audit: bool = Field(default=True, description="write every decision to the audit log")
+    audit_group_ms: float = Field(
+        default=20.0,
+        ge=0,
+        description="> 0: append each request's decisions to the audit journal before answering (survives kill -9) "
+        "and move them into the SQLite log every this many ms; 0: commit them to SQLite before answering",
+    )
+
+
+class FieldSchema(_Strict):
+    type: Literal["number", "integer", "string", "boolean"] = "number"
+    required: bool = True
+    min: float | None = None
+    max: float | None = None
+    categories: list[str] | None = Field(default=None, description="the values allowed (compared as text)")
+
+
+class InputSchemaConfig(_Strict):
+    """Checked on every raw record before preprocessing; each violation names the field and the rule."""
+
+    fields: dict[str, FieldSchema] = Field(min_length=1)
+    allow_extra: bool = Field(default=True, description="False: a field the schema does not name is an error")
 
 
 class EngineConfig(_Strict):
@@ -146,15 +256,93 @@ class EngineConfig(_Strict):
     warmup: int = Field(default=1, ge=0, description="forward passes run on load so the first request is not slow")
 
 
+class SourceConfig(_Strict):
+    """How a non-ONNX artefact (TorchScript, SavedModel, Hugging Face folder, ...) is opened. Trusting a pickle is
+    never a config field: a repository must not be able to vouch for its own files."""
+
+    serve: Literal["auto", "native", "onnx"] = Field(
+        default="auto", description="auto: convert once, keep the faster of native and ONNX that passes parity"
+    )
+    signature: str | None = Field(default=None, description="TensorFlow SavedModel signature (serving_default)")
+    inputs: list[TensorConfig] = Field(
+        default=[], description="names, datatypes and shapes where the format records none (-1: dynamic)"
+    )
+    outputs: list[str] = Field(default=[], description="output names where they cannot be inferred (frozen graphs)")
+    opset: int = Field(default=17, ge=7, description="ONNX opset of the conversion")
+    tolerance: float = Field(default=1e-4, gt=0, description="largest difference the conversion's parity check allows")
+
+
+class DynamicBatchingConfig(_Strict):
+    """Triton's dynamic batcher: used whenever `max_batch_size` > 0. A request that finds an instance idle runs at
+    once; requests that had to queue are coalesced into one forward pass."""
+
+    preferred_batch_size: list[Annotated[int, Field(gt=0)]] = Field(
+        default=[], description="batch sizes to dispatch as soon as they can be formed (default: max_batch_size)"
+    )
+    max_queue_delay_us: int = Field(
+        default=0, ge=0, description="how long a queued request may wait for a fuller batch; 0: take what is queued"
+    )
+    max_queue_size: int = Field(default=256, gt=0, description="requests waiting beyond this are refused (503)")
+
+
+class GenerationConfig(_Strict):
+    """A decoder language model exported with its KV cache (`forwardpass.generation`): how to generate with it."""
+
+    tokenizer: str = Field(default="tokenizer.json", description="the tokenizer, a file in the model folder")
+    eos_token_ids: list[int] = Field(default=[], description="tokens that end a generation")
+    context_length: int = Field(default=2048, gt=1, description="most tokens (prompt + generated) a sequence holds")
+    max_new_tokens: int = Field(default=128, gt=0, description="default when a request names none")
+    max_batch_size: int = Field(default=16, gt=0, description="sequences decoded together (continuous batching)")
+    max_queue_size: int = Field(default=256, gt=0, description="requests waiting beyond this are refused (503)")
+
+
+class SequenceStateConfig(_Strict):
+    """One recurrent state tensor (Triton's implicit state): the server feeds `output` of a sequence's step back as
+    `input` of its next step; the first step gets `initial` everywhere. Clients never send or see these tensors."""
+
+    input: str
+    output: str
+    initial: float = Field(default=0.0, description="the value of every element before a sequence's first step")
+    batch_axis: int = Field(default=0, ge=0, description="the axis along which sequences stack (Silero's state: 1)")
+
+
+class SequenceBatchingConfig(_Strict):
+    """Triton's sequence batcher: requests carry a correlation id (`sequence_id`) and start/end flags; steps of
+    different sequences share forward passes (up to `max_batch_size`), steps of one sequence run in order."""
+
+    state: list[SequenceStateConfig] = Field(min_length=1)
+    max_sequences: int = Field(default=1024, gt=0, description="sequences kept at once; a further start gets 503")
+    idle_timeout_s: float = Field(default=60.0, gt=0, description="a sequence with no request for this long is freed")
+
+
 class ModelConfig(_Strict):
     description: str = ""
     max_batch_size: int = Field(default=0, ge=0, description="0: no server-side batching")
+    dynamic_batching: DynamicBatchingConfig = DynamicBatchingConfig()
+    sequence_batching: SequenceBatchingConfig | None = Field(
+        default=None, description="stateful models: per-sequence state kept by the server"
+    )
+    instances: int = Field(default=1, ge=1, le=64, description="parallel sessions the server runs for this model")
     inputs: list[TensorConfig] = []
     outputs: list[TensorConfig] = []
     preprocess: PreprocessConfig | None = None
     postprocess: PostprocessConfig | None = None
     engine: EngineConfig = EngineConfig()
-    precision: Literal["fp64", "fp32", "fp16", "bf16", "int8", "int4", "mixed"] = "fp32"
+    source: SourceConfig = SourceConfig()
+    precision: Literal["fp64", "fp32", "fp16", "bf16", "int8", "int8-dynamic", "int4", "mixed"] | None = Field(
+        default=None, description="serve the highest version of this precision (forwardpass optimize); None: highest"
+    )
+    decision: DecisionConfig | None = None
+    input_schema: InputSchemaConfig | None = None
+    profile: str | None = Field(default=None, description="the training data's reference profile (drift), a file")
+    generation: GenerationConfig | None = None
+
+    @model_validator(mode="after")
+    def _check_batching(self) -> ModelConfig:
+        too_big = [size for size in self.dynamic_batching.preferred_batch_size if size > self.max_batch_size]
+        if too_big and self.max_batch_size > 0:
+            raise ValueError(f"preferred_batch_size {too_big} exceeds max_batch_size {self.max_batch_size}")
+        return self
 
     @classmethod
     def from_file(cls, path: Path) -> ModelConfig:
@@ -179,8 +367,8 @@ class ModelConfig(_Strict):
 
 
 _KINDS = {
-    "preprocess": "'image', 'text', 'tabular'",
-    "postprocess": "'classification', 'regression', 'embedding', 'raw'",
+    "preprocess": "'image', 'text', 'tabular', 'interactions'",
+    "postprocess": "'classification', 'regression', 'embedding', 'raw', 'anomaly', 'cluster', 'recommendation'",
 }
 
 

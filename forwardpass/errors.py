@@ -6,20 +6,32 @@
     │   ├── DTypeError                    tensor dtype does not match (or cannot be cast safely)
     │   ├── NonFiniteError                NaN/inf where the model's config forbids them
     │   ├── DecodeError                   a file cannot be decoded (corrupt image, text given for an image)
-    │   └── MissingFieldError             a record lacks a declared column
+    │   ├── MissingFieldError             a record lacks a declared column
+    │   ├── SchemaError                   a record breaks the model's input schema (names the field and the rule)
+    │   └── PayloadTooLarge           413 RESOURCE_EXHAUSTED  a request body over the server's size limit
     ├── NotFoundError                 404 NOT_FOUND           unknown model, version or file
+    ├── AuditError                    500 INTERNAL            a decision could not be written to the audit log
     ├── ConfigError                   400 INVALID_ARGUMENT    a model's config does not validate
     ├── UnsafePathError               400 INVALID_ARGUMENT    a name or path tries to leave its root
-    └── MissingExtraError             501 UNIMPLEMENTED       an optional dependency is not installed
+    ├── MissingExtraError             501 UNIMPLEMENTED       an optional dependency is not installed
+    ├── Unauthenticated               401 UNAUTHENTICATED     a bearer token is missing or wrong
+    ├── Overloaded                    503 RESOURCE_EXHAUSTED  a model's queue is full; retry after `retry_after_s`
+    ├── DeadlineExceeded              503 DEADLINE_EXCEEDED   a request waited longer than its timeout
+    └── Unavailable                   503 UNAVAILABLE         a client cannot reach the server
 
 Every message is one line that names the problem and, where there is one, the fix.
+
+Clients turn a server's status back into a class with `error_for_status`: the most general class of that status,
+since the status alone cannot tell a ShapeError from another InputError.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AuditError",
     "ConfigError",
     "DTypeError",
+    "DeadlineExceeded",
     "DecodeError",
     "ForwardpassError",
     "InputError",
@@ -27,8 +39,14 @@ __all__ = [
     "MissingFieldError",
     "NonFiniteError",
     "NotFoundError",
+    "Overloaded",
+    "PayloadTooLarge",
+    "SchemaError",
     "ShapeError",
+    "Unauthenticated",
+    "Unavailable",
     "UnsafePathError",
+    "error_for_status",
 ]
 
 
@@ -68,6 +86,21 @@ class MissingFieldError(InputError):
     pass
 
 
+class SchemaError(InputError):
+    pass
+
+
+class PayloadTooLarge(InputError):
+    """gRPC's own code for an oversized message is RESOURCE_EXHAUSTED; the same here keeps both transports alike."""
+
+    http_status = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class AuditError(ForwardpassError):
+    """The decision was made but not recorded: it is withheld, since every answered decision must be audited."""
+
+
 class NotFoundError(ForwardpassError):
     http_status = 404
     grpc_code = "NOT_FOUND"
@@ -95,3 +128,60 @@ class MissingExtraError(ForwardpassError):
 
     def __init__(self, module: str, extra: str) -> None:
         super().__init__(f"{module} is not installed: pip install 'forwardpass[{extra}]'")
+
+
+class Unauthenticated(ForwardpassError):
+    http_status = 401
+    grpc_code = "UNAUTHENTICATED"
+    exit_code = 2
+
+
+class Overloaded(ForwardpassError):
+    """Refused at the door instead of queued without bound; the same request may succeed after `retry_after_s`."""
+
+    http_status = 503
+    grpc_code = "RESOURCE_EXHAUSTED"
+    exit_code = 3
+    retry_after_s = 1
+
+
+class DeadlineExceeded(ForwardpassError):
+    http_status = 503
+    grpc_code = "DEADLINE_EXCEEDED"
+    exit_code = 3
+    retry_after_s = 1
+
+
+class Unavailable(ForwardpassError):
+    """Raised by clients: no connection to the server, or it went away mid-request."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+    exit_code = 3
+
+
+_BY_HTTP_STATUS: dict[int, type[ForwardpassError]] = {
+    400: InputError,
+    401: Unauthenticated,
+    404: NotFoundError,
+    413: PayloadTooLarge,
+    503: Overloaded,
+}
+_BY_GRPC_CODE: dict[str, type[ForwardpassError]] = {
+    "INVALID_ARGUMENT": InputError,
+    "UNAUTHENTICATED": Unauthenticated,
+    "NOT_FOUND": NotFoundError,
+    "RESOURCE_EXHAUSTED": Overloaded,
+    "DEADLINE_EXCEEDED": DeadlineExceeded,
+    "UNAVAILABLE": Unavailable,
+}
+
+
+def error_for_status(message: str, *, http_status: int | None = None, grpc_code: str | None = None) -> ForwardpassError:
+    """The error a client raises for a server's failed answer (an HTTP status or a gRPC code name) with its message;
+    a status no class here has (e.g. 405, UNIMPLEMENTED) gives a ForwardpassError naming it."""
+    found = _BY_HTTP_STATUS.get(http_status) if http_status is not None else _BY_GRPC_CODE.get(grpc_code or "")
+    if found is not None:
+        return found(message)
+    status = f"HTTP {http_status}" if http_status is not None else f"gRPC {grpc_code}"
+    return ForwardpassError(f"{status}: {message}")

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from pydantic import ValidationError
 
-from forwardpass.backends import open_session
 from forwardpass.backends.base import Session
-from forwardpass.config import EngineConfig, ModelConfig
+from forwardpass.config import ClassificationConfig, EngineConfig, ModelConfig
+from forwardpass.decisions import AuditLog, Decider
+from forwardpass.decisions.audit import Decided
 from forwardpass.errors import ConfigError, ForwardpassError, InputError, NotFoundError, ShapeError
+from forwardpass.formats import SERVE_MODES, ServeMode, Serving, load_options, open_model_session, open_served
 from forwardpass.pipeline import Arrays, Pipeline, Prediction
+from forwardpass.quality import InputWindow, Profile, SchemaCheck
 from forwardpass.repository import CONFIG_FILE, ModelEntry, Repository, default_repository, find_artefact, versions_in
 from forwardpass.tensor import TensorSpec
 
@@ -21,12 +24,17 @@ __all__ = ["Model", "load", "locate"]
 
 # Items per forward pass in offline `predict` when the config sets no max_batch_size.
 DEFAULT_PREDICT_BATCH = 32
+# Rules that read any class's probability need every class listed before the request's top-K trims the list.
+_EVERY_CLASS = 1 << 30
 
 
 class Model:
-    def __init__(self, entry: ModelEntry, config: ModelConfig, session: Session, engine: EngineConfig) -> None:
+    def __init__(
+        self, entry: ModelEntry, config: ModelConfig, session: Session, engine: EngineConfig, serving: Serving
+    ) -> None:
         self.entry = entry
         self.engine = engine  # the effective engine options: the config's `engine:` plus load()'s overrides
+        self.serving = serving  # the artefact's format, and whether its framework or ONNX Runtime runs it (and why)
         self.name = entry.name
         self.version = entry.version
         self.config = config
@@ -36,19 +44,60 @@ class Model:
         self._input_specs = {spec.name: spec for spec in self.inputs}
         self._item_specs = {spec.name: spec.unbatched() for spec in self.inputs}
         self.pipeline = Pipeline(config, self.inputs, self.outputs, entry.directory)
-        batchable = all(spec.shape and spec.shape[0] == -1 for spec in self.inputs)
-        self.batch_size = (config.max_batch_size or DEFAULT_PREDICT_BATCH) if batchable else 1
+        self.batchable = all(spec.shape and spec.shape[0] == -1 for spec in self.inputs)
+        self.batch_size = (config.max_batch_size or DEFAULT_PREDICT_BATCH) if self.batchable else 1
+        self.decider = Decider(config.decision, config) if config.decision is not None else None
+        decision = config.decision
+        self.audit = AuditLog(group_ms=decision.audit_group_ms) if decision is not None and decision.audit else None
+        self.schema = SchemaCheck(config.input_schema) if config.input_schema is not None else None
+        self.profile = Profile.load(entry.directory / config.profile) if config.profile is not None else None
+        self.window = InputWindow(self.profile) if self.profile is not None else None  # recent inputs, for drift
+        self._version = str(self.version or "")
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, version={self.version}, providers={self.session.providers})"
 
     def infer(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         """The forward pass alone: {input name: batch array} → {output name: batch array}, inputs validated."""
-        return self.session.run(self._validate(inputs, self._input_specs))
+        return self.forward(self.validate(inputs))
+
+    def validate(self, inputs: dict[str, Any]) -> Arrays:
+        """A whole request's inputs, batch dimension included → arrays of the model's names, dtypes and shapes."""
+        return self._validate(inputs, self._input_specs)
+
+    def forward(self, batch: Arrays) -> Arrays:
+        """The forward pass of arrays that `validate` already returned (a server validates before batching)."""
+        return self.session.run(batch)
 
     def preprocess(self, raw: object) -> Arrays:
-        """One raw item (image path/bytes, text, record, array) → validated arrays without the batch dimension."""
-        return self._validate(self.pipeline.preprocess(raw), self._item_specs)
+        """One raw item (image path/bytes, text, record, array) → validated arrays without the batch dimension.
+        A record is first checked against the config's input schema, and joins the drift window once it passed."""
+        if self.schema is not None:
+            self.schema(raw)
+        arrays = self._validate(self.pipeline.preprocess(raw), self._item_specs)
+        if self.window is not None and isinstance(raw, Mapping):
+            self.window.add(raw)
+        return arrays
+
+    def postprocess(self, rows: Sequence[tuple[Arrays, Arrays]], top_k: int | None = None) -> list[Prediction]:
+        """(outputs row, inputs row) per item → predictions. With a decision rule each prediction carries its
+        `action` and the `rule` that fired, and the items' audit rows are recorded (journal or commit, see
+        `forwardpass.decisions.audit`) before the predictions return."""
+        if self.decider is None:
+            return [self.pipeline.postprocess(out, inp, top_k) for out, inp in rows]
+        listed = _EVERY_CLASS if self.decider.reads_classes else top_k
+        predictions = [self.pipeline.postprocess(out, inp, listed) for out, inp in rows]
+        decided: list[Decided] = []
+        for prediction, (_, inputs) in zip(predictions, rows, strict=True):
+            decision = self.decider.decide(prediction)
+            if listed is _EVERY_CLASS and isinstance(self.config.postprocess, ClassificationConfig):
+                prediction["top_k"] = prediction["top_k"][: top_k or self.config.postprocess.top_k]
+            decided.append((inputs, prediction, decision.action, decision.rule))
+        if self.audit is not None:  # serialized now, before each prediction gets its action and rule
+            self.audit.write_decisions(self.name, self._version, decided)
+        for prediction, (_, _, action, rule) in zip(predictions, decided, strict=True):
+            prediction["action"], prediction["rule"] = action, rule
+        return predictions
 
     def run_items(self, items: Sequence[Arrays], batch_size: int | None = None) -> list[tuple[Arrays, Arrays]]:
         """Preprocessed items → forward passes of at most `batch_size` (default: the model's) → (outputs row,
@@ -87,23 +136,31 @@ class Model:
                 ready[i] = self.preprocess(raw)
             except ForwardpassError as exc:
                 outcomes[i] = exc
-        for i, outcome in zip(ready, self._forward(list(ready.values()), top_k), strict=True):
+        for i, outcome in zip(ready, self.forward_each(list(ready.values()), top_k), strict=True):
             outcomes[i] = outcome
         return outcomes
 
-    def _forward(self, items: list[Arrays], top_k: int | None) -> list[Prediction | ForwardpassError]:
+    def forward_each(self, items: list[Arrays], top_k: int | None = None) -> list[Prediction | ForwardpassError]:
+        """Items `preprocess` already gave (e.g. in a batch job's decoding threads) → one outcome per item, in order:
+        forward passes of the model's batch size, then postprocessing."""
         if not items:
             return []
         try:
-            return [self.pipeline.postprocess(out, inp, top_k) for out, inp in self.run_items(items)]
+            return list(self.postprocess(self.run_items(items), top_k))
         except ForwardpassError as exc:
             if len(items) == 1:
                 return [exc]
         # A failed batch (e.g. items of different shapes) blames no item by itself: each runs alone to find it.
-        return [self._forward([item], top_k)[0] for item in items]
+        return [self.forward_each([item], top_k)[0] for item in items]
+
+    def open_session(self) -> Session:
+        """Another session like `session`, run the same way (for a server's further instances)."""
+        return open_served(self.serving, self.engine)
 
     def close(self) -> None:
         self.session.close()
+        if self.audit is not None:
+            self.audit.close()
 
     def _validate(self, arrays: dict[str, Any], specs: dict[str, TensorSpec]) -> Arrays:
         if arrays.keys() != specs.keys():
@@ -128,11 +185,14 @@ def _apply_overrides(specs: list[TensorSpec], config: ModelConfig) -> list[Tenso
     return list(result.values())
 
 
-def locate(model: str | Path, repository: str | Path | None = None, version: int | None = None) -> ModelEntry:
+def locate(
+    model: str | Path, repository: str | Path | None = None, version: int | None = None, precision: str | None = None
+) -> ModelEntry:
     """With `repository`: a model name in it, nothing else. Without: a model file, a model folder (with numbered
-    versions, or holding the artefact itself), else a name in the default repository."""
+    versions, or holding the artefact itself), else a name in the default repository. `precision` picks the highest
+    version of that precision (see `forwardpass optimize`) when no version is given."""
     if repository is not None:
-        return Repository(repository).resolve(str(model), version)
+        return Repository(repository).resolve(str(model), version, precision)
     path = Path(model)
     if path.is_file():
         # <model>/<version>/model.onnx keeps its model folder's config and labels
@@ -141,11 +201,11 @@ def locate(model: str | Path, repository: str | Path | None = None, version: int
         return ModelEntry(path.stem, None, path.parent, path)
     if path.is_dir():
         if versions_in(path):
-            return Repository(path.parent).resolve(path.name, version)
+            return Repository(path.parent).resolve(path.name, version, precision)
         return ModelEntry(path.name, None, path, find_artefact(path))
     if isinstance(model, str) and ("/" in model or "\\" in model or model.endswith(".onnx")):
         raise NotFoundError(f"no model file or folder at '{model}'")
-    return Repository(default_repository()).resolve(str(model), version)
+    return Repository(default_repository()).resolve(str(model), version, precision)
 
 
 def load(
@@ -153,14 +213,37 @@ def load(
     *,
     repository: str | Path | None = None,
     version: int | None = None,
+    serve: ServeMode | None = None,
+    trust_pickle: bool = False,
+    signature: str | None = None,
+    precision: str | None = None,
     **engine_options: Any,
 ) -> Model:
-    """Load a model by file, folder or repository name. Keyword options override the config's `engine:` section
-    (e.g. `intra_op_threads=1`, `providers=["CPUExecutionProvider"]`, `warmup=0`)."""
-    entry = locate(model, repository, version)
+    """Load a model by file, folder or repository name, in any supported format (ONNX, TorchScript, torch.export,
+    SavedModel, Keras, frozen GraphDef, MXNet, scikit-learn, XGBoost, LightGBM, Hugging Face folders).
+
+    `serve` overrides the config's `source.serve` for non-ONNX models: "native" (their framework), "onnx"
+    (converted once, parity-checked, cached beside the artefact) or "auto" (the faster of the two; the default).
+    `trust_pickle=True` lets pickled models (scikit-learn, joblib) load: unpickling runs code from the file.
+    `signature` picks a TensorFlow SavedModel signature. `precision` ("int8", "fp16", ...) picks the highest version
+    of that precision that `forwardpass optimize` made (the config's `precision:` does the same when neither
+    `version` nor `precision` is given). Other keyword options override the config's `engine:`
+    section (e.g. `intra_op_threads=1`, `providers=["CPUExecutionProvider"]`, `warmup=0`)."""
+    entry = locate(model, repository, version, precision)
     config = ModelConfig.from_file(entry.config_path) if entry.config_path else ModelConfig()
+    if version is None and precision is None and config.precision is not None and entry.version is not None:
+        entry = locate(model, repository, None, config.precision)
+    if precision is not None and entry.variant.get("precision", "fp32") != precision:
+        raise NotFoundError(f"'{model}' is {entry.variant.get('precision', 'fp32')}, not {precision}")
+    hint = entry.variant.get("serve")  # a variant that only its framework runs (bf16 in torch) says so
+    if serve is None and hint in SERVE_MODES:
+        serve = cast(ServeMode, hint)
     try:
         engine = EngineConfig.model_validate({**config.engine.model_dump(), **engine_options})
     except ValidationError as exc:
         raise ConfigError(f"engine options {engine_options}: {exc.errors()[0]['msg']}") from None
-    return Model(entry, config, open_session(entry.artefact, engine), engine)
+    if serve is not None and serve not in SERVE_MODES:
+        raise ConfigError(f"serve='{serve}' is not a serve mode; use one of {', '.join(SERVE_MODES)}")
+    options, convert = load_options(config.source, trust_pickle=trust_pickle, signature=signature)
+    session, serving = open_model_session(entry.artefact, engine, options, serve or config.source.serve, convert)
+    return Model(entry, config, session, engine, serving)

@@ -27,18 +27,49 @@ LAYERS: list[set[str]] = [
     {"config"},
     {"repository"},
     {"backends"},
-    {"formats", "precision"},
+    {"formats"},
     {"pipeline"},
+    {"decisions", "quality"},
     {"scheduler"},
     {"model"},
+    {"explain", "generation"},  # generation: the decode loop over a Model's session
+    {"registry"},
     {"measure"},
+    {"precision"},  # makes variants of a model and measures them: needs model, pipeline and measure
     {"server", "modes"},
+    {"client"},  # talks to a server: reuses its wire codec and generated protos
     {"cli", "__main__"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 # Never imported at module level inside forwardpass/ (only inside the function that needs them).
-HEAVY = {"torch", "torchvision", "tensorflow", "keras", "jax", "sklearn", "skl2onnx", "tf2onnx", "transformers", "ray"}
+HEAVY = {
+    "torch",
+    "torchvision",
+    "tensorflow",
+    "keras",
+    "jax",
+    "sklearn",
+    "skl2onnx",
+    "tf2onnx",
+    "transformers",
+    "ray",
+    "mxnet",
+    "xgboost",
+    "lightgbm",
+    "onnxmltools",
+    "onnxscript",
+    "sentence_transformers",
+    "safetensors",
+    "onnx2torch",
+    "matplotlib",
+    "shap",
+    "scipy",
+    "fairlearn",
+    "pandas",
+    "pyarrow",
+    "mlperf_loadgen",
+}
 
 
 @dataclass(frozen=True)

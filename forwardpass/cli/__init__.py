@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from forwardpass.cli import measure, models, predict
+from forwardpass.cli import audit, batch, convert, drift, generate, measure, models, optimize, predict, serve, stream
 from forwardpass.errors import ForwardpassError
 
 __all__ = ["app", "main"]
@@ -31,7 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-for module in (predict, models, measure):
+for module in (predict, models, measure, serve, convert, optimize, batch, audit, drift, generate, stream):
     module.register(app)
 
 

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from forwardpass.cli.common import REPOSITORY, VERSION, open_model
+from forwardpass.cli.common import REPOSITORY, SERVE, TRUST_PICKLE, VERSION, open_model
 from forwardpass.cli.inputs import Item, decode_inputs
 from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.model import Model
@@ -50,8 +50,18 @@ def predict(
         show_default=False,
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per input per line, for scripts."),
+    explain: bool = typer.Option(
+        False,
+        "--explain",
+        help=(
+            "Explain each prediction: SHAP attributions per column (tabular models), or an occlusion saliency map "
+            "written as INPUT-NAME.saliency.png in the current folder (image models)."
+        ),
+    ),
     repository: Path | None = REPOSITORY,
     version: int | None = VERSION,
+    serve: str | None = SERVE,
+    trust_pickle: bool = TRUST_PICKLE,
 ) -> None:
     """Predict with a model: each INPUT is decoded as the model's config says, and the results are listed.
 
@@ -79,13 +89,20 @@ def predict(
       forwardpass predict path/to/model.onnx batch.npy --json
 
       forwardpass predict my_model a.jpg -r /srv/models --version 2
+
+      forwardpass predict pipeline.joblib records.csv --trust-pickle
+
+      forwardpass predict cancer_triage samples/records/cancer_triage.csv --explain
     """
     if top_k is not None and top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}")
-    loaded = open_model(model, repository, version)
+    loaded = open_model(model, repository, version, serve=serve, trust_pickle=trust_pickle)
     try:
         items = decode_inputs(inputs, loaded.config, loaded.inputs)
-        failures = _report(items, run(loaded, items, top_k), as_json)
+        outcomes = run(loaded, items, top_k)
+        if explain:
+            outcomes = _explained(loaded, items, outcomes)
+        failures = _report(items, outcomes, as_json)
     finally:
         loaded.close()
     if failures:
@@ -103,6 +120,27 @@ def _run_batch(model: Model, items: Sequence[Item], top_k: int | None) -> list[O
     good = [i for i, item in enumerate(items) if item.error is None]
     results = dict(zip(good, model.predict_each([items[i].raw for i in good], top_k=top_k), strict=True))
     return [results[i] if item.error is None else item.error for i, item in enumerate(items)]
+
+
+def _explained(model: Model, items: Sequence[Item], outcomes: Iterable[Outcome]) -> Iterator[Outcome]:
+    """Each prediction with its `explanation`; an image's saliency map goes to a PNG file, named in its place."""
+    from forwardpass.explain import explain, saliency_png
+
+    for item, outcome in zip(items, outcomes, strict=True):
+        if isinstance(outcome, ForwardpassError):
+            yield outcome
+            continue
+        try:
+            explanation = explain(model, item.raw, outcome)
+        except ForwardpassError as exc:
+            yield exc
+            continue
+        saliency = explanation.pop("saliency", None)
+        if saliency is not None:
+            png = Path(Path(item.name).name).with_suffix(".saliency.png")
+            png.write_bytes(saliency_png(saliency, scale=max(1, 224 // max(len(saliency), 1))))
+            explanation["saliency_png"] = str(png)
+        yield {**outcome, "explanation": explanation}
 
 
 def _report(items: Sequence[Item], outcomes: Iterable[Outcome], as_json: bool) -> list[ForwardpassError]:
@@ -133,16 +171,45 @@ def _located(name: str, error: ForwardpassError) -> str:
 
 
 def describe(prediction: Prediction) -> list[str]:
-    """Lines for one prediction: ranked classes, a value, an embedding summary or raw outputs."""
+    """Lines for one prediction: ranked classes, a value, an embedding summary, an anomaly score, a cluster,
+    recommended items or raw outputs; then the decision's action and the explanation, where there are."""
+    return [*_result(prediction), *_decision(prediction), *_explanation(prediction.get("explanation"))]
+
+
+def _result(prediction: Prediction) -> list[str]:
     if "top_k" in prediction:
         return _ranked(prediction["top_k"])
     if "value" in prediction:
         return [f"value: {_numbers(prediction['value'])}"]
     if "embedding" in prediction:
         return [_embedding(prediction["embedding"])]
+    if "anomaly_score" in prediction:
+        return [f"anomaly: {'yes' if prediction['anomaly'] else 'no'}  (score {_number(prediction['anomaly_score'])})"]
+    if "cluster" in prediction:
+        return [f"cluster: {prediction['label']}  (distance {_number(prediction['distance'])})"]
+    if "items" in prediction:
+        return [
+            f"{rank:>3}  {entry['item']}  {entry['score']:.4f}" for rank, entry in enumerate(prediction["items"], 1)
+        ]
     if "outputs" in prediction:
         return [_raw(name, value) for name, value in prediction["outputs"].items()]
     return [f"{key}: {value}" for key, value in prediction.items()]
+
+
+def _decision(prediction: Prediction) -> list[str]:
+    return [f"action: {prediction['action']}  (rule: {prediction['rule']})"] if "action" in prediction else []
+
+
+def _explanation(explanation: dict[str, Any] | None) -> list[str]:
+    if explanation is None:
+        return []
+    if "saliency_png" in explanation:
+        return [f"saliency of {explanation['output']}: {explanation['saliency_png']}"]
+    lines = [f"why {explanation['output']}: base value {explanation['base_value']:.6g} ({explanation['method']})"]
+    ranked = sorted(explanation["attributions"].items(), key=lambda pair: -abs(pair[1]))
+    width = max(len(name) for name, _ in ranked)
+    lines += [f"  {name:<{width}}  {value:+.6g}" for name, value in ranked]
+    return lines
 
 
 def _ranked(ranked: list[dict[str, Any]]) -> list[str]:

@@ -9,19 +9,34 @@ from typing import Protocol
 import numpy as np
 
 from forwardpass.config import (
+    AnomalyConfig,
     ClassificationConfig,
+    ClusterConfig,
     EmbeddingConfig,
     ImageConfig,
+    InteractionsConfig,
     ModelConfig,
+    RecommendationConfig,
     RegressionConfig,
     TextConfig,
 )
 from forwardpass.errors import ConfigError, DecodeError, ShapeError
 from forwardpass.pipeline.image import ImagePreprocessor
-from forwardpass.pipeline.outputs import Classify, Embed, Prediction, RawOutputs, Regress, load_labels
+from forwardpass.pipeline.interactions import InteractionsPreprocessor
+from forwardpass.pipeline.outputs import (
+    Classify,
+    Cluster,
+    DetectAnomaly,
+    Embed,
+    Prediction,
+    RawOutputs,
+    Recommend,
+    Regress,
+    load_labels,
+)
 from forwardpass.pipeline.tabular import TabularPreprocessor
 from forwardpass.pipeline.text import TextPreprocessor
-from forwardpass.tensor import TensorSpec
+from forwardpass.tensor import TensorSpec, as_array
 
 __all__ = ["Arrays", "Collate", "Pipeline", "Postprocessor", "Prediction", "Preprocessor", "stack"]
 
@@ -55,7 +70,7 @@ class TensorInput:
         if isinstance(raw, Mapping):
             return dict(raw)
         if isinstance(raw, np.ndarray | list) and len(self.names) == 1:
-            return {self.names[0]: np.asarray(raw)}
+            return {self.names[0]: as_array(self.names[0], raw)}
         expected = "an array" if len(self.names) == 1 else f"a mapping of {self.names} to arrays"
         raise DecodeError(f"this model declares no preprocessing: expected {expected}, got {type(raw).__name__}")
 
@@ -65,7 +80,7 @@ class Pipeline:
 
     def __init__(self, config: ModelConfig, inputs: list[TensorSpec], outputs: list[TensorSpec], model_dir: Path):
         self.preprocess, self.collate = _preprocessor(config, inputs, model_dir)
-        self.postprocess = _postprocessor(config, outputs, model_dir)
+        self.postprocess = _postprocessor(config, inputs, outputs, model_dir)
 
 
 def _pick(name: str | None, specs: list[TensorSpec], field: str) -> str:
@@ -86,12 +101,17 @@ def _preprocessor(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path
             _pick(tensor, inputs, "preprocess.inputs")
         text = TextPreprocessor(declared, model_dir)
         return text, text.collate
+    if isinstance(declared, InteractionsConfig):
+        items = load_labels(declared.items, model_dir) or []
+        return InteractionsPreprocessor(declared, _pick(declared.input, inputs, "preprocess.input"), items), stack
     if declared is not None:
         return TabularPreprocessor(declared, _pick(declared.input, inputs, "preprocess.input")), stack
     return TensorInput(inputs), stack
 
 
-def _postprocessor(config: ModelConfig, outputs: list[TensorSpec], model_dir: Path) -> Postprocessor:
+def _postprocessor(
+    config: ModelConfig, inputs: list[TensorSpec], outputs: list[TensorSpec], model_dir: Path
+) -> Postprocessor:
     declared = config.postprocess
     if isinstance(declared, ClassificationConfig):
         labels = load_labels(declared.labels, model_dir)
@@ -100,4 +120,13 @@ def _postprocessor(config: ModelConfig, outputs: list[TensorSpec], model_dir: Pa
         return Regress(declared, _pick(declared.output, outputs, "postprocess.output"))
     if isinstance(declared, EmbeddingConfig):
         return Embed(declared, _pick(declared.output, outputs, "postprocess.output"))
+    if isinstance(declared, AnomalyConfig):
+        return DetectAnomaly(declared, _pick(declared.output, outputs, "postprocess.output"))
+    if isinstance(declared, ClusterConfig):
+        labels = load_labels(declared.labels, model_dir)
+        return Cluster(declared, _pick(declared.output, outputs, "postprocess.output"), labels)
+    if isinstance(declared, RecommendationConfig):
+        output = _pick(declared.output, outputs, "postprocess.output")
+        seen = _pick(declared.seen, inputs, "postprocess.seen")
+        return Recommend(declared, output, seen, load_labels(declared.items, model_dir))
     return RawOutputs()

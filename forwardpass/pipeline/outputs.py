@@ -1,4 +1,5 @@
-"""Postprocessing of one item's output row: label, probabilities, top-K, regression value, embedding, raw tensors."""
+"""Postprocessing of one item's output row: label, probabilities, top-K, regression value, embedding, anomaly score
+and flag, cluster and distance, top-N recommendations, raw tensors."""
 
 from __future__ import annotations
 
@@ -7,10 +8,27 @@ from typing import Any
 
 import numpy as np
 
-from forwardpass.config import ClassificationConfig, EmbeddingConfig, RegressionConfig
-from forwardpass.errors import ConfigError
+from forwardpass.config import (
+    AnomalyConfig,
+    ClassificationConfig,
+    ClusterConfig,
+    EmbeddingConfig,
+    RecommendationConfig,
+    RegressionConfig,
+)
+from forwardpass.errors import ConfigError, InputError
 
-__all__ = ["Classify", "Embed", "Prediction", "RawOutputs", "Regress", "load_labels"]
+__all__ = [
+    "Classify",
+    "Cluster",
+    "DetectAnomaly",
+    "Embed",
+    "Prediction",
+    "RawOutputs",
+    "Recommend",
+    "Regress",
+    "load_labels",
+]
 
 Prediction = dict[str, Any]
 Row = dict[str, np.ndarray]
@@ -97,3 +115,59 @@ class RawOutputs:
 
     def __call__(self, outputs: Row, inputs: Row, top_k: int | None = None) -> Prediction:
         return {"outputs": {name: value.tolist() for name, value in outputs.items()}}
+
+
+class DetectAnomaly:
+    """{"anomaly_score": float, "anomaly": bool}: anomalous strictly beyond the threshold, normal at it."""
+
+    def __init__(self, config: AnomalyConfig, output: str) -> None:
+        self.output = output
+        self.threshold = config.threshold
+        self.above = config.anomalous == "above"
+
+    def __call__(self, outputs: Row, inputs: Row, top_k: int | None = None) -> Prediction:
+        score = float(outputs[self.output].reshape(-1)[0])
+        flagged = score > self.threshold if self.above else score < self.threshold
+        return {"anomaly_score": score, "anomaly": flagged}
+
+
+class Cluster:
+    """{"cluster": index, "label": name, "distance": to its centre}: the nearest centre (the first on a tie)."""
+
+    def __init__(self, config: ClusterConfig, output: str, labels: list[str] | None) -> None:
+        self.output = output
+        self.labels = labels
+
+    def __call__(self, outputs: Row, inputs: Row, top_k: int | None = None) -> Prediction:
+        distances = outputs[self.output].astype(np.float64).reshape(-1)
+        nearest = int(np.argmin(distances))
+        label = self.labels[nearest] if self.labels and nearest < len(self.labels) else str(nearest)
+        return {"cluster": nearest, "label": label, "distance": float(distances[nearest])}
+
+
+class Recommend:
+    """{"items": [{"item", "index", "score"}, ...]}: exactly `top_n` (or the request's `top_k`) of the items the
+    `seen` input does not mark, best first; fewer unseen items than asked is the caller's error."""
+
+    def __init__(self, config: RecommendationConfig, output: str, seen: str, items: list[str] | None) -> None:
+        self.output = output
+        self.seen = seen
+        self.items = items
+        self.top_n = config.top_n
+
+    def __call__(self, outputs: Row, inputs: Row, top_k: int | None = None) -> Prediction:
+        scores = outputs[self.output].astype(np.float64).reshape(-1)
+        seen = inputs[self.seen].reshape(-1) > 0
+        if seen.size != scores.size:
+            raise ConfigError(
+                f"recommendation: input '{self.seen}' marks {seen.size} items, the model scores {scores.size}"
+            )
+        wanted = top_k or self.top_n
+        candidates = np.flatnonzero(~seen)
+        if candidates.size < wanted:
+            raise InputError(f"only {candidates.size} items are unseen, {wanted} were asked for; ask for fewer")
+        best = candidates[np.argsort(-scores[candidates], kind="stable")[:wanted]]
+        return {"items": [{"item": self._item(int(i)), "index": int(i), "score": float(scores[i])} for i in best]}
+
+    def _item(self, index: int) -> str:
+        return self.items[index] if self.items and index < len(self.items) else str(index)
