@@ -8,7 +8,9 @@ Writes, under the output root (all generated, never edited by hand):
   ``mobilenet_v2``, ``digits_cnn``, ``breast_cancer``, ``diabetes``, ``minilm`` and ``silero_vad`` (Triton-style
   layout, dynamic batch dim; minilm also has ``tokenizer.json`` and ``1/model.json``, the provenance of its
   conversion; silero_vad is the ``silero-vad`` package's ONNX graph, its state kept by the server per sequence);
-- held-out sets ``data/digits/test/<digit>/<index>.png``, ``data/breast_cancer/test.csv``, ``data/diabetes/test.csv``;
+- the decision and task examples ``cancer_triage`` (decision rules, input schema, reference profile),
+  ``wine_anomaly``, ``iris_clusters`` and ``pixel_recommender``;
+- held-out sets ``data/digits/test/<digit>/<index>.png``, ``data/<tabular model>/test.csv``;
 - samples ``samples/images/*.jpg``, ``samples/digits/*.png``, ``samples/records/*``.
 
 Every ONNX model is checked against its framework (max abs diff <= 1e-4 on the held-out inputs) and its metrics are
@@ -896,7 +898,8 @@ def build_pixel_recommender(out_root: Path) -> str:
     return summary("pixel_recommender", metrics, diff)
 
 
-def build_all(out_root: Path) -> None:
+def build_all(out_root: Path) -> int:
+    """Builds every bundled model; returns how many."""
     tv_models = import_torchvision_models()
     builders: list[Callable[[], str]] = [
         lambda: build_mobilenet(out_root, tv_models),
@@ -913,6 +916,7 @@ def build_all(out_root: Path) -> None:
     for build in builders:
         seed_everything()
         print(build(), flush=True)
+    return len(builders)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -920,8 +924,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out-root", type=Path, default=Path(__file__).resolve().parent.parent, help="repo root")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    build_all(args.out_root.resolve())
-    print(f"built 6 models under {args.out_root} in {time.perf_counter() - start:.1f}s")
+    count = build_all(args.out_root.resolve())
+    print(f"built {count} models under {args.out_root} in {time.perf_counter() - start:.1f}s")
 
 
 if __name__ == "__main__":
