@@ -125,6 +125,21 @@ def report_md(report: dict[str, Any]) -> str:
         "writer thread moves them into SQLite. Commit (`audit_group_ms: 0`): each answer waits for its SQLite "
         "commit.",
         "",
+        "The same on p50 latency, the request path alone (throughput also pays for the journal writer thread's "
+        "SQLite work, which competes for the cores when other processes keep them busy):",
+        "",
+    ]
+    for batch in (1, 64):
+        p50 = {
+            name: timing["latency_ms"]["p50"] for name, timing in report["results"][f"batch_{batch}"]["timings"].items()
+        }
+        lines.append(
+            f"- batch {batch}: audit adds {100 * (p50['decision+audit'] / p50['decision'] - 1):+.1f} % (journal), "
+            f"{100 * (p50['decision+commit'] / p50['decision'] - 1):+.1f} % (commit); decision + journal audit add "
+            f"{100 * (p50['decision+audit'] / p50['plain'] - 1):+.1f} % to plain"
+        )
+    lines += [
+        "",
         f"Audit rows written: {report['results']['audit_rows_written']}.",
         "",
         "## Machine",

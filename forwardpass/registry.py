@@ -98,7 +98,7 @@ class Served:
             await self.sequencer.drain()
         for session in self.sessions:
             session.close()
-        if self.model.audit is not None:  # commits decisions a grouped audit log still holds
+        if self.model.audit is not None:  # moves the decisions its audit journal still holds into the log
             self.model.audit.close()
 
 

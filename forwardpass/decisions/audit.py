@@ -4,16 +4,20 @@ SQLite in WAL mode, `synchronous=NORMAL`: a committed row survives the process b
 it is in the OS's hands, without an fsync per decision), not a power cut. Two ways to record a request's decisions
 before it is answered (`decision.audit_group_ms`):
 
-- > 0 (the default, 20): journal. The rows are appended to a journal file beside the log (`<log>.pending/`) with one
-  `write` call, which costs about a microsecond where a commit costs tens; a writer thread moves them into SQLite
-  every that many milliseconds, and any `query` (so `forwardpass audit`) or the next process to open the log moves
-  whatever a live or killed process left there. An answered decision survives kill -9 exactly as a committed row
-  does; an SQL reader other than forwardpass sees it in the table within the interval (or once forwardpass next
-  reads the log). Each journal line carries a key that makes moving it twice a no-op.
-- 0: commit. One SQLite transaction per request (or batch of items), committed before the answer.
+- > 0 (the default, 20): journal. The rows are copied into a memory-mapped journal file beside the log
+  (`<log>.pending/<pid>-<token>.jsonl`): a few microseconds, no system call, where a commit costs tens to hundreds.
+  The page cache holds them the moment the copy is done, so an answered decision survives kill -9 exactly as a
+  committed row does (and, like it, not a power cut). A writer thread moves them into SQLite every that many
+  milliseconds, `close` moves the rest and deletes the journal, and any `query` (so `forwardpass audit`) or the next
+  process to write the log moves whatever a live or a killed process left there. Until moved, a row is invisible to
+  SQL readers other than forwardpass (at most one interval while its process lives). A kill loses only a line
+  being copied at that instant, whose request was not answered.
+- 0: commit. One SQLite transaction per request (or batch of items), committed before the answer: every answered
+  decision is in the table itself.
 
-A journal file is held by its writer with `flock`: one whose lock can be taken belongs to a process that died, and is
-moved and deleted; one still held is moved (idempotently) and left to its writer.
+Moving is exactly-once: the `journal_progress` table, updated in the transaction that moves a file's lines, counts
+how many of them the log holds. A journal file is held by its writer with `flock`: one whose lock can be taken
+belongs to a process that died, and is moved and deleted; one still held is moved and left to its writer.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -114,21 +119,30 @@ def utc_now() -> str:
     return utc_text(time.time())
 
 
-_HEADERS: dict[tuple[str, np.dtype, tuple[int, ...]], bytes] = {}  # a model's few (name, dtype, shape), encoded once
+# A model's few (name, dtype, shape): encoded once, and a hash state already fed with the encoding to copy.
+_HEADERS: dict[tuple[str, np.dtype, tuple[int, ...]], tuple[bytes, hashlib.blake2s]] = {}
 
 
 def input_hash(arrays: Mapping[str, np.ndarray]) -> str:
     """BLAKE2s (256 bits) of the preprocessed inputs (names, dtypes, shapes and bytes): equal inputs hash equal.
     Python's own BLAKE2 costs a third of OpenSSL's SHA-256 per call on a request's few hundred bytes."""
-    parts: list[bytes] = []
+    digest: hashlib.blake2s | None = None
     for name in sorted(arrays) if len(arrays) > 1 else arrays:
         array = arrays[name]
         key = (name, array.dtype, array.shape)
         header = _HEADERS.get(key)
         if header is None:
-            header = _HEADERS[key] = f"{name}|{array.dtype.str}|{array.shape}|".encode()
-        parts += (header, repr(array.tolist()).encode() if array.dtype.hasobject else array.tobytes())
-    return hashlib.blake2s(b"".join(parts)).hexdigest()
+            encoded = f"{name}|{array.dtype.str}|{array.shape}|".encode()
+            header = _HEADERS[key] = (encoded, hashlib.blake2s(encoded))
+        if digest is None:
+            digest = header[1].copy()
+        else:
+            digest.update(header[0])
+        if array.dtype.hasobject:
+            digest.update(repr(array.tolist()).encode())
+        else:
+            digest.update(array.data if array.flags.c_contiguous else array.tobytes())
+    return (digest or hashlib.blake2s()).hexdigest()
 
 
 Row = tuple[str, str, str, str, str, str, str]
@@ -160,6 +174,7 @@ class _Journal:
     path: Path
     fd: int
     memory: mmap.mmap
+    capacity: int
     size: int = 0  # bytes written
     moved: int = 0  # bytes moved into the log
     moved_lines: int = 0
@@ -176,6 +191,12 @@ class AuditLog:
         self.path = Path(path) if path is not None else default_audit_path()
         self.journal_dir = self.path.with_name(self.path.name + JOURNAL_SUFFIX)
         self.group_s = group_ms / 1000.0
+        self._start()
+        _LOGS.add(self)
+
+    def _start(self) -> None:
+        """No connection, journal or writer yet: on creation, and in a forked child, which must not touch its
+        parent's (the parent goes on appending to its journal; its writer thread did not follow into the child)."""
         self._connection: sqlite3.Connection | None = None
         self._db_lock = threading.Lock()  # the connection
         self._journal_lock = threading.Lock()  # the journal being appended to
@@ -248,7 +269,12 @@ class AuditLog:
     ) -> Iterator[AuditRecord]:
         """Decisions in time order (journals moved in first); `since` / `until` are ISO 8601 prefixes in UTC (since
         inclusive, until not)."""
-        self._move_journals()
+        try:
+            self._move_journals()
+        except (AuditError, OSError) as exc:  # e.g. a reader without write access: the table is still worth reading
+            _log.warning(
+                "audit log %s: journals not moved (%s); decisions still in them are not listed", self.path, exc
+            )
         clauses, values = [], []
         for column, op, value in (("model", "=", model), ("action", "=", action), ("time", ">=", since)):
             if value is not None:
@@ -289,14 +315,13 @@ class AuditLog:
         with self._journal_lock:
             journal = self._journal
             try:
-                if journal is None or journal.size + len(payload) > len(journal.memory):
+                if journal is None or journal.size + len(payload) > journal.capacity:
                     if journal is not None:  # full: the writer moves it and deletes it
                         self._full.append(journal)
                     journal = self._open_journal(len(payload))
             except OSError as exc:
                 raise AuditError(f"audit journal {self.journal_dir}: {exc}; the decision was not recorded") from None
-            journal.memory[journal.size : journal.size + len(payload)] = payload
-            journal.size += len(payload)
+            journal.size += journal.memory.write(payload)  # at journal.size: only this appends to it
 
     def _open_journal(self, least: int) -> _Journal:
         """A new journal file of at least `least` bytes (its disk blocks allocated now, so that a full disk fails
@@ -320,7 +345,7 @@ class AuditLog:
             os.close(fd)
             hidden.unlink(missing_ok=True)
             raise
-        self._journal = _Journal(self.journal_dir / name, fd, memory)
+        self._journal = _Journal(self.journal_dir / name, fd, memory, size)
         return self._journal
 
     def _connect_and_recover(self) -> None:
@@ -430,6 +455,17 @@ class AuditLog:
             connection.executescript(_SCHEMA)
             self._connection = connection
         return self._connection
+
+
+_LOGS: weakref.WeakSet[AuditLog] = weakref.WeakSet()
+
+
+def _restart_in_child() -> None:
+    for log in list(_LOGS):
+        log._start()
+
+
+os.register_at_fork(after_in_child=_restart_in_child)
 
 
 def _scores_text(scores: Mapping[str, Any]) -> str:

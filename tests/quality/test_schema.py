@@ -63,3 +63,43 @@ def test_several_violations_share_one_line():
 def test_a_non_record_is_refused():
     with pytest.raises(SchemaError, match="expected a record"):
         SCHEMA([1, 2, 3])
+
+
+NUMBERS = SchemaCheck(
+    InputSchemaConfig(
+        fields={
+            "age": {"type": "integer", "min": 0, "max": 120},
+            "bmi": {"type": "number", "min": 10.0},
+            "dose": {"type": "number", "required": False},
+        },
+        allow_extra=False,
+    )
+)
+NUMBERS_GOOD = {"age": 40, "bmi": 22.5, "dose": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({}, None),
+        ({"age": 120.0, "bmi": 10}, None),  # bounds are inclusive; a whole float is an integer
+        ({"age": "41"}, None),  # numeric text, as CSV cells come
+        ({"dose": None}, None),
+        ({"age": 120.5}, "field 'age': 120.5 is not a whole number (rule: type integer)"),
+        ({"age": 121}, "field 'age': 121 is above the maximum 120 (rule: max)"),
+        ({"bmi": 9.99}, "field 'bmi': 9.99 is below the minimum 10 (rule: min)"),
+        ({"bmi": True}, "field 'bmi': True is not a number (rule: type number)"),
+        ({"bmi": float("inf")}, "field 'bmi': inf is not a number (rule: type number)"),
+        ({"bmi": float("nan")}, "field 'bmi': missing (rule: required)"),
+        ({"extra": 1.0}, "field 'extra': not in the schema (rule: allow_extra)"),
+    ],
+)
+def test_records_of_numbers_get_the_same_verdicts_as_field_by_field(change, message):
+    """A numbers-only schema checks plain numbers in one vector pass; its verdicts are the per-field ones."""
+    record = {**NUMBERS_GOOD, **change}
+    if message is None:
+        NUMBERS(record)
+        return
+    with pytest.raises(SchemaError) as caught:
+        NUMBERS(record)
+    assert str(caught.value) == message
