@@ -27,7 +27,10 @@ since the status alone cannot tell a ShapeError from another InputError.
 
 from __future__ import annotations
 
+import contextlib
+
 __all__ = [
+    "ERROR_CLASS_HEADER",
     "AuditError",
     "ConfigError",
     "DTypeError",
@@ -177,11 +180,28 @@ _BY_GRPC_CODE: dict[str, type[ForwardpassError]] = {
 }
 
 
-def error_for_status(message: str, *, http_status: int | None = None, grpc_code: str | None = None) -> ForwardpassError:
-    """The error a client raises for a server's failed answer (an HTTP status or a gRPC code name) with its message;
-    a status no class here has (e.g. 405, UNIMPLEMENTED) gives a ForwardpassError naming it."""
+ERROR_CLASS_HEADER = "forwardpass-error"  # the HTTP header / gRPC trailing metadata naming the server's error class
+
+
+def error_for_status(
+    message: str, *, http_status: int | None = None, grpc_code: str | None = None, error_class: str | None = None
+) -> ForwardpassError:
+    """The error a client raises for a server's failed answer (an HTTP status or a gRPC code name) with its message.
+    `error_class` (the server's ERROR_CLASS_HEADER) names the exact class when it is one of ours with that status;
+    otherwise the most general class of the status, and a status no class here has (e.g. 405, UNIMPLEMENTED) gives a
+    ForwardpassError naming it."""
+    named = _named_class(error_class)
+    if named is not None and (named.http_status == http_status or named.grpc_code == grpc_code):
+        with contextlib.suppress(TypeError):  # a class whose constructor takes more than the message
+            return named(message)
     found = _BY_HTTP_STATUS.get(http_status) if http_status is not None else _BY_GRPC_CODE.get(grpc_code or "")
     if found is not None:
         return found(message)
     status = f"HTTP {http_status}" if http_status is not None else f"gRPC {grpc_code}"
     return ForwardpassError(f"{status}: {message}")
+
+
+def _named_class(name: str | None) -> type[ForwardpassError] | None:
+    """Only classes of this module: a server's header never picks an arbitrary Python class."""
+    found = globals().get(name) if name else None
+    return found if isinstance(found, type) and issubclass(found, ForwardpassError) else None

@@ -29,3 +29,22 @@ def test_each_status_a_server_sends_maps_back_to_a_class_with_that_status():
 def test_a_status_no_class_has_gives_the_base_error_naming_it(status: dict[str, object], expected: str):
     error = error_for_status("the message", **status)  # type: ignore[arg-type]
     assert type(error) is ForwardpassError and str(error) == expected
+
+
+@pytest.mark.parametrize(
+    ("error_class", "status", "expected"),
+    [
+        ("ShapeError", {"http_status": 400}, errors.ShapeError),
+        ("DeadlineExceeded", {"http_status": 503}, errors.DeadlineExceeded),
+        ("DeadlineExceeded", {"grpc_code": "DEADLINE_EXCEEDED"}, errors.DeadlineExceeded),
+        ("ShapeError", {"http_status": 404}, errors.NotFoundError),  # a name that contradicts the status: ignored
+        ("Path", {"http_status": 400}, errors.InputError),  # not one of ours: never instantiated
+        ("MissingExtraError", {"http_status": 501}, ForwardpassError),  # needs more than a message: the base class
+        (None, {"http_status": 400}, errors.InputError),
+    ],
+)
+def test_the_servers_error_class_header_picks_the_exact_class_when_it_fits(
+    error_class: str | None, status: dict[str, object], expected: type[ForwardpassError]
+):
+    error = error_for_status("the message", error_class=error_class, **status)  # type: ignore[arg-type]
+    assert type(error) is expected and "the message" in str(error)

@@ -21,7 +21,7 @@ import numpy as np
 
 from forwardpass.client.http import ANSWER_GRACE_S
 from forwardpass.client.tensors import Inputs, as_tensor, from_raw, to_raw
-from forwardpass.errors import ForwardpassError, InputError, error_for_status
+from forwardpass.errors import ERROR_CLASS_HEADER, ForwardpassError, InputError, error_for_status
 from forwardpass.server.proto import grpc_service_pb2 as pb
 from forwardpass.server.proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 
@@ -237,7 +237,9 @@ def _rpc_error(error: grpc.RpcError) -> ForwardpassError:
     """A failed call (grpc.Call / AioRpcError: both have code() and details()) → the error of its status."""
     code: grpc.StatusCode = error.code()
     details: str = error.details() or code.name
-    return error_for_status(details, grpc_code=code.name)
+    trailing = error.trailing_metadata() or ()
+    error_class = next((str(value) for key, value in trailing if key == ERROR_CLASS_HEADER), None)
+    return error_for_status(details, grpc_code=code.name, error_class=error_class)
 
 
 def _tensors(answer: Any) -> dict[str, np.ndarray]:

@@ -27,6 +27,7 @@ import numpy as np
 from forwardpass.client.connections import Answer, Connections, lowered
 from forwardpass.client.tensors import Inputs, decode_http_response, encode_http_request
 from forwardpass.errors import (
+    ERROR_CLASS_HEADER,
     DeadlineExceeded,
     ForwardpassError,
     InputError,
@@ -308,7 +309,9 @@ class AsyncInferenceClient:
 
 def _answer(call: _Call[T], answer: Answer) -> T:
     if answer.status not in call.accept:
-        raise error_for_status(_error_message(answer), http_status=answer.status)
+        raise error_for_status(
+            _error_message(answer), http_status=answer.status, error_class=answer.headers.get(ERROR_CLASS_HEADER)
+        )
     return call.read(answer)
 
 

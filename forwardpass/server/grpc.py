@@ -23,7 +23,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
-from forwardpass.errors import ConfigError, ForwardpassError, InputError, Unauthenticated
+from forwardpass.errors import ERROR_CLASS_HEADER, ConfigError, ForwardpassError, InputError, Unauthenticated
 from forwardpass.server import grpc_codec as codec
 from forwardpass.server.proto import grpc_service_pb2 as pb
 
@@ -51,6 +51,8 @@ class Context(Protocol):
     """The part of grpc.aio.ServicerContext used here."""
 
     async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn: ...
+
+    def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, str]]) -> None: ...
 
     def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None: ...
 
@@ -196,6 +198,7 @@ def unary_handler(
                 check(context)
             return await implementation(parse(request_type, raw))
         except ForwardpassError as error:
+            context.set_trailing_metadata(((ERROR_CLASS_HEADER, type(error).__name__),))
             await context.abort(status_code(error), str(error))
         except Exception:
             log.exception("gRPC %s failed", name)

@@ -22,7 +22,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from forwardpass.errors import ForwardpassError, InputError, Overloaded, PayloadTooLarge, Unauthenticated
+from forwardpass.errors import (
+    ERROR_CLASS_HEADER,
+    ForwardpassError,
+    InputError,
+    Overloaded,
+    PayloadTooLarge,
+    Unauthenticated,
+)
 from forwardpass.server.codec import (
     decode_infer_request,
     decode_json,
@@ -48,7 +55,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def error_response(error: ForwardpassError) -> Response:
-    headers = {}
+    headers = {ERROR_CLASS_HEADER: type(error).__name__}  # lets forwardpass.client raise the very same class
     retry_after = getattr(error, "retry_after_s", None)
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
