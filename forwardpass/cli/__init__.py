@@ -6,6 +6,7 @@ the user typed ends in a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -36,6 +37,8 @@ for module in (predict, models, measure, serve, convert, optimize, batch, audit,
 
 
 def main() -> None:
+    if not sys.stdout.isatty():  # rich wraps tables at 80 columns when piped: logs and CI read wider ones better
+        os.environ.setdefault("COLUMNS", "160")
     try:
         app()
     except ForwardpassError as exc:

@@ -19,7 +19,8 @@ __all__ = ["register"]
 def models(repository: Path | None = REPOSITORY) -> None:
     """List the models of a repository: versions, inputs, outputs, how they are served and where they run.
 
-    "served" says whether a non-ONNX model runs in its own framework or converted to ONNX, and why.
+    "served" says whether a non-ONNX model runs in its own framework or converted to ONNX, and why; "versions"
+    names the precision of each variant `forwardpass optimize` made, and the version it was made from.
 
     Examples:
 
@@ -40,7 +41,7 @@ def models(repository: Path | None = REPOSITORY) -> None:
         )
         table.add_row(
             name,
-            ", ".join(map(str, repo.versions(name))),
+            _versions(repo, name),
             "\n".join(_describe(spec) for spec in model.inputs),
             "\n".join(_describe(spec) for spec in model.outputs),
             pipeline,
@@ -49,6 +50,16 @@ def models(repository: Path | None = REPOSITORY) -> None:
         )
         model.close()
     Console().print(table)
+
+
+def _versions(repo: Repository, name: str) -> str:
+    """e.g. "1, 2 (int8 of 1)"."""
+    precisions = repo.precisions(name)
+    sources = repo.derived_from(name)
+    return ", ".join(
+        f"{version} ({precisions[version]} of {sources[version]})" if version in sources else str(version)
+        for version in repo.versions(name)
+    )
 
 
 def _kind(section: object) -> str:

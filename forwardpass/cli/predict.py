@@ -23,6 +23,7 @@ __all__ = ["register"]
 
 Outcome = Prediction | ForwardpassError
 PREVIEW = 5  # numbers shown per embedding or raw output in the human listing
+EXPLAINED = 10  # columns shown per explanation in the human listing, largest attributions first
 
 
 def predict(
@@ -207,8 +208,12 @@ def _explanation(explanation: dict[str, Any] | None) -> list[str]:
         return [f"saliency of {explanation['output']}: {explanation['saliency_png']}"]
     lines = [f"why {explanation['output']}: base value {explanation['base_value']:.6g} ({explanation['method']})"]
     ranked = sorted(explanation["attributions"].items(), key=lambda pair: -abs(pair[1]))
-    width = max(len(name) for name, _ in ranked)
-    lines += [f"  {name:<{width}}  {value:+.6g}" for name, value in ranked]
+    shown = ranked[:EXPLAINED]
+    width = max(len(name) for name, _ in shown)
+    lines += [f"  {name:<{width}}  {value:+.4g}" for name, value in shown]
+    if len(ranked) > len(shown):
+        rest = sum(value for _, value in ranked[len(shown) :])
+        lines.append(f"  ({len(ranked) - len(shown)} more columns: {rest:+.4g} together; --json lists them all)")
     return lines
 
 

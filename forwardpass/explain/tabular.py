@@ -45,7 +45,8 @@ def shap_attributions(model: Model, record: Mapping[str, Any], index: int) -> di
         return scalar_outputs(model, rows, input_name, index)
 
     masker = shap.maskers.Independent(background.astype(np.float64), max_samples=BACKGROUND_ROWS)
-    explainer = shap.Explainer(predict, masker, algorithm="exact" if len(names) <= 10 else "permutation")
+    # seeded: the permutation explainer samples orderings, and the same input must get the same explanation
+    explainer = shap.Explainer(predict, masker, algorithm="exact" if len(names) <= 10 else "permutation", seed=0)
     result = (
         explainer(features[None, :], silent=True)
         if len(names) <= 10

@@ -58,6 +58,15 @@ def test_int8_writes_a_new_version_and_prints_the_comparison(repo: Path, calibra
     assert record["precision"] == "int8" and record["source"]["version"] == 1
     assert (repo / "digits_cnn" / "2" / "precision.png").is_file()
     assert not [p for p in (repo / "digits_cnn").iterdir() if p.name.startswith(".")]  # no staging left behind
+    listing = subprocess.run(
+        [FORWARDPASS, "models", "-r", str(repo)],
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert "1, 2 (int8 of 1)" in listing.stdout
 
 
 @pytest.mark.parametrize(

@@ -127,6 +127,7 @@ def test_classifier_attributions_sum_to_probability_minus_base(tmp_path):
     assert explanation["output"] == f"P({prediction['label']})"
     total = sum(explanation["attributions"].values())
     assert total == pytest.approx(prediction["score"] - explanation["base_value"], abs=1e-5)
+    assert explain(model, record, prediction) == explanation  # sampled orderings are seeded: same input, same answer
 
 
 def _quadrant_model(path: Path) -> None:
