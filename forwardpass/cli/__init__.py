@@ -25,7 +25,13 @@ app = typer.Typer(
         "  forwardpass predict mobilenet_v2 samples/images/china.jpg\n\n"
         "  forwardpass predict diabetes samples/records/diabetes.json --json\n\n"
         "  forwardpass eval digits_cnn data/digits/test --top-k 1,5\n\n"
-        "  forwardpass bench mobilenet_v2 --batch-sizes 1,8"
+        "  forwardpass bench mobilenet_v2 --batch-sizes 1,8\n\n"
+        "  forwardpass serve                                    # KServe V2 over HTTP :8000 and gRPC :8001\n\n"
+        "  forwardpass convert model.pt -o build/model          # to ONNX, with a parity check\n\n"
+        "  forwardpass optimize digits_cnn --precision int8 --calibration data/digits/test\n\n"
+        "  forwardpass batch breast_cancer big.csv scores/ --resume\n\n"
+        "  forwardpass stream diabetes data/diabetes/test.csv\n\n"
+        "Every command's --help has its own examples."
     ),
     no_args_is_help=True,
     add_completion=False,
