@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 
+# libyaml's safe loader parses a config ~10x faster than the pure-Python one (server start-up reads every config)
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -347,7 +350,7 @@ class ModelConfig(_Strict):
     @classmethod
     def from_file(cls, path: Path) -> ModelConfig:
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
         except yaml.YAMLError as exc:

@@ -122,6 +122,9 @@ class ModelRegistry:
         self._failed: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        # Sessions open one per core at a time, largest model first: ten sessions built and warmed up at once on two
+        # cores finish later than the same ten two at a time (measured: 0.54 s vs 0.3 s for the bundled models).
+        self._opening = asyncio.Semaphore(self._cores)
 
     def get(self, name: str, version: str | None = None) -> Served:
         """The served version (the highest when `version` is None or empty); NotFoundError otherwise."""
@@ -163,13 +166,18 @@ class ModelRegistry:
 
     async def load_all(self) -> None:
         """Load every model of the repository, side by side; a model that fails is logged and left unavailable."""
-        names = self.repository.names()
+        names = sorted(self.repository.names(), key=self._size, reverse=True)
         results = await asyncio.gather(*(self.load(name) for name in names), return_exceptions=True)
         for name, result in zip(names, results, strict=True):
             if isinstance(result, ForwardpassError):
                 log.warning("model '%s' not loaded: %s", name, result)
             elif isinstance(result, BaseException):
                 raise result
+
+    def _size(self, name: str) -> int:
+        """Bytes of a model's files: big models start loading first, so the last to finish is a small one."""
+        versions = self.repository.versions(name)
+        return sum(size for _, _, size in _fingerprint(self.repository, name, versions[-1])) if versions else 0
 
     async def load(self, name: str) -> None:
         """Load (or reload) every version of a model: new and changed versions open beside the old, then swap."""
@@ -225,7 +233,8 @@ class ModelRegistry:
                 if old is not None and old.fingerprint == fingerprint:
                     fresh[number] = old
                 else:
-                    fresh[number] = await asyncio.to_thread(self._open, name, number, fingerprint)
+                    async with self._opening:
+                        fresh[number] = await asyncio.to_thread(self._open, name, number, fingerprint)
                     opened.append(fresh[number])
         except BaseException:
             for served in opened:
