@@ -47,6 +47,7 @@ __all__ = [
 # libyaml's safe loader parses a config ~10x faster than the pure-Python one (server start-up reads every config)
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
