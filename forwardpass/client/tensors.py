@@ -8,14 +8,13 @@ answer's bytes (no copy); `array.copy()` gives a writable one.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from forwardpass.errors import DTypeError, ForwardpassError, InputError, ShapeError
-from forwardpass.server.codec import decode_bytes_elements, decode_json, encode_bytes_elements, encode_json
+from forwardpass.server.codec import decode_binary_tensor, decode_json, encode_bytes_elements, encode_json
 from forwardpass.tensor import DataType
 
 __all__ = ["Inputs", "as_tensor", "decode_http_response", "encode_http_request", "from_raw", "to_raw"]
@@ -48,20 +47,11 @@ def to_raw(datatype: DataType, array: np.ndarray) -> bytes:
 
 
 def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> np.ndarray:
-    dtype = _datatype(name, datatype)
-    count = math.prod(shape)
-    if dtype is DataType.BYTES:
-        elements = decode_bytes_elements(raw, name)
-        if len(elements) != count:
-            raise _malformed(f"output '{name}' of shape {list(shape)} holds {len(elements)} BYTES elements")
-        array = np.empty(count, dtype=object)
-        array[:] = elements
-        return array.reshape(shape)
-    assert dtype.numpy_dtype is not None  # _datatype refuses BF16
-    numpy_dtype = dtype.numpy_dtype.newbyteorder("<")
-    if len(raw) != count * numpy_dtype.itemsize:
-        raise _malformed(f"output '{name}' {datatype} {list(shape)} needs {count * numpy_dtype.itemsize} bytes")
-    return np.frombuffer(raw, dtype=numpy_dtype).reshape(shape)
+    """An output's binary data, read by the server's own decoder; bytes that do not fit are a malformed answer."""
+    try:
+        return decode_binary_tensor(name, _datatype(name, datatype), list(shape), raw, role="output")
+    except InputError as exc:  # the decoder's ShapeError, or the BYTES layout check
+        raise _malformed(f"{type(exc).__name__}: {exc}") from None
 
 
 def encode_http_request(

@@ -22,6 +22,7 @@ from forwardpass.server.types import InferRequest, InferResponse, RequestedOutpu
 from forwardpass.tensor import DataType
 
 __all__ = [
+    "decode_binary_tensor",
     "decode_bytes_elements",
     "decode_infer_request",
     "decode_json",
@@ -78,7 +79,7 @@ def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest
                     f"input '{name}': binary_data_size {size} at offset {offset} goes past the end of the "
                     f"{len(binary)} bytes of binary data"
                 )
-            data = _from_binary(name, dtype, shape, binary[offset : offset + size])
+            data = decode_binary_tensor(name, dtype, shape, binary[offset : offset + size])
             offset += size
         inputs.append(Tensor(name, dtype.name, data, parameters))
     if binary is not None and offset != len(binary):
@@ -228,12 +229,16 @@ def _requested_outputs(value: object, binary_default: bool) -> list[RequestedOut
     return outputs
 
 
-def _from_binary(name: str, dtype: DataType, shape: list[int], buffer: memoryview) -> np.ndarray:
+def decode_binary_tensor(
+    name: str, dtype: DataType, shape: list[int], buffer: memoryview | bytes, role: str = "input"
+) -> np.ndarray:
+    """One tensor's bytes in the binary data extension's layout → a read-only array of `shape` (no copy for numbers);
+    ShapeError when the bytes do not fit the shape. `role` names the tensor in errors: "input" or "output"."""
     count = math.prod(shape)
     if dtype is DataType.BYTES:
         elements = decode_bytes_elements(buffer, name)
         if len(elements) != count:
-            raise ShapeError(f"input '{name}': shape {shape} needs {count} BYTES elements, got {len(elements)}")
+            raise ShapeError(f"{role} '{name}': shape {shape} needs {count} BYTES elements, got {len(elements)}")
         array = np.empty(count, dtype=object)
         array[:] = elements
         return array.reshape(shape)
@@ -241,7 +246,7 @@ def _from_binary(name: str, dtype: DataType, shape: list[int], buffer: memoryvie
     expected = count * numpy_dtype.itemsize
     if len(buffer) != expected:
         raise ShapeError(
-            f"input '{name}': {dtype.name} shape {shape} needs {expected} bytes, binary_data_size is {len(buffer)}"
+            f"{role} '{name}': {dtype.name} shape {shape} needs {expected} bytes, binary_data_size is {len(buffer)}"
         )
     return np.frombuffer(buffer, dtype=numpy_dtype.newbyteorder("<")).reshape(shape)
 
