@@ -11,7 +11,7 @@ answer UNIMPLEMENTED.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -26,6 +26,7 @@ from google.protobuf.message import Message as ProtoMessage
 from forwardpass.errors import ERROR_CLASS_HEADER, ConfigError, ForwardpassError, InputError, Unauthenticated
 from forwardpass.server import grpc_codec as codec
 from forwardpass.server.proto import grpc_service_pb2 as pb
+from forwardpass.server.streams import in_order
 
 if TYPE_CHECKING:
     from forwardpass.server.dataplane import DataPlane
@@ -39,8 +40,6 @@ access_log = logging.getLogger("forwardpass.access")
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 # Liveness and readiness probes carry no credentials.
 OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
-# Requests of one stream in flight at once: enough to fill dynamic batches, few enough to bound memory.
-STREAM_WINDOW = 64
 # Unload parameters that change nothing here: we have no ensembles whose dependents could be unloaded too.
 IGNORED_UNLOAD_PARAMETERS = frozenset({"unload_dependents"})
 
@@ -119,29 +118,9 @@ class InferenceServicer:
 
     async def ModelStreamInfer(self, requests: AsyncIterator[bytes]) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests run concurrently (so they can share batches); answers go out in request order."""
-        answers: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | None] = asyncio.Queue(STREAM_WINDOW)
-        reader = asyncio.create_task(self._read_stream(requests, answers))
-        try:
-            while (answer := await answers.get()) is not None:
-                yield await answer
-            await reader  # re-raises a failure to read the stream
-        finally:
-            reader.cancel()
-            while not answers.empty():
-                pending = answers.get_nowait()
-                if pending is not None:
-                    pending.cancel()
-
-    async def _read_stream(
-        self,
-        requests: AsyncIterator[bytes],
-        answers: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | None],
-    ) -> None:
-        try:
-            async for raw in requests:
-                await answers.put(asyncio.create_task(self._stream_answer(raw)))
-        finally:
-            await answers.put(None)
+        async with contextlib.aclosing(in_order(requests, self._stream_answer)) as answers:
+            async for answer in answers:
+                yield answer
 
     async def _stream_answer(self, raw: bytes) -> pb.ModelStreamInferResponse:
         request = pb.ModelInferRequest()

@@ -13,9 +13,10 @@ token set, the handshake needs `Authorization: Bearer <token>`; without it the c
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import hmac
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from starlette.routing import Router, WebSocketRoute
@@ -23,6 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.server.codec import decode_infer_request, decode_json, encode_infer_response, encode_json
+from forwardpass.server.streams import in_order
 from forwardpass.server.types import InferRequest
 
 if TYPE_CHECKING:
@@ -31,12 +33,10 @@ if TYPE_CHECKING:
     from forwardpass.server.dataplane import DataPlane
     from forwardpass.server.settings import ServerSettings
 
-__all__ = ["STREAM_WINDOW", "with_websockets"]
+__all__ = ["with_websockets"]
 
 log = logging.getLogger(__name__)
 
-# Requests of one connection in flight at once: enough to fill batches, few enough to bound memory.
-STREAM_WINDOW = 64
 POLICY_VIOLATION = 1008  # the WebSocket close code for a refused handshake
 
 
@@ -70,33 +70,13 @@ class _Stream:
         await websocket.accept()
         name = websocket.path_params["model"]
         version = websocket.path_params.get("version")
-        answers: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue(STREAM_WINDOW)
-        reader = asyncio.create_task(self._read(websocket, name, version, answers))
         try:
-            while (answer := await answers.get()) is not None:
-                await websocket.send_text((await answer).decode())
-            await reader
+            answers = in_order(_messages(websocket), lambda body: self._answer(name, version, body))
+            async with contextlib.aclosing(answers):
+                async for answer in answers:
+                    await websocket.send_text(answer.decode())
         except WebSocketDisconnect:
             pass
-        finally:
-            reader.cancel()
-            while not answers.empty():
-                pending = answers.get_nowait()
-                if pending is not None:
-                    pending.cancel()
-
-    async def _read(
-        self, websocket: WebSocket, name: str, version: str | None, answers: asyncio.Queue[asyncio.Task[bytes] | None]
-    ) -> None:
-        try:
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                body = message.get("bytes") or (message.get("text") or "").encode()
-                await answers.put(asyncio.create_task(self._answer(name, version, body)))
-        finally:
-            await answers.put(None)
 
     async def _answer(self, name: str, version: str | None, body: bytes) -> bytes:
         try:
@@ -113,6 +93,14 @@ class _Stream:
             log.exception("WebSocket stream request %r to model '%s' failed", request.id, name)
             text = "internal error; see the server log"
         return _error(request.id, text)
+
+
+async def _messages(websocket: WebSocket) -> AsyncIterator[bytes]:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        yield message.get("bytes") or (message.get("text") or "").encode()
 
 
 def _decode(body: bytes) -> InferRequest:
