@@ -349,6 +349,11 @@ class ModelConfig(_Strict):
         return self
 
     @classmethod
+    def of(cls, path: Path | None) -> ModelConfig:
+        """The config at `path`, or the defaults for a model that has none (`ModelEntry.config_path` is None)."""
+        return cls.from_file(path) if path is not None else cls()
+
+    @classmethod
     def from_file(cls, path: Path) -> ModelConfig:
         try:
             data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)

@@ -20,7 +20,7 @@ from forwardpass.quality import InputWindow, Profile, SchemaCheck
 from forwardpass.repository import CONFIG_FILE, ModelEntry, Repository, default_repository, find_artefact, versions_in
 from forwardpass.tensor import TensorSpec
 
-__all__ = ["Model", "load", "locate"]
+__all__ = ["Model", "load", "locate", "locate_configured"]
 
 # Items per forward pass in offline `predict` when the config sets no max_batch_size.
 DEFAULT_PREDICT_BATCH = 32
@@ -46,8 +46,8 @@ class Model:
         self.pipeline = Pipeline(config, self.inputs, self.outputs, entry.directory)
         self.batchable = all(spec.shape and spec.shape[0] == -1 for spec in self.inputs)
         self.batch_size = (config.max_batch_size or DEFAULT_PREDICT_BATCH) if self.batchable else 1
-        self.decider = Decider(config.decision, config) if config.decision is not None else None
         decision = config.decision
+        self.decider = Decider(decision, config) if decision is not None else None
         self.audit = AuditLog(group_ms=decision.audit_group_ms) if decision is not None and decision.audit else None
         self.schema = SchemaCheck(config.input_schema) if config.input_schema is not None else None
         self.profile = Profile.load(entry.directory / config.profile) if config.profile is not None else None
@@ -208,6 +208,18 @@ def locate(
     return Repository(default_repository()).resolve(str(model), version, precision)
 
 
+def locate_configured(
+    model: str | Path, repository: str | Path | None = None, version: int | None = None, precision: str | None = None
+) -> tuple[ModelEntry, ModelConfig]:
+    """`locate`, and the model's config; asked for neither a version nor a precision, the version is the highest of
+    the config's `precision:` when it names one (what every mode serves by default)."""
+    entry = locate(model, repository, version, precision)
+    config = ModelConfig.of(entry.config_path)
+    if version is None and precision is None and config.precision is not None and entry.version is not None:
+        entry = locate(model, repository, None, config.precision)
+    return entry, config
+
+
 def load(
     model: str | Path,
     *,
@@ -229,10 +241,7 @@ def load(
     of that precision that `forwardpass optimize` made (the config's `precision:` does the same when neither
     `version` nor `precision` is given). Other keyword options override the config's `engine:`
     section (e.g. `intra_op_threads=1`, `providers=["CPUExecutionProvider"]`, `warmup=0`)."""
-    entry = locate(model, repository, version, precision)
-    config = ModelConfig.from_file(entry.config_path) if entry.config_path else ModelConfig()
-    if version is None and precision is None and config.precision is not None and entry.version is not None:
-        entry = locate(model, repository, None, config.precision)
+    entry, config = locate_configured(model, repository, version, precision)
     if precision is not None and entry.variant.get("precision", "fp32") != precision:
         raise NotFoundError(f"'{model}' is {entry.variant.get('precision', 'fp32')}, not {precision}")
     hint = entry.variant.get("serve")  # a variant that only its framework runs (bf16 in torch) says so

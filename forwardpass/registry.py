@@ -19,7 +19,7 @@ from pathlib import Path
 from forwardpass.backends.base import Session
 from forwardpass.config import ModelConfig
 from forwardpass.errors import ForwardpassError, NotFoundError
-from forwardpass.model import Model, load
+from forwardpass.model import Model, load, locate_configured
 from forwardpass.repository import Repository
 from forwardpass.scheduler import Batcher, Runner
 from forwardpass.scheduler.sequence import SequenceBatcher, state_slots
@@ -252,7 +252,7 @@ class ModelRegistry:
     def _open(self, name: str, version: int, fingerprint: Fingerprint) -> Served:
         """In a thread: the model, one session per instance (cores split between them), its batcher."""
         entry = self.repository.resolve(name, version)
-        config = ModelConfig.from_file(entry.config_path) if entry.config_path else ModelConfig()
+        config = ModelConfig.of(entry.config_path)
         threads = config.engine.intra_op_threads or max(1, self._cores // config.instances)
         model = load(
             name,
@@ -302,13 +302,9 @@ class ModelRegistry:
         return NotFoundError(f"model '{name}' is not loaded; ready models: {ready}")
 
     def _default_version(self, name: str, numbers: list[int]) -> int:
-        """What a request naming no version gets: the highest version, or the highest of the config's `precision:`
-        (the variants `forwardpass optimize` writes)."""
-        entry = self.repository.resolve(name)
-        config = ModelConfig.from_file(entry.config_path) if entry.config_path else ModelConfig()
-        if config.precision is None:
-            return numbers[-1]
-        return self.repository.resolve(name, None, config.precision).version or numbers[-1]
+        """What a request naming no version gets: what `load` picks (the highest version, or the highest of the
+        config's `precision:`)."""
+        return locate_configured(name, self.repository.root)[0].version or numbers[-1]
 
     async def _try(self, action: Callable[[str], Awaitable[None]], name: str) -> None:
         try:

@@ -57,7 +57,7 @@ def drift(
       forwardpass drift my_model recent.csv -r /srv/models --psi-limit 0.1
     """
     entry = locate(model, repository, version)
-    config = ModelConfig.from_file(entry.config_path) if entry.config_path else ModelConfig()
+    config = ModelConfig.of(entry.config_path)
     if config.profile is None:
         raise ConfigError(f"model '{entry.name}' has no reference profile; add `profile:` to its config")
     profile = Profile.load(entry.directory / config.profile)

@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from forwardpass.config import ModelConfig
 from forwardpass.errors import MissingExtraError
-from forwardpass.model import load, locate
+from forwardpass.model import load, locate_configured
 from forwardpass.modes.batch import BatchOptions, Progress, Scorer, Summary, check_errors, job_identity
 from forwardpass.modes.sinks import Output
 from forwardpass.modes.sources import open_source
@@ -86,8 +85,7 @@ def run_batch_on_ray(
     except ImportError:
         raise MissingExtraError("ray", "ray") from None
     started = time.perf_counter()
-    entry = locate(model, repository, version)
-    config = ModelConfig.from_file(entry.config_path) if entry.config_path else ModelConfig()
+    entry, config = locate_configured(model, repository, version)
     source = open_source(input_path, config)
     total = source.count()
     output = Output(
