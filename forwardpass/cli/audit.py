@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -14,9 +15,13 @@ from rich.table import Table
 
 from forwardpass.decisions import AUDIT_LOG_ENV, AuditLog, AuditRecord, default_audit_path
 from forwardpass.decisions.audit import COLUMNS
-from forwardpass.errors import NotFoundError
+from forwardpass.errors import InputError, NotFoundError
 
 __all__ = ["register"]
+
+# Times are compared as ISO 8601 text, so a prefix of one selects what it covers; anything else would match nothing.
+EXAMPLE_TIMES = "2026-11-26 or 2026-11-26T14:30"
+ISO_PREFIX = re.compile(r"\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d{1,6})?)?)?)?)?)?")
 
 
 def audit(
@@ -61,6 +66,11 @@ def audit(
 
       forwardpass audit --log /var/lib/forwardpass/audit.sqlite --csv - | head
     """
+    for option, value in (("--since", since), ("--until", until)):
+        if value is not None and not ISO_PREFIX.fullmatch(value):
+            raise InputError(
+                f"{option} '{value}' is not a UTC time: give ISO 8601 such as 2026-11-26 or 2026-11-26T14:30"
+            )
     path = log or default_audit_path()
     if not path.is_file():
         raise NotFoundError(f"no audit log at {path}; predict with a model that has a decision rule, or pass --log")

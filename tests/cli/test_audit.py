@@ -111,6 +111,16 @@ def test_audit_without_a_log_is_one_line_and_exit_2(repository, tmp_path):
     assert done.stderr.strip().startswith("error: no audit log at") and done.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("option", ["--since", "--until"])
+def test_a_time_that_is_not_iso_8601_is_one_line_and_exit_2(repository, tmp_path, option):
+    done = run(repository, tmp_path / "none.sqlite", "audit", option, "yesterday")
+    assert done.returncode == 2
+    assert (
+        done.stderr
+        == f"error: {option} 'yesterday' is not a UTC time: give ISO 8601 such as 2026-11-26 or 2026-11-26T14:30\n"
+    )
+
+
 def test_schema_violation_is_one_line_and_exit_2(repository, tmp_path):
     log = tmp_path / "audit.sqlite"
     done = run(repository, log, "predict", "risk", '{"radius": 45, "texture": 10}')
