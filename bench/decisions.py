@@ -122,7 +122,7 @@ def report_md(report: dict[str, Any]) -> str:
         "against the decision without audit; the last column is decision + audit against plain. plain already "
         "checks the input schema and feeds the drift window. Journal (the default, `audit_group_ms: 20`): each "
         "answer waits for its rows to be in the journal file (a copy into the page cache; survives kill -9), a "
-        "writer thread moves them into SQLite. Commit (`audit_group_ms: 0`): each answer waits for its SQLite "
+        "mover process moves them into SQLite. Commit (`audit_group_ms: 0`): each answer waits for its SQLite "
         "commit.",
         "",
         "The same on p50 latency, the request path alone (throughput also pays for the journal writer thread's "

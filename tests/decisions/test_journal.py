@@ -19,7 +19,7 @@ import yaml
 
 import forwardpass
 from forwardpass.decisions import AuditLog
-from forwardpass.decisions.audit import JOURNAL_SUFFIX
+from forwardpass.decisions.journal import JOURNAL_SUFFIX
 
 RECORD = {"mean radius": 14.0, "mean texture": 19.0, "mean smoothness": 0.1, "mean concavity": 0.09}
 NEVER_MS = 600_000.0  # an interval no test outlives: rows move only on close or query
@@ -87,12 +87,16 @@ sys.stdin.read()
 def test_a_killed_writer_loses_no_answered_decision(tmp_path):
     path = tmp_path / "killed.sqlite"
     process = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", WRITER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "answered"
-        process.send_signal(signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)  # the writer and its mover at once, as when a machine's processes die
         assert process.wait(30) == -signal.SIGKILL
     finally:
         if process.poll() is None:
@@ -104,6 +108,44 @@ def test_a_killed_writer_loses_no_answered_decision(tmp_path):
     assert len({row.input_hash for row in rows}) == 50
     assert journals(path) == []  # its writer is gone: moved and deleted
     assert len(list(AuditLog(path).query())) == 50
+
+
+def test_the_mover_of_a_killed_writer_moves_its_rows_and_exits(tmp_path):
+    path = tmp_path / "orphan.sqlite"
+    script = WRITER.replace('print("answered"', 'print(log._mover_process.process.pid)\nprint("answered"')
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        mover = int(process.stdout.readline())
+        assert process.stdout.readline().strip() == "answered"
+        process.send_signal(signal.SIGKILL)  # the writer alone: its mover sees its standard input close
+        assert process.wait(30) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{mover}").exists() and Path(f"/proc/{mover}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the mover outlived its writer"
+        time.sleep(0.01)
+    assert table_count(path) == 50  # moved by the mover itself, not by a query
+    assert journals(path) == []
+
+
+def test_a_killed_mover_loses_nothing(tmp_path):
+    path = tmp_path / "a.sqlite"
+    log = AuditLog(path, group_ms=NEVER_MS)
+    log.write_decisions("m", "1", [decided(0)])
+    mover = log._mover_process
+    assert mover is not None
+    mover.process.kill()
+    mover.process.wait(30)
+    log.write_decisions("m", "1", [decided(1)])
+    log.close()
+    assert [row.scores["score"] for row in AuditLog(path).query()] == [0.0, 0.01]
+    assert journals(path) == []
 
 
 def test_damaged_and_unfinished_lines_are_skipped(tmp_path):

@@ -134,6 +134,7 @@ def test_audit_survives_kill_9(tasks, tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        start_new_session=True,
     )
     try:
         assert process.stdout is not None
@@ -149,7 +150,7 @@ def test_audit_survives_kill_9(tasks, tmp_path):
                 reply = client.post("/v2/models/triage/predict", json=dict(RECORD, **{"mean radius": float(radius)}))
                 assert reply.status_code == 200
                 answered += 1
-        process.send_signal(signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)  # the server and its audit mover at once
         process.wait(30)
     finally:
         if process.poll() is None:

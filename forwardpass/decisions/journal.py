@@ -1,0 +1,208 @@
+"""The audit journal's mover: how answered decisions get from journal files into the SQLite audit log.
+
+A process that writes decisions appends each request's rows, one JSON line each, to a journal file of its own beside
+the log (`<log>.pending/<pid>-<token>.jsonl`, see audit.py), holding a `flock` on it while it writes there. The mover
+copies complete lines into the `decisions` table and deletes a journal file whose lock it can take (its writer is
+done with it, or died). Unwritten bytes are zeros: a line is complete once its newline comes before any zero.
+
+Exactly once: the `journal_progress` table, updated in the transaction that moves a file's lines, counts how many of
+them the log holds, so moving lines again is a no-op. Its rows outlive their files: a mover that read a file just
+before another deleted it must still find the count.
+
+Run as a script (`python -I journal.py LOG INTERVAL_MS`), this is the child process a writing process starts: it
+moves every journal of LOG each interval, and once more when its standard input closes (its parent closed the log or
+died, SIGKILL included), then exits. A process rather than a thread, so that SQLite's work never takes the writer's
+GIL or its core: the request path pays for the append alone. Standard library only, so it starts in milliseconds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import select
+import signal
+import sqlite3
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Mover", "connect", "journal_folder"]
+
+JOURNAL_SUFFIX = ".pending"  # <log>.pending/: the journal files not yet moved into the log
+READ_BYTES = 1 << 16  # what one read of a journal takes: the lines of a few milliseconds, not the zeros beyond them
+
+_log = logging.getLogger("forwardpass.decisions.audit")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY,
+    time TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    input_hash TEXT NOT NULL,
+    scores TEXT NOT NULL,
+    action TEXT NOT NULL,
+    rule TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_time ON decisions (time);
+CREATE INDEX IF NOT EXISTS decisions_model_action ON decisions (model, action);
+CREATE TABLE IF NOT EXISTS journal_progress (name TEXT PRIMARY KEY, lines INTEGER NOT NULL);
+"""
+# A journal line: [time in µs since the epoch, model, version, input hash, scores, action, rule] (`->` gives the
+# scores' JSON text with every number as written).
+# Parameters: the journal file's name, the line number of the first line, the lines as one JSON array, how many.
+# SQLite parses the lines itself: no per-row Python.
+_MOVE = """
+INSERT INTO decisions (time, model, version, input_hash, scores, action, rule)
+SELECT strftime('%Y-%m-%dT%H:%M:%S', (value ->> 0) / 1000000, 'unixepoch')
+       || printf('.%06dZ', (value ->> 0) % 1000000),
+       value ->> 1, value ->> 2, value ->> 3, value -> 4, value ->> 5, value ->> 6
+FROM json_each(?3)
+WHERE ?2 + key >= coalesce((SELECT lines FROM journal_progress WHERE name = ?1), 0) AND ?4 > 0
+"""
+_PROGRESS = """
+INSERT INTO journal_progress (name, lines) VALUES (?1, ?2 + ?4)
+ON CONFLICT (name) DO UPDATE SET lines = max(lines, excluded.lines)
+"""
+
+
+def journal_folder(log: Path) -> Path:
+    return log.with_name(log.name + JOURNAL_SUFFIX)
+
+
+def connect(log: Path) -> sqlite3.Connection:
+    """The log, created if new. WAL with `synchronous=NORMAL`: a committed row survives the process being killed
+    (kill -9), not a power cut, without an fsync per commit."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(log, timeout=10.0, isolation_level="IMMEDIATE", check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.executescript(SCHEMA)
+    return connection
+
+
+@dataclass(slots=True)
+class _Reading:
+    """A journal file being moved: where the last move stopped."""
+
+    fd: int
+    offset: int = 0  # bytes moved
+    lines: int = 0  # lines moved
+
+
+class Mover:
+    """Moves the journal files of one log into it, each from where the last move stopped. Not thread-safe: its
+    owner serializes calls (and its connection's use)."""
+
+    def __init__(self, connection: sqlite3.Connection, folder: Path) -> None:
+        self.connection = connection
+        self.folder = folder
+        self._reading: dict[str, _Reading] = {}
+
+    def move(self) -> None:
+        """Every journal file's complete lines not yet moved; files whose writer is done are deleted. Raises
+        sqlite3.Error (what was not moved stays for the next call) or OSError."""
+        present = set()
+        for path in sorted(self.folder.glob("*.jsonl")) if self.folder.is_dir() else []:
+            present.add(path.name)
+            reading = self._reading.get(path.name)
+            if reading is None:
+                try:
+                    reading = self._reading[path.name] = _Reading(os.open(path, os.O_RDONLY))
+                except FileNotFoundError:  # deleted by another mover meanwhile
+                    continue
+            try:
+                fcntl.flock(reading.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # its writer is still at it: move what it wrote so far, leave it the file
+                self._move_new(path.name, reading)
+                continue
+            try:
+                self._move_new(path.name, reading)
+            except BaseException:
+                fcntl.flock(reading.fd, fcntl.LOCK_UN)  # moved next time, by whichever mover gets to it
+                raise
+            path.unlink(missing_ok=True)
+            self._forget(path.name)
+        for name in self._reading.keys() - present:  # deleted by another mover
+            self._forget(name)
+
+    def close(self) -> None:
+        for name in list(self._reading):
+            self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        os.close(self._reading.pop(name).fd)
+
+    def _move_new(self, name: str, reading: _Reading) -> None:
+        size = READ_BYTES
+        while True:
+            data = os.pread(reading.fd, size, reading.offset)
+            unwritten = data.find(b"\0")  # where its writer had not reached when read
+            written = data if unwritten < 0 else data[:unwritten]
+            # a line cut short (by the read, the writer or a kill) waits for the rest, or was never answered
+            complete = written[: written.rfind(b"\n") + 1]
+            if complete:
+                reading.lines += self._move_lines(name, complete, reading.lines)
+                reading.offset += len(complete)
+            if unwritten >= 0 or len(data) < size:
+                return
+            if not complete:  # one line longer than a read
+                size *= 2
+
+    def _move_lines(self, name: str, lines: bytes, first_line: int) -> int:
+        """Complete lines, from line `first_line` of journal file `name`, into the log in one transaction. Returns
+        how many there were."""
+        count = lines.count(b"\n")
+        try:
+            self._move_array(name, first_line, "[" + lines[:-1].replace(b"\n", b",").decode() + "]", count)
+        except (sqlite3.Error, UnicodeDecodeError):
+            readable = [_readable(line) for line in lines.splitlines()]
+            if all(text is not None for text in readable):
+                raise  # the log's trouble (locked, full disk), not the lines'
+            # a damaged line spoils the whole array: move line by line, skipping the damaged ones
+            for number, text in enumerate(readable, first_line):
+                if text is None:
+                    _log.warning("audit journal %s: unreadable line %d skipped", name, number)
+                else:
+                    self._move_array(name, number, f"[{text}]", 1)
+        return count
+
+    def _move_array(self, name: str, first_line: int, lines: str, count: int) -> None:
+        parameters = (name, first_line, lines, count)
+        with self.connection:  # BEGIN IMMEDIATE … COMMIT: no other mover between reading and moving progress
+            self.connection.execute(_MOVE, parameters)
+            self.connection.execute(_PROGRESS, parameters)
+
+
+def _readable(line: bytes) -> str | None:
+    try:
+        text = line.decode()
+        json.loads(text)
+    except ValueError:  # UnicodeDecodeError included
+        return None
+    return text
+
+
+def run(log: Path, interval_s: float) -> None:
+    """The mover process: a move every interval, and a last one when standard input closes."""
+    mover = Mover(connect(log), journal_folder(log))
+    stdin = sys.stdin.fileno()
+    while True:
+        ready, _, _ = select.select([stdin], [], [], interval_s)
+        closing = bool(ready) and not os.read(stdin, 4096)
+        try:
+            mover.move()
+        except (sqlite3.Error, OSError) as exc:  # the lines stay in their journal for the next move
+            _log.warning("audit log %s: %s; the journal stays for the next move", log, exc)
+        if closing:
+            mover.close()
+            mover.connection.close()
+            return
+
+
+if __name__ == "__main__":
+    logging.basicConfig(format="forwardpass audit mover: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
+    run(Path(sys.argv[1]), float(sys.argv[2]) / 1000.0)
