@@ -230,7 +230,7 @@ class DecisionConfig(_Strict):
     default: str = Field(min_length=1)
     audit: bool = Field(default=True, description="write every decision to the audit log")
     audit_group_ms: float = Field(
-        default=20.0,
+        default=100.0,
         ge=0,
         description="> 0: append each request's decisions to the audit journal before answering (survives kill -9) "
         "and move them into the SQLite log every this many ms; 0: commit them to SQLite before answering",

@@ -2,7 +2,7 @@
 
 Two ways to record a request's decisions before it is answered (`decision.audit_group_ms`):
 
-- > 0 (the default, 20): journal. The rows are copied into a memory-mapped journal file beside the log
+- > 0 (the default, 100): journal. The rows are copied into a memory-mapped journal file beside the log
   (`<log>.pending/<pid>-<token>.jsonl`): a few microseconds, no system call, where a commit costs tens to hundreds.
   The page cache holds them the moment the copy is done, so an answered decision survives kill -9 exactly as a
   committed row does (and, like it, not a power cut). A mover process (journal.py), one per log per process, moves
@@ -30,7 +30,6 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,6 @@ __all__ = [
     "default_audit_path",
     "input_hash",
     "utc_now",
-    "utc_text",
 ]
 
 AUDIT_LOG_ENV = "FORWARDPASS_AUDIT_LOG"
@@ -59,28 +57,14 @@ JOURNAL_BYTES = 8 << 20  # a journal file's size: once full, it is moved, delete
 
 _log = logging.getLogger(__name__)
 
-_INSERT = "INSERT INTO decisions (time, model, version, input_hash, scores, action, rule) VALUES (?, ?, ?, ?, ?, ?, ?)"
-
 
 def default_audit_path() -> Path:
     """$FORWARDPASS_AUDIT_LOG, else .forwardpass/audit.sqlite in the working directory."""
     return Path(os.environ.get(AUDIT_LOG_ENV) or DEFAULT_AUDIT_LOG)
 
 
-_second: list[Any] = [None, ""]  # the last whole second formatted, and its text: formatting is costlier than a decision
-
-
-def utc_text(epoch: float) -> str:
-    """ISO 8601 in UTC with microseconds: text that sorts in time order, so time filters compare strings."""
-    second = int(epoch)
-    if _second[0] != second:
-        _second[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second[0] = second
-    return f"{_second[1]}.{int((epoch - second) * 1e6):06d}Z"
-
-
 def utc_now() -> str:
-    return utc_text(time.time())
+    return journal.utc_text(time.time_ns() // 1000)
 
 
 # A model's few (name, dtype, shape): encoded once, and a hash state already fed with the encoding to copy.
@@ -311,7 +295,7 @@ class AuditLog:
             try:
                 connection = self._connect()
                 with connection:  # BEGIN … COMMIT, ROLLBACK on error
-                    connection.executemany(_INSERT, rows)
+                    connection.executemany(journal.INSERT, rows)
             except sqlite3.Error as exc:
                 raise AuditError(f"audit log {self.path}: {exc}; the decision was not recorded") from None
 

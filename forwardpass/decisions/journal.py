@@ -12,21 +12,26 @@ before another deleted it must still find the count.
 Run as a script (`python -I journal.py LOG INTERVAL_MS`), this is the child process a writing process starts: it
 moves every journal of LOG each interval, and once more when its standard input closes (its parent closed the log or
 died, SIGKILL included), then exits. A process rather than a thread, so that SQLite's work never takes the writer's
-GIL or its core: the request path pays for the append alone. Standard library only, so it starts in milliseconds.
+GIL: the request path pays for the append alone. It imports nothing from forwardpass (the standard library and
+orjson), so it starts in milliseconds. Lines are parsed by orjson and inserted with `executemany`: 6 µs a row,
+where SQLite's own json_each (3.40 re-parses a row for each field it extracts) took 8.5.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import select
 import signal
 import sqlite3
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 __all__ = ["Mover", "connect", "journal_folder"]
 
@@ -50,22 +55,21 @@ CREATE INDEX IF NOT EXISTS decisions_time ON decisions (time);
 CREATE INDEX IF NOT EXISTS decisions_model_action ON decisions (model, action);
 CREATE TABLE IF NOT EXISTS journal_progress (name TEXT PRIMARY KEY, lines INTEGER NOT NULL);
 """
-# A journal line: [time in µs since the epoch, model, version, input hash, scores, action, rule] (`->` gives the
-# scores' JSON text with every number as written).
-# Parameters: the journal file's name, the line number of the first line, the lines as one JSON array, how many.
-# SQLite parses the lines itself: no per-row Python.
-_MOVE = """
-INSERT INTO decisions (time, model, version, input_hash, scores, action, rule)
-SELECT strftime('%Y-%m-%dT%H:%M:%S', (value ->> 0) / 1000000, 'unixepoch')
-       || printf('.%06dZ', (value ->> 0) % 1000000),
-       value ->> 1, value ->> 2, value ->> 3, value -> 4, value ->> 5, value ->> 6
-FROM json_each(?3)
-WHERE ?2 + key >= coalesce((SELECT lines FROM journal_progress WHERE name = ?1), 0) AND ?4 > 0
-"""
+INSERT = "INSERT INTO decisions (time, model, version, input_hash, scores, action, rule) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _PROGRESS = """
-INSERT INTO journal_progress (name, lines) VALUES (?1, ?2 + ?4)
+INSERT INTO journal_progress (name, lines) VALUES (?1, ?2)
 ON CONFLICT (name) DO UPDATE SET lines = max(lines, excluded.lines)
 """
+_SECOND: list[Any] = [None, ""]  # the last whole second formatted, and its text: formatting costs more than a row
+
+
+def utc_text(micros: int) -> str:
+    """ISO 8601 in UTC with microseconds: text that sorts in time order, so time filters compare strings."""
+    second, fraction = divmod(micros, 1_000_000)
+    if _SECOND[0] != second:
+        _SECOND[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _SECOND[0] = second
+    return f"{_SECOND[1]}.{fraction:06d}Z"
 
 
 def journal_folder(log: Path) -> Path:
@@ -152,37 +156,23 @@ class Mover:
                 size *= 2
 
     def _move_lines(self, name: str, lines: bytes, first_line: int) -> int:
-        """Complete lines, from line `first_line` of journal file `name`, into the log in one transaction. Returns
-        how many there were."""
-        count = lines.count(b"\n")
-        try:
-            self._move_array(name, first_line, "[" + lines[:-1].replace(b"\n", b",").decode() + "]", count)
-        except (sqlite3.Error, UnicodeDecodeError):
-            readable = [_readable(line) for line in lines.splitlines()]
-            if all(text is not None for text in readable):
-                raise  # the log's trouble (locked, full disk), not the lines'
-            # a damaged line spoils the whole array: move line by line, skipping the damaged ones
-            for number, text in enumerate(readable, first_line):
-                if text is None:
-                    _log.warning("audit journal %s: unreadable line %d skipped", name, number)
-                else:
-                    self._move_array(name, number, f"[{text}]", 1)
-        return count
-
-    def _move_array(self, name: str, first_line: int, lines: str, count: int) -> None:
-        parameters = (name, first_line, lines, count)
+        """Complete lines, from line `first_line` of journal file `name`, into the log in one transaction; lines
+        the log holds already are skipped, unreadable ones too (with a warning). Returns how many lines there were.
+        A journal line: [time in µs since the epoch, model, version, input hash, scores, action, rule]."""
+        rows: list[tuple[str, ...] | None] = []
+        for number, line in enumerate(lines.splitlines(), first_line):
+            try:
+                micros, model, version, digest, scores, action, rule = orjson.loads(line)
+                rows.append((utc_text(micros), model, version, digest, orjson.dumps(scores).decode(), action, rule))
+            except (orjson.JSONDecodeError, TypeError, ValueError):  # damaged, or not the seven fields
+                _log.warning("audit journal %s: unreadable line %d skipped", name, number)
+                rows.append(None)
         with self.connection:  # BEGIN IMMEDIATE … COMMIT: no other mover between reading and moving progress
-            self.connection.execute(_MOVE, parameters)
-            self.connection.execute(_PROGRESS, parameters)
-
-
-def _readable(line: bytes) -> str | None:
-    try:
-        text = line.decode()
-        json.loads(text)
-    except ValueError:  # UnicodeDecodeError included
-        return None
-    return text
+            done = self.connection.execute("SELECT lines FROM journal_progress WHERE name = ?", (name,)).fetchone()
+            fresh = rows[max((done[0] if done else 0) - first_line, 0) :]
+            self.connection.executemany(INSERT, [row for row in fresh if row is not None])
+            self.connection.execute(_PROGRESS, (name, first_line + len(rows)))
+        return len(rows)
 
 
 def run(log: Path, interval_s: float) -> None:

@@ -153,7 +153,8 @@ def test_damaged_and_unfinished_lines_are_skipped(tmp_path):
     folder = path.with_name(path.name + JOURNAL_SUFFIX)
     folder.mkdir()
     good = [orjson.dumps([1_700_000_000_000_000 + i, "m", "1", f"h{i}", {"s": i}, "a", "r"]) for i in range(3)]
-    (folder / "123-dead.jsonl").write_bytes(good[0] + b"\n{not json\n" + good[1] + b"\n" + good[2][:9])
+    damaged = b"{not json\n" + b'["a line", "of the wrong shape"]\n'
+    (folder / "123-dead.jsonl").write_bytes(good[0] + b"\n" + damaged + good[1] + b"\n" + good[2][:9])
     rows = list(AuditLog(path).query())
     assert [row.input_hash for row in rows] == ["h0", "h1"]
     assert rows[0].time == "2023-11-14T22:13:20.000000Z"
