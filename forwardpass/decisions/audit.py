@@ -53,7 +53,6 @@ __all__ = [
 AUDIT_LOG_ENV = "FORWARDPASS_AUDIT_LOG"
 DEFAULT_AUDIT_LOG = Path(".forwardpass") / "audit.sqlite"
 COLUMNS = ("id", "time", "model", "version", "input_hash", "scores", "action", "rule")
-JOURNAL_BYTES = 8 << 20  # a journal file's size: once full, it is moved, deleted and followed by a new one
 
 _log = logging.getLogger(__name__)
 
@@ -247,9 +246,9 @@ class AuditLog:
             current.size += current.memory.write(payload)  # at current.size: only this appends to it
 
     def _open_journal(self, least: int) -> _Journal:
-        """A new journal file of at least `least` bytes (its disk blocks allocated now, so that a full disk fails
-        here and not as a fault on a later write), locked before it gets the name movers look for. Called with
-        _journal_lock held."""
+        """A new journal file of at least `least` bytes, the mover's spare if one is ready (else one made now, its
+        disk blocks allocated, so that a full disk fails here and not as a fault on a later write), locked before it
+        gets the name movers look for. Called with _journal_lock held."""
         if self._mover_process is None:
             with self._db_lock:  # a log that cannot be opened fails the first decision, not the mover later
                 try:
@@ -262,11 +261,13 @@ class AuditLog:
         self.journal_dir.mkdir(parents=True, exist_ok=True)
         name = f"{os.getpid()}-{secrets.token_hex(6)}.jsonl"
         unnamed = self.journal_dir / f".{name}.new"  # not *.jsonl: no mover sees it before it is locked
-        fd = os.open(unnamed, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        spare = least <= journal.JOURNAL_BYTES and journal.take_spare(self.journal_dir, unnamed)
+        fd = os.open(unnamed, os.O_RDWR if spare else os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            size = max(JOURNAL_BYTES, least)
-            os.posix_fallocate(fd, 0, size)
+            size = journal.JOURNAL_BYTES if spare else max(journal.JOURNAL_BYTES, least)
+            if not spare:
+                os.posix_fallocate(fd, 0, size)
             memory = mmap.mmap(fd, size)
             unnamed.rename(self.journal_dir / name)
         except OSError:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import secrets
 import select
 import signal
 import sqlite3
@@ -33,9 +34,13 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Mover", "connect", "journal_folder"]
+__all__ = ["Mover", "connect", "journal_folder", "make_spare", "take_spare"]
 
 JOURNAL_SUFFIX = ".pending"  # <log>.pending/: the journal files not yet moved into the log
+JOURNAL_BYTES = 8 << 20  # a journal file's size: once full, it is moved, deleted and followed by a new one
+# A spare: a journal-sized file of zeros the mover wrote out ahead of time. A writer that takes it appends without
+# page faults that allocate disk blocks (~2 µs a request in the predict loop with a fresh file's).
+SPARE_PREFIX, MAKING_PREFIX = ".spare-", ".making-"
 READ_BYTES = 1 << 16  # what one read of a journal takes: the lines of a few milliseconds, not the zeros beyond them
 
 _log = logging.getLogger("forwardpass.decisions.audit")
@@ -175,18 +180,51 @@ class Mover:
         return len(rows)
 
 
+def take_spare(folder: Path, target: Path) -> bool:
+    """Rename a spare (if any is left) to `target`, a name no mover looks at; False if there is none."""
+    for spare in folder.glob(f"{SPARE_PREFIX}*"):
+        try:
+            spare.rename(target)
+        except FileNotFoundError:  # another writer took it first
+            continue
+        return True
+    return False
+
+
+def make_spare(folder: Path) -> None:
+    """A spare for the next writer that needs a journal: zeros written out (blocks allocated, pages clean)."""
+    token = secrets.token_hex(6)
+    making = folder / f"{MAKING_PREFIX}{token}"
+    fd = os.open(making, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        if os.pwrite(fd, bytes(JOURNAL_BYTES), 0) != JOURNAL_BYTES:
+            raise OSError(f"short write to {making}")
+        os.fsync(fd)
+    except OSError:
+        making.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
+    making.rename(folder / f"{SPARE_PREFIX}{token}")
+
+
 def run(log: Path, interval_s: float) -> None:
-    """The mover process: a move every interval, and a last one when standard input closes."""
-    mover = Mover(connect(log), journal_folder(log))
+    """The mover process: a move every interval (and a spare kept ready), a last one when standard input closes."""
+    folder = journal_folder(log)
+    mover = Mover(connect(log), folder)
     stdin = sys.stdin.fileno()
     while True:
         ready, _, _ = select.select([stdin], [], [], interval_s)
         closing = bool(ready) and not os.read(stdin, 4096)
         try:
             mover.move()
+            if not closing and folder.is_dir() and not any(folder.glob(f"{SPARE_PREFIX}*")):
+                make_spare(folder)
         except (sqlite3.Error, OSError) as exc:  # the lines stay in their journal for the next move
             _log.warning("audit log %s: %s; the journal stays for the next move", log, exc)
         if closing:
+            for spare in [*folder.glob(f"{SPARE_PREFIX}*"), *folder.glob(f"{MAKING_PREFIX}*")]:
+                spare.unlink(missing_ok=True)
             mover.close()
             mover.connection.close()
             return

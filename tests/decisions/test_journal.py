@@ -19,7 +19,7 @@ import yaml
 
 import forwardpass
 from forwardpass.decisions import AuditLog
-from forwardpass.decisions.journal import JOURNAL_SUFFIX
+from forwardpass.decisions.journal import JOURNAL_BYTES, JOURNAL_SUFFIX
 
 RECORD = {"mean radius": 14.0, "mean texture": 19.0, "mean smoothness": 0.1, "mean concavity": 0.09}
 NEVER_MS = 600_000.0  # an interval no test outlives: rows move only on close or query
@@ -55,6 +55,27 @@ def test_journal_rows_reach_the_table_by_the_interval_and_on_close(tmp_path):
     rows = list(AuditLog(path).query())
     assert [row.scores for row in rows] == [{"score": i / 100} for i in range(4)]
     assert rows[0].time.endswith("Z") and len(rows[0].time) == len("2026-01-01T00:00:00.000000Z")
+
+
+def test_a_writer_takes_the_spare_its_mover_wrote_ahead(tmp_path):
+    path = tmp_path / "a.sqlite"
+    log = AuditLog(path, group_ms=10)
+    log.write_decisions("m", "1", [decided(0)])
+    folder = path.with_name(path.name + JOURNAL_SUFFIX)
+    deadline = time.monotonic() + 30
+    while not list(folder.glob(".spare-*")):
+        assert time.monotonic() < deadline, "the mover made no spare"
+        time.sleep(0.01)
+    spare = next(folder.glob(".spare-*"))
+    assert spare.stat().st_size == JOURNAL_BYTES and spare.read_bytes().count(0) == JOURNAL_BYTES
+    with log._journal_lock:  # as when the journal is full: the next append takes the spare
+        assert log._journal is not None
+        log._journal.size = log._journal.capacity
+    log.write_decisions("m", "1", [decided(1)])
+    assert not spare.exists()
+    log.close()
+    assert [row.scores["score"] for row in AuditLog(path).query()] == [0.0, 0.01]
+    assert not list(folder.iterdir())  # journals moved and deleted, spares deleted by the exiting mover
 
 
 def test_queries_move_a_live_journal_exactly_once(tmp_path):
