@@ -69,7 +69,7 @@ class InferenceServer:
         if settings.grpc_port:
             self._grpc = _grpc_server(self.dataplane, settings)
         await self.registry.load_all()
-        generation = generation_routes(self.generators, settings.max_request_bytes)
+        generation = generation_routes(self.generators, settings.max_request_bytes, self.dataplane.metrics)
         http_app = create_http_app(self.dataplane, settings, generation)
         config = uvicorn.Config(
             with_websockets(http_app, self.dataplane, settings),

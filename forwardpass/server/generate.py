@@ -6,7 +6,8 @@ events when asked, so that existing clients work.
     POST /v1/completions                                  {"model": "<m>", "prompt": "...", "stream": true, ...}
 
 Each model version gets one Generator (continuous batching) on first use; every request joins its running batch.
-Errors before the first token are the usual statuses; an error during a stream is its last event.
+Errors before the first token are the usual statuses; an error during a stream is its last event. Finished
+generations feed /metrics (tokens, time to first token, duration); failures count where they are answered.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from forwardpass.generation import Generator, SamplingParams, TokenEvent, open_g
 from forwardpass.registry import ModelRegistry, Served
 from forwardpass.server.codec import decode_json, encode_json
 from forwardpass.server.http import error_response
+from forwardpass.server.metrics import Metrics
 
 __all__ = ["Generators", "generation_routes"]
 
@@ -97,8 +99,8 @@ class Generators:
             self._generators.pop(served).close()
 
 
-def generation_routes(generators: Generators, max_request_bytes: int) -> list[Route]:
-    api = _GenerateApi(generators, max_request_bytes)
+def generation_routes(generators: Generators, max_request_bytes: int, metrics: Metrics) -> list[Route]:
+    api = _GenerateApi(generators, max_request_bytes, metrics)
     table: list[tuple[str, Endpoint, Callable[[ForwardpassError], Response]]] = [
         ("/v2/models/{model}/generate", api.generate, error_response),
         ("/v2/models/{model}/versions/{version}/generate", api.generate, error_response),
@@ -106,20 +108,21 @@ def generation_routes(generators: Generators, max_request_bytes: int) -> list[Ro
         ("/v2/models/{model}/versions/{version}/generate_stream", api.generate_stream, error_response),
         ("/v1/completions", api.completions, _openai_error),
     ]
-    return [Route(path, _guarded(endpoint, answer), methods=["POST"]) for path, endpoint, answer in table]
+    return [Route(path, _guarded(endpoint, answer, metrics), methods=["POST"]) for path, endpoint, answer in table]
 
 
 class _GenerateApi:
-    def __init__(self, generators: Generators, max_request_bytes: int) -> None:
+    def __init__(self, generators: Generators, max_request_bytes: int, metrics: Metrics) -> None:
         self.generators = generators
         self.max_request_bytes = max_request_bytes
+        self.metrics = metrics
 
     # Triton's generate extension
 
     async def generate(self, request: Request) -> Response:
         served, generator, prompt, params = await self._triton_request(request)
         pieces, ids, reason = [], [], None
-        async for event, delta in _with_text(served, generator, prompt, params):
+        async for event, delta in self._with_text(served, generator, prompt, params):
             pieces.append(delta)
             ids.append(event.token_id)
             reason = event.finish_reason
@@ -130,9 +133,10 @@ class _GenerateApi:
 
         async def events() -> AsyncIterator[bytes]:
             try:
-                async for event, delta in _with_text(served, generator, prompt, params):
+                async for event, delta in self._with_text(served, generator, prompt, params):
                     yield _sse(_triton_answer(served, delta, [event.token_id], event.finish_reason))
             except ForwardpassError as exc:
+                self.metrics.failed(served.name, served.version, exc)
                 yield _sse({"error": str(exc)})
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
@@ -148,6 +152,7 @@ class _GenerateApi:
         settings = {key: value for key, value in body.items() if key in _SAMPLING}
         settings.update(parameters)
         served, generator = self.generators.get(request.path_params["model"], request.path_params.get("version"))
+        request.state.served = served  # whose failure a refusal from here on is
         prompt = _prompt(generator, body.get("text_input", body.get("input_ids")), "text_input")
         return served, generator, prompt, _sampling(settings)
 
@@ -165,6 +170,7 @@ class _GenerateApi:
         if not isinstance(name, str) or not name:
             raise InputError("'model' must name a model of this server")
         served, generator = self.generators.get(name, None)
+        request.state.served = served
         prompt_value = body.get("prompt")
         if isinstance(prompt_value, list) and len(prompt_value) == 1 and isinstance(prompt_value[0], str | list):
             prompt_value = prompt_value[0]  # a batch of one prompt
@@ -178,17 +184,18 @@ class _GenerateApi:
 
             async def events() -> AsyncIterator[bytes]:
                 try:
-                    async for event, delta in _with_text(served, generator, prompt, params):
+                    async for event, delta in self._with_text(served, generator, prompt, params):
                         ids = [event.token_id] if with_ids else None
                         choice = _choice(delta, event.finish_reason, ids)
                         yield _sse(_completion(completion_id, created, served.name, choice))
                 except ForwardpassError as exc:
+                    self.metrics.failed(served.name, served.version, exc)
                     yield _sse(_openai_error_body(exc))
                 yield b"data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
         pieces, ids, reason = [], [], None
-        async for event, delta in _with_text(served, generator, prompt, params):
+        async for event, delta in self._with_text(served, generator, prompt, params):
             pieces.append(delta)
             ids.append(event.token_id)
             reason = event.finish_reason
@@ -202,18 +209,32 @@ class _GenerateApi:
         }
         return Response(encode_json(answer), media_type=JSON)
 
-
-async def _with_text(
-    served: Served, generator: Generator, prompt: list[int], params: SamplingParams
-) -> AsyncIterator[tuple[TokenEvent, str]]:
-    """Each token with the text it completes (the rest of the text comes with the last token)."""
-    text = generator.codec.incremental()
-    with served.in_use():
-        async for event in generator.stream(prompt, params):
-            delta = text.push(event.token_id)
-            if event.finish_reason is not None:
-                delta += text.flush()
-            yield event, delta
+    async def _with_text(
+        self, served: Served, generator: Generator, prompt: list[int], params: SamplingParams
+    ) -> AsyncIterator[tuple[TokenEvent, str]]:
+        """Each token with the text it completes (the rest of the text comes with the last token); a generation
+        that ends is counted in the metrics."""
+        text = generator.codec.incremental()
+        started = time.perf_counter()
+        first_token_s, tokens = 0.0, 0
+        with served.in_use():
+            async for event in generator.stream(prompt, params):
+                if not tokens:
+                    first_token_s = time.perf_counter() - started
+                tokens += 1
+                delta = text.push(event.token_id)
+                if event.finish_reason is not None:
+                    delta += text.flush()
+                    self.metrics.generated(
+                        served.name,
+                        served.version,
+                        len(prompt),
+                        tokens,
+                        first_token_s,
+                        time.perf_counter() - started,
+                        event.finish_reason,
+                    )
+                yield event, delta
 
 
 def _prompt(generator: Generator, value: object, field: str) -> list[int]:
@@ -299,11 +320,13 @@ def _openai_error(error: ForwardpassError) -> Response:
     return Response(encode_json(_openai_error_body(error)), error.http_status, headers, JSON)
 
 
-def _guarded(endpoint: Endpoint, answer: Callable[[ForwardpassError], Response]) -> Endpoint:
+def _guarded(endpoint: Endpoint, answer: Callable[[ForwardpassError], Response], metrics: Metrics) -> Endpoint:
     async def guarded(request: Request) -> Response:
         try:
             return await endpoint(request)
         except ForwardpassError as exc:
+            served: Served | None = getattr(request.state, "served", None)
+            metrics.failed(served.name if served else None, served.version if served else None, exc)
             return answer(exc)
 
     return guarded

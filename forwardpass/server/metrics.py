@@ -23,6 +23,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STAGES = ("queue", "preprocess", "inference", "postprocess")
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_GENERATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 QueueDepths = Callable[[], dict[tuple[str, str], int]]  # (model, version) → requests queued
 
@@ -150,6 +151,36 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        # token generation (vLLM's figures under forwardpass names): a stream is one request, however many tokens
+        self.generations = Counter(
+            "forwardpass_generation_requests",
+            "Generations finished, by why they stopped (stop, length)",
+            ["model", "version", "finish_reason"],
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "forwardpass_prompt_tokens",
+            "Prompt tokens of finished generations",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.generated_tokens = Counter(
+            "forwardpass_generated_tokens", "Tokens generated", ["model", "version"], registry=self.registry
+        )
+        self.time_to_first_token = Histogram(
+            "forwardpass_time_to_first_token_seconds",
+            "From a generation's submission (queue and prefill included) to its first token",
+            ["model", "version"],
+            buckets=_GENERATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.generation_duration = Histogram(
+            "forwardpass_generation_duration_seconds",
+            "From a generation's submission to its last token",
+            ["model", "version"],
+            buckets=_GENERATION_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_QueueDepthCollector(queue_depths))
         self._children: dict[tuple[str, str], _Children] = {}
         self._stats: dict[tuple[str, str], _VersionStats] = {}
@@ -174,6 +205,23 @@ class Metrics:
         self.failures.labels(model or "", str(error.http_status)).inc()
         if model is not None and version is not None:
             self._series(model, version)[1].fail.add(seconds)
+
+    def generated(
+        self,
+        model: str,
+        version: str,
+        prompt_tokens: int,
+        tokens: int,
+        first_token_s: float,
+        total_s: float,
+        reason: str,
+    ) -> None:
+        """A generation that ran to its end (failures go to `failed`)."""
+        self.generations.labels(model, version, reason).inc()
+        self.prompt_tokens.labels(model, version).inc(prompt_tokens)
+        self.generated_tokens.labels(model, version).inc(tokens)
+        self.time_to_first_token.labels(model, version).observe(first_token_s)
+        self.generation_duration.labels(model, version).observe(total_s)
 
     def batch(self, model: str, version: str, rows: int, run_s: float) -> None:
         children, stats = self._series(model, version)

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from forwardpass.generation.export import export_decoder
 from forwardpass.generation.seeded import build_seeded_gpt2
@@ -156,6 +157,39 @@ def test_errors_are_4xx_in_each_apis_shape(server: Any) -> None:
         assert error["type"] == "invalid_request_error" and error["message"]
     unknown = httpx.post(f"{server.url}/v1/completions", json={"model": "nope", "prompt": "Hi"}, timeout=60)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == 404
+
+
+def figures(server: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics as {(sample name, sorted labels): value}."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_generations_are_counted_in_the_metrics(server: Any) -> None:
+    gpt2 = (("model", "gpt2"), ("version", "1"))
+    before = figures(server)
+    body = {"input_ids": [5, 6, 7], "max_tokens": 4, "ignore_eos": True}
+    assert len(generate(server, body).json()["output_ids"]) == 4
+    assert len(stream(server, "/v2/models/gpt2/generate_stream", body)) == 4
+    assert generate(server, {"input_ids": [5] * 200}).status_code == 400  # too long for the model: its failure
+    assert generate(server, {"text_input": "Hi", "max_tokenz": 3}).status_code == 400  # no model reached yet
+    after = figures(server)
+
+    def added(name: str, labels: tuple[tuple[str, str], ...]) -> float:
+        return after.get((name, labels), 0.0) - before.get((name, labels), 0.0)
+
+    length = tuple(sorted((*gpt2, ("finish_reason", "length"))))
+    assert added("forwardpass_generation_requests_total", length) == 2
+    assert added("forwardpass_generated_tokens_total", gpt2) == 8
+    assert added("forwardpass_prompt_tokens_total", gpt2) == 6
+    assert added("forwardpass_time_to_first_token_seconds_count", gpt2) == 2
+    assert added("forwardpass_generation_duration_seconds_count", gpt2) == 2
+    assert added("forwardpass_request_failures_total", (("code", "400"), ("model", "gpt2"))) == 1
+    assert added("forwardpass_request_failures_total", (("code", "400"), ("model", ""))) == 1
 
 
 class GatedSession:
