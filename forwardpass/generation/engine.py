@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,7 +125,7 @@ class Generator:
         events: queue.SimpleQueue[TokenEvent | ForwardpassError] = queue.SimpleQueue()
         return _drain(events.get, self.submit(prompt_ids, params, events.put))
 
-    def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncGenerator[TokenEvent, None]:
         """The tokens as they come, on the running asyncio loop; leaving the iteration early cancels the request.
         The request is queued now: a refusal raises here, not on iteration."""
         loop = asyncio.get_running_loop()
@@ -256,7 +256,7 @@ def _drain(get: Callable[[], TokenEvent | ForwardpassError], ticket: Ticket) -> 
 
 async def _drain_async(
     events: asyncio.Queue[TokenEvent | ForwardpassError], ticket: Ticket
-) -> AsyncIterator[TokenEvent]:
+) -> AsyncGenerator[TokenEvent, None]:
     try:
         while True:
             event = await events.get()

@@ -12,6 +12,8 @@ generations feed /metrics (tokens, time to first token, duration); failures coun
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -55,14 +57,15 @@ _OPENAI_NO_OPS: dict[str, tuple[Any, ...]] = {
     "echo": (False, None),
     "logprobs": (None,),
     "suffix": (None,),
-    "stop": (None, [], ""),
     "presence_penalty": (0, None),
     "frequency_penalty": (0, None),
     "logit_bias": (None, {}),
 }
+MAX_STOP_STRINGS = 4  # OpenAI's limit
 _OPENAI_FIELDS = {
     "model",
     "prompt",
+    "stop",
     "stream",
     "stream_options",
     "user",
@@ -177,6 +180,7 @@ class _GenerateApi:
         prompt = _prompt(generator, prompt_value, "prompt")
         given = {key: value for key, value in body.items() if value is not None}
         params = _sampling({"max_tokens": 16, "temperature": 1.0, **given})  # OpenAI's defaults
+        stop = _stop_strings(body.get("stop"))
         with_ids = body.get("return_token_ids") is True
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
@@ -184,7 +188,7 @@ class _GenerateApi:
 
             async def events() -> AsyncIterator[bytes]:
                 try:
-                    async for event, delta in self._with_text(served, generator, prompt, params):
+                    async for event, delta in self._with_text(served, generator, prompt, params, stop):
                         ids = [event.token_id] if with_ids else None
                         choice = _choice(delta, event.finish_reason, ids)
                         yield _sse(_completion(completion_id, created, served.name, choice))
@@ -195,7 +199,7 @@ class _GenerateApi:
 
             return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
         pieces, ids, reason = [], [], None
-        async for event, delta in self._with_text(served, generator, prompt, params):
+        async for event, delta in self._with_text(served, generator, prompt, params, stop):
             pieces.append(delta)
             ids.append(event.token_id)
             reason = event.finish_reason
@@ -210,31 +214,65 @@ class _GenerateApi:
         return Response(encode_json(answer), media_type=JSON)
 
     async def _with_text(
-        self, served: Served, generator: Generator, prompt: list[int], params: SamplingParams
+        self,
+        served: Served,
+        generator: Generator,
+        prompt: list[int],
+        params: SamplingParams,
+        stop: tuple[str, ...] = (),
     ) -> AsyncIterator[tuple[TokenEvent, str]]:
-        """Each token with the text it completes (the rest of the text comes with the last token); a generation
-        that ends is counted in the metrics."""
+        """Each token with the text it completes (the rest of the text comes with the last token). With stop
+        strings, the text ends before the first one it contains, which ends the generation (finish reason "stop");
+        text that may be the start of one waits until it cannot. A generation that ends is counted in the metrics."""
         text = generator.codec.incremental()
+        held = ""  # text not sent yet
         started = time.perf_counter()
         first_token_s, tokens = 0.0, 0
         with served.in_use():
-            async for event in generator.stream(prompt, params):
-                if not tokens:
-                    first_token_s = time.perf_counter() - started
-                tokens += 1
-                delta = text.push(event.token_id)
-                if event.finish_reason is not None:
-                    delta += text.flush()
-                    self.metrics.generated(
-                        served.name,
-                        served.version,
-                        len(prompt),
-                        tokens,
-                        first_token_s,
-                        time.perf_counter() - started,
-                        event.finish_reason,
-                    )
-                yield event, delta
+            async with contextlib.aclosing(generator.stream(prompt, params)) as events:  # leaving early cancels it
+                async for event in events:
+                    if not tokens:
+                        first_token_s = time.perf_counter() - started
+                    tokens += 1
+                    held += text.push(event.token_id)
+                    reason = event.finish_reason
+                    if reason is not None:
+                        held += text.flush()
+                    found = _first_stop(held, stop)
+                    if found is not None:
+                        held, reason = held[:found], "stop"
+                    if reason is not None:
+                        elapsed = time.perf_counter() - started
+                        self.metrics.generated(
+                            served.name, served.version, len(prompt), tokens, first_token_s, elapsed, reason
+                        )
+                        yield dataclasses.replace(event, finish_reason=reason), held
+                        return
+                    sendable = len(held) - _stop_prefix(held, stop)
+                    yield event, held[:sendable]
+                    held = held[sendable:]
+
+
+def _stop_strings(value: object) -> tuple[str, ...]:
+    """OpenAI's `stop`: a string or a list of up to four, empty ones ignored."""
+    strings = [value] if isinstance(value, str) else value if isinstance(value, list) else None
+    if value is not None and (strings is None or not all(isinstance(item, str) for item in strings)):
+        raise InputError(f"'stop' must be a string or a list of strings, got {value!r}")
+    chosen = tuple(item for item in strings or [] if item)
+    if len(chosen) > MAX_STOP_STRINGS:
+        raise InputError(f"'stop' takes at most {MAX_STOP_STRINGS} strings, got {len(chosen)}")
+    return chosen
+
+
+def _first_stop(text: str, stop: tuple[str, ...]) -> int | None:
+    """Where the earliest stop string in `text` begins, or None."""
+    found = [index for index in (text.find(item) for item in stop) if index >= 0]
+    return min(found) if found else None
+
+
+def _stop_prefix(text: str, stop: tuple[str, ...]) -> int:
+    """The length of the longest end of `text` that a stop string begins with (to hold back)."""
+    return max((size for item in stop for size in range(len(item) - 1, 0, -1) if text.endswith(item[:size])), default=0)
 
 
 def _prompt(generator: Generator, value: object, field: str) -> list[int]:

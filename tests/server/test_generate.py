@@ -99,6 +99,28 @@ def test_streams_deliver_the_same_tokens_as_the_plain_call(server: Any) -> None:
         assert len({chunk["id"] for chunk in chunks}) == 1
 
 
+def test_openai_stop_strings_end_the_text_before_them(server: Any) -> None:
+    url = f"{server.url}/v1/completions"
+    body = {"model": "gpt2", "prompt": PROMPTS[1], "max_tokens": 24, "temperature": 0, "ignore_eos": True}
+    full = httpx.post(url, json=body, timeout=60).json()["choices"][0]["text"]
+    assert len(full) > 12
+    stop = full[6:10]  # inside the text, most likely across a token boundary
+    cut = full.find(stop)
+    for stops in (stop, ["never in the text", stop]):
+        plain = httpx.post(url, json={**body, "stop": stops}, timeout=60).json()
+        assert plain["choices"][0]["text"] == full[:cut]
+        assert plain["choices"][0]["finish_reason"] == "stop"
+        assert plain["usage"]["completion_tokens"] < 24
+        chunks = stream(server, "/v1/completions", {**body, "stop": stops, "stream": True})
+        assert "".join(chunk["choices"][0]["text"] for chunk in chunks) == full[:cut]
+        assert [chunk["choices"][0]["finish_reason"] for chunk in chunks][-1] == "stop"
+    unmatched = httpx.post(url, json={**body, "stop": "never in the text"}, timeout=60).json()["choices"][0]
+    assert (unmatched["text"], unmatched["finish_reason"]) == (full, "length")
+    for bad in (["a", "b", "c", "d", "e"], [1], {"x": 1}):
+        refused = httpx.post(url, json={**body, "stop": bad}, timeout=60)
+        assert refused.status_code == 400 and "stop" in refused.json()["error"]["message"]
+
+
 def test_openai_stream_ends_with_done(server: Any) -> None:
     body = {"model": "gpt2", "prompt": "Hi", "max_tokens": 3, "stream": True, "seed": 1}
     with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
