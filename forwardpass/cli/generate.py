@@ -36,6 +36,9 @@ def generate(
     stop_token_ids: list[int] = typer.Option(
         [], "--stop-token-id", help="A token id that ends the text (besides the model's end tokens); repeatable."
     ),
+    stop: list[str] = typer.Option(
+        [], "--stop", help="Text that ends the generation, left out of the output; repeatable.", show_default=False
+    ),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Go on past the model's end-of-text tokens."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end instead of streaming."),
     threads: int = typer.Option(0, "--threads", min=0, help="ONNX Runtime intra-op threads (0: one per core)."),
@@ -62,7 +65,7 @@ def generate(
 
       forwardpass generate SmolLM2-135M-Instruct.Q4_1.gguf "Hi" --export-to models/smollm2   # then: serve it
     """
-    from forwardpass.generation import SamplingParams, open_generator  # imported on use: numpy-heavy loop code
+    from forwardpass.generation import SamplingParams, StopStrings, open_generator  # on use: numpy-heavy loop code
 
     params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_token_ids), ignore_eos)
     source = _exported(model, export_to) if repository is None else model
@@ -70,27 +73,32 @@ def generate(
     generator = open_generator(loaded)
     try:
         prompt_ids = generator.encode(prompt)
-        text = generator.codec.incremental()
+        text, stops = generator.codec.incremental(), StopStrings(tuple(stop))
         ids: list[int] = []
+        pieces: list[str] = []
         reason = None
         started = time.perf_counter()
         first_token_s = 0.0
-        for event in generator.tokens(prompt_ids, params):
+        for event in generator.tokens(prompt_ids, params):  # leaving the loop early cancels the generation
             if not ids:
                 first_token_s = time.perf_counter() - started
             ids.append(event.token_id)
             reason = event.finish_reason
-            piece = text.push(event.token_id) + (text.flush() if reason else "")
+            piece = stops.feed(text.push(event.token_id) + (text.flush() if reason else ""), final=bool(reason))
+            pieces.append(piece)
             if not as_json:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
+            if stops.stopped:
+                reason = "stop"
+                break
         elapsed = time.perf_counter() - started
     finally:
         generator.close()
         loaded.close()
     if as_json:
         answer = {
-            "text": generator.codec.decode(ids),
+            "text": "".join(pieces),
             "token_ids": ids,
             "prompt_tokens": len(prompt_ids),
             "finish_reason": reason,

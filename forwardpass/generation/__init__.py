@@ -4,13 +4,14 @@ incremental detokenization and the continuous-batching decode loop."""
 from forwardpass.generation.engine import Generator, Listener, Ticket, TokenEvent
 from forwardpass.generation.loader import open_generator
 from forwardpass.generation.sampling import SamplingParams
-from forwardpass.generation.text import IncrementalText, TextCodec
+from forwardpass.generation.text import IncrementalText, StopStrings, TextCodec
 
 __all__ = [
     "Generator",
     "IncrementalText",
     "Listener",
     "SamplingParams",
+    "StopStrings",
     "TextCodec",
     "Ticket",
     "TokenEvent",

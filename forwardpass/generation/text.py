@@ -1,5 +1,5 @@
 """The model's tokenizer: text → token ids for the prompt, and token ids → text as they come (incrementally, so that
-a character split over several tokens appears whole, once)."""
+a character split over several tokens appears whole, once), cut before a stop string when one is asked for."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from forwardpass.errors import ConfigError, InputError
 
-__all__ = ["IncrementalText", "TextCodec"]
+__all__ = ["IncrementalText", "StopStrings", "TextCodec"]
 
 
 class TextCodec:
@@ -61,3 +61,29 @@ class IncrementalText:
             return ""
         self._prefix, self._read = self._read, len(self.ids)
         return current[len(settled) :]
+
+
+class StopStrings:
+    """Generated text in, text to send out, ending before the first stop string: text that may be the start of one
+    waits until it cannot be; once one is found, `stopped` is true (the generation should end there)."""
+
+    def __init__(self, strings: tuple[str, ...]) -> None:
+        self.strings = tuple(item for item in strings if item)
+        self.stopped = False
+        self._held = ""
+
+    def feed(self, piece: str, final: bool = False) -> str:
+        """What can be sent now of the text so far; `final`: the generation ended, send all that is left."""
+        held = self._held + piece
+        found = [index for index in (held.find(item) for item in self.strings) if index >= 0]
+        if found:
+            self.stopped, self._held = True, ""
+            return held[: min(found)]
+        waiting = 0 if final else self._start_of_a_stop(held)
+        self._held = held[len(held) - waiting :]
+        return held[: len(held) - waiting]
+
+    def _start_of_a_stop(self, text: str) -> int:
+        """The length of the longest end of `text` that a stop string begins with."""
+        ends = (size for item in self.strings for size in range(len(item) - 1, 0, -1) if text.endswith(item[:size]))
+        return max(ends, default=0)

@@ -24,7 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from forwardpass.errors import ForwardpassError, InputError, PayloadTooLarge
-from forwardpass.generation import Generator, SamplingParams, TokenEvent, open_generator
+from forwardpass.generation import Generator, SamplingParams, StopStrings, TokenEvent, open_generator
 from forwardpass.registry import ModelRegistry, Served
 from forwardpass.server.codec import decode_json, encode_json
 from forwardpass.server.http import error_response
@@ -225,7 +225,7 @@ class _GenerateApi:
         strings, the text ends before the first one it contains, which ends the generation (finish reason "stop");
         text that may be the start of one waits until it cannot. A generation that ends is counted in the metrics."""
         text = generator.codec.incremental()
-        held = ""  # text not sent yet
+        stops = StopStrings(stop)
         started = time.perf_counter()
         first_token_s, tokens = 0.0, 0
         with served.in_use():
@@ -234,23 +234,19 @@ class _GenerateApi:
                     if not tokens:
                         first_token_s = time.perf_counter() - started
                     tokens += 1
-                    held += text.push(event.token_id)
                     reason = event.finish_reason
-                    if reason is not None:
-                        held += text.flush()
-                    found = _first_stop(held, stop)
-                    if found is not None:
-                        held, reason = held[:found], "stop"
-                    if reason is not None:
-                        elapsed = time.perf_counter() - started
-                        self.metrics.generated(
-                            served.name, served.version, len(prompt), tokens, first_token_s, elapsed, reason
-                        )
-                        yield dataclasses.replace(event, finish_reason=reason), held
-                        return
-                    sendable = len(held) - _stop_prefix(held, stop)
-                    yield event, held[:sendable]
-                    held = held[sendable:]
+                    delta = stops.feed(text.push(event.token_id) + (text.flush() if reason else ""), final=bool(reason))
+                    if stops.stopped:
+                        reason = "stop"
+                    if reason is None:
+                        yield event, delta
+                        continue
+                    elapsed = time.perf_counter() - started
+                    self.metrics.generated(
+                        served.name, served.version, len(prompt), tokens, first_token_s, elapsed, reason
+                    )
+                    yield dataclasses.replace(event, finish_reason=reason), delta
+                    return
 
 
 def _stop_strings(value: object) -> tuple[str, ...]:
@@ -262,17 +258,6 @@ def _stop_strings(value: object) -> tuple[str, ...]:
     if len(chosen) > MAX_STOP_STRINGS:
         raise InputError(f"'stop' takes at most {MAX_STOP_STRINGS} strings, got {len(chosen)}")
     return chosen
-
-
-def _first_stop(text: str, stop: tuple[str, ...]) -> int | None:
-    """Where the earliest stop string in `text` begins, or None."""
-    found = [index for index in (text.find(item) for item in stop) if index >= 0]
-    return min(found) if found else None
-
-
-def _stop_prefix(text: str, stop: tuple[str, ...]) -> int:
-    """The length of the longest end of `text` that a stop string begins with (to hold back)."""
-    return max((size for item in stop for size in range(len(item) - 1, 0, -1) if text.endswith(item[:size])), default=0)
 
 
 def _prompt(generator: Generator, value: object, field: str) -> list[int]:

@@ -35,6 +35,16 @@ def test_streamed_text_is_the_decoded_tokens(exported: Path) -> None:
     assert f"{len(plain['token_ids'])} tokens in" in done.stderr and "first after" in done.stderr
 
 
+def test_stop_text_ends_the_output_before_it(exported: Path) -> None:
+    full = json.loads(run(exported, "Where is", "-n", "16", "--ignore-eos", "--json").stdout)["text"]
+    stop = full[5:9]
+    stopped = json.loads(run(exported, "Where is", "-n", "16", "--ignore-eos", "--stop", stop, "--json").stdout)
+    assert (stopped["text"], stopped["finish_reason"]) == (full[: full.find(stop)], "stop")
+    streamed = run(exported, "Where is", "-n", "16", "--ignore-eos", "--stop", "not there", "--stop", stop)
+    assert streamed.stdout == full[: full.find(stop)] + "\n"
+    assert "finish: stop" in streamed.stderr
+
+
 def test_hugging_face_folder_is_exported_once(hf_folder: Path, tmp_path: Path, reference) -> None:
     import shutil
 

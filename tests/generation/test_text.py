@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from forwardpass.generation import TextCodec
+from forwardpass.generation import StopStrings, TextCodec
 
 
 def pieces(codec: TextCodec, ids: list[int]) -> list[str]:
@@ -44,3 +44,25 @@ def test_end_token_has_no_text(exported: Path) -> None:
     codec = TextCodec(exported / "tokenizer.json")
     ids = [*codec.encode("Hi"), 0]
     assert "".join(pieces(codec, ids)) == "Hi"
+
+
+def test_stop_strings_hold_back_only_what_may_start_one() -> None:
+    stops = StopStrings(("END", "##"))
+    assert [stops.feed(piece) for piece in ["one E", "N", "x two #", "!", " three E"]] == [
+        "one ",  # "E" may begin END
+        "",  # "EN" still may
+        "ENx two ",  # not END after all; "#" may begin ##
+        "#!",
+        " three ",
+    ]
+    assert not stops.stopped
+    assert stops.feed("ND and more") == ""  # "E" + "ND": END found, nothing after it is sent
+    assert stops.stopped
+
+
+def test_stop_strings_send_the_rest_at_the_end_and_find_the_earliest() -> None:
+    tail = StopStrings(("END",))
+    assert (tail.feed("so E"), tail.feed("N", final=True), tail.stopped) == ("so ", "EN", False)
+    earliest = StopStrings(("b", "abc"))
+    assert (earliest.feed("xxabcb"), earliest.stopped) == ("xx", True)  # abc starts before b
+    assert StopStrings(("",)).feed("no stop strings") == "no stop strings"
