@@ -30,7 +30,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -65,16 +64,17 @@ _PROGRESS = """
 INSERT INTO journal_progress (name, lines) VALUES (?1, ?2)
 ON CONFLICT (name) DO UPDATE SET lines = max(lines, excluded.lines)
 """
-_SECOND: list[Any] = [None, ""]  # the last whole second formatted, and its text: formatting costs more than a row
+_last_second: tuple[int, str] = (-1, "")  # a whole second and its text: formatting costs more than a row
 
 
 def utc_text(micros: int) -> str:
     """ISO 8601 in UTC with microseconds: text that sorts in time order, so time filters compare strings."""
+    global _last_second
     second, fraction = divmod(micros, 1_000_000)
-    if _SECOND[0] != second:
-        _SECOND[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _SECOND[0] = second
-    return f"{_SECOND[1]}.{fraction:06d}Z"
+    cached = _last_second  # one tuple, swapped whole: threads never see one second with another's text
+    if cached[0] != second:
+        cached = _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{fraction:06d}Z"
 
 
 def journal_folder(log: Path) -> Path:
