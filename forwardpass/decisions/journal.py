@@ -29,6 +29,7 @@ import sqlite3
 import sys
 import time
 from dataclasses import dataclass
+from math import inf
 from pathlib import Path
 
 import orjson
@@ -194,6 +195,7 @@ def take_spare(folder: Path, target: Path) -> bool:
 def make_spare(folder: Path) -> None:
     """A spare for the next writer that needs a journal: zeros written out (blocks allocated, pages clean)."""
     token = secrets.token_hex(6)
+    folder.mkdir(parents=True, exist_ok=True)
     making = folder / f"{MAKING_PREFIX}{token}"
     fd = os.open(making, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -213,21 +215,41 @@ def run(log: Path, interval_s: float) -> None:
     folder = journal_folder(log)
     mover = Mover(connect(log), folder)
     stdin = sys.stdin.fileno()
+    warn = _Warnings()
+    next_spare = 0.0  # after a failure to make one, the next try waits a minute (writers make their own meanwhile)
     while True:
         ready, _, _ = select.select([stdin], [], [], interval_s)
         closing = bool(ready) and not os.read(stdin, 4096)
         try:
             mover.move()
-            if not closing and folder.is_dir() and not any(folder.glob(f"{SPARE_PREFIX}*")):
-                make_spare(folder)
         except (sqlite3.Error, OSError) as exc:  # the lines stay in their journal for the next move
-            _log.warning("audit log %s: %s; the journal stays for the next move", log, exc)
+            warn(f"audit log {log}: {exc}; the journals stay for the next move")
+        if not closing and time.monotonic() >= next_spare and not any(folder.glob(f"{SPARE_PREFIX}*")):
+            try:
+                make_spare(folder)
+            except OSError as exc:
+                warn(f"audit journal {folder}: no spare made ({exc}); writers make their own")
+                next_spare = time.monotonic() + 60
         if closing:
             for spare in [*folder.glob(f"{SPARE_PREFIX}*"), *folder.glob(f"{MAKING_PREFIX}*")]:
                 spare.unlink(missing_ok=True)
             mover.close()
             mover.connection.close()
             return
+
+
+class _Warnings:
+    """A warning once, then again only after a minute or when it changes: a full disk would otherwise be logged at
+    every interval."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def __call__(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(message, -inf) >= 60:
+            self._last[message] = now
+            _log.warning("%s", message)
 
 
 if __name__ == "__main__":

@@ -224,3 +224,17 @@ def test_a_forked_child_keeps_its_own_journal(tmp_path):
     log.close()
     assert sorted(row.scores["score"] for row in AuditLog(path).query()) == [0.0, 0.01, 0.02]
     assert journals(path) == []
+
+
+def test_the_movers_warnings_are_not_repeated_every_interval(caplog):
+    from forwardpass.decisions.journal import _Warnings
+
+    warn = _Warnings()
+    with caplog.at_level("WARNING", logger="forwardpass.decisions.audit"):
+        for _ in range(3):
+            warn("audit log x: disk I/O error")
+        warn("audit log x: database is locked")
+    assert [record.getMessage() for record in caplog.records] == [
+        "audit log x: disk I/O error",
+        "audit log x: database is locked",
+    ]
