@@ -266,8 +266,10 @@ class AuditLog:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             size = journal.JOURNAL_BYTES if spare else max(journal.JOURNAL_BYTES, least)
-            if not spare:
+            if not spare and hasattr(os, "posix_fallocate"):
                 os.posix_fallocate(fd, 0, size)
+            elif not spare:  # macOS has no posix_fallocate: the blocks come with the writes there
+                os.ftruncate(fd, size)
             memory = mmap.mmap(fd, size)
             unnamed.rename(self.journal_dir / name)
         except OSError:
