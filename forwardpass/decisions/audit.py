@@ -210,18 +210,19 @@ class AuditLog:
             yield AuditRecord(row[1], row[2], row[3], row[4], orjson.loads(row[5]), row[6], row[7], id=row[0])
 
     def close(self) -> None:
-        """Hand this process's journal to the mover, stop the mover unless another log of this process shares it,
-        move what is left, close the connection. AuditError if the log cannot take the rows (they stay in the
-        journal for the next move)."""
+        """Finish this process's journal, stop the mover unless another log of this process shares it, move what
+        is left here (the mover's last move would make close wait for its start-up), close the connection.
+        AuditError if the log cannot take the rows (they stay in the journal for the next move)."""
         with self._journal_lock:
             current, self._journal = self._journal, None
             mover, self._mover_process = self._mover_process, None
         if current is not None:
             current.close()
-        if mover is not None:
-            mover.release()
+        stopped = mover is not None and mover.release()
         try:
             self._move_journals()
+            if stopped:
+                journal.remove_spares(self.journal_dir)
         finally:
             with self._db_lock:
                 if self._mover is not None:
@@ -335,20 +336,19 @@ class _MoverProcess:
             _log.warning("audit mover of %s exited (%s); starting another", self.log, self.process.returncode)
             self.process = self._spawn()
 
-    def release(self) -> None:
-        """The last user gone: the mover moves what is left, and exits."""
+    def release(self) -> bool:
+        """One user fewer; the last one stops the mover (SIGTERM: a move it was making rolls back, and the caller
+        moves what is left) and gets True."""
         with _movers_lock:
             self.users -= 1
             if self.users > 0:
-                return
+                return False
             del _movers[os.path.abspath(self.log)]
+        self.process.terminate()
+        self.process.wait()
         assert self.process.stdin is not None
         self.process.stdin.close()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:  # the log stays locked by someone: whatever is left waits in journals
-            self.process.kill()
-            self.process.wait()
+        return True
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-I", journal.__file__, str(self.log), str(self.group_ms)]

@@ -10,11 +10,12 @@ them the log holds, so moving lines again is a no-op. Its rows outlive their fil
 before another deleted it must still find the count.
 
 Run as a script (`python -I journal.py LOG INTERVAL_MS`), this is the child process a writing process starts: it
-moves every journal of LOG each interval, and once more when its standard input closes (its parent closed the log or
-died, SIGKILL included), then exits. A process rather than a thread, so that SQLite's work never takes the writer's
-GIL: the request path pays for the append alone. It imports nothing from forwardpass (the standard library and
-orjson), so it starts in milliseconds. Lines are parsed by orjson and inserted with `executemany`: 6 µs a row,
-where SQLite's own json_each (3.40 re-parses a row for each field it extracts) took 8.5.
+moves every journal of LOG each interval, and once more when its standard input closes (its parent died, SIGKILL
+included), then exits; a parent that closes the log stops it (SIGTERM) and makes that last move itself. A process
+rather than a thread, so that SQLite's work never takes the writer's GIL: the request path pays for the append
+alone. It imports nothing from forwardpass (the standard library and orjson), so it starts in milliseconds. Lines
+are parsed by orjson and inserted with `executemany`: 6 µs a row, where SQLite's own json_each (3.40 re-parses a
+row for each field it extracts) took 8.5.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import orjson
 
-__all__ = ["Mover", "connect", "journal_folder", "make_spare", "take_spare"]
+__all__ = ["Mover", "connect", "journal_folder", "make_spare", "remove_spares", "take_spare"]
 
 JOURNAL_SUFFIX = ".pending"  # <log>.pending/: the journal files not yet moved into the log
 JOURNAL_BYTES = 8 << 20  # a journal file's size: once full, it is moved, deleted and followed by a new one
@@ -210,6 +211,12 @@ def make_spare(folder: Path) -> None:
     making.rename(folder / f"{SPARE_PREFIX}{token}")
 
 
+def remove_spares(folder: Path) -> None:
+    """Spares, and spares half made (by a mover that was stopped): when the last writer is gone."""
+    for spare in [*folder.glob(f"{SPARE_PREFIX}*"), *folder.glob(f"{MAKING_PREFIX}*")]:
+        spare.unlink(missing_ok=True)
+
+
 def run(log: Path, interval_s: float) -> None:
     """The mover process: a move every interval (and a spare kept ready), a last one when standard input closes."""
     folder = journal_folder(log)
@@ -231,8 +238,7 @@ def run(log: Path, interval_s: float) -> None:
                 warn(f"audit journal {folder}: no spare made ({exc}); writers make their own")
                 next_spare = time.monotonic() + 60
         if closing:
-            for spare in [*folder.glob(f"{SPARE_PREFIX}*"), *folder.glob(f"{MAKING_PREFIX}*")]:
-                spare.unlink(missing_ok=True)
+            remove_spares(folder)
             mover.close()
             mover.connection.close()
             return
