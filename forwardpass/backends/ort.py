@@ -57,20 +57,12 @@ class OrtSession:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own untyped errors for unreadable models
             raise ConfigError(f"{path}: ONNX Runtime cannot load this model: {str(exc).splitlines()[0]}") from None
-        self._inputs = [_spec(arg) for arg in self._session.get_inputs()]
-        self._outputs = [_spec(arg) for arg in self._session.get_outputs()]
-        self._output_names = [spec.name for spec in self._outputs]
-        self._text_inputs = [spec.name for spec in self._inputs if spec.dtype is DataType.BYTES]
+        self.inputs = [_spec(arg) for arg in self._session.get_inputs()]
+        self.outputs = [_spec(arg) for arg in self._session.get_outputs()]
+        self._output_names = [spec.name for spec in self.outputs]
+        self._text_inputs = [spec.name for spec in self.inputs if spec.dtype is DataType.BYTES]
         for _ in range(engine.warmup):
             self._warm_up()
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     @property
     def providers(self) -> list[str]:
@@ -90,7 +82,7 @@ class OrtSession:
 
     def _warm_up(self) -> None:
         feed = {}
-        for spec in self._inputs:
+        for spec in self.inputs:
             if spec.dtype.numpy_dtype is None or spec.dtype is DataType.BYTES:
                 return
             shape = tuple(1 if dim == -1 else dim for dim in spec.shape)

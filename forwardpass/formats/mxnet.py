@@ -124,24 +124,13 @@ class MXNetSession:
 
     def __init__(self, worker: _Worker, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
         self._worker = worker
-        self._inputs = inputs
-        self._outputs = outputs
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
-    def providers(self) -> list[str]:
-        return ["mxnet:cpu"]
+        self.inputs = inputs
+        self.outputs = outputs
+        self.providers = ["mxnet:cpu"]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {}
-        for spec in self._inputs:
+        for spec in self.inputs:
             if spec.name not in inputs:
                 raise InputError(f"missing input '{spec.name}'")
             feed[spec.name] = np.asarray(inputs[spec.name], dtype=spec.dtype.numpy_dtype)

@@ -58,8 +58,8 @@ class TabularSession:
     def __init__(self, path: Path, framework: str, scores: Scores, n_features: int, classes: np.ndarray | None) -> None:
         self._scores = scores
         self._labels = None if classes is None else _label_values(classes)
-        self._provider = f"{framework}:cpu"
-        self._inputs = [TensorSpec(INPUT_NAME, DataType.FP32, (-1, n_features))]
+        self.providers = [f"{framework}:cpu"]
+        self.inputs = [TensorSpec(INPUT_NAME, DataType.FP32, (-1, n_features))]
         try:
             width = self._raw(np.zeros((1, n_features), np.float32)).shape[1]
         except Exception as exc:  # whatever the framework raises for a model it cannot run
@@ -67,25 +67,13 @@ class TabularSession:
                 f"{path}: the {framework} model cannot predict on {n_features} features ({first_line(exc)})"
             ) from None
         if self._labels is None:
-            self._outputs = [TensorSpec("variable", DataType.FP32, (-1, width))]
+            self.outputs = [TensorSpec("variable", DataType.FP32, (-1, width))]
         else:
             label_type = DataType.from_numpy(self._labels.dtype)
-            self._outputs = [
+            self.outputs = [
                 TensorSpec("label", label_type, (-1,)),
                 TensorSpec("probabilities", DataType.FP32, (-1, width)),
             ]
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
-    def providers(self) -> list[str]:
-        return [self._provider]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if INPUT_NAME not in inputs:

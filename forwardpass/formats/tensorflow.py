@@ -243,23 +243,12 @@ class TensorflowSession:
     def __init__(self, tf: ModuleType, traced: _Traced, engine: EngineConfig) -> None:
         self._tf = tf
         self._traced = traced
+        self.inputs, self.outputs = traced.inputs, traced.outputs
         self._output_names = [spec.name for spec in traced.outputs]
-        self._providers = ["tensorflow:gpu"] if tf.config.list_physical_devices("GPU") else ["tensorflow:cpu"]
+        self.providers = ["tensorflow:gpu"] if tf.config.list_physical_devices("GPU") else ["tensorflow:cpu"]
         if all(spec.dtype.numpy_dtype is not None and spec.dtype is not DataType.BYTES for spec in traced.inputs):
             for _ in range(engine.warmup):
                 self._warm_up()
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._traced.inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._traced.outputs
-
-    @property
-    def providers(self) -> list[str]:
-        return self._providers
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [spec.name for spec in self._traced.inputs if spec.name not in inputs]

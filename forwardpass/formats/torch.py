@@ -74,30 +74,19 @@ class TorchSession:
         output_names: Sequence[str] | None = None,
     ) -> None:
         self._module = module
-        self._inputs = inputs
+        self.inputs = inputs
+        self.providers = ["torch:cpu"]
         self._torch = torch
         self._source = source
         self._output_names = list(output_names) if output_names else None
         small = random_samples(inputs, 1, dynamic_size=8)[0]
         larger = random_samples(inputs, 4, dynamic_size=9)[-1]
         first, second = self.run(small), self.run(larger)
-        self._outputs = [_output_spec(name, first[name], second[name]) for name in first]
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
-    def providers(self) -> list[str]:
-        return ["torch:cpu"]
+        self.outputs = [_output_spec(name, first[name], second[name]) for name in first]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
-        tensors = [torch.from_numpy(np.array(inputs[spec.name], copy=True, order="C")) for spec in self._inputs]
+        tensors = [torch.from_numpy(np.array(inputs[spec.name], copy=True, order="C")) for spec in self.inputs]
         try:
             with torch.inference_mode():
                 result = self._module(*tensors)
