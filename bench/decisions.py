@@ -38,7 +38,7 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 import yaml
-from loadgen import Load, post, run_load
+from loadgen import Load, answers, post, run_load
 from peers.launch import RunningServer, free_port
 
 import forwardpass
@@ -127,7 +127,7 @@ def measure_server(root: Path, record: dict[str, Any], rounds: int, seconds: int
     environment = {"FORWARDPASS_AUDIT_LOG": str(audit_log)}
     with RunningServer(command, environment, root / "server.log", SERVER_CPU) as server:
         path = f"/v2/models/{folder_name(VARIANTS[0])}/predict"
-        server.wait_first_answer(lambda: _answers(port, path, body, headers))
+        server.wait_first_answer(lambda: answers(port, path, body, headers))
         for name in VARIANTS:  # the first answer of each model also opens its audit journal (and mover)
             status, answer, _ = post(port, f"/v2/models/{folder_name(name)}/predict", body, headers)
             if status != 200:
@@ -165,13 +165,6 @@ def measure_server(root: Path, record: dict[str, Any], rounds: int, seconds: int
         "answered_server": {name: served.get(folder_name(name), 0) for name in VARIANTS},
         "audit_rows": {name: rows.get(folder_name(name), 0) for name in VARIANTS},
     }
-
-
-def _answers(port: int, path: str, body: bytes, headers: dict[str, str]) -> bool:
-    try:
-        return post(port, path, body, headers)[0] == 200
-    except OSError:
-        return False
 
 
 def _served_requests(port: int) -> dict[str, int]:

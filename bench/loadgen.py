@@ -22,7 +22,17 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-__all__ = ["CLIENT_SATURATED", "Load", "LoadResult", "ensure_wrk", "post", "run_load", "v2_outputs", "v2_request"]
+__all__ = [
+    "CLIENT_SATURATED",
+    "Load",
+    "LoadResult",
+    "answers",
+    "ensure_wrk",
+    "post",
+    "run_load",
+    "v2_outputs",
+    "v2_request",
+]
 
 CLIENT_SATURATED = 0.90
 NUMPY_DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64}
@@ -173,3 +183,11 @@ def post(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[in
         return response.status, response.read(), dict(response.getheaders())
     finally:
         connection.close()
+
+
+def answers(port: int, path: str, body: bytes, headers: dict[str, str]) -> bool:
+    """Whether a server answers this POST with 200 yet (a start-up probe)."""
+    try:
+        return post(port, path, body, headers)[0] == 200
+    except OSError:  # not listening yet
+        return False

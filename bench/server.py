@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from loadgen import Load, ensure_wrk, post, run_load, v2_outputs, v2_request
+from loadgen import Load, answers, ensure_wrk, post, run_load, v2_outputs, v2_request
 from peers.launch import (
     PEER_PACKAGES,
     SERVERS,
@@ -149,7 +149,7 @@ def measure_server(spec: ServerSpec, model: BenchModel, args: argparse.Namespace
     record: dict[str, Any] = {"points": {}}
     with RunningServer(command, environment, workdir / "server.log", SERVER_CPU) as server:
         body, headers = requests["json"]
-        record["cold_start_s"] = server.wait_first_answer(lambda: _answers(port, path, body, headers))
+        record["cold_start_s"] = server.wait_first_answer(lambda: answers(port, path, body, headers))
         time.sleep(1.0)
         record["idle_memory"] = server.memory_mb()
         for fmt, (body, headers) in requests.items():
@@ -174,13 +174,6 @@ def measure_server(spec: ServerSpec, model: BenchModel, args: argparse.Namespace
                 point = result.to_dict() | {"server_cpu_us_per_request": server_cpu / max(result.requests, 1) * 1e6}
                 record["points"][f"{fmt}/c{concurrency}"] = point
     return record
-
-
-def _answers(port: int, path: str, body: bytes, headers: dict[str, str]) -> bool:
-    try:
-        return post(port, path, body, headers)[0] == 200
-    except OSError:  # not listening yet
-        return False
 
 
 def run_rounds(args: argparse.Namespace, models: dict[str, BenchModel], specs: list[ServerSpec]) -> dict[str, Any]:
