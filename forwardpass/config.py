@@ -15,11 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from forwardpass.errors import ConfigError
 
 __all__ = [
+    "AnchorsConfig",
     "AnomalyConfig",
     "ClassificationConfig",
     "ClusterConfig",
     "DecisionConfig",
     "DecisionRule",
+    "DetectionConfig",
     "DynamicBatchingConfig",
     "EmbeddingConfig",
     "EngineConfig",
@@ -62,11 +64,21 @@ class TensorConfig(_Strict):
 class ImageConfig(_Strict):
     kind: Literal["image"]
     input: str | None = None
-    color: Literal["RGB", "L"] = "RGB"
+    color: Literal["RGB", "BGR", "L"] = Field(default="RGB", description="channel order the model takes")
     resize: int | tuple[int, int] | None = Field(
         default=None, description="int: shorter side to this size, keeping aspect; [height, width]: exact size"
     )
     crop: int | tuple[int, int] | None = Field(default=None, description="center crop: int (square) or [h, w]")
+    letterbox: tuple[int, int] | None = Field(
+        default=None, description="[height, width]: resize keeping aspect into this box, pad the rest with pad_value"
+    )
+    pad_value: float = Field(default=0.0, description="letterbox padding, in pixel values (0-255) before scaling")
+    pad_align: Literal["center", "top-left"] = Field(default="center", description="where the letterbox puts the image")
+    min_side: int | None = Field(default=None, gt=0, description="scale up so the shorter side is at least this")
+    max_side: int | None = Field(default=None, gt=0, description="scale down so the longer side is at most this")
+    multiple_of: int | None = Field(
+        default=None, gt=0, description="round each side of the resized image to the nearest multiple of this"
+    )
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
     scale: float = 1.0 / 255.0
     mean: list[float] = [0.0]
@@ -74,6 +86,17 @@ class ImageConfig(_Strict):
     layout: Literal["NCHW", "NHWC"] = "NCHW"
     datatype: str = "FP32"
     max_pixels: int = Field(default=50_000_000, gt=0, description="refuse decoded images larger than this")
+
+    @model_validator(mode="after")
+    def _check_geometry(self) -> ImageConfig:
+        sized = [name for name in ("resize", "letterbox", "min_side", "max_side") if getattr(self, name) is not None]
+        if self.letterbox is not None and len(sized) > 1:
+            raise ValueError(f"letterbox sets the size itself; remove {[s for s in sized if s != 'letterbox']}")
+        if self.resize is not None and len(sized) > 1:
+            raise ValueError(f"resize sets the size itself; remove {[s for s in sized if s != 'resize']}")
+        if self.letterbox is not None and (self.crop is not None or self.multiple_of is not None):
+            raise ValueError("letterbox gives the exact size: crop and multiple_of do not apply")
+        return self
 
 
 class TextConfig(_Strict):
@@ -191,6 +214,70 @@ class RecommendationConfig(_Strict):
     top_n: int = Field(default=10, gt=0)
 
 
+class AnchorsConfig(_Strict):
+    """SSD anchors generated as MediaPipe's SsdAnchorsCalculator does (BlazeFace, MediaPipe's SSD detectors):
+    one anchor centre per feature-map cell of each stride; sizes from the scales and aspect ratios."""
+
+    input_size: tuple[int, int] = Field(description="[height, width] of the model's input")
+    strides: list[Annotated[int, Field(gt=0)]] = Field(min_length=1, description="one per layer")
+    min_scale: float = Field(default=0.1484375, gt=0)
+    max_scale: float = Field(default=0.75, gt=0)
+    anchor_offset: tuple[float, float] = Field(default=(0.5, 0.5), description="[x, y] within each cell")
+    aspect_ratios: list[Annotated[float, Field(gt=0)]] = [1.0]
+    interpolated_scale_aspect_ratio: float = Field(default=1.0, ge=0, description="0: no interpolated anchor")
+    reduce_boxes_in_lowest_layer: bool = False
+    fixed_anchor_size: bool = Field(default=True, description="every anchor 1 x 1 (the box offsets carry the size)")
+
+
+class DetectionConfig(_Strict):
+    """Boxes from a detector's outputs, in the original image's pixels: decoded, thresholded, NMS'd, mapped back
+    through the image preprocessing (letterbox, resize, crop)."""
+
+    kind: Literal["detection"]
+    layout: Literal["yolo", "yolo_columns", "anchors", "boxes"] = Field(
+        description="yolo: one output [N, 4 + classes]; yolo_columns: [4 + classes, N] (Ultralytics YOLOv8+); "
+        "anchors: SSD offsets `boxes` [N, 4 + 2*keypoints] and logits `scores` [N, classes] against `anchors`; "
+        "boxes: the model emits `boxes` [N, 4] and `scores` [N, classes] or [N]"
+    )
+    output: str | None = Field(default=None, description="yolo layouts: the output tensor (default: the first)")
+    boxes: str | None = Field(default=None, description="anchors / boxes layouts: the box output")
+    scores: str | None = Field(default=None, description="anchors / boxes layouts: the score output")
+    box_format: Literal["cxcywh", "xyxy", "xywh", "yxyx"] = Field(
+        default="cxcywh", description="how the 4 box numbers are ordered (yolo, boxes); anchors are always cxcywh"
+    )
+    normalized: bool = Field(default=False, description="box numbers are fractions of the input size, not pixels")
+    objectness: bool = Field(default=False, description="yolo: a 5th number scales every class score (YOLOv5)")
+    activation: Literal["none", "sigmoid"] = Field(default="none", description="applied to the class scores")
+    score_clip: float | None = Field(default=None, gt=0, description="clip raw scores to ±this before the activation")
+    anchors: AnchorsConfig | None = None
+    box_scale: tuple[float, float, float, float] = Field(
+        default=(1.0, 1.0, 1.0, 1.0), description="anchors: offsets are divided by [x, y, w, h] scales (MediaPipe)"
+    )
+    keypoints: int = Field(default=0, ge=0, description="anchors: (x, y) keypoints after the 4 box numbers")
+    score_threshold: float = Field(default=0.25, ge=0, description="keep detections scoring strictly above this")
+    iou_threshold: float = Field(default=0.45, ge=0, le=1, description="NMS drops boxes overlapping more than this")
+    nms: Literal["hard", "weighted"] = Field(
+        default="hard", description="weighted: a kept box is the score-weighted mean of those it suppresses (MediaPipe)"
+    )
+    class_agnostic: bool = Field(default=False, description="NMS across classes instead of within each class")
+    max_detections: int = Field(default=100, gt=0)
+    labels: str | list[str] | None = Field(
+        default=None, description="class names: a file in the model folder, or a list"
+    )
+
+    @model_validator(mode="after")
+    def _check_layout(self) -> DetectionConfig:
+        if (self.layout == "anchors") != (self.anchors is not None):
+            raise ValueError("anchors: required by layout anchors, and only used by it")
+        if self.keypoints and self.layout != "anchors":
+            raise ValueError("keypoints are read only with layout anchors")
+        if self.layout in ("yolo", "yolo_columns") and (self.boxes or self.scores):
+            raise ValueError(f"layout {self.layout} reads one output: name it with output, not boxes/scores")
+        if self.layout in ("anchors", "boxes") and self.output:
+            raise ValueError(f"layout {self.layout} reads two outputs: name them with boxes and scores, not output")
+        return self
+
+
 PostprocessConfig = Annotated[
     ClassificationConfig
     | RegressionConfig
@@ -198,7 +285,8 @@ PostprocessConfig = Annotated[
     | RawConfig
     | AnomalyConfig
     | ClusterConfig
-    | RecommendationConfig,
+    | RecommendationConfig
+    | DetectionConfig,
     Field(discriminator="kind"),
 ]
 
@@ -377,7 +465,8 @@ class ModelConfig(_Strict):
 
 _KINDS = {
     "preprocess": "'image', 'text', 'tabular', 'interactions'",
-    "postprocess": "'classification', 'regression', 'embedding', 'raw', 'anomaly', 'cluster', 'recommendation'",
+    "postprocess": "'classification', 'regression', 'embedding', 'raw', 'anomaly', 'cluster', 'recommendation', "
+    "'detection'",
 }
 
 

@@ -74,7 +74,9 @@ class Model:
         A record is first checked against the config's input schema, and joins the drift window once it passed."""
         if self.schema is not None:
             self.schema(raw)
-        arrays = self._validate(self.pipeline.preprocess(raw), self._item_specs)
+        arrays = self.pipeline.preprocess(raw)
+        context = {name: arrays.pop(name) for name in self.pipeline.context if name in arrays}
+        arrays = {**self._validate(arrays, self._item_specs), **context}
         if self.window is not None and isinstance(raw, Mapping):
             self.window.add(raw)
         return arrays
@@ -106,7 +108,7 @@ class Model:
         rows: list[tuple[Arrays, Arrays]] = []
         for start in range(0, len(items), size):
             batch = self.pipeline.collate(items[start : start + size])
-            outputs = self.session.run(batch)
+            outputs = self.forward(self.pipeline.feeds(batch))
             count = len(next(iter(batch.values())))
             if any(len(value) != count for value in outputs.values()):
                 shapes = {name: list(value.shape) for name, value in outputs.items()}

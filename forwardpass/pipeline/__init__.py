@@ -12,6 +12,7 @@ from forwardpass.config import (
     AnomalyConfig,
     ClassificationConfig,
     ClusterConfig,
+    DetectionConfig,
     EmbeddingConfig,
     ImageConfig,
     InteractionsConfig,
@@ -21,6 +22,8 @@ from forwardpass.config import (
     TextConfig,
 )
 from forwardpass.errors import ConfigError, DecodeError, ShapeError
+from forwardpass.pipeline.detection import Detect
+from forwardpass.pipeline.geometry import TRANSFORM
 from forwardpass.pipeline.image import ImagePreprocessor
 from forwardpass.pipeline.interactions import InteractionsPreprocessor
 from forwardpass.pipeline.outputs import (
@@ -81,6 +84,19 @@ class Pipeline:
     def __init__(self, config: ModelConfig, inputs: list[TensorSpec], outputs: list[TensorSpec], model_dir: Path):
         self.preprocess, self.collate = _preprocessor(config, inputs, model_dir)
         self.postprocess = _postprocessor(config, inputs, outputs, model_dir)
+        # arrays the preprocessing hands the postprocessing beside the model's inputs (never fed to the model)
+        self.context: tuple[str, ...] = (TRANSFORM,) if _maps_coordinates(config) else ()
+
+    def feeds(self, batch: Arrays) -> Arrays:
+        """What the model takes of a batch (or item): its arrays less the context arrays."""
+        if not self.context:
+            return batch
+        return {name: array for name, array in batch.items() if name not in self.context}
+
+
+def _maps_coordinates(config: ModelConfig) -> bool:
+    """The postprocessing reports coordinates in the original image: it needs the image preprocessing's transform."""
+    return isinstance(config.preprocess, ImageConfig) and isinstance(config.postprocess, DetectionConfig)
 
 
 def _pick(name: str | None, specs: list[TensorSpec], field: str) -> str:
@@ -95,7 +111,10 @@ def _pick(name: str | None, specs: list[TensorSpec], field: str) -> str:
 def _preprocessor(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path) -> tuple[Preprocessor, Collate]:
     declared = config.preprocess
     if isinstance(declared, ImageConfig):
-        return ImagePreprocessor(declared, _pick(declared.input, inputs, "preprocess.input")), stack
+        image = ImagePreprocessor(
+            declared, _pick(declared.input, inputs, "preprocess.input"), _maps_coordinates(config)
+        )
+        return image, stack
     if isinstance(declared, TextConfig):
         for tensor in declared.inputs.values():
             _pick(tensor, inputs, "preprocess.inputs")
@@ -129,4 +148,24 @@ def _postprocessor(
         output = _pick(declared.output, outputs, "postprocess.output")
         seen = _pick(declared.seen, inputs, "postprocess.seen")
         return Recommend(declared, output, seen, load_labels(declared.items, model_dir))
+    if isinstance(declared, DetectionConfig):
+        return _detect(config, declared, outputs, model_dir)
     return RawOutputs()
+
+
+def _detect(config: ModelConfig, declared: DetectionConfig, outputs: list[TensorSpec], model_dir: Path) -> Detect:
+    if (declared.normalized or declared.anchors is not None) and not isinstance(config.preprocess, ImageConfig):
+        raise ConfigError("postprocess: boxes as fractions of the input need preprocess kind image (its size)")
+    if declared.layout in ("yolo", "yolo_columns"):
+        names: tuple[str, ...] = (_pick(declared.output, outputs, "postprocess.output"),)
+    else:
+        boxes = _pick(declared.boxes, outputs, "postprocess.boxes")
+        scores = _pick(
+            declared.scores or (outputs[1].name if len(outputs) > 1 else None), outputs, "postprocess.scores"
+        )
+        if boxes == scores:
+            raise ConfigError(
+                f"postprocess: layout {declared.layout} reads boxes and scores from two outputs; name them"
+            )
+        names = (boxes, scores)
+    return Detect(declared, names, load_labels(declared.labels, model_dir))

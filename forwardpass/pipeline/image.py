@@ -1,4 +1,6 @@
-"""Images: decode with Pillow (EXIF orientation applied), colour, resize, center crop, scale, normalize, layout."""
+"""Images: decode with Pillow (EXIF orientation applied), colour (RGB, BGR, L), resize (exact, shorter side, min/max
+side, keep-aspect letterbox, sides rounded to a multiple), center crop, scale, normalize, layout; the geometry of
+the steps recorded for postprocessing that maps coordinates back (`forwardpass.pipeline.geometry`)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from forwardpass.config import ImageConfig
 from forwardpass.errors import ConfigError, DecodeError
+from forwardpass.pipeline.geometry import TRANSFORM, ImageTransform
 from forwardpass.tensor import DataType
 
 __all__ = ["ImagePreprocessor", "decode_image"]
@@ -47,9 +50,13 @@ def decode_image(source: ImageSource, max_pixels: int) -> Image.Image:
 
 
 class ImagePreprocessor:
-    def __init__(self, config: ImageConfig, input_name: str) -> None:
+    """`record_transform`: also give the item's ImageTransform (under TRANSFORM) for postprocessing that reports
+    coordinates in the original image."""
+
+    def __init__(self, config: ImageConfig, input_name: str, record_transform: bool = False) -> None:
         self.config = config
         self.input_name = input_name
+        self.record_transform = record_transform
         channels = 3 if config.color == "RGB" else 1
         self._mean = np.asarray(config.mean, dtype=np.float32).reshape(1, 1, -1)
         self._std = np.asarray(config.std, dtype=np.float32).reshape(1, 1, -1)
@@ -61,34 +68,78 @@ class ImagePreprocessor:
     def __call__(self, raw: object) -> dict[str, np.ndarray]:
         if not isinstance(raw, str | Path | bytes | Image.Image):
             raise DecodeError(f"expected an image (file path, bytes or PIL image), got {type(raw).__name__}")
-        image = decode_image(raw, self.config.max_pixels).convert(self.config.color)
-        image = self._resize(image)
-        image = self._crop(image)
+        image = decode_image(raw, self.config.max_pixels).convert(
+            "RGB" if self.config.color == "BGR" else self.config.color
+        )
+        transform = ImageTransform.identity(image.width, image.height)
+        image, transform = self._resize(image, transform)
+        image, transform = self._crop(image, transform)
         pixels = np.asarray(image, dtype=np.float32)
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
+        if self.config.color == "BGR":
+            pixels = pixels[:, :, ::-1]
+        pixels, transform = self._letterbox(pixels, transform)
         pixels = (pixels * np.float32(self.config.scale) - self._mean) / self._std
         if self.config.layout == "NCHW":
             pixels = pixels.transpose(2, 0, 1)
-        return {self.input_name: np.ascontiguousarray(pixels, dtype=self._dtype)}
+        arrays = {self.input_name: np.ascontiguousarray(pixels, dtype=self._dtype)}
+        if self.record_transform:
+            arrays[TRANSFORM] = transform.to_array()
+        return arrays
 
-    def _resize(self, image: Image.Image) -> Image.Image:
-        size = self.config.resize
-        if size is None:
-            return image
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) an image of this size is resized to, before any crop or letterbox padding."""
+        config = self.config
+        size = config.resize
         if isinstance(size, int):  # shorter side to `size`, as torchvision's Resize(int) computes it
-            width, height = image.size
-            size = (int(size * height / width), size) if width <= height else (size, int(size * width / height))
-        return image.resize((size[1], size[0]), _RESAMPLE[self.config.interpolation])
+            new_w, new_h = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
+        elif size is not None:
+            new_h, new_w = size
+        elif config.letterbox is not None:  # as Ultralytics' LetterBox: the scale that fits, sides rounded
+            ratio = min(config.letterbox[0] / height, config.letterbox[1] / width)
+            new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
+        else:  # min_side / max_side truncate, as PaddleOCR's and RapidOCR's detector preprocessing
+            ratio = 1.0
+            if config.min_side is not None and min(width, height) < config.min_side:
+                ratio = config.min_side / min(width, height)
+            if config.max_side is not None and max(width, height) * ratio > config.max_side:
+                ratio = config.max_side / max(width, height)
+            new_w, new_h = int(width * ratio), int(height * ratio)
+        if config.multiple_of is not None:
+            multiple = config.multiple_of
+            new_w, new_h = round(new_w / multiple) * multiple, round(new_h / multiple) * multiple
+            if new_w == 0 or new_h == 0:
+                raise DecodeError(f"image {width}x{height} is too small for this model (sides multiples of {multiple})")
+        return new_w, new_h
 
-    def _crop(self, image: Image.Image) -> Image.Image:
+    def _resize(self, image: Image.Image, transform: ImageTransform) -> tuple[Image.Image, ImageTransform]:
+        width, height = image.size
+        new_w, new_h = self.resized_size(width, height)
+        if (new_w, new_h) == (width, height):
+            return image, transform
+        resized = image.resize((new_w, new_h), _RESAMPLE[self.config.interpolation])
+        return resized, transform.then(new_w / width, new_h / height, 0.0, 0.0, new_w, new_h)
+
+    def _crop(self, image: Image.Image, transform: ImageTransform) -> tuple[Image.Image, ImageTransform]:
         crop = self.config.crop
         if crop is None:
-            return image
+            return image, transform
         crop_h, crop_w = (crop, crop) if isinstance(crop, int) else crop
         width, height = image.size
         if crop_h > height or crop_w > width:
             raise DecodeError(f"image {width}x{height} is smaller than the {crop_w}x{crop_h} crop; resize first")
         top = round((height - crop_h) / 2.0)
         left = round((width - crop_w) / 2.0)
-        return image.crop((left, top, left + crop_w, top + crop_h))
+        cropped = image.crop((left, top, left + crop_w, top + crop_h))
+        return cropped, transform.then(1.0, 1.0, -left, -top, crop_w, crop_h)
+
+    def _letterbox(self, pixels: np.ndarray, transform: ImageTransform) -> tuple[np.ndarray, ImageTransform]:
+        box = self.config.letterbox
+        if box is None:
+            return pixels, transform
+        height, width = pixels.shape[:2]
+        top, left = ((box[0] - height) // 2, (box[1] - width) // 2) if self.config.pad_align == "center" else (0, 0)
+        padded = np.full((box[0], box[1], pixels.shape[2]), self.config.pad_value, dtype=np.float32)
+        padded[top : top + height, left : left + width] = pixels
+        return padded, transform.then(1.0, 1.0, left, top, box[1], box[0])

@@ -191,7 +191,8 @@ class DataPlane:
                 item = await _preprocess(model, raw)
                 batch = model.pipeline.collate([item])
                 preprocessed = time.perf_counter()
-                done = await self._run(served, batch, 1, _timeout_s(parameters, self._settings))
+                feeds = model.pipeline.feeds(batch)  # less what only the postprocessing reads
+                done = await self._run(served, feeds, 1, _timeout_s(parameters, self._settings))
                 answered = time.perf_counter()
                 inputs_row = {key: value[0] for key, value in batch.items()}
                 outputs_row = {key: value[0] for key, value in done.outputs.items()}

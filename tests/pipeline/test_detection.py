@@ -1,0 +1,220 @@
+"""Detection postprocessing against independent references: NMS against OpenCV's cv2.dnn.NMSBoxes; a YOLO-layout
+detector (torch, random weights) exported to ONNX, whose forwardpass detections must equal a decode + OpenCV NMS
+written here on the same raw outputs; anchors against MediaPipe's published BlazeFace anchor count and layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch import nn
+
+import forwardpass
+from forwardpass.config import AnchorsConfig, DetectionConfig
+from forwardpass.errors import ConfigError
+from forwardpass.pipeline.anchors import generate_anchors
+from forwardpass.pipeline.detection import nms
+
+INPUT = 64  # the detector's square input
+CLASSES = 3
+CELLS = 8  # an 8 x 8 grid: 64 candidate boxes
+
+
+def random_boxes(rng: np.random.Generator, count: int, extent: float = 100.0) -> np.ndarray:
+    """[count, 4] x1 y1 x2 y2, crowded so that many overlap."""
+    corner = rng.uniform(0, extent, (count, 2))
+    size = rng.uniform(2, extent / 3, (count, 2))
+    return np.concatenate([corner, corner + size], axis=1)
+
+
+def opencv_nms(boxes: np.ndarray, scores: np.ndarray, iou: float, score_threshold: float = 0.0) -> list[int]:
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    return [int(i) for i in np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), score_threshold, iou))]
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("iou", [0.3, 0.5, 0.7])
+def test_nms_keeps_what_opencv_keeps(seed: int, iou: float) -> None:
+    rng = np.random.default_rng(seed)
+    boxes = random_boxes(rng, 200)
+    scores = rng.uniform(0, 1, 200)
+    assert nms(boxes, scores, iou).tolist() == opencv_nms(boxes, scores, iou)
+
+
+def test_nms_of_nothing_is_nothing() -> None:
+    assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).tolist() == []
+
+
+class GridDetector(nn.Module):
+    """A YOLO-style head on random weights: one row of (cx, cy, w, h, class scores) per cell, in input pixels,
+    laid out [4 + classes, cells] as Ultralytics' YOLOv8 exports it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1))
+        self.head = nn.Conv2d(32, 4 + CLASSES, 2, stride=2)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        raw = self.head(self.features(image)).flatten(2)  # [batch, 4 + classes, cells]
+        cell = torch.arange(CELLS * CELLS)
+        grid = torch.stack([cell % CELLS, cell // CELLS]).to(raw.dtype)  # each cell's column and row
+        centre = (grid + torch.sigmoid(raw[:, :2] * 4)) * (INPUT / CELLS)
+        size = torch.sigmoid(raw[:, 2:4] * 4) * INPUT / 2
+        return torch.cat([centre, size, torch.sigmoid(raw[:, 4:] * 4)], dim=1)
+
+
+@pytest.fixture(scope="module")
+def detector_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = GridDetector().eval()
+    directory = tmp_path_factory.mktemp("detector")
+    (directory / "1").mkdir()
+    example = torch.zeros(1, 3, INPUT, INPUT)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(directory / "1" / "model.onnx"),
+        input_names=["images"],
+        output_names=["output0"],
+        dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    config = {
+        "max_batch_size": 8,
+        "preprocess": {"kind": "image", "letterbox": [INPUT, INPUT], "pad_value": 114, "mean": [0.0], "std": [1.0]},
+        "postprocess": {
+            "kind": "detection",
+            "layout": "yolo_columns",
+            "score_threshold": 0.5,
+            "iou_threshold": 0.45,
+            "labels": ["cat", "dog", "bird"],
+        },
+    }
+    (directory / "config.yaml").write_text(yaml.safe_dump(config))
+    return directory
+
+
+def photo(width: int, height: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+
+
+def reference_letterbox(image: Image.Image) -> tuple[np.ndarray, float, float, int, int]:
+    """Ultralytics' LetterBox: scale to fit, sides rounded, padding split evenly (the smaller half on the left/top)."""
+    ratio = min(INPUT / image.height, INPUT / image.width)
+    new_w, new_h = round(image.width * ratio), round(image.height * ratio)
+    resized = np.asarray(image.resize((new_w, new_h), Image.Resampling.BILINEAR), dtype=np.float32)
+    left, top = round((INPUT - new_w) / 2 - 0.1), round((INPUT - new_h) / 2 - 0.1)
+    canvas = np.full((INPUT, INPUT, 3), 114.0, dtype=np.float32)
+    canvas[top : top + new_h, left : left + new_w] = resized
+    return (canvas / 255.0).transpose(2, 0, 1), new_w / image.width, new_h / image.height, left, top
+
+
+def reference_detections(directory: Path, image: Image.Image, iou: float, agnostic: bool) -> list[dict]:
+    tensor, scale_x, scale_y, left, top = reference_letterbox(image)
+    session = ort.InferenceSession(str(directory / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    rows = session.run(None, {"images": tensor[None]})[0][0].T  # [cells, 4 + classes]
+    classes, scores = rows[:, 4:].argmax(axis=1), rows[:, 4:].max(axis=1)
+    cx, cy, w, h = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
+    xywh = np.stack([cx - w / 2, cy - h / 2, w, h], axis=1)
+    if agnostic:
+        kept = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.5, iou))
+    else:
+        kept = np.asarray(cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), classes.tolist(), 0.5, iou))
+    kept = sorted(kept.reshape(-1).tolist(), key=lambda i: -scores[i])
+    found = []
+    for i in kept:
+        x1 = np.clip((xywh[i, 0] - left) / scale_x, 0, image.width)
+        y1 = np.clip((xywh[i, 1] - top) / scale_y, 0, image.height)
+        x2 = np.clip((xywh[i, 0] + xywh[i, 2] - left) / scale_x, 0, image.width)
+        y2 = np.clip((xywh[i, 1] + xywh[i, 3] - top) / scale_y, 0, image.height)
+        found.append({"box": [x1, y1, x2, y2], "score": scores[i], "index": int(classes[i])})
+    return found
+
+
+def variant(directory: Path, tmp_path: Path, **postprocess: object) -> Path:
+    """The detector of `directory` with some postprocess fields changed."""
+    config = yaml.safe_load((directory / "config.yaml").read_text())
+    config["postprocess"] |= postprocess
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "model.onnx").write_bytes((directory / "1" / "model.onnx").read_bytes())
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path
+
+
+@pytest.mark.parametrize(("width", "height"), [(64, 64), (200, 120), (90, 300), (37, 41)])
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_yolo_detections_equal_a_reference_decode_and_opencv_nms(
+    detector_dir: Path, tmp_path: Path, width: int, height: int, agnostic: bool
+) -> None:
+    image = photo(width, height, seed=width)
+    model = forwardpass.load(variant(detector_dir, tmp_path, class_agnostic=agnostic, iou_threshold=0.3))
+    preprocessed = model.preprocess(image)
+    np.testing.assert_allclose(preprocessed["images"], reference_letterbox(image)[0], atol=1e-6)
+    found = model.predict(image)["detections"]
+    expected = reference_detections(detector_dir, image, iou=0.3, agnostic=agnostic)
+    assert len(found) == len(expected) > 0
+    for got, want in zip(found, expected, strict=True):
+        assert got["index"] == want["index"]
+        assert got["label"] == ["cat", "dog", "bird"][want["index"]]
+        assert got["score"] == pytest.approx(float(want["score"]), abs=1e-6)
+        np.testing.assert_allclose(got["box"], want["box"], atol=1e-3)
+
+
+def test_detections_of_a_batch_equal_those_one_by_one(detector_dir: Path) -> None:
+    model = forwardpass.load(detector_dir)
+    images = [photo(80 + 10 * i, 60, seed=i) for i in range(4)]
+    assert model.predict(images) == [model.predict(image) for image in images]
+
+
+def test_nothing_above_the_threshold_is_an_empty_list(detector_dir: Path, tmp_path: Path) -> None:
+    model = forwardpass.load(variant(detector_dir, tmp_path, score_threshold=1.0))
+    assert model.predict(photo(50, 70, seed=1)) == {"detections": []}
+
+
+def test_a_missing_output_is_refused_at_load(detector_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no tensor 'boxes'"):
+        forwardpass.load(variant(detector_dir, tmp_path, output="boxes"))
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"layout": "anchors"}, "required by layout anchors"),
+        ({"layout": "yolo", "keypoints": 6}, "keypoints are read only"),
+        ({"layout": "yolo", "boxes": "b"}, "reads one output"),
+    ],
+)
+def test_inconsistent_detection_configs_are_refused(fields: dict, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        DetectionConfig(kind="detection", **fields)
+
+
+def test_blazeface_anchors_follow_mediapipe() -> None:
+    """BlazeFace short range: 16x16 cells with 2 anchors (stride 8), then 8x8 cells with 6 (three stride-16 layers,
+    each an anchor and an interpolated one): 896, every one 1 x 1 (fixed size), centred in its cell."""
+    anchors = generate_anchors(AnchorsConfig(input_size=(128, 128), strides=[8, 16, 16, 16]))
+    assert anchors.shape == (896, 4)
+    first = anchors[:512].reshape(16, 16, 2, 4)
+    second = anchors[512:].reshape(8, 8, 6, 4)
+    np.testing.assert_allclose(first[3, 5, 1, :2], [(5 + 0.5) / 16, (3 + 0.5) / 16])
+    np.testing.assert_allclose(second[7, 2, 4, :2], [(2 + 0.5) / 8, (7 + 0.5) / 8])
+    assert (anchors[:, 2:] == 1.0).all()
+
+
+def test_anchor_sizes_follow_the_scales_when_not_fixed() -> None:
+    options = AnchorsConfig(
+        input_size=(64, 64), strides=[16, 32], min_scale=0.2, max_scale=0.8, fixed_anchor_size=False
+    )
+    anchors = generate_anchors(options)
+    assert anchors.shape == (4 * 4 * 2 + 2 * 2 * 2, 4)
+    np.testing.assert_allclose(anchors[0, 2:], [0.2, 0.2], rtol=1e-6)  # aspect 1 at the first layer's scale
+    np.testing.assert_allclose(anchors[1, 2:], [np.sqrt(0.2 * 0.8)] * 2, rtol=1e-6)  # interpolated to the next
+    np.testing.assert_allclose(anchors[-1, 2:], [np.sqrt(0.8 * 1.0)] * 2, rtol=1e-6)  # the last layer's: to 1.0
