@@ -19,6 +19,7 @@ absolute paths, symlinks pointing out) are refused.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -138,8 +139,11 @@ class Repository:
             raise UnsafePathError(f"'{name}' is not a valid model name (letters, digits, '.', '_', '-'; no paths)")
         directory = self.root / name
         if not directory.is_dir():
-            known = ", ".join(self.names()) or "none"
-            raise NotFoundError(f"unknown model '{name}' in repository '{self.root}'; models: {known}")
+            names = self.names()
+            close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            known = ", ".join(names) or "none"
+            raise NotFoundError(f"unknown model '{name}' in repository '{self.root}'; {hint}models: {known}")
         self._inside_root(directory, f"model '{name}'")
         return directory
 

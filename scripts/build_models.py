@@ -10,7 +10,8 @@ Writes, under the output root (all generated, never edited by hand):
   conversion; silero_vad is the ``silero-vad`` package's ONNX graph, its state kept by the server per sequence);
 - the decision and task examples ``cancer_triage`` (decision rules, input schema, reference profile),
   ``wine_anomaly``, ``iris_clusters`` and ``pixel_recommender``;
-- held-out sets ``data/digits/test/<digit>/<index>.png``, ``data/<tabular model>/test.csv``;
+- held-out sets ``data/digits/test/<digit>/<index>.png`` (the training split in ``data/digits/train``),
+  ``data/<tabular model>/test.csv``;
 - samples ``samples/images/*.jpg``, ``samples/digits/*.png``, ``samples/records/*``.
 
 Every ONNX model is checked against its framework (max abs diff <= 1e-4 on the held-out inputs) and its metrics are
@@ -374,6 +375,8 @@ def build_digits(out_root: Path) -> str:
     train, test = split_indices(len(y), stratify=y)
     model = train_digits(images[train] / 16.0, y[train])
 
+    # the training split too: INT8 calibration (forwardpass optimize --calibration) must not see the test set
+    write_digit_pngs(fresh_dir(out_root / "data" / "digits" / "train"), images[train], y[train], train)
     test_dir = fresh_dir(out_root / "data" / "digits" / "test")
     paths = write_digit_pngs(test_dir, images[test], y[test], test)
     # Evaluate on exactly what the PNGs decode to, as the declarative pipeline will.

@@ -9,12 +9,15 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed_version
 
 import typer
 
+from forwardpass.cli.help import polish
 from forwardpass.errors import ForwardpassError
 
-__all__ = ["COMMANDS", "build_app", "main"]
+__all__ = ["COMMANDS", "build_app", "main", "versions"]
 
 # Each command and the module that defines it, in --help order. Only the module of the command being run is imported:
 # the measurement and precision modules alone take ~0.2 s, which `forwardpass serve`'s start-up should not pay.
@@ -39,12 +42,12 @@ HELP = (
     "  forwardpass models                                   # what the bundled repository holds\n\n"
     "  forwardpass predict mobilenet_v2 samples/images/china.jpg\n\n"
     "  forwardpass predict diabetes samples/records/diabetes.json --json\n\n"
-    "  forwardpass eval digits_cnn data/digits/test --top-k 1,5\n\n"
-    "  forwardpass bench mobilenet_v2 --batch-sizes 1,8\n\n"
+    "  forwardpass eval digits_cnn data/digits/test --top-k 5\n\n"
+    "  forwardpass bench mobilenet_v2 --batch-size 1,8\n\n"
     "  forwardpass serve                                    # KServe V2 over HTTP :8000 and gRPC :8001\n\n"
     "  forwardpass convert model.pt -o build/model          # to ONNX, with a parity check\n\n"
-    "  forwardpass optimize digits_cnn --precision int8 --calibration data/digits/test\n\n"
-    "  forwardpass batch breast_cancer big.csv scores/ --resume\n\n"
+    "  forwardpass optimize digits_cnn --precision int8 --calibration data/digits/train\n\n"
+    "  forwardpass batch breast_cancer big.csv -o scores/ --resume\n\n"
     "  forwardpass stream diabetes data/diabetes/test.csv\n\n"
     "Every command's --help has its own examples."
 )
@@ -67,15 +70,47 @@ def build_app(command: str | None = None) -> typer.Typer:
     return app
 
 
-def _group() -> None:
+# The libraries whose version changes what a model answers or how fast: reported by `forwardpass --version`.
+LIBRARIES = ("onnxruntime", "numpy", "onnx", "torch", "tensorflow", "scikit-learn", "transformers", "pillow")
+
+
+def _group(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        "-V",
+        is_eager=True,
+        callback=lambda asked: _print_versions() if asked else None,
+        help="Print the versions of forwardpass and its libraries, then exit.",
+    ),
+) -> None:
     """Run trained models on new data."""
+
+
+def _print_versions() -> None:
+    typer.echo(versions())
+    raise typer.Exit()
+
+
+def versions() -> str:
+    """e.g. "forwardpass 0.1.0 (python 3.11.2; onnxruntime 1.22.0, numpy 2.2.6, ...)": installed libraries only."""
+    found = []
+    for library in LIBRARIES:
+        try:
+            found.append(f"{library} {installed_version(library)}")
+        except PackageNotFoundError:
+            continue
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"forwardpass {installed_version('forwardpass')} (python {python}; {', '.join(found)})"
 
 
 def main() -> None:
     if not sys.stdout.isatty():  # rich wraps tables at 80 columns when piped: logs and CI read wider ones better
         os.environ.setdefault("COLUMNS", "160")
+    command = typer.main.get_command(build_app(sys.argv[1] if len(sys.argv) > 1 else None))
+    polish(command)
     try:
-        build_app(sys.argv[1] if len(sys.argv) > 1 else None)()
+        command()
     except ForwardpassError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(exc.exit_code)

@@ -45,7 +45,7 @@ def audit(
     until: str | None = typer.Option(
         None, "--until", help="Before this UTC time (ISO 8601 prefix).", show_default=False
     ),
-    limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="At most this many rows.", show_default=False),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many rows.", show_default=False),
     csv_file: str | None = typer.Option(
         None, "--csv", help="Write CSV to this file ('-': standard output) instead of a table.", show_default=False
     ),

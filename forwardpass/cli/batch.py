@@ -2,34 +2,36 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
 
-from forwardpass.cli.common import REPOSITORY, VERSION, open_model
-from forwardpass.errors import InputError
+from forwardpass.cli.common import (
+    REPOSITORY,
+    TRUST_PICKLE,
+    VERSION,
+    at_least_one,
+    batch_size_option,
+    format_option,
+    model_argument,
+    open_model,
+    output_option,
+    top_k_option,
+)
+from forwardpass.cli.reporting import progress
 from forwardpass.modes.batch import BatchOptions, Summary, run_batch
-from forwardpass.modes.sinks import FORMATS
+from forwardpass.modes.sinks import FORMATS, saved_job
 
 __all__ = ["register"]
 
+DEFAULT_FORMAT = "parquet"
+DEFAULT_PART_SIZE = 2048
+INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
+
 
 def batch(
-    model: str = typer.Argument(
-        ...,
-        metavar="MODEL",
-        help="A model file or folder, or a model name in the repository.",
-        show_default=False,
-    ),
+    model: str = model_argument(),
     input_path: Path = typer.Argument(
         ...,
         metavar="INPUT",
@@ -39,24 +41,25 @@ def batch(
         ),
         show_default=False,
     ),
-    output_dir: Path = typer.Argument(
-        ...,
-        metavar="OUTPUT",
-        help="A new folder: part files, _errors.jsonl, manifest.",
+    output_dir: Path = output_option("A new folder for the part files, _errors.jsonl and the manifest.", required=True),
+    output_format: str | None = format_option(
+        None, f"Part file format: {', '.join(FORMATS)} (default: {DEFAULT_FORMAT}; with --resume, the job's)."
+    ),
+    batch_size: int | None = batch_size_option(),
+    part_size: int | None = typer.Option(
+        None,
+        "--part-size",
+        metavar="N",
+        help=f"Records per part file, the unit of resuming (default: {DEFAULT_PART_SIZE}; with --resume, the job's).",
         show_default=False,
     ),
-    output_format: str = typer.Option("parquet", "--format", "-f", help=f"Part file format: {', '.join(FORMATS)}."),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", "-b", help="Items per forward pass (default: the model's).", show_default=False
+    resume: bool = typer.Option(
+        False, "--resume", help="Finish the job a killed or stopped run left in OUTPUT, with the options it had."
     ),
-    part_size: int = typer.Option(2048, "--part-size", help="Records per part file: the unit of resuming."),
-    resume: bool = typer.Option(False, "--resume", help="Finish the job a killed or stopped run left in OUTPUT."),
     max_errors: int = typer.Option(
         1000, "--max-errors", help="Stop once more records than this failed (-1: never stop for bad records)."
     ),
-    top_k: int | None = typer.Option(
-        None, "--top-k", "-k", help="Classes per prediction (classification models).", show_default=False
-    ),
+    top_k: int | None = top_k_option("Classes per prediction (classification models; with --resume, the job's)."),
     workers: int = typer.Option(2, "--workers", help="Decoding threads beside the forward pass."),
     ray: bool = typer.Option(False, "--ray", help="Run on Ray Data, on a Ray started here (needs forwardpass\\[ray])."),
     ray_address: str | None = typer.Option(
@@ -69,6 +72,7 @@ def batch(
     actor_cpus: float = typer.Option(
         0.5, "--actor-cpus", help="Ray: CPUs each actor asks for (fractional, so that small clusters do not stall)."
     ),
+    trust_pickle: bool = TRUST_PICKLE,
     repository: Path | None = REPOSITORY,
     version: int | None = VERSION,
 ) -> None:
@@ -76,75 +80,82 @@ def batch(
     and version) to part files in OUTPUT, and bad records (with the reason) to OUTPUT/_errors.jsonl.
 
     Memory stays bounded whatever the input's size. A job killed at any moment
-    (even kill -9) finishes with --resume: every record ends up exactly once in
-    the output or the errors file. Ids are file paths relative to INPUT, plus
+    (even kill -9) or stopped with Ctrl-C finishes with --resume, which takes
+    the job's options from OUTPUT's manifest: every record ends up exactly once
+    in the output or the errors file. Ids are file paths relative to INPUT, plus
     #rowN for a row of a table (#lineN for JSONL).
 
     Examples:
 
-      forwardpass batch mobilenet_v2 photos/ scores/
+      forwardpass batch mobilenet_v2 samples/images -o scores/
 
-      forwardpass batch breast_cancer data/breast_cancer/test.csv scores/ --format csv
+      forwardpass batch breast_cancer data/breast_cancer/test.csv -o scores/ --format csv
 
-      forwardpass batch breast_cancer big.parquet scores/ --resume
+      forwardpass batch breast_cancer data/breast_cancer/test.csv -o scores/ --resume
 
-      forwardpass batch digits_cnn data/digits/test scores/ --ray --actors 2
+      forwardpass batch digits_cnn data/digits/test -o scores/ --ray --actors 2
 
-      forwardpass batch mobilenet_v2 /shared/photos /shared/scores --ray-address auto --actors 8
+      forwardpass batch mobilenet_v2 /shared/photos -o /shared/scores --ray-address auto --actors 8
     """
-    for name, value in (("--part-size", part_size), ("--workers", workers), ("--actors", actors)):
-        if value < 1:
-            raise InputError(f"{name} must be at least 1, got {value}")
-    if (batch_size is not None and batch_size < 1) or (top_k is not None and top_k < 1):
-        raise InputError("--batch-size and --top-k must be at least 1")
+    at_least_one(part_size=part_size, workers=workers, actors=actors, batch_size=batch_size, top_k=top_k)
+    saved = saved_job(output_dir) if resume else None
+    job = saved[0] if saved else {}
     options = BatchOptions(
-        output_format=output_format.lower(),
+        output_format=(output_format or job.get("format") or DEFAULT_FORMAT).lower(),
         batch_size=batch_size,
-        part_size=part_size,
+        part_size=part_size or job.get("part_size") or DEFAULT_PART_SIZE,
         max_errors=None if max_errors < 0 else max_errors,
-        top_k=top_k,
+        top_k=top_k if top_k is not None or not saved else job.get("top_k"),
         workers=workers,
         resume=resume,
     )
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("scoring", total=None, rate="")
+    with progress(items="records") as bar:
+        task = bar.add_task("scoring", total=None)
 
-        def progress(done: int, total: int) -> None:
-            speed = bar.tasks[task].speed
-            bar.update(task, completed=done, total=total, rate=f"{speed:,.0f} rec/s" if speed else "")
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
 
-        if ray or ray_address:
-            from forwardpass.modes.ray_data import run_batch_on_ray  # Ray only when asked for
+        try:
+            if ray or ray_address:
+                from forwardpass.modes.ray_data import run_batch_on_ray  # Ray only when asked for
 
-            summary: Summary = run_batch_on_ray(
-                model,
-                input_path,
-                output_dir,
-                options,
-                repository=repository,
-                version=version,
-                address=ray_address,
-                actors=actors,
-                actor_cpus=actor_cpus,
-                progress=progress,
-            )
-        else:
-            loaded = open_model(model, repository, version)
-            try:
-                summary = run_batch(loaded, input_path, output_dir, options, progress)
-            finally:
-                loaded.close()
+                summary: Summary = run_batch_on_ray(
+                    model,
+                    input_path,
+                    output_dir,
+                    options,
+                    repository=repository,
+                    version=version,
+                    address=ray_address,
+                    actors=actors,
+                    actor_cpus=actor_cpus,
+                    progress=advance,
+                )
+            else:
+                loaded = open_model(model, repository, version, trust_pickle=trust_pickle)
+                try:
+                    summary = run_batch(loaded, input_path, output_dir, options, advance)
+                finally:
+                    loaded.close()
+        except KeyboardInterrupt:
+            bar.stop()
+            _interrupted(model, input_path, output_dir)
     typer.echo(summary.describe())
+
+
+def _interrupted(model: str, input_path: Path, output_dir: Path) -> None:
+    """What Ctrl-C leaves: the parts written stay, and --resume computes only the rest."""
+    saved = saved_job(output_dir)
+    if saved is None:
+        typer.echo("interrupted before the first part was saved: nothing to resume", err=True)
+    else:
+        job, done = saved
+        again = shlex.join(["forwardpass", "batch", model, str(input_path), "-o", str(output_dir), "--resume"])
+        typer.echo(
+            f"interrupted: {done} of {job['records']} records saved in {output_dir}; finish the job with:\n  {again}",
+            err=True,
+        )
+    raise typer.Exit(INTERRUPTED)
 
 
 def register(app: typer.Typer) -> None:

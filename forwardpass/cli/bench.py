@@ -3,6 +3,7 @@ MLPerf LoadGen's scenarios; with accuracy beside speed for each precision, and a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from forwardpass.cli.common import REPOSITORY, VERSION, open_model
+from forwardpass.cli.common import AS_JSON, REPOSITORY, TRUST_PICKLE, VERSION, open_model, output_option
 from forwardpass.cli.reporting import float_list, int_list, ms, print_json, progress, text_list
 from forwardpass.errors import InputError
 from forwardpass.measure import (
@@ -35,26 +36,35 @@ from forwardpass.model import Model
 __all__ = ["bench_command", "register"]
 
 ENGINES = (("forwardpass", "ours"), ("onnxruntime", "raw ORT"))
+INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
 MLPERF_SAMPLES = 256
 
 
 def bench_command(
     model: str | None = typer.Argument(
-        None, help="Model name in the repository, model folder, or model file.", show_default=False
+        None,
+        metavar="MODEL",
+        help="A model name in the repository, a model folder, or a model file.",
+        show_default=False,
     ),
     model_option: str | None = typer.Option(
         None, "--model", "-m", help="The model (the same as MODEL; reads better with --url).", show_default=False
     ),
-    batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes to time."),
+    batch_sizes: str = typer.Option(
+        "1,8,32", "--batch-size", "-b", metavar="LIST", help="Batch sizes to time, comma-separated."
+    ),
     threads: str | None = typer.Option(
         None,
         "--threads",
-        help="Comma-separated ONNX Runtime intra-op thread counts (default: the model's config).",
+        metavar="LIST",
+        help="ONNX Runtime intra-op thread counts to time, comma-separated (default: the model's config).",
         show_default=False,
     ),
     precision: str | None = typer.Option(
         None,
         "--precision",
+        "-p",
+        metavar="LIST",
         help="Comma-separated precisions (fp32,int8,...): the model's versions whose"
         " precision.json says so (fp32: a version without one).",
         show_default=False,
@@ -89,30 +99,33 @@ def bench_command(
         " (accuracy mode too with --eval).",
         show_default=False,
     ),
-    out: Path | None = typer.Option(
-        None, "--out", help="Folder for report.json, report.md, PNG plots and LoadGen's logs.", show_default=False
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    out: Path | None = output_option("Folder for report.json, report.md, PNG plots and LoadGen's logs."),
+    as_json: bool = AS_JSON,
     repository: Path | None = REPOSITORY,
     version: int | None = VERSION,
+    trust_pickle: bool = TRUST_PICKLE,
 ) -> None:
     """Throughput and latency (p50/p90/p99/max) per batch size, thread count and precision, beside raw ONNX
     Runtime on the same file in the same run (alternating rounds, so both share the machine's noise).
 
-    ours/raw is the median of round-by-round throughput ratios: 1.00 means no overhead.
+    ours/raw is the median of round-by-round throughput ratios (forwardpass over raw ONNX Runtime in rounds run
+    back to back): 1.00 means no overhead, 0.95 that forwardpass reached 95 % of raw's throughput. Being a median of
+    ratios, it can differ from the ratio of the two medians shown beside it.
+
+    Ctrl-C stops the run: the configurations already finished are printed and, with --output, saved.
 
     With --url, a running server is loaded by several client processes (closed loop at each --concurrency, open
     loop at each --rate); a figure is refused when the client itself was saturated.
 
     Examples:
 
-      forwardpass bench mobilenet_v2 --batch-sizes 1,8 --duration 2
+      forwardpass bench mobilenet_v2 --batch-size 1,8 --duration 2
 
-      forwardpass bench digits_cnn --threads 1,2 --precision fp32,int8 --eval data/digits/test --out reports/b
+      forwardpass bench digits_cnn --threads 1,2 --precision fp32,int8 --eval data/digits/test -o reports/b
 
       forwardpass bench --url http://127.0.0.1:8000 --model digits_cnn --concurrency 1,8 --rate 200
 
-      forwardpass bench digits_cnn --mlperf all --eval data/digits/test --duration 1 --out reports/mlperf
+      forwardpass bench digits_cnn --mlperf all --eval data/digits/test --duration 1 -o reports/mlperf
     """
     name = model or model_option
     if model and model_option and model != model_option:
@@ -123,7 +136,7 @@ def bench_command(
         raise InputError("--duration must be positive and --warmup not negative")
     scenarios = _scenarios(mlperf_scenarios)
     if scenarios and out is None:
-        raise InputError("--mlperf keeps LoadGen's logs: give --out DIR")
+        raise InputError("--mlperf keeps LoadGen's logs: give --output DIR")
     machine = machine_info()
     console = Console()
     if not as_json:
@@ -146,17 +159,26 @@ def bench_command(
             repository,
             version,
             machine,
+            trust_pickle,
         )
     written = save_bench(data, latencies, out) if out is not None else []
     if as_json:
         print_json(data)
-        return
-    for table in _tables(data):
-        console.print(table)
-    if data.get("results"):
-        console.print("ours: Model.infer; raw ORT: InferenceSession.run; latencies in ms per call", style="dim")
-    if written:
-        console.print(f"report: {', '.join(str(path) for path in written[:2])} and {len(written) - 2} plot(s)")
+    else:
+        for table in _tables(data):
+            console.print(table)
+        if data.get("results"):
+            console.print(
+                "ours: Model.infer; raw ORT: InferenceSession.run; latencies in ms per call; ours/raw: median of"
+                " round-by-round throughput ratios",
+                style="dim",
+            )
+        if written:
+            console.print(f"report: {', '.join(str(path) for path in written[:2])} and {len(written) - 2} plot(s)")
+    if data.get("interrupted"):
+        saved = f"; saved in {out}" if out is not None else "; give --output DIR to keep them"
+        typer.echo(f"interrupted: {data['interrupted']} finished before Ctrl-C{saved}", err=True)
+        raise typer.Exit(INTERRUPTED)
 
 
 def _scenarios(text: str | None) -> list[str]:
@@ -185,8 +207,9 @@ def _bench_local(
     repository: Path | None,
     version: int | None,
     machine: dict[str, object],
+    trust_pickle: bool,
 ) -> tuple[dict[str, Any], dict[str, list[float]]]:
-    sizes = int_list(batch_sizes, "--batch-sizes")
+    sizes = int_list(batch_sizes, "--batch-size")
     thread_counts: list[int | None] = list(int_list(threads, "--threads")) if threads is not None else [None]
     if precision is not None and version is not None:
         raise InputError("--precision picks versions by their precision.json; do not give --version with it")
@@ -197,30 +220,42 @@ def _bench_local(
     accuracy: dict[str, Any] = {}
     mlperf_runs: list[dict[str, Any]] = []
     settings: dict[str, Any] = {}
-    for asked, chosen_version in chosen.items():
-        for count in thread_counts:
-            overrides: dict[str, Any] = {} if count is None else {"intra_op_threads": count}
-            loaded = open_model(name, repository, chosen_version, **overrides)
-            label = asked or _precision_label(loaded)
-            points = _time(loaded, sizes, duration, warmup, label)
-            for point in points:
-                row = {
-                    "precision": label,
-                    "version": loaded.version,
-                    "threads": loaded.engine.intra_op_threads,
-                    **point.to_dict(),
-                }
-                results.append(row)
-                for engine, timing in (("forwardpass", point.ours), ("onnxruntime", point.raw)):
-                    key = f"{engine} {configuration(row)}"
-                    latencies[key] = [seconds * 1e3 for seconds in timing.latencies]
-            settings = {"graph_optimization": loaded.engine.graph_optimization, "providers": loaded.session.providers}
-            if count == thread_counts[0]:
-                if dataset is not None:
-                    accuracy[label] = _accuracy(loaded, dataset, points)
-                if scenarios and out is not None:
-                    mlperf_runs += _mlperf(loaded, dataset, scenarios, duration, out / "mlperf" / label)
-            loaded.close()
+    interrupted = None
+    try:
+        for asked, chosen_version in chosen.items():
+            for count in thread_counts:
+                overrides: dict[str, Any] = {} if count is None else {"intra_op_threads": count}
+                loaded = open_model(name, repository, chosen_version, trust_pickle=trust_pickle, **overrides)
+                try:
+                    label = asked or _precision_label(loaded)
+                    points: list[SpeedPoint] = []
+                    for point in _time(loaded, sizes, duration, warmup, label):
+                        points.append(point)
+                        row = {
+                            "precision": label,
+                            "version": loaded.version,
+                            "threads": loaded.engine.intra_op_threads,
+                            **point.to_dict(),
+                        }
+                        results.append(row)
+                        for engine, timing in (("forwardpass", point.ours), ("onnxruntime", point.raw)):
+                            key = f"{engine} {configuration(row)}"
+                            latencies[key] = [seconds * 1e3 for seconds in timing.latencies]
+                    engine_settings = loaded.engine
+                    settings = {
+                        "graph_optimization": engine_settings.graph_optimization,
+                        "providers": loaded.session.providers,
+                    }
+                    if count == thread_counts[0]:
+                        if dataset is not None:
+                            accuracy[label] = _accuracy(loaded, dataset, points)
+                        if scenarios and out is not None:
+                            mlperf_runs += _mlperf(loaded, dataset, scenarios, duration, out / "mlperf" / label)
+                finally:
+                    loaded.close()
+    except KeyboardInterrupt:
+        planned = len(chosen) * len(thread_counts) * len(sizes)
+        interrupted = f"{len(results)} of {planned} configurations"
     data: dict[str, Any] = {
         "kind": "bench",
         "model": name,
@@ -245,6 +280,8 @@ def _bench_local(
         }
     if mlperf_runs:
         data["mlperf"] = mlperf_runs
+    if interrupted:
+        data["interrupted"] = interrupted
     return data, latencies
 
 
@@ -252,9 +289,9 @@ def _precision_label(model: Model) -> str:
     return precision_of(model.entry.artefact.parent) if model.version is not None else DEFAULT_PRECISION
 
 
-def _time(model: Model, sizes: list[int], duration: float, warmup: float, label: str) -> list[SpeedPoint]:
+def _time(model: Model, sizes: list[int], duration: float, warmup: float, label: str) -> Iterator[SpeedPoint]:
+    """One point per batch size, each as soon as it is measured (so that Ctrl-C keeps the finished ones)."""
     raw = RawSession(model)
-    points: list[SpeedPoint] = []
     threads = model.engine.intra_op_threads or "default"
     with progress() as bar:
         for size in sizes:
@@ -266,8 +303,7 @@ def _time(model: Model, sizes: list[int], duration: float, warmup: float, label:
                 description = f"{label} t{threads} batch {size} {done.name} {step}: {speed}"
                 bar.update(task, advance=done.seconds, description=description)
 
-            points += bench(model, [size], seconds=duration, warmup_seconds=warmup, on_round=show, raw=raw)
-    return points
+            yield from bench(model, [size], seconds=duration, warmup_seconds=warmup, on_round=show, raw=raw)
 
 
 def _accuracy(model: Model, dataset: Dataset, points: list[SpeedPoint]) -> dict[str, Any]:
@@ -337,18 +373,22 @@ def _bench_server(
     loads += [("open", r) for r in float_list(rate, "--rate")] if rate else []
     specs = loadgen.model_inputs(target)
     runs: list[dict[str, Any]] = []
-    with progress() as bar:
-        task = bar.add_task(f"{name} at {url}", total=len(encodings) * len(loads))
-        for chosen in encodings:
-            payload = loadgen.build_payload(target, specs, chosen)  # type: ignore[arg-type]
-            for mode, load in loads:
-                bar.update(task, description=f"{mode} loop {load:g} ({chosen})")
-                if mode == "closed":
-                    result = loadgen.run_closed_loop(target, payload, int(load), duration, clients)
-                else:
-                    result = loadgen.run_open_loop(target, payload, load, duration, clients)
-                runs.append(result.to_dict())
-                bar.advance(task)
+    interrupted = None
+    try:
+        with progress() as bar:
+            task = bar.add_task(f"{name} at {url}", total=len(encodings) * len(loads))
+            for chosen in encodings:
+                payload = loadgen.build_payload(target, specs, chosen)  # type: ignore[arg-type]
+                for mode, load in loads:
+                    bar.update(task, description=f"{mode} loop {load:g} ({chosen})")
+                    if mode == "closed":
+                        result = loadgen.run_closed_loop(target, payload, int(load), duration, clients)
+                    else:
+                        result = loadgen.run_open_loop(target, payload, load, duration, clients)
+                    runs.append(result.to_dict())
+                    bar.advance(task)
+    except KeyboardInterrupt:
+        interrupted = f"{len(runs)} of {len(encodings) * len(loads)} loads"
     data: dict[str, Any] = {
         "kind": "bench",
         "model": name,
@@ -356,6 +396,9 @@ def _bench_server(
         "machine": machine,
         "server": {"url": url, "model": name, "runs": runs},
     }
+    if interrupted:
+        data["interrupted"] = interrupted
+        return data
     if scenarios and out is not None:
         if target.protocol != "http":
             raise InputError("--mlperf against a server speaks HTTP: give an http:// --url")

@@ -1,4 +1,8 @@
-"""Options shared by several subcommands."""
+"""The CLI's one vocabulary: each meaning has one option name and one short letter in every subcommand.
+
+`tests/cli/test_vocabulary.py` walks every subcommand and fails on a synonym (`--out` beside `--output`, `-f` for
+two meanings, ...). Options whose help differs per command are factories; the others are shared objects.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,55 @@ from typing import Any
 
 import typer
 
+from forwardpass.errors import InputError
 from forwardpass.model import Model, load
 
-__all__ = ["REPOSITORY", "SERVE", "TRUST_PICKLE", "VERSION", "open_model"]
+__all__ = [
+    "AS_JSON",
+    "REPOSITORY",
+    "SERVE",
+    "TRUST_PICKLE",
+    "VERSION",
+    "VOCABULARY",
+    "at_least_one",
+    "batch_size_option",
+    "format_option",
+    "model_argument",
+    "open_model",
+    "output_option",
+    "top_k_option",
+]
+
+# long name -> its short letter (None: deliberately none), for every option that several subcommands share
+VOCABULARY: dict[str, str | None] = {
+    "--output": "-o",
+    "--top-k": "-k",
+    "--format": "-f",
+    "--batch-size": "-b",
+    "--repository": "-r",
+    "--version": "-v",
+    "--precision": "-p",
+    "--model": "-m",
+    "--threads": None,
+    "--trust-pickle": None,
+    "--json": None,
+}
 
 REPOSITORY = typer.Option(
     None,
     "--repository",
     "-r",
+    metavar="DIR",
     help="Model repository folder (default: $FORWARDPASS_REPOSITORY, else the bundled models/).",
     show_default=False,
 )
-VERSION = typer.Option(None, "--version", "-v", help="Model version (default: the highest).", show_default=False)
+VERSION = typer.Option(
+    None, "--version", "-v", metavar="N", help="Model version (default: the highest).", show_default=False
+)
 SERVE = typer.Option(
     None,
     "--serve",
+    metavar="MODE",
     help=(
         "Non-ONNX models: 'native' (their framework), 'onnx' (converted once, parity-checked) or 'auto' (the faster "
         "of the two that passes parity). Default: the config's source.serve, else auto."
@@ -29,8 +67,44 @@ SERVE = typer.Option(
     show_default=False,
 )
 TRUST_PICKLE = typer.Option(
-    False, "--trust-pickle", help="Let pickled models (scikit-learn, joblib) load: unpickling runs code from the file."
+    False,
+    "--trust-pickle",
+    envvar="FORWARDPASS_TRUST_PICKLE",
+    help=(
+        "Let pickled models (scikit-learn, joblib) load: unpickling runs code from the file"
+        " (env FORWARDPASS_TRUST_PICKLE)."
+    ),
+    show_default=False,
 )
+AS_JSON = typer.Option(False, "--json", help="Print JSON instead of tables, for scripts.")
+
+
+def model_argument(help: str = "A model name in the repository, a model folder, or a model file.") -> Any:
+    return typer.Argument(..., metavar="MODEL", help=help, show_default=False)
+
+
+def output_option(help: str, *, required: bool = False) -> Any:
+    """Where a command writes what it makes: a folder or a file, always -o/--output."""
+    return typer.Option(... if required else None, "--output", "-o", metavar="PATH", help=help, show_default=False)
+
+
+def top_k_option(help: str = "Classes to list per prediction, at least 1 (default: the config's top_k).") -> Any:
+    return typer.Option(None, "--top-k", "-k", metavar="K", help=help, show_default=False)
+
+
+def format_option(default: str | None, help: str) -> Any:
+    return typer.Option(default, "--format", "-f", metavar="FORMAT", help=help, show_default=default is not None)
+
+
+def batch_size_option(help: str = "Items per forward pass (default: the model's max_batch_size).") -> Any:
+    return typer.Option(None, "--batch-size", "-b", metavar="N", help=help, show_default=False)
+
+
+def at_least_one(**options: int | None) -> None:
+    """Refuses, in one line, a count option below 1 (given as `top_k=...`, named `--top-k` in the message)."""
+    for name, value in options.items():
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def open_model(

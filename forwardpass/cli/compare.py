@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.markdown import Markdown
 
+from forwardpass.cli.common import output_option
 from forwardpass.errors import InputError
 from forwardpass.measure.report import compare_reports, load_report
 
@@ -15,10 +16,10 @@ __all__ = ["compare_command", "register"]
 
 
 def compare_command(
-    reports: list[Path] = typer.Argument(..., help="report.json files, or the --out folders that hold them."),
-    out: Path | None = typer.Option(
-        None, "--out", help="Folder for compare.json, compare.md and compare.png.", show_default=False
+    reports: list[Path] = typer.Argument(
+        ..., metavar="REPORT", help="report.json files, or the --output folders that hold them.", show_default=False
     ),
+    out: Path | None = output_option("Folder for compare.json, compare.md and compare.png."),
 ) -> None:
     """Set several saved reports (all from `eval`, or all from `bench`) side by side: one table, one plot.
 
@@ -29,7 +30,7 @@ def compare_command(
 
       forwardpass compare reports/fp32 reports/int8
 
-      forwardpass compare runs/monday/report.json runs/tuesday/report.json --out reports/compare
+      forwardpass compare runs/monday/report.json runs/tuesday/report.json -o reports/compare
     """
     if len(reports) < 2:
         raise InputError("compare needs at least two reports")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from forwardpass.cli.common import TRUST_PICKLE, output_option
 from forwardpass.errors import ConfigError
 from forwardpass.formats import ConvertOptions, LoadOptions, convert_model
 
@@ -20,17 +21,15 @@ def convert(
         "scikit-learn, XGBoost, LightGBM, Hugging Face folder, or ONNX (to change its opset).",
         show_default=False,
     ),
-    output: Path = typer.Option(
-        ..., "--output", "-o", help="OUT.onnx to write (.onnx is added if missing); OUT.json goes beside it."
+    output: Path = output_option(
+        "OUT.onnx to write (.onnx is added if missing); OUT.json goes beside it.", required=True
     ),
     opset: int = typer.Option(17, "--opset", min=7, help="ONNX opset (torch.export programs need 18 or later)."),
     tolerance: float = typer.Option(
         1e-4, "--tolerance", min=0.0, help="Largest difference the parity check accepts (relative above 1)."
     ),
     samples: int = typer.Option(32, "--samples", min=1, help="Inputs the parity check runs through both engines."),
-    trust_pickle: bool = typer.Option(
-        False, "--trust-pickle", help="Load pickled models (scikit-learn, joblib): unpickling runs code from the file."
-    ),
+    trust_pickle: bool = TRUST_PICKLE,
     inputs: list[str] = typer.Option(
         [],
         "--input",

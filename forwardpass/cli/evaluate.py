@@ -8,8 +8,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from forwardpass.cli.common import REPOSITORY, VERSION, open_model
-from forwardpass.cli.reporting import int_list, print_json, progress
+from forwardpass.cli.common import (
+    REPOSITORY,
+    TRUST_PICKLE,
+    VERSION,
+    at_least_one,
+    batch_size_option,
+    model_argument,
+    open_model,
+    output_option,
+    top_k_option,
+)
+from forwardpass.cli.reporting import print_json, progress
 from forwardpass.measure import EvalReport, evaluate, open_dataset
 from forwardpass.measure.evaluate import MAX_REPORTED_ERRORS
 from forwardpass.measure.report import save_eval
@@ -21,13 +31,14 @@ SHOWN_CLASSES = 20
 
 
 def eval_command(
-    model: str = typer.Argument(..., help="Model name in the repository, model folder, or model file."),
+    model: str = model_argument(),
     data: Path = typer.Argument(
         ...,
+        metavar="DATA",
         help="ImageFolder tree (DATA/<label>/<image>), CSV / Parquet / JSONL / JSON table with a label column,"
         " or .npz of input arrays and a label array.",
     ),
-    top_k: str = typer.Option("1", "--top-k", help="Comma-separated K values: top-K accuracy, or recall@K."),
+    top_k: int | None = top_k_option("Report top-1 and top-K accuracy (recall@1 and recall@K for embeddings)."),
     group_by: str | None = typer.Option(
         None,
         "--group-by",
@@ -43,15 +54,12 @@ def eval_command(
     label_column: str | None = typer.Option(
         None, "--label-column", help="Column holding the label (default: 'label', else 'target').", show_default=False
     ),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", help="Items per forward pass (default and limit: the model's).", show_default=False
-    ),
-    out: Path | None = typer.Option(
-        None, "--out", help="Folder for report.json, report.md and PNG plots.", show_default=False
-    ),
+    batch_size: int | None = batch_size_option("Items per forward pass (default and limit: the model's)."),
+    out: Path | None = output_option("Folder for report.json, report.md and PNG plots."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     repository: Path | None = REPOSITORY,
     version: int | None = VERSION,
+    trust_pickle: bool = TRUST_PICKLE,
 ) -> None:
     """Score a model on labelled raw data, through its own preprocessing and postprocessing.
 
@@ -63,7 +71,7 @@ def eval_command(
 
     Examples:
 
-      forwardpass eval digits_cnn data/digits/test --top-k 1,5 --out reports/digits
+      forwardpass eval digits_cnn data/digits/test --top-k 5 -o reports/digits
 
       forwardpass eval breast_cancer data/breast_cancer/test.csv
 
@@ -71,10 +79,11 @@ def eval_command(
 
       forwardpass eval my_model records.parquet --label-column species --group-by site
     """
-    ks = int_list(top_k, "--top-k")
+    at_least_one(top_k=top_k, batch_size=batch_size)
+    ks = sorted({1, top_k or 1})
     dataset = open_dataset(data, label_column, group_by)
-    loaded = open_model(model, repository, version)
-    with progress(items=True) as bar:
+    loaded = open_model(model, repository, version, trust_pickle=trust_pickle)
+    with progress(items="items") as bar:
         task = bar.add_task(f"eval {loaded.name}", total=len(dataset))
         report = evaluate(
             loaded,

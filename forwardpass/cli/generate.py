@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from forwardpass.cli.common import REPOSITORY, VERSION, open_model
+from forwardpass.cli.common import REPOSITORY, TRUST_PICKLE, VERSION, open_model
 from forwardpass.errors import ConfigError
 
 __all__ = ["register"]
@@ -21,16 +21,17 @@ CACHE = ".forwardpass"  # beside the source, as conversions are cached
 def generate(
     model: str = typer.Argument(
         ...,
+        metavar="MODEL",
         help="An exported decoder (a name in the repository, or its folder), or a Hugging Face causal-LM folder or "
         ".gguf file, exported to ONNX with its KV cache on first use (cached in .forwardpass/ beside it).",
         show_default=False,
     ),
-    prompt: str = typer.Argument(..., help="The text to continue.", show_default=False),
+    prompt: str = typer.Argument(..., metavar="PROMPT", help="The text to continue.", show_default=False),
     max_new_tokens: int | None = typer.Option(
         None, "--max-new-tokens", "-n", min=1, help="Tokens to write at most (default: the model's config)."
     ),
     temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="0: greedy; above 0: sampling."),
-    top_k: int = typer.Option(0, "--top-k", min=0, help="Sample from the k most likely tokens only (0: all)."),
+    top_k: int = typer.Option(0, "--top-k", "-k", min=0, help="Sample from the k most likely tokens only (0: all)."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Sample from the smallest set reaching p."),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Makes sampling reproducible.", show_default=False),
     stop_token_ids: list[int] = typer.Option(
@@ -51,6 +52,7 @@ def generate(
     ),
     repository: Path | None = REPOSITORY,
     version: int | None = VERSION,
+    trust_pickle: bool = TRUST_PICKLE,
 ) -> None:
     """Continue PROMPT with the model, printing each piece of text as soon as its token is chosen; the count,
     speed and time to first token go to stderr.
@@ -69,7 +71,7 @@ def generate(
 
     params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_token_ids), ignore_eos)
     source = _exported(model, export_to) if repository is None else model
-    loaded = open_model(str(source), repository, version, intra_op_threads=threads, warmup=0)
+    loaded = open_model(str(source), repository, version, trust_pickle=trust_pickle, intra_op_threads=threads, warmup=0)
     generator = open_generator(loaded)
     try:
         prompt_ids = generator.encode(prompt)

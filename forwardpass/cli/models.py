@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from forwardpass.cli.common import REPOSITORY
+from forwardpass.cli.common import REPOSITORY, TRUST_PICKLE
 from forwardpass.model import load
 from forwardpass.repository import Repository, default_repository
 from forwardpass.tensor import TensorSpec
@@ -16,7 +16,7 @@ from forwardpass.tensor import TensorSpec
 __all__ = ["register"]
 
 
-def models(repository: Path | None = REPOSITORY) -> None:
+def models(repository: Path | None = REPOSITORY, trust_pickle: bool = TRUST_PICKLE) -> None:
     """List the models of a repository: versions, inputs, outputs, how they are served and where they run.
 
     "served" says whether a non-ONNX model runs in its own framework or converted to ONNX, and why; "versions"
@@ -30,10 +30,11 @@ def models(repository: Path | None = REPOSITORY) -> None:
     """
     repo = Repository(repository or default_repository())
     table = Table(title=f"models in {repo.root}")
-    for column in ("model", "versions", "inputs", "outputs", "pipeline", "served", "providers"):
+    table.add_column("model", no_wrap=True)  # the names users must type: never cut or folded
+    for column in ("versions", "inputs", "outputs", "pipeline", "served", "providers"):
         table.add_column(column)
     for name in repo.names():
-        model = load(name, repository=repo.root, warmup=0)
+        model = load(name, repository=repo.root, warmup=0, trust_pickle=trust_pickle)
         pipeline = "→".join(
             kind
             for kind in (_kind(model.config.preprocess), model.serving.format, _kind(model.config.postprocess))

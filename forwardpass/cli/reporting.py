@@ -6,7 +6,17 @@ import sys
 
 import orjson
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from forwardpass.errors import InputError
 
@@ -40,14 +50,29 @@ def float_list(text: str, option: str) -> list[float]:
     return values
 
 
-def progress(*, items: bool = False) -> Progress:
-    """On stderr, so that stdout holds only the result (a table or JSON); gone once done; off when not a terminal."""
+class RateColumn(ProgressColumn):
+    """Items per second, e.g. "1,250 records/s" (rich's own speed column counts bytes)."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.0f} {self.unit}/s", style="progress.data.speed")
+
+
+def progress(*, items: str | None = None) -> Progress:
+    """On stderr, so that stdout holds only the result (a table or JSON); gone once done; off when not a terminal.
+    With `items` (the unit: "records", "images"): count done of all, rate and time left; else percent of time."""
     console = Console(stderr=True)
+    counts: list[ProgressColumn] = [MofNCompleteColumn(), RateColumn(items)] if items else []
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn() if items else TextColumn("{task.percentage:>3.0f}%"),
+        *(counts or [TextColumn("{task.percentage:>3.0f}%")]),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
         TimeRemainingColumn(),
         console=console,
         transient=True,

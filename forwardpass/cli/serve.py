@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
-from forwardpass.cli.common import REPOSITORY
+from forwardpass.cli.common import REPOSITORY, TRUST_PICKLE
 from forwardpass.errors import ConfigError
 
 __all__ = ["register"]
@@ -55,12 +55,7 @@ def serve(
         help="Largest request body (env FORWARDPASS_MAX_REQUEST_BYTES, default 64 MiB).",
         show_default=False,
     ),
-    trust_pickle: bool | None = typer.Option(
-        None,
-        "--trust-pickle",
-        help="Let pickled models (scikit-learn, joblib) load: unpickling runs code (env FORWARDPASS_TRUST_PICKLE).",
-        show_default=False,
-    ),
+    trust_pickle: bool = TRUST_PICKLE,
     access_log: bool | None = typer.Option(
         None,
         "--access-log/--no-access-log",

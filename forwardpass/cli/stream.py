@@ -12,7 +12,17 @@ from typing import TextIO
 
 import typer
 
-from forwardpass.cli.common import REPOSITORY, VERSION, open_model
+from forwardpass.cli.common import (
+    REPOSITORY,
+    TRUST_PICKLE,
+    VERSION,
+    at_least_one,
+    batch_size_option,
+    format_option,
+    model_argument,
+    open_model,
+    top_k_option,
+)
 from forwardpass.errors import InputError, NotFoundError
 from forwardpass.modes.stream import FORMATS, RecordFormat, StreamStats, follow_lines, guess_format, run_stream
 
@@ -20,30 +30,25 @@ __all__ = ["register"]
 
 
 def stream(
-    model: str = typer.Argument(..., help="Model name in the repository, model folder, or model file."),
-    source: Path | None = typer.Argument(None, help="File of records (default: stdin).", show_default=False),
+    model: str = model_argument(),
+    source: Path | None = typer.Argument(
+        None, metavar="FILE", help="File of records (default: stdin).", show_default=False
+    ),
     follow: bool = typer.Option(
-        False, "--follow", "-f", help="Keep reading SOURCE as it grows (like tail -f) until Ctrl-C or SIGTERM."
+        False, "--follow", help="Keep reading FILE as it grows (like tail -f) until Ctrl-C or SIGTERM."
     ),
-    record_format: str | None = typer.Option(
+    record_format: str | None = format_option(
         None,
-        "--format",
-        help="jsonl (a JSON value per line), csv (header line, then rows) or text (each line is one input). "
-        "Default: from SOURCE's suffix (.csv, .txt), else jsonl.",
-        show_default=False,
+        "jsonl (a JSON value per line), csv (header line, then rows) or text (each line is one input). "
+        "Default: from FILE's suffix (.csv, .txt), else jsonl.",
     ),
-    max_batch: int | None = typer.Option(
-        None,
-        "--max-batch",
-        min=1,
-        help="Most records per forward pass, formed only from records already waiting (default: the model's).",
-        show_default=False,
+    max_batch: int | None = batch_size_option(
+        "Most records per forward pass, formed only from records already waiting (default: the model's)."
     ),
-    top_k: int | None = typer.Option(
-        None, "--top-k", min=1, help="Classes per answer (classifiers).", show_default=False
-    ),
+    top_k: int | None = top_k_option("Classes per answer (classifiers)."),
     repository: Path | None = REPOSITORY,
     version: int | None = VERSION,
+    trust_pickle: bool = TRUST_PICKLE,
 ) -> None:
     """Answer records as they arrive: one JSON line per record on stdout, in input order, each written as soon as
     its forward pass is done; a bad record gets an error line and the stream goes on. Records that queue while a
@@ -61,10 +66,11 @@ def stream(
 
       cat sentences.txt | forwardpass stream minilm --format text
     """
+    at_least_one(batch_size=max_batch, top_k=top_k)
     chosen = _record_format(record_format, source)
     if follow and source is None:
         raise InputError("--follow needs a file to follow: forwardpass stream MODEL FILE --follow")
-    loaded = open_model(model, repository, version)
+    loaded = open_model(model, repository, version, trust_pickle=trust_pickle)
     stop = threading.Event()
     stats = StreamStats()
     out = sys.stdout.buffer

@@ -61,7 +61,7 @@ def load_report(path: Path) -> dict[str, Any]:
     """A report written by `eval --out` or `bench --out`: its JSON file, or the folder holding report.json."""
     file = path / f"{REPORT}.json" if path.is_dir() else path
     if not file.is_file():
-        raise NotFoundError(f"no report at '{path}'; give a report.json or the --out folder that holds one")
+        raise NotFoundError(f"no report at '{path}'; give a report.json or the --output folder that holds one")
     try:
         data = orjson.loads(file.read_bytes())
     except orjson.JSONDecodeError as exc:

@@ -125,7 +125,10 @@ class Scorer:
     def close(self) -> None:
         self._pool.shutdown(cancel_futures=True)
 
-    def score(self, items: Iterable[Item]) -> tuple[list[Row], list[Row]]:
+    def score(
+        self, items: Iterable[Item], on_batch: Callable[[int], None] | None = None
+    ) -> tuple[list[Row], list[Row]]:
+        """`on_batch(n)` after each forward pass of n records: progress finer than a part."""
         rows: list[Row] = []
         errors: list[Row] = []
         pending: deque[tuple[list[Item], Future[list[Arrays | ForwardpassError]]]] = deque()
@@ -133,9 +136,9 @@ class Scorer:
         while batch := list(itertools.islice(batches, self.model.batch_size)):
             pending.append((batch, self._pool.submit(self._preprocess, batch)))
             if len(pending) > self.workers:  # keep the pool busy while this batch runs its forward pass
-                self._finish(*pending.popleft(), rows, errors)
+                self._finish(*pending.popleft(), rows, errors, on_batch)
         while pending:
-            self._finish(*pending.popleft(), rows, errors)
+            self._finish(*pending.popleft(), rows, errors, on_batch)
         return rows, errors
 
     def _preprocess(self, batch: list[Item]) -> list[Arrays | ForwardpassError]:
@@ -156,6 +159,7 @@ class Scorer:
         future: Future[list[Arrays | ForwardpassError]],
         rows: list[Row],
         errors: list[Row],
+        on_batch: Callable[[int], None] | None,
     ) -> None:
         prepared = future.result()
         ready = [p for p in prepared if not isinstance(p, ForwardpassError)]
@@ -166,6 +170,8 @@ class Scorer:
                 errors.append(error_row(item.name, outcome))
             else:
                 rows.append({"id": item.name, "model": self.model.name, "version": self._version, **outcome})
+        if on_batch is not None:
+            on_batch(len(batch))
 
 
 def run_batch(
@@ -187,7 +193,15 @@ def run_batch(
         with Scorer(model, batch_size=options.batch_size, top_k=options.top_k, workers=options.workers) as scorer:
             for index, start, items in parts(source.items(), options.part_size):
                 if not output.is_done(index):
-                    rows, errors = scorer.score(items)
+                    scored = done
+
+                    def batch_done(n: int) -> None:
+                        nonlocal scored
+                        scored += n
+                        if progress is not None:
+                            progress(scored, total)
+
+                    rows, errors = scorer.score(items, batch_done)
                     output.commit(index, start, start + len(items), rows, errors)
                     computed += len(items)
                     check_errors(output, options.max_errors)

@@ -22,7 +22,7 @@ import orjson
 
 from forwardpass.errors import InputError
 
-__all__ = ["ERRORS_FILE", "FORMATS", "MANIFEST_FILE", "Output", "PartDone", "atomic_write"]
+__all__ = ["ERRORS_FILE", "FORMATS", "MANIFEST_FILE", "Output", "PartDone", "atomic_write", "saved_job"]
 
 FORMATS = ("parquet", "csv", "jsonl")
 MANIFEST_FILE = "_manifest.json"
@@ -45,6 +45,16 @@ class _Manifest:
     job: dict[str, Any]
     parts: list[PartDone] = field(default_factory=list)
     finished: bool = False
+
+
+def saved_job(directory: Path) -> tuple[dict[str, Any], int] | None:
+    """The job `directory` holds and how many of its records are done; None when it holds no readable manifest
+    (opening it as an `Output` then says why)."""
+    try:
+        data = orjson.loads((directory / MANIFEST_FILE).read_bytes())
+        return dict(data["job"]), sum(part["stop"] - part["start"] for part in data["parts"])
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+        return None
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

@@ -172,7 +172,7 @@ def test_eval_csv_classification_equals_sklearn(fp: Cli, measure_repo: Repo, tab
     truth = [LABELS.index(r["label"]) for r in rows]
     expected = {k: metrics.top_k_accuracy_score(truth, probabilities, k=k, labels=range(3)) for k in (1, 2)}
 
-    done = fp("eval", "tab_cls", tables / "cls.csv", "--top-k", "1,2", "--json")
+    done = fp("eval", "tab_cls", tables / "cls.csv", "--top-k", "2", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["n"] == 80 and report["bad"] == 0 and report["task"] == "classification"
@@ -216,7 +216,7 @@ def test_eval_image_folder_table(fp: Cli, measure_repo: Repo, tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["top_k_accuracy"] == {"1": pytest.approx(top1, abs=1e-12)}
 
-    done = fp("eval", "img_cls", tmp_path, "--top-k", "1,3", "--batch-size", "5")
+    done = fp("eval", "img_cls", tmp_path, "--top-k", "3", "--batch-size", "5")
     assert done.returncode == 0, done.stderr
     assert "top-1 accuracy" in done.stdout and "top-3 accuracy" in done.stdout and "1.0000" in done.stdout
     assert "bad item dog/broken.png" in done.stdout
@@ -224,7 +224,7 @@ def test_eval_image_folder_table(fp: Cli, measure_repo: Repo, tmp_path: Path) ->
 
 def test_bench_json_is_sane(fp: Cli) -> None:
     done = fp(
-        "bench", "vec_raw", "--batch-sizes", "1,4", "--duration", "0.2", "--warmup", "0", "--threads", "1", "--json"
+        "bench", "vec_raw", "--batch-size", "1,4", "--duration", "0.2", "--warmup", "0", "--threads", "1", "--json"
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -246,7 +246,7 @@ def test_bench_json_is_sane(fp: Cli) -> None:
 
 
 def test_bench_table(fp: Cli) -> None:
-    done = fp("bench", "img_cls", "--batch-sizes", "2", "--duration", "0.2", "--warmup", "0")
+    done = fp("bench", "img_cls", "--batch-size", "2", "--duration", "0.2", "--warmup", "0")
     assert done.returncode == 0, done.stderr
     assert "machine:" in done.stdout and "ours/raw" in done.stdout
     assert "ours" in done.stdout and "raw ORT" in done.stdout and "Model.infer" in done.stdout
@@ -263,7 +263,7 @@ def _image_folder(folder: Path, count: int = 12) -> list[str]:
 
 def test_eval_out_writes_report_and_plots(fp: Cli, tmp_path: Path) -> None:
     _image_folder(tmp_path / "data")
-    done = fp("eval", "img_cls", tmp_path / "data", "--top-k", "1,2", "--out", tmp_path / "report")
+    done = fp("eval", "img_cls", tmp_path / "data", "--top-k", "2", "--output", tmp_path / "report")
     assert done.returncode == 0, done.stderr
     assert "per class" in done.stdout and "report:" in done.stdout
     report = json.loads((tmp_path / "report" / "report.json").read_text())
@@ -315,7 +315,7 @@ def test_bench_precisions_with_accuracy_beside_speed(fp: Cli, variant_repo: Path
         "img_cls",
         "--precision",
         "fp32,int8",
-        "--batch-sizes",
+        "--batch-size",
         "1,4",
         "--duration",
         "0.2",
@@ -323,7 +323,7 @@ def test_bench_precisions_with_accuracy_beside_speed(fp: Cli, variant_repo: Path
         "0",
         "--eval",
         tmp_path / "data",
-        "--out",
+        "--output",
         out,
     )
     assert done.returncode == 0, done.stderr
@@ -351,7 +351,7 @@ def test_bench_mlperf_keeps_loadgen_summary(fp: Cli, tmp_path: Path) -> None:
     done = fp(
         "bench",
         "vec_raw",
-        "--batch-sizes",
+        "--batch-size",
         "1",
         "--duration",
         "0.3",
@@ -359,7 +359,7 @@ def test_bench_mlperf_keeps_loadgen_summary(fp: Cli, tmp_path: Path) -> None:
         "0",
         "--mlperf",
         "Offline,SingleStream",
-        "--out",
+        "--output",
         out,
         "--json",
     )
@@ -388,7 +388,7 @@ def test_bench_url_figures_match_the_servers_own_count(fp: Cli, tmp_path: Path) 
             "2",
             "--duration",
             "1.5",
-            "--out",
+            "--output",
             tmp_path,
             "--json",
         )
@@ -405,10 +405,10 @@ def test_bench_url_figures_match_the_servers_own_count(fp: Cli, tmp_path: Path) 
 def test_compare_two_bench_reports(fp: Cli, tmp_path: Path) -> None:
     for name in ("one", "two"):
         done = fp(
-            "bench", "vec_raw", "--batch-sizes", "1,2", "--duration", "0.1", "--warmup", "0", "--out", tmp_path / name
+            "bench", "vec_raw", "--batch-size", "1,2", "--duration", "0.1", "--warmup", "0", "--output", tmp_path / name
         )
         assert done.returncode == 0, done.stderr
-    done = fp("compare", tmp_path / "one", tmp_path / "two" / "report.json", "--out", tmp_path / "cmp")
+    done = fp("compare", tmp_path / "one", tmp_path / "two" / "report.json", "--output", tmp_path / "cmp")
     assert done.returncode == 0, done.stderr
     assert "one" in done.stdout and "two" in done.stdout and "fp32" in done.stdout
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -421,7 +421,7 @@ def test_compare_two_bench_reports(fp: Cli, tmp_path: Path) -> None:
         (("eval", "tab_cls", "table.csv", "--top-k", "0"), "--top-k"),
         (("eval", "tab_cls", "table.csv", "--label-column", "species"), "no column 'species'"),
         (("eval", "vec_raw", "table.csv"), "postprocess kind 'none'"),
-        (("bench", "vec_raw", "--batch-sizes", "x"), "--batch-sizes"),
+        (("bench", "vec_raw", "--batch-size", "x"), "--batch-size"),
         (("bench", "vec_raw", "--duration", "0"), "--duration"),
         (("eval", "img_cls", "empty"), "holds no images"),
         (("eval", "tab_cls", "zebra.csv"), "not in model 'tab_cls''s label set: 'zebra'"),

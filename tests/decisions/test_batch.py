@@ -25,7 +25,18 @@ def test_batch_rows_carry_actions_and_each_is_audited(tasks, audit_log, tmp_path
     table.write_text("\n".join(lines) + "\n", encoding="utf-8")
     env = {**os.environ, "FORWARDPASS_AUDIT_LOG": str(audit_log), "NO_COLOR": "1"}
     done = subprocess.run(
-        [FORWARDPASS, "batch", "triage", str(table), str(tmp_path / "out"), "--format", "jsonl", "-r", str(tasks.root)],
+        [
+            FORWARDPASS,
+            "batch",
+            "triage",
+            str(table),
+            "-o",
+            str(tmp_path / "out"),
+            "--format",
+            "jsonl",
+            "-r",
+            str(tasks.root),
+        ],
         env=env,
         capture_output=True,
         text=True,

@@ -185,9 +185,10 @@ def test_texts_from_txt_jsonl_and_csv_equal_model_predict(repository: Path, tmp_
     assert list(errors) == ["b.jsonl#line21"] and "'text' text field" in errors["b.jsonl#line21"]["error"]
 
 
-def run_cli(*args: str | Path, repository: Path) -> subprocess.CompletedProcess[str]:
+def run_cli(model: str, data: Path, output: Path, *options: str, repository: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FORWARDPASS_REPOSITORY": str(repository), "NO_COLOR": "1"}
-    return subprocess.run([FORWARDPASS, "batch", *map(str, args)], env=env, capture_output=True, text=True, timeout=120)
+    command = [FORWARDPASS, "batch", model, str(data), "-o", str(output), *options]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_cli_runs_refuses_to_mix_jobs_and_stops_at_max_errors(repository: Path, table: Path, tmp_path: Path):

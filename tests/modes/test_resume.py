@@ -24,9 +24,9 @@ FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
 POLL_S = 0.005
 
 
-def start(repository: Path, *args: str | Path) -> subprocess.Popen[bytes]:
+def start(repository: Path, data: Path, output: Path, *options: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "FORWARDPASS_REPOSITORY": str(repository)}
-    command = [FORWARDPASS, "batch", "tab_cls", *map(str, args)]
+    command = [FORWARDPASS, "batch", "tab_cls", str(data), "-o", str(output), *options]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
