@@ -47,6 +47,7 @@ REGISTERED: tuple[tuple[str, str], ...] = (
     ("torch", "TORCHSCRIPT"),
     ("tensorflow", "KERAS"),
     ("tensorflow", "FROZEN_GRAPH"),
+    ("tflite", "TFLITE"),
     ("xgboost", "XGBOOST"),
     ("lightgbm", "LIGHTGBM"),
     ("sklearn", "SKLEARN"),

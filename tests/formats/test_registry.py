@@ -49,6 +49,7 @@ ARTEFACTS = {
     "torchscript": lambda root: torch_zip(root / "model.bin", "code/__torch__.py", "data.pkl", "constants.pkl"),
     "keras": lambda root: touch(root / "model.keras"),
     "graphdef": lambda root: touch(root / "frozen.pb"),
+    "tflite": lambda root: touch(root / "model.tflite"),
     "xgboost": lambda root: touch(root / "booster.json", b'{"learner": {"attributes": {}}}'),
     "lightgbm": lambda root: touch(root / "model.txt", b"tree\nversion=v4\n"),
     "sklearn": lambda root: touch(root / "pipeline.joblib"),
