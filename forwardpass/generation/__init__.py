@@ -1,7 +1,7 @@
 """Token-sequence generation for decoder language models exported to ONNX with a KV cache: export, sampling,
 incremental detokenization and the continuous-batching decode loop."""
 
-from forwardpass.generation.engine import Generator, Listener, Ticket, TokenEvent
+from forwardpass.generation.engine import Generator, Listener, Ticket, TokenEvent, TokenStream
 from forwardpass.generation.loader import open_generator
 from forwardpass.generation.sampling import SamplingParams
 from forwardpass.generation.text import IncrementalText, StopStrings, TextCodec
@@ -15,5 +15,6 @@ __all__ = [
     "TextCodec",
     "Ticket",
     "TokenEvent",
+    "TokenStream",
     "open_generator",
 ]

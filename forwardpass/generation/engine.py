@@ -14,19 +14,21 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from forwardpass.backends.base import Session
 from forwardpass.config import GenerationConfig
 from forwardpass.errors import ForwardpassError, InputError, Overloaded
+from forwardpass.generation.chat import ChatTemplate
 from forwardpass.generation.decoder import BatchCache, DecoderLayout
-from forwardpass.generation.sampling import SamplingParams, sample
+from forwardpass.generation.sampling import SamplingParams, log_probabilities, sample
 from forwardpass.generation.text import TextCodec
 
-__all__ = ["Generator", "Listener", "Ticket", "TokenEvent"]
+__all__ = ["Generator", "Listener", "Ticket", "TokenEvent", "TokenStream"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 class TokenEvent:
     token_id: int
     finish_reason: str | None  # None while the sequence goes on; "stop" (an end token) or "length" (the limit)
+    logprob: float | None = None  # with SamplingParams.logprobs: the token's log-probability
+    top_logprobs: tuple[tuple[int, float], ...] = ()  # ... and the most likely tokens' (id, log-probability)
 
 
 Listener = Callable[[TokenEvent | ForwardpassError], object]
@@ -68,14 +72,52 @@ class _Sequence:
         self.position = len(prompt)
 
 
+class TokenStream:
+    """One request's tokens on the asyncio loop that submitted it: `async for event in stream`. `close()` (or
+    `aclose()`, as `contextlib.aclosing` calls it) takes the request out of the batch at the next step, whether or
+    not the iteration ever began."""
+
+    def __init__(self, generator: Generator, prompt_ids: list[int], params: SamplingParams) -> None:
+        loop = asyncio.get_running_loop()
+        self._events: asyncio.Queue[TokenEvent | ForwardpassError] = asyncio.Queue()
+        self._ticket = generator.submit(
+            prompt_ids, params, lambda event: loop.call_soon_threadsafe(self._events.put_nowait, event)
+        )
+        self._done = False
+
+    def __aiter__(self) -> TokenStream:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._done:
+            raise StopAsyncIteration
+        event = await self._events.get()
+        if isinstance(event, ForwardpassError):
+            self.close()
+            raise event
+        if event.finish_reason is not None:
+            self._done = True
+        return event
+
+    def close(self) -> None:
+        self._done = True
+        self._ticket.cancel()
+
+    async def aclose(self) -> None:
+        self.close()
+
+
 class Generator:
     """Token generation for one decoder session, with continuous batching."""
 
-    def __init__(self, session: Session, config: GenerationConfig, codec: TextCodec, name: str) -> None:
+    def __init__(
+        self, session: Session, config: GenerationConfig, codec: TextCodec, name: str, chat: ChatTemplate | None = None
+    ) -> None:
         self.session = session
         self.config = config
         self.codec = codec
         self.name = name
+        self.chat = chat  # the model's chat template, if it has one
         self.layout = DecoderLayout.of(session, name)
         self._pending: deque[_Sequence] = deque()
         self._condition = threading.Condition()
@@ -97,6 +139,12 @@ class Generator:
         if bad:
             raise InputError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
         return list(prompt)
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Chat messages as the prompt's token ids, rendered by the model's own chat template."""
+        if self.chat is None:
+            raise InputError(f"model '{self.name}' has no chat template: send a plain prompt to /v1/completions")
+        return self.codec.encode(self.chat.render(messages), special_tokens=False)
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, listener: Listener) -> Ticket:
         """Queue a request; its listener hears every token (the last with a finish reason) or one error."""
@@ -125,13 +173,10 @@ class Generator:
         events: queue.SimpleQueue[TokenEvent | ForwardpassError] = queue.SimpleQueue()
         return _drain(events.get, self.submit(prompt_ids, params, events.put))
 
-    def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncGenerator[TokenEvent, None]:
-        """The tokens as they come, on the running asyncio loop; leaving the iteration early cancels the request.
-        The request is queued now: a refusal raises here, not on iteration."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[TokenEvent | ForwardpassError] = asyncio.Queue()
-        ticket = self.submit(prompt_ids, params, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
-        return _drain_async(events, ticket)
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> TokenStream:
+        """The tokens as they come, on the running asyncio loop; closing the stream cancels the request. The request
+        is queued now: a refusal raises here, not on iteration."""
+        return TokenStream(self, prompt_ids, params)
 
     def close(self) -> None:
         """Stop the loop; requests still running or waiting get an error."""
@@ -189,7 +234,7 @@ class Generator:
         for row, sequence in enumerate(joining):
             params = sequence.params
             token = int(logits[row].argmax()) if params.greedy else sample(logits[row], params, sequence.rng)
-            if self._emit(sequence, token):
+            if self._emit(sequence, token, logits[row]):
                 going_on.append(row)
         first_new = cache.rows
         cache.join(outputs, mask)
@@ -216,19 +261,21 @@ class Generator:
                 continue
             params = sequence.params
             token = int(best[row]) if params.greedy else sample(logits[row], params, sequence.rng)
-            if self._emit(sequence, token):
+            if self._emit(sequence, token, logits[row]):
                 keep.append(row)
         if len(keep) < len(active):
             cache.keep(keep)
             active[:] = [active[row] for row in keep]
 
-    def _emit(self, sequence: _Sequence, token: int) -> bool:
+    def _emit(self, sequence: _Sequence, token: int, logits: np.ndarray) -> bool:
         """Tell the listener; True while the sequence goes on."""
         sequence.produced += 1
         sequence.last = token
         reason = "stop" if token in sequence.stops else "length" if sequence.produced >= sequence.limit else None
+        top = sequence.params.logprobs
+        event = TokenEvent(token, reason, *log_probabilities(logits, token, top)) if top is not None else None
         try:
-            sequence.listener(TokenEvent(token, reason))
+            sequence.listener(event or TokenEvent(token, reason))
         except RuntimeError:  # the listener's event loop has closed: nobody is waiting any more
             return False
         return reason is None
@@ -245,21 +292,6 @@ def _drain(get: Callable[[], TokenEvent | ForwardpassError], ticket: Ticket) -> 
     try:
         while True:
             event = get()
-            if isinstance(event, ForwardpassError):
-                raise event
-            yield event
-            if event.finish_reason is not None:
-                return
-    finally:
-        ticket.cancel()
-
-
-async def _drain_async(
-    events: asyncio.Queue[TokenEvent | ForwardpassError], ticket: Ticket
-) -> AsyncGenerator[TokenEvent, None]:
-    try:
-        while True:
-            event = await events.get()
             if isinstance(event, ForwardpassError):
                 raise event
             yield event

@@ -1,6 +1,7 @@
 """Hugging Face causal language models (a folder, or a GGUF file) → an ONNX decoder with its KV cache, as a model
 folder forwardpass serves: `config.yaml` (with its `generation:` section), `tokenizer.json`, `1/model.onnx` and
-`1/model.json` (how it was made, with the measured parity).
+`1/model.json` (how it was made, with the measured parity), and `tokenizer_config.json` with the model's chat template
+and special tokens when it has a template (the GGUF metadata's, or the Hugging Face tokenizer's).
 
 The graph takes `input_ids`, `attention_mask` (past + new tokens), `position_ids` and `past_key_values.<i>.key|value`
 [batch, heads, past, head_dim]; it gives `logits` of the last position only and `present.<i>.key|value` (past + new).
@@ -25,6 +26,8 @@ import yaml
 from forwardpass.errors import ConfigError
 from forwardpass.formats.base import require
 from forwardpass.formats.torch import import_torch
+from forwardpass.generation.chat import CONFIG_FILE as CHAT_CONFIG_FILE
+from forwardpass.generation.chat import ChatTemplate
 
 __all__ = ["EXTRA", "export_decoder", "is_causal_lm"]
 
@@ -52,7 +55,7 @@ def export_decoder(source: Path, destination: Path, *, opset: int = 17, toleranc
     transformers = require("transformers", EXTRA)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    model, tokenizer_json = _load(transformers, source)
+    model, tokenizer_json, chat = _load(transformers, source)
     decoder = _decoder_module(torch, transformers, model)
     names = decoder.names
     example = decoder.example(batch=2, past=3, new=4)
@@ -84,6 +87,8 @@ def export_decoder(source: Path, destination: Path, *, opset: int = 17, toleranc
         version_folder.mkdir(exist_ok=True)
         shutil.move(staged, version_folder / ONNX_FILE)
     (destination / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+    if chat is not None:
+        (destination / CHAT_CONFIG_FILE).write_text(json.dumps(chat.settings(), indent=2), encoding="utf-8")
     config = {
         "description": f"{type(model).__name__} decoder with its KV cache, exported by forwardpass from {source.name}",
         "max_batch_size": 0,  # /infer runs one request as given; generation batches sequences itself
@@ -107,8 +112,9 @@ def export_decoder(source: Path, destination: Path, *, opset: int = 17, toleranc
     return destination
 
 
-def _load(transformers: ModuleType, source: Path) -> tuple[Any, str]:
-    """The model in FP32 with eager attention (the plainest graph), and its tokenizer as tokenizer.json text."""
+def _load(transformers: ModuleType, source: Path) -> tuple[Any, str, ChatTemplate | None]:
+    """The model in FP32 with eager attention (the plainest graph), its tokenizer as tokenizer.json text, and its
+    chat template if it has one."""
     if not source.exists():
         raise ConfigError(f"no Hugging Face folder or GGUF file at '{source}'")
     if not is_causal_lm(source):
@@ -121,13 +127,23 @@ def _load(transformers: ModuleType, source: Path) -> tuple[Any, str]:
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for files it cannot read
         raise ConfigError(f"{source}: transformers cannot load this model: {exc}") from None
     tokenizer_file = folder / "tokenizer.json"
-    if not options and tokenizer_file.is_file():
-        return model.eval(), tokenizer_file.read_text(encoding="utf-8")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True, **options)
-        return model.eval(), tokenizer.backend_tokenizer.to_str()
     except Exception as exc:  # as above
-        raise ConfigError(f"{source}: no fast tokenizer to save as tokenizer.json: {exc}") from None
+        if options or not tokenizer_file.is_file():
+            raise ConfigError(f"{source}: no fast tokenizer to save as tokenizer.json: {exc}") from None
+        return model.eval(), tokenizer_file.read_text(encoding="utf-8"), None  # a tokenizer.json alone: no template
+    tokenizer_json = tokenizer_file.read_text(encoding="utf-8") if not options and tokenizer_file.is_file() else None
+    if tokenizer_json is None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ConfigError(f"{source}: no fast tokenizer to save as tokenizer.json")
+        tokenizer_json = backend.to_str()
+    template = tokenizer.chat_template
+    if isinstance(template, dict):  # several named templates: the default one
+        template = template.get("default")
+    chat = ChatTemplate(template, tokenizer.special_tokens_map, str(source)) if isinstance(template, str) else None
+    return model.eval(), tokenizer_json, chat
 
 
 class _Names:

@@ -1,9 +1,10 @@
-"""A Generator for a loaded Model: its `generation:` config and its tokenizer file."""
+"""A Generator for a loaded Model: its `generation:` config, its tokenizer file and its chat template."""
 
 from __future__ import annotations
 
 from forwardpass.config import GenerationConfig
 from forwardpass.errors import ConfigError
+from forwardpass.generation.chat import ChatTemplate
 from forwardpass.generation.decoder import DecoderLayout
 from forwardpass.generation.engine import Generator
 from forwardpass.generation.text import TextCodec
@@ -18,4 +19,5 @@ def open_generator(model: Model) -> Generator:
     tokenizer = model.entry.directory / config.tokenizer
     if not tokenizer.is_file():
         raise ConfigError(f"model '{model.name}': no tokenizer at {tokenizer} (generation.tokenizer in its config)")
-    return Generator(model.session, config, TextCodec(tokenizer), model.name)
+    chat = ChatTemplate.of_folder(model.entry.directory)
+    return Generator(model.session, config, TextCodec(tokenizer), model.name, chat)

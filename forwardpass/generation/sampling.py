@@ -10,7 +10,9 @@ import numpy as np
 
 from forwardpass.errors import InputError
 
-__all__ = ["SamplingParams", "sample"]
+__all__ = ["MAX_LOGPROBS", "SamplingParams", "log_probabilities", "sample"]
+
+MAX_LOGPROBS = 20  # OpenAI's limit on top_logprobs
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = field(default=())
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k: the chosen token's log-probability and the k most likely tokens'
 
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -36,6 +39,8 @@ class SamplingParams:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.seed is not None and self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise InputError(f"top_logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
 
     @property
     def greedy(self) -> bool:
@@ -61,3 +66,13 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     cumulative = np.cumsum(probabilities)
     index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
     return min(index, probabilities.shape[0] - 1)
+
+
+def log_probabilities(logits: np.ndarray, token: int, top: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+    """The model's log-probability of `token` (log-softmax of the raw logits, before temperature or truncation)
+    and the `top` most likely tokens with theirs, most likely first."""
+    shifted = logits.astype(np.float64) - float(logits.max())
+    logs = shifted - np.log(np.exp(shifted).sum())
+    best = np.argpartition(-logs, top - 1)[:top] if top else np.empty(0, np.int64)
+    best = best[np.argsort(-logs[best], kind="stable")]
+    return float(logs[token]), tuple((int(index), float(logs[index])) for index in best)

@@ -22,14 +22,15 @@ class TextCodec:
         self._tokenizer.no_truncation()
         self.vocab_size = self._tokenizer.get_vocab_size()
 
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = self._tokenizer.encode(text).ids
+    def encode(self, text: str, special_tokens: bool = True) -> list[int]:
+        """`special_tokens`: let the tokenizer add its own (a BOS...); a rendered chat prompt already has them."""
+        ids: list[int] = self._tokenizer.encode(text, add_special_tokens=special_tokens).ids
         if not ids:
             raise InputError("the prompt is empty: it encodes to no tokens")
         return ids
 
-    def decode(self, ids: list[int]) -> str:
-        text: str = self._tokenizer.decode(ids, skip_special_tokens=True)
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        text: str = self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
         return text
 
     def incremental(self) -> IncrementalText:

