@@ -44,6 +44,7 @@ __all__ = [
     "NotFoundError",
     "Overloaded",
     "PayloadTooLarge",
+    "RequestTimeout",
     "SchemaError",
     "ShapeError",
     "Unauthenticated",
@@ -98,6 +99,12 @@ class PayloadTooLarge(InputError):
 
     http_status = 413
     grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class RequestTimeout(InputError):
+    """The client did not send its whole request body in time (HTTP 408)."""
+
+    http_status = 408
 
 
 class AuditError(ForwardpassError):
@@ -167,6 +174,7 @@ _BY_HTTP_STATUS: dict[int, type[ForwardpassError]] = {
     400: InputError,
     401: Unauthenticated,
     404: NotFoundError,
+    408: RequestTimeout,
     413: PayloadTooLarge,
     503: Overloaded,
 }

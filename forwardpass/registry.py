@@ -136,9 +136,10 @@ class ModelRegistry:
         versions = self._versions.get(name)
         if versions is None:
             raise self._not_loaded(name)
-        found = versions.get(int(version)) if version.isascii() and version.isdigit() else None
+        found = versions.get(int(version)) if version.isascii() and version.isdigit() and len(version) < 19 else None
         if found is None:
-            raise NotFoundError(f"model '{name}' has no version '{version}'; versions: {sorted(versions)}")
+            shown = version if len(version) <= 64 else f"{version[:64]}…"
+            raise NotFoundError(f"model '{name}' has no version '{shown}'; versions: {sorted(versions)}")
         return found
 
     def loaded(self) -> list[Served]:
@@ -181,6 +182,8 @@ class ModelRegistry:
 
     async def load(self, name: str) -> None:
         """Load (or reload) every version of a model: new and changed versions open beside the old, then swap."""
+        if name not in self._wanted and not self.repository.versions(name):  # unknown names leave no trace
+            raise NotFoundError(f"model '{name}' has no numbered version folder with a model file")
         async with self._lock(name):
             self._wanted.add(name)
             self._seen.add(name)
@@ -193,9 +196,11 @@ class ModelRegistry:
 
     async def unload(self, name: str) -> None:
         """Stop serving a model; returns when the requests already inside it have finished."""
+        if name not in self._versions and name not in self._wanted:  # not loaded: nothing to do, and no trace left
+            if not self.repository.versions(name):
+                raise NotFoundError(f"model '{name}' is neither loaded nor in the repository")
+            return
         async with self._lock(name):
-            if name not in self._versions and name not in self._wanted:
-                self.repository.versions(name)  # NotFoundError for a model the repository lacks
             self._wanted.discard(name)
             self._latest.pop(name, None)
             old = self._versions.pop(name, {})

@@ -17,8 +17,9 @@ from typing import Any
 from forwardpass.errors import MissingExtraError
 from forwardpass.registry import ModelRegistry
 from forwardpass.repository import Repository
+from forwardpass.server.app import asgi_app
 from forwardpass.server.dataplane import DataPlane
-from forwardpass.server.http import create_http_app
+from forwardpass.server.generate import Generators
 from forwardpass.server.settings import ServerSettings
 
 __all__ = ["APP_NAME", "V2Replica", "deploy", "serve_on_ray"]
@@ -31,13 +32,15 @@ class V2Replica:
 
     def __init__(self, settings: ServerSettings, cores: int) -> None:
         self.settings = settings
-        self.registry = ModelRegistry(Repository(settings.repository), cores=cores)
+        self.registry = ModelRegistry(Repository(settings.repository), cores=cores, trust_pickle=settings.trust_pickle)
         self.dataplane = DataPlane(self.registry, settings)
+        self.generators = Generators(self.registry)
 
     async def __serve_build_asgi_app__(self) -> Any:
-        """Ray Serve calls this on the replica's event loop: models load there, beside the batchers that use them."""
+        """Ray Serve calls this on the replica's event loop: models load there, beside the batchers that use them.
+        The app is `forwardpass serve`'s own: V2, TF Serving, generation, OpenAI and WebSocket routes, one guard."""
         await self.registry.load_all()
-        return create_http_app(self.dataplane, self.settings)
+        return asgi_app(self.registry, self.dataplane, self.generators, self.settings)
 
 
 def deploy(

@@ -13,6 +13,11 @@ from forwardpass.errors import ConfigError, DecodeError
 
 __all__ = ["TextPreprocessor"]
 
+# Characters per token no tokenizer exceeds in practice (WordPiece maps a word over 100 characters to one [UNK]):
+# text beyond max_length times this is cut before tokenizing, which truncation would drop anyway, so that a
+# megabyte of text costs what max_length tokens cost.
+MAX_CHARS_PER_TOKEN = 128
+
 
 class TextPreprocessor:
     def __init__(self, config: TextConfig, model_dir: Path) -> None:
@@ -24,6 +29,7 @@ class TextPreprocessor:
         except Exception as exc:  # tokenizers raises plain Exception for missing or malformed files
             raise ConfigError(f"preprocess.tokenizer: cannot load {path}: {exc}") from None
         self.tokenizer.enable_truncation(config.max_length)
+        self.max_chars = config.max_length * MAX_CHARS_PER_TOKEN
         saved = self.tokenizer.padding  # the tokenizer.json's own padding settings, if it has any
         if saved is not None:
             self.pad_id, pad_token = int(saved["pad_id"]), str(saved["pad_token"])
@@ -39,7 +45,7 @@ class TextPreprocessor:
     def __call__(self, raw: object) -> dict[str, np.ndarray]:
         if not isinstance(raw, str):
             raise DecodeError(f"expected text (a string), got {type(raw).__name__}")
-        encoding = self.tokenizer.encode(raw)
+        encoding = self.tokenizer.encode(raw[: self.max_chars])
         values = {
             "input_ids": encoding.ids,
             "attention_mask": encoding.attention_mask,

@@ -17,16 +17,19 @@ import uvicorn
 from forwardpass.errors import ConfigError
 from forwardpass.registry import ModelRegistry
 from forwardpass.repository import Repository
+from forwardpass.server.connections import limited_protocol
 from forwardpass.server.dataplane import DataPlane
 from forwardpass.server.generate import Generators, generation_routes
+from forwardpass.server.guard import RequestGuard
 from forwardpass.server.http import create_http_app
 from forwardpass.server.settings import ServerSettings
 from forwardpass.server.websocket import with_websockets
 
 if TYPE_CHECKING:
     import grpc
+    from starlette.types import ASGIApp
 
-__all__ = ["InferenceServer", "configure_logging", "serve"]
+__all__ = ["InferenceServer", "asgi_app", "configure_logging", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +72,9 @@ class InferenceServer:
         if settings.grpc_port:
             self._grpc = _grpc_server(self.dataplane, settings)
         await self.registry.load_all()
-        generation = generation_routes(self.generators, settings.max_request_bytes, self.dataplane.metrics)
-        http_app = create_http_app(self.dataplane, settings, generation)
         config = uvicorn.Config(
-            with_websockets(http_app, self.dataplane, settings),
-            http="httptools",
+            asgi_app(self.registry, self.dataplane, self.generators, settings),
+            http=limited_protocol(settings.max_connections, settings.header_timeout_s),
             ws="websockets-sansio",
             ws_max_size=settings.max_request_bytes,
             lifespan="off",
@@ -148,6 +149,16 @@ class InferenceServer:
                 await self.registry.poll()
             except OSError as exc:  # files moving under our feet; the next look sees the settled state
                 log.warning("repository poll failed: %s", exc)
+
+
+def asgi_app(
+    registry: ModelRegistry, dataplane: DataPlane, generators: Generators, settings: ServerSettings
+) -> ASGIApp:
+    """Every HTTP and WebSocket route, behind one request guard (body reader, admission, error guard); `serve` and
+    `serve --ray` both serve this."""
+    guard = RequestGuard(settings, dataplane.metrics)
+    http_app = create_http_app(dataplane, guard, generation_routes(generators, guard))
+    return with_websockets(http_app, dataplane, guard)
 
 
 def serve(settings: ServerSettings) -> None:

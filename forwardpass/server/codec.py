@@ -12,7 +12,7 @@ import base64
 import binascii
 import math
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -20,6 +20,9 @@ import orjson
 from forwardpass.errors import DTypeError, InputError, ShapeError
 from forwardpass.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
 from forwardpass.tensor import DataType
+
+if TYPE_CHECKING:
+    from forwardpass.server.limits import RequestLimits
 
 __all__ = [
     "decode_binary_tensor",
@@ -49,8 +52,9 @@ def encode_json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest:
-    """A V2 infer request: JSON alone, or a JSON header of `header_length` bytes followed by binary tensors."""
+def decode_infer_request(body: bytes, header_length: int | None, limits: RequestLimits | None = None) -> InferRequest:
+    """A V2 infer request: JSON alone, or a JSON header of `header_length` bytes followed by binary tensors. With
+    the model's `limits`, each tensor's header is checked against them before its data is decoded."""
     if header_length is not None and not 0 < header_length <= len(body):
         raise InputError(f"Inference-Header-Content-Length {header_length} is outside the {len(body)}-byte body")
     document = decode_json(body if header_length is None else body[:header_length], "inference request header")
@@ -59,11 +63,15 @@ def decode_infer_request(body: bytes, header_length: int | None) -> InferRequest
     entries = document.get("inputs")
     if not isinstance(entries, list) or not entries:
         raise InputError("inference request needs 'inputs': a non-empty list of tensors")
+    if limits is not None:
+        limits.check_count(len(entries))
     binary = memoryview(body)[header_length:] if header_length is not None else None
     offset = 0
     inputs = []
     for index, entry in enumerate(entries):
         name, dtype, shape, parameters = _tensor_header(entry, index)
+        if limits is not None:
+            limits.check(name, dtype.name, shape)
         size = parameters.get("binary_data_size")
         if size is None:
             if "data" not in entry:
@@ -157,12 +165,15 @@ def encode_tf_response(response: InferResponse, rows: bool) -> bytes:
     return encode_json({"outputs": {name: _to_nested(value) for name, value in outputs.items()}})
 
 
-def decode_bytes_elements(buffer: memoryview | bytes, name: str) -> list[bytes]:
-    """BYTES tensor data: each element a 4-byte little-endian length then that many bytes."""
-    elements = []
+def decode_bytes_elements(buffer: memoryview | bytes, name: str, count: int) -> list[bytes]:
+    """BYTES tensor data: each element a 4-byte little-endian length then that many bytes; `count` of them (a
+    ShapeError as soon as the data holds more or fewer: 16 M empty elements cost nothing when 8 are expected)."""
+    elements: list[bytes] = []
     offset = 0
     end = len(buffer)
     while offset < end:
+        if len(elements) == count:
+            raise ShapeError(f"input '{name}': its shape needs {count} BYTES elements, the data holds more")
         if offset + 4 > end:
             raise InputError(f"input '{name}': BYTES data ends inside an element's 4-byte length prefix")
         (length,) = _LENGTH.unpack_from(buffer, offset)
@@ -171,6 +182,8 @@ def decode_bytes_elements(buffer: memoryview | bytes, name: str) -> list[bytes]:
             raise InputError(f"input '{name}': BYTES element of {length} bytes goes past the end of its data")
         elements.append(bytes(buffer[offset : offset + length]))
         offset += length
+    if len(elements) != count:
+        raise ShapeError(f"input '{name}': its shape needs {count} BYTES elements, the data holds {len(elements)}")
     return elements
 
 
@@ -236,9 +249,7 @@ def decode_binary_tensor(
     ShapeError when the bytes do not fit the shape. `role` names the tensor in errors: "input" or "output"."""
     count = math.prod(shape)
     if dtype is DataType.BYTES:
-        elements = decode_bytes_elements(buffer, name)
-        if len(elements) != count:
-            raise ShapeError(f"{role} '{name}': shape {shape} needs {count} BYTES elements, got {len(elements)}")
+        elements = decode_bytes_elements(buffer, name, count)
         array = np.empty(count, dtype=object)
         array[:] = elements
         return array.reshape(shape)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
 
 import numpy as np
 
-from forwardpass.config import ImageConfig
-from forwardpass.errors import DeadlineExceeded, DecodeError, ForwardpassError, InputError, NotFoundError
+from forwardpass.config import ImageConfig, TextConfig
+from forwardpass.errors import DeadlineExceeded, DecodeError, ForwardpassError, InputError, NotFoundError, ShapeError
 from forwardpass.explain import explain
 from forwardpass.model import Model
 from forwardpass.pipeline import Arrays
@@ -27,6 +28,7 @@ from forwardpass.quality.metrics import DriftCollector
 from forwardpass.registry import ModelRegistry, Served
 from forwardpass.scheduler import Batched
 from forwardpass.scheduler.sequence import sequence_flags
+from forwardpass.server.limits import RequestLimits
 from forwardpass.server.metrics import Metrics, Timings
 from forwardpass.server.settings import ServerSettings
 from forwardpass.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
@@ -54,6 +56,8 @@ class DataPlane:
         self._settings = settings
         self.metrics = Metrics(self._queue_depths)
         self.metrics.registry.register(DriftCollector(self._drift_windows))
+        self._limits: weakref.WeakKeyDictionary[Served, RequestLimits] = weakref.WeakKeyDictionary()
+        self._explaining = asyncio.Semaphore(1)  # an explanation takes seconds of CPU and hundreds of MB
         registry.on_batch = lambda served, rows, run_s: self.metrics.batch(served.name, served.version, rows, run_s)
         try:
             self._version = package_version("forwardpass")
@@ -146,6 +150,14 @@ class DataPlane:
     async def unload_model(self, name: str) -> None:
         await self._registry.unload(name)
 
+    def limits(self, name: str, version: str | None = None) -> RequestLimits:
+        """What a request to this model may be: transports check it before they decode a body (404 first)."""
+        served = self._served(name, version)
+        limits = self._limits.get(served)
+        if limits is None:
+            limits = self._limits[served] = RequestLimits.of(served)
+        return limits
+
     # inference
 
     async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
@@ -159,7 +171,7 @@ class DataPlane:
                     raise InputError(f"model '{name}': an input is given twice: {[t.name for t in request.inputs]}")
                 sequencer = served.sequencer
                 batch = _as_text(sequencer.validate(arrays) if sequencer else model.validate(arrays))
-                rows = _rows(batch) if model.batchable else 1
+                rows = _rows(batch, served.max_batch_size) if model.batchable else 1
                 wanted = _requested(served, request.outputs)
                 validated = time.perf_counter()
                 timeout_s = _timeout_s(request.parameters, self._settings)
@@ -180,25 +192,39 @@ class DataPlane:
         self.metrics.succeeded(served.name, served.version, timings)
         return InferResponse(served.name, served.version, outputs, request.id)
 
-    async def predict(self, name: str, version: str | None, raw: object, parameters: dict[str, Any]) -> Prediction:
-        """The whole pipeline for one raw item (image bytes, text, record): preprocess → batcher → postprocess."""
+    async def predict(
+        self, name: str, version: str | None, raw: object, parameters: dict[str, Any], *, inline: bool = False
+    ) -> Prediction | list[Prediction]:
+        """The whole pipeline for one raw item (image bytes, text, record) or a list of records: preprocess →
+        batcher → postprocess; a list gets a list. Preprocessing runs in a worker thread unless the caller says
+        the item is small (`inline`): a thread hop costs more than a small record's preprocessing."""
         started = time.perf_counter()
         served = self._served(name, version)
         try:
             with served.in_use():
                 model = served.model
                 top_k = _top_k(parameters)
-                item = await _preprocess(model, raw)
-                batch = model.pipeline.collate([item])
+                raws = _items(served, raw)
+                explaining = _wants_explanation(parameters)
+                if explaining and raws is not None:
+                    raise InputError("?explain=true takes one item, not a list")
+                if inline:
+                    items = [_preprocess(model, item) for item in raws or [raw]]
+                else:
+                    items = await asyncio.to_thread(lambda: [_preprocess(model, item) for item in raws or [raw]])
+                batch = model.pipeline.collate(items)
                 preprocessed = time.perf_counter()
                 feeds = model.pipeline.feeds(batch)  # less what only the postprocessing reads
-                done = await self._run(served, feeds, 1, _timeout_s(parameters, self._settings))
+                done = await self._run(served, feeds, len(items), _timeout_s(parameters, self._settings))
                 answered = time.perf_counter()
-                inputs_row = {key: value[0] for key, value in batch.items()}
-                outputs_row = {key: value[0] for key, value in done.outputs.items()}
-                prediction = model.postprocess([(outputs_row, inputs_row)], top_k)[0]
-                if _wants_explanation(parameters):  # SHAP takes milliseconds to seconds: not on the loop
-                    prediction["explanation"] = await asyncio.to_thread(explain, model, raw, prediction)
+                rows = [
+                    (_item_outputs(served, done.outputs, i, len(items)), {k: v[i] for k, v in batch.items()})
+                    for i in range(len(items))
+                ]
+                predictions = model.postprocess(rows, top_k)
+                if explaining:  # SHAP takes milliseconds to seconds: not on the loop, and one at a time
+                    async with self._explaining:
+                        predictions[0]["explanation"] = await asyncio.to_thread(explain, model, raw, predictions[0])
         except ForwardpassError as exc:
             self.metrics.failed(served.name, served.version, exc, time.perf_counter() - started)
             raise
@@ -209,7 +235,7 @@ class DataPlane:
             done.queued_s, preprocessed - started, done.run_s, finished - answered, total=finished - started
         )
         self.metrics.succeeded(served.name, served.version, timings)
-        return prediction
+        return predictions if raws is not None else predictions[0]
 
     def _served(self, name: str, version: str | None) -> Served:
         try:
@@ -247,16 +273,43 @@ class DataPlane:
         return {(served.name, served.version): served.depth for served in self._registry.loaded()}
 
 
-async def _preprocess(model: Model, raw: object) -> Arrays:
+def _preprocess(model: Model, raw: object) -> Arrays:
     if isinstance(raw, str) and isinstance(model.config.preprocess, ImageConfig):
         # the image pipeline reads a str as a file path: over the network that would open the server's own files
         raise DecodeError(f"model '{model.name}' takes an image: send its bytes (Content-Type image/*), not text")
     try:
-        if isinstance(raw, bytes):  # decoding and resizing an image takes milliseconds: not on the loop
-            return await asyncio.to_thread(model.preprocess, raw)
         return model.preprocess(raw)
     except (ValueError, TypeError) as exc:  # preprocessing is a pure function of the caller's input
         raise DecodeError(f"model '{model.name}' cannot read this input: {exc}".splitlines()[0]) from None
+
+
+def _items(served: Served, raw: object) -> list[object] | None:
+    """A JSON list of records (or of texts, for a text model) is a batch of items, as the CLI reads it; None: `raw`
+    is one item (a list of numbers is one tensor)."""
+    if not isinstance(raw, list) or not raw:
+        return None
+    texts = isinstance(served.model.config.preprocess, TextConfig)
+    if not all(isinstance(item, dict) or (texts and isinstance(item, str)) for item in raw):
+        return None
+    most = max(served.max_batch_size, 1)
+    if len(raw) > most:
+        raise InputError(
+            f"a list of {len(raw)} items is over model '{served.name}''s max_batch_size of {served.max_batch_size}; "
+            "split it"
+        )
+    return raw
+
+
+def _item_outputs(served: Served, outputs: Arrays, index: int, count: int) -> Arrays:
+    """Item `index`'s row of each output. A model without a batch dimension answers one item whole: its first
+    axis is the model's own (e.g. 22 time steps), never a batch to take row 0 of."""
+    if served.max_batch_size == 0 and count == 1 and any(value.shape[:1] != (1,) for value in outputs.values()):
+        return dict(outputs)
+    for key, value in outputs.items():
+        if value.shape[:1] != (count,):
+            shape = list(value.shape)
+            raise ShapeError(f"model '{served.name}' gave output '{key}' of shape {shape} for {count} items")
+    return {key: value[index] for key, value in outputs.items()}
 
 
 def _tensor_config(spec: TensorSpec, batched: bool) -> dict[str, Any]:
@@ -277,13 +330,15 @@ def _as_text(batch: Arrays) -> Arrays:
     return batch
 
 
-def _rows(batch: Arrays) -> int:
+def _rows(batch: Arrays, max_batch_size: int) -> int:
     sizes = {name: array.shape[0] for name, array in batch.items()}
     first = next(iter(sizes.values()))
     if any(size != first for size in sizes.values()):
         raise InputError(f"inputs disagree on the batch size (first dimension): {sizes}")
     if first == 0:
         raise InputError("the batch has 0 rows; send at least one")
+    if max_batch_size and first > max_batch_size:
+        raise InputError(f"a batch of {first} rows is over the model's max_batch_size of {max_batch_size}; split it")
     return first
 
 

@@ -23,11 +23,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from forwardpass.errors import ForwardpassError, InputError, PayloadTooLarge
+from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.generation import Generator, SamplingParams, StopStrings, TokenEvent, open_generator
 from forwardpass.registry import ModelRegistry, Served
 from forwardpass.server.codec import decode_json, encode_json
-from forwardpass.server.http import error_response
+from forwardpass.server.guard import RequestGuard, error_response
 from forwardpass.server.metrics import Metrics
 
 __all__ = ["Generators", "generation_routes"]
@@ -102,8 +102,9 @@ class Generators:
             self._generators.pop(served).close()
 
 
-def generation_routes(generators: Generators, max_request_bytes: int, metrics: Metrics) -> list[Route]:
-    api = _GenerateApi(generators, max_request_bytes, metrics)
+def generation_routes(generators: Generators, guard: RequestGuard) -> list[Route]:
+    """The routes, behind the server's shared body reader, admission and error guard (`guard`)."""
+    api = _GenerateApi(generators, guard.metrics)
     table: list[tuple[str, Endpoint, Callable[[ForwardpassError], Response]]] = [
         ("/v2/models/{model}/generate", api.generate, error_response),
         ("/v2/models/{model}/versions/{version}/generate", api.generate, error_response),
@@ -111,13 +112,14 @@ def generation_routes(generators: Generators, max_request_bytes: int, metrics: M
         ("/v2/models/{model}/versions/{version}/generate_stream", api.generate_stream, error_response),
         ("/v1/completions", api.completions, _openai_error),
     ]
-    return [Route(path, _guarded(endpoint, answer, metrics), methods=["POST"]) for path, endpoint, answer in table]
+    return [
+        Route(path, guard.guarded(endpoint, answer, admits=True), methods=["POST"]) for path, endpoint, answer in table
+    ]
 
 
 class _GenerateApi:
-    def __init__(self, generators: Generators, max_request_bytes: int, metrics: Metrics) -> None:
+    def __init__(self, generators: Generators, metrics: Metrics) -> None:
         self.generators = generators
-        self.max_request_bytes = max_request_bytes
         self.metrics = metrics
 
     # Triton's generate extension
@@ -145,7 +147,7 @@ class _GenerateApi:
         return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def _triton_request(self, request: Request) -> tuple[Served, Generator, list[int], SamplingParams]:
-        body = await _json_object(request, self.max_request_bytes)
+        body = _json_object(request)
         unknown = sorted(set(body) - _TRITON_FIELDS)
         if unknown:
             raise InputError(f"unknown generate field(s) {unknown}; accepted: {sorted(_TRITON_FIELDS)}")
@@ -162,7 +164,7 @@ class _GenerateApi:
     # OpenAI's completions
 
     async def completions(self, request: Request) -> Response:
-        body = await _json_object(request, self.max_request_bytes)
+        body = _json_object(request)
         unknown = sorted(set(body) - _OPENAI_FIELDS)
         if unknown:
             raise InputError(f"unknown completions field(s) {unknown}")
@@ -294,14 +296,9 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return names[kind] if isinstance(kind, type) else "a number"
 
 
-async def _json_object(request: Request, limit: int) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
-    body = await request.body()
-    if len(body) > limit:
-        raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-    value = decode_json(body)
+def _json_object(request: Request) -> dict[str, Any]:
+    """The body the guard read (`RequestGuard.guarded(admits=True)`), as a JSON object."""
+    value = decode_json(request.state.body)
     if not isinstance(value, dict):
         raise InputError(f"request body must be a JSON object, got {type(value).__name__}")
     return value
@@ -341,15 +338,3 @@ def _openai_error(error: ForwardpassError) -> Response:
     """OpenAI's error body, with the headers (Retry-After, ...) of the V2 answer."""
     headers = {key: value for key, value in error_response(error).headers.items() if key.startswith(("retry", "www"))}
     return Response(encode_json(_openai_error_body(error)), error.http_status, headers, JSON)
-
-
-def _guarded(endpoint: Endpoint, answer: Callable[[ForwardpassError], Response], metrics: Metrics) -> Endpoint:
-    async def guarded(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except ForwardpassError as exc:
-            served: Served | None = getattr(request.state, "served", None)
-            metrics.failed(served.name if served else None, served.version if served else None, exc)
-            return answer(exc)
-
-    return guarded

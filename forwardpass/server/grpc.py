@@ -12,7 +12,6 @@ answer UNIMPLEMENTED.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import logging
 import time
@@ -22,9 +21,12 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from forwardpass.errors import ERROR_CLASS_HEADER, ConfigError, ForwardpassError, InputError, Unauthenticated
 from forwardpass.server import grpc_codec as codec
+from forwardpass.server.guard import bearer_token_matches, off_loop, one_line
 from forwardpass.server.proto import grpc_service_pb2 as pb
 from forwardpass.server.streams import in_order
 
@@ -108,10 +110,11 @@ class InferenceServicer:
         return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        limits = self.dataplane.limits(request.model_name, request.model_version or None)  # 404 before decoding
         try:
-            decoded = codec.decode_infer_request(request)
+            decoded = await off_loop(request.ByteSize(), codec.decode_infer_request, request, limits)
         except ForwardpassError as error:
-            self.dataplane.metrics.failed(None, None, error)  # the data plane counts only what reaches it
+            self.dataplane.metrics.failed(limits.model, limits.version, error)  # the data plane counts only its own
             raise
         response = await self.dataplane.infer(request.model_name, request.model_version or None, decoded)
         return codec.encode_infer_response(response)
@@ -128,13 +131,29 @@ class InferenceServicer:
             request = parse(pb.ModelInferRequest, raw)
             return pb.ModelStreamInferResponse(infer_response=await self.ModelInfer(request))
         except ForwardpassError as error:
-            text = str(error)
+            text = one_line(error)
         except Exception:
             log.exception("gRPC ModelStreamInfer request %r failed", request.id)
             text = "internal error; see the server log"
         # The request's identity rides along so that a client can tell which request failed.
         echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
         return pb.ModelStreamInferResponse(error_message=text, infer_response=echo)
+
+
+class Health(health.aio.HealthServicer):
+    """grpc.health.v1: the server ("") and the inference service are SERVING when every wanted model is loaded
+    (V2 readiness), NOT_SERVING otherwise; looked up at each Check."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        super().__init__()
+        self._dataplane = dataplane
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> health_pb2.HealthCheckResponse:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        status = serving if self._dataplane.ready() else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE.full_name):
+            await self.set(service, status)
+        return await super().Check(request, context)
 
 
 def parse(message_type: type[Message], raw: bytes) -> Message:
@@ -154,12 +173,12 @@ def status_code(error: ForwardpassError) -> grpc.StatusCode:
 
 class BearerToken:
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._token = token.encode()
 
     def check(self, context: Context) -> None:
         given = next((value for key, value in context.invocation_metadata() or () if key == "authorization"), None)
         given_bytes = given.encode() if isinstance(given, str) else given
-        if given_bytes is None or not hmac.compare_digest(given_bytes, self._expected):
+        if given_bytes is None or not bearer_token_matches(given_bytes, self._token):
             problem = "missing" if given_bytes is None else "wrong"
             raise Unauthenticated(f"{problem} bearer token: send metadata 'authorization: Bearer <token>'")
 
@@ -178,7 +197,7 @@ def unary_handler(
             return await implementation(parse(request_type, raw))
         except ForwardpassError as error:
             context.set_trailing_metadata(((ERROR_CLASS_HEADER, type(error).__name__),))
-            await context.abort(status_code(error), str(error))
+            await context.abort(status_code(error), one_line(error))
         except Exception:
             log.exception("gRPC %s failed", name)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}; see the server log")
@@ -192,7 +211,7 @@ def stream_handler(servicer: InferenceServicer, token: BearerToken | None) -> gr
             try:
                 token.check(context)
             except Unauthenticated as error:
-                await context.abort(status_code(error), str(error))
+                await context.abort(status_code(error), one_line(error))
         async for answer in servicer.ModelStreamInfer(raws):
             yield answer
 
@@ -264,6 +283,10 @@ def create_grpc_server(dataplane: DataPlane, settings: ServerSettings) -> grpc.a
     token = BearerToken(settings.auth_token) if settings.auth_token else None
     handlers = method_handlers(InferenceServicer(dataplane), token, settings.access_log)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    # grpc.health.v1 (Kubernetes' gRPC probes) and server reflection (grpcurl): open, like ServerLive
+    health_pb2_grpc.add_HealthServicer_to_server(Health(dataplane), server)
+    services = (SERVICE.full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(services, server)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     address = f"{host}:{settings.grpc_port}"
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, MutableMapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from google.protobuf import json_format
@@ -21,6 +21,9 @@ from forwardpass.server.proto import grpc_service_pb2 as pb
 from forwardpass.server.proto import model_config_pb2
 from forwardpass.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
 from forwardpass.tensor import DataType
+
+if TYPE_CHECKING:
+    from forwardpass.server.limits import RequestLimits
 
 __all__ = [
     "decode_infer_request",
@@ -51,9 +54,12 @@ CONTENTS_FIELD = {
 Message = TypeVar("Message", bound=ProtoMessage)
 
 
-def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
-    """A ModelInferRequest → InferRequest with every input as a numpy array of its declared datatype and shape."""
+def decode_infer_request(message: pb.ModelInferRequest, limits: RequestLimits | None = None) -> InferRequest:
+    """A ModelInferRequest → InferRequest with every input as a numpy array of its declared datatype and shape.
+    With the model's `limits`, each tensor's header is checked against them before its data is decoded."""
     raw = message.raw_input_contents
+    if limits is not None:
+        limits.check_count(len(message.inputs))
     if raw and len(raw) != len(message.inputs):
         raise InputError(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs; give one each")
     inputs: list[Tensor] = []
@@ -65,6 +71,9 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
         parameters = decode_parameters(tensor.parameters)
         if "shared_memory_region" in parameters:
             raise InputError(f"input '{tensor.name}': shared memory is not supported; send the data in the request")
+        if limits is not None:
+            _datatype(tensor.name, tensor.datatype)  # a name that is no V2 datatype is refused as such first
+            limits.check(tensor.name, tensor.datatype, list(tensor.shape))
         data = _decode_input(tensor, raw[index] if raw else None)
         inputs.append(Tensor(tensor.name, tensor.datatype, data, parameters))
     outputs = [_decode_requested_output(output) for output in message.outputs] or None
@@ -106,11 +115,7 @@ def _datatype(name: str, datatype: str) -> tuple[DataType, np.dtype]:
 
 def _decode_raw(name: str, datatype: DataType, dtype: np.dtype, raw: bytes, count: int) -> np.ndarray:
     if datatype is DataType.BYTES:
-        elements = decode_bytes_elements(raw, name)
-        if len(elements) != count:
-            raise ShapeError(
-                f"input '{name}': its shape needs {count} BYTES elements, raw contents hold {len(elements)}"
-            )
+        elements = decode_bytes_elements(raw, name, count)
         array = np.empty(count, dtype=object)
         array[:] = elements
         return array

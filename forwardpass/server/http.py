@@ -8,28 +8,20 @@ logged and answered 500. With an auth token set, every path but the two health c
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import json
 import logging
 import time
-import zlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from forwardpass.errors import (
-    ERROR_CLASS_HEADER,
-    ForwardpassError,
-    InputError,
-    Overloaded,
-    PayloadTooLarge,
-    Unauthenticated,
-)
+from forwardpass.errors import ForwardpassError, InputError, Unauthenticated
 from forwardpass.server.codec import (
     decode_infer_request,
     decode_json,
@@ -39,8 +31,9 @@ from forwardpass.server.codec import (
     encode_tf_response,
 )
 from forwardpass.server.dataplane import DataPlane
+from forwardpass.server.guard import OFFLOAD_BYTES, RequestGuard, bearer_token_matches, error_response, off_loop
+from forwardpass.server.limits import RequestLimits
 from forwardpass.server.metrics import CONTENT_TYPE
-from forwardpass.server.settings import ServerSettings
 from forwardpass.server.types import InferRequest, Tensor
 from forwardpass.tensor import DataType
 
@@ -51,24 +44,12 @@ access_log = logging.getLogger("forwardpass.access")
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 JSON = "application/json"
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def error_response(error: ForwardpassError) -> Response:
-    headers = {ERROR_CLASS_HEADER: type(error).__name__}  # lets forwardpass.client raise the very same class
-    retry_after = getattr(error, "retry_after_s", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    if isinstance(error, Unauthenticated):
-        headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(error, PayloadTooLarge):
-        headers["Connection"] = "close"  # the rest of an oversized body is not worth reading
-    return Response(encode_json({"error": str(error)}), error.http_status, headers, JSON)
-
-
-def create_http_app(dataplane: DataPlane, settings: ServerSettings, extra_routes: Sequence[BaseRoute] = ()) -> ASGIApp:
+def create_http_app(dataplane: DataPlane, guard: RequestGuard, extra_routes: Sequence[BaseRoute] = ()) -> ASGIApp:
     """The V2 / TF Serving routes, then `extra_routes` (token generation), behind the same auth and access log."""
-    api = _Api(dataplane, settings)
+    settings = guard.settings
+    api = _Api(dataplane, guard)
     table = [
         ("/v2/models/{model}/infer", api.infer, "POST"),
         ("/v2/models/{model}/versions/{version}/infer", api.infer, "POST"),
@@ -94,7 +75,9 @@ def create_http_app(dataplane: DataPlane, settings: ServerSettings, extra_routes
         ("/v1/models/{model}", api.tf_status, "GET"),
         ("/metrics", api.metrics, "GET"),
     ]
-    routes: list[BaseRoute] = [Route(path, _guarded(endpoint), methods=[method]) for path, endpoint, method in table]
+    routes: list[BaseRoute] = [
+        Route(path, guard.guarded(endpoint), methods=[method]) for path, endpoint, method in table
+    ]
     routes.extend(extra_routes)
     app: ASGIApp = Router(routes=routes, default=_not_found)
     if settings.auth_token:
@@ -105,10 +88,9 @@ def create_http_app(dataplane: DataPlane, settings: ServerSettings, extra_routes
 
 
 class _Api:
-    def __init__(self, dataplane: DataPlane, settings: ServerSettings) -> None:
+    def __init__(self, dataplane: DataPlane, guard: RequestGuard) -> None:
         self.dataplane = dataplane
-        self.settings = settings
-        self.in_flight = 0
+        self.guard = guard
 
     # health and metadata
 
@@ -141,7 +123,8 @@ class _Api:
         return _json(self.dataplane.model_statistics(name, version))
 
     async def metrics(self, request: Request) -> Response:
-        return Response(self.dataplane.metrics.exposition(), media_type=CONTENT_TYPE)
+        # drift statistics take tens of milliseconds per model: not on the event loop
+        return Response(await asyncio.to_thread(self.dataplane.metrics.exposition), media_type=CONTENT_TYPE)
 
     # repository
 
@@ -169,10 +152,13 @@ class _Api:
 
     async def infer(self, request: Request) -> Response:
         name, version = _model(request)
-        with await self._admitted(request):
-            with self._rejections():
-                body = await self._body(request)
-                infer_request = decode_infer_request(body, _header_length(request))
+        limits = self.dataplane.limits(name, version)  # an unknown model is a 404 before any byte is read
+        with self._rejections(limits):
+            body = await self.guard.body(request, limits.max_body_bytes)
+            header_length = _header_length(request)
+        with self.guard.admitted():
+            with self._rejections(limits):
+                infer_request = await off_loop(len(body), decode_infer_request, body, header_length, limits)
             response = await self.dataplane.infer(name, version, infer_request)
         content, header_length = encode_infer_response(response, infer_request)
         if header_length is None:
@@ -181,26 +167,31 @@ class _Api:
         return Response(content, headers=headers, media_type="application/octet-stream")
 
     async def predict(self, request: Request) -> Response:
-        """The pipeline endpoint: an image (image/*), text (text/plain) or a JSON record → the postprocessed answer."""
+        """The pipeline endpoint: an image (image/*), text (text/plain), a JSON record or a JSON list of records →
+        the postprocessed answer (a list for a list)."""
         name, version = _model(request)
-        with await self._admitted(request):
-            with self._rejections():
-                body = await self._body(request)
-                raw = _raw_item(request.headers.get("content-type", JSON), body)
-            parameters: dict[str, Any] = {}
-            for parameter in ("top_k", "explain"):
-                if parameter in request.query_params:
-                    parameters[parameter] = request.query_params[parameter]
-            prediction = await self.dataplane.predict(name, version, raw, parameters)
+        limits = self.dataplane.limits(name, version)  # an unknown model is a 404 before any byte is read
+        with self._rejections(limits):
+            body = await self.guard.body(request)
+            content_type = request.headers.get("content-type", JSON)
+            raw = await off_loop(len(body), _raw_item, content_type, body)
+        parameters: dict[str, Any] = {}
+        for parameter in ("top_k", "explain"):
+            if parameter in request.query_params:
+                parameters[parameter] = request.query_params[parameter]
+        with self.guard.admitted():
+            inline = len(body) <= OFFLOAD_BYTES and not isinstance(raw, bytes)
+            prediction = await self.dataplane.predict(name, version, raw, parameters, inline=inline)
         return Response(encode_json(prediction), media_type=JSON)
 
     async def tf_predict(self, request: Request) -> Response:
         name, version = _model(request)
-        with await self._admitted(request):
-            with self._rejections():
-                body = await self._body(request)
-                input_names = [spec["name"] for spec in self.dataplane.model_metadata(name, version)["inputs"]]
-                arrays, rows = decode_tf_request(body, input_names)
+        limits = self.dataplane.limits(name, version)
+        with self._rejections(limits):
+            body = await self.guard.body(request, limits.max_body_bytes)
+        with self.guard.admitted():
+            with self._rejections(limits):
+                arrays, rows = await off_loop(len(body), decode_tf_request, body, list(limits.specs))
             tensors = [Tensor(key, DataType.from_numpy(value.dtype).name, value) for key, value in arrays.items()]
             response = await self.dataplane.infer(name, version, InferRequest(tensors))
         return Response(encode_tf_response(response, rows), media_type=JSON)
@@ -214,93 +205,23 @@ class _Api:
 
     # helpers
 
-    async def _admitted(self, request: Request) -> _Admission:
-        if self.in_flight >= self.settings.max_concurrent_requests:
-            error = Overloaded(f"the server has {self.in_flight} requests in progress, its limit; retry later")
-            self.dataplane.metrics.failed(None, None, error)
-            await self._drop_body(request)
-            raise error
-        return _Admission(self)
-
     @contextmanager
-    def _rejections(self) -> Iterator[None]:
-        """Counts the requests refused before they reach the data plane (which counts its own)."""
+    def _rejections(self, limits: RequestLimits) -> Iterator[None]:
+        """Counts the requests refused before they reach the data plane (which counts its own), on their model."""
         try:
             yield
         except ForwardpassError as exc:
-            self.dataplane.metrics.failed(None, None, exc)
+            self.dataplane.metrics.failed(limits.model, limits.version, exc)
             raise
 
-    async def _body(self, request: Request) -> bytes:
-        """The request body, decompressed; never more than the size limit of it."""
-        limit = self.settings.max_request_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
-        chunks = []
-        size = 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-                chunks.append(chunk)
-        except ClientDisconnect:
-            raise InputError("the client disconnected before sending the whole request body") from None
-        body = b"".join(chunks)
-        encoding = request.headers.get("content-encoding")
-        if encoding is None or encoding == "identity":
-            return body
-        return _decompress(body, encoding, limit)
-
-    async def _drop_body(self, request: Request) -> None:
-        """Read a refused request's body (up to the size limit) before answering: an answer sent mid-upload arms the
-        keep-alive timer, and a client still uploading when it fires loses the connection and never sees the answer."""
-        size = 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > self.settings.max_request_bytes:
-                    return
-        except ClientDisconnect:
-            return
-
     async def _options(self, request: Request) -> dict[str, Any]:
-        body = await self._body(request)
+        body = await self.guard.body(request)
         if not body.strip():
             return {}
         options = decode_json(body)
         if not isinstance(options, dict):
             raise InputError(f"request body must be a JSON object, got {type(options).__name__}")
         return options
-
-
-class _Admission:
-    """Counts a request as in progress while it is read, queued, run and encoded."""
-
-    __slots__ = ("_api",)
-
-    def __init__(self, api: _Api) -> None:
-        self._api = api
-
-    def __enter__(self) -> None:
-        self._api.in_flight += 1
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._api.in_flight -= 1
-
-
-def _guarded(endpoint: Endpoint) -> Endpoint:
-    async def guarded(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except ForwardpassError as exc:
-            return error_response(exc)
-        except Exception:
-            log.exception("unexpected error answering %s %s", request.method, request.url.path)
-            return Response(encode_json({"error": "internal server error (logged)"}), 500, media_type=JSON)
-
-    return guarded
 
 
 def _json(value: Any, status: int = 200) -> Response:
@@ -335,21 +256,6 @@ def _raw_item(content_type: str, body: bytes) -> object:
     raise InputError(f"unsupported Content-Type '{kind}': send image/*, text/plain or application/json")
 
 
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    formats = {"gzip": 31, "deflate": 15}  # zlib's wbits: gzip header, zlib header ("deflate" means zlib in HTTP)
-    wbits = formats.get(encoding.strip().lower())
-    if wbits is None:
-        raise InputError(f"unsupported Content-Encoding '{encoding}': send gzip, deflate or identity")
-    decompressor = zlib.decompressobj(wbits)
-    try:
-        data = decompressor.decompress(body, limit + 1)
-    except zlib.error:
-        raise InputError(f"request body is not valid {encoding} data") from None
-    if len(data) > limit or decompressor.unconsumed_tail:
-        raise PayloadTooLarge(f"request body decompresses to over the limit of {limit} bytes")
-    return data
-
-
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
     path = scope.get("path", "")
     response = Response(encode_json({"error": f"no such endpoint: {scope.get('method')} {path}"}), 404, None, JSON)
@@ -361,13 +267,13 @@ class BearerAuth:
 
     def __init__(self, app: ASGIApp, token: str, open_paths: frozenset[str]) -> None:
         self.app = app
-        self._expected = f"Bearer {token}".encode()
+        self._token = token.encode()
         self._open = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in self._open:
             supplied = next((value for key, value in scope["headers"] if key == b"authorization"), None)
-            if supplied is None or not hmac.compare_digest(supplied, self._expected):
+            if supplied is None or not bearer_token_matches(supplied, self._token):
                 problem = "missing" if supplied is None else "wrong"
                 error = Unauthenticated(f"{problem} bearer token: send 'Authorization: Bearer <token>'")
                 await error_response(error)(scope, receive, send)

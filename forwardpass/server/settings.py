@@ -27,6 +27,13 @@ class ServerSettings(BaseSettings):
         default=1024, gt=0, description="inference requests in progress at once; more are refused (503) unread"
     )
     request_timeout_s: float = Field(default=30.0, gt=0, description="a request still waiting after this fails (503)")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="a request body must arrive within this (408)")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="a request's line and headers must arrive within this (408)"
+    )
+    max_connections: int = Field(
+        default=2048, gt=0, description="HTTP connections open at once; more are refused (503)"
+    )
     trust_pickle: bool = Field(
         default=False, description="let pickled models (scikit-learn, joblib) load: unpickling runs code from the file"
     )

@@ -14,7 +14,6 @@ token set, the handshake needs `Authorization: Bearer <token>`; without it the c
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.server.codec import decode_infer_request, decode_json, encode_infer_response, encode_json
+from forwardpass.server.guard import RequestGuard, bearer_token_matches, off_loop, one_line
 from forwardpass.server.streams import in_order
 from forwardpass.server.types import InferRequest
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
     from forwardpass.server.dataplane import DataPlane
-    from forwardpass.server.settings import ServerSettings
+    from forwardpass.server.limits import RequestLimits
 
 __all__ = ["with_websockets"]
 
@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 POLICY_VIOLATION = 1008  # the WebSocket close code for a refused handshake
 
 
-def with_websockets(app: ASGIApp, dataplane: DataPlane, settings: ServerSettings) -> ASGIApp:
+def with_websockets(app: ASGIApp, dataplane: DataPlane, guard: RequestGuard) -> ASGIApp:
     """`app` for HTTP; WebSocket connections go to the stream endpoints."""
-    stream = _Stream(dataplane, settings)
+    stream = _Stream(dataplane, guard)
     sockets = Router(
         routes=[
             WebSocketRoute("/v2/models/{model}/stream", stream.serve),
@@ -57,14 +57,16 @@ def with_websockets(app: ASGIApp, dataplane: DataPlane, settings: ServerSettings
 
 
 class _Stream:
-    def __init__(self, dataplane: DataPlane, settings: ServerSettings) -> None:
+    def __init__(self, dataplane: DataPlane, guard: RequestGuard) -> None:
         self.dataplane = dataplane
-        self._expected = f"Bearer {settings.auth_token}".encode() if settings.auth_token else None
+        self.guard = guard
+        token = guard.settings.auth_token
+        self._token = token.encode() if token else None
 
     async def serve(self, websocket: WebSocket) -> None:
-        if self._expected is not None:
+        if self._token is not None:
             given = websocket.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, self._expected):
+            if not bearer_token_matches(given, self._token):
                 await websocket.close(POLICY_VIOLATION)
                 return
         await websocket.accept()
@@ -80,15 +82,20 @@ class _Stream:
 
     async def _answer(self, name: str, version: str | None, body: bytes) -> bytes:
         try:
-            request = _decode(body)
+            limits = self.dataplane.limits(name, version)  # counts its own failure
         except ForwardpassError as error:
-            self.dataplane.metrics.failed(None, None, error)  # the data plane counts only what reaches it
-            return _error(_request_id(body), str(error))
+            return _error(_request_id(body), one_line(error))
         try:
-            response = await self.dataplane.infer(name, version, request)
+            request = await off_loop(len(body), _decode, body, limits)
+        except ForwardpassError as error:
+            self.dataplane.metrics.failed(limits.model, limits.version, error)  # the data plane counts only its own
+            return _error(_request_id(body), one_line(error))
+        try:
+            with self.guard.admitted():
+                response = await self.dataplane.infer(name, version, request)
             return encode_infer_response(response, request)[0]
         except ForwardpassError as error:
-            text = str(error)
+            text = one_line(error)
         except Exception:
             log.exception("WebSocket stream request %r to model '%s' failed", request.id, name)
             text = "internal error; see the server log"
@@ -103,8 +110,8 @@ async def _messages(websocket: WebSocket) -> AsyncIterator[bytes]:
         yield message.get("bytes") or (message.get("text") or "").encode()
 
 
-def _decode(body: bytes) -> InferRequest:
-    request = decode_infer_request(body, None)
+def _decode(body: bytes, limits: RequestLimits) -> InferRequest:
+    request = decode_infer_request(body, None, limits)
     if request.parameters.get("binary_data_output") is True or any(out.binary for out in request.outputs or ()):
         raise InputError("over WebSocket every output is JSON: leave out binary_data / binary_data_output")
     return request

@@ -51,8 +51,11 @@ def test_infer_equals_model_infer_exactly(client: Any, model: Callable[[str], An
 
 
 def test_nested_lists_and_float64_are_sent_as_their_numpy_type(client: Any, model: Callable[[str], Any]):
-    """float64 travels as FP64 and the server casts it to the model's FP32, as Model.infer does."""
-    as_lists = ROWS.astype(np.float64).tolist()
+    """float64 travels as FP64, which the server refuses for the model's FP32 input as Triton does (naming both);
+    lists of the model's own type are answered as Model.infer answers them."""
+    with pytest.raises(DTypeError, match="datatype FP64 does not match the model's FP32"):
+        client.infer("mlp", {"x": ROWS.astype(np.float64).tolist()})
+    as_lists = ROWS.astype(np.float32)
     np.testing.assert_array_equal(client.infer("mlp", {"x": as_lists})["y"], model("mlp").infer({"x": as_lists})["y"])
 
 

@@ -310,18 +310,18 @@ def test_bad_inferences_get_a_status_and_a_message(
     assert words in error.message()
 
 
-def refused_requests(running: Any) -> float:
-    """forwardpass_request_failures_total for 400s without a model, read from the server's /metrics."""
+def refused_requests(running: Any, model: str) -> float:
+    """forwardpass_request_failures_total for 400s of `model`, read from the server's /metrics."""
     exposition = httpx.get(f"http://127.0.0.1:{running.port}/metrics").text
     for family in text_string_to_metric_families(exposition):
         for sample in family.samples:
-            if sample.name == "forwardpass_request_failures_total" and sample.labels == {"model": "", "code": "400"}:
+            if sample.name == "forwardpass_request_failures_total" and sample.labels == {"model": model, "code": "400"}:
                 return sample.value
     return 0.0
 
 
 def test_malformed_messages_are_invalid_arguments(grpc_server: Any, client: triton.InferenceServerClient) -> None:
-    refused_before = refused_requests(grpc_server)
+    refused_before = refused_requests(grpc_server, "compass")
     short = pb.ModelInferRequest(model_name="compass")
     short.inputs.add(name="x", datatype="FP32", shape=[1, 4])
     short.raw_input_contents.append(b"\0" * 10)
@@ -343,7 +343,7 @@ def test_malformed_messages_are_invalid_arguments(grpc_server: Any, client: trit
                 stub.ModelInfer(message)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert words in caught.value.details()
-    assert refused_requests(grpc_server) == refused_before + 2  # the two refused before reaching the data plane
+    assert refused_requests(grpc_server, "compass") == refused_before + 3  # each counts on its model
     assert client.is_server_live()
     ok = client.infer("compass", [infer_input("x", np.zeros((1, 4), np.float32), "FP32")])
     np.testing.assert_array_equal(ok.as_numpy("scores"), [[0.0, 1.0, 2.0, 3.0]])

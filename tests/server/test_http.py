@@ -245,7 +245,13 @@ BAD_REQUESTS = [
     ("/v2/models/mlp/infer", orjson.dumps(v2("x", [1, 64], [0.0] * 63)), {}, 400, "needs 64 values, 'data' holds 63"),
     ("/v2/models/mlp/infer", orjson.dumps(v2("x", [1, 64], ["a"] * 64)), {}, 400, "FP32 data must be numbers"),
     ("/v2/models/mlp/infer", orjson.dumps(v2("x", [1, 64], [0] * 64, "FP99")), {}, 400, "unknown data type 'FP99'"),
-    ("/v2/models/mlp/infer", orjson.dumps(v2("x", [1, 64], ["a"] * 64, "BYTES")), {}, 400, "input 'x': expected FP32"),
+    (
+        "/v2/models/mlp/infer",
+        orjson.dumps(v2("x", [1, 64], ["a"] * 64, "BYTES")),
+        {},
+        400,
+        "datatype BYTES does not match the model's FP32",
+    ),
     ("/v2/models/mlp/infer", orjson.dumps(v2("x", [0, 64], [])), {}, 400, "0 rows"),
     (
         "/v2/models/mlp/infer",
@@ -302,7 +308,7 @@ def test_metrics_cover_requests_failures_stages_batches_and_queues(server, clien
     httpx.post(f"{server.url}/v2/models/mlp/infer", content=b"{")
     text = httpx.get(f"{server.url}/metrics").text
     assert 'forwardpass_requests_total{model="mlp",version="1"}' in text
-    assert 'forwardpass_request_failures_total{code="400",model=""}' in text
+    assert 'forwardpass_request_failures_total{code="400",model="mlp"}' in text
     for stage in ("queue", "preprocess", "inference", "postprocess"):
         assert f'stage="{stage}"' in text
     assert 'forwardpass_batch_size_bucket{le="1.0",model="mlp",version="1"}' in text

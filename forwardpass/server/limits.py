@@ -1,0 +1,86 @@
+"""What one request to a model may be, known from the model alone and checked before its body is decoded.
+
+Each transport looks the model up first (an unknown model is a 404 before any byte of the body is parsed), then
+checks every tensor's header (name, datatype, shape) against `RequestLimits` before it decodes that tensor's data:
+so a request batch over `max_batch_size`, a datatype the model does not take (Triton's rule: the request's V2
+datatype must be the model's) or a shape that cannot fit costs microseconds, not a decode. `max_body_bytes` bounds
+the body itself when the model's inputs have a fixed size per row: larger bodies are refused (413) unread.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from forwardpass.errors import DTypeError, InputError, ShapeError
+from forwardpass.tensor import DataType, TensorSpec
+
+if TYPE_CHECKING:
+    from forwardpass.registry import Served
+
+__all__ = ["MAX_ECHO", "RequestLimits", "clip"]
+
+# The longest piece of a request (a name, a value) an error message repeats.
+MAX_ECHO = 64
+# Bytes a JSON number may take, separators and brackets included ("-1.2345678901234567e-308, " is 26): the bound on
+# a JSON body is this per element; binary bodies are smaller.
+JSON_BYTES_PER_ELEMENT = 48
+# Room for the JSON header around the data: names, shapes, parameters, requested outputs.
+HEADER_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    model: str
+    version: str  # the served version these limits are of: refusals count on it
+    specs: dict[str, TensorSpec]  # the inputs clients send, by name
+    max_rows: int  # the most rows one request may carry; 0: the model takes no batch dimension (its shape rules)
+    max_body_bytes: int | None  # None: no bound from the model (strings, or dimensions of any size)
+
+    @classmethod
+    def of(cls, served: Served) -> RequestLimits:
+        specs = {spec.name: spec for spec in served.inputs}
+        max_rows = 1 if served.sequencer is not None else served.max_batch_size  # a sequence step is one row
+        return cls(served.name, served.version, specs, max_rows, _body_bound(specs.values(), max_rows))
+
+    def check_count(self, count: int) -> None:
+        """Before reading any tensor: a request with more tensors than the model has inputs is refused whole."""
+        if count > len(self.specs):
+            raise InputError(f"the request has {count} inputs; model '{self.model}' takes {len(self.specs)}")
+
+    def check(self, name: str, datatype: str, shape: list[int]) -> TensorSpec:
+        """One tensor's header against the model's input of that name; the data is not looked at."""
+        spec = self.specs.get(name)
+        if spec is None:
+            raise InputError(f"model '{self.model}': unknown input(s) {[clip(name)]}; it takes {list(self.specs)}")
+        if datatype != spec.dtype.name:
+            raise DTypeError(
+                f"input '{name}': datatype {clip(datatype)} does not match the model's {spec.dtype.name}; "
+                f"send {spec.dtype.name}"
+            )
+        fits = len(shape) == len(spec.shape) and all(want in (-1, got) for got, want in zip(shape, spec.shape))  # noqa: B905
+        if not fits:
+            raise ShapeError(f"input '{name}': expected shape {list(spec.shape)}, got {clip(str(shape))}")
+        if self.max_rows and shape and shape[0] > self.max_rows:
+            raise InputError(
+                f"input '{name}': a batch of {shape[0]} rows is over model '{self.model}''s max_batch_size of "
+                f"{self.max_rows}; split the request"
+            )
+        return spec
+
+
+def clip(text: str) -> str:
+    """`text`, cut to MAX_ECHO characters: what an error may repeat of a request."""
+    return text if len(text) <= MAX_ECHO else f"{text[:MAX_ECHO]}… ({len(text)} characters)"
+
+
+def _body_bound(specs: Iterable[TensorSpec], max_rows: int) -> int | None:
+    elements = 0
+    for spec in specs:
+        dims = spec.shape[1:] if max_rows else spec.shape
+        if spec.dtype is DataType.BYTES or any(dim < 0 for dim in dims):
+            return None
+        elements += max(1, max_rows) * math.prod(dims)
+    return HEADER_BYTES + elements * JSON_BYTES_PER_ELEMENT
