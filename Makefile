@@ -27,12 +27,12 @@ demo: $(BUILT)
 	$(FP) predict wine_anomaly samples/records/wine_anomaly.json
 	$(FP) predict iris_clusters samples/records/iris.json
 	$(FP) predict pixel_recommender samples/records/pixel_history.json
-	$(FP) predict minilm "A man is eating food." "Someone is having a meal." --json
-	$(FP) eval digits_cnn data/digits/test --top-k 1,5 --out .build/reports/digits_eval
+	$(FP) predict minilm "A man is eating food." "Someone is having a meal."
+	$(FP) eval digits_cnn data/digits/test --top-k 5 -o .build/reports/digits_eval
 	$(FP) eval breast_cancer data/breast_cancer/test.csv
 	$(FP) eval diabetes data/diabetes/test.csv
-	$(FP) bench digits_cnn --batch-sizes 1,64 --duration 2 --eval data/digits/test --mlperf Offline,SingleStream --out .build/reports/digits_bench
-	$(FP) bench mobilenet_v2 --batch-sizes 1,8 --duration 3
+	$(FP) bench digits_cnn --batch-size 1,64 --duration 2 --eval data/digits/test --mlperf Offline,SingleStream -o .build/reports/digits_bench
+	$(FP) bench mobilenet_v2 --batch-size 1,8 --duration 3
 	$(FP) audit --model cancer_triage
 	$(FP) drift cancer_triage data/cancer_triage/test.csv
 
