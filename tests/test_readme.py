@@ -58,7 +58,8 @@ def test_block_runs(scratch: tuple[Path, dict[str, str]], language: str, body: s
     if language == "python":
         command = [sys.executable, "-c", body]
     elif language == "console":
-        command = ["bash", "-euo", "pipefail", "-c", "\n".join(line[2:] for line in body.splitlines() if line[:2] == "$ ")]
+        lines = [line[2:] for line in body.splitlines() if line.startswith("$ ")]
+        command = ["bash", "-euo", "pipefail", "-c", "\n".join(lines)]
     else:
         command = ["bash", "-euo", "pipefail", "-c", body]
     done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
