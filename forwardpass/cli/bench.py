@@ -28,7 +28,7 @@ from forwardpass.measure import (
 )
 from forwardpass.measure.datasets import Dataset
 from forwardpass.measure.evaluate import label_set
-from forwardpass.measure.report import configuration, save_bench
+from forwardpass.measure.report import configuration, mlperf_figure, save_bench
 from forwardpass.measure.speed import random_inputs
 from forwardpass.measure.variants import DEFAULT_PRECISION, precision_of, variants
 from forwardpass.model import Model
@@ -484,15 +484,18 @@ def _tables(data: dict[str, Any]) -> list[Table]:
         tables.append(table)
     runs = data.get("mlperf") or []
     if runs:
-        columns = ["scenario", "mode", "result", "metric", "value"]
-        table = _table(f"MLPerf LoadGen ({runs[0]['system']})", columns, left=("scenario", "mode", "result", "metric"))
+        columns = ["scenario", "mode", "result", "figure", "value"]
+        table = _table(f"MLPerf LoadGen ({runs[0]['system']})", columns, left=("scenario", "mode", "result", "figure"))
         for run in runs:
-            if run["mode"] == "performance":
-                value = "-" if run["metric"] is None else f"{run['metric']:,.0f}"
-                table.add_row(run["scenario"], run["mode"], str(run["result"]), str(run["metric_name"]), value)
+            name, value = mlperf_figure(run)
+            if value is None:
+                shown = "-"
+            elif "(ms)" in name:
+                shown = ms(value)
             else:
-                top1 = "-" if run["accuracy"] is None else f"{run['accuracy']:.4f}"
-                table.add_row(run["scenario"], run["mode"], f"{run['samples']} logged", "top-1", top1)
+                shown = f"{value:.4f}" if name.endswith("accuracy") else f"{value:,.0f}"
+            result = str(run["result"]) if run["mode"] == "performance" else f"{run['samples']} logged"
+            table.add_row(run["scenario"], run["mode"], result, name, shown)
         tables.append(table)
     return tables
 

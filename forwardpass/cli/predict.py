@@ -125,7 +125,8 @@ def _run_batch(model: Model, items: Sequence[Item], top_k: int | None) -> list[O
 
 def _explained(model: Model, items: Sequence[Item], outcomes: Iterable[Outcome]) -> Iterator[Outcome]:
     """Each prediction with its `explanation`; an image's saliency map goes to a PNG file, named in its place."""
-    from forwardpass.explain import explain, saliency_png
+    from forwardpass.explain import explain
+    from forwardpass.measure.plots import saliency_overlay
 
     for item, outcome in zip(items, outcomes, strict=True):
         if isinstance(outcome, ForwardpassError):
@@ -139,9 +140,20 @@ def _explained(model: Model, items: Sequence[Item], outcomes: Iterable[Outcome])
         saliency = explanation.pop("saliency", None)
         if saliency is not None:
             png = Path(Path(item.name).name).with_suffix(".saliency.png")
-            png.write_bytes(saliency_png(saliency, scale=max(1, 224 // max(len(saliency), 1))))
+            title = f"{model.name}: {Path(item.name).name} → {outcome.get('label', explanation['output'])}"
+            saliency_overlay(png, _as_seen(model, item.raw), saliency, explanation["output"], title)
             explanation["saliency_png"] = str(png)
         yield {**outcome, "explanation": explanation}
+
+
+def _as_seen(model: Model, raw: object) -> np.ndarray:
+    """An image item after the model's preprocessing, as H x W (one channel) or H x W x C, for drawing."""
+    config = model.config.preprocess
+    name = getattr(config, "input", None) or model.inputs[0].name
+    array = np.asarray(model.preprocess(raw)[name])
+    if getattr(config, "layout", "NCHW") == "NCHW":
+        array = np.moveaxis(array, 0, -1)
+    return array[..., 0] if array.shape[-1] == 1 else array
 
 
 def _report(items: Sequence[Item], outcomes: Iterable[Outcome], as_json: bool) -> list[ForwardpassError]:

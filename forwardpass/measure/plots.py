@@ -21,6 +21,7 @@ __all__ = [
     "latency_distribution",
     "latency_vs_throughput",
     "per_class_bars",
+    "saliency_overlay",
     "throughput_vs_batch_size",
 ]
 
@@ -52,12 +53,13 @@ def confusion_matrix(path: Path, labels: Sequence[str], matrix: Sequence[Sequenc
     size = max(4.0, 0.45 * len(labels) + 2)
     figure, axes = plt.subplots(figsize=(size + 1, size))
     image = axes.imshow(counts, cmap="Blues")
-    figure.colorbar(image, ax=axes, fraction=0.046)
+    figure.colorbar(image, ax=axes, fraction=0.046).set_label("items")
     ticks = range(len(labels))
-    axes.set_xticks(ticks, labels, rotation=90 if len(labels) > 6 else 0)
+    long_names = len(labels) > 6 and max(len(str(label)) for label in labels) > 3
+    axes.set_xticks(ticks, labels, rotation=90 if long_names else 0)
     axes.set_yticks(ticks, labels)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
     if len(labels) <= 20:
         threshold = counts.max() / 2 if counts.size else 0
         for (row, column), value in np.ndenumerate(counts):
@@ -70,29 +72,52 @@ def confusion_matrix(path: Path, labels: Sequence[str], matrix: Sequence[Sequenc
 def per_class_bars(path: Path, per_class: Mapping[str, Mapping[str, float]], title: str) -> Path:
     plt = _pyplot()
     labels = list(per_class)
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.5 * len(labels) + 2), 4))
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.5 * len(labels) + 2), 4.4))
     positions = np.arange(len(labels))
     for offset, name in zip((-0.27, 0.0, 0.27), ("precision", "recall", "f1"), strict=True):
         axes.bar(positions + offset, [per_class[label][name] for label in labels], width=0.27, label=name)
-    axes.set_xticks(positions, labels, rotation=90 if len(labels) > 8 else 0)
-    axes.set_ylim(0, 1.05)
-    axes.legend(loc="lower right")
-    axes.set_title(title)
+    long_names = len(labels) > 8 and max(len(str(label)) for label in labels) > 3
+    ticks = [f"{label}\n{per_class[label].get('support', '')}" for label in labels]
+    axes.set_xticks(positions, [t.replace("\n", " ") for t in ticks] if long_names else ticks,
+                    rotation=90 if long_names else 0)  # fmt: skip
+    axes.set_xlabel("class and its support (items of that class in the data)")
+    axes.set_ylabel("score (0 to 1)")
+    axes.set_ylim(0, 1.0)
+    axes.grid(axis="y", alpha=0.3)
+    # above the axes, never over a bar
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False, fontsize=8)
+    axes.set_title(title, pad=24)
     return _save(figure, path)
 
 
+SPARSE_BIN = 10  # a calibration bin with fewer items than this is drawn faded: its accuracy says little
+
+
 def calibration_curve(path: Path, bins: Sequence[Mapping[str, float]], ece: float, title: str) -> Path:
+    """Reliability diagram: one bar per score bin (accuracy of its items) beside the diagonal, each bar labelled
+    with its item count; below, how many items fall in each bin."""
     plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(5, 5))
+    figure, (axes, counts) = plt.subplots(2, 1, figsize=(5.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
-    label = f"model (ECE {ece:.3f})"
-    axes.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=label)
-    axes.set_xlabel("top-1 score (mean per bin)")
-    axes.set_ylabel("accuracy in bin")
+    lows = [b["low"] for b in bins]
+    widths = [b["high"] - b["low"] for b in bins]
+    sparse = [b["n"] < SPARSE_BIN for b in bins]
+    colors = ["#c6dbef" if thin else "#3182bd" for thin in sparse]
+    axes.bar(lows, [b["accuracy"] for b in bins], width=widths, align="edge", color=colors, edgecolor="white",
+             label=f"model (ECE {ece:.3f})")  # fmt: skip
+    for bin_, thin in zip(bins, sparse, strict=True):
+        axes.annotate(f"n={bin_['n']}", (bin_["low"] + (bin_["high"] - bin_["low"]) / 2, bin_["accuracy"]),
+                      textcoords="offset points", xytext=(0, 2), ha="center", fontsize=7,
+                      color="grey" if thin else "black")  # fmt: skip
+    axes.set_ylabel("accuracy of the items in the bin")
     axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1)
-    axes.legend(loc="upper left")
-    axes.set_title(title)
+    axes.set_ylim(0, 1.08)
+    axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False, fontsize=8)
+    axes.set_title(f"{title}\n(pale: bins with fewer than {SPARSE_BIN} items)", fontsize=10, pad=22)
+    counts.bar(lows, [b["n"] for b in bins], width=widths, align="edge", color=colors, edgecolor="white")
+    counts.set_yscale("log")
+    counts.set_ylabel("items")
+    counts.set_xlabel("top-1 score (bin)")
     return _save(figure, path)
 
 
@@ -107,17 +132,29 @@ def latency_distribution(path: Path, latencies_ms: Mapping[str, Sequence[float]]
             axes.hist(series, bins=edges, histtype="step", label=name, linewidth=1.2)
         axes.set_xscale("log")
     axes.set_xlabel("latency per call (ms, log scale)")
-    axes.set_ylabel("calls")
+    axes.set_ylabel("calls (log scale)")
+    axes.set_yscale("log")
     axes.legend(fontsize=7)
     axes.set_title(title)
     return _save(figure, path)
 
 
-def _lines(path: Path, series: Series, xlabel: str, ylabel: str, title: str, *, log_x: bool = False) -> Path:
+def _lines(
+    path: Path,
+    series: Series,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    *,
+    log_x: bool = False,
+    point_labels: Mapping[str, Sequence[str]] | None = None,
+) -> Path:
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7, 4))
     for name, points in series.items():
         axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
+        for text, point in zip((point_labels or {}).get(name, []), points, strict=False):
+            axes.annotate(text, point, textcoords="offset points", xytext=(4, 4), fontsize=7)
     if log_x:
         axes.set_xscale("log", base=2)
     axes.set_xlabel(xlabel)
@@ -129,12 +166,17 @@ def _lines(path: Path, series: Series, xlabel: str, ylabel: str, title: str, *, 
 
 
 def throughput_vs_batch_size(path: Path, series: Series, title: str) -> Path:
-    return _lines(path, series, "batch size", "items per second", title, log_x=True)
+    return _lines(path, series, "batch size (log scale)", "items per second", f"{title}: throughput per batch size",
+                  log_x=True)  # fmt: skip
 
 
-def latency_vs_throughput(path: Path, series: Series, title: str) -> Path:
-    """Each line: one engine or client; each point: one load (batch size or concurrency), p99 latency."""
-    return _lines(path, series, "items per second", "p99 latency (ms)", title)
+def latency_vs_throughput(
+    path: Path, series: Series, title: str, point_labels: Mapping[str, Sequence[str]] | None = None
+) -> Path:
+    """Each line: one engine or client; each point: one load (batch size or concurrency, named by `point_labels`),
+    its p99 latency."""
+    return _lines(path, series, "items per second", "p99 latency per call (ms)", f"{title}: p99 latency vs throughput",
+                  point_labels=point_labels)  # fmt: skip
 
 
 def accuracy_vs_throughput(path: Path, points: Mapping[str, tuple[float, float]], metric: str, title: str) -> Path:
@@ -144,18 +186,29 @@ def accuracy_vs_throughput(path: Path, points: Mapping[str, tuple[float, float]]
     for name, (throughput, accuracy) in points.items():
         axes.scatter([throughput], [accuracy], s=40)
         axes.annotate(name, (throughput, accuracy), textcoords="offset points", xytext=(5, 5))
-    axes.set_xlabel("items per second")
+    axes.set_xlabel("items per second (at the largest batch size)")
     axes.set_ylabel(metric)
+    _fraction_range(axes, [accuracy for _, accuracy in points.values()])
     axes.grid(alpha=0.3)
     axes.set_title(title)
     return _save(figure, path)
 
 
+def _fraction_range(axes: Any, values: Sequence[float]) -> None:
+    """A y axis for values between 0 and 1 (accuracy, F1) that never runs past 1 nor below 0, with a margin that
+    does not vanish when there is a single point."""
+    if not values or min(values) < 0 or max(values) > 1:
+        return
+    margin = max(0.02, (max(values) - min(values)) * 0.15)
+    axes.set_ylim(max(0.0, min(values) - margin), min(1.0, max(values) + margin))
+
+
 def compare_bars(path: Path, values: Mapping[str, Mapping[str, float]], ylabel: str, title: str) -> Path:
-    """Grouped bars: one group per configuration (x), one bar per report."""
+    """Grouped bars: one group per configuration (x, in the order the reports list them: batch 8 before batch 32),
+    one bar per report."""
     plt = _pyplot()
     reports = list(values)
-    groups = sorted({key for per_report in values.values() for key in per_report})
+    groups = list(dict.fromkeys(key for per_report in values.values() for key in per_report))
     figure, axes = plt.subplots(figsize=(max(6.0, 0.8 * len(groups) * max(1, len(reports)) / 2 + 3), 4))
     width = 0.8 / max(1, len(reports))
     positions = np.arange(len(groups))
@@ -165,6 +218,33 @@ def compare_bars(path: Path, values: Mapping[str, Mapping[str, float]], ylabel: 
     crowded = len(groups) > 4
     axes.set_xticks(positions, groups, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     axes.set_ylabel(ylabel)
-    axes.legend(fontsize=7)
+    axes.legend(fontsize=7, title="report", title_fontsize=7)
     axes.set_title(title)
+    return _save(figure, path)
+
+
+def saliency_overlay(
+    path: Path, image: np.ndarray, saliency: Sequence[Sequence[float]], output: str, title: str
+) -> Path:
+    """Left: the image as the model saw it (after its preprocessing; H x W, or H x W x 3). Right: the same image with
+    the occlusion saliency over it, and a colour bar in the saliency's own unit (the drop of `output`)."""
+    plt = _pyplot()
+    picture = np.asarray(image, dtype=np.float64)
+    low, high = float(picture.min()), float(picture.max())
+    shown = (picture - low) / (high - low) if high > low else np.zeros_like(picture)
+    heat = np.clip(np.asarray(saliency, dtype=np.float64), 0.0, None)  # a patch whose hiding helps is not salient
+    figure, (plain, overlaid) = plt.subplots(1, 2, figsize=(8.4, 4))
+    grey = "gray" if shown.ndim == 2 else None
+    for axes in (plain, overlaid):
+        axes.imshow(shown, cmap=grey, interpolation="nearest")
+        axes.set_xticks([])
+        axes.set_yticks([])
+    plain.set_title("input, as the model sees it", fontsize=9)
+    layer = overlaid.imshow(heat, cmap="inferno", alpha=0.6, vmin=0.0, vmax=max(float(heat.max()), 1e-9),
+                            interpolation="nearest")  # fmt: skip
+    overlaid.set_title("saliency over the input", fontsize=9)
+    figure.colorbar(layer, ax=overlaid, fraction=0.046, pad=0.04).set_label(
+        f"drop in {output} when this area is hidden", fontsize=8
+    )
+    figure.suptitle(title)
     return _save(figure, path)

@@ -43,6 +43,7 @@ __all__ = [
     "configuration",
     "eval_markdown",
     "load_report",
+    "mlperf_figure",
     "save_bench",
     "save_eval",
     "write_json",
@@ -153,9 +154,22 @@ def eval_markdown(data: Mapping[str, Any]) -> str:
 
 
 def configuration(row: Mapping[str, Any], *, batch: bool = True) -> str:
-    """A bench result's configuration in a few characters: 'int8 t2 b32' (t-: the model's own thread setting)."""
-    name = f"{row['precision']} t{row['threads'] or '-'}"
-    return f"{name} b{row['batch_size']}" if batch else name
+    """A bench result's configuration: 'int8, 2 threads, batch 32' ('default threads': the model's own setting)."""
+    threads = row["threads"]
+    name = f"{row['precision']}, {threads or 'default'} thread{'' if threads == 1 else 's'}"
+    return f"{name}, batch {row['batch_size']}" if batch else name
+
+
+def mlperf_figure(run: Mapping[str, Any]) -> tuple[str, float | None]:
+    """A LoadGen scenario's figure in the units of the rest of the report: latencies in ms (LoadGen logs ns),
+    rates in samples per second; an accuracy run's figure is its top-1 accuracy."""
+    if run["mode"] != "performance":
+        return "top-1 accuracy", run.get("accuracy")
+    name, value = str(run.get("metric_name") or "metric"), run.get("metric")
+    if name.endswith("(ns)"):
+        percentile = name.split("th percentile", 1)[0].removesuffix(".0")
+        return f"p{percentile} latency (ms)", None if value is None else value / 1e6
+    return name, value
 
 
 def save_bench(data: dict[str, Any], latencies_ms: Mapping[str, Sequence[float]], out: Path) -> list[Path]:
@@ -168,13 +182,16 @@ def save_bench(data: dict[str, Any], latencies_ms: Mapping[str, Sequence[float]]
     if results:
         by_batch: dict[str, list[tuple[float, float]]] = {}
         by_load: dict[str, list[tuple[float, float]]] = {}
+        batch_labels: dict[str, list[str]] = {}
         for row in results:
             for engine in ("forwardpass", "onnxruntime"):
                 label = f"{engine} {configuration(row, batch=False)}"
                 by_batch.setdefault(label, []).append((row["batch_size"], row[engine]["throughput"]))
                 by_load.setdefault(label, []).append((row[engine]["throughput"], row[engine]["latency_ms"]["p99"]))
+                batch_labels.setdefault(label, []).append(f"batch {row['batch_size']}")
         written.append(plots.throughput_vs_batch_size(out / "throughput_vs_batch_size.png", by_batch, model))
-        written.append(plots.latency_vs_throughput(out / "latency_vs_throughput.png", by_load, model))
+        path = out / "latency_vs_throughput.png"
+        written.append(plots.latency_vs_throughput(path, by_load, model, batch_labels))
     accuracy = data.get("accuracy")
     if accuracy:
         points = {name: (entry["throughput"], entry["value"]) for name, entry in accuracy["by_precision"].items()}
@@ -183,12 +200,15 @@ def save_bench(data: dict[str, Any], latencies_ms: Mapping[str, Sequence[float]]
     server = data.get("server")
     if server:
         curves: dict[str, list[tuple[float, float]]] = {}
+        loads: dict[str, list[str]] = {}
         for run in server["runs"]:
             if run.get("reported"):
                 name = f"{run['mode']} loop ({run['protocol']}, {run['encoding']})"
                 curves.setdefault(name, []).append((run["throughput"], run["latency_ms"]["p99"]))
+                loads.setdefault(name, []).append(f"{run['load']:g}" + ("/s" if run["mode"] == "open" else " conc."))
         if curves:
-            written.append(plots.latency_vs_throughput(out / "server_latency_vs_throughput.png", curves, model))
+            path = out / "server_latency_vs_throughput.png"
+            written.append(plots.latency_vs_throughput(path, curves, model, loads))
     data = {**data, "plots": [path.name for path in written]}
     written.insert(0, write_json(out / f"{REPORT}.json", data))
     markdown = out / f"{REPORT}.md"
@@ -197,8 +217,50 @@ def save_bench(data: dict[str, Any], latencies_ms: Mapping[str, Sequence[float]]
     return written
 
 
+def _headline(data: Mapping[str, Any]) -> list[str]:
+    """The figures a reader wants first: the fastest configuration, the lowest latency, accuracy per precision."""
+    lines = []
+    results = data.get("results") or []
+    if results:
+        fastest = max(results, key=lambda row: row["forwardpass"]["throughput"])
+        quickest = min(results, key=lambda row: row["forwardpass"]["latency_ms"]["p50"])
+        lines += [
+            f"- Highest throughput: **{_number(fastest['forwardpass']['throughput'])} items/s** "
+            f"({configuration(fastest)}); raw ONNX Runtime {_number(fastest['onnxruntime']['throughput'])} items/s.",
+            f"- Lowest latency: **p50 {_number(quickest['forwardpass']['latency_ms']['p50'])} ms**, "
+            f"p99 {_number(quickest['forwardpass']['latency_ms']['p99'])} ms per call ({configuration(quickest)}).",
+        ]
+    accuracy = data.get("accuracy")
+    if accuracy:
+        lines += [
+            f"- {accuracy['metric']} ({precision}): **{_number(entry['value'])}**"
+            for precision, entry in accuracy["by_precision"].items()
+        ]
+    runs = (data.get("server") or {}).get("runs") or []
+    reported = [run for run in runs if run.get("reported")]
+    if reported:
+        best = max(reported, key=lambda run: run["throughput"])
+        lines.append(
+            f"- Server: **{_number(best['throughput'])} requests/s** at {best['mode']} loop {best['load']:g}"
+            f" ({best['encoding']}), p99 {_number(best['latency_ms']['p99'])} ms."
+        )
+    for run in data.get("mlperf") or []:
+        name, value = mlperf_figure(run)
+        result = run.get("result") if run["mode"] == "performance" else f"{run.get('samples')} samples logged"
+        lines.append(f"- MLPerf {run['scenario']} ({run['mode']}): {name} **{_number(value)}**, {result}.")
+    if data.get("interrupted"):
+        lines.append(f"- Interrupted (Ctrl-C): {data['interrupted']} finished; only those are reported.")
+    return lines
+
+
 def bench_markdown(data: Mapping[str, Any]) -> str:
-    parts = [f"# bench: {data['model']}", "", _machine_markdown(data.get("machine") or {}), ""]
+    parts = [f"# bench: {data['model']}", "", *_headline(data), "", _machine_markdown(data.get("machine") or {}), ""]
+    parts += [
+        "Latencies are in milliseconds per call, throughput in items (or requests) per second. ours/raw is the median"
+        " of round-by-round throughput ratios, forwardpass over raw ONNX Runtime in rounds run back to back (1.00:"
+        " no overhead); being a median of ratios, it can differ from the ratio of the two throughputs beside it.",
+        "",
+    ]
     results = data.get("results") or []
     if results:
         rows = []
@@ -268,11 +330,14 @@ def bench_markdown(data: Mapping[str, Any]) -> str:
         parts += [f"## Server {server['url']}", "", _table(header, rows), ""]
     mlperf = data.get("mlperf")
     if mlperf:
-        rows = [[s["scenario"], s["mode"], s.get("result"), s.get("metric_name"), s.get("metric")] for s in mlperf]
-        parts += ["## MLPerf LoadGen", "", _table(["scenario", "mode", "result", "metric", "value"], rows), ""]
-        for scenario in mlperf:
-            parts += [f"### {scenario['scenario']} ({scenario['mode']}) summary", "", "```", scenario["summary"], "```"]
+        rows = [[s["scenario"], s["mode"], s.get("result"), *mlperf_figure(s)] for s in mlperf]
+        parts += ["## MLPerf LoadGen", "", _table(["scenario", "mode", "result", "figure", "value"], rows), ""]
+        parts += ["LoadGen's own summary of each run is in the appendix below.", ""]
     parts += [f"![{name}]({name})" for name in data.get("plots", [])]
+    if mlperf:
+        parts += ["", "## Appendix: LoadGen summaries", ""]
+        for scenario in mlperf:
+            parts += [f"### {scenario['scenario']} ({scenario['mode']})", "", "```", scenario["summary"], "```", ""]
     return "\n".join(parts) + "\n"
 
 

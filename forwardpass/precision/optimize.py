@@ -435,7 +435,11 @@ def _plot(
         )
     axes.set_xlabel(f"throughput at batch {batch} (items/s)")
     axes.set_ylabel(metric)
-    axes.set_title(f"accuracy vs throughput; chosen: {chosen.label}")
+    accuracies = [c.accuracy for c in [original, *candidates]]
+    if accuracies and "%" in metric:  # never above 100 %, and a visible range even when every point is equal
+        margin = max(0.5, (max(accuracies) - min(accuracies)) * 0.15)
+        axes.set_ylim(max(0.0, min(accuracies) - margin), min(100.0, max(accuracies) + margin))
+    axes.set_title(f"accuracy vs throughput; chosen: {chosen.label}\n(star: chosen, o: within budget, x: over it)")
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
