@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from forwardpass.cli.common import REPOSITORY, TRUST_PICKLE, VERSION, open_model
-from forwardpass.errors import ConfigError
+from forwardpass.errors import ConfigError, InputError
 
 __all__ = ["register"]
 
@@ -50,6 +50,15 @@ def generate(
         "from a repository) instead of the cache, then generate with it.",
         show_default=False,
     ),
+    precision: str | None = typer.Option(
+        None,
+        "--precision",
+        "-p",
+        help="fp32, int4 or int8 (weight-only, block-wise MatMulNBits): the version of that precision, made first "
+        "(with its perplexity against FP32 in precision.json) when the exported folder has none.",
+        show_default=False,
+    ),
+    block_size: int = typer.Option(32, "--block-size", help="INT4/INT8: weights per quantization block."),
     repository: Path | None = REPOSITORY,
     version: int | None = VERSION,
     trust_pickle: bool = TRUST_PICKLE,
@@ -66,12 +75,26 @@ def generate(
       forwardpass generate gpt2-folder/ "Hello" --json
 
       forwardpass generate SmolLM2-135M-Instruct.Q4_1.gguf "Hi" --export-to models/smollm2   # then: serve it
+
+      forwardpass generate smollm2 "Hi" -r models/ --precision int4   # makes models/smollm2/<next version> once
     """
     from forwardpass.generation import SamplingParams, StopStrings, open_generator  # on use: numpy-heavy loop code
 
     params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_token_ids), ignore_eos)
+    if precision not in (None, "fp32", "int4", "int8"):
+        raise InputError(f"--precision: '{precision}' is not fp32, int4 or int8")
     source = _exported(model, export_to) if repository is None else model
-    loaded = open_model(str(source), repository, version, trust_pickle=trust_pickle, intra_op_threads=threads, warmup=0)
+    if precision in ("int4", "int8") and version is None:
+        _with_variant(Path(source) if repository is None else repository / model, precision, block_size, threads)
+    loaded = open_model(
+        str(source),
+        repository,
+        version,
+        trust_pickle=trust_pickle,
+        intra_op_threads=threads,
+        warmup=0,
+        precision=precision,
+    )
     generator = open_generator(loaded)
     try:
         prompt_ids = generator.encode(prompt)
@@ -135,6 +158,20 @@ def _exported(model: str, export_to: Path | None) -> str | Path:
         return cache
     with Console(stderr=True).status(f"exporting {path.name} to ONNX with its KV cache ..."):
         return export_decoder(path, export_to or cache)
+
+
+def _with_variant(folder: Path, precision: str, block_size: int, threads: int) -> None:
+    """Make the `precision` version of the exported decoder `folder` unless it has one."""
+    from forwardpass.generation.quantize import quantize_decoder
+    from forwardpass.repository import read_variant, versions_in
+
+    if not folder.is_dir() or not versions_in(folder):
+        raise ConfigError(f"--precision {precision}: '{folder}' is not an exported decoder folder")
+    if any(read_variant(folder / str(v)).get("precision") == precision for v in versions_in(folder)):
+        return
+    with Console(stderr=True).status(f"quantizing {folder.name} to {precision}, measuring its perplexity ..."):
+        made = quantize_decoder(folder, precision, block_size=block_size, threads=threads or 1)  # type: ignore[arg-type]
+    typer.echo(f"made {made} ({precision})", err=True)
 
 
 def _newest(path: Path) -> float:

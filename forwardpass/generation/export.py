@@ -21,11 +21,13 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import onnx
 import yaml
 
 from forwardpass.errors import ConfigError
 from forwardpass.formats.base import require
 from forwardpass.formats.torch import import_torch
+from forwardpass.generation import tied
 from forwardpass.generation.chat import CONFIG_FILE as CHAT_CONFIG_FILE
 from forwardpass.generation.chat import ChatTemplate
 
@@ -82,6 +84,10 @@ def export_decoder(source: Path, destination: Path, *, opset: int = 17, toleranc
                 )
             except Exception as exc:  # the exporter raises many kinds for unsupported operators
                 raise ConfigError(f"{source}: torch.onnx cannot export this decoder: {exc}") from None
+        graph = onnx.load(str(staged))
+        shared = tied.share(graph)  # the tied embedding table stored once
+        if shared:
+            onnx.save(graph, str(staged))
         parity = _parity(torch, decoder, staged, tolerance, source)
         version_folder = destination / "1"
         version_folder.mkdir(exist_ok=True)
@@ -107,6 +113,7 @@ def export_decoder(source: Path, destination: Path, *, opset: int = 17, toleranc
         "opset": opset,
         "tool_versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "parity": parity,
+        "tied_embedding_stored_once": shared,
     }
     (destination / "1" / "model.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
     return destination

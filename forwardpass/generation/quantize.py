@@ -1,0 +1,202 @@
+"""Weight-only INT4 and INT8 variants of an exported decoder, judged by perplexity on a held-out text against the
+FP32 model in the same run (quantized greedy decoding legitimately departs from FP32 within a few tokens: token
+equality is the wrong test), written as a new version with its precision.json.
+
+The quantizer is ONNX Runtime's own (`MatMulNBitsQuantizer`, round-to-nearest, block-wise, asymmetric): every
+MatMul becomes MatMulNBits (accuracy level 4: INT8 activations inside the kernel) and, at INT4, the token embedding
+table a GatherBlockQuantized (ONNX Runtime has no 8-bit one). A tied output projection is untied first (the quantizer
+rewrites MatMuls), so an INT4 variant holds the table twice, both quantized. Gemm layers (GPT-2's Conv1D) stay FP32:
+the quantizer does not rewrite them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+
+import forwardpass
+from forwardpass.config import GenerationConfig
+from forwardpass.errors import ConfigError
+from forwardpass.generation import tied
+from forwardpass.generation.decoder import DecoderLayout
+from forwardpass.generation.engine import Generator
+from forwardpass.generation.sampling import SamplingParams
+from forwardpass.generation.text import TextCodec
+from forwardpass.measure import machine_info
+from forwardpass.model import Model
+from forwardpass.repository import PRECISION_FILE, versions_in
+
+__all__ = ["BOUNDS", "HELDOUT", "QuantizedPrecision", "perplexity", "quantize_decoder"]
+
+QuantizedPrecision = Literal["int4", "int8"]
+HELDOUT = Path(__file__).with_name("heldout.txt")  # plain prose written for this purpose: in no training set
+# The largest perplexity / FP32 perplexity a variant may have; beyond it nothing is written.
+BOUNDS: dict[str, float] = {"int4": 1.10, "int8": 1.02}
+SPEED_TOKENS = 32
+
+
+def quantize_decoder(
+    folder: Path,
+    precision: QuantizedPrecision,
+    *,
+    block_size: int = 32,
+    max_perplexity_ratio: float | None = None,
+    threads: int = 1,
+    text: Path = HELDOUT,
+) -> Path:
+    """Quantize the FP32 version of the exported decoder `folder` into a new version folder (returned), with
+    precision.json; ConfigError (and nothing written) when its perplexity on `text` exceeds the bound."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    bits = {"int4": 4, "int8": 8}.get(precision)
+    if bits is None:
+        raise ConfigError(f"a decoder quantizes to int4 or int8, not '{precision}'")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ConfigError(f"--block-size must be a power of two of at least 16, got {block_size}")
+    bound = max_perplexity_ratio or BOUNDS[precision]
+    source_version = _fp32_version(folder)
+    source = folder / str(source_version) / "model.onnx"
+    original = forwardpass.load(folder, version=source_version, intra_op_threads=threads, warmup=0)
+    DecoderLayout.of(original.session, original.name)  # refuse what is not a KV-cache decoder before any work
+    graph = onnx.load(str(source))
+    untied = tied.untie(graph)
+    op_types = ("MatMul", "Gather") if bits == 4 else ("MatMul",)  # GatherBlockQuantized is 4-bit only
+    quantizer = MatMulNBitsQuantizer(
+        graph,
+        bits=bits,
+        block_size=block_size,
+        is_symmetric=False,
+        accuracy_level=4,
+        op_types_to_quantize=op_types,
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
+    )
+    quiet = logging.getLogger(MatMulNBitsQuantizer.__module__)
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # it logs a line per node at INFO
+    try:
+        quantizer.process()
+    finally:
+        quiet.setLevel(level)
+    version = max(versions_in(folder)) + 1
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".quantizing-") as work:
+        staged = Path(work) / "model.onnx"
+        quantizer.model.save_model_to_file(str(staged), use_external_data_format=False)
+        variant = forwardpass.load(staged, intra_op_threads=threads, warmup=0)
+        config = original.config.generation or GenerationConfig()
+        codec = TextCodec(folder / config.tokenizer)
+        ids = codec.encode(text.read_text(encoding="utf-8"))[: config.context_length]
+        measured = {
+            "original": _figures(original, ids, source, config, codec),
+            "optimized": _figures(variant, ids, staged, config, codec),
+        }
+        ratio = measured["optimized"]["perplexity"] / measured["original"]["perplexity"]
+        if ratio > bound:
+            raise ConfigError(
+                f"{precision}: perplexity {measured['optimized']['perplexity']:.3f} is {ratio:.3f}x FP32's "
+                f"{measured['original']['perplexity']:.3f}, over the bound {bound}; nothing was written"
+            )
+        record = {
+            "precision": precision,
+            "artefact": "model.onnx",
+            "engine": "onnxruntime",
+            "quantizer": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer (RTN)",
+            "source": {"model": original.name, "version": source_version, "artefact": str(source)},
+            "settings": {
+                "bits": bits,
+                "block_size": block_size,
+                "symmetric": False,
+                "accuracy_level": 4,
+                "op_types": list(op_types),
+                "tied_projection_untied": untied,
+                "quantized_nodes": _count_quantized(onnx.load(str(staged))),
+            },
+            "evaluation": {"metric": "perplexity", "text": text.name, "tokens": len(ids), "max_ratio": bound},
+            "measured": {
+                **measured,
+                "perplexity_ratio": ratio,
+                "throughput_ratio": measured["optimized"]["tokens_per_s"] / measured["original"]["tokens_per_s"],
+                "size_ratio": measured["optimized"]["size_bytes"] / measured["original"]["size_bytes"],
+                "intra_op_threads": threads,
+                "machine": machine_info(),
+            },
+            "tool_versions": _versions(),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        variant.close()
+        original.close()
+        destination = folder / str(version)
+        destination.mkdir()
+        staged.rename(destination / "model.onnx")
+    (destination / PRECISION_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return destination
+
+
+def perplexity(model: Model, ids: list[int]) -> float:
+    """exp of the mean negative log-likelihood of ids[1:], each token predicted from those before it (one decode
+    step per token with the KV cache: the graph gives the logits of its last position only)."""
+    layout = DecoderLayout.of(model.session, model.name)
+    cache = layout.empty(1)
+    total = 0.0
+    for position in range(len(ids) - 1):
+        feed = dict(zip(layout.past, cache, strict=True))
+        feed["input_ids"] = np.array([[ids[position]]], np.int64)
+        feed["attention_mask"] = np.ones((1, position + 1), np.int64)
+        feed["position_ids"] = np.array([[position]], np.int64)
+        outputs = model.session.run(feed)
+        logits = outputs["logits"][0, -1].astype(np.float64)
+        shifted = logits - logits.max()
+        total -= shifted[ids[position + 1]] - math.log(np.exp(shifted).sum())
+        cache = [outputs[name] for name in layout.present]
+    return math.exp(total / (len(ids) - 1))
+
+
+def _figures(model: Model, ids: list[int], path: Path, config: GenerationConfig, codec: TextCodec) -> dict[str, float]:
+    """Perplexity on `ids`, greedy single-stream tokens/s (SPEED_TOKENS after a short prompt), file size."""
+    started = time.perf_counter()
+    value = perplexity(model, ids)
+    scored_s = time.perf_counter() - started
+    generator = Generator(model.session, config, codec, model.name)
+    try:
+        params = SamplingParams(max_new_tokens=SPEED_TOKENS, ignore_eos=True)
+        list(generator.tokens(ids[:8], params))  # warm-up
+        started = time.perf_counter()
+        produced = len(list(generator.tokens(ids[:8], params)))
+        rate = produced / (time.perf_counter() - started)
+    finally:
+        generator.close()
+    return {
+        "perplexity": value,
+        "scored_tokens_per_s": (len(ids) - 1) / scored_s,
+        "tokens_per_s": rate,
+        "size_bytes": float(path.stat().st_size),
+    }
+
+
+def _fp32_version(folder: Path) -> int:
+    versions = [v for v in versions_in(folder) if not (folder / str(v) / PRECISION_FILE).is_file()]
+    if not versions:
+        raise ConfigError(f"{folder}: no FP32 version (one without precision.json) to quantize")
+    return versions[-1]
+
+
+def _count_quantized(graph: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in graph.graph.node:
+        if node.op_type in ("MatMulNBits", "GatherBlockQuantized", "MatMul", "Gemm"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}

@@ -1,0 +1,83 @@
+"""Quantized decoders: the export stores a tied embedding once; INT4 and INT8 variants (ONNX Runtime's
+MatMulNBits) are new versions whose precision.json records their perplexity on the held-out text against FP32 in
+the same run, refused (nothing written) beyond the bound; `forwardpass generate --precision` makes and uses them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import forwardpass
+from forwardpass.errors import ConfigError
+from forwardpass.generation import SamplingParams, open_generator
+from forwardpass.generation.quantize import HELDOUT, perplexity, quantize_decoder
+
+FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
+
+
+@pytest.fixture()
+def folder(exported: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(exported, tmp_path / "gpt2"))
+
+
+def test_the_tied_embedding_is_stored_once(exported: Path) -> None:
+    graph = onnx.load(str(exported / "1" / "model.onnx"))
+    arrays = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.graph.initializer}
+    table = arrays["model.transformer.wte.weight"]
+    assert not any(array.shape == table.T.shape and np.array_equal(array, table.T) for array in arrays.values())
+    provenance = json.loads((exported / "1" / "model.json").read_text())
+    assert provenance["tied_embedding_stored_once"] == ["model.transformer.wte.weight"]
+
+
+@pytest.mark.parametrize(("precision", "bits"), [("int4", 4), ("int8", 8)])
+def test_variant_records_its_perplexity_against_fp32(folder: Path, precision: str, bits: int) -> None:
+    made = quantize_decoder(folder, precision)  # type: ignore[arg-type]
+    assert made == folder / "2"
+    record = json.loads((made / "precision.json").read_text())
+    assert record["precision"] == precision and record["settings"]["bits"] == bits
+    assert record["settings"]["quantized_nodes"]["MatMulNBits"] >= 1
+    measured = record["measured"]
+    original, variant = forwardpass.load(folder, version=1), forwardpass.load(folder, precision=precision)
+    context = original.config.generation.context_length  # the text is cut to what the model holds
+    ids = open_generator(original).codec.encode(HELDOUT.read_text())[:context]
+    assert measured["original"]["perplexity"] == pytest.approx(perplexity(original, ids), rel=1e-6)
+    assert measured["optimized"]["perplexity"] == pytest.approx(perplexity(variant, ids), rel=1e-6)
+    assert measured["perplexity_ratio"] <= record["evaluation"]["max_ratio"]
+    assert measured["optimized"]["perplexity"] != measured["original"]["perplexity"]  # the weights did change
+    generator = open_generator(variant)
+    try:
+        tokens = list(generator.tokens(generator.encode("Hi"), SamplingParams(max_new_tokens=4, ignore_eos=True)))
+    finally:
+        generator.close()
+    assert len(tokens) == 4
+
+
+def test_over_the_bound_nothing_is_written(folder: Path) -> None:
+    with pytest.raises(ConfigError, match="over the bound"):
+        quantize_decoder(folder, "int4", max_perplexity_ratio=1.000001)
+    assert sorted(path.name for path in folder.iterdir() if path.is_dir()) == ["1"]
+
+
+def test_generate_makes_the_variant_once_and_uses_it(folder: Path) -> None:
+    def run() -> subprocess.CompletedProcess[str]:
+        command = [FORWARDPASS, "generate", str(folder), "Hi", "-n", "4", "--precision", "int4", "--json"]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    first = run()
+    assert first.returncode == 0, first.stderr
+    assert "made" in first.stderr and (folder / "2" / "precision.json").is_file()
+    again = run()
+    assert again.returncode == 0 and "made" not in again.stderr
+    assert json.loads(again.stdout)["token_ids"] == json.loads(first.stdout)["token_ids"]
+    bad = subprocess.run(
+        [FORWARDPASS, "generate", str(folder), "Hi", "--precision", "int3"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
