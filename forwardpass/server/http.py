@@ -35,6 +35,7 @@ from forwardpass.server.guard import OFFLOAD_BYTES, RequestGuard, bearer_token_m
 from forwardpass.server.limits import RequestLimits
 from forwardpass.server.metrics import CONTENT_TYPE
 from forwardpass.server.types import InferRequest, Tensor
+from forwardpass.server.ui import PAGE_PATHS
 from forwardpass.tensor import DataType
 
 __all__ = ["OPEN_PATHS", "create_http_app", "error_response"]
@@ -42,7 +43,7 @@ __all__ = ["OPEN_PATHS", "create_http_app", "error_response"]
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("forwardpass.access")
 
-OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", *PAGE_PATHS})  # the page holds no data: see ui
 JSON = "application/json"
 
 
