@@ -3,8 +3,12 @@
 #   make models                                   # build the bundled models into models/ first (once)
 #   docker build -t forwardpass .
 #   docker build -t forwardpass:ray --build-arg EXTRAS=ray .     # with Ray (serve --ray, batch --ray)
-#   docker run --rm -p 8000:8000 -p 8001:8001 forwardpass
-#   docker run --rm -v /srv/models:/models:ro -p 8000:8000 forwardpass     # your own repository instead
+#   docker run --rm -e FORWARDPASS_AUTH_TOKEN="$(openssl rand -hex 16)" -p 8000:8000 -p 8001:8001 forwardpass
+#   docker run --rm -e FORWARDPASS_AUTH_TOKEN=... -v /srv/models:/models:ro -p 8000:8000 forwardpass  # your models
+#
+# It listens on every interface, so it refuses to start without a token (FORWARDPASS_AUTH_TOKEN, or a file named by
+# FORWARDPASS_AUTH_TOKEN_FILE) unless FORWARDPASS_ALLOW_UNAUTHENTICATED=1 says the network is trusted. Decision
+# models write their audit log to /var/lib/forwardpass (mount a volume there to keep it).
 #   docker run --rm -v "$PWD":/work forwardpass batch mobilenet_v2 /work/photos /work/scores
 #
 # Only the package and its runtime dependencies are installed (no torch, no build tools): serving needs ONNX Runtime.
@@ -18,9 +22,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     FORWARDPASS_HOST=0.0.0.0 \
     FORWARDPASS_HTTP_PORT=8000 \
     FORWARDPASS_GRPC_PORT=8001 \
+    FORWARDPASS_AUDIT_LOG=/var/lib/forwardpass/audit.sqlite \
     HOME=/home/forwardpass
 
-RUN useradd --create-home --home-dir /home/forwardpass --uid 10001 --user-group --shell /usr/sbin/nologin forwardpass
+RUN useradd --create-home --home-dir /home/forwardpass --uid 10001 --user-group --shell /usr/sbin/nologin forwardpass \
+    && install -d -o 10001 -g 10001 /var/lib/forwardpass
 
 # The package from source; EXTRAS (e.g. "ray") adds optional extras. The sources are removed after installing.
 COPY pyproject.toml README.md /tmp/forwardpass/

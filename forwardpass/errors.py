@@ -36,6 +36,7 @@ __all__ = [
     "DTypeError",
     "DeadlineExceeded",
     "DecodeError",
+    "Forbidden",
     "ForwardpassError",
     "InputError",
     "MissingExtraError",
@@ -146,6 +147,14 @@ class Unauthenticated(ForwardpassError):
     exit_code = 2
 
 
+class Forbidden(ForwardpassError):
+    """This request is not allowed here, whatever its credentials; the message says where it is."""
+
+    http_status = 403
+    grpc_code = "PERMISSION_DENIED"
+    exit_code = 2
+
+
 class Overloaded(ForwardpassError):
     """Refused at the door instead of queued without bound; the same request may succeed after `retry_after_s`."""
 
@@ -173,6 +182,7 @@ class Unavailable(ForwardpassError):
 _BY_HTTP_STATUS: dict[int, type[ForwardpassError]] = {
     400: InputError,
     401: Unauthenticated,
+    403: Forbidden,
     404: NotFoundError,
     408: RequestTimeout,
     413: PayloadTooLarge,
@@ -181,6 +191,7 @@ _BY_HTTP_STATUS: dict[int, type[ForwardpassError]] = {
 _BY_GRPC_CODE: dict[str, type[ForwardpassError]] = {
     "INVALID_ARGUMENT": InputError,
     "UNAUTHENTICATED": Unauthenticated,
+    "PERMISSION_DENIED": Forbidden,
     "NOT_FOUND": NotFoundError,
     "RESOURCE_EXHAUSTED": Overloaded,
     "DEADLINE_EXCEEDED": DeadlineExceeded,

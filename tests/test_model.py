@@ -168,7 +168,9 @@ def test_float64_input_is_cast_and_still_matches(repo: Path, cnn: TinyCNN):
 
 def test_specs_are_completed_from_the_onnx_model(repo: Path, cnn, iris, forest):
     model = forwardpass.load("cnn", repository=repo)
-    assert model.config == ModelConfig()
+    # nothing in the graph says what its logits mean: raw outputs; its first dimension is a batch: batching on
+    assert model.config == ModelConfig(max_batch_size=32)
+    assert list(model.inferred) == ["max_batch_size"]
     assert model.inputs == [TensorSpec("input", DataType.FP32, (-1, 3, 16, 16))]
     assert model.outputs == [TensorSpec("logits", DataType.FP32, (-1, 10))]
     assert (model.name, model.version) == ("cnn", 1)
@@ -238,9 +240,12 @@ def test_predict_without_config_on_sklearn(repo: Path, iris):
     model = forwardpass.load("iris", repository=repo)
     rows = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
     predictions = model.predict([row for row in rows])
-    assert [p["outputs"]["label"] for p in predictions] == iris.predict(rows.astype(np.float32)).tolist()
+    # the graph's classifier node says: a classifier, its probabilities in 'probabilities', its classes 0, 1, 2
+    assert model.inferred["postprocess"].startswith("ONNX graph: a classifier")
+    assert [p["label"] for p in predictions] == [str(c) for c in iris.predict(rows.astype(np.float32))]
+    scores = [sorted(p["top_k"], key=lambda entry: entry["index"]) for p in predictions]
     np.testing.assert_allclose(
-        [p["outputs"]["probabilities"] for p in predictions], iris.predict_proba(rows.astype(np.float32)), atol=ATOL
+        [[entry["score"] for entry in row] for row in scores], iris.predict_proba(rows.astype(np.float32)), atol=ATOL
     )
 
 

@@ -60,6 +60,8 @@ class OrtSession:
         self.inputs = [_spec(arg) for arg in self._session.get_inputs()]
         self.outputs = [_spec(arg) for arg in self._session.get_outputs()]
         self._output_names = [spec.name for spec in self.outputs]
+        # ZipMap (skl2onnx's default classifier output): one {class: probability} map per row, made a [batch, classes]
+        self._maps = [arg.name for arg in self._session.get_outputs() if arg.type.startswith("seq(map(")]
         self._text_inputs = [spec.name for spec in self.inputs if spec.dtype is DataType.BYTES]
         for _ in range(engine.warmup):
             self._warm_up()
@@ -75,7 +77,10 @@ class OrtSession:
             results = self._session.run(self._output_names, inputs)
         except (InvalidArgument, ValueError) as exc:
             raise InputError(f"the model refused the input: {str(exc).splitlines()[0]}") from None
-        return dict(zip(self._output_names, results))  # noqa: B905 -- ORT returns one result per name; hot path
+        named = dict(zip(self._output_names, results))  # noqa: B905 -- ORT returns one result per name; hot path
+        for name in self._maps:
+            named[name] = np.array([list(row.values()) for row in named[name]], dtype=np.float32)
+        return named
 
     def close(self) -> None:
         del self._session
@@ -105,5 +110,7 @@ def _as_text(name: str, array: np.ndarray) -> np.ndarray:
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:
+    if arg.type.startswith("seq(map("):  # ZipMap's maps, given as probabilities [batch, classes]
+        return TensorSpec(arg.name, DataType.FP32, (-1, -1))
     shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in arg.shape)
     return TensorSpec(arg.name, DataType.from_name(arg.type), shape)

@@ -31,10 +31,23 @@ def serve(
     host: str | None = typer.Option(
         None, "--host", help="Address to listen on (env FORWARDPASS_HOST, default 127.0.0.1).", show_default=False
     ),
-    auth_token: str | None = typer.Option(
+    auth_token_file: Path | None = typer.Option(
         None,
-        "--auth-token",
-        help="Require 'Authorization: Bearer <token>' on every call but health checks (env FORWARDPASS_AUTH_TOKEN).",
+        "--auth-token-file",
+        help="Require 'Authorization: Bearer <the token in this file>' on every call but health checks "
+        "(or env FORWARDPASS_AUTH_TOKEN; never on the command line, where `ps` shows it).",
+        show_default=False,
+    ),
+    allow_unauthenticated: bool | None = typer.Option(
+        None,
+        "--allow-unauthenticated",
+        help="Listen on a non-loopback --host without a token (a trusted network only).",
+        show_default=False,
+    ),
+    explain: bool | None = typer.Option(
+        None,
+        "--explain",
+        help="Answer ?explain=true on /predict: seconds of CPU each, one at a time (env FORWARDPASS_EXPLAIN).",
         show_default=False,
     ),
     poll_interval: float | None = typer.Option(
@@ -81,7 +94,7 @@ def serve(
 
       forwardpass serve --repository /srv/models --http-port 8080 --grpc-port 0
 
-      FORWARDPASS_AUTH_TOKEN=secret forwardpass serve --host 0.0.0.0
+      forwardpass serve --host 0.0.0.0 --auth-token-file /run/secrets/forwardpass-token
 
       forwardpass serve --ray --replicas 2 --max-replicas 8
     """
@@ -93,7 +106,9 @@ def serve(
         "http_port": http_port,
         "grpc_port": grpc_port,
         "host": host,
-        "auth_token": auth_token,
+        "auth_token_file": auth_token_file,
+        "allow_unauthenticated": allow_unauthenticated,
+        "explain": explain,
         "poll_interval_s": poll_interval,
         "request_timeout_s": request_timeout,
         "max_request_bytes": max_request_bytes,

@@ -45,6 +45,9 @@ def _scalar(model: Model, outputs: dict[str, np.ndarray], rows: int, index: int)
             scores = shifted / shifted.sum(axis=1, keepdims=True)
         elif config.activation == "sigmoid":
             scores = 1.0 / (1.0 + np.exp(-scores))
+        labels = config.labels if isinstance(config.labels, list) else None
+        if scores.shape[1] == 1 and (labels is None or len(labels) == 2):  # as Classify reads one score
+            scores = np.hstack([1.0 - scores, scores])
         return scores[:, index]
     assert isinstance(config, RegressionConfig)
     name = config.output or model.outputs[0].name

@@ -18,6 +18,7 @@ from forwardpass.config import EngineConfig, SourceConfig
 from forwardpass.errors import ConfigError, NotFoundError
 from forwardpass.formats.base import ConvertOptions, Format, LoadOptions
 from forwardpass.formats.convert import convert_with_parity
+from forwardpass.formats.facts import ModelFacts, merge_facts, onnx_facts
 from forwardpass.formats.serve import SERVE_MODES, ServeMode, Serving, serve
 
 __all__ = [
@@ -26,11 +27,13 @@ __all__ = [
     "ConvertOptions",
     "Format",
     "LoadOptions",
+    "ModelFacts",
     "ServeMode",
     "Serving",
     "convert_model",
     "detect_format",
     "load_options",
+    "model_facts",
     "open_model_session",
     "open_served",
     "registered_formats",
@@ -106,6 +109,14 @@ def open_model_session(
 def open_served(serving: Serving, engine: EngineConfig) -> Session:
     """Another session that runs a model the way it is already served (e.g. a server's second instance)."""
     return open_model_session(serving.runs, engine, serving.options, "native")[0]
+
+
+def model_facts(serving: Serving) -> ModelFacts:
+    """What the served artefact records about itself: its framework's word, and its ONNX graph's where it runs
+    converted (distributions and the batch axis are read from the graph that actually runs)."""
+    fmt = next(fmt for fmt in registered_formats() if fmt.name == serving.format)
+    framework = fmt.facts(serving.source, serving.options)
+    return merge_facts(framework, onnx_facts(serving.converted) if serving.converted is not None else None)
 
 
 def convert_model(

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from forwardpass.backends.base import Session
 from forwardpass.config import EngineConfig
 from forwardpass.errors import MissingExtraError
+from forwardpass.formats.facts import ModelFacts
 
 __all__ = ["ConvertOptions", "Format", "LoadOptions", "require"]
 
@@ -55,6 +56,10 @@ class Format(Protocol):
 
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         """Write an ONNX model to `output` with the field's converter; return provenance (tool versions, opset)."""
+        ...
+
+    def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
+        """What the artefact records beyond its tensors (task, classes, feature names); empty facts when nothing."""
         ...
 
 

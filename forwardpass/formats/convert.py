@@ -62,7 +62,7 @@ def convert_with_parity(
         try:
             converted = OrtSession(staged, engine)
             try:
-                samples = _parity_inputs(fmt, source, native.inputs, convert.parity_samples)
+                samples = parity_inputs(fmt, source, native.inputs, convert.parity_samples)
                 report = check_parity(native, converted, samples)
                 inputs, outputs = converted.inputs, converted.outputs
             finally:
@@ -116,7 +116,9 @@ def source_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _parity_inputs(fmt: Format, source: Path, specs: Sequence[TensorSpec], n: int) -> list[dict[str, np.ndarray]]:
+def parity_inputs(fmt: Format, source: Path, specs: Sequence[TensorSpec], n: int) -> list[dict[str, np.ndarray]]:
+    """Inputs both engines run for a comparison: the format's own (real text, split points, categories) where it
+    has them, else random numbers."""
     if isinstance(fmt, HasParitySamples):
         return fmt.parity_samples(source, specs, n)
     return random_samples(specs, n)

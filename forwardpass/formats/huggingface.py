@@ -24,6 +24,7 @@ from forwardpass.backends.base import Session
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError
 from forwardpass.formats.base import ConvertOptions, LoadOptions, require
+from forwardpass.formats.facts import ModelFacts
 from forwardpass.formats.torch import TorchSession, import_torch
 from forwardpass.tensor import DataType, TensorSpec
 
@@ -114,6 +115,24 @@ class HuggingFaceFormat:
         transformers = require("transformers", _EXTRA)
         versions = {"torch": torch.__version__, "transformers": transformers.__version__}
         return {"tool_versions": versions, "exporter": "torch.onnx.export(dynamo=False)"}
+
+    def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
+        """A classification head's labels (config.json `id2label`, in index order) over its logits."""
+        config = _read_config(path)
+        heads = [name for name in config.get("architectures") or [] if name.endswith("Classification")]
+        id2label = config.get("id2label")
+        if not heads or not isinstance(id2label, dict):
+            return ModelFacts(source="Hugging Face config.json")
+        try:
+            ordered = sorted((int(index), str(label)) for index, label in id2label.items())
+        except ValueError:
+            return ModelFacts(source="Hugging Face config.json")
+        return ModelFacts(
+            source="Hugging Face config.json",
+            task="classification",
+            classes=tuple(label for _, label in ordered),
+            scores_output="logits",
+        )
 
     def parity_samples(self, path: Path, specs: Sequence[TensorSpec], n: int) -> list[dict[str, np.ndarray]]:
         """Real sentences, tokenized by the folder's tokenizer, in batches of 1, 3, then 16, padded per batch."""

@@ -21,6 +21,7 @@ from forwardpass.backends.base import Session
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError
 from forwardpass.formats.base import ConvertOptions, LoadOptions, require
+from forwardpass.formats.facts import ModelFacts
 from forwardpass.formats.sklearn import (
     INPUT_NAME,
     TabularSession,
@@ -122,6 +123,25 @@ class LightGBMFormat:
                 thresholds.append(np.array(tree[b"threshold"].split(), np.float64)[numerical])
         return threshold_samples(
             specs, n, np.concatenate([[], *features]).astype(np.int64), np.concatenate([[], *thresholds])
+        )
+
+    def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
+        text, objective = self._read(path)
+        header = _fields(text.partition(b"\n\n")[0])
+        names = header.get(b"feature_names", b"").decode("utf-8", "replace").split()
+        # LightGBM names unnamed features Column_0, Column_1, ...: those are no names
+        features = tuple(names) if names and names != [f"Column_{i}" for i in range(len(names))] else None
+        if objective not in CLASSIFIER_OBJECTIVES:
+            return ModelFacts(source="LightGBM", task="regression", feature_names=features)
+        count = max(int(header.get(b"num_class", b"1")), 2)
+        return ModelFacts(
+            source="LightGBM",
+            task="classification",
+            classes=tuple(str(i) for i in range(count)),
+            scores_output="probabilities",
+            label_output="label",
+            feature_names=features,
+            distributions={"probabilities": "probabilities"},
         )
 
     def _read(self, path: Path) -> tuple[bytes, str]:

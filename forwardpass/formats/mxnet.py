@@ -30,6 +30,7 @@ import numpy as np
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, ForwardpassError, InputError
 from forwardpass.formats.base import ConvertOptions, LoadOptions
+from forwardpass.formats.facts import ModelFacts
 from forwardpass.formats.mxnet_worker import read_message, write_message
 from forwardpass.tensor import DataType, TensorSpec
 
@@ -91,6 +92,9 @@ class MXNetFormat:
             worker.close()
             raise
         return session
+
+    def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
+        return ModelFacts()  # the format records nothing beyond its tensors
 
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         symbol, params = _one_model(path)

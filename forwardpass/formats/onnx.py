@@ -9,6 +9,7 @@ from forwardpass.backends.base import Session
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError
 from forwardpass.formats.base import ConvertOptions, LoadOptions
+from forwardpass.formats.facts import ModelFacts, onnx_facts
 
 __all__ = ["ONNX", "OnnxFormat"]
 
@@ -41,6 +42,9 @@ class OnnxFormat:
             raise ConfigError(f"{path}: ONNX cannot convert this model to opset {convert.opset}: {problem}") from None
         onnx.save(converted, str(output))
         return {"tool_versions": {"onnx": onnx.__version__}}
+
+    def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
+        return onnx_facts(path)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -14,12 +14,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from forwardpass.backends.base import Session
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, MissingExtraError
 from forwardpass.formats.base import ConvertOptions, Format, LoadOptions
-from forwardpass.formats.convert import CACHE_FOLDER, convert_with_parity, provenance_path, source_fingerprint
-from forwardpass.formats.parity import random_samples
+from forwardpass.formats.convert import (
+    CACHE_FOLDER,
+    convert_with_parity,
+    parity_inputs,
+    provenance_path,
+    source_fingerprint,
+)
 
 __all__ = ["SERVE_MODES", "ServeMode", "Serving", "serve"]
 
@@ -136,7 +143,8 @@ def _auto(opener: _Opener, cache: ConversionCache, convert: ConvertOptions) -> t
         if isinstance(exc, ConfigError):  # the same artefact would be refused again; a missing converter may come
             cache.remember(opener.engine, "native", reason)
         return native, opener.serving(native, "native", reason)
-    native_s, onnx_s = _time_both(native, converted)
+    batches = parity_inputs(opener.fmt, opener.artefact, native.inputs, _TIMING_ITEMS)
+    native_s, onnx_s = _time_both(native, converted, batches)
     if onnx_s <= native_s:
         reason = f"auto: {native_s / onnx_s:.1f}x faster than native"
         native.close()
@@ -148,9 +156,8 @@ def _auto(opener: _Opener, cache: ConversionCache, convert: ConvertOptions) -> t
     return native, opener.serving(native, "native", reason, parity=serving.parity)
 
 
-def _time_both(native: Session, converted: Session) -> tuple[float, float]:
+def _time_both(native: Session, converted: Session, batches: list[dict[str, np.ndarray]]) -> tuple[float, float]:
     """Seconds per pass over the same batches: the best of a few interleaved rounds for each engine."""
-    batches = random_samples(native.inputs, _TIMING_ITEMS, seed=1)
     best = {"native": float("inf"), "onnx": float("inf")}
     for session in (native, converted):  # a first pass of each warms caches and lazy initialisation
         for batch in batches:

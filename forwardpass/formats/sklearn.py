@@ -25,11 +25,13 @@ from forwardpass.backends.base import Session
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, InputError, MissingExtraError
 from forwardpass.formats.base import ConvertOptions, LoadOptions, require
+from forwardpass.formats.facts import ModelFacts
 from forwardpass.tensor import DataType, TensorSpec
 
 __all__ = [
     "INPUT_NAME",
     "SKLEARN",
+    "ColumnsSession",
     "SklearnFormat",
     "TabularSession",
     "first_line",
@@ -51,17 +53,27 @@ Scores = Callable[[np.ndarray], np.ndarray]
 class TabularSession:
     """A fitted tabular model of `path` behind the Session interface, run by `framework` ("sklearn", ...).
 
-    `scores(x)` maps float32 [batch, features] to the framework's own output: [batch, classes] scores for a
-    classifier (given `classes`), [batch] or [batch, targets] values for a regressor (`classes` None).
+    `scores(x)` maps [batch, features] of `dtype` to the framework's own output: [batch, classes] scores for a
+    classifier (given `classes`), [batch] or [batch, targets] values for a regressor (`classes` None). The dtype is
+    the one the framework computes in: scikit-learn's float64 (float32 would move values across the split points
+    of a histogram booster), the tree libraries' float32.
     """
 
-    def __init__(self, path: Path, framework: str, scores: Scores, n_features: int, classes: np.ndarray | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        framework: str,
+        scores: Scores,
+        n_features: int,
+        classes: np.ndarray | None,
+        dtype: DataType = DataType.FP32,
+    ) -> None:
         self._scores = scores
         self._labels = None if classes is None else _label_values(classes)
         self.providers = [f"{framework}:cpu"]
-        self.inputs = [TensorSpec(INPUT_NAME, DataType.FP32, (-1, n_features))]
+        self.inputs = [TensorSpec(INPUT_NAME, dtype, (-1, n_features))]
         try:
-            width = self._raw(np.zeros((1, n_features), np.float32)).shape[1]
+            width = self._raw(np.zeros((1, n_features), dtype.numpy_dtype)).shape[1]
         except Exception as exc:  # whatever the framework raises for a model it cannot run
             raise ConfigError(
                 f"{path}: the {framework} model cannot predict on {n_features} features ({first_line(exc)})"
@@ -94,6 +106,106 @@ class TabularSession:
     def _raw(self, features: np.ndarray) -> np.ndarray:
         scores = np.asarray(self._scores(features), dtype=np.float32)
         return scores.reshape(len(features), -1)
+
+
+class ColumnsSession:
+    """A scikit-learn pipeline fitted on a DataFrame with text columns (categories): one input per column, FP64
+    for numbers (as the DataFrame held them) and STRING for text, each [batch, 1] as skl2onnx names them; the
+    framework gets a DataFrame with the original column names."""
+
+    def __init__(
+        self, path: Path, framework: str, scores: Scores, columns: list[tuple[str, bool]], classes: np.ndarray | None
+    ) -> None:
+        self._scores = scores
+        self._labels = None if classes is None else _label_values(classes)
+        self.providers = [f"{framework}:cpu"]
+        self.inputs = [TensorSpec(name, DataType.BYTES if text else DataType.FP64, (-1, 1)) for name, text in columns]
+        self.outputs = (
+            [TensorSpec("variable", DataType.FP32, (-1, 1))]
+            if self._labels is None
+            else [
+                TensorSpec("label", DataType.from_numpy(self._labels.dtype), (-1,)),
+                TensorSpec("probabilities", DataType.FP32, (-1, len(self._labels))),
+            ]
+        )
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import pandas
+
+        missing = [spec.name for spec in self.inputs if spec.name not in inputs]
+        if missing:
+            raise InputError(f"missing input(s) {missing}; this model takes one [batch, 1] tensor per column")
+        frame = pandas.DataFrame({spec.name: np.asarray(inputs[spec.name]).reshape(-1) for spec in self.inputs})
+        try:
+            scores = np.asarray(self._scores(frame), dtype=np.float32).reshape(len(frame), -1)
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"the model refused the input: {first_line(exc)}") from None
+        if self._labels is None:
+            return {"variable": scores}
+        picked = (scores[:, 0] > 0).astype(np.intp) if scores.shape[1] == 1 else scores.argmax(axis=1)
+        return {"label": self._labels[picked], "probabilities": scores}
+
+    def close(self) -> None:
+        self._scores = _closed
+
+
+def _scores(estimator: Any) -> Scores:
+    """A classifier's per-class scores: probabilities where it has them, else its decision function."""
+    return estimator.predict_proba if hasattr(estimator, "predict_proba") else estimator.decision_function
+
+
+def _column_inputs(estimator: Any) -> list[tuple[str, bool]] | None:
+    """(column, is text) in the model's order, for a model fitted on named columns of which some hold text; None
+    for all-numeric models, which take one [batch, features] tensor."""
+    names = getattr(estimator, "feature_names_in_", None)
+    text = _string_columns(estimator)
+    if names is None or not text:
+        return None
+    return [(str(name), str(name) in text) for name in names]
+
+
+def _string_columns(estimator: Any) -> set[str]:
+    """Columns the fitted model encodes as text: those its encoders (OneHotEncoder, OrdinalEncoder, ...) inside a
+    ColumnTransformer learnt string categories for."""
+    return {name for name, categories in _categories_by_column(estimator).items() if _holds_text(categories)}
+
+
+def _categories_by_column(estimator: Any) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {}
+    for transformer, columns in _column_transformers(estimator):
+        encoder = next((step for step in _steps(transformer) if hasattr(step, "categories_")), None)
+        if encoder is None:
+            continue
+        for column, categories in zip(columns, encoder.categories_, strict=False):
+            found[column] = list(categories)
+    return found
+
+
+def _column_transformers(estimator: Any) -> list[tuple[Any, list[str]]]:
+    """(transformer, its column names) of every ColumnTransformer in the model, nested pipelines included."""
+    found: list[tuple[Any, list[str]]] = []
+    names = getattr(estimator, "feature_names_in_", None)
+    for step in _steps(estimator):
+        for _, transformer, columns in getattr(step, "transformers_", []):
+            if isinstance(columns, str):
+                columns = [columns]
+            if isinstance(columns, list | tuple | np.ndarray):
+                resolved = [
+                    str(names[c]) if isinstance(c, int | np.integer) and names is not None else str(c) for c in columns
+                ]
+                found.append((transformer, resolved))
+    return found
+
+
+def _steps(estimator: Any) -> list[Any]:
+    steps = getattr(estimator, "steps", None)
+    if steps is None:
+        return [estimator]
+    return [part for _, step in steps for part in _steps(step)]
+
+
+def _holds_text(categories: list[Any]) -> bool:
+    return any(isinstance(value, str) for value in categories)
 
 
 def _closed(features: np.ndarray) -> np.ndarray:
@@ -240,18 +352,69 @@ class SklearnFormat:
 
     def open_native(self, path: Path, engine: EngineConfig, options: LoadOptions) -> Session:
         estimator = self._load(path, options)
-        n_features = _feature_count(estimator, path, options)
-        if _is_classifier(estimator, path):
-            scores = estimator.predict_proba if hasattr(estimator, "predict_proba") else estimator.decision_function
-            return TabularSession(path, self.name, scores, n_features, np.asarray(estimator.classes_))
-        return TabularSession(path, self.name, estimator.predict, n_features, None)
+        classifier = _is_classifier(estimator, path)
+        predict = _scores(estimator) if classifier else estimator.predict
+        classes = np.asarray(estimator.classes_) if classifier else None
+        columns = _column_inputs(estimator)
+        if columns is not None:
+            return ColumnsSession(path, self.name, predict, columns, classes)
+        count = _feature_count(estimator, path, options)
+        return TabularSession(path, self.name, predict, count, classes, DataType.FP64)
+
+    def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
+        estimator = self._load(path, options)
+        names = getattr(estimator, "feature_names_in_", None)
+        features = None if names is None else tuple(str(name) for name in names)
+        if not _is_classifier(estimator, path):
+            return ModelFacts(source="scikit-learn", task="regression", feature_names=features)
+        probabilities = hasattr(estimator, "predict_proba")
+        return ModelFacts(
+            source="scikit-learn",
+            task="classification",
+            classes=tuple(str(label) for label in _label_values(np.asarray(estimator.classes_))),
+            scores_output="probabilities",
+            label_output="label",
+            feature_names=features,
+            string_features=frozenset(_string_columns(estimator)),
+            distributions={"probabilities": "probabilities"} if probabilities else {},
+            decision_scores=not probabilities,
+        )
+
+    def parity_samples(self, path: Path, specs: Sequence[TensorSpec], n: int) -> list[dict[str, np.ndarray]]:
+        """Random numbers, and for text columns the categories the model was fitted on (plus one it never saw)."""
+        from forwardpass.formats.parity import random_samples
+
+        numeric = [spec for spec in specs if spec.dtype is not DataType.BYTES]
+        text = [spec for spec in specs if spec.dtype is DataType.BYTES]
+        if not text:
+            return random_samples(specs, n)
+        estimator = self._load(path, LoadOptions(trust_pickle=True))  # already trusted: this is its parity check
+        categories = _categories_by_column(estimator)
+        rng = np.random.default_rng(0)
+        batches = random_samples(numeric, n) if numeric else [{} for _ in range(max(1, n // 8))]
+        for batch in batches:
+            rows = len(next(iter(batch.values()))) if batch else 8
+            for spec in text:
+                known = [*categories.get(spec.name, []), "never seen"]
+                batch[spec.name] = np.array(rng.choice(known, (rows, 1)), dtype=object)
+        return batches
 
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         estimator = self._load(path, options)
-        n_features = _feature_count(estimator, path, options)
         skl2onnx = require("skl2onnx", self.extra)
+        from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
+
+        columns = _column_inputs(estimator)
         _register_tree_library_converters()
-        onnx_model = _convert_sklearn(estimator, _is_classifier(estimator, path), n_features, convert.opset, path)
+        if columns is None:
+            inputs = [(INPUT_NAME, FloatTensorType([None, _feature_count(estimator, path, options)]))]
+            onnx_model = _convert_sklearn(estimator, _is_classifier(estimator, path), inputs, convert.opset, path)
+            onnx_model = _double_input(onnx_model)
+        else:
+            inputs = [
+                (name, StringTensorType([None, 1]) if text else DoubleTensorType([None, 1])) for name, text in columns
+            ]
+            onnx_model = _convert_sklearn(estimator, _is_classifier(estimator, path), inputs, convert.opset, path)
         opsets = save_onnx(onnx_model, output, convert.opset, path)
         tools = {"scikit-learn": _version("sklearn"), "skl2onnx": skl2onnx.__version__}
         tools.update({name: _version(name) for name in ("xgboost", "lightgbm", "onnxmltools") if name in sys.modules})
@@ -306,11 +469,24 @@ def _feature_count(estimator: Any, path: Path, options: LoadOptions) -> int:
     return int(count)
 
 
-def _convert_sklearn(estimator: Any, classifier: bool, n_features: int, opset: int, path: Path) -> Any:
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType
+def _double_input(model: Any) -> Any:
+    """The converted model taking FP64 [batch, features], as the native session does, cast to FP32 inside: the
+    parity check then compares both on the same input, and any value the cast moves shows there."""
+    import onnx
 
-    inputs = [(INPUT_NAME, FloatTensorType([None, n_features]))]
+    graph = model.graph
+    original = graph.input[0]
+    cast_name = f"{original.name}_fp32"
+    for node in graph.node:
+        node.input[:] = [cast_name if name == original.name else name for name in node.input]
+    graph.node.insert(0, onnx.helper.make_node("Cast", [original.name], [cast_name], to=onnx.TensorProto.FLOAT))
+    original.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    return model
+
+
+def _convert_sklearn(estimator: Any, classifier: bool, inputs: list[tuple[str, Any]], opset: int, path: Path) -> Any:
+    from skl2onnx import convert_sklearn
+
     opsets = {"": opset, "ai.onnx.ml": _ml_opset(opset)}
     try:
         if classifier:

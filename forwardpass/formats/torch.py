@@ -25,6 +25,7 @@ from forwardpass.backends.base import Session
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, InputError
 from forwardpass.formats.base import ConvertOptions, LoadOptions, require
+from forwardpass.formats.facts import ModelFacts
 from forwardpass.formats.parity import random_samples
 from forwardpass.tensor import DataType, TensorSpec
 
@@ -183,6 +184,9 @@ class TorchScriptFormat:
         _set_threads(torch, engine)
         return TorchSession(module, self._inputs(module, path, options), torch, path)
 
+    def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
+        return ModelFacts()  # the format records nothing beyond its tensors
+
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         torch, module = self._load(path)
         session = TorchSession(module, self._inputs(module, path, options), torch, path)
@@ -274,6 +278,9 @@ class TorchExportFormat:
         torch, program = self._load(path)
         _set_threads(torch, engine)
         return TorchSession(program.module(), _program_inputs(program), torch, path)
+
+    def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
+        return ModelFacts()  # the format records nothing beyond its tensors
 
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         torch, program = self._load(path)

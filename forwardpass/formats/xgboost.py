@@ -24,6 +24,7 @@ from forwardpass.backends.base import Session
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError
 from forwardpass.formats.base import ConvertOptions, LoadOptions, require
+from forwardpass.formats.facts import ModelFacts
 from forwardpass.formats.sklearn import (
     INPUT_NAME,
     TabularSession,
@@ -145,6 +146,24 @@ class XGBoostFormat:
             thresholds.append(np.asarray(tree["split_conditions"], np.float64)[numerical])
         return threshold_samples(
             specs, n, np.concatenate([[], *features]).astype(np.int64), np.concatenate([[], *thresholds])
+        )
+
+    def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
+        checked, learner = self._read(path)
+        names = json.loads(checked)["learner"].get("feature_names") or None
+        features = tuple(str(name) for name in names) if names else None
+        if learner.objective not in CLASSIFIER_OBJECTIVES:
+            return ModelFacts(source="XGBoost", task="regression", feature_names=features)
+        # multi:softmax is served as its per-class margins (onnxmltools writes the same); the others as probabilities
+        margins = learner.objective == "multi:softmax"
+        return ModelFacts(
+            source="XGBoost",
+            task="classification",
+            classes=tuple(str(i) for i in range(max(learner.n_classes, 2))),
+            scores_output="probabilities",
+            label_output="label",
+            feature_names=features,
+            distributions={} if margins else {"probabilities": "probabilities"},
         )
 
     def _read(self, path: Path) -> tuple[bytes, Learner]:

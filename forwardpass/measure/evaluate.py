@@ -23,6 +23,7 @@ from forwardpass.errors import ForwardpassError, InputError, MissingExtraError
 from forwardpass.measure.datasets import Dataset, Example, ItemError
 from forwardpass.model import Model
 from forwardpass.pipeline import Prediction
+from forwardpass.pipeline.complete import settle_activation, task_from_labels
 from forwardpass.pipeline.outputs import Classify
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
 
 Task = Literal["classification", "regression", "embedding"]
 MAX_REPORTED_ERRORS = 20
+_SAMPLED = 64  # items run to tell logits from probabilities when the labels settle a config-less model's task
 CALIBRATION_BINS = 10
 
 
@@ -364,9 +366,16 @@ def task_of(model: Model) -> Task:
         return "regression"
     if isinstance(postprocess, EmbeddingConfig):
         return "embedding"
-    kind = getattr(postprocess, "kind", "none")
+    if postprocess is None:
+        raise InputError(
+            f"model '{model.name}' declares no task and records none, and its outputs "
+            f"{[f'{spec.name} {list(spec.shape)}' for spec in model.outputs]} do not say it with these labels; "
+            f"run 'forwardpass init {model.entry.artefact} --data DATA --label-column COLUMN' to write a config "
+            "(postprocess: kind classification or regression), review it, and eval again"
+        )
     raise InputError(
-        f"model '{model.name}' has postprocess kind '{kind}'; eval scores classification, regression or embeddings"
+        f"model '{model.name}' has postprocess kind '{postprocess.kind}'; eval scores classification, regression or "
+        "embeddings"
     )
 
 
@@ -408,6 +417,8 @@ def evaluate(
     """Score `dataset` with `model`. `batch_size`: items per forward pass (at most the model's own batch size).
     `top_k` also gives the K of an embedding model's recall@K. `positive_label`: the class whose predicted rate
     is compared between groups (default: the second of a two-class model's labels)."""
+    if model.config.postprocess is None:
+        model = with_task_from_labels(model, dataset)
     task = task_of(model)
     metric: Metric
     if task == "classification":
@@ -430,7 +441,8 @@ def evaluate(
     start = time.perf_counter()
     for first in range(0, len(dataset.items), chunk):
         items = dataset.items[first : first + chunk]
-        outcomes = iter(_predict(model, [item for item in items if isinstance(item, Example)], ranks))
+        examples = [item for item in items if isinstance(item, Example)]
+        outcomes = iter(_predict(model, examples, ranks, dataset.group_by))
         for item in items:
             if isinstance(item, ItemError):
                 report.errors.append(item)
@@ -444,9 +456,35 @@ def evaluate(
         if on_progress:
             on_progress(len(items))
     report.seconds = time.perf_counter() - start
+    if report.n == 0:
+        reason = report.errors[0].error if report.errors else "none"
+        raise InputError(f"no item of '{dataset.path}' could be scored ({report.bad} bad); the first error: {reason}")
     report.metrics = metric.result()
     report.rows = metric.rows()
     return report
+
+
+def _features(model: Model, example: Example, group_by: str | None) -> object:
+    """The example's raw input: a record keeps its group-by column only where the model takes it as a column."""
+    raw = example.raw
+    columns = model.columns
+    if isinstance(raw, dict) and group_by in raw and columns is not None and group_by not in columns:
+        return {name: value for name, value in raw.items() if name != group_by}
+    return raw
+
+
+def with_task_from_labels(model: Model, dataset: Dataset) -> Model:
+    """A config-less model whose task the labels settle (class indices for a multi-column score output), as the
+    same model with that postprocessing; else the model as it is (`task_of` then says what to declare)."""
+    examples = dataset.examples[:_SAMPLED]
+    raws = [_features(model, example, dataset.group_by) for example in examples]
+    found = task_from_labels(model.outputs, [example.label for example in dataset.examples], model.facts)
+    if found is None or not raws:
+        return model
+    postprocess, why = found
+    if isinstance(postprocess, ClassificationConfig):
+        postprocess, why = settle_activation(postprocess, why, model.predict_each(raws))
+    return model.reconfigured(postprocess, why)
 
 
 def _score(metric: Metric, prediction: Prediction, example: Example) -> str | None:
@@ -457,7 +495,9 @@ def _score(metric: Metric, prediction: Prediction, example: Example) -> str | No
     return None
 
 
-def _predict(model: Model, examples: Sequence[Example], top_k: int | None) -> list[Prediction | str]:
+def _predict(
+    model: Model, examples: Sequence[Example], top_k: int | None, group_by: str | None
+) -> list[Prediction | str]:
     """A prediction, or the error message, per example; one bad item never fails the others."""
-    outcomes = model.predict_each([example.raw for example in examples], top_k=top_k)
+    outcomes = model.predict_each([_features(model, example, group_by) for example in examples], top_k=top_k)
     return [str(outcome) if isinstance(outcome, ForwardpassError) else outcome for outcome in outcomes]

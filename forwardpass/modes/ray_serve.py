@@ -72,6 +72,7 @@ def serve_on_ray(
     replica_cpus: float = 1.0,
 ) -> None:
     """Start (or join, with `address`) Ray, deploy, serve until SIGTERM or Ctrl-C, then take the deployment down."""
+    settings = settings.checked()
     try:
         import ray
         from ray import serve

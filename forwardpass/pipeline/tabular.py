@@ -1,4 +1,12 @@
-"""Tabular records: named columns in a fixed order, standardization / min-max, imputation, one-hot categories."""
+"""Tabular records: named columns in a fixed order, standardization / min-max, imputation, one-hot categories.
+
+A record must hold exactly the model's columns: an absent column or a field that is no column is an error naming it
+(a misspelled `BMI` for `bmi` would otherwise score as if the value were missing). `impute` fills null and empty
+values only; filling absent columns too takes `impute_absent: true`.
+
+Two layouts: the columns fill one [features] input in order (the common case), or — for models that take one
+[batch, 1] input per column (skl2onnx's mixed-type pipelines) — each column its own input, text kept as text.
+"""
 
 from __future__ import annotations
 
@@ -9,48 +17,67 @@ import numpy as np
 
 from forwardpass.config import TabularColumn, TabularConfig
 from forwardpass.errors import DTypeError, InputError, MissingFieldError
-from forwardpass.tensor import DataType
+from forwardpass.pipeline.records import PLAIN_NUMBERS, check_fields, is_missing, record_number
+from forwardpass.tensor import DataType, TensorSpec
 
 __all__ = ["TabularPreprocessor"]
 
 
 class TabularPreprocessor:
-    def __init__(self, config: TabularConfig, input_name: str) -> None:
+    def __init__(self, config: TabularConfig, input_name: str, per_column: list[TensorSpec] | None = None) -> None:
         self.columns = config.columns
         self.input_name = input_name
         dtype = DataType.from_name(config.datatype).numpy_dtype
         self._dtype = dtype if dtype is not None else np.dtype(np.float32)
         self.width = sum(len(c.categories) if c.categories else 1 for c in self.columns)
+        self._names = [column.name for column in self.columns]
+        self._absent_ok = config.impute_absent
+        self._unknown_ok = config.unknown_fields == "ignore"
+        # One input per column: {column: its input's dtype}; text columns keep their text
+        self._per_column = {spec.name: spec.dtype for spec in per_column} if per_column else None
         # All-numeric columns: a record of finite numbers is scaled in one vector operation (the same float64
         # arithmetic, (value - shift) / divisor, as `_scale`); anything else takes the per-column path below.
-        self._names = [column.name for column in self.columns]
-        self._vectorized = all(column.categories is None for column in self.columns)
+        self._vectorized = self._per_column is None and all(column.categories is None for column in self.columns)
         self._shift, self._divisor = np.array([_shift_and_divisor(column) for column in self.columns]).T
 
     def __call__(self, raw: object) -> dict[str, np.ndarray]:
         if not isinstance(raw, Mapping):
             raise DTypeError(f"expected a record (a mapping of column to value), got {type(raw).__name__}")
+        if len(raw) != len(self._names) or not all(name in raw for name in self._names):
+            check_fields(raw, self._names, absent_ok=self._absent_ok, unknown_ok=self._unknown_ok)
+        if self._per_column is not None:
+            return {column.name: self._column(column, raw.get(column.name)) for column in self.columns}
         if self._vectorized:
             values = [raw.get(name) for name in self._names]
-            if set(map(type, values)) <= _PLAIN_NUMBERS:
+            if set(map(type, values)) <= PLAIN_NUMBERS:
                 numbers = np.array(values, dtype=np.float64)
                 if np.isfinite(numbers).all():
                     return {self.input_name: ((numbers - self._shift) / self._divisor).astype(self._dtype)}
         features: list[float] = []
         for column in self.columns:
-            value = raw.get(column.name)
-            if _is_missing(value):
-                if column.impute is None:
-                    raise MissingFieldError(f"record is missing column '{column.name}' (no impute value declared)")
-                value = column.impute
+            value = _filled(column, raw.get(column.name))
             if column.categories is not None:
                 features.extend(_one_hot(column, value))
             else:
                 features.append(_scale(column, _number(column.name, value)))
         return {self.input_name: np.asarray(features, dtype=self._dtype)}
 
+    def _column(self, column: TabularColumn, value: object) -> np.ndarray:
+        """One column's [1] array for its own input: text as text, numbers scaled as declared."""
+        value = _filled(column, value)
+        assert self._per_column is not None
+        dtype = self._per_column[column.name]
+        if dtype is DataType.BYTES:
+            return np.array([value if isinstance(value, str) else _text(value)], dtype=object)
+        return np.array([_scale(column, _number(column.name, value))], dtype=dtype.numpy_dtype)
 
-_PLAIN_NUMBERS = {float, int}  # exactly these types: not bool, not numeric text
+
+def _filled(column: TabularColumn, value: object) -> object:
+    if not is_missing(value):
+        return value
+    if column.impute is None:
+        raise MissingFieldError(f"column '{column.name}' is empty (no impute value declared)")
+    return column.impute
 
 
 def _shift_and_divisor(column: TabularColumn) -> tuple[float, float]:
@@ -61,22 +88,20 @@ def _shift_and_divisor(column: TabularColumn) -> tuple[float, float]:
     return 0.0, 1.0
 
 
-def _is_missing(value: object) -> bool:
-    if value is None or (isinstance(value, str) and value == ""):
-        return True
-    return isinstance(value, float | np.floating) and math.isnan(value)
-
-
 def _number(name: str, value: object) -> float:
-    if isinstance(value, bool):
-        return float(value)
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise DTypeError(f"column '{name}': {value!r} is not a number") from None
+    number = record_number(value)
+    if number is None:
+        raise DTypeError(f"column '{name}': {value!r} is not a number")
     if not math.isfinite(number):
         raise DTypeError(f"column '{name}': {value!r} is not a finite number")
     return number
+
+
+def _text(value: object) -> str:
+    """A category sent as a number: 1.0 is still the category "1"."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _scale(column: TabularColumn, value: float) -> float:
@@ -86,6 +111,6 @@ def _scale(column: TabularColumn, value: float) -> float:
 
 def _one_hot(column: TabularColumn, value: object) -> list[float]:
     categories = column.categories or []
-    if str(value) not in categories:
+    if _text(value) not in categories:
         raise InputError(f"column '{column.name}': {value!r} is not one of {categories}")
-    return [1.0 if str(value) == category else 0.0 for category in categories]
+    return [1.0 if _text(value) == category else 0.0 for category in categories]

@@ -79,6 +79,10 @@ def state_slots(
     return slots
 
 
+# Longer string ids are refused: each open sequence keeps its id, and ids are echoed in errors.
+MAX_SEQUENCE_ID_BYTES = 128
+
+
 def sequence_flags(parameters: Mapping[str, Any], model: str) -> tuple[SequenceId, bool, bool]:
     """(correlation id, start, end) from a request's parameters, as tritonclient sends them (`sequence_id`,
     `sequence_start`, `sequence_end`); Triton's rule: the id is a non-zero integer or a non-empty string."""
@@ -89,7 +93,11 @@ def sequence_flags(parameters: Mapping[str, Any], model: str) -> tuple[SequenceI
             "with every request, and 'sequence_start' with the first"
         )
     if isinstance(sequence_id, bool) or not isinstance(sequence_id, int | str):
-        raise InputError(f"parameter 'sequence_id' must be an integer or a string, got {sequence_id!r}")
+        raise InputError(f"parameter 'sequence_id' must be an integer or a string, got {type(sequence_id).__name__}")
+    if isinstance(sequence_id, str) and len(sequence_id.encode()) > MAX_SEQUENCE_ID_BYTES:
+        raise InputError(f"parameter 'sequence_id' is over {MAX_SEQUENCE_ID_BYTES} bytes")
+    if isinstance(sequence_id, int) and not 0 < sequence_id < 2**64:  # Triton's ids are uint64
+        raise InputError("parameter 'sequence_id' must be an integer from 1 to 2**64 - 1, or a string")
     flags = []
     for name in ("sequence_start", "sequence_end"):
         value = parameters.get(name, False)

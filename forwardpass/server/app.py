@@ -164,6 +164,7 @@ def asgi_app(
 
 def serve(settings: ServerSettings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully (blocking; the CLI's `forwardpass serve`)."""
+    settings = settings.checked()
     configure_logging(settings)
     import uvloop  # imported on use: only the server needs it
 

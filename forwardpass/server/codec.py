@@ -259,7 +259,10 @@ def decode_binary_tensor(
         raise ShapeError(
             f"{role} '{name}': {dtype.name} shape {shape} needs {expected} bytes, binary_data_size is {len(buffer)}"
         )
-    return np.frombuffer(buffer, dtype=numpy_dtype.newbyteorder("<")).reshape(shape)
+    try:
+        return np.frombuffer(buffer, dtype=numpy_dtype.newbyteorder("<")).reshape(shape)
+    except ValueError as exc:  # numpy's own limits: more than 64 dimensions, a dimension past intp
+        raise ShapeError(f"{role} '{name}': shape {shape} is not valid here ({exc})"[:200]) from None
 
 
 def _from_json(name: str, dtype: DataType, shape: list[int], data: object) -> np.ndarray:
@@ -282,7 +285,11 @@ def _from_json(name: str, dtype: DataType, shape: list[int], data: object) -> np
             if array.min() < limits.min or array.max() > limits.max:
                 raise DTypeError(f"input '{name}': a value is outside the {dtype.name} range")
     with np.errstate(over="ignore"):  # 1e300 as FP32 is inf, as a numpy cast gives; the model's NaN policy decides
-        return array.astype(numpy_dtype, copy=False).reshape(shape)
+        cast = array.astype(numpy_dtype, copy=False)
+    try:
+        return cast.reshape(shape)
+    except ValueError as exc:  # numpy's own limits: more than 64 dimensions, a dimension past intp
+        raise ShapeError(f"input '{name}': shape {shape} is not valid here ({exc})"[:200]) from None
 
 
 def _strings(name: str, data: object, shape: list[int], count: int) -> np.ndarray:
@@ -300,7 +307,10 @@ def _strings(name: str, data: object, shape: list[int], count: int) -> np.ndarra
         raise ShapeError(f"input '{name}': shape {shape} needs {count} values, 'data' holds {len(flat)}")
     array = np.empty(count, dtype=object)
     array[:] = flat
-    return array.reshape(shape)
+    try:
+        return array.reshape(shape)
+    except ValueError as exc:
+        raise ShapeError(f"input '{name}': shape {shape} is not valid here ({exc})"[:200]) from None
 
 
 def _numpy_dtype(name: str, dtype: DataType) -> np.dtype:
@@ -377,6 +387,8 @@ def _tf_binary_array(name: str, value: object) -> np.ndarray:
         shape = np.asarray(shape_of(value)).shape
     except ValueError:
         raise ShapeError(f"input '{name}': not a rectangular array") from None
+    except RecursionError:
+        raise ShapeError(f"input '{name}': nested too deep") from None
     array = np.empty(len(leaves), dtype=object)
     array[:] = leaves
     return array.reshape(shape)

@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 
 from forwardpass.config import ImageConfig, TextConfig
-from forwardpass.errors import DeadlineExceeded, DecodeError, ForwardpassError, InputError, NotFoundError, ShapeError
+from forwardpass.errors import (
+    DeadlineExceeded,
+    DecodeError,
+    Forbidden,
+    ForwardpassError,
+    InputError,
+    NotFoundError,
+    ShapeError,
+)
 from forwardpass.explain import explain
 from forwardpass.model import Model
 from forwardpass.pipeline import Arrays
@@ -150,9 +158,14 @@ class DataPlane:
     async def unload_model(self, name: str) -> None:
         await self._registry.unload(name)
 
-    def limits(self, name: str, version: str | None = None) -> RequestLimits:
-        """What a request to this model may be: transports check it before they decode a body (404 first)."""
+    def limits(self, name: str, version: str | None = None, *, tensors: bool = True) -> RequestLimits:
+        """What a request to this model may be: transports check it before they decode a body (404 first; 403 for
+        tensors to a decision model, whose schema check, drift window and audit row are /predict's)."""
         served = self._served(name, version)
+        if tensors and served.model.decider is not None:
+            error = _decisions_elsewhere(served.name)
+            self.metrics.failed(served.name, served.version, error)
+            raise error
         limits = self._limits.get(served)
         if limits is None:
             limits = self._limits[served] = RequestLimits.of(served)
@@ -166,6 +179,8 @@ class DataPlane:
         try:
             with served.in_use():
                 model = served.model
+                if model.decider is not None:  # its schema check, drift window and audit row are the pipeline's
+                    raise _decisions_elsewhere(served.name)
                 arrays = {tensor.name: tensor.data for tensor in request.inputs}
                 if len(arrays) != len(request.inputs):
                     raise InputError(f"model '{name}': an input is given twice: {[t.name for t in request.inputs]}")
@@ -206,6 +221,8 @@ class DataPlane:
                 top_k = _top_k(parameters)
                 raws = _items(served, raw)
                 explaining = _wants_explanation(parameters)
+                if explaining and not self._settings.explain:
+                    raise Forbidden("explanations are off on this server; start it with --explain to allow them")
                 if explaining and raws is not None:
                     raise InputError("?explain=true takes one item, not a list")
                 if inline:
@@ -310,6 +327,10 @@ def _item_outputs(served: Served, outputs: Arrays, index: int, count: int) -> Ar
             shape = list(value.shape)
             raise ShapeError(f"model '{served.name}' gave output '{key}' of shape {shape} for {count} items")
     return {key: value[index] for key, value in outputs.items()}
+
+
+def _decisions_elsewhere(name: str) -> Forbidden:
+    return Forbidden(f"model '{name}' makes audited decisions: send records to /v2/models/{name}/predict")
 
 
 def _tensor_config(spec: TensorSpec, batched: bool) -> dict[str, Any]:

@@ -171,7 +171,7 @@ class _Api:
         """The pipeline endpoint: an image (image/*), text (text/plain), a JSON record or a JSON list of records →
         the postprocessed answer (a list for a list)."""
         name, version = _model(request)
-        limits = self.dataplane.limits(name, version)  # an unknown model is a 404 before any byte is read
+        limits = self.dataplane.limits(name, version, tensors=False)  # an unknown model: 404 before any byte is read
         with self._rejections(limits):
             body = await self.guard.body(request)
             content_type = request.headers.get("content-type", JSON)

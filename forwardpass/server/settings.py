@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from forwardpass.errors import ConfigError
 from forwardpass.repository import default_repository
 
 __all__ = ["ServerSettings"]
@@ -21,6 +23,10 @@ class ServerSettings(BaseSettings):
     grpc_port: int = Field(default=8001, ge=0, le=65535, description="0: no gRPC server")
     auth_token: str | None = Field(
         default=None, description="when set, every request but the health checks needs 'Authorization: Bearer <it>'"
+    )
+    auth_token_file: Path | None = Field(default=None, description="a file holding the auth token (not on argv)")
+    allow_unauthenticated: bool = Field(
+        default=False, description="listen on a non-loopback address without a token (a trusted network only)"
     )
     max_request_bytes: int = Field(default=64 * 2**20, gt=0, description="larger request bodies are refused (413)")
     max_concurrent_requests: int = Field(
@@ -37,7 +43,40 @@ class ServerSettings(BaseSettings):
     trust_pickle: bool = Field(
         default=False, description="let pickled models (scikit-learn, joblib) load: unpickling runs code from the file"
     )
+    explain: bool = Field(
+        default=False,
+        description="answer ?explain=true on /predict (seconds of CPU and hundreds of MB each; one at a time)",
+    )
     access_log: bool = Field(default=False, description="one JSON line per request on stderr")
     poll_interval_s: float = Field(default=0.0, ge=0, description="look for new/changed models this often; 0: never")
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="on SIGTERM, how long in-flight requests may take")
     log_level: str = Field(default="warning", description="debug, info, warning, error")
+
+    def checked(self) -> ServerSettings:
+        """These settings with the token read from `auth_token_file`; a non-loopback address without a token is
+        refused unless `allow_unauthenticated` says the network is trusted (anyone reaching the port could
+        otherwise load and unload models)."""
+        settings = self
+        if self.auth_token_file is not None:
+            try:
+                token = self.auth_token_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"auth token file {self.auth_token_file}: {exc.strerror}") from None
+            if not token:
+                raise ConfigError(f"auth token file {self.auth_token_file} is empty")
+            settings = self.model_copy(update={"auth_token": token})
+        if not settings.auth_token and not settings.allow_unauthenticated and not _loopback(settings.host):
+            raise ConfigError(
+                f"refusing to listen on {settings.host} without an auth token: set FORWARDPASS_AUTH_TOKEN or "
+                "--auth-token-file, or pass --allow-unauthenticated on a trusted network"
+            )
+        return settings
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False

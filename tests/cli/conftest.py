@@ -235,7 +235,7 @@ def _input_files(files: Path, rng: np.random.Generator) -> None:
     np.save(files / "many.npy", many)
     (files / "rows.csv").write_text("a,b,c\n1,2,3\n0.5,-4,9\n", encoding="utf-8")
     (files / "no_b.csv").write_text("a,c\n1,3\n", encoding="utf-8")
-    (files / "records.json").write_text('[{"x1": 1, "x2": 2}, {"x1": 3.5}]', encoding="utf-8")
+    (files / "records.json").write_text('[{"x1": 1, "x2": 2}, {"x1": 3.5, "x2": null}]', encoding="utf-8")
 
 
 @pytest.fixture(scope="session")

@@ -420,7 +420,7 @@ def test_compare_two_bench_reports(fp: Cli, tmp_path: Path) -> None:
         (("eval", "tab_cls", "missing.csv"), "no data set at"),
         (("eval", "tab_cls", "table.csv", "--top-k", "0"), "--top-k"),
         (("eval", "tab_cls", "table.csv", "--label-column", "species"), "no column 'species'"),
-        (("eval", "vec_raw", "table.csv"), "postprocess kind 'none'"),
+        (("eval", "vec_raw", "table.csv"), "declares no task"),
         (("bench", "vec_raw", "--batch-size", "x"), "--batch-size"),
         (("bench", "vec_raw", "--duration", "0"), "--duration"),
         (("eval", "img_cls", "empty"), "holds no images"),

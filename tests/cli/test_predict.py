@@ -137,7 +137,7 @@ def test_regression_undoes_target_scaling(cli: Cli, repository: Path) -> None:
     lines = json_lines(done)
     assert [line["input"] for line in lines] == ["records.json#row1", "records.json#row2", '{"x1": -2, "x2": 7}']
     target = yaml.safe_load((repository / "tab_reg" / "config.yaml").read_text())["postprocess"]["target"]
-    features = np.array([[1, 2], [3.5, 0.5], [-2, 7]], dtype=np.float32)  # row 2 lacks x2: imputed 0.5
+    features = np.array([[1, 2], [3.5, 0.5], [-2, 7]], dtype=np.float32)  # row 2 has no x2 (null): imputed 0.5
     scaled = run_onnx(repository, "tab_reg", {"input": features})["variable"].reshape(-1)
     assert [line["value"] for line in lines] == pytest.approx(scaled * target["std"] + target["mean"], rel=1e-5)
 

@@ -101,7 +101,7 @@ def expected_value(repository: Path, record: dict[str, float]) -> float:
 
 def test_answers_come_out_while_the_pipe_is_still_open_in_order_with_errors_alone(run: Any, repository: Path) -> None:
     streaming = run("tab_reg")
-    records = [{"x1": 1.0, "x2": 2.0}, {"x1": -3.5}, {"x1": 0.25, "x2": 8.0}]
+    records = [{"x1": 1.0, "x2": 2.0}, {"x1": -3.5, "x2": None}, {"x1": 0.25, "x2": 8.0}]
     streaming.send(orjson.dumps(records[0]).decode())
     first = streaming.answer()  # stdin is still open: the answer did not wait for the input to end
     assert first == {"line": 1, "prediction": {"value": pytest.approx(expected_value(repository, records[0]))}}
@@ -126,7 +126,7 @@ def test_a_csv_file_in_one_go(run: Any, repository: Path, tmp_path: Path) -> Non
     answers = streaming.rest()
     assert [answer["line"] for answer in answers] == [2, 3]
     assert answers[0]["prediction"]["value"] == pytest.approx(expected_value(repository, {"x1": 1, "x2": 2}))
-    assert answers[1]["prediction"]["value"] == pytest.approx(expected_value(repository, {"x1": 3}))  # x2 imputed
+    assert answers[1]["prediction"]["value"] == pytest.approx(expected_value(repository, {"x1": 3, "x2": None}))  # x2 imputed
 
 
 def test_follow_reads_a_growing_file_until_interrupted(run: Any, repository: Path, tmp_path: Path) -> None:

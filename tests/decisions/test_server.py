@@ -32,7 +32,7 @@ class Server:
     def __init__(self, repository: Path) -> None:
         import asyncio
 
-        self.server = InferenceServer(ServerSettings(repository=repository, http_port=0, grpc_port=0))
+        self.server = InferenceServer(ServerSettings(repository=repository, http_port=0, grpc_port=0, explain=True))
         self._started = threading.Event()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

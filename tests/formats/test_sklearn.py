@@ -39,11 +39,12 @@ TOLERANCE = 1e-4
 
 
 def split(loader: Callable[..., Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Train features, train targets, held-out features (float32, >= 32 rows)."""
+    """Train features, train targets, held-out features (float64 holding float32 values, >= 32 rows: the
+    converted model casts its FP64 input to FP32 as scikit-learn's trees do, so both see the same numbers)."""
     features, targets = loader(return_X_y=True)
     train_x, test_x, train_y, _ = train_test_split(features, targets, test_size=0.3, random_state=0)
     assert len(test_x) >= 32
-    return train_x.astype(np.float32), train_y, test_x.astype(np.float32)
+    return train_x.astype(np.float32).astype(np.float64), train_y, test_x.astype(np.float32).astype(np.float64)
 
 
 def save(estimator: Any, path: Path) -> Path:

@@ -19,8 +19,9 @@ TRAIN = np.array(
 NEW = np.array([[50.0, 24.0, 77.0, 120.0], [19.0, 40.5, 101.0, 65.0], [70.0, 18.0, 60.0, 210.0]])
 
 
-def preprocessor(columns: list[TabularColumn], datatype: str = "FP32") -> TabularPreprocessor:
-    return TabularPreprocessor(TabularConfig(kind="tabular", columns=columns, datatype=datatype), "features")
+def preprocessor(columns: list[TabularColumn], datatype: str = "FP32", **options: object) -> TabularPreprocessor:
+    config = TabularConfig.model_validate({"kind": "tabular", "columns": columns, "datatype": datatype, **options})
+    return TabularPreprocessor(config, "features")
 
 
 def records(rows: np.ndarray) -> list[dict[str, float]]:
@@ -33,7 +34,16 @@ def test_columns_follow_the_config_not_the_record():
     backward = pre({"c": 3, "b": 2, "a": 1})["features"]
     np.testing.assert_array_equal(forward, [3.0, 1.0, 2.0])
     np.testing.assert_array_equal(backward, forward)
-    assert pre({"a": 1, "b": 2, "c": 3, "extra": "ignored"})["features"].tolist() == [3.0, 1.0, 2.0]
+
+
+def test_a_field_that_is_no_column_is_refused_with_the_nearest_column():
+    pre = preprocessor([TabularColumn(name=name) for name in ["age", "bmi"]])
+    with pytest.raises(InputError, match=r"unknown field 'BMI' \(did you mean 'bmi'\?\)"):
+        pre({"age": 1, "BMI": 2})
+    with pytest.raises(InputError, match="unknown field 'extra'"):
+        pre({"age": 1, "bmi": 2, "extra": 3})
+    ignoring = preprocessor([TabularColumn(name=name) for name in ["age", "bmi"]], unknown_fields="ignore")
+    assert ignoring({"age": 1, "bmi": 2, "extra": "ignored"})["features"].tolist() == [1.0, 2.0]
 
 
 def test_output_dtype_and_width():
@@ -67,27 +77,34 @@ def test_minmax_scaling_equals_sklearn():
     np.testing.assert_allclose(got, scaler.transform(NEW).astype(np.float32), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("missing", ["absent", None, "", float("nan"), np.float64("nan"), np.float32("nan")])
-def test_impute_fills_missing_values(missing: object):
-    pre = preprocessor(
-        [
-            TabularColumn(name="age", transform="standard", mean=40.0, std=10.0, impute=40.0),
-            TabularColumn(name="bmi", impute=25.5),
-        ]
-    )
-    record = {"age": 50} if missing == "absent" else {"age": 50, "bmi": missing}
-    np.testing.assert_allclose(pre(record)["features"], [1.0, 25.5])
+IMPUTED = [
+    TabularColumn(name="age", transform="standard", mean=40.0, std=10.0, impute=40.0),
+    TabularColumn(name="bmi", impute=25.5),
+]
+
+
+@pytest.mark.parametrize("missing", [None, "", float("nan"), np.float64("nan"), np.float32("nan")])
+def test_impute_fills_null_and_empty_values(missing: object):
+    np.testing.assert_allclose(preprocessor(IMPUTED)({"age": 50, "bmi": missing})["features"], [1.0, 25.5])
+
+
+def test_an_absent_column_is_an_error_even_with_an_impute_value_unless_opted_in():
+    with pytest.raises(MissingFieldError, match="missing column 'bmi'"):
+        preprocessor(IMPUTED)({"age": 50})
+    with pytest.raises(MissingFieldError, match="missing column 'age', 'bmi'"):
+        preprocessor(IMPUTED)({})
+    np.testing.assert_allclose(preprocessor(IMPUTED, impute_absent=True)({"age": 50})["features"], [1.0, 25.5])
 
 
 def test_impute_a_category():
     pre = preprocessor([TabularColumn(name="sex", categories=["f", "m"], impute="f")])
-    assert pre({})["features"].tolist() == [1.0, 0.0]
+    assert pre({"sex": None})["features"].tolist() == [1.0, 0.0]
     assert pre({"sex": "m"})["features"].tolist() == [0.0, 1.0]
 
 
 def test_numbers_as_strings_and_bools_are_accepted():
-    pre = preprocessor([TabularColumn(name="a"), TabularColumn(name="b")])
-    np.testing.assert_allclose(pre({"a": "3.5", "b": True})["features"], [3.5, 1.0])
+    pre = preprocessor([TabularColumn(name="a"), TabularColumn(name="b"), TabularColumn(name="c")])
+    np.testing.assert_allclose(pre({"a": "3.5", "b": True, "c": "false"})["features"], [3.5, 1.0, 0.0])
 
 
 def test_one_hot_categories():

@@ -154,7 +154,7 @@ def test_kubernetes_manifest_matches_the_image():
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 10001
     container = pod["containers"][0]
-    env = {item["name"]: item["value"] for item in container["env"]}
+    env = {item["name"]: item.get("value") for item in container["env"]}
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"http": int(env["FORWARDPASS_HTTP_PORT"]), "grpc": int(env["FORWARDPASS_GRPC_PORT"])}
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
@@ -162,13 +162,18 @@ def test_kubernetes_manifest_matches_the_image():
     assert {port["targetPort"] for port in service["spec"]["ports"]} == set(ports)
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert pod["terminationGracePeriodSeconds"] > 30  # longer than the server's own grace for requests in flight
+    # listening on 0.0.0.0 needs a token (from a Secret); the audit log lives on a volume beside a read-only root
+    token = next(item for item in container["env"] if item["name"] == "FORWARDPASS_AUTH_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"]["name"] == "forwardpass-auth"
+    audit_folder = Path(env["FORWARDPASS_AUDIT_LOG"]).parent.as_posix()
+    assert audit_folder in {mount["mountPath"] for mount in container["volumeMounts"]}
 
 
 def test_kserve_inference_service_points_at_the_v2_api():
     (service,) = manifests("kserve-inferenceservice.yaml")
     assert service["apiVersion"] == "serving.kserve.io/v1beta1" and service["kind"] == "InferenceService"
     container = service["spec"]["predictor"]["containers"][0]
-    env = {item["name"]: item["value"] for item in container["env"]}
+    env = {item["name"]: item.get("value") for item in container["env"]}
     port = int(env["FORWARDPASS_HTTP_PORT"])
     assert container["ports"][0]["containerPort"] == port
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": port}

@@ -1,0 +1,160 @@
+"""What a model file says about itself beyond its tensors: the task, the classes in score order, the feature names
+in input order, which outputs already are probability distributions, whether the first dimension is a batch.
+
+Each format reads what its framework records (`Format.facts`); an ONNX graph is read here (`onnx_facts`). These
+facts fill what a config leaves out and check what it declares (`forwardpass.pipeline.complete`): nothing is
+guessed from names alone where the model says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["ModelFacts", "merge_facts", "onnx_facts"]
+
+Task = Literal["classification", "regression"]
+
+# Ops whose output is already a distribution over its last axis (softmax) or per element (sigmoid).
+_DISTRIBUTION_OPS = {"Softmax": "softmax", "Sigmoid": "sigmoid"}
+# Ops that pass a tensor on unchanged in value: the op before them decides.
+_PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
+# ai.onnx.ml classifiers: (label output, scores output), scores post-transformed to probabilities by converters.
+_ML_CLASSIFIERS = {"LinearClassifier", "TreeEnsembleClassifier", "SVMClassifier"}
+# Names converters give a classifier's probability output next to its label output (skl2onnx, onnxmltools).
+PROBABILITY_NAMES = ("probabilities", "output_probability", "probability", "probs")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFacts:
+    """Everything optional: a format says what it knows. `source` names who said it, for the reasons shown."""
+
+    source: str = ""
+    task: Task | None = None
+    classes: tuple[str, ...] | None = None  # class labels, in the order of the score columns
+    scores_output: str | None = None  # the output holding one score per class
+    label_output: str | None = None  # the output holding the predicted class itself
+    feature_names: tuple[str, ...] | None = None  # the columns, in the model's input order
+    string_features: frozenset[str] = frozenset()  # columns the model takes as text (categories)
+    distributions: dict[str, str] = field(default_factory=dict)  # output → "softmax" | "sigmoid" | "probabilities"
+    decision_scores: bool = False  # a classifier's scores are a decision function, not probabilities
+    batch_first: bool | None = None  # None: the format's convention (batch first), unchecked
+
+
+def merge_facts(framework: ModelFacts, graph: ModelFacts | None) -> ModelFacts:
+    """The framework's word on task, classes and features; the ONNX graph's on distributions and the batch axis."""
+    if graph is None:
+        return framework
+    return replace(
+        framework,
+        source=framework.source or graph.source,
+        task=framework.task or graph.task,
+        classes=framework.classes or graph.classes,
+        scores_output=framework.scores_output or graph.scores_output,
+        label_output=framework.label_output or graph.label_output,
+        feature_names=framework.feature_names or graph.feature_names,
+        distributions={**graph.distributions, **framework.distributions},
+        batch_first=graph.batch_first,
+    )
+
+
+def onnx_facts(path: Path) -> ModelFacts:
+    """Facts read from an ONNX graph (weights not loaded): classifier nodes and their class labels, ZipMap, a final
+    Softmax/Sigmoid, `metadata_props` labels, and whether inputs and outputs share a symbolic first dimension."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # unreadable files are ONNX Runtime's to report, with its own message
+        return ModelFacts(source="ONNX graph")
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    outputs = [value.name for value in graph.output]
+    facts: dict[str, Any] = {"source": "ONNX graph", "distributions": {}}
+    for name in outputs:
+        kind = _distribution_of(name, producers)
+        if kind is not None:
+            facts["distributions"][name] = kind
+    classifier = next((node for node in graph.node if node.op_type in _ML_CLASSIFIERS), None)
+    zipmap = next((node for node in graph.node if node.op_type == "ZipMap"), None)
+    labelled = zipmap or classifier
+    if labelled is not None:
+        facts["task"] = "classification"
+        facts["classes"] = _class_labels(labelled)
+        label, scores = _label_and_scores(outputs, graph)
+        facts["label_output"], facts["scores_output"] = label, scores
+        if scores is not None:
+            facts["distributions"].setdefault(scores, "probabilities")
+    elif any(node.op_type in ("LinearRegressor", "TreeEnsembleRegressor", "SVMRegressor") for node in graph.node):
+        facts["task"] = "regression"
+    declared = _metadata_labels(model)
+    if declared is not None:
+        facts["classes"] = declared
+    facts["batch_first"] = _shares_first_dim(graph)
+    return ModelFacts(**facts)
+
+
+def _distribution_of(name: str, producers: dict[str, Any]) -> str | None:
+    node = producers.get(name)
+    while node is not None and node.op_type in _PASS_THROUGH and node.input:
+        node = producers.get(node.input[0])
+    return None if node is None else _DISTRIBUTION_OPS.get(node.op_type)
+
+
+def _class_labels(node: Any) -> tuple[str, ...] | None:
+    for attribute in node.attribute:
+        if attribute.name == "classlabels_int64s" and attribute.ints:
+            return tuple(str(value) for value in attribute.ints)
+        if attribute.name == "classlabels_strings" and attribute.strings:
+            return tuple(value.decode() for value in attribute.strings)
+    return None
+
+
+def _label_and_scores(outputs: list[str], graph: Any) -> tuple[str | None, str | None]:
+    """The converters' two outputs: a 1-D label tensor and the per-class scores (a tensor, or ZipMap's maps)."""
+    types = {value.name: value.type for value in graph.output}
+    label = next((name for name in outputs if types[name].HasField("tensor_type") and _rank(types[name]) == 1), None)
+    scores = next((name for name in outputs if name != label and name.lower() in PROBABILITY_NAMES), None)
+    if scores is None:
+        scores = next((name for name in outputs if name != label), None)
+    return label, scores
+
+
+def _rank(value_type: Any) -> int:
+    return len(value_type.tensor_type.shape.dim) if value_type.tensor_type.HasField("shape") else -1
+
+
+def _metadata_labels(model: Any) -> tuple[str, ...] | None:
+    """Class labels an exporter left in `metadata_props` as a JSON list (keys "labels" or "classes")."""
+    for prop in model.metadata_props:
+        if prop.key in ("labels", "classes"):
+            try:
+                labels = json.loads(prop.value)
+            except ValueError:
+                continue
+            if isinstance(labels, list) and labels:
+                return tuple(str(label) for label in labels)
+    return None
+
+
+def _shares_first_dim(graph: Any) -> bool | None:
+    """True when every input and output has the same symbolic first dimension (a batch axis); False when one has a
+    fixed or another first dimension; None when the graph names none (batch-first is then unchecked)."""
+    initializers = {init.name for init in graph.initializer}
+    firsts = []
+    for value in [*[v for v in graph.input if v.name not in initializers], *graph.output]:
+        if not value.type.HasField("tensor_type"):
+            continue  # ZipMap's sequence of maps: one map per row
+        dims = value.type.tensor_type.shape.dim
+        if not dims:
+            return False
+        first = dims[0]
+        firsts.append(first.dim_param if first.HasField("dim_param") else first.dim_value if first.dim_value else "")
+    if not firsts:
+        return None
+    if any(isinstance(first, int) for first in firsts):
+        return False
+    named = {first for first in firsts if first and not first.startswith("unk__")}  # tf2onnx's unnamed dims
+    return len(named) <= 1
