@@ -19,6 +19,7 @@ __all__ = [
     "AnomalyConfig",
     "ClassificationConfig",
     "ClusterConfig",
+    "CtcConfig",
     "DecisionConfig",
     "DecisionRule",
     "DetectionConfig",
@@ -31,6 +32,7 @@ __all__ = [
     "InputSchemaConfig",
     "InteractionsConfig",
     "ModelConfig",
+    "PipelineConfig",
     "PostprocessConfig",
     "PreprocessConfig",
     "RawConfig",
@@ -39,10 +41,12 @@ __all__ = [
     "SequenceBatchingConfig",
     "SequenceStateConfig",
     "SourceConfig",
+    "StepConfig",
     "TabularColumn",
     "TabularConfig",
     "TensorConfig",
     "TextConfig",
+    "TextDetectionConfig",
 ]
 
 
@@ -84,6 +88,17 @@ class ImageConfig(_Strict):
     multiple_of: int | None = Field(
         default=None, gt=0, description="round each side of the resized image to the nearest multiple of this"
     )
+    text_line: tuple[int, int] | None = Field(
+        default=None,
+        description="[height, width]: a text line resized as PaddleOCR does, to this height keeping its aspect "
+        "(width rounded up), padded on the right to width with pad_value",
+    )
+    text_line_overflow: Literal["squeeze", "extend"] = Field(
+        default="squeeze", description="a text line wider than width: squeezed into it, or kept (the input wider)"
+    )
+    resize_with: Literal["pillow", "opencv"] = Field(
+        default="pillow", description="opencv: cv2.resize, for models whose training resized with OpenCV"
+    )
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
     scale: float = 1.0 / 255.0
     mean: list[float] = [0.0]
@@ -101,6 +116,8 @@ class ImageConfig(_Strict):
             raise ValueError(f"resize sets the size itself; remove {[s for s in sized if s != 'resize']}")
         if self.letterbox is not None and (self.crop is not None or self.multiple_of is not None):
             raise ValueError("letterbox gives the exact size: crop and multiple_of do not apply")
+        if self.text_line is not None and len(sized) > 0:
+            raise ValueError(f"text_line sets the size itself; remove {sized}")
         if self.pad_first and self.letterbox is None:
             raise ValueError("pad_first applies to letterbox only; set letterbox: [height, width]")
         return self
@@ -124,7 +141,11 @@ class TabularColumn(_Strict):
     std: float = 1.0
     min: float = 0.0
     max: float = 1.0
-    impute: float | str | None = Field(default=None, description="value used when the column is missing or empty")
+    impute: float | str | None = Field(
+        default=None,
+        description="value used when the record's value is null or empty (an absent column is an error unless "
+        "the tabular section sets impute_absent: true)",
+    )
     categories: list[str] | None = Field(default=None, description="one-hot encode into len(categories) features")
 
     @model_validator(mode="after")
@@ -138,9 +159,19 @@ class TabularColumn(_Strict):
 
 class TabularConfig(_Strict):
     kind: Literal["tabular"]
-    input: str | None = None
+    input: str | None = Field(
+        default=None,
+        description="the input tensor the columns fill, in order (default: the model's only input); a model that "
+        "takes one [batch, 1] input per column (skl2onnx's mixed-type pipelines) gets each column in its own input",
+    )
     datatype: str = "FP32"
     columns: list[TabularColumn] = Field(min_length=1)
+    impute_absent: bool = Field(
+        default=False, description="true: a column absent from a record gets its impute value; false: an error"
+    )
+    unknown_fields: Literal["refuse", "ignore"] = Field(
+        default="refuse", description="a record's field that is no column: refused with its name, or ignored"
+    )
 
 
 class InteractionsConfig(_Strict):
@@ -158,9 +189,21 @@ PreprocessConfig = Annotated[ImageConfig | TextConfig | TabularConfig | Interact
 
 class ClassificationConfig(_Strict):
     kind: Literal["classification"]
-    output: str | None = None
-    activation: Literal["softmax", "sigmoid", "none"] = "softmax"
-    labels: str | list[str] | None = Field(default=None, description="a file in the model folder, or a list")
+    output: str | None = Field(
+        default=None,
+        description="the output holding one score per class (default: the one the model marks as its class "
+        "scores, else its only floating-point output)",
+    )
+    activation: Literal["softmax", "sigmoid", "none"] | None = Field(
+        default=None,
+        description="applied to the scores (default: none when the model already outputs probabilities, as a "
+        "final Softmax/Sigmoid or a converter's 'probabilities'; sigmoid for one score; softmax for logits)",
+    )
+    labels: str | list[str] | None = Field(
+        default=None,
+        description="class names in score order: a file in the model folder, or a list (default: the classes the "
+        "model records)",
+    )
     top_k: int = Field(default=5, gt=0)
 
 
@@ -174,7 +217,7 @@ class TargetScaling(_Strict):
 
 class RegressionConfig(_Strict):
     kind: Literal["regression"]
-    output: str | None = None
+    output: str | None = Field(default=None, description="the output holding the value (default: the only float one)")
     target: TargetScaling | None = None
 
 
@@ -285,6 +328,31 @@ class DetectionConfig(_Strict):
         return self
 
 
+class TextDetectionConfig(_Strict):
+    """DBNet's probability map → text boxes (quadrilaterals in original pixels), as PaddleOCR's DBPostProcess:
+    threshold, dilate, contours, min-area rectangles scored on the map, expanded by the unclip ratio."""
+
+    kind: Literal["text_detection"]
+    output: str | None = None
+    threshold: float = Field(default=0.3, ge=0, le=1, description="map pixels above this are text")
+    box_threshold: float = Field(default=0.5, ge=0, le=1, description="boxes whose mean map score is below: dropped")
+    unclip_ratio: float = Field(default=1.6, gt=0, description="how far a box grows: area * ratio / perimeter")
+    max_candidates: int = Field(default=1000, gt=0)
+    min_size: int = Field(default=3, ge=0, description="boxes with a side shorter than this (map pixels): dropped")
+    dilate: bool = Field(default=True, description="dilate the thresholded map with a 2 x 2 kernel first")
+
+
+class CtcConfig(_Strict):
+    """Greedy CTC decoding of a recognizer's [time, classes] scores: best class per step, repeats merged, blanks
+    dropped → text, its mean score and each character's."""
+
+    kind: Literal["ctc"]
+    output: str | None = None
+    characters: str | list[str] = Field(description="the character of each class: a file (one a line), or a list")
+    blank: int = Field(default=0, ge=0, description="the blank class; characters fill the other classes in order")
+    space: bool = Field(default=False, description="a space follows the characters as the last class (PaddleOCR)")
+
+
 PostprocessConfig = Annotated[
     ClassificationConfig
     | RegressionConfig
@@ -293,7 +361,9 @@ PostprocessConfig = Annotated[
     | AnomalyConfig
     | ClusterConfig
     | RecommendationConfig
-    | DetectionConfig,
+    | DetectionConfig
+    | TextDetectionConfig
+    | CtcConfig,
     Field(discriminator="kind"),
 ]
 
@@ -414,6 +484,35 @@ class SequenceBatchingConfig(_Strict):
     idle_timeout_s: float = Field(default=60.0, gt=0, description="a sequence with no request for this long is freed")
 
 
+class StepConfig(_Strict):
+    """One step of a pipeline of models: another model of the repository, run on the request's image or on crops
+    of the regions the first step found."""
+
+    model: str = Field(min_length=1, description="a model of the same repository")
+    input: Literal["image", "crops"] = Field(
+        default="image", description="image: the request's image (the first step); crops: each region, cut upright"
+    )
+    key: str | None = Field(default=None, description="each region's field for this step's answer (None: merged)")
+    rotate_label: str | None = Field(
+        default=None, description="a classifier step: crops it labels so are turned 180 degrees for later steps"
+    )
+    rotate_min_score: float = Field(default=0.9, ge=0, le=1, description="only when its score is above this")
+    min_score: float | None = Field(default=None, description="regions whose score at this step is below: dropped")
+
+
+class PipelineConfig(_Strict):
+    """Triton's ensemble, declared: the first step finds regions in the image (detection or text_detection), each
+    later step runs on every region's crop; the answer is the regions with every step's findings."""
+
+    steps: list[StepConfig] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> PipelineConfig:
+        if self.steps[0].input != "image" or any(step.input != "crops" for step in self.steps[1:]):
+            raise ValueError("the first step reads the image, every later step the crops")
+        return self
+
+
 class ModelConfig(_Strict):
     description: str = ""
     max_batch_size: int = Field(default=0, ge=0, description="0: no server-side batching")
@@ -435,6 +534,11 @@ class ModelConfig(_Strict):
     input_schema: InputSchemaConfig | None = None
     profile: str | None = Field(default=None, description="the training data's reference profile (drift), a file")
     generation: GenerationConfig | None = None
+    pipeline: PipelineConfig | None = Field(default=None, description="a pipeline of other models, not a model file")
+    constants: dict[str, float | int | str | list[Any]] = Field(
+        default={},
+        description="inputs fed a fixed value on every forward pass (e.g. sr: 16000); clients never send them",
+    )
 
     @model_validator(mode="after")
     def _check_batching(self) -> ModelConfig:
@@ -473,7 +577,7 @@ class ModelConfig(_Strict):
 _KINDS = {
     "preprocess": "'image', 'text', 'tabular', 'interactions'",
     "postprocess": "'classification', 'regression', 'embedding', 'raw', 'anomaly', 'cluster', 'recommendation', "
-    "'detection'",
+    "'detection', 'text_detection', 'ctc'",
 }
 
 

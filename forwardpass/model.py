@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -10,12 +10,22 @@ import numpy as np
 from pydantic import ValidationError
 
 from forwardpass.backends.base import Session
-from forwardpass.config import ClassificationConfig, EngineConfig, ModelConfig
+from forwardpass.config import ClassificationConfig, EngineConfig, ModelConfig, PostprocessConfig, TabularConfig
 from forwardpass.decisions import AuditLog, Decider
 from forwardpass.decisions.audit import Decided
 from forwardpass.errors import ConfigError, ForwardpassError, InputError, NotFoundError, ShapeError
-from forwardpass.formats import SERVE_MODES, ServeMode, Serving, load_options, open_model_session, open_served
+from forwardpass.formats import (
+    SERVE_MODES,
+    ModelFacts,
+    ServeMode,
+    Serving,
+    load_options,
+    model_facts,
+    open_model_session,
+    open_served,
+)
 from forwardpass.pipeline import Arrays, Pipeline, Prediction
+from forwardpass.pipeline.complete import check, complete
 from forwardpass.quality import InputWindow, Profile, SchemaCheck
 from forwardpass.repository import CONFIG_FILE, ModelEntry, Repository, default_repository, find_artefact, versions_in
 from forwardpass.tensor import TensorSpec
@@ -30,16 +40,31 @@ _EVERY_CLASS = 1 << 30
 
 class Model:
     def __init__(
-        self, entry: ModelEntry, config: ModelConfig, session: Session, engine: EngineConfig, serving: Serving
+        self,
+        entry: ModelEntry,
+        config: ModelConfig,
+        session: Session,
+        engine: EngineConfig,
+        serving: Serving,
+        facts: ModelFacts | None = None,
     ) -> None:
         self.entry = entry
         self.engine = engine  # the effective engine options: the config's `engine:` plus load()'s overrides
         self.serving = serving  # the artefact's format, and whether its framework or ONNX Runtime runs it (and why)
         self.name = entry.name
         self.version = entry.version
-        self.config = config
+        self.facts = facts or ModelFacts()
+        specs = _apply_overrides(session.inputs, config)
+        specs_by_name = {spec.name: spec for spec in specs}
+        # The config every mode uses: declared, else inferred from the model (each inferred field says why)
+        self.config, self.inferred = complete(config, specs, session.outputs, self.facts)
+        source = str(entry.config_path or entry.artefact)
+        check(self.config, specs, session.outputs, self.facts, entry.directory, source)
+        config = self.config
         self.session = session
-        self.inputs = _apply_overrides(session.inputs, config)
+        self.constants = _constants(config, specs)  # fed on every forward pass, never sent by clients
+        self._batched_constants = {name for name in self.constants if specs_by_name[name].shape[:1] == (-1,)}
+        self.inputs = [spec for spec in specs if spec.name not in self.constants]
         self.outputs = session.outputs
         self._input_specs = {spec.name: spec for spec in self.inputs}
         self._item_specs = {spec.name: spec.unbatched() for spec in self.inputs}
@@ -54,6 +79,19 @@ class Model:
         self.window = InputWindow(self.profile) if self.profile is not None else None  # recent inputs, for drift
         self._version = str(self.version or "")
 
+    @property
+    def columns(self) -> list[str] | None:
+        """The record fields a tabular model takes, in order; None for other models."""
+        preprocess = self.config.preprocess
+        return [column.name for column in preprocess.columns] if isinstance(preprocess, TabularConfig) else None
+
+    def reconfigured(self, postprocess: PostprocessConfig, why: str) -> Model:
+        """This model, on the same session, with postprocessing settled from data (`forwardpass eval` / `init`)."""
+        config = self.config.model_copy(update={"postprocess": postprocess})
+        model = Model(self.entry, config, self.session, self.engine, self.serving, self.facts)
+        model.inferred = {**self.inferred, "postprocess": why}
+        return model
+
     def __repr__(self) -> str:
         return f"Model({self.name!r}, version={self.version}, providers={self.session.providers})"
 
@@ -67,7 +105,21 @@ class Model:
 
     def forward(self, batch: Arrays) -> Arrays:
         """The forward pass of arrays that `validate` already returned (a server validates before batching)."""
-        return self.session.run(batch)
+        return self.session.run(self.with_constants(batch)) if self.constants else self.session.run(batch)
+
+    def runner(self, session: Session) -> Callable[[Arrays], Arrays]:
+        """`session.run` for validated batches, with the config's constant inputs added (a server's instances)."""
+        if not self.constants:
+            return session.run
+        return lambda batch: session.run(self.with_constants(batch))
+
+    def with_constants(self, batch: Arrays) -> Arrays:
+        """The batch plus each constant input: as declared for a rank-0 input, else repeated along the batch."""
+        rows = len(next(iter(batch.values()))) if batch else 1
+        fed = dict(batch)
+        for name, value in self.constants.items():
+            fed[name] = np.repeat(value[None], rows, 0) if name in self._batched_constants else value
+        return fed
 
     def preprocess(self, raw: object) -> Arrays:
         """One raw item (image path/bytes, text, record, array) → validated arrays without the batch dimension.
@@ -173,6 +225,20 @@ class Model:
         return {name: spec.validate(arrays[name]) for name, spec in specs.items()}
 
 
+def _constants(config: ModelConfig, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """The config's `constants:` as arrays of their inputs' dtypes, without the batch dimension."""
+    by_name = {spec.name: spec for spec in specs}
+    arrays = {}
+    for name, value in config.constants.items():
+        spec = by_name[name]  # `check` refused constants for inputs the model does not have
+        item = spec if not spec.shape or spec.shape[0] != -1 else spec.unbatched()
+        try:
+            arrays[name] = item.validate(np.asarray(value))
+        except ForwardpassError as exc:
+            raise ConfigError(f"constants.{name}: {exc}; give a value of shape {list(item.shape)}") from None
+    return arrays
+
+
 def _apply_overrides(specs: list[TensorSpec], config: ModelConfig) -> list[TensorSpec]:
     """Config entries under `inputs:` may only restate what the model says, plus the NaN/inf policy."""
     by_name = {spec.name: spec for spec in specs}
@@ -257,4 +323,8 @@ def load(
         raise ConfigError(f"serve='{serve}' is not a serve mode; use one of {', '.join(SERVE_MODES)}")
     options, convert = load_options(config.source, trust_pickle=trust_pickle, signature=signature)
     session, serving = open_model_session(entry.artefact, engine, options, serve or config.source.serve, convert)
-    return Model(entry, config, session, engine, serving)
+    try:
+        return Model(entry, config, session, engine, serving, model_facts(serving))
+    except BaseException:
+        session.close()  # refused at load: nothing of it stays open
+        raise

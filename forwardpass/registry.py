@@ -269,7 +269,7 @@ class ModelRegistry:
         sessions = [model.session, *(model.open_session() for _ in range(config.instances - 1))]
         max_batch_size = config.max_batch_size if model.batchable else 0
         batching = config.dynamic_batching
-        runners: list[Runner] = [session.run for session in sessions]
+        runners: list[Runner] = [model.runner(session) for session in sessions]
         batcher = Batcher(
             runners,
             max_batch_size=max_batch_size,

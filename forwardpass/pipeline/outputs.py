@@ -59,6 +59,7 @@ class Classify:
         self.activation = config.activation
         self.labels = labels
         self.top_k = config.top_k
+        self._binary = labels is None or len(labels) == 2  # one label names the single score's class alone
 
     def __call__(self, outputs: Row, inputs: Row, top_k: int | None = None) -> Prediction:
         scores = outputs[self.output].astype(np.float64).reshape(-1)
@@ -66,6 +67,8 @@ class Classify:
             scores = _softmax(scores)
         elif self.activation == "sigmoid":
             scores = 1.0 / (1.0 + np.exp(-scores))
+        if scores.size == 1 and self._binary:  # one score: the second class's probability (a binary classifier)
+            scores = np.array([1.0 - scores[0], scores[0]])
         k = min(top_k or self.top_k, scores.size)
         best = np.argsort(-scores, kind="stable")[:k]
         ranked = [{"label": self._label(int(i)), "index": int(i), "score": float(scores[i])} for i in best]
