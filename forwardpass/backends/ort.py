@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, InputError
@@ -77,6 +77,8 @@ class OrtSession:
             results = self._session.run(self._output_names, inputs)
         except (InvalidArgument, ValueError) as exc:
             raise InputError(f"the model refused the input: {str(exc).splitlines()[0]}") from None
+        except (Fail, RuntimeException) as exc:  # a kernel failing on this input's values or sizes (e.g. a Reshape)
+            raise InputError(f"the model failed on this input: {str(exc).splitlines()[0]}") from None
         named = dict(zip(self._output_names, results))  # noqa: B905 -- ORT returns one result per name; hot path
         for name in self._maps:
             named[name] = np.array([list(row.values()) for row in named[name]], dtype=np.float32)

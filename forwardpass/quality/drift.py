@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from forwardpass.errors import MissingExtraError
+from forwardpass.pipeline.records import PLAIN_NUMBERS, record_number
 from forwardpass.quality.profile import Profile, bin_counts
 
 __all__ = ["KS_ALPHA", "PSI_LIMIT", "FeatureDrift", "InputWindow", "drift_report", "psi"]
@@ -82,7 +83,7 @@ class InputWindow:
 
     def add(self, record: Mapping[str, object]) -> None:
         values = [record.get(name) for name in self.names]
-        row = values if set(map(type, values)) <= _PLAIN_NUMBERS else [_number(value) for value in values]
+        row = values if set(map(type, values)) <= PLAIN_NUMBERS else [_number(value) for value in values]
         with self._lock:
             self._values[self._next] = row
             self._next = (self._next + 1) % len(self._values)
@@ -100,13 +101,6 @@ class InputWindow:
         return drift_report(self.profile, self.recent())
 
 
-_PLAIN_NUMBERS = {float, int}  # taken as they are; anything else goes through `_number`
-
-
 def _number(value: object) -> float:
-    if isinstance(value, bool) or value is None:
-        return math.nan
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return math.nan
+    number = record_number(value)
+    return math.nan if number is None else number

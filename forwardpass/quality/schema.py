@@ -13,6 +13,7 @@ import numpy as np
 
 from forwardpass.config import FieldSchema, InputSchemaConfig
 from forwardpass.errors import SchemaError
+from forwardpass.pipeline.records import PLAIN_NUMBERS, record_number
 
 __all__ = ["SchemaCheck"]
 
@@ -52,7 +53,7 @@ class SchemaCheck:
         """True when every field holds a finite int or float within its bounds (and whole where it must be), and
         the record has no field beyond the schema unless allowed: then `_check` would find nothing either."""
         values = [raw.get(name) for name in self._names]
-        if not set(map(type, values)) <= _PLAIN_NUMBERS:
+        if not set(map(type, values)) <= PLAIN_NUMBERS:
             return False
         if not self.allow_extra and len(raw) != len(values):  # every field is there: more keys are extra ones
             return False
@@ -61,9 +62,6 @@ class SchemaCheck:
         if self._integer.any():
             fine &= ~self._integer | (numbers == np.floor(numbers))
         return bool(fine.all())
-
-
-_PLAIN_NUMBERS = {float, int}  # exactly these types: not bool, not numeric text
 
 
 def _missing(value: object) -> bool:
@@ -93,14 +91,12 @@ def _check(name: str, rule: FieldSchema, value: object) -> str | None:
 
 
 def _as_number(value: object) -> float | None:
-    """Numbers, and numeric text (CSV cells are text); never booleans."""
-    if isinstance(value, bool):
+    """A finite number by the one rule records follow (`record_number`), but a boolean is no number to a schema:
+    its `number` and `integer` types check what was sent, not what the model will make of it."""
+    if isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in ("true", "false")):
         return None
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+    number = record_number(value)
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _text(value: object) -> str:
