@@ -42,6 +42,7 @@ HELDOUT = Path(__file__).with_name("heldout.txt")  # plain prose written for thi
 # The largest perplexity / FP32 perplexity a variant may have; beyond it nothing is written.
 BOUNDS: dict[str, float] = {"int4": 1.10, "int8": 1.02}
 SPEED_TOKENS = 32
+INT4_OPSET = 21  # the first opset with 4-bit types, which the quantizer's graphs declare
 
 
 def quantize_decoder(
@@ -69,6 +70,7 @@ def quantize_decoder(
     DecoderLayout.of(original.session, original.name)  # refuse what is not a KV-cache decoder before any work
     graph = onnx.load(str(source))
     untied = tied.untie(graph)
+    graph = _at_least_opset(graph, INT4_OPSET)
     op_types = ("MatMul", "Gather") if bits == 4 else ("MatMul",)  # GatherBlockQuantized is 4-bit only
     quantizer = MatMulNBitsQuantizer(
         graph,
@@ -179,6 +181,17 @@ def _figures(model: Model, ids: list[int], path: Path, config: GenerationConfig,
         "tokens_per_s": rate,
         "size_bytes": float(path.stat().st_size),
     }
+
+
+def _at_least_opset(graph: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """The quantizer only relabels a graph below opset 21 (where int4 types begin) as 21, which leaves operators whose
+    signature changed on the way (ReduceMean's axes became an input at 18) invalid: convert it properly first."""
+    current = next((entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx")), opset)
+    if current >= opset:
+        return graph
+    from onnx import version_converter
+
+    return version_converter.convert_version(graph, opset)
 
 
 def _fp32_version(folder: Path) -> int:

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -147,7 +148,7 @@ class _OpenAiApi:
         )
         reply = _Reply("chatcmpl", "chat.completion", served.name, generator, [len(prompt)])
         if _streamed(body):
-            return _event_stream(reply.chat_chunks(streams, _include_usage(body)))
+            return _event_stream(reply.chat_chunks(streams, _include_usage(body)), streams)
         finished = await unless_disconnected(request, _finish_all(streams))
         return Response(encode_json(reply.chat(finished)), media_type=JSON)
 
@@ -173,7 +174,7 @@ class _OpenAiApi:
         reply = _Reply("cmpl", "text_completion", served.name, generator, [len(prompt) for prompt in prompts])
         reply.with_ids = body.get("return_token_ids") is True
         if _streamed(body):
-            return _event_stream(reply.completion_chunks(streams, _include_usage(body)))
+            return _event_stream(reply.completion_chunks(streams, _include_usage(body)), streams)
         finished = await unless_disconnected(request, _finish_all(streams))
         return Response(encode_json(reply.completion(finished)), media_type=JSON)
 
@@ -336,8 +337,10 @@ async def _finish_all(streams: list[TextStream]) -> list[_Finished]:
     return [_Finished("".join(text), got, reason) for text, got, reason in zip(pieces, events, reasons, strict=True)]
 
 
-def _event_stream(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
-    """Server-sent events, `data: [DONE]` last; an error during the stream is its last event before that."""
+def _event_stream(chunks: AsyncIterator[dict[str, Any]], streams: list[TextStream]) -> StreamingResponse:
+    """Server-sent events, `data: [DONE]` last; an error during the stream is its last event before that. The
+    streams are closed after the last chunk, or once a client that went away stopped the response (starlette then
+    cancels the body, possibly before it began)."""
 
     async def events() -> AsyncIterator[bytes]:
         try:
@@ -347,7 +350,13 @@ def _event_stream(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
             yield _sse(_error_body(exc))
         yield b"data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    def close() -> None:
+        for stream in streams:
+            stream.close()
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers=SSE_HEADERS, background=BackgroundTask(close)
+    )
 
 
 # requests

@@ -12,10 +12,12 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -252,3 +254,36 @@ def test_what_would_be_ignored_is_refused_by_name(client: openai.OpenAI, call, n
     with pytest.raises(openai.BadRequestError) as refused:
         call(client)
     assert named in refused.value.message
+
+
+def _metrics(server: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server}/metrics", timeout=30).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _finished(figures: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
+    return sum(
+        value
+        for (name, labels), value in figures.items()
+        if name == "forwardpass_generation_requests_total" and ("model", "gpt2") in labels
+    )
+
+
+def test_a_client_that_goes_away_cancels_its_generations(server: str) -> None:
+    """16 choices of 120 tokens take far longer than the 0.1 s the client waits: once it has gone, none of them
+    finishes (they left the batch), and the request counts as failed."""
+    refused = ("forwardpass_request_failures_total", (("code", "400"), ("model", "gpt2")))
+    before = _metrics(server)
+    body = {"model": "gpt2", "prompt": "Hi", "max_tokens": 120, "n": 16, "temperature": 0, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server}/v1/completions", json=body, timeout=httpx.Timeout(30, read=0.1))
+    time.sleep(3)  # far longer than the generations would take to the end
+    after = _metrics(server)
+    assert _finished(after) == _finished(before)
+    assert after.get(refused, 0) == before.get(refused, 0) + 1
