@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from forwardpass.cli.common import REPOSITORY, TRUST_PICKLE
+from forwardpass.errors import ForwardpassError
 from forwardpass.model import load
 from forwardpass.repository import Repository, default_repository
 from forwardpass.tensor import TensorSpec
@@ -19,8 +20,11 @@ __all__ = ["register"]
 def models(repository: Path | None = REPOSITORY, trust_pickle: bool = TRUST_PICKLE) -> None:
     """List the models of a repository: versions, inputs, outputs, how they are served and where they run.
 
-    "served" says whether a non-ONNX model runs in its own framework or converted to ONNX, and why; "versions"
-    names the precision of each variant `forwardpass optimize` made, and the version it was made from.
+    "pipeline" marks with * what was inferred from the model rather than declared in its config.yaml
+    (`forwardpass init MODEL` shows why); a model that cannot load is listed UNAVAILABLE with its reason, and the
+    others still load. "served" says whether a non-ONNX model runs in its own framework or converted to ONNX, and
+    why; "versions" names the precision of each variant `forwardpass optimize` made, and the version it was made
+    from.
 
     Examples:
 
@@ -33,13 +37,29 @@ def models(repository: Path | None = REPOSITORY, trust_pickle: bool = TRUST_PICK
     table.add_column("model", no_wrap=True)  # the names users must type: never cut or folded
     for column in ("versions", "inputs", "outputs", "pipeline", "served", "providers"):
         table.add_column(column)
+    inferred_any = False
     for name in repo.names():
-        model = load(name, repository=repo.root, warmup=0, trust_pickle=trust_pickle)
+        try:
+            model = load(name, repository=repo.root, warmup=0, trust_pickle=trust_pickle)
+        except ForwardpassError as exc:
+            table.add_row(name, _versions(repo, name), "", "", "", f"[red]UNAVAILABLE[/]: {exc}", "")
+            continue
+        marks = {
+            section: "*" if any(key.split(".")[0] == section for key in model.inferred) else ""
+            for section in ("preprocess", "postprocess", "max_batch_size")
+        }
+        inferred_any = inferred_any or bool(model.inferred)
         pipeline = "→".join(
             kind
-            for kind in (_kind(model.config.preprocess), model.serving.format, _kind(model.config.postprocess))
-            if kind
+            for kind in (
+                _kind(model.config.preprocess) + marks["preprocess"],
+                model.serving.format,
+                _kind(model.config.postprocess) + marks["postprocess"],
+            )
+            if kind and kind != "*"
         )
+        if model.config.max_batch_size:
+            pipeline += f"\nbatch ≤ {model.config.max_batch_size}{marks['max_batch_size']}"
         table.add_row(
             name,
             _versions(repo, name),
@@ -51,6 +71,8 @@ def models(repository: Path | None = REPOSITORY, trust_pickle: bool = TRUST_PICK
         )
         model.close()
     Console().print(table)
+    if inferred_any:
+        Console().print("* inferred from the model, not declared; 'forwardpass init MODEL' writes it out with why")
 
 
 def _versions(repo: Repository, name: str) -> str:
