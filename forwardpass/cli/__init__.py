@@ -24,6 +24,7 @@ __all__ = ["COMMANDS", "build_app", "main", "versions"]
 COMMANDS = {
     "predict": "predict",
     "models": "models",
+    "init": "init",
     "eval": "measure",
     "bench": "measure",
     "compare": "measure",
@@ -42,6 +43,7 @@ HELP = (
     "  forwardpass models                                   # what the bundled repository holds\n\n"
     "  forwardpass predict mobilenet_v2 samples/images/china.jpg\n\n"
     "  forwardpass predict diabetes samples/records/diabetes.json --json\n\n"
+    "  forwardpass init my_model.joblib --trust-pickle -o models/mine   # the config inferred, with why\n\n"
     "  forwardpass eval digits_cnn data/digits/test --top-k 5\n\n"
     "  forwardpass bench mobilenet_v2 --batch-size 1,8\n\n"
     "  forwardpass serve                                    # KServe V2 over HTTP :8000 and gRPC :8001\n\n"

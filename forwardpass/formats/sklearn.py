@@ -358,6 +358,9 @@ class SklearnFormat:
         columns = _column_inputs(estimator)
         if columns is not None:
             return ColumnsSession(path, self.name, predict, columns, classes)
+        # forwardpass puts the named columns in the model's order itself (the tabular pipeline); scikit-learn would
+        # warn on every call that the array carries no names
+        warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
         count = _feature_count(estimator, path, options)
         return TabularSession(path, self.name, predict, count, classes, DataType.FP64)
 
