@@ -18,7 +18,7 @@ from pathlib import Path
 
 from forwardpass.backends.base import Session
 from forwardpass.config import ModelConfig
-from forwardpass.errors import ForwardpassError, NotFoundError
+from forwardpass.errors import ConfigError, ForwardpassError, NotFoundError
 from forwardpass.model import Model, load, locate_configured
 from forwardpass.repository import Repository
 from forwardpass.scheduler import Batcher, Runner
@@ -266,6 +266,8 @@ class ModelRegistry:
             trust_pickle=self.trust_pickle,
             intra_op_threads=threads,
         )
+        if model.audit is not None:
+            _check_writable(model)
         sessions = [model.session, *(model.open_session() for _ in range(config.instances - 1))]
         max_batch_size = config.max_batch_size if model.batchable else 0
         batching = config.dynamic_batching
@@ -316,6 +318,24 @@ class ModelRegistry:
             await action(name)
         except ForwardpassError as exc:
             log.warning("repository poll: model '%s': %s", name, exc)
+
+
+def _check_writable(model: Model) -> None:
+    """A decision model answers only once its decisions are recorded: an audit log it cannot write fails its load
+    (the model UNAVAILABLE, readiness 503) rather than every request."""
+    assert model.audit is not None
+    folder = model.audit.path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        problem = None if os.access(folder, os.W_OK) else "permission denied"
+    except OSError as exc:
+        problem = exc.strerror or type(exc).__name__
+    if problem is not None:
+        model.session.close()  # not model.close(): closing its audit log would try to write it
+        raise ConfigError(
+            f"model '{model.name}' records decisions in {model.audit.path}, but {folder} cannot be written "
+            f"({problem}): set FORWARDPASS_AUDIT_LOG to a writable path"
+        )
 
 
 def _fingerprint(repository: Repository, name: str, version: int) -> Fingerprint:

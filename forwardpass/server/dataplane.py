@@ -238,7 +238,10 @@ class DataPlane:
                     (_item_outputs(served, done.outputs, i, len(items)), {k: v[i] for k, v in batch.items()})
                     for i in range(len(items))
                 ]
-                predictions = model.postprocess(rows, top_k)
+                if model.audit is not None and model.audit.group_ms == 0:  # an SQLite commit: milliseconds, a disk
+                    predictions = await asyncio.to_thread(model.postprocess, rows, top_k)
+                else:
+                    predictions = model.postprocess(rows, top_k)
                 if explaining:  # SHAP takes milliseconds to seconds: not on the loop, and one at a time
                     async with self._explaining:
                         predictions[0]["explanation"] = await asyncio.to_thread(explain, model, raw, predictions[0])

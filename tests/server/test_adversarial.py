@@ -356,3 +356,22 @@ def test_a_non_loopback_address_needs_a_token(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret\n", encoding="utf-8")
     assert ServerSettings(repository=tmp_path, host="0.0.0.0", auth_token_file=token).checked().auth_token == "s3cret"
+
+
+@pytest.mark.asyncio
+async def test_a_decision_model_whose_audit_log_cannot_be_written_fails_its_load(
+    tmp_path: Path, kit: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from forwardpass.registry import ModelRegistry
+    from forwardpass.repository import Repository
+
+    kit.copy_bundled("cancer_triage", tmp_path / "models")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder", encoding="utf-8")  # no folder can be made under it, not even by root
+    monkeypatch.setenv("FORWARDPASS_AUDIT_LOG", str(blocker / "audit.sqlite"))
+    registry = ModelRegistry(Repository(tmp_path / "models"))
+    await registry.load_all()
+    (row,) = registry.index()
+    assert row["state"] == "UNAVAILABLE" and "FORWARDPASS_AUDIT_LOG" in row["reason"]
+    assert not registry.ready()
+    await registry.close()
