@@ -816,6 +816,150 @@ def build_faces(out_root: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# ocr: RapidOCR's PP-OCRv4 detector, direction classifier and recognizer as one declared pipeline of three models
+# --------------------------------------------------------------------------------------------------------------------
+
+RAPIDOCR_MODELS = {
+    "ocr_det": "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+    "ocr_cls": "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+    "ocr_rec": "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+}
+TEXT_PHOTOS = {"page.png": "skimage/data/page.png", "text.png": "skimage/data/text.png"}
+# RapidOCR 1.4.4's config.yaml: detector, classifier and recognizer settings, its text_score filter
+PADDLE_NORMALIZE = {"scale": 1.0 / 255.0, "mean": FlowList([0.5, 0.5, 0.5]), "std": FlowList([0.5, 0.5, 0.5])}
+
+
+def rapidocr_reference() -> Callable[[Path], list[dict[str, Any]]]:
+    """RapidOCR's own pipeline: [{"points", "text", "score"}] per image, in its order."""
+    from rapidocr_onnxruntime import RapidOCR
+
+    engine = RapidOCR()
+
+    def read(path: Path) -> list[dict[str, Any]]:
+        found, _ = engine(str(path))
+        return [{"points": points, "text": text, "score": float(score)} for points, text, score in found or []]
+
+    return read
+
+
+def compare_ocr(found: list[dict[str, Any]], expected: list[dict[str, Any]]) -> tuple[float, float]:
+    """(largest corner difference in px, largest score difference) when the texts are equal, else SystemExit."""
+    if [line["text"] for line in found] != [line["text"] for line in expected]:
+        raise SystemExit(f"ocr: {[line['text'] for line in found]} differs from RapidOCR's {expected}")
+    corner = max(
+        (float(np.abs(np.subtract(a["points"], b["points"])).max()) for a, b in zip(found, expected, strict=True)),
+        default=0.0,
+    )
+    score = max((abs(a["score"] - b["score"]) for a, b in zip(found, expected, strict=True)), default=0.0)
+    return corner, score
+
+
+def build_ocr(out_root: Path) -> str:
+    """RapidOCR's three ONNX files, untouched, each a model with its pre/postprocessing declared (BGR, OpenCV
+    resizing, sides multiples of 32, PaddleOCR's text-line resize, DBNet boxes, CTC over the recognizer's own
+    character list), and `ocr`, the pipeline of the three. Checked against RapidOCR's own output."""
+    for name, inside in RAPIDOCR_MODELS.items():
+        directory = model_dir(out_root, name)
+        shutil.copyfile(
+            str(importlib.metadata.distribution("rapidocr-onnxruntime").locate_file(inside)),
+            directory / "1" / "model.onnx",
+        )
+    rec_dir = out_root / "models" / "ocr_rec"
+    characters = ort_session(rec_dir / "1" / "model.onnx").get_modelmeta().custom_metadata_map["character"]
+    (rec_dir / "characters.txt").write_text("".join(f"{line}\n" for line in characters.splitlines()), encoding="utf-8")
+    engine = {"warmup": 0}  # ONNX Runtime would log the 1 x 1 warm-up image as an error: these take any size
+    line = {"kind": "image", "color": "BGR", "resize_with": "opencv", "pad_value": 127.5, **PADDLE_NORMALIZE}
+    write_config(
+        out_root / "models" / "ocr_det",
+        {
+            "description": "PP-OCRv4 text detector (RapidOCR 1.4.4): text boxes",
+            "preprocess": {
+                "kind": "image",
+                "color": "BGR",
+                "min_side": 736,
+                "multiple_of": 32,
+                "resize_with": "opencv",
+                **PADDLE_NORMALIZE,
+            },
+            "postprocess": {
+                "kind": "text_detection",
+                "threshold": 0.3,
+                "box_threshold": 0.5,
+                "unclip_ratio": 1.6,
+                "max_candidates": 1000,
+                "dilate": True,
+            },
+            "engine": engine,
+        },
+    )
+    write_config(
+        out_root / "models" / "ocr_cls",
+        {
+            "description": "PP-OCR mobile v2 text direction classifier (RapidOCR 1.4.4): upright or upside down",
+            "max_batch_size": 6,
+            "preprocess": {**line, "text_line": FlowList([48, 192]), "text_line_overflow": "squeeze"},
+            "postprocess": {
+                "kind": "classification",
+                "activation": "none",
+                "labels": FlowList(["0", "180"]),
+                "top_k": 2,
+            },
+            "engine": engine,
+        },
+    )
+    write_config(
+        rec_dir,
+        {
+            "description": "PP-OCRv4 text recognizer (RapidOCR 1.4.4): a text line's characters",
+            "max_batch_size": 6,
+            "preprocess": {**line, "text_line": FlowList([48, 320]), "text_line_overflow": "extend"},
+            "postprocess": {"kind": "ctc", "characters": "characters.txt", "space": True},
+            "engine": engine,
+        },
+    )
+    pipeline_dir = fresh_dir(out_root / "models" / "ocr")
+    write_config(
+        pipeline_dir,
+        {
+            "description": "RapidOCR 1.4.4 as a pipeline: text boxes, each turned upright when upside down, read",
+            "pipeline": {
+                "steps": [
+                    FlowMap(model="ocr_det"),
+                    FlowMap(model="ocr_cls", input="crops", key="direction", rotate_label="180", rotate_min_score=0.9),
+                    FlowMap(model="ocr_rec", input="crops", min_score=0.5),
+                ]
+            },
+        },
+    )
+    text_dir = out_root / "samples" / "text"
+    text_dir.mkdir(parents=True, exist_ok=True)
+    for photo, inside in TEXT_PHOTOS.items():
+        shutil.copyfile(str(importlib.metadata.distribution("scikit-image").locate_file(inside)), text_dir / photo)
+    from forwardpass.ensemble import load_pipeline
+
+    ocr = load_pipeline(pipeline_dir)
+    reference = rapidocr_reference()
+    photos = [*sorted(text_dir.iterdir()), out_root / "samples" / "images" / "coffee.png"]
+    lines, corner, score = 0, 0.0, 0.0
+    for photo in photos:
+        found = ocr.predict(str(photo))["regions"]
+        differences = compare_ocr(found, reference(photo))
+        lines += len(found)
+        corner, score = max(corner, differences[0]), max(score, differences[1])
+    ocr.close()
+    if corner > 2 or score > 1e-3:
+        raise SystemExit(f"ocr: boxes differ from RapidOCR's by {corner} px, scores by {score:.2e}")
+    metrics = {
+        "heldout": f"{len(photos)} images vs RapidOCR's own output",
+        "lines": lines,
+        "max_corner_px": corner,
+        "max_score_diff": score,
+    }
+    write_json(pipeline_dir / "metrics.json", metrics)
+    return summary("ocr", metrics, score)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Decisions and task types: cancer_triage (decision rules, input schema, reference profile), wine_anomaly
 # (IsolationForest), iris_clusters (KMeans), pixel_recommender (factor model with seen-item exclusion)
 # --------------------------------------------------------------------------------------------------------------------
@@ -1037,6 +1181,7 @@ def build_all(out_root: Path) -> int:
         lambda: build_iris_clusters(out_root),
         lambda: build_pixel_recommender(out_root),
         lambda: build_faces(out_root),
+        lambda: build_ocr(out_root),
     ]
     for build in builders:
         seed_everything()

@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
     {"decisions", "quality"},
     {"scheduler"},
     {"model"},
+    {"ensemble"},  # pipelines of models: each step a Model
     {"explain", "generation"},  # generation: the decode loop over a Model's session
     {"registry"},
     {"measure"},

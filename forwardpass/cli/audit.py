@@ -84,9 +84,9 @@ def audit(
     elif csv_file is not None:
         with open(csv_file, "w", newline="", encoding="utf-8") as file:
             _write_csv(records, file)
-        typer.echo(f"wrote {len(records)} decisions to {csv_file}")
+        typer.echo(f"wrote {len(records)} decisions from {path} to {csv_file}")
     else:
-        _print_table(records)
+        _print_table(records, path)
 
 
 def _write_csv(records: list[AuditRecord], out: TextIO) -> None:
@@ -108,8 +108,9 @@ def _write_csv(records: list[AuditRecord], out: TextIO) -> None:
         )
 
 
-def _print_table(records: list[AuditRecord]) -> None:
-    table = Table("id", "time (UTC)", "model", "version", "input", "action", "rule", title=f"{len(records)} decisions")
+def _print_table(records: list[AuditRecord], path: Path) -> None:
+    title = f"{len(records)} decisions in {path}"
+    table = Table("id", "time (UTC)", "model", "version", "input", "action", "rule", title=title)
     for record in records:
         table.add_row(
             str(record.id),

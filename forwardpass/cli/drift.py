@@ -74,7 +74,12 @@ def drift(
                 row.feature, str(row.count), f"{row.psi:.4f}", f"{row.ks_statistic:.4f}", f"{row.ks_pvalue:.2e}", flag
             )
         Console(soft_wrap=True, highlight=False).print(table)
-    if any(row.drifted for row in report):
+    drifted = [row.feature for row in report if row.drifted]
+    if not as_json:  # the verdict in one line, for a person and for a log
+        rule = f"PSI >= {psi_limit:g} or KS p-value < {ks_alpha:g}"
+        listed = f": {', '.join(drifted)}" if drifted else ""
+        typer.echo(f"{len(drifted)} of {len(report)} features drifted ({rule}){listed}")
+    if drifted:
         raise typer.Exit(1)
 
 

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from forwardpass.cli.common import REPOSITORY, SERVE, TRUST_PICKLE, VERSION, open_model
 from forwardpass.cli.inputs import Item, decode_inputs
+from forwardpass.ensemble import Ensemble, find_pipeline, load_pipeline
 from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.model import Model
 from forwardpass.pipeline import Prediction
@@ -97,11 +98,19 @@ def predict(
     """
     if top_k is not None and top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}")
-    loaded = open_model(model, repository, version, serve=serve, trust_pickle=trust_pickle)
+    pipeline = find_pipeline(model, repository)
+    if pipeline is not None and explain:
+        raise InputError(f"--explain explains one model; '{model}' is a pipeline of models")
+    loaded: Model | Ensemble
+    if pipeline is not None:
+        loaded = load_pipeline(pipeline)
+    else:
+        loaded = open_model(model, repository, version, serve=serve, trust_pickle=trust_pickle)
     try:
         items = decode_inputs(inputs, loaded.config, loaded.inputs)
         outcomes = run(loaded, items, top_k)
         if explain:
+            assert isinstance(loaded, Model)  # a pipeline was refused above
             outcomes = _explained(loaded, items, outcomes)
         failures = _report(items, outcomes, as_json)
     finally:
@@ -110,13 +119,13 @@ def predict(
         raise typer.Exit(max(error.exit_code for error in failures))
 
 
-def run(model: Model, items: Sequence[Item], top_k: int | None) -> Iterator[Outcome]:
+def run(model: Model | Ensemble, items: Sequence[Item], top_k: int | None) -> Iterator[Outcome]:
     """One outcome per item, in order, a batch at a time (memory stays bounded and results show as they come)."""
     for start in range(0, len(items), model.batch_size):
         yield from _run_batch(model, items[start : start + model.batch_size], top_k)
 
 
-def _run_batch(model: Model, items: Sequence[Item], top_k: int | None) -> list[Outcome]:
+def _run_batch(model: Model | Ensemble, items: Sequence[Item], top_k: int | None) -> list[Outcome]:
     """Items that failed to decode keep their error; the others get the model's per-item outcome."""
     good = [i for i, item in enumerate(items) if item.error is None]
     results = dict(zip(good, model.predict_each([items[i].raw for i in good], top_k=top_k), strict=True))

