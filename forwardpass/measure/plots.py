@@ -128,14 +128,19 @@ def latency_distribution(path: Path, latencies_ms: Mapping[str, Sequence[float]]
     if values:
         low, high = min(v.min() for v in values), max(v.max() for v in values)
         edges = np.geomspace(max(low, 1e-3), max(high, low * 1.01, 1e-3 * 1.01), 50)
+        colours: dict[str, Any] = {}
         for name, series in latencies_ms.items():
-            axes.hist(series, bins=edges, histtype="step", label=name, linewidth=1.2)
+            # one colour per configuration; raw ONNX Runtime dashed beside forwardpass in the same colour
+            engine, _, configuration = name.partition(" ")
+            colour = colours.setdefault(configuration, f"C{len(colours) % 10}")
+            style = "--" if engine == "onnxruntime" else "-"
+            axes.hist(series, bins=edges, histtype="step", label=name, linewidth=1.2, color=colour, linestyle=style)
         axes.set_xscale("log")
     axes.set_xlabel("latency per call (ms, log scale)")
     axes.set_ylabel("calls (log scale)")
     axes.set_yscale("log")
     axes.legend(fontsize=7)
-    axes.set_title(title)
+    axes.set_title(f"{title}: latency per call")
     return _save(figure, path)
 
 
@@ -155,8 +160,12 @@ def _lines(
         axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
         for text, point in zip((point_labels or {}).get(name, []), points, strict=False):
             axes.annotate(text, point, textcoords="offset points", xytext=(4, 4), fontsize=7)
-    if log_x:
+    if log_x:  # batch sizes: log-spaced, labelled with the sizes measured, not powers of two
         axes.set_xscale("log", base=2)
+        sizes = sorted({x for points in series.values() for x, _ in points})
+        axes.set_xticks(sizes, [f"{x:g}" for x in sizes])
+        axes.minorticks_off()
+        axes.set_ylim(bottom=0)  # throughput from zero: the gaps between lines read as they are
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
