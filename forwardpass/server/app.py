@@ -128,6 +128,7 @@ class InferenceServer:
             f"  HTTP  http://{_url_host(settings.host)}:{self.http_port}  (KServe V2, TF Serving /v1, /metrics)"
         )
         lines.append("        decoders: /v2/models/<model>/generate[_stream], /v1/completions (streamed as SSE)")
+        lines.append(f"  page  http://{_url_host(settings.host)}:{self.http_port}/  (try the models; API at /docs)")
         lines.append(
             f"  WS    ws://{_url_host(settings.host)}:{self.http_port}/v2/models/<model>/stream  (V2 JSON streams)"
         )
