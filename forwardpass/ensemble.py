@@ -7,6 +7,7 @@ under the step's `key`). Each step is an ordinary model of the same repository, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,15 @@ from forwardpass.pipeline.image import decode_image
 from forwardpass.pipeline.ocr import crop_quad
 from forwardpass.repository import CONFIG_FILE, default_repository
 
-__all__ = ["Ensemble", "find_pipeline", "load_pipeline"]
+__all__ = ["Ensemble", "apply_answer", "cut_regions", "find_pipeline", "load_pipeline"]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a repository name, as forwardpass.repository allows
 
 
 def find_pipeline(model: str | Path, repository: str | Path | None = None) -> Path | None:
     """The folder of `model` when it is a pipeline (a folder, or a name in the repository), else None."""
     folder = Path(model) if repository is None and Path(model).is_dir() else None
-    if folder is None and "/" not in str(model) and "\\" not in str(model):
+    if folder is None and _NAME.fullmatch(str(model)) and ".." not in str(model):  # never a path out of the root
         folder = Path(repository) if repository is not None else default_repository()
         folder = folder / str(model)
     if folder is None or not (folder / CONFIG_FILE).is_file():
@@ -110,8 +113,7 @@ class Ensemble:
                 outcomes[i] = outcome
                 continue
             outcomes[i] = {"regions": []}
-            pixels = np.asarray(images[i])
-            regions += [(i, region, _crop(images[i], pixels, region)) for region in _regions(outcome)]
+            regions += [(i, region, crop) for region, crop in cut_regions(images[i], outcome)]
         for step, model in zip(self.plan[1:], self.steps[1:], strict=True):
             answers = _by_aspect(model, [crop for _, _, crop in regions])
             kept = []
@@ -119,14 +121,9 @@ class Ensemble:
                 if isinstance(answer, ForwardpassError):
                     outcomes[i] = answer
                     continue
-                if step.key is None:
-                    region.update(answer)
-                else:
-                    region[step.key] = answer
-                if step.rotate_label is not None and _turned(step, answer):
-                    crop = crop.transpose(Image.Transpose.ROTATE_180)
-                if step.min_score is None or float(answer.get("score", 0.0)) >= step.min_score:
-                    kept.append((i, region, crop))
+                following = apply_answer(step, region, crop, answer)
+                if following is not None:
+                    kept.append((i, region, following))
             regions = kept
         for i, region, _ in regions:
             outcome = outcomes[i]
@@ -162,6 +159,26 @@ def _check(name: str, plan: list[StepConfig], steps: list[Model]) -> None:
             )
         if step.rotate_label is not None and not isinstance(model.config.postprocess, ClassificationConfig):
             raise ConfigError(f"pipeline '{name}' step {number} ({model.name}): rotate_label needs a classifier")
+
+
+def cut_regions(image: Image.Image, found: Prediction) -> list[tuple[dict[str, Any], Image.Image]]:
+    """The first step's regions in `image` (its answer `found`), each with its crop."""
+    pixels = np.asarray(image)
+    return [(region, _crop(image, pixels, region)) for region in _regions(found)]
+
+
+def apply_answer(step: StepConfig, region: dict[str, Any], crop: Image.Image, answer: Prediction) -> Image.Image | None:
+    """The step's answer recorded in its region (merged, or under the step's key); the crop the next steps get
+    (turned when the step says so), or None when the answer's score drops the region."""
+    if step.key is None:
+        region.update(answer)
+    else:
+        region[step.key] = answer
+    if step.min_score is not None and float(answer.get("score", 0.0)) < step.min_score:
+        return None
+    if step.rotate_label is not None and _turned(step, answer):
+        return crop.transpose(Image.Transpose.ROTATE_180)
+    return crop
 
 
 def _regions(found: Prediction) -> list[dict[str, Any]]:

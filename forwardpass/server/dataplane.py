@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from forwardpass.config import ImageConfig, TextConfig
+from forwardpass.config import ImageConfig, PipelineConfig, TextConfig
 from forwardpass.errors import (
     DeadlineExceeded,
     DecodeError,
@@ -38,6 +38,7 @@ from forwardpass.scheduler import Batched
 from forwardpass.scheduler.sequence import sequence_flags
 from forwardpass.server.limits import RequestLimits
 from forwardpass.server.metrics import Metrics, Timings
+from forwardpass.server.pipelines import Pipelines
 from forwardpass.server.settings import ServerSettings
 from forwardpass.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
 from forwardpass.tensor import DataType, TensorSpec
@@ -66,6 +67,7 @@ class DataPlane:
         self.metrics.registry.register(DriftCollector(self._drift_windows))
         self._limits: weakref.WeakKeyDictionary[Served, RequestLimits] = weakref.WeakKeyDictionary()
         self._explaining = asyncio.Semaphore(1)  # an explanation takes seconds of CPU and hundreds of MB
+        self._pipelines = Pipelines(registry.repository.root)
         registry.on_batch = lambda served, rows, run_s: self.metrics.batch(served.name, served.version, rows, run_s)
         try:
             self._version = package_version("forwardpass")
@@ -161,6 +163,9 @@ class DataPlane:
     def limits(self, name: str, version: str | None = None, *, tensors: bool = True) -> RequestLimits:
         """What a request to this model may be: transports check it before they decode a body (404 first; 403 for
         tensors to a decision model, whose schema check, drift window and audit row are /predict's)."""
+        pipeline = None if tensors else self._pipeline(name, version)
+        if pipeline is not None:  # a pipeline reads what its first step reads
+            return self.limits(pipeline.steps[0].model, None, tensors=False)
         served = self._served(name, version)
         if tensors and served.model.decider is not None:
             error = _decisions_elsewhere(served.name)
@@ -212,7 +217,12 @@ class DataPlane:
     ) -> Prediction | list[Prediction]:
         """The whole pipeline for one raw item (image bytes, text, record) or a list of records: preprocess →
         batcher → postprocess; a list gets a list. Preprocessing runs in a worker thread unless the caller says
-        the item is small (`inline`): a thread hop costs more than a small record's preprocessing."""
+        the item is small (`inline`): a thread hop costs more than a small record's preprocessing. A pipeline of
+        models runs each step's items through that step's batcher (`forwardpass.server.pipelines`)."""
+        pipeline = self._pipeline(name, version)
+        if pipeline is not None:
+            first = self._served(pipeline.steps[0].model, None).model
+            return await self._pipelines.predict(name, pipeline, first, raw, parameters, self._step)
         started = time.perf_counter()
         served = self._served(name, version)
         try:
@@ -256,6 +266,19 @@ class DataPlane:
         )
         self.metrics.succeeded(served.name, served.version, timings)
         return predictions if raws is not None else predictions[0]
+
+    def _pipeline(self, name: str, version: str | None) -> PipelineConfig | None:
+        """The pipeline of models `name` names when no served model has that name (pipelines have no versions)."""
+        try:
+            self._registry.get(name, version)
+        except NotFoundError:
+            return None if version else self._pipelines.find(name)
+        return None
+
+    async def _step(self, model: str, item: object, parameters: dict[str, Any]) -> Prediction:
+        answer = await self.predict(model, None, item, parameters)
+        assert isinstance(answer, dict)  # one item in, one prediction out
+        return answer
 
     def _served(self, name: str, version: str | None) -> Served:
         try:

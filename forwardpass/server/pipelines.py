@@ -1,0 +1,74 @@
+"""Pipelines of models behind one endpoint (`POST /v2/models/<pipeline>/predict`), as Triton runs an ensemble: each
+step is a model the server already serves, and every crop of a step is its own request to that model's batcher, so
+crops of one image and of concurrent requests share forward passes. The regions and their answers are assembled by
+`forwardpass.ensemble`'s helpers, as in-process pipelines assemble them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from forwardpass.config import ImageConfig, ModelConfig, PipelineConfig
+from forwardpass.ensemble import apply_answer, cut_regions, find_pipeline
+from forwardpass.errors import ConfigError, DecodeError
+from forwardpass.model import Model
+from forwardpass.pipeline import Prediction
+from forwardpass.pipeline.image import decode_image
+from forwardpass.repository import CONFIG_FILE
+
+__all__ = ["Pipelines", "StepPredict"]
+
+# (model name, one item, request parameters) → that model's answer, through its batcher
+StepPredict = Callable[[str, object, dict[str, Any]], Awaitable[Any]]
+
+
+class Pipelines:
+    """The pipelines of a repository, read when first asked for (and again when their config.yaml changes)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._read: dict[str, tuple[int, PipelineConfig]] = {}
+
+    def find(self, name: str) -> PipelineConfig | None:
+        folder = find_pipeline(name, self.root)
+        if folder is None:
+            return None
+        changed = (folder / CONFIG_FILE).stat().st_mtime_ns
+        known = self._read.get(name)
+        if known is None or known[0] != changed:
+            pipeline = ModelConfig.from_file(folder / CONFIG_FILE).pipeline
+            assert pipeline is not None  # find_pipeline checked
+            known = self._read[name] = (changed, pipeline)
+        return known[1]
+
+    async def predict(
+        self,
+        name: str,
+        pipeline: PipelineConfig,
+        first: Model,
+        raw: object,
+        parameters: dict[str, Any],
+        step: StepPredict,
+    ) -> Prediction:
+        """An image's regions, each with every later step's answer (the first error fails the request)."""
+        if not isinstance(raw, bytes):
+            raise DecodeError(f"pipeline '{name}' takes an image: send its bytes (Content-Type image/*)")
+        if not isinstance(first.config.preprocess, ImageConfig):
+            raise ConfigError(f"pipeline '{name}' step 1 ({first.name}) must take images (preprocess kind image)")
+        max_pixels = first.config.preprocess.max_pixels
+        image = await asyncio.to_thread(lambda: decode_image(raw, max_pixels).convert("RGB"))
+        found = await step(pipeline.steps[0].model, image, parameters)
+        regions: list[tuple[dict[str, Any], Image.Image]] = await asyncio.to_thread(cut_regions, image, found)
+        for declared in pipeline.steps[1:]:
+            answers = await asyncio.gather(*(step(declared.model, crop, {}) for _, crop in regions))
+            kept = []
+            for (region, crop), answer in zip(regions, answers, strict=True):
+                following = apply_answer(declared, region, crop, answer)
+                if following is not None:
+                    kept.append((region, following))
+            regions = kept
+        return {"regions": [region for region, _ in regions]}
