@@ -873,6 +873,7 @@ def build_ocr(out_root: Path) -> str:
         out_root / "models" / "ocr_det",
         {
             "description": "PP-OCRv4 text detector (RapidOCR 1.4.4): text boxes",
+            "max_batch_size": 4,  # images of one size share a forward pass
             "preprocess": {
                 "kind": "image",
                 "color": "BGR",

@@ -25,6 +25,7 @@ __all__ = ["register"]
 Outcome = Prediction | ForwardpassError
 PREVIEW = 5  # numbers shown per embedding or raw output in the human listing
 EXPLAINED = 10  # columns shown per explanation in the human listing, largest attributions first
+FOUND = ("detections", "boxes", "regions")  # what detection, text_detection and pipelines of models find
 
 
 def predict(
@@ -52,6 +53,15 @@ def predict(
         show_default=False,
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per input per line, for scripts."),
+    draw: Path | None = typer.Option(
+        None,
+        "--draw",
+        help=(
+            "Draw what was found (boxes, labels, keypoints, text) on each image and write it as this PNG "
+            "(several inputs: one file each, named PATH-STEM-INPUT-STEM.png)."
+        ),
+        show_default=False,
+    ),
     explain: bool = typer.Option(
         False,
         "--explain",
@@ -112,6 +122,8 @@ def predict(
         if explain:
             assert isinstance(loaded, Model)  # a pipeline was refused above
             outcomes = _explained(loaded, items, outcomes)
+        if draw is not None:
+            outcomes = _drawn(items, outcomes, draw)
         failures = _report(items, outcomes, as_json)
     finally:
         loaded.close()
@@ -130,6 +142,28 @@ def _run_batch(model: Model | Ensemble, items: Sequence[Item], top_k: int | None
     good = [i for i, item in enumerate(items) if item.error is None]
     results = dict(zip(good, model.predict_each([items[i].raw for i in good], top_k=top_k), strict=True))
     return [results[i] if item.error is None else item.error for i, item in enumerate(items)]
+
+
+def _drawn(items: Sequence[Item], outcomes: Iterable[Outcome], target: Path) -> Iterator[Outcome]:
+    """Each outcome as it was, its findings drawn on its image and written as a PNG (named in `drawing`)."""
+    from PIL import Image
+
+    from forwardpass.pipeline.draw import draw
+
+    for item, outcome in zip(items, outcomes, strict=True):
+        if isinstance(outcome, ForwardpassError) or not isinstance(item.raw, str | Path):
+            yield outcome
+            continue
+        path = target if len(items) == 1 else target.with_name(f"{target.stem}-{Path(item.name).stem}.png")
+        try:
+            draw(Image.open(item.raw), outcome).save(path, format="PNG")
+        except ForwardpassError as exc:
+            yield exc
+            continue
+        except OSError as exc:
+            yield InputError(f"--draw: cannot write {path} ({exc.strerror or exc})")
+            continue
+        yield {**outcome, "drawing": str(path)}
 
 
 def _explained(model: Model, items: Sequence[Item], outcomes: Iterable[Outcome]) -> Iterator[Outcome]:
@@ -215,7 +249,22 @@ def _result(prediction: Prediction) -> list[str]:
         ]
     if "outputs" in prediction:
         return [_raw(name, value) for name, value in prediction["outputs"].items()]
+    if any(key in prediction for key in FOUND):
+        return _found(prediction)
     return [f"{key}: {value}" for key, value in prediction.items()]
+
+
+def _found(prediction: Prediction) -> list[str]:
+    """One line per detection, text box or pipeline region: what it is, its score, where."""
+    shapes: list[dict[str, Any]] = next(prediction[key] for key in FOUND if key in prediction)
+    lines = []
+    for shape in shapes:
+        where = shape.get("box", shape.get("points"))
+        what = shape.get("text", shape.get("label", "text"))
+        score = shape.get("score", shape.get("box_score", 0.0))
+        lines.append(f"{what!s}  {score:.4f}  at {np.round(np.asarray(where, dtype=np.float64), 1).tolist()}")
+    drawing = [f"drawn: {prediction['drawing']}"] if "drawing" in prediction else []
+    return (lines or ["nothing found"]) + drawing
 
 
 def _decision(prediction: Prediction) -> list[str]:

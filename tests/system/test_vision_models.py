@@ -170,3 +170,19 @@ def test_faces_then_a_classifier_on_each_face(tmp_path: Path) -> None:
     faces = forwardpass.load(tmp_path / "faces").predict(str(ROOT / "samples" / "faces" / "lfw.png"))["detections"]
     assert [region["box"] for region in regions] == [face["box"] for face in faces]
     assert all(region["direction"]["label"] in ("0", "180") for region in regions)
+
+
+def test_predict_draws_the_faces_it_found(tmp_path: Path) -> None:
+    photo = ROOT / "samples" / "faces" / "astronaut.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "forwardpass", "predict", "faces", str(photo), "--draw", str(tmp_path / "out.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    drawn = np.asarray(Image.open(tmp_path / "out.png").convert("RGB"), dtype=np.int16)
+    original = np.asarray(Image.open(photo).convert("RGB"), dtype=np.int16)
+    assert drawn.shape == original.shape and (np.abs(drawn - original).sum(axis=2) > 0).mean() > 0.001
+    assert "face" in done.stdout and "drawn:" in done.stdout
