@@ -28,13 +28,14 @@ def optimize_command(
     eval_data: Path | None = typer.Option(
         None,
         "--eval",
-        help="Held-out data scored for accuracy (labelled: top-1 / R²; else agreement with FP32).",
+        help="Held-out data scored (labelled: top-1 accuracy / R²; unlabelled: top-1 agreement with the original"
+        " for classifiers, else cosine similarity).",
         show_default=False,
     ),
     max_accuracy_drop: float | None = typer.Option(
         None,
         "--max-accuracy-drop",
-        help="Largest accuracy loss allowed, in points (0.5 = half a point of top-1).",
+        help="Largest loss allowed, in points of the metric the report names (0.5 = half a point of top-1).",
         show_default=False,
     ),
     output: Path | None = typer.Option(
@@ -45,6 +46,9 @@ def optimize_command(
         show_default=False,
     ),
     method: str = typer.Option("minmax", "--calibration-method", help="INT8: minmax | entropy | percentile."),
+    percentile: float = typer.Option(
+        99.999, "--calibration-percentile", help="INT8 with --calibration-method percentile: the share kept."
+    ),
     quant_format: str = typer.Option("qdq", "--quant-format", help="INT8: qdq | qoperator."),
     activations: str = typer.Option("u8", "--activations", help="INT8 activation type: u8 | s8 (weights are s8)."),
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="INT8 weight scales."),
@@ -53,6 +57,11 @@ def optimize_command(
     batch_size: int = typer.Option(16, "--batch-size", "-b", help="Batch size at which throughput is measured."),
     duration: float = typer.Option(1.0, "--duration", help="Seconds of timing per candidate and batch size."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Save precision.png (accuracy vs throughput)."),
+    allow_slower: bool = typer.Option(
+        False,
+        "--allow-slower",
+        help="Write the variant even if it measured slower than the original (refused otherwise, except fp16/fp64).",
+    ),
     repository: Path | None = REPOSITORY,
     version: int | None = VERSION,
 ) -> None:
@@ -76,7 +85,7 @@ def optimize_command(
     """
     if precision not in PRECISIONS:
         raise InputError(f"--precision: '{precision}' is not one of {', '.join(PRECISIONS)}")
-    settings = _int8_settings(method, quant_format, activations, per_channel)
+    settings = _int8_settings(method, quant_format, activations, per_channel, percentile)
     request = OptimizeRequest(
         model=model,
         precision=precision,  # checked against PRECISIONS above
@@ -92,6 +101,7 @@ def optimize_command(
         batch_size=batch_size,
         seconds=duration,
         plot=plot,
+        allow_slower=allow_slower,
     )
     console = Console(stderr=True)
     with console.status("optimizing") as status:
@@ -99,7 +109,9 @@ def optimize_command(
     _print(report)
 
 
-def _int8_settings(method: str, quant_format: str, activations: str, per_channel: bool) -> Int8Settings:
+def _int8_settings(
+    method: str, quant_format: str, activations: str, per_channel: bool, percentile: float
+) -> Int8Settings:
     choices = {
         "--calibration-method": (method, ("minmax", "entropy", "percentile")),
         "--quant-format": (quant_format, ("qdq", "qoperator")),
@@ -108,18 +120,22 @@ def _int8_settings(method: str, quant_format: str, activations: str, per_channel
     for option, (value, allowed) in choices.items():
         if value not in allowed:
             raise InputError(f"{option}: '{value}' is not one of {', '.join(allowed)}")
+    if not 50.0 < percentile <= 100.0:
+        raise InputError(f"--calibration-percentile: {percentile} is not in (50, 100]")
     return Int8Settings(
         method=method,  # type: ignore[arg-type]
         quant_format=quant_format,  # type: ignore[arg-type]
         activations=activations,  # type: ignore[arg-type]
         per_channel=per_channel,
+        percentile=percentile,
     )
 
 
 def _print(report: OptimizeReport) -> None:
     console = Console()
     table = Table(title=f"{report.model}: {report.metric}", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("candidate", "precision", "size MB", "items/s", "vs orig", "p50 ms (b1)", "accuracy", "drop", ""):
+    columns = ("candidate", "precision", "size MB", "items/s", "vs orig", "p50 ms (b1)", report.metric, "drop", "")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("candidate", "precision", "") else "right")
     base = report.original
     for candidate in [base, *report.candidates]:
@@ -131,7 +147,7 @@ def _print(report: OptimizeReport) -> None:
             f"{candidate.throughput:,.0f}",
             f"{candidate.throughput / base.throughput:.2f}x" if base.throughput else "",
             f"{candidate.latency_ms:.3f}",
-            f"{candidate.accuracy:.2f}",
+            f"{candidate.score:.2f}",
             f"{candidate.drop:+.2f}" if candidate is not base else "",
             mark,
         )

@@ -48,6 +48,9 @@ Precision = Literal["fp64", "fp32", "fp16", "bf16", "int8", "int8-dynamic", "int
 PRECISIONS: tuple[Precision, ...] = ("fp64", "fp32", "fp16", "bf16", "int8", "int8-dynamic", "int4", "auto")
 NEEDS_CALIBRATION = frozenset({"int8", "auto"})
 ORIGINAL = "original"
+# Precisions made for something other than speed (fp64: precision; fp16: half the file at FP32 speed on a CPU). Every
+# other variant exists to be faster, and one slower than its source is refused unless asked for with allow_slower.
+NOT_FOR_SPEED = frozenset({"fp64", "fp16"})
 # Dynamic INT8 only where it pays: MatMul-style layers. Dynamic convolutions (ConvInteger) are several times slower.
 DYNAMIC_OPS = ("MatMul", "Attention", "LSTM", "GRU")
 
@@ -71,6 +74,7 @@ class OptimizeRequest:
     seconds: float = 1.0
     calibration_limit: int = 256
     plot: bool = True
+    allow_slower: bool = False  # write a variant even when it measured slower than its source
 
 
 @dataclass(slots=True)
@@ -79,7 +83,7 @@ class Candidate:
     precision: str  # what precision.json calls it: fp32, int8, mixed, ...
     converted: Converted | None  # None for the original
     layers: dict[str, str]
-    accuracy: float = 0.0
+    score: float = 0.0  # in points of the report's metric (OptimizeReport.metric), higher is better
     throughput: float = 0.0
     latency_ms: float = 0.0
     size_bytes: int = 0
@@ -90,8 +94,8 @@ class Candidate:
         return {
             "label": self.label,
             "precision": self.precision,
-            "accuracy": self.accuracy,
-            "accuracy_drop": self.drop,
+            "score": self.score,
+            "score_drop": self.drop,
             "throughput": self.throughput,
             "latency_ms_p50": self.latency_ms,
             "size_bytes": self.size_bytes,
@@ -165,7 +169,8 @@ def optimize(request: OptimizeRequest, progress: Progress | None = None) -> Opti
         for candidate in [base, *candidates]:
             speed = speeds[candidate.label]
             candidate.throughput, candidate.latency_ms = speed.throughput, speed.latency_ms
-        chosen = _choose(candidates, request)
+        chosen = _choose(candidates, request, quality.metric)
+        _refuse_slower(chosen, base, request)
         for model in opened:
             model.close()
         opened.clear()
@@ -221,7 +226,7 @@ class _Search:
         self.original_model = original
         say(f"measuring the original ({quality.metric})")
         self.original = Candidate(ORIGINAL, "fp32", None, dict.fromkeys(compute_layers(self.onnx_model), "fp32"))
-        self.original.accuracy = quality.measure(original)
+        self.original.score = quality.measure(original)
         self.original.size_bytes = artefact_size(source)
 
     def run(self) -> list[Candidate]:
@@ -243,7 +248,8 @@ class _Search:
             return lambda out: to_bf16_torch(self.source, out.with_suffix(".pt"), example)
         if precision == "int8":
             batches = self._calibration_batches()
-            return lambda out: to_int8_static(self.source, out, batches, request.int8, exclude)
+            cache = self.staging / f"calibration-{request.int8.method}.json"  # every INT8 candidate shares it
+            return lambda out: to_int8_static(self.source, out, batches, request.int8, exclude, cache)
         if precision == "int8-dynamic":
             return lambda out: to_int8_dynamic(self.source, out)
         if precision == "int8-dynamic-matmul":
@@ -278,9 +284,9 @@ class _Search:
         ) | converted.layer_overrides
         candidate = Candidate(label, precision, converted, layers)
         self.say(f"measuring {label} ({self.quality.metric})")
-        candidate.accuracy = self.quality.measure(model)
+        candidate.score = self.quality.measure(model)
         candidate.size_bytes = artefact_size(converted.path)
-        candidate.drop = self.original.accuracy - candidate.accuracy
+        candidate.drop = self.original.score - candidate.score
         budget = self.request.max_accuracy_drop
         candidate.within_budget = budget is None or candidate.drop <= budget + 1e-9
         return candidate
@@ -305,7 +311,7 @@ class _Search:
         gains = {}
         for layer in layers:
             single = self._make(f"int8 except {layer}", "mixed", self._transform("int8", [layer]))
-            gains[layer] = single.accuracy - int8.accuracy
+            gains[layer] = single.score - int8.score
             candidates.append(single)
             if single.within_budget:
                 return candidates  # one layer in FP32 suffices; more would only be slower
@@ -336,15 +342,28 @@ def _copy_model_files(entry: ModelEntry, staging: Path) -> None:
             shutil.copyfile(item, staging / item.name)
 
 
-def _choose(candidates: list[Candidate], request: OptimizeRequest) -> Candidate:
+def _choose(candidates: list[Candidate], request: OptimizeRequest, metric: str) -> Candidate:
     qualified = [c for c in candidates if c.within_budget]
     if not qualified:
-        best = max(candidates, key=lambda c: c.accuracy)
+        best = max(candidates, key=lambda c: c.score)
         raise InputError(
-            f"no candidate keeps the accuracy drop within {request.max_accuracy_drop} points (the closest, "
+            f"no candidate keeps the drop in {metric} within {request.max_accuracy_drop} points (the closest, "
             f"{best.label}, drops {best.drop:.2f}); nothing was written. Allow a larger --max-accuracy-drop"
         )
     return max(qualified, key=lambda c: c.throughput)
+
+
+def _refuse_slower(chosen: Candidate, original: Candidate, request: OptimizeRequest) -> None:
+    if request.allow_slower or chosen.precision in NOT_FOR_SPEED or chosen.throughput >= original.throughput:
+        return
+    ratio = chosen.throughput / original.throughput if original.throughput else 0.0
+    threads = request.threads or "default"
+    raise InputError(
+        f"{chosen.label} runs at {ratio:.2f}x the throughput of the original ({chosen.throughput:,.1f} vs "
+        f"{original.throughput:,.1f} items/s at batch {request.batch_size}, {threads} threads, measured in this run): "
+        f"a variant slower than its source is written only when asked for by name (--allow-slower); nothing was "
+        "written"
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -357,7 +376,7 @@ def _sha256(path: Path) -> str:
 
 def _figures(candidate: Candidate) -> dict[str, object]:
     return {
-        "accuracy": candidate.accuracy,
+        "score": candidate.score,
         "throughput": candidate.throughput,
         "latency_ms_p50": candidate.latency_ms,
         "size_bytes": candidate.size_bytes,
@@ -394,13 +413,15 @@ def _provenance(
         "evaluation": {
             "data": str(request.eval_data or request.calibration),
             "metric": quality.metric,
+            "metric_key": quality.key,
             "items": quality.items,
         },
         "tool_versions": converted.tool_versions,
         "measured": {
             "original": _figures(original),
             "optimized": _figures(chosen),
-            "accuracy_drop": chosen.drop,
+            "metric": quality.metric,
+            "score_drop": chosen.drop,
             "throughput_ratio": chosen.throughput / original.throughput if original.throughput else None,
             "size_ratio": chosen.size_bytes / original.size_bytes,
             "batch_size": request.batch_size,
@@ -425,21 +446,21 @@ def _plot(
     figure, axes = pyplot.subplots(figsize=(7, 4.5))
     for candidate in [original, *candidates]:
         marker = "*" if candidate is chosen else ("o" if candidate.within_budget else "x")
-        axes.scatter(candidate.throughput, candidate.accuracy, marker=marker, s=140 if candidate is chosen else 50)
+        axes.scatter(candidate.throughput, candidate.score, marker=marker, s=140 if candidate is chosen else 50)
         axes.annotate(
             candidate.label,
-            (candidate.throughput, candidate.accuracy),
+            (candidate.throughput, candidate.score),
             fontsize=7,
             xytext=(4, 3),
             textcoords="offset points",
         )
     axes.set_xlabel(f"throughput at batch {batch} (items/s)")
     axes.set_ylabel(metric)
-    accuracies = [c.accuracy for c in [original, *candidates]]
+    accuracies = [c.score for c in [original, *candidates]]
     if accuracies and "%" in metric:  # never above 100 %, and a visible range even when every point is equal
         margin = max(0.5, (max(accuracies) - min(accuracies)) * 0.15)
         axes.set_ylim(max(0.0, min(accuracies) - margin), min(100.0, max(accuracies) + margin))
-    axes.set_title(f"accuracy vs throughput; chosen: {chosen.label}\n(star: chosen, o: within budget, x: over it)")
+    axes.set_title(f"{metric} vs throughput; chosen: {chosen.label}\n(star: chosen, o: within budget, x: over it)")
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -1,7 +1,9 @@
 """What a candidate is worth: accuracy on the eval data, speed beside the original in the same run, size on disk.
 
-Accuracy is in points (0-100): top-1 accuracy for classifiers and R² x 100 for regressors, on labelled eval data;
-otherwise the mean cosine similarity x 100 of each item's result (embedding, or first output) to the original's.
+Scores are in points (0-100), higher is better, and each names the metric it is -- never one for another: on
+labelled eval data, top-1 accuracy on the labels (classifiers) or R² x 100 (regressors); on unlabelled data, the
+share of items whose top-1 class is the original's (classifiers: "top-1 agreement"), else the mean cosine
+similarity x 100 of each item's result (embedding, or first output) to the original's.
 This is the small internal helper that `forwardpass.measure` may absorb: it uses `measure.evaluate` and
 `measure.timing.interleave` as they are.
 """
@@ -16,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from forwardpass.config import ClassificationConfig
 from forwardpass.errors import InputError
 from forwardpass.measure.datasets import Dataset, open_dataset
 from forwardpass.measure.evaluate import evaluate, task_of
@@ -28,7 +31,8 @@ __all__ = ["Quality", "Speed", "artefact_size", "measure_speed", "quality_for"]
 
 
 class Quality(Protocol):
-    metric: str
+    metric: str  # what the score is, in words: "top-1 agreement with the original (%)"
+    key: str  # the same as an identifier: "top1_agreement"
     items: int
 
     def measure(self, model: Model) -> float:
@@ -40,7 +44,9 @@ class LabelledQuality:
     def __init__(self, dataset: Dataset, task: str) -> None:
         self.dataset = dataset
         self.task = task
-        self.metric = "top-1 accuracy (%)" if task == "classification" else "R² x 100"
+        classifier = task == "classification"
+        self.metric = "top-1 accuracy on the labels (%)" if classifier else "R² on the labels (x 100)"
+        self.key = "top1_accuracy" if classifier else "r2"
         self.items = len(dataset.examples)
 
     def measure(self, model: Model) -> float:
@@ -53,12 +59,35 @@ class LabelledQuality:
         return 100.0 * float(report.metrics["r2"])
 
 
-class AgreementQuality:
-    """Mean cosine similarity of each item's result to the original model's, x 100."""
+class Top1AgreementQuality:
+    """The share of items (%) whose top-1 class is the one the original model gives."""
+
+    metric = "top-1 agreement with the original (%)"
+    key = "top1_agreement"
 
     def __init__(self, samples: Samples, original: Model) -> None:
         self.samples = samples
-        self.metric = "cosine similarity to the original (x 100)"
+        self.items = len(samples.items)
+        self.reference = self._top1(original)
+
+    def measure(self, model: Model) -> float:
+        return 100.0 * float(np.mean(self._top1(model) == self.reference))
+
+    def _top1(self, model: Model) -> np.ndarray:
+        predictions = [
+            model.pipeline.postprocess(outputs, inputs, 1) for outputs, inputs in model.run_items(self.samples.items)
+        ]
+        return np.array([prediction["index"] for prediction in predictions])
+
+
+class CosineQuality:
+    """Mean cosine similarity of each item's result to the original model's, x 100."""
+
+    metric = "cosine similarity to the original (x 100)"
+    key = "cosine"
+
+    def __init__(self, samples: Samples, original: Model) -> None:
+        self.samples = samples
         self.items = len(samples.items)
         self.reference = self._vectors(original)
 
@@ -84,18 +113,24 @@ def quality_for(
     original: Model, eval_data: Path | None, calibration: Samples | None, name: str
 ) -> tuple[Quality, Samples]:
     """Labelled metrics when the data has labels and the model is a classifier or regressor; agreement with the
-    original otherwise. Also the eval items, preprocessed (speed is measured on them)."""
+    original otherwise (top-1 for a classifier, cosine for the rest). Also the eval items, preprocessed (speed is
+    measured on them)."""
     if eval_data is None:
         if calibration is None:
             raise InputError("give --eval DATA (or --calibration DATA) so that accuracy can be measured")
-        return AgreementQuality(calibration, original), calibration
+        return _agreement(calibration, original), calibration
     samples = read_samples(original, eval_data, role="eval", model_name=name)
     try:
         task = task_of(original)
         dataset = open_dataset(eval_data)
     except InputError:
-        return AgreementQuality(samples, original), samples
+        return _agreement(samples, original), samples
     return LabelledQuality(dataset, task), samples
+
+
+def _agreement(samples: Samples, original: Model) -> Quality:
+    classifier = isinstance(original.config.postprocess, ClassificationConfig)
+    return Top1AgreementQuality(samples, original) if classifier else CosineQuality(samples, original)
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,7 @@ class Int8Settings:
     range and pre-processing differed by less than the machine's noise; per-channel keeps accuracy best."""
 
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    percentile: float = 99.999  # with method "percentile": the share of each activation's values its range keeps
     quant_format: Literal["qdq", "qoperator"] = "qdq"
     per_channel: bool = True
     activations: Literal["u8", "s8"] = "u8"
@@ -73,6 +74,7 @@ class Int8Settings:
     def to_dict(self) -> dict[str, object]:
         return {
             "method": self.method,
+            **({"percentile": self.percentile} if self.method == "percentile" else {}),
             "quant_format": self.quant_format,
             "per_channel": self.per_channel,
             "activations": self.activations,
@@ -222,9 +224,17 @@ def _run_in_float32(model: onnx.ModelProto, name: str) -> None:
 
 
 class _FeedReader:
-    """ONNX Runtime's CalibrationDataReader protocol over preprocessed batches."""
+    """ONNX Runtime's CalibrationDataReader protocol over preprocessed batches. The histogram calibrators (entropy,
+    percentile) stack every batch's outputs into one array, so for them the batches are fed one item at a time: a
+    last, shorter batch would not stack."""
 
-    def __init__(self, batches: Sequence[Arrays]) -> None:
+    def __init__(self, batches: Sequence[Arrays], *, by_item: bool = False) -> None:
+        if by_item:
+            batches = [
+                {name: array[i : i + 1] for name, array in batch.items()}
+                for batch in batches
+                for i in range(len(next(iter(batch.values()))))
+            ]
         self._batches = iter(batches)
 
     def get_next(self) -> Arrays | None:
@@ -237,7 +247,10 @@ def to_int8_static(
     calibration: Sequence[Arrays],
     settings: Int8Settings,
     exclude: Sequence[str] = (),
+    cache: Path | None = None,
 ) -> Converted:
+    """`cache`: a file where the activation ranges are kept after the first call, so that candidates differing only
+    in `exclude` (mixed precision) are calibrated once."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -252,12 +265,12 @@ def to_int8_static(
     }
     extra: dict[str, Any] = {"CalibTensorRangeSymmetric": False}
     if settings.method == "percentile":
-        extra["CalibPercentile"] = 99.999
+        extra["CalibPercentile"] = settings.percentile
     try:
         quantize_static(
             str(model_in),
             str(output),
-            _FeedReader(calibration),
+            _FeedReader(calibration, by_item=settings.method != "minmax"),
             quant_format=QuantFormat.QDQ if settings.quant_format == "qdq" else QuantFormat.QOperator,
             per_channel=settings.per_channel,
             reduce_range=settings.reduce_range,
@@ -266,6 +279,7 @@ def to_int8_static(
             calibrate_method=methods[settings.method],
             nodes_to_exclude=list(exclude),
             extra_options=extra,
+            calibration_cache_path=cache,
         )
     finally:
         if model_in != source:

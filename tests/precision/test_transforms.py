@@ -11,7 +11,15 @@ import pytest
 
 import forwardpass
 from forwardpass.errors import ConfigError
-from forwardpass.precision.transforms import layer_precisions, to_bf16_torch, to_fp16, to_fp64, to_int4
+from forwardpass.precision.transforms import (
+    Int8Settings,
+    layer_precisions,
+    to_bf16_torch,
+    to_fp16,
+    to_fp64,
+    to_int4,
+    to_int8_static,
+)
 
 MINILM = Path(__file__).resolve().parents[2] / "models" / "minilm"
 # Documented tolerances (README, optimize): relative to the output's scale.
@@ -104,3 +112,25 @@ def test_int4_refuses_a_model_without_matmul(tmp_path: Path) -> None:
     source = Path(__file__).resolve().parents[2] / "models" / "digits_cnn" / "1" / "model.onnx"
     with pytest.raises(ConfigError, match=r"MatMul layers, and this model has none"):
         to_int4(source, tmp_path / "x.onnx", block_size=32)
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_calibration_takes_a_shorter_last_batch_and_shares_its_cache(
+    method: str, mlp_path: Path, tmp_path: Path
+) -> None:
+    """ONNX Runtime's histogram calibrators stack every batch's outputs; 16 + 5 items must still calibrate. The cache
+    keeps the ranges, so a second candidate (one layer left in FP32) is quantized with the same ones."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((21, 6)).astype(np.float32)
+    batches = [{"x": x[:16]}, {"x": x[16:]}]
+    settings = Int8Settings(method=method, percentile=99.9)  # type: ignore[arg-type]
+    cache = tmp_path / "ranges.json"
+    full = to_int8_static(mlp_path, tmp_path / "int8.onnx", batches, settings, cache=cache)
+    assert cache.is_file() and full.settings["method"] == method
+    mixed = to_int8_static(mlp_path, tmp_path / "mixed.onnx", [], settings, exclude=["dense2"], cache=cache)
+    source = onnx.load(str(mlp_path))
+    assert layer_precisions(source, onnx.load(str(full.path)))["dense2"] == "int8"
+    assert layer_precisions(source, onnx.load(str(mixed.path)))["dense2"] == "fp32"
+    reference = _run(mlp_path, x)
+    scale = np.abs(reference).max()
+    assert np.abs(_run(full.path, x) - reference).max() < 0.1 * scale
