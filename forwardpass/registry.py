@@ -268,6 +268,7 @@ class ModelRegistry:
         )
         if model.audit is not None:
             _check_writable(model)
+        config = model.config  # as completed from the model: batching inferred where the config leaves it out
         sessions = [model.session, *(model.open_session() for _ in range(config.instances - 1))]
         max_batch_size = config.max_batch_size if model.batchable else 0
         batching = config.dynamic_batching

@@ -278,7 +278,7 @@ def onnx_softmax(folder: Path) -> UserModel:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    x_train, x_test, y_train, y_test = _iris_arrays()
+    _, x_test, _, y_test = _iris_arrays()
     rng = np.random.default_rng(SEED)
     weights, bias = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
     graph = helper.make_graph(

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from forwardpass.config import ImageConfig, InteractionsConfig, ModelConfig, TabularConfig, TextConfig
-from forwardpass.errors import DecodeError, ForwardpassError, InputError, MissingFieldError, NotFoundError, ShapeError
+from forwardpass.errors import DecodeError, ForwardpassError, InputError, NotFoundError, ShapeError
 from forwardpass.modes.sources import Item, csv_header, csv_items, jsonl_items, parse_json
+from forwardpass.pipeline.records import check_fields
 from forwardpass.tensor import TensorSpec
 
 __all__ = ["Item", "decode_inputs"]
@@ -163,10 +164,16 @@ def _histories(arg: str) -> list[Item]:
 
 def _csv_rows(arg: str, path: Path, config: TabularConfig) -> list[Item]:
     header = csv_header(path)
-    # Checked once for the file: otherwise every row would report the same missing column.
-    missing = [c.name for c in config.columns if c.impute is None and c.categories is None and c.name not in header]
-    if missing:
-        raise MissingFieldError(f"the header lacks column(s) {missing}, which the model needs (no impute value)")
+    # Checked once for the file: otherwise every row would report the same absent or unknown column.
+    try:
+        check_fields(
+            dict.fromkeys(header),
+            [column.name for column in config.columns],
+            absent_ok=config.impute_absent,
+            unknown_ok=config.unknown_fields == "ignore",
+        )
+    except ForwardpassError as exc:
+        raise type(exc)(f"the header: {exc}") from None
     return list(csv_items(path, arg))
 
 

@@ -326,13 +326,24 @@ def _preprocess(model: Model, raw: object) -> Arrays:
         raise DecodeError(f"model '{model.name}' cannot read this input: {exc}".splitlines()[0]) from None
 
 
+def _depth(value: object) -> int:
+    """How deeply lists nest at their first element: [[1, 2], [3, 4]] is 2."""
+    depth = 0
+    while isinstance(value, list) and value:
+        depth, value = depth + 1, value[0]
+    return depth
+
+
 def _items(served: Served, raw: object) -> list[object] | None:
-    """A JSON list of records (or of texts, for a text model) is a batch of items, as the CLI reads it; None: `raw`
-    is one item (a list of numbers is one tensor)."""
+    """A JSON list of records (or of texts, for a text model) is a batch of items, as the CLI reads it, and so is a
+    nested list one dimension deeper than a one-input tensor model's item (rows, as a .npy batch is read); None:
+    `raw` is one item (a list of numbers is one tensor)."""
     if not isinstance(raw, list) or not raw:
         return None
-    texts = isinstance(served.model.config.preprocess, TextConfig)
-    if not all(isinstance(item, dict) or (texts and isinstance(item, str)) for item in raw):
+    model = served.model
+    texts = isinstance(model.config.preprocess, TextConfig)
+    rows = model.config.preprocess is None and len(model.inputs) == 1 and _depth(raw) == len(model.inputs[0].shape)
+    if not rows and not all(isinstance(item, dict) or (texts and isinstance(item, str)) for item in raw):
         return None
     most = max(served.max_batch_size, 1)
     if len(raw) > most:
