@@ -21,6 +21,8 @@ export HF_HUB_OFFLINE := 1
 demo: $(BUILT)
 	$(FP) models
 	$(FP) predict mobilenet_v2 samples/images/*
+	$(FP) predict faces samples/faces/* --draw .build/reports/faces.png
+	$(FP) predict ocr samples/text/page.png --draw .build/reports/ocr.png
 	$(FP) predict digits_cnn samples/digits/*.png --top-k 3
 	$(FP) predict breast_cancer samples/records/breast_cancer.csv
 	$(FP) predict diabetes samples/records/diabetes.json

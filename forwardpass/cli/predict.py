@@ -156,6 +156,7 @@ def _drawn(items: Sequence[Item], outcomes: Iterable[Outcome], target: Path) -> 
             continue
         path = target if len(items) == 1 else target.with_name(f"{target.stem}-{Path(item.name).stem}.png")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             draw(Image.open(item.raw), outcome).save(path, format="PNG")
         except ForwardpassError as exc:
             yield exc
