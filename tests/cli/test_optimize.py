@@ -50,9 +50,11 @@ def versions(repo: Path) -> list[str]:
 
 
 def test_int8_writes_a_new_version_and_prints_the_comparison(repo: Path, calibration: Path) -> None:
-    done = run(repo, "-p", "int8", "--calibration", calibration, "--eval", HELD_OUT)
+    # the bundled digits CNN runs INT8 at about FP32's speed, either side of it: asked for by name
+    done = run(repo, "-p", "int8", "--calibration", calibration, "--eval", HELD_OUT, "--allow-slower")
     assert done.returncode == 0, done.stderr
     assert "chosen" in done.stdout and "original" in done.stdout
+    assert "top-1 accuracy on the labels (%)" in done.stdout  # the table names its metric
     assert f"wrote version 2 of digits_cnn: {repo / 'digits_cnn' / '2'}" in done.stdout
     record = json.loads((repo / "digits_cnn" / "2" / "precision.json").read_text())
     assert record["precision"] == "int8" and record["source"]["version"] == 1
@@ -93,8 +95,10 @@ def test_calibration_data_that_does_not_match_the_model(repo: Path, tmp_path: Pa
 
 
 def test_an_impossible_budget_writes_nothing(repo: Path, calibration: Path) -> None:
-    done = run(repo, "-p", "int8", "--calibration", calibration, "--max-accuracy-drop", "0")
-    assert_one_error(done, "no candidate keeps the accuracy drop within 0.0", "nothing was written")
+    config = repo / "digits_cnn" / "config.yaml"  # raw scores (no postprocess): cosine, which INT8 always moves
+    config.write_text(config.read_text().split("postprocess:")[0])
+    done = run(repo, "-p", "int8", "--calibration", calibration, "--max-accuracy-drop", "0", "--allow-slower")
+    assert_one_error(done, "no candidate keeps the drop in cosine similarity", "within 0.0", "nothing was written")
     assert versions(repo) == ["1", "config.yaml", "labels.txt", "metrics.json"]
 
 
