@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -21,6 +23,7 @@ from forwardpass.cli.common import (
 )
 from forwardpass.cli.reporting import print_json, progress
 from forwardpass.measure import EvalReport, evaluate, open_dataset
+from forwardpass.measure.detection import evaluate_detection, is_coco
 from forwardpass.measure.evaluate import MAX_REPORTED_ERRORS
 from forwardpass.measure.report import save_eval
 
@@ -36,7 +39,7 @@ def eval_command(
         ...,
         metavar="DATA",
         help="ImageFolder tree (DATA/<label>/<image>), CSV / Parquet / JSONL / JSON table with a label column,"
-        " or .npz of input arrays and a label array.",
+        " .npz of input arrays and a label array, or a COCO annotation file (detectors; images beside it).",
     ),
     top_k: int | None = top_k_option("Report top-1 and top-K accuracy (recall@1 and recall@K for embeddings)."),
     group_by: str | None = typer.Option(
@@ -78,8 +81,18 @@ def eval_command(
       forwardpass eval diabetes data/diabetes/test.csv --group-by sex --json
 
       forwardpass eval my_model records.parquet --label-column species --group-by site
+
+      forwardpass eval my_detector coco/annotations.json -o reports/detector
     """
     at_least_one(top_k=top_k, batch_size=batch_size)
+    if is_coco(data):  # detection: pycocotools' mAP
+        loaded = open_model(model, repository, version, trust_pickle=trust_pickle)
+        with progress(items="images") as bar:
+            task = bar.add_task(f"eval {loaded.name}", total=None)
+            scored = evaluate_detection(loaded, data, batch_size, on_progress=lambda n: bar.advance(task, n))
+        loaded.close()
+        _report_detection(scored, out, as_json)
+        return
     ks = sorted({1, top_k or 1})
     dataset = open_dataset(data, label_column, group_by)
     loaded = open_model(model, repository, version, trust_pickle=trust_pickle)
@@ -101,6 +114,28 @@ def eval_command(
         _print_eval(report)
         if written:
             Console().print(f"report: {', '.join(str(path) for path in written)}", highlight=False)
+
+
+def _report_detection(report: dict[str, Any], out: Path | None, as_json: bool) -> None:
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        print_json(report)
+        return
+    console = Console()
+    console.print(f"[bold]{report['model']}[/] on {report['data']} (detection, {report['images']} images)")
+    console.print(f"mAP@0.5 {report['map_50']:.4f}   mAP@0.5:0.95 {report['map_50_95']:.4f}", highlight=False)
+    table = Table("class", "mAP@0.5", "mAP@0.5:0.95", "instances")
+    for name, scores in report["per_class"].items():
+        table.add_row(name, f"{scores['map_50']:.4f}", f"{scores['map_50_95']:.4f}", str(scores.get("instances", 0)))
+    console.print(table)
+    for name, why in list(report["failures"].items())[:SHOWN_ERRORS]:
+        console.print(f"[red]failed[/] {name}: {why}", highlight=False)
+    if report["labels_not_in_categories"]:
+        console.print(f"labels not among the categories (not scored): {report['labels_not_in_categories']}")
+    if out is not None:
+        console.print(f"report: {out / 'report.json'}", highlight=False)
 
 
 def _print_eval(report: EvalReport) -> None:
