@@ -45,6 +45,7 @@ _INT8_OPS = frozenset(
 )
 _FLOAT_NAMES = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16", TensorProto.DOUBLE: "fp64"}
 MAX_FP64_FALLBACKS = 64
+HISTOGRAM_STRIDE = 1  # calibration batches per collection round of the histogram calibrators
 
 
 @dataclass(slots=True)
@@ -224,18 +225,20 @@ def _run_in_float32(model: onnx.ModelProto, name: str) -> None:
 
 
 class _FeedReader:
-    """ONNX Runtime's CalibrationDataReader protocol over preprocessed batches. The histogram calibrators (entropy,
-    percentile) stack every batch's outputs into one array, so for them the batches are fed one item at a time: a
-    last, shorter batch would not stack."""
+    """ONNX Runtime's CalibrationDataReader protocol over preprocessed batches, with the range selection its strided
+    calibration uses. The histogram calibrators (entropy, percentile) keep every output of a collection round in
+    memory and stack them into one array: they are given one batch per round (`HISTOGRAM_STRIDE`), so memory holds
+    one batch's activations and a last, shorter batch need not stack with the others."""
 
-    def __init__(self, batches: Sequence[Arrays], *, by_item: bool = False) -> None:
-        if by_item:
-            batches = [
-                {name: array[i : i + 1] for name, array in batch.items()}
-                for batch in batches
-                for i in range(len(next(iter(batch.values()))))
-            ]
-        self._batches = iter(batches)
+    def __init__(self, batches: Sequence[Arrays]) -> None:
+        self._all = list(batches)
+        self._batches = iter(self._all)
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._batches = iter(self._all[start_index:end_index])
 
     def get_next(self) -> Arrays | None:
         return next(self._batches, None)
@@ -266,11 +269,13 @@ def to_int8_static(
     extra: dict[str, Any] = {"CalibTensorRangeSymmetric": False}
     if settings.method == "percentile":
         extra["CalibPercentile"] = settings.percentile
+    if settings.method != "minmax":
+        extra["CalibStridedMinMax"] = HISTOGRAM_STRIDE  # despite its name, any calibrator's collection rounds
     try:
         quantize_static(
             str(model_in),
             str(output),
-            _FeedReader(calibration, by_item=settings.method != "minmax"),
+            _FeedReader(calibration),
             quant_format=QuantFormat.QDQ if settings.quant_format == "qdq" else QuantFormat.QOperator,
             per_channel=settings.per_channel,
             reduce_range=settings.reduce_range,
