@@ -3,7 +3,7 @@ MLPerf LoadGen's scenarios; with accuracy beside speed for each precision, and a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -229,18 +229,23 @@ def _bench_local(
                 try:
                     label = asked or _precision_label(loaded)
                     points: list[SpeedPoint] = []
-                    for point in _time(loaded, sizes, duration, warmup, label):
-                        points.append(point)
+
+                    def record(
+                        point: SpeedPoint, model: Model = loaded, label: str = label, points: list[SpeedPoint] = points
+                    ) -> dict[str, Any]:
                         row = {
                             "precision": label,
-                            "version": loaded.version,
-                            "threads": loaded.engine.intra_op_threads,
+                            "version": model.version,
+                            "threads": model.engine.intra_op_threads,
                             **point.to_dict(),
                         }
-                        results.append(row)
                         for engine, timing in (("forwardpass", point.ours), ("onnxruntime", point.raw)):
-                            key = f"{engine} {configuration(row)}"
-                            latencies[key] = [seconds * 1e3 for seconds in timing.latencies]
+                            latencies[f"{engine} {configuration(row)}"] = [s * 1e3 for s in timing.latencies]
+                        points.append(point)
+                        results.append(row)  # last: a row in `results` is complete, whenever Ctrl-C comes
+                        return row
+
+                    _time(loaded, sizes, duration, warmup, label, record)
                     engine_settings = loaded.engine
                     settings = {
                         "graph_optimization": engine_settings.graph_optimization,
@@ -289,8 +294,15 @@ def _precision_label(model: Model) -> str:
     return precision_of(model.entry.artefact.parent) if model.version is not None else DEFAULT_PRECISION
 
 
-def _time(model: Model, sizes: list[int], duration: float, warmup: float, label: str) -> Iterator[SpeedPoint]:
-    """One point per batch size, each as soon as it is measured (so that Ctrl-C keeps the finished ones)."""
+def _time(
+    model: Model,
+    sizes: list[int],
+    duration: float,
+    warmup: float,
+    label: str,
+    record: Callable[[SpeedPoint], dict[str, Any]],
+) -> None:
+    """Each batch size timed and `record`ed as soon as it is measured (so that Ctrl-C keeps the finished ones)."""
     raw = RawSession(model)
     threads = model.engine.intra_op_threads or "default"
     with progress() as bar:
@@ -303,7 +315,11 @@ def _time(model: Model, sizes: list[int], duration: float, warmup: float, label:
                 description = f"{label} t{threads} batch {size} {done.name} {step}: {speed}"
                 bar.update(task, advance=done.seconds, description=description)
 
-            yield from bench(model, [size], seconds=duration, warmup_seconds=warmup, on_round=show, raw=raw)
+            for point in bench(model, [size], seconds=duration, warmup_seconds=warmup, on_round=show, raw=raw):
+                row = record(point)
+                # one line per finished configuration, above the bar (and in logs, where no bar is drawn)
+                ours, theirs = point.ours.throughput, point.raw.throughput
+                bar.console.print(f"measured {configuration(row)}: {ours:,.0f} items/s (raw ORT {theirs:,.0f})")
 
 
 def _accuracy(model: Model, dataset: Dataset, points: list[SpeedPoint]) -> dict[str, Any]:

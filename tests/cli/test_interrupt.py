@@ -58,10 +58,13 @@ def test_bench_keeps_the_configurations_finished(repository: Path, tmp_path: Pat
     sizes = ",".join(str(n) for n in range(1, 41))
     out = tmp_path / "bench"
     run = _start(repository, "bench", "vec_raw", "-b", sizes, "--duration", "0.2", "--warmup", "0", "-o", out)
-    time.sleep(4)  # start-up, then a few configurations of 2 x 0.2 s
+    assert run.stderr is not None
+    while not (line := run.stderr.readline()).startswith("measured "):  # a configuration is finished
+        assert line, "bench ended before measuring anything"
     _, stderr = _interrupt(run)
     assert run.returncode == 130, stderr
     assert "configurations finished before Ctrl-C; saved in" in stderr
     report = json.loads((out / "report.json").read_text())
-    assert 1 <= len(report["results"]) < 40 and report["interrupted"].endswith("of 40 configurations")
+    assert 1 <= len(report["results"]) < 40, stderr
+    assert report["interrupted"].endswith("of 40 configurations")
     assert "Interrupted (Ctrl-C)" in (out / "report.md").read_text()
