@@ -38,6 +38,7 @@ __all__ = [
     "RawConfig",
     "RecommendationConfig",
     "RegressionConfig",
+    "SegmentationConfig",
     "SequenceBatchingConfig",
     "SequenceStateConfig",
     "SourceConfig",
@@ -342,6 +343,18 @@ class TextDetectionConfig(_Strict):
     dilate: bool = Field(default=True, description="dilate the thresholded map with a 2 x 2 kernel first")
 
 
+class SegmentationConfig(_Strict):
+    """Per-pixel class scores → the best class of every pixel of the original image (a PNG of class indices) and
+    the share of the image each class covers."""
+
+    kind: Literal["segmentation"]
+    output: str | None = None
+    channels: Literal["first", "last"] = Field(default="first", description="scores [classes, h, w] or [h, w, classes]")
+    labels: str | list[str] | None = Field(
+        default=None, description="class names: a file in the model folder, or a list"
+    )
+
+
 class CtcConfig(_Strict):
     """Greedy CTC decoding of a recognizer's [time, classes] scores: best class per step, repeats merged, blanks
     dropped → text, its mean score and each character's."""
@@ -363,7 +376,8 @@ PostprocessConfig = Annotated[
     | RecommendationConfig
     | DetectionConfig
     | TextDetectionConfig
-    | CtcConfig,
+    | CtcConfig
+    | SegmentationConfig,
     Field(discriminator="kind"),
 ]
 
@@ -577,7 +591,7 @@ class ModelConfig(_Strict):
 _KINDS = {
     "preprocess": "'image', 'text', 'tabular', 'interactions'",
     "postprocess": "'classification', 'regression', 'embedding', 'raw', 'anomaly', 'cluster', 'recommendation', "
-    "'detection', 'text_detection', 'ctc'",
+    "'detection', 'text_detection', 'ctc', 'segmentation'",
 }
 
 

@@ -20,6 +20,7 @@ from forwardpass.config import (
     ModelConfig,
     RecommendationConfig,
     RegressionConfig,
+    SegmentationConfig,
     TextConfig,
     TextDetectionConfig,
 )
@@ -40,6 +41,7 @@ from forwardpass.pipeline.outputs import (
     Regress,
     load_labels,
 )
+from forwardpass.pipeline.segmentation import Segment
 from forwardpass.pipeline.tabular import TabularPreprocessor
 from forwardpass.pipeline.text import TextPreprocessor
 from forwardpass.tensor import TensorSpec, as_array
@@ -100,7 +102,7 @@ class Pipeline:
 def _maps_coordinates(config: ModelConfig) -> bool:
     """The postprocessing reports coordinates in the original image: it needs the image preprocessing's transform."""
     return isinstance(config.preprocess, ImageConfig) and isinstance(
-        config.postprocess, DetectionConfig | TextDetectionConfig
+        config.postprocess, DetectionConfig | TextDetectionConfig | SegmentationConfig
     )
 
 
@@ -157,6 +159,9 @@ def _postprocessor(
         return _detect(config, declared, outputs, model_dir)
     if isinstance(declared, TextDetectionConfig):
         return DetectText(declared, _pick(declared.output, outputs, "postprocess.output"))
+    if isinstance(declared, SegmentationConfig):
+        output = _pick(declared.output, outputs, "postprocess.output")
+        return Segment(declared, output, load_labels(declared.labels, model_dir))
     if isinstance(declared, CtcConfig):
         return CtcDecode(declared, _pick(declared.output, outputs, "postprocess.output"), model_dir)
     return RawOutputs()
