@@ -73,9 +73,10 @@ def quantize_decoder(
     ONNXModel(graph).replace_gemm_with_matmul()  # GPT-2's Conv1D layers are Gemms; the quantizer rewrites MatMuls
     graph = _at_least_opset(graph, INT4_OPSET)
     projection = _output_projection(graph)
-    graph = _quantized(graph, 8, block_size, ("MatMul",), include=projection)  # the sensitive layer: always 8-bit
+    others = [node.name for node in graph.graph.node if node.op_type == "MatMul" and node.name not in projection]
+    graph = _quantized(graph, 8, block_size, ("MatMul",), exclude=others)  # the sensitive layer: always 8-bit
     op_types = ("MatMul", "Gather") if bits == 4 else ("MatMul",)  # GatherBlockQuantized is 4-bit only
-    graph = _quantized(graph, bits, block_size, op_types, exclude=projection)
+    graph = _quantized(graph, bits, block_size, op_types)
     version = max(versions_in(folder)) + 1
     with tempfile.TemporaryDirectory(dir=folder, prefix=".quantizing-") as work:
         staged = Path(work) / "model.onnx"
@@ -108,7 +109,7 @@ def quantize_decoder(
                 "op_types": list(op_types),
                 "output_projection_int8": projection,
                 "tied_projection_untied": untied,
-                "quantized_nodes": _count_quantized(onnx.load(str(staged))),
+                "quantized_nodes": _count_quantized(graph),
             },
             "evaluation": {"metric": "perplexity", "text": text.name, "tokens": len(ids), "max_ratio": bound},
             "measured": {
@@ -177,7 +178,6 @@ def _quantized(
     bits: int,
     block_size: int,
     op_types: tuple[str, ...],
-    include: list[str] | None = None,
     exclude: list[str] | None = None,
 ) -> onnx.ModelProto:
     """ONNX Runtime's weight-only quantizer (RTN, symmetric as ONNX Runtime GenAI's builder does it: on SmolLM2 it
@@ -190,7 +190,6 @@ def _quantized(
         block_size=block_size,
         is_symmetric=True,
         accuracy_level=4,
-        nodes_to_include=include,
         nodes_to_exclude=exclude or [],
         op_types_to_quantize=op_types,
         quant_axes=(("MatMul", 0), ("Gather", 1)),
@@ -242,10 +241,17 @@ def _fp32_version(folder: Path) -> int:
 
 
 def _count_quantized(graph: onnx.ModelProto) -> dict[str, int]:
+    """Nodes by kind: MatMulNBits by their bits, the embedding lookups, what stayed MatMul (activations only)."""
     counts: dict[str, int] = {}
     for node in graph.graph.node:
-        if node.op_type in ("MatMulNBits", "GatherBlockQuantized", "MatMul", "Gemm"):
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        if node.op_type == "MatMulNBits":
+            bits = next(attribute.i for attribute in node.attribute if attribute.name == "bits")
+            kind = f"MatMulNBits({bits} bits)"
+        elif node.op_type in ("GatherBlockQuantized", "MatMul", "Gemm"):
+            kind = node.op_type
+        else:
+            continue
+        counts[kind] = counts.get(kind, 0) + 1
     return counts
 
 

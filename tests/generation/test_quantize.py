@@ -43,7 +43,9 @@ def test_variant_records_its_perplexity_against_fp32(folder: Path, precision: st
     assert made == folder / "2"
     record = json.loads((made / "precision.json").read_text())
     assert record["precision"] == precision and record["settings"]["bits"] == bits
-    assert record["settings"]["quantized_nodes"]["MatMulNBits"] >= 1
+    # 2 layers x (attention in, out; MLP in, out), Gemms before, at `bits`; the output projection at 8 bits
+    expected = {"MatMulNBits(8 bits)": 9} if bits == 8 else {"MatMulNBits(4 bits)": 8, "MatMulNBits(8 bits)": 1}
+    assert {key: record["settings"]["quantized_nodes"].get(key) for key in expected} == expected
     measured = record["measured"]
     original, variant = forwardpass.load(folder, version=1), forwardpass.load(folder, precision=precision)
     context = original.config.generation.context_length  # the text is cut to what the model holds
