@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,15 @@ from selenium.webdriver.support.wait import WebDriverWait
 ROOT = Path(__file__).resolve().parents[2]
 DIGIT = ROOT / "samples" / "digits" / "digit_4_1023.png"
 RECORD = json.loads((ROOT / "samples" / "records" / "diabetes.json").read_text(encoding="utf-8"))[0]
+FACES_PHOTO = Path(sysconfig.get_paths()["purelib"]) / "skimage" / "data" / "astronaut.png"  # make installs it
 BAR_BLUE = np.array([31, 111, 235])  # .bar .fill in style.css
+BOX_RED = np.array([255, 45, 85])  # the boxes app.js draws
 WAIT_S = 30
 
 
 @pytest.fixture(scope="module")
 def guarded(kit: Any, repository: Path) -> Iterator[Any]:
+    kit.copy_bundled("faces", repository)  # a detection model: its answer is drawn on the photo
     running = kit.serve(repository, auth_token="secret")
     yield running
     running.stop()
@@ -66,9 +70,9 @@ def _answer(browser: WebDriver, card: WebElement) -> WebElement:
     return answer
 
 
-def _blue_share(png: bytes) -> float:
+def _share(png: bytes, colour: np.ndarray) -> float:
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int64)
-    return float((np.abs(pixels - BAR_BLUE).sum(axis=-1) < 40).mean())
+    return float((np.abs(pixels - colour).sum(axis=-1) < 40).mean())
 
 
 def test_the_page_asks_for_the_token_then_answers_every_input_kind(
@@ -88,7 +92,17 @@ def test_the_page_asks_for_the_token_then_answers_every_input_kind(
     assert bars and bars[0].find_element(By.CSS_SELECTOR, ".label").text == "4"
     drawn = answer.screenshot_as_png
     (tmp_path / "digits_answer.png").write_bytes(drawn)
-    assert _blue_share(drawn) > 0.02  # the top bar (score ~1) is drawn, not only written
+    assert _share(drawn, BAR_BLUE) > 0.02  # the top bar (score ~1) is drawn, not only written
+
+    faces = _card(browser, "faces")
+    faces.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(FACES_PHOTO))
+    answer = _answer(browser, faces)
+    assert "face 0.9" in answer.text
+    canvas = _wait(browser, lambda b: answer.find_element(By.TAG_NAME, "canvas"))
+    _wait(browser, lambda b: canvas.get_attribute("width") == "512")  # drawn once the photo is decoded
+    boxed = canvas.screenshot_as_png
+    (tmp_path / "faces_answer.png").write_bytes(boxed)
+    assert _share(boxed, BOX_RED) > 0.002  # the box is drawn on the photo
 
     diabetes = _card(browser, "diabetes")
     for column, value in RECORD.items():
