@@ -38,6 +38,8 @@ from forwardpass.server.types import InferRequest, Tensor
 from forwardpass.server.ui import PAGE_PATHS
 from forwardpass.tensor import DataType
 
+MAX_DRAWN_PIXELS = 50_000_000  # the image preprocessing's default limit: the model has decoded it already
+
 __all__ = ["OPEN_PATHS", "create_http_app", "error_response"]
 
 log = logging.getLogger(__name__)
@@ -180,9 +182,15 @@ class _Api:
         for parameter in ("top_k", "explain"):
             if parameter in request.query_params:
                 parameters[parameter] = request.query_params[parameter]
+        drawing = request.query_params.get("draw", "").lower() in ("1", "true", "yes")
+        if drawing and not isinstance(raw, bytes):
+            raise InputError("?draw=true draws on an image: send its bytes (Content-Type image/*)")
         with self.guard.admitted():
             inline = len(body) <= OFFLOAD_BYTES and not isinstance(raw, bytes)
             prediction = await self.dataplane.predict(name, version, raw, parameters, inline=inline)
+            if drawing:  # the answer drawn on the image, as a PNG (decoding and drawing take milliseconds)
+                assert isinstance(raw, bytes) and isinstance(prediction, dict)
+                return Response(await asyncio.to_thread(_drawn_png, raw, prediction), media_type="image/png")
         return Response(encode_json(prediction), media_type=JSON)
 
     async def tf_predict(self, request: Request) -> Response:
@@ -241,6 +249,17 @@ def _header_length(request: Request) -> int | None:
     if not value.strip().isdigit():
         raise InputError(f"Inference-Header-Content-Length must be a non-negative integer, got {value!r}")
     return int(value)
+
+
+def _drawn_png(image: bytes, prediction: dict[str, Any]) -> bytes:
+    import io
+
+    from forwardpass.pipeline.draw import draw
+    from forwardpass.pipeline.image import decode_image
+
+    buffer = io.BytesIO()
+    draw(decode_image(image, MAX_DRAWN_PIXELS), prediction).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _raw_item(content_type: str, body: bytes) -> object:

@@ -3,6 +3,7 @@ process, concurrent requests share the steps' batches, and what it cannot read i
 
 from __future__ import annotations
 
+import io
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -77,3 +78,18 @@ def test_a_corrupt_image_is_refused(ocr_server: RunningServer) -> None:
 def test_an_unknown_model_is_still_404(ocr_server: RunningServer, tmp_path: Path) -> None:
     answer = httpx.post(f"{ocr_server.url}/v2/models/nothing/predict", content=b"x")
     assert answer.status_code == 404
+
+
+def test_the_answer_drawn_on_the_image_on_request(ocr_server: RunningServer) -> None:
+    url = f"{ocr_server.url}/v2/models/ocr/predict?draw=true"
+    answer = httpx.post(url, content=PAGE.read_bytes(), headers={"content-type": "image/png"}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "image/png"
+    drawn = Image.open(io.BytesIO(answer.content))
+    assert drawn.size == Image.open(PAGE).size
+
+
+def test_drawing_needs_an_image(ocr_server: RunningServer) -> None:
+    url = f"{ocr_server.url}/v2/models/ocr_rec/predict?draw=true"
+    answer = httpx.post(url, content=b'{"a": 1}', headers={"content-type": "application/json"}, timeout=120)
+    assert answer.status_code == 400 and "draws on an image" in answer.json()["error"]
