@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ __all__ = ["register"]
 Outcome = Prediction | ForwardpassError
 PREVIEW = 5  # numbers shown per embedding or raw output in the human listing
 EXPLAINED = 10  # columns shown per explanation in the human listing, largest attributions first
+SIMILARITY_ITEMS = 5  # embeddings (the first ones) compared pairwise after the human listing
 FOUND = ("detections", "boxes", "regions")  # what detection, text_detection and pipelines of models find
 
 
@@ -203,6 +205,7 @@ def _as_seen(model: Model, raw: object) -> np.ndarray:
 def _report(items: Sequence[Item], outcomes: Iterable[Outcome], as_json: bool) -> list[ForwardpassError]:
     console = Console(soft_wrap=True, highlight=False)
     failures = []
+    embedded: list[tuple[str, list[float]]] = []
     for item, outcome in zip(items, outcomes, strict=True):
         if isinstance(outcome, ForwardpassError):
             failures.append(outcome)
@@ -215,7 +218,25 @@ def _report(items: Sequence[Item], outcomes: Iterable[Outcome], as_json: bool) -
             console.print(Text(item.name, style="bold"))
             for row in describe(outcome):
                 console.print(Text("  " + row))
+            if "embedding" in outcome and len(embedded) < SIMILARITY_ITEMS:
+                embedded.append((item.name, outcome["embedding"]))
+    for row in _similarities(embedded):
+        console.print(Text(row))
     return failures
+
+
+def _similarities(embedded: list[tuple[str, list[float]]]) -> list[str]:
+    """With several embeddings listed, how alike each pair is says more than their numbers (the first
+    SIMILARITY_ITEMS only: the pairs grow with the square)."""
+    pairs = list(itertools.combinations(embedded, 2))
+    if not pairs:
+        return []
+    rows = ["cosine similarity:"]
+    for (first, a), (second, b) in pairs:
+        u, v = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        cosine = float(u @ v / max(np.linalg.norm(u) * np.linalg.norm(v), 1e-12))
+        rows.append(f"  {cosine:+.4f}  {first}  ~  {second}")
+    return rows
 
 
 def _located(name: str, error: ForwardpassError) -> str:

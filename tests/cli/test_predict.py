@@ -205,6 +205,15 @@ def test_text_string_and_txt_file(cli: Cli, repository: Path) -> None:
     np.testing.assert_allclose([line["embedding"] for line in lines], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_several_embeddings_end_with_how_alike_each_pair_is(cli: Cli, repository: Path) -> None:
+    done = cli("predict", "text_emb", "note.txt", "hello world")
+    assert done.returncode == 0, done.stderr
+    table = initializer(repository, "text_emb", "table")
+    cats, hello_world = table[4], (table[2] + table[3]) / 2
+    cosine = cats @ hello_world / np.linalg.norm(cats) / np.linalg.norm(hello_world)
+    assert done.stdout.splitlines()[-2:] == ["cosine similarity:", f"  {cosine:+.4f}  note.txt  ~  hello world"]
+
+
 def test_help_teaches_by_example(cli: Cli) -> None:
     done = cli("predict", "--help")
     assert done.returncode == 0
