@@ -234,7 +234,7 @@ def _similarities(embedded: list[tuple[str, list[float]]]) -> list[str]:
     rows = ["cosine similarity:"]
     for (first, a), (second, b) in pairs:
         u, v = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        cosine = float(u @ v / max(np.linalg.norm(u) * np.linalg.norm(v), 1e-12))
+        cosine = float(u @ v) / max(float(np.linalg.norm(u) * np.linalg.norm(v)), 1e-12)
         rows.append(f"  {cosine:+.4f}  {first}  ~  {second}")
     return rows
 
