@@ -36,7 +36,7 @@ def models(repository: Path | None = REPOSITORY, trust_pickle: bool = TRUST_PICK
     table = Table(title=f"models in {repo.root}")
     table.add_column("model", no_wrap=True)  # the names users must type: never cut or folded
     for column in ("versions", "inputs", "outputs", "pipeline", "served", "providers"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a narrow terminal wraps the names of tensors, never cuts them
     inferred_any = False
     for name in repo.names():
         try:
