@@ -309,12 +309,18 @@ def skl2onnx_zipmap(folder: Path) -> UserModel:
     from sklearn.linear_model import LogisticRegression
 
     x_train, x_test, y_train, y_test = _iris_arrays()
-    names = np.array(["setosa", "versicolor", "virginica"])
+    names = np.array(["setosa", "versicolor", "virginica"], dtype=object)
     model = LogisticRegression(max_iter=500).fit(x_train, names[y_train])
     path = folder / "zipmap.onnx"
     path.write_bytes(to_onnx(model, x_train[:1], target_opset={"": 17, "ai.onnx.ml": 3}).SerializeToString())
     user = _classifier(
-        "skl2onnx_zipmap", path, x_test, names[y_test], model.predict_proba(x_test), list(names), arrays=x_test
+        "skl2onnx_zipmap",
+        path,
+        x_test,
+        names[y_test],
+        model.predict_proba(x_test),
+        [str(n) for n in names],
+        arrays=x_test,
     )
     user.records = []
     return user

@@ -290,6 +290,8 @@ def _check_classification(
         _refuse(source, "postprocess.output", f"the model has no output '{post.output}'; it has {list(by_output)}")
     _check_float(spec, source)
     width = class_width(spec)
+    if width is None and facts.classes is not None and spec.name == facts.scores_output:
+        width = len(facts.classes)  # e.g. ZipMap's maps: one entry per class the graph lists
     labels = load_labels(post.labels, model_dir)
     if labels is not None and width is not None and len(labels) != width and not (width == 1 and len(labels) <= 2):
         _refuse(
