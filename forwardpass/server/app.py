@@ -17,11 +17,12 @@ import uvicorn
 from forwardpass.errors import ConfigError
 from forwardpass.registry import ModelRegistry
 from forwardpass.repository import Repository
-from forwardpass.server.connections import limited_protocol
+from forwardpass.server.connections import enforce_deadlines, limited_protocol
 from forwardpass.server.dataplane import DataPlane
 from forwardpass.server.generate import Generators, generation_routes
 from forwardpass.server.guard import RequestGuard
 from forwardpass.server.http import create_http_app
+from forwardpass.server.openai import openai_routes
 from forwardpass.server.settings import ServerSettings
 from forwardpass.server.ui import ui_routes
 from forwardpass.server.websocket import with_websockets
@@ -65,6 +66,7 @@ class InferenceServer:
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: grpc.aio.Server | None = None
         self._poll_task: asyncio.Task[None] | None = None
+        self._deadlines: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -75,7 +77,7 @@ class InferenceServer:
         await self.registry.load_all()
         config = uvicorn.Config(
             asgi_app(self.registry, self.dataplane, self.generators, settings),
-            http=limited_protocol(settings.max_connections, settings.header_timeout_s),
+            http=limited_protocol(settings.max_connections, settings.header_timeout_s, settings.body_timeout_s),
             ws="websockets-sansio",
             ws_max_size=settings.max_request_bytes,
             lifespan="off",
@@ -96,6 +98,9 @@ class InferenceServer:
             await asyncio.sleep(0.002)
         if settings.poll_interval_s:
             self._poll_task = asyncio.create_task(self._poll(settings.poll_interval_s))
+        # a few looks a second at every connection's header and body deadlines
+        interval_s = min(0.25, settings.header_timeout_s / 4, settings.body_timeout_s / 4)
+        self._deadlines = asyncio.create_task(enforce_deadlines(self._http.server_state.connections, interval_s))
 
     async def wait(self, stop: asyncio.Event) -> None:
         """Until `stop` is set (or the HTTP server ends by itself)."""
@@ -108,6 +113,8 @@ class InferenceServer:
         """Graceful: no new connections or RPCs, requests already sent finish, every queue drains."""
         if self._poll_task is not None:
             self._poll_task.cancel()
+        if self._deadlines is not None:
+            self._deadlines.cancel()
         grace = self.settings.shutdown_grace_s
         grpc_stopped = asyncio.create_task(self._grpc.stop(grace)) if self._grpc is not None else None
         if self._http is not None and self._http_task is not None:
@@ -159,7 +166,9 @@ def asgi_app(
     """Every HTTP and WebSocket route, behind one request guard (body reader, admission, error guard); `serve` and
     `serve --ray` both serve this."""
     guard = RequestGuard(settings, dataplane.metrics)
-    http_app = create_http_app(dataplane, guard, [*generation_routes(generators, guard), *ui_routes(registry, guard)])
+    openai = openai_routes(registry, generators, dataplane, guard)
+    extra = [*openai, *generation_routes(generators, guard), *ui_routes(registry, guard)]
+    http_app = create_http_app(dataplane, guard, extra)
     return with_websockets(http_app, dataplane, guard)
 
 

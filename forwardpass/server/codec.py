@@ -95,7 +95,10 @@ def decode_infer_request(body: bytes, header_length: int | None, limits: Request
             f"the body has {len(binary)} bytes of binary data but the inputs' binary_data_size add up to {offset}"
         )
     parameters = _parameters(document.get("parameters"), "request")
-    outputs = _requested_outputs(document.get("outputs"), parameters.get("binary_data_output") is True)
+    requested = document.get("outputs")
+    if limits is not None and isinstance(requested, list):
+        limits.check_outputs(len(requested))
+    outputs = _requested_outputs(requested, parameters.get("binary_data_output") is True)
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InputError(f"request 'id' must be a string, got {type(request_id).__name__}")

@@ -76,6 +76,8 @@ def decode_infer_request(message: pb.ModelInferRequest, limits: RequestLimits | 
             limits.check(tensor.name, tensor.datatype, list(tensor.shape))
         data = _decode_input(tensor, raw[index] if raw else None)
         inputs.append(Tensor(tensor.name, tensor.datatype, data, parameters))
+    if limits is not None:
+        limits.check_outputs(len(message.outputs))
     outputs = [_decode_requested_output(output) for output in message.outputs] or None
     return InferRequest(inputs, outputs, message.id or None, decode_parameters(message.parameters))
 

@@ -1,7 +1,8 @@
 """What every HTTP route that takes a body shares: the body reader, admission and the error guard — one place.
 
-- `body`: the request body, decompressed, never more than a size limit of it, and within a deadline (408), so a
-  client that declares 1,000 bytes and sends 5 ties up nothing but its own socket for `body_timeout_s`.
+- `body`: the request body, decompressed, never more than a size limit of it (its deadline, 408, is the
+  connection's: `forwardpass.server.connections`), so a client that declares 1,000 bytes and sends 5 ties up
+  nothing but its own socket for `body_timeout_s`.
 - `admitted`: a request counts as in progress only once its body has arrived; past `max_concurrent_requests`
   it is refused (503). A streamed answer keeps its slot until the stream ends (`held`).
 - `guarded`: a forwardpass error becomes its status with a one-line JSON body; anything else is a bug, logged and
@@ -26,7 +27,6 @@ from forwardpass.errors import (
     InputError,
     Overloaded,
     PayloadTooLarge,
-    RequestTimeout,
     Unauthenticated,
 )
 from forwardpass.server.codec import encode_json
@@ -64,7 +64,7 @@ def error_response(error: ForwardpassError) -> Response:
         headers["Retry-After"] = str(retry_after)
     if isinstance(error, Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(error, PayloadTooLarge | RequestTimeout):
+    if isinstance(error, PayloadTooLarge):
         headers["Connection"] = "close"  # the rest of the body is not worth reading
     return Response(encode_json({"error": one_line(error)}), error.http_status, headers, JSON)
 
@@ -103,18 +103,13 @@ class RequestGuard:
         chunks = []
         size = 0
         try:
-            async with asyncio.timeout(self.settings.body_timeout_s):
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
-                        raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-                    chunks.append(chunk)
-        except ClientDisconnect:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:  # or closed by the body deadline (408, forwardpass.server.connections)
             raise InputError("the client disconnected before sending the whole request body") from None
-        except TimeoutError:
-            raise RequestTimeout(
-                f"the request body did not arrive within {self.settings.body_timeout_s:g} s ({size} bytes came)"
-            ) from None
         body = b"".join(chunks)
         encoding = request.headers.get("content-encoding")
         if encoding is None or encoding == "identity":

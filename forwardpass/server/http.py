@@ -156,12 +156,21 @@ class _Api:
     async def infer(self, request: Request) -> Response:
         name, version = _model(request)
         limits = self.dataplane.limits(name, version)  # an unknown model is a 404 before any byte is read
-        with self._rejections(limits):
+        try:  # (not `with self._rejections()`: the request path's every microsecond counts)
             body = await self.guard.body(request, limits.max_body_bytes)
             header_length = _header_length(request)
+        except ForwardpassError as exc:
+            self._refused(limits, exc)
+            raise
         with self.guard.admitted():
-            with self._rejections(limits):
-                infer_request = await off_loop(len(body), decode_infer_request, body, header_length, limits)
+            try:
+                if len(body) > OFFLOAD_BYTES:
+                    infer_request = await asyncio.to_thread(decode_infer_request, body, header_length, limits)
+                else:
+                    infer_request = decode_infer_request(body, header_length, limits)
+            except ForwardpassError as exc:
+                self._refused(limits, exc)
+                raise
             response = await self.dataplane.infer(name, version, infer_request)
         content, header_length = encode_infer_response(response, infer_request)
         if header_length is None:
@@ -220,8 +229,11 @@ class _Api:
         try:
             yield
         except ForwardpassError as exc:
-            self.dataplane.metrics.failed(limits.model, limits.version, exc)
+            self._refused(limits, exc)
             raise
+
+    def _refused(self, limits: RequestLimits, error: ForwardpassError) -> None:
+        self.dataplane.metrics.failed(limits.model, limits.version, error)
 
     async def _options(self, request: Request) -> dict[str, Any]:
         body = await self.guard.body(request)

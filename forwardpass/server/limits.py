@@ -38,12 +38,18 @@ class RequestLimits:
     specs: dict[str, TensorSpec]  # the inputs clients send, by name
     max_rows: int  # the most rows one request may carry; 0: the model takes no batch dimension (its shape rules)
     max_body_bytes: int | None  # None: no bound from the model (strings, or dimensions of any size)
+    outputs: int = 0  # how many outputs the model has: a request may ask for no more
+
+    def check_outputs(self, count: int) -> None:
+        if count > self.outputs:
+            raise InputError(f"the request asks for {count} outputs; model '{self.model}' has {self.outputs}")
 
     @classmethod
     def of(cls, served: Served) -> RequestLimits:
         specs = {spec.name: spec for spec in served.inputs}
         max_rows = 1 if served.sequencer is not None else served.max_batch_size  # a sequence step is one row
-        return cls(served.name, served.version, specs, max_rows, _body_bound(specs.values(), max_rows))
+        bound = _body_bound(specs.values(), max_rows)
+        return cls(served.name, served.version, specs, max_rows, bound, len(served.outputs))
 
     def check_count(self, count: int) -> None:
         """Before reading any tensor: a request with more tensors than the model has inputs is refused whole."""
@@ -60,9 +66,12 @@ class RequestLimits:
                 f"input '{name}': datatype {clip(datatype)} does not match the model's {spec.dtype.name}; "
                 f"send {spec.dtype.name}"
             )
-        fits = len(shape) == len(spec.shape) and all(want in (-1, got) for got, want in zip(shape, spec.shape))  # noqa: B905
-        if not fits:
-            raise ShapeError(f"input '{name}': expected shape {list(spec.shape)}, got {clip(str(shape))}")
+        expected = spec.shape
+        if len(shape) != len(expected):
+            raise ShapeError(f"input '{name}': expected shape {list(expected)}, got {clip(str(shape))}")
+        for got, want in zip(shape, expected):  # noqa: B905 -- lengths checked above; hot path
+            if want != -1 and want != got:
+                raise ShapeError(f"input '{name}': expected shape {list(expected)}, got {clip(str(shape))}")
         if self.max_rows and shape and shape[0] > self.max_rows:
             raise InputError(
                 f"input '{name}': a batch of {shape[0]} rows is over model '{self.model}''s max_batch_size of "

@@ -292,6 +292,9 @@ def test_malformed_inputs_are_4xx_never_5xx(server: Server) -> None:
     assert server.post("/v1/models/strings:predict", deep.encode()).status_code == 400
     assert server.post("/v2/models/mlp/versions/" + "1" * 5000 + "/infer", b"{}").status_code == 404
     assert httpx.get(server.url + "/v2/models/mlp", headers={"authorization": "Bearer wrong"}).status_code == 401
+    outputs = json.loads(v2("x", [1, 64], [0.5] * 64)) | {"outputs": [{"name": f"y{i}"} for i in range(10_000)]}
+    many = server.post("/v2/models/mlp/infer", json.dumps(outputs).encode())
+    assert many.status_code == 400 and "asks for 10000 outputs" in error_of(many)
 
 
 def test_explanations_are_off_unless_the_server_allows_them(server: Server) -> None:

@@ -76,7 +76,7 @@ def build_repository(root: Path, save: Callable[..., Path], slow: onnx.GraphProt
         [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 2])],
         [helper.make_tensor_value_info("same", TensorProto.STRING, ["batch", 2])],
     )
-    save(echo, root / "echo" / "1")
+    save(echo, root / "echo" / "1", {"max_batch_size": 0})  # batching off: its config shows the whole shape
     save(slow, root / "slow" / "1")
     return root
 
