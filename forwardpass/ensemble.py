@@ -83,6 +83,7 @@ class Ensemble:
         self.config = config.model_copy(update={"preprocess": self.image_config})  # how the CLI reads inputs
         self.inputs = first.inputs
         self.batch_size = first.batch_size
+        self.whole_items = False  # it reads images, never arrays whose first axis might be no batch
 
     def __repr__(self) -> str:
         return f"Ensemble({self.name!r}, steps={[step.name for step in self.steps]})"

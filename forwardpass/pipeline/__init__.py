@@ -158,10 +158,10 @@ def _postprocessor(
     if isinstance(declared, DetectionConfig):
         return _detect(config, declared, outputs, model_dir)
     if isinstance(declared, TextDetectionConfig):
-        return DetectText(declared, _pick(declared.output, outputs, "postprocess.output"))
+        return DetectText(declared, _pick(declared.output, outputs, "postprocess.output"), _maps_coordinates(config))
     if isinstance(declared, SegmentationConfig):
         output = _pick(declared.output, outputs, "postprocess.output")
-        return Segment(declared, output, load_labels(declared.labels, model_dir))
+        return Segment(declared, output, load_labels(declared.labels, model_dir), _maps_coordinates(config))
     if isinstance(declared, CtcConfig):
         return CtcDecode(declared, _pick(declared.output, outputs, "postprocess.output"), model_dir)
     return RawOutputs()
@@ -182,4 +182,4 @@ def _detect(config: ModelConfig, declared: DetectionConfig, outputs: list[Tensor
                 f"postprocess: layout {declared.layout} reads boxes and scores from two outputs; name them"
             )
         names = (boxes, scores)
-    return Detect(declared, names, load_labels(declared.labels, model_dir))
+    return Detect(declared, names, load_labels(declared.labels, model_dir), _maps_coordinates(config))

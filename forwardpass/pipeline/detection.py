@@ -11,7 +11,7 @@ import numpy as np
 from forwardpass.config import DetectionConfig
 from forwardpass.errors import ConfigError, ShapeError
 from forwardpass.pipeline.anchors import generate_anchors
-from forwardpass.pipeline.geometry import TRANSFORM, ImageTransform
+from forwardpass.pipeline.geometry import ImageTransform, recorded_transform
 from forwardpass.pipeline.outputs import Prediction, Row
 
 __all__ = ["Decoded", "Detect", "box_iou", "nms", "weighted_nms"]
@@ -82,15 +82,17 @@ class Detect:
     """{"detections": [{"box": [x1, y1, x2, y2], "score", "label", "index", "keypoints": [[x, y], ...]}]}, best
     first, in the original image's pixels when the image preprocessing recorded its transform (else the input's)."""
 
-    def __init__(self, config: DetectionConfig, outputs: tuple[str, ...], labels: list[str] | None) -> None:
+    def __init__(
+        self, config: DetectionConfig, outputs: tuple[str, ...], labels: list[str] | None, mapped: bool = False
+    ) -> None:
         self.config = config
+        self.mapped = mapped  # the image preprocessing records its transform: boxes go back to the original pixels
         self.outputs = outputs  # yolo layouts: (output,); anchors and boxes: (boxes, scores)
         self.labels = labels
         self.anchors = generate_anchors(config.anchors) if config.anchors is not None else None
 
     def __call__(self, outputs: Row, inputs: Row, top_k: int | None = None) -> Prediction:
-        recorded = inputs.get(TRANSFORM)
-        transform = ImageTransform.from_array(recorded) if recorded is not None else None
+        transform = recorded_transform(inputs, self.mapped)
         decoded = self.decode(outputs, transform)
         best = decoded.scores.argmax(axis=1) if decoded.scores.size else np.zeros(0, dtype=np.int64)
         score = decoded.scores.max(axis=1) if decoded.scores.size else np.zeros(0)

@@ -12,10 +12,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TRANSFORM", "ImageTransform"]
+from forwardpass.errors import ForwardpassError
+
+__all__ = ["TRANSFORM", "ImageTransform", "recorded_transform"]
 
 # The item-array name the image preprocessing records its transform under; never sent to the model.
 TRANSFORM = "forwardpass.image_transform"
+
+
+def recorded_transform(inputs: dict[str, np.ndarray], required: bool) -> ImageTransform | None:
+    """The item's transform; a postprocessing that maps coordinates back fails loudly when it did not arrive
+    (answering in the input's pixels instead would be plausibly wrong)."""
+    recorded = inputs.get(TRANSFORM)
+    if recorded is None and required:
+        raise ForwardpassError("the image preprocessing's transform did not reach the postprocessing (a bug)")
+    return ImageTransform.from_array(recorded) if recorded is not None else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import numpy as np
 
 from forwardpass.config import CtcConfig, TextDetectionConfig
 from forwardpass.errors import ConfigError, MissingExtraError, ShapeError
-from forwardpass.pipeline.geometry import TRANSFORM, ImageTransform
+from forwardpass.pipeline.geometry import ImageTransform, recorded_transform
 from forwardpass.pipeline.outputs import Prediction, Row
 
 __all__ = ["CtcDecode", "DetectText", "crop_quad", "reading_order"]
@@ -32,8 +32,9 @@ class DetectText:
     """{"boxes": [{"points": [[x, y] x 4] clockwise from the top left, "score"}]} in original pixels, in reading
     order (top to bottom, then left to right on a line)."""
 
-    def __init__(self, config: TextDetectionConfig, output: str) -> None:
+    def __init__(self, config: TextDetectionConfig, output: str, mapped: bool = False) -> None:
         self.config = config
+        self.mapped = mapped  # the image preprocessing records its transform: boxes go back to the original pixels
         self.output = output
         self.cv2 = _require("cv2")
         self.pyclipper = _require("pyclipper")
@@ -44,11 +45,8 @@ class DetectText:
         if found.ndim < 2:
             raise ShapeError(f"text_detection: output '{self.output}' {list(found.shape)} is not a probability map")
         probability = found.reshape(found.shape[-2:]).astype(np.float32)
-        recorded = inputs.get(TRANSFORM)
         height, width = found.shape[-2], found.shape[-1]
-        transform = (
-            ImageTransform.from_array(recorded) if recorded is not None else ImageTransform.identity(width, height)
-        )
+        transform = recorded_transform(inputs, self.mapped) or ImageTransform.identity(width, height)
         boxes = []
         for points, score in self.boxes(probability):
             # the map has the input's pixels; RapidOCR rounds, clips and orders the corners in the original image

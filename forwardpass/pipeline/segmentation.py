@@ -11,7 +11,7 @@ from PIL import Image
 
 from forwardpass.config import SegmentationConfig
 from forwardpass.errors import ShapeError
-from forwardpass.pipeline.geometry import TRANSFORM, ImageTransform
+from forwardpass.pipeline.geometry import ImageTransform, recorded_transform
 from forwardpass.pipeline.outputs import Prediction, Row
 
 __all__ = ["Segment", "mask_of"]
@@ -21,8 +21,9 @@ class Segment:
     """{"mask_png": base64 PNG (8-bit class indices, 16-bit past 256 classes), "width", "height",
     "classes": [{"label", "index", "fraction"}] largest first}."""
 
-    def __init__(self, config: SegmentationConfig, output: str, labels: list[str] | None) -> None:
+    def __init__(self, config: SegmentationConfig, output: str, labels: list[str] | None, mapped: bool = False) -> None:
         self.output = output
+        self.mapped = mapped  # the image preprocessing records its transform: the mask goes back to the original size
         self.channels_last = config.channels == "last"
         self.labels = labels
 
@@ -31,9 +32,9 @@ class Segment:
         if scores.ndim != 3:
             raise ShapeError(f"segmentation: output '{self.output}' {list(scores.shape)} is not [classes, h, w]")
         best = scores.argmax(axis=2 if self.channels_last else 0)
-        recorded = inputs.get(TRANSFORM)
-        if recorded is not None:
-            best = _to_original(best, ImageTransform.from_array(recorded))
+        transform = recorded_transform(inputs, self.mapped)
+        if transform is not None:
+            best = _to_original(best, transform)
         classes = int(scores.shape[2 if self.channels_last else 0])
         counts = np.bincount(best.reshape(-1), minlength=classes)
         present = np.flatnonzero(counts)
