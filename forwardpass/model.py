@@ -67,9 +67,15 @@ class Model:
         self.inputs = [spec for spec in specs if spec.name not in self.constants]
         self.outputs = session.outputs
         self._input_specs = {spec.name: spec for spec in self.inputs}
-        self._item_specs = {spec.name: spec.unbatched() for spec in self.inputs}
+        # batch-first inputs, and (where the graph names it) the same first dimension on the outputs
+        self.batchable = self.facts.batch_first is not False and all(
+            spec.shape and spec.shape[0] == -1 for spec in self.inputs
+        )
+        # A model whose first axis is no batch (Silero's state [2, batch, 128], a rank-0 sample rate, outputs
+        # [time, batch, classes]) takes each item whole: never stacked, never split along its first axis.
+        self.whole_items = not self.batchable and not all(spec.shape[:1] == (1,) for spec in self.inputs)
+        self._item_specs = {spec.name: spec if self.whole_items else spec.unbatched() for spec in self.inputs}
         self.pipeline = Pipeline(config, self.inputs, self.outputs, entry.directory)
-        self.batchable = all(spec.shape and spec.shape[0] == -1 for spec in self.inputs)
         self.batch_size = (config.max_batch_size or DEFAULT_PREDICT_BATCH) if self.batchable else 1
         decision = config.decision
         self.decider = Decider(decision, config) if decision is not None else None
@@ -158,11 +164,13 @@ class Model:
         inputs row) per item."""
         size = batch_size or self.batch_size
         rows: list[tuple[Arrays, Arrays]] = []
+        if self.whole_items:
+            return [(self.forward(self.pipeline.feeds(dict(item))), item) for item in items]
         for start in range(0, len(items), size):
             batch = self.pipeline.collate(items[start : start + size])
             outputs = self.forward(self.pipeline.feeds(batch))
             count = len(next(iter(batch.values())))
-            if any(len(value) != count for value in outputs.values()):
+            if any(value.ndim == 0 or len(value) != count for value in outputs.values()):
                 shapes = {name: list(value.shape) for name, value in outputs.items()}
                 raise ShapeError(f"model '{self.name}' gave outputs {shapes} for {count} items: it has no batch dim")
             for i in range(count):

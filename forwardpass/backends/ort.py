@@ -42,7 +42,9 @@ def session_options(engine: EngineConfig) -> ort.SessionOptions:
     options.intra_op_num_threads = engine.intra_op_threads
     options.inter_op_num_threads = engine.inter_op_threads
     options.graph_optimization_level = _OPTIMIZATION[engine.graph_optimization]
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: a failing run comes back as an exception with its message
+    if not engine.allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

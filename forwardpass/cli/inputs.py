@@ -38,9 +38,12 @@ _FILE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,5}")
 Decoder = Callable[[str], list[Item]]
 
 
-def decode_inputs(args: Sequence[str], config: ModelConfig, inputs: Sequence[TensorSpec]) -> list[Item]:
-    """Every argument's items, in order; an argument that cannot be decoded gives one item with its error."""
-    decode = _decoder(config, inputs)
+def decode_inputs(
+    args: Sequence[str], config: ModelConfig, inputs: Sequence[TensorSpec], *, whole_items: bool = False
+) -> list[Item]:
+    """Every argument's items, in order; an argument that cannot be decoded gives one item with its error.
+    `whole_items`: the model's first axis is no batch (`Model.whole_items`): an array file is one item, as it is."""
+    decode = _decoder(config, inputs, whole_items)
     items: list[Item] = []
     for arg in args:
         try:
@@ -50,7 +53,7 @@ def decode_inputs(args: Sequence[str], config: ModelConfig, inputs: Sequence[Ten
     return items
 
 
-def _decoder(config: ModelConfig, inputs: Sequence[TensorSpec]) -> Decoder:
+def _decoder(config: ModelConfig, inputs: Sequence[TensorSpec], whole_items: bool) -> Decoder:
     declared = config.preprocess
     if isinstance(declared, ImageConfig):
         return _image
@@ -60,7 +63,7 @@ def _decoder(config: ModelConfig, inputs: Sequence[TensorSpec]) -> Decoder:
         return lambda arg: _records(arg, declared)
     if isinstance(declared, InteractionsConfig):
         return _histories
-    return lambda arg: _arrays(arg, inputs)
+    return lambda arg: _arrays(arg, inputs, whole_items)
 
 
 # --- files ---------------------------------------------------------------------------------------------------------
@@ -188,7 +191,7 @@ def _json_records(arg: str, data: Any) -> list[Item]:
 # --- arrays --------------------------------------------------------------------------------------------------------
 
 
-def _arrays(arg: str, specs: Sequence[TensorSpec]) -> list[Item]:
+def _arrays(arg: str, specs: Sequence[TensorSpec], whole_items: bool) -> list[Item]:
     path = _existing_file(arg)
     names = [spec.name for spec in specs]
     suffix = path.suffix.lower()
@@ -204,7 +207,7 @@ def _arrays(arg: str, specs: Sequence[TensorSpec]) -> list[Item]:
         arrays = {names[0]: _json_array(parse_json(_read_bytes(path)))}
     if sorted(arrays) != sorted(names):
         raise InputError(f"holds arrays {sorted(arrays)}; the model takes {names}")
-    return _split(arg, arrays, specs)
+    return [Item(arg, arrays)] if whole_items else _split(arg, arrays, specs)
 
 
 def _load_npy(path: Path) -> np.ndarray:

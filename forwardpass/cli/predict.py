@@ -119,7 +119,7 @@ def predict(
     else:
         loaded = open_model(model, repository, version, serve=serve, trust_pickle=trust_pickle)
     try:
-        items = decode_inputs(inputs, loaded.config, loaded.inputs)
+        items = decode_inputs(inputs, loaded.config, loaded.inputs, whole_items=loaded.whole_items)
         outcomes = run(loaded, items, top_k)
         if explain:
             assert isinstance(loaded, Model)  # a pipeline was refused above

@@ -245,7 +245,7 @@ def test_mistakes_in_a_classifiers_config_are_refused_with_the_fix(
     wrong_labels = {"postprocess": {"kind": "classification", "labels": [*user.classes, "extra"]}}
     with pytest.raises(
         ConfigError,
-        match=rf"'postprocess.labels': {len(user.classes) + 1} labels, but output .* scores {len(user.classes)} classes",
+        match=rf"{len(user.classes) + 1} labels, but output .* scores {len(user.classes)} classes",
     ):
         load_with(user, tmp_path / "labels", wrong_labels)
     softmax = {"postprocess": {"kind": "classification", "output": scores, "activation": "softmax"}}
@@ -310,3 +310,35 @@ def test_the_table_forms_give_the_same_answers(corpus: dict[str, UserModel], tmp
     (tmp_path / "features.jsonl").write_text("".join(json.dumps(record) + "\n" for record in user.records))
     done = run("predict", user.artefact, tmp_path / "features.jsonl", "--json", "--top-k", "5")
     assert_answers(user, [json.loads(line) for line in done.stdout.splitlines()])
+
+
+def test_a_rank0_input_and_a_declared_constant_with_silero_vads_own_file(tmp_path: Path) -> None:
+    """Silero VAD's ONNX file as its package ships it: `sr` is rank 0 and `state` is [2, batch, 128], so the model
+    takes each request whole; `constants: {sr: 16000}` feeds the rate so callers send only audio and state."""
+    import onnxruntime
+    import silero_vad
+
+    source = Path(silero_vad.__file__).parent / "data" / "silero_vad.onnx"
+    shutil.copy(source, tmp_path / "silero_vad.onnx")
+    audio = np.random.default_rng(0).standard_normal((1, 512)).astype(np.float32) * 0.1
+    state = np.zeros((2, 1, 128), np.float32)
+    reference = onnxruntime.InferenceSession(str(source)).run(
+        None, {"input": audio, "state": state, "sr": np.array(16000)}
+    )
+    np.savez(tmp_path / "with_rate.npz", input=audio, state=state, sr=np.array(16000, np.int64))
+    done = run("predict", tmp_path / "silero_vad.onnx", tmp_path / "with_rate.npz", "--json")
+    outputs = json.loads(done.stdout)["outputs"]
+    np.testing.assert_allclose(outputs["output"], reference[0], atol=1e-6)
+    np.testing.assert_allclose(outputs["stateN"], reference[1], atol=1e-6)
+
+    (tmp_path / "config.yaml").write_text("constants:\n  sr: 16000\n")
+    np.savez(tmp_path / "audio_only.npz", input=audio, state=state)
+    model = forwardpass.load(tmp_path / "silero_vad.onnx", warmup=0)
+    assert [spec.name for spec in model.inputs] == ["input", "state"]  # sr is the config's, never the caller's
+    np.testing.assert_allclose(model.infer({"input": audio, "state": state})["output"], reference[0], atol=1e-6)
+    model.close()
+    done = run("predict", tmp_path / "silero_vad.onnx", tmp_path / "audio_only.npz", "--json")
+    np.testing.assert_allclose(json.loads(done.stdout)["outputs"]["output"], reference[0], atol=1e-6)
+    (tmp_path / "config.yaml").write_text("constants:\n  rate: 16000\n")
+    with pytest.raises(ConfigError, match=r"field 'constants\.rate': the model has no input 'rate'"):
+        forwardpass.load(tmp_path / "silero_vad.onnx", warmup=0)
