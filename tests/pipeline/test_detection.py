@@ -17,9 +17,10 @@ from torch import nn
 
 import forwardpass
 from forwardpass.config import AnchorsConfig, DetectionConfig
-from forwardpass.errors import ConfigError
+from forwardpass.errors import ConfigError, ForwardpassError
 from forwardpass.pipeline.anchors import generate_anchors
-from forwardpass.pipeline.detection import nms
+from forwardpass.pipeline.detection import Detect, nms
+from forwardpass.pipeline.geometry import TRANSFORM, ImageTransform
 
 INPUT = 64  # the detector's square input
 CLASSES = 3
@@ -218,3 +219,49 @@ def test_anchor_sizes_follow_the_scales_when_not_fixed() -> None:
     np.testing.assert_allclose(anchors[0, 2:], [0.2, 0.2], rtol=1e-6)  # aspect 1 at the first layer's scale
     np.testing.assert_allclose(anchors[1, 2:], [np.sqrt(0.2 * 0.8)] * 2, rtol=1e-6)  # interpolated to the next
     np.testing.assert_allclose(anchors[-1, 2:], [np.sqrt(0.8 * 1.0)] * 2, rtol=1e-6)  # the last layer's: to 1.0
+
+
+def decode(config: dict, outputs: dict[str, np.ndarray], names: tuple[str, ...]) -> list[dict]:
+    """Detect on one item's raw outputs, boxes in the input's pixels (no image transform)."""
+    return Detect(DetectionConfig(kind="detection", **config), names, None)(outputs, {})["detections"]
+
+
+def test_yolo_rows_with_objectness_scale_the_class_scores() -> None:
+    rows = np.asarray([[50, 40, 20, 10, 0.5, 0.9, 0.2], [10, 10, 4, 4, 0.9, 0.1, 0.3]], dtype=np.float32)
+    found = decode({"layout": "yolo", "objectness": True, "score_threshold": 0.2}, {"out": rows}, ("out",))
+    assert [(d["index"], round(d["score"], 6)) for d in found] == [(0, 0.45), (1, 0.27)]
+    assert found[0]["box"] == [40.0, 35.0, 60.0, 45.0]
+
+
+@pytest.mark.parametrize(
+    ("box_format", "raw"),
+    [("xyxy", [40, 35, 60, 45]), ("xywh", [40, 35, 20, 10]), ("yxyx", [35, 40, 45, 60]), ("cxcywh", [50, 40, 20, 10])],
+)
+def test_boxes_and_scores_in_each_box_format(box_format: str, raw: list[float]) -> None:
+    outputs = {"boxes": np.asarray([raw], dtype=np.float32), "scores": np.asarray([0.8], dtype=np.float32)}
+    found = decode({"layout": "boxes", "box_format": box_format}, outputs, ("boxes", "scores"))
+    assert found == [{"box": [40.0, 35.0, 60.0, 45.0], "score": pytest.approx(0.8), "label": "0", "index": 0}]
+
+
+def test_normalized_boxes_scale_to_the_input_and_map_back_to_the_image() -> None:
+    config = DetectionConfig(kind="detection", layout="boxes", box_format="xyxy", normalized=True)
+    detect = Detect(config, ("boxes", "scores"), ["thing"], mapped=True)
+    # a 200 x 100 image letterboxed into 64 x 64: scaled by 0.32, 16 rows of padding above
+    transform = ImageTransform(200, 100, 0.32, 0.32, 0.0, 16.0, 64, 64).to_array()
+    outputs = {"boxes": np.asarray([[0.25, 0.5, 0.75, 0.75]]), "scores": np.asarray([[0.9]])}
+    (found,) = detect(outputs, {TRANSFORM: transform})["detections"]
+    np.testing.assert_allclose(
+        found["box"], [50.0, 50.0, 150.0, 100.0]
+    )  # input [16, 32, 48, 48]: x / 0.32, (y - 16) / 0.32
+    assert found["label"] == "thing"
+    with pytest.raises(ForwardpassError, match="transform did not reach"):
+        detect(outputs, {})
+
+
+def test_max_detections_and_top_k_keep_the_best() -> None:
+    rows = np.asarray([[10 * i + 5, 5, 4, 4, 0.1 * i] for i in range(1, 9)], dtype=np.float32)
+    detect = Detect(
+        DetectionConfig(kind="detection", layout="yolo", max_detections=3, score_threshold=0.0), ("o",), None
+    )
+    assert [round(d["score"], 6) for d in detect({"o": rows}, {})["detections"]] == [0.8, 0.7, 0.6]
+    assert len(detect({"o": rows}, {}, top_k=5)["detections"]) == 5
