@@ -31,6 +31,7 @@ from forwardpass.errors import ConfigError
 from forwardpass.generation import tied
 from forwardpass.generation.decoder import DecoderLayout
 from forwardpass.generation.engine import Generator
+from forwardpass.generation.export import WEIGHTS_FILE, save_with_weights_apart
 from forwardpass.generation.sampling import SamplingParams
 from forwardpass.generation.text import TextCodec
 from forwardpass.measure import machine_info
@@ -83,7 +84,7 @@ def quantize_decoder(
     version = max(versions_in(folder)) + 1
     with tempfile.TemporaryDirectory(dir=folder, prefix=".quantizing-") as work:
         staged = Path(work) / "model.onnx"
-        onnx.save(graph, str(staged))
+        save_with_weights_apart(graph, staged)
         variant = forwardpass.load(staged, intra_op_threads=threads, warmup=0)
         config = original.config.generation or GenerationConfig()
         codec = TextCodec(folder / config.tokenizer)
@@ -130,7 +131,8 @@ def quantize_decoder(
         original.close()
         destination = folder / str(version)
         destination.mkdir()
-        staged.rename(destination / "model.onnx")
+        for made in (staged, staged.with_name(WEIGHTS_FILE)):
+            made.rename(destination / made.name)
     (destination / PRECISION_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
     return destination
 
@@ -172,7 +174,7 @@ def _figures(model: Model, ids: list[int], path: Path, config: GenerationConfig,
         "perplexity": value,
         "scored_tokens_per_s": (len(ids) - 1) / scored_s,
         "tokens_per_s": rate,
-        "size_bytes": float(path.stat().st_size),
+        "size_bytes": float(sum(file.stat().st_size for file in (path, path.with_name(WEIGHTS_FILE)) if file.exists())),
     }
 
 
