@@ -134,7 +134,8 @@ class InferenceServer:
         lines.append(
             f"  HTTP  http://{_url_host(settings.host)}:{self.http_port}  (KServe V2, TF Serving /v1, /metrics)"
         )
-        lines.append("        decoders: /v2/models/<model>/generate[_stream], /v1/completions (streamed as SSE)")
+        lines.append("        decoders: /v2/models/<model>/generate[_stream] (streamed as SSE)")
+        lines.append("        OpenAI: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models")
         lines.append(f"  page  http://{_url_host(settings.host)}:{self.http_port}/  (try the models; API at /docs)")
         lines.append(
             f"  WS    ws://{_url_host(settings.host)}:{self.http_port}/v2/models/<model>/stream  (V2 JSON streams)"
