@@ -11,6 +11,7 @@ from rich.table import Table
 
 from forwardpass.cli.common import REPOSITORY, VERSION
 from forwardpass.errors import InputError
+from forwardpass.model import locate_configured
 from forwardpass.precision import PRECISIONS, Int8Settings, OptimizeReport, OptimizeRequest, optimize
 
 __all__ = ["register"]
@@ -107,6 +108,8 @@ def optimize_command(
     with console.status("optimizing") as status:
         report = optimize(request, progress=lambda step: status.update(step))
     _print(report)
+    if report.version is not None:
+        _say_the_default(report)
 
 
 def _int8_settings(
@@ -156,6 +159,20 @@ def _print(report: OptimizeReport) -> None:
     console.print(f"wrote {where}: {report.destination}", highlight=False)
     if report.plot is not None:
         console.print(f"plot: {report.plot}", highlight=False)
+
+
+def _say_the_default(report: OptimizeReport) -> None:
+    """Said every time: a new version changes what every command runs by default, unless the config pins one."""
+    entry, config = locate_configured(report.destination.parent)  # the model folder the new version went into
+    if entry.version == report.version:
+        typer.echo(
+            f"version {report.version} is now the default of {report.model} (its highest version) for predict, batch,"
+            " serve and forwardpass.load; to run another, pass --version N, or set `precision:` in its config.yaml"
+        )
+    else:
+        typer.echo(
+            f"the default of {report.model} stays version {entry.version} (config.yaml: precision: {config.precision})"
+        )
 
 
 def register(app: typer.Typer) -> None:

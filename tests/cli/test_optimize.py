@@ -56,6 +56,7 @@ def test_int8_writes_a_new_version_and_prints_the_comparison(repo: Path, calibra
     assert "chosen" in done.stdout and "original" in done.stdout
     assert "top-1 accuracy on the labels (%)" in done.stdout  # the table names its metric
     assert f"wrote version 2 of digits_cnn: {repo / 'digits_cnn' / '2'}" in done.stdout
+    assert "version 2 is now the default of digits_cnn" in done.stdout  # never silently
     record = json.loads((repo / "digits_cnn" / "2" / "precision.json").read_text())
     assert record["precision"] == "int8" and record["source"]["version"] == 1
     assert (repo / "digits_cnn" / "2" / "precision.png").is_file()
