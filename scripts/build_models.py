@@ -829,6 +829,13 @@ TEXT_PHOTOS = {"page.png": "skimage/data/page.png", "text.png": "skimage/data/te
 PADDLE_NORMALIZE = {"scale": 1.0 / 255.0, "mean": FlowList([0.5, 0.5, 0.5]), "std": FlowList([0.5, 0.5, 0.5])}
 
 
+def name_batch_axis(model: onnx.ModelProto) -> None:
+    """paddle2onnx names every dynamic dimension apart ('p2o.DynamicDimension.0' in, '.3' out) or writes -1, so
+    nothing in the graph says the first axis of inputs and outputs is one batch: name it 'batch' on all of them."""
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+
+
 def rapidocr_reference() -> Callable[[Path], list[dict[str, Any]]]:
     """RapidOCR's own pipeline: [{"points", "text", "score"}] per image, in its order."""
     from rapidocr_onnxruntime import RapidOCR
@@ -855,15 +862,15 @@ def compare_ocr(found: list[dict[str, Any]], expected: list[dict[str, Any]]) -> 
 
 
 def build_ocr(out_root: Path) -> str:
-    """RapidOCR's three ONNX files, untouched, each a model with its pre/postprocessing declared (BGR, OpenCV
-    resizing, sides multiples of 32, PaddleOCR's text-line resize, DBNet boxes, CTC over the recognizer's own
-    character list), and `ocr`, the pipeline of the three. Checked against RapidOCR's own output."""
+    """RapidOCR's three ONNX graphs (their batch axis named, nothing else changed), each a model with its
+    pre/postprocessing declared (BGR, OpenCV resizing, sides multiples of 32, PaddleOCR's text-line resize, DBNet
+    boxes, CTC over the recognizer's own character list), and `ocr`, the pipeline of the three. Checked against
+    RapidOCR's own output."""
     for name, inside in RAPIDOCR_MODELS.items():
         directory = model_dir(out_root, name)
-        shutil.copyfile(
-            str(importlib.metadata.distribution("rapidocr-onnxruntime").locate_file(inside)),
-            directory / "1" / "model.onnx",
-        )
+        graph = onnx.load(str(importlib.metadata.distribution("rapidocr-onnxruntime").locate_file(inside)))
+        name_batch_axis(graph)
+        onnx.save(graph, directory / "1" / "model.onnx")
     rec_dir = out_root / "models" / "ocr_rec"
     characters = ort_session(rec_dir / "1" / "model.onnx").get_modelmeta().custom_metadata_map["character"]
     (rec_dir / "characters.txt").write_text("".join(f"{line}\n" for line in characters.splitlines()), encoding="utf-8")
