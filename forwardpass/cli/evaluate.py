@@ -98,15 +98,22 @@ def eval_command(
     loaded = open_model(model, repository, version, trust_pickle=trust_pickle)
     with progress(items="items") as bar:
         task = bar.add_task(f"eval {loaded.name}", total=len(dataset))
-        report = evaluate(
-            loaded,
-            dataset,
-            top_k=ks,
-            batch_size=batch_size,
-            on_progress=lambda n: bar.advance(task, n),
-            positive_label=positive_label,
-        )
-    loaded.close()
+        try:
+            report = evaluate(
+                loaded,
+                dataset,
+                top_k=ks,
+                batch_size=batch_size,
+                on_progress=lambda n: bar.advance(task, n),
+                positive_label=positive_label,
+            )
+        except KeyboardInterrupt:  # metrics of a part would read as the whole: say so, write nothing
+            done = int(bar.tasks[task].completed)
+            bar.stop()
+            typer.echo(f"interrupted after {done} of {len(dataset)} items: no report written; run it again", err=True)
+            raise typer.Exit(130) from None
+        finally:
+            loaded.close()
     written = save_eval(report.to_dict(), out) if out is not None else []
     if as_json:
         print_json(report.to_dict())
