@@ -59,7 +59,7 @@ class InProcess:
         self.name = f"{model.name} (in process)"
 
     def run(self, items: Sequence[Arrays]) -> list[np.ndarray]:
-        outputs = self.model.forward(self.model.pipeline.collate(items))
+        outputs = self.model.forward(self.model.pipeline.feeds(self.model.pipeline.collate(items)))
         first = next(iter(outputs.values()))
         return [first[i] for i in range(len(items))]
 
