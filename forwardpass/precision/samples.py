@@ -2,8 +2,9 @@
 
     a folder           every image file under it (an ImageFolder tree or a flat folder)
     a .txt file        one text per line (text models)
-    .csv/.json/.jsonl  one record per row; a `label`/`target` column is ignored (tabular models)
+    .csv/.json/.jsonl/.parquet  one record per row; a `label`/`target` column is ignored (tabular models)
     a .npy file        already preprocessed: one item per row of the array (single-input models)
+    a .npz file        arrays of one row per item, as `forwardpass eval` reads them; `label`/`target` ignored
 
 Calibration is strict: one item that the model cannot take means the data does not match it, and nothing is made.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from forwardpass.errors import ForwardpassError, InputError, NotFoundError
+from forwardpass.errors import ForwardpassError, InputError, MissingExtraError, NotFoundError
 from forwardpass.measure.datasets import DEFAULT_LABEL_COLUMNS, IMAGE_SUFFIXES
 from forwardpass.model import Model
 from forwardpass.pipeline import Arrays
@@ -93,9 +94,39 @@ def _raw_items(path: Path, role: str) -> tuple[list[tuple[str, object]], str]:
         if suffix == ".npy":
             array = np.load(path, allow_pickle=False)
             return [(f"row {n}", row) for n, row in enumerate(array, 1)], "arrays"
+        if suffix in (".npz", ".parquet"):
+            return _table_items(path), "arrays" if suffix == ".npz" else "records"
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{role} data '{path}' cannot be read: {exc}") from None
-    raise InputError(f"{role} data '{path}': unsupported file; give a folder of images or a .txt/.csv/.jsonl/.npy")
+    raise InputError(
+        f"{role} data '{path}': unsupported file; give a folder of images or a .txt/.csv/.jsonl/.parquet/.npy/.npz"
+    )
+
+
+def _table_items(path: Path) -> list[tuple[str, object]]:
+    """A .npz or .parquet file's items as `forwardpass eval` reads them, without their labels."""
+    if path.suffix.lower() == ".parquet":
+        return [(f"row {n}", _unlabelled(row)) for n, row in enumerate(_parquet_rows(path), 1)]
+    with np.load(path, allow_pickle=False) as archive:
+        inputs = {name: archive[name] for name in archive.files if name not in DEFAULT_LABEL_COLUMNS}
+    if not inputs:
+        raise InputError(f"'{path}' holds no input arrays")
+    count = len(next(iter(inputs.values())))
+    if len(inputs) == 1:
+        rows = next(iter(inputs.values()))
+        return [(f"item {i}", rows[i]) for i in range(count)]
+    return [(f"item {i}", {name: array[i] for name, array in inputs.items()}) for i in range(count)]
+
+
+def _parquet_rows(path: Path) -> list[object]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MissingExtraError("pyarrow", "measure") from None
+    try:
+        return list(pq.read_table(path).to_pylist())
+    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+        raise InputError(f"'{path}' is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
 
 
 def _record(line: str) -> object:

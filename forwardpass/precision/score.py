@@ -121,11 +121,11 @@ def quality_for(
         return _agreement(calibration, original), calibration
     samples = read_samples(original, eval_data, role="eval", model_name=name)
     try:
-        task = task_of(original)
         dataset = open_dataset(eval_data)
-    except InputError:
+    except InputError:  # no labels: how closely the variant agrees with the original is what can be measured
         return _agreement(samples, original), samples
-    return LabelledQuality(dataset, task), samples
+    # Labelled data and a model with no task is refused with what to declare, never scored as agreement instead
+    return LabelledQuality(dataset, task_of(original)), samples
 
 
 def _agreement(samples: Samples, original: Model) -> Quality:
