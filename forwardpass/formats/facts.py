@@ -23,6 +23,8 @@ _DISTRIBUTION_OPS = {"Softmax": "softmax", "Sigmoid": "sigmoid"}
 _PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
 # ai.onnx.ml classifiers: (label output, scores output), scores post-transformed to probabilities by converters.
 _ML_CLASSIFIERS = {"LinearClassifier", "TreeEnsembleClassifier", "SVMClassifier"}
+# Symbols exporters give every dynamic dimension, each its own: they say nothing about which ones are the same axis.
+_UNNAMED = ("unk__", "p2o.DynamicDimension", "DynamicDimension")
 # Names converters give a classifier's probability output next to its label output (skl2onnx, onnxmltools).
 PROBABILITY_NAMES = ("probabilities", "output_probability", "probability", "probs")
 
@@ -151,10 +153,12 @@ def _shares_first_dim(graph: Any) -> bool | None:
         if not dims:
             return False
         first = dims[0]
-        firsts.append(first.dim_param if first.HasField("dim_param") else first.dim_value if first.dim_value else "")
+        firsts.append(
+            first.dim_param if first.HasField("dim_param") else first.dim_value if first.dim_value > 0 else ""
+        )
     if not firsts:
         return None
     if any(isinstance(first, int) for first in firsts):
         return False
-    named = {first for first in firsts if first and not first.startswith("unk__")}  # tf2onnx's unnamed dims
+    named = {first for first in firsts if first and not first.startswith(_UNNAMED)}
     return len(named) <= 1

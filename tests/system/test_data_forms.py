@@ -106,3 +106,20 @@ def test_optimize_eval_reads_each_form(
     run("optimize", model, "--precision", "fp16", "--eval", data, "-o", tmp_path / "fp16")
     evaluation = json.loads((tmp_path / "fp16" / "precision.json").read_text())["evaluation"]
     assert evaluation["metric_key"] == "top1_accuracy" and evaluation["items"] == 12  # the labels were read
+
+
+@pytest.mark.parametrize("form", ["csv", "parquet", "jsonl", "json"])
+def test_bench_eval_reads_each_form(form: str, tabular: tuple[Path, dict[str, Path], list[str]]) -> None:
+    model, forms, predicted = tabular
+    report = json.loads(run("bench", model, "-b", "1", "--duration", "0.1", "--eval", forms[form], "--json").stdout)
+    labels = [json.loads(line)["label"] for line in forms["jsonl"].read_text().splitlines()]
+    accuracy = float(np.mean(np.array(predicted) == np.array(labels)))
+    assert accuracy in _numbers(report)  # the top-1 accuracy on the labels stands beside the speed
+
+
+def _numbers(value: object) -> list[float]:
+    if isinstance(value, dict):
+        return [number for item in value.values() for number in _numbers(item)]
+    if isinstance(value, list):
+        return [number for item in value for number in _numbers(item)]
+    return [float(value)] if isinstance(value, int | float) and not isinstance(value, bool) else []
