@@ -35,7 +35,10 @@ class Samples:
     kind: str  # "images", "texts", "records", "arrays"
 
     def batches(self, size: int, collate_model: Model) -> list[Arrays]:
-        return [collate_model.pipeline.collate(self.items[i : i + size]) for i in range(0, len(self.items), size)]
+        """What the model's graph takes, a batch at a time (without a preprocessing's context, e.g. a letterbox's
+        transform, which only the postprocessing reads)."""
+        pipeline = collate_model.pipeline
+        return [pipeline.feeds(pipeline.collate(self.items[i : i + size])) for i in range(0, len(self.items), size)]
 
     def summary(self) -> dict[str, object]:
         first = self.items[0]
