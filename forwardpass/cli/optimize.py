@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -10,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from forwardpass.cli.common import REPOSITORY, VERSION
-from forwardpass.errors import InputError
+from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.model import locate_configured
 from forwardpass.precision import PRECISIONS, Int8Settings, OptimizeReport, OptimizeRequest, optimize
 
@@ -86,6 +87,10 @@ def optimize_command(
     """
     if precision not in PRECISIONS:
         raise InputError(f"--precision: '{precision}' is not one of {', '.join(PRECISIONS)}")
+    decoder = _decoder_folder(model, repository, version)
+    if decoder is not None:  # judged by perplexity on held-out text, not by accuracy on labelled data
+        _quantize_decoder(decoder, precision, eval_data, calibration, max_accuracy_drop, output, block_size, threads)
+        return
     settings = _int8_settings(method, quant_format, activations, per_channel, percentile)
     request = OptimizeRequest(
         model=model,
@@ -110,6 +115,56 @@ def optimize_command(
     _print(report)
     if report.version is not None:
         _say_the_default(report)
+
+
+def _decoder_folder(model: str, repository: Path | None, version: int | None) -> Path | None:
+    """The model folder of a decoder exported with its KV cache (a `generation:` section), else None."""
+    from forwardpass.config import ModelConfig
+    from forwardpass.model import locate
+
+    try:
+        entry = locate(model, repository, version)
+    except ForwardpassError:
+        return None  # optimize's own path says what is wrong with it
+    if entry.config_path is None or ModelConfig.of(entry.config_path).generation is None:
+        return None
+    return entry.directory
+
+
+def _quantize_decoder(
+    folder: Path,
+    precision: str,
+    text: Path | None,
+    calibration: Path | None,
+    max_accuracy_drop: float | None,
+    output: Path | None,
+    block_size: int,
+    threads: int,
+) -> None:
+    from forwardpass.generation.quantize import HELDOUT, quantize_decoder
+
+    if precision not in ("int4", "int8"):
+        raise InputError(f"--precision {precision}: a decoder quantizes to int4 or int8 (weight-only MatMulNBits)")
+    refused = {"--calibration": calibration, "--max-accuracy-drop": max_accuracy_drop, "-o/--output": output}
+    given = [option for option, value in refused.items() if value is not None]
+    if given:
+        raise InputError(f"{', '.join(given)}: not for decoders (judged by perplexity; --eval TEXT.txt picks the text)")
+    with Console(stderr=True).status(f"quantizing {folder.name} to {precision}, measuring its perplexity"):
+        made = quantize_decoder(
+            folder,
+            "int4" if precision == "int4" else "int8",
+            block_size=block_size,
+            threads=threads or 1,
+            text=text or HELDOUT,
+        )
+    record = json.loads((made / "precision.json").read_text(encoding="utf-8"))
+    measured = record["measured"]
+    typer.echo(
+        f"{folder.name} version {made.name} ({precision}): perplexity {measured['optimized']['perplexity']:.3f} "
+        f"vs FP32 {measured['original']['perplexity']:.3f} ({measured['perplexity_ratio']:.3f}x, bound "
+        f"{record['evaluation']['max_ratio']}), {measured['throughput_ratio']:.2f}x tokens/s, "
+        f"{measured['size_ratio']:.2f}x size"
+    )
 
 
 def _int8_settings(

@@ -68,6 +68,8 @@ def quantize_decoder(
     if block_size < 16 or block_size & (block_size - 1):
         raise ConfigError(f"--block-size must be a power of two of at least 16, got {block_size}")
     bound = max_perplexity_ratio or BOUNDS[precision]
+    if not text.is_file():
+        raise ConfigError(f"no text file at '{text}' to measure perplexity on")
     source_version = _fp32_version(folder)
     source = folder / str(source_version) / "model.onnx"
     original = forwardpass.load(folder, version=source_version, intra_op_threads=threads, warmup=0)
@@ -89,6 +91,8 @@ def quantize_decoder(
         config = original.config.generation or GenerationConfig()
         codec = TextCodec(folder / config.tokenizer)
         ids = codec.encode(text.read_text(encoding="utf-8"))[: config.context_length]
+        if len(ids) < 2:
+            raise ConfigError(f"{text}: {len(ids)} token(s); perplexity needs at least 2")
         measured = {
             "original": _figures(original, ids, source, config, codec),
             "optimized": _figures(variant, ids, staged, config, codec),

@@ -83,3 +83,14 @@ def test_generate_makes_the_variant_once_and_uses_it(folder: Path) -> None:
         [FORWARDPASS, "generate", str(folder), "Hi", "--precision", "int3"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+
+
+def test_optimize_quantizes_a_decoder_by_perplexity(folder: Path) -> None:
+    done = subprocess.run(
+        [FORWARDPASS, "optimize", str(folder), "-p", "int8"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "version 2 (int8): perplexity" in done.stdout
+    assert json.loads((folder / "2" / "precision.json").read_text())["precision"] == "int8"
+    refused = subprocess.run([FORWARDPASS, "optimize", str(folder), "-p", "fp16"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "int4 or int8" in refused.stderr and refused.stderr.count("\n") == 1
