@@ -23,6 +23,7 @@ import numpy as np
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, InputError
 from forwardpass.formats.base import ConvertOptions, LoadOptions, require
+from forwardpass.formats.facts import ModelFacts
 from forwardpass.tensor import DataType, TensorSpec
 
 __all__ = [
@@ -83,6 +84,9 @@ class SavedModelFormat:
         tf = _tensorflow(engine)
         return TensorflowSession(tf, self._trace(tf, path, options), engine)
 
+    def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
+        return ModelFacts()  # the format records nothing beyond its tensors
+
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         tf = _tensorflow(EngineConfig())
         provenance = _convert_function(tf, self._trace(tf, path, options), path, self.name, output, convert)
@@ -119,6 +123,16 @@ class KerasFormat:
         tf = _tensorflow(engine)
         return TensorflowSession(tf, self._trace(tf, path, options), engine)
 
+    def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
+        """A final softmax or sigmoid activation: its output already is a distribution."""
+        model = self._load(path, options)
+        layer = model.layers[-1] if getattr(model, "layers", None) else None
+        activation = getattr(getattr(layer, "activation", None), "__name__", "")
+        if activation not in ("softmax", "sigmoid") or len(model.outputs) != 1:
+            return ModelFacts(source="Keras")
+        declared = list(getattr(model, "output_names", None) or [])
+        return ModelFacts(source="Keras", distributions={declared[0] if declared else "output_0": activation})
+
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         tf = _tensorflow(EngineConfig())
         provenance = _convert_function(tf, self._trace(tf, path, options), path, self.name, output, convert)
@@ -126,6 +140,22 @@ class KerasFormat:
         return provenance
 
     def _trace(self, tf: ModuleType, path: Path, options: LoadOptions) -> _Traced:
+        model = self._load(path, options)
+        names = [tensor.name for tensor in model.inputs]
+        specs = [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=n) for n, t in zip(names, model.inputs, strict=True)]
+        declared = list(getattr(model, "output_names", None) or [])
+
+        def call(*tensors: Any) -> dict[str, Any]:
+            result = model(tensors[0] if len(tensors) == 1 else dict(zip(names, tensors, strict=True)), training=False)
+            if isinstance(result, dict):
+                return dict(result)
+            flat = tf.nest.flatten(result)
+            labels = declared if len(declared) == len(flat) else [f"output_{i}" for i in range(len(flat))]
+            return dict(zip(labels, flat, strict=True))
+
+        return _traced(tf, path, call, specs, owner=model)
+
+    def _load(self, path: Path, options: LoadOptions) -> Any:
         keras = require("keras", EXTRA)
         if path.suffix.lower() == ".keras" and path.is_file() and not zipfile.is_zipfile(path):
             # Keras reports a damaged archive as "file not found"
@@ -142,19 +172,7 @@ class KerasFormat:
             raise ConfigError(f"{path}: cannot load as {self.name}: {_first_line(exc)}") from None
         if not getattr(model, "inputs", None):
             raise ConfigError(f"{path}: the keras model records no inputs; build it (call it once) before saving")
-        names = [tensor.name for tensor in model.inputs]
-        specs = [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=n) for n, t in zip(names, model.inputs, strict=True)]
-        declared = list(getattr(model, "output_names", None) or [])
-
-        def call(*tensors: Any) -> dict[str, Any]:
-            result = model(tensors[0] if len(tensors) == 1 else dict(zip(names, tensors, strict=True)), training=False)
-            if isinstance(result, dict):
-                return dict(result)
-            flat = tf.nest.flatten(result)
-            labels = declared if len(declared) == len(flat) else [f"output_{i}" for i in range(len(flat))]
-            return dict(zip(labels, flat, strict=True))
-
-        return _traced(tf, path, call, specs, owner=model)
+        return model
 
 
 class FrozenGraphFormat:
@@ -184,6 +202,9 @@ class FrozenGraphFormat:
 
         specs = [tf.TensorSpec(_tf_shape(spec.shape), spec.dtype.tf_name, name=spec.name) for spec in inputs]
         return TensorflowSession(tf, _traced(tf, path, call, specs, owner=pruned), engine)
+
+    def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
+        return ModelFacts()  # the format records nothing beyond its tensors
 
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         tf = _tensorflow(EngineConfig())
