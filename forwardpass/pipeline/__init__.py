@@ -131,6 +131,9 @@ def _preprocessor(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path
         items = load_labels(declared.items, model_dir) or []
         return InteractionsPreprocessor(declared, _pick(declared.input, inputs, "preprocess.input"), items), stack
     if declared is not None:
+        names = {column.name for column in declared.columns}
+        if declared.input is None and {spec.name for spec in inputs} == names and len(inputs) == len(names):
+            return TabularPreprocessor(declared, "", per_column=inputs), stack  # one input per column
         return TabularPreprocessor(declared, _pick(declared.input, inputs, "preprocess.input")), stack
     return TensorInput(inputs), stack
 
