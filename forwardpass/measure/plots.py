@@ -180,11 +180,16 @@ def throughput_vs_batch_size(path: Path, series: Series, title: str) -> Path:
 
 
 def latency_vs_throughput(
-    path: Path, series: Series, title: str, point_labels: Mapping[str, Sequence[str]] | None = None
+    path: Path,
+    series: Series,
+    title: str,
+    point_labels: Mapping[str, Sequence[str]] | None = None,
+    unit: str = "call",
 ) -> Path:
     """Each line: one engine or client; each point: one load (batch size or concurrency, named by `point_labels`),
-    its p99 latency."""
-    return _lines(path, series, "items per second", "p99 latency per call (ms)", f"{title}: p99 latency vs throughput",
+    its p99 latency. `unit`: what is counted, "call" (items per second) or "request" (requests per second)."""
+    rate = "items per second" if unit == "call" else f"{unit}s per second"
+    return _lines(path, series, rate, f"p99 latency per {unit} (ms)", f"{title}: p99 latency vs throughput",
                   point_labels=point_labels)  # fmt: skip
 
 

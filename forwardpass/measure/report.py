@@ -205,10 +205,11 @@ def save_bench(data: dict[str, Any], latencies_ms: Mapping[str, Sequence[float]]
             if run.get("reported"):
                 name = f"{run['mode']} loop ({run['protocol']}, {run['encoding']})"
                 curves.setdefault(name, []).append((run["throughput"], run["latency_ms"]["p99"]))
-                loads.setdefault(name, []).append(f"{run['load']:g}" + ("/s" if run["mode"] == "open" else " conc."))
+                load = f"{run['load']:g}/s" if run["mode"] == "open" else f"concurrency {run['load']:g}"
+                loads.setdefault(name, []).append(load)
         if curves:
             path = out / "server_latency_vs_throughput.png"
-            written.append(plots.latency_vs_throughput(path, curves, model, loads))
+            written.append(plots.latency_vs_throughput(path, curves, model, loads, unit="request"))
     data = {**data, "plots": [path.name for path in written]}
     written.insert(0, write_json(out / f"{REPORT}.json", data))
     markdown = out / f"{REPORT}.md"
