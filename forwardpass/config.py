@@ -101,6 +101,13 @@ class ImageConfig(_Strict):
         default="pillow", description="opencv: cv2.resize, for models whose training resized with OpenCV"
     )
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
+    jpeg_draft: int = Field(
+        default=0,
+        ge=0,
+        description="JPEG only: decode at 1/2, 1/4 or 1/8 size (DCT scaling, several times faster) while the image "
+        "stays at least this many times the resized size; 0 decodes every pixel. Top-1 may change on a few images: "
+        "bench/results/batch.md measures how many",
+    )
     scale: float = 1.0 / 255.0
     mean: list[float] = [0.0]
     std: list[float] = [1.0]
@@ -437,6 +444,11 @@ class EngineConfig(_Strict):
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     providers: Literal["auto"] | list[str] = "auto"
     warmup: int = Field(default=1, ge=0, description="forward passes run on load so the first request is not slow")
+    allow_spinning: bool = Field(
+        default=True,
+        description="ONNX Runtime's threads spin between operators (lowest latency); off, they sleep and leave the "
+        "cores to work beside them, such as a batch job's image decoding",
+    )
 
 
 class SourceConfig(_Strict):

@@ -132,7 +132,9 @@ def batch(
                     progress=advance,
                 )
             else:
-                loaded = open_model(model, repository, version, trust_pickle=trust_pickle)
+                # ONNX Runtime's threads sleep between operators instead of spinning: the decoding threads get the
+                # cores (bench/results/batch.md measures the difference)
+                loaded = open_model(model, repository, version, trust_pickle=trust_pickle, allow_spinning=False)
                 try:
                     summary = run_batch(loaded, input_path, output_dir, options, advance)
                 finally:

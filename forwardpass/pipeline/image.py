@@ -7,12 +7,12 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from forwardpass.config import ImageConfig
 from forwardpass.errors import ConfigError, DecodeError, MissingExtraError
@@ -29,6 +29,8 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 ImageSource = str | Path | bytes | Image.Image
+AtLeast = Callable[[int, int], tuple[int, int]]  # (width, height) of an image -> the smallest (width, height) needed
+_QUARTER_TURNS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
 def _opencv() -> ModuleType:
@@ -39,8 +41,12 @@ def _opencv() -> ModuleType:
     return cv2
 
 
-def decode_image(source: ImageSource, max_pixels: int) -> Image.Image:
-    """Open and fully decode an image, refusing corrupt, truncated and oversized ones with a DecodeError."""
+def decode_image(source: ImageSource, max_pixels: int, at_least: AtLeast | None = None) -> Image.Image:
+    """Open and fully decode an image, refusing corrupt, truncated and oversized ones with a DecodeError.
+
+    `at_least`: given a JPEG's (width, height) as shown (EXIF orientation applied), the smallest size the caller
+    needs; the JPEG is then decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft, DCT scaling) while staying at least
+    that large."""
     if isinstance(source, Image.Image):
         return source
     what = "image bytes" if isinstance(source, bytes) else f"'{source}'"
@@ -51,6 +57,8 @@ def decode_image(source: ImageSource, max_pixels: int) -> Image.Image:
             image = Image.open(stream)
             if image.width * image.height > max_pixels:
                 raise DecodeError(f"{what}: {image.width}x{image.height} pixels is over the limit of {max_pixels}")
+            if at_least is not None and image.format == "JPEG":
+                _draft(image, at_least)
             image.load()
     except FileNotFoundError:
         raise DecodeError(f"{what}: no such file") from None
@@ -59,6 +67,13 @@ def decode_image(source: ImageSource, max_pixels: int) -> Image.Image:
     except (OSError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError(f"{what}: cannot decode image ({exc})") from None
     return ImageOps.exif_transpose(image)
+
+
+def _draft(image: Image.Image, at_least: AtLeast) -> None:
+    turned = image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
+    width, height = (image.height, image.width) if turned else image.size
+    need_w, need_h = at_least(width, height)
+    image.draft(None, (need_h, need_w) if turned else (need_w, need_h))
 
 
 class ImagePreprocessor:
@@ -80,7 +95,9 @@ class ImagePreprocessor:
     def __call__(self, raw: object) -> dict[str, np.ndarray]:
         if not isinstance(raw, str | Path | bytes | Image.Image):
             raise DecodeError(f"expected an image (file path, bytes or PIL image), got {type(raw).__name__}")
-        image = decode_image(raw, self.config.max_pixels).convert(
+        # a JPEG decoded smaller would shift coordinates mapped back through the transform: full size for those
+        at_least = self._draft_size if self.config.jpeg_draft and not self.record_transform else None
+        image = decode_image(raw, self.config.max_pixels, at_least).convert(
             "RGB" if self.config.color == "BGR" else self.config.color
         )
         transform = ImageTransform.identity(image.width, image.height)
@@ -120,6 +137,10 @@ class ImagePreprocessor:
                 line = np.concatenate([line, np.broadcast_to(fill, shape)], axis=axis)
             widened.append({**item, self.input_name: line})
         return widened
+
+    def _draft_size(self, width: int, height: int) -> tuple[int, int]:
+        new_w, new_h = self.resized_size(width, height)
+        return max(1, new_w) * self.config.jpeg_draft, max(1, new_h) * self.config.jpeg_draft
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """The (width, height) an image of this size is resized to, before any crop or letterbox padding."""

@@ -16,7 +16,7 @@ from PIL import Image
 from forwardpass.config import ImageConfig, ModelConfig
 from forwardpass.errors import ConfigError, DecodeError
 from forwardpass.pipeline import Pipeline
-from forwardpass.pipeline.image import ImagePreprocessor
+from forwardpass.pipeline.image import ImagePreprocessor, decode_image
 from forwardpass.tensor import DataType, TensorSpec
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -300,3 +300,35 @@ def test_mean_std_of_the_wrong_length_is_a_config_error(tmp_path: Path):
     specs = [TensorSpec("input", DataType.FP32, (-1, 3, 8, 8))]
     with pytest.raises(ConfigError, match="mean"):
         Pipeline(config, specs, specs, tmp_path)
+
+
+# --- jpeg_draft: JPEG decoded at reduced size -------------------------------------------------------------------------
+
+
+def test_jpeg_draft_decodes_at_reduced_size_then_runs_the_same_steps():
+    """640x480, shorter side to 64, jpeg_draft 2: at least 170x128 is needed, so the JPEG decodes at 1/2 scale."""
+    data = encode(make_image(640, 480), "JPEG", quality=90)
+    drafted = Image.open(io.BytesIO(data))
+    drafted.draft("RGB", (170, 128))
+    assert drafted.size == (320, 240)
+    expected = reference(encode(drafted.convert("RGB")), resize=64, crop=56)
+    got = preprocess(data, resize=64, crop=56, jpeg_draft=2)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    full = preprocess(data, resize=64, crop=56)
+    assert 0 < np.abs(got - full).max() < 0.2  # a different decode of the same picture
+
+
+def test_jpeg_draft_follows_exif_orientation():
+    """Stored 800x200 and turned a quarter by EXIF: shown 200x800. Asked for 50x200 as shown, the decoder scales by
+    1/4 (stored 200x50); read without the turn, the request would forbid any scaling."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(make_image(800, 200), "JPEG", exif=exif, quality=90)
+    assert decode_image(data, 10**8, at_least=lambda width, height: (width // 4, height // 4)).size == (50, 200)
+    assert decode_image(data, 10**8).size == (200, 800)
+
+
+def test_jpeg_draft_leaves_other_formats_alone():
+    data = encode(make_image(640, 480))
+    assert decode_image(data, 10**8, at_least=lambda width, height: (10, 10)).size == (640, 480)
+    np.testing.assert_array_equal(preprocess(data, resize=64, jpeg_draft=1), preprocess(data, resize=64))
