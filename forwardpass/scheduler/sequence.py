@@ -120,10 +120,11 @@ class _Step:
 
 
 class _Sequence:
-    __slots__ = ("id", "open", "pending", "ready", "running", "state", "timer")
+    __slots__ = ("id", "key", "open", "pending", "ready", "running", "state", "timer")
 
-    def __init__(self, sequence_id: SequenceId) -> None:
-        self.id = sequence_id
+    def __init__(self, key: tuple[str, SequenceId]) -> None:
+        self.key = key  # (client, id): one client's ids are not another's
+        self.id = key[1]
         self.pending: deque[_Step] = deque()
         self.state: Arrays | None = None  # None: the initial values
         self.open = True  # accepts steps without `start` (its end has not been submitted)
@@ -171,7 +172,7 @@ class SequenceBatcher:
         self._max_rows = max(1, max_batch_size)
         self._max_sequences = max_sequences
         self._max_queue = max_queue_size
-        self._sequences: dict[SequenceId, _Sequence] = {}
+        self._sequences: dict[tuple[str, SequenceId], _Sequence] = {}
         self._ready: deque[_Sequence] = deque()
         self._idle = list(range(len(runners)))
         self._queued = 0
@@ -205,13 +206,17 @@ class SequenceBatcher:
                 )
         return validated
 
-    def submit(self, sequence_id: SequenceId, arrays: Arrays, *, start: bool, end: bool) -> asyncio.Future[Batched]:
-        """Queue one step of a sequence; the future resolves with its outputs (state outputs left out)."""
+    def submit(
+        self, sequence_id: SequenceId, arrays: Arrays, *, start: bool, end: bool, client: str = ""
+    ) -> asyncio.Future[Batched]:
+        """Queue one step of a sequence; the future resolves with its outputs (state outputs left out). Sequence ids
+        are the `client`'s own: another client's step with the same id is another sequence."""
         if self._closing:
             raise Overloaded(f"model '{self.name}' is being unloaded; its sequences end here")
         if self._queued >= self._max_queue:
             raise Overloaded(f"model '{self.name}' has {self._queued} steps queued, its limit; retry later")
-        sequence = self._sequences.get(sequence_id)
+        key = (client, sequence_id)
+        sequence = self._sequences.get(key)
         if not start and (sequence is None or not sequence.open):
             raise InputError(
                 f"model '{self.name}': sequence {sequence_id!r} is not active (never started, ended, or idle for "
@@ -220,7 +225,7 @@ class SequenceBatcher:
         if sequence is None:
             if len(self._sequences) >= self._max_sequences:
                 raise Overloaded(f"model '{self.name}' holds {len(self._sequences)} sequences, its limit; retry later")
-            sequence = self._sequences[sequence_id] = _Sequence(sequence_id)
+            sequence = self._sequences[key] = _Sequence(key)
         sequence.open = not end
         future: asyncio.Future[Batched] = asyncio.get_running_loop().create_future()
         sequence.pending.append(_Step(arrays, start, end, future))
@@ -259,9 +264,9 @@ class SequenceBatcher:
         sequence.timer = None
         if sequence.running or sequence.pending:  # busy, not idle: the clock restarts when it is done
             return
-        if self._sequences.get(sequence.id) is sequence:
+        if self._sequences.get(sequence.key) is sequence:
             log.info("model '%s': sequence %r idle for %g s, freed", self.name, sequence.id, self.idle_timeout_s)
-            del self._sequences[sequence.id]
+            del self._sequences[sequence.key]
 
     def _dispatch(self) -> None:
         while self._idle and self._ready:
@@ -331,8 +336,8 @@ class SequenceBatcher:
                     step.future.set_result(Batched(outputs, started - step.enqueued, run_s, len(jobs)))
             if step.end:
                 sequence.state = None
-                if not sequence.pending and self._sequences.get(sequence.id) is sequence:
-                    del self._sequences[sequence.id]
+                if not sequence.pending and self._sequences.get(sequence.key) is sequence:
+                    del self._sequences[sequence.key]
                     if sequence.timer is not None:
                         sequence.timer.cancel()
                     continue

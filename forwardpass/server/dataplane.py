@@ -197,7 +197,8 @@ class DataPlane:
                 timeout_s = _timeout_s(request.parameters, self._settings)
                 if sequencer is not None:  # submitted before any await: a stream's steps keep their order
                     sequence_id, start, end = sequence_flags(request.parameters, served.name)
-                    done = await _expiring(sequencer.submit(sequence_id, batch, start=start, end=end), name, timeout_s)
+                    step = sequencer.submit(sequence_id, batch, start=start, end=end, client=request.client)
+                    done = await _expiring(step, name, timeout_s)
                 else:
                     done = await self._run(served, batch, rows, timeout_s)
                 answered = time.perf_counter()

@@ -12,6 +12,7 @@ answer UNIMPLEMENTED.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import time
@@ -46,6 +47,9 @@ OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
 IGNORED_UNLOAD_PARAMETERS = frozenset({"unload_dependents"})
 
 Message = TypeVar("Message", bound=ProtoMessage)
+# The calling client's host, set by each RPC's handler for the data plane's sequence ids (the servicer's methods
+# take the request alone, as the proto declares them).
+_client: contextvars.ContextVar[str] = contextvars.ContextVar("grpc_client", default="")
 
 
 class Context(Protocol):
@@ -116,6 +120,7 @@ class InferenceServicer:
         except ForwardpassError as error:
             self.dataplane.metrics.failed(limits.model, limits.version, error)  # the data plane counts only its own
             raise
+        decoded.client = _client.get()
         response = await self.dataplane.infer(request.model_name, request.model_version or None, decoded)
         return codec.encode_infer_response(response)
 
@@ -156,6 +161,11 @@ class Health(health.aio.HealthServicer):
         return await super().Check(request, context)
 
 
+def peer_host(peer: str) -> str:
+    """grpc's peer ("ipv4:127.0.0.1:5123", "ipv6:[::1]:5123") without its port: the client a sequence id belongs to."""
+    return peer.rpartition(":")[0] or peer
+
+
 def parse(message_type: type[Message], raw: bytes) -> Message:
     try:
         return message_type.FromString(raw)
@@ -191,6 +201,7 @@ def unary_handler(
     name = implementation.__name__
 
     async def handle(raw: bytes, context: Context) -> ProtoMessage:
+        _client.set(peer_host(context.peer()))
         try:
             if check is not None:
                 check(context)
@@ -207,6 +218,7 @@ def unary_handler(
 
 def stream_handler(servicer: InferenceServicer, token: BearerToken | None) -> grpc.RpcMethodHandler:
     async def handle(raws: AsyncIterator[bytes], context: Context) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        _client.set(peer_host(context.peer()))  # the stream's requests run in tasks that copy this context
         if token is not None:
             try:
                 token.check(context)

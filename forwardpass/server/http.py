@@ -171,6 +171,8 @@ class _Api:
             except ForwardpassError as exc:
                 self._refused(limits, exc)
                 raise
+            if limits.sequences and request.client is not None:
+                infer_request.client = request.client.host
             response = await self.dataplane.infer(name, version, infer_request)
         content, header_length = encode_infer_response(response, infer_request)
         if header_length is None:

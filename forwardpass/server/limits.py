@@ -39,6 +39,7 @@ class RequestLimits:
     max_rows: int  # the most rows one request may carry; 0: the model takes no batch dimension (its shape rules)
     max_body_bytes: int | None  # None: no bound from the model (strings, or dimensions of any size)
     outputs: int = 0  # how many outputs the model has: a request may ask for no more
+    sequences: bool = False  # a stateful model: requests carry sequence ids, each client's own
 
     def check_outputs(self, count: int) -> None:
         if count > self.outputs:
@@ -49,7 +50,8 @@ class RequestLimits:
         specs = {spec.name: spec for spec in served.inputs}
         max_rows = 1 if served.sequencer is not None else served.max_batch_size  # a sequence step is one row
         bound = _body_bound(specs.values(), max_rows)
-        return cls(served.name, served.version, specs, max_rows, bound, len(served.outputs))
+        stateful = served.sequencer is not None
+        return cls(served.name, served.version, specs, max_rows, bound, len(served.outputs), stateful)
 
     def check_count(self, count: int) -> None:
         """Before reading any tensor: a request with more tensors than the model has inputs is refused whole."""

@@ -43,6 +43,7 @@ class InferRequest:
     outputs: list[RequestedOutput] | None = None  # None: every output
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    client: str = ""  # who sent it (the peer's address): a sequence id is its own, not every client's
 
 
 @dataclass(slots=True)

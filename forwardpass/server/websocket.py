@@ -72,15 +72,16 @@ class _Stream:
         await websocket.accept()
         name = websocket.path_params["model"]
         version = websocket.path_params.get("version")
+        client = websocket.client.host if websocket.client is not None else ""
         try:
-            answers = in_order(_messages(websocket), lambda body: self._answer(name, version, body))
+            answers = in_order(_messages(websocket), lambda body: self._answer(name, version, body, client))
             async with contextlib.aclosing(answers):
                 async for answer in answers:
                     await websocket.send_text(answer.decode())
         except WebSocketDisconnect:
             pass
 
-    async def _answer(self, name: str, version: str | None, body: bytes) -> bytes:
+    async def _answer(self, name: str, version: str | None, body: bytes, client: str) -> bytes:
         try:
             limits = self.dataplane.limits(name, version)  # counts its own failure
         except ForwardpassError as error:
@@ -90,6 +91,7 @@ class _Stream:
         except ForwardpassError as error:
             self.dataplane.metrics.failed(limits.model, limits.version, error)  # the data plane counts only its own
             return _error(_request_id(body), one_line(error))
+        request.client = client
         try:
             with self.guard.admitted():
                 response = await self.dataplane.infer(name, version, request)

@@ -169,6 +169,24 @@ async def test_unknown_ended_and_too_many_sequences_are_refused(vad: Model) -> N
 
 
 @pytest.mark.asyncio
+async def test_sequence_ids_are_each_clients_own(vad: Model) -> None:
+    """One client can neither step nor end another's sequence by guessing its id: the same id is another sequence."""
+    sequencer = batcher(vad)
+    speech = step(voice(1.0, 0)[10 * CHUNK : 11 * CHUNK])
+    silence = step(np.zeros(CHUNK, np.float32))
+    first = await sequencer.submit(7, speech, start=True, end=False, client="10.0.0.1")
+    with pytest.raises(InputError, match="sequence 7 is not active"):
+        sequencer.submit(7, silence, start=False, end=True, client="10.0.0.2")
+    await sequencer.submit(7, silence, start=True, end=False, client="10.0.0.2")  # its own 7, beside the first
+    assert sequencer.active == 2
+    again = await sequencer.submit(7, speech, start=False, end=True, client="10.0.0.1")  # state kept: not reset
+    fresh = await sequencer.submit(8, speech, start=True, end=True, client="10.0.0.1")
+    assert again.outputs["output"][0, 0] != fresh.outputs["output"][0, 0]
+    assert first.outputs["output"][0, 0] == fresh.outputs["output"][0, 0]
+    await sequencer.drain()
+
+
+@pytest.mark.asyncio
 async def test_an_idle_sequence_times_out_and_frees_its_state(vad: Model) -> None:
     sequencer = batcher(vad, idle_timeout_s=0.2)
     chunk = step(np.zeros(CHUNK, np.float32))
