@@ -16,6 +16,7 @@ import pytest
 import uvloop
 import yaml
 from onnx import TensorProto, helper, numpy_helper
+from sklearn.datasets import load_digits
 
 from forwardpass.repository import default_repository
 from forwardpass.server.app import InferenceServer
@@ -138,6 +139,86 @@ def strings_graph() -> onnx.GraphProto:
     )
 
 
+def digits_graph() -> onnx.GraphProto:
+    """A linear classifier of [batch, 1, 8, 8] grey images into 10 digits (Flatten → Gemm), fitted in closed form
+    (ridge least squares, a tenth of a second) on scikit-learn's 8x8 digits scaled to [0, 1] and sharpened so that a
+    clear digit scores near 1: the bundled digits_cnn's inputs and outputs, built in the test."""
+    digits = load_digits()
+    x = np.c_[digits.data / 16, np.ones(len(digits.data))]
+    weights = np.linalg.solve(x.T @ x + 0.1 * np.eye(x.shape[1]), x.T @ np.eye(10)[digits.target]) * 20
+    return helper.make_graph(
+        [
+            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "w", "b"], ["logits"]),
+        ],
+        "digits",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        initializer=[
+            numpy_helper.from_array(weights[:-1].astype(np.float32), "w"),
+            numpy_helper.from_array(weights[-1].astype(np.float32), "b"),
+        ],
+    )
+
+
+DIGITS_CONFIG: dict[str, Any] = {
+    "max_batch_size": 64,
+    "preprocess": {"kind": "image", "color": "L", "resize": [8, 8], "scale": 1 / 255, "layout": "NCHW"},
+    "postprocess": {"kind": "classification", "activation": "softmax", "labels": [str(i) for i in range(10)]},
+}
+DIABETES_COLUMNS = {  # name: (min, max) of the diabetes data's raw units, as the bundled model's config has them
+    "age": (19.0, 79.0),
+    "sex": (1.0, 2.0),
+    "bmi": (18.0, 42.2),
+    "bp": (62.0, 133.0),
+    "s1": (110.0, 301.0),
+    "s2": (41.6, 242.4),
+    "s3": (22.0, 99.0),
+    "s4": (2.0, 9.09),
+    "s5": (3.2581, 6.107),
+    "s6": (58.0, 124.0),
+}
+DIABETES_CONFIG: dict[str, Any] = {
+    "max_batch_size": 64,
+    "preprocess": {
+        "kind": "tabular",
+        "columns": [
+            {"name": name, "transform": "minmax", "min": low, "max": high, "impute": (low + high) / 2}
+            for name, (low, high) in DIABETES_COLUMNS.items()
+        ],
+    },
+    "postprocess": {
+        "kind": "regression",
+        "output": "variable",
+        "target": {"transform": "standard", "mean": 152.0, "std": 79.0},
+    },
+}
+
+
+def diabetes_graph(seed: int = 0) -> onnx.GraphProto:
+    """A linear regression from 10 scaled columns to one standardized value (output `variable`): the shape of the
+    bundled diabetes model, built in the test."""
+    rng = np.random.default_rng(seed)
+    weights = {
+        "w": rng.standard_normal((len(DIABETES_COLUMNS), 1)).astype(np.float32),
+        "b": np.array([-0.5], np.float32),
+    }
+    return helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["variable"])],
+        "diabetes",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", len(DIABETES_COLUMNS)])],
+        [helper.make_tensor_value_info("variable", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[numpy_helper.from_array(value, name) for name, value in weights.items()],
+    )
+
+
+def save_digits_and_diabetes(root: Path) -> None:
+    """An image model (digits_cnn) and a tabular one (diabetes) under the bundled models' names, built here so that
+    no server test depends on `make models`."""
+    save(digits_graph(), root / "digits_cnn" / "1", DIGITS_CONFIG)
+    save(diabetes_graph(), root / "diabetes" / "1", DIABETES_CONFIG)
+
+
 def copy_bundled(name: str, repository: Path) -> Path:
     source = default_repository() / name
     if not (source / "1").is_dir():
@@ -153,8 +234,7 @@ def build_repository(root: Path) -> Path:
     save(add_graph(1.0), root / "add" / "1", {"max_batch_size": 16})
     save(gather_graph(), root / "gather" / "1", {"max_batch_size": 32})
     save(strings_graph(), root / "strings" / "1", {"max_batch_size": 8})
-    copy_bundled("digits_cnn", root)
-    copy_bundled("diabetes", root)
+    save_digits_and_diabetes(root)
     return root
 
 
@@ -248,6 +328,7 @@ class Kit:
     slow_graph = staticmethod(slow_graph)
     strings_graph = staticmethod(strings_graph)
     copy_bundled = staticmethod(copy_bundled)
+    save_digits_and_diabetes = staticmethod(save_digits_and_diabetes)
     serve = staticmethod(serve)
     mlp_labels = MLP_LABELS
 

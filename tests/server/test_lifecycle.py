@@ -20,9 +20,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import orjson
-import pytest
-
-from forwardpass.repository import default_repository
 
 SERVE = [sys.executable, "-m", "forwardpass", "serve", "--grpc-port", "0"]
 
@@ -94,11 +91,10 @@ def slow_request(rows: int = 1) -> tuple[bytes, dict[str, str]]:
     return header + array.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
 
 
-def test_it_starts_quickly_with_the_bundled_models_and_says_what_is_ready():
-    if not all((default_repository() / name / "1").is_dir() for name in ("digits_cnn", "diabetes")):
-        pytest.skip("bundled models are not built (make models)")
+def test_it_starts_quickly_with_an_image_and_a_tabular_model_and_says_what_is_ready(tmp_path: Path, kit):
+    kit.save_digits_and_diabetes(tmp_path)
     started = time.perf_counter()
-    with serve_process() as server:
+    with serve_process("--repository", str(tmp_path)) as server:
         record = {
             "age": 50,
             "sex": 1,

@@ -5,7 +5,6 @@ a tensor request; the screenshots are checked for the answer drawn, not only the
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import sysconfig
 from collections.abc import Iterator
@@ -22,10 +21,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
+from sklearn.datasets import load_digits
 
-ROOT = Path(__file__).resolve().parents[2]
-DIGIT = ROOT / "samples" / "digits" / "digit_4_1023.png"
-RECORD = json.loads((ROOT / "samples" / "records" / "diabetes.json").read_text(encoding="utf-8"))[0]
+RECORD = {"age": 54, "sex": 2, "bmi": 36.1, "bp": 115, "s1": 163, "s2": 98.4, "s3": 43, "s4": 4, "s5": 4.68, "s6": 101}
 FACES_PHOTO = Path(sysconfig.get_paths()["purelib"]) / "skimage" / "data" / "astronaut.png"  # make installs it
 BAR_BLUE = np.array([31, 111, 235])  # .bar .fill in style.css
 BOX_RED = np.array([255, 45, 85])  # the boxes app.js draws
@@ -86,7 +84,9 @@ def test_the_page_asks_for_the_token_then_answers_every_input_kind(
 
     digits = _card(browser, "digits_cnn")
     assert "image → classification" in digits.text
-    digits.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(DIGIT))
+    digit = tmp_path / "digit_4.png"  # scikit-learn's digit 1023 (a 4; its pixels run 0-16) as an 8x8 PNG
+    Image.fromarray((load_digits().images[1023] * 255 / 16).round().astype(np.uint8), mode="L").save(digit)
+    digits.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(digit))
     answer = _answer(browser, digits)
     bars = answer.find_elements(By.CSS_SELECTOR, ".bar")
     assert bars and bars[0].find_element(By.CSS_SELECTOR, ".label").text == "4"
