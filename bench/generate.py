@@ -353,11 +353,31 @@ def summarize(
         "engines": engines,
         "skipped": skipped,
         "load_average_1m": os.getloadavg()[0],
+        "quality": quality(),
         "medians": medians,
         "ratios": ratios,
         "runs": rows,
         "machine": machine_info(),
     }
+
+
+def quality() -> dict[str, dict[str, float]]:
+    """Each forwardpass variant's held-out perplexity against FP32, from its precision.json."""
+    from forwardpass.repository import read_variant, versions_in
+
+    folder = WORK / "smollm2"
+    found = {}
+    for version in versions_in(folder):
+        record = read_variant(folder / str(version))
+        measured = record.get("measured")
+        if isinstance(measured, dict):
+            found[str(record["precision"])] = {
+                "perplexity": measured["optimized"]["perplexity"],
+                "fp32_perplexity": measured["original"]["perplexity"],
+                "ratio": measured["perplexity_ratio"],
+                "size_mb": measured["optimized"]["size_bytes"] / 1e6,
+            }
+    return found
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -399,6 +419,11 @@ def to_markdown(report: dict[str, Any]) -> str:
             + (f"{concurrent:.2f}x |" if concurrent else "— |")
         )
     lines.append("")
+    for precision, figures in report.get("quality", {}).items():
+        lines.append(
+            f"- forwardpass-{precision}: held-out perplexity {figures['perplexity']:.2f} vs FP32 "
+            f"{figures['fp32_perplexity']:.2f} ({figures['ratio']:.3f}x), {figures['size_mb']:.0f} MB"
+        )
     for engine, reason in report["skipped"].items():
         lines.append(f"- {engine} skipped: {reason}")
     lines += [
