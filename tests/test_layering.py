@@ -39,7 +39,7 @@ LAYERS: list[set[str]] = [
     {"precision"},  # makes variants of a model and measures them: needs model, pipeline and measure
     {"server", "modes"},
     {"client"},  # talks to a server: reuses its wire codec and generated protos
-    {"cli", "__main__"},
+    {"cli", "__main__", "config_reference"},  # config_reference: a generator of docs/config.md, run as a tool
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

@@ -2,8 +2,8 @@
 
     image models    an image file, passed on as its path (the pipeline decodes it)
     text models     a text string, or a .txt file whose whole content is one input
-    tabular models  a .csv file (one record per row), a .json file (an object, or a list of objects), a .jsonl file
-                    (one object per line) or an inline JSON object
+    tabular models  a .csv or .parquet file (one record per row), a .json file (an object, or a list of objects),
+                    a .jsonl file (one object per line) or an inline JSON object
     no preprocessing  a .npy array (or .npz / .json for several inputs): with the model's rank it is a batch, one
                     item per row; with one dimension less it is one item
 
@@ -22,13 +22,13 @@ import numpy as np
 
 from forwardpass.config import ImageConfig, InteractionsConfig, ModelConfig, TabularConfig, TextConfig
 from forwardpass.errors import DecodeError, ForwardpassError, InputError, NotFoundError, ShapeError
-from forwardpass.modes.sources import Item, csv_header, csv_items, jsonl_items, parse_json
+from forwardpass.modes.sources import Item, csv_header, csv_items, jsonl_items, parquet_items, parse_json
 from forwardpass.pipeline.records import check_fields
 from forwardpass.tensor import TensorSpec
 
 __all__ = ["Item", "decode_inputs"]
 
-RECORD_SUFFIXES = (".csv", ".json", ".jsonl", ".ndjson")
+RECORD_SUFFIXES = (".csv", ".json", ".jsonl", ".ndjson", ".parquet")
 ARRAY_SUFFIXES = (".npy", ".npz", ".json")
 # Files that are certainly not images; anything else goes to the image decoder, which names what is wrong with it.
 NOT_IMAGE_SUFFIXES = (*RECORD_SUFFIXES, ".txt", ".tsv", ".yaml", ".yml", ".md", ".npy", ".npz")
@@ -145,8 +145,10 @@ def _records(arg: str, config: TabularConfig) -> list[Item]:
         items = _json_records(arg, parse_json(_read_bytes(path)))
     elif suffix in (".jsonl", ".ndjson"):
         items = list(jsonl_items(path, arg))
+    elif suffix == ".parquet":
+        items = list(parquet_items(path, arg))
     else:
-        expected = "records (.csv, .json, .jsonl or an inline JSON object)"
+        expected = "records (.csv, .json, .jsonl, .parquet or an inline JSON object)"
         raise DecodeError(f"expected {expected}, got a '{_suffix(path)}' file")
     if not items:
         raise DecodeError("holds no records")

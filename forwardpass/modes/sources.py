@@ -28,7 +28,7 @@ import orjson
 from forwardpass.config import ImageConfig, ModelConfig, TabularConfig, TextConfig
 from forwardpass.errors import DecodeError, ForwardpassError, InputError, NotFoundError
 
-__all__ = ["Item", "Source", "csv_header", "csv_items", "jsonl_items", "open_source", "parse_json"]
+__all__ = ["Item", "Source", "csv_header", "csv_items", "jsonl_items", "open_source", "parquet_items", "parse_json"]
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson", ".txt", ".npy")
 TEXT_FIELD = "text"
@@ -181,7 +181,7 @@ def _records(path: Path, name: str) -> Iterator[Item]:
     if suffix == ".csv":
         return csv_items(path, name)
     if suffix == ".parquet":
-        return _parquet_items(path, name)
+        return parquet_items(path, name)
     if suffix in (".jsonl", ".ndjson"):
         return jsonl_items(path, name)
     return _unreadable(name, f"expected records (.csv, .parquet or .jsonl), got a '{suffix}' file")
@@ -246,7 +246,8 @@ def _npy_rows(file: Any, name: str, shape: tuple[int, ...], dtype: np.dtype[Any]
                 yield Item(f"{name}#row{first + offset + 1}", row)
 
 
-def _parquet_items(path: Path, name: str) -> Iterator[Item]:
+def parquet_items(path: Path, name: str) -> Iterator[Item]:
+    """One record per row, a batch of rows decoded at a time (memory stays bounded whatever the file's size)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -26,7 +26,7 @@ WAIT_S = 30  # a step that never comes fails the test instead of hanging it
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Model]:
-    """A tabular regression: value = 2*a - b + 1, columns a and b (b imputed as 0 when missing)."""
+    """A tabular regression: value = 2*a - b + 1, columns a and b (b imputed as 0 when missing: impute_absent)."""
     folder = tmp_path_factory.mktemp("stream-model") / "affine"
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Add", ["y", "c"], ["value"])],
@@ -44,7 +44,11 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Model]:
     (folder / "1" / "model.onnx").write_bytes(onnx_model.SerializeToString())
     config = {
         "max_batch_size": 16,
-        "preprocess": {"kind": "tabular", "columns": [{"name": "a"}, {"name": "b", "impute": 0.0}]},
+        "preprocess": {
+            "kind": "tabular",
+            "columns": [{"name": "a"}, {"name": "b", "impute": 0.0}],
+            "impute_absent": True,
+        },
         "postprocess": {"kind": "regression"},
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config))

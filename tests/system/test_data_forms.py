@@ -123,3 +123,22 @@ def _numbers(value: object) -> list[float]:
     if isinstance(value, list):
         return [number for item in value for number in _numbers(item)]
     return [float(value)] if isinstance(value, int | float) and not isinstance(value, bool) else []
+
+
+@pytest.mark.parametrize("form", ["csv", "parquet", "jsonl", "json"])
+def test_predict_reads_each_form(form: str, tabular: tuple[Path, dict[str, Path], list[str]], tmp_path: Path) -> None:
+    model, forms, predicted = tabular
+    rows = [
+        {k: v for k, v in json.loads(line).items() if k != "label"} for line in forms["jsonl"].read_text().splitlines()
+    ]
+    path = tmp_path / f"rows.{form}"
+    if form == "csv":
+        path.write_text(",".join(COLUMNS) + "\n" + "".join(",".join(str(r[c]) for c in COLUMNS) + "\n" for r in rows))
+    elif form == "parquet":
+        pq.write_table(pyarrow.Table.from_pylist(rows), path)
+    elif form == "jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        path.write_text(json.dumps(rows))
+    answers = [json.loads(line) for line in run("predict", model, path, "--json").stdout.splitlines()]
+    assert [answer["label"] for answer in answers] == predicted
