@@ -8,6 +8,8 @@ classification extension, and records metrics. It raises only forwardpass errors
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import logging
 import time
 import weakref
@@ -16,6 +18,7 @@ from importlib.metadata import version as package_version
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from forwardpass.config import ImageConfig, PipelineConfig, TextConfig
 from forwardpass.errors import (
@@ -236,10 +239,12 @@ class DataPlane:
                     raise Forbidden("explanations are off on this server; start it with --explain to allow them")
                 if explaining and raws is not None:
                     raise InputError("?explain=true takes one item, not a list")
+                limits = self.limits(name, version, tensors=False)
                 if inline:
-                    items = [_preprocess(model, item) for item in raws or [raw]]
+                    items = [_preprocess(model, item, limits) for item in raws or [raw]]
                 else:
-                    items = await asyncio.to_thread(lambda: [_preprocess(model, item) for item in raws or [raw]])
+                    work = [raw] if raws is None else raws
+                    items = await asyncio.to_thread(lambda: [_preprocess(model, item, limits) for item in work])
                 batch = model.pipeline.collate(items)
                 preprocessed = time.perf_counter()
                 feeds = model.pipeline.feeds(batch)  # less what only the postprocessing reads
@@ -317,10 +322,15 @@ class DataPlane:
         return {(served.name, served.version): served.depth for served in self._registry.loaded()}
 
 
-def _preprocess(model: Model, raw: object) -> Arrays:
+def _preprocess(model: Model, raw: object, limits: RequestLimits) -> Arrays:
     if isinstance(raw, str) and isinstance(model.config.preprocess, ImageConfig):
         # the image pipeline reads a str as a file path: over the network that would open the server's own files
         raise DecodeError(f"model '{model.name}' takes an image: send its bytes (Content-Type image/*), not text")
+    if isinstance(raw, bytes) and limits.max_pixels is not None:
+        with contextlib.suppress(UnidentifiedImageError, OSError):  # not an image: the pipeline says so
+            with Image.open(io.BytesIO(raw)) as image:  # reads the header only
+                size = image.size
+            limits.check_image(*size)
     try:
         return model.preprocess(raw)
     except (ValueError, TypeError) as exc:  # preprocessing is a pure function of the caller's input

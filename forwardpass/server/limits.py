@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from forwardpass.errors import DTypeError, InputError, ShapeError
+from forwardpass.config import ImageConfig
+from forwardpass.errors import DecodeError, DTypeError, InputError, ShapeError
 from forwardpass.tensor import DataType, TensorSpec
 
 if TYPE_CHECKING:
@@ -29,6 +30,10 @@ MAX_ECHO = 64
 JSON_BYTES_PER_ELEMENT = 48
 # Room for the JSON header around the data: names, shapes, parameters, requested outputs.
 HEADER_BYTES = 64 * 1024
+# An image model's default pixel limit: this many times its input's pixels (a 224 x 224 model takes up to 20 MP,
+# a phone photo), never under MIN_IMAGE_PIXELS; preprocess.max_pixels in its config overrides it.
+PIXELS_PER_INPUT_PIXEL = 400
+MIN_IMAGE_PIXELS = 4_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +45,7 @@ class RequestLimits:
     max_body_bytes: int | None  # None: no bound from the model (strings, or dimensions of any size)
     outputs: int = 0  # how many outputs the model has: a request may ask for no more
     sequences: bool = False  # a stateful model: requests carry sequence ids, each client's own
+    max_pixels: int | None = None  # an image model's bound on an image's pixels, before it is decoded
 
     def check_outputs(self, count: int) -> None:
         if count > self.outputs:
@@ -51,7 +57,16 @@ class RequestLimits:
         max_rows = 1 if served.sequencer is not None else served.max_batch_size  # a sequence step is one row
         bound = _body_bound(specs.values(), max_rows)
         stateful = served.sequencer is not None
-        return cls(served.name, served.version, specs, max_rows, bound, len(served.outputs), stateful)
+        pixels = _pixel_bound(served)
+        return cls(served.name, served.version, specs, max_rows, bound, len(served.outputs), stateful, pixels)
+
+    def check_image(self, width: int, height: int) -> None:
+        """An image's size, from its header, against the model's pixel bound."""
+        if self.max_pixels is not None and width * height > self.max_pixels:
+            raise DecodeError(
+                f"a {width}x{height} image is over model '{self.model}''s limit of {self.max_pixels:,} pixels "
+                f"({PIXELS_PER_INPUT_PIXEL}x its input's): send it smaller, or set preprocess.max_pixels in its config"
+            )
 
     def check_count(self, count: int) -> None:
         """Before reading any tensor: a request with more tensors than the model has inputs is refused whole."""
@@ -85,6 +100,20 @@ class RequestLimits:
 def clip(text: str) -> str:
     """`text`, cut to MAX_ECHO characters: what an error may repeat of a request."""
     return text if len(text) <= MAX_ECHO else f"{text[:MAX_ECHO]}… ({len(text)} characters)"
+
+
+def _pixel_bound(served: Served) -> int | None:
+    """PIXELS_PER_INPUT_PIXEL x the image input's spatial size (dimensions over 4: not batch-of-one, not channels);
+    None when the config sets its own max_pixels, or the model takes images of any size."""
+    config = served.model.config.preprocess
+    if not isinstance(config, ImageConfig) or "max_pixels" in config.model_fields_set:
+        return None
+    name = config.input or served.model.inputs[0].name
+    spec = next(spec for spec in served.model.inputs if spec.name == name)
+    spatial = [dim for dim in spec.shape[1:] if dim < 0 or dim > 4]
+    if len(spatial) != 2 or min(spatial) < 0:
+        return None
+    return min(config.max_pixels, max(MIN_IMAGE_PIXELS, PIXELS_PER_INPUT_PIXEL * math.prod(spatial)))
 
 
 def _body_bound(specs: Iterable[TensorSpec], max_rows: int) -> int | None:

@@ -5,14 +5,17 @@ within 100 ms while the bad request is in progress. One request must never stall
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +28,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from onnx import TensorProto, helper
+from PIL import Image
 
 from forwardpass.server.proto import grpc_service_pb2 as pb
 from forwardpass.server.proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
@@ -135,6 +139,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, kit: Any) -> Iterator[Serve
     kit.save(ocr_graph(), repository / "ocr" / "1", {"max_batch_size": 0})
     kit.copy_bundled("minilm", repository)
     kit.copy_bundled("cancer_triage", repository)
+    kit.copy_bundled("mobilenet_v2", repository)
     running = Server(repository, root)
     for _ in range(3):  # steady state: every code path the probes take once, so growth is the probe's own
         running.post("/v2/models/minilm/predict", b"warm up " * 5000, **{"content-type": "text/plain"})
@@ -295,6 +300,27 @@ def test_malformed_inputs_are_4xx_never_5xx(server: Server) -> None:
     outputs = json.loads(v2("x", [1, 64], [0.5] * 64)) | {"outputs": [{"name": f"y{i}"} for i in range(10_000)]}
     many = server.post("/v2/models/mlp/infer", json.dumps(outputs).encode())
     assert many.status_code == 400 and "asks for 10000 outputs" in error_of(many)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header says width x height: what an image costs is known before it is decoded."""
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(image, format="PNG")
+    data = bytearray(image.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR's width and height, then its CRC
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def test_an_image_far_larger_than_the_model_takes_is_refused_from_its_header(server: Server) -> None:
+    with server.watched():
+        started = time.perf_counter()
+        huge = server.post("/v2/models/mobilenet_v2/predict", png_claiming(7000, 7000), **{"content-type": "image/png"})
+        assert huge.status_code == 400 and "7000x7000" in error_of(huge) and time.perf_counter() - started < 1
+    photo = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (90, 120, 200)).save(photo, format="JPEG")  # a 12 MP phone photo passes
+    answer = server.post("/v2/models/mobilenet_v2/predict", photo.getvalue(), **{"content-type": "image/jpeg"})
+    assert answer.status_code == 200, answer.text
 
 
 def test_explanations_are_off_unless_the_server_allows_them(server: Server) -> None:
