@@ -31,8 +31,12 @@ class StandIn:
     port: int = 0
     served: int = 0
     bodies: list[bytes] = field(default_factory=list)
+    arrivals: list[tuple[int, float]] = field(default_factory=list)  # (connection, perf_counter) per infer request
+    connections: int = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        connection = self.connections
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -43,6 +47,7 @@ class StandIn:
                     answer = f"standin_requests_total {self.served}\n".encode()
                 elif path.endswith("/infer"):
                     self.served += 1
+                    self.arrivals.append((connection, time.perf_counter()))
                     if len(self.bodies) < 3:
                         self.bodies.append(body)
                     answer = b'{"outputs": []}'

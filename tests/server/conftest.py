@@ -283,6 +283,39 @@ class RunningServer:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coroutine(), self._loop).result(timeout=60)
 
+    def batch_sizes(self, model: str) -> list[int]:
+        """A list that the model's batcher appends the rows of every batch it runs to, from now on (its own
+        observer, chained before the server's metrics)."""
+        sizes: list[int] = []
+
+        async def observe() -> None:
+            batcher = self.server.registry.get(model).batcher
+            metrics = batcher.on_batch
+
+            def observer(rows: int, run_s: float) -> None:
+                sizes.append(rows)
+                if metrics is not None:
+                    metrics(rows, run_s)
+
+            batcher.on_batch = observer
+
+        self.call(observe)
+        return sizes
+
+    def hold_loop(self) -> threading.Event:
+        """Blocks the server's event loop until the returned event is set (30 s at most): requests sent meanwhile
+        wait in their sockets, and the server reads them all at once when it resumes."""
+        assert self._loop is not None
+        held, resume = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            held.set()
+            resume.wait(timeout=30)
+
+        self._loop.call_soon_threadsafe(hold)
+        assert held.wait(timeout=60), "the server's loop never ran the hold"
+        return resume
+
     def _run(self) -> None:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(self._main())

@@ -74,6 +74,12 @@ def serve_process(*args: str, env: dict[str, str] | None = None) -> Iterator[Ser
         server.process.wait(timeout=30)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, all its threads together."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
@@ -92,8 +98,9 @@ def slow_request(rows: int = 1) -> tuple[bytes, dict[str, str]]:
 
 
 def test_it_starts_quickly_with_an_image_and_a_tabular_model_and_says_what_is_ready(tmp_path: Path, kit):
+    """Start-up speed as the CPU time the server spent until its first answer: what it costs, whatever else shares
+    the machine (wall time is bench/server.py's cold-start figure, 0.50 s in bench/results/server.md)."""
     kit.save_digits_and_diabetes(tmp_path)
-    started = time.perf_counter()
     with serve_process("--repository", str(tmp_path)) as server:
         record = {
             "age": 50,
@@ -107,13 +114,13 @@ def test_it_starts_quickly_with_an_image_and_a_tabular_model_and_says_what_is_re
             "s5": 4.5,
             "s6": 90,
         }
-        answer = httpx.post(f"http://127.0.0.1:{server.port}/v2/models/diabetes/predict", json=record)
-        elapsed = time.perf_counter() - started
+        answer = httpx.post(f"http://127.0.0.1:{server.port}/v2/models/diabetes/predict", json=record, timeout=30)
+        spent = cpu_seconds(server.process.pid)
         assert answer.status_code == 200 and "value" in answer.json()
         ready_line = next(line for line in server.lines if line.strip().startswith("ready:"))
         assert "digits_cnn (v1)" in ready_line and "diabetes (v1)" in ready_line
-        # the issue asks for < 1 s; a loaded 2-core CI machine gets a generous bound, the benchmark measures it
-        assert elapsed < 10, f"first answer after {elapsed:.2f} s"
+        # about 1.3 s of CPU on a slow 2-core machine, most of it the interpreter importing numpy and ONNX Runtime
+        assert spent < 2.0, f"the server used {spent:.2f} s of CPU before its first answer"
         assert server.stop() == 0
 
 
@@ -144,13 +151,17 @@ def test_sigterm_under_load_answers_every_request_sent_before_it_and_exits_0(tmp
         threads = [threading.Thread(target=client) for _ in range(6)]
         for thread in threads:
             thread.start()
-        while len(records) < 30:
-            time.sleep(0.01)
-        signalled = time.monotonic()
-        assert server.stop() == 0
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
+        try:
+            deadline = time.monotonic() + 60
+            while len(records) < 30:
+                assert time.monotonic() < deadline, f"only {len(records)} requests answered in 60 s"
+                time.sleep(0.01)
+            signalled = time.monotonic()
+            assert server.stop() == 0
+        finally:  # the clients stop whatever happened, so that a failure ends the test instead of hanging it
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
         output = server.output
     before = [outcome for sent, outcome in records if sent < signalled]
     assert len(before) >= 30
