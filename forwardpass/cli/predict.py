@@ -98,7 +98,7 @@ def predict(
 
       forwardpass predict breast_cancer samples/records/breast_cancer.csv
 
-      forwardpass predict diabetes '{"age": 50, "sex": 1, "bmi": 31.2}'
+      forwardpass predict diabetes samples/records/diabetes.json --json
 
       forwardpass predict path/to/model.onnx batch.npy --json
 
