@@ -1,0 +1,32 @@
+"""`import forwardpass` stays under 0.5 s (README, Development), because frameworks are imported only inside the
+functions that need them: timed in fresh interpreters (best of 3, so a busy machine's pauses do not count), and the
+frameworks checked absent afterwards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+FRAMEWORKS = ("torch", "tensorflow", "ray", "shap", "onnxruntime", "sklearn", "transformers", "pandas", "pyarrow")
+PROBE = f"""
+import json, sys, time
+started = time.perf_counter()
+import forwardpass
+seconds = time.perf_counter() - started
+print(json.dumps({{"seconds": seconds, "loaded": [m for m in {FRAMEWORKS!r} if m in sys.modules]}}))
+"""
+
+
+def fresh_import() -> tuple[float, list[str]]:
+    """(seconds `import forwardpass` took, the frameworks it left imported) in a new interpreter."""
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, check=True)
+    result = json.loads(done.stdout)
+    return float(result["seconds"]), list(result["loaded"])
+
+
+def test_import_forwardpass_takes_under_half_a_second_and_loads_no_framework() -> None:
+    runs = [fresh_import() for _ in range(3)]
+    best = min(seconds for seconds, _ in runs)
+    assert best < 0.5, f"import forwardpass took {best:.3f} s at best of 3"
+    assert runs[0][1] == [], f"import forwardpass imported {runs[0][1]}"
