@@ -60,15 +60,27 @@ class _Strict(BaseModel):
 
 
 class TensorConfig(_Strict):
-    name: str
-    datatype: str | None = None
-    shape: list[int] | None = None
-    allow_nonfinite: bool = True
+    name: str = Field(description="the tensor's name in the model")
+    datatype: str | None = Field(
+        default=None,
+        description="source.inputs: the input's datatype (FP32, INT64, ...) where the format records none; not "
+        "read under inputs",
+    )
+    shape: list[int] | None = Field(
+        default=None,
+        description="dimensions (-1: dynamic); under inputs it must equal the model's; under source.inputs, given "
+        "where the format records none",
+    )
+    allow_nonfinite: bool = Field(
+        default=True, description="false: a request whose tensor holds NaN or inf is refused (inputs only)"
+    )
 
 
 class ImageConfig(_Strict):
-    kind: Literal["image"]
-    input: str | None = None
+    kind: Literal["image"] = Field(description="selects this section's kind")
+    input: str | None = Field(
+        default=None, description="the input tensor the image fills (default: the model's first input)"
+    )
     color: Literal["RGB", "BGR", "L"] = Field(default="RGB", description="channel order the model takes")
     resize: int | tuple[int, int] | None = Field(
         default=None, description="int: shorter side to this size, keeping aspect; [height, width]: exact size"
@@ -100,7 +112,9 @@ class ImageConfig(_Strict):
     resize_with: Literal["pillow", "opencv"] = Field(
         default="pillow", description="opencv: cv2.resize, for models whose training resized with OpenCV"
     )
-    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = Field(
+        default="bilinear", description="the resize's resampling filter (Pillow's or OpenCV's, as resize_with says)"
+    )
     jpeg_draft: int = Field(
         default=0,
         ge=0,
@@ -108,11 +122,15 @@ class ImageConfig(_Strict):
         "stays at least this many times the resized size; 0 decodes every pixel. Top-1 may change on a few images: "
         "bench/results/batch.md measures how many",
     )
-    scale: float = 1.0 / 255.0
-    mean: list[float] = [0.0]
-    std: list[float] = [1.0]
-    layout: Literal["NCHW", "NHWC"] = "NCHW"
-    datatype: str = "FP32"
+    scale: float = Field(
+        default=1.0 / 255.0, description="pixel values (0-255) are multiplied by this first (1/255: to 0-1)"
+    )
+    mean: list[float] = Field(
+        default=[0.0], description="subtracted from the scaled values, per channel (one value: every channel)"
+    )
+    std: list[float] = Field(default=[1.0], description="then divides them, per channel (one value: every channel)")
+    layout: Literal["NCHW", "NHWC"] = Field(default="NCHW", description="NCHW: channels first; NHWC: channels last")
+    datatype: str = Field(default="FP32", description="the input tensor's datatype (FP32, FP16, UINT8, ...)")
     max_pixels: int = Field(default=50_000_000, gt=0, description="refuse decoded images larger than this")
 
     @model_validator(mode="after")
@@ -132,23 +150,35 @@ class ImageConfig(_Strict):
 
 
 class TextConfig(_Strict):
-    kind: Literal["text"]
-    tokenizer: str = "tokenizer.json"
-    max_length: int = Field(default=512, gt=0)
-    padding: Literal["longest", "max_length"] = "longest"
-    inputs: dict[Literal["input_ids", "attention_mask", "token_type_ids"], str] = {
-        "input_ids": "input_ids",
-        "attention_mask": "attention_mask",
-    }
+    kind: Literal["text"] = Field(description="selects this section's kind")
+    tokenizer: str = Field(
+        default="tokenizer.json", description="the Hugging Face tokenizer.json, a file in the model folder"
+    )
+    max_length: int = Field(default=512, gt=0, description="tokens per text; longer texts are truncated")
+    padding: Literal["longest", "max_length"] = Field(
+        default="longest",
+        description="longest: a batch is padded to its longest text; max_length: every text to max_length",
+    )
+    inputs: dict[Literal["input_ids", "attention_mask", "token_type_ids"], str] = Field(
+        default={
+            "input_ids": "input_ids",
+            "attention_mask": "attention_mask",
+        },
+        description="the model input each tokenizer output feeds (input_ids, attention_mask, token_type_ids); "
+        "outputs not listed are not fed",
+    )
 
 
 class TabularColumn(_Strict):
-    name: str
-    transform: Literal["none", "standard", "minmax"] = "none"
-    mean: float = 0.0
-    std: float = 1.0
-    min: float = 0.0
-    max: float = 1.0
+    name: str = Field(description="the record's field this column reads (one input per column: the input's name too)")
+    transform: Literal["none", "standard", "minmax"] = Field(
+        default="none",
+        description="scaling of the value: standard (x - mean) / std, minmax (x - min) / (max - min), or none",
+    )
+    mean: float = Field(default=0.0, description="transform standard: subtracted from the value")
+    std: float = Field(default=1.0, description="transform standard: divides the value")
+    min: float = Field(default=0.0, description="transform minmax: the value that becomes 0")
+    max: float = Field(default=1.0, description="transform minmax: the value that becomes 1")
     impute: float | str | None = Field(
         default=None,
         description="value used when the record's value is null or empty (an absent column is an error unless "
@@ -166,14 +196,19 @@ class TabularColumn(_Strict):
 
 
 class TabularConfig(_Strict):
-    kind: Literal["tabular"]
+    kind: Literal["tabular"] = Field(description="selects this section's kind")
     input: str | None = Field(
         default=None,
         description="the input tensor the columns fill, in order (default: the model's only input); a model that "
         "takes one [batch, 1] input per column (skl2onnx's mixed-type pipelines) gets each column in its own input",
     )
-    datatype: str = "FP32"
-    columns: list[TabularColumn] = Field(min_length=1)
+    datatype: str = Field(
+        default="FP32", description="the feature vector's datatype (one input per column: each input's own)"
+    )
+    columns: list[TabularColumn] = Field(
+        min_length=1,
+        description="the model's features in its input order (a column with categories makes one per category)",
+    )
     impute_absent: bool = Field(
         default=False, description="true: a column absent from a record gets its impute value; false: an error"
     )
@@ -185,18 +220,20 @@ class TabularConfig(_Strict):
 class InteractionsConfig(_Strict):
     """A user's history: a record `{"seen": [item ids]}` or a list of ids → a multi-hot vector over `items`."""
 
-    kind: Literal["interactions"]
-    input: str | None = None
+    kind: Literal["interactions"] = Field(description="selects this section's kind")
+    input: str | None = Field(
+        default=None, description="the input tensor the multi-hot vector fills (default: the model's first input)"
+    )
     items: str | list[str] = Field(description="item ids in the model's order: a file in the model folder, or a list")
     field: str = Field(default="seen", description="the record's field that lists the items seen")
-    datatype: str = "FP32"
+    datatype: str = Field(default="FP32", description="the multi-hot vector's datatype")
 
 
 PreprocessConfig = Annotated[ImageConfig | TextConfig | TabularConfig | InteractionsConfig, Field(discriminator="kind")]
 
 
 class ClassificationConfig(_Strict):
-    kind: Literal["classification"]
+    kind: Literal["classification"] = Field(description="selects this section's kind")
     output: str | None = Field(
         default=None,
         description="the output holding one score per class (default: the one the model marks as its class "
@@ -212,33 +249,46 @@ class ClassificationConfig(_Strict):
         description="class names in score order: a file in the model folder, or a list (default: the classes the "
         "model records)",
     )
-    top_k: int = Field(default=5, gt=0)
+    top_k: int = Field(
+        default=5, gt=0, description="classes listed per prediction, best first (a request's top_k overrides it)"
+    )
 
 
 class TargetScaling(_Strict):
-    transform: Literal["standard", "minmax"]
-    mean: float = 0.0
-    std: float = 1.0
-    min: float = 0.0
-    max: float = 1.0
+    transform: Literal["standard", "minmax"] = Field(
+        description="how the target was scaled for training; the value is scaled back (standard: value * std + "
+        "mean; minmax: value * (max - min) + min)"
+    )
+    mean: float = Field(default=0.0, description="standard: the training target's mean")
+    std: float = Field(default=1.0, description="standard: the training target's standard deviation")
+    min: float = Field(default=0.0, description="minmax: the training target's minimum")
+    max: float = Field(default=1.0, description="minmax: the training target's maximum")
 
 
 class RegressionConfig(_Strict):
-    kind: Literal["regression"]
+    kind: Literal["regression"] = Field(description="selects this section's kind")
     output: str | None = Field(default=None, description="the output holding the value (default: the only float one)")
-    target: TargetScaling | None = None
+    target: TargetScaling | None = Field(
+        default=None,
+        description="the target's scaling in training, undone on the value (None: the value as the model gives it)",
+    )
 
 
 class EmbeddingConfig(_Strict):
-    kind: Literal["embedding"]
-    output: str | None = None
-    pooling: Literal["mean", "cls", "none"] = "none"
+    kind: Literal["embedding"] = Field(description="selects this section's kind")
+    output: str | None = Field(
+        default=None, description="the output holding the token vectors or the embedding (default: the first)"
+    )
+    pooling: Literal["mean", "cls", "none"] = Field(
+        default="none",
+        description="mean: token vectors averaged over mask; cls: the first token's; none: the output as it is",
+    )
     mask: str = Field(default="attention_mask", description="input tensor whose 1s mark tokens for mean pooling")
-    normalize: bool = False
+    normalize: bool = Field(default=False, description="scale the embedding to unit length (L2)")
 
 
 class RawConfig(_Strict):
-    kind: Literal["raw"]
+    kind: Literal["raw"] = Field(description="selects this section's kind")
 
 
 class AnomalyConfig(_Strict):
@@ -246,17 +296,22 @@ class AnomalyConfig(_Strict):
     `threshold` in the `anomalous` direction; a score equal to the threshold is normal (as scikit-learn's
     IsolationForest, whose decision_function < 0 marks an outlier)."""
 
-    kind: Literal["anomaly"]
-    output: str | None = None
-    threshold: float = 0.0
-    anomalous: Literal["above", "below"] = "above"
+    kind: Literal["anomaly"] = Field(description="selects this section's kind")
+    output: str | None = Field(default=None, description="the output holding the anomaly score (default: the first)")
+    threshold: float = Field(default=0.0, description="an item is anomalous when its score lies strictly beyond this")
+    anomalous: Literal["above", "below"] = Field(
+        default="above",
+        description="above: scores above threshold are anomalous; below: those below (IsolationForest's scores)",
+    )
 
 
 class ClusterConfig(_Strict):
     """`output` holds each item's distance to every cluster centre: the nearest centre is its cluster."""
 
-    kind: Literal["cluster"]
-    output: str | None = None
+    kind: Literal["cluster"] = Field(description="selects this section's kind")
+    output: str | None = Field(
+        default=None, description="the output holding the distance to every cluster centre (default: the first)"
+    )
     labels: str | list[str] | None = Field(
         default=None, description="cluster names: a file in the model folder, or a list"
     )
@@ -265,11 +320,15 @@ class ClusterConfig(_Strict):
 class RecommendationConfig(_Strict):
     """`output` scores every item; the `top_n` best that the input tensor `seen` does not mark (> 0) are returned."""
 
-    kind: Literal["recommendation"]
-    output: str | None = None
+    kind: Literal["recommendation"] = Field(description="selects this section's kind")
+    output: str | None = Field(default=None, description="the output scoring every item (default: the first)")
     seen: str | None = Field(default=None, description="input tensor marking items already seen (default: the first)")
     items: str | list[str] | None = Field(default=None, description="item ids: a file in the model folder, or a list")
-    top_n: int = Field(default=10, gt=0)
+    top_n: int = Field(
+        default=10,
+        gt=0,
+        description="unseen items returned per prediction, best first (a request's top_k overrides it)",
+    )
 
 
 class AnchorsConfig(_Strict):
@@ -278,12 +337,21 @@ class AnchorsConfig(_Strict):
 
     input_size: tuple[int, int] = Field(description="[height, width] of the model's input")
     strides: list[Annotated[int, Field(gt=0)]] = Field(min_length=1, description="one per layer")
-    min_scale: float = Field(default=0.1484375, gt=0)
-    max_scale: float = Field(default=0.75, gt=0)
+    min_scale: float = Field(
+        default=0.1484375, gt=0, description="anchor size of the first layer, a fraction of the input size"
+    )
+    max_scale: float = Field(
+        default=0.75, gt=0, description="anchor size of the last layer (the layers between: interpolated linearly)"
+    )
     anchor_offset: tuple[float, float] = Field(default=(0.5, 0.5), description="[x, y] within each cell")
-    aspect_ratios: list[Annotated[float, Field(gt=0)]] = [1.0]
+    aspect_ratios: list[Annotated[float, Field(gt=0)]] = Field(
+        default=[1.0], description="anchor width / height: one anchor per ratio in each cell"
+    )
     interpolated_scale_aspect_ratio: float = Field(default=1.0, ge=0, description="0: no interpolated anchor")
-    reduce_boxes_in_lowest_layer: bool = False
+    reduce_boxes_in_lowest_layer: bool = Field(
+        default=False,
+        description="the first layer's anchors are instead scale 0.1 at ratio 1 and its own scale at ratios 2 and 0.5",
+    )
     fixed_anchor_size: bool = Field(default=True, description="every anchor 1 x 1 (the box offsets carry the size)")
 
 
@@ -291,7 +359,7 @@ class DetectionConfig(_Strict):
     """Boxes from a detector's outputs, in the original image's pixels: decoded, thresholded, NMS'd, mapped back
     through the image preprocessing (letterbox, resize, crop)."""
 
-    kind: Literal["detection"]
+    kind: Literal["detection"] = Field(description="selects this section's kind")
     layout: Literal["yolo", "yolo_columns", "anchors", "boxes"] = Field(
         description="yolo: one output [N, 4 + classes]; yolo_columns: [4 + classes, N] (Ultralytics YOLOv8+); "
         "anchors: SSD offsets `boxes` [N, 4 + 2*keypoints] and logits `scores` [N, classes] against `anchors`; "
@@ -307,7 +375,9 @@ class DetectionConfig(_Strict):
     objectness: bool = Field(default=False, description="yolo: a 5th number scales every class score (YOLOv5)")
     activation: Literal["none", "sigmoid"] = Field(default="none", description="applied to the class scores")
     score_clip: float | None = Field(default=None, gt=0, description="clip raw scores to ±this before the activation")
-    anchors: AnchorsConfig | None = None
+    anchors: AnchorsConfig | None = Field(
+        default=None, description="layout anchors: the SSD anchors the box offsets are decoded against (required by it)"
+    )
     box_scale: tuple[float, float, float, float] = Field(
         default=(1.0, 1.0, 1.0, 1.0), description="anchors: offsets are divided by [x, y, w, h] scales (MediaPipe)"
     )
@@ -318,7 +388,9 @@ class DetectionConfig(_Strict):
         default="hard", description="weighted: a kept box is the score-weighted mean of those it suppresses (MediaPipe)"
     )
     class_agnostic: bool = Field(default=False, description="NMS across classes instead of within each class")
-    max_detections: int = Field(default=100, gt=0)
+    max_detections: int = Field(
+        default=100, gt=0, description="detections returned per image, best first (a request's top_k overrides it)"
+    )
     labels: str | list[str] | None = Field(
         default=None, description="class names: a file in the model folder, or a list"
     )
@@ -340,12 +412,14 @@ class TextDetectionConfig(_Strict):
     """DBNet's probability map → text boxes (quadrilaterals in original pixels), as PaddleOCR's DBPostProcess:
     threshold, dilate, contours, min-area rectangles scored on the map, expanded by the unclip ratio."""
 
-    kind: Literal["text_detection"]
-    output: str | None = None
+    kind: Literal["text_detection"] = Field(description="selects this section's kind")
+    output: str | None = Field(default=None, description="the output holding the probability map (default: the first)")
     threshold: float = Field(default=0.3, ge=0, le=1, description="map pixels above this are text")
     box_threshold: float = Field(default=0.5, ge=0, le=1, description="boxes whose mean map score is below: dropped")
     unclip_ratio: float = Field(default=1.6, gt=0, description="how far a box grows: area * ratio / perimeter")
-    max_candidates: int = Field(default=1000, gt=0)
+    max_candidates: int = Field(
+        default=1000, gt=0, description="contours of the thresholded map examined, at most (PaddleOCR's max_candidates)"
+    )
     min_size: int = Field(default=3, ge=0, description="boxes with a side shorter than this (map pixels): dropped")
     dilate: bool = Field(default=True, description="dilate the thresholded map with a 2 x 2 kernel first")
 
@@ -354,8 +428,10 @@ class SegmentationConfig(_Strict):
     """Per-pixel class scores → the best class of every pixel of the original image (a PNG of class indices) and
     the share of the image each class covers."""
 
-    kind: Literal["segmentation"]
-    output: str | None = None
+    kind: Literal["segmentation"] = Field(description="selects this section's kind")
+    output: str | None = Field(
+        default=None, description="the output holding the per-pixel class scores (default: the first)"
+    )
     channels: Literal["first", "last"] = Field(default="first", description="scores [classes, h, w] or [h, w, classes]")
     labels: str | list[str] | None = Field(
         default=None, description="class names: a file in the model folder, or a list"
@@ -366,8 +442,10 @@ class CtcConfig(_Strict):
     """Greedy CTC decoding of a recognizer's [time, classes] scores: best class per step, repeats merged, blanks
     dropped → text, its mean score and each character's."""
 
-    kind: Literal["ctc"]
-    output: str | None = None
+    kind: Literal["ctc"] = Field(description="selects this section's kind")
+    output: str | None = Field(
+        default=None, description="the output holding the [time, classes] scores (default: the first)"
+    )
     characters: str | list[str] = Field(description="the character of each class: a file (one a line), or a list")
     blank: int = Field(default=0, ge=0, description="the blank class; characters fill the other classes in order")
     space: bool = Field(default=False, description="a space follows the characters as the last class (PaddleOCR)")
@@ -392,7 +470,10 @@ PostprocessConfig = Annotated[
 class DecisionRule(_Strict):
     """Fires when the score read by the decision compares true against every bound given (at least one)."""
 
-    action: str = Field(min_length=1)
+    action: str = Field(
+        min_length=1,
+        description="the action given when this rule fires, e.g. refer (returned with the prediction, audited)",
+    )
     at_least: float | None = Field(default=None, description="fires when score >= at_least")
     above: float | None = Field(default=None, description="fires when score > above")
     at_most: float | None = Field(default=None, description="fires when score <= at_most")
@@ -412,8 +493,10 @@ class DecisionConfig(_Strict):
     score: Literal["score", "value", "anomaly_score", "distance"] = Field(
         default="score", description="the prediction's field the rules read (score: the top class's probability)"
     )
-    rules: list[DecisionRule] = Field(min_length=1)
-    default: str = Field(min_length=1)
+    rules: list[DecisionRule] = Field(
+        min_length=1, description="tried in order: the first whose bounds all hold gives its action"
+    )
+    default: str = Field(min_length=1, description="the action when no rule fires")
     audit: bool = Field(default=True, description="write every decision to the audit log")
     audit_group_ms: float = Field(
         default=100.0,
@@ -424,25 +507,41 @@ class DecisionConfig(_Strict):
 
 
 class FieldSchema(_Strict):
-    type: Literal["number", "integer", "string", "boolean"] = "number"
-    required: bool = True
-    min: float | None = None
-    max: float | None = None
+    type: Literal["number", "integer", "string", "boolean"] = Field(
+        default="number",
+        description="number, integer (a whole number), string, or boolean (true / false, also as text)",
+    )
+    required: bool = Field(
+        default=True, description="a missing value (absent, null, empty or NaN) is an error; false: it passes"
+    )
+    min: float | None = Field(default=None, description="number / integer: the smallest value allowed (inclusive)")
+    max: float | None = Field(default=None, description="number / integer: the largest value allowed (inclusive)")
     categories: list[str] | None = Field(default=None, description="the values allowed (compared as text)")
 
 
 class InputSchemaConfig(_Strict):
     """Checked on every raw record before preprocessing; each violation names the field and the rule."""
 
-    fields: dict[str, FieldSchema] = Field(min_length=1)
+    fields: dict[str, FieldSchema] = Field(min_length=1, description="each record field's rules, by name")
     allow_extra: bool = Field(default=True, description="False: a field the schema does not name is an error")
 
 
 class EngineConfig(_Strict):
     intra_op_threads: int = Field(default=0, ge=0, description="0: ONNX Runtime's default (one per core)")
-    inter_op_threads: int = Field(default=0, ge=0)
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
-    providers: Literal["auto"] | list[str] = "auto"
+    inter_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="threads running independent operators at once; 0: the runtime's default (read by TensorFlow "
+        "served natively; ONNX Runtime runs operators one at a time)",
+    )
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        default="all", description="ONNX Runtime's graph optimization level (disable: none)"
+    )
+    providers: Literal["auto"] | list[str] = Field(
+        default="auto",
+        description="auto: TensorRT and CUDA where present, then CPU; a list: these ONNX Runtime execution "
+        "providers in order, each required",
+    )
     warmup: int = Field(default=1, ge=0, description="forward passes run on load so the first request is not slow")
     allow_spinning: bool = Field(
         default=True,
@@ -495,8 +594,8 @@ class SequenceStateConfig(_Strict):
     """One recurrent state tensor (Triton's implicit state): the server feeds `output` of a sequence's step back as
     `input` of its next step; the first step gets `initial` everywhere. Clients never send or see these tensors."""
 
-    input: str
-    output: str
+    input: str = Field(description="the model input that takes the state")
+    output: str = Field(description="the model output that gives the next state")
     initial: float = Field(default=0.0, description="the value of every element before a sequence's first step")
     batch_axis: int = Field(default=0, ge=0, description="the axis along which sequences stack (Silero's state: 1)")
 
@@ -505,7 +604,9 @@ class SequenceBatchingConfig(_Strict):
     """Triton's sequence batcher: requests carry a correlation id (`sequence_id`) and start/end flags; steps of
     different sequences share forward passes (up to `max_batch_size`), steps of one sequence run in order."""
 
-    state: list[SequenceStateConfig] = Field(min_length=1)
+    state: list[SequenceStateConfig] = Field(
+        min_length=1, description="the state tensors the server carries from each step of a sequence to its next"
+    )
     max_sequences: int = Field(default=1024, gt=0, description="sequences kept at once; a further start gets 503")
     idle_timeout_s: float = Field(default=60.0, gt=0, description="a sequence with no request for this long is freed")
 
@@ -530,7 +631,10 @@ class PipelineConfig(_Strict):
     """Triton's ensemble, declared: the first step finds regions in the image (detection or text_detection), each
     later step runs on every region's crop; the answer is the regions with every step's findings."""
 
-    steps: list[StepConfig] = Field(min_length=2)
+    steps: list[StepConfig] = Field(
+        min_length=2,
+        description="the models in order: the first finds regions in the image, each later one runs on their crops",
+    )
 
     @model_validator(mode="after")
     def _check_steps(self) -> PipelineConfig:
@@ -540,26 +644,51 @@ class PipelineConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    description: str = ""
+    description: str = Field(default="", description="free text about the model, shown in the web UI")
     max_batch_size: int = Field(default=0, ge=0, description="0: no server-side batching")
-    dynamic_batching: DynamicBatchingConfig = DynamicBatchingConfig()
+    dynamic_batching: DynamicBatchingConfig = Field(
+        default=DynamicBatchingConfig(),
+        description="how queued requests are coalesced into forward passes (when max_batch_size > 0)",
+    )
     sequence_batching: SequenceBatchingConfig | None = Field(
         default=None, description="stateful models: per-sequence state kept by the server"
     )
     instances: int = Field(default=1, ge=1, le=64, description="parallel sessions the server runs for this model")
-    inputs: list[TensorConfig] = []
-    outputs: list[TensorConfig] = []
-    preprocess: PreprocessConfig | None = None
-    postprocess: PostprocessConfig | None = None
-    engine: EngineConfig = EngineConfig()
-    source: SourceConfig = SourceConfig()
+    inputs: list[TensorConfig] = Field(
+        default=[],
+        description="the model's inputs restated: names and shapes checked against the model, NaN/inf refused per "
+        "input",
+    )
+    outputs: list[TensorConfig] = Field(default=[], description="not read: the outputs are always the model's own")
+    preprocess: PreprocessConfig | None = Field(
+        default=None,
+        description="raw item (image, text, record, history) to input tensors (default: tabular where the model "
+        "names its features, else clients send tensors)",
+    )
+    postprocess: PostprocessConfig | None = Field(
+        default=None,
+        description="output tensors to a prediction (default: the task the model records, else the raw outputs)",
+    )
+    engine: EngineConfig = Field(
+        default=EngineConfig(), description="runtime settings: threads, graph optimization, execution providers, warmup"
+    )
+    source: SourceConfig = Field(
+        default=SourceConfig(),
+        description="how a non-ONNX artefact (TorchScript, SavedModel, ...) is opened and converted",
+    )
     precision: Literal["fp64", "fp32", "fp16", "bf16", "int8", "int8-dynamic", "int4", "mixed"] | None = Field(
         default=None, description="serve the highest version of this precision (forwardpass optimize); None: highest"
     )
-    decision: DecisionConfig | None = None
-    input_schema: InputSchemaConfig | None = None
+    decision: DecisionConfig | None = Field(
+        default=None, description="rules that turn each prediction into an action, audited (None: no decisions)"
+    )
+    input_schema: InputSchemaConfig | None = Field(
+        default=None, description="rules each raw record must pass before preprocessing (None: no check)"
+    )
     profile: str | None = Field(default=None, description="the training data's reference profile (drift), a file")
-    generation: GenerationConfig | None = None
+    generation: GenerationConfig | None = Field(
+        default=None, description="a decoder language model exported with its KV cache: how to generate with it"
+    )
     pipeline: PipelineConfig | None = Field(default=None, description="a pipeline of other models, not a model file")
     constants: dict[str, float | int | str | list[Any]] = Field(
         default={},
