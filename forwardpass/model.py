@@ -10,7 +10,14 @@ import numpy as np
 from pydantic import ValidationError
 
 from forwardpass.backends.base import Session
-from forwardpass.config import ClassificationConfig, EngineConfig, ModelConfig, PostprocessConfig, TabularConfig
+from forwardpass.config import (
+    ClassificationConfig,
+    EngineConfig,
+    ModelConfig,
+    PostprocessConfig,
+    TabularConfig,
+    TensorConfig,
+)
 from forwardpass.decisions import AuditLog, Decider
 from forwardpass.decisions.audit import Decided
 from forwardpass.errors import ConfigError, ForwardpassError, InputError, NotFoundError, ShapeError
@@ -28,7 +35,7 @@ from forwardpass.pipeline import Arrays, Pipeline, Prediction
 from forwardpass.pipeline.complete import check, complete
 from forwardpass.quality import InputWindow, Profile, SchemaCheck
 from forwardpass.repository import CONFIG_FILE, ModelEntry, Repository, default_repository, find_artefact, versions_in
-from forwardpass.tensor import TensorSpec
+from forwardpass.tensor import DataType, TensorSpec
 
 __all__ = ["Model", "load", "locate", "locate_configured"]
 
@@ -54,7 +61,7 @@ class Model:
         self.name = entry.name
         self.version = entry.version
         self.facts = facts or ModelFacts()
-        specs = _apply_overrides(session.inputs, config)
+        specs = _apply_overrides(session.inputs, config, session.outputs)
         specs_by_name = {spec.name: spec for spec in specs}
         # The config every mode uses: declared, else inferred from the model (each inferred field says why)
         self.config, self.inferred = complete(config, specs, session.outputs, self.facts)
@@ -81,7 +88,7 @@ class Model:
         self.decider = Decider(decision, config) if decision is not None else None
         self.audit = AuditLog(group_ms=decision.audit_group_ms) if decision is not None and decision.audit else None
         self.schema = SchemaCheck(config.input_schema) if config.input_schema is not None else None
-        self.profile = Profile.load(entry.directory / config.profile) if config.profile is not None else None
+        self.profile = Profile.load(_inside(entry.directory, config.profile)) if config.profile is not None else None
         self.window = InputWindow(self.profile) if self.profile is not None else None  # recent inputs, for drift
         self._version = str(self.version or "")
 
@@ -233,6 +240,14 @@ class Model:
         return {name: spec.validate(arrays[name]) for name, spec in specs.items()}
 
 
+def _inside(folder: Path, name: str) -> Path:
+    """A file a config names, refused when it would lie outside the model's folder (`..`, absolute, symlinks)."""
+    path = folder / name
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise ConfigError(f"profile: '{name}' points outside the model folder {folder}; keep the file in it")
+    return path
+
+
 def _constants(config: ModelConfig, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     """The config's `constants:` as arrays of their inputs' dtypes, without the batch dimension."""
     by_name = {spec.name: spec for spec in specs}
@@ -247,18 +262,32 @@ def _constants(config: ModelConfig, specs: list[TensorSpec]) -> dict[str, np.nda
     return arrays
 
 
-def _apply_overrides(specs: list[TensorSpec], config: ModelConfig) -> list[TensorSpec]:
-    """Config entries under `inputs:` may only restate what the model says, plus the NaN/inf policy."""
+def _apply_overrides(specs: list[TensorSpec], config: ModelConfig, outputs: list[TensorSpec]) -> list[TensorSpec]:
+    """Config entries under `inputs:` and `outputs:` may only restate what the model says (name, datatype,
+    shape), plus an input's NaN/inf policy; one that says otherwise is refused."""
     by_name = {spec.name: spec for spec in specs}
     result = dict(by_name)
     for declared in config.inputs:
-        spec = by_name.get(declared.name)
-        if spec is None:
-            raise ConfigError(f"inputs: the model has no input '{declared.name}'; it has {list(by_name)}")
-        if declared.shape is not None and tuple(declared.shape) != spec.shape:
-            raise ConfigError(f"inputs.{declared.name}.shape {declared.shape} differs from the model's {spec.shape}")
+        spec = _restated(declared, by_name, "inputs")
         result[declared.name] = TensorSpec(spec.name, spec.dtype, spec.shape, declared.allow_nonfinite)
+    by_output = {spec.name: spec for spec in outputs}
+    for declared in config.outputs:
+        _restated(declared, by_output, "outputs")
     return list(result.values())
+
+
+def _restated(declared: TensorConfig, specs: dict[str, TensorSpec], field: str) -> TensorSpec:
+    spec = specs.get(declared.name)
+    if spec is None:
+        raise ConfigError(f"{field}: the model has no {field[:-1]} '{declared.name}'; it has {list(specs)}")
+    if declared.shape is not None and tuple(declared.shape) != spec.shape:
+        raise ConfigError(f"{field}.{declared.name}.shape {declared.shape} differs from the model's {list(spec.shape)}")
+    if declared.datatype is not None and DataType.from_name(declared.datatype) is not spec.dtype:
+        raise ConfigError(
+            f"{field}.{declared.name}.datatype {declared.datatype} differs from the model's {spec.dtype.name}; "
+            "remove it or write the model's"
+        )
+    return spec
 
 
 def locate(

@@ -14,7 +14,18 @@ from forwardpass.errors import InputError, NotFoundError
 
 ROWS = np.random.default_rng(11).standard_normal((4, 64)).astype(np.float32)
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
-RECORD = {"age": 54.0, "sex": 2.0, "bmi": 36.1, "bp": 115.0, "s1": 163.0, "s2": 98.4, "s3": 43.0, "s4": 4.0}
+RECORD = {
+    "age": 54.0,
+    "sex": 2.0,
+    "bmi": 36.1,
+    "bp": 115.0,
+    "s1": 163.0,
+    "s2": 98.4,
+    "s3": 43.0,
+    "s4": 4.0,
+    "s5": 4.68,
+    "s6": 101.0,
+}
 
 
 @pytest.fixture(params=["http", "http-async"])
