@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from forwardpass.config import ImageConfig, InteractionsConfig, ModelConfig, TabularConfig, TextConfig
+from forwardpass.config import ModelConfig, TabularConfig
 from forwardpass.errors import DecodeError, ForwardpassError, InputError, NotFoundError, ShapeError
 from forwardpass.modes.sources import Item, csv_header, csv_items, jsonl_items, parquet_items, parse_json
+from forwardpass.pipeline.kinds import kind_of
 from forwardpass.pipeline.records import check_fields
 from forwardpass.tensor import TensorSpec
 
@@ -54,16 +55,15 @@ def decode_inputs(
 
 
 def _decoder(config: ModelConfig, inputs: Sequence[TensorSpec], whole_items: bool) -> Decoder:
+    """The reader of the model's input kind (`forwardpass.pipeline.kinds`)."""
+    kind = kind_of(config).name
     declared = config.preprocess
-    if isinstance(declared, ImageConfig):
-        return _image
-    if isinstance(declared, TextConfig):
-        return _text
-    if isinstance(declared, TabularConfig):
+    if kind == "tabular":
+        assert isinstance(declared, TabularConfig)
         return lambda arg: _records(arg, declared)
-    if isinstance(declared, InteractionsConfig):
-        return _histories
-    return lambda arg: _arrays(arg, inputs, whole_items)
+    if kind == "tensor":
+        return lambda arg: _arrays(arg, inputs, whole_items)
+    return _READERS[kind]
 
 
 # --- files ---------------------------------------------------------------------------------------------------------
@@ -188,6 +188,9 @@ def _json_records(arg: str, data: Any) -> list[Item]:
     if isinstance(data, list):
         return [Item(f"{arg}#row{n}", record) for n, record in enumerate(data, 1)]
     raise DecodeError(f"expected a JSON object (one record) or a list of objects, got {type(data).__name__}")
+
+
+_READERS: dict[str, Decoder] = {"image": _image, "text": _text, "interactions": _histories}
 
 
 # --- arrays --------------------------------------------------------------------------------------------------------

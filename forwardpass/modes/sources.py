@@ -25,8 +25,9 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from forwardpass.config import ImageConfig, ModelConfig, TabularConfig, TextConfig
+from forwardpass.config import ModelConfig
 from forwardpass.errors import DecodeError, ForwardpassError, InputError, NotFoundError
+from forwardpass.pipeline.kinds import kind_of
 
 __all__ = ["Item", "Source", "csv_header", "csv_items", "jsonl_items", "open_source", "parquet_items", "parse_json"]
 
@@ -111,9 +112,10 @@ def open_source(path: Path, config: ModelConfig) -> Source:
     """The records of INPUT for a model with this config (what each kind of file holds depends on it)."""
     if not path.exists():
         raise NotFoundError(f"input '{path}': no such file or folder")
-    if isinstance(config.preprocess, ImageConfig):
+    kind = kind_of(config).name
+    if kind == "image":
         return _Images(path)
-    return _Tables(path, _record_reader(config))
+    return _Tables(path, _READERS.get(kind, _arrays))
 
 
 # --- images --------------------------------------------------------------------------------------------------------
@@ -166,14 +168,6 @@ class _Tables:
             yield from self._read(path, name)
         except InputError as exc:  # a file that cannot be opened is one bad record, not the end of the job
             yield Item(name, error=exc)
-
-
-def _record_reader(config: ModelConfig) -> _RecordReader:
-    if isinstance(config.preprocess, TextConfig):
-        return _texts
-    if isinstance(config.preprocess, TabularConfig):
-        return _records
-    return _arrays
 
 
 def _records(path: Path, name: str) -> Iterator[Item]:
@@ -261,6 +255,10 @@ def parquet_items(path: Path, name: str) -> Iterator[Item]:
         for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS):
             for record in batch.to_pylist():
                 yield Item(f"{name}#row{next(numbers)}", record)
+
+
+# Table readers by input kind (`forwardpass.pipeline.kinds`); other kinds read .npy rows
+_READERS: dict[str, _RecordReader] = {"text": _texts, "tabular": _records}
 
 
 def _count_rows(path: Path) -> int | None:

@@ -25,11 +25,12 @@ from typing import IO, Any, Literal
 
 import orjson
 
-from forwardpass.config import ModelConfig, TextConfig
+from forwardpass.config import ModelConfig
 from forwardpass.errors import ConfigError, DecodeError, ForwardpassError
 from forwardpass.measure.stats import LatencySummary
 from forwardpass.model import Model
 from forwardpass.modes.sources import TEXT_FIELD, parse_json
+from forwardpass.pipeline.kinds import kind_of
 
 __all__ = ["FORMATS", "RecordFormat", "RecordParser", "StreamStats", "follow_lines", "guess_format", "run_stream"]
 
@@ -55,7 +56,7 @@ class RecordParser:
         if record_format not in FORMATS:
             raise ConfigError(f"unknown record format '{record_format}'; use one of {', '.join(FORMATS)}")
         self.format = record_format
-        self._text_model = isinstance(config.preprocess, TextConfig)
+        self._text_model = kind_of(config).name == "text"
         self.header: list[str] | None = None
 
     def is_header(self, line: str) -> bool:

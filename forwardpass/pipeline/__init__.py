@@ -21,6 +21,7 @@ from forwardpass.config import (
     RecommendationConfig,
     RegressionConfig,
     SegmentationConfig,
+    TabularConfig,
     TextConfig,
     TextDetectionConfig,
 )
@@ -29,6 +30,7 @@ from forwardpass.pipeline.detection import Detect
 from forwardpass.pipeline.geometry import TRANSFORM
 from forwardpass.pipeline.image import ImagePreprocessor
 from forwardpass.pipeline.interactions import InteractionsPreprocessor
+from forwardpass.pipeline.kinds import kind_of
 from forwardpass.pipeline.ocr import CtcDecode, DetectText
 from forwardpass.pipeline.outputs import (
     Classify,
@@ -115,27 +117,57 @@ def _pick(name: str | None, specs: list[TensorSpec], field: str) -> str:
     return name
 
 
-def _preprocessor(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path) -> tuple[Preprocessor, Collate]:
+Built = tuple[Preprocessor, Collate]
+
+
+def _preprocessor(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path) -> Built:
+    return _BUILDERS[kind_of(config).name](config, inputs, model_dir)
+
+
+def _image(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path) -> Built:
     declared = config.preprocess
-    if isinstance(declared, ImageConfig):
-        image = ImagePreprocessor(
-            declared, _pick(declared.input, inputs, "preprocess.input"), _maps_coordinates(config)
-        )
-        return image, ((lambda items: stack(image.widen(items))) if image.pads_lines else stack)
-    if isinstance(declared, TextConfig):
-        for tensor in declared.inputs.values():
-            _pick(tensor, inputs, "preprocess.inputs")
-        text = TextPreprocessor(declared, model_dir)
-        return text, text.collate
-    if isinstance(declared, InteractionsConfig):
-        items = load_labels(declared.items, model_dir) or []
-        return InteractionsPreprocessor(declared, _pick(declared.input, inputs, "preprocess.input"), items), stack
-    if declared is not None:
-        names = {column.name for column in declared.columns}
-        if declared.input is None and {spec.name for spec in inputs} == names and len(inputs) == len(names):
-            return TabularPreprocessor(declared, "", per_column=inputs), stack  # one input per column
-        return TabularPreprocessor(declared, _pick(declared.input, inputs, "preprocess.input")), stack
+    assert isinstance(declared, ImageConfig)
+    image = ImagePreprocessor(declared, _pick(declared.input, inputs, "preprocess.input"), _maps_coordinates(config))
+    return image, ((lambda items: stack(image.widen(items))) if image.pads_lines else stack)
+
+
+def _text(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path) -> Built:
+    declared = config.preprocess
+    assert isinstance(declared, TextConfig)
+    for tensor in declared.inputs.values():
+        _pick(tensor, inputs, "preprocess.inputs")
+    text = TextPreprocessor(declared, model_dir)
+    return text, text.collate
+
+
+def _interactions(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path) -> Built:
+    declared = config.preprocess
+    assert isinstance(declared, InteractionsConfig)
+    items = load_labels(declared.items, model_dir) or []
+    return InteractionsPreprocessor(declared, _pick(declared.input, inputs, "preprocess.input"), items), stack
+
+
+def _tabular(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path) -> Built:
+    declared = config.preprocess
+    assert isinstance(declared, TabularConfig)
+    names = {column.name for column in declared.columns}
+    if declared.input is None and {spec.name for spec in inputs} == names and len(inputs) == len(names):
+        return TabularPreprocessor(declared, "", per_column=inputs), stack  # one input per column
+    return TabularPreprocessor(declared, _pick(declared.input, inputs, "preprocess.input")), stack
+
+
+def _tensors(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path) -> Built:
     return TensorInput(inputs), stack
+
+
+# Each input kind's preprocessor (forwardpass.pipeline.kinds declares the kinds)
+_BUILDERS: dict[str, Callable[[ModelConfig, list[TensorSpec], Path], Built]] = {
+    "image": _image,
+    "text": _text,
+    "tabular": _tabular,
+    "interactions": _interactions,
+    "tensor": _tensors,
+}
 
 
 def _postprocessor(
