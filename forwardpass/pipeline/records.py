@@ -52,7 +52,8 @@ def check_fields(record: Mapping[str, object], columns: Iterable[str], *, absent
         unknown = [str(field) for field in record if field not in known]
         if unknown:
             raise InputError(
-                f"unknown field {_list(unknown)}{_did_you_mean(unknown[0], names)}; the model's columns: {names}"
+                f"unknown field {_list(unknown)}{_did_you_mean(unknown[0], names)}; the model's columns: "
+                f"{_list(names, shown=10)}"
             )
     if not absent_ok:
         absent = [name for name in names if name not in record]
@@ -62,9 +63,9 @@ def check_fields(record: Mapping[str, object], columns: Iterable[str], *, absent
             )
 
 
-def _list(names: list[str]) -> str:
-    shown = ", ".join(f"'{name}'" for name in names[:5])
-    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+def _list(names: list[str], shown: int = 5) -> str:
+    listed = ", ".join(f"'{name}'" for name in names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _did_you_mean(name: str, candidates: list[str]) -> str:
