@@ -20,7 +20,6 @@ from forwardpass.errors import InputError, NotFoundError
 __all__ = ["register"]
 
 # Times are compared as ISO 8601 text, so a prefix of one selects what it covers; anything else would match nothing.
-EXAMPLE_TIMES = "2026-11-26 or 2026-11-26T14:30"
 ISO_PREFIX = re.compile(r"\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d{1,6})?)?)?)?)?)?")
 
 

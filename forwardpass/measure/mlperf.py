@@ -9,8 +9,8 @@ a KServe V2 server.
 LoadGen decides what to send and when, and judges the run; its own summary file (`mlperf_log_summary.txt`, with
 "Result is : VALID" or the reasons it is not) is kept in each scenario's folder and copied into the report. Its
 settings are sized from a short calibration of the system under test, because LoadGen calls a run INVALID when the
-expected latency or rate is far from the real one (FINDINGS.md). Accuracy mode runs every sample once, logs each
-answer (the top-1 class index of a classifier) and scores it against the labels.
+expected latency or rate is far from the real one (too cautious settings end a run early). Accuracy mode runs every
+sample once, logs each answer (the top-1 class index of a classifier) and scores it against the labels.
 """
 
 from __future__ import annotations

@@ -331,10 +331,9 @@ def _preprocess(model: Model, raw: object, limits: RequestLimits) -> Arrays:
             with Image.open(io.BytesIO(raw)) as image:  # reads the header only
                 size = image.size
             limits.check_image(*size)
-    try:
-        return model.preprocess(raw)
-    except (ValueError, TypeError) as exc:  # preprocessing is a pure function of the caller's input
-        raise DecodeError(f"model '{model.name}' cannot read this input: {exc}".splitlines()[0]) from None
+    # What the pipeline finds wrong with the input it raises as an InputError (a 4xx); any other exception is a bug
+    # in forwardpass or a library, left to `predict`, which logs its traceback and answers 500.
+    return model.preprocess(raw)
 
 
 def _depth(value: object) -> int:

@@ -39,7 +39,7 @@ def save(graph: onnx.GraphProto, folder: Path, config: dict[str, Any] | None = N
 
 
 def mlp_graph(seed: int = 0, inputs: int = 64, hidden: int = 128, outputs: int = 10) -> onnx.GraphProto:
-    """y = relu(x W1 + b1) W2 + b2: the issue's tiny model (64 → 128 → 10)."""
+    """y = relu(x W1 + b1) W2 + b2: the tiny MLP of the server tests and bench/server.py (64 → 128 → 10)."""
     rng = np.random.default_rng(seed)
     weights = {
         "w1": rng.standard_normal((inputs, hidden)).astype(np.float32) * 0.1,

@@ -35,7 +35,7 @@ from forwardpass.server.proto.grpc_service_pb2_grpc import GRPCInferenceServiceS
 
 TOKEN = "adversarial-token"
 HEADERS = {"authorization": f"bearer {TOKEN}"}  # a lowercase scheme is as good as "Bearer"
-LIVE_MS = 100  # the bound on /v2/health/live while a bad request is in progress
+LIVE_MS = 100  # /v2/health/live answers within this while a bad request is in progress
 RSS_MB = 50  # growth over steady state one bad request may cause
 MAX_REQUEST_BYTES = 16 * 2**20
 MAX_CONNECTIONS = 200

@@ -3,6 +3,7 @@ and infer/predict give the model's own answers, with errors from the forwardpass
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest_asyncio
 from google.protobuf import json_format
 
 import forwardpass
-from forwardpass.errors import DeadlineExceeded, InputError, NotFoundError
+from forwardpass.errors import DeadlineExceeded, ForwardpassError, InputError, NotFoundError
 from forwardpass.registry import ModelRegistry
 from forwardpass.repository import Repository
 from forwardpass.server.dataplane import DataPlane
@@ -98,6 +99,30 @@ async def test_errors_come_from_the_forwardpass_tree(dataplane: DataPlane):
     with pytest.raises(InputError, match=r"expected shape \[64\], got \[1\]"):  # a list of rows: each row checked
         await dataplane.predict("mlp", None, [[1.0], [1.0, 2.0]], {})
     assert not dataplane.model_ready("mlp", "7")
+
+
+class RecordThatBreaksReading(dict):
+    """A record with every column, whose reading raises TypeError: what a bug inside a preprocessor (or a library
+    it calls) raises, through the preprocessing's own code path."""
+
+    def get(self, key: object, default: object = None) -> object:
+        raise TypeError("unsupported operand type(s) for -: 'NoneType' and 'float'")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("inline", [True, False])
+async def test_an_unexpected_error_in_preprocessing_is_a_logged_500_not_a_400(
+    dataplane: DataPlane, caplog: pytest.LogCaptureFixture, inline: bool
+):
+    record = RecordThatBreaksReading.fromkeys(["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"], 1.0)
+    with caplog.at_level(logging.ERROR, "forwardpass.server.dataplane"), pytest.raises(ForwardpassError) as raised:
+        await dataplane.predict("diabetes", None, record, {}, inline=inline)
+    assert not isinstance(raised.value, InputError) and raised.value.http_status == 500
+    assert "TypeError: unsupported operand" in str(raised.value)
+    (logged,) = [entry for entry in caplog.records if "failed unexpectedly" in entry.getMessage()]
+    assert logged.exc_info is not None and logged.exc_info[0] is TypeError  # the traceback is in the log
+    with pytest.raises(InputError, match="column 'age': 'old' is not a number"):  # the caller's fault stays a 4xx
+        await dataplane.predict("diabetes", None, {**record, "age": "old"}, {}, inline=inline)
 
 
 @pytest.mark.asyncio

@@ -37,7 +37,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cluster() -> Iterator[object]:
     from ray.cluster_utils import Cluster
 
-    # Ray's unix sockets need a short path; the argument alone is not enough (FINDINGS.md): the variable is.
+    # Ray's unix sockets need a short path, given as the variable: with Cluster, a temp-dir argument still writes the
+    # cluster address file under the default temp dir, and the start fails.
     temp = tempfile.mkdtemp(prefix="fp-ray-", dir="/tmp")
     saved = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = temp
