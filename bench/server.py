@@ -6,13 +6,17 @@ Usage: python bench/server.py [--rounds 3] [--seconds 5] [--warmup 1] [--servers
 - Models (built here with torch, ONNX opset 17, dynamic batch, random weights): a tiny MLP 64 -> 128 -> 10 and a
   ResNet-style CNN of ~1.6 GFLOPs at 3x224x224. Each server serves one model at a time.
 - Servers (bench/peers/launch.py): forwardpass with dynamic batching and with batching off, a thin uvicorn + orjson
-  server (the floor), MLServer 1.7.1 with and without adaptive batching, LitServe with and without batching. The peers
+  server (the floor), MLServer 1.7.1 with and without adaptive batching, LitServe with and without batching, and
+  NVIDIA Triton 2.51 (the server binary of nvidia-pytriton's wheel, its dynamic batcher, the model in its Python
+  backend calling ONNX Runtime: Triton's C++ ONNX Runtime backend is not on PyPI). The peers
   run from their own virtualenvs under .build/peers/, created on first run. Every batching server gets the same window
   (32 requests, 2 ms).
 - Pinning: each server's whole process tree on CPU 0 (`taskset`; ONNX Runtime with one intra-op thread), the load
   generator (wrk, bench/loadgen.py) and this script on CPU 1.
 - Load: closed loop at concurrency 1 and 32, one sample per request, V2 JSON and (where the server supports it) the
   binary tensor data extension. Before the load, one answer per format is checked against ONNX Runtime in-process.
+- Triton's own load generator, perf_analyzer (tritonclient 2.41's binary), against forwardpass and Triton with the
+  MLP: HTTP binary, HTTP JSON and gRPC at concurrency 1, 8 and 32 (`--perf-analyzer`, on by default).
 - Figures: req/s, p50/p90/p99 latency, the client's CPU share (a figure whose client used > 90% of its core is
   refused), the server tree's CPU per request; cold start (spawn -> first 200 OK) and idle memory (PSS of the tree)
   with the MLP; raw ONNX Runtime throughput at batch 1 on the server core, measured in every round.
@@ -50,6 +54,7 @@ from peers.launch import (
     ensure_virtualenv,
     free_port,
     peer_versions,
+    perf_analyzer_libraries,
 )
 
 from forwardpass.measure import machine_info
@@ -58,6 +63,9 @@ from forwardpass.measure.stats import paired_ratio
 HERE = Path(__file__).resolve().parent
 SERVER_CPU, CLIENT_CPU = 0, 1
 CONCURRENCIES = (1, 32)
+PERF_ANALYZER = Path(sys.executable).with_name("perf_analyzer")  # tritonclient 2.41's binary, in the dev extra
+PERF_ANALYZER_POINTS = (("http", "binary"), ("http", "json"), ("grpc", "binary"))
+PERF_ANALYZER_CONCURRENCIES = (1, 8, 32)
 SLOW_MODEL_STRETCH = 2  # the CNN's load points run this many times longer than the MLP's
 TOLERANCE = 1e-3  # max abs difference between a server's answer and ONNX Runtime in-process
 
@@ -145,7 +153,9 @@ def measure_server(spec: ServerSpec, model: BenchModel, args: argparse.Namespace
     port = free_port()
     path = f"/v2/models/{model.name}/infer"
     requests = {fmt: v2_request("input", model.sample, "output", fmt == "binary") for fmt in spec.formats}
-    command, environment = command_for(spec, model.name, model.path, port, workdir)
+    speaks_grpc = spec.kind in ("forwardpass", "triton") and args.perf_analyzer and model.name == "mlp"
+    grpc_port = free_port() if speaks_grpc else 0
+    command, environment = command_for(spec, model.name, model.path, port, workdir, grpc_port)
     record: dict[str, Any] = {"points": {}}
     with RunningServer(command, environment, workdir / "server.log", SERVER_CPU) as server:
         body, headers = requests["json"]
@@ -173,7 +183,47 @@ def measure_server(spec: ServerSpec, model: BenchModel, args: argparse.Namespace
                 server_cpu = server.cpu_seconds() - cpu_before
                 point = result.to_dict() | {"server_cpu_us_per_request": server_cpu / max(result.requests, 1) * 1e6}
                 record["points"][f"{fmt}/c{concurrency}"] = point
+        if speaks_grpc:
+            record["perf_analyzer"] = {}
+            for protocol, fmt in PERF_ANALYZER_POINTS:
+                for concurrency in PERF_ANALYZER_CONCURRENCIES:
+                    server.wait_idle()
+                    where = f"127.0.0.1:{grpc_port if protocol == 'grpc' else port}"
+                    point = perf_analyzer(model, where, protocol, fmt, concurrency, args.seconds, workdir)
+                    record["perf_analyzer"][f"{protocol}-{fmt}/c{concurrency}"] = point
     return record
+
+
+def perf_analyzer(
+    model: BenchModel, where: str, protocol: str, fmt: str, concurrency: int, seconds: int, workdir: Path
+) -> dict[str, float]:
+    """One perf_analyzer point on the client core: req/s and p50/p99 latency (ms) of its last, stable window."""
+    report = workdir / f"perf-{protocol}-{fmt}-{concurrency}.csv"
+    command = [
+        str(PERF_ANALYZER),
+        *("-m", model.name, "-u", where, "-i", protocol, "--concurrency-range", str(concurrency)),
+        *("--shape", f"input:{','.join(map(str, model.sample.shape[1:]))}", "--input-data", "random"),
+        *("--measurement-interval", str(seconds * 1000), "--max-trials", "4", "--stability-percentage", "20"),
+        *(("--input-tensor-format", fmt, "--output-tensor-format", fmt) if protocol == "http" else ()),
+        *("-f", str(report)),
+    ]
+    libraries = {"LD_LIBRARY_PATH": str(perf_analyzer_libraries(workdir / "perf-analyzer-libs"))}
+    done = subprocess.run(
+        ["taskset", "-c", str(CLIENT_CPU), *command],
+        env={**os.environ, **libraries},
+        capture_output=True,
+        text=True,
+        timeout=seconds * 12 + 60,
+    )
+    if done.returncode != 0 or not report.is_file():
+        raise RuntimeError(f"perf_analyzer {protocol} {fmt} c={concurrency}: {(done.stdout + done.stderr)[-600:]}")
+    header, values = report.read_text().splitlines()[:2]
+    row = dict(zip(header.split(","), values.split(","), strict=False))
+    return {
+        "throughput": float(row["Inferences/Second"]),
+        "p50_ms": float(row["p50 latency"]) / 1000,
+        "p99_ms": float(row["p99 latency"]) / 1000,
+    }
 
 
 def run_rounds(args: argparse.Namespace, models: dict[str, BenchModel], specs: list[ServerSpec]) -> dict[str, Any]:
@@ -264,7 +314,48 @@ def summarize(rounds: list[dict[str, Any]], models: list[str], servers: list[str
                 cpu_vs_raw = [(r["raw_ort"][name]["cpu_us"], p["server_cpu_us_per_request"]) for p, r in paired]
                 row["cpu_efficiency_vs_raw_ort"] = paired_ratio(*zip(*cpu_vs_raw, strict=True))
                 rows.append(row)
-    return {"raw_ort_batch1": raw_ort, "rows": rows, "startup": startup, "ratios": _ratios(rounds, rows)}
+    return {
+        "raw_ort_batch1": raw_ort,
+        "rows": rows,
+        "startup": startup,
+        "ratios": _ratios(rounds, rows),
+        "perf_analyzer": _perf_analyzer_rows(rounds),
+    }
+
+
+def _perf_analyzer_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """perf_analyzer's points per (server, protocol/format, concurrency): medians over rounds, and forwardpass /
+    Triton as the median of per-round ratios."""
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for current in rounds:
+        for server, records in current["servers"].items():
+            for point_key, point in records.get("mlp", {}).get("perf_analyzer", {}).items():
+                found.setdefault((server, point_key), []).append(point)
+    rows = []
+
+    def order(item: tuple[tuple[str, str], list[dict[str, Any]]]) -> tuple[str, str, int]:
+        (server, point_key), _ = item
+        point, concurrency = point_key.split("/c")
+        return server, point, int(concurrency)
+
+    for (server, point_key), points in sorted(found.items(), key=order):
+        row: dict[str, Any] = {"server": server, "point": point_key, "rounds": len(points)}
+        for figure in ("throughput", "p50_ms", "p99_ms"):
+            row[figure] = statistics.median(p[figure] for p in points)
+        row["p99_over_p50"] = row["p99_ms"] / row["p50_ms"] if row["p50_ms"] else None
+        if server != "triton":
+
+            def point(current: dict[str, Any], name: str, key: str = point_key) -> dict[str, Any] | None:
+                return current["servers"].get(name, {}).get("mlp", {}).get("perf_analyzer", {}).get(key)
+
+            pairs = [
+                (mine["throughput"], theirs["throughput"])
+                for current in rounds
+                if (mine := point(current, server)) and (theirs := point(current, "triton"))
+            ]
+            row["vs_triton"] = paired_ratio(*zip(*pairs, strict=True)) if pairs else None
+        rows.append(row)
+    return rows
 
 
 def _paired(rounds: list[dict[str, Any]], server: str, model: str, key: str) -> list[tuple[dict[str, Any], Any]]:
@@ -352,7 +443,7 @@ def _ms(value: float | None) -> str:
 def markdown(result: dict[str, Any], labels: dict[str, str]) -> str:
     summary = result["summary"]
     lines = [
-        "# Server benchmark: forwardpass vs Python peers",
+        "# Server benchmark: forwardpass vs Triton and Python peers",
         "",
         f"Date: {result['date']}. Command: `{result['command']}`. {result['rounds']} interleaved rounds of "
         f"{result['seconds']:g} s per point (after {result['warmup']:g} s warm-up); medians. Server tree pinned to "
@@ -394,6 +485,25 @@ def markdown(result: dict[str, Any], labels: dict[str, str]) -> str:
                 ]
                 cells.append(f"{found[0]:.2f}x" if found else "-")
             lines.append(f"| {model} | {fmt} | {concurrency} | " + " | ".join(cells) + " |")
+    if summary.get("perf_analyzer"):
+        lines += [
+            "",
+            "## perf_analyzer (Triton's load generator) against forwardpass and Triton, tiny MLP",
+            "",
+            "Client: perf_analyzer from tritonclient 2.41 on the client core, random inputs, one sample per request, "
+            "closed loop; figures from its last stable measurement window.",
+            "",
+            "| server | protocol / format | c | req/s | / Triton | p50 ms | p99 ms | p99 / p50 |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in summary["perf_analyzer"]:
+            point, concurrency = row["point"].split("/c")
+            ratio = row.get("vs_triton")
+            lines.append(
+                f"| {labels[row['server']]} | {point} | {concurrency} | {row['throughput']:,.0f} "
+                f"| {'-' if ratio is None else f'{ratio:.2f}x'} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
+                f"| {row['p99_over_p50']:.1f} |"
+            )
     lines += [
         "",
         "## Throughput and latency",
@@ -439,6 +549,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured seconds of load before each point")
     parser.add_argument("--servers", default=None, help="comma-separated keys of bench/peers/launch.py's SERVERS")
     parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument(
+        "--perf-analyzer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also load forwardpass and Triton with Triton's perf_analyzer (MLP: HTTP binary/JSON, gRPC)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--report", type=Path, help="only re-write the report from this server.json's measurements")
     parser.add_argument("--raw-ort", help=argparse.SUPPRESS)

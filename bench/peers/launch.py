@@ -25,6 +25,8 @@ VIRTUALENVS = ROOT / ".build" / "peers"
 PEER_PACKAGES = {
     "mlserver": ["mlserver==1.7.1", "uvloop==0.21.0", "onnxruntime"],  # newer uvloop breaks MLServer 1.7's start-up
     "litserve": ["litserve", "onnxruntime"],
+    # Triton 2.51's server binary, Python backend and stubs ship in nvidia-pytriton's wheel (../../../shared/PEERS.md)
+    "triton": ["nvidia-pytriton==0.7.0", "onnxruntime==1.32.0"],
 }
 # The same batching window for every server that batches: at most 32 requests, the oldest waits at most 2 ms.
 MAX_BATCH_SIZE = 32
@@ -52,6 +54,7 @@ SERVERS = {
         ServerSpec("mlserver-batching", "MLServer 1.7.1 + adaptive batching", "mlserver", True),
         ServerSpec("litserve", "LitServe", "litserve", False),
         ServerSpec("litserve-batching", "LitServe + batching", "litserve", True),
+        ServerSpec("triton", "Triton 2.51 (Python backend + ORT)", "triton", True, ("json", "binary")),
     )
 }
 
@@ -92,8 +95,11 @@ def forwardpass_config(batching: bool) -> dict[str, Any]:
     return config
 
 
-def command_for(spec: ServerSpec, name: str, model: Path, port: int, workdir: Path) -> tuple[list[str], dict[str, str]]:
-    """The command line and extra environment that serve `model` as `name` over HTTP on `port`."""
+def command_for(
+    spec: ServerSpec, name: str, model: Path, port: int, workdir: Path, grpc_port: int = 0
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and extra environment that serve `model` as `name` over HTTP on `port` (and gRPC on
+    `grpc_port`, for the servers that speak it: forwardpass and Triton; 0: forwardpass without gRPC)."""
     environment = {"OMP_NUM_THREADS": "1"}
     if spec.kind == "forwardpass":
         version = workdir / "repository" / name / "1"
@@ -102,7 +108,8 @@ def command_for(spec: ServerSpec, name: str, model: Path, port: int, workdir: Pa
         (version.parent / "config.yaml").write_text(yaml.safe_dump(forwardpass_config(spec.batching)))
         executable = Path(sys.executable).with_name("forwardpass")
         command = [str(executable), "serve", "--repository", str(version.parent.parent), "--host", "127.0.0.1"]
-        return [*command, "--http-port", str(port), "--grpc-port", "0"], environment | {"FORWARDPASS_ACCESS_LOG": "0"}
+        command += ["--http-port", str(port), "--grpc-port", str(grpc_port)]
+        return command, environment | {"FORWARDPASS_ACCESS_LOG": "0"}
     if spec.kind == "thin":
         return [sys.executable, str(PEERS / "thin.py"), str(model), "--name", name, "--port", str(port)], environment
     if spec.kind == "mlserver":
@@ -124,7 +131,88 @@ def command_for(spec: ServerSpec, name: str, model: Path, port: int, workdir: Pa
         if spec.batching:
             command += ["--max-batch-size", str(MAX_BATCH_SIZE), "--batch-timeout", str(MAX_QUEUE_DELAY_S)]
         return command, environment
+    if spec.kind == "triton":
+        return triton_command(spec, name, model, port, workdir, grpc_port or None)
     raise ValueError(f"unknown server kind {spec.kind!r}")
+
+
+def site_packages(kind: str) -> Path:
+    return next((VIRTUALENVS / kind / "lib").glob("python3*/site-packages"))
+
+
+def triton_libraries(folder: Path) -> Path:
+    """`folder` with the shared libraries Triton and perf_analyzer load, under the names they ask for: the wheel
+    keeps them under hashed names in nvidia_pytriton.libs."""
+    libs = site_packages("triton") / "nvidia_pytriton.libs"
+    folder.mkdir(parents=True, exist_ok=True)
+    for library in libs.iterdir():
+        stem, _, version = library.name.partition(".so")
+        plain = folder / f"{stem.rsplit('-', 1)[0]}.so{version}"  # libb64-98cb6333.so.0d -> libb64.so.0d
+        if not plain.exists():
+            plain.symlink_to(library)
+        short = folder / f"{stem.rsplit('-', 1)[0]}.so.{version.lstrip('.').split('.')[0]}"  # libcudart.so.12
+        if version and not short.exists():
+            short.symlink_to(library)
+    return folder
+
+
+def perf_analyzer_libraries(folder: Path) -> Path:
+    """A folder holding only the two libraries perf_analyzer (tritonclient 2.41's binary) needs even on a CPU,
+    libb64.so.0d and libcudart.so.12, taken from nvidia-pytriton's wheel."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for library in (site_packages("triton") / "nvidia_pytriton.libs").iterdir():
+        for stem, name in (("libb64-", "libb64.so.0d"), ("libcudart-", "libcudart.so.12")):
+            if library.name.startswith(stem) and not (folder / name).exists():
+                (folder / name).symlink_to(library)
+    return folder
+
+
+def triton_command(
+    spec: ServerSpec, name: str, model: Path, port: int, workdir: Path, grpc_port: int | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """Triton's own binary serving `model` through its Python backend (bench/peers/triton/model.py), its dynamic
+    batcher (up to the common batch size), one instance on the CPU."""
+    import onnx
+
+    packages = site_packages("triton")
+    server = packages / "pytriton" / "tritonserver"
+    backends = workdir / "triton-backends"
+    shutil.copytree(server / "backends", backends)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = server / "python_backend_stubs" / version / "triton_python_backend_stub"
+    shutil.copyfile(stub, backends / "python" / "triton_python_backend_stub")
+    (backends / "python" / "triton_python_backend_stub").chmod(0o755)
+    repository = workdir / "triton-models"
+    (repository / name / "1").mkdir(parents=True)
+    shutil.copyfile(PEERS / "triton" / "model.py", repository / name / "1" / "model.py")
+    (repository / name / "1" / "site_packages.txt").write_text(str(packages))
+    graph = onnx.load(str(model)).graph
+
+    def dims(value: Any) -> str:
+        return ", ".join(str(d.dim_value) for d in value.type.tensor_type.shape.dim[1:])
+
+    # No queue delay: Triton's batcher would wait the whole window even for a lone request (410 req/s at c=1 with
+    # 2 ms); without one it batches what queued while the instance was busy -- as forwardpass does when idle.
+    batching = "dynamic_batching { }"
+    (repository / name / "config.pbtxt").write_text(
+        f'name: "{name}"\nbackend: "python"\nmax_batch_size: {MAX_BATCH_SIZE if spec.batching else 0}\n'
+        f'input [{{ name: "input" data_type: TYPE_FP32 dims: [{dims(graph.input[0])}] }}]\n'
+        f'output [{{ name: "output" data_type: TYPE_FP32 dims: [{dims(graph.output[0])}] }}]\n'
+        f"{batching if spec.batching else ''}\n"
+        "instance_group [{ kind: KIND_CPU count: 1 }]\n"
+        f'parameters [{{ key: "onnx_path" value: {{ string_value: "{model}" }} }}]\n'
+    )
+    command = [
+        str(server / "bin" / "tritonserver"),
+        f"--model-repository={repository}",
+        f"--backend-directory={backends}",
+        f"--http-port={port}",
+        f"--grpc-port={grpc_port or free_port()}",
+        "--allow-metrics=false",
+        "--log-verbose=0",
+    ]
+    libraries = f"{triton_libraries(workdir / 'triton-libs')}:{packages / 'nvidia_pytriton.libs'}"
+    return command, {"OMP_NUM_THREADS": "1", "LD_LIBRARY_PATH": libraries}
 
 
 def free_port() -> int:
