@@ -14,7 +14,7 @@ from forwardpass.errors import ConfigError
 __all__ = ["register"]
 
 
-def serve(
+def serve_command(
     repository: Path | None = REPOSITORY,
     http_port: int | None = typer.Option(
         None,
@@ -98,7 +98,7 @@ def serve(
 
       forwardpass serve --ray --replicas 2 --max-replicas 8
     """
-    from forwardpass.server.app import serve as run_server  # the server's imports only when serving
+    from forwardpass.server.app import run_server  # the server's imports only when serving
     from forwardpass.server.settings import ServerSettings
 
     options: dict[str, Any] = {
@@ -133,4 +133,4 @@ def serve(
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(serve)
+    app.command("serve")(serve_command)

@@ -19,7 +19,7 @@ from forwardpass.errors import ConfigError, NotFoundError
 from forwardpass.formats.base import ConvertOptions, Format, LoadOptions
 from forwardpass.formats.convert import convert_with_parity
 from forwardpass.formats.facts import ModelFacts, merge_facts, onnx_facts
-from forwardpass.formats.serve import SERVE_MODES, ServeMode, Serving, serve
+from forwardpass.formats.serve import SERVE_MODES, ServeMode, Serving, open_format_session
 
 __all__ = [
     "REGISTERED",
@@ -103,7 +103,7 @@ def open_model_session(
 ) -> tuple[Session, Serving]:
     """The one way to open a model: detect its format, then run it natively or converted as `serve_mode` says."""
     fmt, path = resolve_artefact(artefact)
-    return serve(fmt, path, engine, options or LoadOptions(), serve_mode, convert or ConvertOptions())
+    return open_format_session(fmt, path, engine, options or LoadOptions(), serve_mode, convert or ConvertOptions())
 
 
 def open_served(serving: Serving, engine: EngineConfig) -> Session:

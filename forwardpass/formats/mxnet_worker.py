@@ -210,7 +210,8 @@ def _answer(
     raise _RequestError(f"unknown request '{operation}'")
 
 
-def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
+def answer_requests(requests: IO[bytes], replies: IO[bytes]) -> None:
+    """Answer each request read from `requests` on `replies`, in order, until `requests` ends."""
     model: _Model | None = None
     while True:
         try:
@@ -228,7 +229,7 @@ def main() -> None:
     # Replies go to the original stdout; anything a library prints goes to stderr instead of corrupting the stream.
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    serve(sys.stdin.buffer, replies)
+    answer_requests(sys.stdin.buffer, replies)
     replies.close()
     os._exit(0)  # every reply is flushed; skipping mxnet's engine teardown saves ~0.3 s per session closed
 

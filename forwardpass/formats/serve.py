@@ -28,7 +28,7 @@ from forwardpass.formats.convert import (
     source_fingerprint,
 )
 
-__all__ = ["SERVE_MODES", "ServeMode", "Serving", "serve"]
+__all__ = ["SERVE_MODES", "ServeMode", "Serving", "open_format_session"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Serving:
         return f"{self.format} → {self.engine} ({self.reason})"
 
 
-def serve(
+def open_format_session(
     fmt: Format,
     artefact: Path,
     engine: EngineConfig,
@@ -76,6 +76,8 @@ def serve(
     mode: ServeMode,
     convert: ConvertOptions,
 ) -> tuple[Session, Serving]:
+    """A session running `artefact` of format `fmt` natively or converted to ONNX, as `mode` says (auto times both),
+    and how it runs."""
     opener = _Opener(fmt, artefact, engine, options, mode)
     if fmt.name == "onnx":
         session = fmt.open_native(artefact, engine, options)

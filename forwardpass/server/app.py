@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import grpc
     from starlette.types import ASGIApp
 
-__all__ = ["InferenceServer", "asgi_app", "configure_logging", "serve"]
+__all__ = ["InferenceServer", "asgi_app", "configure_logging", "run_server"]
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def asgi_app(
     return with_websockets(http_app, dataplane, guard)
 
 
-def serve(settings: ServerSettings) -> None:
+def run_server(settings: ServerSettings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully (blocking; the CLI's `forwardpass serve`)."""
     settings = settings.checked()
     configure_logging(settings)
