@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from forwardpass.config import ImageConfig, PipelineConfig, TextConfig
+from forwardpass.config import PipelineConfig
 from forwardpass.errors import (
     DeadlineExceeded,
     DecodeError,
@@ -33,6 +33,7 @@ from forwardpass.errors import (
 from forwardpass.explain import explain
 from forwardpass.model import Model
 from forwardpass.pipeline import Arrays
+from forwardpass.pipeline.kinds import kind_of
 from forwardpass.pipeline.outputs import Classify, Prediction
 from forwardpass.quality.drift import InputWindow
 from forwardpass.quality.metrics import DriftCollector
@@ -323,7 +324,7 @@ class DataPlane:
 
 
 def _preprocess(model: Model, raw: object, limits: RequestLimits) -> Arrays:
-    if isinstance(raw, str) and isinstance(model.config.preprocess, ImageConfig):
+    if isinstance(raw, str) and kind_of(model.config).file_items:
         # the image pipeline reads a str as a file path: over the network that would open the server's own files
         raise DecodeError(f"model '{model.name}' takes an image: send its bytes (Content-Type image/*), not text")
     if isinstance(raw, bytes) and limits.max_pixels is not None:
@@ -351,9 +352,11 @@ def _items(served: Served, raw: object) -> list[object] | None:
     if not isinstance(raw, list) or not raw:
         return None
     model = served.model
-    texts = isinstance(model.config.preprocess, TextConfig)
-    rows = model.config.preprocess is None and len(model.inputs) == 1 and _depth(raw) == len(model.inputs[0].shape)
-    if not rows and not all(isinstance(item, dict) or (texts and isinstance(item, str)) for item in raw):
+    lists = kind_of(model.config).lists
+    if lists == "rows":
+        if len(model.inputs) != 1 or _depth(raw) != len(model.inputs[0].shape):
+            return None
+    elif not all(isinstance(item, dict) or (lists == "texts" and isinstance(item, str)) for item in raw):
         return None
     most = max(served.max_batch_size, 1)
     if len(raw) > most:
