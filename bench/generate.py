@@ -6,7 +6,7 @@ Usage: python bench/generate.py [--threads 1,2] [--new-tokens 64] [--streams 8] 
 Engines (each round runs every engine in a fresh process pinned to the first --threads cores, so that its peak RSS
 is its own; the rounds interleave the engines):
 - forwardpass-fp32 / -int4 / -int8: the exported decoder (.build/bench/smollm2, made once from the GGUF; int4/int8
-  by forwardpass.generation.quantize) and its continuous-batching loop, in-process; 8 streams submitted at once;
+  by forwardpass.precision.decoder) and its continuous-batching loop, in-process; 8 streams submitted at once;
 - ort-genai-fp32 / -int4: ONNX Runtime GenAI's own model builder (`-p fp32|int4 -e cpu`, its defaults: RTN, block
   32, symmetric, accuracy level 4) on a Hugging Face folder made from the GGUF, and its own generator loop; 8 streams
   are one static batch of 8 (padded by its own tokenizer);
@@ -74,7 +74,7 @@ def smollm2_gguf() -> Path:
 
 def forwardpass_folder(precision: str) -> Path:
     from forwardpass.generation.export import export_decoder
-    from forwardpass.generation.quantize import quantize_decoder
+    from forwardpass.precision.decoder import quantize_decoder
     from forwardpass.repository import read_variant, versions_in
 
     folder = WORK / "smollm2"

@@ -162,7 +162,7 @@ def _exported(model: str, export_to: Path | None) -> str | Path:
 
 def _with_variant(folder: Path, precision: str, block_size: int, threads: int) -> None:
     """Make the `precision` version of the exported decoder `folder` unless it has one."""
-    from forwardpass.generation.quantize import quantize_decoder
+    from forwardpass.precision.decoder import quantize_decoder
     from forwardpass.repository import read_variant, versions_in
 
     if not folder.is_dir() or not versions_in(folder):

@@ -141,7 +141,7 @@ def _quantize_decoder(
     block_size: int,
     threads: int,
 ) -> None:
-    from forwardpass.generation.quantize import HELDOUT, quantize_decoder
+    from forwardpass.precision.decoder import HELDOUT, quantize_decoder
 
     if precision not in ("int4", "int8"):
         raise InputError(f"--precision {precision}: a decoder quantizes to int4 or int8 (weight-only MatMulNBits)")

@@ -41,7 +41,7 @@ from forwardpass.repository import PRECISION_FILE, versions_in
 __all__ = ["BOUNDS", "HELDOUT", "QuantizedPrecision", "perplexity", "quantize_decoder"]
 
 QuantizedPrecision = Literal["int4", "int8"]
-HELDOUT = Path(__file__).with_name("heldout.txt")  # plain prose written for this purpose: in no training set
+HELDOUT = Path(tied.__file__).with_name("heldout.txt")  # plain prose written for this purpose: in no training set
 # The largest perplexity / FP32 perplexity a variant may have; beyond it nothing is written. INT4: SmolLM2 from its
 # Q4_1 GGUF measures 1.135 (its "FP32" is Q4_1 expanded, and a Q4_1 block's offset is a float that MatMulNBits'
 # 4-bit zero points cannot hold: re-quantizing costs what quantizing did; float zero points are exact but ONNX

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 import forwardpass
 from forwardpass.errors import ConfigError
 from forwardpass.generation import SamplingParams, open_generator
-from forwardpass.generation.quantize import HELDOUT, perplexity, quantize_decoder
+from forwardpass.precision.decoder import HELDOUT, perplexity, quantize_decoder
 
 FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
 
