@@ -43,7 +43,10 @@ def _eval_data() -> dict[str, Any]:
         "confusion_matrix": {"labels": ["a", "b"], "matrix": [[3, 2], [1, 4]]},
         "calibration": {
             "ece": 0.1,
-            "bins": [{"confidence": 0.6, "accuracy": 0.5, "n": 4}, {"confidence": 0.9, "accuracy": 0.83, "n": 6}],
+            "bins": [
+                {"low": 0.5, "high": 0.7, "confidence": 0.6, "accuracy": 0.5, "n": 4},
+                {"low": 0.8, "high": 1.0, "confidence": 0.9, "accuracy": 0.83, "n": 6},
+            ],
         },
         "groups": {
             "by_group": {"x": {"accuracy": 0.5, "n": 4}, "y": {"accuracy": 0.83, "n": 6}},
@@ -130,7 +133,7 @@ def test_compare_sets_reports_side_by_side(tmp_path: Path) -> None:
     reports = [(name, load_report(tmp_path / name)) for name in ("monday", "tuesday")]
     markdown, written = compare_reports(reports, tmp_path / "compare")
     assert "| figure | monday | tuesday |" in markdown
-    assert "| int8 t1 b8 | 800.0000 | 1,600 |" in markdown
+    assert "| int8, 1 thread, batch 8 | 800.0000 | 1,600 |" in markdown
     assert [path.name for path in written] == ["compare.json", "compare.md", "compare.png"]
     assert_png(written[2])
     save_eval(_eval_data(), tmp_path / "eval")
