@@ -89,16 +89,10 @@ class TabularSession:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if INPUT_NAME not in inputs:
-            raise InputError(f"missing input '{INPUT_NAME}'; this model takes one FP32 [batch, features] tensor")
-        try:
-            scores = self._raw(inputs[INPUT_NAME])
-        except (ValueError, TypeError) as exc:
-            raise InputError(f"the model refused the input: {first_line(exc)}") from None
-        if self._labels is None:
-            return {"variable": scores}
-        # One score column is a binary decision function: positive means the second class.
-        picked = (scores[:, 0] > 0).astype(np.intp) if scores.shape[1] == 1 else scores.argmax(axis=1)
-        return {"label": self._labels[picked], "probabilities": scores}
+            dtype = self.inputs[0].dtype.name
+            raise InputError(f"missing input '{INPUT_NAME}'; this model takes one {dtype} [batch, features] tensor")
+        features = inputs[INPUT_NAME]
+        return _answer(_refusals(self._raw, features), self._labels)
 
     def close(self) -> None:
         self._scores = _closed
@@ -136,17 +130,28 @@ class ColumnsSession:
         if missing:
             raise InputError(f"missing input(s) {missing}; this model takes one [batch, 1] tensor per column")
         frame = pandas.DataFrame({spec.name: np.asarray(inputs[spec.name]).reshape(-1) for spec in self.inputs})
-        try:
-            scores = np.asarray(self._scores(frame), dtype=np.float32).reshape(len(frame), -1)
-        except (ValueError, TypeError) as exc:
-            raise InputError(f"the model refused the input: {first_line(exc)}") from None
-        if self._labels is None:
-            return {"variable": scores}
-        picked = (scores[:, 0] > 0).astype(np.intp) if scores.shape[1] == 1 else scores.argmax(axis=1)
-        return {"label": self._labels[picked], "probabilities": scores}
+        scores = _refusals(lambda rows: np.asarray(self._scores(rows), dtype=np.float32).reshape(len(rows), -1), frame)
+        return _answer(scores, self._labels)
 
     def close(self) -> None:
         self._scores = _closed
+
+
+def _refusals(score: Callable[[Any], np.ndarray], rows: Any) -> np.ndarray:
+    """`score(rows)`, a framework's refusal of the input (ValueError, TypeError) as one line."""
+    try:
+        return score(rows)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"the model refused the input: {first_line(exc)}") from None
+
+
+def _answer(scores: np.ndarray, labels: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The framework's scores as the converters name them: a regressor's `variable`; a classifier's `label` and
+    `probabilities` (one score column is a binary decision function: positive means the second class)."""
+    if labels is None:
+        return {"variable": scores}
+    picked = (scores[:, 0] > 0).astype(np.intp) if scores.shape[1] == 1 else scores.argmax(axis=1)
+    return {"label": labels[picked], "probabilities": scores}
 
 
 def _scores(estimator: Any) -> Scores:
