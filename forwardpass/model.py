@@ -15,6 +15,7 @@ from forwardpass.config import (
     EngineConfig,
     ModelConfig,
     PostprocessConfig,
+    PreprocessConfig,
     TabularConfig,
     TensorConfig,
 )
@@ -68,6 +69,10 @@ class Model:
         source = str(entry.config_path or entry.artefact)
         check(self.config, specs, session.outputs, self.facts, entry.directory, source)
         config = self.config
+        # the record fields a tabular model takes, in order; None for other models (eval reads it per item)
+        self.columns = (
+            [c.name for c in config.preprocess.columns] if isinstance(config.preprocess, TabularConfig) else None
+        )
         self.session = session
         self.constants = _constants(config, specs)  # fed on every forward pass, never sent by clients
         self._batched_constants = {name for name in self.constants if specs_by_name[name].shape[:1] == (-1,)}
@@ -92,17 +97,12 @@ class Model:
         self.window = InputWindow(self.profile) if self.profile is not None else None  # recent inputs, for drift
         self._version = str(self.version or "")
 
-    @property
-    def columns(self) -> list[str] | None:
-        """The record fields a tabular model takes, in order; None for other models."""
-        preprocess = self.config.preprocess
-        return [column.name for column in preprocess.columns] if isinstance(preprocess, TabularConfig) else None
-
-    def reconfigured(self, postprocess: PostprocessConfig, why: str) -> Model:
-        """This model, on the same session, with postprocessing settled from data (`forwardpass eval` / `init`)."""
-        config = self.config.model_copy(update={"postprocess": postprocess})
+    def reconfigured(self, section: str, value: PreprocessConfig | PostprocessConfig, why: str) -> Model:
+        """This model, on the same session, with its `preprocess` or `postprocess` section settled from data
+        (`forwardpass eval` / `init`), checked against the model like any config."""
+        config = self.config.model_copy(update={section: value})
         model = Model(self.entry, config, self.session, self.engine, self.serving, self.facts)
-        model.inferred = {**self.inferred, "postprocess": why}
+        model.inferred = {**self.inferred, section: why}
         return model
 
     def __repr__(self) -> str:

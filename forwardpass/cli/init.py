@@ -102,11 +102,8 @@ def _named_by_header(model: Model, columns: list[str]) -> Model:
     preprocess = TabularConfig(
         kind="tabular", input=model.inputs[0].name, columns=[TabularColumn(name=name) for name in columns]
     )
-    config = model.config.model_copy(update={"preprocess": preprocess})
     why = "the data's columns in file order (the model records no names: check they are its input order)"
-    reconfigured = Model(model.entry, config, model.session, model.engine, model.serving, model.facts)
-    reconfigured.inferred = {**model.inferred, "preprocess": why}
-    return reconfigured
+    return model.reconfigured("preprocess", preprocess, why)
 
 
 def config_yaml(config: ModelConfig, inferred: dict[str, str]) -> str:

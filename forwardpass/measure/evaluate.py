@@ -484,7 +484,7 @@ def with_task_from_labels(model: Model, dataset: Dataset) -> Model:
     postprocess, why = found
     if isinstance(postprocess, ClassificationConfig):
         postprocess, why = settle_activation(postprocess, why, model.predict_each(raws))
-    return model.reconfigured(postprocess, why)
+    return model.reconfigured("postprocess", postprocess, why)
 
 
 def _score(metric: Metric, prediction: Prediction, example: Example) -> str | None:
