@@ -67,6 +67,12 @@ def _classifier(
     )
 
 
+def _regressor(
+    name: str, artefact: Path, x_test: object, y_test: object, values: np.ndarray, **kw: object
+) -> UserModel:
+    return UserModel(name, artefact, "regression", _records(x_test), [str(v) for v in y_test], values=values, **kw)  # type: ignore[arg-type]
+
+
 def sklearn_pipeline_with_category(folder: Path) -> UserModel:
     """ColumnTransformer (scaled numbers + one-hot text category) → LogisticRegression, fitted on a DataFrame."""
     import joblib
@@ -138,15 +144,7 @@ def hist_gradient_boosting(folder: Path) -> UserModel:
     model = HistGradientBoostingRegressor(max_iter=30, random_state=SEED).fit(x_train, y_train)
     path = folder / "hgb.joblib"
     joblib.dump(model, path)
-    return UserModel(
-        "hist_gradient_boosting",
-        path,
-        "regression",
-        _records(x_test),
-        [str(v) for v in y_test],
-        values=model.predict(x_test),
-        trust_pickle=True,
-    )
+    return _regressor("hist_gradient_boosting", path, x_test, y_test, model.predict(x_test), trust_pickle=True)
 
 
 def xgboost_binary(folder: Path) -> UserModel:
@@ -184,14 +182,7 @@ def xgboost_regression(folder: Path) -> UserModel:
     model = xgboost.XGBRegressor(n_estimators=20, max_depth=3).fit(x_train, y_train)
     path = folder / "xgb_regression.json"
     model.save_model(path)
-    return UserModel(
-        "xgboost_regression",
-        path,
-        "regression",
-        _records(x_test),
-        [str(v) for v in y_test],
-        values=model.predict(x_test),
-    )
+    return _regressor("xgboost_regression", path, x_test, y_test, model.predict(x_test))
 
 
 def lightgbm_multiclass(folder: Path) -> UserModel:
@@ -215,14 +206,7 @@ def lightgbm_regression(folder: Path) -> UserModel:
     model = lightgbm.LGBMRegressor(n_estimators=20, num_leaves=7, verbose=-1).fit(x_train, y_train)
     path = folder / "lgbm_regression.txt"
     model.booster_.save_model(str(path))
-    return UserModel(
-        "lightgbm_regression",
-        path,
-        "regression",
-        _records(x_test),
-        [str(v) for v in y_test],
-        values=model.predict(x_test),
-    )
+    return _regressor("lightgbm_regression", path, x_test, y_test, model.predict(x_test))
 
 
 def _iris_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
