@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
@@ -351,7 +351,7 @@ def load(
         raise NotFoundError(f"'{model}' is {entry.variant.get('precision', 'fp32')}, not {precision}")
     hint = entry.variant.get("serve")  # a variant that only its framework runs (bf16 in torch) says so
     if serve is None and hint in SERVE_MODES:
-        serve = cast(ServeMode, hint)
+        serve = hint
     try:
         engine = EngineConfig.model_validate({**config.engine.model_dump(), **engine_options})
     except ValidationError as exc:

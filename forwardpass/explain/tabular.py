@@ -69,7 +69,8 @@ def _background(model: Model, columns: list[TabularColumn]) -> list[list[float]]
     if profile is not None and set(names) <= set(profile.names):
         positions = [profile.names.index(name) for name in names]
         sample = profile.sample_array()[:BACKGROUND_ROWS]
-        return sample[:, positions].tolist()
+        rows: list[list[float]] = sample[:, positions].tolist()
+        return rows
     return [[_baseline(column) for column in columns]]
 
 

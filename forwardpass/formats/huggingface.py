@@ -229,7 +229,7 @@ def _load(path: Path, attention: str | None) -> tuple[ModuleType, Any]:
 
 
 def _encoder_module(torch: ModuleType, model: Any, names: list[str], output_name: str) -> Any:
-    class Encoder(torch.nn.Module):  # type: ignore[name-defined]
+    class Encoder(torch.nn.Module):  # type: ignore[name-defined,misc]  # torch arrives as a ModuleType: Any
         """Positional text inputs in, one named output out: the shape both torch and the ONNX exporter want."""
 
         def __init__(self) -> None:

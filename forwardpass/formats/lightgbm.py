@@ -81,7 +81,7 @@ class LightGBMFormat:
             return TabularSession(path, self.name, lambda x: booster.predict(x, **threads), booster.num_feature(), None)
 
         def scores(features: np.ndarray) -> np.ndarray:
-            positive_or_all = booster.predict(features, **threads)
+            positive_or_all: np.ndarray = booster.predict(features, **threads)
             if positive_or_all.ndim == 1:  # binary: the probability of class 1
                 return np.column_stack([1 - positive_or_all, positive_or_all])
             return positive_or_all

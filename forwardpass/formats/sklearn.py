@@ -156,7 +156,8 @@ def _answer(scores: np.ndarray, labels: np.ndarray | None) -> dict[str, np.ndarr
 
 def _scores(estimator: Any) -> Scores:
     """A classifier's per-class scores: probabilities where it has them, else its decision function."""
-    return estimator.predict_proba if hasattr(estimator, "predict_proba") else estimator.decision_function
+    scores: Scores = estimator.predict_proba if hasattr(estimator, "predict_proba") else estimator.decision_function
+    return scores
 
 
 def _column_inputs(estimator: Any) -> list[tuple[str, bool]] | None:

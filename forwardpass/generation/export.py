@@ -176,7 +176,7 @@ def _decoder_module(torch: ModuleType, transformers: ModuleType, model: Any) -> 
     probe_cache = getattr(probe, cache_argument, None) or probe.past_key_values
     shapes = [(layer.keys.shape[1], layer.keys.shape[3], layer.values.shape[3]) for layer in probe_cache.layers]
 
-    class Decoder(torch.nn.Module):  # type: ignore[name-defined]
+    class Decoder(torch.nn.Module):  # type: ignore[name-defined,misc]  # torch arrives as a ModuleType: Any
         """Flat tensors in and out: what the ONNX exporter and ONNX Runtime want."""
 
         def __init__(self) -> None:

@@ -65,7 +65,8 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
         probabilities = kept / kept.sum()
     cumulative = np.cumsum(probabilities)
     index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
-    return min(index, probabilities.shape[0] - 1)
+    last: int = probabilities.shape[0] - 1
+    return min(index, last)
 
 
 def log_probabilities(logits: np.ndarray, token: int, top: int) -> tuple[float, tuple[tuple[int, float], ...]]:

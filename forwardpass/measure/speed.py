@@ -78,7 +78,8 @@ class RawSession:
         self.output_names = [output.name for output in self.session.get_outputs()]
 
     def run(self, feed: dict[str, np.ndarray]) -> list[Any]:
-        return self.session.run(self.output_names, feed)
+        outputs: list[Any] = self.session.run(self.output_names, feed)
+        return outputs
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,8 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     intersection = width * height
     area = (box[2] - box[0]) * (box[3] - box[1])
     union = area + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - intersection
-    return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+    iou: np.ndarray = np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+    return iou
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -158,7 +159,8 @@ class Detect:
         if self.config.score_clip is not None:
             scores = np.clip(scores, -self.config.score_clip, self.config.score_clip)
         if self.config.activation == "sigmoid":
-            return 1.0 / (1.0 + np.exp(-scores))
+            probabilities: np.ndarray = 1.0 / (1.0 + np.exp(-scores))
+            return probabilities
         return scores
 
     def _suppress(

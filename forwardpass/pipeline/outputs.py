@@ -48,7 +48,8 @@ def load_labels(labels: str | list[str] | None, model_dir: Path) -> list[str] | 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max())
-    return shifted / shifted.sum()
+    probabilities: np.ndarray = shifted / shifted.sum()
+    return probabilities
 
 
 class Classify:

@@ -62,7 +62,8 @@ def _to_original(best: np.ndarray, transform: ImageTransform) -> np.ndarray:
     height, width = best.shape
     columns = np.floor((np.arange(transform.width) + 0.5) * transform.scale_x + transform.offset_x).astype(np.int64)
     rows = np.floor((np.arange(transform.height) + 0.5) * transform.scale_y + transform.offset_y).astype(np.int64)
-    return best[np.clip(rows, 0, height - 1)][:, np.clip(columns, 0, width - 1)]
+    classes: np.ndarray = best[np.clip(rows, 0, height - 1)][:, np.clip(columns, 0, width - 1)]
+    return classes
 
 
 def mask_of(prediction: Prediction) -> np.ndarray:

@@ -210,7 +210,8 @@ def _quantized(
         quantizer.process()
     finally:
         quiet.setLevel(level)
-    return quantizer.model.model
+    quantized: onnx.ModelProto = quantizer.model.model
+    return quantized
 
 
 def _output_projection(graph: onnx.ModelProto) -> list[str]:

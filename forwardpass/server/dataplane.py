@@ -402,7 +402,7 @@ def _as_text(batch: Arrays) -> Arrays:
 
 
 def _rows(batch: Arrays, max_batch_size: int) -> int:
-    sizes = {name: array.shape[0] for name, array in batch.items()}
+    sizes: dict[str, int] = {name: array.shape[0] for name, array in batch.items()}
     first = next(iter(sizes.values()))
     if any(size != first for size in sizes.values()):
         raise InputError(f"inputs disagree on the batch size (first dimension): {sizes}")

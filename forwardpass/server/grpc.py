@@ -145,7 +145,7 @@ class InferenceServicer:
         return pb.ModelStreamInferResponse(error_message=text, infer_response=echo)
 
 
-class Health(health.aio.HealthServicer):
+class Health(health.aio.HealthServicer):  # type: ignore[misc]  # grpcio-health-checking ships no types: Any
     """grpc.health.v1: the server ("") and the inference service are SERVING when every wanted model is loaded
     (V2 readiness), NOT_SERVING otherwise; looked up at each Check."""
 
@@ -168,13 +168,15 @@ def peer_host(peer: str) -> str:
 
 def parse(message_type: type[Message], raw: bytes) -> Message:
     try:
-        return message_type.FromString(raw)
+        message: Message = message_type.FromString(raw)
+        return message
     except DecodeError:
         raise InputError(f"the request is not a valid {message_type.DESCRIPTOR.full_name} message") from None
 
 
 def serialize(message: ProtoMessage) -> bytes:
-    return message.SerializeToString()
+    serialized: bytes = message.SerializeToString()
+    return serialized
 
 
 def status_code(error: ForwardpassError) -> grpc.StatusCode:

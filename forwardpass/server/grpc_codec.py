@@ -235,7 +235,8 @@ def encode_model_statistics(statistics: Mapping[str, Any]) -> pb.ModelStatistics
 
 def _parse(data: Mapping[str, Any], message: Message, what: str) -> Message:
     try:
-        return json_format.ParseDict(data, message, ignore_unknown_fields=True)
+        parsed: Message = json_format.ParseDict(data, message, ignore_unknown_fields=True)
+        return parsed
     except json_format.ParseError as exc:
         # The data plane built this dict: a mismatch is the server's fault, not the caller's.
         raise ForwardpassError(f"{what} does not fit Triton's protobuf message: {exc}") from None
