@@ -7,8 +7,10 @@
 #   docker run --rm -e FORWARDPASS_AUTH_TOKEN=... -v /srv/models:/models:ro -p 8000:8000 forwardpass  # your models
 #
 # It listens on every interface, so it refuses to start without a token (FORWARDPASS_AUTH_TOKEN, or a file named by
-# FORWARDPASS_AUTH_TOKEN_FILE) unless FORWARDPASS_ALLOW_UNAUTHENTICATED=1 says the network is trusted. Decision
-# models write their audit log to /var/lib/forwardpass (mount a volume there to keep it).
+# FORWARDPASS_AUTH_TOKEN_FILE) unless FORWARDPASS_ALLOW_UNAUTHENTICATED=1 says the network is trusted. The repository
+# API (load, unload, index) is off unless FORWARDPASS_ADMIN_TOKEN (or _FILE) sets a second token it alone accepts,
+# or FORWARDPASS_ALLOW_UNAUTHENTICATED=1. Decision models write their audit log to /var/lib/forwardpass (mount a
+# volume there to keep it).
 #   docker run --rm -v "$PWD":/work forwardpass batch mobilenet_v2 /work/photos /work/scores
 #
 # Only the package and its runtime dependencies are installed (no torch, no build tools): serving needs ONNX Runtime.

@@ -608,7 +608,18 @@ class SequenceBatchingConfig(_Strict):
         min_length=1, description="the state tensors the server carries from each step of a sequence to its next"
     )
     max_sequences: int = Field(default=1024, gt=0, description="sequences kept at once; a further start gets 503")
+    max_sequences_per_client: int | None = Field(
+        default=None,
+        gt=0,
+        description="sequences one client (host) may hold open at once; a further start gets 429 "
+        "(default: a quarter of max_sequences, at least 1)",
+    )
     idle_timeout_s: float = Field(default=60.0, gt=0, description="a sequence with no request for this long is freed")
+
+    @property
+    def client_share(self) -> int:
+        """`max_sequences_per_client`, or its default: one client cannot take every slot."""
+        return self.max_sequences_per_client or max(1, self.max_sequences // 4)
 
 
 class StepConfig(_Strict):

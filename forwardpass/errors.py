@@ -16,6 +16,7 @@
     ├── MissingExtraError             501 UNIMPLEMENTED       an optional dependency is not installed
     ├── Unauthenticated               401 UNAUTHENTICATED     a bearer token is missing or wrong
     ├── Overloaded                    503 RESOURCE_EXHAUSTED  a model's queue is full; retry after `retry_after_s`
+    │   └── ClientQuotaExceeded       429 RESOURCE_EXHAUSTED  this client holds its share already (open sequences)
     ├── DeadlineExceeded              503 DEADLINE_EXCEEDED   a request waited longer than its timeout
     └── Unavailable                   503 UNAVAILABLE         a client cannot reach the server
 
@@ -32,6 +33,7 @@ import contextlib
 __all__ = [
     "ERROR_CLASS_HEADER",
     "AuditError",
+    "ClientQuotaExceeded",
     "ConfigError",
     "DTypeError",
     "DeadlineExceeded",
@@ -164,6 +166,12 @@ class Overloaded(ForwardpassError):
     retry_after_s = 1
 
 
+class ClientQuotaExceeded(Overloaded):
+    """The server has room, but not for more of this client's: others keep their share (HTTP 429)."""
+
+    http_status = 429
+
+
 class DeadlineExceeded(ForwardpassError):
     http_status = 503
     grpc_code = "DEADLINE_EXCEEDED"
@@ -186,6 +194,7 @@ _BY_HTTP_STATUS: dict[int, type[ForwardpassError]] = {
     404: NotFoundError,
     408: RequestTimeout,
     413: PayloadTooLarge,
+    429: ClientQuotaExceeded,
     503: Overloaded,
 }
 _BY_GRPC_CODE: dict[str, type[ForwardpassError]] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from pydantic import ValidationError
@@ -183,6 +183,15 @@ class Model:
             for i in range(count):
                 rows.append(({k: v[i] for k, v in outputs.items()}, {k: v[i] for k, v in batch.items()}))
         return rows
+
+    # A list or tuple matches both signatures; the first wins, as the isinstance check below decides at run time.
+    @overload
+    def predict(  # type: ignore[overload-overlap]
+        self, raw: list[Any] | tuple[Any, ...], *, top_k: int | None = None
+    ) -> list[Prediction]: ...
+
+    @overload
+    def predict(self, raw: object, *, top_k: int | None = None) -> Prediction: ...
 
     def predict(self, raw: object, *, top_k: int | None = None) -> Prediction | list[Prediction]:
         """The whole pipeline. One raw item gives one prediction; a list or tuple of items gives a list. The first

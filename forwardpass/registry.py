@@ -290,6 +290,7 @@ class ModelRegistry:
                 state_slots(sequencing, model.inputs, model.outputs),
                 max_batch_size=config.max_batch_size,
                 max_sequences=sequencing.max_sequences,
+                max_sequences_per_client=sequencing.client_share,
                 idle_timeout_s=sequencing.idle_timeout_s,
                 max_queue_size=batching.max_queue_size,
                 name=name,

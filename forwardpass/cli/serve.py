@@ -38,10 +38,19 @@ def serve_command(
         "(or env FORWARDPASS_AUTH_TOKEN; never on the command line, where `ps` shows it).",
         show_default=False,
     ),
+    admin_token_file: Path | None = typer.Option(
+        None,
+        "--admin-token-file",
+        help="Require 'Authorization: Bearer <the token in this file>' on the repository API (index, load, unload); "
+        "the auth token is refused there (or env FORWARDPASS_ADMIN_TOKEN). Without it, on a non-loopback --host "
+        "the repository API is off unless --allow-unauthenticated.",
+        show_default=False,
+    ),
     allow_unauthenticated: bool | None = typer.Option(
         None,
         "--allow-unauthenticated",
-        help="Listen on a non-loopback --host without a token (a trusted network only).",
+        help="Listen on a non-loopback --host without an auth token, and open the repository API there without an "
+        "admin token (a trusted network only).",
         show_default=False,
     ),
     explain: bool | None = typer.Option(
@@ -96,6 +105,8 @@ def serve_command(
 
       forwardpass serve --host 0.0.0.0 --auth-token-file /run/secrets/forwardpass-token
 
+      forwardpass serve --host 0.0.0.0 --auth-token-file /run/secrets/token --admin-token-file /run/secrets/admin
+
       forwardpass serve --ray --replicas 2 --max-replicas 8
     """
     from forwardpass.server.app import run_server  # the server's imports only when serving
@@ -107,6 +118,7 @@ def serve_command(
         "grpc_port": grpc_port,
         "host": host,
         "auth_token_file": auth_token_file,
+        "admin_token_file": admin_token_file,
         "allow_unauthenticated": allow_unauthenticated,
         "explain": explain,
         "poll_interval_s": poll_interval,

@@ -6,7 +6,8 @@
 
 A request carries a correlation id and start/end flags. `start` (re)opens a sequence with every state at its
 initial value; a request for an id that is not open and has no `start` is refused (InputError), as is a start beyond
-`max_sequences` (Overloaded). Steps of one sequence run one at a time, in the order they were submitted; steps of
+`max_sequences` (Overloaded) or beyond `max_sequences_per_client` of the same client (ClientQuotaExceeded), so one
+client cannot take every slot. Steps of one sequence run one at a time, in the order they were submitted; steps of
 different sequences share forward passes, so interleaved sequences give exactly what each gives alone. A sequence
 frees its state after its `end` step, or after `idle_timeout_s` without a request. A failed step fails alone and
 leaves its sequence's state as it was.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from forwardpass.config import SequenceBatchingConfig
-from forwardpass.errors import ConfigError, InputError, Overloaded, ShapeError
+from forwardpass.errors import ClientQuotaExceeded, ConfigError, InputError, Overloaded, ShapeError
 from forwardpass.scheduler.batcher import Arrays, Batched, BatchObserver, Runner
 from forwardpass.tensor import TensorSpec
 
@@ -154,6 +155,7 @@ class SequenceBatcher:
         *,
         max_batch_size: int = 1,
         max_sequences: int = 1024,
+        max_sequences_per_client: int | None = None,
         idle_timeout_s: float = 60.0,
         max_queue_size: int = 256,
         name: str = "model",
@@ -171,6 +173,8 @@ class SequenceBatcher:
         self._runners = list(runners)
         self._max_rows = max(1, max_batch_size)
         self._max_sequences = max_sequences
+        self._max_per_client = max_sequences_per_client or max_sequences
+        self._per_client: Counter[str] = Counter()  # open sequences by client
         self._max_queue = max_queue_size
         self._sequences: dict[tuple[str, SequenceId], _Sequence] = {}
         self._ready: deque[_Sequence] = deque()
@@ -225,7 +229,13 @@ class SequenceBatcher:
         if sequence is None:
             if len(self._sequences) >= self._max_sequences:
                 raise Overloaded(f"model '{self.name}' holds {len(self._sequences)} sequences, its limit; retry later")
+            if self._per_client[client] >= self._max_per_client:
+                raise ClientQuotaExceeded(
+                    f"model '{self.name}': this client holds {self._per_client[client]} open sequences, its limit "
+                    f"(max_sequences_per_client {self._max_per_client}); end one (sequence_end) before starting another"
+                )
             sequence = self._sequences[key] = _Sequence(key)
+            self._per_client[client] += 1
         sequence.open = not end
         future: asyncio.Future[Batched] = asyncio.get_running_loop().create_future()
         sequence.pending.append(_Step(arrays, start, end, future))
@@ -245,6 +255,7 @@ class SequenceBatcher:
             if sequence.timer is not None:
                 sequence.timer.cancel()
         self._sequences.clear()
+        self._per_client.clear()
         self._executor.shutdown(wait=False)
 
     # scheduling
@@ -266,7 +277,14 @@ class SequenceBatcher:
             return
         if self._sequences.get(sequence.key) is sequence:
             log.info("model '%s': sequence %r idle for %g s, freed", self.name, sequence.id, self.idle_timeout_s)
-            del self._sequences[sequence.key]
+            self._forget(sequence)
+
+    def _forget(self, sequence: _Sequence) -> None:
+        del self._sequences[sequence.key]
+        client = sequence.key[0]
+        self._per_client[client] -= 1
+        if not self._per_client[client]:
+            del self._per_client[client]  # no entry per client ever seen: only per client holding sequences
 
     def _dispatch(self) -> None:
         while self._idle and self._ready:
@@ -337,7 +355,7 @@ class SequenceBatcher:
             if step.end:
                 sequence.state = None
                 if not sequence.pending and self._sequences.get(sequence.key) is sequence:
-                    del self._sequences[sequence.key]
+                    self._forget(sequence)
                     if sequence.timer is not None:
                         sequence.timer.cancel()
                     continue

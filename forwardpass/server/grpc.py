@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import time
@@ -25,9 +26,10 @@ from google.protobuf.message import Message as ProtoMessage
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from forwardpass.errors import ERROR_CLASS_HEADER, ConfigError, ForwardpassError, InputError, Unauthenticated
+from forwardpass.errors import ERROR_CLASS_HEADER, ConfigError, ForwardpassError, InputError
 from forwardpass.server import grpc_codec as codec
-from forwardpass.server.guard import bearer_token_matches, off_loop, one_line
+from forwardpass.server.access import Access
+from forwardpass.server.guard import off_loop, one_line
 from forwardpass.server.proto import grpc_service_pb2 as pb
 from forwardpass.server.streams import in_order
 
@@ -43,6 +45,8 @@ access_log = logging.getLogger("forwardpass.access")
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 # Liveness and readiness probes carry no credentials.
 OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
+# The control plane: the admin token's (forwardpass.server.access).
+CONTROL_METHODS = frozenset({"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"})
 # Unload parameters that change nothing here: we have no ensembles whose dependents could be unloaded too.
 IGNORED_UNLOAD_PARAMETERS = frozenset({"unload_dependents"})
 
@@ -162,8 +166,12 @@ class Health(health.aio.HealthServicer):  # type: ignore[misc]  # grpcio-health-
 
 
 def peer_host(peer: str) -> str:
-    """grpc's peer ("ipv4:127.0.0.1:5123", "ipv6:[::1]:5123") without its port: the client a sequence id belongs to."""
-    return peer.rpartition(":")[0] or peer
+    """grpc's peer ("ipv4:127.0.0.1:5123", "ipv6:[::1]:5123") as HTTP names the same client ("127.0.0.1", "::1"):
+    the client a sequence id belongs to, whose open sequences count against one share on every transport."""
+    kind, _, address = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return peer
+    return address.rpartition(":")[0].strip("[]")
 
 
 def parse(message_type: type[Message], raw: bytes) -> Message:
@@ -184,15 +192,14 @@ def status_code(error: ForwardpassError) -> grpc.StatusCode:
 
 
 class BearerToken:
-    def __init__(self, token: str) -> None:
-        self._token = token.encode()
+    """The `authorization` metadata of a call, checked by `access` for the RPC `method`."""
 
-    def check(self, context: Context) -> None:
+    def __init__(self, access: Access) -> None:
+        self._access = access
+
+    def check(self, context: Context, method: str) -> None:
         given = next((value for key, value in context.invocation_metadata() or () if key == "authorization"), None)
-        given_bytes = given.encode() if isinstance(given, str) else given
-        if given_bytes is None or not bearer_token_matches(given_bytes, self._token):
-            problem = "missing" if given_bytes is None else "wrong"
-            raise Unauthenticated(f"{problem} bearer token: send metadata 'authorization: Bearer <token>'")
+        self._access.check(given.encode() if isinstance(given, str) else given, control=method in CONTROL_METHODS)
 
 
 def unary_handler(
@@ -223,8 +230,8 @@ def stream_handler(servicer: InferenceServicer, token: BearerToken | None) -> gr
         _client.set(peer_host(context.peer()))  # the stream's requests run in tasks that copy this context
         if token is not None:
             try:
-                token.check(context)
-            except Unauthenticated as error:
+                token.check(context, "ModelStreamInfer")
+            except ForwardpassError as error:
                 await context.abort(status_code(error), one_line(error))
         async for answer in servicer.ModelStreamInfer(raws):
             yield answer
@@ -275,7 +282,9 @@ def method_handlers(
         implementation = getattr(servicer, method.name, None)
         if method.name in handlers or implementation is None:
             continue
-        check = None if token is None or method.name in OPEN_METHODS else token.check
+        check = None
+        if token is not None and method.name not in OPEN_METHODS:
+            check = functools.partial(token.check, method=method.name)
         handlers[method.name] = unary_handler(implementation, getattr(pb, method.input_type.name), check)
     if log_access:
         return {name: with_access_log(name, handler) for name, handler in handlers.items()}
@@ -294,7 +303,8 @@ def create_grpc_server(dataplane: DataPlane, settings: ServerSettings) -> grpc.a
             ("grpc.so_reuseport", 0),
         ],
     )
-    token = BearerToken(settings.auth_token) if settings.auth_token else None
+    access = Access(settings)
+    token = None if access.open else BearerToken(access)
     handlers = method_handlers(InferenceServicer(dataplane), token, settings.access_log)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
     # grpc.health.v1 (Kubernetes' gRPC probes) and server reflection (grpcurl): open, like ServerLive

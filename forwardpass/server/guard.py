@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +28,7 @@ from forwardpass.errors import (
     PayloadTooLarge,
     Unauthenticated,
 )
+from forwardpass.server.access import Access
 from forwardpass.server.codec import encode_json
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ __all__ = [
     "MAX_ERROR_CHARS",
     "OFFLOAD_BYTES",
     "RequestGuard",
-    "bearer_token_matches",
     "error_response",
     "off_loop",
     "one_line",
@@ -81,16 +80,11 @@ async def off_loop(size: int, work: Callable[..., T], *args: Any) -> T:
     return work(*args)
 
 
-def bearer_token_matches(authorization: bytes, token: bytes) -> bool:
-    """An `Authorization` value `Bearer <token>`; the scheme in any case (RFC 9110 makes schemes case-insensitive)."""
-    scheme, _, given = authorization.partition(b" ")
-    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
-
-
 class RequestGuard:
     def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.access = Access(settings)  # who may call what: checked by the transports before any route
         self.in_flight = 0
 
     async def body(self, request: Request, limit: int | None = None) -> bytes:

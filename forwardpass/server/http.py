@@ -2,8 +2,9 @@
 
 Routes are thin: read the body (never more than the size limit), decode with `codec`, call the data plane, encode.
 Every forwardpass error becomes its status with a V2 error body `{"error": "<one line>"}`; anything else is a bug,
-logged and answered 500. With an auth token set, every path but the two health checks needs
-`Authorization: Bearer <token>` (liveness and readiness probes carry no credentials).
+logged and answered 500. With a token set, every path but the two health checks needs
+`Authorization: Bearer <token>` (liveness and readiness probes carry no credentials); the repository API's rule
+(an admin token) is `forwardpass.server.access`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from forwardpass.errors import ForwardpassError, InputError, Unauthenticated
+from forwardpass.errors import ForwardpassError, InputError
+from forwardpass.server.access import Access
 from forwardpass.server.codec import (
     decode_infer_request,
     decode_json,
@@ -31,7 +33,7 @@ from forwardpass.server.codec import (
     encode_tf_response,
 )
 from forwardpass.server.dataplane import DataPlane
-from forwardpass.server.guard import OFFLOAD_BYTES, RequestGuard, bearer_token_matches, error_response, off_loop
+from forwardpass.server.guard import OFFLOAD_BYTES, RequestGuard, error_response, off_loop
 from forwardpass.server.limits import RequestLimits
 from forwardpass.server.metrics import CONTENT_TYPE
 from forwardpass.server.types import InferRequest, Tensor
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("forwardpass.access")
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", *PAGE_PATHS})  # the page holds no data: see ui
+CONTROL_PREFIX = "/v2/repository/"  # the control plane: index, load, unload
 JSON = "application/json"
 
 
@@ -83,8 +86,8 @@ def create_http_app(dataplane: DataPlane, guard: RequestGuard, extra_routes: Seq
     ]
     routes.extend(extra_routes)
     app: ASGIApp = Router(routes=routes, default=_not_found)
-    if settings.auth_token:
-        app = BearerAuth(app, settings.auth_token, OPEN_PATHS)
+    if not guard.access.open:
+        app = BearerAuth(app, guard.access, OPEN_PATHS)
     if settings.access_log:
         app = AccessLog(app)
     return app
@@ -297,19 +300,19 @@ async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 class BearerAuth:
-    """Refuses (401) every request outside `open_paths` without `Authorization: Bearer <token>`."""
+    """Refuses every request outside `open_paths` that `access` does not let through (401 or 403)."""
 
-    def __init__(self, app: ASGIApp, token: str, open_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, access: Access, open_paths: frozenset[str]) -> None:
         self.app = app
-        self._token = token.encode()
+        self._access = access
         self._open = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in self._open:
             supplied = next((value for key, value in scope["headers"] if key == b"authorization"), None)
-            if supplied is None or not bearer_token_matches(supplied, self._token):
-                problem = "missing" if supplied is None else "wrong"
-                error = Unauthenticated(f"{problem} bearer token: send 'Authorization: Bearer <token>'")
+            try:
+                self._access.check(supplied, control=scope["path"].startswith(CONTROL_PREFIX))
+            except ForwardpassError as error:
                 await error_response(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

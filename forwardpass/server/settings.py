@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from forwardpass.errors import ConfigError
 from forwardpass.repository import default_repository
 
-__all__ = ["ServerSettings"]
+__all__ = ["ServerSettings", "is_loopback"]
 
 
 class ServerSettings(BaseSettings):
@@ -25,8 +25,16 @@ class ServerSettings(BaseSettings):
         default=None, description="when set, every request but the health checks needs 'Authorization: Bearer <it>'"
     )
     auth_token_file: Path | None = Field(default=None, description="a file holding the auth token (not on argv)")
+    admin_token: str | None = Field(
+        default=None,
+        description="when set, the repository API (index, load, unload) needs 'Authorization: Bearer <it>'; "
+        "without it that API is off on a non-loopback address unless allow_unauthenticated",
+    )
+    admin_token_file: Path | None = Field(default=None, description="a file holding the admin token (not on argv)")
     allow_unauthenticated: bool = Field(
-        default=False, description="listen on a non-loopback address without a token (a trusted network only)"
+        default=False,
+        description="listen on a non-loopback address without a token, the repository API open too "
+        "(a trusted network only)",
     )
     max_request_bytes: int = Field(default=64 * 2**20, gt=0, description="larger request bodies are refused (413)")
     max_concurrent_requests: int = Field(
@@ -53,19 +61,17 @@ class ServerSettings(BaseSettings):
     log_level: str = Field(default="warning", description="debug, info, warning, error")
 
     def checked(self) -> ServerSettings:
-        """These settings with the token read from `auth_token_file`; a non-loopback address without a token is
+        """These settings with the tokens read from their files; a non-loopback address without an auth token is
         refused unless `allow_unauthenticated` says the network is trusted (anyone reaching the port could
-        otherwise load and unload models)."""
-        settings = self
-        if self.auth_token_file is not None:
-            try:
-                token = self.auth_token_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(f"auth token file {self.auth_token_file}: {exc.strerror}") from None
-            if not token:
-                raise ConfigError(f"auth token file {self.auth_token_file} is empty")
-            settings = self.model_copy(update={"auth_token": token})
-        if not settings.auth_token and not settings.allow_unauthenticated and not _loopback(settings.host):
+        otherwise run the models; the repository API has its own rule: `forwardpass.server.access`)."""
+        update = {}
+        for field, path in (("auth_token", self.auth_token_file), ("admin_token", self.admin_token_file)):
+            if path is not None:
+                update[field] = _token_from(path, field.replace("_", " "))
+        settings = self.model_copy(update=update) if update else self
+        if settings.admin_token and settings.admin_token == settings.auth_token:
+            raise ConfigError("the admin token must differ from the auth token, or it would not guard anything more")
+        if not settings.auth_token and not settings.allow_unauthenticated and not is_loopback(settings.host):
             raise ConfigError(
                 f"refusing to listen on {settings.host} without an auth token: set FORWARDPASS_AUTH_TOKEN or "
                 "--auth-token-file, or pass --allow-unauthenticated on a trusted network"
@@ -73,7 +79,17 @@ class ServerSettings(BaseSettings):
         return settings
 
 
-def _loopback(host: str) -> bool:
+def _token_from(path: Path, what: str) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{what} file {path}: {exc.strerror}") from None
+    if not token:
+        raise ConfigError(f"{what} file {path} is empty")
+    return token
+
+
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

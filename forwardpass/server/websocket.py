@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.server.codec import decode_infer_request, decode_json, encode_infer_response, encode_json
-from forwardpass.server.guard import RequestGuard, bearer_token_matches, off_loop, one_line
+from forwardpass.server.guard import RequestGuard, off_loop, one_line
 from forwardpass.server.streams import in_order
 from forwardpass.server.types import InferRequest
 
@@ -60,13 +60,13 @@ class _Stream:
     def __init__(self, dataplane: DataPlane, guard: RequestGuard) -> None:
         self.dataplane = dataplane
         self.guard = guard
-        token = guard.settings.auth_token
-        self._token = token.encode() if token else None
 
     async def serve(self, websocket: WebSocket) -> None:
-        if self._token is not None:
-            given = websocket.headers.get("authorization", "").encode()
-            if not bearer_token_matches(given, self._token):
+        if not self.guard.access.open:
+            given = websocket.headers.get("authorization")
+            try:
+                self.guard.access.check(given.encode() if given is not None else None, control=False)
+            except ForwardpassError:
                 await websocket.close(POLICY_VIOLATION)
                 return
         await websocket.accept()

@@ -14,7 +14,7 @@ import pytest
 
 import forwardpass
 from forwardpass.config import SequenceBatchingConfig, SequenceStateConfig
-from forwardpass.errors import ConfigError, InputError, Overloaded
+from forwardpass.errors import ClientQuotaExceeded, ConfigError, InputError, Overloaded
 from forwardpass.model import Model
 from forwardpass.repository import default_repository
 from forwardpass.scheduler.sequence import SequenceBatcher, sequence_flags, state_slots
@@ -165,6 +165,22 @@ async def test_unknown_ended_and_too_many_sequences_are_refused(vad: Model) -> N
     await sequencer.submit(2, chunk, start=True, end=False)
     with pytest.raises(Overloaded, match="2 sequences"):
         sequencer.submit(3, chunk, start=True, end=False)
+    await sequencer.drain()
+
+
+@pytest.mark.asyncio
+async def test_one_client_holds_no_more_than_its_share_of_sequences(vad: Model) -> None:
+    sequencer = batcher(vad, max_sequences=4, max_sequences_per_client=2)
+    chunk = step(np.zeros(CHUNK, np.float32))
+    for sequence_id in (1, 2):
+        await sequencer.submit(sequence_id, chunk, start=True, end=False, client="10.0.0.1")
+    with pytest.raises(ClientQuotaExceeded, match=r"holds 2 open sequences.*max_sequences_per_client 2"):
+        sequencer.submit(3, chunk, start=True, end=False, client="10.0.0.1")
+    await sequencer.submit(1, chunk, start=True, end=False, client="10.0.0.2")  # another client has its own share
+    await sequencer.submit(1, chunk, start=True, end=False, client="10.0.0.1")  # a restart takes no new slot
+    await sequencer.submit(2, chunk, start=False, end=True, client="10.0.0.1")  # an ended one frees its slot
+    await sequencer.submit(3, chunk, start=True, end=False, client="10.0.0.1")
+    assert sequencer.active == 3
     await sequencer.drain()
 
 

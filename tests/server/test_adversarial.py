@@ -25,6 +25,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from onnx import TensorProto, helper
@@ -35,6 +36,9 @@ from forwardpass.server.proto.grpc_service_pb2_grpc import GRPCInferenceServiceS
 
 TOKEN = "adversarial-token"
 HEADERS = {"authorization": f"bearer {TOKEN}"}  # a lowercase scheme is as good as "Bearer"
+ADMIN_TOKEN = "adversarial-admin-token"
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+SEQUENCES_PER_CLIENT = 2
 LIVE_MS = 100  # /v2/health/live answers within this while a bad request is in progress
 RSS_MB = 50  # growth over steady state one bad request may cause
 MAX_REQUEST_BYTES = 16 * 2**20
@@ -70,6 +74,8 @@ class Server:
     def __init__(self, repository: Path, tmp: Path) -> None:
         token_file = tmp / "token"
         token_file.write_text(TOKEN + "\n", encoding="utf-8")
+        admin_file = tmp / "admin-token"
+        admin_file.write_text(ADMIN_TOKEN + "\n", encoding="utf-8")
         self.grpc_port = free_port()
         env = {
             **os.environ,
@@ -82,6 +88,7 @@ class Server:
         }
         command = [sys.executable, "-m", "forwardpass", "serve", "-r", str(repository), "--http-port", "0"]
         command += ["--grpc-port", str(self.grpc_port), "--auth-token-file", str(token_file)]
+        command += ["--admin-token-file", str(admin_file)]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         assert self.process.stdout is not None
         lines = []
@@ -140,6 +147,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, kit: Any) -> Iterator[Serve
     kit.copy_bundled("minilm", repository)
     kit.copy_bundled("cancer_triage", repository)
     kit.copy_bundled("mobilenet_v2", repository)
+    vad = kit.copy_bundled("silero_vad", repository)
+    config = yaml.safe_load((vad / "config.yaml").read_text())
+    config["sequence_batching"] |= {"max_sequences": 8, "max_sequences_per_client": SEQUENCES_PER_CLIENT}
+    (vad / "config.yaml").write_text(yaml.safe_dump(config))
     running = Server(repository, root)
     for _ in range(3):  # steady state: every code path the probes take once, so growth is the probe's own
         running.post("/v2/models/minilm/predict", b"warm up " * 5000, **{"content-type": "text/plain"})
@@ -285,8 +296,8 @@ def test_connections_past_the_cap_are_refused_and_idle_ones_closed(server: Serve
 
 def test_loading_an_unknown_name_leaves_readiness_and_state_alone(server: Server) -> None:
     for name in ("typo", "typo2", "../etc"):
-        assert server.post(f"/v2/repository/models/{name}/load", b"").status_code in (400, 404)
-        assert server.post(f"/v2/repository/models/{name}/unload", b"").status_code in (400, 404)
+        assert server.post(f"/v2/repository/models/{name}/load", b"", **ADMIN).status_code in (400, 404)
+        assert server.post(f"/v2/repository/models/{name}/unload", b"", **ADMIN).status_code in (400, 404)
     assert httpx.get(server.url + "/v2/health/ready").status_code == 200
 
 
@@ -364,6 +375,89 @@ def test_grpc_has_the_health_service_and_reflection(server: Server) -> None:
     assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= services
 
 
+def sequence_step(sequence_id: int, *, start: bool = False, end: bool = False) -> bytes:
+    step = json.loads(v2("audio", [1, 512], [0.0] * 512))
+    step["parameters"] = {"sequence_id": sequence_id, "sequence_start": start, "sequence_end": end}
+    return json.dumps(step).encode()
+
+
+def test_one_client_cannot_hold_every_sequence_on_any_transport(server: Server) -> None:
+    for sequence_id in range(1, SEQUENCES_PER_CLIENT + 1):
+        opened = server.post("/v2/models/silero_vad/infer", sequence_step(sequence_id, start=True))
+        assert opened.status_code == 200, opened.text
+    refused = server.post("/v2/models/silero_vad/infer", sequence_step(99, start=True))
+    assert refused.status_code == 429 and "Retry-After" in refused.headers
+    assert f"max_sequences_per_client {SEQUENCES_PER_CLIENT}" in error_of(refused)
+    message = pb.ModelInferRequest(model_name="silero_vad")  # the same host over gRPC: the same share
+    message.inputs.add(name="audio", datatype="FP32", shape=[1, 512])
+    message.raw_input_contents.append(np.zeros((1, 512), np.float32).tobytes())
+    message.parameters["sequence_id"].int64_param = 99
+    message.parameters["sequence_start"].bool_param = True
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel, pytest.raises(grpc.RpcError) as full:
+        GRPCInferenceServiceStub(channel).ModelInfer(message, metadata=[("authorization", f"Bearer {TOKEN}")])
+    assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"max_sequences_per_client {SEQUENCES_PER_CLIENT}" in full.value.details()
+    another_host = httpx.HTTPTransport(local_address="127.0.0.2")  # the whole of 127/8 is this machine
+    with httpx.Client(base_url=server.url, headers=HEADERS, transport=another_host, timeout=60) as other:
+        assert other.post("/v2/models/silero_vad/infer", content=sequence_step(99, start=True)).status_code == 200
+        assert other.post("/v2/models/silero_vad/infer", content=sequence_step(99, end=True)).status_code == 200
+    assert server.post("/v2/models/silero_vad/infer", sequence_step(1, end=True)).status_code == 200  # frees a slot
+    assert server.post("/v2/models/silero_vad/infer", sequence_step(99, start=True, end=True)).status_code == 200
+    assert server.post("/v2/models/silero_vad/infer", sequence_step(2, end=True)).status_code == 200
+
+
+def test_the_repository_api_takes_the_admin_token_only(server: Server) -> None:
+    index = "/v2/repository/index"
+    assert server.post(index, b"{}", authorization="").status_code == 401
+    with_auth_token = server.post(index, b"{}")
+    assert with_auth_token.status_code == 403 and "admin token" in error_of(with_auth_token)
+    assert server.post("/v2/repository/models/mlp/unload", b"{}").status_code == 403
+    assert server.post(index, b"{}", **ADMIN).status_code == 200
+    # the admin token passes on the data plane too
+    assert server.post("/v2/models/mlp/infer", v2("x", [1, 64], [0.5] * 64), **ADMIN).status_code == 200
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.RepositoryIndex(pb.RepositoryIndexRequest(), metadata=[("authorization", f"Bearer {TOKEN}")])
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as unloading:
+            unload = pb.RepositoryModelUnloadRequest(model_name="mlp")
+            stub.RepositoryModelUnload(unload, metadata=[("authorization", f"Bearer {TOKEN}")])
+        assert unloading.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        rows = stub.RepositoryIndex(pb.RepositoryIndexRequest(), metadata=[("authorization", f"Bearer {ADMIN_TOKEN}")])
+        assert "mlp" in {row.name for row in rows.models}
+    assert httpx.get(server.url + "/v2/models/mlp/ready", headers=HEADERS).json()["ready"] is True
+
+
+def test_the_repository_api_is_off_on_a_non_loopback_address_without_an_admin_token(tmp_path: Path, kit: Any) -> None:
+    kit.save(kit.add_graph(1.0), tmp_path / "add" / "1", {"max_batch_size": 4})
+    metadata = [("authorization", f"Bearer {TOKEN}")]
+    for allow, status, code in ((False, 403, grpc.StatusCode.PERMISSION_DENIED), (True, 200, None)):
+        running = kit.serve(
+            tmp_path, host="0.0.0.0", auth_token=TOKEN, allow_unauthenticated=allow, grpc_port=free_port()
+        )
+        try:
+            answer = httpx.post(running.url + "/v2/repository/index", content=b"{}", headers=HEADERS)
+            assert answer.status_code == status
+            if not allow:
+                assert "FORWARDPASS_ADMIN_TOKEN" in error_of(answer) and "--allow-unauthenticated" in error_of(answer)
+            inferred = httpx.post(
+                running.url + "/v2/models/add/infer", content=v2("x", [1, 4], [1] * 4), headers=HEADERS
+            )
+            assert inferred.status_code == 200
+            with grpc.insecure_channel(running.grpc_address) as channel:
+                stub = GRPCInferenceServiceStub(channel)
+                if code is None:
+                    assert stub.RepositoryIndex(pb.RepositoryIndexRequest(), metadata=metadata).models
+                else:
+                    with pytest.raises(grpc.RpcError) as refused:
+                        stub.RepositoryIndex(pb.RepositoryIndexRequest(), metadata=metadata)
+                    assert refused.value.code() == code
+                    assert "FORWARDPASS_ADMIN_TOKEN" in (refused.value.details() or "")
+        finally:
+            running.stop()
+
+
 def test_a_sequence_id_over_128_bytes_is_refused() -> None:
     from forwardpass.errors import InputError
     from forwardpass.scheduler.sequence import sequence_flags
@@ -385,6 +479,8 @@ def test_a_non_loopback_address_needs_a_token(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret\n", encoding="utf-8")
     assert ServerSettings(repository=tmp_path, host="0.0.0.0", auth_token_file=token).checked().auth_token == "s3cret"
+    with pytest.raises(ConfigError, match="admin token must differ"):
+        ServerSettings(repository=tmp_path, auth_token_file=token, admin_token="s3cret").checked()
 
 
 @pytest.mark.asyncio

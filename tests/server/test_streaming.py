@@ -45,6 +45,7 @@ def stream_repository(tmp_path_factory: pytest.TempPathFactory, kit: Any) -> Pat
     kit.copy_bundled("silero_vad", root)
     config = yaml.safe_load((short / "config.yaml").read_text())
     config["sequence_batching"] = {**config["sequence_batching"], "idle_timeout_s": IDLE_S, "max_sequences": 2}
+    config["sequence_batching"]["max_sequences_per_client"] = 2  # one client (this test) may fill both slots
     (short / "config.yaml").write_text(yaml.safe_dump(config))
     kit.save(kit.add_graph(1.0), root / "add" / "1", {"max_batch_size": 16})
     return root

@@ -165,6 +165,9 @@ def test_kubernetes_manifest_matches_the_image():
     # listening on 0.0.0.0 needs a token (from a Secret); the audit log lives on a volume beside a read-only root
     token = next(item for item in container["env"] if item["name"] == "FORWARDPASS_AUTH_TOKEN")
     assert token["valueFrom"]["secretKeyRef"]["name"] == "forwardpass-auth"
+    # the repository API needs its own token there: optional, so that a Secret without one leaves that API off
+    admin = next(item for item in container["env"] if item["name"] == "FORWARDPASS_ADMIN_TOKEN")
+    assert admin["valueFrom"]["secretKeyRef"] == {"name": "forwardpass-auth", "key": "admin", "optional": True}
     audit_folder = Path(env["FORWARDPASS_AUDIT_LOG"]).parent.as_posix()
     assert audit_folder in {mount["mountPath"] for mount in container["volumeMounts"]}
 
