@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 
 from forwardpass.client.http import ANSWER_GRACE_S
-from forwardpass.client.tensors import Inputs, as_tensor, from_raw, to_raw
+from forwardpass.client.tensors import GivenInputs, Inputs, InputTypes, as_tensor, from_raw, to_raw
 from forwardpass.errors import ERROR_CLASS_HEADER, ForwardpassError, InputError, error_for_status
 from forwardpass.server.proto import grpc_service_pb2 as pb
 from forwardpass.server.proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
@@ -105,6 +105,7 @@ class GrpcInferenceClient:
         self._stub = GRPCInferenceServiceStub(self._channel)
         self._metadata = _auth(token)
         self._timeout = timeout
+        self._types = InputTypes()
 
     def is_live(self) -> bool:
         return self._send(self._calls.live())
@@ -132,7 +133,7 @@ class GrpcInferenceClient:
     def infer(
         self,
         model: str,
-        inputs: Inputs,
+        inputs: GivenInputs,
         *,
         outputs: Sequence[str] | None = None,
         version: str | int | None = None,
@@ -140,7 +141,8 @@ class GrpcInferenceClient:
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Arrays by input name (batch dimension first) → arrays by output name; see InferenceClient.infer."""
-        return self._send(self._calls.infer(model, inputs, outputs, version, classification, timeout))
+        typed = self._types.typed(model, version, inputs, lambda: self.metadata(model, version))
+        return self._send(self._calls.infer(model, typed, outputs, version, classification, timeout))
 
     def close(self) -> None:
         self._channel.close()
@@ -173,6 +175,7 @@ class AsyncGrpcInferenceClient:
         self._stub: Any = None
         self._metadata = _auth(token)
         self._timeout = timeout
+        self._types = InputTypes()
 
     async def is_live(self) -> bool:
         return await self._send(self._calls.live())
@@ -198,14 +201,15 @@ class AsyncGrpcInferenceClient:
     async def infer(
         self,
         model: str,
-        inputs: Inputs,
+        inputs: GivenInputs,
         *,
         outputs: Sequence[str] | None = None,
         version: str | int | None = None,
         classification: int = 0,
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
-        return await self._send(self._calls.infer(model, inputs, outputs, version, classification, timeout))
+        typed = await self._types.typed_async(model, version, inputs, lambda: self.metadata(model, version))
+        return await self._send(self._calls.infer(model, typed, outputs, version, classification, timeout))
 
     async def close(self) -> None:
         if self._channel is not None:

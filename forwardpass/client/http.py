@@ -25,7 +25,7 @@ from urllib.parse import quote
 import numpy as np
 
 from forwardpass.client.connections import Answer, Connections, lowered
-from forwardpass.client.tensors import Inputs, decode_http_response, encode_http_request
+from forwardpass.client.tensors import GivenInputs, Inputs, InputTypes, decode_http_response, encode_http_request
 from forwardpass.errors import (
     ERROR_CLASS_HEADER,
     DeadlineExceeded,
@@ -128,6 +128,7 @@ class InferenceClient:
         self._headers = _auth(token)
         self._timeout = timeout
         self._connections = Connections(self.url, keep=POOL_SIZE)
+        self._types = InputTypes()
 
     def is_live(self) -> bool:
         return self._send(self._calls.live())
@@ -158,7 +159,7 @@ class InferenceClient:
     def infer(
         self,
         model: str,
-        inputs: Inputs,
+        inputs: GivenInputs,
         *,
         outputs: Sequence[str] | None = None,
         version: str | int | None = None,
@@ -166,13 +167,15 @@ class InferenceClient:
         classification: int = 0,
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """The forward pass: arrays by input name (batch dimension first) → arrays by output name.
+        """The forward pass: arrays by input name (batch dimension first) → arrays by output name. Python values
+        (nested lists) take the model's declared datatypes; a model's only input may be given without its name.
 
         `outputs` picks outputs (default: all); `binary=False` sends and asks for V2 JSON instead of the binary tensor
         data extension; `classification=K` asks for each row's top K of `outputs` as "score:index:label" strings;
         `timeout` (seconds): the server drops the request if it has not answered by then, so it never runs for
         nobody, and the client waits ANSWER_GRACE_S longer for the server's own error message."""
-        return self._send(self._calls.infer(model, inputs, outputs, version, binary, classification, timeout))
+        typed = self._types.typed(model, version, inputs, lambda: self.metadata(model, version))
+        return self._send(self._calls.infer(model, typed, outputs, version, binary, classification, timeout))
 
     def predict(
         self,
@@ -217,6 +220,7 @@ class AsyncInferenceClient:
         self._headers = _auth(token)
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None  # made on first use, inside the loop that uses it
+        self._types = InputTypes()
 
     async def is_live(self) -> bool:
         return await self._send(self._calls.live())
@@ -242,7 +246,7 @@ class AsyncInferenceClient:
     async def infer(
         self,
         model: str,
-        inputs: Inputs,
+        inputs: GivenInputs,
         *,
         outputs: Sequence[str] | None = None,
         version: str | int | None = None,
@@ -250,7 +254,8 @@ class AsyncInferenceClient:
         classification: int = 0,
         timeout: float | None = None,
     ) -> dict[str, np.ndarray]:
-        return await self._send(self._calls.infer(model, inputs, outputs, version, binary, classification, timeout))
+        typed = await self._types.typed_async(model, version, inputs, lambda: self.metadata(model, version))
+        return await self._send(self._calls.infer(model, typed, outputs, version, binary, classification, timeout))
 
     async def predict(
         self,

@@ -1,6 +1,10 @@
 """numpy arrays ↔ KServe V2 tensors on the client side: datatypes from `forwardpass.tensor`, BYTES elements and the
 binary tensor data layout from the server's own codec, so both ends read and write the same bytes.
 
+Inputs given as Python values (nested lists, numbers) take the model's declared datatype (`InputTypes`, from its
+metadata, read once per client): `[[0.1, 0.2]]` goes as FP32 to an FP32 input, not as the FP64 numpy would make it.
+A numpy array goes as its own dtype, the caller's choice (the server refuses one that does not match, naming both).
+
 Outputs come back as numpy arrays of their V2 datatype; BYTES outputs as object arrays of `bytes` (as tritonclient
 gives them), whether they travelled as JSON or binary. Arrays decoded from binary data are read-only views of the
 answer's bytes (no copy); `array.copy()` gives a writable one.
@@ -8,7 +12,7 @@ answer's bytes (no copy); `array.copy()` gives a writable one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,9 +21,92 @@ from forwardpass.errors import DTypeError, ForwardpassError, InputError, ShapeEr
 from forwardpass.server.codec import decode_binary_tensor, decode_json, encode_bytes_elements, encode_json
 from forwardpass.tensor import DataType
 
-__all__ = ["Inputs", "as_tensor", "decode_http_response", "encode_http_request", "from_raw", "to_raw"]
+__all__ = [
+    "GivenInputs",
+    "InputTypes",
+    "Inputs",
+    "as_tensor",
+    "decode_http_response",
+    "encode_http_request",
+    "from_raw",
+    "to_raw",
+]
 
 Inputs = Mapping[str, Any]  # input name → array-like (numpy array, nested lists, strings for BYTES)
+# What `infer` takes: Inputs, or the values of a model's only input alone
+GivenInputs = Inputs | Sequence[Any] | np.ndarray
+_Declared = dict[str, DataType]  # a model's input name → its V2 datatype
+
+
+class InputTypes:
+    """Each model's declared input datatypes, read from its metadata on the first call that needs them and kept for
+    the client's life (a model reloaded with other datatypes needs a new client)."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str | None], _Declared] = {}
+
+    def typed(
+        self, model: str, version: str | int | None, inputs: GivenInputs, metadata: Callable[[], Mapping[str, Any]]
+    ) -> Inputs:
+        """`inputs` with Python values in the model's datatypes; `metadata()` is called only if they need it."""
+        if not _needs_types(inputs):
+            return inputs  # type: ignore[return-value]  # _needs_types: a mapping of numpy arrays
+        key = (model, None if version is None else str(version))
+        if key not in self._known:
+            self._known[key] = _declared(metadata())
+        return _typed(model, inputs, self._known[key])
+
+    async def typed_async(
+        self,
+        model: str,
+        version: str | int | None,
+        inputs: GivenInputs,
+        metadata: Callable[[], Awaitable[Mapping[str, Any]]],
+    ) -> Inputs:
+        key = (model, None if version is None else str(version))
+        if _needs_types(inputs) and key not in self._known:
+            self._known[key] = _declared(await metadata())
+        return self.typed(model, version, inputs, lambda: {})  # known now: metadata is not asked again
+
+
+def _needs_types(inputs: GivenInputs) -> bool:
+    if not isinstance(inputs, Mapping):
+        return True
+    return any(not isinstance(value, np.ndarray) for value in inputs.values())
+
+
+def _declared(metadata: Mapping[str, Any]) -> _Declared:
+    found = {}
+    for tensor in metadata.get("inputs", ()):
+        member = DataType.__members__.get(tensor.get("datatype", ""))
+        if member is not None:
+            found[tensor["name"]] = member
+    return found
+
+
+def _typed(model: str, inputs: GivenInputs, declared: _Declared) -> Inputs:
+    if not isinstance(inputs, Mapping):
+        if len(declared) != 1:
+            raise InputError(f"model '{model}' takes inputs {sorted(declared)}: pass a mapping of input name → values")
+        inputs = {next(iter(declared)): inputs}
+    return {name: _cast(name, value, declared.get(name)) for name, value in inputs.items()}
+
+
+def _cast(name: str, value: object, datatype: DataType | None) -> object:
+    """A Python value as an array of `datatype`; a numpy array, and what has no declared numeric type, as given
+    (the server names any mismatch). Integers must keep their values: 300 is no UINT8."""
+    if isinstance(value, np.ndarray) or datatype in (None, DataType.BYTES) or datatype.numpy_dtype is None:
+        return value
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):
+        return value  # not rectangular: as_tensor says so
+    if array.dtype.kind not in "biuf":
+        return value
+    cast = array.astype(datatype.numpy_dtype)
+    if datatype.numpy_dtype.kind in "biu" and not np.array_equal(cast, array):
+        raise DTypeError(f"input '{name}': the values do not all fit the model's {datatype.name}")
+    return cast
 
 
 def as_tensor(name: str, value: object) -> tuple[DataType, np.ndarray]:

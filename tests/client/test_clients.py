@@ -50,13 +50,18 @@ def test_infer_equals_model_infer_exactly(client: Any, model: Callable[[str], An
         np.testing.assert_array_equal(got[output], array)
 
 
-def test_nested_lists_and_float64_are_sent_as_their_numpy_type(client: Any, model: Callable[[str], Any]):
-    """float64 travels as FP64, which the server refuses for the model's FP32 input as Triton does (naming both);
-    lists of the model's own type are answered as Model.infer answers them."""
+def test_python_lists_take_the_models_datatype_and_numpy_arrays_their_own(client: Any, model: Callable[[str], Any]):
+    """Lists of Python floats (numpy would make them FP64) go as the model's FP32, a model's only input needs no
+    name; a float64 numpy array is the caller's choice and goes as FP64, which the server refuses as Triton does."""
+    expected = model("mlp").infer({"x": ROWS})["y"]
+    np.testing.assert_array_equal(client.infer("mlp", {"x": ROWS.tolist()})["y"], expected)
+    np.testing.assert_array_equal(client.infer("mlp", ROWS.tolist())["y"], expected)
+    indices = client.infer("gather", [[1], [3]])["y"]  # Python ints as the model's INT64
+    np.testing.assert_array_equal(indices, model("gather").infer({"index": np.array([[1], [3]])})["y"])
     with pytest.raises(DTypeError, match="datatype FP64 does not match the model's FP32"):
-        client.infer("mlp", {"x": ROWS.astype(np.float64).tolist()})
-    as_lists = ROWS.astype(np.float32)
-    np.testing.assert_array_equal(client.infer("mlp", {"x": as_lists})["y"], model("mlp").infer({"x": as_lists})["y"])
+        client.infer("mlp", {"x": ROWS.astype(np.float64)})
+    with pytest.raises(DTypeError, match="input 'index': the values do not all fit the model's INT64"):
+        client.infer("gather", {"index": [[0.5]]})
 
 
 def test_strings_travel_as_bytes_elements(client: Any):
