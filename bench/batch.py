@@ -95,7 +95,7 @@ def top1_and_time(model: forwardpass.Model, files: list[Path]) -> tuple[np.ndarr
         tensors.append(model.preprocess(str(path))["input"])
         seconds.append(time.perf_counter() - started)
     stacked = np.stack(tensors)
-    logits = [model.forward(model.validate({"input": stacked[i : i + 32]})) for i in range(0, len(stacked), 32)]
+    logits = [model.infer({"input": stacked[i : i + 32]}) for i in range(0, len(stacked), 32)]
     return np.concatenate([next(iter(out.values())) for out in logits]).argmax(1), 1000 * statistics.median(seconds)
 
 

@@ -49,7 +49,7 @@ CONFIDENT = 0.5
 def _logits(path: Path, tensors: np.ndarray) -> np.ndarray:
     model = forwardpass.load(path, intra_op_threads=0)
     try:
-        chunks = [model.forward(model.validate({"input": tensors[i : i + 50]})) for i in range(0, len(tensors), 50)]
+        chunks = [model.infer({"input": tensors[i : i + 50]}) for i in range(0, len(tensors), 50)]
     finally:
         model.close()
     return np.concatenate([next(iter(chunk.values())) for chunk in chunks])

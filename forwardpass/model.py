@@ -47,6 +47,14 @@ _EVERY_CLASS = 1 << 30
 
 
 class Model:
+    """A loaded model: its completed config, pipeline and session.
+
+    The public API is small: `infer` (arrays in, arrays out), `predict` and `predict_each` (raw items in,
+    predictions out) and `close`, plus the attributes describing the model (`name`, `version`, `config`, `inputs`,
+    `outputs`, `pipeline`, `batch_size`, ...). The other public methods are the steps of `predict_each` that another
+    layer runs apart (the server around its batcher, batch jobs in their decoding threads, timing and scoring code);
+    each docstring says who and why."""
+
     def __init__(
         self,
         entry: ModelEntry,
@@ -98,8 +106,8 @@ class Model:
         self._version = str(self.version or "")
 
     def reconfigured(self, section: str, value: PreprocessConfig | PostprocessConfig, why: str) -> Model:
-        """This model, on the same session, with its `preprocess` or `postprocess` section settled from data
-        (`forwardpass eval` / `init`), checked against the model like any config."""
+        """This model, on the same session, with its `preprocess` or `postprocess` section settled from data, checked
+        against the model like any config. Public for `forwardpass init` and `eval`, which settle those sections."""
         config = self.config.model_copy(update={section: value})
         model = Model(self.entry, config, self.session, self.engine, self.serving, self.facts)
         model.inferred = {**self.inferred, section: why}
@@ -113,20 +121,29 @@ class Model:
         return self.forward(self.validate(inputs))
 
     def validate(self, inputs: dict[str, Any]) -> Arrays:
-        """A whole request's inputs, batch dimension included → arrays of the model's names, dtypes and shapes."""
+        """A whole request's inputs, batch dimension included → arrays of the model's names, dtypes and shapes.
+        Public because the server validates each request before its batcher joins requests."""
         return self._validate(inputs, self._input_specs)
 
     def forward(self, batch: Arrays) -> Arrays:
-        """The forward pass of arrays that `validate` already returned (a server validates before batching)."""
-        return self.session.run(self.with_constants(batch)) if self.constants else self.session.run(batch)
+        """The forward pass of arrays that `validate` (or `preprocess`, collated) already returned. Public for code
+        that runs such arrays again and again: timing (precision's speed, MLPerf), which must not time validation,
+        and explanations' perturbed rows. Everyone else calls `infer`."""
+        return self.session.run(self._with_constants(batch)) if self.constants else self.session.run(batch)
 
-    def runner(self, session: Session) -> Callable[[Arrays], Arrays]:
-        """`session.run` for validated batches, with the config's constant inputs added (a server's instances)."""
+    def instances(self, count: int) -> list[tuple[Session, Callable[[Arrays], Arrays]]]:
+        """`count` sessions run the same way (`session` first, the others opened like it), each with its forward
+        pass of validated batches, constant inputs added. Public for the server's registry: one batcher runner
+        per instance; it closes the sessions when the model retires."""
+        sessions = [self.session, *(open_served(self.serving, self.engine) for _ in range(count - 1))]
+        return [(session, self._runner(session)) for session in sessions]
+
+    def _runner(self, session: Session) -> Callable[[Arrays], Arrays]:
         if not self.constants:
             return session.run
-        return lambda batch: session.run(self.with_constants(batch))
+        return lambda batch: session.run(self._with_constants(batch))
 
-    def with_constants(self, batch: Arrays) -> Arrays:
+    def _with_constants(self, batch: Arrays) -> Arrays:
         """The batch plus each constant input: as declared for a rank-0 input, else repeated along the batch."""
         rows = len(next(iter(batch.values()))) if batch else 1
         fed = dict(batch)
@@ -136,7 +153,8 @@ class Model:
 
     def preprocess(self, raw: object) -> Arrays:
         """One raw item (image path/bytes, text, record, array) → validated arrays without the batch dimension.
-        A record is first checked against the config's input schema, and joins the drift window once it passed."""
+        A record is first checked against the config's input schema, and joins the drift window once it passed.
+        Public because the server preprocesses each request before batching, and batch jobs in decoding threads."""
         if self.schema is not None:
             self.schema(raw)
         arrays = self.pipeline.preprocess(raw)
@@ -149,7 +167,8 @@ class Model:
     def postprocess(self, rows: Sequence[tuple[Arrays, Arrays]], top_k: int | None = None) -> list[Prediction]:
         """(outputs row, inputs row) per item → predictions. With a decision rule each prediction carries its
         `action` and the `rule` that fired, and the items' audit rows are recorded (journal or commit, see
-        `forwardpass.decisions.audit`) before the predictions return."""
+        `forwardpass.decisions.audit`) before the predictions return. Public because the server postprocesses the
+        rows its batcher split."""
         if self.decider is None:
             return [self.pipeline.postprocess(out, inp, top_k) for out, inp in rows]
         listed = _EVERY_CLASS if self.decider.reads_classes else top_k
@@ -168,7 +187,8 @@ class Model:
 
     def run_items(self, items: Sequence[Arrays], batch_size: int | None = None) -> list[tuple[Arrays, Arrays]]:
         """Preprocessed items → forward passes of at most `batch_size` (default: the model's) → (outputs row,
-        inputs row) per item."""
+        inputs row) per item. Public for the code that reads the model's raw outputs per item rather than its
+        predictions (precision's agreement, MLPerf's system under test, benchmarks)."""
         size = batch_size or self.batch_size
         rows: list[tuple[Arrays, Arrays]] = []
         if self.whole_items:
@@ -220,7 +240,8 @@ class Model:
 
     def forward_each(self, items: list[Arrays], top_k: int | None = None) -> list[Prediction | ForwardpassError]:
         """Items `preprocess` already gave (e.g. in a batch job's decoding threads) → one outcome per item, in order:
-        forward passes of the model's batch size, then postprocessing."""
+        forward passes of the model's batch size, then postprocessing. Public for batch jobs, which preprocess in
+        decoding threads and forward in the job's own."""
         if not items:
             return []
         try:
@@ -231,11 +252,8 @@ class Model:
         # A failed batch (e.g. items of different shapes) blames no item by itself: each runs alone to find it.
         return [self.forward_each([item], top_k)[0] for item in items]
 
-    def open_session(self) -> Session:
-        """Another session like `session`, run the same way (for a server's further instances)."""
-        return open_served(self.serving, self.engine)
-
     def close(self) -> None:
+        """Closes the session and the audit log; sessions from `instances` are their owner's to close."""
         self.session.close()
         if self.audit is not None:
             self.audit.close()

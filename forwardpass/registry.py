@@ -269,10 +269,11 @@ class ModelRegistry:
         if model.audit is not None:
             _check_writable(model)
         config = model.config  # as completed from the model: batching inferred where the config leaves it out
-        sessions = [model.session, *(model.open_session() for _ in range(config.instances - 1))]
+        instances = model.instances(config.instances)
+        sessions = [session for session, _ in instances]
         max_batch_size = config.max_batch_size if model.batchable else 0
         batching = config.dynamic_batching
-        runners: list[Runner] = [model.runner(session) for session in sessions]
+        runners: list[Runner] = [runner for _, runner in instances]
         batcher = Batcher(
             runners,
             max_batch_size=max_batch_size,

@@ -98,7 +98,7 @@ def test_runs_like_torch_natively_and_converted(
     assert [(s.name, s.shape) for s in model.inputs] == [("image", (-1, 3, 16, 16))]
     assert [(s.name, s.shape) for s in model.outputs] == [("output", (-1, 10))]
     assert_matches(run_in_batches(model, images, "output"), expected)
-    another = model.open_session()  # a server's second instance runs the same way
+    (_, _), (another, _) = model.instances(2)  # a server's second instance runs the same way
     assert another.providers == model.session.providers
     assert np.array_equal(another.run({"image": images[:3]})["output"], model.infer({"image": images[:3]})["output"])
     another.close()

@@ -52,7 +52,7 @@ def test_text_boxes_equal_rapidocrs_on_the_same_map(detector: forwardpass.Model,
     arrays = detector.preprocess(str(PAGE))
     expected_input = DetPreProcess(736, "min", [0.5] * 3, [0.5] * 3)(page_bgr)
     np.testing.assert_allclose(arrays["x"][None], expected_input, atol=1e-5)  # the same input, to float rounding
-    (probability,) = detector.forward({"x": arrays["x"][None]}).values()
+    (probability,) = detector.infer({"x": arrays["x"][None]}).values()
     found = detector.pipeline.postprocess({"sigmoid_0.tmp_0": probability[0]}, arrays, None)["boxes"]
     expected = rapidocr_boxes(probability, page_bgr.shape[:2])
     assert len(found) == len(expected) >= 5
