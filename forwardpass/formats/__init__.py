@@ -1,14 +1,13 @@
 """Source formats: which format an artefact is, and how it is opened (natively, or converted to ONNX with parity).
 
-Each format lives in its own module and exposes instances; REGISTERED lists them in detection order (the first
-whose `detect` says yes wins, so formats that claim generic suffixes such as `.json` or `.pb` come after the specific
-ones). The modules are imported when the first artefact is detected, and import their frameworks only when a model is
-opened, so `import forwardpass` stays cheap.
+Each format is an instance registered under the `forwardpass.formats` entry-point group (the built-in ones in
+forwardpass's pyproject.toml, a third party's in its own). The first whose `detect` says yes wins, asked in the order
+of their `detect_rank`. The entry points are read and their modules imported when the first artefact is detected,
+and formats import their frameworks only when a model is opened, so `import forwardpass` stays cheap.
 """
 
 from __future__ import annotations
 
-import importlib
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from forwardpass.formats.facts import ModelFacts, merge_facts, onnx_facts
 from forwardpass.formats.serve import SERVE_MODES, ServeMode, Serving, open_format_session
 
 __all__ = [
-    "REGISTERED",
+    "ENTRY_POINT_GROUP",
     "SERVE_MODES",
     "ConvertOptions",
     "Format",
@@ -40,30 +39,18 @@ __all__ = [
     "resolve_artefact",
 ]
 
-# (module in forwardpass.formats, instance), in detection order.
-REGISTERED: tuple[tuple[str, str], ...] = (
-    ("onnx", "ONNX"),
-    ("huggingface", "HUGGINGFACE"),
-    ("tensorflow", "SAVED_MODEL"),
-    ("mxnet", "MXNET"),
-    ("torch", "TORCH_EXPORT"),
-    ("torch", "TORCHSCRIPT"),
-    ("tensorflow", "KERAS"),
-    ("tensorflow", "FROZEN_GRAPH"),
-    ("tflite", "TFLITE"),
-    ("xgboost", "XGBOOST"),
-    ("lightgbm", "LIGHTGBM"),
-    ("sklearn", "SKLEARN"),
-)
+ENTRY_POINT_GROUP = "forwardpass.formats"
 
 
 @cache
 def registered_formats() -> tuple[Format, ...]:
-    """The format instances, in detection order."""
-    found: list[Format] = []
-    for module, instance in REGISTERED:
-        found.append(getattr(importlib.import_module(f"forwardpass.formats.{module}"), instance))
-    return tuple(found)
+    """The formats every installed distribution registers, in detection order (rank, then name: deterministic)."""
+    from importlib.metadata import entry_points  # read on first detection: importing it costs ~20 ms
+
+    found: dict[str, Format] = {entry.name: entry.load() for entry in entry_points(group=ENTRY_POINT_GROUP)}
+    if not found:  # forwardpass's own formats are entry points too: only an installed distribution has them
+        raise ConfigError(f"no model formats registered ({ENTRY_POINT_GROUP}); install forwardpass: pip install -e .")
+    return tuple(fmt for _, fmt in sorted(found.items(), key=lambda item: (item[1].detect_rank, item[0])))
 
 
 def detect_format(path: Path) -> Format:

@@ -41,10 +41,13 @@ class ConvertOptions:
 
 
 class Format(Protocol):
-    """One source format. `name` is what reports show ("torchscript", "savedmodel", ...); `extra` is the pip extra."""
+    """One source format. `name` is what reports show ("torchscript", "savedmodel", ...); `extra` is the pip extra;
+    `detect_rank` places it in detection order (lower asks first: formats that claim generic suffixes such as `.json`
+    or `.pb` rank after the specific ones; the built-in ranks are 10 to 120, see pyproject.toml's entry points)."""
 
     name: str
     extra: str
+    detect_rank: int
 
     def detect(self, path: Path) -> bool:
         """True when `path` (a file or a folder) is an artefact of this format. Cheap: never loads the framework."""

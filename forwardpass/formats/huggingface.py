@@ -75,6 +75,7 @@ SENTENCES = (
 class HuggingFaceFormat:
     name = "huggingface"
     extra = _EXTRA
+    detect_rank = 20
 
     def detect(self, path: Path) -> bool:
         return (

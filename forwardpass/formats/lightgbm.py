@@ -61,6 +61,7 @@ with open(copy, "wb") as file:
 class LightGBMFormat:
     name = "lightgbm"
     extra = "lightgbm"
+    detect_rank = 110
 
     def detect(self, path: Path) -> bool:
         if not path.is_file():

@@ -76,6 +76,7 @@ def _params_for(symbol: Path) -> Path | None:
 class MXNetFormat:
     name = "mxnet"
     extra = ""  # nothing to install here: the isolated environment is created on first use
+    detect_rank = 40
 
     def detect(self, path: Path) -> bool:
         return bool(model_files(path))

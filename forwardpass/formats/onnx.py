@@ -17,6 +17,7 @@ __all__ = ["ONNX", "OnnxFormat"]
 class OnnxFormat:
     name = "onnx"
     extra = ""
+    detect_rank = 10
 
     def detect(self, path: Path) -> bool:
         return path.suffix == ".onnx" and not path.is_dir()

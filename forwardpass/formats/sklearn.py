@@ -352,6 +352,7 @@ def fail(message):
 class SklearnFormat:
     name = "sklearn"
     extra = "sklearn"
+    detect_rank = 120
 
     def detect(self, path: Path) -> bool:
         return path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES

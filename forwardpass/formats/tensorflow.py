@@ -76,6 +76,7 @@ class SavedModelFormat:
 
     name = "savedmodel"
     extra = EXTRA
+    detect_rank = 30
 
     def detect(self, path: Path) -> bool:
         return path.is_dir() and ((path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file())
@@ -115,6 +116,7 @@ class KerasFormat:
 
     name = "keras"
     extra = EXTRA
+    detect_rank = 70
 
     def detect(self, path: Path) -> bool:
         return path.is_file() and path.suffix.lower() in KERAS_SUFFIXES
@@ -180,6 +182,7 @@ class FrozenGraphFormat:
 
     name = "graphdef"
     extra = EXTRA
+    detect_rank = 80
 
     def detect(self, path: Path) -> bool:
         inside_saved_model = (path.parent / "saved_model.pb").is_file()  # its fingerprint.pb is no graph

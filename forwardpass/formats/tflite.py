@@ -25,6 +25,7 @@ __all__ = ["TFLITE", "TfliteFormat", "TfliteSession"]
 class TfliteFormat:
     name = "tflite"
     extra = EXTRA
+    detect_rank = 90
 
     def detect(self, path: Path) -> bool:
         return path.is_file() and path.suffix.lower() == ".tflite"

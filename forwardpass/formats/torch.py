@@ -170,6 +170,7 @@ def _example(inputs: list[TensorSpec], torch: ModuleType) -> tuple[Any, ...]:
 class TorchScriptFormat:
     name = "torchscript"
     extra = "torch"
+    detect_rank = 60
 
     def detect(self, path: Path) -> bool:
         if not path.is_file():
@@ -265,6 +266,7 @@ def _script_input(name: str, traced: Any, path: Path, options: LoadOptions) -> T
 class TorchExportFormat:
     name = "torch.export"
     extra = "torch"
+    detect_rank = 50
 
     def detect(self, path: Path) -> bool:
         if not path.is_file():

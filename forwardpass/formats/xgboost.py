@@ -68,6 +68,7 @@ class Learner:
 class XGBoostFormat:
     name = "xgboost"
     extra = "xgboost"
+    detect_rank = 100
 
     def detect(self, path: Path) -> bool:
         if not path.is_file():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,64 @@ def test_detection_reads_content_not_only_names(tmp_path: Path, make, expected: 
             detect_format(path)
     else:
         assert detect_format(path).name == expected
+
+
+THIRD_PARTY_FORMAT = """
+from pathlib import Path
+
+
+class NumpyArchiveFormat:
+    name = "npz-graph"
+    extra = ""
+    detect_rank = 115  # after lightgbm (110), before sklearn (120)
+
+    def detect(self, path: Path) -> bool:
+        return path.suffix == ".npzg"
+
+
+NPZ_GRAPH = NumpyArchiveFormat()
+"""
+
+
+@pytest.fixture
+def third_party_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A distribution installed as pip would: its module and a dist-info whose entry point registers its format."""
+    site = tmp_path / "site"
+    touch(site / "npz_graph_format.py", THIRD_PARTY_FORMAT.encode())
+    info = site / "npz_graph_format-1.0.dist-info"
+    touch(info / "METADATA", b"Metadata-Version: 2.1\nName: npz-graph-format\nVersion: 1.0\n")
+    touch(info / "entry_points.txt", b"[forwardpass.formats]\nnpz-graph = npz_graph_format:NPZ_GRAPH\n")
+    monkeypatch.syspath_prepend(str(site))
+    registered_formats.cache_clear()  # the registry reads entry points once per process
+    yield
+    monkeypatch.undo()
+    sys.modules.pop("npz_graph_format", None)
+    registered_formats.cache_clear()
+
+
+@pytest.mark.usefixtures("third_party_format")
+def test_a_format_registered_by_an_entry_point_is_detected_in_its_rank(tmp_path: Path) -> None:
+    assert detect_format(touch(tmp_path / "net.npzg")).name == "npz-graph"
+    names = [fmt.name for fmt in registered_formats()]
+    assert names[-3:] == ["lightgbm", "npz-graph", "sklearn"]
+
+
+def test_the_built_in_formats_are_asked_in_a_fixed_order() -> None:
+    """Specific formats first: a generic `.json` or `.pb` goes to the format that checks its content."""
+    assert [fmt.name for fmt in registered_formats()] == [
+        "onnx",
+        "huggingface",
+        "savedmodel",
+        "mxnet",
+        "torch.export",
+        "torchscript",
+        "keras",
+        "graphdef",
+        "tflite",
+        "xgboost",
+        "lightgbm",
+        "sklearn",
+    ]
 
 
 def test_an_unknown_file_lists_the_known_formats(tmp_path: Path):
