@@ -11,11 +11,15 @@ from PIL import Image
 
 from forwardpass.config import ImageConfig
 from forwardpass.errors import ConfigError
-from forwardpass.explain.outputs import scalar_outputs
+from forwardpass.explain.outputs import input_dtype, scalar_outputs
 from forwardpass.model import Model
 from forwardpass.pipeline import Arrays
 
 __all__ = ["occlusion_saliency", "saliency_png"]
+
+
+# Occluded copies per forward pass, at most: memory stays a few of them (MobileNetV2: 32 x 0.6 MB), not all 225.
+OCCLUSION_CHUNK = 32
 
 
 def occlusion_saliency(model: Model, item: Arrays, index: int, patch: int | None = None) -> dict[str, Any]:
@@ -23,7 +27,7 @@ def occlusion_saliency(model: Model, item: Arrays, index: int, patch: int | None
     if not isinstance(config, ImageConfig):
         raise ConfigError(f"model '{model.name}': occlusion saliency needs an image model")
     input_name = config.input or model.inputs[0].name
-    image = item[input_name].astype(np.float64)
+    image = np.asarray(item[input_name], dtype=input_dtype(model, input_name))  # occluded copies in the model's dtype
     channels_last = config.layout == "NHWC"
     height, width = image.shape[:2] if channels_last else image.shape[1:3]
     size = patch or max(1, min(height, width) // 8)
@@ -33,15 +37,18 @@ def occlusion_saliency(model: Model, item: Arrays, index: int, patch: int | None
         for top in range(0, max(height - size, 0) + 1, stride)
         for left in range(0, max(width - size, 0) + 1, stride)
     ]
-    occluded = np.repeat(image[None], len(corners), axis=0)
-    for n, (top, left) in enumerate(corners):
-        if channels_last:
-            occluded[n, top : top + size, left : left + size, :] = 0.0
-        else:
-            occluded[n, :, top : top + size, left : left + size] = 0.0
-    batch = np.concatenate([image[None], occluded])
-    scores = scalar_outputs(model, batch, input_name, index, chunk=model.batch_size)
-    drops = scores[0] - scores[1:]
+    chunk = min(model.batch_size, OCCLUSION_CHUNK)
+    score = scalar_outputs(model, image[None], input_name, index)[0]
+    drops = np.empty(len(corners))
+    for start in range(0, len(corners), chunk):
+        part = corners[start : start + chunk]
+        occluded = np.repeat(image[None], len(part), axis=0)
+        for n, (top, left) in enumerate(part):
+            if channels_last:
+                occluded[n, top : top + size, left : left + size, :] = 0
+            else:
+                occluded[n, :, top : top + size, left : left + size] = 0
+        drops[start : start + len(part)] = score - scalar_outputs(model, occluded, input_name, index, chunk=chunk)
     total = np.zeros((height, width))
     covered = np.zeros((height, width))
     for drop, (top, left) in zip(drops, corners, strict=True):
@@ -52,7 +59,7 @@ def occlusion_saliency(model: Model, item: Arrays, index: int, patch: int | None
         "method": "occlusion",
         "patch": size,
         "stride": stride,
-        "score": float(scores[0]),
+        "score": float(score),
         "saliency": saliency.tolist(),
     }
 

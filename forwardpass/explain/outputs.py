@@ -9,7 +9,7 @@ from forwardpass.config import ClassificationConfig, RegressionConfig
 from forwardpass.errors import ConfigError
 from forwardpass.model import Model
 
-__all__ = ["scalar_outputs", "target_of"]
+__all__ = ["input_dtype", "scalar_outputs", "target_of"]
 
 
 def target_of(model: Model, prediction: dict[str, object]) -> tuple[int, str]:
@@ -22,14 +22,22 @@ def target_of(model: Model, prediction: dict[str, object]) -> tuple[int, str]:
     raise ConfigError(f"model '{model.name}': explanations need a classification or regression postprocess")
 
 
+def input_dtype(model: Model, input_name: str) -> np.dtype:
+    """The numpy dtype the model takes for `input_name`: what perturbed copies of an item are built in."""
+    dtype = next(spec.dtype.numpy_dtype for spec in model.inputs if spec.name == input_name)
+    if dtype is None:
+        raise ConfigError(f"model '{model.name}': input '{input_name}' is not numeric; it cannot be explained")
+    return dtype
+
+
 def scalar_outputs(model: Model, batch: np.ndarray, input_name: str, index: int, chunk: int = 4096) -> np.ndarray:
     """The explained number for each row of `batch` (the model's preprocessed input), in forward passes of `chunk`
     rows (one at a time when the model has no batch dimension)."""
     size = chunk if model.batchable else 1
-    dtype = model._item_specs[input_name].dtype.numpy_dtype
+    dtype = input_dtype(model, input_name)
     results = []
     for start in range(0, len(batch), size):
-        part = batch[start : start + size].astype(dtype)
+        part = batch[start : start + size].astype(dtype, copy=False)
         outputs = model.forward({input_name: part})
         results.append(_scalar(model, outputs, len(part), index))
     return np.concatenate(results)

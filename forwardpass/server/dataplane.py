@@ -70,7 +70,7 @@ class DataPlane:
         self.metrics = Metrics(self._queue_depths)
         self.metrics.registry.register(DriftCollector(self._drift_windows))
         self._limits: weakref.WeakKeyDictionary[Served, RequestLimits] = weakref.WeakKeyDictionary()
-        self._explaining = asyncio.Semaphore(1)  # an explanation takes seconds of CPU and hundreds of MB
+        self._explaining = asyncio.Semaphore(1)  # an explanation takes seconds of CPU and tens of MB
         self._pipelines = Pipelines(registry.repository.root)
         registry.on_batch = lambda served, rows, run_s: self.metrics.batch(served.name, served.version, rows, run_s)
         try:

@@ -53,7 +53,7 @@ class ServerSettings(BaseSettings):
     )
     explain: bool = Field(
         default=False,
-        description="answer ?explain=true on /predict (seconds of CPU and hundreds of MB each; one at a time)",
+        description="answer ?explain=true on /predict (seconds of CPU and tens of MB each; one at a time)",
     )
     access_log: bool = Field(default=False, description="one JSON line per request on stderr")
     poll_interval_s: float = Field(default=0.0, ge=0, description="look for new/changed models this often; 0: never")

@@ -178,3 +178,60 @@ def test_occlusion_saliency_lies_where_the_model_looks(tmp_path):
     assert np.allclose(saliency[4:, :], 0) and np.allclose(saliency[:, 4:], 0)
     png = saliency_png(explanation["saliency"], scale=4)
     assert png.startswith(b"\x89PNG") and Image.open(__import__("io").BytesIO(png)).size == (32, 32)
+
+
+def test_occlusion_in_float32_chunks_equals_a_straightforward_float64_occlusion(tmp_path):
+    """Softmax(W · image) on a 3x16x16 image, 4 rows per forward pass: the 225 occluded copies go in 57 chunks, and
+    every pixel's saliency equals the one computed here, all 225 copies at once in float64 with numpy."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    weights = rng.standard_normal((3 * 16 * 16, 3)).astype(np.float32) * 0.05
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["image"], ["flat"], axis=1),
+            helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+        ],
+        "linear_image",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[numpy_helper.from_array(weights, "w")],
+    )
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx_model.ir_version = 8
+    (tmp_path / "linear" / "1").mkdir(parents=True)
+    onnx.save(onnx_model, tmp_path / "linear" / "1" / "model.onnx")
+    config = {
+        "max_batch_size": 4,
+        "preprocess": {"kind": "image", "color": "RGB", "resize": [16, 16], "scale": 1 / 255, "layout": "NCHW"},
+        "postprocess": {"kind": "classification", "activation": "softmax", "labels": ["a", "b", "c"]},
+    }
+    (tmp_path / "linear" / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    picture = tmp_path / "noise.png"
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), mode="RGB").save(picture)
+    model = forwardpass.load(tmp_path / "linear")
+    prediction = model.predict(str(picture))
+    explanation = explain(model, str(picture), prediction)
+
+    image = model.preprocess(str(picture))["image"].astype(np.float64)
+    size, stride = 2, 1  # 16 // 8, then half of it
+    corners = [(top, left) for top in range(0, 16 - size + 1, stride) for left in range(0, 16 - size + 1, stride)]
+    occluded = np.repeat(image[None], len(corners), axis=0)
+    for n, (top, left) in enumerate(corners):
+        occluded[n, :, top : top + size, left : left + size] = 0.0
+    batch = np.concatenate([image[None], occluded]).reshape(len(corners) + 1, -1)
+    logits = batch @ weights.astype(np.float64)
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    scores = probabilities[:, int(prediction["index"])]
+    total, covered = np.zeros((16, 16)), np.zeros((16, 16))
+    for drop, (top, left) in zip(scores[0] - scores[1:], corners, strict=True):
+        total[top : top + size, left : left + size] += drop
+        covered[top : top + size, left : left + size] += 1
+    expected = total / covered
+
+    assert (explanation["patch"], explanation["stride"]) == (size, stride)
+    assert explanation["score"] == pytest.approx(scores[0], abs=1e-6)
+    saliency = np.asarray(explanation["saliency"])
+    assert np.abs(expected).max() > 1e-3  # occlusion moves the probability: the comparison below means something
+    np.testing.assert_allclose(saliency, expected, rtol=0, atol=1e-6)
