@@ -8,7 +8,7 @@ under the step's `key`). Each step is an ordinary model of the same repository, 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,22 @@ from forwardpass.config import (
 from forwardpass.errors import ConfigError, DecodeError, ForwardpassError, NotFoundError
 from forwardpass.model import Model, load
 from forwardpass.pipeline import Prediction
+from forwardpass.pipeline.detection import Detect
 from forwardpass.pipeline.image import decode_image
-from forwardpass.pipeline.ocr import crop_quad
-from forwardpass.repository import CONFIG_FILE, default_repository
+from forwardpass.pipeline.ocr import DetectText, crop_quad
+from forwardpass.repository import CONFIG_FILE, declares_pipeline, default_repository
+from forwardpass.tensor import FLOATS, DataType, TensorSpec
 
-__all__ = ["Ensemble", "apply_answer", "cut_regions", "find_pipeline", "load_pipeline"]
+__all__ = [
+    "Ensemble",
+    "apply_answer",
+    "check_steps",
+    "cut_regions",
+    "find_pipeline",
+    "load_pipeline",
+    "pipelines_in",
+    "unready",
+]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a repository name, as forwardpass.repository allows
 
@@ -41,9 +52,15 @@ def find_pipeline(model: str | Path, repository: str | Path | None = None) -> Pa
     if folder is None and _NAME.fullmatch(str(model)) and ".." not in str(model):  # never a path out of the root
         folder = Path(repository) if repository is not None else default_repository()
         folder = folder / str(model)
-    if folder is None or not (folder / CONFIG_FILE).is_file():
+    if folder is None:
         return None
-    return folder if ModelConfig.from_file(folder / CONFIG_FILE).pipeline is not None else None
+    return folder if declares_pipeline(folder) else None
+
+
+def pipelines_in(repository: Path) -> list[str]:
+    """The names of the pipelines in a repository."""
+    folders = (path for path in repository.iterdir() if path.is_dir() and not path.name.startswith("."))
+    return sorted(folder.name for folder in folders if find_pipeline(folder.name, repository) is not None)
 
 
 def load_pipeline(model: str | Path, repository: str | Path | None = None, **engine_options: Any) -> Ensemble:
@@ -77,7 +94,7 @@ class Ensemble:
         self.version = None
         self.plan = config.pipeline.steps
         self.steps = steps
-        _check(name, self.plan, steps)
+        check_steps(name, self.plan, steps)
         first = steps[0]
         self.image_config: ImageConfig = first.config.preprocess  # type: ignore[assignment]  # _check made sure
         self.config = config.model_copy(update={"preprocess": self.image_config})  # how the CLI reads inputs
@@ -142,24 +159,105 @@ class Ensemble:
         return decode_image(raw, self.image_config.max_pixels).convert("RGB")
 
 
-def _check(name: str, plan: list[StepConfig], steps: list[Model]) -> None:
-    """Each step's model must take what the step gives it: refused at load, naming the step and the model."""
-    first = steps[0].config
-    if not isinstance(first.preprocess, ImageConfig):
-        raise ConfigError(f"pipeline '{name}' step 1 ({steps[0].name}) must take images (preprocess kind image)")
-    if not isinstance(first.postprocess, DetectionConfig | TextDetectionConfig):
+def unready(name: str, plan: list[StepConfig], loaded: Callable[[str], Model | None]) -> str | None:
+    """Why the pipeline cannot run on the models `loaded` gives by name (a step's model missing, or one that does
+    not take what the step before gives), else None."""
+    steps = []
+    for number, step in enumerate(plan, start=1):
+        model = loaded(step.model)
+        if model is None:
+            return f"pipeline '{name}' step {number}: model '{step.model}' is not loaded"
+        steps.append(model)
+    try:
+        check_steps(name, plan, steps)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def check_steps(name: str, plan: list[StepConfig], steps: list[Model]) -> None:
+    """Each step's model must take what the step gives it: refused at load, naming both steps and their tensors."""
+    first = steps[0]
+    if not isinstance(first.config.preprocess, ImageConfig):
+        raise ConfigError(f"pipeline '{name}' step 1 ({first.name}) must take images (preprocess kind image)")
+    if not isinstance(first.config.postprocess, DetectionConfig | TextDetectionConfig):
         raise ConfigError(
-            f"pipeline '{name}' step 1 ({steps[0].name}) must find regions (postprocess kind detection or "
+            f"pipeline '{name}' step 1 ({first.name}) must find regions (postprocess kind detection or "
             f"text_detection) for step 2 ({steps[1].name}) to crop"
         )
-    for number, (step, model) in enumerate(zip(plan, steps, strict=True), start=1):
-        if number > 1 and not isinstance(model.config.preprocess, ImageConfig):
+    found = _region_outputs(first)
+    gives = f"step 1 ({first.name}) output {' and '.join(_describe(spec) for spec in found)}"
+    for spec in found:
+        if spec.dtype not in FLOATS or len(spec.shape) < 2:
             raise ConfigError(
-                f"pipeline '{name}' step {number} ({model.name}) takes crops of step 1's regions, but its input "
-                f"'{model.inputs[0].name}' has no image preprocessing (preprocess kind image)"
+                f"pipeline '{name}': {gives} cannot hold regions (a floating-point map or rows of boxes) for step 2 "
+                f"({steps[1].name}) to crop"
             )
+    for number, (step, model) in enumerate(zip(plan, steps, strict=True), start=1):
+        if number > 1:
+            misfit = _crop_misfit(model)
+            if misfit is not None:
+                raise ConfigError(
+                    f"pipeline '{name}': {gives} gives image crops that step {number} ({model.name}) cannot take: "
+                    f"{misfit}"
+                )
         if step.rotate_label is not None and not isinstance(model.config.postprocess, ClassificationConfig):
             raise ConfigError(f"pipeline '{name}' step {number} ({model.name}): rotate_label needs a classifier")
+
+
+def _region_outputs(model: Model) -> list[TensorSpec]:
+    """The outputs the first step's regions are read from (the ones its detection postprocessing names)."""
+    reader = model.pipeline.postprocess
+    names = reader.outputs if isinstance(reader, Detect) else (reader.output,) if isinstance(reader, DetectText) else ()
+    return [spec for spec in model.outputs if spec.name in names]
+
+
+def _crop_misfit(model: Model) -> str | None:
+    """Why a crop (an RGB image of any size) cannot become this model's input, or None when it can."""
+    pre = model.config.preprocess
+    if not isinstance(pre, ImageConfig):
+        return f"its input '{model.inputs[0].name}' has no image preprocessing (preprocess kind image)"
+    fed = {pre.input or model.inputs[0].name, *model.config.constants}
+    unfed = [spec.name for spec in model.inputs if spec.name not in fed]
+    if unfed:
+        return f"it also needs input(s) {unfed}, which a crop does not give"
+    spec = next(spec for spec in model.inputs if spec.name == (pre.input or model.inputs[0].name))
+    made = DataType.from_name(pre.datatype)
+    if spec.dtype is not made:
+        return f"input {_describe(spec)}, but its preprocessing makes {made.name} (preprocess.datatype)"
+    if len(spec.shape) != 4:
+        return f"input {_describe(spec)}, but crops are batched as [batch, {_AXES[pre.layout]}] (rank 4)"
+    height, width = _crop_size(pre)
+    axes = (2, 3) if pre.layout == "NCHW" else (1, 2)
+    for axis, side, what in zip(axes, (height, width), ("height", "width"), strict=True):
+        fixed = spec.shape[axis]
+        if fixed != -1 and side != fixed:
+            made_side = "each crop's own" if side is None else str(side)
+            return (
+                f"input {_describe(spec)} takes {what} {fixed}, but its preprocessing makes a crop's {what} "
+                f"{made_side} (set preprocess resize, letterbox or text_line)"
+            )
+    return None
+
+
+_AXES = {"NCHW": "channels, height, width", "NHWC": "height, width, channels"}
+
+
+def _crop_size(pre: ImageConfig) -> tuple[int | None, int | None]:
+    """(height, width) every crop has after this preprocessing; None where it follows the crop."""
+    if pre.letterbox is not None:
+        return pre.letterbox
+    if pre.text_line is not None:
+        return pre.text_line[0], pre.text_line[1] if pre.text_line_overflow == "squeeze" else None
+    if pre.crop is not None:
+        return (pre.crop, pre.crop) if isinstance(pre.crop, int) else pre.crop
+    if isinstance(pre.resize, tuple):
+        return pre.resize
+    return None, None
+
+
+def _describe(spec: TensorSpec) -> str:
+    return f"'{spec.name}' ({spec.dtype.name} {list(spec.shape)})"
 
 
 def cut_regions(image: Image.Image, found: Prediction) -> list[tuple[dict[str, Any], Image.Image]]:

@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from forwardpass.errors import NotFoundError, UnsafePathError
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "PRECISION_PLOT",
     "ModelEntry",
     "Repository",
+    "declares_pipeline",
     "default_repository",
     "find_artefact",
     "read_variant",
@@ -114,6 +117,8 @@ class Repository:
         directory = self._model_dir(name)
         versions = versions_in(directory)
         if not versions:
+            if declares_pipeline(directory):
+                raise _pipeline_not_model(name)
             raise NotFoundError(f"model '{name}' has no numbered version folder with a model in {directory}")
         if version is None and precision is not None:
             precisions = self.precisions(name)
@@ -155,6 +160,8 @@ class Repository:
 def find_artefact(folder: Path) -> Path:
     """The model in a version folder: `model.onnx`; else the only `.onnx` file; else the only entry (a model file,
     or a model folder such as `model.savedmodel/`); else the folder itself, whose files together are the model."""
+    if declares_pipeline(folder):
+        raise _pipeline_not_model(str(folder))
     preferred = folder / "model.onnx"
     if preferred.is_file():
         return preferred
@@ -167,6 +174,21 @@ def find_artefact(folder: Path) -> Path:
     if not entries:
         raise NotFoundError(f"{folder}: no model file or folder in it")
     return entries[0] if len(entries) == 1 else folder
+
+
+def declares_pipeline(folder: Path) -> bool:
+    """Its config.yaml declares `pipeline:`: the folder is a pipeline of the repository's models, not a model."""
+    try:
+        config = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and config.get("pipeline") is not None
+
+
+def _pipeline_not_model(model: str) -> NotFoundError:
+    return NotFoundError(
+        f"'{model}' is a pipeline of models, not one model: load it with forwardpass.load_pipeline('{model}')"
+    )
 
 
 def read_variant(folder: Path) -> dict[str, object]:

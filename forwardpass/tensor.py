@@ -9,7 +9,7 @@ import numpy as np
 
 from forwardpass.errors import DTypeError, NonFiniteError, ShapeError
 
-__all__ = ["DataType", "TensorSpec", "as_array"]
+__all__ = ["FLOATS", "DataType", "TensorSpec", "as_array"]
 
 
 class DataType(Enum):
@@ -50,6 +50,8 @@ class DataType(Enum):
             return cls.BYTES
         return cls.from_name(dtype.name)
 
+
+FLOATS = frozenset({DataType.FP16, DataType.FP32, DataType.FP64, DataType.BF16})
 
 _BY_ANY_NAME: dict[str, DataType] = {}
 for _member in DataType:

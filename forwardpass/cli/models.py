@@ -9,10 +9,10 @@ from rich.console import Console
 from rich.table import Table
 
 from forwardpass.cli.common import REPOSITORY, TRUST_PICKLE
-from forwardpass.config import ModelConfig
-from forwardpass.ensemble import find_pipeline
+from forwardpass.config import ModelConfig, StepConfig
+from forwardpass.ensemble import pipelines_in, unready
 from forwardpass.errors import ForwardpassError
-from forwardpass.model import load
+from forwardpass.model import Model, load
 from forwardpass.repository import CONFIG_FILE, Repository, default_repository
 from forwardpass.tensor import TensorSpec
 
@@ -40,6 +40,9 @@ def models(repository: Path | None = REPOSITORY, trust_pickle: bool = TRUST_PICK
     for column in ("versions", "inputs", "outputs", "pipeline", "served", "providers"):
         table.add_column(column, overflow="fold")  # a narrow terminal wraps the names of tensors, never cuts them
     inferred_any = False
+    pipelines = {name: _steps(repo, name) for name in pipelines_in(repo.root)}
+    steps_of_pipelines = {step.model for steps in pipelines.values() for step in steps}
+    kept: dict[str, Model] = {}  # the pipelines' steps, open until the pipelines are checked
     for name in repo.names():
         try:
             model = load(name, repository=repo.root, warmup=0, trust_pickle=trust_pickle)
@@ -71,17 +74,25 @@ def models(repository: Path | None = REPOSITORY, trust_pickle: bool = TRUST_PICK
             model.serving.describe(),
             ", ".join(p.removesuffix("ExecutionProvider") for p in model.session.providers),
         )
+        if name in steps_of_pipelines:
+            kept[name] = model
+        else:
+            model.close()
+    for name, steps in pipelines.items():  # pipelines of the models above: no artefact, no versions of their own
+        reason = unready(name, steps, kept.get)
+        state = "pipeline of models" if reason is None else f"[red]UNAVAILABLE[/]: {reason}"
+        table.add_row(name, "", "image", "regions", " → ".join(step.model for step in steps), state, "")
+    for model in kept.values():
         model.close()
-    for folder in sorted(path for path in repo.root.iterdir() if path.is_dir() and not path.name.startswith(".")):
-        pipeline_folder = find_pipeline(folder.name, repo.root)
-        if pipeline_folder is not None:  # a pipeline of the models above: no artefact, no versions of its own
-            steps = ModelConfig.from_file(pipeline_folder / CONFIG_FILE).pipeline
-            assert steps is not None
-            chain = " → ".join(step.model for step in steps.steps)
-            table.add_row(folder.name, "", "image", "regions", chain, "pipeline of models", "")
     Console().print(table)
     if inferred_any:
         Console().print("* inferred from the model, not declared; 'forwardpass init MODEL' writes it out with why")
+
+
+def _steps(repo: Repository, name: str) -> list[StepConfig]:
+    pipeline = ModelConfig.from_file(repo.root / name / CONFIG_FILE).pipeline
+    assert pipeline is not None  # pipelines_in found it declared
+    return pipeline.steps
 
 
 def _versions(repo: Repository, name: str) -> str:

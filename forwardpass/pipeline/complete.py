@@ -29,7 +29,7 @@ from forwardpass.config import (
 from forwardpass.errors import ConfigError
 from forwardpass.formats.facts import ModelFacts
 from forwardpass.pipeline.outputs import load_labels
-from forwardpass.tensor import DataType, TensorSpec
+from forwardpass.tensor import FLOATS, DataType, TensorSpec
 
 __all__ = [
     "INFERRED_BATCH_SIZE",
@@ -44,7 +44,6 @@ __all__ = [
 # max_batch_size given to a model whose every input and output has a dynamic first dimension (Triton auto-completes
 # batching on the same condition).
 INFERRED_BATCH_SIZE = 32
-_FLOATS = {DataType.FP16, DataType.FP32, DataType.FP64, DataType.BF16}
 
 Inferred = dict[str, str]
 Activation = Literal["softmax", "sigmoid", "none"]
@@ -76,7 +75,7 @@ def scores_candidates(outputs: list[TensorSpec], facts: ModelFacts) -> list[str]
     """The outputs a classifier's scores may be read from: the one the model names, else its float outputs."""
     if facts.scores_output is not None and any(spec.name == facts.scores_output for spec in outputs):
         return [facts.scores_output]
-    return [spec.name for spec in outputs if spec.dtype in _FLOATS]
+    return [spec.name for spec in outputs if spec.dtype in FLOATS]
 
 
 def class_width(spec: TensorSpec) -> int | None:
@@ -110,7 +109,7 @@ def _postprocess(
             inferred["postprocess.labels"] = f"{facts.source}: the model's classes, in score order"
         return declared.model_copy(update=update) if update else declared
     if isinstance(declared, RegressionConfig) and declared.output is None:
-        floats = [spec.name for spec in outputs if spec.dtype in _FLOATS]
+        floats = [spec.name for spec in outputs if spec.dtype in FLOATS]
         if len(floats) == 1:
             inferred["postprocess.output"] = "the model's only floating-point output"
             return declared.model_copy(update={"output": floats[0]})
@@ -128,7 +127,7 @@ def _undeclared(by_name: dict[str, TensorSpec], facts: ModelFacts, inferred: Inf
             inferred["postprocess.labels"] = f"{facts.source}: the model's classes, in score order"
         labels = list(facts.classes) if facts.classes is not None else None
         return ClassificationConfig(kind="classification", output=scores, activation=activation, labels=labels)
-    floats = [name for name, spec in by_name.items() if spec.dtype in _FLOATS]
+    floats = [name for name, spec in by_name.items() if spec.dtype in FLOATS]
     if facts.task == "regression" and len(floats) == 1:
         inferred["postprocess"] = f"{facts.source}: a regressor, its value in '{floats[0]}'"
         return RegressionConfig(kind="regression", output=floats[0])
@@ -172,7 +171,7 @@ def task_from_labels(
     """A config-less model's task when its labels settle it: class indices 0..C-1 against one float output scoring
     C > 1 classes (classification); non-integer numbers against one float output of one value (regression). None
     where they do not (e.g. 0/1 labels against one output could be either)."""
-    floats = [spec for spec in outputs if spec.dtype in _FLOATS]
+    floats = [spec for spec in outputs if spec.dtype in FLOATS]
     if len(floats) != 1 or not labels:
         return None
     spec, width = floats[0], class_width(floats[0])
@@ -229,7 +228,7 @@ def _tabular(inputs: list[TensorSpec], facts: ModelFacts, inferred: Inferred) ->
         return TabularConfig(kind="tabular", columns=columns)
     if len(inputs) == 1 and len(inputs[0].shape) == 2 and inputs[0].shape[1] == len(names):
         inferred["preprocess"] = f"{facts.source}: the model's {len(names)} feature names, in its input order"
-        datatype = inputs[0].dtype.name if inputs[0].dtype in _FLOATS else "FP32"
+        datatype = inputs[0].dtype.name if inputs[0].dtype in FLOATS else "FP32"
         return TabularConfig(kind="tabular", input=inputs[0].name, datatype=datatype, columns=columns)
     return None
 
@@ -314,7 +313,7 @@ def _check_classification(
 
 
 def _check_float(spec: TensorSpec, source: str) -> None:
-    if spec.dtype not in _FLOATS:
+    if spec.dtype not in FLOATS:
         what = "the predicted class itself" if spec.dtype in (DataType.INT64, DataType.BYTES) else "not scores"
         _refuse(
             source,

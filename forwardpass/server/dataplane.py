@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from forwardpass.config import PipelineConfig
+from forwardpass.ensemble import check_steps, unready
 from forwardpass.errors import (
     DeadlineExceeded,
     DecodeError,
@@ -90,13 +91,18 @@ class DataPlane:
         return {"name": "forwardpass", "version": self._version, "extensions": list(EXTENSIONS)}
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
+        """A model is ready once served; a pipeline once every step is served and fits the next."""
         try:
             self._registry.get(name, version)
         except NotFoundError:
-            return False
+            pipeline = None if version else self._pipelines.find(name)
+            return pipeline is not None and unready(name, pipeline.steps, self._served_model) is None
         return True
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        pipeline = self._pipeline(name, version)
+        if pipeline is not None:
+            return self._pipelines.metadata(name, pipeline, self._served_model)
         served = self._registry.get(name, version)
         return {
             "name": served.name,
@@ -155,8 +161,9 @@ class DataPlane:
 
     # repository
 
-    def repository_index(self) -> list[dict[str, str]]:
-        return self._registry.index()
+    def repository_index(self) -> list[dict[str, Any]]:
+        """Every model of the repository and its state, then every pipeline with its steps."""
+        return [*self._registry.index(), *self._pipelines.index(self._served_model)]
 
     async def load_model(self, name: str) -> None:
         await self._registry.load(name)
@@ -226,8 +233,9 @@ class DataPlane:
         models runs each step's items through that step's batcher (`forwardpass.server.pipelines`)."""
         pipeline = self._pipeline(name, version)
         if pipeline is not None:
-            first = self._served(pipeline.steps[0].model, None).model
-            return await self._pipelines.predict(name, pipeline, first, raw, parameters, self._step)
+            steps = [self._served(step.model, None).model for step in pipeline.steps]  # 404: a step not served
+            check_steps(name, pipeline.steps, steps)  # 400: a step that does not take what the one before gives
+            return await self._pipelines.predict(name, pipeline, steps[0], raw, parameters, self._step)
         started = time.perf_counter()
         served = self._served(name, version)
         try:
@@ -281,6 +289,12 @@ class DataPlane:
         except NotFoundError:
             return None if version else self._pipelines.find(name)
         return None
+
+    def _served_model(self, name: str) -> Model | None:
+        try:
+            return self._registry.get(name, None).model
+        except NotFoundError:
+            return None
 
     async def _step(self, model: str, item: object, parameters: dict[str, Any]) -> Prediction:
         answer = await self.predict(model, None, item, parameters)

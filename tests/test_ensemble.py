@@ -1,0 +1,154 @@
+"""Pipelines of models refused at load when a step's output does not fit the next step's input: small ONNX graphs
+built here (onnx.helper), loaded by real ONNX Runtime sessions, each mismatch named with both steps and tensors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from onnx import TensorProto, helper
+from PIL import Image
+
+import forwardpass
+from forwardpass.errors import ConfigError, NotFoundError
+
+FINDER_PREPROCESS = {"kind": "image", "max_side": 64, "multiple_of": 32}
+FINDER_POSTPROCESS = {"kind": "text_detection", "threshold": 0.3, "box_threshold": 0.3, "min_size": 1}
+READER_POSTPROCESS = {"kind": "classification", "labels": ["upright", "turned"]}
+
+
+def save(folder: Path, graph: onnx.GraphProto, config: dict) -> None:
+    (folder / "1").mkdir(parents=True)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    onnx.save(model, folder / "1" / "model.onnx")
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def finder(folder: Path, map_type: int = TensorProto.FLOAT) -> None:
+    """A text detector: the mean of the channels through a sigmoid, one map [N, 1, H, W] (cast to map_type)."""
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1], keepdims=1),
+        helper.make_node("Sigmoid", ["mean"], ["probability"]),
+        helper.make_node("Cast", ["probability"], ["map"], to=map_type),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "finder",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("map", map_type, ["batch", 1, "height", "width"])],
+    )
+    save(folder, graph, {"preprocess": FINDER_PREPROCESS, "postprocess": FINDER_POSTPROCESS, "engine": {"warmup": 0}})
+
+
+def reader(
+    folder: Path,
+    shape: list[int | str],
+    elem_type: int = TensorProto.FLOAT,
+    preprocess: dict | None = None,
+    extra_input: bool = False,
+) -> None:
+    """A two-class classifier over the input's mean per channel (any rank with channels on axis 1)."""
+    axes = list(range(2, len(shape)))
+    nodes = [
+        helper.make_node("Cast", ["x"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["pixels"], ["means"], axes=axes, keepdims=0) if axes else None,
+        helper.make_node("MatMul", ["means" if axes else "pixels", "weights"], ["scores"]),
+    ]
+    weights = helper.make_tensor("weights", TensorProto.FLOAT, [shape[1], 2], np.ones(2 * int(shape[1])).tolist())
+    inputs = [helper.make_tensor_value_info("x", elem_type, shape)]
+    if extra_input:
+        inputs.append(helper.make_tensor_value_info("scale", TensorProto.FLOAT, ["batch", 1]))
+        nodes.append(helper.make_node("Identity", ["scale"], ["scale_out"]))
+    outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 2])]
+    if extra_input:
+        outputs.append(helper.make_tensor_value_info("scale_out", TensorProto.FLOAT, ["batch", 1]))
+    graph = helper.make_graph([node for node in nodes if node is not None], "reader", inputs, outputs, [weights])
+    config = {
+        "preprocess": preprocess or {"kind": "image", "resize": [16, 32]},
+        "postprocess": {**READER_POSTPROCESS, "output": "scores"},
+        "engine": {"warmup": 0},
+    }
+    save(folder, graph, config)
+
+
+def pipeline(root: Path) -> Path:
+    (root / "lines").mkdir()
+    (root / "lines" / "config.yaml").write_text(
+        yaml.safe_dump({"pipeline": {"steps": [{"model": "finder"}, {"model": "reader", "input": "crops"}]}})
+    )
+    return root / "lines"
+
+
+def test_steps_that_fit_read_each_region(tmp_path: Path) -> None:
+    finder(tmp_path / "finder")
+    reader(tmp_path / "reader", ["batch", 3, 16, 32])
+    image = np.zeros((48, 64, 3), dtype=np.uint8)
+    image[10:30, 8:56] = 255  # one bright block: one region
+    regions = forwardpass.load_pipeline(pipeline(tmp_path)).predict(Image.fromarray(image))["regions"]
+    assert len(regions) == 1 and regions[0]["label"] in ("upright", "turned")
+
+
+@pytest.mark.parametrize(
+    ("reader_options", "problem"),
+    [
+        (
+            {"shape": ["batch", 3, 16, 32], "elem_type": TensorProto.UINT8},
+            r"input 'x' \(UINT8 \[-1, 3, 16, 32\]\), but its preprocessing makes FP32",
+        ),
+        (
+            {"shape": ["batch", 3, 16, 32], "preprocess": {"kind": "image"}},
+            r"input 'x' \(FP32 \[-1, 3, 16, 32\]\) takes height 16, but its preprocessing makes a crop's height "
+            r"each crop's own",
+        ),
+        (
+            {"shape": ["batch", 3, 16, 32], "preprocess": {"kind": "image", "resize": [16, 40]}},
+            r"takes width 32, but its preprocessing makes a crop's width 40",
+        ),
+        (
+            {"shape": ["batch", 3]},
+            r"input 'x' \(FP32 \[-1, 3\]\), but crops are batched as \[batch, channels, height, width\] \(rank 4\)",
+        ),
+        (
+            {"shape": ["batch", 3, 16, 32], "extra_input": True},
+            r"it also needs input\(s\) \['scale'\], which a crop does not give",
+        ),
+    ],
+    ids=["datatype", "size of its own", "width", "rank", "another input"],
+)
+def test_a_step_whose_input_does_not_take_the_crops_is_refused_naming_both(
+    tmp_path: Path, reader_options: dict, problem: str
+) -> None:
+    finder(tmp_path / "finder")
+    reader(tmp_path / "reader", **reader_options)
+    forwardpass.load(tmp_path / "reader").close()  # the model alone loads: only the pipeline's link is wrong
+    with pytest.raises(ConfigError) as refused:
+        forwardpass.load_pipeline(pipeline(tmp_path))
+    message = str(refused.value)
+    assert message.startswith(
+        "pipeline 'lines': step 1 (finder) output 'map' (FP32 [-1, 1, -1, -1]) gives image crops that step 2 "
+        "(reader) cannot take: "
+    )
+    assert "\n" not in message
+    assert re.search(problem, message), message
+
+
+def test_a_first_step_whose_output_cannot_hold_regions_is_refused(tmp_path: Path) -> None:
+    finder(tmp_path / "finder", map_type=TensorProto.INT64)
+    reader(tmp_path / "reader", ["batch", 3, 16, 32])
+    with pytest.raises(ConfigError, match=r"step 1 \(finder\) output 'map' \(INT64 \[-1, 1, -1, -1\]\) cannot hold "):
+        forwardpass.load_pipeline(pipeline(tmp_path))
+
+
+def test_load_points_a_pipeline_to_load_pipeline(tmp_path: Path) -> None:
+    finder(tmp_path / "finder")
+    reader(tmp_path / "reader", ["batch", 3, 16, 32])
+    folder = pipeline(tmp_path)
+    with pytest.raises(NotFoundError, match=r"'lines' is a pipeline of models, not one model: load it with "):
+        forwardpass.load("lines", repository=tmp_path)
+    with pytest.raises(NotFoundError, match=rf"load it with forwardpass.load_pipeline\('{re.escape(str(folder))}'\)"):
+        forwardpass.load(folder)
