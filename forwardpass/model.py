@@ -21,7 +21,7 @@ from forwardpass.config import (
 )
 from forwardpass.decisions import AuditLog, Decider
 from forwardpass.decisions.audit import Decided
-from forwardpass.errors import ConfigError, ForwardpassError, InputError, NotFoundError, ShapeError
+from forwardpass.errors import ConfigError, ForwardpassError, InputError, NotFoundError
 from forwardpass.formats import (
     SERVE_MODES,
     ModelFacts,
@@ -36,6 +36,7 @@ from forwardpass.pipeline import Arrays, Pipeline, Prediction
 from forwardpass.pipeline.complete import check, complete
 from forwardpass.quality import InputWindow, Profile, SchemaCheck
 from forwardpass.repository import CONFIG_FILE, ModelEntry, Repository, default_repository, find_artefact, versions_in
+from forwardpass.scheduler.batches import check_rows, fail_alone
 from forwardpass.tensor import DataType, TensorSpec
 
 __all__ = ["Model", "load", "locate", "locate_configured"]
@@ -197,9 +198,7 @@ class Model:
             batch = self.pipeline.collate(items[start : start + size])
             outputs = self.forward(self.pipeline.feeds(batch))
             count = len(next(iter(batch.values())))
-            if any(value.ndim == 0 or len(value) != count for value in outputs.values()):
-                shapes = {name: list(value.shape) for name, value in outputs.items()}
-                raise ShapeError(f"model '{self.name}' gave outputs {shapes} for {count} items: it has no batch dim")
+            check_rows(outputs, count)
             for i in range(count):
                 rows.append(({k: v[i] for k, v in outputs.items()}, {k: v[i] for k, v in batch.items()}))
         return rows
@@ -241,16 +240,11 @@ class Model:
     def forward_each(self, items: list[Arrays], top_k: int | None = None) -> list[Prediction | ForwardpassError]:
         """Items `preprocess` already gave (e.g. in a batch job's decoding threads) → one outcome per item, in order:
         forward passes of the model's batch size, then postprocessing. Public for batch jobs, which preprocess in
-        decoding threads and forward in the job's own."""
+        decoding threads and forward in the job's own. (The loop shared with the other batching loops, and why each
+        collects its batch its own way: `forwardpass.scheduler.batches`.)"""
         if not items:
             return []
-        try:
-            return list(self.postprocess(self.run_items(items), top_k))
-        except ForwardpassError as exc:
-            if len(items) == 1:
-                return [exc]
-        # A failed batch (e.g. items of different shapes) blames no item by itself: each runs alone to find it.
-        return [self.forward_each([item], top_k)[0] for item in items]
+        return fail_alone(lambda group: self.postprocess(self.run_items(group), top_k), items, ForwardpassError)
 
     def close(self) -> None:
         """Closes the session and the audit log; sessions from `instances` are their owner's to close."""

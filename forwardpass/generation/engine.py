@@ -200,6 +200,8 @@ class Generator:
                     self._condition.wait()
                 if self._closed:
                     break
+                # Not the Batcher's loop: sequences join and leave the running batch (its cache) at every step, so a
+                # failed step fails them all (see forwardpass.scheduler.batches for the five loops).
                 room = self.config.max_batch_size - len(active)
                 joining = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
             try:

@@ -168,6 +168,8 @@ def run_stream(
         first = records.get()
         if first is None:
             break
+        # Not the server's Batcher: this loop is one thread answering in input order, and never waits for a fuller
+        # batch; the forward passes are Model.predict_each's (see forwardpass.scheduler.batches).
         batch = [first]
         while len(batch) < limit:  # only what is already waiting
             try:

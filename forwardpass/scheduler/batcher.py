@@ -13,22 +13,20 @@ request fails alone. Dispatch is driven by callbacks (submit, batch done, delay 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
-from forwardpass.errors import Overloaded, ShapeError
+from forwardpass.errors import Overloaded
+from forwardpass.scheduler.batches import Arrays, fail_alone, split_rows
 
 __all__ = ["Batched", "Batcher", "Runner"]
 
-log = logging.getLogger(__name__)
-
-Arrays = dict[str, np.ndarray]
 Runner = Callable[[Arrays], Arrays]
 BatchObserver = Callable[[int, float], None]  # (rows in the batch, seconds its forward pass took)
 
@@ -219,28 +217,12 @@ def _batch_key(arrays: Arrays) -> tuple[tuple[str, tuple[int, ...], np.dtype], .
 
 def _run(runner: Runner, batch: list[_Request]) -> _Outcome:
     """In an instance's thread: the batch as one forward pass; if that fails, each request alone to find the culprit."""
-    try:
-        if len(batch) == 1:
-            return [runner(batch[0].arrays)]
-        names = batch[0].arrays.keys()
-        outputs = runner({name: np.concatenate([r.arrays[name] for r in batch]) for name in names})
-        return _split(outputs, batch)
-    except Exception as exc:
-        if len(batch) == 1:
-            return [exc]
-        log.debug("batch of %d requests failed (%s); running each alone", len(batch), exc)
-        return [_run(runner, [request])[0] for request in batch]
+    return [*fail_alone(partial(_run_together, runner), batch, Exception)]
 
 
-def _split(outputs: Arrays, batch: list[_Request]) -> _Outcome:
-    rows = sum(request.rows for request in batch)
-    for name, value in outputs.items():
-        if value.ndim == 0 or value.shape[0] != rows:
-            raise ShapeError(f"output '{name}' has shape {list(value.shape)} for {rows} rows: it has no batch dim")
-    parts: _Outcome = []
-    start = 0
-    for request in batch:
-        end = start + request.rows
-        parts.append({name: value[start:end] for name, value in outputs.items()})
-        start = end
-    return parts
+def _run_together(runner: Runner, batch: list[_Request]) -> list[Arrays]:
+    if len(batch) == 1:
+        return [runner(batch[0].arrays)]
+    names = batch[0].arrays.keys()
+    outputs = runner({name: np.concatenate([r.arrays[name] for r in batch]) for name in names})
+    return split_rows(outputs, [request.rows for request in batch])

@@ -22,13 +22,15 @@ from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from forwardpass.config import SequenceBatchingConfig
 from forwardpass.errors import ClientQuotaExceeded, ConfigError, InputError, Overloaded, ShapeError
-from forwardpass.scheduler.batcher import Arrays, Batched, BatchObserver, Runner
+from forwardpass.scheduler.batcher import Batched, BatchObserver, Runner
+from forwardpass.scheduler.batches import Arrays, check_rows, fail_alone
 from forwardpass.tensor import TensorSpec
 
 __all__ = ["SequenceBatcher", "StateSlot", "sequence_flags", "state_slots"]
@@ -372,28 +374,24 @@ class SequenceBatcher:
 
 def _run(runner: Runner, states: list[StateSlot], jobs: list[_Job]) -> _Outcome:
     """In an instance's thread: the steps as one forward pass; if that fails, each alone to find the culprit."""
-    try:
-        if len(jobs) == 1:
-            return [_split(runner(jobs[0].inputs), states, 1)[0]]
-        axes = {slot.input: slot.batch_axis for slot in states}
-        batch = {
-            name: np.concatenate([job.inputs[name] for job in jobs], axis=axes.get(name, 0)) for name in jobs[0].inputs
-        }
-        return list(_split(runner(batch), states, len(jobs)))
-    except Exception as exc:
-        if len(jobs) == 1:
-            return [exc]
-        log.debug("sequence batch of %d steps failed (%s); running each alone", len(jobs), exc)
-        return [_run(runner, states, [job])[0] for job in jobs]
+    return [*fail_alone(partial(_run_together, runner, states), jobs, Exception)]
+
+
+def _run_together(runner: Runner, states: list[StateSlot], jobs: list[_Job]) -> list[tuple[Arrays, Arrays]]:
+    if len(jobs) == 1:
+        return [_split(runner(jobs[0].inputs), states, 1)[0]]
+    axes = {slot.input: slot.batch_axis for slot in states}
+    batch = {
+        name: np.concatenate([job.inputs[name] for job in jobs], axis=axes.get(name, 0)) for name in jobs[0].inputs
+    }
+    return _split(runner(batch), states, len(jobs))
 
 
 def _split(outputs: Arrays, states: list[StateSlot], count: int) -> list[tuple[Arrays, Arrays]]:
-    """Per step: its rows of the outputs the client sees, and its own copy of the next state."""
+    """Per step: its rows of the outputs the client sees, and its own copy of the next state. (Not `split_rows`:
+    each state has a batch axis of its own, and a step keeps a copy of its state, not a view of the batch's.)"""
     axes = {slot.output: slot.batch_axis for slot in states}
-    for name, value in outputs.items():
-        axis = axes.get(name, 0)
-        if value.ndim <= axis or value.shape[axis] != count:
-            raise ShapeError(f"output '{name}' has shape {list(value.shape)} for {count} sequences on axis {axis}")
+    check_rows(outputs, count, axes)
     parts = []
     for row in range(count):
         visible = {name: value[row : row + 1] for name, value in outputs.items() if name not in axes}
