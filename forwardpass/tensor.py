@@ -7,9 +7,9 @@ from enum import Enum
 
 import numpy as np
 
-from forwardpass.errors import DTypeError, NonFiniteError, ShapeError
+from forwardpass.errors import DTypeError, InputError, NonFiniteError, ShapeError
 
-__all__ = ["FLOATS", "DataType", "TensorSpec", "as_array"]
+__all__ = ["FLOATS", "DataType", "TensorSpec", "as_array", "as_text"]
 
 
 class DataType(Enum):
@@ -119,3 +119,16 @@ def as_array(name: str, value: object) -> np.ndarray:
         return np.asarray(value)
     except (ValueError, TypeError) as exc:
         raise ShapeError(f"input '{name}': not a rectangular array ({exc})") from None
+
+
+def as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """A string tensor with its bytes elements as UTF-8 text (ONNX Runtime would silently store a bytes object's
+    repr, "b'...'"); the array itself when it holds no bytes."""
+    if array.dtype.kind != "O" or not any(isinstance(element, bytes) for element in array.flat):
+        return array
+    text = np.empty(array.shape, dtype=object)
+    try:
+        text.flat[:] = [element.decode() if isinstance(element, bytes) else element for element in array.flat]
+    except UnicodeDecodeError:
+        raise InputError(f"input '{name}': a BYTES element is not UTF-8 text, which this model needs") from None
+    return text

@@ -11,7 +11,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, R
 
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, InputError
-from forwardpass.tensor import DataType, TensorSpec
+from forwardpass.tensor import DataType, TensorSpec, as_text
 
 __all__ = ["OrtSession", "choose_providers", "session_options"]
 
@@ -74,7 +74,7 @@ class OrtSession:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._text_inputs:
-            inputs = {**inputs, **{name: _as_text(name, inputs[name]) for name in self._text_inputs if name in inputs}}
+            inputs = {**inputs, **{name: as_text(name, inputs[name]) for name in self._text_inputs if name in inputs}}
         try:
             results = self._session.run(self._output_names, inputs)
         except (InvalidArgument, ValueError) as exc:
@@ -100,17 +100,6 @@ class OrtSession:
             self._session.run(self._output_names, feed)
         except Exception as exc:  # a model may reject zeros (e.g. index inputs); the first real call warms it instead
             log.debug("warm-up skipped: %s", exc)
-
-
-def _as_text(name: str, array: np.ndarray) -> np.ndarray:
-    """ORT turns a bytes element into its repr ("b'...'"), silently: string tensors get UTF-8 text instead."""
-    if not any(isinstance(element, bytes) for element in array.flat):
-        return array
-    try:
-        text = [element.decode() if isinstance(element, bytes) else element for element in array.flat]
-    except UnicodeDecodeError:
-        raise InputError(f"input '{name}': a string element is not valid UTF-8") from None
-    return np.array(text, dtype=object).reshape(array.shape)
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:

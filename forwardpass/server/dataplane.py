@@ -46,7 +46,7 @@ from forwardpass.server.metrics import Metrics, Timings
 from forwardpass.server.pipelines import Pipelines
 from forwardpass.server.settings import ServerSettings
 from forwardpass.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
-from forwardpass.tensor import DataType, TensorSpec
+from forwardpass.tensor import DataType, TensorSpec, as_text
 
 __all__ = ["EXTENSIONS", "DataPlane"]
 
@@ -201,7 +201,8 @@ class DataPlane:
                 if len(arrays) != len(request.inputs):
                     raise InputError(f"model '{name}': an input is given twice: {[t.name for t in request.inputs]}")
                 sequencer = served.sequencer
-                batch = _as_text(sequencer.validate(arrays) if sequencer else model.validate(arrays))
+                valid = sequencer.validate(arrays) if sequencer else model.validate(arrays)
+                batch = {name: as_text(name, array) for name, array in valid.items()}
                 rows = _rows(batch, served.max_batch_size) if model.batchable else 1
                 wanted = _requested(served, request.outputs)
                 validated = time.perf_counter()
@@ -400,19 +401,6 @@ def _decisions_elsewhere(name: str) -> Forbidden:
 def _tensor_config(spec: TensorSpec, batched: bool) -> dict[str, Any]:
     dims = list(spec.shape[1:] if batched else spec.shape)
     return {"name": spec.name, "data_type": _TRITON_TYPE[spec.dtype], "dims": dims}
-
-
-def _as_text(batch: Arrays) -> Arrays:
-    """BYTES elements as str: ONNX Runtime's string tensors hold text, and it would store a bytes object's repr."""
-    for name, array in batch.items():
-        if array.dtype.kind == "O" and array.size and any(isinstance(value, bytes) for value in array.flat):
-            text = np.empty(array.shape, dtype=object)
-            try:
-                text.flat[:] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in array.flat]
-            except UnicodeDecodeError:
-                raise InputError(f"input '{name}': a BYTES element is not UTF-8 text, which this model needs") from None
-            batch[name] = text
-    return batch
 
 
 def _rows(batch: Arrays, max_batch_size: int) -> int:
