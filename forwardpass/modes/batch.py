@@ -20,13 +20,25 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from forwardpass.config import ModelConfig
 from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.model import Model
 from forwardpass.modes.sinks import ERRORS_FILE, Output
 from forwardpass.modes.sources import Item, open_source
 from forwardpass.pipeline import Arrays
 
-__all__ = ["BatchOptions", "Part", "Progress", "Scorer", "Summary", "error_row", "job_identity", "parts", "run_batch"]
+__all__ = [
+    "BatchOptions",
+    "Job",
+    "Part",
+    "Progress",
+    "Scorer",
+    "Summary",
+    "error_row",
+    "job_identity",
+    "parts",
+    "run_batch",
+]
 
 Row = dict[str, Any]
 Progress = Callable[[int, int], None]  # (records done, records in all)
@@ -174,25 +186,52 @@ class Scorer:
             on_batch(len(batch))
 
 
+class Job:
+    """What a job sets up alike in this process and on Ray: its input's records, counted, and the output they go to
+    (resumed when asked: the parts its manifest names are done)."""
+
+    def __init__(
+        self,
+        model_name: str,
+        version: int | None,
+        config: ModelConfig,
+        input_path: Path,
+        output_dir: Path,
+        options: BatchOptions,
+    ) -> None:
+        self.started = time.perf_counter()
+        self.options = options
+        self.output_dir = output_dir
+        self.source = open_source(input_path, config)
+        self.total = self.source.count()
+        identity = job_identity(model_name, version, input_path, self.total, options)
+        self.output = Output(output_dir, options.output_format, identity, resume=options.resume)
+
+    def commit(self, index: int, start: int, stop: int, rows: list[Row], errors: list[Row]) -> None:
+        """One part written and recorded; the job stops once more records failed than it allows."""
+        self.output.commit(index, start, stop, rows, errors)
+        check_errors(self.output, self.options.max_errors)
+
+    def finish(self, computed: int) -> Summary:
+        """The output completed (once), and what the job did; `computed`: records this run scored."""
+        if not self.output.finished:
+            self.output.finish()
+        seconds = time.perf_counter() - self.started
+        return Summary(self.total, self.output.rows, self.output.errors, computed, seconds, self.output_dir)
+
+
 def run_batch(
     model: Model, input_path: Path, output_dir: Path, options: BatchOptions, progress: Progress | None = None
 ) -> Summary:
     """The whole job in this process (the default; `modes.ray_data` runs the same job on a Ray cluster)."""
-    started = time.perf_counter()
-    source = open_source(input_path, model.config)
-    total = source.count()
-    output = Output(
-        output_dir,
-        options.output_format,
-        job_identity(model.name, model.version, input_path, total, options),
-        resume=options.resume,
-    )
+    job = Job(model.name, model.version, model.config, input_path, output_dir, options)
+    total = job.total
     done = 0
     computed = 0
-    if not output.finished:
+    if not job.output.finished:
         with Scorer(model, batch_size=options.batch_size, top_k=options.top_k, workers=options.workers) as scorer:
-            for index, start, items in parts(source.items(), options.part_size):
-                if not output.is_done(index):
+            for index, start, items in parts(job.source.items(), options.part_size):
+                if not job.output.is_done(index):
                     scored = done
 
                     def batch_done(n: int) -> None:
@@ -202,15 +241,12 @@ def run_batch(
                             progress(scored, total)
 
                     rows, errors = scorer.score(items, batch_done)
-                    output.commit(index, start, start + len(items), rows, errors)
+                    job.commit(index, start, start + len(items), rows, errors)
                     computed += len(items)
-                    check_errors(output, options.max_errors)
                 done += len(items)
                 if progress is not None:
                     progress(done, total)
-        output.finish()
-    seconds = time.perf_counter() - started
-    return Summary(total, output.rows, output.errors, computed, seconds, output_dir)
+    return job.finish(computed)
 
 
 def check_errors(output: Output, max_errors: int | None) -> None:

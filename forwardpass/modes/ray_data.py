@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,7 @@ import orjson
 
 from forwardpass.errors import MissingExtraError
 from forwardpass.model import load, locate_configured
-from forwardpass.modes.batch import BatchOptions, Progress, Scorer, Summary, check_errors, job_identity
-from forwardpass.modes.sinks import Output
+from forwardpass.modes.batch import BatchOptions, Job, Progress, Row, Scorer, Summary
 from forwardpass.modes.sources import open_source
 from forwardpass.repository import default_repository
 
@@ -84,60 +83,57 @@ def run_batch_on_ray(
         import ray.data
     except ImportError:
         raise MissingExtraError("ray", "ray") from None
-    started = time.perf_counter()
     entry, config = locate_configured(model, repository, version)
-    source = open_source(input_path, config)
-    total = source.count()
-    output = Output(
-        output_dir,
-        options.output_format,
-        job_identity(entry.name, entry.version, input_path, total, options),
-        resume=options.resume,
-    )
-    size = options.part_size
-    todo = [
-        {"part": index, "start": index * size, "stop": min(total, (index + 1) * size)}
-        for index in range(-(-total // size))
-        if not output.is_done(index)
-    ]
-    done = total - sum(part["stop"] - part["start"] for part in todo)
-    if todo and not output.finished:
+    job = Job(entry.name, entry.version, config, input_path, output_dir, options)
+    todo = _parts_to_do(job)
+    if todo and not job.output.finished:
         connected_here = not ray.is_initialized()
         if connected_here:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         try:
-            context = ray.data.DataContext.get_current()
-            context.enable_progress_bars = False  # the CLI shows its own
-            scored = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
-                PartScorer,
-                batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=actors),
-                num_cpus=actor_cpus,
-                fn_constructor_kwargs=_actor_arguments(
-                    model, entry.version, input_path, options, repository, actor_cpus
-                ),
-            )
-            for batch in scored.iter_batches(batch_size=1, batch_format="numpy"):
-                for part, start, stop, result in zip(
-                    batch["part"].tolist(),
-                    batch["start"].tolist(),
-                    batch["stop"].tolist(),
-                    batch["result"],
-                    strict=True,
-                ):
-                    scored_part = orjson.loads(result)
-                    output.commit(part, start, stop, scored_part["rows"], scored_part["errors"])
-                    check_errors(output, options.max_errors)
-                    done += stop - start
-                    if progress is not None:
-                        progress(done, total)
+            arguments = _actor_arguments(model, entry.version, input_path, options, repository, actor_cpus)
+            done = job.total - sum(part["stop"] - part["start"] for part in todo)
+            for part, start, stop, rows, errors in _scored_parts(todo, arguments, actors, actor_cpus):
+                job.commit(part, start, stop, rows, errors)
+                done += stop - start
+                if progress is not None:
+                    progress(done, job.total)
         finally:
             if connected_here:
                 ray.shutdown()
-    if not output.finished:
-        output.finish()
-    computed = sum(part["stop"] - part["start"] for part in todo)
-    return Summary(total, output.rows, output.errors, computed, time.perf_counter() - started, output_dir)
+    return job.finish(computed=sum(part["stop"] - part["start"] for part in todo))
+
+
+def _parts_to_do(job: Job) -> list[dict[str, int]]:
+    """The parts the output's manifest does not name yet, as (part, start, stop) records for Ray Data."""
+    size, total = job.options.part_size, job.total
+    return [
+        {"part": index, "start": index * size, "stop": min(total, (index + 1) * size)}
+        for index in range(-(-total // size))
+        if not job.output.is_done(index)
+    ]
+
+
+def _scored_parts(
+    todo: list[dict[str, int]], arguments: dict[str, Any], actors: int, actor_cpus: float
+) -> Iterator[tuple[int, int, int, list[Row], list[Row]]]:
+    """(part, start, stop, rows, error rows) of every part to do, scored by a pool of `PartScorer` actors."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the CLI shows its own
+    scored = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
+        PartScorer,
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=actor_cpus,
+        fn_constructor_kwargs=arguments,
+    )
+    for batch in scored.iter_batches(batch_size=1, batch_format="numpy"):
+        columns = (batch["part"].tolist(), batch["start"].tolist(), batch["stop"].tolist(), batch["result"])
+        for part, start, stop, result in zip(*columns, strict=True):
+            scored_part = orjson.loads(result)
+            yield part, start, stop, scored_part["rows"], scored_part["errors"]
 
 
 def _actor_arguments(
