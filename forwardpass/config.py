@@ -381,7 +381,12 @@ class DetectionConfig(_Strict):
     box_scale: tuple[float, float, float, float] = Field(
         default=(1.0, 1.0, 1.0, 1.0), description="anchors: offsets are divided by [x, y, w, h] scales (MediaPipe)"
     )
-    keypoints: int = Field(default=0, ge=0, description="anchors: (x, y) keypoints after the 4 box numbers")
+    keypoints: int = Field(
+        default=0,
+        ge=0,
+        description="keypoints per detection: anchors: (x, y) offsets after the 4 box numbers; yolo layouts: (x, y, "
+        "visibility) after the class scores, as YOLOv8-pose exports them ([N, 4 + classes + 3*keypoints])",
+    )
     score_threshold: float = Field(default=0.25, ge=0, description="keep detections scoring strictly above this")
     iou_threshold: float = Field(default=0.45, ge=0, le=1, description="NMS drops boxes overlapping more than this")
     nms: Literal["hard", "weighted"] = Field(
@@ -399,8 +404,8 @@ class DetectionConfig(_Strict):
     def _check_layout(self) -> DetectionConfig:
         if (self.layout == "anchors") != (self.anchors is not None):
             raise ValueError("anchors: required by layout anchors, and only used by it")
-        if self.keypoints and self.layout != "anchors":
-            raise ValueError("keypoints are read only with layout anchors")
+        if self.keypoints and self.layout == "boxes":
+            raise ValueError("keypoints are read with layouts anchors, yolo and yolo_columns, not boxes")
         if self.layout in ("yolo", "yolo_columns") and (self.boxes or self.scores):
             raise ValueError(f"layout {self.layout} reads one output: name it with output, not boxes/scores")
         if self.layout in ("anchors", "boxes") and self.output:

@@ -61,7 +61,8 @@ def weighted_nms(
 
 
 class Decoded(NamedTuple):
-    """A detector's candidates in input pixels: boxes [N, 4] x1 y1 x2 y2, class scores [N, C], points [N, P, 2]."""
+    """A detector's candidates in input pixels: boxes [N, 4] x1 y1 x2 y2, class scores [N, C], points [N, P, 2], or
+    [N, P, 3] with each point's visibility (YOLO pose)."""
 
     boxes: np.ndarray
     scores: np.ndarray
@@ -80,8 +81,9 @@ def _to_corners(raw: np.ndarray, box_format: str) -> np.ndarray:
 
 
 class Detect:
-    """{"detections": [{"box": [x1, y1, x2, y2], "score", "label", "index", "keypoints": [[x, y], ...]}]}, best
-    first, in the original image's pixels when the image preprocessing recorded its transform (else the input's)."""
+    """{"detections": [{"box": [x1, y1, x2, y2], "score", "label", "index", "keypoints": [[x, y], ...],
+    "keypoint_scores" (YOLO pose: each keypoint's visibility)}]}, best first, in the original image's pixels when
+    the image preprocessing recorded its transform (else the input's)."""
 
     def __init__(
         self, config: DetectionConfig, outputs: tuple[str, ...], labels: list[str] | None, mapped: bool = False
@@ -105,7 +107,7 @@ class Detect:
         boxes, points, best, score = boxes[:limit], points[:limit], best[:limit], score[:limit]
         if transform is not None:
             boxes = transform.to_original(boxes.reshape(-1, 2, 2)).reshape(-1, 4)
-            points = transform.to_original(points, clip=False)
+            points = np.concatenate([transform.to_original(points[:, :, :2], clip=False), points[:, :, 2:]], axis=2)
         return {"detections": [self._detection(*item) for item in zip(boxes, points, best, score, strict=True)]}
 
     def decode(self, outputs: Row, transform: ImageTransform | None) -> Decoded:
@@ -115,13 +117,17 @@ class Detect:
             table = table.reshape(table.shape[-2:]) if table.ndim > 2 else table
             rows = table.T if config.layout == "yolo_columns" else table
             first_score = 5 if config.objectness else 4
-            if rows.ndim != 2 or rows.shape[1] <= first_score:
-                raise ShapeError(f"detection: output {list(table.shape)} is not a {config.layout} table")
-            scores = self._activate(rows[:, first_score:])
+            first_point = rows.shape[-1] - 3 * config.keypoints  # (x, y, visibility) per keypoint after the scores
+            if rows.ndim != 2 or first_point <= first_score:
+                raise ShapeError(
+                    f"detection: output {list(table.shape)} is not a {config.layout} table of 4 box numbers"
+                    f"{', objectness' if config.objectness else ''}, class scores and {config.keypoints} keypoints"
+                )
+            scores = self._activate(rows[:, first_score:first_point])
             if config.objectness:
                 scores = scores * self._activate(rows[:, 4:5])
             boxes = _to_corners(rows[:, :4], config.box_format)
-            points = np.zeros((len(rows), 0, 2))
+            points = rows[:, first_point:].reshape(len(rows), config.keypoints, 3)
         else:
             raw = outputs[self.outputs[0]].astype(np.float64)
             raw = raw.reshape(-1, raw.shape[-1])
@@ -135,7 +141,8 @@ class Detect:
             if transform is None:
                 raise ConfigError("detection: normalized boxes need the image preprocessing (preprocess kind image)")
             size = np.asarray([transform.input_width, transform.input_height], dtype=np.float64)
-            boxes, points = boxes * np.tile(size, 2), points * size
+            boxes = boxes * np.tile(size, 2)
+            points = np.concatenate([points[:, :, :2] * size, points[:, :, 2:]], axis=2)
         return Decoded(boxes, scores, points)
 
     def _from_anchors(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -183,7 +190,7 @@ class Detect:
                 merged, merged_points = boxes[group][indices], points[group][indices]
             kept.append(group[indices])
             kept_boxes.append(merged.reshape(-1, 4))
-            kept_points.append(merged_points.reshape(len(indices), -1, 2))
+            kept_points.append(merged_points.reshape(len(indices), *points.shape[1:]))
         if not kept:
             return boxes, points, classes, scores
         chosen = np.concatenate(kept)
@@ -197,5 +204,7 @@ class Detect:
         label = self.labels[int(index)] if self.labels and int(index) < len(self.labels) else str(int(index))
         found: Prediction = {"box": [float(v) for v in box], "score": float(score), "label": label, "index": int(index)}
         if self.config.keypoints:
-            found["keypoints"] = points.tolist()
+            found["keypoints"] = points[:, :2].tolist()
+            if points.shape[1] == 3:  # YOLO pose: each keypoint's visibility
+                found["keypoint_scores"] = points[:, 2].tolist()
         return found

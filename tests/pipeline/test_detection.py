@@ -5,6 +5,7 @@ written here on the same raw outputs; anchors against MediaPipe's published Blaz
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -17,7 +18,7 @@ from torch import nn
 
 import forwardpass
 from forwardpass.config import AnchorsConfig, DetectionConfig
-from forwardpass.errors import ConfigError, ForwardpassError
+from forwardpass.errors import ConfigError, ForwardpassError, ShapeError
 from forwardpass.pipeline.anchors import generate_anchors
 from forwardpass.pipeline.detection import Detect, nms
 from forwardpass.pipeline.geometry import TRANSFORM, ImageTransform
@@ -189,7 +190,7 @@ def test_a_missing_output_is_refused_at_load(detector_dir: Path, tmp_path: Path)
     ("fields", "problem"),
     [
         ({"layout": "anchors"}, "required by layout anchors"),
-        ({"layout": "yolo", "keypoints": 6}, "keypoints are read only"),
+        ({"layout": "boxes", "keypoints": 6}, "keypoints are read with layouts anchors, yolo and yolo_columns"),
         ({"layout": "yolo", "boxes": "b"}, "reads one output"),
     ],
 )
@@ -265,3 +266,86 @@ def test_max_detections_and_top_k_keep_the_best() -> None:
     )
     assert [round(d["score"], 6) for d in detect({"o": rows}, {})["detections"]] == [0.8, 0.7, 0.6]
     assert len(detect({"o": rows}, {}, top_k=5)["detections"]) == 5
+
+
+KEYPOINTS = 5
+
+
+class PoseGridDetector(GridDetector):
+    """GridDetector with YOLOv8-pose's keypoints: after the class scores, (x, y, visibility) per keypoint, x and y
+    in input pixels around each cell (some outside the input), visibility through a sigmoid, as Ultralytics'
+    Pose head exports them: [batch, 4 + classes + 3 * keypoints, cells]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.points = nn.Conv2d(32, 3 * KEYPOINTS, 2, stride=2)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        features = self.features(image)
+        raw = self.points(features).flatten(2).unflatten(1, (KEYPOINTS, 3))  # [batch, keypoints, 3, cells]
+        cell = torch.arange(CELLS * CELLS)
+        grid = torch.stack([cell % CELLS, cell // CELLS]).to(raw.dtype)[None, None]
+        xy = (grid + raw[:, :, :2] * 8) * (INPUT / CELLS)
+        visibility = torch.sigmoid(raw[:, :, 2:] * 4)
+        return torch.cat([super().forward(image), torch.cat([xy, visibility], dim=2).flatten(1, 2)], dim=1)
+
+
+@pytest.fixture(scope="module")
+def pose_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(1)
+    directory = tmp_path_factory.mktemp("pose")
+    (directory / "1").mkdir()
+    torch.onnx.export(
+        PoseGridDetector().eval(),
+        (torch.zeros(1, 3, INPUT, INPUT),),
+        str(directory / "1" / "model.onnx"),
+        input_names=["images"],
+        output_names=["output0"],
+        dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    config = {
+        "preprocess": {"kind": "image", "letterbox": [INPUT, INPUT], "pad_value": 114},
+        "postprocess": {"kind": "detection", "layout": "yolo_columns", "score_threshold": 0.5, "keypoints": KEYPOINTS},
+    }
+    (directory / "config.yaml").write_text(yaml.safe_dump(config))
+    return directory
+
+
+def reference_pose(directory: Path, image: Image.Image) -> list[dict[str, Any]]:
+    """YOLOv8-pose's rows decoded here: class scores, OpenCV's per-class NMS, each kept row's (x, y, visibility)
+    triples, x and y mapped back through the letterbox (unclipped: a keypoint may lie outside the image)."""
+    tensor, scale_x, scale_y, left, top = reference_letterbox(image)
+    session = ort.InferenceSession(str(directory / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    rows = session.run(None, {"images": tensor[None]})[0][0].T  # [cells, 4 + classes + 3 * keypoints]
+    class_scores = rows[:, 4 : 4 + CLASSES]
+    classes, scores = class_scores.argmax(axis=1), class_scores.max(axis=1)
+    xywh = np.stack([rows[:, 0] - rows[:, 2] / 2, rows[:, 1] - rows[:, 3] / 2, rows[:, 2], rows[:, 3]], axis=1)
+    kept = np.asarray(cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), classes.tolist(), 0.5, 0.45))
+    found = []
+    for i in sorted(kept.reshape(-1).tolist(), key=lambda i: -scores[i]):
+        triples = rows[i, 4 + CLASSES :].reshape(KEYPOINTS, 3)
+        x, y = (triples[:, 0] - left) / scale_x, (triples[:, 1] - top) / scale_y
+        found.append({"index": int(classes[i]), "keypoints": np.stack([x, y], axis=1), "visibility": triples[:, 2]})
+    return found
+
+
+@pytest.mark.parametrize(("width", "height"), [(64, 64), (200, 120), (90, 300)])
+def test_yolo_pose_keypoints_equal_a_reference_decode(pose_dir: Path, width: int, height: int) -> None:
+    image = photo(width, height, seed=width + 1)
+    found = forwardpass.load(pose_dir).predict(image)["detections"]
+    expected = reference_pose(pose_dir, image)
+    assert len(found) == len(expected) > 0
+    for got, want in zip(found, expected, strict=True):
+        assert got["index"] == want["index"]
+        np.testing.assert_allclose(got["keypoints"], want["keypoints"], atol=1e-3)
+        np.testing.assert_allclose(got["keypoint_scores"], want["visibility"], atol=1e-6)
+    outside = np.concatenate([want["keypoints"] for want in expected])
+    assert ((outside < 0) | (outside > max(width, height))).any()  # the mapping is tested unclipped too
+
+
+def test_yolo_keypoints_that_do_not_fit_the_rows_are_refused(pose_dir: Path, tmp_path: Path) -> None:
+    model = forwardpass.load(variant(pose_dir, tmp_path, keypoints=30))
+    with pytest.raises(ShapeError, match=r"not a yolo_columns table of 4 box numbers, class scores and 30 keypoints"):
+        model.predict(photo(40, 40, seed=0))
