@@ -874,7 +874,10 @@ def build_ocr(out_root: Path) -> str:
     rec_dir = out_root / "models" / "ocr_rec"
     characters = ort_session(rec_dir / "1" / "model.onnx").get_modelmeta().custom_metadata_map["character"]
     (rec_dir / "characters.txt").write_text("".join(f"{line}\n" for line in characters.splitlines()), encoding="utf-8")
-    engine = {"warmup": 0}  # ONNX Runtime would log the 1 x 1 warm-up image as an error: these take any size
+    # warmup 0: ONNX Runtime would log the 1 x 1 warm-up image as an error (these take any size). Threads that
+    # sleep between operators instead of spinning: half the CPU per image, and the server's three models share the
+    # cores (bench/results/vision.md)
+    engine = {"warmup": 0, "allow_spinning": False}
     line = {"kind": "image", "color": "BGR", "resize_with": "opencv", "pad_value": 127.5, **PADDLE_NORMALIZE}
     write_config(
         out_root / "models" / "ocr_det",
