@@ -4,15 +4,21 @@ The cluster is started once for the module and shut down at its end."""
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
@@ -128,3 +134,58 @@ def test_ray_serve_answers_a_tritonclient_request_like_forwardpass_serve(cluster
         serve.shutdown()
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert metadata == expected_metadata
+
+
+def test_serve_ray_through_the_cli_answers_like_the_model_in_process_and_stops_on_sigterm(
+    cluster: object, repository: Path
+):
+    """`forwardpass serve --ray` joins the cluster, serves V2, /predict, WebSocket, generation and OpenAI routes,
+    and on SIGTERM takes its deployment down and exits 0, leaving no Serve actor and no listener behind."""
+    from websockets.sync.client import connect
+
+    port = free_port()
+    command = [FORWARDPASS, "serve", "--ray", "--ray-address", cluster.address, "-r", str(repository)]  # type: ignore[attr-defined]
+    server = subprocess.Popen(
+        [*command, "--http-port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in server.stdout or ()], daemon=True).start()
+    try:
+        deadline = time.monotonic() + 120
+        printed = ""
+        while "on Ray Serve" not in printed:  # printed once every replica is ready
+            assert server.poll() is None, printed
+            printed += lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(url + "/v2/health/ready", timeout=30).status_code == 200
+
+        model = forwardpass.load("tab_cls", repository=repository)
+        batch = np.random.default_rng(5).normal(size=(4, 3)).astype(np.float32)
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [4, 3], "data": batch.ravel().tolist()}]}
+        answer = httpx.post(url + "/v2/models/tab_cls/infer", json=body, timeout=30).json()
+        expected = model.infer({"input": batch})["logits"]
+        np.testing.assert_allclose(np.reshape(answer["outputs"][0]["data"], (4, 3)), expected, rtol=1e-6)
+        record = {"a": 1.5, "b": -0.5, "c": 2.0}
+        predicted = httpx.post(url + "/v2/models/tab_cls/predict", json=record, timeout=30).json()
+        in_process = model.predict(record)
+        assert predicted["label"] == in_process["label"]
+        assert predicted["score"] == pytest.approx(in_process["score"], abs=1e-6)
+
+        # the routes of `forwardpass serve` beside V2: WebSocket, generation (a classifier is no decoder), OpenAI
+        with connect(f"ws://127.0.0.1:{port}/v2/models/tab_cls/stream", open_timeout=30) as socket_:
+            socket_.send(json.dumps({"id": "1", **body}))
+            streamed = json.loads(socket_.recv(timeout=30))
+        assert streamed["id"] == "1" and streamed["outputs"][0]["data"] == answer["outputs"][0]["data"]
+        generate = httpx.post(url + "/v2/models/tab_cls/generate", json={"text_input": "hi"}, timeout=30)
+        assert generate.status_code == 400 and "no such endpoint" not in generate.text
+        assert httpx.get(url + "/v1/models", timeout=30).status_code == 200
+        serving = ray.util.list_named_actors(all_namespaces=True)
+        assert [actor for actor in serving if "SERVE_REPLICA" in actor["name"]], serving  # what must be gone after
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=60)
+    assert code == 0
+    named = ray.util.list_named_actors(all_namespaces=True)  # Serve's controller, proxies and replicas are named
+    assert not [actor for actor in named if "SERVE" in actor["name"]], named
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=5)
