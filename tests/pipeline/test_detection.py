@@ -71,16 +71,12 @@ class GridDetector(nn.Module):
         return torch.cat([centre, size, torch.sigmoid(raw[:, 4:] * 4)], dim=1)
 
 
-@pytest.fixture(scope="module")
-def detector_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = GridDetector().eval()
-    directory = tmp_path_factory.mktemp("detector")
+def export(model: nn.Module, directory: Path) -> None:
+    """The detector as version 1 of the model folder: input 'images', output 'output0', any batch size."""
     (directory / "1").mkdir()
-    example = torch.zeros(1, 3, INPUT, INPUT)
     torch.onnx.export(
-        model,
-        (example,),
+        model.eval(),
+        (torch.zeros(1, 3, INPUT, INPUT),),
         str(directory / "1" / "model.onnx"),
         input_names=["images"],
         output_names=["output0"],
@@ -88,6 +84,13 @@ def detector_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         opset_version=17,
         dynamo=False,
     )
+
+
+@pytest.fixture(scope="module")
+def detector_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("detector")
+    export(GridDetector(), directory)
     config = {
         "max_batch_size": 8,
         "preprocess": {"kind": "image", "letterbox": [INPUT, INPUT], "pad_value": 114, "mean": [0.0], "std": [1.0]},
@@ -294,17 +297,7 @@ class PoseGridDetector(GridDetector):
 def pose_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(1)
     directory = tmp_path_factory.mktemp("pose")
-    (directory / "1").mkdir()
-    torch.onnx.export(
-        PoseGridDetector().eval(),
-        (torch.zeros(1, 3, INPUT, INPUT),),
-        str(directory / "1" / "model.onnx"),
-        input_names=["images"],
-        output_names=["output0"],
-        dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    export(PoseGridDetector(), directory)
     config = {
         "preprocess": {"kind": "image", "letterbox": [INPUT, INPUT], "pad_value": 114},
         "postprocess": {"kind": "detection", "layout": "yolo_columns", "score_threshold": 0.5, "keypoints": KEYPOINTS},
