@@ -7,8 +7,6 @@ place, so a failure at any step leaves the repository as it was.
 
 from __future__ import annotations
 
-import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -21,10 +19,9 @@ from typing import Literal
 import onnx
 
 from forwardpass.errors import ConfigError, InputError
-from forwardpass.formats.base import require
-from forwardpass.measure.machine import machine_info
 from forwardpass.model import Model, load, locate
 from forwardpass.pipeline import Arrays
+from forwardpass.precision.provenance import plot_candidates, provenance
 from forwardpass.precision.samples import Samples, read_samples
 from forwardpass.precision.score import Quality, artefact_size, measure_speed, quality_for
 from forwardpass.precision.transforms import (
@@ -117,31 +114,16 @@ class OptimizeReport:
 
 
 def optimize(request: OptimizeRequest, progress: Progress | None = None) -> OptimizeReport:
+    """Validate the request, stage a copy of the model, search the candidates, time them beside the original, and
+    publish the chosen one as a new version (or `request.output`) with its provenance."""
     say = progress or (lambda _: None)
-    if request.precision not in PRECISIONS:
-        raise InputError(f"unknown precision '{request.precision}'; use one of {', '.join(PRECISIONS)}")
-    if request.max_accuracy_drop is not None and request.max_accuracy_drop < 0:
-        raise InputError("--max-accuracy-drop must not be negative")
-    if request.batch_size < 1 or request.seconds <= 0 or request.calibration_limit < 1:
-        raise InputError("--batch-size, --duration and --calibration-limit must be positive")
-    entry = locate(request.model, request.repository, request.version)
-    if entry.artefact.suffix != ".onnx":
-        raise ConfigError(
-            f"{entry.artefact}: optimize works on ONNX models; convert it first (forwardpass convert {request.model})"
-        )
-    if request.precision in NEEDS_CALIBRATION and request.calibration is None:
-        raise InputError(f"--precision {request.precision} needs --calibration DATA (samples like the real inputs)")
+    entry = _validated(request)
     destination_parent = request.output.parent if request.output else entry.directory
-    if request.output is not None and request.output.exists():
-        raise InputError(f"output '{request.output}' already exists; choose a new folder")
     destination_parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".forwardpass-optimize-", dir=destination_parent))
     opened: list[Model] = []
     try:
-        _copy_model_files(entry, staging)
-        source = staging / "0" / "model.onnx"
-        source.parent.mkdir()
-        shutil.copyfile(entry.artefact, source)
+        source = _stage(entry, staging)
         original = _open(source, request.threads, opened)
         say("reading calibration and eval data")
         calibration = (
@@ -159,44 +141,76 @@ def optimize(request: OptimizeRequest, progress: Progress | None = None) -> Opti
         search = _Search(request, staging, source, original, quality, calibration, opened, say)
         candidates = search.run()
         say("timing every candidate beside the original")
-        speeds = measure_speed(
-            {ORIGINAL: original, **{c.label: search.models[c.label] for c in candidates}},
-            eval_samples,
-            batch_size=request.batch_size,
-            seconds=request.seconds,
-        )
-        base = search.original
-        for candidate in [base, *candidates]:
-            speed = speeds[candidate.label]
-            candidate.throughput, candidate.latency_ms = speed.throughput, speed.latency_ms
+        _time(search, candidates, eval_samples, request)
         chosen = _choose(candidates, request, quality.metric)
-        _refuse_slower(chosen, base, request)
-        for model in opened:
+        _refuse_slower(chosen, search.original, request)
+        for model in opened:  # closed before publishing: the chosen folder is moved
             model.close()
         opened.clear()
-        folder = search.folders[chosen.label]
-        provenance = _provenance(request, entry, quality, calibration, base, chosen, candidates)
-        (folder / PRECISION_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
-        plot = None
-        if request.plot:
-            plot = folder / PRECISION_PLOT
-            _plot(plot, base, candidates, chosen, quality.metric, request.batch_size)
-        destination, version = _publish(folder, staging, entry, request.output)
-        return OptimizeReport(
-            entry.name,
-            quality.metric,
-            base,
-            candidates,
-            chosen,
-            destination,
-            version,
-            provenance,
-            destination / PRECISION_PLOT if plot else None,
-        )
+        return _publish_chosen(request, entry, quality, calibration, search, candidates, chosen)
     finally:
         for model in opened:
             model.close()
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _validated(request: OptimizeRequest) -> ModelEntry:
+    """The model the request names, once every option is known to make sense (before anything is written)."""
+    if request.precision not in PRECISIONS:
+        raise InputError(f"unknown precision '{request.precision}'; use one of {', '.join(PRECISIONS)}")
+    if request.max_accuracy_drop is not None and request.max_accuracy_drop < 0:
+        raise InputError("--max-accuracy-drop must not be negative")
+    if request.batch_size < 1 or request.seconds <= 0 or request.calibration_limit < 1:
+        raise InputError("--batch-size, --duration and --calibration-limit must be positive")
+    entry = locate(request.model, request.repository, request.version)
+    if entry.artefact.suffix != ".onnx":
+        raise ConfigError(
+            f"{entry.artefact}: optimize works on ONNX models; convert it first (forwardpass convert {request.model})"
+        )
+    if request.precision in NEEDS_CALIBRATION and request.calibration is None:
+        raise InputError(f"--precision {request.precision} needs --calibration DATA (samples like the real inputs)")
+    if request.output is not None and request.output.exists():
+        raise InputError(f"output '{request.output}' already exists; choose a new folder")
+    return entry
+
+
+def _stage(entry: ModelEntry, staging: Path) -> Path:
+    """The model's files copied into `staging`, its artefact as version 0; returns that artefact."""
+    _copy_model_files(entry, staging)
+    source = staging / "0" / "model.onnx"
+    source.parent.mkdir()
+    shutil.copyfile(entry.artefact, source)
+    return source
+
+
+def _time(search: _Search, candidates: list[Candidate], samples: Samples, request: OptimizeRequest) -> None:
+    """Every candidate's throughput and latency, measured interleaved with the original's on the eval items."""
+    models = {ORIGINAL: search.original_model, **{c.label: search.models[c.label] for c in candidates}}
+    speeds = measure_speed(models, samples, batch_size=request.batch_size, seconds=request.seconds)
+    for candidate in [search.original, *candidates]:
+        speed = speeds[candidate.label]
+        candidate.throughput, candidate.latency_ms = speed.throughput, speed.latency_ms
+
+
+def _publish_chosen(
+    request: OptimizeRequest,
+    entry: ModelEntry,
+    quality: Quality,
+    calibration: Samples | None,
+    search: _Search,
+    candidates: list[Candidate],
+    chosen: Candidate,
+) -> OptimizeReport:
+    """The chosen candidate's folder, with its provenance (and plot), moved to its new version or output folder."""
+    base = search.original
+    folder = search.folders[chosen.label]
+    record = provenance(request, entry, quality, calibration, base, chosen, candidates)
+    (folder / PRECISION_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if request.plot:
+        plot_candidates(folder / PRECISION_PLOT, base, candidates, chosen, quality.metric, request.batch_size)
+    destination, version = _publish(folder, staging=search.staging, entry=entry, output=request.output)
+    plot = destination / PRECISION_PLOT if request.plot else None
+    return OptimizeReport(entry.name, quality.metric, base, candidates, chosen, destination, version, record, plot)
 
 
 class _Search:
@@ -364,107 +378,6 @@ def _refuse_slower(chosen: Candidate, original: Candidate, request: OptimizeRequ
         f"a variant slower than its source is written only when asked for by name (--allow-slower); nothing was "
         "written"
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _figures(candidate: Candidate) -> dict[str, object]:
-    return {
-        "score": candidate.score,
-        "throughput": candidate.throughput,
-        "latency_ms_p50": candidate.latency_ms,
-        "size_bytes": candidate.size_bytes,
-    }
-
-
-def _provenance(
-    request: OptimizeRequest,
-    entry: ModelEntry,
-    quality: Quality,
-    calibration: Samples | None,
-    original: Candidate,
-    chosen: Candidate,
-    candidates: list[Candidate],
-) -> dict[str, object]:
-    converted = chosen.converted
-    assert converted is not None
-    record: dict[str, object] = {
-        "precision": chosen.precision,
-        "requested": request.precision,
-        "candidate": chosen.label,
-        "artefact": converted.path.name,
-        "engine": converted.engine,
-        "source": {
-            "model": entry.name,
-            "version": entry.version,
-            "artefact": str(entry.artefact),
-            "sha256": _sha256(entry.artefact),
-        },
-        "layers": chosen.layers,
-        "settings": converted.settings,
-        "notes": converted.notes,
-        "calibration": calibration.summary() if calibration else None,
-        "evaluation": {
-            "data": str(request.eval_data or request.calibration),
-            "metric": quality.metric,
-            "metric_key": quality.key,
-            "items": quality.items,
-        },
-        "tool_versions": converted.tool_versions,
-        "measured": {
-            "original": _figures(original),
-            "optimized": _figures(chosen),
-            "metric": quality.metric,
-            "score_drop": chosen.drop,
-            "throughput_ratio": chosen.throughput / original.throughput if original.throughput else None,
-            "size_ratio": chosen.size_bytes / original.size_bytes,
-            "batch_size": request.batch_size,
-            "intra_op_threads": request.threads,
-            "machine": machine_info(),
-        },
-        "max_accuracy_drop": request.max_accuracy_drop,
-        "candidates": [original.to_dict(), *(c.to_dict() for c in candidates)],
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-    if converted.engine == "torch":
-        record["serve"] = "native"
-    return record
-
-
-def _plot(
-    path: Path, original: Candidate, candidates: list[Candidate], chosen: Candidate, metric: str, batch: int
-) -> None:
-    require("matplotlib", "precision").use("Agg")
-    from matplotlib import pyplot
-
-    figure, axes = pyplot.subplots(figsize=(7, 4.5))
-    for candidate in [original, *candidates]:
-        marker = "*" if candidate is chosen else ("o" if candidate.within_budget else "x")
-        axes.scatter(candidate.throughput, candidate.score, marker=marker, s=140 if candidate is chosen else 50)
-        axes.annotate(
-            candidate.label,
-            (candidate.throughput, candidate.score),
-            fontsize=7,
-            xytext=(4, 3),
-            textcoords="offset points",
-        )
-    axes.set_xlabel(f"throughput at batch {batch} (items/s)")
-    axes.set_ylabel(metric)
-    accuracies = [c.score for c in [original, *candidates]]
-    if accuracies and "%" in metric:  # never above 100 %, and a visible range even when every point is equal
-        margin = max(0.5, (max(accuracies) - min(accuracies)) * 0.15)
-        axes.set_ylim(max(0.0, min(accuracies) - margin), min(100.0, max(accuracies) + margin))
-    axes.set_title(f"{metric} vs throughput; chosen: {chosen.label}\n(star: chosen, o: within budget, x: over it)")
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    pyplot.close(figure)
 
 
 def _publish(folder: Path, staging: Path, entry: ModelEntry, output: Path | None) -> tuple[Path, int | None]:
