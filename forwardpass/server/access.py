@@ -19,7 +19,9 @@ import hmac
 from forwardpass.errors import Forbidden, Unauthenticated
 from forwardpass.server.settings import ServerSettings, is_loopback
 
-__all__ = ["Access", "bearer_token_matches"]
+__all__ = ["CONTROL_PREFIX", "Access", "bearer_token_matches"]
+
+CONTROL_PREFIX = "/v2/repository/"  # HTTP's control plane: index, load, unload
 
 
 def bearer_token_matches(authorization: bytes, token: bytes) -> bool:
@@ -41,6 +43,12 @@ class Access:
     def open(self) -> bool:
         """Nothing is ever refused: transports may skip the check altogether."""
         return self._token is None and self._admin is None and not self._control_off
+
+    def guards(self, path: str) -> bool:
+        """Whether an HTTP path needs a bearer token (health checks aside: each transport lists its open paths)."""
+        if path.startswith(CONTROL_PREFIX):
+            return self._admin is not None or self._token is not None
+        return self._token is not None
 
     def check(self, authorization: bytes | None, *, control: bool) -> None:
         """Raises Unauthenticated (401) for a missing or wrong token, Forbidden (403) for a token that is right but

@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from forwardpass.errors import ForwardpassError, InputError
-from forwardpass.server.access import Access
+from forwardpass.server.access import CONTROL_PREFIX, Access
 from forwardpass.server.codec import (
     decode_infer_request,
     decode_json,
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("forwardpass.access")
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", *PAGE_PATHS})  # the page holds no data: see ui
-CONTROL_PREFIX = "/v2/repository/"  # the control plane: index, load, unload
 JSON = "application/json"
 
 

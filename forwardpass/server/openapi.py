@@ -6,7 +6,7 @@ request time, so that it cannot drift: a route appears whether or not it is desc
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
@@ -172,17 +172,18 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
-def describe(routes: Iterable[BaseRoute], *, auth: bool, open_paths: Iterable[str]) -> dict[str, Any]:
-    """The OpenAPI document of `routes` (the server's own route table); `auth`: whether a bearer token is needed
-    (then every path but `open_paths`)."""
+def describe(routes: Iterable[BaseRoute], *, needs_token: Callable[[str], bool]) -> dict[str, Any]:
+    """The OpenAPI document of `routes` (the server's own route table); `needs_token(path)`: whether a bearer token
+    is needed there."""
     paths: dict[str, dict[str, Any]] = {}
-    open_set = set(open_paths)
+    auth = False
     for route in routes:
         if not isinstance(route, Route):
             continue
         for method in sorted((route.methods or set()) - {"HEAD"}):
             operation = _operation(method, route.path)
-            if auth and route.path not in open_set:
+            if needs_token(route.path):
+                auth = True
                 operation["security"] = [{"bearer": []}]
                 operation["responses"]["401"] = _error("Missing or wrong bearer token")
             paths.setdefault(route.path, {})[method.lower()] = operation

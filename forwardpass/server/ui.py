@@ -54,7 +54,10 @@ def ui_routes(registry: ModelRegistry, guard: RequestGuard) -> list[Route]:
 
     async def openapi(request: Request) -> Response:
         router: Router = request.scope["router"]  # the router answering: every HTTP route the server has
-        document = describe(router.routes, auth=not guard.access.open, open_paths=_open_paths())
+        open_paths = _open_paths()
+        document = describe(
+            router.routes, needs_token=lambda path: path not in open_paths and guard.access.guards(path)
+        )
         return Response(encode_json(document), media_type="application/json")
 
     return [

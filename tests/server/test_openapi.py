@@ -79,3 +79,14 @@ def test_with_a_token_the_document_needs_it_and_says_where(guarded: Any) -> None
         assert answer.status_code == 200 and "default-src 'self'" in answer.headers["content-security-policy"]
     assert httpx.get(f"{guarded.url}/ui/models").status_code == 401
     assert httpx.get(f"{guarded.url}/ui/nothing.js", headers={"Authorization": "Bearer secret"}).status_code == 404
+
+
+def test_with_an_admin_token_alone_only_the_repository_api_needs_a_token(kit: Any, repository: Any) -> None:
+    running = kit.serve(repository, admin_token="admin-secret")
+    try:
+        document = httpx.get(f"{running.url}/openapi.json").json()
+    finally:
+        running.stop()
+    validate(document)
+    assert document["paths"]["/v2/repository/index"]["post"]["security"] == [{"bearer": []}]
+    assert "security" not in document["paths"]["/v2/models/{model}/infer"]["post"]
