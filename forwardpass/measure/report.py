@@ -255,6 +255,7 @@ def _headline(data: Mapping[str, Any]) -> list[str]:
 
 
 def bench_markdown(data: Mapping[str, Any]) -> str:
+    """The bench report: headline, machine, then a section for each part the run measured, plots, appendix."""
     parts = [f"# bench: {data['model']}", "", *_headline(data), "", _machine_markdown(data.get("machine") or {}), ""]
     parts += [
         "Latencies are in milliseconds per call, throughput in items (or requests) per second. ours/raw is the median"
@@ -262,84 +263,83 @@ def bench_markdown(data: Mapping[str, Any]) -> str:
         " no overhead); being a median of ratios, it can differ from the ratio of the two throughputs beside it.",
         "",
     ]
-    results = data.get("results") or []
-    if results:
-        rows = []
-        for row in results:
-            ours, raw = row["forwardpass"], row["onnxruntime"]
-            rows.append(
-                [
-                    row["precision"],
-                    row["threads"] or "default",
-                    row["batch_size"],
-                    ours["throughput"],
-                    raw["throughput"],
-                    row["ratio"],
-                    ours["latency_ms"]["p50"],
-                    ours["latency_ms"]["p90"],
-                    ours["latency_ms"]["p99"],
-                    ours["latency_ms"]["max"],
-                ]
-            )
-        header = [
-            "precision",
-            "threads",
-            "batch",
-            "items/s",
-            "raw ORT items/s",
-            "ours/raw",
-            "p50 ms",
-            "p90 ms",
-            "p99 ms",
-            "max ms",
-        ]
-        parts += ["## In process (forwardpass vs raw ONNX Runtime, same run)", "", _table(header, rows), ""]
-    accuracy = data.get("accuracy")
-    if accuracy:
-        rows = [[p, e["version"], e["value"], e["throughput"]] for p, e in accuracy["by_precision"].items()]
-        header = ["precision", "version", accuracy["metric"], f"items/s (batch {accuracy['batch_size']})"]
-        parts += [f"## Accuracy beside speed ({accuracy['data']})", "", _table(header, rows), ""]
-    server = data.get("server")
-    if server:
-        rows = [
-            [
-                r["mode"],
-                r["load"],
-                r["protocol"],
-                r["encoding"],
-                r["throughput"] if r["reported"] else None,
-                r["latency_ms"]["p50"],
-                r["latency_ms"]["p99"],
-                r["errors"],
-                r["client_cpu_max"],
-                "yes" if r["reported"] else f"no: {r['refused']}",
-            ]
-            for r in server["runs"]
-        ]
-        header = [
-            "mode",
-            "load",
-            "protocol",
-            "encoding",
-            "req/s",
-            "p50 ms",
-            "p99 ms",
-            "errors",
-            "client CPU",
-            "reported",
-        ]
-        parts += [f"## Server {server['url']}", "", _table(header, rows), ""]
+    if data.get("results"):
+        parts += _in_process_section(data["results"])
+    if data.get("accuracy"):
+        parts += _accuracy_section(data["accuracy"])
+    if data.get("server"):
+        parts += _server_section(data["server"])
     mlperf = data.get("mlperf")
     if mlperf:
-        rows = [[s["scenario"], s["mode"], s.get("result"), *mlperf_figure(s)] for s in mlperf]
-        parts += ["## MLPerf LoadGen", "", _table(["scenario", "mode", "result", "figure", "value"], rows), ""]
-        parts += ["LoadGen's own summary of each run is in the appendix below.", ""]
+        parts += _mlperf_section(mlperf)
     parts += [f"![{name}]({name})" for name in data.get("plots", [])]
     if mlperf:
         parts += ["", "## Appendix: LoadGen summaries", ""]
         for scenario in mlperf:
             parts += [f"### {scenario['scenario']} ({scenario['mode']})", "", "```", scenario["summary"], "```", ""]
     return "\n".join(parts) + "\n"
+
+
+def _in_process_section(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    rows = []
+    for row in results:
+        ours, raw = row["forwardpass"], row["onnxruntime"]
+        latency = ours["latency_ms"]
+        rows.append(
+            [
+                row["precision"],
+                row["threads"] or "default",
+                row["batch_size"],
+                ours["throughput"],
+                raw["throughput"],
+                row["ratio"],
+                latency["p50"],
+                latency["p90"],
+                latency["p99"],
+                latency["max"],
+            ]
+        )
+    header = ["precision", "threads", "batch", "items/s", "raw ORT items/s", "ours/raw"]
+    header += ["p50 ms", "p90 ms", "p99 ms", "max ms"]
+    return ["## In process (forwardpass vs raw ONNX Runtime, same run)", "", _table(header, rows), ""]
+
+
+def _accuracy_section(accuracy: Mapping[str, Any]) -> list[str]:
+    rows = [[p, e["version"], e["value"], e["throughput"]] for p, e in accuracy["by_precision"].items()]
+    header = ["precision", "version", accuracy["metric"], f"items/s (batch {accuracy['batch_size']})"]
+    return [f"## Accuracy beside speed ({accuracy['data']})", "", _table(header, rows), ""]
+
+
+def _server_section(server: Mapping[str, Any]) -> list[str]:
+    rows = [
+        [
+            r["mode"],
+            r["load"],
+            r["protocol"],
+            r["encoding"],
+            r["throughput"] if r["reported"] else None,
+            r["latency_ms"]["p50"],
+            r["latency_ms"]["p99"],
+            r["errors"],
+            r["client_cpu_max"],
+            "yes" if r["reported"] else f"no: {r['refused']}",
+        ]
+        for r in server["runs"]
+    ]
+    header = ["mode", "load", "protocol", "encoding", "req/s", "p50 ms", "p99 ms", "errors", "client CPU", "reported"]
+    return [f"## Server {server['url']}", "", _table(header, rows), ""]
+
+
+def _mlperf_section(mlperf: Sequence[Mapping[str, Any]]) -> list[str]:
+    rows = [[s["scenario"], s["mode"], s.get("result"), *mlperf_figure(s)] for s in mlperf]
+    return [
+        "## MLPerf LoadGen",
+        "",
+        _table(["scenario", "mode", "result", "figure", "value"], rows),
+        "",
+        "LoadGen's own summary of each run is in the appendix below.",
+        "",
+    ]
 
 
 # ---- compare ---------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ SIGTERM or SIGINT: stop accepting connections, let requests already sent finish,
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -101,6 +102,7 @@ class InferenceServer:
         # a few looks a second at every connection's header and body deadlines
         interval_s = min(0.25, settings.header_timeout_s / 4, settings.body_timeout_s / 4)
         self._deadlines = asyncio.create_task(enforce_deadlines(self._http.server_state.connections, interval_s))
+        _freeze_start_up_objects()
 
     async def wait(self, stop: asyncio.Event) -> None:
         """Until `stop` is set (or the HTTP server ends by itself)."""
@@ -205,6 +207,17 @@ def configure_logging(settings: ServerSettings) -> None:
         access.addHandler(handler)
         access.setLevel(logging.INFO)
         access.propagate = False
+
+
+def _freeze_start_up_objects() -> None:
+    """Move every object alive after start-up (modules, models, sessions: ~80k) out of the collector's sight.
+
+    Requests leave a few survivors behind, so every few seconds the oldest generation fills and a full collection
+    walks all of them: measured at 130 ms median (up to 210 ms) on a shared core at 32 concurrent requests -- the
+    tiny MLP's p99 went from 122 ms to 30 ms, and its throughput up by half, with them frozen. No collection first:
+    one takes 80-100 ms here, more than the whole start-up budget allows. Frozen objects are still freed by
+    reference counting; only cycles among them outlive an unload."""
+    gc.freeze()
 
 
 def _listen(host: str, port: int) -> socket.socket:

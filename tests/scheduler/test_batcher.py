@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from forwardpass.errors import InputError, Overloaded
-from forwardpass.scheduler import Batched, Batcher
+from forwardpass.scheduler.batcher import Batched, Batcher
 
 Arrays = dict[str, np.ndarray]
 
