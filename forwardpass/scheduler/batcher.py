@@ -8,6 +8,12 @@ that had to queue are coalesced when an instance frees up, up to `max_batch_size
 at most `max_queue_delay_s` (counted from the oldest request's arrival) for a fuller batch. Only requests whose
 arrays agree past the batch dimension share a batch. A failed batch is retried request by request, so one bad
 request fails alone. Dispatch is driven by callbacks (submit, batch done, delay timer), not by polling tasks.
+
+A model whose forward passes take less than INLINE_RUN_S runs on the event loop itself: for the tiny MLP (~15 µs a
+pass) the hop to the instance's thread and back -- the wake-up, the GIL hand-overs, a second loop iteration --
+cost more than the pass. Its dispatch then waits for the end of the loop iteration, so that requests arriving
+together still share a batch. Until a pass has been timed, and whenever the per-row estimate times the rows
+exceeds the bound, the batch runs in the thread: the loop never waits for a slow model.
 """
 
 from __future__ import annotations
@@ -26,6 +32,12 @@ from forwardpass.errors import Overloaded
 from forwardpass.scheduler.batches import Arrays, fail_alone, split_rows
 
 __all__ = ["Batched", "Batcher", "Runner"]
+
+# Forward passes estimated below this run on the event loop: about what a thread hop costs, and far below the
+# ~1 ms a loop iteration may take anyway at load.
+INLINE_RUN_S = 200e-6
+# Weight of the newest pass in the per-row time estimate.
+ESTIMATE_WEIGHT = 0.25
 
 Runner = Callable[[Arrays], Arrays]
 BatchObserver = Callable[[int, float], None]  # (rows in the batch, seconds its forward pass took)
@@ -80,6 +92,8 @@ class Batcher:
         self._closing = False
         self._drained: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._row_s: float | None = None  # the forward pass's time per row, once measured
+        self._dispatch_pending = False
         self._executor = ThreadPoolExecutor(max_workers=len(runners), thread_name_prefix=f"forwardpass-{name}")
 
     @property
@@ -96,7 +110,10 @@ class Batcher:
         future: asyncio.Future[Batched] = asyncio.get_running_loop().create_future()
         key = _batch_key(arrays) if self._max_rows else None
         self._queue.append(_Request(arrays, rows, key, future, behind=not self._idle or bool(self._queue)))
-        self._dispatch()
+        if self._row_s is not None and self._row_s < INLINE_RUN_S:
+            self._dispatch_after_this_iteration()
+        else:
+            self._dispatch()
         return future
 
     async def drain(self) -> None:
@@ -107,12 +124,23 @@ class Batcher:
             await self._drained.wait()
         self._executor.shutdown(wait=False)
 
+    def _dispatch_after_this_iteration(self) -> None:
+        if not self._dispatch_pending:
+            self._dispatch_pending = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
     def _dispatch(self) -> None:
+        self._dispatch_pending = False
         while self._idle and self._queue:
             batch = self._take()
             if batch is None:
                 return
-            self._launch(self._idle.pop(), batch)
+            instance = self._idle.pop()
+            rows = sum(request.rows for request in batch)
+            if self._row_s is not None and self._row_s * rows < INLINE_RUN_S:
+                self._run_inline(instance, batch)
+            else:
+                self._launch(instance, batch)
 
     def _take(self) -> list[_Request] | None:
         """The next batch, removed from the queue; None when the queue should wait for a fuller batch."""
@@ -176,22 +204,40 @@ class Batcher:
         self._timer = None
         self._dispatch()
 
+    def _run_inline(self, instance: int, batch: list[_Request]) -> None:
+        self._running += 1
+        started = time.perf_counter()
+        outcomes, pass_s = _timed_run(self._runners[instance], batch)
+        self._settle(instance, batch, started, outcomes, pass_s)
+
     def _launch(self, instance: int, batch: list[_Request]) -> None:
         self._running += 1
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        work = self._executor.submit(_run, self._runners[instance], batch)
+        work = self._executor.submit(_timed_run, self._runners[instance], batch)
         # straight back onto the loop: wrapping in an asyncio future would cost a second loop iteration
         work.add_done_callback(lambda done: loop.call_soon_threadsafe(self._finished, instance, batch, started, done))
 
-    def _finished(self, instance: int, batch: list[_Request], started: float, work: Future[_Outcome]) -> None:
+    def _finished(
+        self, instance: int, batch: list[_Request], started: float, work: Future[tuple[_Outcome, float]]
+    ) -> None:
+        try:
+            outcomes, pass_s = work.result()
+        except BaseException as exc:  # the executor itself failed (e.g. shut down): every request learns why
+            outcomes, pass_s = [exc] * len(batch), None
+        self._settle(instance, batch, started, outcomes, pass_s)
+        self._dispatch()
+
+    def _settle(
+        self, instance: int, batch: list[_Request], started: float, outcomes: _Outcome, pass_s: float | None
+    ) -> None:
+        """Every request of a finished batch gets its rows (or its error); the instance is idle again."""
         run_s = time.perf_counter() - started
         rows = sum(request.rows for request in batch)
-        outcomes: list[Arrays | BaseException]
-        try:
-            outcomes = work.result()
-        except BaseException as exc:  # the executor itself failed (e.g. shut down): every request learns why
-            outcomes = [exc] * len(batch)
+        if pass_s is not None:
+            row_s = pass_s / rows
+            previous = self._row_s
+            self._row_s = row_s if previous is None else previous + ESTIMATE_WEIGHT * (row_s - previous)
         for request, outcome in zip(batch, outcomes, strict=True):
             if request.future.done():
                 continue
@@ -203,7 +249,6 @@ class Batcher:
             self.on_batch(rows, run_s)
         self._running -= 1
         self._idle.append(instance)
-        self._dispatch()
         if self._drained is not None and not self._running and not self._queue:
             self._drained.set()
 
@@ -215,8 +260,16 @@ def _batch_key(arrays: Arrays) -> tuple[tuple[str, tuple[int, ...], np.dtype], .
     return tuple((name, array.shape[1:], array.dtype) for name, array in arrays.items())
 
 
+def _timed_run(runner: Runner, batch: list[_Request]) -> tuple[_Outcome, float]:
+    """`_run`, and how long it took (the forward pass, without the hops around it)."""
+    started = time.perf_counter()
+    outcomes = _run(runner, batch)
+    return outcomes, time.perf_counter() - started
+
+
 def _run(runner: Runner, batch: list[_Request]) -> _Outcome:
-    """In an instance's thread: the batch as one forward pass; if that fails, each request alone to find the culprit."""
+    """In an instance's thread (on the loop for a fast model): the batch as one forward pass; if that fails, each
+    request alone to find the culprit."""
     return [*fail_alone(partial(_run_together, runner), batch, Exception)]
 
 

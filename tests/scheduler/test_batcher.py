@@ -263,3 +263,43 @@ async def test_an_output_without_a_batch_dimension_is_answered_by_running_each_r
     assert [float(done.outputs["sum"]) for done in results] == [2.0, 4.0, 6.0]
     assert calls == [1, 2, 1, 1]
     await batcher.drain()
+
+
+class ThreadRecorder:
+    """A runner that notes the thread of each pass and takes `pass_s` of wall time."""
+
+    def __init__(self, pass_s: float) -> None:
+        self.pass_s = pass_s
+        self.threads: list[int] = []
+        self.batches: list[int] = []
+
+    def __call__(self, arrays: Arrays) -> Arrays:
+        self.threads.append(threading.get_ident())
+        self.batches.append(len(arrays["x"]))
+        deadline = time.perf_counter() + self.pass_s
+        while time.perf_counter() < deadline:
+            pass
+        return {"y": arrays["x"] * 2}
+
+
+@pytest.mark.asyncio
+async def test_a_fast_model_runs_on_the_loop_once_timed_and_requests_arriving_together_share_a_pass():
+    runner = ThreadRecorder(pass_s=0.0)
+    batcher = Batcher([runner], max_batch_size=8, name="fast")
+    await asyncio.wait_for(batcher.submit(rows(1.0), 1), 5)  # the first pass is timed in the instance's thread
+    assert runner.threads == [runner.threads[0]] and runner.threads[0] != threading.get_ident()
+    answers = await asyncio.wait_for(asyncio.gather(*(batcher.submit(rows(float(i)), 1) for i in range(5))), 5)
+    assert runner.threads[1:] == [threading.get_ident()]  # one pass, on the loop's own thread
+    assert runner.batches == [1, 5]
+    assert [float(a.outputs["y"][0, 0]) for a in answers] == [0.0, 2.0, 4.0, 6.0, 8.0]
+    await batcher.drain()
+
+
+@pytest.mark.asyncio
+async def test_a_slow_model_never_runs_on_the_loop():
+    runner = ThreadRecorder(pass_s=0.002)  # ten times the bound for running on the loop
+    batcher = Batcher([runner], max_batch_size=8, name="slow")
+    for _ in range(3):
+        await asyncio.wait_for(batcher.submit(rows(1.0), 1), 5)
+    assert len(runner.threads) == 3 and threading.get_ident() not in runner.threads
+    await batcher.drain()
