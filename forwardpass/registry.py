@@ -21,7 +21,7 @@ from forwardpass.config import ModelConfig
 from forwardpass.errors import ConfigError, ForwardpassError, NotFoundError
 from forwardpass.model import Model, load, locate_configured
 from forwardpass.repository import Repository
-from forwardpass.scheduler import Batcher, Runner
+from forwardpass.scheduler.batcher import Batcher, Runner
 from forwardpass.scheduler.sequence import SequenceBatcher, state_slots
 from forwardpass.tensor import TensorSpec
 

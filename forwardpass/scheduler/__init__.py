@@ -1,5 +1,3 @@
-"""Scheduling requests onto a model's sessions: the dynamic batcher."""
-
-from forwardpass.scheduler.batcher import Batched, Batcher, Runner
-
-__all__ = ["Batched", "Batcher", "Runner"]
+"""Scheduling requests onto a model's sessions: `batcher` (the dynamic batcher), `sequence` (the sequence batcher
+for stateful models) and `batches` (what every batching loop shares). Import the submodule you need: the batchers
+import asyncio, which `forwardpass.model` (using `batches`) must not pay for at `import forwardpass`."""

@@ -39,7 +39,7 @@ from forwardpass.pipeline.outputs import Classify, Prediction
 from forwardpass.quality.drift import InputWindow
 from forwardpass.quality.metrics import DriftCollector
 from forwardpass.registry import ModelRegistry, Served
-from forwardpass.scheduler import Batched
+from forwardpass.scheduler.batcher import Batched
 from forwardpass.scheduler.sequence import sequence_flags
 from forwardpass.server.limits import RequestLimits
 from forwardpass.server.metrics import Metrics, Timings
