@@ -45,7 +45,7 @@ test: $(BUILT) lint $(CHROMEDRIVER)
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check forwardpass tests bench scripts
 	$(VENV)/bin/ruff format --check forwardpass tests bench scripts
-	$(VENV)/bin/mypy forwardpass
+	$(VENV)/bin/mypy
 
 setup: $(INSTALLED)
 

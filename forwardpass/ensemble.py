@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from PIL import Image
@@ -104,6 +104,15 @@ class Ensemble:
 
     def __repr__(self) -> str:
         return f"Ensemble({self.name!r}, steps={[step.name for step in self.steps]})"
+
+    # A list or tuple matches both signatures; the first wins, as the isinstance check below decides at run time.
+    @overload
+    def predict(  # type: ignore[overload-overlap]
+        self, raw: list[Any] | tuple[Any, ...], *, top_k: int | None = None
+    ) -> list[Prediction]: ...
+
+    @overload
+    def predict(self, raw: object, *, top_k: int | None = None) -> Prediction: ...
 
     def predict(self, raw: object, *, top_k: int | None = None) -> Prediction | list[Prediction]:
         raws: Sequence[object] = raw if isinstance(raw, list | tuple) else [raw]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -21,7 +22,7 @@ FINDER_POSTPROCESS = {"kind": "text_detection", "threshold": 0.3, "box_threshold
 READER_POSTPROCESS = {"kind": "classification", "labels": ["upright", "turned"]}
 
 
-def save(folder: Path, graph: onnx.GraphProto, config: dict) -> None:
+def save(folder: Path, graph: onnx.GraphProto, config: dict[str, Any]) -> None:
     (folder / "1").mkdir(parents=True)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.checker.check_model(model)
@@ -49,7 +50,7 @@ def reader(
     folder: Path,
     shape: list[int | str],
     elem_type: int = TensorProto.FLOAT,
-    preprocess: dict | None = None,
+    preprocess: dict[str, Any] | None = None,
     extra_input: bool = False,
 ) -> None:
     """A two-class classifier over the input's mean per channel (any rank with channels on axis 1)."""
@@ -59,7 +60,7 @@ def reader(
         helper.make_node("ReduceMean", ["pixels"], ["means"], axes=axes, keepdims=0) if axes else None,
         helper.make_node("MatMul", ["means" if axes else "pixels", "weights"], ["scores"]),
     ]
-    weights = helper.make_tensor("weights", TensorProto.FLOAT, [shape[1], 2], np.ones(2 * int(shape[1])).tolist())
+    weights = helper.make_tensor("weights", TensorProto.FLOAT, [int(shape[1]), 2], np.ones(2 * int(shape[1])).tolist())
     inputs = [helper.make_tensor_value_info("x", elem_type, shape)]
     if extra_input:
         inputs.append(helper.make_tensor_value_info("scale", TensorProto.FLOAT, ["batch", 1]))
@@ -121,7 +122,7 @@ def test_steps_that_fit_read_each_region(tmp_path: Path) -> None:
     ids=["datatype", "size of its own", "width", "rank", "another input"],
 )
 def test_a_step_whose_input_does_not_take_the_crops_is_refused_naming_both(
-    tmp_path: Path, reader_options: dict, problem: str
+    tmp_path: Path, reader_options: dict[str, Any], problem: str
 ) -> None:
     finder(tmp_path / "finder")
     reader(tmp_path / "reader", **reader_options)

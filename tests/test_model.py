@@ -12,22 +12,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 import forwardpass
 from forwardpass.config import ModelConfig
 from forwardpass.errors import InputError, NonFiniteError, NotFoundError, ShapeError
 from forwardpass.tensor import DataType, TensorSpec
-
-torch = pytest.importorskip("torch")
-sklearn = pytest.importorskip("sklearn")
-skl2onnx = pytest.importorskip("skl2onnx")
-
-from sklearn.datasets import load_iris  # noqa: E402
-from sklearn.ensemble import RandomForestRegressor  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 ATOL = 1e-5  # FP32
 INPUTS = 16  # at least this many random inputs per comparison
@@ -51,7 +47,7 @@ def export_torch(model: torch.nn.Module, path: Path) -> Path:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model,
-            torch.zeros(2, 3, 16, 16),
+            (torch.zeros(2, 3, 16, 16),),
             str(path),
             dynamo=False,
             opset_version=17,

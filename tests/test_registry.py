@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from forwardpass.repository import Repository
 X = np.ones((1, 4), dtype=np.float32)
 
 
-def write_config(model_dir: Path, config: dict) -> None:
+def write_config(model_dir: Path, config: dict[str, Any]) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
 

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,25 +34,25 @@ class UserModel:
     trust_pickle: bool = False
 
 
-def _frame(loader: Callable[..., object]) -> tuple[object, object]:
+def _frame(loader: Callable[..., Any]) -> tuple[Any, Any]:
     data = loader(as_frame=True)
-    return data.data, data.target  # type: ignore[attr-defined]
+    return data.data, data.target
 
 
-def _split(x: object, y: object) -> tuple[object, object, object, object]:
+def _split(x: Any, y: Any) -> tuple[Any, Any, Any, Any]:
     from sklearn.model_selection import train_test_split
 
-    return train_test_split(x, y, test_size=TEST_ROWS, random_state=SEED)  # type: ignore[return-value]
+    return train_test_split(x, y, test_size=TEST_ROWS, random_state=SEED)
 
 
-def _records(frame: object) -> list[dict[str, object]]:
+def _records(frame: Any) -> list[dict[str, object]]:
     if isinstance(frame, np.ndarray):
         return []
-    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in frame.to_dict("records")]  # type: ignore[attr-defined]
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in frame.to_dict("records")]
 
 
 def _classifier(
-    name: str, artefact: Path, x_test: object, y_test: object, proba: np.ndarray, classes: list[str], **kw: object
+    name: str, artefact: Path, x_test: Any, y_test: Any, proba: np.ndarray, classes: list[str], **kw: Any
 ) -> UserModel:
     predicted = [classes[i] for i in proba.argmax(axis=1)]
     return UserModel(
@@ -63,14 +64,12 @@ def _classifier(
         classes,
         proba,
         predicted,
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 
-def _regressor(
-    name: str, artefact: Path, x_test: object, y_test: object, values: np.ndarray, **kw: object
-) -> UserModel:
-    return UserModel(name, artefact, "regression", _records(x_test), [str(v) for v in y_test], values=values, **kw)  # type: ignore[arg-type]
+def _regressor(name: str, artefact: Path, x_test: Any, y_test: Any, values: np.ndarray, **kw: Any) -> UserModel:
+    return UserModel(name, artefact, "regression", _records(x_test), [str(v) for v in y_test], values=values, **kw)
 
 
 def sklearn_pipeline_with_category(folder: Path) -> UserModel:
@@ -84,11 +83,11 @@ def sklearn_pipeline_with_category(folder: Path) -> UserModel:
 
     x, y = _frame(load_iris)
     names = load_iris().target_names
-    x = x.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))  # type: ignore[attr-defined]
+    x = x.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))
     x["site"] = np.where(np.arange(len(x)) % 3 == 0, "north", np.where(np.arange(len(x)) % 3 == 1, "south", "east"))
     y = np.asarray(names)[np.asarray(y)]
     x_train, x_test, y_train, y_test = _split(x, y)
-    numeric = [c for c in x.columns if c != "site"]  # type: ignore[attr-defined]
+    numeric = [c for c in x.columns if c != "site"]
     model = Pipeline(
         [
             (
@@ -152,7 +151,7 @@ def xgboost_binary(folder: Path) -> UserModel:
     from sklearn.datasets import load_breast_cancer
 
     x, y = _frame(load_breast_cancer)
-    x = x.rename(columns=lambda c: c.replace(" ", "_"))  # type: ignore[attr-defined]
+    x = x.rename(columns=lambda c: c.replace(" ", "_"))
     x_train, x_test, y_train, y_test = _split(x, y)
     model = xgboost.XGBClassifier(n_estimators=20, max_depth=3).fit(x_train, y_train)
     path = folder / "xgb_binary.json"
@@ -165,12 +164,14 @@ def xgboost_multiclass(folder: Path) -> UserModel:
     from sklearn.datasets import load_iris
 
     x, y = _frame(load_iris)
-    x = x.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))  # type: ignore[attr-defined]
+    x = x.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))
     x_train, x_test, y_train, y_test = _split(x, y)
     model = xgboost.XGBClassifier(n_estimators=10, max_depth=3).fit(x_train, y_train)
     path = folder / "xgb_multiclass.json"
     model.save_model(path)
-    return _classifier("xgboost_multiclass", path, x_test, y_test, model.predict_proba(x_test), ["0", "1", "2"])
+    return _classifier(
+        "xgboost_multiclass", path, x_test, y_test, np.asarray(model.predict_proba(x_test)), ["0", "1", "2"]
+    )
 
 
 def xgboost_regression(folder: Path) -> UserModel:
@@ -194,7 +195,9 @@ def lightgbm_multiclass(folder: Path) -> UserModel:
     model = lightgbm.LGBMClassifier(n_estimators=15, num_leaves=7, verbose=-1).fit(x_train, y_train)
     path = folder / "lgbm_multiclass.txt"
     model.booster_.save_model(str(path))
-    return _classifier("lightgbm_multiclass", path, x_test, y_test, model.predict_proba(x_test), ["0", "1", "2"])
+    return _classifier(
+        "lightgbm_multiclass", path, x_test, y_test, np.asarray(model.predict_proba(x_test)), ["0", "1", "2"]
+    )
 
 
 def lightgbm_regression(folder: Path) -> UserModel:
@@ -206,7 +209,7 @@ def lightgbm_regression(folder: Path) -> UserModel:
     model = lightgbm.LGBMRegressor(n_estimators=20, num_leaves=7, verbose=-1).fit(x_train, y_train)
     path = folder / "lgbm_regression.txt"
     model.booster_.save_model(str(path))
-    return _regressor("lightgbm_regression", path, x_test, y_test, model.predict(x_test))
+    return _regressor("lightgbm_regression", path, x_test, y_test, np.asarray(model.predict(x_test)))
 
 
 def _iris_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -214,7 +217,7 @@ def _iris_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
     x, y = load_iris(return_X_y=True)
     x_train, x_test, y_train, y_test = _split(x.astype(np.float32), y)
-    return x_train, x_test, y_train, y_test  # type: ignore[return-value]
+    return x_train, x_test, y_train, y_test
 
 
 def torchscript_mlp(folder: Path) -> UserModel:

@@ -161,7 +161,7 @@ def test_warmup_succeeds_quietly_on_a_normal_model(multi: Path, caplog: pytest.L
 )
 def test_corrupt_model_is_a_config_error_naming_the_path(tmp_path: Path, adder: Path, content: bytes | str):
     path = tmp_path / "broken.onnx"
-    path.write_bytes(adder.read_bytes()[:40] if content == "truncated" else content)
+    path.write_bytes(content if isinstance(content, bytes) else adder.read_bytes()[:40])
     with pytest.raises(ConfigError) as info:
         OrtSession(path)
     assert str(path) in str(info.value)

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -101,7 +102,9 @@ def test_top_k_below_one(cli: Cli) -> None:
         ({"inputs": [{"name": "x", "allow_nonfinite": "sometimes"}]}, "inputs.0.allow_nonfinite"),
     ],
 )
-def test_config_that_does_not_validate(cli: Cli, repository: Path, tmp_path: Path, config: dict, field: str) -> None:
+def test_config_that_does_not_validate(
+    cli: Cli, repository: Path, tmp_path: Path, config: dict[str, Any], field: str
+) -> None:
     shutil.copytree(repository / "vec_raw" / "1", tmp_path / "broken" / "1")
     config_file = tmp_path / "broken" / "config.yaml"
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")

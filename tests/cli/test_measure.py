@@ -48,7 +48,7 @@ def _save(root: Path, name: str, model: onnx.ModelProto, config: dict[str, Any])
     (root / name / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
 
 
-def _graph_model(nodes: list[onnx.NodeProto], inputs: list[Any], outputs: list[Any], weights: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
+def _graph_model(nodes: list[onnx.NodeProto], inputs: list[Any], outputs: list[Any], weights: dict[str, np.ndarray]):
     initializers = [
         helper.make_tensor(k, TensorProto.FLOAT, v.shape, v.astype(np.float32).ravel()) for k, v in weights.items()
     ]

@@ -91,17 +91,17 @@ def run(repository: Path, input_dir: Path) -> Iterator[Any]:
             streaming.process.wait()
 
 
-def expected_value(repository: Path, record: dict[str, float]) -> float:
+def expected_value(repository: Path, record: dict[str, float | None]) -> float:
     model = forwardpass.load("tab_reg", repository=repository)
     try:
-        return float(model.predict(record)["value"])  # type: ignore[call-overload]
+        return float(model.predict(record)["value"])
     finally:
         model.close()
 
 
 def test_answers_come_out_while_the_pipe_is_still_open_in_order_with_errors_alone(run: Any, repository: Path) -> None:
     streaming = run("tab_reg")
-    records = [{"x1": 1.0, "x2": 2.0}, {"x1": -3.5, "x2": None}, {"x1": 0.25, "x2": 8.0}]
+    records: list[dict[str, float | None]] = [{"x1": 1.0, "x2": 2.0}, {"x1": -3.5, "x2": None}, {"x1": 0.25, "x2": 8.0}]
     streaming.send(orjson.dumps(records[0]).decode())
     first = streaming.answer()  # stdin is still open: the answer did not wait for the input to end
     assert first == {"line": 1, "prediction": {"value": pytest.approx(expected_value(repository, records[0]))}}

@@ -10,7 +10,7 @@ from forwardpass.client.tensors import decode_http_response, encode_http_request
 from forwardpass.errors import ForwardpassError
 from forwardpass.server.codec import decode_infer_request
 
-INPUTS = {
+INPUTS: dict[str, np.ndarray] = {
     "image": np.arange(24, dtype=np.float16).reshape(2, 3, 4),
     "ids": np.array([[1, -2], [3, 2**40]], dtype=np.int64),
     "mask": np.array([True, False]),

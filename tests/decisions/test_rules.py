@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from forwardpass.errors import ConfigError, SchemaError
 RECORD = {"mean radius": 14.0, "mean texture": 19.0, "mean smoothness": 0.1, "mean concavity": 0.09}
 
 
-def decider(decision: dict, postprocess: dict | None = None) -> Decider:
+def decider(decision: dict[str, Any], postprocess: dict[str, Any] | None = None) -> Decider:
     config = ModelConfig.from_dict(
         {"postprocess": postprocess or {"kind": "classification", "labels": ["fraud", "fine"]}, "decision": decision}
     )
@@ -27,7 +28,7 @@ def decider(decision: dict, postprocess: dict | None = None) -> Decider:
     return Decider(config.decision, config)
 
 
-def classified(fraud: float) -> dict:
+def classified(fraud: float) -> dict[str, Any]:
     ranked = sorted([("fraud", 0, fraud), ("fine", 1, 1 - fraud)], key=lambda entry: -entry[2])
     top_k = [{"label": label, "index": index, "score": score} for label, index, score in ranked]
     return {**top_k[0], "top_k": top_k}
@@ -135,7 +136,7 @@ def test_a_refused_input_makes_no_decision(tasks, audit_log):
     outcomes = model.predict_each([dict(RECORD, **{"mean radius": 80.0}), RECORD])
     assert isinstance(outcomes[0], SchemaError)
     assert str(outcomes[0]) == "field 'mean radius': 80.0 is above the maximum 50 (rule: max)"
-    assert outcomes[1]["action"] == "routine"
+    assert isinstance(outcomes[1], dict) and outcomes[1]["action"] == "routine"
     assert [row.action for row in AuditLog(audit_log).query()] == ["routine"]
     model.close()
 
@@ -165,7 +166,7 @@ def test_audit_queries_filter_by_model_action_and_time(tmp_path):
 def test_decision_config_without_rules_is_refused():
     with pytest.raises(ConfigError, match="rules"):
         ModelConfig.from_dict({"decision": {"rules": [], "default": "x"}})
-    assert DecisionConfig(rules=[{"at_least": 0, "action": "a"}], default="b").audit
+    assert DecisionConfig.model_validate({"rules": [{"at_least": 0, "action": "a"}], "default": "b"}).audit
 
 
 def test_a_model_with_a_journal_moves_it_into_the_log_on_close(tasks, audit_log, tmp_path):

@@ -14,7 +14,7 @@ import yaml
 
 import forwardpass
 from forwardpass.errors import ConfigError
-from forwardpass.formats import detect_format
+from forwardpass.formats import ServeMode, detect_format
 from forwardpass.formats.huggingface import HUGGINGFACE, SENTENCES
 from forwardpass.formats.torch import import_torch
 
@@ -99,11 +99,11 @@ def test_minilm_embeddings_match_sentence_transformers(
     singles = np.concatenate([embeddings_of(model, [text]) for text in (SENTENCES[0], LONG, LONGEST)])
     assert_cosines(singles, reference_embeddings[[0, -2, -1]])
     if serve == "onnx":
-        for batch, length in ((1, 5), (3, 40)):
-            ids = np.full((batch, length), 2023, np.int64)
+        for rows, length in ((1, 5), (3, 40)):
+            ids = np.full((rows, length), 2023, np.int64)
             ones = np.ones_like(ids)
             out = model.infer({"input_ids": ids, "attention_mask": ones, "token_type_ids": 0 * ones})
-            assert out["last_hidden_state"].shape == (batch, length, 384)
+            assert out["last_hidden_state"].shape == (rows, length, 384)
     model.close()
 
 
@@ -124,7 +124,7 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        num_labels=3,
+        num_labels=3,  # type: ignore[call-arg]  # a PretrainedConfig keyword that transformers' annotations omit
         architectures=["BertForSequenceClassification"],
     )
     model = transformers.BertForSequenceClassification(config).eval()
@@ -154,7 +154,7 @@ def classifier_batches(folder: Path) -> list[dict[str, np.ndarray]]:
 
 
 @pytest.mark.parametrize("serve", ["native", "onnx"])
-def test_classifier_logits_match_transformers(classifier: tuple[Path, Any], serve: str, tmp_path: Path):
+def test_classifier_logits_match_transformers(classifier: tuple[Path, Any], serve: ServeMode, tmp_path: Path):
     source, reference = classifier
     folder = shutil.copytree(source, tmp_path / "classifier")
     model = forwardpass.load(folder, serve=serve, warmup=0)
@@ -178,7 +178,9 @@ def damage(folder: Path, name: str) -> Path:
 
 @pytest.mark.parametrize("name", ["model.safetensors", "config.json", "tokenizer.json"])
 @pytest.mark.parametrize("serve", ["native", "onnx"])
-def test_a_damaged_file_is_named_with_the_format(classifier: tuple[Path, Any], tmp_path: Path, name: str, serve: str):
+def test_a_damaged_file_is_named_with_the_format(
+    classifier: tuple[Path, Any], tmp_path: Path, name: str, serve: ServeMode
+):
     folder = shutil.copytree(classifier[0], tmp_path / "classifier")
     file = damage(folder, name)
     with pytest.raises(ConfigError) as info:

@@ -70,7 +70,7 @@ def assert_matches_framework(session: Session, features: np.ndarray, expected: d
 
 
 def classifier_expected(booster: lightgbm.Booster, features: np.ndarray) -> dict[str, np.ndarray]:
-    probabilities = booster.predict(features)
+    probabilities = np.asarray(booster.predict(features))
     if probabilities.ndim == 1:
         probabilities = np.column_stack([1 - probabilities, probabilities])
     return {"label": probabilities.argmax(axis=1).astype(np.int64), "probabilities": probabilities}
@@ -110,7 +110,7 @@ def test_regressor_native_and_converted_match_lightgbm(tmp_path: Path) -> None:
     booster.save_model(tmp_path / "diabetes.txt")
 
     native, converted, _ = both_sessions(tmp_path / "diabetes.txt", tmp_path)
-    expected = {"variable": booster.predict(test_x).reshape(-1, 1)}
+    expected = {"variable": np.asarray(booster.predict(test_x)).reshape(-1, 1)}
     for session in (native, converted):
         assert [(spec.name, spec.shape) for spec in session.outputs] == [("variable", (-1, 1))]
         assert_matches_framework(session, test_x, expected)
@@ -123,7 +123,10 @@ def test_model_saved_by_the_scikit_learn_wrapper(tmp_path: Path) -> None:
     classifier.booster_.save_model(tmp_path / "wrapper.txt")
 
     native, converted, _ = both_sessions(tmp_path / "wrapper.txt", tmp_path)
-    expected = {"label": classifier.predict(test_x).astype(np.int64), "probabilities": classifier.predict_proba(test_x)}
+    expected = {
+        "label": np.asarray(classifier.predict(test_x)).astype(np.int64),
+        "probabilities": np.asarray(classifier.predict_proba(test_x)),
+    }
     for session in (native, converted):
         assert_matches_framework(session, test_x, expected)
 
@@ -160,7 +163,7 @@ def test_an_objective_onnxmltools_cannot_convert_is_refused_in_one_line(tmp_path
     booster.save_model(tmp_path / "fair.txt")
 
     native = LIGHTGBM.open_native(tmp_path / "fair.txt", ENGINE, LoadOptions())
-    assert_matches_framework(native, test_x, {"variable": booster.predict(test_x).reshape(-1, 1)})
+    assert_matches_framework(native, test_x, {"variable": np.asarray(booster.predict(test_x)).reshape(-1, 1)})
     with pytest.raises(ConfigError) as refused:
         LIGHTGBM.convert(tmp_path / "fair.txt", tmp_path / "out.onnx", LoadOptions(), ConvertOptions())
     message = str(refused.value)
@@ -241,7 +244,7 @@ def test_missing_lightgbm_names_the_extra(saved_model: bytes, tmp_path: Path, mo
 def test_forwardpass_load_serves_it_natively_or_converted(tmp_path: Path) -> None:
     booster, test_x = train(load_diabetes, "regression")
     booster.save_model(tmp_path / "model.txt")
-    expected = {"variable": booster.predict(test_x).reshape(-1, 1)}
+    expected = {"variable": np.asarray(booster.predict(test_x)).reshape(-1, 1)}
     for serve in ("native", "onnx"):
         model = forwardpass.load(tmp_path / "model.txt", serve=serve, intra_op_threads=1)
         assert model.serving.format == "lightgbm" and model.serving.engine == serve
@@ -258,7 +261,7 @@ def test_thresholds_are_lowered_so_the_converted_model_splits_like_lightgbm(tmp_
     batches = LIGHTGBM.parity_samples(tmp_path / "model.txt", native.inputs, 64)
     values = np.concatenate([batch["input"] for batch in batches])
     assert values.shape == (64, 10)
-    assert_matches_framework(converted, values, {"variable": booster.predict(values).reshape(-1, 1)})
+    assert_matches_framework(converted, values, {"variable": np.asarray(booster.predict(values)).reshape(-1, 1)})
 
 
 def test_features_lightgbm_reads_as_zero_split_alike_converted(tmp_path: Path) -> None:
@@ -271,10 +274,10 @@ def test_features_lightgbm_reads_as_zero_split_alike_converted(tmp_path: Path) -
     booster.save_model(tmp_path / "zeros.txt")
     assert b"1.0000000180025095e-35" in (tmp_path / "zeros.txt").read_bytes()
 
-    tiny = np.float32([-1, -2e-35, -1e-35, -5e-36, 0, 5e-36, 1e-35, 2e-35, 1])
+    tiny = np.array([-1, -2e-35, -1e-35, -5e-36, 0, 5e-36, 1e-35, 2e-35, 1], np.float32)
     grid = np.array([[a, b] for a in tiny for b in tiny], np.float32)
     _, converted, _ = both_sessions(tmp_path / "zeros.txt", tmp_path)
-    assert_matches_framework(converted, grid, {"variable": booster.predict(grid).reshape(-1, 1)})
+    assert_matches_framework(converted, grid, {"variable": np.asarray(booster.predict(grid)).reshape(-1, 1)})
 
 
 def test_conversion_proves_parity_and_the_command_names_the_damage(saved_model: bytes, tmp_path: Path) -> None:

@@ -259,7 +259,7 @@ def test_params_of_another_model_are_named_as_not_matching(gluon_cnn, tmp_path):
 
 
 def test_messages_frame_arrays_of_every_numeric_kind_without_pickle():
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "f32": np.arange(6, dtype=np.float32).reshape(2, 3),
         "i64": np.array([[-1, 2**40]], dtype=np.int64),
         "empty": np.zeros((0, 4), dtype=np.float32),

@@ -21,7 +21,7 @@ import forwardpass
 from forwardpass.backends.ort import OrtSession
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, InputError
-from forwardpass.formats import open_model_session
+from forwardpass.formats import ServeMode, open_model_session
 from forwardpass.formats.base import ConvertOptions, LoadOptions
 from forwardpass.formats.convert import convert_with_parity, provenance_path
 from forwardpass.formats.tensorflow import FROZEN_GRAPH, KERAS, SAVED_MODEL
@@ -186,7 +186,9 @@ def test_a_frozen_graph_without_input_shapes_takes_them_from_the_options(tf: Mod
 
 
 @pytest.mark.parametrize("mode", ["native", "onnx", "auto"])
-def test_a_repository_version_folder_serves_a_savedmodel_in_each_mode(trained: Trained, tmp_path: Path, mode: str):
+def test_a_repository_version_folder_serves_a_savedmodel_in_each_mode(
+    trained: Trained, tmp_path: Path, mode: ServeMode
+):
     version = tmp_path / "digits" / "1"
     shutil.copytree(trained.folder / "saved_model", version / "model.savedmodel")
     session, serving = open_model_session(version, EngineConfig(), serve_mode=mode)

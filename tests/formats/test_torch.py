@@ -14,7 +14,7 @@ from torch import nn
 
 import forwardpass
 from forwardpass.errors import ConfigError
-from forwardpass.formats import convert_model, detect_format
+from forwardpass.formats import ServeMode, convert_model, detect_format
 
 HELD_OUT = 40
 ATOL = 1e-4
@@ -88,7 +88,7 @@ def assert_matches(got: np.ndarray, expected: np.ndarray) -> None:
 @pytest.mark.parametrize("serve", ["native", "onnx"])
 @pytest.mark.parametrize("name", ["traced.pt", "program.pt2"])
 def test_runs_like_torch_natively_and_converted(
-    artefacts: dict[str, Path], held_out: tuple[np.ndarray, np.ndarray], name: str, serve: str, tmp_path: Path
+    artefacts: dict[str, Path], held_out: tuple[np.ndarray, np.ndarray], name: str, serve: ServeMode, tmp_path: Path
 ):
     path = shutil.copy(artefacts[name], tmp_path / name)  # the conversion cache goes beside the file
     model = forwardpass.load(path, serve=serve, warmup=0)
@@ -225,11 +225,12 @@ def test_shapes_for_inputs_the_model_lacks_are_refused(artefacts: dict[str, Path
     folder = tmp_path / "repo" / "cnn"
     (folder / "1").mkdir(parents=True)
     shutil.copy(artefacts["scripted.pt"], folder / "1" / "model.pt")
-    source = {"serve": "native", "inputs": [{"name": "pixels", "shape": [-1, 3, 16, 16]}]}
+    inputs = [{"name": "pixels", "shape": [-1, 3, 16, 16]}]
+    source = {"serve": "native", "inputs": inputs}
     (folder / "config.yaml").write_text(yaml.safe_dump({"source": source}))
     with pytest.raises(ConfigError, match=r"no shape for input 'image'"):
         forwardpass.load("cnn", repository=tmp_path / "repo")
-    source["inputs"].append({"name": "image", "shape": [-1, 3, 16, 16]})
+    inputs.append({"name": "image", "shape": [-1, 3, 16, 16]})
     (folder / "config.yaml").write_text(yaml.safe_dump({"source": source}))
     with pytest.raises(ConfigError, match=r"no input named \['pixels'\]; its inputs are \['image'\]"):
         forwardpass.load("cnn", repository=tmp_path / "repo")

@@ -48,6 +48,7 @@ def test_variant_records_its_perplexity_against_fp32(folder: Path, precision: st
     assert {key: record["settings"]["quantized_nodes"].get(key) for key in expected} == expected
     measured = record["measured"]
     original, variant = forwardpass.load(folder, version=1), forwardpass.load(folder, precision=precision)
+    assert original.config.generation is not None
     context = original.config.generation.context_length  # the text is cut to what the model holds
     ids = open_generator(original).codec.encode(HELDOUT.read_text())[:context]
     assert measured["original"]["perplexity"] == pytest.approx(perplexity(original, ids), rel=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from types import GeneratorType
 
 import pytest
 
@@ -123,6 +124,7 @@ def test_end_of_text_token_stops_unless_ignored(exported, reference) -> None:
     prompt_ids = codec.encode(PROMPTS[3])
     end = reference(prompt_ids, 24)[6]
     expected = reference(prompt_ids, 24, eos_token_id=end)
+    assert model.config.generation is not None
     config = model.config.generation.model_copy(update={"eos_token_ids": [end]})
     generator = Generator(model.session, config, codec, "gpt2")
     try:
@@ -155,6 +157,7 @@ def test_limits(generator: Generator) -> None:
 def test_cancel_leaves_the_batch(generator: Generator) -> None:
     long_params = SamplingParams(max_new_tokens=100, ignore_eos=True)
     stream = generator.tokens(generator.encode(PROMPTS[0]), long_params)
+    assert isinstance(stream, GeneratorType)  # a generator: closing it is how a consumer leaves
     first = next(stream)
     assert first.finish_reason is None
     stream.close()  # the consumer leaves: its ticket is cancelled

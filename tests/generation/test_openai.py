@@ -21,12 +21,13 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from forwardpass.generation import TextCodec
 
 FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
 MINILM = Path(__file__).resolve().parents[2] / "models" / "minilm"
-CHAT = [
+CHAT: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "Answer briefly."},
     {"role": "user", "content": "Where is the nearest train station?"},
 ]
@@ -72,7 +73,8 @@ def chat_ids(hf_folder: Path) -> list[int]:
     import_torch("huggingface")
     import transformers
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf_folder))
+    # Any: transformers types the template's result as a union over every option, and the chat as plain dicts
+    tokenizer: Any = transformers.AutoTokenizer.from_pretrained(str(hf_folder))
     return list(tokenizer.apply_chat_template(CHAT, add_generation_prompt=True)["input_ids"])
 
 
@@ -140,6 +142,7 @@ def test_chat_logprobs_are_the_models_log_softmax(client: openai.OpenAI, chat_id
     answer = client.chat.completions.create(
         model="gpt2", messages=CHAT, max_tokens=4, temperature=0, logprobs=True, top_logprobs=3
     )
+    assert answer.choices[0].logprobs is not None and answer.usage is not None
     content = answer.choices[0].logprobs.content
     assert content is not None and len(content) == answer.usage.completion_tokens
     with torch.no_grad():
@@ -206,12 +209,13 @@ def test_embeddings_equal_predict_and_sentence_transformers(client: openai.OpenA
     vectors = np.array([item.embedding for item in answer.data], np.float32)
     assert vectors.shape == (2, 384) and [item.index for item in answer.data] == [0, 1]
     single = client.embeddings.create(model="minilm", input=texts[0], encoding_format="float")
-    np.testing.assert_array_equal(np.float32(single.data[0].embedding), vectors[0])
+    np.testing.assert_array_equal(np.array(single.data[0].embedding, np.float32), vectors[0])
     # left out, the SDK asks for base64 and decodes it; asked for explicitly, the string comes back as sent
     by_default = client.embeddings.create(model="minilm", input=texts)
     np.testing.assert_array_equal(np.array([item.embedding for item in by_default.data], np.float32), vectors)
     as_base64 = client.embeddings.create(model="minilm", input=texts, encoding_format="base64")
-    decoded = np.array([np.frombuffer(base64.b64decode(item.embedding), "<f4") for item in as_base64.data])
+    # the SDK types `embedding` as list[float], but with encoding_format="base64" it passes the server's string on
+    decoded = np.array([np.frombuffer(base64.b64decode(str(item.embedding)), "<f4") for item in as_base64.data])
     np.testing.assert_array_equal(decoded, vectors)
     assert answer.usage.prompt_tokens == answer.usage.total_tokens > 2 * 4
     done = subprocess.run([FORWARDPASS, "predict", "minilm", *texts, "--json"], capture_output=True, text=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -63,4 +65,5 @@ def test_seed_reproduces_and_differs() -> None:
 )
 def test_invalid_parameters_are_refused(field: str, value: float) -> None:
     with pytest.raises(InputError, match=field):
-        SamplingParams(**{field: value})
+        options: dict[str, Any] = {field: value}
+        SamplingParams(**options)

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = [*sorted((ROOT / "samples" / "faces").iterdir()), ROOT / "samples" / "images" / "coffee.png"]
 
 
-def annotations(folder: Path, extra: list[float] | None = None) -> Path:
+def write_annotations(folder: Path, extra: list[float] | None = None) -> Path:
     """COCO ground truth: the faces the model finds (7), plus `extra`, a face on coffee.png it cannot find."""
     model = forwardpass.load("faces")
     images, boxes = [], []
@@ -39,7 +39,7 @@ def annotations(folder: Path, extra: list[float] | None = None) -> Path:
 
 
 def test_faces_found_where_they_are_score_one(tmp_path: Path) -> None:
-    path = annotations(tmp_path)
+    path = write_annotations(tmp_path)
     assert is_coco(path)
     report = evaluate_detection(forwardpass.load("faces"), path)
     assert report["map_50"] == pytest.approx(1.0) and report["map_50_95"] == pytest.approx(1.0)
@@ -48,12 +48,12 @@ def test_faces_found_where_they_are_score_one(tmp_path: Path) -> None:
 
 def test_a_face_the_model_misses_costs_its_share_of_recall(tmp_path: Path) -> None:
     """Precision 1 up to recall 7/8, nothing after: COCO's 101-point AP is 88/101 at every IoU threshold."""
-    report = evaluate_detection(forwardpass.load("faces"), annotations(tmp_path, extra=[100, 100, 80, 80]))
+    report = evaluate_detection(forwardpass.load("faces"), write_annotations(tmp_path, extra=[100, 100, 80, 80]))
     assert report["map_50"] == pytest.approx(88 / 101) and report["map_50_95"] == pytest.approx(88 / 101)
 
 
 def test_eval_from_the_command_line(tmp_path: Path) -> None:
-    path = annotations(tmp_path)
+    path = write_annotations(tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "forwardpass", "eval", "faces", str(path), "--json", "-o", str(tmp_path / "report")],
         capture_output=True,

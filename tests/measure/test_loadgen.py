@@ -14,15 +14,8 @@ import orjson
 import pytest
 
 from forwardpass.errors import InputError, NotFoundError
-from forwardpass.measure.loadgen import (
-    SATURATED_CPU,
-    LoadResult,
-    Target,
-    build_payload,
-    model_inputs,
-    run_closed_loop,
-    run_open_loop,
-)
+from forwardpass.measure.loadgen import SATURATED_CPU, LoadResult, run_closed_loop, run_open_loop
+from forwardpass.measure.payload import Target, build_payload, model_inputs
 from tests.measure.conftest import Served
 from tests.measure.standin import Sampler, StandIn, free_port, standin_server
 

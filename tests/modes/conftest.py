@@ -122,9 +122,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_repository(tmp_path_factory.mktemp("batch-models"))
 
 
-def write_table(
-    path: Path, rows: int, *, seed: int = 0, bad_every: int = 0, note_bytes: int = 0
-) -> list[dict[str, str]]:
+def write_table(path: Path, rows: int, *, seed: int = 0, bad_every: int = 0, note_bytes: int = 0) -> None:
     """A CSV of records a, b, c (+ an unused `note` column of `note_bytes` characters); with `bad_every`, every
     such row is bad in turn: a missing value with no impute, text where a number goes, an extra field."""
     rng = np.random.default_rng(seed)

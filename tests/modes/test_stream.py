@@ -7,6 +7,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -61,7 +62,7 @@ class Answers:
     """A `write` callback that keeps each answer and lets a test wait for the n-th."""
 
     def __init__(self) -> None:
-        self.lines: list[dict[str, object]] = []
+        self.lines: list[dict[str, Any]] = []
         self.arrived: queue.Queue[int] = queue.Queue()
 
     def __call__(self, line: bytes) -> None:
@@ -154,7 +155,12 @@ def test_follow_lines_waits_for_growth_and_whole_lines(tmp_path: Path) -> None:
     stop = threading.Event()
     seen: queue.Queue[str] = queue.Queue()
     with path.open(encoding="utf-8") as file:
-        reader = threading.Thread(target=lambda: [seen.put(line) for line in follow_lines(file, stop, poll_s=0.01)])
+
+        def read() -> None:
+            for line in follow_lines(file, stop, poll_s=0.01):
+                seen.put(line)
+
+        reader = threading.Thread(target=read)
         reader.start()
         assert seen.get(timeout=WAIT_S) == '{"a": 1}\n'
         with path.open("a", encoding="utf-8") as appender:

@@ -122,7 +122,7 @@ def reference_letterbox(image: Image.Image) -> tuple[np.ndarray, float, float, i
     return (canvas / 255.0).transpose(2, 0, 1), new_w / image.width, new_h / image.height, left, top
 
 
-def reference_detections(directory: Path, image: Image.Image, iou: float, agnostic: bool) -> list[dict]:
+def reference_detections(directory: Path, image: Image.Image, iou: float, agnostic: bool) -> list[dict[str, Any]]:
     tensor, scale_x, scale_y, left, top = reference_letterbox(image)
     session = ort.InferenceSession(str(directory / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     rows = session.run(None, {"images": tensor[None]})[0][0].T  # [cells, 4 + classes]
@@ -133,9 +133,9 @@ def reference_detections(directory: Path, image: Image.Image, iou: float, agnost
         kept = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.5, iou))
     else:
         kept = np.asarray(cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), classes.tolist(), 0.5, iou))
-    kept = sorted(kept.reshape(-1).tolist(), key=lambda i: -scores[i])
+    ranked = sorted(kept.reshape(-1).tolist(), key=lambda i: -scores[i])
     found = []
-    for i in kept:
+    for i in ranked:
         x1 = np.clip((xywh[i, 0] - left) / scale_x, 0, image.width)
         y1 = np.clip((xywh[i, 1] - top) / scale_y, 0, image.height)
         x2 = np.clip((xywh[i, 0] + xywh[i, 2] - left) / scale_x, 0, image.width)
@@ -197,7 +197,7 @@ def test_a_missing_output_is_refused_at_load(detector_dir: Path, tmp_path: Path)
         ({"layout": "yolo", "boxes": "b"}, "reads one output"),
     ],
 )
-def test_inconsistent_detection_configs_are_refused(fields: dict, problem: str) -> None:
+def test_inconsistent_detection_configs_are_refused(fields: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         DetectionConfig(kind="detection", **fields)
 
@@ -225,7 +225,7 @@ def test_anchor_sizes_follow_the_scales_when_not_fixed() -> None:
     np.testing.assert_allclose(anchors[-1, 2:], [np.sqrt(0.8 * 1.0)] * 2, rtol=1e-6)  # the last layer's: to 1.0
 
 
-def decode(config: dict, outputs: dict[str, np.ndarray], names: tuple[str, ...]) -> list[dict]:
+def decode(config: dict[str, Any], outputs: dict[str, np.ndarray], names: tuple[str, ...]) -> list[dict[str, Any]]:
     """Detect on one item's raw outputs, boxes in the input's pixels (no image transform)."""
     return Detect(DetectionConfig(kind="detection", **config), names, None)(outputs, {})["detections"]
 

@@ -4,6 +4,7 @@ min/max side with sides rounded to a multiple (against RapidOCR's own detector p
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -119,7 +120,7 @@ def test_an_image_too_small_for_the_multiple_is_refused() -> None:
         ({"letterbox": (64, 64), "crop": 32}, "crop and multiple_of do not apply"),
     ],
 )
-def test_conflicting_sizes_are_refused(fields: dict, problem: str) -> None:
+def test_conflicting_sizes_are_refused(fields: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         ImageConfig(kind="image", **fields)
 

@@ -8,6 +8,7 @@ import struct
 import zlib
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -94,7 +95,7 @@ STEPS = [
 @pytest.mark.parametrize(
     "steps", STEPS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items() if k not in ("mean", "std")) or "plain"
 )
-def test_equals_an_independent_computation(size: tuple[int, int], steps: dict):
+def test_equals_an_independent_computation(size: tuple[int, int], steps: dict[str, Any]):
     data = encode(make_image(*size, seed=size[0]))
     expected = reference(data, **steps)
     got = preprocess(data, **steps)

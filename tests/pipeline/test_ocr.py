@@ -86,7 +86,9 @@ def crops(page_bgr: np.ndarray) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize(("model", "shape"), [("ocr_cls", (3, 48, 192)), ("ocr_rec", (3, 48, 320))])
-def test_text_lines_are_resized_and_padded_as_paddleocr_does(model: str, shape: tuple, page_bgr: np.ndarray) -> None:
+def test_text_lines_are_resized_and_padded_as_paddleocr_does(
+    model: str, shape: tuple[int, ...], page_bgr: np.ndarray
+) -> None:
     preprocess = forwardpass.load(model).preprocess
     reference = TextClassifier.__new__(TextClassifier)
     reference.cls_image_shape = list(shape)
@@ -96,7 +98,7 @@ def test_text_lines_are_resized_and_padded_as_paddleocr_does(model: str, shape: 
         np.testing.assert_allclose(preprocess(rgb)["x"], expected, atol=1e-6)
 
 
-def _rec_norm(crop: np.ndarray, shape: tuple) -> np.ndarray:
+def _rec_norm(crop: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """RapidOCR's recognizer input for a line that is not the widest of its batch (the widest it squeezes by up to
     a pixel, to the batch width rounded down; forwardpass sizes every line alike), cut to the line's own width."""
     recognizer = TextRecognizer.__new__(TextRecognizer)

@@ -6,6 +6,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -15,6 +16,7 @@ from forwardpass.errors import InputError, NotFoundError
 from forwardpass.measure.datasets import open_dataset
 from forwardpass.measure.evaluate import evaluate
 from forwardpass.precision import OptimizeRequest, optimize
+from forwardpass.precision.optimize import Precision
 from forwardpass.repository import Repository
 from tests.precision.digits_resnet import DigitsData
 
@@ -25,13 +27,13 @@ def _top1(model: forwardpass.Model, data: Path) -> float:
     return 100 * float(evaluate(model, open_dataset(data)).metrics["top_k_accuracy"]["1"])
 
 
-def _request(repo: Path, name: str, precision: str, **options: object) -> OptimizeRequest:
+def _request(repo: Path, name: str, precision: Precision, **options: Any) -> OptimizeRequest:
     """Speed is not what these tests check (the bundled digits CNN runs INT8 at about FP32's speed, either side of
     it): slower variants are allowed unless a test says otherwise."""
     options = {"allow_slower": True, **options}
     return OptimizeRequest(
         model=name, repository=repo, precision=precision, seconds=0.2, calibration_limit=64, **options
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_int8_digits_cnn_keeps_top1_and_its_claim_is_remeasured(digits_repo: Path, digits: DigitsData) -> None:

@@ -9,14 +9,16 @@ from forwardpass.errors import SchemaError
 from forwardpass.quality import SchemaCheck
 
 SCHEMA = SchemaCheck(
-    InputSchemaConfig(
-        fields={
-            "age": {"type": "integer", "min": 0, "max": 120},
-            "income": {"type": "number", "min": 0, "required": False},
-            "country": {"type": "string", "categories": ["FR", "DE"]},
-            "member": {"type": "boolean", "required": False},
-        },
-        allow_extra=False,
+    InputSchemaConfig.model_validate(
+        {
+            "fields": {
+                "age": {"type": "integer", "min": 0, "max": 120},
+                "income": {"type": "number", "min": 0, "required": False},
+                "country": {"type": "string", "categories": ["FR", "DE"]},
+                "member": {"type": "boolean", "required": False},
+            },
+            "allow_extra": False,
+        }
     )
 )
 GOOD = {"age": 40, "income": 1200.5, "country": "FR", "member": True}
@@ -66,13 +68,15 @@ def test_a_non_record_is_refused():
 
 
 NUMBERS = SchemaCheck(
-    InputSchemaConfig(
-        fields={
-            "age": {"type": "integer", "min": 0, "max": 120},
-            "bmi": {"type": "number", "min": 10.0},
-            "dose": {"type": "number", "required": False},
-        },
-        allow_extra=False,
+    InputSchemaConfig.model_validate(
+        {
+            "fields": {
+                "age": {"type": "integer", "min": 0, "max": 120},
+                "bmi": {"type": "number", "min": 10.0},
+                "dose": {"type": "number", "required": False},
+            },
+            "allow_extra": False,
+        }
     )
 )
 NUMBERS_GOOD = {"age": 40, "bmi": 22.5, "dose": 0.0}

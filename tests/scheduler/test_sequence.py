@@ -17,6 +17,7 @@ from forwardpass.config import SequenceBatchingConfig, SequenceStateConfig
 from forwardpass.errors import ClientQuotaExceeded, ConfigError, InputError, Overloaded
 from forwardpass.model import Model
 from forwardpass.repository import default_repository
+from forwardpass.scheduler.batcher import Batched
 from forwardpass.scheduler.sequence import SequenceBatcher, sequence_flags, state_slots
 from tests.vad_audio import CHUNK, package_probabilities, voice
 
@@ -83,7 +84,7 @@ async def test_interleaved_sequences_share_batches_and_match_the_package_alone(v
     audios = {f"seq-{i}": voice(1.5 + 0.5 * i, seed=i) for i in range(4)}
     sizes: list[int] = []
     sequencer = batcher(vad, on_batch=lambda rows, run_s: sizes.append(rows), max_queue_size=4096)
-    futures: dict[str, list[asyncio.Future[object]]] = {name: [] for name in audios}
+    futures: dict[str, list[asyncio.Future[Batched]]] = {name: [] for name in audios}
     longest = max(len(audio) // CHUNK for audio in audios.values())
     for index in range(longest):  # round robin, all submitted before any answer: steps queue and batch up
         for name, audio in audios.items():
@@ -93,7 +94,7 @@ async def test_interleaved_sequences_share_batches_and_match_the_package_alone(v
                 futures[name].append(sequencer.submit(name, step(chunks[index]), start=index == 0, end=last))
     everything: list[float] = []
     for name, audio in audios.items():
-        served = np.array([(await future).outputs["output"][0, 0] for future in futures[name]])  # type: ignore[attr-defined]
+        served = np.array([(await future).outputs["output"][0, 0] for future in futures[name]])
         expected = package_probabilities(audio)
         assert served.shape == expected.shape
         np.testing.assert_allclose(served, expected, atol=1e-5)

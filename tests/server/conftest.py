@@ -114,7 +114,10 @@ def _add_slow_term(
     """Appends `target + 0 * sum((A * sum(source))^16)`: four size-by-size matrix products per call that ONNX
     Runtime cannot fold away, because they depend on the input. Returns the name of the result."""
     matrix = np.random.default_rng(1).standard_normal((size, size)).astype(np.float32) / size
-    initializers += [numpy_helper.from_array(matrix, "slow_a"), numpy_helper.from_array(np.float32(0.0), "slow_zero")]
+    initializers += [
+        numpy_helper.from_array(matrix, "slow_a"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "slow_zero"),
+    ]
     nodes += [
         helper.make_node("ReduceSum", [source], ["slow_total"], keepdims=0),
         helper.make_node("Mul", ["slow_a", "slow_total"], ["slow_m0"]),

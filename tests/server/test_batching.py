@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import orjson
@@ -14,7 +15,7 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def batching_server(tmp_path_factory: pytest.TempPathFactory, kit) -> Iterator:
+def batching_server(tmp_path_factory: pytest.TempPathFactory, kit) -> Iterator[Any]:
     root = tmp_path_factory.mktemp("batching")
     kit.save(kit.gather_graph(slow=True), root / "gather" / "1", {"max_batch_size": 32})
     # requests queued behind a running batch wait (up to 2 s) until exactly 15 rows can go together
@@ -31,20 +32,20 @@ def batching_server(tmp_path_factory: pytest.TempPathFactory, kit) -> Iterator:
     running.stop()
 
 
-def post(connection: http.client.HTTPConnection, path: str, document: dict) -> tuple[int, dict]:
+def post(connection: http.client.HTTPConnection, path: str, document: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     connection.request("POST", path, orjson.dumps(document), {"Content-Type": "application/json"})
     response = connection.getresponse()
     return response.status, orjson.loads(response.read())
 
 
-def gather_request(index: int) -> dict:
+def gather_request(index: int) -> dict[str, Any]:
     return {"inputs": [{"name": "index", "datatype": "INT64", "shape": [1, 1], "data": [index]}]}
 
 
 def test_a_bad_request_inside_a_batch_fails_alone_while_its_neighbours_succeed(batching_server):
     indexes = [1, 2, 3, 4, 5, 99, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5]  # 99 is past the table: only ONNX Runtime notices
     sizes = batching_server.batch_sizes("gather_burst")
-    results: dict[int, tuple[int, dict]] = {}
+    results: dict[int, tuple[int, dict[str, Any]]] = {}
     sent = [threading.Event() for _ in indexes]
 
     def send(slot: int, connection: http.client.HTTPConnection) -> None:
@@ -129,7 +130,7 @@ def test_an_idle_server_adds_no_latency_with_batching_on(batching_server):
     assert _queue_bucket(text, "mlp_batched", "0.1") == queued  # a request that waited would have waited 1 s
 
 
-def _stats(server, model: str) -> dict:
+def _stats(server, model: str) -> dict[str, Any]:
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     connection.request("GET", f"/v2/models/{model}/stats")
     return orjson.loads(connection.getresponse().read())["model_stats"][0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ async def test_errors_come_from_the_forwardpass_tree(dataplane: DataPlane):
     assert not dataplane.model_ready("mlp", "7")
 
 
-class RecordThatBreaksReading(dict):
+class RecordThatBreaksReading(dict[str, Any]):
     """A record with every column, whose reading raises TypeError: what a bug inside a preprocessor (or a library
     it calls) raises, through the preprocessing's own code path."""
 

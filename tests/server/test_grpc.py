@@ -119,7 +119,9 @@ def client(grpc_server: Any) -> Iterator[triton.InferenceServerClient]:
         yield connected
 
 
-def in_process(repository: Path, name: str, inputs: dict[str, np.ndarray], version: int | None = None) -> dict:
+def in_process(
+    repository: Path, name: str, inputs: dict[str, np.ndarray], version: int | None = None
+) -> dict[str, Any]:
     model = forwardpass.load(name, repository=repository, version=version)
     try:
         return model.infer(inputs)

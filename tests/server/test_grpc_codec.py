@@ -3,6 +3,8 @@ send it reads back exactly, and every malformed message is an InputError naming 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -100,7 +102,7 @@ def test_strings_go_out_as_utf8_elements() -> None:
         ("BOOL", "bool_contents", [True, False, False, True], np.bool_),
     ],
 )
-def test_typed_contents_decode_to_the_declared_dtype(datatype: str, field: str, values: list, dtype: type) -> None:
+def test_typed_contents_decode_to_the_declared_dtype(datatype: str, field: str, values: list[Any], dtype: type) -> None:
     message = pb.ModelInferRequest(model_name="m")
     tensor = message.inputs.add(name="x", datatype=datatype, shape=[2, 2])
     getattr(tensor.contents, field).extend(values)
@@ -234,7 +236,9 @@ TENSOR = st.builds(
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(TENSOR, max_size=3), st.booleans())
-def test_arbitrary_messages_decode_or_raise_only_input_errors(tensors: list[tuple], raw_for_all: bool) -> None:
+def test_arbitrary_messages_decode_or_raise_only_input_errors(
+    tensors: list[tuple[Any, ...]], raw_for_all: bool
+) -> None:
     message = pb.ModelInferRequest(model_name="m")
     for name, datatype, shape, raw, typed in tensors:
         tensor = message.inputs.add(name=name, datatype=datatype, shape=shape)

@@ -7,6 +7,7 @@ import base64
 import io
 import logging
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -227,11 +228,11 @@ def test_text_sent_to_an_image_model_is_never_opened_as_a_server_path(server, te
     assert "send its bytes" in error_of(answer) and text not in error_of(answer)
 
 
-def v2(name: str, shape: list[int], data: object, datatype: str = "FP32") -> dict:
+def v2(name: str, shape: list[int], data: object, datatype: str = "FP32") -> dict[str, Any]:
     return {"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}]}
 
 
-BAD_REQUESTS = [
+BAD_REQUESTS: list[tuple[str, bytes, dict[str, str], int, str]] = [
     ("/v2/models/mlp/infer", b"{not json", {}, 400, "not valid JSON"),
     ("/v2/models/mlp/infer", orjson.dumps({"inputs": []}), {}, 400, "non-empty list"),
     ("/v2/models/mlp/infer", orjson.dumps(v2("z", [1, 64], [0.0] * 64)), {}, 400, "unknown input(s) ['z']"),

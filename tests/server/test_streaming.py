@@ -118,7 +118,7 @@ def test_interleaved_sequences_on_one_grpc_stream_match_the_package_alone(
         sent_order += [f"{s}/{index}" for s, a in audios.items() if index < len(a) // CHUNK]
     assert [request_id for request_id, _ in answers] == sent_order  # answers in request order, with their ids
     served = by_sequence(answers)
-    everything = []
+    everything: list[float] = []
     for sequence_id, audio in audios.items():
         expected = package_probabilities(audio)
         np.testing.assert_allclose(served[sequence_id], expected, atol=1e-5)

@@ -28,7 +28,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def torch_mobilenet():  # type: ignore[no-untyped-def]
+def torch_mobilenet():
     torch = pytest.importorskip("torch")
     for op in ("nms", "qnms"):  # torchvision's C ops don't load beside the CPU torch wheel; its models are pure Python
         with contextlib.suppress(RuntimeError):  # already defined earlier in this process
@@ -45,7 +45,7 @@ def torch_mobilenet():  # type: ignore[no-untyped-def]
     return model.eval(), weights.transforms(), list(weights.meta["categories"])
 
 
-def test_mobilenet_matches_torch_with_torchvision_preprocessing(torch_mobilenet) -> None:  # type: ignore[no-untyped-def]
+def test_mobilenet_matches_torch_with_torchvision_preprocessing(torch_mobilenet) -> None:
     import torch
 
     net, transform, categories = torch_mobilenet
@@ -118,6 +118,7 @@ def test_main_job_tabular_metrics_equal_independent_computation() -> None:
     config = forwardpass.ModelConfig.from_file(ROOT / "models" / "diabetes" / "config.yaml")
     columns = config.preprocess.columns  # type: ignore[union-attr]
     target = config.postprocess.target  # type: ignore[union-attr]
+    assert target is not None
     features = np.array([[(float(r[c.name]) - c.min) / (c.max - c.min) for c in columns] for r in rows], np.float32)
     session = ort.InferenceSession(str(ROOT / "models" / "diabetes" / "1" / "model.onnx"))
     values = session.run(None, {"input": features})[0].reshape(-1) * target.std + target.mean

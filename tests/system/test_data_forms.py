@@ -103,6 +103,7 @@ def test_optimize_eval_reads_each_form(
         shutil.copytree(model, bare)
         (bare / config.name).unlink()
         model = bare
+    assert data is not None
     run("optimize", model, "--precision", "fp16", "--eval", data, "-o", tmp_path / "fp16")
     evaluation = json.loads((tmp_path / "fp16" / "precision.json").read_text())["evaluation"]
     assert evaluation["metric_key"] == "top1_accuracy" and evaluation["items"] == 12  # the labels were read

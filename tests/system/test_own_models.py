@@ -96,8 +96,10 @@ def assert_answers(user: UserModel, predictions: list[dict[str, Any]]) -> None:
                 atol=PROBABILITY_TOLERANCE,
             )
     elif user.task == "regression":
+        assert user.values is not None
         np.testing.assert_allclose([p["value"] for p in predictions], user.values, rtol=1e-5, atol=1e-4)
     else:
+        assert user.values is not None
         got = np.array([next(iter(p["outputs"].values())) for p in predictions])
         np.testing.assert_allclose(got, user.values, rtol=1e-5, atol=1e-5)
 
@@ -200,7 +202,7 @@ def test_init_writes_a_config_that_gives_the_same_answers(
 ) -> None:
     user = corpus[name]
     folder = tmp_path / name
-    labelled = ["--data", data[name]["eval"]] if user.task == "raw" else []
+    labelled: list[str | Path] = ["--data", data[name]["eval"]] if user.task == "raw" else []
     run("init", user.artefact, "-o", folder, *labelled, trust=user.trust_pickle)
     shutil.copy(user.artefact, folder / user.artefact.name)
     written = yaml.safe_load((folder / "config.yaml").read_text())
@@ -213,7 +215,7 @@ def test_init_writes_a_config_that_gives_the_same_answers(
         assert written["postprocess"]["kind"] == "classification"
         assert [p["label"] for p in predictions] == user.predicted
     else:
-        assert_answers(user, predictions)  # type: ignore[arg-type]
+        assert_answers(user, predictions)
 
 
 # --- mistakes in a config are refused at load, with the fix ---------------------------------------------------------
