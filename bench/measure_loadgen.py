@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import Load, run_load  # bench/loadgen.py: the wrk runner
 
 from forwardpass.measure import machine_info
-from forwardpass.measure.loadgen import Target, build_payload, model_inputs, run_closed_loop
+from forwardpass.measure.loadgen import run_closed_loop
+from forwardpass.measure.payload import Target, build_payload, model_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "digits_cnn"

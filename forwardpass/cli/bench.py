@@ -1,9 +1,11 @@
 """`forwardpass bench`: throughput and latency in process (beside raw ONNX Runtime), against a server, and in
-MLPerf LoadGen's scenarios; with accuracy beside speed for each precision, and a report on disk."""
+MLPerf LoadGen's scenarios; with accuracy beside speed for each precision, and a report on disk.
+
+This module is the command: its options, the choice between its three runs, and what it prints and saves. The runs
+live beside it: `bench_local` (in process), `bench_server` (--url) and `bench_mlperf` (--mlperf, either way)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,32 +14,18 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from forwardpass.cli.common import AS_JSON, REPOSITORY, TRUST_PICKLE, VERSION, open_model, output_option
-from forwardpass.cli.reporting import float_list, int_list, ms, print_json, progress, text_list
+from forwardpass.cli.bench_local import bench_local
+from forwardpass.cli.bench_server import bench_server
+from forwardpass.cli.common import AS_JSON, REPOSITORY, TRUST_PICKLE, VERSION, output_option
+from forwardpass.cli.reporting import ms, print_json, text_list
 from forwardpass.errors import InputError
-from forwardpass.measure import (
-    RawSession,
-    RoundDone,
-    SpeedPoint,
-    bench,
-    evaluate,
-    loadgen,
-    machine_info,
-    mlperf,
-    open_dataset,
-)
-from forwardpass.measure.datasets import Dataset
-from forwardpass.measure.evaluate import label_set
+from forwardpass.measure import machine_info, mlperf
 from forwardpass.measure.report import configuration, mlperf_figure, save_bench
-from forwardpass.measure.speed import random_inputs
-from forwardpass.measure.variants import DEFAULT_PRECISION, precision_of, variants
-from forwardpass.model import Model
 
 __all__ = ["bench_command", "register"]
 
 ENGINES = (("forwardpass", "ours"), ("onnxruntime", "raw ORT"))
 INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
-MLPERF_SAMPLES = 256
 
 
 def bench_command(
@@ -142,10 +130,10 @@ def bench_command(
     if not as_json:
         console.print(_machine_line(machine), highlight=False)
     if url is not None:
-        data = _bench_server(name, url, concurrency, rate, encoding, clients, duration, scenarios, out, machine)
+        data = bench_server(name, url, concurrency, rate, encoding, clients, duration, scenarios, out, machine)
         latencies: dict[str, list[float]] = {}
     else:
-        data, latencies = _bench_local(
+        data, latencies = bench_local(
             name,
             batch_sizes,
             threads,
@@ -191,241 +179,6 @@ def _scenarios(text: str | None) -> list[str]:
     if unknown:
         raise InputError(f"--mlperf: unknown scenario(s) {', '.join(unknown)}; use all or {','.join(mlperf.SCENARIOS)}")
     return chosen
-
-
-def _bench_local(
-    name: str,
-    batch_sizes: str,
-    threads: str | None,
-    precision: str | None,
-    duration: float,
-    warmup: float,
-    eval_data: Path | None,
-    label_column: str | None,
-    scenarios: list[str],
-    out: Path | None,
-    repository: Path | None,
-    version: int | None,
-    machine: dict[str, object],
-    trust_pickle: bool,
-) -> tuple[dict[str, Any], dict[str, list[float]]]:
-    sizes = int_list(batch_sizes, "--batch-size")
-    thread_counts: list[int | None] = list(int_list(threads, "--threads")) if threads is not None else [None]
-    if precision is not None and version is not None:
-        raise InputError("--precision picks versions by their precision.json; do not give --version with it")
-    chosen = variants(name, text_list(precision, "--precision"), repository) if precision else {"": version}
-    dataset = open_dataset(eval_data, label_column) if eval_data is not None else None
-    results: list[dict[str, Any]] = []
-    latencies: dict[str, list[float]] = {}
-    accuracy: dict[str, Any] = {}
-    mlperf_runs: list[dict[str, Any]] = []
-    settings: dict[str, Any] = {}
-    interrupted = None
-    try:
-        for asked, chosen_version in chosen.items():
-            for count in thread_counts:
-                overrides: dict[str, Any] = {} if count is None else {"intra_op_threads": count}
-                loaded = open_model(name, repository, chosen_version, trust_pickle=trust_pickle, **overrides)
-                try:
-                    label = asked or _precision_label(loaded)
-                    points: list[SpeedPoint] = []
-
-                    def record(
-                        point: SpeedPoint, model: Model = loaded, label: str = label, points: list[SpeedPoint] = points
-                    ) -> dict[str, Any]:
-                        row = {
-                            "precision": label,
-                            "version": model.version,
-                            "threads": model.engine.intra_op_threads,
-                            **point.to_dict(),
-                        }
-                        for engine, timing in (("forwardpass", point.ours), ("onnxruntime", point.raw)):
-                            latencies[f"{engine} {configuration(row)}"] = [s * 1e3 for s in timing.latencies]
-                        points.append(point)
-                        results.append(row)  # last: a row in `results` is complete, whenever Ctrl-C comes
-                        return row
-
-                    _time(loaded, sizes, duration, warmup, label, record)
-                    engine_settings = loaded.engine
-                    settings = {
-                        "graph_optimization": engine_settings.graph_optimization,
-                        "providers": loaded.session.providers,
-                    }
-                    if count == thread_counts[0]:
-                        if dataset is not None:
-                            accuracy[label] = _accuracy(loaded, dataset, points)
-                        if scenarios and out is not None:
-                            mlperf_runs += _mlperf(loaded, dataset, scenarios, duration, out / "mlperf" / label)
-                finally:
-                    loaded.close()
-    except KeyboardInterrupt:
-        planned = len(chosen) * len(thread_counts) * len(sizes)
-        interrupted = f"{len(results)} of {planned} configurations"
-    data: dict[str, Any] = {
-        "kind": "bench",
-        "model": name,
-        "settings": {
-            "batch_sizes": sizes,
-            "threads": [c for c in thread_counts if c is not None] or "config",
-            "precisions": list(dict.fromkeys(r["precision"] for r in results)),
-            "duration": duration,
-            "warmup": warmup,
-            **settings,
-        },
-        "machine": machine,
-        "results": results,
-    }
-    if accuracy:
-        first = next(iter(accuracy.values()))
-        data["accuracy"] = {
-            "metric": first["metric"],
-            "data": str(eval_data),
-            "batch_size": max(sizes),
-            "by_precision": accuracy,
-        }
-    if mlperf_runs:
-        data["mlperf"] = mlperf_runs
-    if interrupted:
-        data["interrupted"] = interrupted
-    return data, latencies
-
-
-def _precision_label(model: Model) -> str:
-    return precision_of(model.entry.artefact.parent) if model.version is not None else DEFAULT_PRECISION
-
-
-def _time(
-    model: Model,
-    sizes: list[int],
-    duration: float,
-    warmup: float,
-    label: str,
-    record: Callable[[SpeedPoint], dict[str, Any]],
-) -> None:
-    """Each batch size timed and `record`ed as soon as it is measured (so that Ctrl-C keeps the finished ones)."""
-    raw = RawSession(model)
-    threads = model.engine.intra_op_threads or "default"
-    with progress() as bar:
-        for size in sizes:
-            task = bar.add_task(f"{label} t{threads} batch {size}", total=2 * (warmup + duration))
-
-            def show(done: RoundDone, task: Any = task, size: int = size) -> None:
-                step = "warm-up" if done.phase == "warmup" else f"round {done.index + 1}/{done.rounds}"
-                speed = f"{done.items_per_second:,.0f} items/s"
-                description = f"{label} t{threads} batch {size} {done.name} {step}: {speed}"
-                bar.update(task, advance=done.seconds, description=description)
-
-            for point in bench(model, [size], seconds=duration, warmup_seconds=warmup, on_round=show, raw=raw):
-                row = record(point)
-                # one line per finished configuration, above the bar (and in logs, where no bar is drawn)
-                ours, theirs = point.ours.throughput, point.raw.throughput
-                bar.console.print(f"measured {configuration(row)}: {ours:,.0f} items/s (raw ORT {theirs:,.0f})")
-
-
-def _accuracy(model: Model, dataset: Dataset, points: list[SpeedPoint]) -> dict[str, Any]:
-    report = evaluate(model, dataset)
-    metric, value = report.rows[0]
-    fastest = max(points, key=lambda point: point.batch_size)
-    return {
-        "version": model.version,
-        "metric": metric,
-        "value": value,
-        "throughput": fastest.ours.throughput,
-        "n": report.n,
-        "bad": report.bad,
-    }
-
-
-def _mlperf(
-    model: Model, dataset: Dataset | None, scenarios: list[str], duration: float, out: Path
-) -> list[dict[str, Any]]:
-    labels = label_set(model)
-    samples: list[mlperf.Sample] = []
-    if dataset is not None:
-        for example in dataset.examples[:MLPERF_SAMPLES]:
-            try:
-                inputs = model.preprocess(example.raw)
-            except InputError:
-                continue  # eval reports such items; LoadGen needs valid samples only
-            label = labels.index(example.label) if labels and example.label in labels else None
-            samples.append(mlperf.Sample(inputs, label))
-    else:
-        batch = random_inputs(model.inputs, 64)
-        samples = [mlperf.Sample({k: v[i] for k, v in batch.items()}) for i in range(64)]
-    modes: tuple[mlperf.Mode, ...] = ("performance", "accuracy") if dataset is not None else ("performance",)
-    with progress() as bar:
-        task = bar.add_task(f"MLPerf {model.name}", total=len(scenarios) * len(modes))
-        results = mlperf.run_scenarios(
-            mlperf.InProcess(model),
-            samples,
-            out,
-            scenarios=scenarios,
-            modes=modes,
-            seconds=min(duration, 10.0),
-            classify=labels is not None,
-            on_done=lambda result: bar.update(task, advance=1, description=f"MLPerf {result.scenario}"),
-        )
-    return [{"system": "in process", **result.to_dict()} for result in results]
-
-
-def _bench_server(
-    name: str,
-    url: str,
-    concurrency: str,
-    rate: str | None,
-    encoding: str,
-    clients: int,
-    duration: float,
-    scenarios: list[str],
-    out: Path | None,
-    machine: dict[str, object],
-) -> dict[str, Any]:
-    target = loadgen.Target(url, name)
-    encodings = text_list(encoding, "--encoding")
-    bad = [e for e in encodings if e not in ("json", "binary")]
-    if bad:
-        raise InputError(f"--encoding: {', '.join(bad)}? use json, binary or json,binary")
-    loads: list[tuple[loadgen.Mode, float]] = [("closed", c) for c in int_list(concurrency, "--concurrency")]
-    loads += [("open", r) for r in float_list(rate, "--rate")] if rate else []
-    specs = loadgen.model_inputs(target)
-    runs: list[dict[str, Any]] = []
-    interrupted = None
-    try:
-        with progress() as bar:
-            task = bar.add_task(f"{name} at {url}", total=len(encodings) * len(loads))
-            for chosen in encodings:
-                payload = loadgen.build_payload(target, specs, chosen)  # type: ignore[arg-type]
-                for mode, load in loads:
-                    bar.update(task, description=f"{mode} loop {load:g} ({chosen})")
-                    if mode == "closed":
-                        result = loadgen.run_closed_loop(target, payload, int(load), duration, clients)
-                    else:
-                        result = loadgen.run_open_loop(target, payload, load, duration, clients)
-                    runs.append(result.to_dict())
-                    bar.advance(task)
-    except KeyboardInterrupt:
-        interrupted = f"{len(runs)} of {len(encodings) * len(loads)} loads"
-    data: dict[str, Any] = {
-        "kind": "bench",
-        "model": name,
-        "settings": {"url": url, "duration": duration, "clients": clients, "encodings": encodings},
-        "machine": machine,
-        "server": {"url": url, "model": name, "runs": runs},
-    }
-    if interrupted:
-        data["interrupted"] = interrupted
-        return data
-    if scenarios and out is not None:
-        if target.protocol != "http":
-            raise InputError("--mlperf against a server speaks HTTP: give an http:// --url")
-        batch = random_inputs(specs, 64)
-        samples = [mlperf.Sample({k: v[i] for k, v in batch.items()}) for i in range(64)]
-        system = mlperf.OverHttp(url, name, connections=max(1, clients * 2))
-        results = mlperf.run_scenarios(
-            system, samples, out / "mlperf" / "server", scenarios=scenarios, seconds=min(duration, 10.0)
-        )
-        data["mlperf"] = [{"system": url, **result.to_dict()} for result in results]
-    return data
 
 
 def _machine_line(machine: dict[str, object]) -> str:

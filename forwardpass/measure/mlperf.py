@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from forwardpass.errors import InputError, MissingExtraError
-from forwardpass.measure.loadgen import Target
+from forwardpass.measure.payload import Target
 from forwardpass.model import Model
 from forwardpass.pipeline import Arrays
 from forwardpass.tensor import DataType
