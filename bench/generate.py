@@ -5,8 +5,10 @@ Usage: python bench/generate.py [--threads 1,2] [--new-tokens 64] [--streams 8] 
 
 Engines (each round runs every engine in a fresh process pinned to the first --threads cores, so that its peak RSS
 is its own; the rounds interleave the engines):
-- forwardpass-fp32 / -int4 / -int8: the exported decoder (.build/bench/smollm2, made once from the GGUF; int4/int8
-  by forwardpass.precision.decoder) and its continuous-batching loop, in-process; 8 streams submitted at once;
+- forwardpass-fp32 / -int4 / -int8: the exported decoder (.build/bench/smollm2, made once from the GGUF by
+  forwardpass.generation.export_decoder: ONNX Runtime GenAI's model builder graph at FP32; int4/int8 by
+  forwardpass.precision.decoder) and its continuous-batching loop with the cache kept in place, in-process; 8
+  streams submitted at once;
 - ort-genai-fp32 / -int4: ONNX Runtime GenAI's own model builder (`-p fp32|int4 -e cpu`, its defaults: RTN, block
   32, symmetric, accuracy level 4) on a Hugging Face folder made from the GGUF, and its own generator loop; 8 streams
   are one static batch of 8 (padded by its own tokenizer);
@@ -87,51 +89,27 @@ def forwardpass_folder(precision: str) -> Path:
 
 
 def hugging_face_folder() -> Path:
-    """The GGUF as a Hugging Face folder (weights bit-equal): transformers loads `gguf_file=` but will not
-    save_pretrained that model, so it is rebuilt from its config and state dict."""
+    """The GGUF as a Hugging Face folder (weights bit-equal), as forwardpass's export makes it for the builder."""
     folder = WORK / "smollm2-hf"
     if (folder / "config.json").is_file():
         return folder
     from forwardpass.formats.torch import import_torch
+    from forwardpass.generation.builder import hugging_face_folder as save_as_hugging_face
 
     import_torch("huggingface")
     import transformers
 
     gguf = smollm2_gguf()
     loaded = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
-    config = loaded.config
-    del config.quantization_config  # "gguf": the weights saved here are plain FP32 (ORT GenAI refuses the marker)
-    rebuilt = transformers.AutoModelForCausalLM.from_config(config)
-    rebuilt.load_state_dict(loaded.state_dict())
-    rebuilt.save_pretrained(folder)
-    transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(folder)
-    return folder
+    return save_as_hugging_face(transformers, loaded, gguf, folder)
 
 
 def ort_genai_folder(precision: str) -> Path:
+    from forwardpass.generation.builder import run_builder
+
     folder = WORK / f"ort-genai-{precision}"
-    if (folder / "genai_config.json").is_file():
-        return folder
-    source = hugging_face_folder()
-    arguments = [
-        "-i",
-        str(source),
-        "-o",
-        str(folder),
-        "-p",
-        precision,
-        "-e",
-        "cpu",
-        "-c",
-        str(WORK / "ort-genai-cache"),
-    ]
-    # the builder imports transformers, which imports a torchvision built for another torch: import_torch first
-    launch = (
-        "import runpy, sys; from forwardpass.formats.torch import import_torch; import_torch('huggingface'); "
-        f"sys.argv = ['builder', *{arguments!r}]; "
-        "runpy.run_module('onnxruntime_genai.models.builder', run_name='__main__')"
-    )
-    subprocess.run([sys.executable, "-c", launch], check=True, stdout=subprocess.DEVNULL)
+    if not (folder / "genai_config.json").is_file():
+        run_builder(hugging_face_folder(), folder, precision, WORK / "ort-genai-cache")
     return folder
 
 

@@ -86,6 +86,19 @@ class OrtSession:
             named[name] = np.array([list(row.values()) for row in named[name]], dtype=np.float32)
         return named
 
+    def io_binding(self) -> ort.IOBinding:
+        """Inputs and outputs bound to memory the caller keeps (a decoder's KV cache updated in place)."""
+        return self._session.io_binding()
+
+    def run_bound(self, binding: ort.IOBinding) -> None:
+        """Run with the inputs and outputs of `binding`: the results are in the memory bound to them."""
+        try:
+            self._session.run_with_iobinding(binding)
+        except (InvalidArgument, ValueError) as exc:
+            raise InputError(f"the model refused the input: {str(exc).splitlines()[0]}") from None
+        except (Fail, RuntimeException) as exc:
+            raise InputError(f"the model failed on this input: {str(exc).splitlines()[0]}") from None
+
     def close(self) -> None:
         del self._session
 

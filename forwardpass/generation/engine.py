@@ -1,10 +1,11 @@
 """Continuous batching: one thread runs the decode loop of a model; requests join the running batch at the next
 step and leave it as soon as they finish, so a long generation never holds up a short one.
 
-Each step: admit waiting requests (their prompts run together once, left-padded; each one's first token is sampled
-at once, then their caches join the batch), run one decode step for the whole batch (one new token per sequence),
-choose each sequence's token, tell its listener, and drop the sequences that finished or were cancelled. Listeners
-are called on the loop's thread; `tokens` (blocking) and `stream` (asyncio) turn them into iterators.
+Each step: admit waiting requests (their prompts run together once, padded as the graph needs; each one's first
+token is sampled at once, then their caches join the batch), run one decode step for the whole batch (one new
+token per sequence), choose each sequence's token, tell its listener, and drop the sequences that finished or were
+cancelled. Listeners are called on the loop's thread; `tokens` (blocking) and `stream` (asyncio) turn them into
+iterators.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from forwardpass.backends.base import Session
 from forwardpass.config import GenerationConfig
 from forwardpass.errors import ForwardpassError, InputError, Overloaded
 from forwardpass.generation.chat import ChatTemplate
-from forwardpass.generation.decoder import BatchCache, DecoderLayout
+from forwardpass.generation.decoder import BatchCache, DecoderLayout, InPlaceCache
 from forwardpass.generation.sampling import SamplingParams, log_probabilities, sample
 from forwardpass.generation.text import TextCodec
 
@@ -57,7 +58,7 @@ class Ticket:
 
 
 class _Sequence:
-    __slots__ = ("last", "limit", "listener", "params", "position", "produced", "prompt", "rng", "stops", "ticket")
+    __slots__ = ("last", "limit", "listener", "params", "produced", "prompt", "rng", "stops", "ticket")
 
     def __init__(self, prompt: list[int], params: SamplingParams, listener: Listener, limit: int, stops: set[int]):
         self.prompt = prompt
@@ -69,7 +70,6 @@ class _Sequence:
         self.rng = np.random.default_rng(params.seed)
         self.produced = 0
         self.last = -1
-        self.position = len(prompt)
 
 
 class TokenStream:
@@ -192,7 +192,7 @@ class Generator:
     # the loop's thread
 
     def _loop(self) -> None:
-        cache = BatchCache(self.layout)
+        cache = self.layout.cache(self.session)
         active: list[_Sequence] = []
         while True:
             with self._condition:
@@ -216,49 +216,33 @@ class Generator:
                     exc = ForwardpassError(f"model '{self.name}': the generation step failed: {exc}")
                 self._fail([*active, *(sequence for sequence in joining if sequence not in active)], exc)
                 active.clear()
-                cache = BatchCache(self.layout)
+                cache = self.layout.cache(self.session)
         self._fail(active, Overloaded(f"model '{self.name}' was unloaded during the generation"))
 
-    def _prefill(self, joining: list[_Sequence], cache: BatchCache, active: list[_Sequence]) -> None:
-        """Run the new prompts together (left-padded), emit each one's first token, and add those that go on to
-        the batch."""
-        width = max(len(sequence.prompt) for sequence in joining)
-        ids = np.zeros((len(joining), width), np.int64)
-        mask = np.zeros((len(joining), width), np.int64)
-        for row, sequence in enumerate(joining):
-            ids[row, width - len(sequence.prompt) :] = sequence.prompt
-            mask[row, width - len(sequence.prompt) :] = 1
-        feed = dict(zip(self.layout.past, self.layout.empty(len(joining)), strict=True))
-        feed.update(input_ids=ids, attention_mask=mask, position_ids=np.maximum(mask.cumsum(axis=1) - 1, 0))
-        outputs = self.session.run(feed)
-        logits = outputs["logits"][:, -1]
+    def _prefill(self, joining: list[_Sequence], cache: BatchCache | InPlaceCache, active: list[_Sequence]) -> None:
+        """Run the new prompts together, emit each one's first token, and keep those that go on in the batch."""
+        first_new = cache.rows
+        logits = cache.prefill([sequence.prompt for sequence in joining])
+        best = logits.argmax(axis=-1)
         going_on = []
         for row, sequence in enumerate(joining):
             params = sequence.params
-            token = int(logits[row].argmax()) if params.greedy else sample(logits[row], params, sequence.rng)
+            token = int(best[row]) if params.greedy else sample(logits[row], params, sequence.rng)
             if self._emit(sequence, token, logits[row]):
                 going_on.append(row)
-        first_new = cache.rows
-        cache.join(outputs, mask)
         if len(going_on) < len(joining):
             cache.keep([*range(first_new), *(first_new + row for row in going_on)])
         active.extend(joining[row] for row in going_on)
 
-    def _decode(self, cache: BatchCache, active: list[_Sequence]) -> None:
+    def _decode(self, cache: BatchCache | InPlaceCache, active: list[_Sequence]) -> None:
         """One token for every sequence of the batch."""
-        feed = cache.step_inputs()
-        feed["input_ids"] = np.asarray([[sequence.last] for sequence in active], np.int64)
-        feed["position_ids"] = np.asarray([[sequence.position] for sequence in active], np.int64)
-        outputs = self.session.run(feed)
+        logits = cache.decode([sequence.last for sequence in active])
         self.steps += 1
         self.rows_decoded += len(active)
         self.peak_rows = max(self.peak_rows, len(active))
-        cache.advance(outputs, feed["attention_mask"])
-        logits = outputs["logits"][:, -1]
         best = logits.argmax(axis=-1)
         keep = []
         for row, sequence in enumerate(active):
-            sequence.position += 1
             if sequence.ticket.cancelled:
                 continue
             params = sequence.params

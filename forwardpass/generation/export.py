@@ -4,9 +4,11 @@ weights in `1/model.onnx.data`, `1/model.json` (how it was made, with the measur
 `tokenizer_config.json` with the model's chat template and special tokens when it has a template (the GGUF
 metadata's, or the Hugging Face tokenizer's).
 
-The graph takes `input_ids`, `attention_mask` (past + new tokens), `position_ids` and `past_key_values.<i>.key|value`
-[batch, heads, past, head_dim]; it gives `logits` of the last position only and `present.<i>.key|value` (past + new).
-Explicit position ids and a full attention mask let one batch hold sequences of different lengths, left-padded.
+Architectures ONNX Runtime GenAI's model builder knows are exported by it (forwardpass.generation.builder: fused
+attention, past lengths from the attention mask, right padding). The others go through torch.onnx: that graph takes
+`input_ids`, `attention_mask` (past + new tokens), `position_ids` and `past_key_values.<i>.key|value` [batch, heads,
+past, head_dim]; it gives `logits` of the last position only and `present.<i>.key|value` (past + new). Explicit
+position ids and a full attention mask let one batch hold sequences of different lengths, left-padded.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import yaml
 from forwardpass.errors import ConfigError
 from forwardpass.formats.base import require
 from forwardpass.formats.torch import import_torch
-from forwardpass.generation import tied
+from forwardpass.generation import builder, tied
 from forwardpass.generation.chat import CONFIG_FILE as CHAT_CONFIG_FILE
 from forwardpass.generation.chat import ChatTemplate
 
@@ -54,46 +56,26 @@ def is_causal_lm(path: Path) -> bool:
 
 def export_decoder(source: Path, destination: Path, *, opset: int = 17, tolerance: float = 1e-3) -> Path:
     """Export `source` (a Hugging Face folder or a .gguf file) into the model folder `destination`; returns it.
-    The export is checked against transformers on a padded batch (prefill, then a decode step) before it is kept."""
+    Architectures ONNX Runtime GenAI's model builder knows (forwardpass.generation.builder) go through it, the
+    others through torch.onnx; either graph is checked against transformers (prefill, then a decode step) before
+    it is kept, and 1/model.json records which exporter made it."""
     torch = import_torch(EXTRA)
     transformers = require("transformers", EXTRA)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     model, tokenizer_json, chat = _load(transformers, source)
-    decoder = _decoder_module(torch, transformers, model)
-    names = decoder.names
-    example = decoder.example(batch=2, past=3, new=4)
+    architecture = next(iter(getattr(model.config, "architectures", None) or []), type(model).__name__)
     destination.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=destination, prefix=".exporting-") as work:
         staged = Path(work) / ONNX_FILE
-        dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "position_ids": {0: "batch", 1: "sequence"}}
-        dynamic["attention_mask"] = {0: "batch", 1: "total"}
-        dynamic["logits"] = {0: "batch"}
-        dynamic.update({name: {0: "batch", 2: "past"} for name in names.past})
-        dynamic.update({name: {0: "batch", 2: "total"} for name in names.present})
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but honours the opset
-            try:
-                torch.onnx.export(
-                    decoder,
-                    tuple(example),
-                    str(staged),
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=[*FIXED_INPUTS, *names.past],
-                    output_names=["logits", *names.present],
-                    dynamic_axes=dynamic,
-                )
-            except Exception as exc:  # the exporter raises many kinds for unsupported operators
-                raise ConfigError(f"{source}: torch.onnx cannot export this decoder: {exc}") from None
-        graph = onnx.load(str(staged))
-        shared = tied.share(graph)  # the tied embedding table stored once
-        save_with_weights_apart(graph, staged)
-        parity = _parity(torch, decoder, staged, tolerance, source)
+        if architecture in builder.ARCHITECTURES:
+            made = builder.build(torch, transformers, model, source, staged, tolerance)
+        else:
+            made = _torch_onnx(torch, transformers, model, source, staged, opset, tolerance)
         version_folder = destination / "1"
         version_folder.mkdir(exist_ok=True)
-        for made in (staged, staged.with_name(WEIGHTS_FILE)):
-            shutil.move(made, version_folder / made.name)
+        for name in (ONNX_FILE, WEIGHTS_FILE):
+            shutil.move(staged.with_name(name), version_folder / name)
     (destination / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
     if chat is not None:
         (destination / CHAT_CONFIG_FILE).write_text(json.dumps(chat.settings(), indent=2), encoding="utf-8")
@@ -108,17 +90,55 @@ def export_decoder(source: Path, destination: Path, *, opset: int = 17, toleranc
         },
     }
     (destination / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
     provenance = {
         "source": str(source),
+        "architecture": architecture,
         "made": datetime.now(UTC).isoformat(timespec="seconds"),
-        "exporter": "torch.onnx.export(dynamo=False)",
-        "opset": opset,
-        "tool_versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "parity": parity,
-        "tied_embedding_stored_once": shared,
+        **made,
+        "tool_versions": {**versions, **made.get("tool_versions", {})},
     }
     (destination / "1" / "model.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
     return destination
+
+
+def _torch_onnx(
+    torch: ModuleType, transformers: ModuleType, model: Any, source: Path, staged: Path, opset: int, tolerance: float
+) -> dict[str, Any]:
+    """The graph traced by torch.onnx into `staged` (weights beside it), its tied embedding stored once; how it was
+    made, with the measured parity."""
+    decoder = _decoder_module(torch, transformers, model)
+    names = decoder.names
+    example = decoder.example(batch=2, past=3, new=4)
+    dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "position_ids": {0: "batch", 1: "sequence"}}
+    dynamic["attention_mask"] = {0: "batch", 1: "total"}
+    dynamic["logits"] = {0: "batch"}
+    dynamic.update({name: {0: "batch", 2: "past"} for name in names.past})
+    dynamic.update({name: {0: "batch", 2: "total"} for name in names.present})
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but honours the opset
+        try:
+            torch.onnx.export(
+                decoder,
+                tuple(example),
+                str(staged),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[*FIXED_INPUTS, *names.past],
+                output_names=["logits", *names.present],
+                dynamic_axes=dynamic,
+            )
+        except Exception as exc:  # the exporter raises many kinds for unsupported operators
+            raise ConfigError(f"{source}: torch.onnx cannot export this decoder: {exc}") from None
+    graph = onnx.load(str(staged))
+    shared = tied.share(graph)  # the tied embedding table stored once
+    save_with_weights_apart(graph, staged)
+    return {
+        "exporter": "torch.onnx.export(dynamo=False)",
+        "opset": opset,
+        "parity": _parity(torch, decoder, staged, tolerance, source),
+        "tied_embedding_stored_once": shared,
+    }
 
 
 def save_with_weights_apart(graph: onnx.ModelProto, path: Path) -> None:

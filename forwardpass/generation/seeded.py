@@ -1,17 +1,18 @@
-"""A GPT-2-architecture language model with fixed seeded weights and a byte-level BPE tokenizer trained on a few
-sentences, saved as a Hugging Face folder (with a ChatML chat template in tokenizer_config.json): a real decoder to
-export, test and benchmark without any download."""
+"""A GPT-2- or Llama-architecture language model with fixed seeded weights and a byte-level BPE tokenizer trained on
+a few sentences, saved as a Hugging Face folder (with a ChatML chat template in tokenizer_config.json): a real
+decoder to export, test and benchmark without any download."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import ModuleType
 
 from forwardpass.formats.base import require
 from forwardpass.formats.huggingface import SENTENCES
 from forwardpass.formats.torch import import_torch
 
-__all__ = ["CHAT_TEMPLATE", "EOS", "build_seeded_gpt2"]
+__all__ = ["CHAT_TEMPLATE", "EOS", "build_seeded_gpt2", "build_seeded_llama"]
 
 EOS = "<|endoftext|>"
 TURN_START, TURN_END = "<|im_start|>", "<|im_end|>"
@@ -42,12 +43,47 @@ def build_seeded_gpt2(
 ) -> Path:
     """Write config.json, model.safetensors, tokenizer.json (vocabulary ~400, token 0 = end of text, 1 and 2 the
     ChatML turn markers) and tokenizer_config.json to `folder`; the same arguments always give the same weights."""
+    transformers = _transformers()
+    vocab = _save_tokenizer(folder)
+    config = transformers.GPT2Config(
+        vocab_size=vocab,
+        n_positions=context,
+        n_embd=width,
+        n_layer=layers,
+        n_head=heads,
+        initializer_range=0.2,  # peaked logits: greedy choices are clear-cut, not decided by rounding
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return _save_model(transformers.GPT2LMHeadModel, config, folder, seed)
+
+
+def build_seeded_llama(folder: Path, *, layers: int = 2, width: int = 64, context: int = 512, seed: int = 0) -> Path:
+    """As build_seeded_gpt2, a Llama-architecture model (rotary embedding, grouped-query attention: 4 query heads
+    share 2 key/value heads, tied embeddings): what ONNX Runtime GenAI's model builder exports."""
+    transformers = _transformers()
+    vocab = _save_tokenizer(folder)
+    config = transformers.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=context,
+        initializer_range=0.2,  # as above
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return _save_model(transformers.LlamaForCausalLM, config, folder, seed)
+
+
+def _save_tokenizer(folder: Path) -> int:
+    """The byte-level BPE tokenizer and tokenizer_config.json (with the chat template) in `folder`; its vocabulary
+    size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    torch = import_torch("huggingface")
-    transformers = require("transformers", "huggingface")
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -58,21 +94,21 @@ def build_seeded_gpt2(
         show_progress=False,
     )
     tokenizer.train_from_iterator(SENTENCES, trainer)
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(
-        vocab_size=tokenizer.get_vocab_size(),
-        n_positions=context,
-        n_embd=width,
-        n_layer=layers,
-        n_head=heads,
-        initializer_range=0.2,  # peaked logits: greedy choices are clear-cut, not decided by rounding
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    model = transformers.GPT2LMHeadModel(config).eval()
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
     tokenizer.save(str(folder / "tokenizer.json"))
     settings = {"chat_template": CHAT_TEMPLATE, "bos_token": EOS, "eos_token": EOS, "unk_token": EOS}
     (folder / "tokenizer_config.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    return int(tokenizer.get_vocab_size())
+
+
+def _transformers() -> ModuleType:
+    import_torch("huggingface")  # first: transformers imports torchvision, which needs torch set up
+    transformers = require("transformers", "huggingface")
+    transformers.utils.logging.set_verbosity_error()
+    return transformers
+
+
+def _save_model(model_class: type, config: object, folder: Path, seed: int) -> Path:
+    import_torch("huggingface").manual_seed(seed)
+    model_class(config).eval().save_pretrained(folder)
     return folder

@@ -52,11 +52,13 @@ def share(model: onnx.ModelProto) -> list[str]:
 
 
 def untie(model: onnx.ModelProto) -> int:
-    """Undo `share` (each Gemm on a shared table back to a MatMul on its own transposed copy); how many. Weight-only
-    quantizers rewrite MatMuls, not Gemms."""
+    """Undo `share` (each Gemm on a shared table back to a MatMul on its own transposed copy), and give an embedding
+    lookup that reads a Transpose of the output projection's weight (ONNX Runtime GenAI's builder ties them so) its
+    own table; how many. Weight-only quantizers rewrite MatMuls and Gathers on initializers, not Gemms or Gathers
+    on computed tables: untied, both are quantized and no FP32 copy stays."""
     graph = model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
-    undone = 0
+    undone = _untie_transposed_tables(graph, initializers)
     for node in graph.node:
         if node.op_type != "Gemm" or not node.name.startswith(_TIED):
             continue
@@ -67,6 +69,28 @@ def untie(model: onnx.ModelProto) -> int:
         del node.attribute[:]
         node.input[1] = weight.name
         undone += 1
+    return undone
+
+
+def _untie_transposed_tables(graph: onnx.GraphProto, initializers: dict[str, onnx.TensorProto]) -> int:
+    transposes = {
+        node.output[0]: node for node in graph.node if node.op_type == "Transpose" and node.input[0] in initializers
+    }
+    undone = 0
+    for node in graph.node:
+        transpose = transposes.get(node.input[0]) if node.op_type == "Gather" else None
+        if transpose is None:
+            continue
+        perm = next((list(attribute.ints) for attribute in transpose.attribute if attribute.name == "perm"), None)
+        table = np.transpose(numpy_helper.to_array(initializers[transpose.input[0]]), perm)
+        own = numpy_helper.from_array(np.ascontiguousarray(table), f"{node.name}.table")
+        graph.initializer.append(own)
+        node.input[0] = own.name
+        undone += 1
+    still_read = {name for node in graph.node for name in node.input}
+    for transpose in transposes.values():
+        if transpose.output[0] not in still_read:
+            graph.node.remove(transpose)
     return undone
 
 

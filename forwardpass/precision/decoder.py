@@ -144,19 +144,14 @@ def quantize_decoder(
 def perplexity(model: Model, ids: list[int]) -> float:
     """exp of the mean negative log-likelihood of ids[1:], each token predicted from those before it (one decode
     step per token with the KV cache: the graph gives the logits of its last position only)."""
-    layout = DecoderLayout.of(model.session, model.name)
-    cache = layout.empty(1)
+    cache = DecoderLayout.of(model.session, model.name).cache(model.session)
+    logits = cache.prefill([ids[:1]])[0]
     total = 0.0
-    for position in range(len(ids) - 1):
-        feed = dict(zip(layout.past, cache, strict=True))
-        feed["input_ids"] = np.array([[ids[position]]], np.int64)
-        feed["attention_mask"] = np.ones((1, position + 1), np.int64)
-        feed["position_ids"] = np.array([[position]], np.int64)
-        outputs = model.session.run(feed)
-        logits = outputs["logits"][0, -1].astype(np.float64)
-        shifted = logits - logits.max()
-        total -= shifted[ids[position + 1]] - math.log(np.exp(shifted).sum())
-        cache = [outputs[name] for name in layout.present]
+    for position in range(1, len(ids)):
+        shifted = logits.astype(np.float64) - float(logits.max())
+        total -= shifted[ids[position]] - math.log(np.exp(shifted).sum())
+        if position + 1 < len(ids):
+            logits = cache.decode([ids[position]])[0]
     return math.exp(total / (len(ids) - 1))
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from forwardpass.backends.ort import OrtSession
 from forwardpass.generation.decoder import BatchCache, DecoderLayout
 
 LAYOUT = DecoderLayout(["past_key_values.0.key"], ["present.0.key"], [(1, 1)], np.dtype(np.float32))
@@ -21,15 +24,13 @@ def present(*lengths_and_values: tuple[int, float]) -> tuple[dict[str, np.ndarra
     return {"present.0.key": key}, mask
 
 
-def test_join_pads_left_and_keep_trims() -> None:
-    cache = BatchCache(LAYOUT)
+def test_join_pads_left_and_keep_trims(exported: Path) -> None:
+    cache = BatchCache(LAYOUT, OrtSession(exported / "1" / "model.onnx"))  # join and keep run no graph
     cache.join(*present((5, 1.0)))
     cache.join(*present((2, 2.0), (3, 3.0)))
     assert cache.rows == 3
     np.testing.assert_array_equal(cache.mask, [[1, 1, 1, 1, 1], [0, 0, 0, 1, 1], [0, 0, 1, 1, 1]])
     np.testing.assert_array_equal(cache.arrays[0][:, 0, :, 0], [[1] * 5, [0, 0, 0, 2, 2], [0, 0, 3, 3, 3]])
-    step = cache.step_inputs()
-    assert step["attention_mask"].shape == (3, 6) and step["attention_mask"][:, -1].all()
     cache.keep([2, 1])  # the long one leaves: two columns are padding for both rows left
     np.testing.assert_array_equal(cache.mask, [[1, 1, 1], [0, 1, 1]])
     np.testing.assert_array_equal(cache.arrays[0][:, 0, :, 0], [[3, 3, 3], [0, 2, 2]])

@@ -1,0 +1,145 @@
+"""ONNX Runtime GenAI's model builder as the export of a Llama-architecture decoder, driven by the decode loop with
+its cache kept in place: greedy ids equal transformers' alone, under continuous batching (right-padded rows of
+different lengths joining and leaving) and past the cache buffers' first capacity."""
+
+from __future__ import annotations
+
+import json
+import queue
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+import pytest
+
+import forwardpass
+from forwardpass.errors import ForwardpassError
+from forwardpass.generation import Generator, SamplingParams, TokenEvent, open_generator
+from forwardpass.generation.decoder import FIRST_CAPACITY
+from forwardpass.generation.export import export_decoder
+from forwardpass.generation.seeded import build_seeded_llama
+from forwardpass.precision.decoder import quantize_decoder
+
+PROMPTS = [
+    "A man is eating",
+    "The quick brown fox jumps over the lazy dog near the riverbank",
+    "Hi",
+    "Where is the nearest train station?",
+]
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_seeded_llama(tmp_path_factory.mktemp("hf") / "llama-seeded")
+
+
+@pytest.fixture(scope="module")
+def exported(llama_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_decoder(llama_folder, tmp_path_factory.mktemp("repository") / "llama")
+
+
+@pytest.fixture(scope="module")
+def reference(llama_folder: Path) -> Any:
+    """transformers' greedy generation with its KV cache on the same weights: the new token ids."""
+    from forwardpass.formats.torch import import_torch
+
+    torch = import_torch("huggingface")
+    import transformers
+
+    model = transformers.LlamaForCausalLM.from_pretrained(str(llama_folder)).eval()
+    model.generation_config.eos_token_id = None  # no end token: every generation runs to its length
+
+    def generate(prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        ids = torch.tensor([prompt_ids])
+        with torch.no_grad():
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=0,
+            )
+        return [int(token) for token in out[0, len(prompt_ids) :]]
+
+    return generate
+
+
+@pytest.fixture()
+def generator(exported: Path) -> Iterator[Generator]:
+    opened = open_generator(forwardpass.load(exported))
+    yield opened
+    opened.close()
+
+
+def ids_of(generator: Generator, prompt_ids: list[int], count: int) -> list[int]:
+    params = SamplingParams(max_new_tokens=count, ignore_eos=True)
+    return [event.token_id for event in generator.tokens(prompt_ids, params)]
+
+
+def test_the_builder_made_the_graph_and_its_parity_is_recorded(exported: Path) -> None:
+    provenance = json.loads((exported / "1" / "model.json").read_text())
+    assert provenance["exporter"].startswith("onnxruntime_genai.models.builder")
+    assert provenance["architecture"] == "LlamaForCausalLM"
+    assert provenance["parity"]["max_abs_diff"] <= provenance["parity"]["tolerance"]
+    graph = onnx.load(str(exported / "1" / "model.onnx"), load_external_data=False)
+    assert "GroupQueryAttention" in {node.op_type for node in graph.graph.node}
+    assert "position_ids" not in {value.name for value in graph.graph.input}
+
+
+def test_greedy_alone_equals_transformers(generator: Generator, reference) -> None:
+    for prompt in PROMPTS:
+        prompt_ids = generator.encode(prompt)
+        assert ids_of(generator, prompt_ids, 20) == reference(prompt_ids, 20), prompt
+
+
+def test_continuous_batching_does_not_change_tokens(generator: Generator, reference) -> None:
+    """A long generation runs; prompts of other lengths join while it does (right-padded), finish first and leave,
+    their rows moved up in the cache buffers."""
+    counts = [30, 6, 10, 14]
+    expected = [reference(generator.encode(prompt), count) for prompt, count in zip(PROMPTS, counts, strict=True)]
+    events: queue.SimpleQueue[tuple[int, TokenEvent | ForwardpassError]] = queue.SimpleQueue()
+    got: list[list[int]] = [[] for _ in PROMPTS]
+
+    def submit(i: int) -> None:
+        params = SamplingParams(max_new_tokens=counts[i], ignore_eos=True)
+        generator.submit(generator.encode(PROMPTS[i]), params, lambda event: events.put((i, event)))
+
+    submit(0)
+    finished = 0
+    while finished < len(PROMPTS):
+        i, event = events.get(timeout=30)
+        assert isinstance(event, TokenEvent), event
+        got[i].append(event.token_id)
+        if i == 0 and len(got[0]) == 2:  # the long one is running: the others arrive now
+            for j in range(1, len(PROMPTS)):
+                submit(j)
+        finished += event.finish_reason is not None
+    assert got == expected
+    assert generator.peak_rows >= 3  # the long one and at least two others in one batch
+
+
+def test_sequences_longer_than_the_first_buffers_equal_transformers(generator: Generator, reference) -> None:
+    """The buffers grow (their rows copied) when a prompt or a generation outgrows them."""
+    short = generator.encode(" ".join(PROMPTS * 8))[: FIRST_CAPACITY - 4]
+    long = generator.encode(" ".join(PROMPTS * 8))[: 2 * FIRST_CAPACITY]
+    for prompt_ids in (short, long):
+        assert ids_of(generator, prompt_ids, 40) == reference(prompt_ids, 40)
+
+
+def test_the_int4_variant_quantizes_the_tied_table_and_keeps_no_fp32_copy(
+    exported: Path, llama_folder: Path, tmp_path: Path
+) -> None:
+    """The builder ties the embedding as a Transpose of the output projection's weight: untied before quantizing,
+    both are quantized, and no FP32 table is left."""
+    folder = Path(shutil.copytree(exported, tmp_path / "llama"))
+    variant = quantize_decoder(folder, "int4", max_perplexity_ratio=10.0)  # random weights: the structure is tested
+    graph = onnx.load(str(variant / "model.onnx"), load_external_data=False)
+    config = json.loads((llama_folder / "config.json").read_text())
+    kinds = Counter(node.op_type for node in graph.graph.node)
+    assert kinds["GatherBlockQuantized"] == 1 and kinds["Transpose"] == 0 and kinds["MatMul"] == 0
+    table = {(config["vocab_size"], config["hidden_size"]), (config["hidden_size"], config["vocab_size"])}
+    fp32 = [tensor for tensor in graph.graph.initializer if tensor.data_type == onnx.TensorProto.FLOAT]
+    assert not [tensor.name for tensor in fp32 if tuple(tensor.dims) in table]
