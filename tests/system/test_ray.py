@@ -149,7 +149,12 @@ def test_serve_ray_through_the_cli_answers_like_the_model_in_process_and_stops_o
         [*command, "--http-port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in server.stdout or ()], daemon=True).start()
+
+    def read_output() -> None:
+        for line in server.stdout or ():
+            lines.put(line)
+
+    threading.Thread(target=read_output, daemon=True).start()
     try:
         deadline = time.monotonic() + 120
         printed = ""
