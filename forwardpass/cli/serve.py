@@ -85,7 +85,10 @@ def serve_command(
         show_default=False,
     ),
     ray: bool = typer.Option(
-        False, "--ray", help="Serve HTTP through Ray Serve replicas (no gRPC; needs forwardpass\\[ray])."
+        False,
+        "--ray",
+        help="Serve HTTP through Ray Serve replicas (no gRPC, and Ray's proxy holds the connections: no header or "
+        "body deadlines or connection cap; needs forwardpass\\[ray]).",
     ),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="With --ray: join the Ray cluster at this address.", show_default=False
