@@ -22,17 +22,18 @@ from forwardpass.server.connections import enforce_deadlines, limited_protocol
 from forwardpass.server.dataplane import DataPlane
 from forwardpass.server.generate import Generators, generation_routes
 from forwardpass.server.guard import RequestGuard
-from forwardpass.server.http import create_http_app
+from forwardpass.server.http import create_app, v2_routes
 from forwardpass.server.openai import openai_routes
 from forwardpass.server.settings import ServerSettings
 from forwardpass.server.ui import ui_routes
-from forwardpass.server.websocket import with_websockets
+from forwardpass.server.websocket import stream_routes
 
 if TYPE_CHECKING:
     import grpc
+    from starlette.routing import BaseRoute
     from starlette.types import ASGIApp
 
-__all__ = ["InferenceServer", "asgi_app", "configure_logging", "run_server"]
+__all__ = ["InferenceServer", "asgi_app", "configure_logging", "route_table", "run_server"]
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +170,23 @@ def asgi_app(
     """Every HTTP and WebSocket route, behind one request guard (body reader, admission, error guard); `serve` and
     `serve --ray` both serve this."""
     guard = RequestGuard(settings, dataplane.metrics)
-    openai = openai_routes(registry, generators, dataplane, guard)
-    extra = [*openai, *generation_routes(generators, guard), *ui_routes(registry, guard)]
-    http_app = create_http_app(dataplane, guard, extra)
-    return with_websockets(http_app, dataplane, guard)
+    return create_app(route_table(registry, dataplane, generators, guard), guard)
+
+
+def route_table(
+    registry: ModelRegistry, dataplane: DataPlane, generators: Generators, guard: RequestGuard
+) -> list[BaseRoute]:
+    """Every route the server answers, in one list: the app's router serves it and /openapi.json describes it (it
+    reads the router's routes). Each module declares its own routes (path, methods, handler), every HTTP handler
+    wrapped by `guard`; the token check is `Access.check` for all of them: `http.BearerAuth` before any HTTP route
+    outside `http.OPEN_PATHS`, the stream's own handshake for WebSockets."""
+    return [
+        *v2_routes(dataplane, guard),
+        *openai_routes(registry, generators, dataplane, guard),
+        *generation_routes(generators, guard),
+        *ui_routes(registry, guard),
+        *stream_routes(dataplane, guard),
+    ]
 
 
 def run_server(settings: ServerSettings) -> None:

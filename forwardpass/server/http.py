@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocketClose
 
 from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.server.access import CONTROL_PREFIX, Access
@@ -42,7 +43,7 @@ from forwardpass.tensor import DataType
 
 MAX_DRAWN_PIXELS = 50_000_000  # the image preprocessing's default limit: the model has decoded it already
 
-__all__ = ["OPEN_PATHS", "create_http_app", "error_response"]
+__all__ = ["OPEN_PATHS", "create_app", "error_response", "v2_routes"]
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("forwardpass.access")
@@ -51,9 +52,8 @@ OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", *PAGE_PATHS})  # 
 JSON = "application/json"
 
 
-def create_http_app(dataplane: DataPlane, guard: RequestGuard, extra_routes: Sequence[BaseRoute] = ()) -> ASGIApp:
-    """The V2 / TF Serving routes, then `extra_routes` (token generation), behind the same auth and access log."""
-    settings = guard.settings
+def v2_routes(dataplane: DataPlane, guard: RequestGuard) -> list[BaseRoute]:
+    """The V2 / TF Serving routes and /metrics, each behind the request guard."""
     api = _Api(dataplane, guard)
     table = [
         ("/v2/models/{model}/infer", api.infer, "POST"),
@@ -80,14 +80,15 @@ def create_http_app(dataplane: DataPlane, guard: RequestGuard, extra_routes: Seq
         ("/v1/models/{model}", api.tf_status, "GET"),
         ("/metrics", api.metrics, "GET"),
     ]
-    routes: list[BaseRoute] = [
-        Route(path, guard.guarded(endpoint), methods=[method]) for path, endpoint, method in table
-    ]
-    routes.extend(extra_routes)
-    app: ASGIApp = Router(routes=routes, default=_not_found)
+    return [Route(path, guard.guarded(endpoint), methods=[method]) for path, endpoint, method in table]
+
+
+def create_app(routes: Sequence[BaseRoute], guard: RequestGuard) -> ASGIApp:
+    """One router for every route (HTTP and WebSocket), behind the token check and the access log."""
+    app: ASGIApp = Router(routes=list(routes), default=_not_found)
     if not guard.access.open:
         app = BearerAuth(app, guard.access, OPEN_PATHS)
-    if settings.access_log:
+    if guard.settings.access_log:
         app = AccessLog(app)
     return app
 
@@ -293,6 +294,9 @@ def _raw_item(content_type: str, body: bytes) -> object:
 
 
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "websocket":  # a handshake to no stream: closed, as Starlette's router does
+        await WebSocketClose()(scope, receive, send)
+        return
     path = scope.get("path", "")
     response = Response(encode_json({"error": f"no such endpoint: {scope.get('method')} {path}"}), 404, None, JSON)
     await response(scope, receive, send)

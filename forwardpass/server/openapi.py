@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
 
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-__all__ = ["DESCRIBED", "WEBSOCKETS", "describe"]
+__all__ = ["DESCRIBED", "describe"]
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -89,9 +89,6 @@ DESCRIBED: dict[tuple[str, str], Operation] = {
     ("GET", "/ui/{file}"): Operation(_PAGE, "The page's script and style sheet", response="Text"),
     ("GET", "/ui/models"): Operation(_PAGE, "What the page needs to know of each ready model: its input and task"),
 }
-
-# WebSocket routes live beside the HTTP router; described here by hand (OpenAPI has no WebSocket operation).
-WEBSOCKETS = ("/v2/models/{model}/stream", "/v2/models/{model}/versions/{version}/stream")
 
 _SCHEMAS: dict[str, Any] = {
     "Object": {"type": "object"},
@@ -178,6 +175,14 @@ def describe(routes: Iterable[BaseRoute], *, needs_token: Callable[[str], bool])
     paths: dict[str, dict[str, Any]] = {}
     auth = False
     for route in routes:
+        if isinstance(route, WebSocketRoute):  # OpenAPI has no WebSocket operation: the upgrading GET stands for it
+            paths.setdefault(route.path, {})["get"] = {
+                "tags": [_V2],
+                "summary": "WebSocket: a stream of V2 JSON infer requests, answered in order (upgrade to WebSocket)",
+                "parameters": _parameters(route.path),
+                "responses": {"101": {"description": "Switching to the WebSocket protocol"}},
+            }
+            continue
         if not isinstance(route, Route):
             continue
         for method in sorted((route.methods or set()) - {"HEAD"}):
@@ -187,13 +192,6 @@ def describe(routes: Iterable[BaseRoute], *, needs_token: Callable[[str], bool])
                 operation["security"] = [{"bearer": []}]
                 operation["responses"]["401"] = _error("Missing or wrong bearer token")
             paths.setdefault(route.path, {})[method.lower()] = operation
-    for path in WEBSOCKETS:
-        paths.setdefault(path, {})["get"] = {
-            "tags": [_V2],
-            "summary": "WebSocket: a stream of V2 JSON infer requests, answered in order (upgrade to WebSocket)",
-            "parameters": _parameters(path),
-            "responses": {"101": {"description": "Switching to the WebSocket protocol"}},
-        }
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {

@@ -53,7 +53,7 @@ def ui_routes(registry: ModelRegistry, guard: RequestGuard) -> list[Route]:
         return Response(encode_json(_models(registry)), media_type="application/json")
 
     async def openapi(request: Request) -> Response:
-        router: Router = request.scope["router"]  # the router answering: every HTTP route the server has
+        router: Router = request.scope["router"]  # the router answering: every route (app.route_table)
         open_paths = _open_paths()
         document = describe(
             router.routes, needs_token=lambda path: path not in open_paths and guard.access.guards(path)

@@ -18,7 +18,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from starlette.routing import Router, WebSocketRoute
+from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from forwardpass.errors import ForwardpassError, InputError
@@ -28,32 +28,23 @@ from forwardpass.server.streams import in_order
 from forwardpass.server.types import InferRequest
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Receive, Scope, Send
-
     from forwardpass.server.dataplane import DataPlane
     from forwardpass.server.limits import RequestLimits
 
-__all__ = ["with_websockets"]
+__all__ = ["stream_routes"]
 
 log = logging.getLogger(__name__)
 
 POLICY_VIOLATION = 1008  # the WebSocket close code for a refused handshake
 
 
-def with_websockets(app: ASGIApp, dataplane: DataPlane, guard: RequestGuard) -> ASGIApp:
-    """`app` for HTTP; WebSocket connections go to the stream endpoints."""
+def stream_routes(dataplane: DataPlane, guard: RequestGuard) -> list[BaseRoute]:
+    """The stream endpoints; each checks the handshake's token itself (the HTTP token check passes WebSockets by)."""
     stream = _Stream(dataplane, guard)
-    sockets = Router(
-        routes=[
-            WebSocketRoute("/v2/models/{model}/stream", stream.serve),
-            WebSocketRoute("/v2/models/{model}/versions/{version}/stream", stream.serve),
-        ]
-    )
-
-    async def route(scope: Scope, receive: Receive, send: Send) -> None:
-        await (sockets if scope["type"] == "websocket" else app)(scope, receive, send)
-
-    return route
+    return [
+        WebSocketRoute("/v2/models/{model}/stream", stream.serve),
+        WebSocketRoute("/v2/models/{model}/versions/{version}/stream", stream.serve),
+    ]
 
 
 class _Stream:
