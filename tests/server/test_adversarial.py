@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from onnx import TensorProto, helper
 from PIL import Image
+from websockets.sync.client import connect
 
 from forwardpass.server.proto import grpc_service_pb2 as pb
 from forwardpass.server.proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
@@ -431,6 +432,11 @@ def test_one_client_cannot_hold_every_sequence_on_any_transport(server: Server) 
         GRPCInferenceServiceStub(channel).ModelInfer(message, metadata=[("authorization", f"Bearer {TOKEN}")])
     assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert f"max_sequences_per_client {SEQUENCES_PER_CLIENT}" in full.value.details()
+    websocket_url = f"ws://127.0.0.1:{server.port}/v2/models/silero_vad/stream"
+    with connect(websocket_url, additional_headers=HEADERS, open_timeout=10) as stream:  # and over a WebSocket
+        stream.send(sequence_step(99, start=True).decode())
+        refused_on_stream = json.loads(stream.recv(timeout=10))
+    assert f"max_sequences_per_client {SEQUENCES_PER_CLIENT}" in refused_on_stream["error"]
     another_host = httpx.HTTPTransport(local_address="127.0.0.2")  # the whole of 127/8 is this machine
     with httpx.Client(base_url=server.url, headers=HEADERS, transport=another_host, timeout=60) as other:
         assert other.post("/v2/models/silero_vad/infer", content=sequence_step(99, start=True)).status_code == 200
