@@ -22,7 +22,7 @@ from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError
 from forwardpass.formats.base import ConvertOptions, LoadOptions, require
 from forwardpass.formats.facts import ModelFacts
-from forwardpass.formats.sklearn import (
+from forwardpass.formats.tabular import (
     INPUT_NAME,
     TabularSession,
     first_line,
