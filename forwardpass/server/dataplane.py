@@ -45,8 +45,9 @@ from forwardpass.server.limits import RequestLimits
 from forwardpass.server.metrics import Metrics, Timings
 from forwardpass.server.pipelines import Pipelines
 from forwardpass.server.settings import ServerSettings
+from forwardpass.server.triton_config import PLATFORM, triton_config
 from forwardpass.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
-from forwardpass.tensor import DataType, TensorSpec, as_text
+from forwardpass.tensor import DataType, as_text
 
 __all__ = ["EXTENSIONS", "DataPlane"]
 
@@ -60,8 +61,6 @@ EXTENSIONS = [
     "statistics",
     "parameters",
 ]
-PLATFORM = "onnxruntime_onnx"
-_TRITON_TYPE = {dtype: "TYPE_STRING" if dtype is DataType.BYTES else f"TYPE_{dtype.name}" for dtype in DataType}
 
 
 class DataPlane:
@@ -113,43 +112,7 @@ class DataPlane:
         }
 
     def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
-        """Triton's ModelConfig in its JSON form; with batching on, dims leave out the batch dimension."""
-        served = self._registry.get(name, version)
-        config = served.model.config
-        batched = served.max_batch_size > 0
-        result: dict[str, Any] = {
-            "name": served.name,
-            "platform": PLATFORM,
-            "backend": "onnxruntime",
-            "version_policy": {"all": {}},
-            "max_batch_size": served.max_batch_size,
-            "input": [_tensor_config(spec, batched) for spec in served.inputs],
-            "output": [_tensor_config(spec, batched) for spec in served.outputs],
-            "instance_group": [{"name": served.name, "kind": "KIND_CPU", "count": len(served.sessions)}],
-            "default_model_filename": served.model.entry.artefact.name,
-        }
-        if batched:
-            batching = config.dynamic_batching
-            result["dynamic_batching"] = {
-                "preferred_batch_size": list(batching.preferred_batch_size),
-                "max_queue_delay_microseconds": batching.max_queue_delay_us,
-                "default_queue_policy": {"max_queue_size": batching.max_queue_size},
-            }
-        if config.sequence_batching is not None:
-            specs = {spec.name: spec for spec in served.model.inputs}
-            result["sequence_batching"] = {
-                "max_sequence_idle_microseconds": round(config.sequence_batching.idle_timeout_s * 1e6),
-                "state": [
-                    {
-                        "input_name": state.input,
-                        "output_name": state.output,
-                        "data_type": _TRITON_TYPE[specs[state.input].dtype],
-                        "dims": list(specs[state.input].shape),
-                    }
-                    for state in config.sequence_batching.state
-                ],
-            }
-        return result
+        return triton_config(self._registry.get(name, version))
 
     def model_statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
         if name:
@@ -396,11 +359,6 @@ def _item_outputs(served: Served, outputs: Arrays, index: int, count: int) -> Ar
 
 def _decisions_elsewhere(name: str) -> Forbidden:
     return Forbidden(f"model '{name}' makes audited decisions: send records to /v2/models/{name}/predict")
-
-
-def _tensor_config(spec: TensorSpec, batched: bool) -> dict[str, Any]:
-    dims = list(spec.shape[1:] if batched else spec.shape)
-    return {"name": spec.name, "data_type": _TRITON_TYPE[spec.dtype], "dims": dims}
 
 
 def _rows(batch: Arrays, max_batch_size: int) -> int:
