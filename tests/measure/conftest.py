@@ -1,4 +1,5 @@
-"""A real `forwardpass serve` process for the tests that load a server (load generator, MLPerf over HTTP)."""
+"""A real `forwardpass serve` process for the tests that load a server (load generator, MLPerf over HTTP), and the
+minimal stand-in server that counts what it serves."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.measure.standin import free_port
+from tests.measure.standin import StandIn, free_port, standin_server
 
 FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
 
@@ -80,3 +81,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     yield Served(url, f"grpc://127.0.0.1:{grpc_port}", model_file)
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[StandIn]:
+    with standin_server() as server:
+        yield server

@@ -6,18 +6,16 @@ from __future__ import annotations
 import re
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 
-from forwardpass.errors import InputError, NotFoundError
 from forwardpass.measure.loadgen import SATURATED_CPU, LoadResult, run_closed_loop, run_open_loop
 from forwardpass.measure.payload import Target, build_payload, model_inputs
 from tests.measure.conftest import Served
-from tests.measure.standin import Sampler, StandIn, free_port, standin_server
+from tests.measure.standin import Sampler, StandIn
 
 FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
 SECONDS = 2.0
@@ -30,12 +28,6 @@ def _check(result: LoadResult, served: float, reference: float) -> None:
     assert result.throughput == pytest.approx(reference, rel=0.15)
     assert result.latency is not None and 0 < result.latency.p50_ms <= result.latency.p99_ms
     assert len(result.client_cpu) == result.processes and all(0 < cpu < 1 for cpu in result.client_cpu)
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[StandIn]:
-    with standin_server() as server:
-        yield server
 
 
 def test_closed_loop_matches_the_stand_in_servers_count(standin: StandIn) -> None:
@@ -74,18 +66,6 @@ def test_a_saturated_client_is_refused_not_reported() -> None:
     assert late.throughput is None and "late" in (late.refused or "")
     fine = LoadResult("closed", 8, "http", "json", 2, 1000, 0, 1.0, 1000.0, None, [0.4, 0.5])
     assert fine.throughput == 1000.0 and fine.to_dict()["reported"] is True
-
-
-def test_a_url_that_does_not_answer_is_one_input_error() -> None:
-    with pytest.raises(InputError, match="does not answer"):
-        model_inputs(Target(f"http://127.0.0.1:{free_port()}", "m"))
-    with pytest.raises(InputError, match="http://HOST:PORT"):
-        model_inputs(Target("ftp://x:1", "m"))
-
-
-def test_an_unknown_model_is_not_found(standin: StandIn) -> None:
-    with pytest.raises(NotFoundError, match="no model 'other'"):
-        model_inputs(Target(f"http://127.0.0.1:{standin.port}", "other"))
 
 
 def _served_count(url: str) -> float:
