@@ -47,7 +47,15 @@ def registered_formats() -> tuple[Format, ...]:
     """The formats every installed distribution registers, in detection order (rank, then name: deterministic)."""
     from importlib.metadata import entry_points  # read on first detection: importing it costs ~20 ms
 
-    found: dict[str, Format] = {entry.name: entry.load() for entry in entry_points(group=ENTRY_POINT_GROUP)}
+    found: dict[str, Format] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found[entry.name] = entry.load()
+        except Exception as exc:  # a broken package's format: named with its fix, not a traceback from importlib
+            raise ConfigError(
+                f"the model format '{entry.name} = {entry.value}' ({ENTRY_POINT_GROUP}) cannot be loaded: "
+                f"{type(exc).__name__}: {exc}; fix or uninstall the package that registers it"
+            ) from None
     if not found:  # forwardpass's own formats are entry points too: only an installed distribution has them
         raise ConfigError(f"no model formats registered ({ENTRY_POINT_GROUP}); install forwardpass: pip install -e .")
     return tuple(fmt for _, fmt in sorted(found.items(), key=lambda item: (item[1].detect_rank, item[0])))

@@ -103,27 +103,40 @@ NPZ_GRAPH = NumpyArchiveFormat()
 """
 
 
-@pytest.fixture
-def third_party_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def install_format(site: Path, module_source: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A distribution installed as pip would: its module and a dist-info whose entry point registers its format."""
-    site = tmp_path / "site"
-    touch(site / "npz_graph_format.py", THIRD_PARTY_FORMAT.encode())
+    touch(site / "npz_graph_format.py", module_source.encode())
     info = site / "npz_graph_format-1.0.dist-info"
     touch(info / "METADATA", b"Metadata-Version: 2.1\nName: npz-graph-format\nVersion: 1.0\n")
     touch(info / "entry_points.txt", b"[forwardpass.formats]\nnpz-graph = npz_graph_format:NPZ_GRAPH\n")
     monkeypatch.syspath_prepend(str(site))
     registered_formats.cache_clear()  # the registry reads entry points once per process
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Whatever a test installs is gone afterwards: sys.path restored, module forgotten, entry points read again."""
     yield
     monkeypatch.undo()
     sys.modules.pop("npz_graph_format", None)
     registered_formats.cache_clear()
 
 
-@pytest.mark.usefixtures("third_party_format")
-def test_a_format_registered_by_an_entry_point_is_detected_in_its_rank(tmp_path: Path) -> None:
+@pytest.mark.usefixtures("fresh_registry")
+def test_a_format_registered_by_an_entry_point_is_detected_in_its_rank(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_format(tmp_path / "site", THIRD_PARTY_FORMAT, monkeypatch)
     assert detect_format(touch(tmp_path / "net.npzg")).name == "npz-graph"
     names = [fmt.name for fmt in registered_formats()]
     assert names[-3:] == ["lightgbm", "npz-graph", "sklearn"]
+
+
+@pytest.mark.usefixtures("fresh_registry")
+def test_a_format_that_cannot_be_loaded_is_named_with_its_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_format(tmp_path / "site", "import a_module_nobody_installed\n", monkeypatch)
+    with pytest.raises(ConfigError, match=r"'npz-graph = npz_graph_format:NPZ_GRAPH' .* fix or uninstall the package"):
+        detect_format(touch(tmp_path / "model.onnx"))
 
 
 def test_the_built_in_formats_are_asked_in_a_fixed_order() -> None:
