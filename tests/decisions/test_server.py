@@ -9,58 +9,18 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvloop
 
 from forwardpass.decisions import AuditLog
-from forwardpass.server.app import InferenceServer
-from forwardpass.server.settings import ServerSettings
+from tests.running_server import serve
 
 FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
 RECORD = {"mean radius": 14.0, "mean texture": 19.0, "mean smoothness": 0.1, "mean concavity": 0.09}
-
-
-class Server:
-    """An InferenceServer on a free port in a thread with its own loop (as tests/server/conftest.py does)."""
-
-    def __init__(self, repository: Path) -> None:
-        import asyncio
-
-        self.server = InferenceServer(ServerSettings(repository=repository, http_port=0, grpc_port=0, explain=True))
-        self._started = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import asyncio
-
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            await self.server.start()
-            self._started.set()
-            await self.server.wait(self._stop)
-            await self.server.stop()
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main())
-
-    def __enter__(self) -> str:
-        self._thread.start()
-        assert self._started.wait(60)
-        return f"http://127.0.0.1:{self.server.http_port}"
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._loop is not None and self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(60)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +32,9 @@ def server_log(tmp_path_factory) -> Path:
 def url(tasks, server_log) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FORWARDPASS_AUDIT_LOG", str(server_log))  # read when the server loads its models
-        with Server(tasks.root) as address:
-            yield address
+        running = serve(tasks.root, explain=True)
+        yield running.url
+        running.stop()
 
 
 def test_pipeline_endpoint_carries_the_action_and_audits_it(url, server_log):
@@ -128,34 +89,36 @@ def test_drift_metrics_flag_the_shifted_feature(url, tasks):
 def test_audit_survives_kill_9(tasks, tmp_path):
     log = tmp_path / "killed.sqlite"
     env = {**os.environ, "FORWARDPASS_AUDIT_LOG": str(log), "NO_COLOR": "1"}
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [FORWARDPASS, "serve", "--repository", str(tasks.root), "--http-port", "0", "--grpc-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
         start_new_session=True,
-    )
-    try:
-        assert process.stdout is not None
-        port = None
-        for line in process.stdout:  # the server prints its address once every model is ready
-            if found := re.search(r"HTTP\s+http://[^:]+:(\d+)", line):
-                port = found.group(1)
-                break
-        assert port is not None, "the server did not start"
-        answered = 0
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-            for radius in np.linspace(8, 25, 40):
-                reply = client.post("/v2/models/triage/predict", json=dict(RECORD, **{"mean radius": float(radius)}))
-                assert reply.status_code == 200
-                answered += 1
-        os.killpg(process.pid, signal.SIGKILL)  # the server and its audit mover at once
-        process.wait(30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    ) as process:
+        try:
+            assert process.stdout is not None
+            port = None
+            for line in process.stdout:  # the server prints its address once every model is ready
+                if found := re.search(r"HTTP\s+http://[^:]+:(\d+)", line):
+                    port = found.group(1)
+                    break
+            assert port is not None, "the server did not start"
+            answered = 0
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+                for radius in np.linspace(8, 25, 40):
+                    reply = client.post(
+                        "/v2/models/triage/predict", json=dict(RECORD, **{"mean radius": float(radius)})
+                    )
+                    assert reply.status_code == 200
+                    answered += 1
+            os.killpg(process.pid, signal.SIGKILL)  # the server and its audit mover at once
             process.wait(30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(30)
     rows = list(AuditLog(log).query())
     assert len(rows) == answered
     assert {row.model for row in rows} == {"triage"}

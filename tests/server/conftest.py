@@ -1,28 +1,23 @@
-"""The real server for the tests: an InferenceServer on 127.0.0.1 (a free port the OS picks) in a thread of its own
-with its own uvloop loop, and tiny ONNX models written with `onnx.helper` into a temporary repository."""
+"""The real server for the tests (tests/running_server.py: an InferenceServer on 127.0.0.1 in a thread of its own)
+and tiny ONNX models written with `onnx.helper` into a temporary repository."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
-import uvloop
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.datasets import load_digits
 
 from forwardpass.repository import default_repository
-from forwardpass.server.app import InferenceServer
-from forwardpass.server.settings import ServerSettings
+from tests.running_server import RunningServer, serve
 
-T = TypeVar("T")
 MLP_LABELS = [f"class_{i}" for i in range(10)]
 
 
@@ -239,107 +234,6 @@ def build_repository(root: Path) -> Path:
     save(strings_graph(), root / "strings" / "1", {"max_batch_size": 8})
     save_digits_and_diabetes(root)
     return root
-
-
-class RunningServer:
-    """A started InferenceServer; `call` runs a coroutine on its loop (e.g. registry operations)."""
-
-    def __init__(self, settings: ServerSettings) -> None:
-        self.settings = settings
-        self.server = InferenceServer(settings)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="forwardpass-test-server", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self.server.http_port
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def address(self) -> str:
-        """host:port, as tritonclient wants it."""
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def grpc_address(self) -> str:
-        return f"127.0.0.1:{self.settings.grpc_port}"
-
-    def start(self) -> RunningServer:
-        self._thread.start()
-        self._started.wait(timeout=60)
-        if self._failure is not None:
-            raise self._failure
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=60)
-
-    def call(self, coroutine: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coroutine(), self._loop).result(timeout=60)
-
-    def batch_sizes(self, model: str) -> list[int]:
-        """A list that the model's batcher appends the rows of every batch it runs to, from now on (its own
-        observer, chained before the server's metrics)."""
-        sizes: list[int] = []
-
-        async def observe() -> None:
-            batcher = self.server.registry.get(model).batcher
-            metrics = batcher.on_batch
-
-            def observer(rows: int, run_s: float) -> None:
-                sizes.append(rows)
-                if metrics is not None:
-                    metrics(rows, run_s)
-
-            batcher.on_batch = observer
-
-        self.call(observe)
-        return sizes
-
-    def hold_loop(self) -> threading.Event:
-        """Blocks the server's event loop until the returned event is set (30 s at most): requests sent meanwhile
-        wait in their sockets, and the server reads them all at once when it resumes."""
-        assert self._loop is not None
-        held, resume = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            held.set()
-            resume.wait(timeout=30)
-
-        self._loop.call_soon_threadsafe(hold)
-        assert held.wait(timeout=60), "the server's loop never ran the hold"
-        return resume
-
-    def _run(self) -> None:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(self._main())
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        try:
-            await self.server.start()
-        except BaseException as exc:
-            self._failure = exc
-            self._started.set()
-            return
-        self._started.set()
-        await self.server.wait(self._stop)
-        await self.server.stop()
-
-
-def serve(repository: Path, **overrides: Any) -> RunningServer:
-    settings = ServerSettings(**{"repository": repository, "http_port": 0, "grpc_port": 0, **overrides})
-    return RunningServer(settings).start()
 
 
 @pytest.fixture(scope="module")
