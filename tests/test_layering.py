@@ -43,6 +43,47 @@ LAYERS: list[set[str]] = [
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
+# Within a layer, modules at different points of DESIGN.md's one-way flow never import each other: what passes
+# between them is the data the flow carries, not code. Each entry: two groups of modules (a name covers its
+# submodules) that must not import one another.
+SEPARATE_STEPS: list[tuple[set[str], set[str]]] = [
+    # pipeline/: preprocessing (raw item -> arrays) and postprocessing (output rows -> predictions). Shared by both and
+    # in neither group: geometry (the image transform preprocessing records and postprocessing maps back through),
+    # kinds (which preprocessor a config names), complete (load-time config completion) and the package's assembly.
+    (
+        {f"forwardpass.pipeline.{name}" for name in ("image", "text", "tabular", "interactions", "records")},
+        {f"forwardpass.pipeline.{name}" for name in ("outputs", "detection", "segmentation", "ocr", "anchors", "draw")},
+    ),
+    # quality checks a record before preprocessing; decisions act on a prediction after postprocessing.
+    ({"forwardpass.quality"}, {"forwardpass.decisions"}),
+    # explanations and text generation are two uses of a Model, neither built on the other.
+    ({"forwardpass.explain"}, {"forwardpass.generation"}),
+]
+PIPELINE_SHARED = {
+    "forwardpass.pipeline",
+    *(f"forwardpass.pipeline.{name}" for name in ("geometry", "kinds", "complete")),
+}
+# One way only: a mode may host the server (modes/ray_serve.py runs its ASGI app on Ray Serve); the server never
+# imports a mode.
+# Each entry: (importers, what they never import).
+ONE_WAY: list[tuple[set[str], set[str]]] = [({"forwardpass.server"}, {"forwardpass.modes"})]
+
+
+def _within(name: str, group: set[str]) -> bool:
+    return any(name == member or name.startswith(member + ".") for member in group)
+
+
+def step_crossing(importer: str, target: str) -> bool:
+    """Whether `importer` importing `target` crosses between separate flow steps of one layer."""
+    separate = any(
+        (_within(importer, first) and _within(target, second)) or (_within(importer, second) and _within(target, first))
+        for first, second in SEPARATE_STEPS
+    )
+    return separate or any(
+        _within(importer, never) and _within(target, never_imports) for never, never_imports in ONE_WAY
+    )
+
+
 # Never imported at module level inside forwardpass/ (only inside the function that needs them).
 HEAVY = {
     "torch",
@@ -195,6 +236,28 @@ def test_lower_layers_never_import_higher_ones(name: str):
         if target_rank is None or target_rank > own:
             wrong.append(f"line {imp.line}: {imp.target} ({layer(imp.target)} is above {layer(name)})")
     assert not wrong, f"{name} imports a higher layer:\n  " + "\n  ".join(wrong)
+
+
+def test_step_crossings_are_recognised():
+    assert step_crossing("forwardpass.pipeline.image", "forwardpass.pipeline.outputs")
+    assert step_crossing("forwardpass.pipeline.detection", "forwardpass.pipeline.tabular")
+    assert step_crossing("forwardpass.decisions.audit", "forwardpass.quality.drift")
+    assert step_crossing("forwardpass.server.http", "forwardpass.modes.batch")
+    assert not step_crossing("forwardpass.modes.ray_serve", "forwardpass.server.app")
+    assert not step_crossing("forwardpass.pipeline.image", "forwardpass.pipeline.geometry")
+    assert not step_crossing("forwardpass.pipeline.detection", "forwardpass.pipeline.outputs")
+
+
+def test_every_pipeline_module_has_its_flow_step():
+    steps = set().union(*SEPARATE_STEPS[0]) | PIPELINE_SHARED
+    unplaced = sorted(name for name in MODULES if name.startswith("forwardpass.pipeline") and name not in steps)
+    assert not unplaced, f"place {unplaced} in SEPARATE_STEPS (or PIPELINE_SHARED) in {__file__}"
+
+
+@pytest.mark.parametrize("name", NON_ROOT)
+def test_flow_steps_of_one_layer_never_import_each_other(name: str):
+    wrong = [f"line {imp.line}: {imp.target}" for imp in imports_of(MODULES[name]) if step_crossing(name, imp.target)]
+    assert not wrong, f"{name} imports a separate flow step of its layer (see SEPARATE_STEPS):\n  " + "\n  ".join(wrong)
 
 
 @pytest.mark.parametrize("name", ["forwardpass.errors", "forwardpass.tensor"])
