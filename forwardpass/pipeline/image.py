@@ -55,11 +55,15 @@ def decode_image(source: ImageSource, max_pixels: int, at_least: AtLeast | None 
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(stream)
-            if image.width * image.height > max_pixels:
-                raise DecodeError(f"{what}: {image.width}x{image.height} pixels is over the limit of {max_pixels}")
-            if at_least is not None and image.format == "JPEG":
-                _draft(image, at_least)
-            image.load()
+            try:
+                if image.width * image.height > max_pixels:
+                    raise DecodeError(f"{what}: {image.width}x{image.height} pixels is over the limit of {max_pixels}")
+                if at_least is not None and image.format == "JPEG":
+                    _draft(image, at_least)
+                image.load()
+            except BaseException:
+                image.close()  # a refused or truncated image file is not left open
+                raise
     except FileNotFoundError:
         raise DecodeError(f"{what}: no such file") from None
     except UnidentifiedImageError:

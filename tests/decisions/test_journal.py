@@ -107,22 +107,23 @@ sys.stdin.read()
 
 def test_a_killed_writer_loses_no_answered_decision(tmp_path):
     path = tmp_path / "killed.sqlite"
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", WRITER, str(path)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "answered"
-        os.killpg(process.pid, signal.SIGKILL)  # the writer and its mover at once, as when a machine's processes die
-        assert process.wait(30) == -signal.SIGKILL
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(30)
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "answered"
+            # the writer and its mover at once, as when a machine's processes die
+            os.killpg(process.pid, signal.SIGKILL)
+            assert process.wait(30) == -signal.SIGKILL
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(30)
     assert table_count(path) == 0  # nothing had moved: the journal alone kept them
     rows = list(AuditLog(path).query())
     assert sorted(row.scores["score"] for row in rows) == list(range(50))
@@ -134,19 +135,19 @@ def test_a_killed_writer_loses_no_answered_decision(tmp_path):
 def test_the_mover_of_a_killed_writer_moves_its_rows_and_exits(tmp_path):
     path = tmp_path / "orphan.sqlite"
     script = WRITER.replace('print("answered"', 'print(log._mover_process.process.pid)\nprint("answered"')
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", script, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert process.stdout is not None
-        mover = int(process.stdout.readline())
-        assert process.stdout.readline().strip() == "answered"
-        process.send_signal(signal.SIGKILL)  # the writer alone: its mover sees its standard input close
-        assert process.wait(30) == -signal.SIGKILL
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(30)
+    ) as process:
+        try:
+            assert process.stdout is not None
+            mover = int(process.stdout.readline())
+            assert process.stdout.readline().strip() == "answered"
+            process.send_signal(signal.SIGKILL)  # the writer alone: its mover sees its standard input close
+            assert process.wait(30) == -signal.SIGKILL
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(30)
     deadline = time.monotonic() + 30
     while Path(f"/proc/{mover}").exists() and Path(f"/proc/{mover}/stat").read_text().split()[2] != "Z":
         assert time.monotonic() < deadline, "the mover outlived its writer"
