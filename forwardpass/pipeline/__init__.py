@@ -202,11 +202,24 @@ def _postprocessor(
     return RawOutputs()
 
 
+def _check_yolo_width(declared: DetectionConfig, spec: TensorSpec) -> None:
+    """A YOLO table whose numbers per candidate are known must hold the box, a class score and every keypoint."""
+    width = spec.shape[-1 if declared.layout == "yolo" else -2] if len(spec.shape) >= 2 else -1
+    least = (5 if declared.objectness else 4) + 1 + 3 * declared.keypoints
+    if width != -1 and width < least:
+        raise ConfigError(
+            f"postprocess: output '{spec.name}' {list(spec.shape)} has {width} numbers per candidate, but layout "
+            f"{declared.layout} with {declared.keypoints} keypoints needs at least {least} (the box, "
+            f"{'objectness, ' if declared.objectness else ''}a class score, (x, y, visibility) per keypoint)"
+        )
+
+
 def _detect(config: ModelConfig, declared: DetectionConfig, outputs: list[TensorSpec], model_dir: Path) -> Detect:
     if (declared.normalized or declared.anchors is not None) and not isinstance(config.preprocess, ImageConfig):
         raise ConfigError("postprocess: boxes as fractions of the input need preprocess kind image (its size)")
     if declared.layout in ("yolo", "yolo_columns"):
         names: tuple[str, ...] = (_pick(declared.output, outputs, "postprocess.output"),)
+        _check_yolo_width(declared, next(spec for spec in outputs if spec.name == names[0]))
     else:
         boxes = _pick(declared.boxes, outputs, "postprocess.boxes")
         scores = _pick(

@@ -9,6 +9,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -148,7 +149,7 @@ def variant(directory: Path, tmp_path: Path, **postprocess: object) -> Path:
     """The detector of `directory` with some postprocess fields changed."""
     config = yaml.safe_load((directory / "config.yaml").read_text())
     config["postprocess"] |= postprocess
-    (tmp_path / "1").mkdir()
+    (tmp_path / "1").mkdir(parents=True)
     (tmp_path / "1" / "model.onnx").write_bytes((directory / "1" / "model.onnx").read_bytes())
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     return tmp_path
@@ -339,6 +340,13 @@ def test_yolo_pose_keypoints_equal_a_reference_decode(pose_dir: Path, width: int
 
 
 def test_yolo_keypoints_that_do_not_fit_the_rows_are_refused(pose_dir: Path, tmp_path: Path) -> None:
-    model = forwardpass.load(variant(pose_dir, tmp_path, keypoints=30))
-    with pytest.raises(ShapeError, match=r"not a yolo_columns table of 4 box numbers, class scores and 30 keypoints"):
-        model.predict(photo(40, 40, seed=0))
+    """At load where the output's width is in the graph (Ultralytics' exports: [1, 56, 8400]), else on the rows."""
+    dynamic = forwardpass.load(variant(pose_dir, tmp_path / "dynamic", keypoints=6))
+    with pytest.raises(ShapeError, match=r"not a yolo_columns table of 4 box numbers, class scores and 6 keypoints"):
+        dynamic.predict(photo(40, 40, seed=0))
+    static = variant(pose_dir, tmp_path / "static", keypoints=6)
+    graph = onnx.load(str(static / "1" / "model.onnx"))
+    graph.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 4 + CLASSES + 3 * KEYPOINTS
+    onnx.save(graph, str(static / "1" / "model.onnx"))
+    with pytest.raises(ConfigError, match=r"'output0' \[-1, 22, 64\] has 22 numbers per candidate, but layout "):
+        forwardpass.load(static)
