@@ -13,7 +13,7 @@ generation whose client goes away is cancelled.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -21,12 +21,15 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from forwardpass.errors import ForwardpassError, InputError
-from forwardpass.generation import Generator, SamplingParams, open_generator
+from forwardpass.generation.sampling import SamplingParams
 from forwardpass.registry import ModelRegistry, Served
 from forwardpass.server.codec import decode_json, encode_json
 from forwardpass.server.guard import RequestGuard, error_response
 from forwardpass.server.metrics import Metrics
 from forwardpass.server.tokens import TextStream, unless_disconnected
+
+if TYPE_CHECKING:
+    from forwardpass.generation.engine import Generator
 
 __all__ = ["Generators", "generation_routes"]
 
@@ -61,6 +64,8 @@ class Generators:
         served = self._registry.get(name, version)
         generator = self._generators.get(served)
         if generator is None:
+            from forwardpass.generation.loader import open_generator  # the decode loop: only for decoder models
+
             self._prune()
             generator = self._generators[served] = open_generator(served.model)
         return served, generator

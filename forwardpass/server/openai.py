@@ -20,7 +20,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from starlette.background import BackgroundTask
@@ -29,8 +29,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from forwardpass.errors import ForwardpassError, InputError
-from forwardpass.generation import Generator, SamplingParams, TokenEvent
-from forwardpass.generation.sampling import MAX_LOGPROBS
+from forwardpass.generation.sampling import MAX_LOGPROBS, SamplingParams
 from forwardpass.registry import ModelRegistry, Served
 from forwardpass.server.codec import decode_json, encode_json
 from forwardpass.server.dataplane import DataPlane
@@ -38,6 +37,9 @@ from forwardpass.server.generate import Generators
 from forwardpass.server.guard import RequestGuard, error_response
 from forwardpass.server.metrics import Metrics
 from forwardpass.server.tokens import TextStream, merged, open_streams, unless_disconnected
+
+if TYPE_CHECKING:
+    from forwardpass.generation.engine import Generator, TokenEvent
 
 __all__ = ["openai_error", "openai_routes"]
 

@@ -9,14 +9,18 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from starlette.requests import Request
 
 from forwardpass.errors import InputError
-from forwardpass.generation import Generator, SamplingParams, StopStrings, TokenEvent
+from forwardpass.generation.sampling import SamplingParams
+from forwardpass.generation.text import StopStrings
 from forwardpass.registry import Served
 from forwardpass.server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from forwardpass.generation.engine import Generator, TokenEvent
 
 __all__ = ["TextStream", "merged", "open_streams", "unless_disconnected"]
 
