@@ -405,6 +405,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     for engine, reason in report["skipped"].items():
         lines.append(f"- {engine} skipped: {reason}")
     lines += [
+        "- forwardpass's decoder is ONNX Runtime GenAI's model builder graph at FP32 (forwardpass's export path for "
+        "the architectures it knows), decoded by forwardpass's loop with the KV cache kept in place; its INT4 is "
+        "forwardpass's quantizer (output projection at 8 bits for perplexity) where ORT GenAI's is all 4-bit.",
         "- ORT GenAI's 8 streams are one static batch (all prompts together, the batch ends with its longest); "
         "forwardpass's are 8 requests submitted at once into its continuous batch.",
         f"- Machine: {machine['cpu']}, {machine['usable_cores']} usable cores, onnxruntime {machine['onnxruntime']};"
