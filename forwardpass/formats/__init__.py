@@ -9,6 +9,7 @@ and formats import their frameworks only when a model is opened, so `import forw
 from __future__ import annotations
 
 from functools import cache
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,6 @@ ENTRY_POINT_GROUP = "forwardpass.formats"
 @cache
 def registered_formats() -> tuple[Format, ...]:
     """The formats every installed distribution registers, in detection order (rank, then name: deterministic)."""
-    from importlib.metadata import entry_points  # read on first detection: importing it costs ~20 ms
-
     found: dict[str, Format] = {}
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         try:
