@@ -18,7 +18,7 @@ import forwardpass
 from forwardpass.errors import ConfigError, NotFoundError
 
 FINDER_PREPROCESS = {"kind": "image", "max_side": 64, "multiple_of": 32}
-FINDER_POSTPROCESS = {"kind": "text_detection", "threshold": 0.3, "box_threshold": 0.3, "min_size": 1}
+FINDER_POSTPROCESS = {"kind": "text_detection", "threshold": 0.6, "box_threshold": 0.6, "min_size": 1}
 READER_POSTPROCESS = {"kind": "classification", "labels": ["upright", "turned"]}
 
 
@@ -89,9 +89,11 @@ def test_steps_that_fit_read_each_region(tmp_path: Path) -> None:
     finder(tmp_path / "finder")
     reader(tmp_path / "reader", ["batch", 3, 16, 32])
     image = np.zeros((48, 64, 3), dtype=np.uint8)
-    image[10:30, 8:56] = 255  # one bright block: one region
+    image[10:30, 8:56] = 255  # one bright block (map 0.73; the black around it 0.5, under the threshold)
     regions = forwardpass.load_pipeline(pipeline(tmp_path)).predict(Image.fromarray(image))["regions"]
     assert len(regions) == 1 and regions[0]["label"] in ("upright", "turned")
+    corners = np.asarray(regions[0]["points"])
+    assert corners[:, 1].max() < 44  # the block grown by the unclip (~10 px a side), not the whole image (48 px)
 
 
 @pytest.mark.parametrize(
