@@ -98,6 +98,15 @@ class DataPlane:
             return pipeline is not None and unready(name, pipeline.steps, self._served_model) is None
         return True
 
+    def decoder_card(self, name: str) -> dict[str, Any] | None:
+        """OpenAI's description of `name` when it is a decoder language model (its config has a generation
+        section), else None (a pipeline's name, an unknown name: model_metadata says what it is)."""
+        try:
+            served = self._registry.get(name)
+        except NotFoundError:
+            return None
+        return model_card(served) if served.model.config.generation is not None else None
+
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         pipeline = self._pipeline(name, version)
         if pipeline is not None:
@@ -450,3 +459,9 @@ def _wants_explanation(parameters: dict[str, Any]) -> bool:
 def _expire(future: asyncio.Future[Batched], name: str, timeout_s: float) -> None:
     if not future.done():
         future.set_exception(DeadlineExceeded(f"model '{name}' did not answer within {timeout_s:g} s; retry later"))
+
+
+def model_card(served: Served) -> dict[str, Any]:
+    """A served model as OpenAI's API describes one (GET /v1/models lists them, GET /v1/models/{id} answers one)."""
+    created = int(served.model.entry.directory.stat().st_mtime)
+    return {"id": served.name, "object": "model", "created": created, "owned_by": "forwardpass"}

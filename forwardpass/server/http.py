@@ -220,7 +220,12 @@ class _Api:
         return Response(encode_tf_response(response, rows), media_type=JSON)
 
     async def tf_status(self, request: Request) -> Response:
+        """TensorFlow Serving's model status; for a decoder language model, OpenAI's model object: OpenAI's
+        GET /v1/models/{id} (the SDK's models.retrieve) shares this path, and a decoder is served by that API."""
         name = request.path_params["model"]
+        card = self.dataplane.decoder_card(name)
+        if card is not None:
+            return _json(card)
         metadata = self.dataplane.model_metadata(name)
         ok = {"error_code": "OK", "error_message": ""}
         statuses = [{"version": v, "state": "AVAILABLE", "status": ok} for v in metadata["versions"]]

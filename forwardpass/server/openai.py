@@ -32,7 +32,7 @@ from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.generation.sampling import MAX_LOGPROBS, SamplingParams
 from forwardpass.registry import ModelRegistry, Served
 from forwardpass.server.codec import decode_json, encode_json
-from forwardpass.server.dataplane import DataPlane
+from forwardpass.server.dataplane import DataPlane, model_card
 from forwardpass.server.generate import Generators
 from forwardpass.server.guard import RequestGuard, error_response
 from forwardpass.server.metrics import Metrics
@@ -132,11 +132,7 @@ class _OpenAiApi:
         self.metrics = metrics
 
     async def models(self, request: Request) -> Response:
-        listed = []
-        for name in sorted({served.name for served in self.registry.loaded()}):
-            served = self.registry.get(name)
-            created = int(served.model.entry.directory.stat().st_mtime)
-            listed.append({"id": served.name, "object": "model", "created": created, "owned_by": "forwardpass"})
+        listed = [model_card(self.registry.get(name)) for name in sorted({s.name for s in self.registry.loaded()})]
         return Response(encode_json({"object": "list", "data": listed}), media_type=JSON)
 
     async def chat(self, request: Request) -> Response:

@@ -67,7 +67,9 @@ DESCRIBED: dict[tuple[str, str], Operation] = {
     ("POST", "/v1/models/{model}:predict"): Operation(
         _TF, "TensorFlow Serving's REST predict (instances or inputs)", {JSON: "TFPredictRequest"}, "TFPredictResponse"
     ),
-    ("GET", "/v1/models/{model}"): Operation(_TF, "TensorFlow Serving's model status"),
+    ("GET", "/v1/models/{model}"): Operation(
+        _TF, "TensorFlow Serving's model status; for a decoder language model, OpenAI's model object"
+    ),
     ("GET", "/v1/models"): Operation(_OPENAI, "The models that answer OpenAI-style requests"),
     ("POST", "/v1/completions"): Operation(
         _OPENAI, "Text completion (stream: true for server-sent events)", {JSON: "Object"}, streams=True

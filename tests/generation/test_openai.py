@@ -291,3 +291,14 @@ def test_a_client_that_goes_away_cancels_its_generations(server: str) -> None:
     after = _metrics(server)
     assert _finished(after) == _finished(before)
     assert after.get(refused, 0) == before.get(refused, 0) + 1
+
+
+def test_models_retrieve_describes_a_decoder_and_tf_status_stays_for_the_others(client: openai.OpenAI, server) -> None:
+    """GET /v1/models/{id} is both OpenAI's model object and TensorFlow Serving's model status: a decoder answers
+    the first, any other model the second."""
+    model = client.models.retrieve("gpt2")
+    assert (model.id, model.object, model.owned_by) == ("gpt2", "model", "forwardpass")
+    status = httpx.get(f"{server}/v1/models/minilm", timeout=30).json()
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
