@@ -166,7 +166,7 @@ def tables(measure_repo: Repo, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def test_eval_csv_classification_equals_sklearn(fp: Cli, measure_repo: Repo, tables: Path) -> None:
-    rows = list(csv.DictReader((tables / "cls.csv").open()))
+    rows = list(csv.DictReader((tables / "cls.csv").read_text().splitlines()))
     columns = yaml.safe_load((measure_repo.root / "tab_cls" / "config.yaml").read_text())["preprocess"]["columns"]
     x = np.array([[(float(r[c["name"]]) - c["mean"]) / c["std"] for c in columns] for r in rows], np.float32)
     probabilities = _session(measure_repo.root, "tab_cls").run(["probabilities"], {"input": x})[0]
@@ -182,7 +182,7 @@ def test_eval_csv_classification_equals_sklearn(fp: Cli, measure_repo: Repo, tab
 
 
 def test_eval_csv_regression_equals_sklearn(fp: Cli, measure_repo: Repo, tables: Path) -> None:
-    rows = list(csv.DictReader((tables / "reg.csv").open()))[:-1]
+    rows = list(csv.DictReader((tables / "reg.csv").read_text().splitlines()))[:-1]
     target = yaml.safe_load((measure_repo.root / "tab_reg" / "config.yaml").read_text())["postprocess"]["target"]
     x = np.array([[float(r["x1"]), float(r["x2"])] for r in rows], np.float32)
     predicted = (
@@ -276,7 +276,7 @@ def test_eval_out_writes_report_and_plots(fp: Cli, tmp_path: Path) -> None:
 
 
 def test_eval_group_by_prints_groups_and_gaps(fp: Cli, tables: Path, tmp_path: Path) -> None:
-    rows = list(csv.DictReader((tables / "cls.csv").open()))
+    rows = list(csv.DictReader((tables / "cls.csv").read_text().splitlines()))
     with (tmp_path / "grouped.csv").open("w", newline="") as file:
         writer = csv.DictWriter(file, [*rows[0], "site"])
         writer.writeheader()

@@ -69,6 +69,13 @@ class Streaming:
         self._pump_thread.join(timeout=WAIT_S)
         return code, stderr
 
+    def close(self) -> None:
+        """Its pipes closed, once the process has ended and the pump has read its output to the end."""
+        self._pump_thread.join(timeout=WAIT_S)
+        for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
     def rest(self) -> list[dict[str, Any]]:
         answers = []
         while not self.lines.empty():
@@ -88,7 +95,8 @@ def run(repository: Path, input_dir: Path) -> Iterator[Any]:
     for streaming in started:
         if streaming.process.poll() is None:
             streaming.process.kill()
-            streaming.process.wait()
+        streaming.process.wait(timeout=WAIT_S)
+        streaming.close()
 
 
 def expected_value(repository: Path, record: dict[str, float | None]) -> float:

@@ -295,7 +295,7 @@ def test_embedding_recall_at_k_equals_numpy(tmp_path: Path) -> None:
 
 def _group_table(tabular: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     """test.csv plus a 'site' column (three sites of unequal size); returns (path, sites, true class names)."""
-    rows = list(csv.DictReader((tabular / "test.csv").open()))[:-2]
+    rows = list(csv.DictReader((tabular / "test.csv").read_text().splitlines()))[:-2]
     sites = np.array(["north", "south", "east", "north", "south"] * 20)[: len(rows)]
     path = tabular / "grouped.csv"
     with path.open("w", newline="") as file:

@@ -46,7 +46,7 @@ def kill_after(process: subprocess.Popen[bytes], output: Path, parts: int, extra
         time.sleep(POLL_S)  # the manifest file is the only event the job shows
     time.sleep(extra_s)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.wait(timeout=60)
     return True
 
 
@@ -61,14 +61,14 @@ def test_sigkill_at_random_points_then_resume_gives_every_id_exactly_once(reposi
     rng = random.Random(8)
     kills = 0
     for target in sorted(rng.sample(range(1, 70), 4)):
-        process = start(repository, table, output, *options, *(("--resume",) if kills else ()))
-        if kill_after(process, output, target, rng.uniform(0.0, 0.03)):
-            kills += 1
-        else:
-            assert process.returncode == 0, process.stderr.read() if process.stderr else ""
+        with start(repository, table, output, *options, *(("--resume",) if kills else ())) as process:
+            if kill_after(process, output, target, rng.uniform(0.0, 0.03)):
+                kills += 1
+            else:
+                assert process.returncode == 0, process.stderr.read() if process.stderr else ""
     assert kills >= 3, "the job finished before it could be killed: make the input larger"
-    finished = start(repository, table, output, *options, "--resume")
-    assert finished.wait(timeout=120) == 0, finished.stderr.read() if finished.stderr else ""
+    with start(repository, table, output, *options, "--resume") as finished:
+        assert finished.wait(timeout=120) == 0, finished.stderr.read() if finished.stderr else ""
 
     rows = read_rows(output)
     ids = [row["id"] for row in rows] + list(read_errors(output))
@@ -80,10 +80,10 @@ def test_sigkill_at_random_points_then_resume_gives_every_id_exactly_once(reposi
 
 def peak_rss_kib(repository: Path, table: Path, output: Path) -> int:
     """The job's own peak resident memory, from the kernel's accounting of that one child (wait4)."""
-    process = start(repository, table, output, "--part-size", "500")
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    assert process.returncode == 0, process.stderr.read() if process.stderr else ""
+    with start(repository, table, output, "--part-size", "500") as process:
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        assert process.returncode == 0, process.stderr.read() if process.stderr else ""
     return usage.ru_maxrss
 
 

@@ -65,7 +65,8 @@ def test_text_boxes_map_back_through_the_resize(detector: forwardpass.Model) -> 
     arrays = detector.preprocess(str(PAGE))
     transform = arrays[TRANSFORM]
     assert transform[2] > 1.5  # scaled up
-    width, height = Image.open(PAGE).size
+    with Image.open(PAGE) as page:
+        width, height = page.size
     for box in detector.predict(str(PAGE))["boxes"]:
         points = np.asarray(box["points"])
         assert (points >= 0).all() and (points[:, 0] < width).all() and (points[:, 1] < height).all()

@@ -103,9 +103,7 @@ def test_concurrent_requests_are_coalesced_into_batches_larger_than_one(batching
     assert done == [200] * 48
     stats = _stats(batching_server, "gather")
     assert stats["execution_count"] - before < 48  # fewer forward passes than requests
-    metrics = http.client.HTTPConnection("127.0.0.1", batching_server.port, timeout=60)
-    metrics.request("GET", "/metrics")
-    text = metrics.getresponse().read().decode()
+    text = _get(batching_server, "/metrics").decode()
     ones = _bucket(text, "gather", "1.0")
     total = _bucket(text, "gather", "+Inf")
     assert total > ones  # the batch-size histogram saw batches of more than one row
@@ -121,19 +119,25 @@ def test_an_idle_server_adds_no_latency_with_batching_on(batching_server):
     for _ in range(50):
         status, answer = post(connection, "/v2/models/mlp_batched/infer", body)
         assert status == 200, answer
+    connection.close()
     assert sizes == [1] * 50  # each ran alone: none waited for company
-    metrics = http.client.HTTPConnection("127.0.0.1", batching_server.port, timeout=60)
-    metrics.request("GET", "/metrics")
-    text = metrics.getresponse().read().decode()
+    text = _get(batching_server, "/metrics").decode()
     queued = _queue_bucket(text, "mlp_batched", "+Inf")
     assert queued == 50
     assert _queue_bucket(text, "mlp_batched", "0.1") == queued  # a request that waited would have waited 1 s
 
 
-def _stats(server, model: str) -> dict[str, Any]:
+def _get(server, path: str) -> bytes:
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    connection.request("GET", f"/v2/models/{model}/stats")
-    return orjson.loads(connection.getresponse().read())["model_stats"][0]
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().read()
+    finally:
+        connection.close()
+
+
+def _stats(server, model: str) -> dict[str, Any]:
+    return orjson.loads(_get(server, f"/v2/models/{model}/stats"))["model_stats"][0]
 
 
 def _bucket(text: str, model: str, le: str) -> float:

@@ -72,6 +72,9 @@ def serve_process(*args: str, env: dict[str, str] | None = None) -> Iterator[Ser
         if server.process.poll() is None:
             server.process.kill()
         server.process.wait(timeout=30)
+        server._reader.join(timeout=10)  # it has read the pipe to its end: the pipe can close
+        if server.process.stdout is not None:
+            server.process.stdout.close()
 
 
 def cpu_seconds(pid: int) -> float:

@@ -42,16 +42,19 @@ class Traffic:
 
     def _loop(self) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        while not self._stop.is_set():
-            sent = time.monotonic()
-            connection.request("POST", self.path, REQUEST, {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            body = orjson.loads(response.read())
-            self.timeline.append((sent, time.monotonic(), response.status))
-            if response.status == 200:
-                self.answers.append((sent, 200, body["model_version"], body["outputs"][0]["data"]))
-            else:
-                self.answers.append((sent, response.status, "", [body.get("error", "")]))
+        try:
+            while not self._stop.is_set():
+                sent = time.monotonic()
+                connection.request("POST", self.path, REQUEST, {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                body = orjson.loads(response.read())
+                self.timeline.append((sent, time.monotonic(), response.status))
+                if response.status == 200:
+                    self.answers.append((sent, 200, body["model_version"], body["outputs"][0]["data"]))
+                else:
+                    self.answers.append((sent, response.status, "", [body.get("error", "")]))
+        finally:
+            connection.close()
 
     def wait_for(self, condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -82,6 +85,7 @@ def test_explicit_load_of_a_new_version_under_load_fails_nothing(add_repository:
             control = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
             control.request("POST", "/v2/repository/models/add/load", b"")
             assert control.getresponse().status == 200
+            control.close()
             loaded_at = time.monotonic()
             count = len(traffic.answers)
             traffic.wait_for(lambda: len(traffic.answers) > count + 100)

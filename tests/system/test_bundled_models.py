@@ -102,7 +102,7 @@ def test_main_job_digits_accuracy_equals_independent_computation() -> None:
 def test_main_job_tabular_metrics_equal_independent_computation() -> None:
     from sklearn.metrics import accuracy_score, mean_absolute_error, r2_score
 
-    rows = list(csv.DictReader((ROOT / "data" / "breast_cancer" / "test.csv").open()))
+    rows = list(csv.DictReader((ROOT / "data" / "breast_cancer" / "test.csv").read_text().splitlines()))
     config = forwardpass.ModelConfig.from_file(ROOT / "models" / "breast_cancer" / "config.yaml")
     columns = config.preprocess.columns  # type: ignore[union-attr]
     features = np.array([[(float(r[c.name]) - c.mean) / c.std for c in columns] for r in rows], dtype=np.float32)
@@ -114,7 +114,7 @@ def test_main_job_tabular_metrics_equal_independent_computation() -> None:
         accuracy_score([r["label"] for r in rows], names), abs=1e-12
     )
 
-    rows = list(csv.DictReader((ROOT / "data" / "diabetes" / "test.csv").open()))
+    rows = list(csv.DictReader((ROOT / "data" / "diabetes" / "test.csv").read_text().splitlines()))
     config = forwardpass.ModelConfig.from_file(ROOT / "models" / "diabetes" / "config.yaml")
     columns = config.preprocess.columns  # type: ignore[union-attr]
     target = config.postprocess.target  # type: ignore[union-attr]
