@@ -17,7 +17,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from forwardpass.generation.chat import ChatTemplate
 from forwardpass.generation.decoder import BatchCache, DecoderLayout, InPlaceCache
 from forwardpass.generation.sampling import SamplingParams, log_probabilities, sample
 from forwardpass.generation.text import TextCodec
+
+if TYPE_CHECKING:
+    from forwardpass.generation.constraint import JsonSchema, SchemaCompiler
 
 __all__ = ["Generator", "Listener", "Ticket", "TokenEvent", "TokenStream"]
 
@@ -58,7 +61,7 @@ class Ticket:
 
 
 class _Sequence:
-    __slots__ = ("last", "limit", "listener", "params", "produced", "prompt", "rng", "stops", "ticket")
+    __slots__ = ("last", "limit", "listener", "matcher", "params", "produced", "prompt", "rng", "stops", "ticket")
 
     def __init__(self, prompt: list[int], params: SamplingParams, listener: Listener, limit: int, stops: set[int]):
         self.prompt = prompt
@@ -70,6 +73,7 @@ class _Sequence:
         self.rng = np.random.default_rng(params.seed)
         self.produced = 0
         self.last = -1
+        self.matcher = params.schema.matcher() if params.schema is not None else None
 
 
 class TokenStream:
@@ -123,6 +127,7 @@ class Generator:
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._schemas: SchemaCompiler | None = None  # made on the first request with a JSON schema
         # what the loop did, for tests and benchmarks: decode steps, rows they decoded, the largest batch
         self.steps = 0
         self.rows_decoded = 0
@@ -145,6 +150,14 @@ class Generator:
         if self.chat is None:
             raise InputError(f"model '{self.name}' has no chat template: send a plain prompt to /v1/completions")
         return self.codec.encode(self.chat.render(messages), special_tokens=False)
+
+    def json_schema(self, schema: dict[str, Any]) -> JsonSchema:
+        """`schema` compiled for this model's tokenizer (SamplingParams.schema); InputError if it cannot be."""
+        if self._schemas is None:
+            from forwardpass.generation.constraint import SchemaCompiler
+
+            self._schemas = SchemaCompiler(self.codec.to_json(), self.codec.vocab_size, self.config.eos_token_ids)
+        return self._schemas.compile(schema)
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, listener: Listener) -> Ticket:
         """Queue a request; its listener hears every token (the last with a finish reason) or one error."""
@@ -226,9 +239,7 @@ class Generator:
         best = logits.argmax(axis=-1)
         going_on = []
         for row, sequence in enumerate(joining):
-            params = sequence.params
-            token = int(best[row]) if params.greedy else sample(logits[row], params, sequence.rng)
-            if self._emit(sequence, token, logits[row]):
+            if self._emit(sequence, self._choose(sequence, logits[row], best[row]), logits[row]):
                 going_on.append(row)
         if len(going_on) < len(joining):
             cache.keep([*range(first_new), *(first_new + row for row in going_on)])
@@ -245,19 +256,30 @@ class Generator:
         for row, sequence in enumerate(active):
             if sequence.ticket.cancelled:
                 continue
-            params = sequence.params
-            token = int(best[row]) if params.greedy else sample(logits[row], params, sequence.rng)
-            if self._emit(sequence, token, logits[row]):
+            if self._emit(sequence, self._choose(sequence, logits[row], best[row]), logits[row]):
                 keep.append(row)
         if len(keep) < len(active):
             cache.keep(keep)
             active[:] = [active[row] for row in keep]
 
+    @staticmethod
+    def _choose(sequence: _Sequence, logits: np.ndarray, best: np.integer) -> int:
+        """The sequence's next token from its row of logits (`best` their argmax), inside its schema if it has one."""
+        params = sequence.params
+        if sequence.matcher is not None:
+            logits = sequence.matcher.constrain(logits)
+            best = logits.argmax()
+        token = int(best) if params.greedy else sample(logits, params, sequence.rng)
+        if sequence.matcher is not None:
+            sequence.matcher.advance(token)
+        return token
+
     def _emit(self, sequence: _Sequence, token: int, logits: np.ndarray) -> bool:
         """Tell the listener; True while the sequence goes on."""
         sequence.produced += 1
         sequence.last = token
-        reason = "stop" if token in sequence.stops else "length" if sequence.produced >= sequence.limit else None
+        finished = token in sequence.stops or (sequence.matcher is not None and sequence.matcher.done)
+        reason = "stop" if finished else "length" if sequence.produced >= sequence.limit else None
         top = sequence.params.logprobs
         event = TokenEvent(token, reason, *log_probabilities(logits, token, top)) if top is not None else None
         try:

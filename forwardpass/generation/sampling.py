@@ -5,10 +5,14 @@ else shares the batch)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from forwardpass.errors import InputError
+
+if TYPE_CHECKING:
+    from forwardpass.generation.constraint import JsonSchema
 
 __all__ = ["MAX_LOGPROBS", "SamplingParams", "log_probabilities", "sample"]
 
@@ -27,6 +31,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = field(default=())
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; k: the chosen token's log-probability and the k most likely tokens'
+    schema: JsonSchema | None = None  # the output is a JSON document that follows it
 
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:

@@ -33,6 +33,11 @@ class TextCodec:
         text: str = self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
         return text
 
+    def to_json(self) -> str:
+        """The tokenizer as tokenizer.json text."""
+        text: str = self._tokenizer.to_str()
+        return text
+
     def incremental(self) -> IncrementalText:
         return IncrementalText(self)
 

@@ -39,6 +39,7 @@ from forwardpass.server.metrics import Metrics
 from forwardpass.server.tokens import TextStream, merged, open_streams, unless_disconnected
 
 if TYPE_CHECKING:
+    from forwardpass.generation.constraint import JsonSchema
     from forwardpass.generation.engine import Generator, TokenEvent
 
 __all__ = ["openai_error", "openai_routes"]
@@ -64,7 +65,6 @@ _NO_EFFECT: dict[str, tuple[Any, ...]] = {
     "tool_choice": (None, "none"),
     "functions": (None, []),
     "function_call": (None, "none"),
-    "response_format": (None, {"type": "text"}),
     "modalities": (None, ["text"]),
     "echo": (False, None),
     "suffix": (None,),
@@ -73,6 +73,7 @@ _SAMPLING_FIELDS = {"temperature", "top_p", "seed", "n", "stop", "stream", "stre
 # Extensions vLLM and TensorRT-LLM accept too.
 _EXTENSIONS = {"top_k", "ignore_eos", "stop_token_ids"}
 CHAT_FIELDS = {
+    "response_format",
     *_SAMPLING_FIELDS,
     *_EXTENSIONS,
     *(_NO_EFFECT.keys() - {"echo", "suffix"}),
@@ -141,6 +142,7 @@ class _OpenAiApi:
         served, generator = self._generator(request, body)
         prompt = generator.chat_prompt(_messages(body.get("messages")))
         params, count = _sampling(body, _chat_logprobs(body))
+        params = dataclasses.replace(params, schema=_response_schema(body, generator))
         streams = open_streams(
             self.metrics, served, generator, [prompt] * count, _choices(params, count), _stop_strings(body)
         )
@@ -457,6 +459,26 @@ def _sampling(body: dict[str, Any], logprobs: int | None) -> tuple[SamplingParam
         max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_ids), ignore_eos, logprobs=logprobs
     )
     return params, count
+
+
+def _response_schema(body: dict[str, Any], generator: Generator) -> JsonSchema | None:
+    """`response_format`: text (no schema), json_object (any JSON object) or json_schema (its `schema`)."""
+    wanted = body.get("response_format")
+    if wanted is None:
+        return None
+    kind = wanted.get("type") if isinstance(wanted, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return generator.json_schema({"type": "object"})
+    described = wanted.get("json_schema") if kind == "json_schema" else None
+    schema = described.get("schema") if isinstance(described, dict) else None
+    if not isinstance(schema, dict):
+        raise InputError(
+            '\'response_format\' must be {"type": "text"}, {"type": "json_object"} or '
+            '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}'
+        )
+    return generator.json_schema(schema)
 
 
 def _choices(params: SamplingParams, count: int) -> list[SamplingParams]:

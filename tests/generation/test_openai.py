@@ -228,6 +228,32 @@ def test_embeddings_equal_predict_and_sentence_transformers(client: openai.OpenA
         assert np.all(np.abs(1 - cosine) < 1e-5), cosine
 
 
+def test_chat_output_follows_a_json_schema(client: openai.OpenAI) -> None:
+    """The seeded decoder writes no JSON by itself: the schema (or json_object) makes every choice a document."""
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 0, "maximum": 99}},
+        "required": ["ok", "n"],
+        "additionalProperties": False,
+    }
+    answer = client.chat.completions.create(
+        model="gpt2",
+        messages=CHAT,
+        max_tokens=40,
+        n=2,
+        seed=1,
+        response_format={"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}},
+    )
+    for choice in answer.choices:
+        document = json.loads(choice.message.content or "")
+        assert set(document) == {"ok", "n"} and isinstance(document["ok"], bool) and 0 <= document["n"] <= 99
+        assert choice.finish_reason == "stop"
+    free = client.chat.completions.create(
+        model="gpt2", messages=CHAT, max_tokens=40, temperature=0, response_format={"type": "json_object"}
+    )
+    assert isinstance(json.loads(free.choices[0].message.content or ""), dict)
+
+
 @pytest.mark.parametrize(
     ("call", "named"),
     [
@@ -240,9 +266,14 @@ def test_embeddings_equal_predict_and_sentence_transformers(client: openai.OpenA
             "tools",
         ),
         (
-            lambda c: c.chat.completions.create(model="gpt2", messages=CHAT, response_format={"type": "json_object"}),
+            lambda c: c.chat.completions.create(
+                model="gpt2",
+                messages=CHAT,
+                response_format={"type": "json_schema"},  # type: ignore[typeddict-item]
+            ),
             "response_format",
         ),
+        (lambda c: c.completions.create(model="gpt2", prompt="Hi", extra_body={"response_format": {}}), "response_"),
         (lambda c: c.chat.completions.create(model="gpt2", messages=CHAT, extra_body={"mirostat": 2}), "mirostat"),
         (lambda c: c.completions.create(model="gpt2", prompt="Hi", echo=True), "echo"),
         (lambda c: c.completions.create(model="gpt2", prompt="Hi", suffix="!"), "suffix"),
