@@ -182,7 +182,7 @@ def server(corpus: dict[str, UserModel], tmp_path_factory: pytest.TempPathFactor
         pytest.fail("the server did not become ready")
     yield url
     process.terminate()
-    process.wait(timeout=30)
+    process.communicate(timeout=30)  # reads its stderr to the end and closes the pipe
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
