@@ -65,11 +65,13 @@ def merge_facts(framework: ModelFacts, graph: ModelFacts | None) -> ModelFacts:
 def onnx_facts(path: Path) -> ModelFacts:
     """Facts read from an ONNX graph (weights not loaded): classifier nodes and their class labels, ZipMap, a final
     Softmax/Sigmoid, `metadata_props` labels, and whether inputs and outputs share a symbolic first dimension."""
-    import onnx
+    from google.protobuf.message import DecodeError
+
+    from forwardpass.formats.onnx_graph import ModelProto  # not the onnx package: ~1 s of start-up for ml_dtypes
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # unreadable files are ONNX Runtime's to report, with its own message
+        model: Any = ModelProto.FromString(path.read_bytes())  # external weights stay unread, as they should
+    except (OSError, DecodeError):  # unreadable files are ONNX Runtime's to report, with its own message
         return ModelFacts(source="ONNX graph")
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
