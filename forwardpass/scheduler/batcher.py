@@ -13,7 +13,9 @@ A model whose forward passes take less than INLINE_RUN_S runs on the event loop 
 pass) the hop to the instance's thread and back -- the wake-up, the GIL hand-overs, a second loop iteration --
 cost more than the pass. Its dispatch then waits for the end of the loop iteration, so that requests arriving
 together still share a batch. Until a pass has been timed, and whenever the per-row estimate times the rows
-exceeds the bound, the batch runs in the thread: the loop never waits for a slow model.
+exceeds the bound, the batch runs in the thread: the loop never waits for a model that is slow on average. (A
+model whose passes are usually fast and rarely slow can still hold the loop for that one slow pass; the estimate
+then sends the next passes to the thread until fast ones bring it down again.)
 """
 
 from __future__ import annotations
