@@ -81,6 +81,7 @@ def standin_server() -> Iterator[StandIn]:
     yield server
     loop.call_soon_threadsafe(stop.set)
     thread.join(timeout=10)
+    loop.close()
 
 
 class Sampler:
