@@ -1,5 +1,6 @@
 """The exported decoder: a model folder forwardpass serves, whose ONNX graph computes what transformers computes,
-for left-padded batches with and without a cache; folders that are not causal LMs are refused."""
+for left-padded batches with and without a cache; a GGUF file generates what its weights generate in torch; folders
+that are not causal LMs are refused."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import yaml
 
 import forwardpass
 from forwardpass.errors import ConfigError
+from forwardpass.generation import SamplingParams, open_generator
 from forwardpass.generation.export import export_decoder
 
 
@@ -100,3 +102,117 @@ def test_a_model_without_kv_cache_is_refused_by_generation(tmp_path: Path, add_m
     (untokenized / "tokenizer.json").unlink()
     with pytest.raises(ConfigError, match="no tokenizer"):
         open_generator(forwardpass.load(untokenized))
+
+
+def write_tiny_llama_gguf(path: Path) -> tuple[Any, Any]:
+    """A seeded two-layer Llama (grouped-query attention) and a byte-level BPE tokenizer trained here, written to `path`
+    as llama.cpp's converter writes GGUF: its names, its metadata, q and k rows permuted for its rotary layout.
+    Returns the transformers model holding the same weights and the tokenizer."""
+    import gguf
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from forwardpass.formats.torch import import_torch
+
+    import_torch("huggingface")
+    import transformers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=alphabet, special_tokens=["<|endoftext|>"])
+    tokenizer.train_from_iterator(["The quick brown fox jumps over the lazy dog. A man is eating food."] * 20, trainer)
+    bpe = json.loads(tokenizer.to_str())["model"]
+    tokens = sorted(bpe["vocab"], key=bpe["vocab"].__getitem__)
+    merges = [" ".join(merge) if isinstance(merge, list) else merge for merge in bpe["merges"]]
+
+    heads, kv_heads, width, layers = 4, 2, 64, 2  # ONNX Runtime's GroupQueryAttention wants heads of 16 and more
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokens),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=False,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    weights = {name: tensor.detach().numpy() for name, tensor in model.state_dict().items()}
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(128)
+    writer.add_embedding_length(width)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(2 * width)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)  # transformers' default for Llama
+    writer.add_rope_dimension_count(width // heads)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.NORMAL] * len(tokens))
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(0)
+
+    def rotary_layout(rows: np.ndarray, count: int) -> np.ndarray:
+        """llama.cpp's permutation of q and k rows (transformers undoes it when it reads the file)."""
+        return rows.reshape(count, 2, rows.shape[0] // count // 2, -1).swapaxes(1, 2).reshape(rows.shape)
+
+    names = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+    for layer in range(layers):
+        ours, theirs = f"model.layers.{layer}.", f"blk.{layer}."
+        for source, target in (
+            ("self_attn.q_proj", "attn_q"),
+            ("self_attn.k_proj", "attn_k"),
+            ("self_attn.v_proj", "attn_v"),
+            ("self_attn.o_proj", "attn_output"),
+            ("mlp.gate_proj", "ffn_gate"),
+            ("mlp.up_proj", "ffn_up"),
+            ("mlp.down_proj", "ffn_down"),
+            ("input_layernorm", "attn_norm"),
+            ("post_attention_layernorm", "ffn_norm"),
+        ):
+            names[ours + source] = theirs + target
+    for source, target in names.items():
+        tensor = weights[f"{source}.weight"]
+        if target.endswith("attn_q"):
+            tensor = rotary_layout(tensor, heads)
+        elif target.endswith("attn_k"):
+            tensor = rotary_layout(tensor, kv_heads)
+        writer.add_tensor(f"{target}.weight", np.ascontiguousarray(tensor, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return model, tokenizer
+
+
+def test_a_gguf_file_generates_what_its_weights_generate_in_torch(tmp_path: Path) -> None:
+    import torch
+
+    source = tmp_path / "tiny.gguf"
+    model, tokenizer = write_tiny_llama_gguf(source)
+    generator = open_generator(forwardpass.load(export_decoder(source, tmp_path / "repository" / "tiny")))
+    try:
+        for prompt in ("The quick brown fox", "A man is eating food"):
+            prompt_ids = generator.encode(prompt)
+            assert prompt_ids == tokenizer.encode(prompt).ids  # the file's own vocabulary and merges
+            params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+            got = [event.token_id for event in generator.tokens(prompt_ids, params)]
+            ids = torch.tensor([prompt_ids])
+            with torch.no_grad():  # greedy decoding in torch, step by step on the whole sequence: no cache involved
+                for _ in range(12):
+                    ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+            assert got == ids[0, len(prompt_ids) :].tolist(), prompt
+    finally:
+        generator.close()
