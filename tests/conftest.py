@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Generator
 from pathlib import Path
 
@@ -11,6 +12,11 @@ import pytest
 from onnx import TensorProto, helper
 
 AddModel = Callable[..., Path]
+
+# A suite started in the background by a non-interactive shell inherits SIGINT ignored, and so would every command a
+# test interrupts with Ctrl-C (Python keeps an ignored SIGINT): give the commands the default the tests expect.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # A skip hides a test that did not run, so every skip fails unless its reason starts with one of these prefixes,
 # each with why skipping there cannot hide a bug. Only code paths that do not exist where the tests run belong here

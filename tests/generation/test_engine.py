@@ -61,7 +61,9 @@ def test_greedy_under_continuous_batching_equals_transformers(generator: Generat
     for i, prompt in enumerate(PROMPTS):
         assert got[i] == expected[prompt][: len(got[i])] and len(got[i]) == len(expected[prompt]), prompt
     assert finish_order[-1] == 0, "the long generation held up shorter ones"
-    assert generator.peak_rows == len(PROMPTS)
+    # Joined the running batch; not necessarily all at once: under load the engine may finish a short one before the
+    # test thread has submitted the last.
+    assert generator.peak_rows > 1
     assert generator.rows_decoded < generator.steps * len(PROMPTS), "finished sequences did not leave the batch"
 
 
