@@ -4,6 +4,7 @@ were; a schema that cannot be compiled is refused by name."""
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 
@@ -47,8 +48,12 @@ def test_a_constrained_sequence_leaves_its_batch_alone(generator: Generator, ref
         SamplingParams(max_new_tokens=12),
         SamplingParams(max_new_tokens=40, schema=generator.json_schema(SCHEMA)),
     ]
+
+    def emit(index: int, event: TokenEvent | ForwardpassError) -> None:
+        events.put((index, event))
+
     for index, (prompt, params) in enumerate(zip(prompts, choices, strict=True)):
-        generator.submit(prompt, params, lambda event, index=index: events.put((index, event)))
+        generator.submit(prompt, params, functools.partial(emit, index))
     got: list[list[int]] = [[], []]
     finished = 0
     while finished < 2:

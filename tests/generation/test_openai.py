@@ -269,7 +269,7 @@ def test_chat_output_follows_a_json_schema(client: openai.OpenAI) -> None:
             lambda c: c.chat.completions.create(
                 model="gpt2",
                 messages=CHAT,
-                response_format={"type": "json_schema"},  # type: ignore[typeddict-item]
+                response_format={"type": "json_schema"},
             ),
             "response_format",
         ),
