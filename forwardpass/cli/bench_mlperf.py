@@ -67,6 +67,6 @@ def mlperf_over_http(
         raise InputError("--mlperf against a server speaks HTTP: give an http:// --url")
     batch = random_inputs(specs, 64)
     samples = [mlperf.Sample({k: v[i] for k, v in batch.items()}) for i in range(64)]
-    system = mlperf.OverHttp(target.url, target.model, connections=max(1, clients * 2))
-    results = mlperf.run_scenarios(system, samples, out, scenarios=scenarios, seconds=min(duration, 10.0))
+    with mlperf.OverHttp(target.url, target.model, connections=max(1, clients * 2)) as system:
+        results = mlperf.run_scenarios(system, samples, out, scenarios=scenarios, seconds=min(duration, 10.0))
     return [{"system": target.url, **result.to_dict()} for result in results]

@@ -15,6 +15,7 @@ sample once, logs each answer (the top-1 class index of a classifier) and scores
 
 from __future__ import annotations
 
+import http.client
 import json
 import queue
 import threading
@@ -74,15 +75,31 @@ class OverHttp:
         self.name = f"{model} at {url}"
         self.pool = ThreadPoolExecutor(connections)
         self.local = threading.local()
+        self.connections: list[http.client.HTTPConnection] = []  # every thread's, so close() can reach them
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> OverHttp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for the pool's threads, then close their connections (else their sockets leak until GC)."""
+        self.pool.shutdown(wait=True)
+        with self.lock:
+            connections, self.connections = self.connections, []
+        for connection in connections:
+            connection.close()
 
     def _one(self, item: Arrays) -> np.ndarray:
-        import http.client
-
         import orjson
 
         connection = getattr(self.local, "connection", None)
         if connection is None:
             connection = self.local.connection = http.client.HTTPConnection(*self.address, timeout=30)
+            with self.lock:
+                self.connections.append(connection)
         tensors, chunks = [], []
         for name, array in item.items():
             raw = np.ascontiguousarray(array[None]).tobytes()

@@ -92,10 +92,15 @@ def test_scenarios_against_a_server_log_its_true_answers(served: Served, tmp_pat
     x = np.random.default_rng(2).standard_normal((24, 16)).astype(np.float32)
     expected = ort.InferenceSession(str(served.model_file), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     samples = [Sample({"x": row}) for row in x]
-    system = OverHttp(served.http, "mlp", connections=2)
-    results = run_scenarios(
-        system, samples, tmp_path, scenarios=["SingleStream", "Offline"], modes=("performance", "accuracy"), seconds=0.3
-    )
+    with OverHttp(served.http, "mlp", connections=2) as system:
+        results = run_scenarios(
+            system,
+            samples,
+            tmp_path,
+            scenarios=["SingleStream", "Offline"],
+            modes=("performance", "accuracy"),
+            seconds=0.3,
+        )
     performance = [r for r in results if r.mode == "performance"]
     assert [r.scenario for r in performance] == ["SingleStream", "Offline"]
     assert all("Result is : " in r.summary and r.metric and r.metric > 0 for r in performance)
