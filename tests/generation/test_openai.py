@@ -58,6 +58,7 @@ def server(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     yield url
     process.terminate()
     process.wait(timeout=30)
+    process.stdout.close()
 
 
 @pytest.fixture(scope="module")

@@ -168,32 +168,32 @@ cases = mutated_v2() | lying_binary() | raw_bodies() | tf_serving()
 
 
 def test_malformed_requests_never_get_a_5xx_and_the_server_still_answers(server, repository):
-    client = httpx.Client(base_url=server.url, timeout=60)
-    statuses: list[int] = []
+    with httpx.Client(base_url=server.url, timeout=60) as client:  # its connection closed at the end
+        statuses: list[int] = []
 
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-    )
-    @given(case=cases)
-    def send(case: Case) -> None:
-        response = client.request(case.method, case.path, content=case.body, headers=case.headers)
-        statuses.append(response.status_code)
-        assert response.status_code < 500, (case, response.text)
-        if response.status_code >= 400:
-            error = response.json()["error"]
-            assert isinstance(error, str) and error and "\n" not in error, (case, response.text)
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+        )
+        @given(case=cases)
+        def send(case: Case) -> None:
+            response = client.request(case.method, case.path, content=case.body, headers=case.headers)
+            statuses.append(response.status_code)
+            assert response.status_code < 500, (case, response.text)
+            if response.status_code >= 400:
+                error = response.json()["error"]
+                assert isinstance(error, str) and error and "\n" not in error, (case, response.text)
 
-    send()
-    assert len(statuses) >= 2000
-    assert sum(400 <= status < 500 for status in statuses) > len(statuses) // 2  # mostly refused, as generated
+        send()
+        assert len(statuses) >= 2000
+        assert sum(400 <= status < 500 for status in statuses) > len(statuses) // 2  # mostly refused, as generated
 
-    x = np.random.default_rng(5).standard_normal((1, 64)).astype(np.float32)
-    good = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": x.ravel().tolist()}]}
-    answer = client.post("/v2/models/mlp/infer", content=orjson.dumps(good))
-    assert answer.status_code == 200
-    expected = forwardpass.load("mlp", repository=repository).infer({"x": x})["y"]
-    np.testing.assert_array_equal(np.asarray(answer.json()["outputs"][0]["data"], np.float32), expected.ravel())
+        x = np.random.default_rng(5).standard_normal((1, 64)).astype(np.float32)
+        good = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": x.ravel().tolist()}]}
+        answer = client.post("/v2/models/mlp/infer", content=orjson.dumps(good))
+        assert answer.status_code == 200
+        expected = forwardpass.load("mlp", repository=repository).infer({"x": x})["y"]
+        np.testing.assert_array_equal(np.asarray(answer.json()["outputs"][0]["data"], np.float32), expected.ravel())

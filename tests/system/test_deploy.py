@@ -136,8 +136,8 @@ def test_healthcheck_passes_on_a_ready_server_and_fails_without_one(tmp_path: Pa
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert server.stdout is not None
     try:
-        assert server.stdout is not None
         for line in server.stdout:  # printed once every model is loaded
             if line.strip().startswith("ready:"):
                 break
@@ -146,6 +146,7 @@ def test_healthcheck_passes_on_a_ready_server_and_fails_without_one(tmp_path: Pa
     finally:
         server.terminate()
         server.wait(timeout=30)
+        server.stdout.close()
 
 
 def test_kubernetes_manifest_matches_the_image():

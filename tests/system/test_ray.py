@@ -114,8 +114,8 @@ def test_ray_serve_answers_a_tritonclient_request_like_forwardpass_serve(cluster
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert server.stdout is not None
     try:
-        assert server.stdout is not None
         for line in server.stdout:  # the server prints its ready models once it serves
             if line.strip().startswith("ready:"):
                 break
@@ -123,6 +123,7 @@ def test_ray_serve_answers_a_tritonclient_request_like_forwardpass_serve(cluster
     finally:
         server.terminate()
         server.wait(timeout=30)
+        server.stdout.close()
 
     ray_port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": ray_port}, proxy_location="HeadOnly")
@@ -148,13 +149,16 @@ def test_serve_ray_through_the_cli_answers_like_the_model_in_process_and_stops_o
     server = subprocess.Popen(
         [*command, "--http-port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    output = server.stdout
+    assert output is not None
     lines: queue.Queue[str] = queue.Queue()
 
     def read_output() -> None:
-        for line in server.stdout or ():
+        for line in output:
             lines.put(line)
 
-    threading.Thread(target=read_output, daemon=True).start()
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 120
         printed = ""
@@ -189,6 +193,8 @@ def test_serve_ray_through_the_cli_answers_like_the_model_in_process_and_stops_o
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=60)
+        reader.join(timeout=30)  # it reads to the end of the pipe; closing it under a reader would raise there
+        output.close()
     assert code == 0
     named = ray.util.list_named_actors(all_namespaces=True)  # Serve's controller, proxies and replicas are named
     assert not [actor for actor in named if "SERVE" in actor["name"]], named
