@@ -1,11 +1,11 @@
 """Continuous batching: one thread runs the decode loop of a model; requests join the running batch at the next
 step and leave it as soon as they finish, so a long generation never holds up a short one.
 
-Each step: admit waiting requests (their prompts run together once, padded as the graph needs; each one's first
-token is sampled at once, then their caches join the batch), run one decode step for the whole batch (one new
-token per sequence), choose each sequence's token, tell its listener, and drop the sequences that finished or were
-cancelled. Listeners are called on the loop's thread; `tokens` (blocking) and `stream` (asyncio) turn them into
-iterators.
+Each step: admit waiting requests (their prompts run shortest first, in small groups padded as the graph needs;
+each group's first tokens are sampled as soon as it has run, then its caches join the batch), run one decode step
+for the whole batch (one new token per sequence), choose each sequence's token, tell its listener, and drop the
+sequences that finished or were cancelled. Listeners are called on the loop's thread; `tokens` (blocking) and
+`stream` (asyncio) turn them into iterators.
 """
 
 from __future__ import annotations
@@ -32,9 +32,16 @@ from forwardpass.generation.text import TextCodec
 if TYPE_CHECKING:
     from forwardpass.generation.constraint import JsonSchema, SchemaCompiler
 
-__all__ = ["Generator", "Listener", "Ticket", "TokenEvent", "TokenStream"]
+__all__ = ["PREFILL_GROUP_TOKENS", "Generator", "Listener", "Ticket", "TokenEvent", "TokenStream", "prefill_groups"]
 
 log = logging.getLogger(__name__)
+
+# A prefill run is a rectangle, every prompt padded to the group's longest, and its cost grows with the padded tokens
+# (measured on SmolLM2-135M INT4, 1 thread: 8 prompts of 7-13 tokens cost the same run together as one by one), while
+# every prompt of a group waits for the whole group before its first token. Grouping only saves each run's fixed cost
+# (the weights read once, about what a few prompt tokens cost): prompts are grouped while the padded tokens stay
+# within this.
+PREFILL_GROUP_TOKENS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,17 +240,20 @@ class Generator:
         self._fail(active, Overloaded(f"model '{self.name}' was unloaded during the generation"))
 
     def _prefill(self, joining: list[_Sequence], cache: BatchCache | InPlaceCache, active: list[_Sequence]) -> None:
-        """Run the new prompts together, emit each one's first token, and keep those that go on in the batch."""
-        first_new = cache.rows
-        logits = cache.prefill([sequence.prompt for sequence in joining])
-        best = logits.argmax(axis=-1)
-        going_on = []
-        for row, sequence in enumerate(joining):
-            if self._emit(sequence, self._choose(sequence, logits[row], best[row]), logits[row]):
-                going_on.append(row)
-        if len(going_on) < len(joining):
-            cache.keep([*range(first_new), *(first_new + row for row in going_on)])
-        active.extend(joining[row] for row in going_on)
+        """Run the new prompts group by group, emit each one's first token as soon as its group has run, and keep
+        those that go on in the batch."""
+        for indices in prefill_groups([len(sequence.prompt) for sequence in joining]):
+            group = [joining[index] for index in indices]
+            first_new = cache.rows
+            logits = cache.prefill([sequence.prompt for sequence in group])
+            best = logits.argmax(axis=-1)
+            going_on = []
+            for row, sequence in enumerate(group):
+                if self._emit(sequence, self._choose(sequence, logits[row], best[row]), logits[row]):
+                    going_on.append(row)
+            if len(going_on) < len(group):
+                cache.keep([*range(first_new), *(first_new + row for row in going_on)])
+            active.extend(group[row] for row in going_on)
 
     def _decode(self, cache: BatchCache | InPlaceCache, active: list[_Sequence]) -> None:
         """One token for every sequence of the batch."""
@@ -294,6 +304,18 @@ class Generator:
                 sequence.listener(error)
             except RuntimeError:
                 continue
+
+
+def prefill_groups(lengths: list[int]) -> list[list[int]]:
+    """Prompts of these lengths (by index) in the groups they prefill in: shortest first, each group padded to its
+    longest within PREFILL_GROUP_TOKENS (a longer prompt runs alone)."""
+    groups: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and (len(groups[-1]) + 1) * lengths[index] <= PREFILL_GROUP_TOKENS:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
 
 
 def _drain(get: Callable[[], TokenEvent | ForwardpassError], ticket: Ticket) -> Iterator[TokenEvent]:

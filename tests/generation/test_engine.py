@@ -11,6 +11,7 @@ import pytest
 
 from forwardpass.errors import ForwardpassError, InputError, Overloaded
 from forwardpass.generation import Generator, SamplingParams, TokenEvent
+from forwardpass.generation.engine import PREFILL_GROUP_TOKENS, prefill_groups
 
 PROMPTS = [
     "A man is eating",
@@ -65,6 +66,51 @@ def test_greedy_under_continuous_batching_equals_transformers(generator: Generat
     # test thread has submitted the last.
     assert generator.peak_rows > 1
     assert generator.rows_decoded < generator.steps * len(PROMPTS), "finished sequences did not leave the batch"
+
+
+def test_prompts_arriving_together_prefill_shortest_first_in_small_groups() -> None:
+    # lengths 13, 7, 7, 8, 9, 10, 10, 7: two 7s fill 14 of the 16 tokens; a third 7 would pad to 21, two 9s to 18
+    assert PREFILL_GROUP_TOKENS == 16
+    assert prefill_groups([13, 7, 7, 8, 9, 10, 10, 7]) == [[1, 2], [7, 3], [4], [5], [6], [0]]
+    assert prefill_groups([1] * 20) == [list(range(16)), list(range(16, 20))]
+    assert prefill_groups([40]) == [[0]]
+    assert prefill_groups([]) == []
+
+
+def test_a_short_prompt_gets_its_first_token_before_a_long_one_that_arrived_with_it(
+    generator: Generator, reference
+) -> None:
+    """Both arrive while a generation runs (submitted from its listener, between two steps): the short prompt runs
+    first, alone, and tells its first token before the long one has run; the tokens are still transformers'."""
+    long, short = generator.encode(PROMPTS[1]), generator.encode(PROMPTS[2])
+    assert len(prefill_groups([len(long), len(short)])) == 2
+    expected_ids = {"long": reference(long, 8), "short": reference(short, 8)}
+    events: queue.SimpleQueue[tuple[str, TokenEvent | ForwardpassError]] = queue.SimpleQueue()
+    heard = []
+
+    def submit(name: str, prompt_ids: list[int]) -> None:
+        params = SamplingParams(max_new_tokens=len(expected_ids[name]), ignore_eos=True)
+        generator.submit(prompt_ids, params, lambda event: events.put((name, event)))
+
+    def running(event: TokenEvent | ForwardpassError) -> None:
+        heard.append(event)
+        events.put(("running", event))
+        if len(heard) == 2:  # on the loop's thread, between two steps: both are waiting when the next step begins
+            submit("long", long)
+            submit("short", short)
+
+    generator.submit(generator.encode(PROMPTS[0]), SamplingParams(max_new_tokens=20, ignore_eos=True), running)
+    got: dict[str, list[int]] = {"running": [], "long": [], "short": []}
+    order = []
+    finished = 0
+    while finished < len(got):
+        name, event = events.get(timeout=30)
+        assert isinstance(event, TokenEvent), event
+        got[name].append(event.token_id)
+        order.append(name)
+        finished += event.finish_reason is not None
+    assert order.index("short") < order.index("long")
+    assert got["long"] == expected_ids["long"] and got["short"] == expected_ids["short"]
 
 
 def test_concurrent_threads_equal_transformers(generator: Generator, reference) -> None:
