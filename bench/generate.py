@@ -16,7 +16,10 @@ is its own; the rounds interleave the engines):
   at a time: 8 concurrent streams are not measured).
 Every generation is greedy and writes --new-tokens tokens (end tokens ignored), prefill included. Figures per engine
 and thread count: single-stream tokens/s and time to first token, aggregate tokens/s of --streams streams and their
-time to first token (p50 and max), peak RSS; ratios of forwardpass to each anchor at the same precision.
+time to first token (p50 and max), peak RSS; ratios of forwardpass to each anchor at the same precision. The
+streams are measured twice: all writing --new-tokens tokens, and with mixed lengths as requests have (stream i of n
+writes --new-tokens x (i+1)/n), counting only the tokens each one asked for: a static batch runs until its longest,
+a continuous batch lets the finished ones leave.
 Needs `pip install 'forwardpass[bench-generation]'` (onnxruntime-genai, llama-cpp-python); a missing engine is
 skipped and the report says so. Writes <out>/generate.json and generate.md.
 """
@@ -115,6 +118,11 @@ def ort_genai_folder(precision: str) -> Path:
 # one engine, one round, in this process
 
 
+def mixed_lengths(new_tokens: int, streams: int) -> list[int]:
+    """The tokens each of `streams` requests of mixed lengths asks for: evenly spread up to `new_tokens`."""
+    return [max(1, new_tokens * (index + 1) // streams) for index in range(streams)]
+
+
 def measure(engine: str, threads: int, new_tokens: int, streams: int, round_index: int) -> dict[str, Any]:
     os.sched_setaffinity(0, set(range(threads)))
     prompt = PROMPTS[round_index % len(PROMPTS)]
@@ -154,6 +162,17 @@ def _forwardpass(precision: str, threads: int, new_tokens: int, prompt: str, bat
         if not count:
             first = time.perf_counter() - started
     single_s = time.perf_counter() - started
+    concurrent = _submitted_at_once(generator, batch, [new_tokens] * len(batch))
+    mixed = _submitted_at_once(generator, batch, mixed_lengths(new_tokens, len(batch)))
+    generator.close()
+    return _figures(new_tokens, single_s, first, concurrent, mixed)
+
+
+def _submitted_at_once(generator: Any, batch: list[str], lengths: list[int]) -> tuple[int, float, list[float]]:
+    """`batch` submitted all at once, prompt i for lengths[i] tokens: tokens written, seconds until the last
+    finished, each one's time to first token."""
+    from forwardpass.generation import SamplingParams
+
     firsts = [0.0] * len(batch)
     written = [0] * len(batch)
     finished = threading.Semaphore(0)
@@ -170,12 +189,11 @@ def _forwardpass(precision: str, threads: int, new_tokens: int, prompt: str, bat
         return hear
 
     for index, text in enumerate(batch):  # all at once: they join the running batch at the next step
+        params = SamplingParams(max_new_tokens=lengths[index], ignore_eos=True)
         generator.submit(generator.encode(text), params, listener(index))
     for _ in batch:
         finished.acquire()
-    concurrent_s = time.perf_counter() - started
-    generator.close()
-    return _figures(new_tokens, single_s, first, sum(written), concurrent_s, firsts)
+    return sum(written), time.perf_counter() - started, firsts
 
 
 def _ort_genai(precision: str, threads: int, new_tokens: int, prompt: str, batch: list[str]) -> dict[str, Any]:
@@ -187,9 +205,10 @@ def _ort_genai(precision: str, threads: int, new_tokens: int, prompt: str, batch
     model = og.Model(config)
     tokenizer = og.Tokenizer(model)
 
-    def run(texts: list[str]) -> tuple[int, float, float]:
+    def run(texts: list[str], longest: int = new_tokens) -> tuple[int, float, float]:
+        """One static batch of `texts`, each writing `longest` tokens: steps x rows, seconds, time to first token."""
         tokens = tokenizer.encode_batch(texts).as_numpy()  # right-padded by its own tokenizer
-        total = int(tokens.shape[1]) + new_tokens
+        total = int(tokens.shape[1]) + longest
         params = og.GeneratorParams(model)
         params.set_search_options(do_sample=False, max_length=total, min_length=total, batch_size=len(texts))
         started = time.perf_counter()
@@ -206,7 +225,11 @@ def _ort_genai(precision: str, threads: int, new_tokens: int, prompt: str, batch
     run([prompt])  # warm-up
     _, single_s, first = run([prompt])
     written, concurrent_s, batch_first = run(batch)
-    return _figures(new_tokens, single_s, first, written, concurrent_s, [batch_first] * len(batch))
+    # mixed lengths: the batch runs until its longest; a row's tokens past its own length are not counted
+    lengths = mixed_lengths(new_tokens, len(batch))
+    _, mixed_s, mixed_first = run(batch, max(lengths))
+    concurrent = (written, concurrent_s, [batch_first] * len(batch))
+    return _figures(new_tokens, single_s, first, concurrent, (sum(lengths), mixed_s, [mixed_first] * len(batch)))
 
 
 def _llama_cpp(threads: int, new_tokens: int, prompt: str) -> dict[str, Any]:
@@ -229,22 +252,25 @@ def _llama_cpp(threads: int, new_tokens: int, prompt: str) -> dict[str, Any]:
 
     run()  # warm-up
     single_s, first = run()
-    return _figures(new_tokens, single_s, first, None, None, None)
+    return _figures(new_tokens, single_s, first, None, None)
 
 
 def _figures(
     new_tokens: int,
     single_s: float,
     first_s: float,
-    written: int | None,
-    concurrent_s: float | None,
-    firsts: list[float] | None,
+    concurrent: tuple[int, float, list[float]] | None,
+    mixed: tuple[int, float, list[float]] | None,
 ) -> dict[str, Any]:
+    """The figures of one round; `concurrent` and `mixed`: (tokens written, seconds, each stream's time to first
+    token) of the streams at equal and at mixed lengths."""
     figures: dict[str, Any] = {"single_tokens_per_s": new_tokens / single_s, "single_ttft_ms": first_s * 1000}
-    if written is not None and concurrent_s is not None and firsts is not None:
+    if concurrent is not None and mixed is not None:
+        written, concurrent_s, firsts = concurrent
         figures["concurrent_tokens_per_s"] = written / concurrent_s
         figures["concurrent_ttft_p50_ms"] = statistics.median(firsts) * 1000
         figures["concurrent_ttft_max_ms"] = max(firsts) * 1000
+        figures["mixed_tokens_per_s"] = mixed[0] / mixed[1]
     return figures
 
 
@@ -324,7 +350,7 @@ def summarize(
                 mine, theirs = medians.get(f"{ours}@{threads}"), medians.get(f"{anchor}@{threads}")
                 if mine is None or theirs is None:
                     continue
-                for figure in ("single_tokens_per_s", "concurrent_tokens_per_s"):
+                for figure in ("single_tokens_per_s", "concurrent_tokens_per_s", "mixed_tokens_per_s"):
                     if figure in mine and figure in theirs:
                         ratio = mine[figure] / theirs[figure]
                         ratios.append({"ours": ours, "anchor": anchor, "threads": threads, figure: ratio})
@@ -376,8 +402,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"load average {report['load_average_1m']:.1f} at the end",
         "",
         f"| engine | threads | 1 stream tok/s | TTFT alone ms | {report['streams']} streams tok/s | "
-        "TTFT p50 / max ms | peak RSS MB |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "TTFT p50 / max ms | mixed lengths tok/s | peak RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, figures in report["medians"].items():
         engine, threads = key.split("@")
@@ -387,22 +413,29 @@ def to_markdown(report: dict[str, Any]) -> str:
             + (f"{concurrent:.1f} | " if concurrent else "not measured | ")
             + (
                 f"{figures['concurrent_ttft_p50_ms']:.0f} / {figures['concurrent_ttft_max_ms']:.0f} | "
+                f"{figures['mixed_tokens_per_s']:.1f} | "
                 if concurrent
-                else "| "
+                else "| | "
             )
             + f"{figures['peak_rss_mb']:.0f} |"
         )
-    lines += ["", "| forwardpass | vs | threads | 1 stream | 8 streams |", "| --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        f"| forwardpass | vs | threads | 1 stream | {report['streams']} streams | mixed lengths |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     merged: dict[tuple[str, str, int], dict[str, float]] = {}
     for ratio in report["ratios"]:
         merged.setdefault((ratio["ours"], ratio["anchor"], ratio["threads"]), {}).update(ratio)
     for (ours, anchor, threads), values in merged.items():
         single = values.get("single_tokens_per_s")
         concurrent = values.get("concurrent_tokens_per_s")
+        mixed = values.get("mixed_tokens_per_s")
         lines.append(
             f"| {ours} | {anchor} | {threads} | "
             + (f"{single:.2f}x | " if single else "— | ")
-            + (f"{concurrent:.2f}x |" if concurrent else "— |")
+            + (f"{concurrent:.2f}x | " if concurrent else "— | ")
+            + (f"{mixed:.2f}x |" if mixed else "— |")
         )
     lines.append("")
     for precision, figures in report.get("quality", {}).items():
@@ -416,8 +449,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         "- forwardpass's decoder is ONNX Runtime GenAI's model builder graph at FP32 (forwardpass's export path for "
         "the architectures it knows), decoded by forwardpass's loop with the KV cache kept in place; its INT4 is "
         "forwardpass's quantizer (output projection at 8 bits for perplexity) where ORT GenAI's is all 4-bit.",
-        "- ORT GenAI's 8 streams are one static batch (all prompts together, the batch ends with its longest); "
-        "forwardpass's are 8 requests submitted at once into its continuous batch.",
+        "- ORT GenAI's streams are one static batch (all prompts together, the batch ends with its longest); "
+        "forwardpass's are requests submitted at once into its continuous batch (prompts prefilled shortest first, "
+        "in small groups: each group's first tokens come as soon as it has run). Mixed lengths: stream i of n asks for "
+        f"{report['new_tokens']} x (i+1)/n tokens, and only those count.",
         f"- Machine: {machine['cpu']}, {machine['usable_cores']} usable cores, onnxruntime {machine['onnxruntime']};"
         " shared with other jobs (see the load average): compare ratios within this run only.",
         "",
