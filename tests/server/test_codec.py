@@ -1,0 +1,108 @@
+"""The V2 JSON codec's two readers: a large body (simdjson, numbers straight into an array) decodes to exactly what
+the small-body reader (orjson) gives, and refuses exactly what it refuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from forwardpass.errors import ForwardpassError, InputError
+from forwardpass.server.codec import LARGE_JSON_BYTES, _decode_large_json, decode_infer_request
+
+
+def _request(data: object, datatype: str = "FP32", shape: list[int] | None = None, **extra: Any) -> dict[str, Any]:
+    tensor = {"name": "x", "datatype": datatype, "shape": shape if shape is not None else [2], "data": data}
+    return {"inputs": [tensor], **extra}
+
+
+def _large(body: bytes) -> bytes:
+    """The same document, made large with trailing whitespace."""
+    return body + b" " * (LARGE_JSON_BYTES + 1 - len(body))
+
+
+def _decoded(body: bytes) -> object:
+    """What decoding gives, comparable across readers: every input's name, dtype, shape and values, or the error."""
+    try:
+        request = decode_infer_request(body, None)
+    except ForwardpassError as exc:
+        return type(exc).__name__, str(exc)
+    inputs = [(t.name, t.datatype, t.data.dtype.str, t.data.shape, t.data.tolist()) for t in request.inputs]
+    return inputs, request.outputs, request.id, request.parameters
+
+
+DOCUMENTS = {
+    "flat floats": _request([1, 2.5, -3e-7, 4], shape=[2, 2]),
+    "nested floats": _request([[1, 2], [3, 4.5]], shape=[2, 2]),
+    "ragged nesting": _request([[1, 2], [3]], shape=[3]),
+    "a boolean among floats": _request([1, True, 2], shape=[3]),
+    "a string among floats": _request([1, "2"]),
+    "a null among floats": _request([1, None]),
+    "too few values": _request([1, 2], shape=[3]),
+    "over FP16's range": _request([1e300, 2], datatype="FP16"),
+    "FP64 keeps every digit": _request([0.1234567890123456789, 1e-300], datatype="FP64"),
+    "INT32": _request([-5, 7], datatype="INT32"),
+    "INT64 past 2**53": _request([2**53 + 1, -(2**62)], datatype="INT64"),
+    "over INT8's range": _request([1, 300], datatype="INT8"),
+    "a fraction in INT8": _request([1, 2.5], datatype="INT8"),
+    "negative UINT8": _request([1, -1], datatype="UINT8"),
+    "BOOL": _request([True, False], datatype="BOOL"),
+    "BYTES": _request(["a", "b"], datatype="BYTES"),
+    "an empty tensor": _request([], shape=[0]),
+    "an unknown datatype": _request([1, 2], datatype="XX"),
+    "data that is an object": _request({"a": 1}),
+    "outputs, id and parameters": _request(
+        [1, 2], outputs=[{"name": "y", "parameters": {"binary_data": True}}], id="q", parameters={"a": 1}
+    ),
+    "no inputs": {"inputs": []},
+    "inputs as an object": {"inputs": {"x": [1]}},
+    "an input that is a number": {"inputs": [5]},
+    "a list, not an object": [1, 2],
+}
+
+
+@pytest.mark.parametrize("document", DOCUMENTS.values(), ids=DOCUMENTS.keys())
+def test_a_large_body_decodes_as_a_small_one(document: object) -> None:
+    body = orjson.dumps(document)
+    assert len(body) < LARGE_JSON_BYTES
+    assert _decoded(_large(body)) == _decoded(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}],'
+        b' "inputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [3]}]}',
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2], "data": [3, 4]}]}',
+    ],
+    ids=["inputs twice", "data twice"],
+)
+def test_a_repeated_key_means_its_last_value_for_both_readers(body: bytes) -> None:
+    assert _decoded(_large(body)) == _decoded(body)
+
+
+def test_a_large_list_of_numbers_arrives_exactly() -> None:
+    values = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    body = orjson.dumps(_request(values.ravel().tolist(), shape=list(values.shape)))
+    assert len(body) > LARGE_JSON_BYTES
+    decoded = decode_infer_request(body, None).inputs[0].data
+    assert decoded.dtype == np.float32
+    np.testing.assert_array_equal(decoded, values)
+
+
+@pytest.mark.parametrize(
+    "tail", [b'"data": [1, 2e400]}]}', b'"data": [1, 2]]}', b'"data": [1, NaN]}]}'], ids=["overflow", "brackets", "NaN"]
+)
+def test_a_large_body_that_is_not_json_is_refused_in_one_line(tail: bytes) -> None:
+    body = _large(b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], ' + tail)
+    with pytest.raises(InputError, match=r"^inference request header is not valid JSON: [^\n]+$"):
+        decode_infer_request(body, None)
+
+
+def test_the_large_reader_hands_a_flat_list_of_numbers_on_as_an_array() -> None:
+    body = _large(orjson.dumps(_request([1.5, 2.5])))
+    data = _decode_large_json(body)["inputs"][0]["data"]
+    assert isinstance(data, np.ndarray)  # no Python float per number: the point of the large reader
+    assert data.tolist() == [1.5, 2.5]
