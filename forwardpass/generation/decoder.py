@@ -26,7 +26,7 @@ from forwardpass.backends.base import Session
 from forwardpass.backends.ort import OrtSession
 from forwardpass.errors import ConfigError
 
-__all__ = ["FIRST_CAPACITY", "BatchCache", "DecoderLayout", "InPlaceCache"]
+__all__ = ["FIRST_CAPACITY", "BatchCache", "DecoderLayout", "InPlaceCache", "fewest_moves"]
 
 _PAST = "past_key_values."
 _REQUIRED = ("input_ids", "attention_mask")
@@ -210,11 +210,14 @@ class InPlaceCache:
         return self._logits[:rows, -1]
 
     def keep(self, rows: list[int]) -> None:
-        """Keep only `rows` (in that order): moved up to the first rows of the buffers."""
-        if rows:
-            width = int(self.lengths[rows].max())
+        """Keep only `rows` (in that order): the first rows of the buffers; only the rows that change place are
+        copied (in the order `fewest_moves` gives, one per row that left)."""
+        moved = [target for target, row in enumerate(rows) if target != row]
+        if moved:
+            sources = [rows[target] for target in moved]
+            width = int(self.lengths[sources].max())
             for buffer in self.buffers:
-                buffer[: len(rows), :, :width] = buffer[rows, :, :width]
+                buffer[moved, :, :width] = buffer[sources, :, :width]
         self.lengths = self.lengths[rows]
         self._bound_rows = -1
 
@@ -232,6 +235,15 @@ class InPlaceCache:
         self.buffers = grown
         self._logits = np.zeros((new_rows, 1, self.layout.vocab), np.float32)
         self._bound_rows = -1
+
+
+def fewest_moves(kept: list[int]) -> list[int]:
+    """An order for the rows `kept` (in increasing order) that moves the fewest: the rows already among the first
+    len(kept) stay where they are, the last rows fill the places of those that left."""
+    size = len(kept)
+    staying = {row for row in kept if row < size}
+    movers = iter(row for row in kept if row >= size)
+    return [row if row in staying else next(movers) for row in range(size)]
 
 
 def _left_pad(array: np.ndarray, width: int) -> np.ndarray:

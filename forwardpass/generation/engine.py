@@ -25,7 +25,7 @@ from forwardpass.backends.base import Session
 from forwardpass.config import GenerationConfig
 from forwardpass.errors import ForwardpassError, InputError, Overloaded
 from forwardpass.generation.chat import ChatTemplate
-from forwardpass.generation.decoder import BatchCache, DecoderLayout, InPlaceCache
+from forwardpass.generation.decoder import BatchCache, DecoderLayout, InPlaceCache, fewest_moves
 from forwardpass.generation.sampling import SamplingParams, log_probabilities, sample
 from forwardpass.generation.text import TextCodec
 
@@ -251,9 +251,9 @@ class Generator:
             for row, sequence in enumerate(group):
                 if self._emit(sequence, self._choose(sequence, logits[row], best[row]), logits[row]):
                     going_on.append(row)
+            active.extend(group)
             if len(going_on) < len(group):
-                cache.keep([*range(first_new), *(first_new + row for row in going_on)])
-            active.extend(group[row] for row in going_on)
+                self._keep(cache, active, [*range(first_new), *(first_new + row for row in going_on)])
 
     def _decode(self, cache: BatchCache | InPlaceCache, active: list[_Sequence]) -> None:
         """One token for every sequence of the batch."""
@@ -269,8 +269,14 @@ class Generator:
             if self._emit(sequence, self._choose(sequence, logits[row], best[row]), logits[row]):
                 keep.append(row)
         if len(keep) < len(active):
-            cache.keep(keep)
-            active[:] = [active[row] for row in keep]
+            self._keep(cache, active, keep)
+
+    @staticmethod
+    def _keep(cache: BatchCache | InPlaceCache, active: list[_Sequence], kept: list[int]) -> None:
+        """Only the rows `kept` go on, in the cache and in `active` (the same order in both)."""
+        order = fewest_moves(kept)
+        cache.keep(order)
+        active[:] = [active[row] for row in order]
 
     @staticmethod
     def _choose(sequence: _Sequence, logits: np.ndarray, best: np.integer) -> int:

@@ -1,4 +1,5 @@
-"""BatchCache: sequences join left-padded, leave by row, and padding that no row needs any more is cut off."""
+"""BatchCache: sequences join left-padded, leave by row, and padding that no row needs any more is cut off; the order
+rows are kept in when some leave."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from forwardpass.backends.ort import OrtSession
-from forwardpass.generation.decoder import BatchCache, DecoderLayout
+from forwardpass.generation.decoder import BatchCache, DecoderLayout, fewest_moves
 
 LAYOUT = DecoderLayout(["past_key_values.0.key"], ["present.0.key"], [(1, 1)], np.dtype(np.float32))
 
@@ -36,3 +37,10 @@ def test_join_pads_left_and_keep_trims(exported: Path) -> None:
     np.testing.assert_array_equal(cache.arrays[0][:, 0, :, 0], [[3, 3, 3], [0, 2, 2]])
     cache.keep([])
     assert cache.rows == 0 and cache.arrays[0].shape == (0, 1, 0, 1)
+
+
+def test_rows_that_stay_keep_their_place_and_the_last_fill_the_gaps() -> None:
+    assert fewest_moves([1, 2, 3, 4, 5, 6, 7]) == [7, 1, 2, 3, 4, 5, 6]  # row 0 left: only row 7 moves
+    assert fewest_moves([0, 2, 5, 6]) == [0, 5, 2, 6]  # rows 1 and 3 left: 5 and 6 take their places
+    assert fewest_moves([0, 1, 2]) == [0, 1, 2]  # the last rows left: nothing moves
+    assert fewest_moves([]) == []
