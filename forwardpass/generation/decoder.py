@@ -26,13 +26,17 @@ from forwardpass.backends.base import Session
 from forwardpass.backends.ort import OrtSession
 from forwardpass.errors import ConfigError
 
-__all__ = ["FIRST_CAPACITY", "BatchCache", "DecoderLayout", "InPlaceCache", "fewest_moves"]
+__all__ = ["FIRST_CAPACITY", "RESERVE_AHEAD", "BatchCache", "DecoderLayout", "InPlaceCache", "fewest_moves"]
 
 _PAST = "past_key_values."
 _REQUIRED = ("input_ids", "attention_mask")
 # tokens per row the in-place buffers start with; they grow by half when a row needs more (SmolLM2 holds 46 KB per
 # token and row: a generous start would be most of a small model's memory at 8 rows)
 FIRST_CAPACITY = 64
+# ... but when requests join, the buffers are sized at once for what they may write (prompt and token limit), up to
+# this many tokens per row: growing copies every row (8 rows of SmolLM2 from 64 to 96 tokens: ~25 MB, about a
+# batch-8 step), and rows joining in groups would grow them at every group
+RESERVE_AHEAD = 256
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,9 @@ class BatchCache:
     def rows(self) -> int:
         return int(self.mask.shape[0])
 
+    def reserve(self, rows: int, width: int) -> None:
+        """Nothing to reserve: the arrays are concatenated at every step."""
+
     def prefill(self, prompts: list[list[int]]) -> np.ndarray:
         """Run the prompts together (left-padded) and add them as the last rows; the logits [prompts, vocab] of
         each one's last token."""
@@ -170,6 +177,10 @@ class InPlaceCache:
     @property
     def rows(self) -> int:
         return int(self.lengths.shape[0])
+
+    def reserve(self, rows: int, width: int) -> None:
+        """Room for `rows` sequences of up to `width` tokens (at most RESERVE_AHEAD) before they join."""
+        self._reserve(rows, min(width, RESERVE_AHEAD))
 
     def prefill(self, prompts: list[list[int]]) -> np.ndarray:
         """Run the prompts together (right-padded) and add them as the last rows; the logits [prompts, vocab] of

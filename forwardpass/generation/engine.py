@@ -242,6 +242,7 @@ class Generator:
     def _prefill(self, joining: list[_Sequence], cache: BatchCache | InPlaceCache, active: list[_Sequence]) -> None:
         """Run the new prompts group by group, emit each one's first token as soon as its group has run, and keep
         those that go on in the batch."""
+        cache.reserve(cache.rows + len(joining), max(len(sequence.prompt) + sequence.limit for sequence in joining))
         for indices in prefill_groups([len(sequence.prompt) for sequence in joining]):
             group = [joining[index] for index in indices]
             first_new = cache.rows

@@ -1,6 +1,6 @@
 """ONNX Runtime GenAI's model builder as the export of a Llama-architecture decoder, driven by the decode loop with
 its cache kept in place: greedy ids equal transformers' alone, under continuous batching (right-padded rows of
-different lengths joining and leaving) and past the cache buffers' first capacity."""
+different lengths joining and leaving) and past what the cache buffers reserved."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 import forwardpass
 from forwardpass.errors import ForwardpassError
 from forwardpass.generation import Generator, SamplingParams, TokenEvent, open_generator
-from forwardpass.generation.decoder import FIRST_CAPACITY
+from forwardpass.generation.decoder import RESERVE_AHEAD
 from forwardpass.generation.export import export_decoder
 from forwardpass.generation.seeded import build_seeded_llama
 from forwardpass.precision.decoder import quantize_decoder
@@ -121,11 +121,12 @@ def test_continuous_batching_does_not_change_tokens(generator: Generator, refere
     assert generator.peak_rows >= 3  # the long one and at least two others in one batch
 
 
-def test_sequences_longer_than_the_first_buffers_equal_transformers(generator: Generator, reference) -> None:
-    """The buffers grow (their rows copied) when a prompt or a generation outgrows them."""
-    short = generator.encode(" ".join(PROMPTS * 8))[: FIRST_CAPACITY - 4]
-    long = generator.encode(" ".join(PROMPTS * 8))[: 2 * FIRST_CAPACITY]
-    for prompt_ids in (short, long):
+def test_sequences_longer_than_the_reserved_buffers_equal_transformers(generator: Generator, reference) -> None:
+    """The buffers grow (their rows copied) when a generation or a prompt outgrows what was reserved for it."""
+    text = generator.encode(" ".join(PROMPTS * 40))
+    generation_outgrows, prompt_outgrows = text[: RESERVE_AHEAD - 4], text[: RESERVE_AHEAD + 8]
+    assert len(prompt_outgrows) == RESERVE_AHEAD + 8
+    for prompt_ids in (generation_outgrows, prompt_outgrows):
         assert ids_of(generator, prompt_ids, 40) == reference(prompt_ids, 40)
 
 
