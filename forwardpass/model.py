@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 from pydantic import ValidationError
@@ -19,8 +19,6 @@ from forwardpass.config import (
     TabularConfig,
     TensorConfig,
 )
-from forwardpass.decisions import AuditLog, Decider
-from forwardpass.decisions.audit import Decided
 from forwardpass.errors import ConfigError, ForwardpassError, InputError, NotFoundError
 from forwardpass.formats import (
     SERVE_MODES,
@@ -38,6 +36,10 @@ from forwardpass.quality import InputWindow, Profile, SchemaCheck
 from forwardpass.repository import CONFIG_FILE, ModelEntry, Repository, default_repository, find_artefact, versions_in
 from forwardpass.scheduler.batches import check_rows, fail_alone
 from forwardpass.tensor import DataType, TensorSpec
+
+if TYPE_CHECKING:
+    from forwardpass.decisions import AuditLog, Decider
+    from forwardpass.decisions.audit import Decided
 
 __all__ = ["Model", "load", "locate", "locate_configured"]
 
@@ -99,8 +101,13 @@ class Model:
         self.pipeline = Pipeline(config, self.inputs, self.outputs, entry.directory)
         self.batch_size = (config.max_batch_size or DEFAULT_PREDICT_BATCH) if self.batchable else 1
         decision = config.decision
-        self.decider = Decider(decision, config) if decision is not None else None
-        self.audit = AuditLog(group_ms=decision.audit_group_ms) if decision is not None and decision.audit else None
+        self.decider: Decider | None = None
+        self.audit: AuditLog | None = None
+        if decision is not None:  # decisions, their audit log and sqlite: imported by the models that decide
+            from forwardpass.decisions import AuditLog, Decider
+
+            self.decider = Decider(decision, config)
+            self.audit = AuditLog(group_ms=decision.audit_group_ms) if decision.audit else None
         self.schema = SchemaCheck(config.input_schema) if config.input_schema is not None else None
         self.profile = Profile.load(_inside(entry.directory, config.profile)) if config.profile is not None else None
         self.window = InputWindow(self.profile) if self.profile is not None else None  # recent inputs, for drift

@@ -30,3 +30,19 @@ def test_import_forwardpass_takes_under_half_a_second_and_loads_no_framework() -
     best = min(seconds for seconds, _ in runs)
     assert best < 0.5, f"import forwardpass took {best:.3f} s of CPU at best of 3"
     assert runs[0][1] == [], f"import forwardpass imported {runs[0][1]}"
+
+
+SERVER_PROBE = """
+import json, sys
+import forwardpass.backends.ort, forwardpass.cli.serve, forwardpass.server.app
+print(json.dumps(sorted(sys.modules)))
+"""
+# What only some models need, imported when such a model loads: a server of plain ONNX models holds none of it.
+MODEL_KIND_MODULES = ("tokenizers", "forwardpass.decisions", "sqlite3")
+
+
+def test_the_server_imports_nothing_only_some_models_need() -> None:
+    done = subprocess.run([sys.executable, "-c", SERVER_PROBE], capture_output=True, text=True, timeout=60, check=True)
+    loaded = set(json.loads(done.stdout))
+    assert "forwardpass.server.app" in loaded
+    assert [name for name in MODEL_KIND_MODULES if name in loaded] == []
