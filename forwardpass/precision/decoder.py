@@ -4,10 +4,12 @@ equality is the wrong test), written as a new version with its precision.json.
 
 The quantizer is ONNX Runtime's own (`MatMulNBitsQuantizer`, round-to-nearest, block-wise, symmetric): every
 MatMul becomes MatMulNBits (accuracy level 4: INT8 activations inside the kernel) — the output projection at 8 bits
-whatever the precision — and, at INT4, the token embedding table a GatherBlockQuantized (ONNX Runtime has no 8-bit
-one). A tied output projection is untied first (the quantizer
-rewrites MatMuls), so an INT4 variant holds the table twice, both quantized; Gemm layers (GPT-2's Conv1D) become
-MatMul + Add first, with ONNX Runtime's own rewrite.
+whatever the precision. The token embedding becomes a GatherBlockQuantized at the variant's bits: at INT4 the
+quantizer's own 4-bit table; at INT8 a tied one reads a copy of the output projection's 8-bit blocks
+(forwardpass.generation.tied.quantize_lookups: why a copy), an untied one stays FP32. Its rows are read from the
+mapped weights file as tokens are looked up, so the narrower table is the smaller resident one (SmolLM2: the 8-bit
+copy at INT4 measured perplexity 1.132x FP32 instead of 1.143x, and up to 14 MB more resident). Gemm layers
+(GPT-2's Conv1D) become MatMul + Add first, with ONNX Runtime's own rewrite.
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ __all__ = ["BOUNDS", "HELDOUT", "QuantizedPrecision", "perplexity", "quantize_de
 QuantizedPrecision = Literal["int4", "int8"]
 HELDOUT = Path(tied.__file__).with_name("heldout.txt")  # plain prose written for this purpose: in no training set
 # The largest perplexity / FP32 perplexity a variant may have; beyond it nothing is written. INT4: SmolLM2 from its
-# Q4_1 GGUF measures 1.135 (its "FP32" is Q4_1 expanded, and a Q4_1 block's offset is a float that MatMulNBits'
+# Q4_1 GGUF measures 1.143 (its "FP32" is Q4_1 expanded, and a Q4_1 block's offset is a float that MatMulNBits'
 # 4-bit zero points cannot hold: re-quantizing costs what quantizing did; float zero points are exact but ONNX
-# Runtime's CPU kernel then runs ~37x slower, measured), RTN with every layer at 4 bits 1.186.
+# Runtime's CPU kernel then runs ~37x slower, measured). Its tied table is Q8_0 in the GGUF: the lookup at 8 bits
+# 1.132; the output projection at 4 bits too (ONNX Runtime GenAI's INT4 graph: one 4-bit table) 1.194, with blocks
+# of 16 1.187, asymmetric 1.232, k-quant 1.204; the table alone at 4 bits (every layer FP32) 1.031, at 8 bits 1.002.
 BOUNDS: dict[str, float] = {"int4": 1.15, "int8": 1.02}
 SPEED_TOKENS = 32
 INT4_OPSET = 21  # the first opset with 4-bit types, which the quantizer's graphs declare
@@ -75,13 +79,15 @@ def quantize_decoder(
     original = forwardpass.load(folder, version=source_version, intra_op_threads=threads, warmup=0)
     DecoderLayout.of(original.session, original.name)  # refuse what is not a KV-cache decoder before any work
     graph = onnx.load(str(source))
-    untied = tied.untie(graph)
+    ties = tied.untie(graph)
     ONNXModel(graph).replace_gemm_with_matmul()  # GPT-2's Conv1D layers are Gemms; the quantizer rewrites MatMuls
     graph = _at_least_opset(graph, INT4_OPSET)
     projection = _output_projection(graph)
     others = [node.name for node in graph.graph.node if node.op_type == "MatMul" and node.name not in projection]
     graph = _quantized(graph, 8, block_size, ("MatMul",), exclude=others)  # the sensitive layer: always 8-bit
-    op_types = ("MatMul", "Gather") if bits == 4 else ("MatMul",)  # GatherBlockQuantized is 4-bit only
+    # the quantizer's Gathers are 4-bit only: at INT8 a tied lookup copies the projection's 8-bit blocks
+    copied = tied.quantize_lookups(graph, ties) if bits == 8 else []
+    op_types = ("MatMul", "Gather") if bits == 4 else ("MatMul",)
     graph = _quantized(graph, bits, block_size, op_types)
     version = max(versions_in(folder)) + 1
     with tempfile.TemporaryDirectory(dir=folder, prefix=".quantizing-") as work:
@@ -116,7 +122,7 @@ def quantize_decoder(
                 "accuracy_level": 4,
                 "op_types": list(op_types),
                 "output_projection_int8": projection,
-                "tied_projection_untied": untied,
+                "embedding_copies_output_projection": copied,
                 "quantized_nodes": _count_quantized(graph),
             },
             "evaluation": {"metric": "perplexity", "text": text.name, "tokens": len(ids), "max_ratio": bound},

@@ -130,13 +130,16 @@ def test_sequences_longer_than_the_reserved_buffers_equal_transformers(generator
         assert ids_of(generator, prompt_ids, 40) == reference(prompt_ids, 40)
 
 
-def test_the_int4_variant_quantizes_the_tied_table_and_keeps_no_fp32_copy(
-    exported: Path, llama_folder: Path, tmp_path: Path
+@pytest.mark.parametrize("precision", ["int4", "int8"])
+def test_a_variant_quantizes_the_tied_table_and_keeps_no_fp32_copy(
+    exported: Path, llama_folder: Path, tmp_path: Path, precision: str
 ) -> None:
     """The builder ties the embedding as a Transpose of the output projection's weight: untied before quantizing,
-    both are quantized, and no FP32 table is left."""
+    both are quantized (at INT8 the lookup reads a copy of the projection's 8-bit blocks), and no FP32 table is
+    left."""
     folder = Path(shutil.copytree(exported, tmp_path / "llama"))
-    variant = quantize_decoder(folder, "int4", max_perplexity_ratio=10.0)  # random weights: the structure is tested
+    # random weights: the structure is tested
+    variant = quantize_decoder(folder, precision, max_perplexity_ratio=10.0)  # type: ignore[arg-type]
     graph = onnx.load(str(variant / "model.onnx"), load_external_data=False)
     config = json.loads((llama_folder / "config.json").read_text())
     kinds = Counter(node.op_type for node in graph.graph.node)
@@ -144,3 +147,5 @@ def test_the_int4_variant_quantizes_the_tied_table_and_keeps_no_fp32_copy(
     table = {(config["vocab_size"], config["hidden_size"]), (config["hidden_size"], config["vocab_size"])}
     fp32 = [tensor for tensor in graph.graph.initializer if tensor.data_type == onnx.TensorProto.FLOAT]
     assert not [tensor.name for tensor in fp32 if tuple(tensor.dims) in table]
+    copied = json.loads((variant / "precision.json").read_text())["settings"]["embedding_copies_output_projection"]
+    assert copied == (["lm_head.MatMul.weight_Q8"] if precision == "int8" else [])

@@ -43,9 +43,13 @@ def test_variant_records_its_perplexity_against_fp32(folder: Path, precision: st
     assert made == folder / "2"
     record = json.loads((made / "precision.json").read_text())
     assert record["precision"] == precision and record["settings"]["bits"] == bits
-    # 2 layers x (attention in, out; MLP in, out), Gemms before, at `bits`; the output projection at 8 bits
+    # 2 layers x (attention in, out; MLP in, out), Gemms before, at `bits`; the output projection at 8 bits; the
+    # embeddings GatherBlockQuantized: at INT4 token and position tables, at INT8 the tied token table alone (on a
+    # copy of the projection's blocks)
     expected = {"MatMulNBits(8 bits)": 9} if bits == 8 else {"MatMulNBits(4 bits)": 8, "MatMulNBits(8 bits)": 1}
+    expected["GatherBlockQuantized"] = 1 if bits == 8 else 2
     assert {key: record["settings"]["quantized_nodes"].get(key) for key in expected} == expected
+    assert bool(record["settings"]["embedding_copies_output_projection"]) == (bits == 8)
     measured = record["measured"]
     original, variant = forwardpass.load(folder, version=1), forwardpass.load(folder, precision=precision)
     assert original.config.generation is not None
