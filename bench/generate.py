@@ -12,7 +12,8 @@ is its own; the rounds interleave the engines):
 - ort-genai-fp32 / -int4: ONNX Runtime GenAI's own model builder (`-p fp32|int4 -e cpu`, its defaults: RTN, block
   32, symmetric, accuracy level 4) on a Hugging Face folder made from the GGUF, and its own generator loop; 8 streams
   are one static batch of 8 (padded by its own tokenizer);
-- llama.cpp-q4_1: llama-cpp-python on the package's own Q4_1 GGUF, one stream (its Python API decodes one sequence
+- llama.cpp-q4_1 / -f32: llama-cpp-python on the package's own Q4_1 GGUF, and on that file with every tensor
+  dequantized to F32 (f32_gguf: the weights forwardpass-fp32 holds), one stream (its Python API decodes one sequence
   at a time: 8 concurrent streams are not measured).
 Every generation is greedy and writes --new-tokens tokens (end tokens ignored), prefill included. Figures per engine
 and thread count: single-stream tokens/s and time to first token, aggregate tokens/s of --streams streams and their
@@ -58,10 +59,11 @@ ENGINES = [
     "ort-genai-fp32",
     "ort-genai-int4",
     "llama.cpp-q4_1",
+    "llama.cpp-f32",
 ]
 # forwardpass engine → the anchors it is compared with (same precision class)
 PAIRS = {
-    "forwardpass-fp32": ["ort-genai-fp32"],
+    "forwardpass-fp32": ["ort-genai-fp32", "llama.cpp-f32"],
     "forwardpass-int4": ["ort-genai-int4", "llama.cpp-q4_1"],
 }
 
@@ -74,6 +76,39 @@ def smollm2_gguf() -> Path:
 
 
 # preparing the models (once; cached under .build/bench)
+
+
+def f32_gguf() -> Path:
+    """The package's GGUF with every tensor dequantized to F32 by gguf's own dequantizer (metadata copied, file type
+    F32): llama.cpp's FP32 anchor holds the weights forwardpass's FP32 export holds."""
+    import gguf
+    import numpy as np
+
+    made = WORK / "smollm2-f32.gguf"
+    if made.is_file():
+        return made
+    reader = gguf.GGUFReader(str(smollm2_gguf()))
+    architecture = reader.get_field(gguf.Keys.General.ARCHITECTURE)
+    assert architecture is not None
+    partial = made.with_suffix(".partial")
+    writer = gguf.GGUFWriter(str(partial), arch=architecture.contents(), endianess=reader.endianess)
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue  # written by the writer itself
+        kind = field.types[0]
+        value = gguf.LlamaFileType.ALL_F32 if field.name == gguf.Keys.General.FILE_TYPE else field.contents()
+        writer.add_key_value(
+            field.name, value, kind, sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        )
+    for tensor in reader.tensors:
+        weights = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        writer.add_tensor(tensor.name, weights, raw_dtype=gguf.GGMLQuantizationType.F32)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    partial.rename(made)
+    return made
 
 
 def forwardpass_folder(precision: str) -> Path:
@@ -132,7 +167,7 @@ def measure(engine: str, threads: int, new_tokens: int, streams: int, round_inde
     elif engine.startswith("ort-genai-"):
         figures = _ort_genai(engine.removeprefix("ort-genai-"), threads, new_tokens, prompt, batch)
     else:
-        figures = _llama_cpp(threads, new_tokens, prompt)
+        figures = _llama_cpp(engine.removeprefix("llama.cpp-"), threads, new_tokens, prompt)
     figures["peak_rss_mb"] = _peak_rss_mb()
     return figures
 
@@ -232,12 +267,11 @@ def _ort_genai(precision: str, threads: int, new_tokens: int, prompt: str, batch
     return _figures(new_tokens, single_s, first, concurrent, (sum(lengths), mixed_s, [mixed_first] * len(batch)))
 
 
-def _llama_cpp(threads: int, new_tokens: int, prompt: str) -> dict[str, Any]:
+def _llama_cpp(precision: str, threads: int, new_tokens: int, prompt: str) -> dict[str, Any]:
     import llama_cpp
 
-    llm = llama_cpp.Llama(
-        model_path=str(smollm2_gguf()), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False
-    )
+    path = WORK / "smollm2-f32.gguf" if precision == "f32" else smollm2_gguf()  # made by the parent (f32_gguf)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
 
     def run() -> tuple[float, float]:
         ids = llm.tokenize(prompt.encode())
@@ -308,6 +342,8 @@ def main() -> None:
             forwardpass_folder(engine.removeprefix("forwardpass-"))
         elif engine.startswith("ort-genai-"):
             ort_genai_folder(engine.removeprefix("ort-genai-"))
+        elif engine == "llama.cpp-f32":
+            f32_gguf()
     thread_counts = [int(value) for value in args.threads.split(",")]
     rows: dict[str, list[dict[str, Any]]] = {}
     for threads in thread_counts:
