@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -19,7 +20,7 @@ from forwardpass.errors import ConfigError, DecodeError, MissingExtraError
 from forwardpass.pipeline.geometry import TRANSFORM, ImageTransform
 from forwardpass.tensor import DataType
 
-__all__ = ["ImagePreprocessor", "decode_image"]
+__all__ = ["Decoded", "ImagePreprocessor", "decode_image", "decode_scaled"]
 
 _CV2_INTERPOLATION = {"nearest": 0, "bilinear": 1, "bicubic": 2, "lanczos": 4}  # cv2.INTER_NEAREST, _LINEAR, ...
 _RESAMPLE = {
@@ -41,16 +42,26 @@ def _opencv() -> ModuleType:
     return cv2
 
 
-def decode_image(source: ImageSource, max_pixels: int, at_least: AtLeast | None = None) -> Image.Image:
-    """Open and fully decode an image, refusing corrupt, truncated and oversized ones with a DecodeError.
+class Decoded(NamedTuple):
+    image: Image.Image
+    size: tuple[int, int]  # (width, height) of the whole image as shown (EXIF orientation applied)
+    scale: int  # pixels of `size` per decoded pixel along each side: 1, or 2, 4, 8 for a JPEG decoded at reduced size
+    drafted: bool  # a JPEG the decoder was allowed to scale (`at_least` given), at whatever scale it chose, 1 included
 
-    `at_least`: given a JPEG's (width, height) as shown (EXIF orientation applied), the smallest size the caller
-    needs; the JPEG is then decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft, DCT scaling) while staying at least
-    that large."""
+
+def decode_image(source: ImageSource, max_pixels: int) -> Image.Image:
+    """Open and fully decode an image, refusing corrupt, truncated and oversized ones with a DecodeError."""
+    return decode_scaled(source, max_pixels).image
+
+
+def decode_scaled(source: ImageSource, max_pixels: int, at_least: AtLeast | None = None) -> Decoded:
+    """decode_image, and with `at_least` (given a JPEG's (width, height) as shown, the smallest size the caller needs)
+    the JPEG decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft, DCT scaling) while staying at least that large."""
     if isinstance(source, Image.Image):
-        return source
+        return Decoded(source, source.size, 1, drafted=False)
     what = "image bytes" if isinstance(source, bytes) else f"'{source}'"
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    scale, drafted = 1, False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -58,8 +69,9 @@ def decode_image(source: ImageSource, max_pixels: int, at_least: AtLeast | None 
             try:
                 if image.width * image.height > max_pixels:
                     raise DecodeError(f"{what}: {image.width}x{image.height} pixels is over the limit of {max_pixels}")
+                stored = image.size
                 if at_least is not None and image.format == "JPEG":
-                    _draft(image, at_least)
+                    scale, drafted = _draft(image, at_least), True
                 image.load()
             except BaseException:
                 image.close()  # a refused or truncated image file is not left open
@@ -70,14 +82,19 @@ def decode_image(source: ImageSource, max_pixels: int, at_least: AtLeast | None 
         raise DecodeError(f"{what} is not an image this model can read (corrupt, or not an image file)") from None
     except (OSError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError(f"{what}: cannot decode image ({exc})") from None
-    return ImageOps.exif_transpose(image)
-
-
-def _draft(image: Image.Image, at_least: AtLeast) -> None:
     turned = image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
+    return Decoded(ImageOps.exif_transpose(image), (stored[1], stored[0]) if turned else stored, scale, drafted)
+
+
+def _draft(image: Image.Image, at_least: AtLeast) -> int:
+    """Ask the decoder for the smallest DCT scale that keeps `at_least`; the scale it chose (1: every pixel)."""
+    turned = image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
+    stored_width = image.width
     width, height = (image.height, image.width) if turned else image.size
     need_w, need_h = at_least(width, height)
-    image.draft(None, (need_h, need_w) if turned else (need_w, need_h))
+    drafted = image.draft(None, (need_h, need_w) if turned else (need_w, need_h))
+    # its box is the whole image in decoded pixels, (0, 0, width / scale, height / scale): the sides not rounded up
+    return 1 if drafted is None else round(stored_width / drafted[1][2])
 
 
 class ImagePreprocessor:
@@ -99,14 +116,16 @@ class ImagePreprocessor:
     def __call__(self, raw: object) -> dict[str, np.ndarray]:
         if not isinstance(raw, str | Path | bytes | Image.Image):
             raise DecodeError(f"expected an image (file path, bytes or PIL image), got {type(raw).__name__}")
-        # a JPEG decoded smaller would shift coordinates mapped back through the transform: full size for those
+        # the transform maps coordinates back through full-size steps: every pixel decoded for those
         at_least = self._draft_size if self.config.jpeg_draft and not self.record_transform else None
-        image = decode_image(raw, self.config.max_pixels, at_least).convert(
-            "RGB" if self.config.color == "BGR" else self.config.color
-        )
+        decoded = decode_scaled(raw, self.config.max_pixels, at_least)
+        image = decoded.image.convert("RGB" if self.config.color == "BGR" else self.config.color)
         transform = ImageTransform.identity(image.width, image.height)
-        image, transform = self._resize(image, transform)
-        image, transform = self._crop(image, transform)
+        if decoded.drafted:
+            image = self._resize_drafted(image, decoded.size, decoded.scale)
+        else:
+            image, transform = self._resize(image, transform)
+        image, transform = self._crop(image, transform)  # a drafted image is cropped already: nothing left to do
         pixels = np.asarray(image, dtype=np.float32)
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
@@ -196,6 +215,19 @@ class ImagePreprocessor:
             resized = image.resize((new_w, new_h), _RESAMPLE[self.config.interpolation])
         return resized, transform.then(new_w / width, new_h / height, 0.0, 0.0, new_w, new_h)
 
+    def _resize_drafted(self, image: Image.Image, size: tuple[int, int], scale: int) -> Image.Image:
+        """A JPEG decoded under jpeg_draft at 1/scale (1 included), resampled in one step to what the resize and crop
+        keep of it: sizes and crop from the image's full size and the box in decoded pixels (their sides were rounded
+        up), so the crop covers exactly the region full decoding's does. Resampling only the crop's region costs less
+        (1600x1200 to 224x224: ~6 ms instead of ~10 ms at scale 1) and differs from resize-then-crop by one level on
+        ~0.01 % of the values (the filter's taps computed from another origin)."""
+        width, height = size
+        new_w, new_h = self.resized_size(width, height)
+        left, top, out_w, out_h = self._crop_box(new_w, new_h)
+        x_scale, y_scale = width / new_w / scale, height / new_h / scale
+        box = (left * x_scale, top * y_scale, (left + out_w) * x_scale, (top + out_h) * y_scale)
+        return image.resize((out_w, out_h), _RESAMPLE[self.config.interpolation], box=box)
+
     def _pad_to_aspect(self, image: Image.Image, transform: ImageTransform) -> tuple[Image.Image, ImageTransform]:
         """Pad to the letterbox's aspect ratio, sides and offsets truncated as face-detection-tflite's port of
         MediaPipe's ImageToTensor does; the resize to the box follows."""
@@ -216,16 +248,20 @@ class ImagePreprocessor:
         padded.paste(image, (left, top))
         return padded, transform.then(1.0, 1.0, left, top, new_w, new_h)
 
-    def _crop(self, image: Image.Image, transform: ImageTransform) -> tuple[Image.Image, ImageTransform]:
+    def _crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(left, top, width, height) of the center crop of an image this size (the whole image without a crop)."""
         crop = self.config.crop
         if crop is None:
-            return image, transform
+            return 0, 0, width, height
         crop_h, crop_w = (crop, crop) if isinstance(crop, int) else crop
-        width, height = image.size
         if crop_h > height or crop_w > width:
             raise DecodeError(f"image {width}x{height} is smaller than the {crop_w}x{crop_h} crop; resize first")
-        top = round((height - crop_h) / 2.0)
-        left = round((width - crop_w) / 2.0)
+        return round((width - crop_w) / 2.0), round((height - crop_h) / 2.0), crop_w, crop_h
+
+    def _crop(self, image: Image.Image, transform: ImageTransform) -> tuple[Image.Image, ImageTransform]:
+        left, top, crop_w, crop_h = self._crop_box(image.width, image.height)
+        if (crop_w, crop_h) == image.size:
+            return image, transform
         cropped = image.crop((left, top, left + crop_w, top + crop_h))
         return cropped, transform.then(1.0, 1.0, -left, -top, crop_w, crop_h)
 

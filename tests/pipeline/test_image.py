@@ -17,7 +17,7 @@ from PIL import Image
 from forwardpass.config import ImageConfig, ModelConfig
 from forwardpass.errors import ConfigError, DecodeError
 from forwardpass.pipeline import Pipeline
-from forwardpass.pipeline.image import ImagePreprocessor, decode_image
+from forwardpass.pipeline.image import ImagePreprocessor, decode_image, decode_scaled
 from forwardpass.tensor import DataType, TensorSpec
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -307,16 +307,47 @@ def test_mean_std_of_the_wrong_length_is_a_config_error(tmp_path: Path):
 
 
 def test_jpeg_draft_decodes_at_reduced_size_then_runs_the_same_steps():
-    """640x480, shorter side to 64, jpeg_draft 2: at least 170x128 is needed, so the JPEG decodes at 1/2 scale."""
+    """640x480, shorter side to 64, jpeg_draft 2: at least 170x128 is needed, so the JPEG decodes at 1/2 scale; the
+    drafted image then goes through the same resize and crop (as one resample of the crop's region: ±1 level)."""
     data = encode(make_image(640, 480), "JPEG", quality=90)
-    drafted = Image.open(io.BytesIO(data))
-    drafted.draft("RGB", (170, 128))
-    assert drafted.size == (320, 240)
-    expected = reference(encode(drafted.convert("RGB")), resize=64, crop=56)
+    decoded = decode_scaled(data, 10**8, at_least=lambda width, height: (170, 128))
+    assert (decoded.image.size, decoded.size, decoded.scale) == ((320, 240), (640, 480), 2)
+    expected = reference(encode(decoded.image.convert("RGB")), resize=64, crop=56)
     got = preprocess(data, resize=64, crop=56, jpeg_draft=2)
-    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(got, expected, atol=1.01 / 255)
     full = preprocess(data, resize=64, crop=56)
     assert 0 < np.abs(got - full).max() < 0.2  # a different decode of the same picture
+
+
+@pytest.mark.parametrize("size", [(1027, 771), (771, 1027), (2049, 1537)], ids=str)
+def test_jpeg_draft_keeps_the_crop_of_full_decoding_when_sides_are_not_multiples_of_the_scale(size: tuple[int, int]):
+    """1027x771 decodes at 1/4 as 257x193 (sides rounded up): sized from that, the resize would be 340 wide instead
+    of 341 and the crop would sit elsewhere (max |diff| 0.46-0.57 on these gradients); sized from the full image and
+    resampled from its exact box, the drafted crop stays within the DCT scaling's blur of full decoding's."""
+    data = encode(make_image(*size, seed=3), "JPEG", quality=95)
+    full = preprocess(data, resize=256, crop=224)
+    drafted = preprocess(data, resize=256, crop=224, jpeg_draft=1)
+    assert decode_scaled(data, 10**8, at_least=lambda width, height: (width // 4, height // 4)).scale == 4
+    assert np.abs(drafted - full).mean() < 0.01
+    assert np.abs(drafted - full).max() < 0.3
+
+
+def test_jpeg_draft_resamples_only_the_crop_of_a_jpeg_it_decodes_at_full_size():
+    """640x480 to 256 then 224: 1/2 scale would be under 2x the resized size, so every pixel is decoded; the crop's
+    region is resampled in one step, which differs from resize-then-crop by one level on a few values only."""
+    data = encode(make_image(640, 480, seed=4), "JPEG", quality=90)
+    decoded = decode_scaled(data, 10**8, at_least=lambda width, height: (width // 2 + 1, height // 2 + 1))
+    assert (decoded.scale, decoded.drafted) == (1, True)
+    full = preprocess(data, resize=256, crop=224)
+    diff = np.abs(preprocess(data, resize=256, crop=224, jpeg_draft=2) - full)
+    assert diff.max() < 1.01 / 255
+    assert 0 < np.count_nonzero(diff) < 0.001 * diff.size
+
+
+@pytest.mark.parametrize("field", [{"pad_first": True, "letterbox": [64, 64]}, {"resize_with": "opencv"}], ids=str)
+def test_jpeg_draft_is_refused_where_it_cannot_resample_the_decoded_box(field: dict[str, object]):
+    with pytest.raises(ValueError, match="jpeg_draft"):
+        ImageConfig(kind="image", jpeg_draft=2, **field)  # type: ignore[arg-type]
 
 
 def test_jpeg_draft_follows_exif_orientation():
@@ -325,11 +356,13 @@ def test_jpeg_draft_follows_exif_orientation():
     exif = Image.Exif()
     exif[0x0112] = 6
     data = encode(make_image(800, 200), "JPEG", exif=exif, quality=90)
-    assert decode_image(data, 10**8, at_least=lambda width, height: (width // 4, height // 4)).size == (50, 200)
+    decoded = decode_scaled(data, 10**8, at_least=lambda width, height: (width // 4, height // 4))
+    assert (decoded.image.size, decoded.size, decoded.scale) == ((50, 200), (200, 800), 4)
     assert decode_image(data, 10**8).size == (200, 800)
 
 
 def test_jpeg_draft_leaves_other_formats_alone():
     data = encode(make_image(640, 480))
-    assert decode_image(data, 10**8, at_least=lambda width, height: (10, 10)).size == (640, 480)
+    decoded = decode_scaled(data, 10**8, at_least=lambda width, height: (10, 10))
+    assert (decoded.image.size, decoded.size, decoded.scale, decoded.drafted) == ((640, 480), (640, 480), 1, False)
     np.testing.assert_array_equal(preprocess(data, resize=64, jpeg_draft=1), preprocess(data, resize=64))
