@@ -46,6 +46,9 @@ class DataType(Enum):
 
     @classmethod
     def from_numpy(cls, dtype: np.dtype) -> DataType:
+        found = _BY_NUMPY_DTYPE.get(dtype)  # once per output of every answer: dtype.name is slow Python in numpy
+        if found is not None:
+            return found
         if dtype.kind in "SUO":
             return cls.BYTES
         return cls.from_name(dtype.name)
@@ -54,11 +57,13 @@ class DataType(Enum):
 FLOATS = frozenset({DataType.FP16, DataType.FP32, DataType.FP64, DataType.BF16})
 
 _BY_ANY_NAME: dict[str, DataType] = {}
+_BY_NUMPY_DTYPE: dict[np.dtype, DataType] = {}
 for _member in DataType:
     _BY_ANY_NAME[_member.name] = _member
     _BY_ANY_NAME[_member.onnx_name] = _member
     if _member.numpy_dtype is not None and _member is not DataType.BYTES:
         _BY_ANY_NAME[_member.numpy_dtype.name] = _member
+        _BY_NUMPY_DTYPE[_member.numpy_dtype] = _member
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,11 @@ CONTENTS_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
+# Each V2 datatype numpy has, with the little-endian dtype of its wire bytes: looked up three times per tensor, so
+# built once (Enum.__members__ and newbyteorder each cost more than the lookup).
+WIRE_DATATYPES = {
+    member.name: (member, member.numpy_dtype.newbyteorder("<")) for member in DataType if member.numpy_dtype is not None
+}
 Message = TypeVar("Message", bound=ProtoMessage)
 
 
@@ -68,7 +73,7 @@ def decode_infer_request(message: pb.ModelInferRequest, limits: RequestLimits | 
         if tensor.name in seen:
             raise InputError(f"input '{tensor.name}' is given more than once")
         seen.add(tensor.name)
-        parameters = decode_parameters(tensor.parameters)
+        parameters = decode_parameters(tensor.parameters) if tensor.parameters else {}
         if "shared_memory_region" in parameters:
             raise InputError(f"input '{tensor.name}': shared memory is not supported; send the data in the request")
         if limits is not None:
@@ -79,7 +84,8 @@ def decode_infer_request(message: pb.ModelInferRequest, limits: RequestLimits | 
     if limits is not None:
         limits.check_outputs(len(message.outputs))
     outputs = [_decode_requested_output(output) for output in message.outputs] or None
-    return InferRequest(inputs, outputs, message.id or None, decode_parameters(message.parameters))
+    parameters = decode_parameters(message.parameters) if message.parameters else {}
+    return InferRequest(inputs, outputs, message.id or None, parameters)
 
 
 def _decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
@@ -108,11 +114,10 @@ def _decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | No
 
 def _datatype(name: str, datatype: str) -> tuple[DataType, np.dtype]:
     """The V2 datatype and its little-endian numpy dtype; BF16, which numpy lacks, is refused."""
-    member = DataType.__members__.get(datatype)
-    if member is None or member.numpy_dtype is None:
-        supported = ", ".join(d.name for d in DataType if d.numpy_dtype is not None)
-        raise DTypeError(f"tensor '{name}': unsupported datatype '{datatype}'; use one of {supported}")
-    return member, member.numpy_dtype.newbyteorder("<")
+    found = WIRE_DATATYPES.get(datatype)
+    if found is None:
+        raise DTypeError(f"tensor '{name}': unsupported datatype '{datatype}'; use one of {', '.join(WIRE_DATATYPES)}")
+    return found
 
 
 def _decode_raw(name: str, datatype: DataType, dtype: np.dtype, raw: bytes, count: int) -> np.ndarray:
