@@ -119,7 +119,9 @@ class ImagePreprocessor:
         # the transform maps coordinates back through full-size steps: every pixel decoded for those
         at_least = self._draft_size if self.config.jpeg_draft and not self.record_transform else None
         decoded = decode_scaled(raw, self.config.max_pixels, at_least)
-        image = decoded.image.convert("RGB" if self.config.color == "BGR" else self.config.color)
+        mode = "RGB" if self.config.color == "BGR" else self.config.color
+        # no step changes the image in place: one already in this mode is used as it is, not copied (~1 ms at 3 MP)
+        image = decoded.image if decoded.image.mode == mode else decoded.image.convert(mode)
         transform = ImageTransform.identity(image.width, image.height)
         if decoded.drafted:
             image = self._resize_drafted(image, decoded.size, decoded.scale)
