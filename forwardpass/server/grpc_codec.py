@@ -190,10 +190,12 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
     message = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id or ""
     )
-    _encode_parameters(response.parameters, message.parameters)
+    if response.parameters:  # reaching an empty map of the message costs more than the check
+        _encode_parameters(response.parameters, message.parameters)
     for tensor in response.outputs:
         output = message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        _encode_parameters(tensor.parameters, output.parameters)
+        if tensor.parameters:
+            _encode_parameters(tensor.parameters, output.parameters)
         message.raw_output_contents.append(_raw_contents(tensor))
     return message
 
