@@ -1,0 +1,34 @@
+"""open_generator gives the heap that loading freed back to the system (glibc keeps it until malloc_trim)."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from pathlib import Path
+
+import pytest
+
+from forwardpass.generation.loader import give_back_freed_heap
+
+BLOCKS = 20_000  # of 1 KB: 20 MB, each below glibc's mmap threshold, so on its heap
+
+
+def anonymous_mb() -> float:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("RssAnon:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
+def test_freed_heap_pages_go_back_to_the_system() -> None:
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(1024) for _ in range(BLOCKS)]
+    for block in blocks:
+        ctypes.memset(block, 1, 1024)  # resident
+    for block in blocks[:-1]:  # the last one kept: the freed pages are not the heap's top, which glibc trims itself
+        libc.free(block)
+    held = anonymous_mb()
+    give_back_freed_heap()
+    assert anonymous_mb() < held - 10
+    libc.free(blocks[-1])
