@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import forwardpass
 from forwardpass.errors import ConfigError
@@ -123,7 +124,8 @@ def test_histogram_calibration_takes_a_shorter_last_batch_and_shares_its_cache(
     rng = np.random.default_rng(2)
     x = rng.standard_normal((21, 6)).astype(np.float32)
     batches = [{"x": x[:16]}, {"x": x[16:]}]
-    settings = Int8Settings(method=method, percentile=99.9)  # type: ignore[arg-type]
+    # without bias correction, which needs the data itself (its layers' input means), not only the ranges
+    settings = Int8Settings(method=method, percentile=99.9, bias_correction=False)  # type: ignore[arg-type]
     cache = tmp_path / "ranges.json"
     full = to_int8_static(mlp_path, tmp_path / "int8.onnx", batches, settings, cache=cache)
     assert cache.is_file() and full.settings["method"] == method
@@ -134,3 +136,67 @@ def test_histogram_calibration_takes_a_shorter_last_batch_and_shares_its_cache(
     reference = _run(mlp_path, x)
     scale = np.abs(reference).max()
     assert np.abs(_run(full.path, x) - reference).max() < 0.1 * scale
+
+
+def _edge_filter_cnn(path: Path) -> Path:
+    """Depthwise 3x3 kernels of large weights that cancel to ~0 (what BatchNorm folds into MobileNetV2's first
+    depthwise layer), then a pointwise Conv and a Gemm: x [batch, 4, 8, 8] -> y [batch, 3]."""
+    rng = np.random.default_rng(3)
+    edges = rng.uniform(-10, 10, (4, 1, 3, 3))
+    edges -= edges.mean(axis=(2, 3), keepdims=True)  # each kernel sums to 0: flat input gives the bias alone
+    pointwise = rng.standard_normal((6, 4, 1, 1))
+    dense = rng.standard_normal((3, 6))
+    tensors = {
+        "w_dw": edges,
+        "b_dw": rng.standard_normal(4),
+        "w_pw": pointwise,
+        "b_pw": rng.standard_normal(6),
+        "w_fc": dense,
+        "b_fc": rng.standard_normal(3),
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w_dw", "b_dw"], ["dw"], name="depthwise", group=4),
+            helper.make_node("Relu", ["dw"], ["dw_relu"], name="relu1"),
+            helper.make_node("Conv", ["dw_relu", "w_pw", "b_pw"], ["pw"], name="pointwise"),
+            helper.make_node("GlobalAveragePool", ["pw"], ["pooled"], name="pool"),
+            helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+            helper.make_node("Gemm", ["flat", "w_fc", "b_fc"], ["y"], name="dense", transB=1),
+        ],
+        "edges",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[numpy_helper.from_array(value.astype(np.float32), name) for name, value in tensors.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    return path
+
+
+def _flat_images(rng: np.random.Generator, count: int) -> np.ndarray:
+    """Images nearly flat per channel (a level in [0, 3] plus faint texture): the edge filters' input."""
+    levels = rng.uniform(0, 3, (count, 4, 1, 1))
+    return (levels + 0.02 * rng.standard_normal((count, 4, 8, 8))).astype(np.float32)
+
+
+@pytest.mark.parametrize("quant_format", ["qdq", "qoperator"])
+def test_bias_correction_removes_the_offset_that_rounding_cancelling_weights_leaves(
+    quant_format: str, tmp_path: Path
+) -> None:
+    source = _edge_filter_cnn(tmp_path / "edges.onnx")
+    rng = np.random.default_rng(4)
+    batches = [{"x": _flat_images(rng, 16)} for _ in range(4)]
+    x = _flat_images(rng, 64)
+    reference = _run(source, x)
+    errors = {}
+    for corrected in (False, True):
+        settings = Int8Settings(quant_format=quant_format, bias_correction=corrected)  # type: ignore[arg-type]
+        converted = to_int8_static(source, tmp_path / f"{corrected}.onnx", batches, settings)
+        assert converted.settings["bias_correction"] is corrected
+        errors[corrected] = float(np.abs((_run(converted.path, x) - reference).mean(axis=0)).max())
+        assert layer_precisions(onnx.load(str(source)), onnx.load(str(converted.path))) == dict.fromkeys(
+            ["depthwise", "pointwise", "dense"], "int8"
+        )
+    assert converted.notes == ["biases of 3 layers corrected for the rounding of their weights"]
+    assert errors[False] > 0.1  # the offset is there to remove (0.16; 0.05 left by the activations' rounding)
+    assert errors[True] < errors[False] / 2, errors
