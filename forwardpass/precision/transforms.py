@@ -28,6 +28,7 @@ __all__ = [
     "Converted",
     "Int8Settings",
     "compute_layers",
+    "dequantized_initializers",
     "layer_precisions",
     "to_bf16_torch",
     "to_fp16",
@@ -360,14 +361,11 @@ def _rounded_weights(quantized: onnx.ModelProto) -> dict[str, np.ndarray]:
     """The dequantized int8 weight of each quantized Conv/Gemm, by the source node's name: read from the
     DequantizeLinear that feeds it (QDQ) or from its QLinearConv/QGemm (QOperator, named `<name>_quant`)."""
     initializers = {init.name: numpy_helper.to_array(init) for init in quantized.graph.initializer}
-    producers = {output: node for node in quantized.graph.node for output in node.output}
+    dequantized = dequantized_initializers(quantized)
     found = {}
     for node in quantized.graph.node:
-        if node.op_type in ("Conv", "Gemm") and node.input[1] in producers:
-            dequantize = producers[node.input[1]]
-            if dequantize.op_type == "DequantizeLinear" and dequantize.input[0] in initializers:
-                arrays = [initializers[name] for name in dequantize.input[:3]]
-                found[node.name] = _dequantized(arrays, axis=_attribute(dequantize, "axis", 1))
+        if node.op_type in ("Conv", "Gemm") and node.input[1] in dequantized:
+            found[node.name] = dequantized[node.input[1]]
         elif node.op_type in _QOPERATOR_WEIGHT and node.name.endswith("_quant"):
             first = _QOPERATOR_WEIGHT[node.op_type]
             names = node.input[first : first + 3]
@@ -375,6 +373,18 @@ def _rounded_weights(quantized: onnx.ModelProto) -> dict[str, np.ndarray]:
                 axis = 1 if node.op_type == "QGemm" and not _attribute(node, "transB", 0) else 0  # the output axis
                 found[node.name.removesuffix("_quant")] = _dequantized([initializers[n] for n in names], axis=axis)
     return found
+
+
+def dequantized_initializers(quantized: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The float value of every DequantizeLinear output whose input is a stored integer tensor (a QDQ model's
+    weights and biases), by the output's name."""
+    initializers = {init.name: numpy_helper.to_array(init) for init in quantized.graph.initializer}
+    return {
+        node.output[0]: _dequantized([initializers[name] for name in node.input[:3]], _attribute(node, "axis", 1))
+        for node in quantized.graph.node
+        if node.op_type == "DequantizeLinear" and node.input[0] in initializers
+        if len(node.input) > 2 and all(name in initializers for name in node.input[1:3])
+    }
 
 
 def _dequantized(arrays: Sequence[np.ndarray], axis: int) -> np.ndarray:
