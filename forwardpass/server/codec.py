@@ -225,8 +225,8 @@ def _decode_large_json(body: bytes) -> Any:
     that is not a number of the datatype's kind) stays a list, for `_from_json` to check or refuse as it does."""
     try:
         document = simdjson.Parser().parse(body)  # one parser per body: a parser holds one document at a time
-    except ValueError as exc:
-        raise InputError(f"inference request header is not valid JSON: {exc}") from None
+    except (ValueError, RuntimeError):  # not JSON, or JSON simdjson does not take (integers past 64 bits, nesting
+        return decode_json(body, "inference request header")  # past 1024): orjson reads it or says what is wrong
     if not isinstance(document, simdjson.Object) or _repeats_a_key(document):
         return _plain(document)
     plain = {key: _plain(document[key]) for key in document if key != "inputs"}
