@@ -51,11 +51,6 @@ _BUFFER_OF_KIND: dict[str, tuple[Literal["d", "i", "u"], np.dtype]] = {
     "i": ("i", np.dtype(np.int64)),
     "u": ("u", np.dtype(np.uint64)),
 }
-_NUMBER_BUFFERS = {
-    dtype.name: _BUFFER_OF_KIND[dtype.numpy_dtype.kind]
-    for dtype in DataType
-    if dtype.numpy_dtype is not None and dtype.numpy_dtype.kind in _BUFFER_OF_KIND
-}
 
 
 def decode_json(body: bytes, what: str = "request body") -> Any:
@@ -96,7 +91,10 @@ def decode_infer_request(body: bytes, header_length: int | None, limits: Request
         if size is None:
             if "data" not in entry:
                 raise InputError(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
-            data = _from_json(name, dtype, shape, entry["data"])
+            data = entry["data"]
+            if isinstance(data, simdjson.Array):  # a large body's list: read now that its header passed the limits
+                data = _numbers(data, dtype)
+            data = _from_json(name, dtype, shape, data)
         else:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise InputError(f"input '{name}': binary_data_size must be a non-negative integer, got {size!r}")
@@ -220,9 +218,8 @@ def encode_bytes_elements(values: np.ndarray) -> bytes:
 
 
 def _decode_large_json(body: bytes) -> Any:
-    """A large V2 JSON body as `decode_json` gives it, except that each input's flat list of numbers (of a numeric
-    datatype) arrives as an array already, with no Python object per number. Anything else (a nested list, a value
-    that is not a number of the datatype's kind) stays a list, for `_from_json` to check or refuse as it does."""
+    """A large V2 JSON body as `decode_json` gives it, except that each input's `data` list stays simdjson's: once
+    the tensor's header has passed the model's limits, `_numbers` reads a list of numbers straight into an array."""
     try:
         document = simdjson.Parser().parse(body)  # one parser per body: a parser holds one document at a time
     except (ValueError, RuntimeError):  # not JSON, or JSON simdjson does not take (integers past 64 bits, nesting
@@ -243,7 +240,8 @@ def _input_entry(entry: object) -> Any:
         return _plain(entry)
     plain = {key: _plain(entry[key]) for key in entry if key != "data"}
     if "data" in entry:
-        plain["data"] = _numbers(entry["data"], plain.get("datatype"))
+        data = entry["data"]
+        plain["data"] = data if isinstance(data, simdjson.Array) else _plain(data)  # a list: read by `_numbers`
     return plain
 
 
@@ -253,18 +251,20 @@ def _repeats_a_key(value: simdjson.Object) -> bool:
     return len(set(keys)) != len(keys)
 
 
-def _numbers(data: object, datatype: object) -> Any:
-    buffer = _NUMBER_BUFFERS.get(datatype) if isinstance(datatype, str) else None
-    if buffer is None or not isinstance(data, simdjson.Array):
-        return _plain(data)
-    of_type, dtype = buffer
+def _numbers(data: simdjson.Array, dtype: DataType) -> Any:
+    """A large body's list of numbers as an array, read by simdjson without a Python object per number; any other
+    list (of other values, or nested) as the Python list `_from_json` checks."""
+    buffer = _BUFFER_OF_KIND.get(dtype.numpy_dtype.kind) if dtype.numpy_dtype is not None else None
+    if buffer is None:
+        return data.as_list()
+    of_type, numbers_dtype = buffer
     try:
-        numbers = np.frombuffer(data.as_buffer(of_type=of_type), dtype)
+        numbers = np.frombuffer(data.as_buffer(of_type=of_type), numbers_dtype)
     except (TypeError, ValueError):  # not all numbers, or not of this kind: the general path says which
-        return _plain(data)
+        return data.as_list()
     # as_buffer flattens nested lists: as many numbers as elements means a flat list (nested ones keep the general
     # path's rectangular check; only empty lists inside one could balance the count: read as its numbers in order)
-    return numbers if len(numbers) == len(data) else _plain(data)
+    return numbers if len(numbers) == len(data) else data.as_list()
 
 
 def _plain(value: object) -> Any:

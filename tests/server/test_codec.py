@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from forwardpass.errors import ForwardpassError
-from forwardpass.server.codec import LARGE_JSON_BYTES, _decode_large_json, decode_infer_request
+from forwardpass.server.codec import LARGE_JSON_BYTES, _decode_large_json, _numbers, decode_infer_request
+from forwardpass.tensor import DataType
 
 
 def _request(data: object, datatype: str = "FP32", shape: list[int] | None = None, **extra: Any) -> dict[str, Any]:
@@ -115,8 +116,8 @@ def test_a_large_body_the_fast_parser_refuses_is_read_or_refused_as_a_small_one(
         assert decoded[0] == "InputError" and "\n" not in str(decoded[1])
 
 
-def test_the_large_reader_hands_a_flat_list_of_numbers_on_as_an_array() -> None:
+def test_the_large_reader_reads_a_flat_list_of_numbers_as_an_array() -> None:
     body = _large(orjson.dumps(_request([1.5, 2.5])))
-    data = _decode_large_json(body)["inputs"][0]["data"]
+    data = _numbers(_decode_large_json(body)["inputs"][0]["data"], DataType.FP32)
     assert isinstance(data, np.ndarray)  # no Python float per number: the point of the large reader
     assert data.tolist() == [1.5, 2.5]
