@@ -121,8 +121,8 @@ class ImageConfig(_Strict):
         description="JPEG only: decode at 1/2, 1/4 or 1/8 size (DCT scaling) while the image stays at least this "
         "many times the resized size, then resample only the crop's region, from the full image's exact box (one "
         "level off on ~0.01 % of values even with every pixel decoded); 0 decodes every pixel and resizes as "
-        "torchvision does. On 300 camera-size photos MobileNetV2's top-1 agreed with full decoding on 94.7 / 97.0 / "
-        "99.3 / 100 % at 1 / 2 / 3 / 4, the changed ones all near ties, for 3.8 / 2.7 / 1.5 / 1.2x less decoding "
+        "torchvision does. On 400 camera-size photos MobileNetV2's top-1 agreed with full decoding on 95.5 / 97.25 / "
+        "99.25 / 100 % at 1 / 2 / 3 / 4, the changed ones all near ties, for 3.8 / 2.7 / 1.6 / 1.3x less decoding "
         "CPU (bench/results/batch.md); off by default, since only 4 keeps 99.5 % and it saves a fifth. Not with "
         "pad_first or resize_with opencv",
     )
