@@ -29,9 +29,10 @@ from forwardpass.server.ui import ui_routes
 from forwardpass.server.websocket import stream_routes
 
 if TYPE_CHECKING:
-    import grpc
     from starlette.routing import BaseRoute
     from starlette.types import ASGIApp
+
+    from forwardpass.server.grpc import GrpcServer
 
 __all__ = ["InferenceServer", "asgi_app", "configure_logging", "route_table", "run_server"]
 
@@ -66,7 +67,7 @@ class InferenceServer:
         self.http_port = 0
         self._http: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: GrpcServer | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._deadlines: asyncio.Task[None] | None = None
 
@@ -242,7 +243,7 @@ def _listen(host: str, port: int) -> socket.socket:
         raise ConfigError(f"HTTP cannot listen on {host}:{port}: {exc.strerror}; choose another --http-port") from None
 
 
-def _grpc_server(dataplane: DataPlane, settings: ServerSettings) -> grpc.aio.Server:
+def _grpc_server(dataplane: DataPlane, settings: ServerSettings) -> GrpcServer:
     from forwardpass.server.grpc import create_grpc_server  # grpc takes ~0.1 s to import: only when asked for
 
     return create_grpc_server(dataplane, settings)
