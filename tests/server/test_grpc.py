@@ -451,18 +451,25 @@ def test_a_stream_cancelled_midway_leaves_the_server_serving(client: triton.Infe
 
 def test_a_call_past_its_deadline_is_given_up_not_finished_for_nobody(client: triton.InferenceServerClient) -> None:
     """When a call ends before its answer (here its 5 ms deadline passes while the ~30 ms model runs), the server
-    cancels the work waiting for it: the model's success count moves only for the call that waited."""
+    cancels the work waiting for it: the model's success count moves only for the call that waited. On a loaded
+    machine the cancel can reach the server after the answer (then both count), so a few tries, one of which must
+    show it; without the cancel every try counts both."""
     x = infer_input("x", np.ones((1, 4), np.float32), "FP32")
 
     def answered() -> int:
         success = client.get_inference_statistics("slow", as_json=True)["model_stats"][0]["inference_stats"]["success"]
         return int(success.get("count", 0))
 
-    before = answered()
-    late = rpc_error(client.infer, "slow", [x], client_timeout=0.005)
-    assert late.status() == "StatusCode.DEADLINE_EXCEEDED"
-    client.infer("slow", [x])  # after the late call's pass: the model has one instance, and passes run in order
-    assert answered() == before + 1
+    moved = []
+    for _ in range(5):
+        before = answered()
+        late = rpc_error(client.infer, "slow", [x], client_timeout=0.005)
+        assert late.status() == "StatusCode.DEADLINE_EXCEEDED"
+        client.infer("slow", [x])  # after the late call's pass: the model has one instance, and passes run in order
+        moved.append(answered() - before)
+        if moved[-1] == 1:
+            break
+    assert moved[-1] == 1, moved
 
 
 FUZZ_MODELS = {
