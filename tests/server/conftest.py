@@ -3,12 +3,16 @@ and tiny ONNX models written with `onnx.helper` into a temporary repository."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import math
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
@@ -101,28 +105,64 @@ def slow_graph() -> onnx.GraphProto:
     )
 
 
+SLOW_PASS_SECONDS = 0.03
+
+
 def _add_slow_term(
-    nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], source: str, target: str, size: int = 512
+    nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], source: str, target: str, size: int = 256
 ) -> str:
-    """Appends `target + 0 * sum((A * sum(source))^16)`: four size-by-size matrix products per call that ONNX
-    Runtime cannot fold away, because they depend on the input. Returns the name of the result."""
-    matrix = np.random.default_rng(1).standard_normal((size, size)).astype(np.float32) / size
+    """Appends `target + 0 * sum(A * sum(source) @ Q @ Q ...)`: a chain of size-by-size matrix products, as many as
+    take ~30 ms on this machine (measured once: a fixed count took 30 ms here but under 5 ms on a many-core CI
+    machine), that ONNX Runtime cannot fold away because they depend on the input. Q is orthogonal, so a long chain
+    neither overflows nor underflows. Returns the name of the result."""
+    rng = np.random.default_rng(1)
+    matrix = rng.standard_normal((size, size)).astype(np.float32) / size
+    rotation = np.linalg.qr(rng.standard_normal((size, size)))[0].astype(np.float32)
     initializers += [
         numpy_helper.from_array(matrix, "slow_a"),
+        numpy_helper.from_array(rotation, "slow_q"),
         numpy_helper.from_array(np.array(0.0, np.float32), "slow_zero"),
     ]
     nodes += [
         helper.make_node("ReduceSum", [source], ["slow_total"], keepdims=0),
         helper.make_node("Mul", ["slow_a", "slow_total"], ["slow_m0"]),
     ]
-    for i in range(4):
-        nodes.append(helper.make_node("MatMul", [f"slow_m{i}", f"slow_m{i}"], [f"slow_m{i + 1}"]))
+    products = _products_per_slow_pass(size)
+    for i in range(products):
+        nodes.append(helper.make_node("MatMul", [f"slow_m{i}", "slow_q"], [f"slow_m{i + 1}"]))
     nodes += [
-        helper.make_node("ReduceSum", ["slow_m4"], ["slow_sum"], keepdims=0),
+        helper.make_node("ReduceSum", [f"slow_m{products}"], ["slow_sum"], keepdims=0),
         helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_nothing"]),
         helper.make_node("Add", [target, "slow_nothing"], ["slow_result"]),
     ]
     return "slow_result"
+
+
+@functools.cache
+def _products_per_slow_pass(size: int) -> int:
+    """How many size-by-size products take SLOW_PASS_SECONDS here: the fastest of five timed runs of a chain of 16."""
+    measured = 16
+    chain = [helper.make_node("MatMul", [f"m{i}", "q"], [f"m{i + 1}"]) for i in range(measured)]
+    graph = helper.make_graph(
+        chain,
+        "chain",
+        [helper.make_tensor_value_info("m0", TensorProto.FLOAT, [size, size])],
+        [helper.make_tensor_value_info(f"m{measured}", TensorProto.FLOAT, [size, size])],
+        initializer=[numpy_helper.from_array(np.eye(size, dtype=np.float32), "q")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {"m0": np.ones((size, size), np.float32)}
+    session.run(None, feed)
+    fastest = min(_timed(lambda: session.run(None, feed)) for _ in range(5))
+    return max(4, min(4000, math.ceil(SLOW_PASS_SECONDS / fastest * measured)))
+
+
+def _timed(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
 
 
 def strings_graph() -> onnx.GraphProto:
