@@ -63,6 +63,9 @@ class Learner:
     objective: str
     n_classes: int  # 0 for binary classifiers and regressors
     kind: str  # gbtree, dart or gblinear
+    # Early stopping's choice: the rounds up to its best iteration (0: all). XGBoost's scikit-learn estimators, which
+    # load it back from the file, and onnxmltools predict with these; Booster.predict takes them as iteration_range.
+    best_rounds: int
 
 
 class XGBoostFormat:
@@ -89,14 +92,17 @@ class XGBoostFormat:
         if engine.intra_op_threads:
             booster.set_param({"nthread": engine.intra_op_threads})
         margin = learner.objective == "multi:softmax"
+        rounds = (0, learner.best_rounds)
         if learner.kind == "gblinear":  # inplace_predict serves tree boosters only
 
             def predict(features: np.ndarray) -> np.ndarray:
-                return np.asarray(booster.predict(xgboost.DMatrix(features), output_margin=margin))
+                matrix = xgboost.DMatrix(features)
+                return np.asarray(booster.predict(matrix, output_margin=margin, iteration_range=rounds))
         else:
 
             def predict(features: np.ndarray) -> np.ndarray:
-                return np.asarray(booster.inplace_predict(features, predict_type="margin" if margin else "value"))
+                kind = "margin" if margin else "value"
+                return np.asarray(booster.inplace_predict(features, predict_type=kind, iteration_range=rounds))
 
         if learner.objective not in CLASSIFIER_OBJECTIVES:
             return TabularSession(path, self.name, predict, booster.num_features(), None)
@@ -177,6 +183,7 @@ class XGBoostFormat:
                 str(model["objective"]["name"]),
                 int(model["learner_model_param"]["num_class"]),
                 str(model["gradient_booster"]["name"]),
+                int(model.get("attributes", {}).get("best_iteration", -1)) + 1,
             )
             problem = _model_problem(model)
         except (KeyError, TypeError, ValueError) as exc:

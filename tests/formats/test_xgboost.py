@@ -144,6 +144,29 @@ def test_model_saved_by_the_scikit_learn_wrapper_with_feature_names(tmp_path: Pa
         assert_matches_framework(session, test_x, expected)
 
 
+@pytest.mark.parametrize("loader", [load_breast_cancer, load_iris])
+def test_early_stopped_model_answers_with_its_best_iteration_as_the_estimator_does(
+    loader: Callable[..., Any], tmp_path: Path
+) -> None:
+    train_x, train_y, test_x = split(loader)
+    fit_x, stop_x, fit_y, stop_y = train_test_split(train_x, train_y, test_size=0.3, random_state=0)
+    classifier = xgboost.XGBClassifier(
+        n_estimators=200, learning_rate=0.8, max_depth=4, early_stopping_rounds=2, n_jobs=1
+    ).fit(fit_x, fit_y, eval_set=[(stop_x, stop_y)], verbose=False)
+    rounds = classifier.get_booster().num_boosted_rounds()
+    assert classifier.best_iteration + 1 < rounds  # the trees past the best are kept in the file
+    classifier.save_model(tmp_path / "stopped.json")
+    reloaded = xgboost.XGBClassifier()
+    reloaded.load_model(tmp_path / "stopped.json")  # what the user's own code answers from the file
+    expected = {"label": reloaded.predict(test_x).astype(np.int64), "probabilities": reloaded.predict_proba(test_x)}
+    every_tree = reloaded.predict_proba(test_x, iteration_range=(0, rounds))
+    assert np.abs(every_tree - expected["probabilities"]).max() > 0.01  # the test tells the two apart
+
+    native, converted, _ = both_sessions(tmp_path / "stopped.json", tmp_path)
+    for session in (native, converted):
+        assert_matches_framework(session, test_x, expected)
+
+
 @pytest.mark.parametrize("opset", [13, 17, 21])
 def test_converted_model_has_the_requested_opset_and_a_dynamic_batch(opset: int, tmp_path: Path) -> None:
     booster, test_x = train(load_breast_cancer, "binary:logistic")
