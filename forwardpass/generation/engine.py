@@ -143,7 +143,7 @@ class Generator:
     def encode(self, prompt: str | list[int]) -> list[int]:
         """A prompt as token ids: text is tokenized; ids are checked against the vocabulary."""
         if isinstance(prompt, str):
-            return self.codec.encode(prompt)
+            return self.codec.encode(prompt, most_tokens=self.config.context_length)
         if not prompt:
             raise InputError("the prompt is empty")
         vocab = self.codec.vocab_size
@@ -156,7 +156,9 @@ class Generator:
         """Chat messages as the prompt's token ids, rendered by the model's own chat template."""
         if self.chat is None:
             raise InputError(f"model '{self.name}' has no chat template: send a plain prompt to /v1/completions")
-        return self.codec.encode(self.chat.render(messages), special_tokens=False)
+        return self.codec.encode(
+            self.chat.render(messages), special_tokens=False, most_tokens=self.config.context_length
+        )
 
     def json_schema(self, schema: dict[str, Any]) -> JsonSchema:
         """`schema` compiled for this model's tokenizer (SamplingParams.schema); InputError if it cannot be."""

@@ -21,9 +21,19 @@ class TextCodec:
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
         self.vocab_size = self._tokenizer.get_vocab_size()
+        # No token stands for more characters than its vocabulary entry has (byte-level entries spell each byte as
+        # one character): a text longer than n times this makes more than n tokens, known without tokenizing it.
+        self.longest_token = max(map(len, self._tokenizer.get_vocab(with_added_tokens=True)), default=1)
 
-    def encode(self, text: str, special_tokens: bool = True) -> list[int]:
-        """`special_tokens`: let the tokenizer add its own (a BOS...); a rendered chat prompt already has them."""
+    def encode(self, text: str, special_tokens: bool = True, most_tokens: int | None = None) -> list[int]:
+        """`special_tokens`: let the tokenizer add its own (a BOS...); a rendered chat prompt already has them.
+        `most_tokens`: a text that would make more is refused before it is tokenized (megabytes of text take the
+        tokenizer seconds to minutes)."""
+        if most_tokens is not None and len(text) > most_tokens * self.longest_token:
+            raise InputError(
+                f"the prompt has {len(text)} characters: over {most_tokens} tokens, the most the model holds "
+                f"(its tokens have at most {self.longest_token} characters)"
+            )
         ids: list[int] = self._tokenizer.encode(text, add_special_tokens=special_tokens).ids
         if not ids:
             raise InputError("the prompt is empty: it encodes to no tokens")

@@ -24,7 +24,7 @@ from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.generation.sampling import SamplingParams
 from forwardpass.registry import ModelRegistry, Served
 from forwardpass.server.codec import decode_json, encode_json
-from forwardpass.server.guard import RequestGuard, error_response
+from forwardpass.server.guard import RequestGuard, error_response, off_loop
 from forwardpass.server.metrics import Metrics
 from forwardpass.server.tokens import TextStream, unless_disconnected
 
@@ -149,7 +149,9 @@ class _GenerateApi:
         settings.update(parameters)
         served, generator = self.generators.get(request.path_params["model"], request.path_params.get("version"))
         request.state.served = served  # whose failure a refusal from here on is
-        prompt = _prompt(generator, body.get("text_input", body.get("input_ids")), "text_input")
+        prompt = await off_loop(
+            len(request.state.body), _prompt, generator, body.get("text_input", body.get("input_ids")), "text_input"
+        )
         return served, generator, prompt, _sampling(settings)
 
 

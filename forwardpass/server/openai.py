@@ -34,7 +34,7 @@ from forwardpass.server import openai_request as read
 from forwardpass.server.codec import encode_json
 from forwardpass.server.dataplane import DataPlane, model_card
 from forwardpass.server.generate import Generators
-from forwardpass.server.guard import RequestGuard, error_response
+from forwardpass.server.guard import RequestGuard, error_response, off_loop
 from forwardpass.server.metrics import Metrics
 from forwardpass.server.tokens import TextStream, merged, open_streams, unless_disconnected
 
@@ -86,7 +86,7 @@ class _OpenAiApi:
         body = read.json_object(request)
         read.refuse_unsupported(body, read.CHAT_FIELDS, "chat.completions")
         served, generator = self._generator(request, body)
-        prompt = generator.chat_prompt(read.messages(body.get("messages")))
+        prompt = await off_loop(len(request.state.body), generator.chat_prompt, read.messages(body.get("messages")))
         params, count = read.sampling(body, read.chat_logprobs(body))
         params = dataclasses.replace(params, schema=read.response_schema(body, generator))
         streams = open_streams(
@@ -102,7 +102,7 @@ class _OpenAiApi:
         body = read.json_object(request)
         read.refuse_unsupported(body, read.COMPLETION_FIELDS, "completions")
         served, generator = self._generator(request, body)
-        prompts = read.prompts(generator, body.get("prompt"))
+        prompts = await off_loop(len(request.state.body), read.prompts, generator, body.get("prompt"))
         logprobs = read.optional_int(body, "logprobs", 0, MAX_COMPLETION_LOGPROBS)
         params, count = read.sampling(body, logprobs)
         best_of = body.get("best_of")

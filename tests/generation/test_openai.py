@@ -292,6 +292,19 @@ def test_what_would_be_ignored_is_refused_by_name(client: openai.OpenAI, call, n
     assert named in refused.value.message
 
 
+def test_a_prompt_of_megabytes_is_refused_before_it_is_tokenized(server: str) -> None:
+    """Tokenizing 5 MB takes the tokenizer seconds (50 MB over a minute, the server's event loop held all along):
+    a text longer than the context's tokens could spell is refused at once, by each route that takes one."""
+    text = "word " * 2**20
+    for path, body in [
+        ("/v1/completions", {"model": "gpt2", "prompt": text}),
+        ("/v1/chat/completions", {"model": "gpt2", "messages": [{"role": "user", "content": text}]}),
+        ("/v2/models/gpt2/generate", {"text_input": text}),
+    ]:
+        refused = httpx.post(f"{server}{path}", json=body, timeout=60)
+        assert refused.status_code == 400 and "characters: over 128 tokens" in refused.text, refused.text
+
+
 def _metrics(server: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -1,10 +1,14 @@
 """Incremental detokenization: the pieces given out token by token add up to the whole decoded text, and a
-character split over several byte-level tokens appears once, whole (never as U+FFFD)."""
+character split over several byte-level tokens appears once, whole (never as U+FFFD); a text too long for the tokens
+allowed is refused before the tokenizer sees it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from forwardpass.errors import InputError
 from forwardpass.generation import StopStrings, TextCodec
 
 
@@ -66,3 +70,13 @@ def test_stop_strings_send_the_rest_at_the_end_and_find_the_earliest() -> None:
     earliest = StopStrings(("b", "abc"))
     assert (earliest.feed("xxabcb"), earliest.stopped) == ("xx", True)  # abc starts before b
     assert StopStrings(("",)).feed("no stop strings") == "no stop strings"
+
+
+def test_a_text_longer_than_the_tokens_allowed_could_spell_is_refused_untokenized(exported: Path) -> None:
+    codec = TextCodec(exported / "tokenizer.json")
+    longest = max(len(codec.decode([token], skip_special_tokens=False)) for token in range(codec.vocab_size))
+    assert codec.longest_token >= longest  # the bound holds for every token's text
+    most = codec.longest_token * 8
+    assert len(codec.encode("a" * most, most_tokens=8)) > 8  # within the bound: tokenized, the caller counts
+    with pytest.raises(InputError, match=f"{most + 1} characters: over 8 tokens"):
+        codec.encode("a" * (most + 1), most_tokens=8)
