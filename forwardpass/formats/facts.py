@@ -49,6 +49,9 @@ def merge_facts(framework: ModelFacts, graph: ModelFacts | None) -> ModelFacts:
     """The framework's word on task, classes and features; the ONNX graph's on distributions and the batch axis."""
     if graph is None:
         return framework
+    # The graph calls a classifier's scores probabilities by its node type alone; the framework knows (XGBoost's
+    # multi:softmax gives margins, which onnxmltools writes into the same `probabilities` output).
+    graph_distributions = {name: kind for name, kind in graph.distributions.items() if name != framework.scores_output}
     return replace(
         framework,
         source=framework.source or graph.source,
@@ -57,7 +60,7 @@ def merge_facts(framework: ModelFacts, graph: ModelFacts | None) -> ModelFacts:
         scores_output=framework.scores_output or graph.scores_output,
         label_output=framework.label_output or graph.label_output,
         feature_names=framework.feature_names or graph.feature_names,
-        distributions={**graph.distributions, **framework.distributions},
+        distributions={**graph_distributions, **framework.distributions},
         batch_first=graph.batch_first,
     )
 

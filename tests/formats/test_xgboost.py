@@ -23,7 +23,7 @@ from forwardpass.backends.base import Session
 from forwardpass.backends.ort import OrtSession
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, MissingExtraError
-from forwardpass.formats import convert_model
+from forwardpass.formats import ServeMode, convert_model
 from forwardpass.formats.base import ConvertOptions, LoadOptions
 from forwardpass.formats.xgboost import XGBOOST
 
@@ -118,6 +118,27 @@ def test_softmax_objective_gives_xgboost_classes_and_margins(tmp_path: Path) -> 
     }
     for session in (native, converted):
         assert_matches_framework(session, test_x, expected)
+
+
+@pytest.mark.parametrize("serve", ["native", "onnx"])
+def test_softmax_objective_predicts_its_classes_with_the_softmax_of_its_margins(
+    serve: ServeMode, tmp_path: Path
+) -> None:
+    booster, test_x = train(load_iris, "multi:softmax", num_class=3)
+    booster.save_model(tmp_path / "iris.json")
+    matrix = xgboost.DMatrix(test_x)
+    margins = booster.predict(matrix, output_margin=True)
+    probabilities = np.exp(margins - margins.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+
+    model = forwardpass.load(tmp_path / "iris.json", serve=serve, intra_op_threads=1)
+    answers = model.predict(list(test_x))
+    assert model.serving.engine == serve
+    assert [answer["label"] for answer in answers] == [str(int(label)) for label in booster.predict(matrix)]
+    scores = np.array(
+        [[entry["score"] for entry in sorted(answer["top_k"], key=lambda e: e["index"])] for answer in answers]
+    )
+    np.testing.assert_allclose(scores, probabilities, atol=1e-5)
 
 
 def test_regressor_native_and_converted_match_xgboost(tmp_path: Path) -> None:
