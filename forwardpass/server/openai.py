@@ -137,12 +137,18 @@ class _OpenAiApi:
         encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
             raise InputError(f"'encoding_format' must be 'float' or 'base64', got {encoding!r}")
-        predictions = await asyncio.gather(*(self.dataplane.predict(name, None, text, {}) for text in texts))
+        # a list of texts is one request of the model's batcher: up to 2048 texts are a few requests, not 2048
+        size = max(served.max_batch_size, 1)
+        groups = [texts[start : start + size] for start in range(0, len(texts), size)]
+        answers = await asyncio.gather(*(self.dataplane.predict(name, None, group, {}) for group in groups))
+        predictions = [item for answer in answers for item in (answer if isinstance(answer, list) else [answer])]
         vectors = [np.asarray(_embedding(prediction), np.float32) for prediction in predictions]
         dimensions = body.get("dimensions")
         if dimensions is not None and dimensions != vectors[0].shape[-1]:
             raise InputError(f"'dimensions': model '{name}' gives {vectors[0].shape[-1]}-d vectors, not {dimensions}")
-        tokens = sum(int(served.model.preprocess(text)[postprocess.mask].sum()) for text in texts)
+        tokens = await asyncio.to_thread(
+            lambda: sum(int(served.model.preprocess(text)[postprocess.mask].sum()) for text in texts)
+        )
         data = [
             {"object": "embedding", "index": index, "embedding": _vector(vector, encoding)}
             for index, vector in enumerate(vectors)

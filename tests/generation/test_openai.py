@@ -229,6 +229,17 @@ def test_embeddings_equal_predict_and_sentence_transformers(client: openai.OpenA
         assert np.all(np.abs(1 - cosine) < 1e-5), cosine
 
 
+def test_embeddings_take_more_texts_than_the_model_queues_requests(client: openai.OpenAI) -> None:
+    """OpenAI takes up to 2048 texts; the model's batcher queues 256 requests: the texts go in batches."""
+    texts = ["A man is eating food.", "A man is riding a horse."] * 150
+    answer = client.embeddings.create(model="minilm", input=texts, encoding_format="float")
+    vectors = np.array([item.embedding for item in answer.data], np.float32)
+    assert vectors.shape == (300, 384) and [item.index for item in answer.data] == list(range(300))
+    pair = client.embeddings.create(model="minilm", input=texts[:2], encoding_format="float")
+    np.testing.assert_allclose(vectors, np.tile([item.embedding for item in pair.data], (150, 1)), atol=1e-6)
+    assert answer.usage.prompt_tokens == 150 * pair.usage.prompt_tokens
+
+
 def test_chat_output_follows_a_json_schema(client: openai.OpenAI) -> None:
     """The seeded decoder writes no JSON by itself: the schema (or json_object) makes every choice a document."""
     schema = {
