@@ -98,6 +98,11 @@ def open_streams(
     stop: tuple[str, ...],
 ) -> list[TextStream]:
     """One stream per (prompt, params), all queued now; if one is refused, those already queued are cancelled."""
+    most = generator.config.max_queue_size
+    if len(prompts) > most:  # no retry would get them in: not the 503 of a queue that is full for now
+        raise InputError(
+            f"the request asks for {len(prompts)} generations: model '{served.name}' queues at most {most}; split it"
+        )
     opened: list[TextStream] = []
     try:
         for prompt, choice in zip(prompts, params, strict=True):

@@ -196,6 +196,12 @@ def test_completions_take_a_list_of_prompts(client: openai.OpenAI, reference, ex
     assert streamed == [choice.text for choice in answer.choices] and chunks[-1].usage == answer.usage
 
 
+def test_more_generations_than_the_model_ever_queues_are_a_client_error(client: openai.OpenAI) -> None:
+    """17 prompts x n=16 can never all wait in a queue of 256: a 400 to split the request, not a 503 to retry."""
+    with pytest.raises(openai.BadRequestError, match="272 generations: model 'gpt2' queues at most 256"):
+        client.completions.create(model="gpt2", prompt=["Hi"] * 17, n=16, max_tokens=1)
+
+
 def test_models_lists_what_is_served(client: openai.OpenAI) -> None:
     listed = {model.id: model for model in client.models.list()}
     assert {"gpt2", "minilm"} <= listed.keys()
