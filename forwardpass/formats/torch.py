@@ -80,8 +80,9 @@ class TorchSession:
         self._torch = torch
         self._source = source
         self._output_names = list(output_names) if output_names else None
-        small = random_samples(inputs, 1, dynamic_size=8)[0]
-        larger = random_samples(inputs, 4, dynamic_size=9)[-1]
+        # integer probes are zeros: an index every embedding or lookup table has, whatever its size
+        small = random_samples(inputs, 1, dynamic_size=8, int_high=1)[0]
+        larger = random_samples(inputs, 4, dynamic_size=9, int_high=1)[-1]
         first, second = self.run(small), self.run(larger)
         self.outputs = [_output_spec(name, first[name], second[name]) for name in first]
 

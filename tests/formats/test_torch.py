@@ -144,6 +144,36 @@ def test_tuple_outputs_keep_one_name_in_both_engines(tmp_path: Path):
         assert np.abs(got["output_1"] - totals).max() <= ATOL
 
 
+class TokenEmbedding(nn.Module):
+    """Token ids (int64) into a small vocabulary: any id past 9 is out of range, as in a user's text model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(10, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embedding(ids).mean(dim=1)
+
+
+@pytest.mark.parametrize("name", ["ids.pt", "ids.pt2"])
+def test_token_ids_into_a_small_vocabulary_load_and_answer_as_torch(name: str, tmp_path: Path):
+    torch.manual_seed(2)
+    module = TokenEmbedding().eval()
+    ids = torch.randint(0, 10, (5, 6))
+    path = tmp_path / name
+    if name.endswith(".pt2"):
+        torch.export.save(torch.export.export(module, (ids,), dynamic_shapes=({0: torch.export.Dim("batch")},)), path)
+    else:
+        torch.jit.save(torch.jit.trace(module, ids[:2]), path)
+    with torch.inference_mode():
+        expected = module(ids).numpy()
+
+    model = forwardpass.load(path, warmup=0)  # auto: parity inputs with ids past the vocabulary leave it native
+    assert [(spec.name, spec.dtype.name, spec.shape) for spec in model.inputs] == [("ids", "INT64", (-1, 6))]
+    assert model.serving.engine == "native"
+    assert_matches(model.infer({"ids": ids.numpy()})["output"], expected)
+
+
 def test_conversion_records_its_provenance(artefacts: dict[str, Path], tmp_path: Path):
     provenance = convert_model(artefacts["traced.pt"], tmp_path / "out" / "cnn.onnx")
     written = json.loads((tmp_path / "out" / "cnn.json").read_text())
