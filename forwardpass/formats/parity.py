@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from forwardpass.backends.base import Session
-from forwardpass.errors import ConfigError
+from forwardpass.errors import ConfigError, InputError
 from forwardpass.tensor import DataType, TensorSpec
 
 __all__ = ["Batch", "OutputParity", "ParityReport", "check_parity", "random_samples"]
@@ -90,7 +90,14 @@ def check_parity(reference: Session, candidate: Session, samples: Sequence[Batch
     for batch in samples:
         feed = {name: np.asarray(value) for name, value in batch.items()}
         batch_sizes.append(_batch_size(feed))
-        want, got = reference.run(feed), candidate.run(feed)
+        try:
+            want = reference.run(feed)
+        except InputError as exc:  # e.g. token ids past a small embedding: nothing to compare the conversion with
+            raise ConfigError(f"parity check: the model itself refuses its parity inputs ({exc})") from None
+        try:
+            got = candidate.run(feed)
+        except InputError as exc:  # e.g. a converter left a layer's variables as inputs of their own
+            raise ConfigError(f"parity check: the converted model refuses inputs the model takes ({exc})") from None
         for name in names:
             gathered[name].append((np.asarray(want[name]), np.asarray(got[name])))
     outputs = tuple(_compare(name, pairs) for name, pairs in gathered.items())

@@ -256,6 +256,23 @@ def test_a_keras_lambda_layer_loads_only_when_trusted(tf: ModuleType, tmp_path: 
     np.testing.assert_array_equal(session.run({"value": np.ones((2, 3), np.float32)})["double"], np.full((2, 3), 2.0))
 
 
+def test_a_normalization_layer_tf2onnx_leaves_as_inputs_is_served_natively_and_right(tf: ModuleType, tmp_path: Path):
+    import keras
+
+    normalization = keras.layers.Normalization()
+    normalization.adapt(np.random.default_rng(0).uniform(0, 10, (100, 4)).astype(np.float32))
+    value = keras.Input((4,), name="value")
+    model = keras.Model(value, keras.layers.Dense(1, name="score")(normalization(value)))
+    path = tmp_path / "normalized.keras"
+    model.save(path)
+    rows = np.random.default_rng(1).uniform(0, 10, (6, 4)).astype(np.float32)
+
+    served = forwardpass.load(path, warmup=0)  # auto: its conversion asks for the layer's mean and variance as inputs
+    assert served.serving.engine == "native"
+    assert "the converted model refuses inputs the model takes" in served.serving.reason
+    assert_matches(served.infer({"value": rows})["score"], model.predict(rows, verbose=0))
+
+
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_a_damaged_artefact_is_a_one_line_config_error(trained: Trained, case: Case, damage: str, tmp_path: Path):
