@@ -69,6 +69,7 @@ COMPLETION_FIELDS = {
 }
 EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
 _MESSAGE_FIELDS = {"role", "content", "name"}
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}  # as templates know
 
 
 def json_object(request: Request) -> dict[str, Any]:
@@ -96,22 +97,25 @@ def model_name(body: dict[str, Any]) -> str:
 
 def messages(value: object) -> list[dict[str, Any]]:
     """OpenAI's messages as chat templates take them: content a string (text parts joined by newlines, as vLLM
-    does for templates that expect a string); fields beyond role, content and name (tool calls, audio) refused."""
+    does for templates that expect a string), a developer message as the system one it stands for (OpenAI's newer
+    name); fields beyond role, content and name (tool calls, audio) refused unless null, as the SDK's own message
+    dumped to go on with a conversation has them."""
     if not isinstance(value, list) or not value:
         raise InputError("'messages' must be a non-empty list of {role, content} objects")
     messages = []
     for index, message in enumerate(value):
         if not isinstance(message, dict):
             raise InputError(f"messages[{index}] must be an object with 'role' and 'content'")
-        unknown = sorted(set(message) - _MESSAGE_FIELDS)
+        unknown = sorted(key for key, item in message.items() if key not in _MESSAGE_FIELDS and item is not None)
         if unknown:
             raise InputError(f"messages[{index}]: field(s) {unknown} not supported (no tools or audio here)")
         role, content, name = message.get("role"), message.get("content"), message.get("name")
-        if not isinstance(role, str) or not role:
-            raise InputError(f"messages[{index}].role must be a string such as 'system', 'user' or 'assistant'")
+        if role not in _ROLES:
+            roles = ", ".join(f"'{role}'" for role in _ROLES)
+            raise InputError(f"messages[{index}].role must be one of {roles} (no tools here), got {role!r:.80}")
         if name is not None and not isinstance(name, str):
             raise InputError(f"messages[{index}].name must be a string")
-        messages.append({"role": role, "content": _content(content, index), **({"name": name} if name else {})})
+        messages.append({"role": _ROLES[role], "content": _content(content, index), **({"name": name} if name else {})})
     return messages
 
 
