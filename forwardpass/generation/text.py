@@ -3,11 +3,23 @@ a character split over several tokens appears whole, once), cut before a stop st
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from forwardpass.errors import ConfigError, InputError
 
 __all__ = ["IncrementalText", "StopStrings", "TextCodec"]
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE spells byte b as one printable character: itself where printable, else chr(256 + k)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    return {chr(byte): byte for byte in printable} | {chr(256 + k): byte for k, byte in enumerate(others)}
+
+
+_BYTE_OF_CHARACTER = _byte_level_alphabet()
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's token for a byte outside its vocabulary
 
 
 class TextCodec:
@@ -42,6 +54,20 @@ class TextCodec:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         text: str = self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
         return text
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for: a byte-level token may hold part of a character, which its text alone
+        (U+FFFD) loses."""
+        text = self.decode([token_id], skip_special_tokens=False)
+        if "\ufffd" not in text:
+            return text.encode()
+        piece = self._tokenizer.id_to_token(token_id) or ""
+        fallback = _BYTE_FALLBACK.fullmatch(piece)
+        if fallback is not None:
+            return bytes([int(fallback.group(1), 16)])
+        if piece and all(character in _BYTE_OF_CHARACTER for character in piece):
+            return bytes(_BYTE_OF_CHARACTER[character] for character in piece)
+        return text.encode()
 
     def to_json(self) -> str:
         """The tokenizer as tokenizer.json text."""

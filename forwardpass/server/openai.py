@@ -231,8 +231,7 @@ class _Reply:
         return self.codec.decode([token_id], skip_special_tokens=False)
 
     def token_logprob(self, token_id: int, logprob: float) -> dict[str, Any]:
-        text = self.token_text(token_id)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+        return {"token": self.token_text(token_id), "logprob": logprob, "bytes": list(self.codec.token_bytes(token_id))}
 
     # completions
 

@@ -188,10 +188,29 @@ def test_chat_logprobs_are_the_models_log_softmax(client: openai.OpenAI, chat_id
     assert [entry.logprob for entry in first.top_logprobs] == sorted(
         (entry.logprob for entry in first.top_logprobs), reverse=True
     )
-    assert first.bytes == list(first.token.encode())
+    spelled = b"".join(bytes(entry.bytes or []) for entry in content)
+    assert spelled.decode(errors="replace") == answer.choices[0].message.content
     assert all(entry.logprob == entry.top_logprobs[0].logprob for entry in content)  # greedy: the most likely
     plain = client.chat.completions.create(model="gpt2", messages=CHAT, max_tokens=4, temperature=0)
     assert plain.choices[0].logprobs is None
+
+
+def test_chat_logprobs_bytes_add_up_to_the_text_when_tokens_split_a_character(client: openai.OpenAI) -> None:
+    """The tiny vocabulary spells the rocket as four one-byte tokens (the schema makes the model write it): their
+    `bytes` are what lets a client put the character together, the text of each alone being U+FFFD."""
+    schema: dict[str, Any] = {"type": "object", "properties": {"go": {"const": "🚀"}}, "required": ["go"]}
+    answer = client.chat.completions.create(
+        model="gpt2",
+        messages=CHAT,
+        max_tokens=30,
+        temperature=0,
+        logprobs=True,
+        response_format={"type": "json_schema", "json_schema": {"name": "rocket", "schema": schema}},
+    )
+    choice = answer.choices[0]
+    assert choice.message.content is not None and "🚀" in choice.message.content
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    assert b"".join(bytes(entry.bytes or []) for entry in choice.logprobs.content) == choice.message.content.encode()
 
 
 def test_completions_take_a_list_of_prompts(client: openai.OpenAI, reference, exported) -> None:

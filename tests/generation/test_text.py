@@ -36,6 +36,13 @@ def test_multibyte_character_waits_for_its_last_byte(exported: Path) -> None:
     assert [text.push(token) for token in ids] == ["", "", "", "🚀"]
 
 
+def test_a_tokens_bytes_are_what_it_stands_for_even_within_a_character(exported: Path) -> None:
+    codec = TextCodec(exported / "tokenizer.json")
+    ids = codec.encode("ok 🚀")
+    assert b"".join(codec.token_bytes(token) for token in ids) == "ok 🚀".encode()
+    assert codec.token_bytes(ids[-1]) == "🚀".encode()[-1:]  # its text alone is U+FFFD
+
+
 def test_an_incomplete_character_at_the_end_is_flushed(exported: Path) -> None:
     codec = TextCodec(exported / "tokenizer.json")
     ids = codec.encode("ok 🚀")[:-1]  # the last byte of the rocket missing
