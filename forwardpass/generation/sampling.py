@@ -54,7 +54,9 @@ class SamplingParams:
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
     """One token id from one row of logits [vocab]."""
-    scaled = logits.astype(np.float64) / params.temperature
+    # shifted to a maximum of 0 before scaling: a tiny temperature then sends the others to -inf, never inf - inf
+    with np.errstate(over="ignore"):
+        scaled = (logits.astype(np.float64) - float(logits.max())) / params.temperature
     if 0 < params.top_k < scaled.shape[0]:
         kth = np.partition(scaled, -params.top_k)[-params.top_k]
         scaled = np.where(scaled < kth, -np.inf, scaled)

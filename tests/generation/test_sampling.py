@@ -67,3 +67,11 @@ def test_invalid_parameters_are_refused(field: str, value: float) -> None:
     with pytest.raises(InputError, match=field):
         options: dict[str, Any] = {field: value}
         SamplingParams(**options)
+
+
+def test_a_temperature_near_zero_draws_the_most_likely_token() -> None:
+    """Logits over 1e-320 overflow to infinity: inf - inf made every probability NaN, and the draw the last token."""
+    rng = np.random.default_rng(0)
+    for temperature in (1e-300, 1e-320):
+        params = SamplingParams(temperature=temperature, top_k=3, top_p=0.9)
+        assert {sample(LOGITS * 100, params, rng) for _ in range(50)} == {0}
