@@ -172,6 +172,7 @@ class _Reply:
 
     def __init__(self, prefix: str, kind: str, model: str, generator: Generator, prompt_tokens: list[int]) -> None:
         self.id = f"{prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())  # every chunk of a stream has the same
         self.kind = kind
         self.model = model
         self.codec = generator.codec
@@ -179,7 +180,7 @@ class _Reply:
         self.with_ids = False
 
     def head(self, kind: str) -> dict[str, Any]:
-        return {"id": self.id, "object": kind, "created": int(time.time()), "model": self.model}
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
     def usage(self, completion_tokens: int) -> dict[str, int]:
         prompt_tokens = sum(self.prompt_tokens)
@@ -244,14 +245,18 @@ class _Reply:
 
     async def completion_chunks(self, streams: list[TextStream], include_usage: bool) -> AsyncIterator[dict[str, Any]]:
         usage: dict[str, Any] = {"usage": None} if include_usage else {}
+        offsets = [0] * len(streams)  # each choice's text so far: its tokens' text_offset go on from there
         async for index, (event, delta) in merged([stream.texts() for stream in streams]):
-            choice = self.completion_choice(index, delta, [event], event.finish_reason)
+            choice = self.completion_choice(index, delta, [event], event.finish_reason, offsets[index])
+            offsets[index] += len(self.token_text(event.token_id))
             yield {**self.head(self.kind), "choices": [choice], **usage}
         if include_usage:
             produced = sum(stream.tokens for stream in streams)
             yield {**self.head(self.kind), "choices": [], "usage": self.usage(produced)}
 
-    def completion_choice(self, index: int, text: str, events: list[TokenEvent], reason: str | None) -> dict[str, Any]:
+    def completion_choice(
+        self, index: int, text: str, events: list[TokenEvent], reason: str | None, offset: int = 0
+    ) -> dict[str, Any]:
         choice: dict[str, Any] = {"text": text, "index": index, "logprobs": None, "finish_reason": reason}
         if events and events[0].logprob is not None:
             tokens = [self.token_text(event.token_id) for event in events]
@@ -265,7 +270,7 @@ class _Reply:
                     }
                     for event in events
                 ],
-                "text_offset": list(np.cumsum([0, *map(len, tokens[:-1])]).tolist()),
+                "text_offset": list(np.cumsum([offset, *map(len, tokens[:-1])]).tolist()),
             }
         if self.with_ids:
             choice["token_ids"] = [event.token_id for event in events]

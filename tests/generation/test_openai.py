@@ -229,6 +229,13 @@ def test_completions_take_a_list_of_prompts(client: openai.OpenAI, reference, ex
     logprobs = scored.choices[0].logprobs
     assert logprobs is not None and "".join(logprobs.tokens or []) == scored.choices[0].text
     assert len(logprobs.top_logprobs or []) == 3 and all(len(top) == 2 for top in logprobs.top_logprobs or [])
+    pieces = list(
+        client.completions.create(model="gpt2", prompt=prompts[0], max_tokens=3, temperature=0, logprobs=2, stream=True)
+    )
+    streamed_logprobs = [piece.choices[0].logprobs for piece in pieces]
+    for field in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):  # the chunks add up to the whole
+        assert [item for got in streamed_logprobs for item in getattr(got, field)] == getattr(logprobs, field)
+    assert len({(piece.id, piece.created) for piece in pieces}) == 1
     chunks = list(
         client.completions.create(
             model="gpt2",
