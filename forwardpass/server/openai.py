@@ -118,7 +118,7 @@ class _OpenAiApi:
             read.stop_strings(body),
         )
         reply = _Reply("cmpl", "text_completion", served.name, generator, [len(prompt) for prompt in prompts])
-        reply.with_ids = body.get("return_token_ids") is True
+        reply.with_ids = read.optional_bool(body, "return_token_ids") or False
         if read.streamed(body):
             return _event_stream(reply.completion_chunks(streams, read.include_usage(body)), streams)
         finished = await unless_disconnected(request, _finish_all(streams))
@@ -143,7 +143,7 @@ class _OpenAiApi:
         answers = await asyncio.gather(*(self.dataplane.predict(name, None, group, {}) for group in groups))
         predictions = [item for answer in answers for item in (answer if isinstance(answer, list) else [answer])]
         vectors = [np.asarray(_embedding(prediction), np.float32) for prediction in predictions]
-        dimensions = body.get("dimensions")
+        dimensions = read.optional_int(body, "dimensions", 1, None)
         if dimensions is not None and dimensions != vectors[0].shape[-1]:
             raise InputError(f"'dimensions': model '{name}' gives {vectors[0].shape[-1]}-d vectors, not {dimensions}")
         tokens = await asyncio.to_thread(

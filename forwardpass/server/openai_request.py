@@ -86,6 +86,8 @@ def refuse_unsupported(body: dict[str, Any], accepted: set[str], api: str) -> No
     for key, harmless in _NO_EFFECT.items():
         if key in body and harmless and body[key] not in harmless:
             raise InputError(f"{api}: '{key}': {body[key]!r} is not supported; leave it out")
+    if not isinstance(body.get("user", ""), str | None):
+        raise InputError(f"'user' must be a string (an end-user id), got {body['user']!r:.80}")
 
 
 def model_name(body: dict[str, Any]) -> str:
@@ -161,9 +163,7 @@ def sampling(body: dict[str, Any], logprobs: int | None) -> tuple[SamplingParams
     top_p = _optional_number(body, "top_p", 1.0)
     seed = optional_int(body, "seed", 0, None)
     top_k = optional_int(body, "top_k", 0, None) or 0
-    ignore_eos = body.get("ignore_eos") or False
-    if not isinstance(ignore_eos, bool):
-        raise InputError(f"'ignore_eos' must be true or false, got {ignore_eos!r}")
+    ignore_eos = optional_bool(body, "ignore_eos") or False
     stop_ids = body.get("stop_token_ids") or []
     if not isinstance(stop_ids, list) or not all(_is_int(token) for token in stop_ids):
         raise InputError(f"'stop_token_ids' must be a list of token ids, got {stop_ids!r}")
@@ -202,9 +202,7 @@ def choices(params: SamplingParams, count: int) -> list[SamplingParams]:
 
 
 def chat_logprobs(body: dict[str, Any]) -> int | None:
-    wanted = body.get("logprobs")
-    if wanted is not None and not isinstance(wanted, bool):
-        raise InputError(f"'logprobs' must be true or false, got {wanted!r}")
+    wanted = optional_bool(body, "logprobs")
     top = optional_int(body, "top_logprobs", 0, MAX_LOGPROBS)
     if top is not None and not wanted:
         raise InputError("'top_logprobs' needs 'logprobs': true")
@@ -224,9 +222,7 @@ def stop_strings(body: dict[str, Any]) -> tuple[str, ...]:
 
 
 def streamed(body: dict[str, Any]) -> bool:
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise InputError(f"'stream' must be true or false, got {stream!r}")
+    stream = optional_bool(body, "stream")
     if body.get("stream_options") is not None and not stream:
         raise InputError("'stream_options' is only allowed with 'stream': true")
     return bool(stream)
@@ -243,6 +239,13 @@ def include_usage(body: dict[str, Any]) -> bool:
     if not isinstance(include, bool):
         raise InputError(f"'stream_options.include_usage' must be true or false, got {include!r}")
     return include
+
+
+def optional_bool(body: dict[str, Any], key: str) -> bool | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise InputError(f"'{key}' must be true or false, got {value!r:.80}")
+    return value
 
 
 def optional_int(body: dict[str, Any], key: str, low: int, high: int | None) -> int | None:
