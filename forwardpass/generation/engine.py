@@ -181,6 +181,8 @@ class Generator:
         with self._condition:
             if self._closed:
                 raise Overloaded(f"model '{self.name}' is shutting down; retry on another instance")
+            if len(self._pending) >= self.config.max_queue_size:  # unless some waited in vain: their place is free
+                self._pending = deque(waiting for waiting in self._pending if not waiting.ticket.cancelled)
             if len(self._pending) >= self.config.max_queue_size:
                 raise Overloaded(f"model '{self.name}' has {len(self._pending)} generations waiting, its limit")
             self._pending.append(sequence)

@@ -236,3 +236,26 @@ def test_queue_limit_and_close(exported) -> None:
     assert any(isinstance(outcome, Overloaded) for outcome in outcomes), "a request left unanswered at close"
     with pytest.raises(Overloaded):
         generator.submit([5, 6], long_params, received.put)
+
+
+def test_a_cancelled_request_leaves_the_queue_to_the_next(exported) -> None:
+    """Clients that gave up while their requests waited behind a full batch must not fill the queue for as long as
+    the batch stays full (minutes of long generations): a request that finds the queue full takes their place."""
+    import forwardpass
+    from forwardpass.config import GenerationConfig
+    from forwardpass.generation import TextCodec
+
+    model = forwardpass.load(exported)
+    config = GenerationConfig(max_queue_size=1, max_batch_size=1, eos_token_ids=[0], context_length=128)
+    generator = Generator(model.session, config, TextCodec(exported / "tokenizer.json"), "gpt2")
+    received: queue.SimpleQueue[TokenEvent | ForwardpassError] = queue.SimpleQueue()
+    long_params = SamplingParams(max_new_tokens=120, ignore_eos=True)
+    try:
+        generator.submit([5, 6], long_params, received.put)
+        assert isinstance(received.get(timeout=30), TokenEvent)  # running: the queue is empty again
+        generator.submit([5, 6], long_params, received.put).cancel()  # waited, then its client went away
+        generator.submit([5, 6], long_params, received.put)  # the queue's one place is free again
+        with pytest.raises(Overloaded):
+            generator.submit([5, 6], long_params, received.put)
+    finally:
+        generator.close()
