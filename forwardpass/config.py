@@ -48,6 +48,7 @@ __all__ = [
     "TensorConfig",
     "TextConfig",
     "TextDetectionConfig",
+    "category_text",
 ]
 
 
@@ -175,6 +176,13 @@ class TextConfig(_Strict):
     )
 
 
+def category_text(value: object) -> str:
+    """How a record's value and a model's category compare: as text, a number 1.0 the same category as 1."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 class TabularColumn(_Strict):
     name: str = Field(description="the record's field this column reads (one input per column: the input's name too)")
     transform: Literal["none", "standard", "minmax"] = Field(
@@ -191,9 +199,16 @@ class TabularColumn(_Strict):
         "the tabular section sets impute_absent: true)",
     )
     categories: list[str] | None = Field(default=None, description="one-hot encode into len(categories) features")
+    codes: list[str] | None = Field(
+        default=None,
+        description="a category the model takes as one feature holding its code: the value's position in this list "
+        "(LightGBM's and XGBoost's categorical features, in the order their files record)",
+    )
 
     @model_validator(mode="after")
     def _check_scales(self) -> TabularColumn:
+        if self.categories is not None and self.codes is not None:
+            raise ValueError("a column is one-hot encoded (categories) or coded (codes), not both")
         if self.transform == "standard" and self.std == 0:
             raise ValueError("std must not be 0 for transform: standard")
         if self.transform == "minmax" and self.max == self.min:

@@ -28,8 +28,8 @@ def shap_attributions(model: Model, record: Mapping[str, Any], index: int) -> di
     config = model.config.preprocess
     if not isinstance(config, TabularConfig):
         raise ConfigError(f"model '{model.name}': SHAP explanations need a tabular model")
-    if any(column.categories is not None for column in config.columns):
-        raise ConfigError(f"model '{model.name}': SHAP explanations support numeric columns only, not one-hot ones")
+    if any(column.categories is not None or column.codes is not None for column in config.columns):
+        raise ConfigError(f"model '{model.name}': SHAP explanations support numeric columns only, not categories")
     try:
         import shap
     except ImportError:

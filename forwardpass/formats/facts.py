@@ -40,6 +40,7 @@ class ModelFacts:
     label_output: str | None = None  # the output holding the predicted class itself
     feature_names: tuple[str, ...] | None = None  # the columns, in the model's input order
     string_features: frozenset[str] = frozenset()  # columns the model takes as text (categories)
+    category_codes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # column → its categories in code order
     distributions: dict[str, str] = field(default_factory=dict)  # output → "softmax" | "sigmoid" | "probabilities"
     decision_scores: bool = False  # a classifier's scores are a decision function, not probabilities
     batch_first: bool | None = None  # None: the format's convention (batch first), unchecked

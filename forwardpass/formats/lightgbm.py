@@ -11,6 +11,7 @@ indices point nowhere.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from forwardpass.backends.base import Session
-from forwardpass.config import EngineConfig
+from forwardpass.config import EngineConfig, category_text
 from forwardpass.errors import ConfigError
 from forwardpass.formats.base import ConvertOptions, LoadOptions, require
 from forwardpass.formats.facts import ModelFacts
@@ -132,8 +133,9 @@ class LightGBMFormat:
         names = header.get(b"feature_names", b"").decode("utf-8", "replace").split()
         # LightGBM names unnamed features Column_0, Column_1, ...: those are no names
         features = tuple(names) if names and names != [f"Column_{i}" for i in range(len(names))] else None
+        codes = _pandas_category_codes(path, header, features)
         if objective not in CLASSIFIER_OBJECTIVES:
-            return ModelFacts(source="LightGBM", task="regression", feature_names=features)
+            return ModelFacts(source="LightGBM", task="regression", feature_names=features, category_codes=codes)
         count = max(int(header.get(b"num_class", b"1")), 2)
         return ModelFacts(
             source="LightGBM",
@@ -142,6 +144,7 @@ class LightGBMFormat:
             scores_output="probabilities",
             label_output="label",
             feature_names=features,
+            category_codes=codes,
             distributions={"probabilities": "probabilities"},
         )
 
@@ -166,6 +169,35 @@ class LightGBMFormat:
         if problem:
             raise ConfigError(f"{path}: corrupt lightgbm model: {problem}")
         return checked, header.get(b"objective", b"").decode("ascii", "replace").partition(" ")[0]
+
+
+def _pandas_category_codes(
+    path: Path, header: dict[bytes, bytes], features: tuple[str, ...] | None
+) -> dict[str, tuple[str, ...]]:
+    """The categories of each DataFrame `category` column, in code order: lightgbm's Python package writes them on the
+    file's last line (`pandas_categorical:`, one list per such column, in column order) and codes values by them.
+    A categorical feature's `feature_infos` lists the codes it saw (`-1:2:0`), a numeric one its range (`[lo:hi]`)."""
+    if features is None:
+        return {}
+    last = path.read_bytes().rstrip().rpartition(b"\n")[2]
+    if not last.startswith(b"pandas_categorical:"):
+        return {}
+    try:
+        lists = json.loads(last.partition(b":")[2])
+    except ValueError:
+        raise ConfigError(f"{path}: corrupt lightgbm model: its pandas_categorical line is not JSON") from None
+    infos = header.get(b"feature_infos", b"").split()
+    categorical = [name for name, info in zip(features, infos, strict=False) if not info.startswith((b"[", b"none"))]
+    if not lists:
+        return {}
+    if not isinstance(lists, list) or len(lists) != len(categorical):
+        raise ConfigError(
+            f"{path}: its pandas_categorical line lists {len(lists) if isinstance(lists, list) else 0} category "
+            f"columns for {len(categorical)} categorical features; save it again with lightgbm's Booster.save_model"
+        )
+    return {
+        name: tuple(category_text(value) for value in values) for name, values in zip(categorical, lists, strict=True)
+    }
 
 
 def _fields(block: bytes) -> dict[bytes, bytes]:

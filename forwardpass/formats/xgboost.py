@@ -12,6 +12,7 @@ point nowhere.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from forwardpass.backends.base import Session
-from forwardpass.config import EngineConfig
+from forwardpass.config import EngineConfig, category_text
 from forwardpass.errors import ConfigError
 from forwardpass.formats.base import ConvertOptions, LoadOptions, require
 from forwardpass.formats.facts import ModelFacts
@@ -157,10 +158,12 @@ class XGBoostFormat:
 
     def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
         checked, learner = self._read(path)
-        names = json.loads(checked)["learner"].get("feature_names") or None
+        model = json.loads(checked)["learner"]
+        names = model.get("feature_names") or None
         features = tuple(str(name) for name in names) if names else None
+        codes = _category_codes(model, features)
         if learner.objective not in CLASSIFIER_OBJECTIVES:
-            return ModelFacts(source="XGBoost", task="regression", feature_names=features)
+            return ModelFacts(source="XGBoost", task="regression", feature_names=features, category_codes=codes)
         # multi:softmax is served as its per-class margins (onnxmltools writes the same); the others as probabilities
         margins = learner.objective == "multi:softmax"
         return ModelFacts(
@@ -170,6 +173,7 @@ class XGBoostFormat:
             scores_output="probabilities",
             label_output="label",
             feature_names=features,
+            category_codes=codes,
             distributions={} if margins else {"probabilities": "probabilities"},
         )
 
@@ -191,6 +195,22 @@ class XGBoostFormat:
         if problem:
             raise ConfigError(f"{path}: corrupt xgboost model: {problem}")
         return checked, learner
+
+
+def _category_codes(model: dict[str, Any], features: tuple[str, ...] | None) -> dict[str, tuple[str, ...]]:
+    """The categories of each categorical feature in code order, as XGBoost (3.1 on) records the DataFrame's: per
+    feature, text as UTF-8 bytes cut at `offsets`, or numbers as `values`; a feature with none is numeric."""
+    booster = model["gradient_booster"]
+    encodings = booster.get("gbtree", booster)["model"].get("cats", {}).get("enc", [])
+    codes: dict[str, tuple[str, ...]] = {}
+    for name, encoding in zip(features or (), encodings, strict=False):
+        values, offsets = encoding.get("values", []), encoding.get("offsets", [])
+        if offsets:
+            text = bytes(values)
+            codes[name] = tuple(text[start:end].decode() for start, end in itertools.pairwise(offsets))
+        elif values:
+            codes[name] = tuple(category_text(value) for value in values)
+    return codes
 
 
 def _model_problem(model: dict[str, Any]) -> str | None:

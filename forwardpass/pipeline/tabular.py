@@ -1,4 +1,5 @@
-"""Tabular records: named columns in a fixed order, standardization / min-max, imputation, one-hot categories.
+"""Tabular records: named columns in a fixed order, standardization / min-max, imputation, one-hot categories or
+category codes.
 
 A record must hold exactly the model's columns: an absent column or a field that is no column is an error naming it
 (a misspelled `BMI` for `bmi` would otherwise score as if the value were missing). `impute` fills null and empty
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from forwardpass.config import TabularColumn, TabularConfig
+from forwardpass.config import TabularColumn, TabularConfig, category_text
 from forwardpass.errors import DTypeError, InputError, MissingFieldError
 from forwardpass.pipeline.records import PLAIN_NUMBERS, check_fields, is_missing, record_number
 from forwardpass.tensor import DataType, TensorSpec
@@ -37,7 +38,9 @@ class TabularPreprocessor:
         self._per_column = {spec.name: spec.dtype for spec in per_column} if per_column else None
         # All-numeric columns: a record of finite numbers is scaled in one vector operation (the same float64
         # arithmetic, (value - shift) / divisor, as `_scale`); anything else takes the per-column path below.
-        self._vectorized = self._per_column is None and all(column.categories is None for column in self.columns)
+        self._vectorized = self._per_column is None and all(
+            column.categories is None and column.codes is None for column in self.columns
+        )
         self._shift, self._divisor = np.array([_shift_and_divisor(column) for column in self.columns]).T
 
     def __call__(self, raw: object) -> dict[str, np.ndarray]:
@@ -58,6 +61,8 @@ class TabularPreprocessor:
             value = _filled(column, raw.get(column.name))
             if column.categories is not None:
                 features.extend(_one_hot(column, value))
+            elif column.codes is not None:
+                features.append(_code(column, value))
             else:
                 features.append(_scale(column, _number(column.name, value)))
         return {self.input_name: np.asarray(features, dtype=self._dtype)}
@@ -68,7 +73,9 @@ class TabularPreprocessor:
         assert self._per_column is not None
         dtype = self._per_column[column.name]
         if dtype is DataType.BYTES:
-            return np.array([value if isinstance(value, str) else _text(value)], dtype=object)
+            return np.array([value if isinstance(value, str) else category_text(value)], dtype=object)
+        if column.codes is not None:
+            return np.array([_code(column, value)], dtype=dtype.numpy_dtype)
         return np.array([_scale(column, _number(column.name, value))], dtype=dtype.numpy_dtype)
 
 
@@ -97,20 +104,22 @@ def _number(name: str, value: object) -> float:
     return number
 
 
-def _text(value: object) -> str:
-    """A category sent as a number: 1.0 is still the category "1"."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def _scale(column: TabularColumn, value: float) -> float:
     shift, divisor = _shift_and_divisor(column)
     return (value - shift) / divisor
 
 
+def _code(column: TabularColumn, value: object) -> float:
+    """A category's code: its position in the model's list (a category it never saw is refused, never guessed)."""
+    codes = column.codes or []
+    try:
+        return float(codes.index(category_text(value)))
+    except ValueError:
+        raise InputError(f"column '{column.name}': {value!r} is not one of {codes}") from None
+
+
 def _one_hot(column: TabularColumn, value: object) -> list[float]:
     categories = column.categories or []
-    if _text(value) not in categories:
+    if category_text(value) not in categories:
         raise InputError(f"column '{column.name}': {value!r} is not one of {categories}")
-    return [1.0 if _text(value) == category else 0.0 for category in categories]
+    return [1.0 if category_text(value) == category else 0.0 for category in categories]

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from forwardpass.config import FieldSchema, InputSchemaConfig
+from forwardpass.config import FieldSchema, InputSchemaConfig, category_text
 from forwardpass.errors import SchemaError
 from forwardpass.pipeline.records import PLAIN_NUMBERS, record_number
 
@@ -85,7 +85,7 @@ def _check(name: str, rule: FieldSchema, value: object) -> str | None:
         return f"field '{name}': {value!r} is not true or false (rule: type boolean)"
     elif rule.type == "string" and not isinstance(value, str):
         return f"field '{name}': {value!r} is not text (rule: type string)"
-    if rule.categories is not None and _text(value) not in rule.categories:
+    if rule.categories is not None and category_text(value) not in rule.categories:
         return f"field '{name}': {value!r} is not one of {rule.categories} (rule: categories)"
     return None
 
@@ -97,9 +97,3 @@ def _as_number(value: object) -> float | None:
         return None
     number = record_number(value)
     return number if number is not None and math.isfinite(number) else None
-
-
-def _text(value: object) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))  # a category 1 sent as 1.0 is still "1"
-    return str(value)

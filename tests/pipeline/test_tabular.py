@@ -119,6 +119,14 @@ def test_one_hot_categories():
     assert out.tolist() == [0.0, 0.0, 1.0, 7.0, 0.0, 1.0]
 
 
+def test_a_coded_category_is_its_position_in_the_list_and_an_unseen_one_is_refused():
+    pre = preprocessor([TabularColumn(name="size", codes=["10", "20", "30"]), TabularColumn(name="n")])
+    assert pre({"size": 30, "n": 7})["features"].tolist() == [2.0, 7.0]
+    assert pre({"size": 20.0, "n": 7})["features"].tolist() == [1.0, 7.0]  # the number 20.0 is the category "20"
+    with pytest.raises(InputError, match=r"column 'size': 2 is not one of \['10', '20', '30'\]"):
+        pre({"size": 2, "n": 7})  # a code sent as the value is no category of the model's
+
+
 def test_unknown_category_names_the_column():
     pre = preprocessor([TabularColumn(name="colour", categories=["red", "green"])])
     with pytest.raises(InputError) as info:
