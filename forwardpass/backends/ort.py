@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -19,6 +21,8 @@ log = logging.getLogger(__name__)
 
 # Fastest first; CPU is always last so a model always has somewhere to run.
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+_BFLOAT16 = "tensor(bfloat16)"
+_BFLOAT16_TYPE = 16  # onnx.TensorProto.BFLOAT16, without importing onnx
 _OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -49,7 +53,11 @@ def session_options(engine: EngineConfig) -> ort.SessionOptions:
 
 
 class OrtSession:
-    """An `onnxruntime.InferenceSession` behind the `Session` interface."""
+    """An `onnxruntime.InferenceSession` behind the `Session` interface.
+
+    BF16 tensors, which numpy lacks and ONNX Runtime's Python API neither takes as arrays nor gives back, are FP32
+    here: cast to the nearest bfloat16 on the way in, exactly widened on the way out.
+    """
 
     def __init__(self, path: Path, engine: EngineConfig | None = None) -> None:
         engine = engine or EngineConfig()
@@ -62,6 +70,8 @@ class OrtSession:
         self.inputs = [_spec(arg) for arg in self._session.get_inputs()]
         self.outputs = [_spec(arg) for arg in self._session.get_outputs()]
         self._output_names = [spec.name for spec in self.outputs]
+        self._bfloat16_inputs = [arg.name for arg in self._session.get_inputs() if arg.type == _BFLOAT16]
+        self._bfloat16_outputs = [arg.name for arg in self._session.get_outputs() if arg.type == _BFLOAT16]
         # ZipMap (skl2onnx's default classifier output): one {class: probability} map per row, made a [batch, classes]
         self._maps = [arg.name for arg in self._session.get_outputs() if arg.type.startswith("seq(map(")]
         self._text_inputs = [spec.name for spec in self.inputs if spec.dtype is DataType.BYTES]
@@ -76,7 +86,10 @@ class OrtSession:
         if self._text_inputs:
             inputs = {**inputs, **{name: as_text(name, inputs[name]) for name in self._text_inputs if name in inputs}}
         try:
-            results = self._session.run(self._output_names, inputs)
+            if self._bfloat16_inputs or self._bfloat16_outputs:
+                results = self._run_bfloat16(inputs)
+            else:
+                results = self._session.run(self._output_names, inputs)
         except (InvalidArgument, ValueError) as exc:
             raise InputError(f"the model refused the input: {str(exc).splitlines()[0]}") from None
         except (Fail, RuntimeException) as exc:  # a kernel failing on this input's values or sizes (e.g. a Reshape)
@@ -85,6 +98,24 @@ class OrtSession:
         for name in self._maps:
             named[name] = np.array([list(row.values()) for row in named[name]], dtype=np.float32)
         return named
+
+    def _run_bfloat16(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """A run through OrtValues, the only way BF16 tensors pass ONNX Runtime's Python API."""
+        from ml_dtypes import bfloat16  # onnx's dependency; ~1 s to import, so only for a model that has BF16
+
+        feeds = {
+            name: ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                np.asarray(value, np.float32).astype(bfloat16).view(np.uint16), _BFLOAT16_TYPE
+            )
+            if name in self._bfloat16_inputs
+            else ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
+            for name, value in inputs.items()
+        }
+        values = self._session.run_with_ort_values(self._output_names, feeds)
+        return [
+            _bfloat16_array(value, bfloat16) if name in self._bfloat16_outputs else value.numpy()
+            for name, value in zip(self._output_names, values, strict=True)
+        ]
 
     def io_binding(self) -> ort.IOBinding:
         """Inputs and outputs bound to memory the caller keeps (a decoder's KV cache updated in place)."""
@@ -115,8 +146,18 @@ class OrtSession:
             log.debug("warm-up skipped: %s", exc)
 
 
+def _bfloat16_array(value: ort.OrtValue, bfloat16: Any) -> np.ndarray:
+    """A BF16 result as float32, read from its memory (`OrtValue.numpy` has no numpy type to give it)."""
+    shape = value.shape()
+    bits = (ctypes.c_uint16 * int(np.prod(shape))).from_address(value.data_ptr())
+    widened: np.ndarray = np.ctypeslib.as_array(bits).view(bfloat16).astype(np.float32)  # a copy: ORT frees `bits`
+    return widened.reshape(shape)
+
+
 def _spec(arg: ort.NodeArg) -> TensorSpec:
     if arg.type.startswith("seq(map("):  # ZipMap's maps, given as probabilities [batch, classes]
         return TensorSpec(arg.name, DataType.FP32, (-1, -1))
     shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in arg.shape)
+    if arg.type == _BFLOAT16:  # in and out as FP32 (see OrtSession)
+        return TensorSpec(arg.name, DataType.FP32, shape)
     return TensorSpec(arg.name, DataType.from_name(arg.type), shape)

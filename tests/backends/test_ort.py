@@ -211,3 +211,37 @@ def test_bytes_that_are_not_utf8_are_an_input_error_naming_the_tensor(echo_text:
     session = OrtSession(echo_text, EngineConfig(warmup=0))
     with pytest.raises(InputError, match=r"'text'.*UTF-8"):
         session.run({"text": np.array([b"\xff"], dtype=object)})
+
+
+def test_bfloat16_inputs_and_outputs_go_in_and_come_back_as_float32(tmp_path: Path):
+    """ONNX Runtime's Python API takes no numpy array for a BF16 input and gives none back for a BF16 output."""
+    nodes = [
+        helper.make_node("Cast", ["scores"], ["as_float"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["values"], ["halved"], to=TensorProto.BFLOAT16),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bfloat16_io",
+        [
+            helper.make_tensor_value_info("scores", TensorProto.BFLOAT16, ["batch", 3]),
+            helper.make_tensor_value_info("values", TensorProto.FLOAT, ["batch", 3]),
+        ],
+        [
+            helper.make_tensor_value_info("as_float", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("halved", TensorProto.BFLOAT16, ["batch", 3]),
+        ],
+    )
+    path = tmp_path / "bfloat16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    session = OrtSession(path, EngineConfig(warmup=0))
+    assert [(spec.name, spec.dtype) for spec in session.inputs] == [
+        ("scores", DataType.FP32),
+        ("values", DataType.FP32),
+    ]
+    assert [spec.dtype for spec in session.outputs] == [DataType.FP32, DataType.FP32]
+
+    values = np.array([[1.0, 0.1, -3.3], [1e-3, 65504.0, 2.0]], np.float32)
+    rounded = np.array([[1.0, 0.10009765625, -3.296875], [0.00099945068359375, 65536.0, 2.0]], np.float32)
+    got = session.run({"scores": values, "values": values})
+    np.testing.assert_array_equal(got["as_float"], rounded)  # to the nearest bfloat16, as ONNX's Cast rounds
+    np.testing.assert_array_equal(got["halved"], rounded)
