@@ -78,13 +78,20 @@ def _categories_by_column(estimator: Any) -> dict[str, list[Any]]:
 
 
 def _column_transformers(estimator: Any) -> list[tuple[Any, list[str]]]:
-    """(transformer, its column names) of every ColumnTransformer in the model, nested pipelines included."""
+    """(transformer, its column names) of every ColumnTransformer in the model, nested pipelines included, and the
+    one a HistGradientBoosting model fitted on DataFrame categories keeps to encode them (`_preprocessor`)."""
     found: list[tuple[Any, list[str]]] = []
     names = getattr(estimator, "feature_names_in_", None)
     for step in _steps(estimator):
-        for _, transformer, columns in getattr(step, "transformers_", []):
+        preprocessor = getattr(step, "_preprocessor", None)
+        for _, transformer, columns in [
+            *getattr(step, "transformers_", []),
+            *getattr(preprocessor, "transformers_", []),
+        ]:
             if isinstance(columns, str):
                 columns = [columns]
+            if isinstance(columns, np.ndarray) and columns.dtype == bool and names is not None:
+                columns = list(np.asarray(names)[columns])  # a mask over the model's columns
             if isinstance(columns, list | tuple | np.ndarray):
                 resolved = [
                     str(names[c]) if isinstance(c, int | np.integer) and names is not None else str(c) for c in columns
