@@ -43,7 +43,12 @@ class SchemaCompiler:
         failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer)
         if failed:
             raise InputError(f"response_format: the JSON schema cannot be compiled: {_one_line(' '.join(messages))}")
-        return JsonSchema(self, grammar)
+        compiled = JsonSchema(self, grammar)
+        start = compiled.matcher()
+        start.constrain(np.zeros(self.vocab_size, np.float32))  # the first step's tokens: the matcher sees if any
+        if start.done:  # e.g. a $ref to itself: compiled, but the document ends before it begins
+            raise InputError("response_format: no JSON document follows the schema (is it its own definition?)")
+        return compiled
 
 
 class JsonSchema:

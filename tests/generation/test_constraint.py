@@ -71,3 +71,10 @@ def test_a_schema_that_cannot_be_compiled_is_refused(generator: Generator) -> No
         with pytest.raises(InputError, match="JSON schema cannot be compiled") as refused:
             generator.json_schema(schema)
         assert "\n" not in str(refused.value)  # one line, as every refusal
+
+
+def test_a_schema_no_document_follows_is_refused(generator: Generator) -> None:
+    """llguidance compiles a $ref to itself without a word, then ends the document before its first character: the
+    answer would be an empty text with finish_reason "stop", as if it were the document."""
+    with pytest.raises(InputError, match="no JSON document follows the schema"):
+        generator.json_schema({"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}})
