@@ -32,6 +32,7 @@ from forwardpass.errors import ConfigError, InputError, MissingExtraError
 from forwardpass.formats import convert_model
 from forwardpass.formats.base import ConvertOptions, LoadOptions
 from forwardpass.formats.sklearn import SKLEARN
+from tests.formats.categorical_data import Categorical, class_scores
 
 TRUSTED = LoadOptions(trust_pickle=True)
 ENGINE = EngineConfig(intra_op_threads=1)
@@ -276,28 +277,15 @@ def assert_one_error(done: subprocess.CompletedProcess[str], *words: str) -> Non
     assert all(word in errors[0] for word in words), errors[0]
 
 
-def test_hist_gradient_boosting_on_dataframe_categories_takes_them_as_text_and_numbers(tmp_path: Path) -> None:
-    import pandas as pd
+def test_hist_gradient_boosting_on_dataframe_categories_takes_them_as_text_and_numbers(
+    categorical: Categorical, tmp_path: Path
+) -> None:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    rng = np.random.default_rng(0)
-    rows = 300
-    frame = pd.DataFrame(
-        {
-            "amount": rng.normal(size=rows),
-            "size": pd.Categorical(rng.choice([10, 20, 30], rows)),
-            "colour": pd.Categorical(rng.choice(["red", "green", "blue"], rows)),
-        }
-    )
-    target = (((frame["size"] == 20) ^ (frame["colour"] == "green")) | (frame["amount"] > 1)).astype(int)
-    classifier = HistGradientBoostingClassifier(max_iter=10, categorical_features="from_dtype").fit(frame, target)
+    classifier = HistGradientBoostingClassifier(max_iter=10, categorical_features="from_dtype")
+    classifier.fit(categorical.frame, categorical.target)
     joblib.dump(classifier, tmp_path / "categories.joblib")
-    held_out = frame.iloc[:12]
-    records = [
-        {"amount": float(row.amount), "size": int(row.size), "colour": str(row.colour)} for row in held_out.itertuples()
-    ]
 
     model = forwardpass.load(tmp_path / "categories.joblib", trust_pickle=True, intra_op_threads=1)
-    answers = model.predict(records)
-    scores = np.array([[entry["score"] for entry in sorted(a["top_k"], key=lambda e: e["index"])] for a in answers])
-    np.testing.assert_allclose(scores, classifier.predict_proba(held_out), atol=TOLERANCE)
+    scores = class_scores(model.predict(categorical.records))
+    np.testing.assert_allclose(scores, classifier.predict_proba(categorical.held_out), atol=TOLERANCE)

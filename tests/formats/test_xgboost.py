@@ -26,6 +26,7 @@ from forwardpass.errors import ConfigError, InputError, MissingExtraError
 from forwardpass.formats import ServeMode, convert_model
 from forwardpass.formats.base import ConvertOptions, LoadOptions
 from forwardpass.formats.xgboost import XGBOOST
+from tests.formats.categorical_data import Categorical, class_scores
 
 ENGINE = EngineConfig(intra_op_threads=1)
 TOLERANCE = 1e-4
@@ -135,10 +136,7 @@ def test_softmax_objective_predicts_its_classes_with_the_softmax_of_its_margins(
     answers = model.predict(list(test_x))
     assert model.serving.engine == serve
     assert [answer["label"] for answer in answers] == [str(int(label)) for label in booster.predict(matrix)]
-    scores = np.array(
-        [[entry["score"] for entry in sorted(answer["top_k"], key=lambda e: e["index"])] for answer in answers]
-    )
-    np.testing.assert_allclose(scores, probabilities, atol=1e-5)
+    np.testing.assert_allclose(class_scores(answers), probabilities, atol=1e-5)
 
 
 def test_regressor_native_and_converted_match_xgboost(tmp_path: Path) -> None:
@@ -338,43 +336,15 @@ def assert_one_error(done: subprocess.CompletedProcess[str], *words: str) -> Non
     assert all(word in errors[0] for word in words), errors[0]
 
 
-@pytest.fixture(scope="module")
-def categorical_frame() -> tuple[Any, Any]:
-    """A DataFrame with a numeric category (10/20/30) and a text one, as a user fits a model on it."""
-    import pandas as pd
-
-    rng = np.random.default_rng(0)
-    rows = 300
-    frame = pd.DataFrame(
-        {
-            "amount": rng.normal(size=rows),
-            "size": pd.Categorical(rng.choice([10, 20, 30], rows)),
-            "colour": pd.Categorical(rng.choice(["red", "green", "blue"], rows), categories=["red", "green", "blue"]),
-        }
+def test_categorical_features_take_the_categories_the_file_records(categorical: Categorical, tmp_path: Path) -> None:
+    classifier = xgboost.XGBClassifier(n_estimators=ROUNDS, enable_categorical=True, n_jobs=1).fit(
+        categorical.frame, categorical.target
     )
-    target = (((frame["size"] == 20) ^ (frame["colour"] == "green")) | (frame["amount"] > 1)).astype(int)
-    return frame, target
-
-
-def test_categorical_features_take_the_categories_the_file_records_xgboost(
-    categorical_frame: tuple[Any, Any], tmp_path: Path
-) -> None:
-    frame, target = categorical_frame
-    classifier = xgboost.XGBClassifier(n_estimators=ROUNDS, enable_categorical=True, n_jobs=1).fit(frame, target)
     path = tmp_path / "categorical.json"
     classifier.save_model(path)
-    held_out = frame.iloc[:12]
-    records = [
-        {"amount": float(row.amount), "size": int(row.size), "colour": str(row.colour)} for row in held_out.itertuples()
-    ]
 
     model = forwardpass.load(path, intra_op_threads=1)
-    scores = np.array(
-        [
-            [entry["score"] for entry in sorted(answer["top_k"], key=lambda e: e["index"])]
-            for answer in model.predict(records)
-        ]
-    )
-    np.testing.assert_allclose(scores, classifier.predict_proba(held_out), atol=TOLERANCE)
+    scores = class_scores(model.predict(categorical.records))
+    np.testing.assert_allclose(scores, classifier.predict_proba(categorical.held_out), atol=TOLERANCE)
     with pytest.raises(InputError, match=r"column 'colour': 'purple' is not one of \['red', 'green', 'blue'\]"):
-        model.predict({**records[0], "colour": "purple"})
+        model.predict({**categorical.records[0], "colour": "purple"})
