@@ -405,8 +405,9 @@ def _labels_of(served: Served, output: str) -> list[str] | None:
 
 
 def _classify(values: np.ndarray, k: int, labels: list[str] | None, batched: bool) -> np.ndarray:
-    """Triton's classification extension: the top `k` of each row as "score:index[:label]" strings."""
-    rows = values.reshape(values.shape[0], -1) if batched and values.ndim > 1 else values.reshape(1, -1)
+    """Triton's classification extension: the top `k` of each row as "score:index[:label]" strings ([rows, k]); an
+    output of one score per row ([batch]) has rows of one score, an unbatched model's output is one row ([k])."""
+    rows = values.reshape(values.shape[0], -1) if batched else values.reshape(1, -1)
     rows = rows.astype(np.float64)
     k = min(k, rows.shape[1])
     best = np.argsort(-rows, axis=1, kind="stable")[:, :k]
@@ -415,7 +416,7 @@ def _classify(values: np.ndarray, k: int, labels: list[str] | None, batched: boo
         for j, index in enumerate(indexes.tolist()):
             label = f":{labels[index]}" if labels and index < len(labels) else ""
             result[r, j] = f"{rows[r, index]:f}:{index}{label}"
-    return result if batched and values.ndim > 1 else result.reshape(k)
+    return result if batched else result.reshape(k)
 
 
 def _timeout_s(parameters: dict[str, Any], settings: ServerSettings) -> float:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 from google.protobuf import json_format
+from onnx import TensorProto, helper, numpy_helper
 
 import forwardpass
 from forwardpass.errors import DeadlineExceeded, ForwardpassError, InputError, NotFoundError
@@ -74,6 +75,30 @@ async def test_classification_of_an_unbatched_model_is_one_top_k_list(dataplane:
     best = np.argsort(-scores, kind="stable")[:2]
     assert response.outputs[0].datatype == "BYTES"
     assert response.outputs[0].data.tolist() == [f"{float(scores[i]):f}:{i}" for i in best]  # no labels: no suffix
+
+
+@pytest.mark.asyncio
+async def test_classification_of_one_score_per_row_answers_every_row(tmp_path: Path, kit: Any):
+    """A batched output of shape [batch] (one score per row, as a classifier's label output) is classified row by
+    row, as Triton does: [batch, 1], not the top entry of the whole batch."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=0)],
+        "row_sums",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch"])],
+        initializer=[numpy_helper.from_array(np.array([1], np.int64), "axes")],
+    )
+    kit.save(graph, tmp_path / "row_sums" / "1", {"max_batch_size": 8})
+    registry = ModelRegistry(Repository(tmp_path))
+    plane = DataPlane(registry, ServerSettings(repository=tmp_path, http_port=0, grpc_port=0))
+    await registry.load_all()
+    try:
+        x = np.arange(12, dtype=np.float32).reshape(3, 4)
+        wanted = [RequestedOutput("total", classification=1)]
+        response = await plane.infer("row_sums", None, x_request(x, wanted))
+    finally:
+        await registry.close()
+    assert response.outputs[0].data.tolist() == [[f"{float(total):f}:0"] for total in x.sum(axis=1)]
 
 
 @pytest.mark.asyncio
