@@ -34,7 +34,7 @@ from forwardpass.server import openai_request as read
 from forwardpass.server.codec import encode_json
 from forwardpass.server.dataplane import DataPlane, model_card
 from forwardpass.server.generate import Generators
-from forwardpass.server.guard import RequestGuard, error_response, off_loop
+from forwardpass.server.guard import RequestGuard, error_response, off_loop, one_line
 from forwardpass.server.metrics import Metrics
 from forwardpass.server.tokens import TextStream, merged, open_streams, unless_disconnected
 
@@ -336,7 +336,7 @@ def _sse(value: dict[str, Any]) -> bytes:
 
 def _error_body(error: ForwardpassError) -> dict[str, Any]:
     kind = "invalid_request_error" if error.http_status < 500 else "server_error"
-    return {"error": {"message": str(error), "type": kind, "param": None, "code": error.http_status}}
+    return {"error": {"message": one_line(error), "type": kind, "param": None, "code": error.http_status}}
 
 
 def openai_error(error: ForwardpassError) -> Response:

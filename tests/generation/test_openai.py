@@ -382,6 +382,20 @@ def test_a_prompt_of_megabytes_is_refused_before_it_is_tokenized(server: str) ->
         assert refused.status_code == 400 and "characters: over 128 tokens" in refused.text, refused.text
 
 
+def test_an_error_never_echoes_the_request_back(server: str) -> None:
+    """An unknown model name or refused field of a megabyte is named in one line of at most 1000 characters (as
+    every other route answers), not sent back whole."""
+    huge = "m" * 2**20
+    for path, body in [
+        ("/v1/chat/completions", {"model": huge, "messages": CHAT}),
+        ("/v1/chat/completions", {"model": "gpt2", "messages": CHAT, "tools": [{"type": huge}]}),
+        ("/v1/embeddings", {"model": f"minilm\n{huge}", "input": "Hi"}),
+    ]:
+        refused = httpx.post(f"{server}{path}", json=body, timeout=60)
+        message = refused.json()["error"]["message"]
+        assert refused.status_code in (400, 404) and len(message) <= 1001 and "\n" not in message, message[:200]
+
+
 def _metrics(server: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     from prometheus_client.parser import text_string_to_metric_families
 
