@@ -222,6 +222,12 @@ def _is_classifier(estimator: Any, path: Path) -> bool:
     from sklearn.base import is_classifier, is_regressor
 
     if is_classifier(estimator):
+        classes = getattr(estimator, "classes_", None)
+        if isinstance(classes, list):  # one array of classes per target: a multi-output (multi-label) classifier
+            raise ConfigError(
+                f"{path}: the {type(estimator).__name__} predicts {len(classes)} targets at once; a model here answers "
+                "one classifier's classes: save one classifier per target"
+            )
         return True
     if is_regressor(estimator):
         return False

@@ -7,6 +7,7 @@ import json
 import pickle
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -289,3 +290,22 @@ def test_hist_gradient_boosting_on_dataframe_categories_takes_them_as_text_and_n
     model = forwardpass.load(tmp_path / "categories.joblib", trust_pickle=True, intra_op_threads=1)
     scores = class_scores(model.predict(categorical.records))
     np.testing.assert_allclose(scores, classifier.predict_proba(categorical.held_out), atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("kind", ["forest", "wrapper"])
+def test_a_classifier_of_several_targets_at_once_is_refused_at_load(kind: str, tmp_path: Path) -> None:
+    from sklearn.multioutput import MultiOutputClassifier
+
+    features, target = load_breast_cancer(return_X_y=True)
+    targets = np.column_stack([target, 1 - target, (features[:, 0] > 14).astype(int)])
+    classifier = (
+        RandomForestClassifier(n_estimators=3, random_state=0)
+        if kind == "forest"
+        else MultiOutputClassifier(LogisticRegression(max_iter=50))
+    )
+    with warnings.catch_warnings(action="ignore"):  # the logistic regression stops before it converges
+        joblib.dump(classifier.fit(features, targets), tmp_path / "labels.joblib")
+    with pytest.raises(
+        ConfigError, match=r"labels.joblib: the \w+ predicts 3 targets at once; .* one classifier per target"
+    ):
+        forwardpass.load(tmp_path / "labels.joblib", trust_pickle=True)
