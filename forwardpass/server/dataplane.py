@@ -49,7 +49,7 @@ from forwardpass.server.triton_config import PLATFORM, triton_config
 from forwardpass.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
 from forwardpass.tensor import DataType, as_text
 
-__all__ = ["EXTENSIONS", "DataPlane"]
+__all__ = ["EXTENSIONS", "UNOFFERED", "DataPlane", "unoffered"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,20 @@ EXTENSIONS = [
     "statistics",
     "parameters",
 ]
+
+# Triton's features this server does not offer, with what to do instead: each transport refuses their calls (HTTP
+# paths, gRPC methods) naming the feature, so that a client (perf_analyzer --shared-memory) says why it stopped.
+UNOFFERED = {
+    "system shared memory": "send the tensors' data in the request",
+    "CUDA shared memory": "send the tensors' data in the request",
+    "trace settings": "per-stage timings are in /metrics and the model statistics",
+    "log settings": "the server logs to stderr; --access-log adds a line per request",
+}
+
+
+def unoffered(feature: str) -> str:
+    """The one-line refusal of a call to `feature`, a key of UNOFFERED."""
+    return f"{feature} is not supported by this server: {UNOFFERED[feature]}"
 
 
 class DataPlane:

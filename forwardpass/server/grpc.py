@@ -6,7 +6,7 @@ here rather than by grpc so that a corrupt one is INVALID_ARGUMENT, not grpc's U
 the gRPC status its class names (errors.py) with its one-line message; inside a stream it becomes that response's
 `error_message` and the stream goes on. With an auth token set, every RPC but the two health checks needs the
 metadata `authorization: Bearer <token>`, as on HTTP. RPCs we do not offer (shared memory, trace, log settings)
-answer UNIMPLEMENTED.
+answer UNIMPLEMENTED naming the feature.
 
 grpcio's synchronous server carries the calls: one thread per call in progress parses it and checks its token, then
 hands the servicer's coroutine to the event loop the data plane lives on and waits for it. On one core with
@@ -38,6 +38,7 @@ from grpc_reflection.v1alpha import reflection
 from forwardpass.errors import ERROR_CLASS_HEADER, ConfigError, ForwardpassError, InputError
 from forwardpass.server import grpc_codec as codec
 from forwardpass.server.access import Access
+from forwardpass.server.dataplane import unoffered
 from forwardpass.server.guard import off_loop, one_line
 from forwardpass.server.proto import grpc_service_pb2 as pb
 from forwardpass.server.streams import STREAM_WINDOW, in_order
@@ -56,6 +57,13 @@ SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
 # The control plane: the admin token's (forwardpass.server.access).
 CONTROL_METHODS = frozenset({"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"})
+# The RPCs of the features not offered (forwardpass.server.dataplane.UNOFFERED), by the start of their names.
+UNOFFERED_METHODS = {
+    "SystemSharedMemory": "system shared memory",
+    "CudaSharedMemory": "CUDA shared memory",
+    "TraceSetting": "trace settings",
+    "LogSettings": "log settings",
+}
 # Unload parameters that change nothing here: we have no ensembles whose dependents could be unloaded too.
 IGNORED_UNLOAD_PARAMETERS = frozenset({"unload_dependents"})
 
@@ -255,6 +263,15 @@ def unary_handler(
     return grpc.unary_unary_rpc_method_handler(handle, response_serializer=serialize)
 
 
+def refusal(message: str) -> grpc.RpcMethodHandler:
+    """A handler answering every call UNIMPLEMENTED with `message`."""
+
+    def handle(raw: bytes, context: Context) -> NoReturn:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+    return grpc.unary_unary_rpc_method_handler(handle, response_serializer=serialize)
+
+
 def stream_handler(
     servicer: InferenceServicer, token: BearerToken | None, loop: asyncio.AbstractEventLoop
 ) -> grpc.RpcMethodHandler:
@@ -349,11 +366,15 @@ def with_access_log(name: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethod
 def method_handlers(
     servicer: InferenceServicer, token: BearerToken | None, loop: asyncio.AbstractEventLoop, log_access: bool = False
 ) -> dict[str, grpc.RpcMethodHandler]:
-    """A handler for every RPC of the service the servicer implements; the others stay UNIMPLEMENTED."""
+    """A handler for every RPC of the service: the servicer's, or a refusal naming a feature not offered."""
     handlers = {"ModelStreamInfer": stream_handler(servicer, token, loop)}
     for method in SERVICE.methods:
         implementation = getattr(servicer, method.name, None)
-        if method.name in handlers or implementation is None:
+        if method.name in handlers:
+            continue
+        if implementation is None:
+            feature = next(name for prefix, name in UNOFFERED_METHODS.items() if method.name.startswith(prefix))
+            handlers[method.name] = refusal(unoffered(feature))
             continue
         check = None
         if token is not None and method.name not in OPEN_METHODS:

@@ -33,7 +33,7 @@ from forwardpass.server.codec import (
     encode_json,
     encode_tf_response,
 )
-from forwardpass.server.dataplane import DataPlane
+from forwardpass.server.dataplane import DataPlane, unoffered
 from forwardpass.server.guard import OFFLOAD_BYTES, RequestGuard, error_response, off_loop
 from forwardpass.server.limits import RequestLimits
 from forwardpass.server.metrics import CONTENT_TYPE
@@ -48,6 +48,14 @@ __all__ = ["OPEN_PATHS", "create_app", "error_response", "v2_routes"]
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("forwardpass.access")
 
+# Where Triton serves the features this server does not offer (forwardpass.server.dataplane.UNOFFERED): a path
+# starting with the first, or ending with the second ("/v2/models/<m>/trace/setting"), is refused naming it.
+UNOFFERED_PATHS = {
+    ("/v2/systemsharedmemory", ""): "system shared memory",
+    ("/v2/cudasharedmemory", ""): "CUDA shared memory",
+    ("/v2/", "/trace/setting"): "trace settings",
+    ("/v2/logging", ""): "log settings",
+}
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", *PAGE_PATHS})  # the page holds no data: see ui
 JSON = "application/json"
 
@@ -303,8 +311,16 @@ async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
         await WebSocketClose()(scope, receive, send)
         return
     path = scope.get("path", "")
+    feature = next((name for (start, end), name in UNOFFERED_PATHS.items() if _spans(path, start, end)), None)
+    if feature is not None:
+        await error_response(InputError(unoffered(feature)))(scope, receive, send)
+        return
     response = Response(encode_json({"error": f"no such endpoint: {scope.get('method')} {path}"}), 404, None, JSON)
     await response(scope, receive, send)
+
+
+def _spans(path: str, start: str, end: str) -> bool:
+    return path.startswith(start) and path.endswith(end)
 
 
 class BearerAuth:

@@ -437,6 +437,24 @@ def test_corrupt_messages_and_unoffered_rpcs_get_proper_codes(grpc_server: Any) 
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+UNOFFERED_CALLS = [
+    (lambda client: client.get_system_shared_memory_status(), "system shared memory"),
+    (lambda client: client.register_system_shared_memory("region", "/key", 16), "system shared memory"),
+    (lambda client: client.unregister_cuda_shared_memory(), "CUDA shared memory"),
+    (lambda client: client.get_trace_settings(), "trace settings"),
+    (lambda client: client.update_log_settings({"log_verbose_level": 1}), "log settings"),
+]
+
+
+@pytest.mark.parametrize(("call", "feature"), UNOFFERED_CALLS)
+def test_unoffered_triton_features_are_refused_naming_them(
+    client: triton.InferenceServerClient, call: Callable[[triton.InferenceServerClient], object], feature: str
+) -> None:
+    error = rpc_error(call, client)  # perf_analyzer --shared-memory system stops with this message
+    assert error.status() == "StatusCode.UNIMPLEMENTED"
+    assert f"{feature} is not supported by this server" in error.message()
+
+
 def test_a_stream_cancelled_midway_leaves_the_server_serving(client: triton.InferenceServerClient) -> None:
     answers: queue.Queue[object] = queue.Queue()
     x = infer_input("x", np.ones((1, 4), np.float32), "FP32")

@@ -107,6 +107,23 @@ def test_classification_extension_gives_triton_style_strings(client, mlp, kit, b
         assert [value.decode() if isinstance(value, bytes) else value for value in answer] == expected
 
 
+UNOFFERED_CALLS = [
+    (lambda client: client.get_system_shared_memory_status(), "system shared memory"),
+    (lambda client: client.register_system_shared_memory("region", "/key", 16), "system shared memory"),
+    (lambda client: client.unregister_cuda_shared_memory(), "CUDA shared memory"),
+    (lambda client: client.get_trace_settings(model_name="mlp"), "trace settings"),
+    (lambda client: client.update_log_settings({"log_verbose_level": 1}), "log settings"),
+]
+
+
+@pytest.mark.parametrize(("call", "feature"), UNOFFERED_CALLS)
+def test_unoffered_triton_features_are_refused_naming_them(client, call, feature):
+    with pytest.raises(InferenceServerException) as caught:  # perf_analyzer --shared-memory stops with this message
+        call(client)
+    assert caught.value.status() == "400"
+    assert f"{feature} is not supported by this server" in caught.value.message()
+
+
 @pytest.mark.parametrize("binary", [False, True])
 def test_bytes_tensors_round_trip(client, binary):
     words = np.array([["héllo", "world"], ["", "ünïcode ✓"]], dtype=object)
