@@ -367,6 +367,30 @@ def _check_image(pre: ImageConfig, by_input: dict[str, TensorSpec], source: str)
             f"makes {made}-channel {pre.layout} images, but input '{spec.name}' is {list(spec.shape)}",
             "set color (RGB or L) and layout (NCHW or NHWC) to what the model takes",
         )
+    takes = tuple(spec.shape[2:4] if pre.layout == "NCHW" else spec.shape[1:3])
+    sized = _fixed_size(pre)
+    if sized is not None and -1 not in takes and sized[1] != takes:
+        height, width = takes
+        _refuse(
+            source,
+            f"preprocess.{sized[0]}",
+            f"makes {sized[1][0]}x{sized[1][1]} images, but input '{spec.name}' takes {height}x{width} "
+            f"({list(spec.shape)})",
+            f"set {sized[0]} to [{height}, {width}]",
+        )
+
+
+def _fixed_size(pre: ImageConfig) -> tuple[str, tuple[int, int]] | None:
+    """The field that sets the [height, width] every image comes out at, and that size; None where the config leaves
+    it to each image (a shorter side, limits, sides rounded to a multiple, text lines)."""
+    if pre.letterbox is not None:
+        return "letterbox", pre.letterbox
+    if pre.crop is not None:
+        return "crop", (pre.crop, pre.crop) if isinstance(pre.crop, int) else pre.crop
+    varying = (pre.min_side, pre.max_side, pre.multiple_of, pre.text_line)
+    if isinstance(pre.resize, tuple) and all(field is None for field in varying):
+        return "resize", pre.resize
+    return None
 
 
 def _refuse(source: str, field: str, problem: str, fix: str | None = None) -> NoReturn:

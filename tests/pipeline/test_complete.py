@@ -1,0 +1,60 @@
+"""A config checked against its model at load (forwardpass.pipeline.complete.check): refused naming the file, the
+field, what the model takes and the fix, before any request is answered wrong or refused one by one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from onnx import TensorProto, helper
+from PIL import Image
+
+import forwardpass
+from forwardpass.errors import ConfigError
+
+
+def image_model(root: Path, preprocess: dict[str, Any]) -> Path:
+    """A repository with one model: an [N, 1, 8, 8] grayscale input (fixed sides), its mean pixel out."""
+    folder = root / "digits"
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["pixels"], ["mean"], axes=[1, 2, 3], keepdims=0)],
+        "mean_pixel",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch"])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "1" / "model.onnx")
+    config = {"preprocess": {"kind": "image", "color": "L", **preprocess}, "postprocess": {"kind": "raw"}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("preprocess", "field", "made"),
+    [
+        ({"resize": 24, "crop": 20}, "crop", "20x20"),
+        ({"resize": [20, 16]}, "resize", "20x16"),
+        ({"letterbox": [16, 16]}, "letterbox", "16x16"),
+    ],
+)
+def test_images_of_another_size_than_the_model_takes_are_refused_at_load(
+    preprocess: dict[str, Any], field: str, made: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        forwardpass.load("digits", repository=image_model(tmp_path, preprocess))
+    assert str(refused.value) == (
+        f"{tmp_path / 'digits' / 'config.yaml'}: field 'preprocess.{field}': makes {made} images, but input 'pixels' "
+        f"takes 8x8 ([-1, 1, 8, 8]); fix: set {field} to [8, 8]"
+    )
+
+
+@pytest.mark.parametrize("preprocess", [{"resize": 12, "crop": 8}, {"resize": [8, 8]}, {"letterbox": [8, 8]}])
+def test_images_made_at_the_size_the_model_takes_are_answered(preprocess: dict[str, Any], tmp_path: Path) -> None:
+    photo = tmp_path / "grey.png"
+    Image.fromarray(np.full((30, 40), 51, np.uint8)).save(photo)
+    model = forwardpass.load("digits", repository=image_model(tmp_path, {**preprocess, "pad_value": 51}))
+    assert model.predict(str(photo))["outputs"]["mean"] == pytest.approx(51 / 255)  # scale: 1/255 by default
