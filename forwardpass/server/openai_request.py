@@ -269,8 +269,13 @@ def _optional_number(body: dict[str, Any], key: str, default: float) -> float:
 
 def texts(value: object) -> list[str]:
     texts = [value] if isinstance(value, str) else value
+    if isinstance(texts, list) and texts and all(_is_int(item) or isinstance(item, list) for item in texts):
+        raise InputError(
+            "'input': token ids are not accepted, only text (ids may be another tokenizer's: LangChain's "
+            "OpenAIEmbeddings sends tiktoken's unless check_embedding_ctx_length=False)"
+        )
     if not isinstance(texts, list) or not texts or not all(isinstance(text, str) and text for text in texts):
-        raise InputError("'input' must be a non-empty string or a non-empty list of them (token ids are not accepted)")
+        raise InputError("'input' must be a non-empty string or a non-empty list of them")
     if len(texts) > MAX_EMBEDDING_INPUTS:
         raise InputError(f"'input' takes at most {MAX_EMBEDDING_INPUTS} texts, got {len(texts)}")
     return texts

@@ -360,6 +360,8 @@ def test_chat_output_follows_a_json_schema(client: openai.OpenAI) -> None:
         (lambda c: c.chat.completions.create(model="gpt2", messages=CHAT, extra_body={"user": 7}), "'user' must"),
         (lambda c: c.completions.create(model="gpt2", prompt="Hi", extra_body={"return_token_ids": 1}), "true or"),
         (lambda c: c.embeddings.create(model="gpt2", input="Hi"), "not an embedding model"),
+        (lambda c: c.embeddings.create(model="minilm", input=[[9906, 1917]]), "check_embedding_ctx_length=False"),
+        (lambda c: c.embeddings.create(model="minilm", input=["Hi", ""]), "non-empty string"),
         (lambda c: c.chat.completions.create(model="minilm", messages=CHAT), "not a decoder"),
     ],
 )
