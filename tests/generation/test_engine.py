@@ -214,14 +214,19 @@ def test_cancel_leaves_the_batch(generator: Generator) -> None:
     assert generator.rows_decoded < 100, "the cancelled generation went on decoding"
 
 
-def test_queue_limit_and_close(exported) -> None:
+def one_waiting_place(exported) -> Generator:
+    """A generator that decodes one sequence at a time and queues one more."""
     import forwardpass
     from forwardpass.config import GenerationConfig
     from forwardpass.generation import TextCodec
 
     model = forwardpass.load(exported)
     config = GenerationConfig(max_queue_size=1, max_batch_size=1, eos_token_ids=[0], context_length=128)
-    generator = Generator(model.session, config, TextCodec(exported / "tokenizer.json"), "gpt2")
+    return Generator(model.session, config, TextCodec(exported / "tokenizer.json"), "gpt2")
+
+
+def test_queue_limit_and_close(exported) -> None:
+    generator = one_waiting_place(exported)
     received: queue.SimpleQueue[TokenEvent | ForwardpassError] = queue.SimpleQueue()
     long_params = SamplingParams(max_new_tokens=120, ignore_eos=True)
     generator.submit([5, 6], long_params, received.put)
@@ -241,13 +246,7 @@ def test_queue_limit_and_close(exported) -> None:
 def test_a_cancelled_request_leaves_the_queue_to_the_next(exported) -> None:
     """Clients that gave up while their requests waited behind a full batch must not fill the queue for as long as
     the batch stays full (minutes of long generations): a request that finds the queue full takes their place."""
-    import forwardpass
-    from forwardpass.config import GenerationConfig
-    from forwardpass.generation import TextCodec
-
-    model = forwardpass.load(exported)
-    config = GenerationConfig(max_queue_size=1, max_batch_size=1, eos_token_ids=[0], context_length=128)
-    generator = Generator(model.session, config, TextCodec(exported / "tokenizer.json"), "gpt2")
+    generator = one_waiting_place(exported)
     received: queue.SimpleQueue[TokenEvent | ForwardpassError] = queue.SimpleQueue()
     long_params = SamplingParams(max_new_tokens=120, ignore_eos=True)
     try:
