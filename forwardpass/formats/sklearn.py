@@ -143,7 +143,7 @@ class SklearnFormat:
         return ModelFacts(
             source="scikit-learn",
             task="classification",
-            classes=tuple(str(label) for label in label_values(np.asarray(estimator.classes_))),
+            classes=_class_names(np.asarray(estimator.classes_)),
             scores_output="probabilities",
             label_output="label",
             feature_names=features,
@@ -216,6 +216,14 @@ class SklearnFormat:
         if not callable(getattr(estimator, "predict", None)):
             raise ConfigError(f"{path}: the sklearn pickle holds a {type(estimator).__name__}, not a fitted model")
         return estimator
+
+
+def _class_names(classes: np.ndarray) -> tuple[str, ...]:
+    """The classes as the framework prints them: a boolean target's are False and True (its label output, as the
+    converters write it, holds 0 and 1)."""
+    if classes.dtype == bool:
+        return tuple(str(label) for label in classes)
+    return tuple(str(label) for label in label_values(classes))
 
 
 def _is_classifier(estimator: Any, path: Path) -> bool:

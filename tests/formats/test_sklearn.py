@@ -309,3 +309,14 @@ def test_a_classifier_of_several_targets_at_once_is_refused_at_load(kind: str, t
         ConfigError, match=r"labels.joblib: the \w+ predicts 3 targets at once; .* one classifier per target"
     ):
         forwardpass.load(tmp_path / "labels.joblib", trust_pickle=True)
+
+
+def test_a_boolean_target_keeps_its_class_names(tmp_path: Path) -> None:
+    features, target = load_breast_cancer(return_X_y=True)
+    classifier = make_pipeline(StandardScaler(), LogisticRegression()).fit(features, target.astype(bool))
+    joblib.dump(classifier, tmp_path / "flag.joblib")
+
+    model = forwardpass.load(tmp_path / "flag.joblib", trust_pickle=True, intra_op_threads=1)
+    answers = model.predict(list(features[:20]))
+    assert [answer["label"] for answer in answers] == [str(label) for label in classifier.predict(features[:20])]
+    assert {answer["label"] for answer in answers} == {"False", "True"}
