@@ -192,6 +192,9 @@ class TorchScriptFormat:
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         torch, module = self._load(path)
         session = TorchSession(module, self._inputs(module, path, options), torch, path)
+        # The exporter dumps the whole graph of a model it fails on, from C++ to stdout (where `predict --json`
+        # writes its answers): to stderr instead
+        torch._C._jit_set_onnx_log_output_stream("stderr")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but honours the opset
             try:

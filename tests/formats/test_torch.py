@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +266,38 @@ def test_shapes_for_inputs_the_model_lacks_are_refused(artefacts: dict[str, Path
     (folder / "config.yaml").write_text(yaml.safe_dump({"source": source}))
     with pytest.raises(ConfigError, match=r"no input named \['pixels'\]; its inputs are \['image'\]"):
         forwardpass.load("cnn", repository=tmp_path / "repo")
+
+
+class NamedOutputs(nn.Module):
+    """A dict of outputs: the TorchScript exporter fails on it (prim::DictConstruct), so it is served natively."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(3, 2)
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.body(features)
+        return {"logits": logits, "probabilities": logits.softmax(dim=1)}
+
+
+def test_the_graph_the_exporter_dumps_on_failing_stays_out_of_predict_json(tmp_path: Path):
+    torch.manual_seed(3)
+    module = NamedOutputs().eval()
+    torch.jit.save(torch.jit.trace(module, torch.randn(2, 3), strict=False), tmp_path / "named.pt")
+    rows = np.random.default_rng(4).standard_normal((2, 3)).astype(np.float32)
+    np.save(tmp_path / "rows.npy", rows)
+    with torch.inference_mode():
+        expected = module(torch.from_numpy(rows))["probabilities"].numpy()
+
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "forwardpass"), "predict", "named.pt", "rows.npy", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    answers = [json.loads(line) for line in done.stdout.splitlines()]  # every line of stdout an answer
+    got = np.array([answer["outputs"]["probabilities"] for answer in answers])
+    assert np.abs(got - expected).max() <= ATOL
