@@ -28,6 +28,17 @@ PEER_PACKAGES = {
     "litserve": ["litserve", "onnxruntime"],
     # Triton 2.51's server binary, Python backend and stubs ship in nvidia-pytriton's wheel (../../../shared/PEERS.md)
     "triton": ["nvidia-pytriton==0.7.0", "onnxruntime==1.32.0"],
+    # bench/http_servers.py: the thin floor under uvicorn and under granian, both from here, at the project's versions
+    "granian": [
+        "granian==2.8.9",
+        "uvicorn==0.55.0",
+        "httptools==0.9.0",
+        "uvloop==0.23.0",
+        "starlette==1.10.0",
+        "orjson==3.13.0",
+        "numpy==2.4.6",
+        "onnxruntime==1.32.0",
+    ],
 }
 # The same batching window for every server that batches: at most 32 requests, the oldest waits at most 2 ms.
 MAX_BATCH_SIZE = 32
