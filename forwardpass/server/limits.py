@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from forwardpass.config import ImageConfig
-from forwardpass.errors import DecodeError, DTypeError, InputError, ShapeError
+from forwardpass.errors import DecodeError, DTypeError, InputError, PayloadTooLarge, ShapeError
 from forwardpass.tensor import DataType, TensorSpec
 
 if TYPE_CHECKING:
@@ -46,6 +46,13 @@ class RequestLimits:
     outputs: int = 0  # how many outputs the model has: a request may ask for no more
     sequences: bool = False  # a stateful model: requests carry sequence ids, each client's own
     max_pixels: int | None = None  # an image model's bound on an image's pixels, before it is decoded
+
+    def check_size(self, size: int) -> None:
+        """A whole request of `size` bytes, already received (a stream's message), against `max_body_bytes`."""
+        if self.max_body_bytes is not None and size > self.max_body_bytes:
+            raise PayloadTooLarge(
+                f"a request of {size} bytes is over model '{self.model}''s limit of {self.max_body_bytes} bytes"
+            )
 
     def check_outputs(self, count: int) -> None:
         if count > self.outputs:

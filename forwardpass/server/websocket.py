@@ -6,7 +6,8 @@ browsers and other clients without gRPC.
     each message out: the V2 infer response, or {"id": "7", "error": "<one line>"}, in the order the requests came
 
 Requests run concurrently (so they can share batches) and are answered in order, as gRPC's ModelStreamInfer does; a
-bad request gets its error message and the stream goes on. Stateful models take `sequence_id`, `sequence_start`
+bad request gets its error message and the stream goes on; a message larger than the model's inputs can fill (HTTP's
+413) is refused unparsed, so its error, in its place, names no id. Stateful models take `sequence_id`, `sequence_start`
 and `sequence_end` in `parameters`; a connection's steps reach the model in the order they were sent. With an auth
 token set, the handshake needs `Authorization: Bearer <token>`; without it the connection is refused (403).
 """
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from forwardpass.errors import ForwardpassError, InputError
+from forwardpass.errors import ForwardpassError, InputError, PayloadTooLarge
 from forwardpass.server.codec import decode_infer_request, decode_json, encode_infer_response, encode_json
 from forwardpass.server.guard import RequestGuard, off_loop, one_line
 from forwardpass.server.streams import in_order
@@ -78,7 +79,11 @@ class _Stream:
         except ForwardpassError as error:
             return _error(_request_id(body), one_line(error))
         try:
+            limits.check_size(len(body))
             request = await off_loop(len(body), _decode, body, limits)
+        except PayloadTooLarge as error:
+            self.dataplane.metrics.failed(limits.model, limits.version, error)
+            return _error(None, one_line(error))
         except ForwardpassError as error:
             self.dataplane.metrics.failed(limits.model, limits.version, error)  # the data plane counts only its own
             return _error(_request_id(body), one_line(error))

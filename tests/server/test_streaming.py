@@ -289,6 +289,19 @@ def test_websocket_serves_stateless_models_too(server: Any) -> None:
     assert [answer["outputs"][0]["data"] for answer in answers] == [[index + 1.0] * 4 for index in range(5)]
 
 
+def test_a_websocket_message_over_the_models_body_limit_is_refused_unread(server: Any) -> None:
+    """HTTP refuses (413) a body larger than the model's inputs can fill before reading it; a stream message is
+    refused the same way, before its JSON is parsed (so its answer, in its place, has no id), and the stream goes on."""
+    oversized = {"id": "big", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0.5] * 100_000}]}
+    small = {"id": "small", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0] * 4}]}
+    with connect(f"ws://127.0.0.1:{server.port}/v2/models/add/stream") as websocket:
+        websocket.send(orjson.dumps(oversized).decode())
+        websocket.send(orjson.dumps(small).decode())
+        refused, answered = (orjson.loads(websocket.recv(timeout=60)) for _ in range(2))
+    assert list(refused) == ["error"] and "over model 'add''s limit" in refused["error"], refused
+    assert answered["outputs"][0]["data"] == [2.0] * 4
+
+
 def test_websocket_needs_the_token_when_the_server_has_one(stream_repository: Path, kit: Any) -> None:
     guarded = kit.serve(stream_repository, auth_token=TOKEN)
     try:
