@@ -127,5 +127,10 @@ class StopStrings:
 
     def _start_of_a_stop(self, text: str) -> int:
         """The length of the longest end of `text` that a stop string begins with."""
-        ends = (size for item in self.strings for size in range(len(item) - 1, 0, -1) if text.endswith(item[:size]))
+        ends = (
+            size
+            for item in self.strings
+            for size in range(min(len(item) - 1, len(text)), 0, -1)
+            if text.endswith(item[:size])
+        )
         return max(ends, default=0)

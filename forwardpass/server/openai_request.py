@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 MAX_STOP_STRINGS = 4  # OpenAI's limits
 MAX_CHOICES = 16
 MAX_EMBEDDING_INPUTS = 2048
+# Each token's text is matched against every start of every stop string (StopStrings): a stop string of 300,000
+# characters held the event loop for seconds per token.
+MAX_STOP_CHARS = 1000
 
 # Fields accepted only at the values that change nothing here.
 _NO_EFFECT: dict[str, tuple[Any, ...]] = {
@@ -218,6 +221,9 @@ def stop_strings(body: dict[str, Any]) -> tuple[str, ...]:
     chosen = tuple(item for item in strings or [] if item)
     if len(chosen) > MAX_STOP_STRINGS:
         raise InputError(f"'stop' takes at most {MAX_STOP_STRINGS} strings, got {len(chosen)}")
+    longest = max(map(len, chosen), default=0)
+    if longest > MAX_STOP_CHARS:
+        raise InputError(f"'stop' strings have at most {MAX_STOP_CHARS} characters, got one of {longest}")
     return chosen
 
 

@@ -354,6 +354,7 @@ def test_chat_output_follows_a_json_schema(client: openai.OpenAI) -> None:
         (lambda c: c.completions.create(model="gpt2", prompt="Hi", suffix="!"), "suffix"),
         (lambda c: c.chat.completions.create(model="gpt2", messages=CHAT, top_logprobs=2), "top_logprobs"),
         (lambda c: c.chat.completions.create(model="gpt2", messages=CHAT, n=99), "'n'"),
+        (lambda c: c.completions.create(model="gpt2", prompt="Hi", stop=["a" * 1001]), "at most 1000 characters"),
         (lambda c: c.embeddings.create(model="minilm", input="Hi", dimensions=8), "dimensions"),
         (lambda c: c.embeddings.create(model="minilm", input="Hi", extra_body={"dimensions": "384"}), "an integer"),
         (lambda c: c.embeddings.create(model="minilm", input="Hi", extra_body={"user": 7}), "'user' must be a"),
