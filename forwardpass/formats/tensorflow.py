@@ -343,10 +343,17 @@ def _convert_function(
 
 
 def _convert_with(path: Path, format_name: str, converter: Callable[[], object]) -> None:
+    # tf2onnx logs each node it cannot convert with a traceback; the refusal below, or ONNX Runtime's of what it
+    # wrote, names the failure in one line
+    converter_log = logging.getLogger("tf2onnx")
+    level = converter_log.level
+    converter_log.setLevel(logging.CRITICAL)
     try:
         converter()
     except Exception as exc:  # tf2onnx raises untyped errors for graphs it cannot express in ONNX
         raise ConfigError(f"{path}: tf2onnx cannot convert this {format_name} model: {_first_line(exc)}") from None
+    finally:
+        converter_log.setLevel(level)
 
 
 def _provenance(tf: ModuleType, tf2onnx: ModuleType) -> dict[str, Any]:

@@ -273,6 +273,26 @@ def test_a_normalization_layer_tf2onnx_leaves_as_inputs_is_served_natively_and_r
     assert_matches(served.infer({"value": rows})["score"], model.predict(rows, verbose=0))
 
 
+def test_a_string_lookup_tf2onnx_cannot_convert_is_served_natively_without_its_tracebacks(
+    tf: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    import keras
+
+    colour = keras.Input((1,), dtype="string", name="colour")
+    lookup = keras.layers.StringLookup(vocabulary=["red", "green"], output_mode="one_hot")
+    model = keras.Model(colour, keras.layers.Dense(2, name="score")(keras.layers.Flatten()(lookup(colour))))
+    path = tmp_path / "lookup.keras"
+    model.save(path)
+    colours = np.array([["red"], ["blue"], ["green"]], dtype=object)
+
+    served = forwardpass.load(path, warmup=0)
+    assert served.serving.engine == "native" and served.serving.reason.startswith("auto: conversion refused")
+    assert_matches(
+        served.infer({"colour": colours})["score"], model.predict(tf.constant(colours.astype(str)), verbose=0)
+    )
+    assert not [record.getMessage() for record in caplog.records if record.name.startswith("tf2onnx")]
+
+
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_a_damaged_artefact_is_a_one_line_config_error(trained: Trained, case: Case, damage: str, tmp_path: Path):
