@@ -86,7 +86,7 @@ class _OpenAiApi:
         body = read.json_object(request)
         read.refuse_unsupported(body, read.CHAT_FIELDS, "chat.completions")
         served, generator = self._generator(request, body)
-        prompt = await off_loop(len(request.state.body), generator.chat_prompt, read.messages(body.get("messages")))
+        prompt = await off_loop(len(request.state.body), _chat_prompt, generator, body.get("messages"))
         params, count = read.sampling(body, read.chat_logprobs(body))
         params = dataclasses.replace(params, schema=read.response_schema(body, generator))
         streams = open_streams(
@@ -275,6 +275,11 @@ class _Reply:
         if self.with_ids:
             choice["token_ids"] = [event.token_id for event in events]
         return choice
+
+
+def _chat_prompt(generator: Generator, messages: object) -> list[int]:
+    """The messages checked and rendered (a body of megabytes: a million messages take seconds)."""
+    return generator.chat_prompt(read.messages(messages))
 
 
 async def _finish_all(streams: list[TextStream]) -> list[_Finished]:
