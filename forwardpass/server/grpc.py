@@ -263,10 +263,15 @@ def unary_handler(
     return grpc.unary_unary_rpc_method_handler(handle, response_serializer=serialize)
 
 
-def refusal(message: str) -> grpc.RpcMethodHandler:
-    """A handler answering every call UNIMPLEMENTED with `message`."""
+def refusal(message: str, check: Callable[[Context], None] | None) -> grpc.RpcMethodHandler:
+    """A handler answering every call (that passes `check`, the token's) UNIMPLEMENTED with `message`."""
 
     def handle(raw: bytes, context: Context) -> NoReturn:
+        if check is not None:
+            try:
+                check(context)
+            except ForwardpassError as error:
+                context.abort(status_code(error), one_line(error))
         context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
 
     return grpc.unary_unary_rpc_method_handler(handle, response_serializer=serialize)
@@ -372,13 +377,13 @@ def method_handlers(
         implementation = getattr(servicer, method.name, None)
         if method.name in handlers:
             continue
-        if implementation is None:
-            feature = next(name for prefix, name in UNOFFERED_METHODS.items() if method.name.startswith(prefix))
-            handlers[method.name] = refusal(unoffered(feature))
-            continue
         check = None
         if token is not None and method.name not in OPEN_METHODS:
             check = functools.partial(token.check, method=method.name)
+        if implementation is None:
+            feature = next(name for prefix, name in UNOFFERED_METHODS.items() if method.name.startswith(prefix))
+            handlers[method.name] = refusal(unoffered(feature), check)
+            continue
         handlers[method.name] = unary_handler(implementation, getattr(pb, method.input_type.name), check, loop)
     if log_access:
         return {name: with_access_log(name, handler) for name, handler in handlers.items()}

@@ -360,6 +360,7 @@ def test_a_token_is_needed_on_every_rpc_but_health(guarded: Any) -> None:
             (client.is_model_ready, ("compass",)),
             (client.get_model_config, ("compass",)),
             (client.infer, ("compass", [infer_input("x", x, "FP32")])),
+            (client.get_system_shared_memory_status, ()),  # not offered, but nobody learns it without the token
         ]:
             error = rpc_error(call, *args)
             assert error.status() == "StatusCode.UNAUTHENTICATED" and "bearer token" in error.message()
