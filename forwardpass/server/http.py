@@ -37,6 +37,7 @@ from forwardpass.server.dataplane import DataPlane, unoffered
 from forwardpass.server.guard import OFFLOAD_BYTES, RequestGuard, error_response, off_loop
 from forwardpass.server.limits import RequestLimits
 from forwardpass.server.metrics import CONTENT_TYPE
+from forwardpass.server.openai import OPENAI_PATHS, openai_error
 from forwardpass.server.types import InferRequest, Tensor
 from forwardpass.server.ui import PAGE_PATHS
 from forwardpass.tensor import DataType
@@ -337,7 +338,8 @@ class BearerAuth:
             try:
                 self._access.check(supplied, control=scope["path"].startswith(CONTROL_PREFIX))
             except ForwardpassError as error:
-                await error_response(error)(scope, receive, send)
+                answer = openai_error if scope["path"] in OPENAI_PATHS else error_response
+                await answer(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

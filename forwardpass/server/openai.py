@@ -41,11 +41,13 @@ from forwardpass.server.tokens import TextStream, merged, open_streams, unless_d
 if TYPE_CHECKING:
     from forwardpass.generation.engine import Generator, TokenEvent
 
-__all__ = ["openai_error", "openai_routes"]
+__all__ = ["OPENAI_PATHS", "openai_error", "openai_routes"]
 
 JSON = "application/json"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit
+# Their errors, a refused token included, are in OpenAI's shape: the SDK shows error.message and nothing else
+OPENAI_PATHS = frozenset({"/v1/models", "/v1/embeddings", "/v1/chat/completions", "/v1/completions"})
 
 
 def openai_routes(

@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 import httpx
 import numpy as np
+import openai
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -449,6 +450,18 @@ def test_one_client_cannot_hold_every_sequence_on_any_transport(server: Server) 
     assert server.post("/v2/models/silero_vad/infer", sequence_step(1, end=True)).status_code == 200  # frees a slot
     assert server.post("/v2/models/silero_vad/infer", sequence_step(99, start=True, end=True)).status_code == 200
     assert server.post("/v2/models/silero_vad/infer", sequence_step(2, end=True)).status_code == 200
+
+
+def test_an_openai_client_with_a_wrong_key_is_told_why(server: Server) -> None:
+    """OpenAI's routes refuse in OpenAI's error shape, whose message the SDK shows ({"error": "..."} left it with
+    'Error code: 401' alone); the other routes keep theirs (tritonclient reads a string)."""
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError, match="wrong bearer token"):
+        client.models.list()
+    with pytest.raises(openai.AuthenticationError, match="wrong bearer token"):
+        client.embeddings.create(model="minilm", input="Hi")
+    v2 = server.post("/v2/models/add/infer", b"{}", authorization="Bearer wrong")
+    assert v2.status_code == 401 and isinstance(v2.json()["error"], str)
 
 
 def test_the_repository_api_takes_the_admin_token_only(server: Server) -> None:
