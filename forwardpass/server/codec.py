@@ -69,10 +69,12 @@ def decode_infer_request(body: bytes, header_length: int | None, limits: Request
     the model's `limits`, each tensor's header is checked against them before its data is decoded."""
     if header_length is not None and not 0 < header_length <= len(body):
         raise InputError(f"Inference-Header-Content-Length {header_length} is outside the {len(body)}-byte body")
+    text = body if header_length is None else body[:header_length]
     if header_length is None and len(body) > LARGE_JSON_BYTES:
         document = _decode_large_json(body)
     else:
-        document = decode_json(body if header_length is None else body[:header_length], "inference request header")
+        document = decode_json(text, "inference request header")
+    booleans = b"true" in text or b"false" in text  # else no list needs looking through for one (microseconds)
     if not isinstance(document, dict):
         raise InputError(f"inference request must be a JSON object, got {type(document).__name__}")
     entries = document.get("inputs")
@@ -94,7 +96,7 @@ def decode_infer_request(body: bytes, header_length: int | None, limits: Request
             data = entry["data"]
             if isinstance(data, simdjson.Array):  # a large body's list: read now that its header passed the limits
                 data = _numbers(data, dtype)
-            data = _from_json(name, dtype, shape, data)
+            data = _from_json(name, dtype, shape, data, booleans)
         else:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise InputError(f"input '{name}': binary_data_size must be a non-negative integer, got {size!r}")
@@ -345,7 +347,8 @@ def decode_binary_tensor(
         raise ShapeError(f"{role} '{name}': shape {shape} is not valid here ({exc})"[:200]) from None
 
 
-def _from_json(name: str, dtype: DataType, shape: list[int], data: object) -> np.ndarray:
+def _from_json(name: str, dtype: DataType, shape: list[int], data: object, booleans: bool) -> np.ndarray:
+    """An input's JSON `data` as an array of `shape`; `booleans`: the body has a true or false somewhere."""
     count = math.prod(shape)
     if dtype is DataType.BYTES:
         return _strings(name, data, shape, count)
@@ -360,6 +363,8 @@ def _from_json(name: str, dtype: DataType, shape: list[int], data: object) -> np
         accepted, described = _KINDS[numpy_dtype.kind]
         if array.dtype.kind not in accepted:
             raise DTypeError(f"input '{name}': {dtype.name} data must be {described}, got {_describe(array)}")
+        if booleans and numpy_dtype.kind != "b" and _holds_a_boolean(data):
+            raise DTypeError(f"input '{name}': {dtype.name} data must be {described}, got a boolean among them")
         if numpy_dtype.kind in "iu":
             limits = np.iinfo(numpy_dtype)
             if array.min() < limits.min or array.max() > limits.max:
@@ -370,6 +375,22 @@ def _from_json(name: str, dtype: DataType, shape: list[int], data: object) -> np
         return cast.reshape(shape)
     except ValueError as exc:  # numpy's own limits: more than 64 dimensions, a dimension past intp
         raise ShapeError(f"input '{name}': shape {shape} is not valid here ({exc})"[:200]) from None
+
+
+def _holds_a_boolean(data: object) -> bool:
+    """Whether JSON data (lists, nested or not) holds true or false: among numbers numpy reads them as 1 and 0. An
+    array (a large body's numbers, read by simdjson) holds none."""
+    lists = [data]
+    while lists:
+        value = lists.pop()
+        if isinstance(value, bool):
+            return True
+        if isinstance(value, list):
+            if value and isinstance(value[0], list):  # rows: np.asarray found them rectangular
+                lists.extend(value)
+            elif bool in map(type, value):
+                return True
+    return False
 
 
 def _strings(name: str, data: object, shape: list[int], count: int) -> np.ndarray:

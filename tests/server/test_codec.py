@@ -72,6 +72,18 @@ def test_a_large_body_decodes_as_a_small_one(document: object) -> None:
 
 
 @pytest.mark.parametrize(
+    ("data", "datatype"),
+    [([1, True, 2.5], "FP32"), ([[101, 2000], [False, 3]], "INT64"), ([0, 1, True], "UINT8")],
+)
+def test_a_boolean_among_numbers_is_refused_not_read_as_one(data: list[Any], datatype: str) -> None:
+    """numpy reads true among numbers as 1: Triton refuses a JSON boolean in numeric data, as every-boolean data is."""
+    body = orjson.dumps(_request(data, datatype, shape=list(np.shape(data))))
+    for read in (body, _large(body)):
+        error, message = _decoded(read)
+        assert error == "DTypeError" and f"{datatype} data must be" in message and "boolean" in message, message
+
+
+@pytest.mark.parametrize(
     "body",
     [
         b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}],'
