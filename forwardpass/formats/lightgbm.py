@@ -193,7 +193,8 @@ def _pandas_category_codes(
     if not isinstance(lists, list) or len(lists) != len(categorical):
         raise ConfigError(
             f"{path}: its pandas_categorical line lists {len(lists) if isinstance(lists, list) else 0} category "
-            f"columns for {len(categorical)} categorical features; save it again with lightgbm's Booster.save_model"
+            f"columns for {len(categorical)} categorical features, so which list codes which feature is not recorded; "
+            "fit it with the DataFrame's category columns as its only categorical features"
         )
     return {
         name: tuple(category_text(value) for value in values) for name, values in zip(categorical, lists, strict=True)

@@ -318,3 +318,16 @@ def test_categorical_features_take_the_categories_the_file_records(categorical: 
     np.testing.assert_allclose(scores, classifier.predict_proba(categorical.held_out), atol=TOLERANCE)
     with pytest.raises(InputError, match=r"column 'colour': 'purple' is not one of \['red', 'green', 'blue'\]"):
         model.predict({**categorical.records[0], "colour": "purple"})
+
+
+def test_category_lists_it_cannot_match_to_its_categorical_features_are_refused(
+    categorical: Categorical, tmp_path: Path
+) -> None:
+    """An integer column declared categorical beside the DataFrame's category columns: the file records one list of
+    categories per category column, but not which features they are."""
+    frame = categorical.frame.assign(amount=(categorical.frame["amount"] > 0).astype(int))
+    classifier = lightgbm.LGBMClassifier(n_estimators=ROUNDS, min_child_samples=3, verbose=-1)
+    classifier.fit(frame, categorical.target, categorical_feature=["amount", "size", "colour"])
+    classifier.booster_.save_model(tmp_path / "mixed.txt")
+    with pytest.raises(ConfigError, match=r"lists 2 category columns for 3 categorical features, so which list codes"):
+        forwardpass.load(tmp_path / "mixed.txt")
