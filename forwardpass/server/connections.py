@@ -29,7 +29,7 @@ MAX_HEADERS = 100  # Apache's LimitRequestFields
 _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
 
-class _TooManyHeaders(Exception):
+class _HeadTooLarge(Exception):
     pass
 
 
@@ -44,7 +44,7 @@ class _LimitedHttp(HttpToolsProtocol):
         self._head_bytes = 0
         self.deadline: float | None = None  # loop time by which the request's head (or body) must have arrived
         self._waiting_for = "the request line and headers"
-        self._too_many_headers = False
+        self._head_refusal: str | None = None  # why the head just parsed is refused (431)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -69,9 +69,14 @@ class _LimitedHttp(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        if len(self.headers) > MAX_HEADERS:  # counted once they are in: MAX_HEADER_BYTES bounds them meanwhile
-            self._too_many_headers = True
-            raise _TooManyHeaders  # httptools stops parsing; uvicorn answers through send_400_response
+        # counted once they are in: while they arrive, data_received bounds the bytes of a head spread over reads;
+        # a head read whole at once is measured here (data_received cannot tell where in a read its body starts)
+        if len(self.headers) > MAX_HEADERS:
+            self._head_refusal = f"a request may have at most {MAX_HEADERS} headers"
+        elif len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) > MAX_HEADER_BYTES:
+            self._head_refusal = f"request line and headers are over the limit of {MAX_HEADER_BYTES} bytes"
+        if self._head_refusal is not None:
+            raise _HeadTooLarge  # httptools stops parsing; uvicorn answers via send_400_response
         self.deadline = self.loop.time() + self.body_timeout_s
         self._waiting_for = "the request body"
         super().on_headers_complete()
@@ -81,8 +86,8 @@ class _LimitedHttp(HttpToolsProtocol):
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
-        if self._too_many_headers:
-            self._refuse(431, f"a request may have at most {MAX_HEADERS} headers")
+        if self._head_refusal is not None:
+            self._refuse(431, self._head_refusal)
         else:
             super().send_400_response(msg)
 

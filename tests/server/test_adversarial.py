@@ -298,6 +298,16 @@ def test_slow_or_huge_headers_are_cut_off(server: Server) -> None:
         many.close()
 
 
+@pytest.mark.parametrize("size", [40_000, 200_000])
+def test_a_head_over_the_limit_that_arrives_in_one_read_is_refused_too(server: Server, size: int) -> None:
+    """A head that the server reads whole at once (one send on loopback) was parsed before its size was looked at,
+    and a 200 KB header was served: the limit is on what the head holds, however it arrives."""
+    with server.watched(), socket.create_connection(("127.0.0.1", server.port)) as client:
+        client.settimeout(5)
+        client.sendall(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * size + b"\r\n\r\n")
+        assert client.recv(100).startswith(b"HTTP/1.1 431")
+
+
 def test_connections_past_the_cap_are_refused_and_idle_ones_closed(server: Server) -> None:
     idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(MAX_CONNECTIONS + 20)]
     try:
