@@ -69,7 +69,9 @@ def error_response(error: ForwardpassError) -> Response:
 
 
 def one_line(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    """The error's message on one line, its line breaks shown as \\n: a break is most often in a name the client
+    sent (a model 'a\\nb'), and cutting there left a message that named nothing ("model 'a")."""
+    text = "\\n".join(str(error).splitlines()) or type(error).__name__
     return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "…"
 
 

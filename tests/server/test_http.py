@@ -282,6 +282,9 @@ BAD_REQUESTS: list[tuple[str, bytes, dict[str, str], int, str]] = [
     ("/v2/models/nope/infer", orjson.dumps(v2("x", [1, 64], [0.0] * 64)), {}, 404, "model 'nope' is not loaded"),
     ("/v2/models/mlp/versions/3/infer", orjson.dumps(v2("x", [1, 64], [0.0] * 64)), {}, 404, "no version '3'"),
     ("/v2/models/mlp/nothing", b"{}", {}, 404, "no such endpoint"),
+    # a line break in what the message repeats is shown escaped: the message was cut there ("model 'a")
+    ("/v2/models/a%0Ab/infer", b"{}", {}, 404, "model 'a\\nb' is not loaded"),
+    ("/v2/repository/models/a%0Ab/load", b"", {}, 400, "'a\\nb' is not a valid model name"),
 ]
 
 
