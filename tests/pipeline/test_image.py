@@ -122,17 +122,32 @@ def test_every_source_gives_the_same_array(tmp_path: Path, source: str):
     np.testing.assert_array_equal(preprocess(raw, resize=40, crop=32), preprocess(data, resize=40, crop=32))
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "P", "L", "CMYK", "I;16"])
+@pytest.mark.parametrize("mode", ["RGBA", "P", "L", "CMYK"])
 def test_other_modes_are_converted(mode: str):
-    image = (
-        make_image(50, 40, mode=mode)
-        if mode != "I;16"
-        else Image.fromarray(np.arange(2000, dtype=np.uint16).reshape(40, 50))
-    )
-    data = encode(image, "TIFF" if mode == "CMYK" else "PNG")
+    data = encode(make_image(50, 40, mode=mode), "TIFF" if mode == "CMYK" else "PNG")
     got = preprocess(data, resize=32, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     np.testing.assert_allclose(got, reference(data, resize=32, mean=IMAGENET_MEAN, std=IMAGENET_STD), atol=1e-6)
     assert preprocess(data, color="L").shape == (1, 40, 50)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_a_16_bit_image_gives_the_pixels_of_its_8_bit_version(fmt: str):
+    """Pillow's own conversion clips 16-bit values at 255: a 16-bit photo became all white (wrong answers, exit 0)."""
+    gray = make_image(50, 40, mode="L")
+    wide = Image.fromarray(np.asarray(gray).astype(np.uint16) * 257)  # 0..255 -> 0..65535
+    assert Image.open(io.BytesIO(encode(wide, fmt))).mode == "I;16"
+    for color in ("RGB", "L"):
+        np.testing.assert_array_equal(
+            preprocess(encode(wide, fmt), color=color, resize=32), preprocess(encode(gray), color=color, resize=32)
+        )
+
+
+@pytest.mark.parametrize("pixels", [np.full((8, 8), 300, np.int32), np.full((8, 8), 0.5, np.float32)], ids=str)
+def test_a_32_bit_image_is_refused_naming_the_fix(pixels: np.ndarray):
+    """32-bit integer and float pixels have no range to scale from: clipped at 255 they answered plausibly wrong."""
+    message = decode_error(encode(Image.fromarray(pixels), "TIFF"))
+    assert "32-bit" in message
+    assert "8 or 16 bits" in message
 
 
 def test_output_datatype_follows_the_config():
