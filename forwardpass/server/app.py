@@ -38,6 +38,19 @@ __all__ = ["InferenceServer", "asgi_app", "configure_logging", "route_table", "r
 
 log = logging.getLogger(__name__)
 
+
+class _ClientFaultsInOneLine(logging.Filter):
+    """uvicorn logs a client's WebSocket text frame that is not UTF-8 with a traceback (its close code 1007 tells
+    the client): one line per such frame is enough of the client's fault in the server's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() == "Invalid UTF-8 sequence received from client.":
+            record.exc_info = record.exc_text = None
+        return True
+
+
+CLIENT_FAULTS_IN_ONE_LINE = _ClientFaultsInOneLine()  # one instance: adding it again changes nothing
+
 # After the listeners close: how long requests already written on open connections get to arrive before uvicorn
 # closes the connections it sees as idle.
 SETTLE_S = 0.25
@@ -78,6 +91,7 @@ class InferenceServer:
         if settings.grpc_port:
             self._grpc = _grpc_server(self.dataplane, settings)
         await self.registry.load_all()
+        logging.getLogger("uvicorn.error").addFilter(CLIENT_FAULTS_IN_ONE_LINE)
         config = uvicorn.Config(
             asgi_app(self.registry, self.dataplane, self.generators, settings),
             http=limited_protocol(settings.max_connections, settings.header_timeout_s, settings.body_timeout_s),

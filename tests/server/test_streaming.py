@@ -7,6 +7,7 @@ sequence alone; idle sequences are freed; an unknown correlation id without the 
 
 from __future__ import annotations
 
+import logging
 import queue
 import socket
 import threading
@@ -22,7 +23,7 @@ import pytest
 import tritonclient.grpc as triton
 import yaml
 from tritonclient.utils import InferenceServerException
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.vad_audio import CHUNK, package_probabilities, voice
@@ -300,6 +301,19 @@ def test_a_websocket_message_over_the_models_body_limit_is_refused_unread(server
         refused, answered = (orjson.loads(websocket.recv(timeout=60)) for _ in range(2))
     assert list(refused) == ["error"] and "over model 'add''s limit" in refused["error"], refused
     assert answered["outputs"][0]["data"] == [2.0] * 4
+
+
+def test_a_text_frame_that_is_not_utf8_closes_the_stream_with_one_log_line(
+    server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client's fault is one line in the server's log, not uvicorn's traceback (one per such frame)."""
+    with caplog.at_level(logging.ERROR), connect(f"ws://127.0.0.1:{server.port}/v2/models/add/stream") as websocket:
+        websocket.send(b"\xff\xfe{}", text=True)
+        with pytest.raises(ConnectionClosed) as closed:
+            websocket.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007  # invalid frame payload data
+    records = [record for record in caplog.records if "UTF-8" in record.getMessage()]
+    assert records and all(record.exc_info is None and record.exc_text is None for record in records)
 
 
 def test_websocket_needs_the_token_when_the_server_has_one(stream_repository: Path, kit: Any) -> None:
