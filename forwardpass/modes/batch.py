@@ -199,6 +199,11 @@ class Job:
         output_dir: Path,
         options: BatchOptions,
     ) -> None:
+        if input_path.is_dir() and output_dir.resolve().is_relative_to(input_path.resolve()):
+            raise InputError(
+                f"OUTPUT '{output_dir}' is inside INPUT '{input_path}': its part files would be read as input; "
+                "choose a folder outside it"
+            )
         self.started = time.perf_counter()
         self.options = options
         self.output_dir = output_dir

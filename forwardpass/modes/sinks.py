@@ -96,9 +96,14 @@ class Output:
             # a run killed before its first manifest write leaves only that write's temp file
             if directory.is_dir() and any(not p.name.startswith(f".{MANIFEST_FILE}") for p in directory.iterdir()):
                 raise InputError(f"OUTPUT '{directory}' is not empty and holds no forwardpass job; choose a new folder")
-            directory.mkdir(parents=True, exist_ok=True)
             self._manifest = _Manifest(job)
-            self._save()
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                self._save()
+            except OSError as exc:
+                raise InputError(
+                    f"cannot create OUTPUT '{directory}' ({exc.strerror}); choose a folder you can write to"
+                ) from None
         self._done = {part.index: part for part in self._manifest.parts}
         self._remove_leftovers()
 

@@ -244,3 +244,22 @@ def test_a_run_killed_before_its_first_manifest_write_leaves_a_folder_that_start
         "part-000001.parquet",
         "part-000002.parquet",
     ]
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_naming_it(tab_cls: Model, table: Path, tmp_path: Path):
+    """A path under a file (or on a read-only disk) ended the job in a NotADirectoryError traceback, exit 1."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder", encoding="utf-8")
+    with pytest.raises(InputError, match=r"cannot create OUTPUT '.*notes.txt/scores' \(Not a directory\)"):
+        run_batch(tab_cls, table, a_file / "scores", BatchOptions())
+
+
+def test_an_output_folder_inside_the_input_folder_is_refused(tab_cls: Model, tmp_path: Path):
+    """Its part files would be read as input: the job ran once, then --resume found more records and refused."""
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    write_table(tables / "rows.csv", 20)
+    for output in (tables / "scores", tables):
+        with pytest.raises(InputError, match="is inside INPUT"):
+            run_batch(tab_cls, tables, output, BatchOptions(output_format="csv"))
+        assert not (tables / "scores").exists()
