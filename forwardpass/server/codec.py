@@ -361,6 +361,8 @@ def _from_json(name: str, dtype: DataType, shape: list[int], data: object, boole
         raise ShapeError(f"input '{name}': shape {shape} needs {count} values, 'data' holds {array.size}")
     if count:
         accepted, described = _KINDS[numpy_dtype.kind]
+        if array.dtype.kind not in accepted and numpy_dtype.kind in "iu" and array.dtype.kind in "fO":
+            array = _wide_integers(name, dtype, data, array)
         if array.dtype.kind not in accepted:
             raise DTypeError(f"input '{name}': {dtype.name} data must be {described}, got {_describe(array)}")
         if booleans and numpy_dtype.kind != "b" and _holds_a_boolean(data):
@@ -375,6 +377,22 @@ def _from_json(name: str, dtype: DataType, shape: list[int], data: object, boole
         return cast.reshape(shape)
     except ValueError as exc:  # numpy's own limits: more than 64 dimensions, a dimension past intp
         raise ShapeError(f"input '{name}': shape {shape} is not valid here ({exc})"[:200]) from None
+
+
+def _wide_integers(name: str, dtype: DataType, data: object, array: np.ndarray) -> np.ndarray:
+    """JSON integers that numpy read as floats or objects (one past int64 beside small ones; past 64 bits, which
+    orjson reads as floats): exactly, in the integer `dtype`, or refused as outside its range; `array` itself when
+    the data holds anything else (fractions, strings), which the caller names."""
+    values = np.asarray(data, dtype=object)
+    flat = values.reshape(-1).tolist()
+    if not all(type(value) in (int, float) for value in flat):
+        return array
+    limits = np.iinfo(dtype.numpy_dtype)
+    if any(value < limits.min or value > limits.max for value in flat):
+        raise DTypeError(f"input '{name}': a value is outside the {dtype.name} range")
+    if not all(type(value) is int for value in flat):
+        return array
+    return np.array(flat, dtype=dtype.numpy_dtype).reshape(values.shape)
 
 
 def _holds_a_boolean(data: object) -> bool:

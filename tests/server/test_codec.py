@@ -73,6 +73,34 @@ def test_a_large_body_decodes_as_a_small_one(document: object) -> None:
 
 @pytest.mark.parametrize(
     ("data", "datatype"),
+    [([2**63, 1], "INT64"), ([2**64 - 1, 0], "INT64"), ([2**64, 0], "UINT64"), ([-(2**64), 0], "INT64")],
+)
+def test_an_integer_past_the_datatypes_range_is_named_so(data: list[int], datatype: str) -> None:
+    """JSON integers past 64 bits reach numpy as floats (orjson), others as floats beside small ones: refused as out
+    of range, not as fractions."""
+    writable = min(data) >= -(2**63) and max(data) < 2**64  # what orjson writes
+    body = orjson.dumps(_request(data, datatype)) if writable else _request_text(data, datatype)
+    for read in (body, _large(body)):
+        error, message = _decoded(read)
+        assert error == "DTypeError" and f"outside the {datatype} range" in message, message
+
+
+def test_uint64_values_past_int64_beside_small_ones_arrive_exactly() -> None:
+    """numpy reads [2**64 - 1, 0] as float64 (2**64 - 1 becomes 2**64): such UINT64 data was refused as fractions."""
+    body = orjson.dumps(_request([[2**64 - 1, 0], [2**63, 7]], "UINT64", shape=[2, 2]))
+    for read in (body, _large(body)):
+        (tensor,) = decode_infer_request(read, None).inputs
+        assert tensor.data.dtype == np.uint64 and tensor.data.tolist() == [[2**64 - 1, 0], [2**63, 7]]
+
+
+def _request_text(data: list[int], datatype: str) -> bytes:
+    """A request orjson cannot write (an integer past 64 bits), as its JSON text."""
+    tensor = f'{{"name": "x", "datatype": "{datatype}", "shape": [{len(data)}], "data": {data}}}'
+    return f'{{"inputs": [{tensor}]}}'.encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "datatype"),
     [([1, True, 2.5], "FP32"), ([[101, 2000], [False, 3]], "INT64"), ([0, 1, True], "UINT8")],
 )
 def test_a_boolean_among_numbers_is_refused_not_read_as_one(data: list[Any], datatype: str) -> None:
