@@ -19,7 +19,7 @@ from forwardpass.cli.common import (
     output_option,
     top_k_option,
 )
-from forwardpass.cli.reporting import progress
+from forwardpass.cli.reporting import progress, text_list
 from forwardpass.modes.batch import BatchOptions, Summary, run_batch
 from forwardpass.modes.sinks import FORMATS, saved_job
 
@@ -60,6 +60,16 @@ def batch(
         1000, "--max-errors", help="Stop once more records than this failed (-1: never stop for bad records)."
     ),
     top_k: int | None = top_k_option("Classes per prediction (classification models; with --resume, the job's)."),
+    drop: str | None = typer.Option(
+        None,
+        "--drop",
+        metavar="COLUMNS",
+        help=(
+            "Table columns to leave out of the records, comma-separated: a label or an id that is none of the "
+            "model's columns (with --resume, the job's)."
+        ),
+        show_default=False,
+    ),
     workers: int = typer.Option(2, "--workers", help="Decoding threads beside the forward pass."),
     ray: bool = typer.Option(False, "--ray", help="Run on Ray Data, on a Ray started here (needs forwardpass\\[ray])."),
     ray_address: str | None = typer.Option(
@@ -89,7 +99,7 @@ def batch(
 
       forwardpass batch mobilenet_v2 samples/images -o scores/
 
-      forwardpass batch breast_cancer data/breast_cancer/test.csv -o scores/ --format csv
+      forwardpass batch breast_cancer data/breast_cancer/test.csv -o scores/ --drop label --format csv
 
       forwardpass batch breast_cancer data/breast_cancer/test.csv -o scores/ --resume
 
@@ -108,6 +118,7 @@ def batch(
         top_k=top_k if top_k is not None or not saved else job.get("top_k"),
         workers=workers,
         resume=resume,
+        drop=tuple(text_list(drop, "--drop") if drop is not None else job.get("drop") or ()),
     )
     with progress(items="records") as bar:
         task = bar.add_task("scoring", total=None)

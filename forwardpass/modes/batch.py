@@ -53,6 +53,7 @@ class BatchOptions:
     top_k: int | None = None
     workers: int = 2  # decoding threads
     resume: bool = False
+    drop: tuple[str, ...] = ()  # table columns left out of the records (a label, an id)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ def job_identity(
         "format": options.output_format,
         "part_size": options.part_size,
         "top_k": options.top_k,
+        "drop": sorted(options.drop) or None,  # None: as a manifest written before --drop existed
     }
 
 
@@ -207,7 +209,7 @@ class Job:
         self.started = time.perf_counter()
         self.options = options
         self.output_dir = output_dir
-        self.source = open_source(input_path, config)
+        self.source = open_source(input_path, config, options.drop)
         self.total = self.source.count()
         identity = job_identity(model_name, version, input_path, self.total, options)
         self.output = Output(output_dir, options.output_format, identity, resume=options.resume)

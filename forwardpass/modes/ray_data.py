@@ -46,9 +46,10 @@ class PartScorer:
         top_k: int | None,
         workers: int,
         intra_op_threads: int,
+        drop: list[str],
     ) -> None:
         self.model = load(model, repository=repository, version=version, intra_op_threads=intra_op_threads)
-        self.source = open_source(Path(input_path), self.model.config)
+        self.source = open_source(Path(input_path), self.model.config, drop)
         self.scorer = Scorer(self.model, batch_size=batch_size, top_k=top_k, workers=workers)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -154,4 +155,5 @@ def _actor_arguments(
         "top_k": options.top_k,
         "workers": options.workers,
         "intra_op_threads": max(1, round(cpus)),
+        "drop": list(options.drop),
     }

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import itertools
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -108,14 +108,29 @@ def jsonl_items(path: Path, name: str) -> Iterator[Item]:
             yield Item(f"{name}#line?", error=DecodeError("is not UTF-8 text"))
 
 
-def open_source(path: Path, config: ModelConfig) -> Source:
-    """The records of INPUT for a model with this config (what each kind of file holds depends on it)."""
+def open_source(path: Path, config: ModelConfig, drop: Collection[str] = ()) -> Source:
+    """The records of INPUT for a model with this config (what each kind of file holds depends on it), without the
+    table columns in `drop` (a label, an id: fields the model would refuse as none of its columns)."""
     if not path.exists():
         raise NotFoundError(f"input '{path}': no such file or folder")
     kind = kind_of(config).name
+    if drop and kind != "tabular":
+        raise InputError(f"--drop leaves out table columns, and this model takes no records of columns ({kind})")
     if kind == "image":
         return _Images(path)
-    return _Tables(path, _READERS.get(kind, _arrays))
+    read = _READERS.get(kind, _arrays)
+    return _Tables(path, _without(read, frozenset(drop)) if drop else read)
+
+
+def _without(read: _RecordReader, drop: frozenset[str]) -> _RecordReader:
+    def records(path: Path, name: str) -> Iterator[Item]:
+        for item in read(path, name):
+            if isinstance(item.raw, dict):
+                yield Item(item.name, {field: value for field, value in item.raw.items() if field not in drop})
+            else:
+                yield item
+
+    return records
 
 
 # --- images --------------------------------------------------------------------------------------------------------

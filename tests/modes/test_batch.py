@@ -25,6 +25,7 @@ from forwardpass.modes.sinks import ERRORS_FILE, MANIFEST_FILE
 from .conftest import write_table
 
 FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def read_rows(output: Path, output_format: str = "parquet") -> list[dict[str, Any]]:
@@ -263,3 +264,32 @@ def test_an_output_folder_inside_the_input_folder_is_refused(tab_cls: Model, tmp
         with pytest.raises(InputError, match="is inside INPUT"):
             run_batch(tab_cls, tables, output, BatchOptions(output_format="csv"))
         assert not (tables / "scores").exists()
+
+
+def test_drop_leaves_a_label_column_out_of_the_records(tmp_path: Path):
+    """A table with its label column (data/*/test.csv) gave only errors: the model refuses fields that are not its
+    columns. Dropped, the rows are the model's answers on the records without it; the job remembers the choice."""
+    diabetes = forwardpass.load("diabetes")
+    with (ROOT / "data" / "diabetes" / "test.csv").open(newline="", encoding="utf-8") as file:
+        records = list(csv.DictReader(file))[:20]
+    table = tmp_path / "labelled.csv"
+    with table.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    kept = run_batch(diabetes, table, tmp_path / "kept", BatchOptions())
+    assert (kept.rows, kept.errors) == (0, 20)
+    assert "unknown field 'target'" in read_errors(tmp_path / "kept")["labelled.csv#row1"]["error"]
+
+    dropped = run_batch(diabetes, table, tmp_path / "dropped", BatchOptions(drop=("target",)))
+    assert (dropped.rows, dropped.errors) == (20, 0)
+    for number, (row, record) in enumerate(zip(read_rows(tmp_path / "dropped"), records, strict=True), 1):
+        del record["target"]
+        assert_close(row, diabetes.predict(record), f"row {number}")
+    with pytest.raises(InputError, match="holds a different job"):
+        run_batch(diabetes, table, tmp_path / "dropped", BatchOptions(resume=True))
+
+
+def test_drop_is_refused_for_a_model_that_reads_no_table_columns(img_cls: Model, images: Path, tmp_path: Path):
+    with pytest.raises(InputError, match="--drop"):
+        run_batch(img_cls, images, tmp_path / "out", BatchOptions(drop=("label",)))
