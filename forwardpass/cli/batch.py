@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+import orjson
 import typer
 
 from forwardpass.cli.common import (
@@ -20,8 +21,9 @@ from forwardpass.cli.common import (
     top_k_option,
 )
 from forwardpass.cli.reporting import progress, text_list
+from forwardpass.errors import InputError
 from forwardpass.modes.batch import BatchOptions, Summary, run_batch
-from forwardpass.modes.sinks import FORMATS, saved_job
+from forwardpass.modes.sinks import ERRORS_FILE, FORMATS, saved_job
 
 __all__ = ["register"]
 
@@ -154,6 +156,14 @@ def batch(
             bar.stop()
             _interrupted(model, input_path, output_dir)
     typer.echo(summary.describe())
+    if summary.errors and not summary.rows:
+        raise InputError(f"no record was scored; the first, {_first_error(summary.output)}")
+
+
+def _first_error(output_dir: Path) -> str:
+    with (output_dir / ERRORS_FILE).open("rb") as errors:
+        first = orjson.loads(errors.readline())
+    return f"{first['id']}: {first['error']}"
 
 
 def _interrupted(model: str, input_path: Path, output_dir: Path) -> None:

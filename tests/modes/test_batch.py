@@ -293,3 +293,15 @@ def test_drop_leaves_a_label_column_out_of_the_records(tmp_path: Path):
 def test_drop_is_refused_for_a_model_that_reads_no_table_columns(img_cls: Model, images: Path, tmp_path: Path):
     with pytest.raises(InputError, match="--drop"):
         run_batch(img_cls, images, tmp_path / "out", BatchOptions(drop=("label",)))
+
+
+def test_cli_a_job_where_every_record_failed_exits_2_naming_the_first_reason(repository: Path, tmp_path: Path):
+    """It exited 0 (the README's example on a labelled table wrote 0 predictions and passed its test)."""
+    table = tmp_path / "unnamed.csv"
+    table.write_text("x,y,z\n1,2,3\n4,5,6\n", encoding="utf-8")
+    done = run_cli("tab_cls", table, tmp_path / "out", repository=repository)
+    assert done.returncode == 2, done.stderr
+    assert "2 records: 0 predictions, 2 errors" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: no record was scored; the first, unnamed.csv#row1: record is missing column 'a', 'b', 'c'"
+    )
