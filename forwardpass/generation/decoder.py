@@ -199,7 +199,10 @@ class InPlaceCache:
         for buffer, name in zip(self.buffers, self.layout.present, strict=True):
             buffer[first : first + len(prompts), :, :width] = outputs[name]
         self.lengths = np.concatenate([self.lengths, lengths])
-        return outputs["logits"][np.arange(len(prompts)), lengths - 1]
+        # [prompts, 1, vocab]: each one's last position ([prompts, width, vocab] from a graph exported before that)
+        logits: np.ndarray = outputs["logits"]
+        last = np.minimum(lengths - 1, logits.shape[1] - 1)
+        return np.asarray(logits[np.arange(len(prompts)), last])
 
     def decode(self, tokens: list[int]) -> np.ndarray:
         """One step: `tokens` (one per row) in; the logits [rows, vocab] of the next (valid until the next step)."""

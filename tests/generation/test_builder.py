@@ -87,6 +87,9 @@ def test_the_builder_made_the_graph_and_its_parity_is_recorded(exported: Path) -
     graph = onnx.load(str(exported / "1" / "model.onnx"), load_external_data=False)
     assert "GroupQueryAttention" in {node.op_type for node in graph.graph.node}
     assert "position_ids" not in {value.name for value in graph.graph.input}
+    # logits of each row's last position only (the parity above compared them, right-padded, with transformers')
+    logits = next(value for value in graph.graph.output if value.name == "logits")
+    assert logits.type.tensor_type.shape.dim[1].dim_value == 1
 
 
 def test_greedy_alone_equals_transformers(generator: Generator, reference) -> None:
