@@ -12,12 +12,14 @@ from forwardpass.cli.common import (
     REPOSITORY,
     TRUST_PICKLE,
     VERSION,
+    Terminated,
     at_least_one,
     batch_size_option,
     format_option,
     model_argument,
     open_model,
     output_option,
+    stop_on_sigterm,
     top_k_option,
 )
 from forwardpass.cli.reporting import progress, text_list
@@ -92,7 +94,7 @@ def batch(
     and version) to part files in OUTPUT, and bad records (with the reason) to OUTPUT/_errors.jsonl.
 
     Memory stays bounded whatever the input's size. A job killed at any moment
-    (even kill -9) or stopped with Ctrl-C finishes with --resume, which takes
+    (even kill -9) or stopped with Ctrl-C or SIGTERM finishes with --resume, which takes
     the job's options from OUTPUT's manifest: every record ends up exactly once
     in the output or the errors file. Ids are file paths relative to INPUT, plus
     #rowN for a row of a table (#lineN for JSONL).
@@ -110,6 +112,7 @@ def batch(
       forwardpass batch mobilenet_v2 /shared/photos -o /shared/scores --ray-address auto --actors 8
     """
     at_least_one(part_size=part_size, workers=workers, actors=actors, batch_size=batch_size, top_k=top_k)
+    stop_on_sigterm()
     saved = saved_job(output_dir) if resume else None
     job = saved[0] if saved else {}
     options = BatchOptions(
@@ -152,9 +155,10 @@ def batch(
                     summary = run_batch(loaded, input_path, output_dir, options, advance)
                 finally:
                     loaded.close()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stopped:
             bar.stop()
-            _interrupted(model, input_path, output_dir)
+            exit_code = stopped.exit_code if isinstance(stopped, Terminated) else INTERRUPTED
+            _interrupted(model, input_path, output_dir, exit_code)
     typer.echo(summary.describe())
     if summary.errors and not summary.rows:
         raise InputError(f"no record was scored; the first, {_first_error(summary.output)}")
@@ -166,8 +170,8 @@ def _first_error(output_dir: Path) -> str:
     return f"{first['id']}: {first['error']}"
 
 
-def _interrupted(model: str, input_path: Path, output_dir: Path) -> None:
-    """What Ctrl-C leaves: the parts written stay, and --resume computes only the rest."""
+def _interrupted(model: str, input_path: Path, output_dir: Path, exit_code: int) -> None:
+    """What Ctrl-C or SIGTERM leaves: the parts written stay, and --resume computes only the rest."""
     saved = saved_job(output_dir)
     if saved is None:
         typer.echo("interrupted before the first part was saved: nothing to resume", err=True)
@@ -178,7 +182,7 @@ def _interrupted(model: str, input_path: Path, output_dir: Path) -> None:
             f"interrupted: {done} of {job['records']} records saved in {output_dir}; finish the job with:\n  {again}",
             err=True,
         )
-    raise typer.Exit(INTERRUPTED)
+    raise typer.Exit(exit_code)
 
 
 def register(app: typer.Typer) -> None:

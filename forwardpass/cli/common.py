@@ -6,7 +6,9 @@ two meanings, ...). Options whose help differs per command are factories; the ot
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import typer
@@ -21,12 +23,14 @@ __all__ = [
     "TRUST_PICKLE",
     "VERSION",
     "VOCABULARY",
+    "Terminated",
     "at_least_one",
     "batch_size_option",
     "format_option",
     "model_argument",
     "open_model",
     "output_option",
+    "stop_on_sigterm",
     "top_k_option",
 ]
 
@@ -125,3 +129,19 @@ def open_model(
         trust_pickle=trust_pickle,
         **engine_options,
     )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt: a command stopped by a scheduler, `timeout` or
+    Kubernetes keeps what it finished and says how to go on, as after Ctrl-C."""
+
+    exit_code = 128 + signal.SIGTERM  # the shell's code for a command ended by SIGTERM
+
+
+def stop_on_sigterm() -> None:
+    """From here on SIGTERM raises `Terminated` in the main thread (its default ends the process in silence)."""
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from types import FrameType
 from typing import TextIO
 
 import typer
@@ -21,6 +19,7 @@ from forwardpass.cli.common import (
     format_option,
     model_argument,
     open_model,
+    stop_on_sigterm,
     top_k_option,
 )
 from forwardpass.errors import InputError, NotFoundError
@@ -80,7 +79,7 @@ def stream(
         out.flush()
 
     file = sys.stdin if source is None else _open(source)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     try:
         lines: Iterable[str] = follow_lines(file, stop) if follow else file
         run_stream(loaded, lines, write, record_format=chosen, max_batch=max_batch, top_k=top_k, stats=stats)
@@ -112,10 +111,6 @@ def _open(source: Path) -> TextIO:
         raise NotFoundError(f"no such file: {source}") from None
     except OSError as exc:
         raise InputError(f"cannot read {source}: {exc.strerror}") from None
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import FORWARDPASS
 
 POLL_S = 0.02
@@ -27,13 +29,17 @@ def _parts_done(manifest: Path) -> int:
         return 0
 
 
-def _interrupt(process: subprocess.Popen[str]) -> tuple[str, str]:
+def _interrupt(process: subprocess.Popen[str], signum: int = signal.SIGINT) -> tuple[str, str]:
     assert process.poll() is None, "the job ended before it could be interrupted: make it longer"
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     return process.communicate(timeout=60)
 
 
-def test_batch_says_how_far_it_got_and_resume_takes_the_jobs_options(repository: Path, tmp_path: Path) -> None:
+# SIGTERM: what a scheduler, `timeout` or Kubernetes sends; it ended the job in silence (exit 143, no resume command)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_batch_says_how_far_it_got_and_resume_takes_the_jobs_options(
+    repository: Path, tmp_path: Path, signum: int
+) -> None:
     table = tmp_path / "big.csv"
     table.write_text("a,b,c\n" + "0.5,-1,2\n" * 100_000, encoding="utf-8")
     out = tmp_path / "out"
@@ -41,8 +47,8 @@ def test_batch_says_how_far_it_got_and_resume_takes_the_jobs_options(repository:
     deadline = time.monotonic() + 60
     while _parts_done(out / "_manifest.json") < 1 and job.poll() is None and time.monotonic() < deadline:
         time.sleep(POLL_S)
-    _, stderr = _interrupt(job)
-    assert job.returncode == 130, stderr
+    _, stderr = _interrupt(job, signum)
+    assert job.returncode == 128 + signum, stderr
     assert "of 100000 records saved in" in stderr and "--resume" in stderr and "Traceback" not in stderr
     again = stderr.strip().splitlines()[-1].split()  # the command it printed, as typed
     assert again[:3] == ["forwardpass", "batch", "tab_cls"] and again[-1] == "--resume"
