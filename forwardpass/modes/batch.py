@@ -24,7 +24,7 @@ from forwardpass.config import ModelConfig
 from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.model import Model
 from forwardpass.modes.sinks import ERRORS_FILE, Output
-from forwardpass.modes.sources import Item, open_source
+from forwardpass.modes.sources import Item, open_source, utf8_text
 from forwardpass.pipeline import Arrays
 
 __all__ = [
@@ -96,7 +96,7 @@ def job_identity(
 
 
 def error_row(item_id: str, error: ForwardpassError) -> Row:
-    return {"id": item_id, "error": str(error), "type": type(error).__name__}
+    return {"id": item_id, "error": utf8_text(str(error)), "type": type(error).__name__}  # it may name the file
 
 
 Part = tuple[int, int, list[Item]]  # (part index, index of its first record, its records)

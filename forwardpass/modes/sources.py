@@ -8,9 +8,9 @@ under the same ids, so a job can number them, split them into parts, skip the pa
     no preprocessing  .npy (one item per row, memory-mapped)
     any model         a folder of the files above (recursive, sorted)
 
-A record's id is its file's path relative to INPUT (the file's name when INPUT is one file), plus `#rowN` (`#lineN`
-for JSONL) for one row of a table; rows count from 1. A record that cannot be read carries its error instead of
-a value, so it lands in the errors file and the job goes on.
+A record's id is its file's path relative to INPUT (the file's name when INPUT is one file; a byte that is not UTF-8
+as \\xNN), plus `#rowN` (`#lineN` for JSONL) for one row of a table; rows count from 1. A record that cannot be read
+carries its error instead of a value, so it lands in the errors file and the job goes on.
 """
 
 from __future__ import annotations
@@ -29,7 +29,17 @@ from forwardpass.config import ModelConfig
 from forwardpass.errors import DecodeError, ForwardpassError, InputError, NotFoundError
 from forwardpass.pipeline.kinds import kind_of
 
-__all__ = ["Item", "Source", "csv_header", "csv_items", "jsonl_items", "open_source", "parquet_items", "parse_json"]
+__all__ = [
+    "Item",
+    "Source",
+    "csv_header",
+    "csv_items",
+    "jsonl_items",
+    "open_source",
+    "parquet_items",
+    "parse_json",
+    "utf8_text",
+]
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson", ".txt", ".npy")
 TEXT_FIELD = "text"
@@ -314,7 +324,13 @@ def _files(root: Path, suffixes: tuple[str, ...] | None) -> list[Path]:
 
 
 def _relative_name(path: Path, root: Path) -> str:
-    return path.name if path == root else path.relative_to(root).as_posix()
+    return utf8_text(path.name if path == root else path.relative_to(root).as_posix())
+
+
+def utf8_text(text: str) -> str:
+    """`text` with the bytes of a file name that are not UTF-8 (Python holds them as lone surrogates) written as
+    \\xNN: the output files are UTF-8, and no writer takes a surrogate."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _open_text(path: Path) -> Any:

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 import forwardpass
 from forwardpass.errors import InputError
@@ -305,3 +306,20 @@ def test_cli_a_job_where_every_record_failed_exits_2_naming_the_first_reason(rep
     assert done.stderr.strip().splitlines()[-1] == (
         "error: no record was scored; the first, unnamed.csv#row1: record is missing column 'a', 'b', 'c'"
     )
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "csv", "jsonl"])
+def test_a_file_name_that_is_not_utf8_gets_an_id_with_the_byte_escaped(
+    img_cls: Model, tmp_path: Path, output_format: str
+):
+    """Such a name (0xe9, é on an old Latin-1 disk) ended the job in a UnicodeEncodeError traceback, exit 1."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / os.fsdecode(b"caf\xe9.png"))
+    (folder / os.fsdecode(b"cut\xe9.png")).write_bytes(b"\x89PNG\r\n")
+    summary = run_batch(img_cls, folder, tmp_path / "out", BatchOptions(output_format=output_format))
+    assert (summary.rows, summary.errors) == (1, 1)
+    assert [row["id"] for row in read_rows(tmp_path / "out", output_format)] == ["caf\\xe9.png"]
+    error = read_errors(tmp_path / "out")["cut\\xe9.png"]["error"]
+    assert "photos/cut\\xe9.png" in error and "not an image" in error
