@@ -19,6 +19,7 @@ from forwardpass.cli.inputs import Item, decode_inputs
 from forwardpass.ensemble import Ensemble, find_pipeline, load_pipeline
 from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.model import Model
+from forwardpass.modes.sources import utf8_text
 from forwardpass.pipeline import Prediction
 
 __all__ = ["register"]
@@ -211,7 +212,7 @@ def _report(items: Sequence[Item], outcomes: Iterable[Outcome], as_json: bool) -
             failures.append(outcome)
             typer.secho(f"error: {_located(item.name, outcome)}", fg=typer.colors.RED, err=True)
         elif as_json:
-            line = orjson.dumps({"input": item.name, **outcome}, option=orjson.OPT_SERIALIZE_NUMPY)
+            line = orjson.dumps({"input": utf8_text(item.name), **outcome}, option=orjson.OPT_SERIALIZE_NUMPY)
             sys.stdout.buffer.write(line + b"\n")
             sys.stdout.buffer.flush()
         else:

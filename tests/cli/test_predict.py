@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -100,6 +102,18 @@ def test_one_good_and_one_corrupt_image(cli: Cli, image_probabilities: dict[str,
     assert line["label"] == LABELS[int(np.argmax(image_probabilities["one.png"]))]
     errors = [text for text in done.stderr.splitlines() if text.startswith("error:")]
     assert len(errors) == 1 and "corrupt.png" in errors[0] and "Traceback" not in done.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_named_with_the_byte_escaped_in_json(
+    cli: Cli, input_dir: Path, tmp_path: Path
+) -> None:
+    """--json ended in a TypeError traceback (exit 1): orjson takes no surrogate, Python's form of such a byte."""
+    latin1 = tmp_path / os.fsdecode(b"caf\xe9.png")
+    shutil.copy(input_dir / "one.png", latin1)
+    done = cli("predict", "img_cls", latin1, "--json")
+    assert done.returncode == 0, done.stderr
+    (line,) = json_lines(done)
+    assert line["input"] == f"{tmp_path}/caf\\xe9.png"
 
 
 def test_images_of_different_sizes_that_cannot_share_a_batch(cli: Cli, input_dir: Path) -> None:
