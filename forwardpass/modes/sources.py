@@ -45,6 +45,7 @@ TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson", ".txt", ".npy")
 TEXT_FIELD = "text"
 PARQUET_BATCH_ROWS = 1024  # rows decoded at a time: memory stays bounded whatever the file's size
 NPY_CHUNK_BYTES = 16 * 2**20  # .npy bytes read at a time
+EMPTY_CSV = "is empty: expected a header row with the column names"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +82,7 @@ def csv_header(path: Path) -> list[str]:
         except (csv.Error, UnicodeDecodeError) as exc:
             raise DecodeError(_csv_problem(exc)) from None
     if not header:
-        raise DecodeError("is empty: expected a header row with the column names")
+        raise DecodeError(EMPTY_CSV)
     return header
 
 
@@ -92,6 +93,8 @@ def csv_items(path: Path, name: str) -> Iterator[Item]:
         reader = csv.DictReader(file)
         row_number = 0
         try:
+            if reader.fieldnames is None:  # reads the header: none in a file without a line
+                yield Item(name, error=DecodeError(EMPTY_CSV))
             for row_number, row in enumerate(reader, 1):
                 extra = row.get(None)  # type: ignore[call-overload,unused-ignore]  # DictReader puts extra fields under None
                 if extra:
@@ -152,6 +155,8 @@ class _Images:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._files = _files(root, suffixes=None)
+        if not self._files:
+            raise InputError(f"input '{root}' holds no files")
 
     def items(self) -> Iterator[Item]:
         for path in self._files:

@@ -323,3 +323,19 @@ def test_a_file_name_that_is_not_utf8_gets_an_id_with_the_byte_escaped(
     assert [row["id"] for row in read_rows(tmp_path / "out", output_format)] == ["caf\\xe9.png"]
     error = read_errors(tmp_path / "out")["cut\\xe9.png"]["error"]
     assert "photos/cut\\xe9.png" in error and "not an image" in error
+
+
+def test_an_empty_image_folder_is_refused(img_cls: Model, tmp_path: Path):
+    """It was a job of 0 records with exit 0, as a table folder without tables is not: most likely the wrong path."""
+    (tmp_path / "photos" / ".thumbnails").mkdir(parents=True)
+    with pytest.raises(InputError, match="holds no files"):
+        run_batch(img_cls, tmp_path / "photos", tmp_path / "out", BatchOptions())
+
+
+def test_a_zero_byte_csv_is_a_bad_record_and_a_header_only_csv_has_no_records(tab_cls: Model, tmp_path: Path):
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "empty.csv").write_bytes(b"")
+    (tmp_path / "tables" / "header.csv").write_text("a,b,c\n", encoding="utf-8")
+    summary = run_batch(tab_cls, tmp_path / "tables", tmp_path / "out", BatchOptions())
+    assert (summary.records, summary.rows, summary.errors) == (1, 0, 1)
+    assert "is empty: expected a header row" in read_errors(tmp_path / "out")["empty.csv"]["error"]
