@@ -101,13 +101,13 @@ def batch(
 
     Examples:
 
-      forwardpass batch mobilenet_v2 samples/images -o scores/
+      forwardpass batch mobilenet_v2 samples/images -o scores/photos
 
-      forwardpass batch breast_cancer data/breast_cancer/test.csv -o scores/ --drop label --format csv
+      forwardpass batch breast_cancer data/breast_cancer/test.csv -o scores/cancer --drop label --format csv
 
-      forwardpass batch breast_cancer data/breast_cancer/test.csv -o scores/ --resume
+      forwardpass batch breast_cancer data/breast_cancer/test.csv -o scores/cancer --resume
 
-      forwardpass batch digits_cnn data/digits/test -o scores/ --ray --actors 2
+      forwardpass batch digits_cnn data/digits/test -o scores/digits --ray --actors 2
 
       forwardpass batch mobilenet_v2 /shared/photos -o /shared/scores --ray-address auto --actors 8
     """
