@@ -34,7 +34,7 @@ DEFAULT_LABEL_COLUMNS = ("label", "target")
 
 @dataclass(frozen=True, slots=True)
 class Example:
-    source: str  # where it came from, for error reports: "cat/001.png", "row 3"
+    source: str  # where it came from, for error reports: "cat/001.png", "row 3" (the third record)
     raw: object  # what Model.preprocess takes: an image path, a record or an array
     label: str
     group: str | None = None  # the value of the group-by column
@@ -122,8 +122,8 @@ def _csv(path: Path, label_column: str | None, group_by: str | None) -> Dataset:
         columns = list(reader.fieldnames or [])
         label = _pick_label(path, columns, label_column)
         dataset = Dataset(path, label, group_by=_pick_group(path, columns, group_by))
-        for row in reader:
-            source = f"row {reader.line_num}"
+        for number, row in enumerate(reader, 1):
+            source = f"row {number}"  # records, as batch's #rowN: a line number would count the header
             if None in row:  # more cells than header columns
                 dataset.items.append(ItemError(source, f"more cells than the header's {len(row) - 1} columns"))
                 continue

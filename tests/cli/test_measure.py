@@ -197,7 +197,7 @@ def test_eval_csv_regression_equals_sklearn(fp: Cli, measure_repo: Repo, tables:
     assert report["mae"] == pytest.approx(metrics.mean_absolute_error(truth, predicted), rel=1e-5)
     assert report["rmse"] == pytest.approx(np.sqrt(metrics.mean_squared_error(truth, predicted)), rel=1e-5)
     assert report["r2"] == pytest.approx(metrics.r2_score(truth, predicted), rel=1e-5)
-    assert report["bad"] == 1 and report["errors"][0]["item"] == f"row {len(rows) + 2}"
+    assert report["bad"] == 1 and report["errors"][0]["item"] == f"row {len(rows) + 1}"
 
 
 def test_eval_image_folder_table(fp: Cli, measure_repo: Repo, tmp_path: Path) -> None:

@@ -36,9 +36,9 @@ def test_csv_label_column_defaults_to_label_then_target(tmp_path: Path) -> None:
     (tmp_path / "target.csv").write_text("x,target\n1,2.5\n", encoding="utf-8")
     both = open_dataset(tmp_path / "both.csv")
     assert both.label_column == "label"
-    assert both.items == [Example("row 2", {"x": "1", "target": "2"}, "a")]
+    assert both.items == [Example("row 1", {"x": "1", "target": "2"}, "a")]
     assert open_dataset(tmp_path / "target.csv").examples[0].label == "2.5"
-    assert open_dataset(tmp_path / "both.csv", "x").examples[0] == Example("row 2", {"target": "2", "label": "a"}, "1")
+    assert open_dataset(tmp_path / "both.csv", "x").examples[0] == Example("row 1", {"target": "2", "label": "a"}, "1")
 
 
 def test_csv_without_the_label_column_is_refused(tmp_path: Path) -> None:
@@ -50,11 +50,14 @@ def test_csv_without_the_label_column_is_refused(tmp_path: Path) -> None:
 
 
 def test_csv_rows_that_cannot_be_items_are_errors_in_file_order(tmp_path: Path) -> None:
-    (tmp_path / "data.csv").write_text("x,label\n1,a\n2,b,extra\n3,\n4,c\n", encoding="utf-8")
+    """Rows count records from 1, as batch's and predict's #rowN and Parquet's rows do: they were the file's line
+    number at the record's end (the header counted, a quoted newline too), one more than batch's for the same row."""
+    (tmp_path / "data.csv").write_text('x,label\n"1\n1",a\n2,b,extra\n3,\n4,c\n', encoding="utf-8")
     items = open_dataset(tmp_path / "data.csv").items
     assert [type(item).__name__ for item in items] == ["Example", "ItemError", "ItemError", "Example"]
-    assert items[1] == ItemError("row 3", "more cells than the header's 2 columns")
-    assert items[2] == ItemError("row 4", "empty 'label'")
+    assert items[0] == Example("row 1", {"x": "1\n1"}, "a")
+    assert items[1] == ItemError("row 2", "more cells than the header's 2 columns")
+    assert items[2] == ItemError("row 3", "empty 'label'")
 
 
 def test_jsonl_and_json_records(tmp_path: Path) -> None:

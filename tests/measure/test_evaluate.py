@@ -200,7 +200,7 @@ def test_csv_classification_equals_sklearn(tabular: Path) -> None:
     assert report.metrics["top_k_accuracy"]["1"] == pytest.approx(expected[1], abs=1e-12)
     assert report.metrics["top_k_accuracy"]["2"] == pytest.approx(expected[2], abs=1e-12)
     assert report.bad == 2
-    assert [e.source for e in report.errors] == ["row 102", "row 103"]
+    assert [e.source for e in report.errors] == ["row 101", "row 102"]  # the last two of 102 records
 
 
 def test_jsonl_regression_equals_sklearn(tabular: Path) -> None:
