@@ -15,7 +15,7 @@ from importlib.metadata import version as installed_version
 import typer
 
 from forwardpass.cli.help import polish
-from forwardpass.errors import ForwardpassError
+from forwardpass.errors import ForwardpassError, InputError
 
 __all__ = ["COMMANDS", "build_app", "main", "versions"]
 
@@ -116,3 +116,9 @@ def main() -> None:
     except ForwardpassError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.filename is None:  # not a path's fault (a broken pipe, a socket): a defect to show whole
+            raise
+        # a path given that cannot be written or read: -o under a file, a read-only or full disk, no permission
+        typer.secho(f"error: '{exc.filename}': {exc.strerror}; choose another path", fg=typer.colors.RED, err=True)
+        sys.exit(InputError.exit_code)

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from forwardpass.cli.bench_local import bench_local
 from forwardpass.cli.bench_server import bench_server
-from forwardpass.cli.common import AS_JSON, REPOSITORY, TRUST_PICKLE, VERSION, output_option
+from forwardpass.cli.common import AS_JSON, REPOSITORY, TRUST_PICKLE, VERSION, make_output_folder, output_option
 from forwardpass.cli.reporting import ms, print_json, text_list
 from forwardpass.errors import InputError
 from forwardpass.measure import machine_info, mlperf
@@ -125,6 +125,8 @@ def bench_command(
     scenarios = _scenarios(mlperf_scenarios)
     if scenarios and out is None:
         raise InputError("--mlperf keeps LoadGen's logs: give --output DIR")
+    if out is not None:
+        make_output_folder(out)
     machine = machine_info()
     console = Console()
     if not as_json:

@@ -27,6 +27,7 @@ __all__ = [
     "at_least_one",
     "batch_size_option",
     "format_option",
+    "make_output_folder",
     "model_argument",
     "open_model",
     "output_option",
@@ -90,6 +91,15 @@ def model_argument(help: str = "A model name in the repository, a model folder, 
 def output_option(help: str, *, required: bool = False) -> Any:
     """Where a command writes what it makes: a folder or a file, always -o/--output."""
     return typer.Option(... if required else None, "--output", "-o", metavar="PATH", help=help, show_default=False)
+
+
+def make_output_folder(path: Path) -> None:
+    """-o's folder, made before the work that fills it: one that cannot be made is refused before a long run, not
+    after it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create OUTPUT '{path}' ({exc.strerror}); choose a folder you can write to") from None
 
 
 def top_k_option(help: str = "Classes to list per prediction, at least 1 (default: the config's top_k).") -> Any:

@@ -16,6 +16,7 @@ from forwardpass.cli.common import (
     VERSION,
     at_least_one,
     batch_size_option,
+    make_output_folder,
     model_argument,
     open_model,
     output_option,
@@ -85,6 +86,8 @@ def eval_command(
       forwardpass eval my_detector coco/annotations.json -o reports/detector
     """
     at_least_one(top_k=top_k, batch_size=batch_size)
+    if out is not None:
+        make_output_folder(out)
     if is_coco(data):  # detection: pycocotools' mAP
         loaded = open_model(model, repository, version, trust_pickle=trust_pickle)
         with progress(items="images") as bar:
@@ -125,7 +128,6 @@ def eval_command(
 
 def _report_detection(report: dict[str, Any], out: Path | None, as_json: bool) -> None:
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if as_json:
         print_json(report)

@@ -110,3 +110,16 @@ def test_config_that_does_not_validate(
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
     done = cli("predict", "broken", "item.npy", "--repository", tmp_path)
     assert_one_error(done, str(config_file), "field '", field)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("init", "img_cls"), ("eval", "img_cls", "labelled"), ("bench", "img_cls", "--duration", "0.05", "-b", "1")],
+    ids=lambda command: command[0],
+)
+def test_an_output_folder_that_cannot_be_made(cli: Cli, input_dir: Path, command: tuple[str, ...]) -> None:
+    """-o under a file (or on a read-only disk) ended in a NotADirectoryError / PermissionError traceback, exit 1."""
+    labelled = input_dir / "labelled" / "cat"
+    labelled.mkdir(parents=True, exist_ok=True)
+    shutil.copy(input_dir / "one.png", labelled / "one.png")
+    assert_one_error(cli(*command, "-o", "one.png/report"), "one.png/report", "Not a directory")
