@@ -188,6 +188,8 @@ def run_stream(
 def _read(lines: Iterable[str], records: queue.Queue[_Record | None]) -> None:
     try:
         for number, text in enumerate(lines, 1):
+            if number == 1:
+                text = text.removeprefix("\ufeff")  # a byte order mark (Excel's "CSV UTF-8"), file or stdin
             if text.strip():
                 records.put(_Record(number, text.rstrip("\r\n"), time.perf_counter()))
     finally:

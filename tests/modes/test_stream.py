@@ -19,7 +19,7 @@ import forwardpass
 from forwardpass.config import ModelConfig
 from forwardpass.errors import ConfigError, DecodeError
 from forwardpass.model import Model
-from forwardpass.modes.stream import RecordParser, StreamStats, follow_lines, guess_format, run_stream
+from forwardpass.modes.stream import RecordFormat, RecordParser, StreamStats, follow_lines, guess_format, run_stream
 from forwardpass.repository import default_repository
 
 WAIT_S = 30  # a step that never comes fails the test instead of hanging it
@@ -136,6 +136,20 @@ def test_csv_streams_start_with_their_header(model: Model) -> None:
         {"line": 3, "prediction": {"value": pytest.approx(11.0)}},
     ]
     assert answers.lines[2] == {"line": 4, "error": "has 3 fields, the header has 2"}
+
+
+@pytest.mark.parametrize(
+    ("record_format", "lines"),
+    [("csv", ["\ufeffa,b\n", "2,1\n"]), ("jsonl", ['\ufeff{"a": 2, "b": 1}\n'])],
+    ids=["csv", "jsonl"],
+)
+def test_a_byte_order_mark_before_the_first_line_is_not_read_as_data(
+    model: Model, record_format: RecordFormat, lines: list[str]
+) -> None:
+    """Excel's "CSV UTF-8" starts with one: every record was refused ("unknown field '\ufeffa'"), a JSONL's first."""
+    answers = Answers()
+    run_stream(model, lines, answers, record_format=record_format)
+    assert answers.lines == [{"line": len(lines), "prediction": {"value": pytest.approx(4.0)}}]
 
 
 def test_the_parser_reads_text_and_text_records_for_text_models() -> None:
