@@ -145,7 +145,7 @@ def _parquet_rows(path: Path) -> list[tuple[str, object]]:
 
 
 def _json_rows(path: Path) -> list[tuple[str, object]]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # a byte order mark (Windows tools write one) is no data
     if path.suffix.lower() == ".json":
         try:
             records = json.loads(text)

@@ -81,17 +81,17 @@ def _raw_items(path: Path, role: str) -> tuple[list[tuple[str, object]], str]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".txt":
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
             return [(f"line {n}", line) for n, line in enumerate(lines, 1) if line.strip()], "texts"
         if suffix == ".csv":
             with path.open(newline="", encoding="utf-8-sig") as file:
                 rows = [_unlabelled(row) for row in csv.DictReader(file)]
             return [(f"row {n}", row) for n, row in enumerate(rows, 1)], "records"
         if suffix in (".jsonl", ".ndjson"):
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
             return [(f"line {n}", _record(line)) for n, line in enumerate(lines, 1) if line.strip()], "records"
         if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
             records = data if isinstance(data, list) else [data]
             return [(f"record {n}", _unlabelled(r)) for n, r in enumerate(records, 1)], "records"
         if suffix == ".npy":

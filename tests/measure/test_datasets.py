@@ -75,6 +75,16 @@ def test_jsonl_and_json_records(tmp_path: Path) -> None:
     assert [item.source for item in open_dataset(tmp_path / "data.json").items] == [f"record {i}" for i in range(1, 5)]
 
 
+@pytest.mark.parametrize(
+    ("name", "text"), [("data.jsonl", '{"x": 1, "label": "a"}\n'), ("data.json", '[{"x": 1, "label": "a"}]')]
+)
+def test_a_byte_order_mark_before_json_is_not_data(tmp_path: Path, name: str, text: str) -> None:
+    """Windows tools write one: a JSONL's first record was a bad item, a JSON file was refused whole."""
+    (tmp_path / name).write_text(text, encoding="utf-8-sig")
+    (item,) = open_dataset(tmp_path / name).items
+    assert isinstance(item, Example) and item.raw == {"x": 1} and item.label == "a"
+
+
 def test_missing_and_unsupported_paths(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="no data set at"):
         open_dataset(tmp_path / "nothing.csv")
