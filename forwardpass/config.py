@@ -75,6 +75,12 @@ class TensorConfig(_Strict):
     allow_nonfinite: bool = Field(
         default=True, description="false: a request whose tensor holds NaN or inf is refused (inputs only)"
     )
+    max_shape: list[int] | None = Field(
+        default=None,
+        description="inputs only: the largest each dimension may be (-1: no bound; the batch dimension is bounded by "
+        "max_batch_size), checked on every request before its data is decoded; one bound per dimension of the "
+        "model's input, a fixed dimension's its size",
+    )
 
 
 class ImageConfig(_Strict):
@@ -737,6 +743,15 @@ class ModelConfig(_Strict):
         too_big = [size for size in self.dynamic_batching.preferred_batch_size if size > self.max_batch_size]
         if too_big and self.max_batch_size > 0:
             raise ValueError(f"preferred_batch_size {too_big} exceeds max_batch_size {self.max_batch_size}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_max_shape(self) -> ModelConfig:
+        """A bound is enforced on what clients send: written on an output or under source.inputs it would hold
+        nothing back, so it is refused rather than ignored."""
+        for field, tensors in (("outputs", self.outputs), ("source.inputs", self.source.inputs)):
+            if any(tensor.max_shape is not None for tensor in tensors):
+                raise ValueError(f"{field}[].max_shape bounds nothing there; write it under inputs")
         return self
 
     @classmethod

@@ -35,7 +35,7 @@ from forwardpass.pipeline.complete import check, complete
 from forwardpass.quality import InputWindow, Profile, SchemaCheck
 from forwardpass.repository import CONFIG_FILE, ModelEntry, Repository, default_repository, find_artefact, versions_in
 from forwardpass.scheduler.batches import check_rows, fail_alone
-from forwardpass.tensor import DataType, TensorSpec
+from forwardpass.tensor import DataType, ShapeBound, TensorSpec
 
 if TYPE_CHECKING:
     from forwardpass.decisions import AuditLog, Decider
@@ -73,7 +73,7 @@ class Model:
         self.name = entry.name
         self.version = entry.version
         self.facts = facts or ModelFacts()
-        specs = _apply_overrides(session.inputs, config, session.outputs)
+        specs = _apply_overrides(session.inputs, config, session.outputs, entry.name)
         specs_by_name = {spec.name: spec for spec in specs}
         # The config every mode uses: declared, else inferred from the model (each inferred field says why)
         self.config, self.inferred = complete(config, specs, session.outputs, self.facts)
@@ -290,18 +290,39 @@ def _constants(config: ModelConfig, specs: list[TensorSpec]) -> dict[str, np.nda
     return arrays
 
 
-def _apply_overrides(specs: list[TensorSpec], config: ModelConfig, outputs: list[TensorSpec]) -> list[TensorSpec]:
+def _apply_overrides(
+    specs: list[TensorSpec], config: ModelConfig, outputs: list[TensorSpec], model: str
+) -> list[TensorSpec]:
     """Config entries under `inputs:` and `outputs:` may only restate what the model says (name, datatype,
-    shape), plus an input's NaN/inf policy; one that says otherwise is refused."""
+    shape), plus an input's NaN/inf policy and bounds on its dimensions; one that says otherwise is refused."""
     by_name = {spec.name: spec for spec in specs}
     result = dict(by_name)
     for declared in config.inputs:
         spec = _restated(declared, by_name, "inputs")
-        result[declared.name] = TensorSpec(spec.name, spec.dtype, spec.shape, declared.allow_nonfinite)
+        bound = _shape_bound(declared, spec, model) if declared.max_shape is not None else None
+        result[declared.name] = TensorSpec(spec.name, spec.dtype, spec.shape, declared.allow_nonfinite, bound)
     by_output = {spec.name: spec for spec in outputs}
     for declared in config.outputs:
         _restated(declared, by_output, "outputs")
     return list(result.values())
+
+
+def _shape_bound(declared: TensorConfig, spec: TensorSpec, model: str) -> ShapeBound:
+    """inputs[].max_shape, checked against the model's input: one bound per dimension, each -1 or at least 1, a
+    fixed dimension's bound its size."""
+    limits = tuple(declared.max_shape or ())
+    field = f"inputs.{declared.name}.max_shape {list(limits)}"
+    if len(limits) != len(spec.shape):
+        raise ConfigError(
+            f"{field} has {len(limits)} dimensions, the model's input {list(spec.shape)} has {len(spec.shape)}: "
+            "give one bound per dimension (-1: no bound)"
+        )
+    for index, (limit, size) in enumerate(zip(limits, spec.shape, strict=True)):
+        if limit != -1 and limit < 1:
+            raise ConfigError(f"{field}: dimension {index}'s bound {limit} is under 1; write at least 1, or -1 (none)")
+        if size != -1 and limit not in (-1, size):
+            raise ConfigError(f"{field}: dimension {index} is fixed at {size} in the model; write {size} or -1 for it")
+    return ShapeBound(model, limits)
 
 
 def _restated(declared: TensorConfig, specs: dict[str, TensorSpec], field: str) -> TensorSpec:

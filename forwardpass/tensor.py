@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from forwardpass.errors import DTypeError, InputError, NonFiniteError, ShapeError
 
-__all__ = ["FLOATS", "DataType", "TensorSpec", "as_array", "as_text"]
+__all__ = ["FLOATS", "DataType", "ShapeBound", "TensorSpec", "as_array", "as_text"]
 
 
 class DataType(Enum):
@@ -67,6 +68,28 @@ for _member in DataType:
 
 
 @dataclass(frozen=True, slots=True)
+class ShapeBound:
+    """The largest each dimension of an input may be (-1: no bound), from its config's inputs[].max_shape: a
+    dynamic dimension (an image's width) otherwise lets one small request cost any memory the model makes of it."""
+
+    model: str
+    limits: tuple[int, ...]
+    first: int = 0  # the dimension limits[0] bounds in a request's tensor: 1 for an item without its batch dimension
+
+    def check(self, name: str, shape: Sequence[int]) -> None:
+        """A tensor's shape (rank already checked) against the bounds; the data is not looked at."""
+        for index, (size, limit) in enumerate(zip(shape, self.limits)):  # noqa: B905 -- rank checked by the caller
+            if limit != -1 and size > limit:
+                raise ShapeError(
+                    f"input '{name}' dimension {index + self.first} is {size}, over its limit of {limit} "
+                    f"(inputs[].max_shape in model '{self.model}''s config)"
+                )
+
+    def unbatched(self) -> ShapeBound:
+        return ShapeBound(self.model, self.limits[1:], self.first + 1)
+
+
+@dataclass(frozen=True, slots=True)
 class TensorSpec:
     """A named tensor the model takes or gives; -1 marks a dynamic dimension (the first is the batch)."""
 
@@ -74,6 +97,7 @@ class TensorSpec:
     dtype: DataType
     shape: tuple[int, ...]
     allow_nonfinite: bool = True
+    bound: ShapeBound | None = None  # an input's config bound on its dimensions
 
     def validate(self, value: object) -> np.ndarray:
         """Return `value` as an array of this spec's dtype and shape, or raise an InputError naming the tensor."""
@@ -86,6 +110,8 @@ class TensorSpec:
         for got, want in zip(array.shape, self.shape):  # noqa: B905 -- lengths checked above; hot path
             if want != -1 and got != want:
                 raise ShapeError(f"input '{self.name}': expected shape {list(self.shape)}, got {list(array.shape)}")
+        if self.bound is not None:
+            self.bound.check(self.name, array.shape)
         if not self.allow_nonfinite and array.dtype.kind == "f" and not np.isfinite(array).all():
             raise NonFiniteError(f"input '{self.name}' contains NaN or infinity, which this model's config forbids")
         return array
@@ -111,7 +137,8 @@ class TensorSpec:
 
     def unbatched(self) -> TensorSpec:
         """The spec of one item: the batch dimension dropped."""
-        return TensorSpec(self.name, self.dtype, self.shape[1:], self.allow_nonfinite)
+        bound = self.bound.unbatched() if self.bound is not None else None
+        return TensorSpec(self.name, self.dtype, self.shape[1:], self.allow_nonfinite, bound)
 
     def to_dict(self) -> dict[str, object]:
         """The V2 metadata form: {"name", "datatype", "shape"}."""

@@ -879,11 +879,18 @@ def build_ocr(out_root: Path) -> str:
     # cores (bench/results/vision.md)
     engine = {"warmup": 0, "allow_spinning": False}
     line = {"kind": "image", "color": "BGR", "resize_with": "opencv", "pad_value": 127.5, **PADDLE_NORMALIZE}
+    # Bounds on the dynamic sides, so one small request cannot take the server's memory: the detector's grows with
+    # the pixels (4096 x 4096: +3.1 GB; a 12 MP photo, 4032 x 3040, +1.9 GB, fits either way up; a [1, 3, 32,
+    # 169984] V2 tensor, +1.1 GB, is refused), the recognizer's attention with the square of a line's width
+    # (8000: +0.1 GB, 16000: +0.36 GB; the lines of the bundled OCR samples are at most 1000 wide)
+    det_inputs = [FlowMap(name="x", max_shape=FlowList([-1, 3, 4096, 4096]))]
+    rec_inputs = [FlowMap(name="x", max_shape=FlowList([-1, 3, 48, 8000]))]
     write_config(
         out_root / "models" / "ocr_det",
         {
             "description": "PP-OCRv4 text detector (RapidOCR 1.4.4): text boxes",
             "max_batch_size": 4,  # images of one size share a forward pass
+            "inputs": det_inputs,
             "preprocess": {
                 "kind": "image",
                 "color": "BGR",
@@ -923,6 +930,7 @@ def build_ocr(out_root: Path) -> str:
         {
             "description": "PP-OCRv4 text recognizer (RapidOCR 1.4.4): a text line's characters",
             "max_batch_size": 6,
+            "inputs": rec_inputs,
             "preprocess": {**line, "text_line": FlowList([48, 320]), "text_line_overflow": "extend"},
             "postprocess": {"kind": "ctc", "characters": "characters.txt", "space": True},
             "engine": engine,

@@ -186,3 +186,15 @@ def test_engine_keyword_options_are_validated(tmp_path: Path, add_model):
         forwardpass.load("adder", repository=tmp_path, intra_op_threads=-1)
     with pytest.raises(ConfigError, match="turbo"):
         forwardpass.load("adder", repository=tmp_path, turbo=True)
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [
+        ({"outputs": [{"name": "y", "max_shape": [-1, 8]}]}, "outputs"),
+        ({"source": {"inputs": [{"name": "x", "max_shape": [-1, 8]}]}}, "source.inputs"),
+    ],
+)
+def test_max_shape_anywhere_but_inputs_is_refused(section: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{field}\[\]\.max_shape bounds nothing there; write it under inputs"):
+        ModelConfig.from_dict(section)

@@ -22,8 +22,10 @@ from sklearn.preprocessing import StandardScaler
 
 import forwardpass
 from forwardpass.config import ModelConfig
-from forwardpass.errors import InputError, NonFiniteError, NotFoundError, ShapeError
+from forwardpass.errors import ConfigError, InputError, NonFiniteError, NotFoundError, ShapeError
 from forwardpass.tensor import DataType, TensorSpec
+from tests.running_server import copy_bundled
+from tests.server.conftest import bounded_negate
 
 ATOL = 1e-5  # FP32
 INPUTS = 16  # at least this many random inputs per comparison
@@ -404,3 +406,39 @@ def test_sklearn_with_a_tabular_config(repo: Path, iris):
     for prediction, probabilities in zip(predictions, expected, strict=True):
         scores = {item["label"]: item["score"] for item in prediction["top_k"]}
         np.testing.assert_allclose([scores[n] for n in names], probabilities, atol=ATOL)
+
+
+# --- inputs[].max_shape: bounds on dynamic dimensions ----------------------------------------------------------------
+
+
+def test_max_shape_refuses_a_dimension_over_its_bound_in_process(tmp_path: Path) -> None:
+    model = forwardpass.load(bounded_negate(tmp_path / "wide", [-1, 2, 16]))
+    np.testing.assert_array_equal(model.infer({"x": np.ones((3, 2, 16), np.float32)})["y"], -np.ones((3, 2, 16)))
+    with pytest.raises(ShapeError) as refused:
+        model.infer({"x": np.ones((1, 2, 17), np.float32)})
+    assert str(refused.value) == (
+        "input 'x' dimension 2 is 17, over its limit of 16 (inputs[].max_shape in model 'wide''s config)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("max_shape", "message"),
+    [
+        ([-1, 16], r"inputs.x.max_shape \[-1, 16\] has 2 dimensions, the model's input \[-1, 2, -1\] has 3"),
+        ([-1, 3, 16], r"dimension 1 is fixed at 2 in the model; write 2 or -1 for it"),
+        ([-1, 2, 0], r"dimension 2's bound 0 is under 1; write at least 1, or -1 \(none\)"),
+    ],
+)
+def test_a_wrong_max_shape_is_refused_at_load(tmp_path: Path, max_shape: list[int], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        forwardpass.load(bounded_negate(tmp_path / "wide", max_shape))
+
+
+def test_ocr_rec_refuses_a_line_over_its_width_bound_before_running(tmp_path: Path) -> None:
+    model = forwardpass.load(copy_bundled("ocr_rec", tmp_path))
+    with pytest.raises(ShapeError, match=r"^input 'x' dimension 3 is 100000, over its limit of 8000 "):
+        model.infer({"x": np.zeros((1, 3, 1, 100_000), np.float32)})
+    line = io.BytesIO()
+    Image.new("RGB", (2000, 10), "white").save(line, format="PNG")  # 48 high: 9,600 wide, kept whole ("extend")
+    with pytest.raises(ShapeError, match=r"^input 'x' dimension 3 is 9600, over its limit of 8000 "):
+        model.predict(line.getvalue())

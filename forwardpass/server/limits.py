@@ -3,8 +3,9 @@
 Each transport looks the model up first (an unknown model is a 404 before any byte of the body is parsed), then
 checks every tensor's header (name, datatype, shape) against `RequestLimits` before it decodes that tensor's data:
 so a request batch over `max_batch_size`, a datatype the model does not take (Triton's rule: the request's V2
-datatype must be the model's) or a shape that cannot fit costs microseconds, not a decode. `max_body_bytes` bounds
-the body itself when the model's inputs have a fixed size per row: larger bodies are refused (413) unread.
+datatype must be the model's), a shape that cannot fit or a dimension over its config bound (inputs[].max_shape)
+costs microseconds, not a decode. `max_body_bytes` bounds the body itself when the model's inputs have a bounded
+size per row (fixed, or bounded by max_shape): larger bodies are refused (413) unread.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class RequestLimits:
         for got, want in zip(shape, expected):  # noqa: B905 -- lengths checked above; hot path
             if want != -1 and want != got:
                 raise ShapeError(f"input '{name}': expected shape {list(expected)}, got {clip(str(shape))}")
+        if spec.bound is not None:
+            spec.bound.check(name, shape)
         if self.max_rows and shape and shape[0] > self.max_rows:
             raise InputError(
                 f"input '{name}': a batch of {shape[0]} rows is over model '{self.model}''s max_batch_size of "
@@ -126,8 +129,15 @@ def _pixel_bound(served: Served) -> int | None:
 def _body_bound(specs: Iterable[TensorSpec], max_rows: int) -> int | None:
     elements = 0
     for spec in specs:
-        dims = spec.shape[1:] if max_rows else spec.shape
+        dims = _largest(spec)[1:] if max_rows else _largest(spec)
         if spec.dtype is DataType.BYTES or any(dim < 0 for dim in dims):
             return None
         elements += max(1, max_rows) * math.prod(dims)
     return HEADER_BYTES + elements * JSON_BYTES_PER_ELEMENT
+
+
+def _largest(spec: TensorSpec) -> tuple[int, ...]:
+    """The largest shape the input may take: a dynamic dimension at its config bound (-1 where it has none)."""
+    if spec.bound is None:
+        return spec.shape
+    return tuple(limit if size == -1 else size for size, limit in zip(spec.shape, spec.bound.limits, strict=True))

@@ -59,6 +59,20 @@ def mlp_graph(seed: int = 0, inputs: int = 64, hidden: int = 128, outputs: int =
     )
 
 
+def bounded_negate(folder: Path, max_shape: list[int], max_batch_size: int = 4) -> Path:
+    """<folder>: y = -x over [batch, 2, width], a width of any size (an image's, a text line's), its config bounding
+    the dimensions with inputs[].max_shape."""
+    graph = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["y"])],
+        "negate",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, "width"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, "width"])],
+    )
+    config = {"max_batch_size": max_batch_size, "inputs": [{"name": "x", "max_shape": max_shape}]}
+    save(graph, folder / "1", config)
+    return folder
+
+
 def add_graph(constant: float, width: int = 4) -> onnx.GraphProto:
     """y = x + constant: each version of a model adds its own constant, so answers tell versions apart."""
     return helper.make_graph(
