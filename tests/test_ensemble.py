@@ -109,7 +109,11 @@ def test_steps_that_fit_read_each_region(tmp_path: Path) -> None:
             r"each crop's own",
         ),
         (
-            {"shape": ["batch", 3, 16, 32], "preprocess": {"kind": "image", "resize": [16, 40]}},
+            # (a text line squeezed to a size: a fixed resize that does not fit is refused by the model's own load)
+            {
+                "shape": ["batch", 3, 16, 32],
+                "preprocess": {"kind": "image", "text_line": [16, 40], "text_line_overflow": "squeeze"},
+            },
             r"takes width 32, but its preprocessing makes a crop's width 40",
         ),
         (
