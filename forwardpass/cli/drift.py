@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import sys
 from dataclasses import asdict
@@ -18,6 +19,7 @@ from forwardpass.cli.common import REPOSITORY, VERSION
 from forwardpass.config import ModelConfig
 from forwardpass.errors import ConfigError, DecodeError, InputError, NotFoundError
 from forwardpass.model import locate
+from forwardpass.modes.sources import jsonl_items
 from forwardpass.quality import Profile, drift_report
 from forwardpass.quality.drift import KS_ALPHA, PSI_LIMIT
 
@@ -92,10 +94,16 @@ def _read_columns(path: Path, names: list[str]) -> dict[str, np.ndarray]:
             with path.open(newline="", encoding="utf-8-sig") as file:
                 records: list[Any] = list(csv.DictReader(file))
         elif suffix == ".json":
-            loaded = orjson.loads(path.read_bytes())
+            loaded = orjson.loads(path.read_bytes().removeprefix(codecs.BOM_UTF8))
             records = loaded if isinstance(loaded, list) else [loaded]
         elif suffix in (".jsonl", ".ndjson"):
-            records = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+            records = []
+            for item in jsonl_items(path, str(path)):
+                if item.error is not None:
+                    raise DecodeError(f"{item.name}: {item.error}")
+                if not isinstance(item.raw, dict):
+                    raise DecodeError(f"{item.name}: expected a record (an object with named fields)")
+                records.append(item.raw)
         else:
             raise DecodeError(f"{path}: expected a .csv, .json or .jsonl file of records, got '{suffix}'")
     except (OSError, UnicodeDecodeError, orjson.JSONDecodeError, csv.Error) as exc:

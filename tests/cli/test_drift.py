@@ -64,3 +64,17 @@ def test_a_model_without_profile_is_one_line_exit_2(folder, tmp_path):
     done = run(folder, str(tmp_path / "bare"), "steady.csv")
     assert done.returncode == 2
     assert "has no reference profile" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_jsonl_records_after_a_byte_order_mark_and_a_bad_line_named_by_number(folder, tmp_path):
+    """A BOM made the first line unreadable, and a bad line was reported as 'line 1 column 1' whatever its number."""
+    records = [{"a": float(i % 3), "b": 1.0 + i % 5, "c": float(i % 10)} for i in range(200)]
+    lines = [json.dumps(record) for record in records]
+    (tmp_path / "bom.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
+    read = run(folder, "m", str(tmp_path / "bom.jsonl"), "--json")
+    assert read.returncode == 1, read.stderr  # read, and far from the training data
+    assert [json.loads(line)["count"] for line in read.stdout.splitlines()] == [200, 200, 200]
+    (tmp_path / "bad.jsonl").write_text("\n".join([*lines[:2], "not json", "[1, 2]"]) + "\n", encoding="utf-8")
+    done = run(folder, "m", str(tmp_path / "bad.jsonl"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "bad.jsonl#line3: is not valid JSON" in done.stderr
