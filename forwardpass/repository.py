@@ -144,10 +144,12 @@ class Repository:
             raise UnsafePathError(f"'{name}' is not a valid model name (letters, digits, '.', '_', '-'; no paths)")
         directory = self.root / name
         if not directory.is_dir():
-            names = self.names()
+            # pipelines too: the CLI runs them by name, and one named like a model would be a misleading guess
+            pipelines = [p.name for p in self.root.iterdir() if p.is_dir() and declares_pipeline(p)]
+            names = sorted([*self.names(), *pipelines])
             close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            known = ", ".join(names) or "none"
+            known = ", ".join(f"{n} (pipeline)" if n in pipelines else n for n in names) or "none"
             raise NotFoundError(f"unknown model '{name}' in repository '{self.root}'; {hint}models: {known}")
         self._inside_root(directory, f"model '{name}'")
         return directory

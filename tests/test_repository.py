@@ -74,6 +74,15 @@ def test_unknown_model_lists_what_exists(repo: Path):
     assert "bert, resnet" in message
 
 
+def test_unknown_model_names_the_pipelines_too(repo: Path):
+    """A pipeline (forwardpass predict takes its name) was left out: 'ocrr' got "did you mean 'ocr_rec'?", not 'ocr'."""
+    (repo / "reader").mkdir()
+    (repo / "reader" / "config.yaml").write_text("pipeline: {steps: [{model: bert}]}\n")
+    with pytest.raises(NotFoundError) as info:
+        Repository(repo).resolve("readr")
+    assert "did you mean 'reader'?" in str(info.value) and "bert, reader (pipeline), resnet" in str(info.value)
+
+
 def test_unknown_version_lists_the_versions(repo: Path):
     with pytest.raises(NotFoundError) as info:
         Repository(repo).resolve("resnet", 7)
