@@ -58,7 +58,7 @@ def decode_scaled(source: ImageSource, max_pixels: int, at_least: AtLeast | None
     """decode_image, and with `at_least` (given a JPEG's (width, height) as shown, the smallest size the caller needs)
     the JPEG decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft, DCT scaling) while staying at least that large."""
     if isinstance(source, Image.Image):
-        return Decoded(_eight_bit(source, "the image"), source.size, 1, drafted=False)
+        return Decoded(_eight_bit(source, "the image", source.format), source.size, 1, drafted=False)
     what = "image bytes" if isinstance(source, bytes) else f"'{source}'"
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     scale, drafted = 1, False
@@ -83,14 +83,15 @@ def decode_scaled(source: ImageSource, max_pixels: int, at_least: AtLeast | None
     except (OSError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecodeError(f"{what}: cannot decode image ({exc})") from None
     turned = image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS
-    shown = _eight_bit(ImageOps.exif_transpose(image), what)
+    shown = _eight_bit(ImageOps.exif_transpose(image), what, image.format)  # a transposed copy has no format
     return Decoded(shown, (stored[1], stored[0]) if turned else stored, scale, drafted)
 
 
-def _eight_bit(image: Image.Image, what: str) -> Image.Image:
+def _eight_bit(image: Image.Image, what: str, file_format: str | None) -> Image.Image:
     """16-bit pixels scaled to 8 bits (Pillow's own conversion clips them at 255: a 16-bit photo turns white);
-    32-bit integer or float pixels refused, as they record no range to scale from."""
-    if image.mode.startswith("I;16"):
+    32-bit integer or float pixels refused, as they record no range to scale from. Older Pillows open a 16-bit
+    grayscale PNG in mode I: a PNG holds at most 16 bits per channel."""
+    if image.mode.startswith("I;16") or (image.mode == "I" and file_format == "PNG"):
         pixels = np.asarray(image).astype(np.uint32)
         return Image.fromarray(((pixels * 255 + 32767) // 65535).astype(np.uint8))
     if image.mode in ("I", "F"):

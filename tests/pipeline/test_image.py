@@ -142,6 +142,15 @@ def test_a_16_bit_image_gives_the_pixels_of_its_8_bit_version(fmt: str):
         )
 
 
+def test_a_16_bit_png_that_pillow_opens_as_32_bit_gives_the_pixels_of_its_8_bit_version():
+    """Older Pillows (pyproject allows pillow>=10) open a 16-bit grayscale PNG in mode I; a PNG holds at most 16 bits,
+    so its range is known: it was refused as 32-bit."""
+    gray = make_image(50, 40, mode="L")
+    wide = Image.fromarray(np.asarray(gray).astype(np.int32) * 257)
+    wide.format = "PNG"  # what such a Pillow's PNG plugin makes
+    np.testing.assert_array_equal(preprocess(wide, resize=32), preprocess(encode(gray), resize=32))
+
+
 @pytest.mark.parametrize("pixels", [np.full((8, 8), 300, np.int32), np.full((8, 8), 0.5, np.float32)], ids=str)
 def test_a_32_bit_image_is_refused_naming_the_fix(pixels: np.ndarray):
     """32-bit integer and float pixels have no range to scale from: clipped at 255 they answered plausibly wrong."""
