@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -127,3 +128,11 @@ def copy_bundled(name: str, repository: Path) -> Path:
     if not (source / "1").is_dir():
         pytest.skip(f"bundled model {name} is not built (make models)")
     return Path(shutil.copytree(source, repository / name, ignore=shutil.ignore_patterns(".*")))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for servers started on a port of their own)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

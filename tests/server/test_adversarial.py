@@ -35,6 +35,7 @@ from websockets.sync.client import connect
 
 from forwardpass.server.proto import grpc_service_pb2 as pb
 from forwardpass.server.proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+from tests.running_server import free_port
 
 TOKEN = "adversarial-token"
 HEADERS = {"authorization": f"bearer {TOKEN}"}  # a lowercase scheme is as good as "Bearer"
@@ -45,12 +46,6 @@ LIVE_MS = 100  # /v2/health/live answers within this while a bad request is in p
 RSS_MB = 50  # growth over steady state one bad request may cause
 MAX_REQUEST_BYTES = 16 * 2**20
 MAX_CONNECTIONS = 200
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def ocr_graph() -> Any:

@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import queue
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ import forwardpass
 from forwardpass.errors import ForwardpassError
 from forwardpass.server.proto import grpc_service_pb2 as pb
 from forwardpass.server.proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+from tests.running_server import free_port
 
 LABELS = ["north", "east", "south", "west"]
 TOKEN = "s3cret"
@@ -79,12 +79,6 @@ def build_repository(root: Path, save: Callable[..., Path], slow: onnx.GraphProt
     save(echo, root / "echo" / "1", {"max_batch_size": 0})  # batching off: its config shows the whole shape
     save(slow, root / "slow" / "1")
     return root
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def serve_grpc(kit: Any, repository: Path, **overrides: Any) -> Any:

@@ -4,7 +4,6 @@ data is decoded, on V2 HTTP (JSON and binary) and gRPC; the bounds also bound th
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 
 import grpc
@@ -15,18 +14,11 @@ import pytest
 from forwardpass.server.limits import HEADER_BYTES, JSON_BYTES_PER_ELEMENT
 from forwardpass.server.proto import grpc_service_pb2 as pb
 from forwardpass.server.proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
-from tests.running_server import RunningServer, serve
+from tests.running_server import RunningServer, free_port, serve
 from tests.server.conftest import bounded_negate
 
 REFUSAL = "input 'x' dimension 2 is 100000, over its limit of 16 (inputs[].max_shape in model 'wide''s config)"
 MAX_BATCH = 2
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -26,16 +25,11 @@ from tritonclient.utils import InferenceServerException
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from tests.running_server import free_port
 from tests.vad_audio import CHUNK, package_probabilities, voice
 
 TOKEN = "s3cret"
 IDLE_S = 0.3
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from tests.modes.conftest import build_repository
+from tests.running_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -116,12 +116,6 @@ def healthcheck_command() -> list[str]:
     command = json.loads(line.split(" CMD ", 1)[1])
     assert command[0] == "python"
     return [sys.executable, *command[1:]]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_healthcheck_passes_on_a_ready_server_and_fails_without_one(tmp_path: Path):

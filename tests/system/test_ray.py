@@ -9,7 +9,6 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from forwardpass.modes.sinks import ERRORS_FILE
 from forwardpass.server.settings import ServerSettings
 from tests.modes.conftest import build_repository, write_table
 from tests.modes.test_batch import read_rows
+from tests.running_server import free_port
 
 ray = pytest.importorskip("ray", reason="pip install forwardpass[ray]")
 FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
@@ -82,12 +82,6 @@ def test_batch_on_ray_data_equals_the_local_job(cluster: object, repository: Pat
     again = run_batch_on_ray("tab_cls", table, tmp_path / "ray", BatchOptions(part_size=300, resume=True),
                              repository=repository)  # fmt: skip
     assert again.computed == 0 and again.rows == 1484
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def infer(port: int, batch: np.ndarray) -> tuple[np.ndarray, dict[str, object]]:
