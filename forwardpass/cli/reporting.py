@@ -1,8 +1,12 @@
-"""What `eval`, `bench` and `compare` share: list options, the progress display, JSON on stdout."""
+"""What `eval`, `bench` and `compare` share: list options, the progress display (a line now and then in a log),
+JSON on stdout."""
 
 from __future__ import annotations
 
 import sys
+import time
+from datetime import timedelta
+from typing import Any
 
 import orjson
 from rich.console import Console
@@ -12,6 +16,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -62,10 +67,17 @@ class RateColumn(ProgressColumn):
         return Text("" if speed is None else f"{speed:,.0f} {self.unit}/s", style="progress.data.speed")
 
 
-def progress(*, items: str | None = None) -> Progress:
-    """On stderr, so that stdout holds only the result (a table or JSON); gone once done; off when not a terminal.
-    With `items` (the unit: "records", "images"): count done of all, rate and time left; else percent of time."""
+# Without a terminal (a log file, CI, a container's output), how often a long run says how far it got.
+LOG_EVERY_S = 30.0
+
+
+def progress(*, items: str | None = None, log_every_s: float = LOG_EVERY_S) -> Progress:
+    """On stderr, so that stdout holds only the result (a table or JSON); gone once done. With `items` (the unit:
+    "records", "images"): count done of all, rate and time left; else percent of time. When stderr is not a
+    terminal: one plain line every `log_every_s` instead of a redrawn bar."""
     console = Console(stderr=True)
+    if not console.is_terminal:
+        return LoggedProgress(console, items, log_every_s)
     counts: list[ProgressColumn] = [MofNCompleteColumn(), RateColumn(items)] if items else []
     return Progress(
         TextColumn("{task.description}"),
@@ -76,8 +88,49 @@ def progress(*, items: str | None = None) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=True,
-        disable=not console.is_terminal,
     )
+
+
+class LoggedProgress(Progress):
+    """rich's task bookkeeping (counts, rate, time left) without its display: a line such as "scoring: 1,200 of
+    5,000 records (24%), 310 records/s, 0:00:12 left" at most every `log_every_s`, as the run moves."""
+
+    def __init__(self, console: Console, items: str | None, log_every_s: float) -> None:
+        super().__init__(console=console, disable=True)
+        self._items = items
+        self._every_s = log_every_s
+        self._logged_at = time.monotonic()
+
+    def update(self, task_id: TaskID, **changes: Any) -> None:
+        super().update(task_id, **changes)
+        self._log()
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._log()
+
+    def _log(self) -> None:
+        now = time.monotonic()
+        if now - self._logged_at < self._every_s:
+            return
+        self._logged_at = now
+        for task in self.tasks:
+            if not task.finished:
+                self.console.print(self._line(task), markup=False, highlight=False, soft_wrap=True)
+
+    def _line(self, task: Task) -> str:
+        unit = f" {self._items}" if self._items else ""
+        done = (
+            f"{task.completed:,.0f}{unit}"
+            if task.total is None
+            else f"{task.completed:,.0f} of {task.total:,.0f}{unit}"
+        )
+        parts = [f"{task.description}: {done}" + (f" ({task.percentage:.0f}%)" if task.total else "")]
+        if self._items and task.speed:
+            parts.append(f"{task.speed:,.0f}{unit}/s")
+        if task.time_remaining is not None:
+            parts.append(f"{timedelta(seconds=round(task.time_remaining))} left")
+        return ", ".join(parts)
 
 
 def print_json(obj: object) -> None:
