@@ -250,7 +250,8 @@ class _Reply:
         offsets = [0] * len(streams)  # each choice's text so far: its tokens' text_offset go on from there
         async for index, (event, delta) in merged([stream.texts() for stream in streams]):
             choice = self.completion_choice(index, delta, [event], event.finish_reason, offsets[index])
-            offsets[index] += len(self.token_text(event.token_id))
+            if event.logprob is not None:  # text_offset is only read with logprobs: no second decode without them
+                offsets[index] += len(self.token_text(event.token_id))
             yield {**self.head(self.kind), "choices": [choice], **usage}
         if include_usage:
             produced = sum(stream.tokens for stream in streams)
