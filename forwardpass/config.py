@@ -6,6 +6,7 @@ auto-complete). Errors name the file, the field and the fix.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -514,13 +515,20 @@ class DecisionRule(_Strict):
 
     @model_validator(mode="after")
     def _check_bounds(self) -> DecisionRule:
-        if all(bound is None for bound in (self.at_least, self.above, self.at_most, self.below)):
+        given = {"at_least": self.at_least, "above": self.above, "at_most": self.at_most, "below": self.below}
+        bounds = {name: bound for name, bound in given.items() if bound is not None}
+        if not bounds:
             raise ValueError(f"rule '{self.action}' needs a bound: at_least, above, at_most or below")
+        for name, bound in bounds.items():
+            if not math.isfinite(bound):  # NaN never compares true; ±inf bounds nothing
+                raise ValueError(f"rule '{self.action}': {name} {bound} is not a finite number")
         return self
 
 
 class DecisionConfig(_Strict):
-    """Prediction → action: rules in order, the first that fires wins, else `default`. Every decision is audited."""
+    """Prediction → action: rules in order, the first that fires wins, else `default`. A rule that can never fire
+    (bounds no score meets, outside the score's range, or always taken by earlier rules) is refused at load; an item
+    whose score is NaN is refused, never given `default`. Every decision is audited."""
 
     score: Literal["score", "value", "anomaly_score", "distance"] = Field(
         default="score", description="the prediction's field the rules read (score: the top class's probability)"

@@ -32,6 +32,7 @@ from forwardpass.formats import (
 )
 from forwardpass.pipeline import Arrays, Pipeline, Prediction
 from forwardpass.pipeline.complete import check, complete
+from forwardpass.pipeline.outputs import Classify
 from forwardpass.quality import InputWindow, Profile, SchemaCheck
 from forwardpass.repository import CONFIG_FILE, ModelEntry, Repository, default_repository, find_artefact, versions_in
 from forwardpass.scheduler.batches import check_rows, fail_alone
@@ -106,7 +107,8 @@ class Model:
         if decision is not None:  # decisions, their audit log and sqlite: imported by the models that decide
             from forwardpass.decisions import AuditLog, Decider
 
-            self.decider = Decider(decision, config)
+            classes = self.pipeline.postprocess.labels if isinstance(self.pipeline.postprocess, Classify) else None
+            self.decider = Decider(decision, config, classes)
             self.audit = AuditLog(group_ms=decision.audit_group_ms) if decision.audit else None
         self.schema = SchemaCheck(config.input_schema) if config.input_schema is not None else None
         self.profile = Profile.load(_inside(entry.directory, config.profile)) if config.profile is not None else None

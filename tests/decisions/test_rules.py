@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import yaml
+from onnx import TensorProto, helper
 
 import forwardpass
 from forwardpass.config import DecisionConfig, ModelConfig
 from forwardpass.decisions import AuditLog, Decider, choose_threshold
-from forwardpass.errors import ConfigError, SchemaError
+from forwardpass.errors import ConfigError, InputError, SchemaError
 
 RECORD = {"mean radius": 14.0, "mean texture": 19.0, "mean smoothness": 0.1, "mean concavity": 0.09}
 
@@ -87,6 +89,112 @@ def test_decision_config_is_checked():
         ModelConfig.from_dict({"decision": {"rules": [{"action": "x"}], "default": "y"}})
     with pytest.raises(ConfigError, match="no class 'nope'"):
         decider({"rules": [{"label": "nope", "at_least": 0.5, "action": "x"}], "default": "y"}).decide(classified(0.5))
+
+
+@pytest.mark.parametrize(
+    ("rules", "postprocess", "refusal"),
+    [
+        (  # the fraud team's classic: the wider rule first, so 'block' is never given
+            [
+                {"label": "fraud", "at_least": 0.5, "action": "review"},
+                {"label": "fraud", "at_least": 0.9, "action": "block"},
+            ],
+            None,
+            r"rules\[1\] \(P\(fraud\) >= 0.9 -> block\) can never fire: every score it takes fires an earlier rule "
+            r"first \(P\(fraud\) >= 0.5 -> review\)",
+        ),
+        (  # two earlier rules together leave it nothing; the boundary 0.5 itself is the first rule's
+            [
+                {"label": "fraud", "at_least": 0.5, "action": "review"},
+                {"label": "fraud", "below": 0.5, "action": "allow"},
+                {"label": "fraud", "at_least": 0.5, "at_most": 0.5, "action": "block"},
+            ],
+            None,
+            r"rules\[2\] .* can never fire: every score it takes fires an earlier rule first",
+        ),
+        (
+            [{"label": "fraud", "at_least": 0.9, "below": 0.5, "action": "block"}],
+            None,
+            "no score meets all of its bounds",
+        ),
+        (
+            [{"label": "fraud", "above": 0.9, "at_most": 0.9, "action": "block"}],
+            None,
+            "no score meets all of its bounds",
+        ),
+        (  # a percentage where the score is a probability
+            [{"label": "fraud", "at_least": 90, "action": "block"}],
+            {"kind": "classification", "activation": "softmax", "labels": ["fraud", "fine"]},
+            r"rules\[0\] \(P\(fraud\) >= 90 -> block\) can never fire: its score lies between 0 and 1",
+        ),
+        (
+            [{"below": 0, "action": "x"}],
+            {"kind": "cluster"},
+            "can never fire: its score lies between 0 and inf",
+        ),
+    ],
+)
+def test_a_rule_that_can_never_fire_is_refused(rules, postprocess, refusal):
+    with pytest.raises(ConfigError, match=refusal):
+        decider(
+            {
+                "score": "distance" if postprocess == {"kind": "cluster"} else "score",
+                "rules": rules,
+                "default": "allow",
+            },
+            postprocess,
+        )
+
+
+def test_rules_that_leave_each_other_scores_are_kept():
+    rules = [
+        {"label": "fraud", "above": 0.5, "action": "review"},
+        {"label": "fraud", "below": 0.5, "action": "allow"},
+        {"label": "fraud", "at_least": 0.5, "at_most": 0.5, "action": "block"},  # 0.5 itself is left to it
+        {"label": "fine", "at_least": 0.99, "action": "fast"},  # another class's score: not shadowed by fraud's
+    ]
+    assert decider({"rules": rules, "default": "allow"}).decide(classified(0.5)).action == "block"
+
+
+@pytest.mark.parametrize("bound", [float("nan"), float("inf"), float("-inf")])
+def test_a_bound_that_is_not_a_finite_number_is_refused(bound):
+    with pytest.raises(ConfigError, match=f"rule 'block': at_least {bound} is not a finite number"):
+        ModelConfig.from_dict({"decision": {"rules": [{"at_least": bound, "action": "block"}], "default": "allow"}})
+
+
+def test_a_rule_naming_a_class_the_model_lacks_is_refused_at_load(tasks, tmp_path):
+    folder = Path(shutil.copytree(tasks.root / "triage", tmp_path / "repo" / "triage"))
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["decision"]["rules"][0]["label"] = "malignnat"
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"no class 'malignnat'; its classes are \['malignant', 'benign'\]"):
+        forwardpass.load("triage", repository=tmp_path / "repo")
+
+
+def test_a_nan_score_is_refused_never_given_the_default(audit_log, tmp_path):
+    """A model that answers NaN for a finite input (here log(x) for x < 0): no rule can judge the item, so it is
+    refused, neither given the default action nor audited; its neighbours are decided as ever."""
+    graph = helper.make_graph(
+        [helper.make_node("Log", ["x"], ["value"])],
+        "log",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch", 1])],
+    )
+    (tmp_path / "log" / "1").mkdir(parents=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "log/1/model.onnx")
+    config = {
+        "preprocess": {"kind": "tabular", "columns": [{"name": "x"}]},
+        "postprocess": {"kind": "regression"},
+        "decision": {"score": "value", "rules": [{"above": 1, "action": "high"}], "default": "low"},
+    }
+    (tmp_path / "log" / "config.yaml").write_text(yaml.safe_dump(config))
+    model = forwardpass.load("log", repository=tmp_path)
+    outcomes = model.predict_each([{"x": -1.0}, {"x": 10.0}])
+    assert isinstance(outcomes[0], InputError)
+    assert str(outcomes[0]) == "value is NaN: no decision rule can judge it"
+    assert isinstance(outcomes[1], dict) and outcomes[1]["action"] == "high"
+    assert [row.action for row in AuditLog(audit_log).query()] == ["high"]
+    model.close()
 
 
 def test_cost_based_threshold():
