@@ -42,6 +42,13 @@ class TabularPreprocessor:
             column.categories is None and column.codes is None for column in self.columns
         )
         self._shift, self._divisor = np.array([_shift_and_divisor(column) for column in self.columns]).T
+        # The finite values each column takes whose scaled value the input's type holds (the per-column path
+        # names the column of any other)
+        with np.errstate(over="ignore"):
+            reach = _largest(self._dtype) * np.abs(self._divisor)
+            edge = float(np.finfo(np.float64).max)
+            self._lowest = np.maximum(self._shift - reach, -edge)
+            self._highest = np.minimum(self._shift + reach, edge)
 
     def __call__(self, raw: object) -> dict[str, np.ndarray]:
         if not isinstance(raw, Mapping):
@@ -54,7 +61,7 @@ class TabularPreprocessor:
             values = [raw.get(name) for name in self._names]
             if set(map(type, values)) <= PLAIN_NUMBERS:
                 numbers = np.array(values, dtype=np.float64)
-                if np.isfinite(numbers).all():
+                if ((numbers >= self._lowest) & (numbers <= self._highest)).all():  # NaN and inf fail
                     return {self.input_name: ((numbers - self._shift) / self._divisor).astype(self._dtype)}
         features: list[float] = []
         for column in self.columns:
@@ -64,7 +71,7 @@ class TabularPreprocessor:
             elif column.codes is not None:
                 features.append(_code(column, value))
             else:
-                features.append(_scale(column, _number(column.name, value)))
+                features.append(_scale(column, _number(column.name, value), self._dtype))
         return {self.input_name: np.asarray(features, dtype=self._dtype)}
 
     def _column(self, column: TabularColumn, value: object) -> np.ndarray:
@@ -76,7 +83,7 @@ class TabularPreprocessor:
             return np.array([value if isinstance(value, str) else category_text(value)], dtype=object)
         if column.codes is not None:
             return np.array([_code(column, value)], dtype=dtype.numpy_dtype)
-        return np.array([_scale(column, _number(column.name, value))], dtype=dtype.numpy_dtype)
+        return np.array([_scale(column, _number(column.name, value), dtype.numpy_dtype)], dtype=dtype.numpy_dtype)
 
 
 def _filled(column: TabularColumn, value: object) -> object:
@@ -104,9 +111,20 @@ def _number(name: str, value: object) -> float:
     return number
 
 
-def _scale(column: TabularColumn, value: float) -> float:
+def _scale(column: TabularColumn, value: float, dtype: np.dtype | None) -> float:
+    """The value scaled as declared; refused when the input's type cannot hold it (1e308 as float32 is inf, and a
+    model answers inf or NaN for it)."""
     shift, divisor = _shift_and_divisor(column)
-    return (value - shift) / divisor
+    scaled = (value - shift) / divisor
+    if not abs(scaled) <= _largest(dtype):
+        raise DTypeError(f"column '{column.name}': {value!r} is out of range for {dtype} ({scaled:g} after scaling)")
+    return scaled
+
+
+def _largest(dtype: np.dtype | None) -> float:
+    """The largest magnitude a column's input type holds: a float type's, else float64's."""
+    floating = dtype is not None and np.issubdtype(dtype, np.floating)
+    return float(np.finfo(dtype if floating else np.float64).max)
 
 
 def _code(column: TabularColumn, value: object) -> float:

@@ -181,3 +181,18 @@ def test_records_of_plain_numbers_scale_exactly_as_column_by_column():
         np.testing.assert_array_equal(pre(numbers)["features"], pre(texts)["features"])
     imputed = pre({"age": 30, "bmi": 20.0, "bp": 80, "glucose": float("nan")})["features"]
     assert imputed[3] == (100.0 - 100.1) / 33.3
+
+
+@pytest.mark.parametrize("value", [1e308, -1e39, "4e38"])
+def test_a_number_the_input_type_cannot_hold_is_refused_naming_the_column(value: object):
+    """1e308 is finite in JSON and Python but inf as float32: the model would answer inf or NaN for it."""
+    pre = preprocessor([TabularColumn(name="age"), TabularColumn(name="glucose", transform="standard", std=0.5)])
+    with pytest.raises(DTypeError, match=r"column 'glucose': .* is out of range for float32"):
+        pre({"age": 3.0, "glucose": value})
+    assert pre({"age": 3.0, "glucose": 1e38})["features"][1] == np.float32(2e38)  # scaled, still a float32
+    assert pre({"age": 1e38, "glucose": 0.0})["features"][0] == np.float32(1e38)
+
+
+def test_float64_columns_take_what_float32_cannot():
+    pre = preprocessor([TabularColumn(name="age")], "FP64")
+    assert pre({"age": 1e308})["features"][0] == 1e308
