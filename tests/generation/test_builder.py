@@ -19,6 +19,7 @@ import forwardpass
 from forwardpass.errors import ForwardpassError
 from forwardpass.generation import Generator, SamplingParams, TokenEvent, open_generator
 from forwardpass.generation.decoder import RESERVE_AHEAD
+from forwardpass.generation.engine import PREFILL_CHUNK_TOKENS
 from forwardpass.generation.export import export_decoder
 from forwardpass.generation.seeded import build_seeded_llama
 from forwardpass.precision.decoder import quantize_decoder
@@ -131,6 +132,41 @@ def test_sequences_longer_than_the_reserved_buffers_equal_transformers(generator
     assert len(prompt_outgrows) == RESERVE_AHEAD + 8
     for prompt_ids in (generation_outgrows, prompt_outgrows):
         assert ids_of(generator, prompt_ids, 40) == reference(prompt_ids, 40)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_streams_steps(
+    generator: Generator, reference
+) -> None:
+    """A prompt of three chunks arrives while a generation runs: the running stream gets a token after each of the
+    first two chunks, before the long prompt's first token; both streams' tokens are still transformers'."""
+    long = generator.encode(" ".join(PROMPTS * 40))[: 2 * PREFILL_CHUNK_TOKENS + 20]
+    running = generator.encode(PROMPTS[0])
+    expected = {"running": reference(running, 12), "long": reference(long, 6)}
+    events: queue.SimpleQueue[tuple[str, TokenEvent | ForwardpassError]] = queue.SimpleQueue()
+
+    def submit(name: str, prompt_ids: list[int]) -> None:
+        params = SamplingParams(max_new_tokens=len(expected[name]), ignore_eos=True)
+        generator.submit(prompt_ids, params, lambda event: events.put((name, event)))
+
+    def listener(event: TokenEvent | ForwardpassError) -> None:
+        events.put(("running", event))
+        if isinstance(event, TokenEvent) and event.finish_reason is None and not arrived:
+            arrived.append(True)  # on the loop's thread, between two steps: the long prompt waits for the next
+            submit("long", long)
+
+    arrived: list[bool] = []
+    generator.submit(running, SamplingParams(max_new_tokens=12, ignore_eos=True), listener)
+    got: dict[str, list[int]] = {"running": [], "long": []}
+    order = []
+    finished = 0
+    while finished < len(got):
+        name, event = events.get(timeout=30)
+        assert isinstance(event, TokenEvent), event
+        got[name].append(event.token_id)
+        order.append(name)
+        finished += event.finish_reason is not None
+    assert got == expected
+    assert order[: order.index("long")].count("running") >= 1 + 2, order  # the first token, then one per chunk
 
 
 @pytest.mark.parametrize("precision", ["int4", "int8"])

@@ -10,7 +10,7 @@ from types import GeneratorType
 import pytest
 
 from forwardpass.errors import ForwardpassError, InputError, Overloaded
-from forwardpass.generation import Generator, SamplingParams, TokenEvent
+from forwardpass.generation import Generator, SamplingParams, TokenEvent, engine
 from forwardpass.generation.engine import PREFILL_GROUP_TOKENS, prefill_groups
 
 PROMPTS = [
@@ -111,6 +111,32 @@ def test_a_short_prompt_gets_its_first_token_before_a_long_one_that_arrived_with
         finished += event.finish_reason is not None
     assert order.index("short") < order.index("long")
     assert got["long"] == expected_ids["long"] and got["short"] == expected_ids["short"]
+
+
+def test_prompts_prefilled_in_chunks_equal_transformers(
+    generator: Generator, reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graph with position_ids (its cache concatenated) continues a prompt from its own cache chunk by chunk:
+    alone, and beside a stream that runs while the chunks do (chunks of 4 tokens: this model holds 128)."""
+    monkeypatch.setattr(engine, "PREFILL_CHUNK_TOKENS", 4)
+    long = generator.encode(PROMPTS[1] + " " + PROMPTS[4])
+    assert len(long) > 3 * 4
+    assert [event.token_id for event in generator.tokens(long, SamplingParams(max_new_tokens=16, ignore_eos=True))] == (
+        reference(long, 16, eos_token_id=-1)
+    )
+    results: dict[str, list[int]] = {}
+
+    def run(name: str, prompt_ids: list[int]) -> None:
+        params = SamplingParams(max_new_tokens=16, ignore_eos=True)
+        results[name] = [event.token_id for event in generator.tokens(prompt_ids, params)]
+
+    short = generator.encode(PROMPTS[2])
+    threads = [threading.Thread(target=run, args=(name, ids)) for name, ids in (("short", short), ("long", long))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == {"short": reference(short, 16, eos_token_id=-1), "long": reference(long, 16, eos_token_id=-1)}
 
 
 def test_concurrent_threads_equal_transformers(generator: Generator, reference) -> None:
