@@ -13,9 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from forwardpass.decisions import AUDIT_LOG_ENV, AuditLog, AuditRecord, default_audit_path
-from forwardpass.decisions.audit import COLUMNS
-from forwardpass.errors import InputError, NotFoundError
+from forwardpass.decisions import AUDIT_LOG_ENV, AuditRecord, default_audit_path
+from forwardpass.decisions.audit import COLUMNS, open_existing, owned_by
+from forwardpass.errors import InputError
 
 __all__ = ["register"]
 
@@ -71,9 +71,9 @@ def audit(
                 f"{option} '{value}' is not a UTC time: give ISO 8601 such as 2026-11-26 or 2026-11-26T14:30"
             )
     path = log or default_audit_path()
-    if not path.is_file():
-        raise NotFoundError(f"no audit log at {path}; predict with a model that has a decision rule, or pass --log")
-    store = AuditLog(path)
+    if csv_file not in (None, "-"):
+        _refuse_overwriting(Path(csv_file), path)
+    store = open_existing(path)
     try:
         records = list(store.query(model=model, action=action, since=since, until=until, limit=limit))
     finally:
@@ -86,6 +86,15 @@ def audit(
         typer.echo(f"wrote {len(records)} decisions from {path} to {csv_file}")
     else:
         _print_table(records, path)
+
+
+def _refuse_overwriting(target: Path, log: Path) -> None:
+    """--csv must not name the log itself, SQLite's files beside it or its journals: writing there destroys the
+    decisions being exported."""
+    resolved = target.resolve()
+    for owned in owned_by(log.resolve()):
+        if resolved == owned or resolved.is_relative_to(owned):
+            raise InputError(f"--csv {target} would overwrite the audit log's own {owned}; write the CSV elsewhere")
 
 
 def _write_csv(records: list[AuditRecord], out: TextIO) -> None:

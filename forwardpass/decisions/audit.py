@@ -37,8 +37,8 @@ import numpy as np
 import orjson
 
 from forwardpass.decisions import journal
-from forwardpass.decisions.journal import Mover
-from forwardpass.errors import AuditError
+from forwardpass.decisions.journal import Mover, journal_folder
+from forwardpass.errors import AuditError, InputError, NotFoundError
 
 __all__ = [
     "AUDIT_LOG_ENV",
@@ -47,6 +47,8 @@ __all__ = [
     "AuditRecord",
     "default_audit_path",
     "input_hash",
+    "open_existing",
+    "owned_by",
     "utc_now",
 ]
 
@@ -60,6 +62,29 @@ _log = logging.getLogger(__name__)
 def default_audit_path() -> Path:
     """$FORWARDPASS_AUDIT_LOG, else .forwardpass/audit.sqlite in the working directory."""
     return Path(os.environ.get(AUDIT_LOG_ENV) or DEFAULT_AUDIT_LOG)
+
+
+def open_existing(path: Path) -> AuditLog:
+    """The audit log at `path`, to read: refused unless it is one (an SQLite file with a decisions table), since
+    opening a log creates its tables, and a mistyped path must not get them written into another file."""
+    if not path.is_file():
+        raise NotFoundError(f"no audit log at {path}; predict with a model that has a decision rule, or pass --log")
+    try:
+        reader = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            found = reader.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'decisions'").fetchone()
+        finally:
+            reader.close()
+    except sqlite3.Error as exc:
+        raise InputError(f"{path} is not an audit log ({exc})") from None
+    if found is None:
+        raise InputError(f"{path} is not an audit log: an SQLite database without a decisions table")
+    return AuditLog(path)
+
+
+def owned_by(log: Path) -> list[Path]:
+    """The files and folder a log keeps its decisions in: SQLite's own beside it, and the journals."""
+    return [log, *(log.with_name(log.name + suffix) for suffix in ("-wal", "-shm", "-journal")), journal_folder(log)]
 
 
 def utc_now() -> str:

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,36 @@ def test_audit_without_a_log_is_one_line_and_exit_2(repository, tmp_path):
     done = run(repository, tmp_path / "none.sqlite", "audit")
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: no audit log at") and done.stderr.count("\n") == 1
+
+
+def test_a_file_that_is_not_an_audit_log_is_refused_and_left_as_it_was(repository, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n")
+    done = run(repository, text, "audit")
+    assert (done.returncode, done.stderr) == (2, f"error: {text} is not an audit log (file is not a database)\n")
+    other = tmp_path / "app.db"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE users (name TEXT)")
+    connection.close()
+    before = other.read_bytes()
+    done = run(repository, other, "audit")
+    assert done.returncode == 2
+    assert done.stderr == f"error: {other} is not an audit log: an SQLite database without a decisions table\n"
+    assert other.read_bytes() == before  # no decisions table written into another program's database
+    assert not (tmp_path / "app.db.pending").exists()
+
+
+def test_csv_export_never_overwrites_the_log_it_reads(repository, tmp_path):
+    log = tmp_path / "audit.sqlite"
+    assert run(repository, log, "predict", "risk", "records.csv", "--json").returncode == 0
+    (tmp_path / "link.csv").symlink_to(log)
+    owned = [log, tmp_path / "audit.sqlite-wal", tmp_path / "link.csv", tmp_path / "audit.sqlite.pending" / "a.csv"]
+    for target in owned:
+        done = run(repository, log, "audit", "--csv", str(target))
+        assert done.returncode == 2, target
+        assert done.stderr.startswith(f"error: --csv {target} would overwrite the audit log's own ")
+    exported = run(repository, log, "audit", "--csv", "-")
+    assert exported.returncode == 0 and exported.stdout.count("\n") == 7  # header and the 6 decisions
 
 
 @pytest.mark.parametrize("option", ["--since", "--until"])
