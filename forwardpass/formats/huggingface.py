@@ -1,10 +1,12 @@
-"""Hugging Face model folders: config.json + *.safetensors weights + tokenizer.json (encoders: embeddings and
-sequence classification).
+"""Hugging Face model folders: config.json + *.safetensors weights + tokenizer.json (encoders: embeddings, sequence
+and token classification).
 
 Natively transformers runs them (extra `huggingface`); converted, torch.onnx exports them with dynamic batch and
 sequence axes. Outputs keep transformers' names: `last_hidden_state` for an encoder (pooling is the pipeline's job),
-`logits` for a `...ForSequenceClassification` head. Inputs are `input_ids`, `attention_mask` and, for models with
-token types (BERT), `token_type_ids`. Each file is checked before transformers reads it, so a damaged one is named.
+`logits` for a `...ForSequenceClassification` head ([batch, classes]) or a `...ForTokenClassification` head
+([batch, sequence, classes]); any other head is refused, never dropped for the encoder under it. Inputs are
+`input_ids`, `attention_mask` and, for models with token types (BERT), `token_type_ids`. Each file is checked before
+transformers reads it, so a damaged one is named.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ _EXTRA = "huggingface"
 _CONFIG = "config.json"
 _TOKENIZER = "tokenizer.json"
 _TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# The heads run with their own outputs (architecture suffix → transformers Auto class), and the architectures whose
+# encoder is the model: a base model, or a pretraining checkpoint (masked LM) that is embedded with its encoder.
+_HEADS = {
+    "ForSequenceClassification": "AutoModelForSequenceClassification",
+    "ForTokenClassification": "AutoModelForTokenClassification",
+}
+_ENCODER_ARCHITECTURES = ("Model", "ForMaskedLM", "ForPreTraining")
 
 # Real sentences of different lengths: parity inputs for text models, padded per batch like real traffic.
 SENTENCES = (
@@ -95,9 +104,8 @@ class HuggingFaceFormat:
         torch, encoder = _load(path, attention="eager")  # the plainest attention exports to the plainest graph
         example = self.parity_samples(path, encoder.input_specs, 3)[-1]
         names = [spec.name for spec in encoder.input_specs]
-        per_token = encoder.output_name == "last_hidden_state"
         dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
-        dynamic[encoder.output_name] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
+        dynamic[encoder.output_name] = {0: "batch", 1: "sequence"} if encoder.per_token else {0: "batch"}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but honours the opset
             try:
@@ -120,9 +128,8 @@ class HuggingFaceFormat:
     def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
         """A classification head's labels (config.json `id2label`, in index order) over its logits."""
         config = _read_config(path)
-        heads = [name for name in config.get("architectures") or [] if name.endswith("Classification")]
         id2label = config.get("id2label")
-        if not heads or not isinstance(id2label, dict):
+        if _auto_class(path, config) != "AutoModelForSequenceClassification" or not isinstance(id2label, dict):
             return ModelFacts(source="Hugging Face config.json")
         try:
             ordered = sorted((int(index), str(label)) for index, label in id2label.items())
@@ -216,8 +223,8 @@ def _load(path: Path, attention: str | None) -> tuple[ModuleType, Any]:
     transformers = require("transformers", _EXTRA)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    classifier = any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or [])
-    auto = transformers.AutoModelForSequenceClassification if classifier else transformers.AutoModel
+    auto_class = _auto_class(path, config)
+    auto = getattr(transformers, auto_class)
     try:
         model = auto.from_pretrained(str(path), local_files_only=True, attn_implementation=attention)
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for folders it cannot read
@@ -226,10 +233,32 @@ def _load(path: Path, attention: str | None) -> tuple[ModuleType, Any]:
     names = [name for name in _TEXT_INPUTS if name in accepted]
     if "token_type_ids" in names and not config.get("type_vocab_size"):
         names.remove("token_type_ids")
-    return torch, _encoder_module(torch, model.float(), names, "logits" if classifier else "last_hidden_state")
+    per_token = auto_class != "AutoModelForSequenceClassification"
+    output_name = "last_hidden_state" if auto_class == "AutoModel" else "logits"
+    return torch, _encoder_module(torch, model.float(), names, output_name, per_token)
 
 
-def _encoder_module(torch: ModuleType, model: Any, names: list[str], output_name: str) -> Any:
+def _auto_class(path: Path, config: dict[str, Any]) -> str:
+    """The transformers Auto class that loads the folder's architecture with its head; one no head here runs is
+    refused, since `AutoModel` would load the encoder under it and answer hidden states for the head's outputs."""
+    architectures = [str(name) for name in config.get("architectures") or []]
+    for architecture in architectures:
+        head = next((suffix for suffix in _HEADS if architecture.endswith(suffix)), None)
+        if head is not None:
+            return _HEADS[head]
+    if all(name.endswith(_ENCODER_ARCHITECTURES) for name in architectures):
+        return "AutoModel"
+    runs = ", ".join(f"*{suffix}" for suffix in (*_ENCODER_ARCHITECTURES, *_HEADS))
+    unsupported = next(name for name in architectures if not name.endswith(_ENCODER_ARCHITECTURES))
+    fix = (
+        f"generate text with `forwardpass generate {path}`"
+        if unsupported.endswith("ForCausalLM")
+        else "export it to ONNX with its head (e.g. optimum-cli export onnx) and serve the .onnx file"
+    )
+    raise ConfigError(f"{path / _CONFIG}: architecture {unsupported} is not one forwardpass runs ({runs}); {fix}")
+
+
+def _encoder_module(torch: ModuleType, model: Any, names: list[str], output_name: str, per_token: bool) -> Any:
     class Encoder(torch.nn.Module):  # type: ignore[name-defined,misc]  # torch arrives as a ModuleType: Any
         """Positional text inputs in, one named output out: the shape both torch and the ONNX exporter want."""
 
@@ -237,6 +266,7 @@ def _encoder_module(torch: ModuleType, model: Any, names: list[str], output_name
             super().__init__()
             self.model = model
             self.output_name = output_name
+            self.per_token = per_token  # one output row per token, not per text
             self.input_specs = [TensorSpec(name, DataType.INT64, (-1, -1)) for name in names]
 
         def forward(self, *tensors: Any) -> Any:

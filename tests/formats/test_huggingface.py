@@ -187,3 +187,42 @@ def test_a_damaged_file_is_named_with_the_format(
         forwardpass.load(folder, serve=serve)
     message = str(info.value)
     assert str(file) in message and "huggingface" in message and "\n" not in message
+
+
+def tiny_bert_folder(folder: Path, head: Any, architecture: str) -> Any:
+    """A tiny BERT with `head` (random weights, three labels) saved as a Hugging Face folder with MiniLM's tokenizer."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        id2label={0: "O", 1: "B-PER", 2: "I-PER"},
+        architectures=[architecture],
+    )
+    model = head(config).eval()
+    model.save_pretrained(folder)
+    shutil.copy(MINILM / "tokenizer.json", folder / "tokenizer.json")
+    return model
+
+
+@pytest.mark.parametrize("serve", ["native", "onnx"])
+def test_a_token_classifier_answers_its_per_token_logits_not_its_encoders_hidden_states(
+    serve: ServeMode, tmp_path: Path
+):
+    reference = tiny_bert_folder(tmp_path, transformers.BertForTokenClassification, "BertForTokenClassification")
+    model = forwardpass.load(tmp_path, serve=serve, warmup=0)
+    assert [(s.name, s.shape) for s in model.outputs] == [("logits", (-1, -1, 3))]
+    assert model.config.postprocess is None  # per-token labels are no sequence classification
+    for batch in classifier_batches(tmp_path)[:3]:
+        with torch.inference_mode():
+            expected = reference(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+        assert np.abs(model.infer(batch)["logits"] - expected).max() <= ATOL
+
+
+def test_a_head_forwardpass_cannot_run_is_refused_naming_it(tmp_path: Path):
+    tiny_bert_folder(tmp_path, transformers.BertForQuestionAnswering, "BertForQuestionAnswering")
+    with pytest.raises(ConfigError, match="BertForQuestionAnswering") as info:
+        forwardpass.load(tmp_path, serve="native")
+    assert "\n" not in str(info.value)
