@@ -17,8 +17,9 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope
 
 from forwardpass.errors import (
     ERROR_CLASS_HEADER,
@@ -39,6 +40,7 @@ __all__ = [
     "MAX_ERROR_CHARS",
     "OFFLOAD_BYTES",
     "RequestGuard",
+    "answer_to",
     "error_response",
     "off_loop",
     "one_line",
@@ -68,6 +70,17 @@ def error_response(error: ForwardpassError) -> Response:
     return Response(encode_json({"error": one_line(error)}), error.http_status, headers, JSON)
 
 
+def answer_to(
+    error: Exception, scope: Scope, answer: Callable[[ForwardpassError], Response] = error_response
+) -> Response:
+    """The answer to a request that failed with `error`: a forwardpass error's own status; anything else is a bug,
+    logged with its traceback and answered 500 in the same one-line JSON form."""
+    if isinstance(error, ForwardpassError):
+        return answer(error)
+    log.error("unexpected error answering %s %s", scope["method"], scope["path"], exc_info=error)
+    return answer(ForwardpassError("internal server error (logged)"))
+
+
 def one_line(error: BaseException) -> str:
     """The error's message on one line, its line breaks shown as \\n: a break is most often in a name the client
     sent (a model 'a\\nb'), and cutting there left a message that named nothing ("model 'a")."""
@@ -92,22 +105,32 @@ class RequestGuard:
     async def body(self, request: Request, limit: int | None = None) -> bytes:
         """The request body, decompressed; never more than `limit` (default: the server's) of it; 408 when it
         does not arrive within the server's body timeout."""
+        headers = request.headers
+        return await self.read(request.receive, headers.get("content-length"), headers.get("content-encoding"), limit)
+
+    async def read(
+        self, receive: Receive, declared: str | None, encoding: str | None, limit: int | None = None
+    ) -> bytes:
+        """`body` on raw ASGI: the messages of `receive`, given the request's Content-Length (`declared`) and
+        Content-Encoding headers."""
         limit = min(limit or self.settings.max_request_bytes, self.settings.max_request_bytes)
-        declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
         chunks = []
         size = 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-                chunks.append(chunk)
-        except ClientDisconnect:  # or closed by the body deadline (408, forwardpass.server.connections)
-            raise InputError("the client disconnected before sending the whole request body") from None
-        body = b"".join(chunks)
-        encoding = request.headers.get("content-encoding")
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect: the client left, or the body deadline
+                # (408, forwardpass.server.connections) closed the connection
+                raise InputError("the client disconnected before sending the whole request body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if encoding is None or encoding == "identity":
             return body
         return _decompress(body, encoding, limit)
@@ -138,14 +161,11 @@ class RequestGuard:
                     return await endpoint(request)
                 request.state.body = await self.body(request)
                 return await self._admitted_call(endpoint, request)
-            except ForwardpassError as exc:
-                if admits:
+            except Exception as exc:
+                if admits and isinstance(exc, ForwardpassError):
                     served = getattr(request.state, "served", None)
                     self.metrics.failed(served.name if served else None, served.version if served else None, exc)
-                return answer(exc)
-            except Exception:
-                log.exception("unexpected error answering %s %s", request.method, request.url.path)
-                return answer(ForwardpassError("internal server error (logged)"))
+                return answer_to(exc, request.scope, answer)
 
         return guarded
 

@@ -3,6 +3,7 @@ tensors), TF Serving's REST API, the pipeline endpoint, the repository API, stat
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
@@ -15,9 +16,11 @@ import orjson
 import pytest
 import tritonclient.http as triton
 from PIL import Image
+from starlette.routing import Match, Route
 from tritonclient.utils import InferenceServerException
 
 import forwardpass
+from forwardpass.server.http import INFER_PATHS, infer_target
 
 RNG = np.random.default_rng(7)
 
@@ -83,6 +86,96 @@ def test_infer_equals_the_model_in_process_exactly(client, mlp, binary_in, binar
     everything = client.infer("mlp_unbatched", [mlp_input(x, binary_in)], request_id="r-42")  # all outputs, binary
     np.testing.assert_array_equal(everything.as_numpy("y"), expected)
     assert everything.get_response()["id"] == "r-42"
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_infer_answers_with_the_headers_the_starlette_route_sent(server, binary):
+    x = np.ones((1, 64), np.float32)
+    body = orjson.dumps(v2("x", [1, 64], x.ravel().tolist()))
+    headers = {}
+    if binary:
+        header = orjson.dumps(
+            {
+                "inputs": [
+                    {"name": "x", "datatype": "FP32", "shape": [1, 64], "parameters": {"binary_data_size": 256}}
+                ],
+                "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+            }
+        )
+        body, headers = header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+    response = httpx.post(f"{server.url}/v2/models/mlp/infer", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    sent = [name for name, _ in response.headers.raw if name not in (b"date", b"server")]
+    if binary:
+        assert sent == [b"inference-header-content-length", b"content-length", b"content-type"]
+        assert response.headers["content-type"] == "application/octet-stream"
+        length = int(response.headers["inference-header-content-length"])
+        assert orjson.loads(response.content[:length])["outputs"][0]["parameters"] == {"binary_data_size": 40}
+    else:
+        assert sent == [b"content-length", b"content-type"]
+        assert response.headers["content-type"] == "application/json"
+        assert len(orjson.loads(response.content)["outputs"][0]["data"]) == 10
+    assert int(response.headers["content-length"]) == len(response.content)
+
+
+PATHS = [
+    "/v2/models/mlp/infer",
+    "/v2/models/mlp/versions/1/infer",
+    "/v2/models/versions/infer",
+    "/v2/models/m.v2-x/versions/latest/infer",
+    "/v2/models//infer",
+    "/v2/models/infer",
+    "/v2/models/mlp/versions//infer",
+    "/v2/models/mlp/versions/1/2/infer",
+    "/v2/models/mlp/version/1/infer",
+    "/v2/models/mlp/infer/",
+    "/v2/models/mlp/inferx",
+    "/v2/models/a/b/infer",
+    "/v2/model/mlp/infer",
+    "/v1/models/mlp/infer",
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_infer_first_recognises_exactly_the_paths_of_the_routers_infer_routes(path):
+    scope = {"type": "http", "method": "POST", "path": path, "root_path": ""}
+    routed = None
+    for template in INFER_PATHS:
+        match, child = Route(template, lambda request: None, methods=["POST"]).matches(scope)
+        if match is Match.FULL:
+            routed = child["path_params"]["model"], child["path_params"].get("version")
+    assert infer_target(path) == routed
+
+
+def test_the_router_keeps_infer_for_other_methods_and_a_path_only_it_matches(server):
+    assert httpx.get(f"{server.url}/v2/models/mlp/infer").status_code == 405
+    body = orjson.dumps(v2("x", [1, 64], [0.5] * 64))
+    straight = httpx.post(f"{server.url}/v2/models/mlp/infer", content=body)
+    # Starlette's route pattern ends in `$`, which matches before a final line break: the router serves that path
+    routed = httpx.post(f"{server.url}/v2/models/mlp/infer%0A", content=body)
+    assert routed.status_code == straight.status_code == 200
+    assert routed.json() == straight.json()
+
+
+def test_infer_past_the_in_flight_limit_is_refused_with_503_and_counted(tmp_path, kit):
+    kit.save(kit.slow_graph(), tmp_path / "slow" / "1", {"max_batch_size": 0})  # ~30 ms a pass
+    limited = kit.serve(tmp_path, max_concurrent_requests=1)
+    body = orjson.dumps(v2("x", [1, 4], [0.5] * 4))
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=limited.url, timeout=30) as session:
+            return await asyncio.gather(*(session.post("/v2/models/slow/infer", content=body) for _ in range(8)))
+
+    try:
+        responses = asyncio.run(together())
+        metrics = httpx.get(f"{limited.url}/metrics").text
+    finally:
+        limited.stop()
+    refused = [response for response in responses if response.status_code == 503]
+    assert refused and len(refused) < len(responses) and {r.status_code for r in responses} == {200, 503}
+    assert all("1 requests in progress, its limit" in error_of(response) for response in refused)
+    assert all(response.headers["Retry-After"] == "1" for response in refused)
+    assert f'forwardpass_request_failures_total{{code="503",model=""}} {len(refused)}.0' in metrics
 
 
 def test_gzip_and_deflate_request_bodies(client, mlp):
@@ -386,7 +479,14 @@ def test_the_access_log_writes_one_json_line_per_request(repository, kit, caplog
     logged = kit.serve(repository, access_log=True)
     try:
         httpx.get(f"{logged.url}/v2/models/mlp")
+        httpx.post(f"{logged.url}/v2/models/mlp/infer", content=orjson.dumps(v2("x", [1, 64], [0.5] * 64)))
+        httpx.post(f"{logged.url}/v2/models/mlp/versions/1/infer", content=b"{")
     finally:
         logged.stop()
     lines = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "forwardpass.access"]
-    assert {"method": "GET", "path": "/v2/models/mlp", "status": 200}.items() <= lines[-1].items()
+    assert [(line["method"], line["path"], line["status"]) for line in lines[-3:]] == [
+        ("GET", "/v2/models/mlp", 200),
+        ("POST", "/v2/models/mlp/infer", 200),
+        ("POST", "/v2/models/mlp/versions/1/infer", 400),
+    ]
+    assert all(line["ms"] > 0 and line["client"] == "127.0.0.1" for line in lines[-3:])
