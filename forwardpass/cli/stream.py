@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
@@ -23,7 +22,7 @@ from forwardpass.cli.common import (
     top_k_option,
 )
 from forwardpass.errors import InputError, NotFoundError
-from forwardpass.modes.stream import FORMATS, RecordFormat, StreamStats, follow_lines, guess_format, run_stream
+from forwardpass.modes.stream import FORMATS, RecordFormat, StreamStats, guess_format, read_lines, run_stream
 
 __all__ = ["register"]
 
@@ -81,8 +80,15 @@ def stream(
     file = sys.stdin if source is None else _open(source)
     stop_on_sigterm()
     try:
-        lines: Iterable[str] = follow_lines(file, stop) if follow else file
-        run_stream(loaded, lines, write, record_format=chosen, max_batch=max_batch, top_k=top_k, stats=stats)
+        run_stream(
+            loaded,
+            read_lines(file, stop if follow else None),
+            write,
+            record_format=chosen,
+            max_batch=max_batch,
+            top_k=top_k,
+            stats=stats,
+        )
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the way a followed stream ends
         stop.set()
     except BrokenPipeError:  # the reader of our output went away: nobody left to answer

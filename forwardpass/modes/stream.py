@@ -8,6 +8,10 @@ A lone record is never held back for company: micro-batches form only from recor
 forward pass ran, so batching costs no latency at low rates and saves work at high ones. A record that cannot be
 parsed or predicted gets an error line of its own and the stream goes on.
 
+Memory stays bounded however much is piped in and however long the stream runs: the queue holds at most a few
+batches (the rest waits in the pipe or the file), a line over MAX_LINE_CHARS is skipped to its end and answered with
+an error, and latency is summarized over the last LATENCY_WINDOW records.
+
     {"line": 3, "prediction": {...}}           the record on input line 3 and the model's answer
     {"line": 4, "error": "is not valid JSON"}  a record that failed alone
 """
@@ -18,6 +22,7 @@ import csv
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +37,23 @@ from forwardpass.model import Model
 from forwardpass.modes.sources import TEXT_FIELD, parse_json
 from forwardpass.pipeline.kinds import kind_of
 
-__all__ = ["FORMATS", "RecordFormat", "RecordParser", "StreamStats", "follow_lines", "guess_format", "run_stream"]
+__all__ = [
+    "FORMATS",
+    "LineTooLong",
+    "RecordFormat",
+    "RecordParser",
+    "StreamStats",
+    "guess_format",
+    "read_lines",
+    "run_stream",
+]
 
 RecordFormat = Literal["jsonl", "csv", "text"]
 FORMATS: tuple[RecordFormat, ...] = ("jsonl", "csv", "text")
 FOLLOW_POLL_S = 0.05  # how often a followed file is looked at again once its end is reached
+MAX_LINE_CHARS = 8 << 20  # a record's line: far beyond any record, short of a pipe that never sends a newline
+QUEUED_BATCHES = 4  # records read ahead of the forward passes: this many batches' worth
+LATENCY_WINDOW = 100_000  # the records whose latency the summary describes: the latest
 
 
 def guess_format(path: Path | None) -> RecordFormat:
@@ -93,31 +110,58 @@ def _csv_fields(line: str) -> list[str]:
         raise DecodeError(f"is not a CSV row ({exc})") from None
 
 
-def follow_lines(file: IO[str], stop: threading.Event, poll_s: float = FOLLOW_POLL_S) -> Iterator[str]:
-    """The lines of a file that keeps growing (`tail -f`): at its end, look again every `poll_s` until `stop` is set.
-    A last line still being written is held until its newline arrives."""
+@dataclass(frozen=True, slots=True)
+class LineTooLong:
+    """A line over `read_lines`' limit, skipped unread: it gets an error answer in its place."""
+
+    chars: int
+
+
+def read_lines(
+    file: IO[str],
+    follow: threading.Event | None = None,
+    *,
+    poll_s: float = FOLLOW_POLL_S,
+    limit: int = MAX_LINE_CHARS,
+) -> Iterator[str | LineTooLong]:
+    """The lines of `file`; one over `limit` characters is read to its end without being kept, and given as a
+    LineTooLong. With `follow`, a file that keeps growing (`tail -f`): at its end, look again every `poll_s` until
+    `follow` is set, and hold a last line still being written until its newline arrives."""
     partial = ""
-    while not stop.is_set():
-        chunk = file.readline()
+    skipped = 0  # characters of an over-long line read so far
+    while follow is None or not follow.is_set():
+        chunk = file.readline(limit + 1 - len(partial))
         if not chunk:
-            stop.wait(poll_s)
+            if follow is None:
+                break
+            follow.wait(poll_s)
+            continue
+        if skipped:
+            skipped += len(chunk)
+            if chunk.endswith("\n"):
+                yield LineTooLong(skipped)
+                skipped = 0
             continue
         partial += chunk
         if partial.endswith("\n"):
             yield partial
             partial = ""
+        elif len(partial) > limit:
+            skipped, partial = len(partial), ""
+    if follow is None and (skipped or partial):  # the file's last line, without a newline
+        yield LineTooLong(skipped) if skipped else partial
 
 
 @dataclass
 class StreamStats:
     """What `run_stream` did: records answered, errors among them, forward passes and the records they held,
-    per-record latency (from reading its line to writing its answer)."""
+    per-record latency (from reading its line to writing its answer) of the latest LATENCY_WINDOW records."""
 
     records: int = 0
     errors: int = 0
     batches: int = 0
     batched_records: int = 0
-    latencies_s: list[float] = field(default_factory=list)
+    latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None
 
@@ -127,7 +171,8 @@ class StreamStats:
         line = f"{self.records} records ({self.errors} errors) in {elapsed:.2f} s, {rate:.1f} records/s"
         if self.latencies_s:
             latency = LatencySummary.of(self.latencies_s)
-            line += f"; latency ms p50 {latency.p50_ms:.2f} p99 {latency.p99_ms:.2f} max {latency.max_ms:.2f}"
+            latest = f" (last {len(self.latencies_s)} records)" if len(self.latencies_s) < self.records else ""
+            line += f"; latency ms{latest} p50 {latency.p50_ms:.2f} p99 {latency.p99_ms:.2f} max {latency.max_ms:.2f}"
         if self.batches:
             line += f"; forward passes {self.batches}, mean batch {self.batched_records / self.batches:.2f}"
         return line
@@ -136,13 +181,13 @@ class StreamStats:
 @dataclass(slots=True)
 class _Record:
     line: int
-    text: str
+    text: str | LineTooLong
     arrived: float
 
 
 def run_stream(
     model: Model,
-    lines: Iterable[str],
+    lines: Iterable[str | LineTooLong],
     write: Callable[[bytes], None],
     *,
     record_format: RecordFormat = "jsonl",
@@ -150,8 +195,9 @@ def run_stream(
     top_k: int | None = None,
     stats: StreamStats | None = None,
 ) -> StreamStats:
-    """Answer every record of `lines` (read in a thread of their own) with one JSON line given to `write`, in input
-    order, each as soon as its forward pass is done. Returns when `lines` ends; `stats` fills in as it goes."""
+    """Answer every record of `lines` (read in a thread of their own, a few batches ahead) with one JSON line given
+    to `write`, in input order, each as soon as its forward pass is done. Returns when `lines` ends; `stats` fills
+    in as it goes."""
     if model.config.sequence_batching is not None:
         raise ConfigError(
             f"model '{model.name}' keeps state per sequence: serve it (forwardpass serve) and stream its steps with "
@@ -160,7 +206,7 @@ def run_stream(
     stats = stats if stats is not None else StreamStats()
     parser = RecordParser(record_format, model.config)
     limit = max_batch or model.batch_size
-    records: queue.Queue[_Record | None] = queue.Queue()
+    records: queue.Queue[_Record | None] = queue.Queue(QUEUED_BATCHES * limit)
     reader = threading.Thread(target=_read, args=(lines, records), name="forwardpass-stream-reader", daemon=True)
     reader.start()
     ended = False
@@ -185,9 +231,12 @@ def run_stream(
     return stats
 
 
-def _read(lines: Iterable[str], records: queue.Queue[_Record | None]) -> None:
+def _read(lines: Iterable[str | LineTooLong], records: queue.Queue[_Record | None]) -> None:
     try:
         for number, text in enumerate(lines, 1):
+            if isinstance(text, LineTooLong):
+                records.put(_Record(number, text, time.perf_counter()))
+                continue
             if number == 1:
                 text = text.removeprefix("\ufeff")  # a byte order mark (Excel's "CSV UTF-8"), file or stdin
             if text.strip():
@@ -207,6 +256,11 @@ def _answer(
     outcomes: dict[int, Any] = {}
     raws: dict[int, object] = {}
     for index, record in enumerate(batch):
+        if isinstance(record.text, LineTooLong):
+            outcomes[index] = DecodeError(
+                f"is {record.text.chars} characters long, over the {MAX_LINE_CHARS} a line may be"
+            )
+            continue
         try:
             if parser.is_header(record.text):
                 continue

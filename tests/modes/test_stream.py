@@ -19,7 +19,16 @@ import forwardpass
 from forwardpass.config import ModelConfig
 from forwardpass.errors import ConfigError, DecodeError
 from forwardpass.model import Model
-from forwardpass.modes.stream import RecordFormat, RecordParser, StreamStats, follow_lines, guess_format, run_stream
+from forwardpass.modes import stream
+from forwardpass.modes.stream import (
+    LineTooLong,
+    RecordFormat,
+    RecordParser,
+    StreamStats,
+    guess_format,
+    read_lines,
+    run_stream,
+)
 from forwardpass.repository import default_repository
 
 WAIT_S = 30  # a step that never comes fails the test instead of hanging it
@@ -163,7 +172,7 @@ def test_the_parser_reads_text_and_text_records_for_text_models() -> None:
     assert (guess_format(Path("a.csv")), guess_format(Path("b.txt")), guess_format(None)) == ("csv", "text", "jsonl")
 
 
-def test_follow_lines_waits_for_growth_and_whole_lines(tmp_path: Path) -> None:
+def test_read_lines_follows_growth_and_waits_for_whole_lines(tmp_path: Path) -> None:
     path = tmp_path / "growing.jsonl"
     path.write_text('{"a": 1}\n{"a"')
     stop = threading.Event()
@@ -171,7 +180,7 @@ def test_follow_lines_waits_for_growth_and_whole_lines(tmp_path: Path) -> None:
     with path.open(encoding="utf-8") as file:
 
         def read() -> None:
-            for line in follow_lines(file, stop, poll_s=0.01):
+            for line in read_lines(file, stop, poll_s=0.01):
                 seen.put(line)
 
         reader = threading.Thread(target=read)
@@ -184,6 +193,67 @@ def test_follow_lines_waits_for_growth_and_whole_lines(tmp_path: Path) -> None:
         stop.set()
         reader.join(timeout=WAIT_S)
     assert not reader.is_alive()
+
+
+def test_a_line_over_the_limit_is_read_to_its_end_without_being_kept(tmp_path: Path) -> None:
+    text = "ok\n" + "x" * 25 + "\n" + "y" * 10 + "\n" + "z" * 11
+    path = tmp_path / "lines.txt"
+    path.write_text(text)
+    with path.open(encoding="utf-8") as file:
+        assert list(read_lines(file, limit=10)) == ["ok\n", LineTooLong(26), "y" * 10 + "\n", LineTooLong(11)]
+    stop = threading.Event()  # followed: a long line still being written is skipped once it passes the limit
+    path.write_text("x" * 15)
+    with path.open(encoding="utf-8") as file:
+        lines = read_lines(file, stop, poll_s=0.01, limit=10)
+        with path.open("a", encoding="utf-8") as appender:
+            appender.write("x" * 15 + "\n" + '{"a": 1}\n')
+        assert [next(lines), next(lines)] == [LineTooLong(31), '{"a": 1}\n']
+        stop.set()
+        assert list(lines) == []
+
+
+def test_a_line_too_long_gets_an_error_answer_and_the_stream_goes_on(model: Model) -> None:
+    answers = Answers()
+    run_stream(model, ['{"a": 1}\n', LineTooLong(9 << 20), '{"a": 2}\n'], answers)
+    assert answers.lines == [
+        {"line": 1, "prediction": {"value": pytest.approx(3.0)}},
+        {"line": 2, "error": f"is {9 << 20} characters long, over the {8 << 20} a line may be"},
+        {"line": 3, "prediction": {"value": pytest.approx(5.0)}},
+    ]
+
+
+def test_the_reader_stays_a_few_batches_ahead_of_the_answers(model: Model) -> None:
+    """A fast producer (cat of a big file) is read only a few batches ahead: the rest waits in the pipe. The reader
+    queued the whole input before (memory grew with it, latency measured queueing)."""
+    read = 0
+    exhausted = threading.Event()
+
+    def lines() -> Iterator[str]:
+        nonlocal read
+        for a in range(10_000):
+            read += 1
+            yield orjson.dumps({"a": a}).decode() + "\n"
+        exhausted.set()
+
+    ahead: list[int] = []
+
+    def write(line: bytes) -> None:
+        if not ahead:  # the first answer: give the reader time to run ahead, as far as it is let
+            exhausted.wait(1.0)
+            ahead.append(read)
+
+    stats = run_stream(model, lines(), write, max_batch=4)
+    assert stats.records == 10_000
+    # the first batch (<= 4), the queue (QUEUED_BATCHES batches of 4), and one line waiting to be queued
+    assert ahead[0] <= 4 + stream.QUEUED_BATCHES * 4 + 1
+
+
+def test_latency_is_summarized_over_the_latest_records(model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream that runs for days keeps no latency per record it ever answered."""
+    monkeypatch.setattr(stream, "LATENCY_WINDOW", 3)
+    stats = run_stream(model, [orjson.dumps({"a": a}).decode() + "\n" for a in range(5)], Answers())
+    assert (stats.records, len(stats.latencies_s)) == (5, 3)
+    assert "; latency ms (last 3 records) p50" in stats.summary()
 
 
 def test_stats_summary_before_any_record() -> None:
