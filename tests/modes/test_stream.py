@@ -176,7 +176,7 @@ def test_read_lines_follows_growth_and_waits_for_whole_lines(tmp_path: Path) -> 
     path = tmp_path / "growing.jsonl"
     path.write_text('{"a": 1}\n{"a"')
     stop = threading.Event()
-    seen: queue.Queue[str] = queue.Queue()
+    seen: queue.Queue[str | LineTooLong] = queue.Queue()
     with path.open(encoding="utf-8") as file:
 
         def read() -> None:
