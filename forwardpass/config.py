@@ -7,6 +7,7 @@ auto-complete). Errors name the file, the field and the fix.
 from __future__ import annotations
 
 import math
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -50,11 +51,21 @@ __all__ = [
     "TextConfig",
     "TextDetectionConfig",
     "category_text",
+    "read_yaml",
 ]
 
 
-# libyaml's safe loader parses a config ~10x faster than the pure-Python one (server start-up reads every config)
+# libyaml's safe loader parses a config ~10x faster than the pure-Python one (server start-up reads every config);
+# the pure-Python one also recurses once per nesting level, so a deeply nested file ends in a RecursionError.
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# What a config may expand to: YAML aliases let a 1 kB file stand for a billion values (or for itself), which
+# validation, repr or numpy would then walk. A real config holds thousands of values, nested a few levels deep.
+MAX_CONFIG_VALUES = 1_000_000
+MAX_CONFIG_DEPTH = 64
+# A wrong value as an error shows it: a list of a million numbers is named by its first few
+_SHORT = reprlib.Repr()
+_SHORT.maxlist = _SHORT.maxdict = 8
+_SHORT.maxstring = _SHORT.maxother = 80
 
 
 class _Strict(BaseModel):
@@ -168,7 +179,12 @@ class TextConfig(_Strict):
     tokenizer: str = Field(
         default="tokenizer.json", description="the Hugging Face tokenizer.json, a file in the model folder"
     )
-    max_length: int = Field(default=512, gt=0, description="tokens per text; longer texts are truncated")
+    max_length: int = Field(
+        default=512,
+        gt=0,
+        description="tokens per text; longer texts are truncated. Left out: 512, or the fewer that a Hugging Face "
+        "model's positions hold; more than they hold is refused at load",
+    )
     padding: Literal["longest", "max_length"] = Field(
         default="longest",
         description="longest: a batch is padded to its longest text; max_length: every text to max_length",
@@ -769,15 +785,7 @@ class ModelConfig(_Strict):
 
     @classmethod
     def from_file(cls, path: Path) -> ModelConfig:
-        try:
-            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            where = getattr(exc, "problem_mark", None)
-            line = f" line {where.line + 1}" if where else ""
-            raise ConfigError(f"{path}:{line} is not valid YAML; fix the syntax") from None
-        return cls.from_dict(data or {}, source=str(path))
+        return cls.from_dict(read_yaml(path) or {}, source=str(path))
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<config>") -> ModelConfig:
@@ -787,6 +795,44 @@ class ModelConfig(_Strict):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(f"{source}: {_describe(exc, data)}") from None
+
+
+def read_yaml(path: Path) -> Any:
+    """A config file's data; ConfigError when it cannot be read, is not YAML, or expands (through aliases) past
+    MAX_CONFIG_VALUES values or MAX_CONFIG_DEPTH levels."""
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: is not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path}:{line} is not valid YAML; fix the syntax") from None
+    _check_size(data, path)
+    return data
+
+
+def _check_size(data: Any, path: Path) -> None:
+    """Walks the data as its readers will, each alias as often as it is used, stopping at the first limit passed."""
+    pending: list[tuple[Any, int]] = [(data, 1)]
+    values = 0
+    while pending:
+        node, depth = pending.pop()
+        values += 1
+        if values > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"{path}: holds more than {MAX_CONFIG_VALUES:,} values (YAML aliases repeating or containing "
+                "themselves?); write the values out, or keep large lists in a file the config names"
+            )
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(
+                f"{path}: is nested more than {MAX_CONFIG_DEPTH} levels deep (a YAML alias containing itself?); no "
+                "config field is"
+            )
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node if isinstance(node, list) else ()
+        pending.extend((child, depth + 1) for child in children)
 
 
 _KINDS = {
@@ -827,5 +873,5 @@ def _describe(exc: ValidationError, data: Any) -> str:
         tags = error.get("ctx", {}).get("expected_tags") or _KINDS.get(field, "the documented kinds")
         fix = f"set kind to one of {tags}"
     else:
-        fix = f"got {error.get('input')!r}"
+        fix = f"got {_SHORT.repr(error.get('input'))}"
     return f"field '{field}': {error['msg']}; {fix}"

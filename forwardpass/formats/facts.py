@@ -44,6 +44,7 @@ class ModelFacts:
     distributions: dict[str, str] = field(default_factory=dict)  # output → "softmax" | "sigmoid" | "probabilities"
     decision_scores: bool = False  # a classifier's scores are a decision function, not probabilities
     batch_first: bool | None = None  # None: the format's convention (batch first), unchecked
+    max_tokens: int | None = None  # the most tokens a text model's positions hold
 
 
 def merge_facts(framework: ModelFacts, graph: ModelFacts | None) -> ModelFacts:

@@ -16,6 +16,7 @@ import json
 import struct
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -43,6 +44,8 @@ _HEADS = {
     "ForTokenClassification": "AutoModelForTokenClassification",
 }
 _ENCODER_ARCHITECTURES = ("Model", "ForMaskedLM", "ForPreTraining")
+# Model types whose position ids start after the padding index: max_position_embeddings counts those too.
+_POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert")
 
 # Real sentences of different lengths: parity inputs for text models, padded per batch like real traffic.
 SENTENCES = (
@@ -128,15 +131,16 @@ class HuggingFaceFormat:
     def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
         """A classification head's labels (config.json `id2label`, in index order) over its logits."""
         config = _read_config(path)
+        said = ModelFacts(source="Hugging Face config.json", max_tokens=_max_tokens(config))
         id2label = config.get("id2label")
         if _auto_class(path, config) != "AutoModelForSequenceClassification" or not isinstance(id2label, dict):
-            return ModelFacts(source="Hugging Face config.json")
+            return said
         try:
             ordered = sorted((int(index), str(label)) for index, label in id2label.items())
         except ValueError:
-            return ModelFacts(source="Hugging Face config.json")
-        return ModelFacts(
-            source="Hugging Face config.json",
+            return said
+        return replace(
+            said,
             task="classification",
             classes=tuple(label for _, label in ordered),
             scores_output="logits",
@@ -178,11 +182,18 @@ def _tokenizer(path: Path) -> Any:
         tokenizer = Tokenizer.from_file(str(file))
     except Exception as exc:  # tokenizers raises plain Exception for malformed files
         raise ConfigError(f"{file}: not a readable tokenizer.json (huggingface folder): {exc}") from None
-    limit = int(_read_config(path).get("max_position_embeddings", 512))
-    tokenizer.enable_truncation(min(limit, 512))
+    tokenizer.enable_truncation(min(_max_tokens(_read_config(path)), 512))
     padding = tokenizer.padding or {}
     tokenizer.enable_padding(pad_id=int(padding.get("pad_id", 0)), pad_token=str(padding.get("pad_token", "[PAD]")))
     return tokenizer
+
+
+def _max_tokens(config: dict[str, Any]) -> int:
+    """The tokens the model's position embeddings hold; RoBERTa's positions start after its padding index."""
+    positions = int(config.get("max_position_embeddings", 512))
+    if config.get("model_type") in _POSITIONS_AFTER_PADDING:
+        positions -= int(config.get("pad_token_id", 1)) + 1
+    return positions
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from forwardpass.config import (
     RegressionConfig,
     TabularColumn,
     TabularConfig,
+    TextConfig,
 )
 from forwardpass.errors import ConfigError
 from forwardpass.formats.facts import ModelFacts
@@ -63,6 +64,10 @@ def complete(
         preprocess = _tabular(visible, facts, inferred)
         if preprocess is not None:
             update["preprocess"] = preprocess
+    elif isinstance(config.preprocess, TextConfig):
+        text = _text(config.preprocess, facts, inferred)
+        if text is not config.preprocess:
+            update["preprocess"] = text
     if "max_batch_size" not in config.model_fields_set and config.sequence_batching is None:
         reason = _batching(visible, outputs, facts)
         if reason is not None:
@@ -234,6 +239,15 @@ def _tabular(inputs: list[TensorSpec], facts: ModelFacts, inferred: Inferred) ->
     return None
 
 
+def _text(pre: TextConfig, facts: ModelFacts, inferred: Inferred) -> TextConfig:
+    """Texts truncated where the model's positions end, when the config does not say where (its default may be
+    more than they hold: a longer text would fail in the model, or be read past its positions)."""
+    if "max_length" in pre.model_fields_set or facts.max_tokens is None or facts.max_tokens >= pre.max_length:
+        return pre
+    inferred["preprocess.max_length"] = f"{facts.source}: the model's positions hold {facts.max_tokens} tokens"
+    return pre.model_copy(update={"max_length": facts.max_tokens})
+
+
 def _batching(inputs: list[TensorSpec], outputs: list[TensorSpec], facts: ModelFacts) -> str | None:
     """Why batching may be on, or None: every tensor has a dynamic first dimension, and (in an ONNX graph) the
     inputs' and outputs' first dimensions are one symbol, so the first axis is the batch."""
@@ -272,6 +286,13 @@ def check(
         _check_tabular(pre, [spec for spec in inputs if spec.name not in config.constants], source)
     elif isinstance(pre, ImageConfig):
         _check_image(pre, by_input, source)
+    elif isinstance(pre, TextConfig) and facts.max_tokens is not None and pre.max_length > facts.max_tokens:
+        _refuse(
+            source,
+            "preprocess.max_length",
+            f"{pre.max_length} tokens, but the model's positions hold {facts.max_tokens} ({facts.source})",
+            f"set max_length to {facts.max_tokens} at most, or leave it out",
+        )
 
 
 def _check_classification(

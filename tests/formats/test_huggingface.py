@@ -226,3 +226,51 @@ def test_a_head_forwardpass_cannot_run_is_refused_naming_it(tmp_path: Path):
     with pytest.raises(ConfigError, match="BertForQuestionAnswering") as info:
         forwardpass.load(tmp_path, serve="native")
     assert "\n" not in str(info.value)
+
+
+def short_classifier_repository(root: Path, text: dict[str, Any]) -> Any:
+    """repo/short/1/: a sequence classifier whose positions hold 64 tokens; the config reads text with `text`."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,  # type: ignore[call-arg]  # a PretrainedConfig keyword that transformers' annotations omit
+        architectures=["BertForSequenceClassification"],
+    )
+    model = transformers.BertForSequenceClassification(config).eval()
+    version = root / "short" / "1"
+    model.save_pretrained(version)
+    shutil.copy(MINILM / "tokenizer.json", version / "tokenizer.json")
+    preprocess = {"kind": "text", "tokenizer": "1/tokenizer.json", **text}
+    preprocess["inputs"] = {name: name for name in ("input_ids", "attention_mask", "token_type_ids")}
+    (root / "short" / "config.yaml").write_text(yaml.safe_dump({"preprocess": preprocess}))
+    return model
+
+
+@pytest.mark.parametrize("serve", ["native", "onnx"])
+def test_a_text_longer_than_the_models_positions_is_truncated_to_them_as_transformers_does(
+    serve: ServeMode, tmp_path: Path
+):
+    reference = short_classifier_repository(tmp_path, {})
+    model = forwardpass.load("short", repository=tmp_path, serve=serve, warmup=0)
+    assert model.inferred["preprocess.max_length"] == "Hugging Face config.json: the model's positions hold 64 tokens"
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(MINILM / "tokenizer.json"))
+    for text in (SENTENCES[0], LONGEST):  # 5 tokens; about 700, more than the 512 a text config reads by default
+        with torch.inference_mode():
+            encoded = tokenizer(text, truncation=True, max_length=64, return_tensors="pt")
+            expected = reference(**encoded).logits.numpy()[0]
+        assert np.abs(model.predict(text)["outputs"]["logits"] - expected).max() <= ATOL
+
+
+def test_a_max_length_beyond_the_models_positions_is_refused_at_load(tmp_path: Path):
+    short_classifier_repository(tmp_path, {"max_length": 128})
+    with pytest.raises(ConfigError) as refused:
+        forwardpass.load("short", repository=tmp_path, serve="native")
+    assert str(refused.value) == (
+        f"{tmp_path / 'short' / 'config.yaml'}: field 'preprocess.max_length': 128 tokens, but the model's positions "
+        "hold 64 (Hugging Face config.json); fix: set max_length to 64 at most, or leave it out"
+    )
