@@ -154,7 +154,12 @@ class ImageConfig(_Strict):
     std: list[float] = Field(default=[1.0], description="then divides them, per channel (one value: every channel)")
     layout: Literal["NCHW", "NHWC"] = Field(default="NCHW", description="NCHW: channels first; NHWC: channels last")
     datatype: str = Field(default="FP32", description="the input tensor's datatype (FP32, FP16, UINT8, ...)")
-    max_pixels: int = Field(default=50_000_000, gt=0, description="refuse decoded images larger than this")
+    max_pixels: int = Field(
+        default=50_000_000,
+        gt=0,
+        description="refuse decoded images larger than this, and images that resizing or padding would make larger "
+        "(checked before either)",
+    )
 
     @model_validator(mode="after")
     def _check_geometry(self) -> ImageConfig:
