@@ -10,7 +10,7 @@ initial value; a request for an id that is not open and has no `start` is refuse
 client cannot take every slot. Steps of one sequence run one at a time, in the order they were submitted; steps of
 different sequences share forward passes, so interleaved sequences give exactly what each gives alone. A sequence
 frees its state after its `end` step, or after `idle_timeout_s` without a request. A failed step fails alone and
-leaves its sequence's state as it was.
+leaves its sequence's state as it was; so does a step whose deadline passed, queued or running.
 """
 
 from __future__ import annotations
@@ -345,15 +345,16 @@ class SequenceBatcher:
         for job, outcome in zip(jobs, outcomes, strict=True):
             sequence, step = job.sequence, job.step
             sequence.running = False
-            if isinstance(outcome, BaseException):
+            # A step whose caller was answered already (its deadline passed while it ran) failed as far as the
+            # caller knows: like a failed step it leaves the state as it was, so the caller's retry counts once.
+            if isinstance(outcome, BaseException) or step.future.done():
                 if step.start:
                     sequence.state = None
-                if not step.future.done():
+                if isinstance(outcome, BaseException) and not step.future.done():
                     step.future.set_exception(outcome)
             else:
                 outputs, sequence.state = outcome
-                if not step.future.done():
-                    step.future.set_result(Batched(outputs, started - step.enqueued, run_s, len(jobs)))
+                step.future.set_result(Batched(outputs, started - step.enqueued, run_s, len(jobs)))
             if step.end:
                 sequence.state = None
                 if not sequence.pending and self._sequences.get(sequence.key) is sequence:

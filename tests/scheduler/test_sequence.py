@@ -6,6 +6,7 @@ refusals are clear."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 
@@ -14,7 +15,7 @@ import pytest
 
 import forwardpass
 from forwardpass.config import SequenceBatchingConfig, SequenceStateConfig
-from forwardpass.errors import ClientQuotaExceeded, ConfigError, InputError, Overloaded
+from forwardpass.errors import ClientQuotaExceeded, ConfigError, DeadlineExceeded, InputError, Overloaded
 from forwardpass.model import Model
 from forwardpass.repository import default_repository
 from forwardpass.scheduler.batcher import Batched
@@ -22,6 +23,7 @@ from forwardpass.scheduler.sequence import SequenceBatcher, sequence_flags, stat
 from tests.vad_audio import CHUNK, package_probabilities, voice
 
 Arrays = dict[str, np.ndarray]
+WAIT_S = 30  # a step that never comes fails the test instead of hanging it
 
 
 def plain_onnxruntime_probabilities(audio: np.ndarray) -> np.ndarray:
@@ -150,6 +152,35 @@ async def test_a_failed_step_fails_alone_and_leaves_the_state_as_it_was(vad: Mod
     a = [results[0], *results[3:]]
     np.testing.assert_allclose([r.outputs["output"][0, 0] for r in a], expected, atol=1e-5)  # type: ignore[union-attr]
     np.testing.assert_allclose(results[2].outputs["output"][0, 0], expected[0], atol=1e-5)  # type: ignore[union-attr]
+    await sequencer.drain()
+
+
+@pytest.mark.asyncio
+async def test_a_step_whose_deadline_passed_while_it_ran_leaves_the_state_as_it_was(vad: Model) -> None:
+    """Its caller was told it failed (DeadlineExceeded), so it sends the chunk again: the state must take it once.
+    The step's state was kept, and the retried chunk went into the sequence twice."""
+    holding, running, release = threading.Event(), threading.Event(), threading.Event()
+
+    def slow(arrays: Arrays) -> Arrays:
+        if holding.is_set():
+            running.set()
+            assert release.wait(WAIT_S)
+        return vad.session.run(arrays)
+
+    chunks = voice(1.0, 3).reshape(-1, CHUNK)[:4]
+    sequencer = batcher(vad, slow)
+    answers = [await sequencer.submit("s", step(chunks[0]), start=True, end=False)]
+    holding.set()
+    expiring = sequencer.submit("s", step(chunks[1]), start=False, end=False)
+    assert await asyncio.to_thread(running.wait, WAIT_S)
+    expiring.set_exception(DeadlineExceeded("model 'vad' did not answer within 0.01 s"))  # as the data plane does
+    assert isinstance(expiring.exception(), DeadlineExceeded)
+    holding.clear()
+    release.set()
+    for chunk in chunks[1:]:  # the caller's retry, then the rest
+        answers.append(await sequencer.submit("s", step(chunk), start=False, end=False))
+    served = [answer.outputs["output"][0, 0] for answer in answers]
+    np.testing.assert_allclose(served, package_probabilities(chunks.ravel()), atol=1e-5)
     await sequencer.drain()
 
 
