@@ -26,9 +26,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from forwardpass.errors import NotFoundError, UnsafePathError
+from forwardpass.config import read_yaml
+from forwardpass.errors import ConfigError, NotFoundError, UnsafePathError
 
 __all__ = [
     "CONFIG_FILE",
@@ -181,8 +180,8 @@ def find_artefact(folder: Path) -> Path:
 def declares_pipeline(folder: Path) -> bool:
     """Its config.yaml declares `pipeline:`: the folder is a pipeline of the repository's models, not a model."""
     try:
-        config = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        config = read_yaml(folder / CONFIG_FILE)
+    except ConfigError:  # the model's own load names the problem
         return False
     return isinstance(config, dict) and config.get("pipeline") is not None
 

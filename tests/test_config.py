@@ -159,6 +159,43 @@ def test_non_mapping_top_level(tmp_path: Path, text: str):
     assert "top level" in message
 
 
+def billion_laughs(field: str) -> str:
+    """`field` set to nine levels of aliases, each repeating the one below ten times: 10**9 values in 300 bytes."""
+    levels = [f"  l0: &l0 [{', '.join(['1'] * 10)}]"]
+    levels += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    return "constants:\n" + "\n".join(levels) + f"\n{field}: *l8\n"
+
+
+@pytest.mark.parametrize("field", ["max_batch_size", "description"])
+def test_yaml_aliases_expanding_to_a_billion_values_are_refused(tmp_path: Path, field: str):
+    """Refused before validation walks them (list[Any] under constants took them all; numpy at load ran out of
+    memory) and before an error message repeats them."""
+    message = config_error(write(tmp_path, billion_laughs(field)))
+    assert "more than 1,000,000 values" in message and "aliases" in message
+
+
+def test_a_yaml_alias_containing_itself_is_refused(tmp_path: Path):
+    message = config_error(write(tmp_path, "constants:\n  sr: &loop [1, *loop]\n"))
+    assert "nested more than 64 levels deep (a YAML alias containing itself?)" in message
+
+
+@pytest.mark.parametrize(("depth", "problem"), [(100, "nested more than 64 levels"), (5000, "not valid YAML")])
+def test_deep_nesting_is_refused(tmp_path: Path, depth: int, problem: str):
+    """libyaml itself stops at 1000 levels; below that the walk does."""
+    assert problem in config_error(write(tmp_path, "constants:\n  sr: " + "[" * depth + "1" + "]" * depth + "\n"))
+
+
+def test_a_wrong_value_is_shown_in_short(tmp_path: Path):
+    message = config_error(write(tmp_path, f"max_batch_size: {list(range(100_000))}\n"))
+    assert "got [0, 1, 2, 3, 4, 5, 6, 7, ...]" in message and len(message) < 300
+
+
+def test_a_config_that_is_not_utf8_is_named(tmp_path: Path):
+    path = tmp_path / "config.yaml"
+    path.write_bytes("description: caf\u00e9\n".encode("latin-1"))
+    assert "is not UTF-8 text" in config_error(path)
+
+
 def test_unreadable_file(tmp_path: Path):
     folder = tmp_path / "config.yaml"
     folder.mkdir()

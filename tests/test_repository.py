@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import forwardpass
-from forwardpass.errors import NotFoundError, UnsafePathError
+from forwardpass.errors import ConfigError, NotFoundError, UnsafePathError
 from forwardpass.repository import Repository, find_artefact, versions_in
 
 
@@ -164,3 +164,15 @@ def test_a_symlinked_root_is_fine(tmp_path: Path, repo: Path):
     link = tmp_path / "link-to-models"
     os.symlink(repo, link)
     assert Repository(link).resolve("resnet").version == 10
+
+
+@pytest.mark.parametrize("config", ["description: " + "[" * 3000 + "]" * 3000, "constants: &loop [1, *loop]"])
+def test_a_config_nested_past_the_yaml_reader_is_named_by_the_load_not_a_crash(repo: Path, config: str):
+    """Every unknown name looks for pipelines among the folders: a folder whose config.yaml nests thousands of levels
+    ended that look in a RecursionError (a 500 on the server's index and on any unknown name)."""
+    (repo / "resnet" / "config.yaml").write_text(config, encoding="utf-8")
+    repository = Repository(repo)
+    with pytest.raises(NotFoundError, match="did you mean 'resnet'"):
+        repository.resolve("resnt")
+    with pytest.raises(ConfigError, match=r"config\.yaml"):
+        forwardpass.load("resnet", repository=repo)
