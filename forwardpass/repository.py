@@ -136,6 +136,8 @@ class Repository:
         artefact = find_artefact(directory / str(version))
         for part in [artefact, *(artefact.rglob("*") if artefact.is_dir() else [])]:
             self._inside_root(part, f"model '{name}' version {version}")
+        if (directory / CONFIG_FILE).exists():
+            self._inside_root(directory / CONFIG_FILE, f"model '{name}''s {CONFIG_FILE}")
         return ModelEntry(name, version, directory, artefact)
 
     def _model_dir(self, name: str) -> Path:

@@ -153,7 +153,20 @@ def test_symlinked_artefact_pointing_outside_is_refused(repo: Path, outside: Pat
         Repository(repo).resolve("bert", 5)
 
 
+def test_a_config_symlinked_outside_is_refused(repo: Path, tmp_path: Path):
+    """The config decides what the model reads and answers: one from outside the repository is not its config."""
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text("description: not the repository's\n", encoding="utf-8")
+    os.symlink(elsewhere, repo / "bert" / "config.yaml")
+    with pytest.raises(UnsafePathError, match=r"model 'bert''s config\.yaml points outside the repository"):
+        Repository(repo).resolve("bert")
+    with pytest.raises(UnsafePathError):
+        forwardpass.load("bert", repository=repo)
+
+
 def test_symlinks_inside_the_root_are_fine(repo: Path):
+    os.symlink(repo / "resnet" / "config.yaml", repo / "bert" / "config.yaml")
+    assert Repository(repo).resolve("bert").config_path == repo / "bert" / "config.yaml"
     os.symlink(repo / "resnet", repo / "resnet-alias")
     entry = Repository(repo).resolve("resnet-alias")
     assert entry.version == 10
