@@ -12,22 +12,22 @@ grpcio's synchronous server carries the calls: one thread per call in progress p
 hands the servicer's coroutine to the event loop the data plane lives on and waits for it. On one core with
 perf_analyzer that costs 40 % less server CPU per call than `grpc.aio` at 32 concurrent calls and 30 % less at 8
 (8 % more for a lone call): grpc.aio's own per-call machinery costs about what a whole call now does
-(bench/results/server_triton.md).
+(bench/results/server_triton.md). Every call passes `grpc_gate` first, from the moment grpc accepts it: a cap on the
+calls one client holds open, and a deadline for its first message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import json
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
 from concurrent import futures
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -39,6 +39,7 @@ from forwardpass.errors import ERROR_CLASS_HEADER, ConfigError, ForwardpassError
 from forwardpass.server import grpc_codec as codec
 from forwardpass.server.access import Access
 from forwardpass.server.dataplane import unoffered
+from forwardpass.server.grpc_gate import CallGate, Context, calling_client
 from forwardpass.server.guard import off_loop, one_line
 from forwardpass.server.proto import grpc_service_pb2 as pb
 from forwardpass.server.streams import STREAM_WINDOW, in_order
@@ -69,25 +70,6 @@ IGNORED_UNLOAD_PARAMETERS = frozenset({"unload_dependents"})
 
 Message = TypeVar("Message", bound=ProtoMessage)
 Result = TypeVar("Result")
-# The calling client's host, set by each RPC's handler for the data plane's sequence ids (the servicer's methods
-# take the request alone, as the proto declares them).
-_client: contextvars.ContextVar[str] = contextvars.ContextVar("grpc_client", default="")
-
-
-class Context(Protocol):
-    """The part of grpc.ServicerContext used here."""
-
-    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn: ...
-
-    def add_callback(self, callback: Callable[[], object]) -> bool: ...
-
-    def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, str]]) -> None: ...
-
-    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None: ...
-
-    def code(self) -> grpc.StatusCode | None: ...
-
-    def peer(self) -> str: ...
 
 
 class InferenceServicer:
@@ -144,7 +126,7 @@ class InferenceServicer:
         except ForwardpassError as error:
             self.dataplane.metrics.failed(limits.model, limits.version, error)  # the data plane counts only its own
             raise
-        decoded.client = _client.get()
+        decoded.client = calling_client.get()  # whose sequence ids these are (the gate set it for the call)
         response = await self.dataplane.infer(request.model_name, request.model_version or None, decoded)
         return codec.encode_infer_response(response)
 
@@ -200,15 +182,6 @@ def on_loop(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, Resu
     return running.result()
 
 
-def peer_host(peer: str) -> str:
-    """grpc's peer ("ipv4:127.0.0.1:5123", "ipv6:[::1]:5123") as HTTP names the same client ("127.0.0.1", "::1"):
-    the client a sequence id belongs to, whose open sequences count against one share on every transport."""
-    kind, _, address = peer.partition(":")
-    if kind not in ("ipv4", "ipv6"):
-        return peer
-    return address.rpartition(":")[0].strip("[]")
-
-
 def parse(message_type: type[Message], raw: bytes) -> Message:
     try:
         message: Message = message_type.FromString(raw)
@@ -246,7 +219,6 @@ def unary_handler(
     name = implementation.__name__
 
     def handle(raw: bytes, context: Context) -> ProtoMessage:
-        _client.set(peer_host(context.peer()))  # the coroutine's task on the loop copies this thread's context
         try:
             if check is not None:
                 check(context)
@@ -281,7 +253,6 @@ def stream_handler(
     servicer: InferenceServicer, token: BearerToken | None, loop: asyncio.AbstractEventLoop
 ) -> grpc.RpcMethodHandler:
     def handle(raws: Iterator[bytes], context: Context) -> Iterator[pb.ModelStreamInferResponse]:
-        _client.set(peer_host(context.peer()))  # the stream's requests run in tasks that copy this context
         if token is not None:
             try:
                 token.check(context, "ModelStreamInfer")
@@ -391,19 +362,22 @@ def method_handlers(
 
 
 class GrpcServer:
-    """grpcio's server and its threads (one per call in progress, made as needed), started and stopped from the
-    event loop."""
+    """grpcio's server, its threads (one per call in progress, made as needed) and the gate every call passes,
+    started and stopped from the event loop."""
 
-    def __init__(self, server: grpc.Server, threads: futures.ThreadPoolExecutor) -> None:
+    def __init__(self, server: grpc.Server, threads: futures.ThreadPoolExecutor, gate: CallGate) -> None:
         self._server = server
         self._threads = threads
+        self._gate = gate
 
     async def start(self) -> None:
+        self._gate.start()
         self._server.start()
 
     async def stop(self, grace: float) -> None:
         """New calls are refused; those in progress get `grace` seconds, then are cancelled."""
         await asyncio.to_thread(self._server.stop(grace).wait)
+        self._gate.stop()
         self._threads.shutdown(wait=False)
 
 
@@ -413,8 +387,16 @@ def create_grpc_server(dataplane: DataPlane, settings: ServerSettings) -> GrpcSe
     loop = asyncio.get_running_loop()
     # a thread for every call admitted, so that open streams never keep a unary call waiting for one
     threads = futures.ThreadPoolExecutor(settings.max_concurrent_requests, thread_name_prefix="forwardpass-grpc")
+    # A call counts from the moment grpc accepts it, before its message: the gate keeps one client, or calls that
+    # send nothing, from holding every slot.
+    gate = CallGate(
+        settings.max_grpc_calls_per_client or max(1, settings.max_concurrent_requests // 4),
+        settings.body_timeout_s,
+        functools.partial(dataplane.metrics.failed, None, None),
+    )
     server = grpc.server(
         threads,
+        interceptors=(gate,),
         # Calls beyond this are refused with RESOURCE_EXHAUSTED at once, like HTTP's 503, instead of piling up.
         maximum_concurrent_rpcs=settings.max_concurrent_requests,
         options=[
@@ -443,4 +425,4 @@ def create_grpc_server(dataplane: DataPlane, settings: ServerSettings) -> GrpcSe
         raise ConfigError(
             f"gRPC cannot listen on {address}: port in use or address invalid; choose another --grpc-port"
         )
-    return GrpcServer(server, threads)
+    return GrpcServer(server, threads, gate)

@@ -48,6 +48,12 @@ class ServerSettings(BaseSettings):
     max_connections: int = Field(
         default=2048, gt=0, description="HTTP connections open at once; more are refused (503)"
     )
+    max_grpc_calls_per_client: int | None = Field(
+        default=None,
+        gt=0,
+        description="gRPC calls one client (host) may have open at once, streams included; more are refused "
+        "(RESOURCE_EXHAUSTED); default a quarter of max_concurrent_requests",
+    )
     trust_pickle: bool = Field(
         default=False, description="let pickled models (scikit-learn, joblib) load: unpickling runs code from the file"
     )

@@ -99,9 +99,16 @@ def grpc_server(grpc_repository: Path, kit: Any) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def guarded(grpc_repository: Path, kit: Any) -> Iterator[Any]:
-    """A second server with every limit on: a bearer token, 64 KiB per request, 2 calls at once; and its access log."""
+    """A second server with every limit on: a bearer token, 64 KiB per request, 2 calls at once (all of them one
+    client's to have); and its access log."""
     running = serve_grpc(
-        kit, grpc_repository, auth_token=TOKEN, max_request_bytes=64 * 1024, max_concurrent_requests=2, access_log=True
+        kit,
+        grpc_repository,
+        auth_token=TOKEN,
+        max_request_bytes=64 * 1024,
+        max_concurrent_requests=2,
+        max_grpc_calls_per_client=2,
+        access_log=True,
     )
     yield running
     running.stop()
