@@ -66,14 +66,23 @@ class _Stream:
         version = websocket.path_params.get("version")
         client = websocket.client.host if websocket.client is not None else ""
         try:
-            answers = in_order(_messages(websocket), lambda body: self._answer(name, version, body, client))
+            decoded = self._decoded(websocket, name, version, client)
+            answers = in_order(decoded, lambda request: self._answer(name, version, request))
             async with contextlib.aclosing(answers):
                 async for answer in answers:
                     await websocket.send_text(answer.decode())
         except WebSocketDisconnect:
             pass
 
-    async def _answer(self, name: str, version: str | None, body: bytes, client: str) -> bytes:
+    async def _decoded(
+        self, websocket: WebSocket, name: str, version: str | None, client: str
+    ) -> AsyncIterator[InferRequest | bytes]:
+        """Each message decoded, or the error answer it gets, one message after another: a large message is decoded
+        in a worker thread, and a small one sent after it must not reach the model first (a sequence's steps)."""
+        async for body in _messages(websocket):
+            yield await self._decode(name, version, body, client)
+
+    async def _decode(self, name: str, version: str | None, body: bytes, client: str) -> InferRequest | bytes:
         try:
             limits = self.dataplane.limits(name, version)  # counts its own failure
         except ForwardpassError as error:
@@ -88,6 +97,13 @@ class _Stream:
             self.dataplane.metrics.failed(limits.model, limits.version, error)  # the data plane counts only its own
             return _error(_request_id(body), one_line(error))
         request.client = client
+        return request
+
+    async def _answer(self, name: str, version: str | None, request: InferRequest | bytes) -> bytes:
+        """The request's answer. Tasks start in the order they are made, and the data plane submits a sequence's step
+        before its first await: steps reach the model in the order they were sent."""
+        if isinstance(request, bytes):
+            return request
         try:
             with self.guard.admitted():
                 response = await self.dataplane.infer(name, version, request)

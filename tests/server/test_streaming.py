@@ -25,6 +25,7 @@ from tritonclient.utils import InferenceServerException
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from forwardpass.server.guard import OFFLOAD_BYTES
 from tests.running_server import free_port
 from tests.vad_audio import CHUNK, package_probabilities, voice
 
@@ -269,6 +270,29 @@ def test_websocket_streams_sequences_in_order_and_bad_messages_fail_alone(server
             served.setdefault(int(answer["id"].split("/")[0]), []).append(answer["outputs"][0]["data"][0])
     for sequence_id, audio in audios.items():
         np.testing.assert_allclose(served[sequence_id], package_probabilities(audio), atol=1e-5)
+
+
+def test_websocket_steps_reach_the_model_in_the_order_sent_whatever_their_size(server: Any) -> None:
+    """A large message is decoded in a worker thread: a small one sent after it must still reach the model after it.
+    Each start step here is padded past guard.OFFLOAD_BYTES (JSON whitespace): the small steps behind it overtook
+    it and were refused ("sequence ... is not active"), or ran on another step's state."""
+    audio = voice(0.25, 4)
+    chunks = audio.reshape(-1, CHUNK)
+    messages = []
+    for sequence_id in range(1, 6):
+        for index, chunk in enumerate(chunks):
+            flags = {"sequence_start": index == 0, "sequence_end": index == len(chunks) - 1}
+            message = ws_request(f"{sequence_id}/{index}", chunk, sequence_id=sequence_id, **flags)
+            messages.append(message[:-1] + " " * (OFFLOAD_BYTES + 1024) + "}" if index == 0 else message)
+    with connect(f"ws://127.0.0.1:{server.port}/v2/models/silero_vad/stream") as websocket:
+        for message in messages:
+            websocket.send(message)
+        answers = [orjson.loads(websocket.recv(timeout=60)) for _ in messages]
+    assert [answer.get("error") for answer in answers] == [None] * len(messages)
+    expected = package_probabilities(audio)
+    for sequence_id in range(1, 6):
+        served = [answer["outputs"][0]["data"][0] for answer in answers if answer["id"].startswith(f"{sequence_id}/")]
+        np.testing.assert_allclose(served, expected, atol=1e-5)
 
 
 def test_websocket_serves_stateless_models_too(server: Any) -> None:
