@@ -120,6 +120,7 @@ class ModelRegistry:
         self._wanted: set[str] = set()  # models that should be loaded
         self._seen: set[str] = set()  # models the repository has shown us; polling only adds new ones
         self._failed: dict[str, str] = {}
+        self._failed_files: dict[str, dict[int, Fingerprint]] = {}  # what a failed load read: polls retry on a change
         self._locks: dict[str, asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         # Sessions open one per core at a time, largest model first: ten sessions built and warmed up at once on two
@@ -159,7 +160,11 @@ class ModelRegistry:
         for name in sorted(set(self.repository.names()) | self._versions.keys()):
             versions = self._versions.get(name)
             if versions:
-                rows.extend({"name": name, "version": str(v), "state": "READY", "reason": ""} for v in sorted(versions))
+                failed = self._failed.get(name)
+                reason = f"serving the files loaded before; reloading failed: {failed}" if failed else ""
+                rows.extend(
+                    {"name": name, "version": str(v), "state": "READY", "reason": reason} for v in sorted(versions)
+                )
             else:
                 reason = self._failed.get(name, "unloaded")
                 rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason})
@@ -187,12 +192,15 @@ class ModelRegistry:
         async with self._lock(name):
             self._wanted.add(name)
             self._seen.add(name)
+            files = self._files(name)
             try:
                 await self._sync(name)
             except ForwardpassError as exc:
                 self._failed[name] = str(exc)
+                self._failed_files[name] = files
                 raise
             self._failed.pop(name, None)
+            self._failed_files.pop(name, None)
 
     async def unload(self, name: str) -> None:
         """Stop serving a model; returns when the requests already inside it have finished."""
@@ -212,9 +220,9 @@ class ModelRegistry:
         for name in sorted(names - self._seen):
             await self._try(self.load, name)
         for name in sorted(self._wanted & names):
-            current = self._versions.get(name, {})
-            found = {v: _fingerprint(self.repository, name, v) for v in self.repository.versions(name)}
-            if found != {v: served.fingerprint for v, served in current.items()}:
+            found = self._files(name)
+            loaded = {v: served.fingerprint for v, served in self._versions.get(name, {}).items()}
+            if found != loaded and found != self._failed_files.get(name):  # a failed load: again once files change
                 await self._try(self.load, name)
         for name in sorted(self._wanted - names):
             await self._try(self.unload, name)
@@ -303,6 +311,9 @@ class ModelRegistry:
             if sequencer is not None:
                 sequencer.on_batch = batcher.on_batch
         return served
+
+    def _files(self, name: str) -> dict[int, Fingerprint]:
+        return {v: _fingerprint(self.repository, name, v) for v in self.repository.versions(name)}
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())

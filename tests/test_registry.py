@@ -150,6 +150,34 @@ async def test_a_changed_file_reloads_that_model_and_an_unloaded_model_stays_unl
 
 
 @pytest.mark.asyncio
+async def test_a_failed_reload_keeps_serving_says_why_and_is_retried_only_once_the_files_change(
+    repo: Path, add_model, caplog: pytest.LogCaptureFixture
+):
+    """A config with a typo'd key: the versions loaded before keep answering, the index says why the new files were
+    not taken, and polling does not load (and log) the same broken files again every interval."""
+    registry = ModelRegistry(Repository(repo))
+    await registry.load_all()
+    write_config(repo / "add", {"max_batch_sise": 8})
+    add_model(repo / "broken" / "1" / "model.onnx")
+    write_config(repo / "broken", {"max_batch_sise": 8})
+    for _ in range(3):
+        await registry.poll()
+    failures = [record.getMessage() for record in caplog.records if "repository poll" in record.getMessage()]
+    assert len(failures) == 2, failures  # one each for add and broken
+    assert all("field 'max_batch_sise'" in failure for failure in failures)
+    assert await answer(registry, "add") == 3.0
+    rows = [row for row in registry.index() if row["name"] in ("add", "broken")]
+    states = [(row["name"], row["state"]) for row in rows]
+    assert states == [("add", "READY"), ("add", "READY"), ("broken", "UNAVAILABLE")]
+    assert all("max_batch_sise" in row["reason"] for row in rows)
+    assert rows[0]["reason"].startswith("serving the files loaded before; reloading failed:")
+    write_config(repo / "add", {"max_batch_size": 8})
+    await registry.poll()
+    assert [row["reason"] for row in registry.index() if row["name"] == "add"] == ["", ""]
+    await registry.close()
+
+
+@pytest.mark.asyncio
 async def test_unload_waits_for_requests_inside_the_model(repo: Path):
     registry = ModelRegistry(Repository(repo))
     await registry.load_all()
