@@ -18,7 +18,7 @@ from pathlib import Path
 
 from forwardpass.backends.base import Session
 from forwardpass.config import ModelConfig
-from forwardpass.errors import ConfigError, ForwardpassError, NotFoundError
+from forwardpass.errors import ConfigError, Forbidden, ForwardpassError, NotFoundError
 from forwardpass.model import Model, load, locate_configured
 from forwardpass.repository import Repository
 from forwardpass.scheduler.batcher import Batcher, Runner
@@ -110,8 +110,12 @@ class ModelRegistry:
         on_batch: BatchObserver | None = None,
         cores: int | None = None,
         trust_pickle: bool = False,
+        loads_refused: str | None = None,
     ) -> None:
         self.repository = repository
+        # Why `load` and `unload` requests (the repository API) are refused, when they are: the models then follow
+        # the repository alone (start-up and polling), as a Ray Serve replica's must.
+        self.loads_refused = loads_refused
         self.trust_pickle = trust_pickle
         self.on_batch = on_batch  # told of every batch of every version loaded from now on: metrics
         self._cores = cores or available_cores()
@@ -123,6 +127,7 @@ class ModelRegistry:
         self._failed_files: dict[str, dict[int, Fingerprint]] = {}  # what a failed load read: polls retry on a change
         self._locks: dict[str, asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._watching: asyncio.Task[None] | None = None
         # Sessions open one per core at a time, largest model first: ten sessions built and warmed up at once on two
         # cores finish later than the same ten two at a time (measured: 0.54 s vs 0.3 s for the bundled models).
         self._opening = asyncio.Semaphore(self._cores)
@@ -173,7 +178,7 @@ class ModelRegistry:
     async def load_all(self) -> None:
         """Load every model of the repository, side by side; a model that fails is logged and left unavailable."""
         names = sorted(self.repository.names(), key=self._size, reverse=True)
-        results = await asyncio.gather(*(self.load(name) for name in names), return_exceptions=True)
+        results = await asyncio.gather(*(self._load(name) for name in names), return_exceptions=True)
         for name, result in zip(names, results, strict=True):
             if isinstance(result, ForwardpassError):
                 log.warning("model '%s' not loaded: %s", name, result)
@@ -186,6 +191,17 @@ class ModelRegistry:
         return sum(size for _, _, size in _fingerprint(self.repository, name, versions[-1])) if versions else 0
 
     async def load(self, name: str) -> None:
+        """A request to load (or reload) a model; Forbidden when `loads_refused`."""
+        self._check_request()
+        await self._load(name)
+
+    async def unload(self, name: str) -> None:
+        """A request to stop serving a model; returns when the requests already inside it have finished. Forbidden
+        when `loads_refused`."""
+        self._check_request()
+        await self._unload(name)
+
+    async def _load(self, name: str) -> None:
         """Load (or reload) every version of a model: new and changed versions open beside the old, then swap."""
         if name not in self._wanted and not self.repository.versions(name):  # unknown names leave no trace
             raise NotFoundError(f"model '{name}' has no numbered version folder with a model file")
@@ -202,8 +218,7 @@ class ModelRegistry:
             self._failed.pop(name, None)
             self._failed_files.pop(name, None)
 
-    async def unload(self, name: str) -> None:
-        """Stop serving a model; returns when the requests already inside it have finished."""
+    async def _unload(self, name: str) -> None:
         if name not in self._versions and name not in self._wanted:  # not loaded: nothing to do, and no trace left
             if not self.repository.versions(name):
                 raise NotFoundError(f"model '{name}' is neither loaded nor in the repository")
@@ -218,19 +233,37 @@ class ModelRegistry:
         """One look at the repository: load new models, reload changed ones, unload removed ones."""
         names = set(self.repository.names())
         for name in sorted(names - self._seen):
-            await self._try(self.load, name)
+            await self._try(self._load, name)
         for name in sorted(self._wanted & names):
             found = self._files(name)
             loaded = {v: served.fingerprint for v, served in self._versions.get(name, {}).items()}
             if found != loaded and found != self._failed_files.get(name):  # a failed load: again once files change
-                await self._try(self.load, name)
+                await self._try(self._load, name)
         for name in sorted(self._wanted - names):
-            await self._try(self.unload, name)
+            await self._try(self._unload, name)
+
+    def watch(self, interval_s: float) -> None:
+        """Poll the repository every `interval_s` seconds, from now until `close`."""
+        self._watching = asyncio.create_task(self._watch(interval_s))
+
+    async def _watch(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.poll()
+            except OSError as exc:  # files moving under our feet; the next look sees the settled state
+                log.warning("repository poll failed: %s", exc)
 
     async def close(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
         for name in list(self._versions):
-            await self.unload(name)
+            await self._unload(name)
         await asyncio.gather(*self._retiring)
+
+    def _check_request(self) -> None:
+        if self.loads_refused is not None:
+            raise Forbidden(self.loads_refused)
 
     async def _sync(self, name: str) -> None:
         numbers = self.repository.versions(name)

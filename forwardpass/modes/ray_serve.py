@@ -5,6 +5,10 @@ its own dynamic batcher), the DataPlane, and the starlette app of `server.http`,
 ingress. So routes, payloads, errors and batching are the same code, and a stock Triton/KServe client cannot tell
 the difference. Ray Serve adds what one process lacks: replicas on any node of the cluster, its router spreading
 requests over them, and autoscaling between `replicas` and `max_replicas` on the requests in flight.
+
+Each replica loads the repository itself, and a request reaches one replica: a repository API load or unload would
+change that one alone, and a replica started later would not know of it. So replicas follow the repository only:
+at start and, with `--poll-interval`, as it changes; load and unload requests are refused (403).
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ from forwardpass.server.settings import ServerSettings
 __all__ = ["APP_NAME", "V2Replica", "deploy", "serve_on_ray"]
 
 APP_NAME = "forwardpass"
+LOADS_REFUSED = (
+    "the repository API's load and unload are off on Ray Serve: each replica loads the repository itself and a "
+    "request reaches one of them; change the repository (replicas pick changes up with --poll-interval) or redeploy"
+)
 
 
 class V2Replica:
@@ -32,7 +40,10 @@ class V2Replica:
 
     def __init__(self, settings: ServerSettings, cores: int) -> None:
         self.settings = settings
-        self.registry = ModelRegistry(Repository(settings.repository), cores=cores, trust_pickle=settings.trust_pickle)
+        repository = Repository(settings.repository)
+        self.registry = ModelRegistry(
+            repository, cores=cores, trust_pickle=settings.trust_pickle, loads_refused=LOADS_REFUSED
+        )
         self.dataplane = DataPlane(self.registry, settings)
         self.generators = Generators(self.registry)
 
@@ -40,6 +51,8 @@ class V2Replica:
         """Ray Serve calls this on the replica's event loop: models load there, beside the batchers that use them.
         The app is `forwardpass serve`'s own: V2, TF Serving, generation, OpenAI and WebSocket routes, one guard."""
         await self.registry.load_all()
+        if self.settings.poll_interval_s:
+            self.registry.watch(self.settings.poll_interval_s)
         return asgi_app(self.registry, self.dataplane, self.generators, self.settings)
 
 

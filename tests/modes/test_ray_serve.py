@@ -3,6 +3,8 @@ routes behind one guard), the same trust setting. Built without Ray: the replica
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from pathlib import Path
 
 import httpx
@@ -50,4 +52,23 @@ async def test_a_replica_keeps_trust_and_serves_every_route_of_serve(tmp_path: P
         five_rows = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [5, 4], "data": [0] * 20}]}
         over = await client.post("/v2/models/add/infer", json=five_rows)
         assert over.status_code == 400 and "max_batch_size of 4" in over.json()["error"]
+    await replica.registry.close()
+
+
+@pytest.mark.asyncio
+async def test_replicas_follow_the_repository_alone(tmp_path: Path) -> None:
+    """A load or unload request reaches one replica of many (and none started later): refused, while polling, which
+    every replica does for itself, picks up a new version. Ray Serve replicas ignored --poll-interval."""
+    add_one(tmp_path / "add")
+    replica = V2Replica(ServerSettings(repository=tmp_path, poll_interval_s=0.05), cores=1)
+    app = await replica.__serve_build_asgi_app__()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica") as client:
+        for action in ("load", "unload"):
+            refused = await client.post(f"/v2/repository/models/add/{action}")
+            assert refused.status_code == 403 and "off on Ray Serve" in refused.json()["error"]
+        assert (await client.get("/v2/models/add/ready")).status_code == 200  # the unload changed nothing
+        shutil.copytree(tmp_path / "add" / "1", tmp_path / "add" / "2")
+        async with asyncio.timeout(30):
+            while (await client.get("/v2/models/add")).json()["versions"] != ["1", "2"]:
+                await asyncio.sleep(0.05)
     await replica.registry.close()
