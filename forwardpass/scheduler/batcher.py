@@ -9,13 +9,19 @@ at most `max_queue_delay_s` (counted from the oldest request's arrival) for a fu
 arrays agree past the batch dimension share a batch. A failed batch is retried request by request, so one bad
 request fails alone. Dispatch is driven by callbacks (submit, batch done, delay timer), not by polling tasks.
 
-A model whose forward passes take less than INLINE_RUN_S runs on the event loop itself: for the tiny MLP (~15 µs a
-pass) the hop to the instance's thread and back -- the wake-up, the GIL hand-overs, a second loop iteration --
-cost more than the pass. Its dispatch then waits for the end of the loop iteration, so that requests arriving
-together still share a batch. Until a pass has been timed, and whenever the per-row estimate times the rows
-exceeds the bound, the batch runs in the thread: the loop never waits for a model that is slow on average. (A
-model whose passes are usually fast and rarely slow can still hold the loop for that one slow pass; the estimate
-then sends the next passes to the thread until fast ones bring it down again.)
+A model whose forward passes take less than INLINE_RUN_S runs on the event loop itself: for the tiny MLP (~50 µs a
+pass of 1 row, ~100 µs of 32) the hop to the instance's thread and back -- the wake-up, the GIL hand-overs, a second
+loop iteration -- cost more than the pass. Its dispatch then waits for the end of the loop iteration, so that
+requests arriving together still share a batch. Passes are timed per size class of batch (1 row, 2-3, 4-7, ...):
+a fast model's pass is mostly a fixed cost, so a time per row taken from small batches, times 32 rows, put the
+MLP's large batches at ~10x their time, and at load every one of them went to the thread. A batch runs in the
+thread until its class (or a smaller one, whose time per row is higher) has been timed, and whenever that estimate
+exceeds the bound: the loop never waits for a model that is slow on average. In the thread a pass is timed by the
+thread's CPU time: its wall time there counts its waits for the GIL, which the loop holds at load, so a fast model
+sent there once timed slow and stayed. (A model whose passes are usually fast and rarely slow can still hold the
+loop for that one slow pass; the estimate then sends the next passes to the thread until fast ones bring it down
+again. With ONNX Runtime's threads set not to spin, the calling thread's CPU time is less than a multi-threaded
+pass's wall time: such a model just over the bound may alternate between the two.)
 """
 
 from __future__ import annotations
@@ -94,7 +100,7 @@ class Batcher:
         self._closing = False
         self._drained: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._row_s: float | None = None  # the forward pass's time per row, once measured
+        self._row_s: dict[int, float] = {}  # per size class (rows.bit_length()), the pass's time per row
         self._dispatch_pending = False
         self._executor = ThreadPoolExecutor(max_workers=len(runners), thread_name_prefix=f"forwardpass-{name}")
 
@@ -112,7 +118,7 @@ class Batcher:
         future: asyncio.Future[Batched] = asyncio.get_running_loop().create_future()
         key = _batch_key(arrays) if self._max_rows else None
         self._queue.append(_Request(arrays, rows, key, future, behind=not self._idle or bool(self._queue)))
-        if self._row_s is not None and self._row_s < INLINE_RUN_S:
+        if self._runs_inline(rows):
             self._dispatch_after_this_iteration()
         else:
             self._dispatch()
@@ -138,11 +144,20 @@ class Batcher:
             if batch is None:
                 return
             instance = self._idle.pop()
-            rows = sum(request.rows for request in batch)
-            if self._row_s is not None and self._row_s * rows < INLINE_RUN_S:
+            if self._runs_inline(sum(request.rows for request in batch)):
                 self._run_inline(instance, batch)
             else:
                 self._launch(instance, batch)
+
+    def _runs_inline(self, rows: int) -> bool:
+        """Whether a pass of `rows` rows is expected within INLINE_RUN_S: by its size class's time per row, else by
+        the nearest smaller class's (fixed costs weigh more in smaller batches: never an underestimate for a model
+        whose pass time grows with its rows); False until one of them has been timed."""
+        for size in range(rows.bit_length(), 0, -1):
+            row_s = self._row_s.get(size)
+            if row_s is not None:
+                return row_s * rows < INLINE_RUN_S
+        return False
 
     def _take(self) -> list[_Request] | None:
         """The next batch, removed from the queue; None when the queue should wait for a fuller batch."""
@@ -209,14 +224,14 @@ class Batcher:
     def _run_inline(self, instance: int, batch: list[_Request]) -> None:
         self._running += 1
         started = time.perf_counter()
-        outcomes, pass_s = _timed_run(self._runners[instance], batch)
+        outcomes, pass_s = _timed_run(self._runners[instance], batch, time.perf_counter)  # what the loop waits
         self._settle(instance, batch, started, outcomes, pass_s)
 
     def _launch(self, instance: int, batch: list[_Request]) -> None:
         self._running += 1
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        work = self._executor.submit(_timed_run, self._runners[instance], batch)
+        work = self._executor.submit(_timed_run, self._runners[instance], batch, time.thread_time)
         # straight back onto the loop: wrapping in an asyncio future would cost a second loop iteration
         work.add_done_callback(lambda done: loop.call_soon_threadsafe(self._finished, instance, batch, started, done))
 
@@ -237,9 +252,9 @@ class Batcher:
         run_s = time.perf_counter() - started
         rows = sum(request.rows for request in batch)
         if pass_s is not None:
-            row_s = pass_s / rows
-            previous = self._row_s
-            self._row_s = row_s if previous is None else previous + ESTIMATE_WEIGHT * (row_s - previous)
+            row_s, size = pass_s / rows, rows.bit_length()
+            previous = self._row_s.get(size)
+            self._row_s[size] = row_s if previous is None else previous + ESTIMATE_WEIGHT * (row_s - previous)
         for request, outcome in zip(batch, outcomes, strict=True):
             if request.future.done():
                 continue
@@ -262,11 +277,11 @@ def _batch_key(arrays: Arrays) -> tuple[tuple[str, tuple[int, ...], np.dtype], .
     return tuple((name, array.shape[1:], array.dtype) for name, array in arrays.items())
 
 
-def _timed_run(runner: Runner, batch: list[_Request]) -> tuple[_Outcome, float]:
-    """`_run`, and how long it took (the forward pass, without the hops around it)."""
-    started = time.perf_counter()
+def _timed_run(runner: Runner, batch: list[_Request], clock: Callable[[], float]) -> tuple[_Outcome, float]:
+    """`_run`, and how long it took by `clock` (the forward pass, without the hops around it)."""
+    started = clock()
     outcomes = _run(runner, batch)
-    return outcomes, time.perf_counter() - started
+    return outcomes, clock() - started
 
 
 def _run(runner: Runner, batch: list[_Request]) -> _Outcome:
