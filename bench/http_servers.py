@@ -5,7 +5,7 @@ ours can beat is the server under it. A bare ASGI app (no framework) on both ser
 Starlette's.
 
 Usage: python bench/http_servers.py [--rounds 3] [--seconds 3] [--servers uvicorn-starlette,granian-rsgi,...]
-                                    [--out DIR]
+                                    [--base DIR] [--out DIR]
 
 - Servers (bench/peers/thin_servers.py): `uvicorn-starlette` (thin.py exactly as bench/server.py runs it: uvloop,
   httptools), `uvicorn-asgi` (a bare ASGI app), `granian-starlette`, `granian-asgi` and `granian-rsgi` (granian's own
@@ -13,7 +13,9 @@ Usage: python bench/http_servers.py [--rounds 3] [--seconds 3] [--servers uvicor
   `granian-embed-rsgi` (granian's embedded server, in the process that owns the event loop, as forwardpass would
   have to run it beside its gRPC server and batcher), `triton` (bench/server.py's Triton). All Python servers run from
   one virtualenv (.build/peers/granian/) with the project's versions of uvicorn, Starlette, orjson, numpy and ONNX
-  Runtime; granian with one worker, one Rust runtime thread, one Python thread.
+  Runtime; granian with one worker, one Rust runtime thread, one Python thread. `forwardpass` is `forwardpass serve`
+  as bench/server.py runs it (dynamic batching, no gRPC); `forwardpass-base` the same from another source tree
+  (`--base DIR`, e.g. `git archive <commit> | tar -x -C DIR`), to compare a change with the commit before it.
 - Pinning: each server's whole process tree on CPU 0 (`taskset`, ONNX Runtime on one thread); the clients and this
   script on CPU 1.
 - Load, tiny MLP (64 -> 128 -> 10), concurrency 32, one sample per request, V2 JSON and the binary tensor extension:
@@ -31,6 +33,7 @@ Writes <out>/http_servers.json and <out>/http_servers.md.
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime as dt
 import http.client
 import json
@@ -56,6 +59,7 @@ from peers.launch import (
     peer_versions,
     triton_command,
 )
+from peers.launch import command_for as serve_command  # the name command_for is this script's own
 from server import CLIENT_CPU, SERVER_CPU, TOLERANCE, BenchModel, build_models, perf_analyzer
 
 from forwardpass.measure import machine_info
@@ -74,14 +78,28 @@ LABELS = {
     "granian-embed-starlette": "granian ASGI + Starlette, embedded",
     "granian-embed-rsgi": "granian RSGI, bare app, embedded",
     "triton": "Triton 2.51 (Python backend + ORT)",
+    "forwardpass": "forwardpass serve (this tree)",
+    "forwardpass-base": "forwardpass serve (--base tree)",
 }
-# Ratios to these, where they ran: the server as today, the same server without a framework, the reference
-REFERENCES = ("uvicorn-starlette", "uvicorn-asgi", "triton")
+# Ratios to these, where they ran: the server as today, the same server without a framework, the reference, and
+# forwardpass before a change
+REFERENCES = ("uvicorn-starlette", "uvicorn-asgi", "triton", "forwardpass-base")
+COUNTS_IN_STATISTICS = ("triton", "forwardpass", "forwardpass-base")  # the V2 statistics extension counts answers
 
 
-def command_for(key: str, model: BenchModel, port: int, workdir: Path) -> tuple[list[str], dict[str, str]]:
+def command_for(
+    key: str, model: BenchModel, port: int, workdir: Path, base: Path | None
+) -> tuple[list[str], dict[str, str]]:
     if key == "triton":
         return triton_command(SERVERS["triton"], model.name, model.path, port, workdir)
+    if key.startswith("forwardpass"):
+        command, environment = serve_command(SERVERS["forwardpass"], model.name, model.path, port, workdir)
+        if key == "forwardpass":
+            return command, environment
+        if base is None:
+            raise ValueError("forwardpass-base serves the source tree given by --base")
+        compileall.compile_dir(base / "forwardpass", quiet=1)  # as launch.command_for does for this tree
+        return command, environment | {"PYTHONPATH": str(base)}  # found before the editable install's finder
     python = str(ensure_virtualenv("granian") / "bin" / "python")
     served = [str(model.path), "--name", model.name, "--port", str(port)]
     if key == "uvicorn-starlette":  # the floor exactly as bench/server.py runs it
@@ -92,14 +110,14 @@ def command_for(key: str, model: BenchModel, port: int, workdir: Path) -> tuple[
 
 def answered(key: str, port: int, model: BenchModel) -> int:
     """Infer requests the server has answered so far (Triton: its statistics extension's success count)."""
-    where = f"/v2/models/{model.name}/stats" if key == "triton" else "/answered"
+    where = f"/v2/models/{model.name}/stats" if key in COUNTS_IN_STATISTICS else "/answered"
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         connection.request("GET", where)
         document = connection.getresponse().read()
     finally:
         connection.close()
-    if key == "triton":
+    if key in COUNTS_IN_STATISTICS:
         return int(json.loads(document)["model_stats"][0]["inference_stats"]["success"]["count"])
     return int(document)
 
@@ -109,7 +127,7 @@ def measure(key: str, model: BenchModel, args: argparse.Namespace, workdir: Path
     port = free_port()
     path = f"/v2/models/{model.name}/infer"
     requests = {fmt: v2_request("input", model.sample, "output", fmt == "binary") for fmt in FORMATS}
-    command, environment = command_for(key, model, port, workdir)
+    command, environment = command_for(key, model, port, workdir, args.base)
     record: dict[str, Any] = {"points": {}}
     with RunningServer(command, environment, workdir / "server.log", SERVER_CPU) as server:
         body, headers = requests["json"]
@@ -284,12 +302,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=3, help="seconds per wrk point and per perf_analyzer window")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured seconds of wrk load before each point")
     parser.add_argument("--servers", default=",".join(LABELS), help=f"comma-separated, of: {', '.join(LABELS)}")
+    parser.add_argument("--base", type=Path, help="source tree (holding forwardpass/) that forwardpass-base serves")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     keys = args.servers.split(",")
     unknown = sorted(set(keys) - set(LABELS))
     if unknown:
         parser.error(f"unknown server(s) {', '.join(unknown)}; choose from {', '.join(LABELS)}")
+    if "forwardpass-base" in keys and (args.base is None or not (args.base / "forwardpass").is_dir()):
+        parser.error("forwardpass-base needs --base DIR, a source tree with forwardpass/ in it")
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the server being measured is stopped
     machine = machine_info() | {"server_cpu": SERVER_CPU, "client_cpu": CLIENT_CPU}
