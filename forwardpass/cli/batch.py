@@ -146,6 +146,7 @@ def batch(
                     actors=actors,
                     actor_cpus=actor_cpus,
                     progress=advance,
+                    trust_pickle=trust_pickle,
                 )
             else:
                 # ONNX Runtime's threads sleep between operators instead of spinning: the decoding threads get the

@@ -47,8 +47,11 @@ class PartScorer:
         workers: int,
         intra_op_threads: int,
         drop: list[str],
+        trust_pickle: bool,
     ) -> None:
-        self.model = load(model, repository=repository, version=version, intra_op_threads=intra_op_threads)
+        self.model = load(
+            model, repository=repository, version=version, intra_op_threads=intra_op_threads, trust_pickle=trust_pickle
+        )
         self.source = open_source(Path(input_path), self.model.config, drop)
         self.scorer = Scorer(self.model, batch_size=batch_size, top_k=top_k, workers=workers)
 
@@ -77,8 +80,10 @@ def run_batch_on_ray(
     actors: int = 2,
     actor_cpus: float = 0.5,
     progress: Progress | None = None,
+    trust_pickle: bool = False,
 ) -> Summary:
-    """`batch.run_batch` on Ray: `address` None starts a local Ray (unless this process is connected already)."""
+    """`batch.run_batch` on Ray: `address` None starts a local Ray (unless this process is connected already);
+    `trust_pickle` lets the actors load a pickled model, as `forwardpass.load`'s."""
     try:
         import ray
         import ray.data
@@ -92,7 +97,9 @@ def run_batch_on_ray(
         if connected_here:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         try:
-            arguments = _actor_arguments(model, entry.version, input_path, options, repository, actor_cpus)
+            arguments = _actor_arguments(
+                model, entry.version, input_path, options, repository, actor_cpus, trust_pickle
+            )
             done = job.total - sum(part["stop"] - part["start"] for part in todo)
             for part, start, stop, rows, errors in _scored_parts(todo, arguments, actors, actor_cpus):
                 job.commit(part, start, stop, rows, errors)
@@ -138,11 +145,18 @@ def _scored_parts(
 
 
 def _actor_arguments(
-    model: str, version: int | None, input_path: Path, options: BatchOptions, repository: Path | None, cpus: float
+    model: str,
+    version: int | None,
+    input_path: Path,
+    options: BatchOptions,
+    repository: Path | None,
+    cpus: float,
+    trust_pickle: bool,
 ) -> dict[str, Any]:
-    """Everything an actor needs to open the same model and input on any node: absolute paths, explicit version."""
+    """Everything an actor needs to open the same model and input on any node: absolute paths, explicit version.
+    `model` is a path only where `locate` takes it for one: with no repository given."""
     as_path = Path(model)
-    if as_path.exists():
+    if repository is None and as_path.exists():
         model, repo = str(as_path.resolve()), None
     else:
         repo = str((repository or default_repository()).resolve())
@@ -156,4 +170,5 @@ def _actor_arguments(
         "workers": options.workers,
         "intra_op_threads": max(1, round(cpus)),
         "drop": list(options.drop),
+        "trust_pickle": trust_pickle,
     }

@@ -1,0 +1,52 @@
+"""What a Ray Data actor (`PartScorer`) is given opens the model the driver located, as the local job would: built
+and called without Ray (the class is plain Python; tests/system/test_ray.py runs the job on a real cluster)."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from forwardpass.modes.batch import BatchOptions
+from forwardpass.modes.ray_data import PartScorer, _actor_arguments
+from tests.modes.conftest import write_table
+from tests.user_models import random_forest
+
+
+def score_part(scorer: PartScorer, start: int, stop: int) -> dict[str, list[dict[str, object]]]:
+    batch = {"part": np.array([0]), "start": np.array([start]), "stop": np.array([stop])}
+    result: dict[str, list[dict[str, object]]] = orjson.loads(scorer(batch)["result"][0])
+    return result
+
+
+def test_an_actor_loads_a_pickled_model_when_the_job_trusts_pickles(tmp_path: Path):
+    """`batch --ray --trust-pickle` left the trust behind: every actor refused the scikit-learn model."""
+    forest = random_forest(tmp_path)
+    rows = tmp_path / "rows.csv"
+    with rows.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=list(forest.records[0]))
+        writer.writeheader()
+        writer.writerows(forest.records)
+    arguments = _actor_arguments(str(forest.artefact), None, rows, BatchOptions(), None, 0.5, trust_pickle=True)
+    scored = score_part(PartScorer(**arguments), 0, 3)
+    assert not scored["errors"]
+    assert [row["label"] for row in scored["rows"]] == forest.predicted[:3]
+
+
+def test_an_actor_opens_the_repository_model_not_a_folder_of_that_name_where_the_job_started(
+    tmp_path: Path, repository: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """With a repository named, the driver locates the name there; the actors took a same-named folder of the
+    working directory instead when there was one."""
+    elsewhere = tmp_path / "cwd"
+    shutil.copytree(repository / "img_cls", elsewhere / "tab_cls")  # another model under the same name
+    monkeypatch.chdir(elsewhere)
+    write_table(tmp_path / "t.csv", 3)
+    arguments = _actor_arguments("tab_cls", 1, tmp_path / "t.csv", BatchOptions(), repository, 0.5, trust_pickle=False)
+    scorer = PartScorer(**arguments)
+    assert scorer.model.entry.directory.resolve() == (repository / "tab_cls").resolve()
+    assert len(score_part(scorer, 0, 3)["rows"]) == 3
