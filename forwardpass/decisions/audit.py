@@ -237,7 +237,8 @@ class AuditLog:
     def close(self) -> None:
         """Finish this process's journal, stop the mover unless another log of this process shares it, move what
         is left here (the mover's last move would make close wait for its start-up), close the connection.
-        AuditError if the log cannot take the rows (they stay in the journal for the next move)."""
+        AuditError if the log cannot take the rows (they stay in the journal for the next move). A log this process
+        never journaled to has nothing of its own to move: one that cannot be opened failed each decision already."""
         with self._journal_lock:
             current, self._journal = self._journal, None
             mover, self._mover_process = self._mover_process, None
@@ -245,7 +246,8 @@ class AuditLog:
             current.close()
         stopped = mover is not None and mover.release()
         try:
-            self._move_journals()
+            if mover is not None:
+                self._move_journals()
             if stopped:
                 journal.remove_spares(self.journal_dir)
         finally:

@@ -129,6 +129,15 @@ def test_a_file_that_is_not_an_audit_log_is_refused_and_left_as_it_was(repositor
     assert not (tmp_path / "app.db.pending").exists()
 
 
+def test_a_log_that_cannot_be_opened_refuses_the_decision_in_one_line(repository, tmp_path):
+    """The decision is withheld (never answered unaudited); closing the model added a second error line about
+    journals it never had, and its own exit code."""
+    done = run(repository, tmp_path, "predict", "risk", '{"radius": 18, "texture": 22}')
+    assert done.returncode == 1
+    assert done.stderr.endswith(f"audit log {tmp_path}: unable to open database file; the decision was not recorded\n")
+    assert done.stderr.count("\n") == 1 and done.stdout == ""
+
+
 def test_csv_export_never_overwrites_the_log_it_reads(repository, tmp_path):
     log = tmp_path / "audit.sqlite"
     assert run(repository, log, "predict", "risk", "records.csv", "--json").returncode == 0
