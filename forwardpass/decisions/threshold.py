@@ -28,8 +28,10 @@ def choose_threshold(
     positives = np.asarray(positives, dtype=bool).reshape(-1)
     if scores.size == 0 or scores.size != positives.size:
         raise InputError(f"need as many labels as scores, and at least one: got {scores.size} and {positives.size}")
-    if false_positive_cost < 0 or false_negative_cost < 0:
-        raise InputError("costs must not be negative")
+    if not np.isfinite(scores).all():  # a NaN is never acted on: it would count as a miss at every threshold
+        raise InputError(f"scores must be finite numbers: {int((~np.isfinite(scores)).sum())} are not")
+    if not (0 <= false_positive_cost < np.inf and 0 <= false_negative_cost < np.inf):  # NaN fails both
+        raise InputError("costs must be finite numbers, not negative")
     candidates = np.append(np.unique(scores), np.inf)
     acted = scores[None, :] >= candidates[:, None]
     false_positives = (acted & ~positives).sum(axis=1)

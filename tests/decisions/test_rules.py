@@ -212,6 +212,26 @@ def test_cost_based_threshold():
     assert never.threshold == np.inf and never.cost == 0
 
 
+@pytest.mark.parametrize(
+    ("scores", "costs", "refusal"),
+    [
+        ([0.2, np.nan, 0.8], (1.0, 1.0), "scores must be finite numbers: 1 are not"),
+        ([0.2, np.inf, 0.8], (1.0, 1.0), "scores must be finite numbers: 1 are not"),
+        ([0.2, 0.5, 0.8], (np.nan, 1.0), "costs must be finite numbers, not negative"),
+        ([0.2, 0.5, 0.8], (1.0, -1.0), "costs must be finite numbers, not negative"),
+    ],
+)
+def test_a_threshold_is_not_chosen_from_scores_or_costs_that_are_not_numbers(scores, costs, refusal):
+    """A NaN score counted as a positive never acted on, and a NaN cost ended in an IndexError."""
+    with pytest.raises(InputError, match=refusal):
+        choose_threshold(
+            np.array(scores),
+            np.array([False, True, True]),
+            false_positive_cost=costs[0],
+            false_negative_cost=costs[1],
+        )
+
+
 def test_every_prediction_carries_its_action_and_one_audit_row(tasks, audit_log):
     model = forwardpass.load("triage", repository=tasks.root)
     records = [dict(RECORD, **{"mean radius": radius}) for radius in (8.0, 14.0, 15.5, 25.0, 11.0)]
