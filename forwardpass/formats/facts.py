@@ -9,13 +9,15 @@ guessed from names alone where the model says otherwise.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-__all__ = ["ModelFacts", "merge_facts", "onnx_facts"]
+__all__ = ["ModelFacts", "distribution_made_by", "merge_facts", "onnx_facts"]
 
 Task = Literal["classification", "regression"]
+_Node = TypeVar("_Node")
 
 # Ops whose output is already a distribution over its last axis (softmax) or per element (sigmoid).
 _DISTRIBUTION_OPS = {"Softmax": "softmax", "Sigmoid": "sigmoid"}
@@ -23,6 +25,8 @@ _DISTRIBUTION_OPS = {"Softmax": "softmax", "Sigmoid": "sigmoid"}
 _PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
 # ai.onnx.ml classifiers: (label output, scores output), scores post-transformed to probabilities by converters.
 _ML_CLASSIFIERS = {"LinearClassifier", "TreeEnsembleClassifier", "SVMClassifier"}
+# Pass-through ops looked back through before an output's value is called unknown (a cycle-proof bound).
+_MAX_PASS_THROUGH = 32
 # Symbols exporters give every dynamic dimension, each its own: they say nothing about which ones are the same axis.
 _UNNAMED = ("unk__", "p2o.DynamicDimension", "DynamicDimension")
 # Names converters give a classifier's probability output next to its label output (skl2onnx, onnxmltools).
@@ -106,10 +110,32 @@ def onnx_facts(path: Path) -> ModelFacts:
 
 
 def _distribution_of(name: str, producers: dict[str, Any]) -> str | None:
-    node = producers.get(name)
-    while node is not None and node.op_type in _PASS_THROUGH and node.input:
-        node = producers.get(node.input[0])
-    return None if node is None else _DISTRIBUTION_OPS.get(node.op_type)
+    def step(node: Any) -> tuple[str, Any]:
+        return node.op_type, producers.get(node.input[0]) if node.input else None
+
+    return distribution_made_by(producers.get(name), step, _DISTRIBUTION_OPS, _PASS_THROUGH)
+
+
+def distribution_made_by(
+    node: _Node | None,
+    step: Callable[[_Node], tuple[str, _Node | None]],
+    distribution_ops: Mapping[str, str],
+    pass_through: Collection[str],
+) -> str | None:
+    """ "softmax" or "sigmoid" when the op that made an output's value is one (`distribution_ops`: a framework's op
+    name → kind), looking back through ops that pass a value on unchanged (`pass_through`); else None. `step(node)`
+    gives a node's op name and the node its first input comes from (None where there is none). Every framework
+    names its ops its own way; the walk is the same."""
+    for _ in range(_MAX_PASS_THROUGH):
+        if node is None:
+            return None
+        op, previous = step(node)
+        if op in distribution_ops:
+            return distribution_ops[op]
+        if op not in pass_through:
+            return None
+        node = previous
+    return None
 
 
 def _class_labels(node: Any) -> tuple[str, ...] | None:

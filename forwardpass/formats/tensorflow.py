@@ -23,7 +23,7 @@ import numpy as np
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, InputError
 from forwardpass.formats.base import ConvertOptions, LoadOptions, require
-from forwardpass.formats.facts import ModelFacts
+from forwardpass.formats.facts import ModelFacts, distribution_made_by
 from forwardpass.tensor import DataType, TensorSpec
 
 __all__ = [
@@ -43,6 +43,9 @@ DEFAULT_SIGNATURE = "serving_default"
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 # Nodes that give no value a caller could want: never inferred as a frozen graph's outputs.
 NOT_OUTPUTS = {"NoOp", "Const", "Placeholder", "Assert", "SaveV2", "RestoreV2"}
+# Ops whose output is a distribution, and ops that pass a value on unchanged (see facts.distribution_made_by).
+_DISTRIBUTION_OPS = {"Softmax": "softmax", "Sigmoid": "sigmoid"}
+_PASS_THROUGH = {"Identity", "Reshape", "Squeeze", "ExpandDims", "Cast"}
 
 _Loaded = TypeVar("_Loaded")
 
@@ -86,7 +89,8 @@ class SavedModelFormat:
         return TensorflowSession(tf, self._trace(tf, path, options), engine)
 
     def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
-        return ModelFacts()  # the format records nothing beyond its tensors
+        tf = _tensorflow(EngineConfig())
+        return _graph_facts(self._trace(tf, path, options), "TensorFlow graph")
 
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         tf = _tensorflow(EngineConfig())
@@ -126,14 +130,9 @@ class KerasFormat:
         return TensorflowSession(tf, self._trace(tf, path, options), engine)
 
     def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
-        """A final softmax or sigmoid activation: its output already is a distribution."""
-        model = self._load(path, options)
-        layer = model.layers[-1] if getattr(model, "layers", None) else None
-        activation = getattr(getattr(layer, "activation", None), "__name__", "")
-        if activation not in ("softmax", "sigmoid") or len(model.outputs) != 1:
-            return ModelFacts(source="Keras")
-        declared = list(getattr(model, "output_names", None) or [])
-        return ModelFacts(source="Keras", distributions={declared[0] if declared else "output_0": activation})
+        """Outputs a final softmax or sigmoid makes (a layer's activation, a Softmax layer, a Sigmoid op)."""
+        tf = _tensorflow(EngineConfig())
+        return _graph_facts(self._trace(tf, path, options), "Keras")
 
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         tf = _tensorflow(EngineConfig())
@@ -192,22 +191,11 @@ class FrozenGraphFormat:
 
     def open_native(self, path: Path, engine: EngineConfig, options: LoadOptions) -> TensorflowSession:
         tf = _tensorflow(engine)
-        graph_def, inputs, output_names = self._read(tf, path, options)
-
-        def prune() -> Any:
-            wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
-            return wrapped.prune([_tensor_name(s.name) for s in inputs], [_tensor_name(n) for n in output_names])
-
-        pruned = _load(path, self.name, prune)
-
-        def call(*tensors: Any) -> dict[str, Any]:
-            return dict(zip(output_names, pruned(*tensors), strict=True))
-
-        specs = [tf.TensorSpec(_tf_shape(spec.shape), spec.dtype.tf_name, name=spec.name) for spec in inputs]
-        return TensorflowSession(tf, _traced(tf, path, call, specs, owner=pruned), engine)
+        return TensorflowSession(tf, self._trace(tf, path, options), engine)
 
     def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
-        return ModelFacts()  # the format records nothing beyond its tensors
+        tf = _tensorflow(EngineConfig())
+        return _graph_facts(self._trace(tf, path, options), "TensorFlow graph")
 
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         tf = _tensorflow(EngineConfig())
@@ -230,6 +218,21 @@ class FrozenGraphFormat:
             ),
         )
         return _provenance(tf, tf2onnx)
+
+    def _trace(self, tf: ModuleType, path: Path, options: LoadOptions) -> _Traced:
+        graph_def, inputs, output_names = self._read(tf, path, options)
+
+        def prune() -> Any:
+            wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
+            return wrapped.prune([_tensor_name(s.name) for s in inputs], [_tensor_name(n) for n in output_names])
+
+        pruned = _load(path, self.name, prune)
+
+        def call(*tensors: Any) -> dict[str, Any]:
+            return dict(zip(output_names, pruned(*tensors), strict=True))
+
+        specs = [tf.TensorSpec(_tf_shape(spec.shape), spec.dtype.tf_name, name=spec.name) for spec in inputs]
+        return _traced(tf, path, call, specs, owner=pruned)
 
     def _read(self, tf: ModuleType, path: Path, options: LoadOptions) -> tuple[Any, list[TensorSpec], list[str]]:
         """The graph, its input specs and its output names (node names; ':N' only for a node's later outputs)."""
@@ -295,6 +298,25 @@ class TensorflowSession:
             self.run({spec.name: _zeros(spec) for spec in self._traced.inputs})
         except InputError as exc:  # a model may refuse zeros (e.g. index inputs); the first real call warms it
             log.debug("warm-up skipped: %s", exc)
+
+
+def _graph_facts(traced: _Traced, source: str) -> ModelFacts:
+    """The outputs a final Softmax or Sigmoid makes, read from the traced function's graph with its calls inlined
+    (a SavedModel signature or a Keras model is a call into another function)."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    try:
+        graph = convert_variables_to_constants_v2(traced.concrete).graph
+        ops = {name: graph.get_tensor_by_name(t.name).op for name, t in traced.concrete.structured_outputs.items()}
+    except Exception as exc:  # a graph TensorFlow cannot inline (e.g. lookup tables) says nothing more
+        log.debug("%s: outputs not read from the graph: %s", source, exc)
+        return ModelFacts(source=source)
+
+    def step(op: Any) -> tuple[str, Any]:
+        return op.type, op.inputs[0].op if op.inputs else None
+
+    made = {name: distribution_made_by(op, step, _DISTRIBUTION_OPS, _PASS_THROUGH) for name, op in ops.items()}
+    return ModelFacts(source=source, distributions={name: kind for name, kind in made.items() if kind is not None})
 
 
 def _tensorflow(engine: EngineConfig) -> ModuleType:

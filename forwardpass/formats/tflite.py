@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 
 __all__ = ["TFLITE", "TfliteFormat", "TfliteSession"]
 
+# Ops whose output is a distribution, and ops that pass a value on unchanged (see facts.distribution_made_by);
+# a quantized model's QUANTIZE / DEQUANTIZE change its representation only.
+_DISTRIBUTION_OPS = {"SOFTMAX": "softmax", "LOGISTIC": "sigmoid"}
+_PASS_THROUGH = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "CAST", "QUANTIZE", "DEQUANTIZE"}
+
 
 class TfliteFormat:
     name = "tflite"
@@ -46,10 +51,22 @@ class TfliteFormat:
         return _provenance(tf, tf2onnx)
 
     def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
-        """A flatbuffer records tensors only: nothing beyond them to infer a config from."""
-        from forwardpass.formats.facts import ModelFacts
+        """The outputs a final SOFTMAX or LOGISTIC op makes: what a flatbuffer records beyond its tensors."""
+        from forwardpass.formats.facts import ModelFacts, distribution_made_by
 
-        return ModelFacts()
+        interpreter = _interpreter(path, EngineConfig())
+        ops = interpreter._get_ops_details()  # the one reader of a flatbuffer's ops that TF Lite's Python has
+        # a delegate (XNNPACK) lists itself as making the outputs of the ops it took over, which stay listed too
+        producers = {tensor: op for op in ops if op["op_name"] != "DELEGATE" for tensor in op["outputs"]}
+
+        def step(op: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+            return op["op_name"], producers.get(op["inputs"][0]) if len(op["inputs"]) else None
+
+        made = {
+            detail["name"]: distribution_made_by(producers.get(detail["index"]), step, _DISTRIBUTION_OPS, _PASS_THROUGH)
+            for detail in interpreter.get_output_details()
+        }
+        return ModelFacts(source="TF Lite graph", distributions={name: k for name, k in made.items() if k is not None})
 
 
 class TfliteSession:
@@ -57,14 +74,7 @@ class TfliteSession:
     calls into one session take turns; a server's further instances open interpreters of their own."""
 
     def __init__(self, path: Path, engine: EngineConfig) -> None:
-        tf = _tensorflow(engine)
-        try:
-            with warnings.catch_warnings():  # TF 2.20+ announces the interpreter's move to ai-edge-litert
-                warnings.simplefilter("ignore")
-                interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=engine.intra_op_threads or None)
-            interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise ConfigError(f"{path}: cannot load as tflite: {_first_line(exc)}") from None
+        interpreter = _interpreter(path, engine)
         self._interpreter = interpreter
         self._input_details = interpreter.get_input_details()
         self._output_details = interpreter.get_output_details()
@@ -99,6 +109,18 @@ class TfliteSession:
             self._interpreter.resize_tensor_input(detail["index"], list(array.shape), strict=True)
         if changed:
             self._interpreter.allocate_tensors()
+
+
+def _interpreter(path: Path, engine: EngineConfig) -> Any:
+    tf = _tensorflow(engine)
+    try:
+        with warnings.catch_warnings():  # TF 2.20+ announces the interpreter's move to ai-edge-litert
+            warnings.simplefilter("ignore")
+            interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=engine.intra_op_threads or None)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"{path}: cannot load as tflite: {_first_line(exc)}") from None
+    return interpreter
 
 
 def _tensor_spec(path: Path, detail: dict[str, Any]) -> TensorSpec:

@@ -25,7 +25,7 @@ from forwardpass.backends.base import Session
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, InputError
 from forwardpass.formats.base import ConvertOptions, LoadOptions, require
-from forwardpass.formats.facts import ModelFacts
+from forwardpass.formats.facts import ModelFacts, distribution_made_by
 from forwardpass.formats.parity import random_samples
 from forwardpass.tensor import DataType, TensorSpec
 
@@ -33,6 +33,35 @@ __all__ = ["TORCHSCRIPT", "TORCH_EXPORT", "TorchExportFormat", "TorchScriptForma
 
 _SCRIPT_SUFFIXES = (".pt", ".pth", ".jit", ".torchscript")
 _EXPORT_SUFFIX = ".pt2"
+# Ops whose output is a distribution, and ops that pass a value on unchanged (see facts.distribution_made_by), as a
+# TorchScript graph and an exported program's ATen graph name them.
+_SCRIPT_DISTRIBUTIONS = {"aten::softmax": "softmax", "aten::_softmax": "softmax", "aten::sigmoid": "sigmoid"}
+_SCRIPT_PASS_THROUGH = {
+    "aten::view",
+    "aten::reshape",
+    "aten::flatten",
+    "aten::squeeze",
+    "aten::unsqueeze",
+    "aten::contiguous",
+    "aten::clone",
+    "aten::to",
+}
+_EXPORT_DISTRIBUTIONS = {
+    "aten.softmax.int": "softmax",
+    "aten._softmax.default": "softmax",
+    "aten.sigmoid.default": "sigmoid",
+}
+_EXPORT_PASS_THROUGH = {
+    "aten.view.default",
+    "aten.reshape.default",
+    "aten.flatten.using_ints",
+    "aten.squeeze.dim",
+    "aten.squeeze.dims",
+    "aten.unsqueeze.default",
+    "aten.clone.default",
+    "aten._to_copy.default",
+    "aten.alias.default",
+}
 
 
 def import_torch(extra: str = "torch") -> ModuleType:
@@ -187,7 +216,24 @@ class TorchScriptFormat:
         return TorchSession(module, self._inputs(module, path, options), torch, path)
 
     def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
-        return ModelFacts()  # the format records nothing beyond its tensors
+        """The outputs a final softmax or sigmoid makes, read from the archive's graph (submodules inlined), named
+        as `name_outputs` names them."""
+        _, module = self._load(path)
+        (returned,) = module.inlined_graph.outputs()
+        node = returned.node()
+        if node.kind() in ("prim::TupleConstruct", "prim::ListConstruct"):
+            values = {f"output_{i}": value.node() for i, value in enumerate(node.inputs())}
+        elif node.kind() == "prim::DictConstruct":
+            entries = list(node.inputs())
+            values = {str(key.toIValue()): value.node() for key, value in zip(entries[::2], entries[1::2], strict=True)}
+        else:
+            values = {"output": node}
+
+        def step(node: Any) -> tuple[str, Any]:
+            inputs = list(node.inputs())
+            return node.kind(), inputs[0].node() if inputs else None
+
+        return _graph_facts("TorchScript graph", values, step, _SCRIPT_DISTRIBUTIONS, _SCRIPT_PASS_THROUGH)
 
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         torch, module = self._load(path)
@@ -286,7 +332,27 @@ class TorchExportFormat:
         return TorchSession(program.module(), _program_inputs(program), torch, path)
 
     def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
-        return ModelFacts()  # the format records nothing beyond its tensors
+        """The outputs a final softmax or sigmoid makes, read from the program's ATen graph, named as
+        `name_outputs` names them (a dict's keys, `output_<i>`, `output`)."""
+        _, program = self._load(path)
+        nodes = {node.name: node for node in program.graph.nodes}
+        made = [nodes[name] for name in program.graph_signature.user_outputs]
+        spec = program.call_spec.out_spec
+        if spec is None or spec.is_leaf():
+            names = ["output"]
+        elif spec.type is dict:
+            names = [str(key) for key in spec.context]
+        else:
+            names = [f"output_{i}" for i in range(spec.num_children)]
+        if len(names) != len(made):  # nested outputs: name_outputs refuses them anyway
+            return ModelFacts(source="torch.export graph")
+
+        def step(node: Any) -> tuple[str, Any]:
+            first = node.args[0] if node.args else None
+            return str(node.target), first if hasattr(first, "target") else None
+
+        values = dict(zip(names, made, strict=True))
+        return _graph_facts("torch.export graph", values, step, _EXPORT_DISTRIBUTIONS, _EXPORT_PASS_THROUGH)
 
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         torch, program = self._load(path)
@@ -319,6 +385,17 @@ class TorchExportFormat:
             return torch, torch.export.load(str(path))
         except Exception as exc:  # torch raises RuntimeError, KeyError, ... for damaged or foreign archives
             raise ConfigError(f"{path}: not a readable torch.export program: {_first_line(exc)}") from None
+
+
+def _graph_facts(
+    source: str,
+    outputs: dict[str, Any],
+    step: Callable[[Any], tuple[str, Any]],
+    distribution_ops: dict[str, str],
+    pass_through: set[str],
+) -> ModelFacts:
+    made = {name: distribution_made_by(node, step, distribution_ops, pass_through) for name, node in outputs.items()}
+    return ModelFacts(source=source, distributions={name: kind for name, kind in made.items() if kind is not None})
 
 
 def _program_inputs(program: Any) -> list[TensorSpec]:

@@ -1,0 +1,136 @@
+"""A model that ends in a Softmax or Sigmoid says so in every format, natively as its ONNX graph does: a
+`classification` config then reads its probabilities as they are. Natively nothing said so, and the default softmax
+went over them a second time (0.38 became 0.35), while the same config served converted answered right: the answer
+depended on the engine `auto` timed faster."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+import forwardpass
+from forwardpass.formats.torch import import_torch
+
+FEATURES = 4
+CLASSES = 3
+ROWS = np.random.default_rng(0).normal(size=(5, FEATURES)).astype(np.float32)
+
+# Keras converts its own tensors with a numpy-1 idiom; nothing here can act on that notice.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+
+# builder(tf, folder) → (artefact written in folder, the output holding probabilities, the framework's own answer)
+Built = tuple[Path, str, np.ndarray]
+
+
+@pytest.fixture(scope="module")
+def tf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
+        patch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow
+
+        yield tensorflow
+
+
+def _keras_softmax() -> Any:
+    """Logits, then a Softmax layer: no activation on the last Dense for a reader of layers to see."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    features = keras.Input((FEATURES,), name="features")
+    return keras.Model(features, keras.layers.Softmax()(keras.layers.Dense(CLASSES)(features)))
+
+
+def torchscript(tf: ModuleType, folder: Path) -> Built:
+    torch = import_torch()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(FEATURES, CLASSES), torch.nn.Softmax(-1)).eval()
+    torch.jit.trace(net, torch.zeros(1, FEATURES)).save(str(folder / "model.pt"))
+    return folder / "model.pt", "output", net(torch.from_numpy(ROWS)).detach().numpy()
+
+
+def torch_export(tf: ModuleType, folder: Path) -> Built:
+    torch = import_torch()
+    torch.manual_seed(0)
+
+    class TwoHeads(torch.nn.Module):  # type: ignore[name-defined,misc]  # torch arrives as a ModuleType: Any
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(FEATURES, CLASSES)
+
+        def forward(self, features: Any) -> dict[str, Any]:
+            logits = self.linear(features)
+            return {"logits": logits, "probs": logits.softmax(-1)}
+
+    net = TwoHeads().eval()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(net, (torch.zeros(2, FEATURES),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(folder / "model.pt2"))
+    return folder / "model.pt2", "probs", net(torch.from_numpy(ROWS))["probs"].detach().numpy()
+
+
+def keras_file(tf: ModuleType, folder: Path) -> Built:
+    model = _keras_softmax()
+    model.save(folder / "model.keras")
+    return folder / "model.keras", "softmax", model(ROWS).numpy()
+
+
+def saved_model(tf: ModuleType, folder: Path) -> Built:
+    model = _keras_softmax()
+    model.export(str(folder / "saved_model"), verbose=False)
+    return folder / "saved_model", "output_0", model(ROWS).numpy()
+
+
+def frozen_graph(tf: ModuleType, folder: Path) -> Built:
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    model = _keras_softmax()
+    function = tf.function(lambda x: model(x, training=False))
+    concrete = function.get_concrete_function(tf.TensorSpec([None, FEATURES], tf.float32, name="features"))
+    graph_def = convert_variables_to_constants_v2(concrete).graph.as_graph_def()
+    (folder / "frozen.pb").write_bytes(graph_def.SerializeToString())
+    return folder / "frozen.pb", "Identity", model(ROWS).numpy()
+
+
+def tflite(tf: ModuleType, folder: Path) -> Built:
+    model = _keras_softmax()
+    (folder / "model.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    return folder / "model.tflite", "StatefulPartitionedCall_1:0", model(ROWS).numpy()
+
+
+BUILDERS: dict[str, Callable[[ModuleType, Path], Built]] = {
+    "torchscript": torchscript,
+    "torch.export": torch_export,
+    "keras": keras_file,
+    "savedmodel": saved_model,
+    "graphdef": frozen_graph,
+    "tflite": tflite,
+}
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_a_final_softmax_is_read_natively_and_its_probabilities_are_answered_as_they_are(
+    name: str, tf: ModuleType, tmp_path: Path
+) -> None:
+    version = tmp_path / "model" / "1"
+    version.mkdir(parents=True)
+    artefact, output, expected = BUILDERS[name](tf, version)
+    classification = {"kind": "classification", "output": output}
+    config: dict[str, Any] = {"source": {"serve": "native"}, "postprocess": classification}
+    if name == "torchscript":  # a traced archive records no input shape
+        config["source"]["inputs"] = [{"name": "input", "shape": [-1, FEATURES]}]
+    (tmp_path / "model" / "config.yaml").write_text(yaml.safe_dump(config))
+    model = forwardpass.load(tmp_path / "model", warmup=0)
+    assert (model.serving.format, model.serving.engine, os.path.basename(artefact)) == (name, "native", artefact.name)
+    assert "already holds probabilities" in model.inferred["postprocess.activation"]
+    answers = model.predict(list(ROWS))
+    assert isinstance(answers, list)
+    scores = np.asarray([[entry["score"] for entry in sorted(a["top_k"], key=lambda e: e["index"])] for a in answers])
+    assert np.abs(scores - expected).max() <= 1e-5
