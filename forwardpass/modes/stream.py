@@ -19,6 +19,7 @@ an error, and latency is summarized over the last LATENCY_WINDOW records.
 from __future__ import annotations
 
 import csv
+import os
 import queue
 import threading
 import time
@@ -126,7 +127,8 @@ def read_lines(
 ) -> Iterator[str | LineTooLong]:
     """The lines of `file`; one over `limit` characters is read to its end without being kept, and given as a
     LineTooLong. With `follow`, a file that keeps growing (`tail -f`): at its end, look again every `poll_s` until
-    `follow` is set, and hold a last line still being written until its newline arrives."""
+    `follow` is set, and hold a last line still being written until its newline arrives; a followed file cut
+    shorter than what was read (log rotation by copytruncate) is read again from its start."""
     partial = ""
     skipped = 0  # characters of an over-long line read so far
     while follow is None or not follow.is_set():
@@ -134,6 +136,10 @@ def read_lines(
         if not chunk:
             if follow is None:
                 break
+            if _truncated(file):  # what was read is gone: every line now in the file is new
+                file.seek(0)
+                partial, skipped = "", 0
+                continue
             follow.wait(poll_s)
             continue
         if skipped:
@@ -150,6 +156,14 @@ def read_lines(
             skipped, partial = len(partial), ""
     if follow is None and (skipped or partial):  # the file's last line, without a newline
         yield LineTooLong(skipped) if skipped else partial
+
+
+def _truncated(file: IO[str]) -> bool:
+    """The file is shorter than the position read to (False for what cannot tell: a pipe)."""
+    try:
+        return os.fstat(file.fileno()).st_size < file.tell()
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass

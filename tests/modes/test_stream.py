@@ -195,6 +195,34 @@ def test_read_lines_follows_growth_and_waits_for_whole_lines(tmp_path: Path) -> 
     assert not reader.is_alive()
 
 
+def test_a_followed_file_cut_short_is_read_again_from_its_start(tmp_path: Path) -> None:
+    """logrotate's copytruncate empties the file in place: the stream went on waiting past its old end, and never
+    answered another record."""
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n')
+    stop = threading.Event()
+    seen: queue.Queue[str | LineTooLong] = queue.Queue()
+    with path.open(encoding="utf-8") as file:
+
+        def read() -> None:
+            for line in read_lines(file, stop, poll_s=0.01):
+                seen.put(line)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            assert [seen.get(timeout=WAIT_S), seen.get(timeout=WAIT_S)] == ['{"a": 1}\n', '{"a": 2}\n']
+            with path.open("r+", encoding="utf-8") as rotating:
+                rotating.truncate(0)
+            with path.open("a", encoding="utf-8") as appender:
+                appender.write('{"a": 3}\n')
+            assert seen.get(timeout=WAIT_S) == '{"a": 3}\n'
+        finally:
+            stop.set()
+            reader.join(timeout=WAIT_S)
+    assert not reader.is_alive()
+
+
 def test_a_line_over_the_limit_is_read_to_its_end_without_being_kept(tmp_path: Path) -> None:
     text = "ok\n" + "x" * 25 + "\n" + "y" * 10 + "\n" + "z" * 11
     path = tmp_path / "lines.txt"
