@@ -127,18 +127,8 @@ def _preprocessor(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path
 def _image(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path) -> Built:
     declared = config.preprocess
     assert isinstance(declared, ImageConfig)
-    name = _pick(declared.input, inputs, "preprocess.input")
-    image = ImagePreprocessor(declared, name, _maps_coordinates(config), _largest_image(declared, inputs, name))
+    image = ImagePreprocessor(declared, _pick(declared.input, inputs, "preprocess.input"), _maps_coordinates(config))
     return image, ((lambda items: stack(image.widen(items))) if image.pads_lines else stack)
-
-
-def _largest_image(config: ImageConfig, inputs: list[TensorSpec], name: str) -> tuple[int, int]:
-    """The (height, width) the image input's inputs[].max_shape allows (-1: any), in the batched layout."""
-    spec = next(spec for spec in inputs if spec.name == name)
-    if spec.bound is None or len(spec.bound.limits) != 4:
-        return -1, -1
-    height, width = (2, 3) if config.layout == "NCHW" else (1, 2)
-    return spec.bound.limits[height], spec.bound.limits[width]
 
 
 def _text(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path) -> Built:

@@ -115,23 +115,15 @@ def _draft(image: Image.Image, at_least: AtLeast) -> int:
 
 class ImagePreprocessor:
     """`record_transform`: also give the item's ImageTransform (under TRANSFORM) for postprocessing that reports
-    coordinates in the original image. `largest`: the (height, width) the model's input may be at most (-1: any),
-    from its inputs[].max_shape.
+    coordinates in the original image.
 
-    Sizes are checked before any pixel is made: an image resized or padded past `max_pixels` or `largest` is refused.
-    A 6000x1 image, a few hundred bytes, resized for `min_side: 736` is 4416000x736 pixels (39 GB as float32)."""
+    An image that resizing or padding would make larger than `max_pixels` is refused before a pixel of it is made: a
+    6000x1 image, a few hundred bytes, resized for `min_side: 736` is 4416000x736 pixels (39 GB as float32)."""
 
-    def __init__(
-        self,
-        config: ImageConfig,
-        input_name: str,
-        record_transform: bool = False,
-        largest: tuple[int, int] = (-1, -1),
-    ) -> None:
+    def __init__(self, config: ImageConfig, input_name: str, record_transform: bool = False) -> None:
         self.config = config
         self.input_name = input_name
         self.record_transform = record_transform
-        self.largest = largest
         channels = 1 if config.color == "L" else 3
         self._mean = np.asarray(config.mean, dtype=np.float32).reshape(1, 1, -1)
         self._std = np.asarray(config.std, dtype=np.float32).reshape(1, 1, -1)
@@ -229,19 +221,13 @@ class ImagePreprocessor:
         return new_w, new_h
 
     def _check_size(self, width: int, height: int, new_w: int, new_h: int, made: str) -> None:
-        """Refuses an image of `width` x `height` whose preprocessing would make `new_w` x `new_h` pixels more than
-        the model may take."""
-        largest_h, largest_w = self.largest
+        """Refuses an image of `width` x `height` that its preprocessing would make `new_w` x `new_h`, over the
+        pixel limit."""
         if new_w * new_h > self.config.max_pixels:
-            over: str | None = f"over the limit of {self.config.max_pixels} pixels (preprocess.max_pixels)"
-        elif largest_h != -1 and new_h > largest_h:
-            over = f"over the input's largest height {largest_h} (inputs[].max_shape)"
-        elif largest_w != -1 and new_w > largest_w:
-            over = f"over the input's largest width {largest_w} (inputs[].max_shape)"
-        else:
-            over = None
-        if over is not None:
-            raise DecodeError(f"image {width}x{height} would be {made} to {new_w}x{new_h}, {over}")
+            raise DecodeError(
+                f"image {width}x{height} would be {made} to {new_w}x{new_h}, over the limit of "
+                f"{self.config.max_pixels} pixels (preprocess.max_pixels)"
+            )
 
     def _resize(self, image: Image.Image, transform: ImageTransform) -> tuple[Image.Image, ImageTransform]:
         if self.config.pad_first:
