@@ -1,10 +1,18 @@
 """TensorFlow Lite flatbuffers (`.tflite`): run natively by TensorFlow's TF Lite interpreter, converted to ONNX by
-tf2onnx's `from_tflite`. Both name their tensors as the flatbuffer does, so the parity check compares them by name."""
+tf2onnx's `from_tflite`. Both name their tensors as the flatbuffer does, so the parity check compares them by name.
+
+A quantized input or output (an integer tensor with a scale and zero point, as a full-integer model has) is exchanged
+as the real values it stands for, in FP32: inputs are quantized (rounded to the nearest, ties to even, and clipped,
+as ONNX's QuantizeLinear does) and outputs dequantized, in both engines; the converted graph gets a QuantizeLinear /
+DequantizeLinear at each such boundary. Raw integers in or out would be answered without an error and mean nothing
+to a caller who does not apply the scale themselves.
+"""
 
 from __future__ import annotations
 
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +49,12 @@ class TfliteFormat:
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         tf = _tensorflow(EngineConfig())
         tf2onnx = require("tf2onnx", EXTRA)
+        interpreter = _interpreter(path, EngineConfig())
+        quantized = {
+            detail["name"]: found
+            for detail in [*interpreter.get_input_details(), *interpreter.get_output_details()]
+            if (found := _quantization(path, detail)) is not None
+        }
         with warnings.catch_warnings():  # tf2onnx reads shapes through the interpreter, which announces its move
             warnings.simplefilter("ignore")
             _convert_with(
@@ -48,6 +62,8 @@ class TfliteFormat:
                 self.name,
                 lambda: tf2onnx.convert.from_tflite(str(path), opset=convert.opset, output_path=str(output)),
             )
+        if quantized:
+            _real_valued_boundary(output, quantized)
         return _provenance(tf, tf2onnx)
 
     def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
@@ -78,6 +94,8 @@ class TfliteSession:
         self._interpreter = interpreter
         self._input_details = interpreter.get_input_details()
         self._output_details = interpreter.get_output_details()
+        self._quantized_inputs = [_quantization(path, detail) for detail in self._input_details]
+        self._quantized_outputs = [_quantization(path, detail) for detail in self._output_details]
         self.inputs = [_tensor_spec(path, detail) for detail in self._input_details]
         self.outputs = [_tensor_spec(path, detail) for detail in self._output_details]
         self.providers = ["tflite:cpu"]
@@ -87,7 +105,10 @@ class TfliteSession:
         missing = [spec.name for spec in self.inputs if spec.name not in inputs]
         if missing:
             raise InputError(f"missing input(s) {missing}; the model takes {[spec.name for spec in self.inputs]}")
-        arrays = [spec.validate(inputs[spec.name]) for spec in self.inputs]  # the interpreter checks no shapes
+        arrays = []
+        for spec, quantized in zip(self.inputs, self._quantized_inputs, strict=True):
+            given = spec.validate(inputs[spec.name])  # the interpreter checks no shapes
+            arrays.append(given if quantized is None else quantized.quantize(given))
         with self._turn:
             try:
                 self._fit(arrays)
@@ -96,7 +117,11 @@ class TfliteSession:
             except (ValueError, RuntimeError) as exc:
                 raise InputError(f"the model refused the input: {_first_line(exc)}") from None
             self._interpreter.invoke()
-            return {detail["name"]: self._interpreter.get_tensor(detail["index"]) for detail in self._output_details}
+            outputs = {}
+            for detail, quantized in zip(self._output_details, self._quantized_outputs, strict=True):
+                made = self._interpreter.get_tensor(detail["index"])
+                outputs[detail["name"]] = made if quantized is None else quantized.dequantize(made)
+            return outputs
 
     def close(self) -> None:
         del self._interpreter
@@ -123,9 +148,77 @@ def _interpreter(path: Path, engine: EngineConfig) -> Any:
     return interpreter
 
 
+@dataclass(frozen=True, slots=True)
+class _Quantized:
+    """A tensor's integers and the real values they stand for: real = (integer - zero_point) * scale."""
+
+    scale: np.float32
+    zero_point: int
+    dtype: np.dtype[Any]
+
+    def quantize(self, real: np.ndarray) -> np.ndarray:
+        limits = np.iinfo(self.dtype)
+        integers: np.ndarray = np.clip(np.rint(real / self.scale) + self.zero_point, limits.min, limits.max)
+        return integers.astype(self.dtype)
+
+    def dequantize(self, integers: np.ndarray) -> np.ndarray:
+        return (integers.astype(np.float32) - np.float32(self.zero_point)) * self.scale
+
+
+def _quantization(path: Path, detail: dict[str, Any]) -> _Quantized | None:
+    """How an integer input or output is quantized; None for a tensor that holds its values as they are."""
+    parameters = detail["quantization_parameters"]
+    scales, zero_points = parameters["scales"], parameters["zero_points"]
+    if not len(scales) or not np.issubdtype(np.dtype(detail["dtype"]), np.integer):
+        return None
+    if len(scales) > 1:
+        raise ConfigError(
+            f"{path}: tensor '{detail['name']}' is quantized per channel ({len(scales)} scales); forwardpass exchanges "
+            "inputs and outputs quantized per tensor only (one scale and zero point)"
+        )
+    return _Quantized(np.float32(scales[0]), int(zero_points[0]), np.dtype(detail["dtype"]))
+
+
+def _real_valued_boundary(onnx_path: Path, quantized: dict[str, _Quantized]) -> None:
+    """Rewrite the converted graph so that its quantized inputs and outputs take and give FP32 real values, under
+    the same names: a QuantizeLinear after each such input, a DequantizeLinear before each such output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    added_before, added_after = [], []
+    boundary = [*((value, True) for value in graph.input), *((value, False) for value in graph.output)]
+    for value, is_input in boundary:
+        found = quantized.get(value.name)
+        if found is None:
+            continue
+        integers = f"{value.name}/quantized"
+        scale, zero_point = f"{value.name}/scale", f"{value.name}/zero_point"
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.asarray(found.scale, np.float32), scale),
+                numpy_helper.from_array(np.asarray(found.zero_point, found.dtype), zero_point),
+            ]
+        )
+        for node in graph.node:  # the graph's own nodes read and write the integers under their new name
+            node.input[:] = [integers if name == value.name else name for name in node.input]
+            node.output[:] = [integers if name == value.name else name for name in node.output]
+        if is_input:
+            added_before.append(helper.make_node("QuantizeLinear", [value.name, scale, zero_point], [integers]))
+        else:
+            added_after.append(helper.make_node("DequantizeLinear", [integers, scale, zero_point], [value.name]))
+        value.type.tensor_type.elem_type = TensorProto.FLOAT
+    nodes = [*added_before, *graph.node, *added_after]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(onnx_path))
+
+
 def _tensor_spec(path: Path, detail: dict[str, Any]) -> TensorSpec:
     try:
-        dtype = DataType.from_numpy(np.dtype(detail["dtype"]))
+        real = _quantization(path, detail) is not None  # exchanged as the real values it stands for
+        dtype = DataType.FP32 if real else DataType.from_numpy(np.dtype(detail["dtype"]))
     except ForwardpassError:
         raise ConfigError(
             f"{path}: tensor '{detail['name']}' has type {detail['dtype']}, which forwardpass cannot exchange"
