@@ -109,6 +109,13 @@ class TorchSession:
         self._torch = torch
         self._source = source
         self._output_names = list(output_names) if output_names else None
+        for spec in inputs:
+            if spec.dtype.numpy_dtype is None:
+                raise ConfigError(
+                    f"{source}: input '{spec.name}' is {spec.dtype.name}, which numpy cannot hold and no request can "
+                    f"carry as such; export the model with an FP32 input and cast it inside "
+                    f"(e.g. self.net(x.to(torch.{spec.dtype.torch_name})).float())"
+                )
         # integer probes are zeros: an index every embedding or lookup table has, whatever its size
         small = random_samples(inputs, 1, dynamic_size=8, int_high=1)[0]
         larger = random_samples(inputs, 4, dynamic_size=9, int_high=1)[-1]

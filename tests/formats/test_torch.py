@@ -301,3 +301,16 @@ def test_the_graph_the_exporter_dumps_on_failing_stays_out_of_predict_json(tmp_p
     answers = [json.loads(line) for line in done.stdout.splitlines()]  # every line of stdout an answer
     got = np.array([answer["outputs"]["probabilities"] for answer in answers])
     assert np.abs(got - expected).max() <= ATOL
+
+
+def test_a_program_that_takes_bfloat16_is_refused_at_load_with_the_fix(tmp_path: Path):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3).to(torch.bfloat16).eval()
+    program = torch.export.export(net, (torch.zeros(2, 4, dtype=torch.bfloat16),))
+    torch.export.save(program, str(tmp_path / "bf16.pt2"))
+    with pytest.raises(ConfigError) as refused:
+        forwardpass.load(tmp_path / "bf16.pt2", serve="native")
+    assert str(refused.value) == (
+        f"{tmp_path / 'bf16.pt2'}: input 'input' is BF16, which numpy cannot hold and no request can carry as such; "
+        "export the model with an FP32 input and cast it inside (e.g. self.net(x.to(torch.bfloat16)).float())"
+    )
