@@ -100,7 +100,7 @@ def _suffix(path: Path) -> str:
 
 
 def _image(arg: str) -> list[Item]:
-    if not Path(arg).exists() and not _looks_like_path(arg):
+    if not _on_disk(Path(arg), Path.exists) and not _looks_like_path(arg):
         raise DecodeError(f"expected an image file, got the text {_shorten(arg)!r}")
     path = _existing_file(arg)
     if path.suffix.lower() in NOT_IMAGE_SUFFIXES:
@@ -118,9 +118,17 @@ def _text(arg: str) -> list[Item]:
     path = Path(arg)
     if path.suffix.lower() == ".txt":
         return [Item(arg, _read_text(_existing_file(arg)).strip())]
-    if path.is_file():
+    if _on_disk(path, Path.is_file):
         raise DecodeError(f"expected text or a .txt file, got a '{_suffix(path)}' file")
     return [Item(_shorten(arg), arg)]
+
+
+def _on_disk(path: Path, test: Callable[[Path], bool]) -> bool:
+    """`test(path)` (Path.exists, Path.is_file); False for a text longer than a file name can be (ENAMETOOLONG)."""
+    try:
+        return test(path)
+    except OSError:
+        return False
 
 
 def _looks_like_path(arg: str) -> bool:

@@ -219,6 +219,13 @@ def test_text_string_and_txt_file(cli: Cli, repository: Path) -> None:
     np.testing.assert_allclose([line["embedding"] for line in lines], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_a_text_longer_than_a_file_name_can_be_is_read_as_text(cli: Cli, repository: Path) -> None:
+    long_text = " ".join(["hello"] * 60)  # 359 characters: past the 255 bytes a file name can have
+    (line,) = json_lines(cli("predict", "text_emb", long_text, "--json"))
+    assert line["input"] == "hello hello hello hello hello hello h..."
+    np.testing.assert_allclose(line["embedding"], initializer(repository, "text_emb", "table")[2], rtol=1e-5)
+
+
 def test_several_embeddings_end_with_how_alike_each_pair_is(cli: Cli, repository: Path) -> None:
     done = cli("predict", "text_emb", "note.txt", "hello world")
     assert done.returncode == 0, done.stderr
