@@ -203,7 +203,8 @@ class ModelRegistry:
 
     async def _load(self, name: str) -> None:
         """Load (or reload) every version of a model: new and changed versions open beside the old, then swap."""
-        if name not in self._wanted and not self.repository.versions(name):  # unknown names leave no trace
+        # unknown names leave no trace; looking for them reads the repository: in a thread, not on the loop
+        if name not in self._wanted and not await asyncio.to_thread(self.repository.versions, name):
             raise NotFoundError(f"model '{name}' has no numbered version folder with a model file")
         async with self._lock(name):
             self._wanted.add(name)
@@ -220,7 +221,7 @@ class ModelRegistry:
 
     async def _unload(self, name: str) -> None:
         if name not in self._versions and name not in self._wanted:  # not loaded: nothing to do, and no trace left
-            if not self.repository.versions(name):
+            if not await asyncio.to_thread(self.repository.versions, name):
                 raise NotFoundError(f"model '{name}' is neither loaded nor in the repository")
             return
         async with self._lock(name):
@@ -230,14 +231,17 @@ class ModelRegistry:
             await asyncio.gather(*(served.retire() for served in old.values()))
 
     async def poll(self) -> None:
-        """One look at the repository: load new models, reload changed ones, unload removed ones."""
-        names = set(self.repository.names())
+        """One look at the repository: load new models, reload changed ones, unload removed ones. The looking runs
+        in a thread: on a repository of thousands of models it takes seconds, which the loop's requests need."""
+        names = set(await asyncio.to_thread(self.repository.names))
         for name in sorted(names - self._seen):
             await self._try(self._load, name)
-        for name in sorted(self._wanted & names):
-            found = self._files(name)
+        watched = sorted(self._wanted & names)
+        found = await asyncio.to_thread(lambda: {name: self._files(name) for name in watched})
+        for name in watched:
             loaded = {v: served.fingerprint for v, served in self._versions.get(name, {}).items()}
-            if found != loaded and found != self._failed_files.get(name):  # a failed load: again once files change
+            changed = found[name] not in (loaded, self._failed_files.get(name))  # failed: again once files change
+            if changed and name in self._wanted:  # not unloaded by a request while we looked
                 await self._try(self._load, name)
         for name in sorted(self._wanted - names):
             await self._try(self._unload, name)

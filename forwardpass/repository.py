@@ -47,6 +47,7 @@ CONFIG_FILE = "config.yaml"
 PRECISION_FILE = "precision.json"
 PRECISION_PLOT = "precision.png"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_LISTED = 50  # names an unknown-model error lists: a repository may hold thousands
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,12 +147,15 @@ class Repository:
         directory = self.root / name
         if not directory.is_dir():
             # pipelines too: the CLI runs them by name, and one named like a model would be a misleading guess
-            pipelines = [p.name for p in self.root.iterdir() if p.is_dir() and declares_pipeline(p)]
-            names = sorted([*self.names(), *pipelines])
+            models = self.names()
+            served = set(models)
+            pipelines = {p.name for p in self.root.iterdir() if p.name not in served and declares_pipeline(p)}
+            names = sorted([*models, *pipelines])
             close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            known = ", ".join(f"{n} (pipeline)" if n in pipelines else n for n in names) or "none"
-            raise NotFoundError(f"unknown model '{name}' in repository '{self.root}'; {hint}models: {known}")
+            known = ", ".join(f"{n} (pipeline)" if n in pipelines else n for n in names[:_LISTED]) or "none"
+            more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
+            raise NotFoundError(f"unknown model '{name}' in repository '{self.root}'; {hint}models: {known}{more}")
         self._inside_root(directory, f"model '{name}'")
         return directory
 
@@ -181,9 +185,11 @@ def find_artefact(folder: Path) -> Path:
 
 def declares_pipeline(folder: Path) -> bool:
     """Its config.yaml declares `pipeline:`: the folder is a pipeline of the repository's models, not a model."""
-    try:
+    try:  # a config that never spells the word is not parsed: an unknown name looks through every folder
+        if b"pipeline" not in (folder / CONFIG_FILE).read_bytes():
+            return False
         config = read_yaml(folder / CONFIG_FILE)
-    except ConfigError:  # the model's own load names the problem
+    except (OSError, ConfigError):  # the model's own load names the problem
         return False
     return isinstance(config, dict) and config.get("pipeline") is not None
 

@@ -189,3 +189,15 @@ def test_a_config_nested_past_the_yaml_reader_is_named_by_the_load_not_a_crash(r
         repository.resolve("resnt")
     with pytest.raises(ConfigError, match=r"config\.yaml"):
         forwardpass.load("resnet", repository=repo)
+
+
+def test_an_unknown_name_lists_the_first_fifty_names_of_a_large_repository(tmp_path: Path):
+    """A repository of 10,000 models made each unknown name an 80 kB error listing them all."""
+    for i in range(60):
+        (tmp_path / f"m{i:02d}" / "1").mkdir(parents=True)
+        (tmp_path / f"m{i:02d}" / "1" / "model.onnx").write_bytes(b"")
+    with pytest.raises(NotFoundError) as info:
+        Repository(tmp_path).resolve("m100")
+    message = str(info.value)
+    assert "did you mean 'm10'? models: m00, m01," in message
+    assert message.endswith("m48, m49 and 10 more")
