@@ -59,19 +59,20 @@ class Access:
             if authorization is not None and self._token and bearer_token_matches(authorization, self._token):
                 raise Forbidden("the repository API needs the admin token, not the auth token")
             raise _unauthenticated(authorization, "the admin token")
+        # who is asking comes first: a caller without the token learns nothing of how the server is set up
+        if self._token is not None and not (
+            authorization is not None
+            and (
+                bearer_token_matches(authorization, self._token)
+                or (self._admin is not None and bearer_token_matches(authorization, self._admin))
+            )
+        ):
+            raise _unauthenticated(authorization, "the token")
         if control and self._control_off:
             raise Forbidden(
                 f"the repository API is off on {self._host} without an admin token: set FORWARDPASS_ADMIN_TOKEN or "
                 "--admin-token-file, or start with --allow-unauthenticated on a trusted network"
             )
-        if self._token is None:
-            return
-        if authorization is not None and (
-            bearer_token_matches(authorization, self._token)
-            or (self._admin is not None and bearer_token_matches(authorization, self._admin))
-        ):
-            return
-        raise _unauthenticated(authorization, "the token")
 
 
 def _unauthenticated(authorization: bytes | None, which: str) -> Unauthenticated:
