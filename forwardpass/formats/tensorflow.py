@@ -8,11 +8,12 @@ parity check compares them by name.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -337,13 +338,21 @@ def _tensorflow(engine: EngineConfig) -> ModuleType:
 
 
 def _import_without_startup_notices() -> ModuleType:
-    """TensorFlow's C++ start-up writes notices to stderr (oneDNN, CPU features) that no log level silences: they
-    would bury forwardpass's one-line messages. Python errors still surface once stderr is back."""
+    with native_notices_silenced():
+        return require("tensorflow", EXTRA)
+
+
+@contextlib.contextmanager
+def native_notices_silenced() -> Iterator[None]:
+    """TensorFlow's C++ writes notices to stderr (oneDNN and CPU features at start-up, each TF Lite XNNPACK
+    delegate) that no log level silences: they would bury forwardpass's one-line messages. Python errors still
+    surface once stderr is back."""
+    sys.stderr.flush()
     saved = os.dup(2)
     try:
         with open(os.devnull, "wb") as devnull:
             os.dup2(devnull.fileno(), 2)
-            return require("tensorflow", EXTRA)
+            yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -21,7 +21,14 @@ import numpy as np
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, ForwardpassError, InputError
 from forwardpass.formats.base import ConvertOptions, LoadOptions, require
-from forwardpass.formats.tensorflow import EXTRA, _convert_with, _first_line, _provenance, _tensorflow
+from forwardpass.formats.tensorflow import (
+    EXTRA,
+    _convert_with,
+    _first_line,
+    _provenance,
+    _tensorflow,
+    native_notices_silenced,
+)
 from forwardpass.tensor import DataType, TensorSpec
 
 if TYPE_CHECKING:
@@ -139,10 +146,10 @@ class TfliteSession:
 def _interpreter(path: Path, engine: EngineConfig) -> Any:
     tf = _tensorflow(engine)
     try:
-        with warnings.catch_warnings():  # TF 2.20+ announces the interpreter's move to ai-edge-litert
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), native_notices_silenced():
+            warnings.simplefilter("ignore")  # TF 2.20+ announces the interpreter's move to ai-edge-litert
             interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=engine.intra_op_threads or None)
-        interpreter.allocate_tensors()
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ConfigError(f"{path}: cannot load as tflite: {_first_line(exc)}") from None
     return interpreter

@@ -4,6 +4,8 @@ converted to ONNX by tf2onnx; both compared with Keras' own output."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +155,23 @@ def test_a_full_integer_model_takes_and_gives_real_values_with_its_scale_and_zer
     step = 1 / 256  # the outputs' quantization step: a probability in [0, 1] in 8 bits
     assert np.abs(got - interpreter_answer(path, held_out)).max() <= (0 if serve == "native" else step) + 1e-7
     assert np.abs(got - keras_probabilities).max() <= 8 * step  # what quantizing the model cost
+
+
+def test_predict_writes_nothing_to_stderr_but_its_own_lines(
+    tflite_model: tuple[Path, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """TF Lite's C++ announces each XNNPACK delegate on stderr, where predict's one-line errors go."""
+    path, held_out, expected = tflite_model
+    (tmp_path / "model.tflite").write_bytes(path.read_bytes())
+    np.save(tmp_path / "rows.npy", held_out)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "forwardpass"), "predict", "model.tflite", "rows.npy", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [answer["index"] for answer in answers] == expected.argmax(axis=1).tolist()
