@@ -133,6 +133,11 @@ class Repository:
         if version is None:
             version = versions[-1]
         elif version not in versions:
+            folder = directory / str(version)
+            if folder.is_dir():
+                raise NotFoundError(
+                    f"model '{name}' version {version}: {folder} holds no model file; versions with one: {versions}"
+                )
             raise NotFoundError(f"model '{name}' has no version {version}; versions: {versions}")
         artefact = find_artefact(directory / str(version))
         for part in [artefact, *(artefact.rglob("*") if artefact.is_dir() else [])]:

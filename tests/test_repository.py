@@ -85,9 +85,17 @@ def test_unknown_model_names_the_pipelines_too(repo: Path):
 
 def test_unknown_version_lists_the_versions(repo: Path):
     with pytest.raises(NotFoundError) as info:
+        Repository(repo).resolve("resnet", 8)
+    assert str(info.value) == "model 'resnet' has no version 8; versions: [1, 2, 10]"
+
+
+def test_a_version_folder_without_a_model_file_says_so(repo: Path):
+    """resnet/7/ exists but is empty (a copy not finished): 'has no version 7' sent its owner looking for a typo."""
+    with pytest.raises(NotFoundError) as info:
         Repository(repo).resolve("resnet", 7)
-    assert "version 7" in str(info.value)
-    assert "[1, 2, 10]" in str(info.value)
+    assert str(info.value) == (
+        f"model 'resnet' version 7: {repo / 'resnet' / '7'} holds no model file; versions with one: [1, 2, 10]"
+    )
 
 
 def test_model_folder_without_versions(repo: Path):
