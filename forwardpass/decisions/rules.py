@@ -118,9 +118,10 @@ _Interval = tuple[float, bool, float, bool]
 
 
 def _score_range(model: ModelConfig) -> _Interval:
-    """The values the decision's score can take: probabilities after a softmax or sigmoid, distances from 0."""
+    """The values the decision's score can take: a classifier's are probabilities (as `score` and `label` read
+    them; a model that gives logits takes `activation: softmax`), a cluster's distances are from 0."""
     post = model.postprocess
-    if isinstance(post, ClassificationConfig) and post.activation in ("softmax", "sigmoid"):
+    if isinstance(post, ClassificationConfig):
         return (0.0, True, 1.0, True)
     if isinstance(post, ClusterConfig):
         return (0.0, True, math.inf, False)
