@@ -6,10 +6,11 @@ auto-complete). Errors name the file, the field and the fix.
 
 from __future__ import annotations
 
+import difflib
 import math
 import reprlib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -865,13 +866,40 @@ def _field(loc: tuple[int | str, ...], data: Any) -> str:
     return ".".join(parts)
 
 
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The fields the section at a pydantic error's place takes: the names a misspelt key is compared with."""
+    models: list[type[BaseModel]] = [ModelConfig]
+    for part in loc:
+        if isinstance(part, int):  # a list's item: the same models
+            continue
+        tagged = [model for model in models if _kind(model) == part]
+        if tagged:  # a tagged union's tag, which pydantic puts in the place
+            models = tagged
+            continue
+        found = [model.model_fields[part].annotation for model in models if part in model.model_fields]
+        models = [model for annotation in found for model in _models_in(annotation)]
+    return sorted({name for model in models for name in model.model_fields})
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for argument in get_args(annotation) for model in _models_in(argument)]
+
+
+def _kind(model: type[BaseModel]) -> object:
+    field = model.model_fields.get("kind")
+    return get_args(field.annotation)[0] if field is not None and get_origin(field.annotation) is Literal else None
+
+
 def _describe(exc: ValidationError, data: Any) -> str:
     """The first error as 'field <dotted.path>: problem; fix'."""
     error = exc.errors()[0]
     field = _field(error["loc"], data) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
-        fix = "remove it or check its spelling"
+        close = difflib.get_close_matches(str(error["loc"][-1]), _fields_at(error["loc"][:-1]), n=1)
+        fix = f"did you mean '{close[0]}'? else remove it" if close else "remove it or check its spelling"
     elif kind == "missing":
         fix = "add it"
     elif kind == "union_tag_invalid" or kind == "union_tag_not_found":

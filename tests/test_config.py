@@ -71,14 +71,14 @@ def test_an_empty_file_is_all_defaults(tmp_path: Path):
 def test_unknown_top_level_field(tmp_path: Path):
     message = config_error(write(tmp_path, "max_batchsize: 4\n"))
     assert "'max_batchsize'" in message
-    assert "remove it or check its spelling" in message
+    assert "did you mean 'max_batch_size'? else remove it" in message
 
 
 def test_unknown_nested_field_is_named_as_the_file_spells_it(tmp_path: Path):
     """The YAML path is preprocess.colour; pydantic's tag level ('image') is not a level of the file."""
     message = config_error(write(tmp_path, "preprocess:\n  kind: image\n  colour: RGB\n"))
     assert "'preprocess.colour'" in message
-    assert "remove it or check its spelling" in message
+    assert "did you mean 'color'? else remove it" in message
 
 
 def test_unknown_engine_field(tmp_path: Path):
@@ -194,6 +194,26 @@ def test_a_config_that_is_not_utf8_is_named(tmp_path: Path):
     path = tmp_path / "config.yaml"
     path.write_bytes("description: caf\u00e9\n".encode("latin-1"))
     assert "is not UTF-8 text" in config_error(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "meant"),
+    [
+        ("max_batch_sise: 8\n", "max_batch_sise", "max_batch_size"),
+        ("engine: {intra_op_thread: 1}\n", "engine.intra_op_thread", "intra_op_threads"),
+        ("postprocess: {kind: classification, lables: [a]}\n", "postprocess.lables", "labels"),
+        ("preprocess: {kind: tabular, columns: [{name: a, transfrom: none}]}\n", "preprocess.columns.0.transfrom",
+         "transform"),
+    ],
+)  # fmt: skip
+def test_a_misspelt_key_is_refused_with_the_field_it_is_closest_to(tmp_path: Path, text: str, field: str, meant: str):
+    message = config_error(write(tmp_path, text))
+    assert f"field '{field}': Extra inputs are not permitted; did you mean '{meant}'? else remove it" in message
+
+
+def test_an_unknown_key_near_no_field_is_refused_by_name(tmp_path: Path):
+    message = config_error(write(tmp_path, "version_policy: {latest: 2}\n"))
+    assert "field 'version_policy': Extra inputs are not permitted; remove it or check its spelling" in message
 
 
 def test_unreadable_file(tmp_path: Path):
