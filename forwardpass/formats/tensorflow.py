@@ -44,6 +44,8 @@ DEFAULT_SIGNATURE = "serving_default"
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 # Nodes that give no value a caller could want: never inferred as a frozen graph's outputs.
 NOT_OUTPUTS = {"NoOp", "Const", "Placeholder", "Assert", "SaveV2", "RestoreV2"}
+# How TensorFlow's errors from running a graph begin (the op's message follows a traceback of where it was defined).
+_GRAPH_ERROR = "Graph execution error:"
 # Ops whose output is a distribution, and ops that pass a value on unchanged (see facts.distribution_made_by).
 _DISTRIBUTION_OPS = {"Softmax": "softmax", "Sigmoid": "sigmoid"}
 _PASS_THROUGH = {"Identity", "Reshape", "Squeeze", "ExpandDims", "Cast"}
@@ -433,7 +435,12 @@ def _tensor_name(name: str) -> str:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    lines = text.splitlines()
+    if lines and lines[0] == _GRAPH_ERROR:  # the op's own words come last, after the Python traceback
+        said = next((line for line in reversed(lines) if line and not line[0].isspace()), "")
+        node = next((line.split()[3] for line in lines if line.startswith("Detected at node ")), None)
+        return f"{said} (node {node})" if said and node else said or lines[0]
+    return lines[0] if lines else type(exc).__name__
 
 
 SAVED_MODEL = SavedModelFormat()

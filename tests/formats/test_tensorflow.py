@@ -242,6 +242,19 @@ def test_a_wrong_shape_is_an_input_error(trained: Trained):
         session.run({})
 
 
+def test_an_id_outside_the_vocabulary_is_refused_saying_what_the_graph_said(tf: ModuleType, tmp_path: Path):
+    """TensorFlow's error starts 'Graph execution error:' and ends, after the traceback, with the op's own words."""
+    import keras
+
+    ids = keras.Input((3,), name="ids", dtype="int64")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(10, 2)(ids))
+    keras.Model(ids, keras.layers.Dense(2)(pooled)).save(tmp_path / "ids.keras")
+    session = KERAS.open_native(tmp_path / "ids.keras", EngineConfig(warmup=0), LoadOptions())
+    with pytest.raises(InputError) as refused:
+        session.run({"ids": np.array([[1, 2, 53]], np.int64)})
+    assert str(refused.value).startswith("the model refused the input: indices[0,2] = 53 is not in [0, 10) (node ")
+
+
 def test_a_keras_lambda_layer_loads_only_when_trusted(tf: ModuleType, tmp_path: Path):
     import keras
 
