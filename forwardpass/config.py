@@ -63,6 +63,9 @@ _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # validation, repr or numpy would then walk. A real config holds thousands of values, nested a few levels deep.
 MAX_CONFIG_VALUES = 1_000_000
 MAX_CONFIG_DEPTH = 64
+# A config file's largest size: 11 MiB of labels take 6 s and 460 MB to parse; lists that large belong in a file the
+# config names (labels: labels.txt)
+MAX_CONFIG_BYTES = 4 * 2**20
 # A wrong value as an error shows it: a list of a million numbers is named by its first few
 _SHORT = reprlib.Repr()
 _SHORT.maxlist = _SHORT.maxdict = 8
@@ -804,10 +807,17 @@ class ModelConfig(_Strict):
 
 
 def read_yaml(path: Path) -> Any:
-    """A config file's data; ConfigError when it cannot be read, is not YAML, or expands (through aliases) past
-    MAX_CONFIG_VALUES values or MAX_CONFIG_DEPTH levels."""
+    """A config file's data; ConfigError when it cannot be read, is over MAX_CONFIG_BYTES, is not YAML, or expands
+    (through aliases) past MAX_CONFIG_VALUES values or MAX_CONFIG_DEPTH levels."""
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path}: is over {MAX_CONFIG_BYTES // 2**20} MiB; keep long lists in a file the config names "
+                "(labels: labels.txt)"
+            )
+        data = yaml.load(raw.decode("utf-8"), Loader=_SAFE_LOADER)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except UnicodeDecodeError as exc:

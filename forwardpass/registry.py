@@ -286,12 +286,13 @@ class ModelRegistry:
                     async with self._opening:
                         fresh[number] = await asyncio.to_thread(self._open, name, number, fingerprint)
                     opened.append(fresh[number])
+            default = await asyncio.to_thread(self._default_version, name, numbers)  # reads the config: off the loop
         except BaseException:
             for served in opened:
                 await served.retire()
             raise
         self._versions[name] = fresh
-        self._latest[name] = fresh[self._default_version(name, numbers)]
+        self._latest[name] = fresh[default]
         kept = {id(served) for served in fresh.values()}
         for served in current.values():
             if id(served) not in kept:
