@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 
+from forwardpass.ensemble import find_pipeline
 from forwardpass.errors import InputError
 from forwardpass.model import Model, load
 
@@ -130,7 +131,13 @@ def open_model(
     trust_pickle: bool = False,
     **engine_options: Any,
 ) -> Model:
-    """A model file, a model folder, or a name in the repository; options override the config's `engine:`."""
+    """A model file, a model folder, or a name in the repository; options override the config's `engine:`. A
+    pipeline of models is refused naming the commands that run one (the API's load_pipeline is no help here)."""
+    if find_pipeline(model, repository) is not None:
+        raise InputError(
+            f"'{model}' is a pipeline of models and this command takes one model; "
+            f"forwardpass predict {model} and forwardpass serve run pipelines"
+        )
     return load(
         model,
         repository=repository,

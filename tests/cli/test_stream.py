@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 import forwardpass
+from forwardpass.repository import default_repository
 
 FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
 WAIT_S = 60
@@ -162,6 +163,10 @@ def test_usage_errors_are_one_line(run: Any) -> None:
         (("tab_reg", "--follow"), "--follow needs a file"),
         (("tab_reg", "--format", "xml"), "--format 'xml' is not a record format"),
         (("tab_reg", "missing.jsonl"), "no such file"),
+        (  # the bundled OCR pipeline: it said to call forwardpass.load_pipeline, an API a shell user cannot
+            ("ocr", "--repository", str(default_repository())),
+            "'ocr' is a pipeline of models and this command takes one model; forwardpass predict ocr and",
+        ),
     ):
         code, stderr = run(*args).finish()
         assert code == 2, stderr
