@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from forwardpass.config import read_yaml
+from forwardpass.config import MAX_CONFIG_BYTES, read_yaml
 from forwardpass.errors import ConfigError, NotFoundError, UnsafePathError
 
 __all__ = [
@@ -191,8 +191,9 @@ def find_artefact(folder: Path) -> Path:
 def declares_pipeline(folder: Path) -> bool:
     """Its config.yaml declares `pipeline:`: the folder is a pipeline of the repository's models, not a model."""
     try:  # a config that never spells the word is not parsed: an unknown name looks through every folder
-        if b"pipeline" not in (folder / CONFIG_FILE).read_bytes():
-            return False
+        with (folder / CONFIG_FILE).open("rb") as file:
+            if b"pipeline" not in file.read(MAX_CONFIG_BYTES + 1):  # past that, read_yaml refuses it
+                return False
         config = read_yaml(folder / CONFIG_FILE)
     except (OSError, ConfigError):  # the model's own load names the problem
         return False
