@@ -334,10 +334,16 @@ class EmbeddingConfig(_Strict):
     )
     pooling: Literal["mean", "cls", "none"] = Field(
         default="none",
-        description="mean: token vectors averaged over mask; cls: the first token's; none: the output as it is",
+        description="mean: token vectors averaged over mask; cls: the first token's; none: the output as it is. "
+        "Left out: as the model folder's sentence-transformers Pooling module pools (modules.json), else none; "
+        "another than it is refused at load",
     )
     mask: str = Field(default="attention_mask", description="input tensor whose 1s mark tokens for mean pooling")
-    normalize: bool = Field(default=False, description="scale the embedding to unit length (L2)")
+    normalize: bool = Field(
+        default=False,
+        description="scale the embedding to unit length (L2). Left out: as the model folder's sentence-transformers "
+        "modules do (a Normalize module), else false; another than they do is refused at load",
+    )
 
 
 class RawConfig(_Strict):

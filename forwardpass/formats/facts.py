@@ -49,6 +49,8 @@ class ModelFacts:
     decision_scores: bool = False  # a classifier's scores are a decision function, not probabilities
     batch_first: bool | None = None  # None: the format's convention (batch first), unchecked
     max_tokens: int | None = None  # the most tokens a text model's positions hold
+    pooling: str | None = None  # how an encoder's token vectors become one embedding ("mean", "cls", "max", ...)
+    normalized: bool | None = None  # whether that embedding is scaled to unit length
 
 
 def merge_facts(framework: ModelFacts, graph: ModelFacts | None) -> ModelFacts:

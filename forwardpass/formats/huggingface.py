@@ -44,6 +44,16 @@ _HEADS = {
     "ForTokenClassification": "AutoModelForTokenClassification",
 }
 _ENCODER_ARCHITECTURES = ("Model", "ForMaskedLM", "ForPreTraining")
+# sentence-transformers' description of its modules (Transformer, Pooling, Normalize) and how Pooling names its modes
+_MODULES = "modules.json"
+_POOLING_MODES = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_weightedmean_tokens": "weighted_mean",
+    "pooling_mode_lasttoken": "last_token",
+}
 # Model types whose position ids start after the padding index: max_position_embeddings counts those too.
 _POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert")
 
@@ -133,6 +143,8 @@ class HuggingFaceFormat:
         config = _read_config(path)
         said = ModelFacts(source="Hugging Face config.json", max_tokens=_max_tokens(config))
         id2label = config.get("id2label")
+        if _auto_class(path, config) == "AutoModel":
+            return _sentence_transformers_facts(path, said)
         if _auto_class(path, config) != "AutoModelForSequenceClassification" or not isinstance(id2label, dict):
             return said
         try:
@@ -186,6 +198,23 @@ def _tokenizer(path: Path) -> Any:
     padding = tokenizer.padding or {}
     tokenizer.enable_padding(pad_id=int(padding.get("pad_id", 0)), pad_token=str(padding.get("pad_token", "[PAD]")))
     return tokenizer
+
+
+def _sentence_transformers_facts(path: Path, said: ModelFacts) -> ModelFacts:
+    """How the folder's own sentence-transformers modules (modules.json) pool and normalize an encoder's token
+    vectors, when it lists them: the embedding its users compare against."""
+    modules_file = path / _MODULES
+    if not modules_file.is_file():
+        return said
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+        kinds = {str(module["type"]).rsplit(".", 1)[-1]: str(module.get("path", "")) for module in modules}
+        pooling_file = path / kinds["Pooling"] / "config.json" if "Pooling" in kinds else None
+        modes = json.loads(pooling_file.read_text(encoding="utf-8")) if pooling_file is not None else {}
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"{modules_file}: not a readable sentence-transformers modules.json: {exc}") from None
+    pooling = next((mode for key, mode in _POOLING_MODES.items() if modes.get(key)), None)
+    return replace(said, pooling=pooling, normalized="Normalize" in kinds)
 
 
 def _max_tokens(config: dict[str, Any]) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 
 from forwardpass.config import (
     ClassificationConfig,
+    EmbeddingConfig,
     ImageConfig,
     ModelConfig,
     PostprocessConfig,
@@ -47,6 +48,9 @@ __all__ = [
 INFERRED_BATCH_SIZE = 32
 
 Inferred = dict[str, str]
+# The poolings an embedding config can declare besides none, and who says how a model pools.
+_POOLINGS = ("mean", "cls")
+_EMBEDDING_MODULES = "sentence-transformers modules.json"
 Activation = Literal["softmax", "sigmoid", "none"]
 
 
@@ -113,12 +117,27 @@ def _postprocess(
             update["labels"] = list(facts.classes)
             inferred["postprocess.labels"] = f"{facts.source}: the model's classes, in score order"
         return declared.model_copy(update=update) if update else declared
+    if isinstance(declared, EmbeddingConfig):
+        return _embedding(declared, facts, inferred)
     if isinstance(declared, RegressionConfig) and declared.output is None:
         floats = [spec.name for spec in outputs if spec.dtype in FLOATS]
         if len(floats) == 1:
             inferred["postprocess.output"] = "the model's only floating-point output"
             return declared.model_copy(update={"output": floats[0]})
     return declared
+
+
+def _embedding(declared: EmbeddingConfig, facts: ModelFacts, inferred: Inferred) -> EmbeddingConfig:
+    """Pooling and normalizing as the model's own modules do, where the config leaves them out."""
+    update: dict[str, object] = {}
+    if "pooling" not in declared.model_fields_set and facts.pooling in _POOLINGS:
+        update["pooling"] = facts.pooling
+        inferred["postprocess.pooling"] = f"{_EMBEDDING_MODULES}: the model's Pooling module"
+    if "normalize" not in declared.model_fields_set and facts.normalized is not None:
+        update["normalize"] = facts.normalized
+        listed = "a Normalize module" if facts.normalized else "no Normalize module"
+        inferred["postprocess.normalize"] = f"{_EMBEDDING_MODULES}: {listed}"
+    return declared.model_copy(update=update) if update else declared
 
 
 def _undeclared(by_name: dict[str, TensorSpec], facts: ModelFacts, inferred: Inferred) -> PostprocessConfig | None:
@@ -281,6 +300,8 @@ def check(
         _check_classification(post, by_output, facts, model_dir, source)
     elif isinstance(post, RegressionConfig) and post.output is not None and post.output in by_output:
         _check_float(by_output[post.output], source)
+    elif isinstance(post, EmbeddingConfig):
+        _check_embedding(post, facts, source)
     pre = config.preprocess
     if isinstance(pre, TabularConfig):
         _check_tabular(pre, [spec for spec in inputs if spec.name not in config.constants], source)
@@ -331,6 +352,33 @@ def _check_classification(
             f"{'a converter output' if already == 'probabilities' else 'the output of a ' + already.title()}): "
             "it would distort every score",
             "remove the field (or set activation: none)",
+        )
+
+
+def _check_embedding(post: EmbeddingConfig, facts: ModelFacts, source: str) -> None:
+    """An embedding pooled or normalized otherwise than the model's own modules do differs from what its users
+    compare against (sentence-transformers' encode) in every value, with nothing to show it."""
+    if facts.pooling is not None and facts.pooling not in _POOLINGS:
+        _refuse(
+            source,
+            "postprocess.pooling",
+            f"the model pools by {facts.pooling} ({_EMBEDDING_MODULES}), which forwardpass does not do",
+            "export the encoder with its pooling to ONNX and serve that",
+        )
+    if facts.pooling is not None and post.pooling != facts.pooling:
+        _refuse(
+            source,
+            "postprocess.pooling",
+            f"{post.pooling}, but the model pools by {facts.pooling} ({_EMBEDDING_MODULES})",
+            f"set pooling to {facts.pooling}, or leave it out",
+        )
+    if facts.normalized is not None and post.normalize != facts.normalized:
+        does = "normalizes" if facts.normalized else "does not normalize"
+        _refuse(
+            source,
+            "postprocess.normalize",
+            f"{str(post.normalize).lower()}, but the model {does} its embeddings ({_EMBEDDING_MODULES})",
+            f"set normalize to {str(facts.normalized).lower()}, or leave it out",
         )
 
 

@@ -4,6 +4,7 @@ and converted; damaged files named with the format."""
 from __future__ import annotations
 
 import importlib.resources
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -273,4 +274,55 @@ def test_a_max_length_beyond_the_models_positions_is_refused_at_load(tmp_path: P
     assert str(refused.value) == (
         f"{tmp_path / 'short' / 'config.yaml'}: field 'preprocess.max_length': 128 tokens, but the model's positions "
         "hold 64 (Hugging Face config.json); fix: set max_length to 64 at most, or leave it out"
+    )
+
+
+def sentence_transformers_folder(root: Path, pooling_mode: str) -> Path:
+    """repo/st/1/: MiniLM as sentence-transformers saves it (modules.json: Transformer, Pooling, Normalize), its
+    Pooling module set to `pooling_mode` (e.g. 'pooling_mode_cls_token')."""
+    version = root / "st" / "1"
+    version.mkdir(parents=True)
+    for name in (*FOLDER_FILES, "modules.json"):
+        shutil.copy(MINILM / name, version / name)
+    (version / "1_Pooling").mkdir()
+    pooling = json.loads((MINILM / "1_Pooling" / "config.json").read_text())
+    pooling["pooling_mode_mean_tokens"] = False
+    pooling[pooling_mode] = True
+    (version / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    return version
+
+
+def write_embedding_config(root: Path, postprocess: dict[str, Any]) -> None:
+    preprocess = {"kind": "text", "tokenizer": "1/tokenizer.json", "max_length": 256}
+    preprocess["inputs"] = {name: name for name in ("input_ids", "attention_mask", "token_type_ids")}
+    config = {"preprocess": preprocess, "postprocess": {"kind": "embedding", **postprocess}}
+    (root / "st" / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_an_embedding_config_without_pooling_pools_as_the_models_sentence_transformers_modules_say(tmp_path: Path):
+    folder = sentence_transformers_folder(tmp_path, "pooling_mode_cls_token")
+    write_embedding_config(tmp_path, {"output": "last_hidden_state"})
+    model = forwardpass.load("st", repository=tmp_path, serve="native", warmup=0)
+    assert (model.config.postprocess.pooling, model.config.postprocess.normalize) == ("cls", True)  # type: ignore[union-attr]
+    expected = sentence_transformers.SentenceTransformer(str(folder), device="cpu").encode(list(SENTENCES[:4]))
+    assert_cosines(embeddings_of(model, list(SENTENCES[:4])), expected)
+
+
+@pytest.mark.parametrize(
+    ("declared", "field", "problem"),
+    [
+        ({"pooling": "mean", "normalize": True}, "pooling", "mean, but the model pools by cls"),
+        ({"pooling": "cls", "normalize": False}, "normalize", "false, but the model normalizes its embeddings"),
+    ],
+)
+def test_pooling_or_normalizing_other_than_the_model_does_is_refused_at_load(
+    declared: dict[str, Any], field: str, problem: str, tmp_path: Path
+):
+    sentence_transformers_folder(tmp_path, "pooling_mode_cls_token")
+    write_embedding_config(tmp_path, {"output": "last_hidden_state", **declared})
+    with pytest.raises(ConfigError) as refused:
+        forwardpass.load("st", repository=tmp_path, serve="native", warmup=0)
+    assert str(refused.value).startswith(
+        f"{tmp_path / 'st' / 'config.yaml'}: field 'postprocess.{field}': {problem} "
+        "(sentence-transformers modules.json); fix: "
     )
