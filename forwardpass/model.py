@@ -34,7 +34,15 @@ from forwardpass.pipeline import Arrays, Pipeline, Prediction
 from forwardpass.pipeline.complete import check, complete
 from forwardpass.pipeline.outputs import Classify
 from forwardpass.quality import InputWindow, Profile, SchemaCheck
-from forwardpass.repository import CONFIG_FILE, ModelEntry, Repository, default_repository, find_artefact, versions_in
+from forwardpass.repository import (
+    CONFIG_FILE,
+    ModelEntry,
+    Repository,
+    default_repository,
+    find_artefact,
+    version_number,
+    versions_in,
+)
 from forwardpass.scheduler.batches import check_rows, fail_alone
 from forwardpass.tensor import DataType, ShapeBound, TensorSpec
 
@@ -352,8 +360,9 @@ def locate(
     path = Path(model)
     if path.is_file():
         # <model>/<version>/model.onnx keeps its model folder's config and labels
-        if path.parent.name.isdigit() and (path.parent.parent / CONFIG_FILE).is_file():
-            return ModelEntry(path.parent.parent.name, int(path.parent.name), path.parent.parent, path)
+        version = version_number(path.parent.name)
+        if version is not None and (path.parent.parent / CONFIG_FILE).is_file():
+            return ModelEntry(path.parent.parent.name, version, path.parent.parent, path)
         return ModelEntry(path.stem, None, path.parent, path)
     if path.is_dir():
         if versions_in(path):

@@ -39,6 +39,7 @@ __all__ = [
     "default_repository",
     "find_artefact",
     "read_variant",
+    "version_number",
     "versions_in",
 ]
 
@@ -219,7 +220,14 @@ def versions_in(directory: Path) -> list[int]:
     """The numbered version folders of a model folder that hold a model file, ascending."""
     if not directory.is_dir():
         return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir() and _has_artefact(p))
+    numbered = ((version_number(p.name), p) for p in directory.iterdir())
+    return sorted(number for number, p in numbered if number is not None and p.is_dir() and _has_artefact(p))
+
+
+def version_number(name: str) -> int | None:
+    """The version a folder's name is: ASCII digits written as the number is ('7'; not '07', which would be a second
+    version 7, nor the Arabic-Indic, fullwidth or superscript digits that str.isdigit() takes too: '²' is no int)."""
+    return int(name) if name.isascii() and name.isdigit() and str(int(name)) == name else None
 
 
 def _has_artefact(folder: Path) -> bool:

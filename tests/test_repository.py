@@ -39,6 +39,17 @@ def test_versions_are_numeric_and_ascending(repo: Path):
     assert versions_in(repo / "missing") == []
 
 
+@pytest.mark.parametrize("folder", ["\u00b2", "\u0663", "\uff13", "02", "010"])
+def test_a_folder_named_by_other_digits_is_no_version(repo: Path, add_model, folder: str):
+    """str.isdigit() takes a superscript two (int() refuses it: every listing crashed, `forwardpass models` and the
+    server's start included), an Arabic-Indic or fullwidth three (versions 3 whose folder '3' does not exist) and '02'
+    (a second version 2)."""
+    add_model(repo / "resnet" / folder / "model.onnx")
+    assert Repository(repo).versions("resnet") == [1, 2, 10]
+    assert Repository(repo).names() == ["bert", "resnet"]
+    assert Repository(repo).resolve("resnet").version == 10
+
+
 def test_highest_version_wins(repo: Path):
     entry = Repository(repo).resolve("resnet")
     assert entry.version == 10  # numerically highest, not "2" as a string sort would give
