@@ -43,6 +43,7 @@ from forwardpass.server.grpc_gate import CallGate, Context, calling_client
 from forwardpass.server.guard import off_loop, one_line
 from forwardpass.server.proto import grpc_service_pb2 as pb
 from forwardpass.server.streams import STREAM_WINDOW, in_order
+from forwardpass.server.types import InferRequest
 
 if TYPE_CHECKING:
     from forwardpass.server.dataplane import DataPlane
@@ -67,6 +68,7 @@ UNOFFERED_METHODS = {
 }
 # Unload parameters that change nothing here: we have no ensembles whose dependents could be unloaded too.
 IGNORED_UNLOAD_PARAMETERS = frozenset({"unload_dependents"})
+_Decoded = tuple[pb.ModelInferRequest, InferRequest]  # a stream's request as sent, and as the data plane takes it
 
 Message = TypeVar("Message", bound=ProtoMessage)
 Result = TypeVar("Result")
@@ -120,6 +122,9 @@ class InferenceServicer:
         return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        return await self._infer(request, await self._decoded(request))
+
+    async def _decoded(self, request: pb.ModelInferRequest) -> InferRequest:
         limits = self.dataplane.limits(request.model_name, request.model_version or None)  # 404 before decoding
         try:
             decoded = await off_loop(request.ByteSize(), codec.decode_infer_request, request, limits)
@@ -127,6 +132,9 @@ class InferenceServicer:
             self.dataplane.metrics.failed(limits.model, limits.version, error)  # the data plane counts only its own
             raise
         decoded.client = calling_client.get()  # whose sequence ids these are (the gate set it for the call)
+        return decoded
+
+    async def _infer(self, request: pb.ModelInferRequest, decoded: InferRequest) -> pb.ModelInferResponse:
         response = await self.dataplane.infer(request.model_name, request.model_version or None, decoded)
         return codec.encode_infer_response(response)
 
@@ -134,23 +142,43 @@ class InferenceServicer:
         self, requests: AsyncIterator[bytes]
     ) -> AsyncGenerator[pb.ModelStreamInferResponse, None]:
         """Requests run concurrently (so they can share batches); answers go out in request order."""
-        async with contextlib.aclosing(in_order(requests, self._stream_answer)) as answers:
+        async with contextlib.aclosing(in_order(self._stream_decoded(requests), self._stream_answer)) as answers:
             async for answer in answers:
                 yield answer
 
-    async def _stream_answer(self, raw: bytes) -> pb.ModelStreamInferResponse:
-        request = pb.ModelInferRequest()
+    async def _stream_decoded(
+        self, raws: AsyncIterator[bytes]
+    ) -> AsyncIterator[_Decoded | pb.ModelStreamInferResponse]:
+        """Each message decoded, or the error answer it gets, one message after another: a large message is decoded
+        in a worker thread, and a small one sent after it must not reach the model first (a sequence's steps)."""
+        async for raw in raws:
+            request = pb.ModelInferRequest()
+            try:
+                request = parse(pb.ModelInferRequest, raw)
+                yield request, await self._decoded(request)
+            except Exception as error:
+                yield _stream_error(request, error)
+
+    async def _stream_answer(self, item: _Decoded | pb.ModelStreamInferResponse) -> pb.ModelStreamInferResponse:
+        if isinstance(item, pb.ModelStreamInferResponse):
+            return item
+        request, decoded = item
         try:
-            request = parse(pb.ModelInferRequest, raw)
-            return pb.ModelStreamInferResponse(infer_response=await self.ModelInfer(request))
-        except ForwardpassError as error:
-            text = one_line(error)
-        except Exception:
-            log.exception("gRPC ModelStreamInfer request %r failed", request.id)
-            text = "internal error; see the server log"
-        # The request's identity rides along so that a client can tell which request failed.
-        echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
-        return pb.ModelStreamInferResponse(error_message=text, infer_response=echo)
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, decoded))
+        except Exception as error:
+            return _stream_error(request, error)
+
+
+def _stream_error(request: pb.ModelInferRequest, error: Exception) -> pb.ModelStreamInferResponse:
+    """A stream's answer to a request that failed; the request's identity rides along so that a client can tell
+    which one."""
+    if isinstance(error, ForwardpassError):
+        text = one_line(error)
+    else:
+        log.error("gRPC ModelStreamInfer request %r failed", request.id, exc_info=error)
+        text = "internal error; see the server log"
+    echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+    return pb.ModelStreamInferResponse(error_message=text, infer_response=echo)
 
 
 class Health(health.HealthServicer):  # type: ignore[misc]  # grpcio-health-checking ships no types: Any

@@ -126,6 +126,38 @@ def test_interleaved_sequences_on_one_grpc_stream_match_the_package_alone(
     assert max(int(b["batch_size"]) for b in statistics["batch_stats"]) > 1  # sequences shared forward passes
 
 
+def test_grpc_stream_steps_reach_the_model_in_the_order_sent_whatever_their_size(
+    client: triton.InferenceServerClient,
+) -> None:
+    """As over WebSocket: each start step is padded past guard.OFFLOAD_BYTES (its request id), so it is decoded in a
+    worker thread; the small steps sent after it overtook it and were refused ("sequence ... is not active")."""
+    audio = voice(0.25, 4)
+    chunks = audio.reshape(-1, CHUNK)
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for sequence_id in range(1, 6):
+            for index, chunk in enumerate(chunks):
+                padding = " " * (OFFLOAD_BYTES + 1024) if index == 0 else ""
+                client.async_stream_infer(
+                    "silero_vad",
+                    [audio_input(chunk)],
+                    request_id=f"{sequence_id}/{index}{padding}",
+                    sequence_id=sequence_id,
+                    sequence_start=index == 0,
+                    sequence_end=index == len(chunks) - 1,
+                )
+        received = [answers.get(timeout=60) for _ in range(5 * len(chunks))]
+    finally:
+        client.stop_stream()
+    assert [str(error) for _, error in received if error is not None] == []
+    served = by_sequence(
+        [(result.get_response().id.strip(), float(result.as_numpy("output")[0, 0])) for result, _ in received]
+    )
+    for sequence_id in range(1, 6):
+        np.testing.assert_allclose(served[sequence_id], package_probabilities(audio), atol=1e-5)
+
+
 def test_concurrent_clients_each_get_their_own_sequence(server: Any) -> None:
     audios = {101 + i: voice(1.0 + 0.25 * i, i) for i in range(3)}
     results: dict[int, list[float]] = {}
