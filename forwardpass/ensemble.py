@@ -23,7 +23,7 @@ from forwardpass.config import (
     StepConfig,
     TextDetectionConfig,
 )
-from forwardpass.errors import ConfigError, DecodeError, ForwardpassError, NotFoundError
+from forwardpass.errors import ConfigError, DecodeError, ForwardpassError, NotFoundError, UnsafePathError
 from forwardpass.model import Model, load
 from forwardpass.pipeline import Prediction
 from forwardpass.pipeline.detection import Detect
@@ -50,8 +50,10 @@ def find_pipeline(model: str | Path, repository: str | Path | None = None) -> Pa
     """The folder of `model` when it is a pipeline (a folder, or a name in the repository), else None."""
     folder = Path(model) if repository is None and Path(model).is_dir() else None
     if folder is None and _NAME.fullmatch(str(model)) and ".." not in str(model):  # never a path out of the root
-        folder = Path(repository) if repository is not None else default_repository()
-        folder = folder / str(model)
+        root = Path(repository) if repository is not None else default_repository()
+        folder = root / str(model)
+        if not (folder / CONFIG_FILE).resolve().is_relative_to(root.resolve()):  # as a model's config
+            raise UnsafePathError(f"'{model}': its {CONFIG_FILE} points outside the repository '{root}'; refused")
     if folder is None:
         return None
     return folder if declares_pipeline(folder) else None
@@ -60,7 +62,14 @@ def find_pipeline(model: str | Path, repository: str | Path | None = None) -> Pa
 def pipelines_in(repository: Path) -> list[str]:
     """The names of the pipelines in a repository."""
     folders = (path for path in repository.iterdir() if path.is_dir() and not path.name.startswith("."))
-    return sorted(folder.name for folder in folders if find_pipeline(folder.name, repository) is not None)
+    return sorted(folder.name for folder in folders if _inside_pipeline(folder.name, repository))
+
+
+def _inside_pipeline(name: str, repository: Path) -> bool:
+    try:
+        return find_pipeline(name, repository) is not None
+    except UnsafePathError:  # named when asked for; a listing leaves it out
+        return False
 
 
 def load_pipeline(model: str | Path, repository: str | Path | None = None, **engine_options: Any) -> Ensemble:

@@ -15,7 +15,8 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 import forwardpass
-from forwardpass.errors import ConfigError, NotFoundError
+from forwardpass.ensemble import pipelines_in
+from forwardpass.errors import ConfigError, NotFoundError, UnsafePathError
 
 FINDER_PREPROCESS = {"kind": "image", "max_side": 64, "multiple_of": 32}
 FINDER_POSTPROCESS = {"kind": "text_detection", "threshold": 0.6, "box_threshold": 0.6, "min_size": 1}
@@ -159,3 +160,19 @@ def test_load_points_a_pipeline_to_load_pipeline(tmp_path: Path) -> None:
         forwardpass.load("lines", repository=tmp_path)
     with pytest.raises(NotFoundError, match=rf"load it with forwardpass.load_pipeline\('{re.escape(str(folder))}'\)"):
         forwardpass.load(folder)
+
+
+def test_a_pipeline_config_symlinked_outside_the_repository_is_refused(tmp_path: Path) -> None:
+    """As a model's config.yaml is: it was read (and its steps run) from wherever the link pointed."""
+    root = tmp_path / "models"
+    finder(root / "finder")
+    reader(root / "reader", ["batch", 3, 16, 32])
+    outside = pipeline(tmp_path) / "config.yaml"
+    (root / "lines").mkdir()
+    (root / "lines" / "config.yaml").symlink_to(outside)
+    with pytest.raises(UnsafePathError, match=r"'lines': its config\.yaml points outside the repository"):
+        forwardpass.load_pipeline("lines", repository=root)
+    assert pipelines_in(root) == []
+    (root / "lines" / "config.yaml").unlink()
+    (root / "lines" / "config.yaml").write_bytes(outside.read_bytes())
+    assert pipelines_in(root) == ["lines"]
