@@ -6,7 +6,7 @@ depended on the engine `auto` timed faster."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,16 +27,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 
 # builder(tf, folder) → (artefact written in folder, the output holding probabilities, the framework's own answer)
 Built = tuple[Path, str, np.ndarray]
-
-
-@pytest.fixture(scope="module")
-def tf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
-        patch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow
-
-        yield tensorflow
 
 
 def _keras_softmax() -> Any:

@@ -114,24 +114,24 @@ def test_bundled_minilm_matches_sentence_transformers(reference_embeddings: np.n
     assert_cosines(embeddings_of(model, [LONGEST]), reference_embeddings[-1:])
 
 
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    """A tiny BERT sequence classifier (random weights) saved as a Hugging Face folder with MiniLM's tokenizer."""
-    folder = tmp_path_factory.mktemp("classifier")
+def tiny_bert_folder(folder: Path, head: Any, **config: Any) -> Any:
+    """A tiny BERT with `head` (a transformers class; random weights) saved as a Hugging Face folder with MiniLM's
+    tokenizer; `config` adds to or overrides its config."""
     torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=3,  # type: ignore[call-arg]  # a PretrainedConfig keyword that transformers' annotations omit
-        architectures=["BertForSequenceClassification"],
-    )
-    model = transformers.BertForSequenceClassification(config).eval()
+    settings = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    model = head(transformers.BertConfig(architectures=[head.__name__], **{**settings, **config})).eval()
     model.save_pretrained(folder)
     shutil.copy(MINILM / "tokenizer.json", folder / "tokenizer.json")
-    return folder, model
+    return model
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """A tiny BERT sequence classifier of three classes."""
+    folder = tmp_path_factory.mktemp("classifier")
+    return folder, tiny_bert_folder(
+        folder, transformers.BertForSequenceClassification, num_hidden_layers=2, num_labels=3
+    )
 
 
 def classifier_batches(folder: Path) -> list[dict[str, np.ndarray]]:
@@ -190,29 +190,12 @@ def test_a_damaged_file_is_named_with_the_format(
     assert str(file) in message and "huggingface" in message and "\n" not in message
 
 
-def tiny_bert_folder(folder: Path, head: Any, architecture: str) -> Any:
-    """A tiny BERT with `head` (random weights, three labels) saved as a Hugging Face folder with MiniLM's tokenizer."""
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        id2label={0: "O", 1: "B-PER", 2: "I-PER"},
-        architectures=[architecture],
-    )
-    model = head(config).eval()
-    model.save_pretrained(folder)
-    shutil.copy(MINILM / "tokenizer.json", folder / "tokenizer.json")
-    return model
-
-
 @pytest.mark.parametrize("serve", ["native", "onnx"])
 def test_a_token_classifier_answers_its_per_token_logits_not_its_encoders_hidden_states(
     serve: ServeMode, tmp_path: Path
 ):
-    reference = tiny_bert_folder(tmp_path, transformers.BertForTokenClassification, "BertForTokenClassification")
+    labels = {0: "O", 1: "B-PER", 2: "I-PER"}
+    reference = tiny_bert_folder(tmp_path, transformers.BertForTokenClassification, id2label=labels)
     model = forwardpass.load(tmp_path, serve=serve, warmup=0)
     assert [(s.name, s.shape) for s in model.outputs] == [("logits", (-1, -1, 3))]
     assert model.config.postprocess is None  # per-token labels are no sequence classification
@@ -223,7 +206,7 @@ def test_a_token_classifier_answers_its_per_token_logits_not_its_encoders_hidden
 
 
 def test_a_head_forwardpass_cannot_run_is_refused_naming_it(tmp_path: Path):
-    tiny_bert_folder(tmp_path, transformers.BertForQuestionAnswering, "BertForQuestionAnswering")
+    tiny_bert_folder(tmp_path, transformers.BertForQuestionAnswering)
     with pytest.raises(ConfigError, match="BertForQuestionAnswering") as info:
         forwardpass.load(tmp_path, serve="native")
     assert "\n" not in str(info.value)
@@ -231,21 +214,8 @@ def test_a_head_forwardpass_cannot_run_is_refused_naming_it(tmp_path: Path):
 
 def short_classifier_repository(root: Path, text: dict[str, Any]) -> Any:
     """repo/short/1/: a sequence classifier whose positions hold 64 tokens; the config reads text with `text`."""
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,  # type: ignore[call-arg]  # a PretrainedConfig keyword that transformers' annotations omit
-        architectures=["BertForSequenceClassification"],
-    )
-    model = transformers.BertForSequenceClassification(config).eval()
     version = root / "short" / "1"
-    model.save_pretrained(version)
-    shutil.copy(MINILM / "tokenizer.json", version / "tokenizer.json")
+    model = tiny_bert_folder(version, transformers.BertForSequenceClassification, max_position_embeddings=64)
     preprocess = {"kind": "text", "tokenizer": "1/tokenizer.json", **text}
     preprocess["inputs"] = {name: name for name in ("input_ids", "attention_mask", "token_type_ids")}
     (root / "short" / "config.yaml").write_text(yaml.safe_dump({"preprocess": preprocess}))

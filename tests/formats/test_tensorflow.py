@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -58,17 +57,6 @@ CASES = [
     Case("model.keras", KERAS, "probs"),
     Case("model.h5", KERAS, "probs"),
 ]
-
-
-@pytest.fixture(scope="module")
-def tf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
-    """TensorFlow, imported with Keras' folder in tmp (Keras writes one when imported)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
-        patch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow
-
-        yield tensorflow
 
 
 @pytest.fixture(scope="module")
