@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 
 from forwardpass.errors import MissingExtraError
-from forwardpass.model import load, locate_configured
+from forwardpass.model import load
 from forwardpass.modes.batch import BatchOptions, Job, Progress, Row, Scorer, Summary
 from forwardpass.modes.sources import open_source
 from forwardpass.repository import default_repository
@@ -89,17 +89,14 @@ def run_batch_on_ray(
         import ray.data
     except ImportError:
         raise MissingExtraError("ray", "ray") from None
-    entry, config = locate_configured(model, repository, version)
-    job = Job(entry.name, entry.version, config, input_path, output_dir, options)
+    job, version = _job(model, input_path, output_dir, options, repository, version, trust_pickle)
     todo = _parts_to_do(job)
     if todo and not job.output.finished:
         connected_here = not ray.is_initialized()
         if connected_here:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         try:
-            arguments = _actor_arguments(
-                model, entry.version, input_path, options, repository, actor_cpus, trust_pickle
-            )
+            arguments = _actor_arguments(model, version, input_path, options, repository, actor_cpus, trust_pickle)
             done = job.total - sum(part["stop"] - part["start"] for part in todo)
             for part, start, stop, rows, errors in _scored_parts(todo, arguments, actors, actor_cpus):
                 job.commit(part, start, stop, rows, errors)
@@ -110,6 +107,28 @@ def run_batch_on_ray(
             if connected_here:
                 ray.shutdown()
     return job.finish(computed=sum(part["stop"] - part["start"] for part in todo))
+
+
+def _job(
+    model: str,
+    input_path: Path,
+    output_dir: Path,
+    options: BatchOptions,
+    repository: Path | None,
+    version: int | None,
+    trust_pickle: bool,
+) -> tuple[Job, int | None]:
+    """The job, and the version every actor must open. Its records are counted with the config the actors' models
+    complete (a model without config.yaml takes its preprocessing from the model file): with the declared config
+    alone, a CSV for such a model was one record, and the actors scored its first row only."""
+    loaded = load(
+        model, repository=repository, version=version, trust_pickle=trust_pickle, intra_op_threads=1, warmup=0
+    )
+    try:
+        job = Job(loaded.name, loaded.version, loaded.config, input_path, output_dir, options)
+    finally:
+        loaded.close()
+    return job, loaded.version
 
 
 def _parts_to_do(job: Job) -> list[dict[str, int]]:

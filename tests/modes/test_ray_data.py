@@ -12,9 +12,17 @@ import orjson
 import pytest
 
 from forwardpass.modes.batch import BatchOptions
-from forwardpass.modes.ray_data import PartScorer, _actor_arguments
+from forwardpass.modes.ray_data import PartScorer, _actor_arguments, _job
 from tests.modes.conftest import write_table
 from tests.user_models import random_forest
+
+
+def write_records(path: Path, records: list[dict[str, object]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    return path
 
 
 def score_part(scorer: PartScorer, start: int, stop: int) -> dict[str, list[dict[str, object]]]:
@@ -26,11 +34,7 @@ def score_part(scorer: PartScorer, start: int, stop: int) -> dict[str, list[dict
 def test_an_actor_loads_a_pickled_model_when_the_job_trusts_pickles(tmp_path: Path):
     """`batch --ray --trust-pickle` left the trust behind: every actor refused the scikit-learn model."""
     forest = random_forest(tmp_path)
-    rows = tmp_path / "rows.csv"
-    with rows.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fieldnames=list(forest.records[0]))
-        writer.writeheader()
-        writer.writerows(forest.records)
+    rows = write_records(tmp_path / "rows.csv", forest.records)
     arguments = _actor_arguments(str(forest.artefact), None, rows, BatchOptions(), None, 0.5, trust_pickle=True)
     scored = score_part(PartScorer(**arguments), 0, 3)
     assert not scored["errors"]
@@ -50,3 +54,13 @@ def test_an_actor_opens_the_repository_model_not_a_folder_of_that_name_where_the
     scorer = PartScorer(**arguments)
     assert scorer.model.entry.directory.resolve() == (repository / "tab_cls").resolve()
     assert len(score_part(scorer, 0, 3)["rows"]) == 3
+
+
+def test_the_driver_counts_the_records_as_the_actors_read_them(tmp_path: Path):
+    """A model without config.yaml takes its columns from the model file: the driver counted a CSV of 12 rows for
+    the random forest as one record (the declared config has no preprocessing), so the actors scored row 0 alone and
+    the job said '1 records: 1 predictions, no errors'."""
+    forest = random_forest(tmp_path)
+    rows = write_records(tmp_path / "rows.csv", forest.records)
+    job, version = _job(str(forest.artefact), rows, tmp_path / "out", BatchOptions(), None, None, trust_pickle=True)
+    assert (job.total, version) == (len(forest.records), None)
