@@ -47,6 +47,7 @@ class ModelFacts:
     category_codes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # column → its categories in code order
     distributions: dict[str, str] = field(default_factory=dict)  # output → "softmax" | "sigmoid" | "probabilities"
     decision_scores: bool = False  # a classifier's scores are a decision function, not probabilities
+    multi_label: bool = False  # each class is scored on its own (a sigmoid per class), not one class of them
     batch_first: bool | None = None  # None: the format's convention (batch first), unchecked
     max_tokens: int | None = None  # the most tokens a text model's positions hold
     pooling: str | None = None  # how an encoder's token vectors become one embedding ("mean", "cls", "max", ...)

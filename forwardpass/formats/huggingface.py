@@ -154,6 +154,7 @@ class HuggingFaceFormat:
         return replace(
             said,
             task="classification",
+            multi_label=config.get("problem_type") == "multi_label_classification",
             classes=tuple(label for _, label in ordered),
             scores_output="logits",
         )

@@ -169,6 +169,8 @@ def _activation(spec: TensorSpec, facts: ModelFacts) -> tuple[Activation, str]:
     if already is not None:
         how = "a converter's probabilities" if already == "probabilities" else f"the output of a {already.title()}"
         return "none", f"{facts.source}: '{spec.name}' already holds probabilities ({how})"
+    if facts.multi_label:
+        return "sigmoid", f"{facts.source}: a multi-label classifier: each class is scored on its own"
     if class_width(spec) == 1:
         what = "a decision function" if facts.decision_scores else "one logit"
         return (
@@ -352,6 +354,14 @@ def _check_classification(
             f"{'a converter output' if already == 'probabilities' else 'the output of a ' + already.title()}): "
             "it would distort every score",
             "remove the field (or set activation: none)",
+        )
+    if facts.multi_label and post.activation == "softmax":
+        _refuse(
+            source,
+            "postprocess.activation",
+            f"softmax over '{spec.name}', but the model is a multi-label classifier ({facts.source}): each class is "
+            "scored on its own, and a softmax would make them compete",
+            "remove the field (or set activation: sigmoid)",
         )
 
 

@@ -214,8 +214,13 @@ def test_a_head_forwardpass_cannot_run_is_refused_naming_it(tmp_path: Path):
 
 def short_classifier_repository(root: Path, text: dict[str, Any]) -> Any:
     """repo/short/1/: a sequence classifier whose positions hold 64 tokens; the config reads text with `text`."""
+    return text_classifier_repository(root, text, max_position_embeddings=64)
+
+
+def text_classifier_repository(root: Path, text: dict[str, Any], **config: Any) -> Any:
+    """repo/short/1/: a tiny sequence classifier (`config` for its BertConfig); the config reads text with `text`."""
     version = root / "short" / "1"
-    model = tiny_bert_folder(version, transformers.BertForSequenceClassification, max_position_embeddings=64)
+    model = tiny_bert_folder(version, transformers.BertForSequenceClassification, **config)
     preprocess = {"kind": "text", "tokenizer": "1/tokenizer.json", **text}
     preprocess["inputs"] = {name: name for name in ("input_ids", "attention_mask", "token_type_ids")}
     (root / "short" / "config.yaml").write_text(yaml.safe_dump({"preprocess": preprocess}))
@@ -295,4 +300,34 @@ def test_pooling_or_normalizing_other_than_the_model_does_is_refused_at_load(
     assert str(refused.value).startswith(
         f"{tmp_path / 'st' / 'config.yaml'}: field 'postprocess.{field}': {problem} "
         "(sentence-transformers modules.json); fix: "
+    )
+
+
+def test_a_multi_label_classifier_scores_each_class_with_a_sigmoid_as_transformers_pipeline_does(tmp_path: Path):
+    tags = {0: "toxic", 1: "insult", 2: "threat"}
+    problem = "multi_label_classification"  # transformers' text-classification pipeline: a sigmoid per class
+    reference = text_classifier_repository(tmp_path, {}, num_labels=3, id2label=tags, problem_type=problem)
+    model = forwardpass.load("short", repository=tmp_path, serve="native", warmup=0)
+    assert model.config.postprocess.activation == "sigmoid"  # type: ignore[union-attr]
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(MINILM / "tokenizer.json"))
+    for text, answer in zip(SENTENCES[:3], model.predict(list(SENTENCES[:3])), strict=True):
+        with torch.inference_mode():
+            expected = reference(**tokenizer(text, return_tensors="pt")).logits.sigmoid().numpy()[0]
+        scores = [entry["score"] for entry in sorted(answer["top_k"], key=lambda entry: entry["index"])]
+        assert np.abs(np.asarray(scores) - expected).max() <= ATOL
+
+
+def test_a_softmax_declared_over_a_multi_label_classifier_is_refused_at_load(tmp_path: Path):
+    text_classifier_repository(tmp_path, {}, num_labels=3, problem_type="multi_label_classification")
+    config_file = tmp_path / "short" / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config_file.write_text(
+        yaml.safe_dump({**config, "postprocess": {"kind": "classification", "activation": "softmax"}})
+    )
+    with pytest.raises(ConfigError) as refused:
+        forwardpass.load("short", repository=tmp_path, serve="native", warmup=0)
+    assert str(refused.value) == (
+        f"{config_file}: field 'postprocess.activation': softmax over 'logits', but the model is a multi-label "
+        "classifier (Hugging Face config.json): each class is scored on its own, and a softmax would make them "
+        "compete; fix: remove the field (or set activation: sigmoid)"
     )
