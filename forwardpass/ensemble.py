@@ -29,7 +29,7 @@ from forwardpass.pipeline import Prediction
 from forwardpass.pipeline.detection import Detect
 from forwardpass.pipeline.image import decode_image
 from forwardpass.pipeline.ocr import DetectText, crop_quad
-from forwardpass.repository import CONFIG_FILE, declares_pipeline, default_repository
+from forwardpass.repository import CONFIG_FILE, declares_pipeline, default_repository, lies_in
 from forwardpass.tensor import FLOATS, DataType, TensorSpec
 
 __all__ = [
@@ -52,7 +52,7 @@ def find_pipeline(model: str | Path, repository: str | Path | None = None) -> Pa
     if folder is None and _NAME.fullmatch(str(model)) and ".." not in str(model):  # never a path out of the root
         root = Path(repository) if repository is not None else default_repository()
         folder = root / str(model)
-        if not (folder / CONFIG_FILE).resolve().is_relative_to(root.resolve()):  # as a model's config
+        if not lies_in(folder / CONFIG_FILE, root.resolve()):  # as a model's config
             raise UnsafePathError(f"'{model}': its {CONFIG_FILE} points outside the repository '{root}'; refused")
     if folder is None:
         return None

@@ -38,6 +38,7 @@ __all__ = [
     "declares_pipeline",
     "default_repository",
     "find_artefact",
+    "lies_in",
     "read_variant",
     "version_number",
     "versions_in",
@@ -89,10 +90,7 @@ class Repository:
         return sorted(
             p.name
             for p in self.root.iterdir()
-            if _NAME.fullmatch(p.name)
-            and ".." not in p.name
-            and p.resolve().is_relative_to(self._real_root)
-            and versions_in(p)
+            if _NAME.fullmatch(p.name) and ".." not in p.name and lies_in(p, self._real_root) and versions_in(p)
         )
 
     def versions(self, name: str) -> list[int]:
@@ -166,8 +164,16 @@ class Repository:
         return directory
 
     def _inside_root(self, path: Path, what: str) -> None:
-        if not path.resolve().is_relative_to(self._real_root):
+        if not lies_in(path, self._real_root):
             raise UnsafePathError(f"{what} points outside the repository '{self.root}' (symlink?); refused")
+
+
+def lies_in(path: Path, folder: Path) -> bool:
+    """Whether `path`, its links followed, lies in `folder` (resolved already); a symlink loop lies nowhere."""
+    try:
+        return path.resolve().is_relative_to(folder)
+    except (OSError, RuntimeError):  # Python 3.11's pathlib raises RuntimeError for a loop
+        return False
 
 
 def find_artefact(folder: Path) -> Path:

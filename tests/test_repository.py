@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import forwardpass
+from forwardpass.ensemble import pipelines_in
 from forwardpass.errors import ConfigError, NotFoundError, UnsafePathError
 from forwardpass.repository import Repository, find_artefact, versions_in
 
@@ -220,3 +221,15 @@ def test_an_unknown_name_lists_the_first_fifty_names_of_a_large_repository(tmp_p
     message = str(info.value)
     assert "did you mean 'm10'? models: m00, m01," in message
     assert message.endswith("m48, m49 and 10 more")
+
+
+def test_a_symlink_loop_in_the_repository_is_no_model_and_breaks_no_listing(repo: Path):
+    """pathlib (3.11) raises RuntimeError on a loop: one pair of links ended every listing (`forwardpass models`, the
+    server's start, its index, each unknown name's error) in a traceback."""
+    os.symlink("loop-b", repo / "loop-a")
+    os.symlink("loop-a", repo / "loop-b")
+    repository = Repository(repo)
+    assert repository.names() == ["bert", "resnet"]
+    with pytest.raises(NotFoundError, match=r"unknown model 'loop-a' .*; models: bert, resnet$"):
+        repository.resolve("loop-a")
+    assert pipelines_in(repo) == []
