@@ -139,13 +139,18 @@ class HuggingFaceFormat:
         return {"tool_versions": versions, "exporter": "torch.onnx.export(dynamo=False)"}
 
     def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
-        """A classification head's labels (config.json `id2label`, in index order) over its logits."""
+        """A sequence head's task as transformers' pipeline reads it: a regression's value (problem_type), else a
+        classifier's labels (config.json `id2label`, in index order) over its logits; an encoder's pooling."""
         config = _read_config(path)
         said = ModelFacts(source="Hugging Face config.json", max_tokens=_max_tokens(config))
         id2label = config.get("id2label")
         if _auto_class(path, config) == "AutoModel":
             return _sentence_transformers_facts(path, said)
-        if _auto_class(path, config) != "AutoModelForSequenceClassification" or not isinstance(id2label, dict):
+        if _auto_class(path, config) != "AutoModelForSequenceClassification":
+            return said
+        if config.get("problem_type") == "regression":
+            return replace(said, task="regression")
+        if not isinstance(id2label, dict):
             return said
         try:
             ordered = sorted((int(index), str(label)) for index, label in id2label.items())

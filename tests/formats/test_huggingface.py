@@ -331,3 +331,14 @@ def test_a_softmax_declared_over_a_multi_label_classifier_is_refused_at_load(tmp
         "classifier (Hugging Face config.json): each class is scored on its own, and a softmax would make them "
         "compete; fix: remove the field (or set activation: sigmoid)"
     )
+
+
+def test_a_regression_head_answers_its_value_as_transformers_pipeline_does(tmp_path: Path):
+    """problem_type 'regression' (a score such as a rating): the pipeline applies no function to the one output."""
+    reference = text_classifier_repository(tmp_path, {}, num_labels=1, problem_type="regression")
+    model = forwardpass.load("short", repository=tmp_path, serve="native", warmup=0)
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(MINILM / "tokenizer.json"))
+    for text, answer in zip(SENTENCES[:3], model.predict(list(SENTENCES[:3])), strict=True):
+        with torch.inference_mode():
+            expected = reference(**tokenizer(text, return_tensors="pt")).logits.item()
+        assert answer == {"value": pytest.approx(expected, abs=ATOL)}
