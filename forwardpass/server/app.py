@@ -94,7 +94,12 @@ class InferenceServer:
         logging.getLogger("uvicorn.error").addFilter(CLIENT_FAULTS_IN_ONE_LINE)
         config = uvicorn.Config(
             asgi_app(self.registry, self.dataplane, self.generators, settings),
-            http=limited_protocol(settings.max_connections, settings.header_timeout_s, settings.body_timeout_s),
+            http=limited_protocol(
+                settings.max_connections,
+                settings.max_connections_per_client or max(1, settings.max_connections // 4),
+                settings.header_timeout_s,
+                settings.body_timeout_s,
+            ),
             ws="websockets-sansio",
             ws_max_size=settings.max_request_bytes,
             lifespan="off",

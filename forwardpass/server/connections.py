@@ -1,7 +1,8 @@
 """uvicorn's httptools protocol with the per-connection limits uvicorn has no option for (its h11 protocol has a
 header size limit, but is several times slower; httptools buffers headers of any size and waits for them forever):
 
-- a connection cap: past `max_connections` open connections a new one is answered 503 and closed;
+- a connection cap: past `max_connections` open connections, or `max_connections_per_client` from one host, a new
+  one is answered 503 and closed;
 - deadlines: a request's line and headers must arrive within `header_timeout_s` of the connection opening (or of
   the request's first byte), and its body within `body_timeout_s` of the headers, else 408 and the connection
   closes — slowloris, and a body declared at 1,000 bytes that sends 5, hold nothing for long;
@@ -35,6 +36,7 @@ class _HeadTooLarge(Exception):
 
 class _LimitedHttp(HttpToolsProtocol):
     max_connections = 0
+    max_connections_per_client = 0
     header_timeout_s = 0.0
     body_timeout_s = 0.0
 
@@ -51,7 +53,18 @@ class _LimitedHttp(HttpToolsProtocol):
         if len(self.connections) > self.max_connections:
             self._refuse(503, f"the server has {self.max_connections} connections open, its limit; retry later")
             return
+        if self.client is not None and self._same_client() > self.max_connections_per_client:
+            message = f"this client has {self.max_connections_per_client} connections open, its limit"
+            self._refuse(503, message + " (max_connections_per_client); close one or retry later")
+            return
         self.deadline = self.loop.time() + self.header_timeout_s
+
+    def _same_client(self) -> int:
+        """Open connections from this one's host, WebSockets included (uvicorn's connections after the upgrade): a
+        WebSocket has no deadline once open, so without this cap one host's idle WebSockets held every connection
+        and every other client got 503. A scan at connection time only: kept-alive connections pay it once."""
+        host = self.client[0] if self.client is not None else None
+        return sum(1 for connection in self.connections if (getattr(connection, "client", None) or ("",))[0] == host)
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
@@ -114,10 +127,13 @@ class _LimitedHttp(HttpToolsProtocol):
         self.transport.close()
 
 
-def limited_protocol(max_connections: int, header_timeout_s: float, body_timeout_s: float) -> type[HttpToolsProtocol]:
+def limited_protocol(
+    max_connections: int, max_connections_per_client: int, header_timeout_s: float, body_timeout_s: float
+) -> type[HttpToolsProtocol]:
     """The protocol class for uvicorn's `http=` option, with these limits (deadlines need `enforce_deadlines`)."""
     limits = {
         "max_connections": max_connections,
+        "max_connections_per_client": max_connections_per_client,
         "header_timeout_s": header_timeout_s,
         "body_timeout_s": body_timeout_s,
     }

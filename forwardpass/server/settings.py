@@ -48,6 +48,12 @@ class ServerSettings(BaseSettings):
     max_connections: int = Field(
         default=2048, gt=0, description="HTTP connections open at once; more are refused (503)"
     )
+    max_connections_per_client: int | None = Field(
+        default=None,
+        gt=0,
+        description="HTTP connections one client (host) may have open at once, WebSockets included; more are refused "
+        "(503); default a quarter of max_connections",
+    )
     max_grpc_calls_per_client: int | None = Field(
         default=None,
         gt=0,

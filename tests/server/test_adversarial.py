@@ -46,6 +46,7 @@ LIVE_MS = 100  # /v2/health/live answers within this while a bad request is in p
 RSS_MB = 50  # growth over steady state one bad request may cause
 MAX_REQUEST_BYTES = 16 * 2**20
 MAX_CONNECTIONS = 200
+MAX_CONNECTIONS_PER_CLIENT = 60
 
 
 def ocr_graph() -> Any:
@@ -79,6 +80,7 @@ class Server:
             "FORWARDPASS_HEADER_TIMEOUT_S": "1",
             "FORWARDPASS_BODY_TIMEOUT_S": "1",
             "FORWARDPASS_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+            "FORWARDPASS_MAX_CONNECTIONS_PER_CLIENT": str(MAX_CONNECTIONS_PER_CLIENT),
             "FORWARDPASS_MAX_CONCURRENT_REQUESTS": "16",
             "FORWARDPASS_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
             "FORWARDPASS_AUDIT_LOG": str(tmp / "audit.sqlite"),
@@ -303,16 +305,40 @@ def test_a_head_over_the_limit_that_arrives_in_one_read_is_refused_too(server: S
         assert client.recv(100).startswith(b"HTTP/1.1 431")
 
 
+def from_host(host: str, port: int) -> socket.socket:
+    """A connection to the server from another loopback address: another client host, as the server sees it."""
+    return socket.create_connection(("127.0.0.1", port), source_address=(host, 0))
+
+
 def test_connections_past_the_cap_are_refused_and_idle_ones_closed(server: Server) -> None:
-    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(MAX_CONNECTIONS + 20)]
+    hosts = [f"127.0.0.{2 + index % 4}" for index in range(MAX_CONNECTIONS + 20)]  # each under the per-client cap
+    idle = [from_host(host, server.port) for host in hosts]
     try:
         idle[-1].settimeout(5)
-        assert idle[-1].recv(100).startswith(b"HTTP/1.1 503")
+        assert idle[-1].recv(200).startswith(b"HTTP/1.1 503")
         idle[0].settimeout(5)
         assert idle[0].recv(100).startswith(b"HTTP/1.1 408")  # each had 1 s to send its headers
     finally:
         for connection in idle:
             connection.close()
+    assert httpx.get(server.url + "/v2/health/live").status_code == 200
+
+
+def test_one_hosts_idle_websockets_cannot_hold_every_connection(server: Server) -> None:
+    """A WebSocket has no deadline once open: one host's idle streams held every connection, and every client got
+    503. One host holds at most MAX_CONNECTIONS_PER_CLIENT; another host is still served."""
+    with contextlib.ExitStack() as streams:
+        for _ in range(MAX_CONNECTIONS_PER_CLIENT):
+            url = f"ws://127.0.0.1:{server.port}/v2/models/strings/stream"
+            streams.enter_context(connect(url, additional_headers=HEADERS))
+        with socket.create_connection(("127.0.0.1", server.port)) as refused:
+            refused.settimeout(5)
+            answer = refused.recv(300)
+        assert answer.startswith(b"HTTP/1.1 503") and b"max_connections_per_client" in answer
+        with from_host("127.0.0.2", server.port) as other:
+            other.settimeout(5)
+            other.sendall(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert other.recv(100).startswith(b"HTTP/1.1 200")
     assert httpx.get(server.url + "/v2/health/live").status_code == 200
 
 
