@@ -191,8 +191,9 @@ class TextConfig(_Strict):
     max_length: int = Field(
         default=512,
         gt=0,
-        description="tokens per text; longer texts are truncated. Left out: 512, or the fewer that a Hugging Face "
-        "model's positions hold; more than they hold is refused at load",
+        description="tokens per text; longer texts are truncated. Left out: what sentence-transformers reads "
+        "(a Hugging Face folder's sentence_bert_config.json), else 512 or the fewer that the model's positions "
+        "hold; more than they hold is refused at load",
     )
     padding: Literal["longest", "max_length"] = Field(
         default="longest",

@@ -50,6 +50,7 @@ class ModelFacts:
     multi_label: bool = False  # each class is scored on its own (a sigmoid per class), not one class of them
     batch_first: bool | None = None  # None: the format's convention (batch first), unchecked
     max_tokens: int | None = None  # the most tokens a text model's positions hold
+    reads_tokens: int | None = None  # the tokens its own tooling truncates a text to (fewer than max_tokens)
     pooling: str | None = None  # how an encoder's token vectors become one embedding ("mean", "cls", "max", ...)
     normalized: bool | None = None  # whether that embedding is scaled to unit length
 

@@ -220,7 +220,17 @@ def _sentence_transformers_facts(path: Path, said: ModelFacts) -> ModelFacts:
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"{modules_file}: not a readable sentence-transformers modules.json: {exc}") from None
     pooling = next((mode for key, mode in _POOLING_MODES.items() if modes.get(key)), None)
-    return replace(said, pooling=pooling, normalized="Normalize" in kinds)
+    return replace(said, pooling=pooling, normalized="Normalize" in kinds, reads_tokens=_sequence_length(path))
+
+
+def _sequence_length(path: Path) -> int | None:
+    """The tokens sentence-transformers reads of a text (sentence_bert_config.json's max_seq_length), if it says."""
+    file = path / "sentence_bert_config.json"
+    try:
+        length = json.loads(file.read_text(encoding="utf-8")).get("max_seq_length") if file.is_file() else None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{file}: not a readable sentence-transformers config: {exc}") from None
+    return length if isinstance(length, int) and length > 0 else None
 
 
 def _max_tokens(config: dict[str, Any]) -> int:

@@ -261,9 +261,16 @@ def _tabular(inputs: list[TensorSpec], facts: ModelFacts, inferred: Inferred) ->
 
 
 def _text(pre: TextConfig, facts: ModelFacts, inferred: Inferred) -> TextConfig:
-    """Texts truncated where the model's positions end, when the config does not say where (its default may be
-    more than they hold: a longer text would fail in the model, or be read past its positions)."""
-    if "max_length" in pre.model_fields_set or facts.max_tokens is None or facts.max_tokens >= pre.max_length:
+    """Texts truncated where the model's own tooling truncates them (sentence-transformers), else where its
+    positions end, when the config does not say where (its default may be more than they hold: a longer text would
+    fail in the model, or be read past its positions)."""
+    if "max_length" in pre.model_fields_set:
+        return pre
+    if facts.reads_tokens is not None and facts.reads_tokens <= (facts.max_tokens or facts.reads_tokens):
+        reads = f"sentence-transformers reads {facts.reads_tokens} tokens of a text"
+        inferred["preprocess.max_length"] = f"sentence_bert_config.json: {reads}"
+        return pre.model_copy(update={"max_length": facts.reads_tokens})
+    if facts.max_tokens is None or facts.max_tokens >= pre.max_length:
         return pre
     inferred["preprocess.max_length"] = f"{facts.source}: the model's positions hold {facts.max_tokens} tokens"
     return pre.model_copy(update={"max_length": facts.max_tokens})

@@ -257,7 +257,7 @@ def sentence_transformers_folder(root: Path, pooling_mode: str) -> Path:
     Pooling module set to `pooling_mode` (e.g. 'pooling_mode_cls_token')."""
     version = root / "st" / "1"
     version.mkdir(parents=True)
-    for name in (*FOLDER_FILES, "modules.json"):
+    for name in (*FOLDER_FILES, "modules.json", "sentence_bert_config.json"):
         shutil.copy(MINILM / name, version / name)
     (version / "1_Pooling").mkdir()
     pooling = json.loads((MINILM / "1_Pooling" / "config.json").read_text())
@@ -268,7 +268,7 @@ def sentence_transformers_folder(root: Path, pooling_mode: str) -> Path:
 
 
 def write_embedding_config(root: Path, postprocess: dict[str, Any]) -> None:
-    preprocess = {"kind": "text", "tokenizer": "1/tokenizer.json", "max_length": 256}
+    preprocess: dict[str, Any] = {"kind": "text", "tokenizer": "1/tokenizer.json"}
     preprocess["inputs"] = {name: name for name in ("input_ids", "attention_mask", "token_type_ids")}
     config = {"preprocess": preprocess, "postprocess": {"kind": "embedding", **postprocess}}
     (root / "st" / "config.yaml").write_text(yaml.safe_dump(config))
@@ -279,8 +279,10 @@ def test_an_embedding_config_without_pooling_pools_as_the_models_sentence_transf
     write_embedding_config(tmp_path, {"output": "last_hidden_state"})
     model = forwardpass.load("st", repository=tmp_path, serve="native", warmup=0)
     assert (model.config.postprocess.pooling, model.config.postprocess.normalize) == ("cls", True)  # type: ignore[union-attr]
-    expected = sentence_transformers.SentenceTransformer(str(folder), device="cpu").encode(list(SENTENCES[:4]))
-    assert_cosines(embeddings_of(model, list(SENTENCES[:4])), expected)
+    assert model.config.preprocess.max_length == 256  # type: ignore[union-attr]  # sentence_bert_config.json's
+    texts = [*SENTENCES[:4], LONGEST]  # the longest past the 256 tokens sentence-transformers reads
+    expected = sentence_transformers.SentenceTransformer(str(folder), device="cpu").encode(texts)
+    assert_cosines(embeddings_of(model, texts), expected)
 
 
 @pytest.mark.parametrize(
