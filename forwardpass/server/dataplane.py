@@ -447,7 +447,7 @@ def _top_k(parameters: dict[str, Any]) -> int | None:
     top_k = parameters.get("top_k")
     if top_k is None:
         return None
-    if isinstance(top_k, str) and top_k.isdigit():
+    if isinstance(top_k, str) and top_k.isascii() and top_k.isdigit():  # "²" is a digit that int() refuses
         top_k = int(top_k)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
         raise InputError(f"parameter 'top_k' must be a positive integer, got {top_k!r}")

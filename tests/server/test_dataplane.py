@@ -120,6 +120,8 @@ async def test_errors_come_from_the_forwardpass_tree(dataplane: DataPlane):
         await dataplane.infer("mlp", None, x_request(x, timeout="soon"))
     with pytest.raises(InputError, match="'top_k' must be a positive integer"):
         await dataplane.predict("mlp", None, x[0].tolist(), {"top_k": 0})
+    with pytest.raises(InputError, match="'top_k' must be a positive integer"):  # a digit int() does not read
+        await dataplane.predict("mlp", None, x[0].tolist(), {"top_k": "\u00b2"})
     with pytest.raises(InputError, match="not a rectangular array"):
         await dataplane.predict("mlp", None, [[[1.0], [1.0, 2.0]]], {})
     with pytest.raises(InputError, match=r"expected shape \[64\], got \[1\]"):  # a list of rows: each row checked
