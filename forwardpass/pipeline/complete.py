@@ -340,6 +340,14 @@ def _check_classification(
     if spec is None:
         _refuse(source, "postprocess.output", f"the model has no output '{post.output}'; it has {list(by_output)}")
     _check_float(spec, source)
+    if any(dim != 1 for dim in spec.shape[1:-1]):  # [batch, classes] and [batch, 1, classes] hold one row an item
+        _refuse(
+            source,
+            "postprocess.output",
+            f"'{spec.name}' ({spec.dtype.name} {list(spec.shape)}) holds a row of scores per position, "
+            "not one per item",
+            "classify an output of [batch, classes], or use kind: raw",
+        )
     width = class_width(spec)
     if width is None and facts.classes is not None and spec.name == facts.scores_output:
         width = len(facts.classes)  # e.g. ZipMap's maps: one entry per class the graph lists

@@ -58,3 +58,24 @@ def test_images_made_at_the_size_the_model_takes_are_answered(preprocess: dict[s
     Image.fromarray(np.full((30, 40), 51, np.uint8)).save(photo)
     model = forwardpass.load("digits", repository=image_model(tmp_path, {**preprocess, "pad_value": 51}))
     assert model.predict(str(photo))["outputs"]["mean"] == pytest.approx(51 / 255)  # scale: 1/255 by default
+
+
+def test_a_classification_over_scores_per_token_is_refused_at_load(tmp_path: Path) -> None:
+    """A token classifier's [batch, sequence, classes]: one item's scores are many rows, which one top-k over all of
+    them flattened would answer as a class index past the classes (exit 0)."""
+    folder = tmp_path / "ner"
+    (folder / "1").mkdir(parents=True)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["logits_in"], ["logits"])],
+        "per_token",
+        [helper.make_tensor_value_info("logits_in", TensorProto.FLOAT, ["batch", "sequence", 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", 3])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "1" / "model.onnx")
+    (folder / "config.yaml").write_text(yaml.safe_dump({"postprocess": {"kind": "classification"}}))
+    with pytest.raises(ConfigError) as refused:
+        forwardpass.load("ner", repository=tmp_path)
+    assert str(refused.value) == (
+        f"{folder / 'config.yaml'}: field 'postprocess.output': 'logits' (FP32 [-1, -1, 3]) holds a row of scores per "
+        "position, not one per item; fix: classify an output of [batch, classes], or use kind: raw"
+    )
