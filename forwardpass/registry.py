@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,10 +159,12 @@ class ModelRegistry:
         """Every model that should be loaded is loaded."""
         return all(name in self._latest for name in self._wanted)
 
-    def index(self) -> list[dict[str, str]]:
-        """Triton's repository index: every model the repository holds or the registry serves, with its state."""
+    def index(self, names: Iterable[str] | None = None) -> list[dict[str, str]]:
+        """Triton's repository index: every model the repository holds (`names`, when the caller listed them off the
+        event loop) or the registry serves, with its state."""
         rows: list[dict[str, str]] = []
-        for name in sorted(set(self.repository.names()) | self._versions.keys()):
+        listed = self.repository.names() if names is None else names
+        for name in sorted(set(listed) | self._versions.keys()):
             versions = self._versions.get(name)
             if versions:
                 failed = self._failed.get(name)

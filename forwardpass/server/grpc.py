@@ -38,7 +38,7 @@ from grpc_reflection.v1alpha import reflection
 from forwardpass.errors import ERROR_CLASS_HEADER, ConfigError, ForwardpassError, InputError
 from forwardpass.server import grpc_codec as codec
 from forwardpass.server.access import Access
-from forwardpass.server.dataplane import unoffered
+from forwardpass.server.dataplane import IGNORED_UNLOAD_PARAMETERS, unoffered
 from forwardpass.server.grpc_gate import CallGate, Context, calling_client
 from forwardpass.server.guard import off_loop, one_line
 from forwardpass.server.proto import grpc_service_pb2 as pb
@@ -66,8 +66,6 @@ UNOFFERED_METHODS = {
     "TraceSetting": "trace settings",
     "LogSettings": "log settings",
 }
-# Unload parameters that change nothing here: we have no ensembles whose dependents could be unloaded too.
-IGNORED_UNLOAD_PARAMETERS = frozenset({"unload_dependents"})
 _Decoded = tuple[pb.ModelInferRequest, InferRequest]  # a stream's request as sent, and as the data plane takes it
 
 Message = TypeVar("Message", bound=ProtoMessage)
@@ -103,7 +101,7 @@ class InferenceServicer:
         return codec.encode_model_statistics(statistics)
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
-        return codec.encode_repository_index(self.dataplane.repository_index(), ready_only=request.ready)
+        return codec.encode_repository_index(await self.dataplane.repository_index(), ready_only=request.ready)
 
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
         if request.parameters:

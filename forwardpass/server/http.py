@@ -33,7 +33,7 @@ from forwardpass.server.codec import (
     encode_json,
     encode_tf_response,
 )
-from forwardpass.server.dataplane import DataPlane, unoffered
+from forwardpass.server.dataplane import IGNORED_UNLOAD_PARAMETERS, DataPlane, unoffered
 from forwardpass.server.guard import OFFLOAD_BYTES, RequestGuard, answer_to, error_response, off_loop
 from forwardpass.server.limits import RequestLimits
 from forwardpass.server.metrics import CONTENT_TYPE
@@ -224,22 +224,33 @@ class _Api:
     # repository
 
     async def repository_index(self, request: Request) -> Response:
-        options = await self._options(request)
-        rows = self.dataplane.repository_index()
-        if options.get("ready") is True:
+        options = await self._options(request, {"ready"})
+        ready = options.get("ready", False)
+        if not isinstance(ready, bool):
+            raise InputError(f"'ready' must be true or false, got {ready!r}")
+        rows = await self.dataplane.repository_index()
+        if ready:
             rows = [row for row in rows if row["state"] == "READY"]
         return _json(rows)
 
     async def load(self, request: Request) -> Response:
-        options = await self._options(request)
-        parameters = options.get("parameters") or {}
-        if not isinstance(parameters, dict) or any(key == "config" or key.startswith("file:") for key in parameters):
-            raise InputError("load parameters 'config' and 'file:' are not supported; change the repository instead")
+        options = await self._options(request, {"parameters"})
+        if options.get("parameters"):  # Triton's are 'config' and 'file:<path>': a model given in the request
+            given = options["parameters"]
+            named = sorted(given) if isinstance(given, dict) else given
+            raise InputError(
+                f"load parameters {named!r} are not supported: put the config and files in the repository and load "
+                "by name"
+            )
         await self.dataplane.load_model(request.path_params["model"])
         return _json({})
 
     async def unload(self, request: Request) -> Response:
-        await self._options(request)
+        options = await self._options(request, {"parameters"})
+        given = options.get("parameters") or {}
+        unsupported = sorted(set(given) - IGNORED_UNLOAD_PARAMETERS) if isinstance(given, dict) else given
+        if unsupported:
+            raise InputError(f"unload parameters {unsupported!r} are not supported")
         await self.dataplane.unload_model(request.path_params["model"])
         return _json({})
 
@@ -340,13 +351,17 @@ class _Api:
     def _refused(self, limits: RequestLimits, error: ForwardpassError) -> None:
         self.dataplane.metrics.failed(limits.model, limits.version, error)
 
-    async def _options(self, request: Request) -> dict[str, Any]:
+    async def _options(self, request: Request, known: set[str]) -> dict[str, Any]:
+        """A repository call's JSON body (empty: no options); a field other than `known` is refused by name."""
         body = await self.guard.body(request)
         if not body.strip():
             return {}
         options = decode_json(body)
         if not isinstance(options, dict):
             raise InputError(f"request body must be a JSON object, got {type(options).__name__}")
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InputError(f"unknown fields {unknown} in the request body; this call takes {sorted(known)}")
         return options
 
 

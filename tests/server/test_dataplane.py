@@ -51,7 +51,7 @@ async def test_config_and_statistics_parse_into_triton_protobufs(dataplane: Data
     assert mlp.batch_stats[0].compute_infer.count >= 1
     metadata = json_format.ParseDict(dataplane.model_metadata("mlp"), grpc_service_pb2.ModelMetadataResponse())
     assert list(metadata.inputs[0].shape) == [-1, 64]
-    for row in dataplane.repository_index():
+    for row in await dataplane.repository_index():
         json_format.ParseDict(row, grpc_service_pb2.RepositoryIndexResponse.ModelIndex())
     json_format.ParseDict(dataplane.server_metadata(), grpc_service_pb2.ServerMetadataResponse())
 

@@ -378,6 +378,12 @@ BAD_REQUESTS: list[tuple[str, bytes, dict[str, str], int, str]] = [
     # a line break in what the message repeats is shown escaped: the message was cut there ("model 'a")
     ("/v2/models/a%0Ab/infer", b"{}", {}, 404, "model 'a\\nb' is not loaded"),
     ("/v2/repository/models/a%0Ab/load", b"", {}, 400, "'a\\nb' is not a valid model name"),
+    # the repository calls' bodies: a load given a path was 200, a 'ready' of "yes" read as false
+    ("/v2/repository/models/mlp/load", b'{"parameters": {"path": "/etc"}}', {}, 400, "['path'] are not supported"),
+    ("/v2/repository/models/mlp/load", b'{"parameters": [1]}', {}, 400, "[1] are not supported"),
+    ("/v2/repository/models/mlp/unload", b'{"parameters": {"force": true}}', {}, 400, "['force'] are not supported"),
+    ("/v2/repository/models/mlp/load", b'{"paramters": {}}', {}, 400, "unknown fields ['paramters']"),
+    ("/v2/repository/index", b'{"ready": "yes"}', {}, 400, "'ready' must be true or false"),
 ]
 
 
