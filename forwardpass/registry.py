@@ -248,9 +248,10 @@ class ModelRegistry:
         for name in sorted(self._wanted - names):
             await self._try(self._unload, name)
 
-    def watch(self, interval_s: float) -> None:
-        """Poll the repository every `interval_s` seconds, from now until `close`."""
+    def watch(self, interval_s: float) -> asyncio.Task[None]:
+        """Poll the repository every `interval_s` seconds, from now until `close` (or the task is cancelled)."""
         self._watching = asyncio.create_task(self._watch(interval_s))
+        return self._watching
 
     async def _watch(self, interval_s: float) -> None:
         while True:
@@ -259,6 +260,8 @@ class ModelRegistry:
                 await self.poll()
             except OSError as exc:  # files moving under our feet; the next look sees the settled state
                 log.warning("repository poll failed: %s", exc)
+            except Exception:  # a bug: logged, and the next look still comes (polling ended silently)
+                log.exception("repository poll failed")
 
     async def close(self) -> None:
         if self._watching is not None:

@@ -119,7 +119,7 @@ class InferenceServer:
                 raise ConfigError(f"the HTTP server on {settings.host}:{self.http_port} stopped while starting")
             await asyncio.sleep(0.002)
         if settings.poll_interval_s:
-            self._poll_task = asyncio.create_task(self._poll(settings.poll_interval_s))
+            self._poll_task = self.registry.watch(settings.poll_interval_s)
         # a few looks a second at every connection's header and body deadlines
         interval_s = min(0.25, settings.header_timeout_s / 4, settings.body_timeout_s / 4)
         self._deadlines = asyncio.create_task(enforce_deadlines(self._http.server_state.connections, interval_s))
@@ -174,14 +174,6 @@ class InferenceServer:
         lines.append(f"  ready: {listed}")
         lines.extend(f"  not loaded: {row['name']}: {row['reason']}" for row in index if row["state"] != "READY")
         return "\n".join(lines)
-
-    async def _poll(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.registry.poll()
-            except OSError as exc:  # files moving under our feet; the next look sees the settled state
-                log.warning("repository poll failed: %s", exc)
 
 
 def asgi_app(
