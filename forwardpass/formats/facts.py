@@ -53,6 +53,7 @@ class ModelFacts:
     reads_tokens: int | None = None  # the tokens its own tooling truncates a text to (fewer than max_tokens)
     pooling: str | None = None  # how an encoder's token vectors become one embedding ("mean", "cls", "max", ...)
     normalized: bool | None = None  # whether that embedding is scaled to unit length
+    tokenizer: Path | None = None  # the tokenizer.json that makes a text model's inputs (a Hugging Face folder's)
 
 
 def merge_facts(framework: ModelFacts, graph: ModelFacts | None) -> ModelFacts:

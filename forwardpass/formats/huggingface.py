@@ -142,7 +142,8 @@ class HuggingFaceFormat:
         """A sequence head's task as transformers' pipeline reads it: a regression's value (problem_type), else a
         classifier's labels (config.json `id2label`, in index order) over its logits; an encoder's pooling."""
         config = _read_config(path)
-        said = ModelFacts(source="Hugging Face config.json", max_tokens=_max_tokens(config))
+        tokenizer = path.resolve() / _TOKENIZER if (path / _TOKENIZER).is_file() else None
+        said = ModelFacts(source="Hugging Face config.json", max_tokens=_max_tokens(config), tokenizer=tokenizer)
         id2label = config.get("id2label")
         if _auto_class(path, config) == "AutoModel":
             return _sentence_transformers_facts(path, said)

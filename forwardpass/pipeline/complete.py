@@ -51,7 +51,10 @@ Inferred = dict[str, str]
 # The poolings an embedding config can declare besides none, and who says how a model pools.
 _POOLINGS = ("mean", "cls")
 _EMBEDDING_MODULES = "sentence-transformers modules.json"
+_TOKEN_VECTORS = "last_hidden_state"  # a Hugging Face encoder's output of one vector per token
 Activation = Literal["softmax", "sigmoid", "none"]
+TokenizerOutput = Literal["input_ids", "attention_mask", "token_type_ids"]
+_TOKENIZER_OUTPUTS: tuple[TokenizerOutput, ...] = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def complete(
@@ -65,7 +68,7 @@ def complete(
     if postprocess is not config.postprocess:
         update["postprocess"] = postprocess
     if config.preprocess is None:
-        preprocess = _tabular(visible, facts, inferred)
+        preprocess = _tabular(visible, facts, inferred) or _tokenized(visible, facts, inferred)
         if preprocess is not None:
             update["preprocess"] = preprocess
     elif isinstance(config.preprocess, TextConfig):
@@ -161,6 +164,9 @@ def _undeclared(by_name: dict[str, TensorSpec], facts: ModelFacts, inferred: Inf
         inferred["postprocess.activation"] = "none: the output already is a probability distribution"
         labels = list(facts.classes) if facts.classes is not None else None
         return ClassificationConfig(kind="classification", output=name, activation="none", labels=labels)
+    if facts.pooling in _POOLINGS and _TOKEN_VECTORS in by_name:
+        inferred["postprocess"] = f"{_EMBEDDING_MODULES}: an encoder of sentence embeddings"
+        return _embedding(EmbeddingConfig(kind="embedding", output=_TOKEN_VECTORS), facts, inferred)
     return None
 
 
@@ -258,6 +264,16 @@ def _tabular(inputs: list[TensorSpec], facts: ModelFacts, inferred: Inferred) ->
         datatype = inputs[0].dtype.name if inputs[0].dtype in FLOATS else "FP32"
         return TabularConfig(kind="tabular", input=inputs[0].name, datatype=datatype, columns=columns)
     return None
+
+
+def _tokenized(inputs: list[TensorSpec], facts: ModelFacts, inferred: Inferred) -> TextConfig | None:
+    """Texts tokenized by the model's own tokenizer, when every input of the model is one a tokenizer gives."""
+    names = [spec.name for spec in inputs]
+    if facts.tokenizer is None or "input_ids" not in names or not set(names) <= set(_TOKENIZER_OUTPUTS):
+        return None
+    inferred["preprocess"] = f"{facts.source}: texts, tokenized by the folder's {facts.tokenizer.name} into {names}"
+    fields: dict[TokenizerOutput, str] = {name: name for name in _TOKENIZER_OUTPUTS if name in names}
+    return _text(TextConfig(kind="text", tokenizer=str(facts.tokenizer), inputs=fields), facts, inferred)
 
 
 def _text(pre: TextConfig, facts: ModelFacts, inferred: Inferred) -> TextConfig:

@@ -285,6 +285,34 @@ def test_an_embedding_config_without_pooling_pools_as_the_models_sentence_transf
     assert_cosines(embeddings_of(model, texts), expected)
 
 
+@pytest.mark.parametrize("serve", ["native", "onnx"])
+def test_a_folder_without_a_config_embeds_texts_as_sentence_transformers_does(
+    tmp_path: Path, reference_embeddings: np.ndarray, serve: ServeMode
+):
+    """No config.yaml: the folder's tokenizer.json reads the texts, its sentence-transformers modules say it embeds
+    them and how (it answered last_hidden_state for a token tensor, and text was refused as 'no such file')."""
+    folder = sentence_transformers_folder(tmp_path, "pooling_mode_mean_tokens")
+    model = forwardpass.load(folder, serve=serve, warmup=0)
+    assert model.config.preprocess.kind == "text" and model.config.postprocess.kind == "embedding"  # type: ignore[union-attr]
+    assert "tokenizer.json" in model.inferred["preprocess"]
+    assert_cosines(embeddings_of(model, list(TEXTS)), reference_embeddings)
+
+
+@pytest.mark.parametrize("serve", ["native", "onnx"])
+def test_a_classifier_folder_without_a_config_answers_texts_as_transformers_pipeline_does(
+    classifier: tuple[Path, Any], serve: ServeMode, tmp_path: Path
+):
+    source, reference = classifier
+    folder = shutil.copytree(source, tmp_path / "classifier")
+    model = forwardpass.load(folder, serve=serve, warmup=0)
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    for text, answer in zip(SENTENCES[:4], model.predict(list(SENTENCES[:4])), strict=True):
+        with torch.inference_mode():
+            expected = reference(**tokenizer(text, return_tensors="pt")).logits.softmax(-1).numpy()[0]
+        scores = [entry["score"] for entry in sorted(answer["top_k"], key=lambda entry: entry["index"])]
+        assert np.abs(np.asarray(scores) - expected).max() <= ATOL
+
+
 @pytest.mark.parametrize(
     ("declared", "field", "problem"),
     [
