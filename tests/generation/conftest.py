@@ -3,6 +3,7 @@ and transformers' own greedy generation on it: the reference every generation te
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -72,3 +73,23 @@ def generator(exported: Path) -> Iterator[Generator]:
     opened: Generator = open_generator(forwardpass.load(exported))
     yield opened
     opened.close()
+
+
+NamedEvents = queue.SimpleQueue[tuple[str, Any]]
+
+
+def tokens_by_stream(events: NamedEvents, names: list[str]) -> tuple[dict[str, list[int]], list[str]]:
+    """The token ids of each named stream, and the names in the order their tokens came, until every one of them has
+    finished (an error event fails the test)."""
+    from forwardpass.generation import TokenEvent
+
+    got: dict[str, list[int]] = {name: [] for name in names}
+    order = []
+    finished = 0
+    while finished < len(names):
+        name, event = events.get(timeout=30)
+        assert isinstance(event, TokenEvent), event
+        got[name].append(event.token_id)
+        order.append(name)
+        finished += event.finish_reason is not None
+    return got, order

@@ -23,6 +23,7 @@ from forwardpass.generation.engine import PREFILL_CHUNK_TOKENS
 from forwardpass.generation.export import export_decoder
 from forwardpass.generation.seeded import build_seeded_llama
 from forwardpass.precision.decoder import quantize_decoder
+from tests.generation.conftest import NamedEvents, tokens_by_stream
 
 PROMPTS = [
     "A man is eating",
@@ -142,7 +143,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_streams_steps(
     long = generator.encode(" ".join(PROMPTS * 40))[: 2 * PREFILL_CHUNK_TOKENS + 20]
     running = generator.encode(PROMPTS[0])
     expected = {"running": reference(running, 12), "long": reference(long, 6)}
-    events: queue.SimpleQueue[tuple[str, TokenEvent | ForwardpassError]] = queue.SimpleQueue()
+    events: NamedEvents = queue.SimpleQueue()
 
     def submit(name: str, prompt_ids: list[int]) -> None:
         params = SamplingParams(max_new_tokens=len(expected[name]), ignore_eos=True)
@@ -156,15 +157,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_streams_steps(
 
     arrived: list[bool] = []
     generator.submit(running, SamplingParams(max_new_tokens=12, ignore_eos=True), listener)
-    got: dict[str, list[int]] = {"running": [], "long": []}
-    order = []
-    finished = 0
-    while finished < len(got):
-        name, event = events.get(timeout=30)
-        assert isinstance(event, TokenEvent), event
-        got[name].append(event.token_id)
-        order.append(name)
-        finished += event.finish_reason is not None
+    got, order = tokens_by_stream(events, ["running", "long"])
     assert got == expected
     assert order[: order.index("long")].count("running") >= 1 + 2, order  # the first token, then one per chunk
 

@@ -12,6 +12,7 @@ import pytest
 from forwardpass.errors import ForwardpassError, InputError, Overloaded
 from forwardpass.generation import Generator, SamplingParams, TokenEvent, engine
 from forwardpass.generation.engine import PREFILL_GROUP_TOKENS, prefill_groups
+from tests.generation.conftest import tokens_by_stream
 
 PROMPTS = [
     "A man is eating",
@@ -100,15 +101,7 @@ def test_a_short_prompt_gets_its_first_token_before_a_long_one_that_arrived_with
             submit("short", short)
 
     generator.submit(generator.encode(PROMPTS[0]), SamplingParams(max_new_tokens=20, ignore_eos=True), running)
-    got: dict[str, list[int]] = {"running": [], "long": [], "short": []}
-    order = []
-    finished = 0
-    while finished < len(got):
-        name, event = events.get(timeout=30)
-        assert isinstance(event, TokenEvent), event
-        got[name].append(event.token_id)
-        order.append(name)
-        finished += event.finish_reason is not None
+    got, order = tokens_by_stream(events, ["running", "long", "short"])
     assert order.index("short") < order.index("long")
     assert got["long"] == expected_ids["long"] and got["short"] == expected_ids["short"]
 
