@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -172,34 +173,10 @@ def test_the_parser_reads_text_and_text_records_for_text_models() -> None:
     assert (guess_format(Path("a.csv")), guess_format(Path("b.txt")), guess_format(None)) == ("csv", "text", "jsonl")
 
 
-def test_read_lines_follows_growth_and_waits_for_whole_lines(tmp_path: Path) -> None:
-    path = tmp_path / "growing.jsonl"
-    path.write_text('{"a": 1}\n{"a"')
-    stop = threading.Event()
-    seen: queue.Queue[str | LineTooLong] = queue.Queue()
-    with path.open(encoding="utf-8") as file:
-
-        def read() -> None:
-            for line in read_lines(file, stop, poll_s=0.01):
-                seen.put(line)
-
-        reader = threading.Thread(target=read)
-        reader.start()
-        assert seen.get(timeout=WAIT_S) == '{"a": 1}\n'
-        with path.open("a", encoding="utf-8") as appender:
-            appender.write(': 2}\n{"a": 3}\n')
-        assert seen.get(timeout=WAIT_S) == '{"a": 2}\n'  # the half-written line, once whole
-        assert seen.get(timeout=WAIT_S) == '{"a": 3}\n'
-        stop.set()
-        reader.join(timeout=WAIT_S)
-    assert not reader.is_alive()
-
-
-def test_a_followed_file_cut_short_is_read_again_from_its_start(tmp_path: Path) -> None:
-    """logrotate's copytruncate empties the file in place: the stream went on waiting past its old end, and never
-    answered another record."""
-    path = tmp_path / "events.jsonl"
-    path.write_text('{"a": 1}\n{"a": 2}\n')
+@contextmanager
+def following(path: Path) -> Iterator[queue.Queue[str | LineTooLong]]:
+    """The lines `read_lines` yields from `path` as it grows, from a reader thread stopped (and checked gone) at
+    the end of the block."""
     stop = threading.Event()
     seen: queue.Queue[str | LineTooLong] = queue.Queue()
     with path.open(encoding="utf-8") as file:
@@ -211,16 +188,36 @@ def test_a_followed_file_cut_short_is_read_again_from_its_start(tmp_path: Path) 
         reader = threading.Thread(target=read)
         reader.start()
         try:
-            assert [seen.get(timeout=WAIT_S), seen.get(timeout=WAIT_S)] == ['{"a": 1}\n', '{"a": 2}\n']
-            with path.open("r+", encoding="utf-8") as rotating:
-                rotating.truncate(0)
-            with path.open("a", encoding="utf-8") as appender:
-                appender.write('{"a": 3}\n')
-            assert seen.get(timeout=WAIT_S) == '{"a": 3}\n'
+            yield seen
         finally:
             stop.set()
             reader.join(timeout=WAIT_S)
     assert not reader.is_alive()
+
+
+def test_read_lines_follows_growth_and_waits_for_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "growing.jsonl"
+    path.write_text('{"a": 1}\n{"a"')
+    with following(path) as seen:
+        assert seen.get(timeout=WAIT_S) == '{"a": 1}\n'
+        with path.open("a", encoding="utf-8") as appender:
+            appender.write(': 2}\n{"a": 3}\n')
+        assert seen.get(timeout=WAIT_S) == '{"a": 2}\n'  # the half-written line, once whole
+        assert seen.get(timeout=WAIT_S) == '{"a": 3}\n'
+
+
+def test_a_followed_file_cut_short_is_read_again_from_its_start(tmp_path: Path) -> None:
+    """logrotate's copytruncate empties the file in place: the stream went on waiting past its old end, and never
+    answered another record."""
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n')
+    with following(path) as seen:
+        assert [seen.get(timeout=WAIT_S), seen.get(timeout=WAIT_S)] == ['{"a": 1}\n', '{"a": 2}\n']
+        with path.open("r+", encoding="utf-8") as rotating:
+            rotating.truncate(0)
+        with path.open("a", encoding="utf-8") as appender:
+            appender.write('{"a": 3}\n')
+        assert seen.get(timeout=WAIT_S) == '{"a": 3}\n'
 
 
 def test_a_line_over_the_limit_is_read_to_its_end_without_being_kept(tmp_path: Path) -> None:
