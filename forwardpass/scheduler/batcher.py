@@ -144,10 +144,11 @@ class Batcher:
             if batch is None:
                 return
             instance = self._idle.pop()
-            if self._runs_inline(sum(request.rows for request in batch)):
-                self._run_inline(instance, batch)
+            rows = batch[0].rows if len(batch) == 1 else sum(request.rows for request in batch)
+            if self._runs_inline(rows):
+                self._run_inline(instance, batch, rows)
             else:
-                self._launch(instance, batch)
+                self._launch(instance, batch, rows)
 
     def _runs_inline(self, rows: int) -> bool:
         """Whether a pass of `rows` rows is expected within INLINE_RUN_S: by its size class's time per row, else by
@@ -221,36 +222,44 @@ class Batcher:
         self._timer = None
         self._dispatch()
 
-    def _run_inline(self, instance: int, batch: list[_Request]) -> None:
+    def _run_inline(self, instance: int, batch: list[_Request], rows: int) -> None:
         self._running += 1
         started = time.perf_counter()
         outcomes, pass_s = _timed_run(self._runners[instance], batch, time.perf_counter)  # what the loop waits
-        self._settle(instance, batch, started, outcomes, pass_s)
+        self._settle(instance, batch, rows, started, outcomes, pass_s)
 
-    def _launch(self, instance: int, batch: list[_Request]) -> None:
+    def _launch(self, instance: int, batch: list[_Request], rows: int) -> None:
         self._running += 1
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         work = self._executor.submit(_timed_run, self._runners[instance], batch, time.thread_time)
         # straight back onto the loop: wrapping in an asyncio future would cost a second loop iteration
-        work.add_done_callback(lambda done: loop.call_soon_threadsafe(self._finished, instance, batch, started, done))
+        work.add_done_callback(
+            lambda done: loop.call_soon_threadsafe(self._finished, instance, batch, rows, started, done)
+        )
 
     def _finished(
-        self, instance: int, batch: list[_Request], started: float, work: Future[tuple[_Outcome, float]]
+        self, instance: int, batch: list[_Request], rows: int, started: float, work: Future[tuple[_Outcome, float]]
     ) -> None:
         try:
             outcomes, pass_s = work.result()
         except BaseException as exc:  # the executor itself failed (e.g. shut down): every request learns why
             outcomes, pass_s = [exc] * len(batch), None
-        self._settle(instance, batch, started, outcomes, pass_s)
+        self._settle(instance, batch, rows, started, outcomes, pass_s)
         self._dispatch()
 
     def _settle(
-        self, instance: int, batch: list[_Request], started: float, outcomes: _Outcome, pass_s: float | None
+        self,
+        instance: int,
+        batch: list[_Request],
+        rows: int,
+        started: float,
+        outcomes: _Outcome,
+        pass_s: float | None,
     ) -> None:
-        """Every request of a finished batch gets its rows (or its error); the instance is idle again."""
+        """Every request of a finished batch (of `rows` rows in all) gets its rows (or its error); the instance is
+        idle again."""
         run_s = time.perf_counter() - started
-        rows = sum(request.rows for request in batch)
         if pass_s is not None:
             row_s, size = pass_s / rows, rows.bit_length()
             previous = self._row_s.get(size)

@@ -390,9 +390,10 @@ def _decisions_elsewhere(name: str) -> Forbidden:
 
 
 def _rows(batch: Arrays, max_batch_size: int) -> int:
-    sizes: dict[str, int] = {name: array.shape[0] for name, array in batch.items()}
-    first = next(iter(sizes.values()))
-    if any(size != first for size in sizes.values()):
+    arrays = iter(batch.values())
+    first: int = next(arrays).shape[0]
+    if any(array.shape[0] != first for array in arrays):  # no dict built per request unless it is refused
+        sizes = {name: array.shape[0] for name, array in batch.items()}
         raise InputError(f"inputs disagree on the batch size (first dimension): {sizes}")
     if first == 0:
         raise InputError("the batch has 0 rows; send at least one")
