@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,19 +77,16 @@ class Served:
         hidden = self.sequencer.state_outputs if self.sequencer is not None else frozenset()
         return [spec for spec in self.model.outputs if spec.name not in hidden]
 
-    def in_use(self) -> Served:
-        """Held by a request from lookup to answer (`with served.in_use():`), so that retiring this version waits
-        for it. The context manager is the Served itself: a generator-based one cost ~0.7 us more per request."""
-        return self
-
-    def __enter__(self) -> Served:
+    @contextmanager
+    def in_use(self) -> Iterator[Served]:
+        """Held by a request from lookup to answer, so that retiring this version waits for it."""
         self.active += 1
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.active -= 1
-        if self._idle is not None and not self.active:
-            self._idle.set()
+        try:
+            yield self
+        finally:
+            self.active -= 1
+            if self._idle is not None and not self.active:
+                self._idle.set()
 
     async def retire(self) -> None:
         """Wait for the requests inside, drain the batcher, close the sessions."""
