@@ -91,12 +91,13 @@ class _OpenAiApi:
         prompt = await off_loop(len(request.state.body), _chat_prompt, generator, body.get("messages"))
         params, count = read.sampling(body, read.chat_logprobs(body))
         params = dataclasses.replace(params, schema=read.response_schema(body, generator))
+        streamed, include_usage = read.streamed(body), read.include_usage(body)  # refused before anything is queued
         streams = open_streams(
             self.metrics, served, generator, [prompt] * count, read.choices(params, count), read.stop_strings(body)
         )
         reply = _Reply("chatcmpl", "chat.completion", served.name, generator, [len(prompt)])
-        if read.streamed(body):
-            return _event_stream(reply.chat_chunks(streams, read.include_usage(body)), streams)
+        if streamed:
+            return _event_stream(reply.chat_chunks(streams, include_usage), streams)
         finished = await unless_disconnected(request, _finish_all(streams))
         return Response(encode_json(reply.chat(finished)), media_type=JSON)
 
@@ -111,18 +112,22 @@ class _OpenAiApi:
         if best_of is not None and best_of != count:
             raise InputError(f"'best_of': {best_of!r} is not supported; leave it out (or equal to n)")
         choices = read.choices(params, count)
+        # refused before anything is queued: generations opened for a request then refused ran on for nobody
+        streamed, include_usage = read.streamed(body), read.include_usage(body)
+        with_ids = read.optional_bool(body, "return_token_ids") or False
+        stops = read.stop_strings(body)
         streams = open_streams(
             self.metrics,
             served,
             generator,
             [prompt for prompt in prompts for _ in range(count)],
             choices * len(prompts),
-            read.stop_strings(body),
+            stops,
         )
         reply = _Reply("cmpl", "text_completion", served.name, generator, [len(prompt) for prompt in prompts])
-        reply.with_ids = read.optional_bool(body, "return_token_ids") or False
-        if read.streamed(body):
-            return _event_stream(reply.completion_chunks(streams, read.include_usage(body)), streams)
+        reply.with_ids = with_ids
+        if streamed:
+            return _event_stream(reply.completion_chunks(streams, include_usage), streams)
         finished = await unless_disconnected(request, _finish_all(streams))
         return Response(encode_json(reply.completion(finished)), media_type=JSON)
 
