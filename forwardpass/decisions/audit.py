@@ -12,6 +12,9 @@ Two ways to record a request's decisions before it is answered (`decision.audit_
   a line being copied at that instant, whose request was not answered.
 - 0: commit. One SQLite transaction per request (or batch of items), committed before the answer: every answered
   decision is in the table itself.
+
+A batch job holds its decisions instead (`held`) and commits each part's with the part (`write_once`, under a key
+of the job and part): a part scored again after a kill is audited once, as its records are written once.
 """
 
 from __future__ import annotations
@@ -161,6 +164,7 @@ class AuditLog:
         self.path = Path(path) if path is not None else default_audit_path()
         self.journal_dir = journal.journal_folder(self.path)
         self.group_ms = group_ms
+        self.held: list[Row] | None = None  # a list: decisions are kept there, not recorded (see write_once)
         self._start()
         _LOGS.add(self)
 
@@ -175,8 +179,9 @@ class AuditLog:
         self._mover_process: _MoverProcess | None = None
 
     def write_decisions(self, model: str, version: str, decisions: Iterable[Decided]) -> None:
-        """One request's decisions, recorded before it is answered (journal or commit), or AuditError."""
-        if self.group_ms > 0:
+        """One request's decisions, recorded before it is answered (journal or commit), or AuditError; kept in
+        `held` instead while that is a list."""
+        if self.group_ms > 0 and self.held is None:
             micros = time.time_ns() // 1000
             line = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
             lines = [
@@ -187,12 +192,27 @@ class AuditLog:
                 self._append(lines[0] if len(lines) == 1 else b"".join(lines))
             return
         stamp = utc_now()
-        self._commit(
-            [
-                (stamp, model, version, input_hash(inputs), _scores_text(scores), action, rule)
-                for inputs, scores, action, rule in decisions
-            ]
-        )
+        rows = [
+            (stamp, model, version, input_hash(inputs), _scores_text(scores), action, rule)
+            for inputs, scores, action, rule in decisions
+        ]
+        if self.held is not None:
+            self.held.extend(rows)
+        else:
+            self._commit(rows)
+
+    def write_once(self, key: str, rows: Iterable[Sequence[str]]) -> None:
+        """`rows` (held ones) committed in one transaction with `key`, unless a transaction with that key was
+        committed before: then they are there already (a batch job's part, scored again after its run was killed
+        between this and recording the part done). AuditError if the log cannot take them."""
+        with self._db_lock:
+            try:
+                connection = self._connect()
+                with connection:  # BEGIN … COMMIT, ROLLBACK on error
+                    if connection.execute(journal.CLAIM, (key,)).rowcount:
+                        connection.executemany(journal.INSERT, rows)
+            except sqlite3.Error as exc:
+                raise AuditError(f"audit log {self.path}: {exc}; the decisions were not recorded") from None
 
     def write(self, records: Sequence[AuditRecord]) -> None:
         """Records made elsewhere, with their own times (e.g. imported ones): committed in one transaction."""

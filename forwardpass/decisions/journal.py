@@ -60,8 +60,10 @@ CREATE TABLE IF NOT EXISTS decisions (
 CREATE INDEX IF NOT EXISTS decisions_time ON decisions (time);
 CREATE INDEX IF NOT EXISTS decisions_model_action ON decisions (model, action);
 CREATE TABLE IF NOT EXISTS journal_progress (name TEXT PRIMARY KEY, lines INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS written_once (key TEXT PRIMARY KEY);
 """
 INSERT = "INSERT INTO decisions (time, model, version, input_hash, scores, action, rule) VALUES (?, ?, ?, ?, ?, ?, ?)"
+CLAIM = "INSERT INTO written_once (key) VALUES (?) ON CONFLICT (key) DO NOTHING"  # rowcount 0: written already
 _PROGRESS = """
 INSERT INTO journal_progress (name, lines) VALUES (?1, ?2)
 ON CONFLICT (name) DO UPDATE SET lines = max(lines, excluded.lines)

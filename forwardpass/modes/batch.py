@@ -13,25 +13,29 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forwardpass.config import ModelConfig
 from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.model import Model
-from forwardpass.modes.sinks import ERRORS_FILE, Output
+from forwardpass.modes.sinks import ERRORS_FILE, Output, PartDone
 from forwardpass.modes.sources import Item, open_source, utf8_text
 from forwardpass.pipeline import Arrays
+
+if TYPE_CHECKING:  # sqlite and the audit log: imported by the models that decide
+    from forwardpass.decisions import AuditLog
 
 __all__ = [
     "BatchOptions",
     "Job",
     "Part",
     "Progress",
+    "Scored",
     "Scorer",
     "Summary",
     "error_row",
@@ -118,12 +122,25 @@ def parts(items: Iterable[Item], part_size: int) -> Iterator[Part]:
             yield part
 
 
+@dataclass(frozen=True)
+class Scored:
+    """A part's records scored: output rows, error rows, and the audit rows of its decisions (models with a
+    decision rule), which the job records with the part (`Job.commit`)."""
+
+    rows: list[Row]
+    errors: list[Row]
+    audit: Sequence[Sequence[str]]
+
+
 class Scorer:
-    """Records → (output rows, error rows): decoding on `workers` threads, a few batches ahead of the forward pass."""
+    """Records → `Scored`: decoding on `workers` threads, a few batches ahead of the forward pass."""
 
     def __init__(self, model: Model, *, batch_size: int | None = None, top_k: int | None = None, workers: int = 2):
+        # the job owns this Model: its forward passes take this many items, and its decisions wait for their part
         if model.batchable and batch_size:
-            model.batch_size = batch_size  # the job owns this Model: its forward passes take this many items
+            model.batch_size = batch_size
+        if model.audit is not None:
+            model.audit.held = []
         self.model = model
         self.top_k = top_k
         self.workers = max(1, workers)
@@ -138,10 +155,10 @@ class Scorer:
 
     def close(self) -> None:
         self._pool.shutdown(cancel_futures=True)
+        if self.model.audit is not None:  # the model's predictions after the job record their decisions again
+            self.model.audit.held = None
 
-    def score(
-        self, items: Iterable[Item], on_batch: Callable[[int], None] | None = None
-    ) -> tuple[list[Row], list[Row]]:
+    def score(self, items: Iterable[Item], on_batch: Callable[[int], None] | None = None) -> Scored:
         """`on_batch(n)` after each forward pass of n records: progress finer than a part."""
         rows: list[Row] = []
         errors: list[Row] = []
@@ -153,7 +170,11 @@ class Scorer:
                 self._finish(*pending.popleft(), rows, errors, on_batch)
         while pending:
             self._finish(*pending.popleft(), rows, errors, on_batch)
-        return rows, errors
+        audit = self.model.audit
+        held: Sequence[Sequence[str]] = []
+        if audit is not None and audit.held is not None:
+            held, audit.held = audit.held, []
+        return Scored(rows, errors, held)
 
     def _preprocess(self, batch: list[Item]) -> list[Arrays | ForwardpassError]:
         prepared: list[Arrays | ForwardpassError] = []
@@ -200,6 +221,7 @@ class Job:
         input_path: Path,
         output_dir: Path,
         options: BatchOptions,
+        audit: AuditLog | None,
     ) -> None:
         if input_path.is_dir() and output_dir.resolve().is_relative_to(input_path.resolve()):
             raise InputError(
@@ -209,14 +231,20 @@ class Job:
         self.started = time.perf_counter()
         self.options = options
         self.output_dir = output_dir
+        self.audit = audit  # where the parts' decisions go
         self.source = open_source(input_path, config, options.drop)
         self.total = self.source.count()
         identity = job_identity(model_name, version, input_path, self.total, options)
         self.output = Output(output_dir, options.output_format, identity, resume=options.resume)
 
-    def commit(self, index: int, start: int, stop: int, rows: list[Row], errors: list[Row]) -> None:
-        """One part written and recorded; the job stops once more records failed than it allows."""
-        self.output.commit(index, start, stop, rows, errors)
+    def commit(self, index: int, start: int, stop: int, scored: Scored) -> None:
+        """One part written, its decisions audited, and the part recorded done; the job stops once more records
+        failed than it allows. A run killed before the part is recorded leaves it to be scored again: its rows are
+        written again over nothing (the leftovers are deleted), its decisions not at all (audited once by key)."""
+        self.output.write(index, scored.rows, scored.errors)
+        if self.audit is not None and scored.audit:
+            self.audit.write_once(f"batch {self.output.token} part {index}", scored.audit)
+        self.output.record(PartDone(index, start, stop, len(scored.rows), len(scored.errors)))
         check_errors(self.output, self.options.max_errors)
 
     def finish(self, computed: int) -> Summary:
@@ -231,7 +259,7 @@ def run_batch(
     model: Model, input_path: Path, output_dir: Path, options: BatchOptions, progress: Progress | None = None
 ) -> Summary:
     """The whole job in this process (the default; `modes.ray_data` runs the same job on a Ray cluster)."""
-    job = Job(model.name, model.version, model.config, input_path, output_dir, options)
+    job = Job(model.name, model.version, model.config, input_path, output_dir, options, model.audit)
     total = job.total
     done = 0
     computed = 0
@@ -247,8 +275,7 @@ def run_batch(
                         if progress is not None:
                             progress(scored, total)
 
-                    rows, errors = scorer.score(items, batch_done)
-                    job.commit(index, start, start + len(items), rows, errors)
+                    job.commit(index, start, start + len(items), scorer.score(items, batch_done))
                     computed += len(items)
                 done += len(items)
                 if progress is not None:

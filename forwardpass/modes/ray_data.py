@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import orjson
 
 from forwardpass.errors import MissingExtraError
 from forwardpass.model import load
-from forwardpass.modes.batch import BatchOptions, Job, Progress, Row, Scorer, Summary
+from forwardpass.modes.batch import BatchOptions, Job, Progress, Scored, Scorer, Summary
 from forwardpass.modes.sources import open_source
 from forwardpass.repository import default_repository
 
@@ -58,8 +59,8 @@ class PartScorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = []
         for start, stop in zip(batch["start"].tolist(), batch["stop"].tolist(), strict=True):
-            rows, errors = self.scorer.score(itertools.islice(self.source.items(), start, stop))
-            results.append(orjson.dumps({"rows": rows, "errors": errors}, option=orjson.OPT_SERIALIZE_NUMPY))
+            scored = self.scorer.score(itertools.islice(self.source.items(), start, stop))
+            results.append(orjson.dumps(asdict(scored), option=orjson.OPT_SERIALIZE_NUMPY))
         return {
             "part": batch["part"],
             "start": batch["start"],
@@ -91,22 +92,26 @@ def run_batch_on_ray(
         raise MissingExtraError("ray", "ray") from None
     job, version = _job(model, input_path, output_dir, options, repository, version, trust_pickle)
     todo = _parts_to_do(job)
-    if todo and not job.output.finished:
-        connected_here = not ray.is_initialized()
-        if connected_here:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-        try:
-            arguments = _actor_arguments(model, version, input_path, options, repository, actor_cpus, trust_pickle)
-            done = job.total - sum(part["stop"] - part["start"] for part in todo)
-            for part, start, stop, rows, errors in _scored_parts(todo, arguments, actors, actor_cpus):
-                job.commit(part, start, stop, rows, errors)
-                done += stop - start
-                if progress is not None:
-                    progress(done, job.total)
-        finally:
+    try:
+        if todo and not job.output.finished:
+            connected_here = not ray.is_initialized()
             if connected_here:
-                ray.shutdown()
-    return job.finish(computed=sum(part["stop"] - part["start"] for part in todo))
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            try:
+                arguments = _actor_arguments(model, version, input_path, options, repository, actor_cpus, trust_pickle)
+                done = job.total - sum(part["stop"] - part["start"] for part in todo)
+                for part, start, stop, scored in _scored_parts(todo, arguments, actors, actor_cpus):
+                    job.commit(part, start, stop, scored)
+                    done += stop - start
+                    if progress is not None:
+                        progress(done, job.total)
+            finally:
+                if connected_here:
+                    ray.shutdown()
+        return job.finish(computed=sum(part["stop"] - part["start"] for part in todo))
+    finally:
+        if job.audit is not None:
+            job.audit.close()
 
 
 def _job(
@@ -120,12 +125,19 @@ def _job(
 ) -> tuple[Job, int | None]:
     """The job, and the version every actor must open. Its records are counted with the config the actors' models
     complete (a model without config.yaml takes its preprocessing from the model file): with the declared config
-    alone, a CSV for such a model was one record, and the actors scored its first row only."""
+    alone, a CSV for such a model was one record, and the actors scored its first row only. The actors hold their
+    decisions and send them with their parts: the job audits them here, in this machine's audit log, as it does
+    when it runs locally; its caller closes that log."""
     loaded = load(
         model, repository=repository, version=version, trust_pickle=trust_pickle, intra_op_threads=1, warmup=0
     )
+    audit, loaded.audit = loaded.audit, None  # the job's, not closed with the model
     try:
-        job = Job(loaded.name, loaded.version, loaded.config, input_path, output_dir, options)
+        job = Job(loaded.name, loaded.version, loaded.config, input_path, output_dir, options, audit)
+    except BaseException:
+        if audit is not None:
+            audit.close()
+        raise
     finally:
         loaded.close()
     return job, loaded.version
@@ -143,8 +155,8 @@ def _parts_to_do(job: Job) -> list[dict[str, int]]:
 
 def _scored_parts(
     todo: list[dict[str, int]], arguments: dict[str, Any], actors: int, actor_cpus: float
-) -> Iterator[tuple[int, int, int, list[Row], list[Row]]]:
-    """(part, start, stop, rows, error rows) of every part to do, scored by a pool of `PartScorer` actors."""
+) -> Iterator[tuple[int, int, int, Scored]]:
+    """(part, start, stop, its records scored) of every part to do, scored by a pool of `PartScorer` actors."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
@@ -159,8 +171,7 @@ def _scored_parts(
     for batch in scored.iter_batches(batch_size=1, batch_format="numpy"):
         columns = (batch["part"].tolist(), batch["start"].tolist(), batch["stop"].tolist(), batch["result"])
         for part, start, stop, result in zip(*columns, strict=True):
-            scored_part = orjson.loads(result)
-            yield part, start, stop, scored_part["rows"], scored_part["errors"]
+            yield part, start, stop, Scored(**orjson.loads(result))
 
 
 def _actor_arguments(

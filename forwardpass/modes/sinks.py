@@ -4,7 +4,8 @@ moment resumes with every input record exactly once in the output (or in the err
     OUTPUT/part-000000.parquet   predictions of input records [0, part_size), one row each (also .csv, .jsonl)
     OUTPUT/_errors/part-000000.jsonl   that part's bad records: {"id", "error", "type"}
     OUTPUT/_errors.jsonl         every bad record, gathered when the job ends ("_": readers of the parts skip it)
-    OUTPUT/_manifest.json        the job's identity and the parts done; rewritten atomically after each part
+    OUTPUT/_manifest.json        the job's identity and token, and the parts done; rewritten atomically after each
+                                 part
 
 A part's files are complete before the manifest names it (temp file, fsync, rename); on resume, part files the
 manifest does not name are leftovers of a killed run, deleted and computed again.
@@ -13,6 +14,7 @@ manifest does not name are leftovers of a killed run, deleted and computed again
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ class PartDone:
 @dataclass
 class _Manifest:
     job: dict[str, Any]
+    token: str = field(default_factory=lambda: secrets.token_hex(8))
     parts: list[PartDone] = field(default_factory=list)
     finished: bool = False
 
@@ -125,15 +128,23 @@ class Output:
     def part_path(self, index: int) -> Path:
         return self.directory / f"part-{index:06d}.{self.format}"
 
-    def commit(self, index: int, start: int, stop: int, rows: Sequence[Row], errors: Sequence[Row]) -> None:
-        """Write one part's rows and errors, then record it as done: from here on it is never computed again."""
+    @property
+    def token(self) -> str:
+        """The job's own name, random, kept by its resumed runs: what the audit log knows its parts by."""
+        return self._manifest.token
+
+    def write(self, index: int, rows: Sequence[Row], errors: Sequence[Row]) -> None:
+        """One part's rows and errors, each file whole or not at all; a part not `recorded` after it is a
+        leftover, deleted on resume and computed again."""
         if rows:
             atomic_write(self.part_path(index), lambda temp: _WRITERS[self.format](temp, rows))
         if errors:
             (self.directory / PART_ERRORS_DIR).mkdir(exist_ok=True)
             atomic_write(self._errors_path(index), lambda temp: _write_jsonl(temp, errors))
-        part = PartDone(index, start, stop, len(rows), len(errors))
-        self._done[index] = part
+
+    def record(self, part: PartDone) -> None:
+        """A `written` part recorded as done: from here on it is never computed again."""
+        self._done[part.index] = part
         self._manifest.parts.append(part)
         self._save()
 
@@ -161,6 +172,7 @@ class Output:
     def _save(self) -> None:
         data = {
             "job": self._manifest.job,
+            "token": self._manifest.token,
             "finished": self._manifest.finished,
             "parts": [asdict(part) for part in sorted(self._manifest.parts, key=lambda p: p.index)],
         }
@@ -175,6 +187,7 @@ class Output:
             data = orjson.loads(self._manifest_path.read_bytes())
             parts = [PartDone(**part) for part in data["parts"]]
             saved, finished = dict(data["job"]), bool(data["finished"])
+            token = str(data.get("token") or secrets.token_hex(8))  # none in a manifest older than tokens
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise InputError(f"'{self._manifest_path}' is not a forwardpass batch manifest ({exc})") from None
         changed = sorted(key for key in saved.keys() | job.keys() if saved.get(key) != job.get(key))
@@ -182,7 +195,7 @@ class Output:
             was = ", ".join(f"{key}={saved.get(key)!r}" for key in changed)
             now = ", ".join(f"{key}={job.get(key)!r}" for key in changed)
             raise InputError(f"--resume: OUTPUT '{self.directory}' holds a different job ({was}; now {now})")
-        return _Manifest(saved, parts, finished)
+        return _Manifest(saved, token, parts, finished)
 
     def _remove_leftovers(self) -> None:
         """Part files of parts the manifest does not name, and temp files: what a killed run left half-done."""
