@@ -111,6 +111,11 @@ class ImageConfig(_Strict):
     crop: int | tuple[int, int] | None = Field(default=None, description="center crop: int (square) or [h, w]")
     letterbox: tuple[int, int] | None = Field(
         default=None, description="[height, width]: resize keeping aspect into this box, pad the rest with pad_value"
+    crop_rounding: Literal["round", "floor"] = Field(
+        default="round",
+        description="where the center crop starts when the margin is odd: round (half to even, torchvision's "
+        "CenterCrop) or floor (transformers' image processors)",
+    )
     )
     pad_value: float = Field(default=0.0, description="letterbox padding, in pixel values (0-255) before scaling")
     pad_align: Literal["center", "top-left"] = Field(default="center", description="where the letterbox puts the image")

@@ -288,6 +288,8 @@ class ImagePreprocessor:
         crop_h, crop_w = (crop, crop) if isinstance(crop, int) else crop
         if crop_h > height or crop_w > width:
             raise DecodeError(f"image {width}x{height} is smaller than the {crop_w}x{crop_h} crop; resize first")
+        if self.config.crop_rounding == "floor":
+            return (width - crop_w) // 2, (height - crop_h) // 2, crop_w, crop_h
         return round((width - crop_w) / 2.0), round((height - crop_h) / 2.0), crop_w, crop_h
 
     def _crop(self, image: Image.Image, transform: ImageTransform) -> tuple[Image.Image, ImageTransform]:
