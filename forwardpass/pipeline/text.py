@@ -30,6 +30,7 @@ class TextPreprocessor:
         except Exception as exc:  # tokenizers raises plain Exception for missing or malformed files
             raise ConfigError(f"preprocess.tokenizer: cannot load {path}: {exc}") from None
         self.tokenizer.enable_truncation(config.max_length)
+        self.max_length = config.max_length
         self.max_chars = config.max_length * MAX_CHARS_PER_TOKEN
         saved = self.tokenizer.padding  # the tokenizer.json's own padding settings, if it has any
         if saved is not None:
@@ -53,6 +54,10 @@ class TextPreprocessor:
             "token_type_ids": encoding.type_ids,
         }
         return {tensor: np.asarray(values[field], dtype=np.int64) for field, tensor in self.fields.items()}
+
+    def fits(self, raw: str) -> bool:
+        """Whether `raw` tokenizes within max_length, so that truncation drops none of it."""
+        return len(raw) <= self.max_chars and not self.tokenizer.encode(raw).overflowing
 
     def collate(self, items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Right-pad every tensor to the longest item (pad id for input_ids, 0 for masks and type ids)."""

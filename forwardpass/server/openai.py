@@ -29,6 +29,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from forwardpass.errors import ForwardpassError, InputError
+from forwardpass.pipeline.text import TextPreprocessor
 from forwardpass.registry import ModelRegistry, Served
 from forwardpass.server import openai_request as read
 from forwardpass.server.codec import encode_json
@@ -40,6 +41,7 @@ from forwardpass.server.tokens import TextStream, merged, open_streams, unless_d
 
 if TYPE_CHECKING:
     from forwardpass.generation.engine import Generator, TokenEvent
+    from forwardpass.model import Model
 
 __all__ = ["OPENAI_PATHS", "openai_error", "openai_routes"]
 
@@ -144,6 +146,7 @@ class _OpenAiApi:
         encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
             raise InputError(f"'encoding_format' must be 'float' or 'base64', got {encoding!r}")
+        tokens = await asyncio.to_thread(_counted_within_context, served.model, texts, postprocess.mask, name)
         # a list of texts is one request of the model's batcher: up to 2048 texts are a few requests, not 2048
         size = max(served.max_batch_size, 1)
         groups = [texts[start : start + size] for start in range(0, len(texts), size)]
@@ -153,9 +156,6 @@ class _OpenAiApi:
         dimensions = read.optional_int(body, "dimensions", 1, None)
         if dimensions is not None and dimensions != vectors[0].shape[-1]:
             raise InputError(f"'dimensions': model '{name}' gives {vectors[0].shape[-1]}-d vectors, not {dimensions}")
-        tokens = await asyncio.to_thread(
-            lambda: sum(int(served.model.preprocess(text)[postprocess.mask].sum()) for text in texts)
-        )
         data = [
             {"object": "embedding", "index": index, "embedding": _vector(vector, encoding)}
             for index, vector in enumerate(vectors)
@@ -326,6 +326,20 @@ def _event_stream(chunks: AsyncIterator[dict[str, Any]], streams: list[TextStrea
     return StreamingResponse(
         events(), media_type="text/event-stream", headers=SSE_HEADERS, background=BackgroundTask(close)
     )
+
+
+def _counted_within_context(model: Model, texts: list[str], mask: str, name: str) -> int:
+    """The texts' tokens, for usage; a text longer than the model takes is refused, as OpenAI refuses it: an
+    embedding of its first max_length tokens would stand for the whole text without saying so."""
+    preprocess = model.pipeline.preprocess
+    if isinstance(preprocess, TextPreprocessor):
+        for index, text in enumerate(texts):
+            if not preprocess.fits(text):
+                raise InputError(
+                    f"input {index} is longer than model '{name}' reads ({preprocess.max_length} tokens): "
+                    "shorten or split it"
+                )
+    return sum(int(model.preprocess(text)[mask].sum()) for text in texts)
 
 
 def _embedding(prediction: object) -> Any:

@@ -303,6 +303,16 @@ def test_embeddings_take_more_texts_than_the_model_queues_requests(client: opena
     assert answer.usage.prompt_tokens == 150 * pair.usage.prompt_tokens
 
 
+def test_embeddings_refuse_a_text_longer_than_the_model_reads(client: openai.OpenAI) -> None:
+    """OpenAI refuses an input over the model's context; an embedding of its first 256 tokens would stand for the
+    whole text without saying so. A text of exactly 256 tokens ([CLS] and [SEP] included) is answered."""
+    fitting = " ".join(["word"] * 254)
+    answer = client.embeddings.create(model="minilm", input=fitting)
+    assert answer.usage.prompt_tokens == 256
+    with pytest.raises(openai.BadRequestError, match=r"input 1 is longer than model 'minilm' reads \(256 tokens\)"):
+        client.embeddings.create(model="minilm", input=["Hi", fitting + " word"])
+
+
 def test_chat_output_follows_a_json_schema(client: openai.OpenAI) -> None:
     """The seeded decoder writes no JSON by itself: the schema (or json_object) makes every choice a document."""
     schema = {
