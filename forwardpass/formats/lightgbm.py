@@ -33,7 +33,7 @@ from forwardpass.formats.tabular import (
 )
 from forwardpass.tensor import TensorSpec
 
-__all__ = ["LIGHTGBM", "LightGBMFormat"]
+__all__ = ["LIGHTGBM", "LightGBMFormat", "pandas_category_codes"]
 
 CLASSIFIER_OBJECTIVES = frozenset({"binary", "multiclass", "multiclassova"})
 ONNXMLTOOLS_MAX_OPSET = 15  # onnxmltools refuses higher; save_onnx raises the result to the requested opset
@@ -130,10 +130,8 @@ class LightGBMFormat:
     def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
         text, objective = self._read(path)
         header = _fields(text.partition(b"\n\n")[0])
-        names = header.get(b"feature_names", b"").decode("utf-8", "replace").split()
-        # LightGBM names unnamed features Column_0, Column_1, ...: those are no names
-        features = tuple(names) if names and names != [f"Column_{i}" for i in range(len(names))] else None
-        codes = _pandas_category_codes(path, header, features)
+        features = _feature_names(header)
+        codes = _pandas_category_codes(path, path.read_bytes(), header, features)
         if objective not in CLASSIFIER_OBJECTIVES:
             return ModelFacts(source="LightGBM", task="regression", feature_names=features, category_codes=codes)
         count = max(int(header.get(b"num_class", b"1")), 2)
@@ -171,15 +169,33 @@ class LightGBMFormat:
         return checked, header.get(b"objective", b"").decode("ascii", "replace").partition(" ")[0]
 
 
+def pandas_category_codes(text: bytes, path: Path) -> list[tuple[str, ...] | None]:
+    """Per feature of the model whose text (as `Booster.model_to_string` writes it) is `text`, in feature order: the
+    categories its `category` column had when fitted on a DataFrame, in code order, or None for any other feature.
+    `path` names the model in errors."""
+    header = _fields(text.partition(b"\n\n")[0])
+    count = int(header.get(b"max_feature_idx", b"-1")) + 1
+    indexed = tuple(str(index) for index in range(count))
+    codes = _pandas_category_codes(path, text, header, indexed)
+    return [codes.get(index) for index in indexed]
+
+
+def _feature_names(header: dict[bytes, bytes]) -> tuple[str, ...] | None:
+    names = header.get(b"feature_names", b"").decode("utf-8", "replace").split()
+    # LightGBM names unnamed features Column_0, Column_1, ...: those are no names
+    return tuple(names) if names and names != [f"Column_{i}" for i in range(len(names))] else None
+
+
 def _pandas_category_codes(
-    path: Path, header: dict[bytes, bytes], features: tuple[str, ...] | None
+    path: Path, text: bytes, header: dict[bytes, bytes], features: tuple[str, ...] | None
 ) -> dict[str, tuple[str, ...]]:
     """The categories of each DataFrame `category` column, in code order: lightgbm's Python package writes them on the
-    file's last line (`pandas_categorical:`, one list per such column, in column order) and codes values by them.
-    A categorical feature's `feature_infos` lists the codes it saw (`-1:2:0`), a numeric one its range (`[lo:hi]`)."""
+    model text's last line (`pandas_categorical:`, one list per such column, in column order) and codes values by
+    them. A categorical feature's `feature_infos` lists the codes it saw (`-1:2:0`), a numeric one its range
+    (`[lo:hi]`)."""
     if features is None:
         return {}
-    last = path.read_bytes().rstrip().rpartition(b"\n")[2]
+    last = text.rstrip().rpartition(b"\n")[2]
     if not last.startswith(b"pandas_categorical:"):
         return {}
     try:

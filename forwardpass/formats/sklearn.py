@@ -107,6 +107,37 @@ def _steps(estimator: Any) -> list[Any]:
     return [part for _, step in steps for part in _steps(step)]
 
 
+def _tree_category_codes(estimator: Any, path: Path) -> dict[str, tuple[str, ...]]:
+    """Column → its categories in code order, for an XGBoost or LightGBM scikit-learn wrapper fitted on a DataFrame's
+    `category` columns: fed an array, as here, the wrapper reads each such value as a code, so the tabular pipeline
+    must give it the category's position (a record's 20, second of 10/20/30, is code 1)."""
+    names = getattr(estimator, "feature_names_in_", None)
+    for index, step in enumerate(_steps(estimator)):
+        codes = _wrapper_category_codes(step, path)
+        if not any(codes):
+            continue
+        if index > 0 or names is None or len(names) != len(codes):
+            raise ConfigError(
+                f"{path}: its {type(step).__name__} takes categories the steps before it made, which no record holds; "
+                "fit it on the DataFrame's own category columns, or encode them in the pipeline (OrdinalEncoder)"
+            )
+        return {str(name): listed for name, listed in zip(names, codes, strict=True) if listed is not None}
+    return {}
+
+
+def _wrapper_category_codes(step: Any, path: Path) -> list[tuple[str, ...] | None]:
+    library = type(step).__module__.partition(".")[0]
+    if library == "lightgbm" and hasattr(step, "booster_"):
+        from forwardpass.formats.lightgbm import pandas_category_codes
+
+        return pandas_category_codes(step.booster_.model_to_string().encode(), path)
+    if library == "xgboost" and hasattr(step, "get_booster"):
+        from forwardpass.formats.xgboost import feature_category_codes
+
+        return feature_category_codes(bytes(step.get_booster().save_raw("json")))
+    return []
+
+
 def _holds_text(categories: list[Any]) -> bool:
     return any(isinstance(value, str) for value in categories)
 
@@ -137,8 +168,9 @@ class SklearnFormat:
         estimator = self._load(path, options)
         names = getattr(estimator, "feature_names_in_", None)
         features = None if names is None else tuple(str(name) for name in names)
+        codes = _tree_category_codes(estimator, path)
         if not _is_classifier(estimator, path):
-            return ModelFacts(source="scikit-learn", task="regression", feature_names=features)
+            return ModelFacts(source="scikit-learn", task="regression", feature_names=features, category_codes=codes)
         probabilities = hasattr(estimator, "predict_proba")
         return ModelFacts(
             source="scikit-learn",
@@ -147,6 +179,7 @@ class SklearnFormat:
             scores_output="probabilities",
             label_output="label",
             feature_names=features,
+            category_codes=codes,
             string_features=frozenset(_string_columns(estimator)),
             distributions={"probabilities": "probabilities"} if probabilities else {},
             decision_scores=not probabilities,

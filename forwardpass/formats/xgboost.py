@@ -36,7 +36,7 @@ from forwardpass.formats.tabular import (
 )
 from forwardpass.tensor import TensorSpec
 
-__all__ = ["XGBOOST", "XGBoostFormat"]
+__all__ = ["XGBOOST", "XGBoostFormat", "feature_category_codes"]
 
 CLASSIFIER_OBJECTIVES = frozenset({"binary:logistic", "binary:hinge", "multi:softprob", "multi:softmax"})
 ONNXMLTOOLS_MAX_OPSET = 15  # onnxmltools refuses higher; save_onnx raises the result to the requested opset
@@ -195,6 +195,15 @@ class XGBoostFormat:
         if problem:
             raise ConfigError(f"{path}: corrupt xgboost model: {problem}")
         return checked, learner
+
+
+def feature_category_codes(model_json: bytes) -> list[tuple[str, ...] | None]:
+    """Per feature of the model whose JSON (as `Booster.save_raw("json")` writes it) is `model_json`, in feature
+    order: the categories it recorded for a DataFrame's `category` column, in code order, or None for any other."""
+    model = json.loads(model_json)["learner"]
+    indexed = tuple(str(index) for index in range(int(model["learner_model_param"]["num_feature"])))
+    codes = _category_codes(model, indexed)
+    return [codes.get(index) for index in indexed]
 
 
 def _category_codes(model: dict[str, Any], features: tuple[str, ...] | None) -> dict[str, tuple[str, ...]]:

@@ -320,3 +320,25 @@ def test_a_boolean_target_keeps_its_class_names(tmp_path: Path) -> None:
     answers = model.predict(list(features[:20]))
     assert [answer["label"] for answer in answers] == [str(label) for label in classifier.predict(features[:20])]
     assert {answer["label"] for answer in answers} == {"False", "True"}
+
+
+@pytest.mark.parametrize("library", ["lightgbm", "xgboost"])
+def test_a_pickled_tree_wrapper_fitted_on_dataframe_categories_codes_them_as_it_was_fitted(
+    library: str, categorical: Categorical, tmp_path: Path
+) -> None:
+    """The wrapper codes a DataFrame's categories itself; a record's 20 (the second of 10/20/30) is code 1, not 20."""
+    import lightgbm
+
+    classifier = (
+        lightgbm.LGBMClassifier(n_estimators=10, min_child_samples=5, verbose=-1)
+        if library == "lightgbm"
+        else xgboost.XGBClassifier(n_estimators=10, enable_categorical=True, tree_method="hist")
+    )
+    joblib.dump(classifier.fit(categorical.frame, categorical.target), tmp_path / "categories.joblib")
+
+    for serve in ("native", "auto"):
+        model = forwardpass.load(tmp_path / "categories.joblib", trust_pickle=True, serve=serve, intra_op_threads=1)
+        scores = class_scores(model.predict(categorical.records))
+        np.testing.assert_allclose(scores, classifier.predict_proba(categorical.held_out), atol=TOLERANCE)
+    with pytest.raises(InputError, match="'colour': 'purple' is not one of"):
+        model.predict({**categorical.records[0], "colour": "purple"})
