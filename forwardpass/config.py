@@ -20,6 +20,7 @@ from forwardpass.errors import ConfigError
 __all__ = [
     "AnchorsConfig",
     "AnomalyConfig",
+    "AudioConfig",
     "ClassificationConfig",
     "ClusterConfig",
     "CtcConfig",
@@ -45,6 +46,7 @@ __all__ = [
     "SequenceBatchingConfig",
     "SequenceStateConfig",
     "SourceConfig",
+    "SpeechSegmentsConfig",
     "StepConfig",
     "TabularColumn",
     "TabularConfig",
@@ -109,13 +111,13 @@ class ImageConfig(_Strict):
         default=None, description="int: shorter side to this size, keeping aspect; [height, width]: exact size"
     )
     crop: int | tuple[int, int] | None = Field(default=None, description="center crop: int (square) or [h, w]")
-    letterbox: tuple[int, int] | None = Field(
-        default=None, description="[height, width]: resize keeping aspect into this box, pad the rest with pad_value"
     crop_rounding: Literal["round", "floor"] = Field(
         default="round",
         description="where the center crop starts when the margin is odd: round (half to even, torchvision's "
         "CenterCrop) or floor (transformers' image processors)",
     )
+    letterbox: tuple[int, int] | None = Field(
+        default=None, description="[height, width]: resize keeping aspect into this box, pad the rest with pad_value"
     )
     pad_value: float = Field(default=0.0, description="letterbox padding, in pixel values (0-255) before scaling")
     pad_align: Literal["center", "top-left"] = Field(default="center", description="where the letterbox puts the image")
@@ -288,7 +290,37 @@ class InteractionsConfig(_Strict):
     datatype: str = Field(default="FP32", description="the multi-hot vector's datatype")
 
 
-PreprocessConfig = Annotated[ImageConfig | TextConfig | TabularConfig | InteractionsConfig, Field(discriminator="kind")]
+class AudioConfig(_Strict):
+    """A sound file (WAV, FLAC, OGG/Vorbis: what libsndfile reads; int PCM scaled to [-1, 1]) → float32 samples at
+    the model's rate, channels mixed or kept, fitted to the model's window; bounded before it is decoded."""
+
+    kind: Literal["audio"] = Field(description="selects this section's kind")
+    input: str | None = Field(
+        default=None, description="the input tensor the samples fill (default: the model's first input)"
+    )
+    sample_rate: int = Field(gt=0, description="samples per second the model takes; other rates are resampled (soxr)")
+    channels: Literal["mono", "keep"] = Field(
+        default="mono", description="mono: the channels averaged ([samples]); keep: [channels, samples]"
+    )
+    window: int | None = Field(
+        default=None,
+        gt=0,
+        description="samples per item: shorter audio zero-padded at the end, longer cut (default: the input's "
+        "fixed last dimension, else the whole recording); with split: chunks, samples per step",
+    )
+    split: Literal["window", "chunks"] = Field(
+        default="window",
+        description="window: one item of `window` samples; chunks: the recording cut into windows (the last "
+        "zero-padded), the steps of a stateful model (sequence_batching), run in order with its state carried",
+    )
+    max_seconds: float = Field(default=600.0, gt=0, description="longer recordings are refused before decoding")
+    max_channels: int = Field(default=8, gt=0, description="recordings with more channels are refused")
+    max_bytes: int = Field(default=256 * 2**20, gt=0, description="larger files are refused before they are read")
+
+
+PreprocessConfig = Annotated[
+    ImageConfig | TextConfig | TabularConfig | InteractionsConfig | AudioConfig, Field(discriminator="kind")
+]
 
 
 class ClassificationConfig(_Strict):
@@ -521,6 +553,29 @@ class CtcConfig(_Strict):
     space: bool = Field(default=False, description="a space follows the characters as the last class (PaddleOCR)")
 
 
+class SpeechSegmentsConfig(_Strict):
+    """A voice-activity detector's speech probability per chunk → the speech segments (start and end in seconds),
+    found as the silero-vad package's get_speech_timestamps finds them; its defaults are the defaults here."""
+
+    kind: Literal["speech_segments"] = Field(description="selects this section's kind")
+    output: str | None = Field(
+        default=None, description="the output holding each chunk's probability (default: the first)"
+    )
+    threshold: float = Field(default=0.5, gt=0, lt=1, description="a chunk at or above it is speech")
+    neg_threshold: float | None = Field(
+        default=None, gt=0, lt=1, description="within speech, a chunk below it is silence (default: threshold - 0.15)"
+    )
+    min_speech_ms: float = Field(default=250, ge=0, description="shorter speech is dropped")
+    max_speech_s: float | None = Field(
+        default=None, gt=0, description="longer speech is cut at its longest silence, else where it reaches this"
+    )
+    min_silence_ms: float = Field(default=100, ge=0, description="silence shorter than this does not end speech")
+    min_silence_at_max_speech_ms: float = Field(
+        default=98, ge=0, description="max_speech_s: silences longer than this are where speech may be cut"
+    )
+    speech_pad_ms: float = Field(default=30, ge=0, description="each segment widened by this on both sides")
+
+
 PostprocessConfig = Annotated[
     ClassificationConfig
     | RegressionConfig
@@ -532,7 +587,8 @@ PostprocessConfig = Annotated[
     | DetectionConfig
     | TextDetectionConfig
     | CtcConfig
-    | SegmentationConfig,
+    | SegmentationConfig
+    | SpeechSegmentsConfig,
     Field(discriminator="kind"),
 ]
 

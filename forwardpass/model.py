@@ -44,6 +44,7 @@ from forwardpass.repository import (
     versions_in,
 )
 from forwardpass.scheduler.batches import check_rows, fail_alone
+from forwardpass.scheduler.sequence import run_steps, state_slots
 from forwardpass.tensor import DataType, ShapeBound, TensorSpec
 
 if TYPE_CHECKING:
@@ -108,6 +109,16 @@ class Model:
         self.whole_items = not self.batchable and not all(spec.shape[:1] == (1,) for spec in self.inputs)
         self._item_specs = {spec.name: spec if self.whole_items else spec.unbatched() for spec in self.inputs}
         self.pipeline = Pipeline(config, self.inputs, self.outputs, entry.directory)
+        # A recording cut into chunks steps through a stateful model here, chunk after chunk (`run_steps`), rather
+        # than through the sequence batcher, which keeps state between requests that come apart: its items hold the
+        # chunks alone, the state is carried within the item
+        self.steps = (
+            state_slots(config.sequence_batching, self.inputs, self.outputs)
+            if config.sequence_batching is not None and self.pipeline.chunked
+            else None
+        )
+        for slot in self.steps or ():
+            del self._item_specs[slot.input]
         self.batch_size = (config.max_batch_size or DEFAULT_PREDICT_BATCH) if self.batchable else 1
         decision = config.decision
         self.decider: Decider | None = None
@@ -209,6 +220,8 @@ class Model:
         predictions (precision's agreement, MLPerf's system under test, benchmarks)."""
         size = batch_size or self.batch_size
         rows: list[tuple[Arrays, Arrays]] = []
+        if self.steps is not None:
+            return [(run_steps(self.forward, self.steps, self.pipeline.feeds(dict(item))), item) for item in items]
         if self.whole_items:
             return [(self.forward(self.pipeline.feeds(dict(item))), item) for item in items]
         for start in range(0, len(items), size):

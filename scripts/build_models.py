@@ -664,6 +664,10 @@ def build_silero_vad(out_root: Path) -> str:
         {
             "description": "Silero VAD (silero-vad package's ONNX): speech probability per 512-sample chunk at 16 kHz",
             "max_batch_size": 16,
+            # a sound file: its 512-sample chunks at 16 kHz stepped through in order, the speech segments found as
+            # the package's get_speech_timestamps finds them (its defaults)
+            "preprocess": {"kind": "audio", "sample_rate": 16000, "window": SILERO_CHUNK, "split": "chunks"},
+            "postprocess": {"kind": "speech_segments"},
             "sequence_batching": {
                 "idle_timeout_s": 60.0,
                 "max_sequences": 1024,

@@ -1,6 +1,7 @@
 """Decode `forwardpass predict` arguments into raw items for `Model.preprocess`, the way the model's config asks.
 
     image models    an image file, passed on as its path (the pipeline decodes it)
+    audio models    a sound file (.wav, .flac, .ogg), passed on as its path (the pipeline decodes it)
     text models     a text string, or a .txt file whose whole content is one input
     tabular models  a .csv or .parquet file (one record per row), a .json file (an object, or a list of objects),
                     a .jsonl file (one object per line) or an inline JSON object
@@ -96,7 +97,7 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower() or "(no suffix)"
 
 
-# --- images and text -----------------------------------------------------------------------------------------------
+# --- images, sounds and text -----------------------------------------------------------------------------------------
 
 
 def _image(arg: str) -> list[Item]:
@@ -112,6 +113,11 @@ def _image(arg: str) -> list[Item]:
         raise InputError(f"cannot read ({exc.strerror})") from None
     # The original string, not the Path: the image decoder's messages then name the file as the user typed it.
     return [Item(arg, arg)]
+
+
+def _audio(arg: str) -> list[Item]:
+    _existing_file(arg)
+    return [Item(arg, arg)]  # as typed: the audio decoder's messages name the file so
 
 
 def _text(arg: str) -> list[Item]:
@@ -198,7 +204,7 @@ def _json_records(arg: str, data: Any) -> list[Item]:
     raise DecodeError(f"expected a JSON object (one record) or a list of objects, got {type(data).__name__}")
 
 
-_READERS: dict[str, Decoder] = {"image": _image, "text": _text, "interactions": _histories}
+_READERS: dict[str, Decoder] = {"image": _image, "audio": _audio, "text": _text, "interactions": _histories}
 
 
 # --- arrays --------------------------------------------------------------------------------------------------------

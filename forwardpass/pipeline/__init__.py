@@ -10,6 +10,7 @@ import numpy as np
 
 from forwardpass.config import (
     AnomalyConfig,
+    AudioConfig,
     ClassificationConfig,
     ClusterConfig,
     CtcConfig,
@@ -21,11 +22,13 @@ from forwardpass.config import (
     RecommendationConfig,
     RegressionConfig,
     SegmentationConfig,
+    SpeechSegmentsConfig,
     TabularConfig,
     TextConfig,
     TextDetectionConfig,
 )
 from forwardpass.errors import ConfigError, DecodeError, ShapeError
+from forwardpass.pipeline.audio import SAMPLES, AudioPreprocessor, audio_window
 from forwardpass.pipeline.detection import Detect
 from forwardpass.pipeline.geometry import TRANSFORM
 from forwardpass.pipeline.image import ImagePreprocessor
@@ -44,6 +47,7 @@ from forwardpass.pipeline.outputs import (
     load_labels,
 )
 from forwardpass.pipeline.segmentation import Segment
+from forwardpass.pipeline.speech import SpeechSegments
 from forwardpass.pipeline.tabular import TabularPreprocessor
 from forwardpass.pipeline.text import TextPreprocessor
 from forwardpass.tensor import TensorSpec, as_array
@@ -93,6 +97,10 @@ class Pipeline:
         self.postprocess = _postprocessor(config, inputs, outputs, model_dir)
         # arrays the preprocessing hands the postprocessing beside the model's inputs (never fed to the model)
         self.context: tuple[str, ...] = (TRANSFORM,) if _maps_coordinates(config) else ()
+        # a recording cut into chunks, each a step of a stateful model: its length before the last was padded
+        self.chunked = _chunked(config)
+        if self.chunked:
+            self.context = (SAMPLES,)
 
     def feeds(self, batch: Arrays) -> Arrays:
         """What the model takes of a batch (or item): its arrays less the context arrays."""
@@ -106,6 +114,11 @@ def _maps_coordinates(config: ModelConfig) -> bool:
     return isinstance(config.preprocess, ImageConfig) and isinstance(
         config.postprocess, DetectionConfig | TextDetectionConfig | SegmentationConfig
     )
+
+
+def _chunked(config: ModelConfig) -> bool:
+    """A recording cut into the chunks a stateful model steps through."""
+    return isinstance(config.preprocess, AudioConfig) and config.preprocess.split == "chunks"
 
 
 def _pick(name: str | None, specs: list[TensorSpec], field: str) -> str:
@@ -156,6 +169,14 @@ def _tabular(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path) -> 
     return TabularPreprocessor(declared, _pick(declared.input, inputs, "preprocess.input")), stack
 
 
+def _audio(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path) -> Built:
+    declared = config.preprocess
+    assert isinstance(declared, AudioConfig)
+    name = _pick(declared.input, inputs, "preprocess.input")
+    spec = next(spec for spec in inputs if spec.name == name)
+    return AudioPreprocessor(declared, name, audio_window(declared, spec, config.sequence_batching is not None)), stack
+
+
 def _tensors(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path) -> Built:
     return TensorInput(inputs), stack
 
@@ -166,6 +187,7 @@ _BUILDERS: dict[str, Callable[[ModelConfig, list[TensorSpec], Path], Built]] = {
     "text": _text,
     "tabular": _tabular,
     "interactions": _interactions,
+    "audio": _audio,
     "tensor": _tensors,
 }
 
@@ -197,6 +219,15 @@ def _postprocessor(
     if isinstance(declared, SegmentationConfig):
         output = _pick(declared.output, outputs, "postprocess.output")
         return Segment(declared, output, load_labels(declared.labels, model_dir), _maps_coordinates(config))
+    if isinstance(declared, SpeechSegmentsConfig):
+        audio = config.preprocess
+        if not isinstance(audio, AudioConfig) or audio.split != "chunks":
+            raise ConfigError(
+                "postprocess: speech_segments reads one probability per chunk: preprocess kind audio, split: chunks"
+            )
+        output = _pick(declared.output, outputs, "postprocess.output")
+        chunks = _pick(audio.input, inputs, "preprocess.input")
+        return SpeechSegments(declared, output, chunks, SAMPLES, audio.sample_rate)
     if isinstance(declared, CtcConfig):
         return CtcDecode(declared, _pick(declared.output, outputs, "postprocess.output"), model_dir)
     return RawOutputs()

@@ -33,7 +33,7 @@ from forwardpass.scheduler.batcher import Batched, BatchObserver, Runner
 from forwardpass.scheduler.batches import Arrays, check_rows, fail_alone
 from forwardpass.tensor import TensorSpec
 
-__all__ = ["SequenceBatcher", "StateSlot", "sequence_flags", "state_slots"]
+__all__ = ["SequenceBatcher", "StateSlot", "run_steps", "sequence_flags", "state_slots"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,25 @@ def state_slots(
 
 # Longer string ids are refused: each open sequence keeps its id, and ids are echoed in errors.
 MAX_SEQUENCE_ID_BYTES = 128
+
+
+def run_steps(forward: Runner, slots: Sequence[StateSlot], steps: Arrays) -> Arrays:
+    """One whole sequence that is all here at once (a recording's chunks): the arrays' first axis is its steps, in
+    order; each step is one forward pass of one row, fed the state outputs of the step before (the initial state
+    first). The other outputs of the steps, stacked along their first axis. No batcher: nothing waits between steps,
+    and a step cannot share a forward pass with the steps after it, which need its state."""
+    state = {slot.input: slot.initial for slot in slots}
+    fed_back = {slot.output: slot.input for slot in slots}
+    count = len(next(iter(steps.values())))
+    collected: dict[str, list[np.ndarray]] = {}
+    for index in range(count):
+        outputs = forward({**{name: array[index : index + 1] for name, array in steps.items()}, **state})
+        for name, value in outputs.items():
+            if name in fed_back:
+                state[fed_back[name]] = value
+            else:
+                collected.setdefault(name, []).append(value)
+    return {name: np.concatenate(values) for name, values in collected.items()}
 
 
 def sequence_flags(parameters: Mapping[str, Any], model: str) -> tuple[SequenceId, bool, bool]:

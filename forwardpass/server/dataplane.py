@@ -330,9 +330,10 @@ class DataPlane:
 
 
 def _preprocess(model: Model, raw: object, limits: RequestLimits) -> Arrays:
-    if isinstance(raw, str) and kind_of(model.config).file_items:
-        # the image pipeline reads a str as a file path: over the network that would open the server's own files
-        raise DecodeError(f"model '{model.name}' takes an image: send its bytes (Content-Type image/*), not text")
+    kind = kind_of(model.config)
+    if isinstance(raw, str) and kind.file_items:
+        # the image and audio pipelines read a str as a file path: over the network that would open the server's own
+        raise DecodeError(f"model '{model.name}' takes {kind.name} files: send its bytes (Content-Type {kind.name}/*)")
     if isinstance(raw, bytes) and limits.max_pixels is not None:
         with contextlib.suppress(UnidentifiedImageError, OSError):  # not an image: the pipeline says so
             with Image.open(io.BytesIO(raw)) as image:  # reads the header only

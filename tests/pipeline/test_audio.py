@@ -1,0 +1,233 @@
+"""The audio input kind on real sound files (soundfile writes WAV / FLAC / OGG at the rates users record at, mono and
+stereo, int16 and float): the bundled Silero VAD answers the speech segments the silero-vad package's own
+get_speech_timestamps finds on the same audio, a stateless waveform model answers what it answers on the resampled
+array, and what is too long, too wide, too large or not audio at all is refused by name before it costs anything."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import soundfile as sf
+import soxr
+import yaml
+from onnx import TensorProto, helper
+
+import forwardpass
+from forwardpass.config import AudioConfig
+from forwardpass.errors import ConfigError, DecodeError, InputError
+from forwardpass.pipeline.audio import AudioPreprocessor
+from tests.vad_audio import voice
+
+FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
+VAD_RATE = 16000
+WAVEFORM_RATE = 8000  # the waveform model's rate: every file below is resampled to it
+WAVEFORM_SAMPLES = 4000  # half a second per item
+FEATURES = 3
+
+
+def recording(seconds: float, rate: int, channels: int, seed: int = 1) -> np.ndarray:
+    """tests/vad_audio.py's speech-like signal at `rate` ([frames, channels]; the second channel quieter, with noise
+    of its own, so mixing matters)."""
+    speech = voice(seconds, seed).astype(np.float64)
+    if rate != VAD_RATE:
+        speech = soxr.resample(speech, VAD_RATE, rate)
+    if channels == 1:
+        return speech[:, None]
+    other = 0.5 * speech + 0.01 * np.random.default_rng(seed + 1).standard_normal(speech.size)
+    return np.stack([speech, other], axis=1)
+
+
+def write(path: Path, audio: np.ndarray, rate: int, subtype: str) -> Path:
+    sf.write(path, audio, rate, subtype=subtype)
+    return path
+
+
+def as_read(path: Path, model_rate: int) -> np.ndarray:
+    """What the pipeline must make of a file, done here with the libraries directly: soundfile's float samples, the
+    channels averaged, soxr to the model's rate."""
+    samples, rate = sf.read(path, dtype="float32", always_2d=True)
+    mono = samples.mean(axis=1, dtype=np.float32)
+    return mono if rate == model_rate else soxr.resample(mono, rate, model_rate).astype(np.float32)
+
+
+def package_segments(audio: np.ndarray) -> list[dict[str, int]]:
+    """The silero-vad package's own get_speech_timestamps, its defaults, on 16 kHz audio (in samples)."""
+    import silero_vad
+    import torch
+
+    timestamps = silero_vad.get_speech_timestamps(torch.from_numpy(audio), silero_vad.load_silero_vad(onnx=True))
+    return [{"start": int(segment["start"]), "end": int(segment["end"])} for segment in timestamps]
+
+
+def in_samples(prediction: dict[str, Any]) -> list[dict[str, int]]:
+    return [
+        {"start": round(segment["start"] * VAD_RATE), "end": round(segment["end"] * VAD_RATE)}
+        for segment in prediction["segments"]
+    ]
+
+
+@pytest.fixture(scope="module")
+def vad() -> forwardpass.Model:
+    return forwardpass.load("silero_vad", warmup=0)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "rate", "channels", "subtype"),
+    [
+        ("wav", 16000, 1, "PCM_16"),
+        ("flac", 8000, 1, "PCM_16"),
+        ("wav", 44100, 2, "FLOAT"),
+        ("wav", 48000, 2, "PCM_16"),
+    ],
+)
+def test_vad_speech_segments_are_the_packages_on_the_same_audio(
+    vad: forwardpass.Model, tmp_path: Path, suffix: str, rate: int, channels: int, subtype: str
+) -> None:
+    path = write(tmp_path / f"speech.{suffix}", recording(3.0, rate, channels), rate, subtype)
+    audio = as_read(path, VAD_RATE)
+    expected = package_segments(audio)
+    assert len(expected) >= 2, "the signal's pause should split its speech"  # a test that cannot pass by luck
+    prediction = vad.predict(str(path))
+    assert in_samples(prediction) == expected
+    assert prediction["duration"] == audio.size / VAD_RATE
+
+
+def test_vad_at_16khz_mono_is_the_package_on_the_samples_as_written(vad: forwardpass.Model, tmp_path: Path) -> None:
+    """No resampling, no mixing: the package on the very array that was written (float WAV, exact), with a length
+    that is no multiple of 512, so the last chunk is padded and the last segment ends where the audio does."""
+    audio = voice(2.5, seed=1)[:-100]
+    path = write(tmp_path / "speech.wav", audio, VAD_RATE, "FLOAT")
+    expected = package_segments(audio)
+    assert expected
+    assert in_samples(vad.predict(path.read_bytes())) == expected
+
+
+def test_silence_has_no_speech_segments(vad: forwardpass.Model, tmp_path: Path) -> None:
+    path = write(tmp_path / "quiet.wav", np.zeros(VAD_RATE, np.float32), VAD_RATE, "PCM_16")
+    assert vad.predict(str(path)) == {"segments": [], "duration": 1.0}
+
+
+def write_waveform_model(root: Path, **preprocess: Any) -> Path:
+    """features = waveform @ W on [batch, 4000] samples at 8 kHz: a stateless model that takes a fixed window."""
+    weights = np.random.default_rng(7).standard_normal((WAVEFORM_SAMPLES, FEATURES)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["waveform", "W"], ["features"])],
+        "waveform",
+        [helper.make_tensor_value_info("waveform", TensorProto.FLOAT, ["batch", WAVEFORM_SAMPLES])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", FEATURES])],
+        initializer=[helper.make_tensor("W", TensorProto.FLOAT, weights.shape, weights.ravel())],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder = root / "waveform"
+    (folder / "1").mkdir(parents=True)
+    onnx.save(model, folder / "1" / "model.onnx")
+    config = {"preprocess": {"kind": "audio", "sample_rate": WAVEFORM_RATE, "max_seconds": 5, **preprocess}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def waveform_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_waveform_model(tmp_path_factory.mktemp("repository"))
+
+
+def fitted(samples: np.ndarray) -> np.ndarray:
+    """Zero-padded at the end, or cut, to the model's window."""
+    return np.pad(samples, (0, max(0, WAVEFORM_SAMPLES - samples.size)))[:WAVEFORM_SAMPLES]
+
+
+def test_a_waveform_model_answers_what_it_answers_on_the_resampled_array(waveform_folder: Path, tmp_path: Path) -> None:
+    """Files at 44.1 and 16 kHz, stereo and mono, shorter and longer than the window: each is what the model gives on
+    the resampled, mixed, padded or cut array (never 44.1 kHz samples read as 8 kHz ones)."""
+    files = [
+        write(tmp_path / "short.wav", recording(0.3, 44100, 2), 44100, "PCM_16"),
+        write(tmp_path / "long.flac", recording(1.2, 16000, 1, seed=0), 16000, "PCM_24"),
+        write(tmp_path / "exact.ogg", recording(0.5, 8000, 1, seed=2), 8000, "VORBIS"),
+    ]
+    session = ort.InferenceSession(str(waveform_folder / "1" / "model.onnx"))
+    expected = session.run(None, {"waveform": np.stack([fitted(as_read(path, WAVEFORM_RATE)) for path in files])})[0]
+    model = forwardpass.load(waveform_folder, warmup=0)
+    answers = model.predict([str(path) for path in files])
+    got = np.array([answer["outputs"]["features"] for answer in answers])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_window_other_than_the_models_input_is_refused_at_load(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"preprocess.window: 4001 samples.* takes 4000"):
+        forwardpass.load(write_waveform_model(tmp_path, window=WAVEFORM_SAMPLES + 1), warmup=0)
+
+
+def bounded(**limits: Any) -> AudioPreprocessor:
+    return AudioPreprocessor(AudioConfig(kind="audio", sample_rate=WAVEFORM_RATE, **limits), "waveform", None)
+
+
+def test_keeping_channels_gives_channels_first(tmp_path: Path) -> None:
+    path = write(tmp_path / "stereo.wav", recording(0.2, 8000, 2), 8000, "FLOAT")
+    samples = AudioPreprocessor(AudioConfig(kind="audio", sample_rate=8000, channels="keep"), "x", None)(str(path))
+    np.testing.assert_array_equal(samples["x"], sf.read(path, dtype="float32")[0].T)
+
+
+@pytest.mark.parametrize(
+    ("limits", "seconds", "channels", "message"),
+    [
+        ({"max_seconds": 1.0}, 1.5, 1, r"1\.5 s .*over the limit of 1\.0 s"),
+        ({"max_channels": 2}, 0.1, 3, "3 channels is over the limit of 2"),
+        ({"max_bytes": 1000}, 0.5, 1, "over the limit of 1000 bytes"),
+    ],
+)
+def test_too_long_too_many_channels_or_too_large_is_refused_naming_the_file(
+    tmp_path: Path, limits: dict[str, Any], seconds: float, channels: int, message: str
+) -> None:
+    frames = int(8000 * seconds)
+    path = write(tmp_path / "big.wav", np.zeros((frames, channels), np.float32), 8000, "PCM_16")
+    with pytest.raises(DecodeError, match=message) as refused:
+        bounded(**limits)(str(path))
+    assert str(path) in str(refused.value)
+    with pytest.raises(DecodeError, match=message):
+        bounded(**limits)(path.read_bytes())
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"RIFF\x24\x00\x00\x00WAVEfmt garbage", "not a sound file this model can read"),
+        (b"", "not a sound file this model can read"),
+    ],
+)
+def test_a_corrupt_file_is_one_line_naming_it(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "broken.wav"
+    path.write_bytes(content)
+    with pytest.raises(DecodeError, match=message) as refused:
+        bounded()(str(path))
+    assert str(path) in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_what_is_no_sound_at_all_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DecodeError, match="no such file"):
+        bounded()(str(tmp_path / "absent.wav"))
+    with pytest.raises(DecodeError, match="expected audio"):
+        bounded()(12)
+    path = write(tmp_path / "nan.wav", np.full(100, np.nan, np.float32), 8000, "FLOAT")
+    with pytest.raises(InputError, match="NaN or infinite"):
+        bounded()(str(path))
+
+
+def test_forwardpass_predict_answers_speech_segments_and_exit_2_for_a_bad_file(tmp_path: Path) -> None:
+    speech = write(tmp_path / "speech.wav", recording(2.0, 44100, 2), 44100, "PCM_16")
+    broken = tmp_path / "broken.flac"
+    broken.write_bytes(b"fLaC but not really")
+    done = subprocess.run(
+        [FORWARDPASS, "predict", "silero_vad", str(speech), str(broken)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr
+    assert "speech" in done.stdout and " s" in done.stdout
+    errors = done.stderr.strip().splitlines()
+    assert len(errors) == 1 and "broken.flac" in errors[0] and "not a sound file" in errors[0]
