@@ -248,6 +248,17 @@ class SklearnFormat:
             log.warning("%s: %s", path, str(warning.message).strip().partition("\n")[0])
         if not callable(getattr(estimator, "predict", None)):
             raise ConfigError(f"{path}: the sklearn pickle holds a {type(estimator).__name__}, not a fitted model")
+        from sklearn.svm import SVC, NuSVC
+
+        final = _steps(estimator)[-1]
+        # their predict_proba is fitted apart from predict (scikit-learn's documentation: "may be inconsistent")
+        if isinstance(final, SVC | NuSVC) and final.probability:
+            raise ConfigError(
+                f"{path}: its {type(final).__name__}(probability=True) predicts a class other than its most probable "
+                "one on some rows (Platt scaling), so no answer is both its label and its scores; refit it as "
+                f"CalibratedClassifierCV({type(final).__name__}(), ensemble=False), or with probability=False for its "
+                "decision scores"
+            )
         return estimator
 
 

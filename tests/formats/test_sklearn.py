@@ -342,3 +342,20 @@ def test_a_pickled_tree_wrapper_fitted_on_dataframe_categories_codes_them_as_it_
         np.testing.assert_allclose(scores, classifier.predict_proba(categorical.held_out), atol=TOLERANCE)
     with pytest.raises(InputError, match="'colour': 'purple' is not one of"):
         model.predict({**categorical.records[0], "colour": "purple"})
+
+
+def test_an_svc_whose_probabilities_and_predict_disagree_is_refused_at_load(tmp_path: Path) -> None:
+    """SVC(probability=True) scores classes by Platt scaling but predicts by its votes: the class of the highest
+    probability is not always the one it predicts, so no answer can be both its label and its scores."""
+    from sklearn.datasets import make_classification
+    from sklearn.svm import SVC
+
+    features, target = make_classification(400, 6, n_informative=3, n_classes=3, flip_y=0.3, random_state=0)
+    with warnings.catch_warnings(action="ignore", category=FutureWarning):  # probability=True is deprecated in 1.9
+        classifier = make_pipeline(StandardScaler(), SVC(probability=True, random_state=0)).fit(features, target)
+        highest = classifier.classes_[classifier.predict_proba(features).argmax(axis=1)]
+    assert (highest != classifier.predict(features)).any()
+    joblib.dump(classifier, tmp_path / "svc.joblib")
+
+    with pytest.raises(ConfigError, match=r"svc.joblib: its SVC\(probability=True\) .* CalibratedClassifierCV"):
+        forwardpass.load(tmp_path / "svc.joblib", trust_pickle=True)
