@@ -237,6 +237,12 @@ class Job:
         identity = job_identity(model_name, version, input_path, self.total, options)
         self.output = Output(output_dir, options.output_format, identity, resume=options.resume)
 
+    def __enter__(self) -> Job:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.output.close()
+
     def commit(self, index: int, start: int, stop: int, scored: Scored) -> None:
         """One part written, its decisions audited, and the part recorded done; the job stops once more records
         failed than it allows. A run killed before the part is recorded leaves it to be scored again: its rows are
@@ -259,28 +265,28 @@ def run_batch(
     model: Model, input_path: Path, output_dir: Path, options: BatchOptions, progress: Progress | None = None
 ) -> Summary:
     """The whole job in this process (the default; `modes.ray_data` runs the same job on a Ray cluster)."""
-    job = Job(model.name, model.version, model.config, input_path, output_dir, options, model.audit)
-    total = job.total
-    done = 0
-    computed = 0
-    if not job.output.finished:
-        with Scorer(model, batch_size=options.batch_size, top_k=options.top_k, workers=options.workers) as scorer:
-            for index, start, items in parts(job.source.items(), options.part_size):
-                if not job.output.is_done(index):
-                    scored = done
+    with Job(model.name, model.version, model.config, input_path, output_dir, options, model.audit) as job:
+        total = job.total
+        done = 0
+        computed = 0
+        if not job.output.finished:
+            with Scorer(model, batch_size=options.batch_size, top_k=options.top_k, workers=options.workers) as scorer:
+                for index, start, items in parts(job.source.items(), options.part_size):
+                    if not job.output.is_done(index):
+                        scored = done
 
-                    def batch_done(n: int) -> None:
-                        nonlocal scored
-                        scored += n
-                        if progress is not None:
-                            progress(scored, total)
+                        def batch_done(n: int) -> None:
+                            nonlocal scored
+                            scored += n
+                            if progress is not None:
+                                progress(scored, total)
 
-                    job.commit(index, start, start + len(items), scorer.score(items, batch_done))
-                    computed += len(items)
-                done += len(items)
-                if progress is not None:
-                    progress(done, total)
-    return job.finish(computed)
+                        job.commit(index, start, start + len(items), scorer.score(items, batch_done))
+                        computed += len(items)
+                    done += len(items)
+                    if progress is not None:
+                        progress(done, total)
+        return job.finish(computed)
 
 
 def check_errors(output: Output, max_errors: int | None) -> None:

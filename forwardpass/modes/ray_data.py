@@ -92,26 +92,29 @@ def run_batch_on_ray(
         raise MissingExtraError("ray", "ray") from None
     job, version = _job(model, input_path, output_dir, options, repository, version, trust_pickle)
     todo = _parts_to_do(job)
-    try:
-        if todo and not job.output.finished:
-            connected_here = not ray.is_initialized()
-            if connected_here:
-                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-            try:
-                arguments = _actor_arguments(model, version, input_path, options, repository, actor_cpus, trust_pickle)
-                done = job.total - sum(part["stop"] - part["start"] for part in todo)
-                for part, start, stop, scored in _scored_parts(todo, arguments, actors, actor_cpus):
-                    job.commit(part, start, stop, scored)
-                    done += stop - start
-                    if progress is not None:
-                        progress(done, job.total)
-            finally:
+    with job:
+        try:
+            if todo and not job.output.finished:
+                connected_here = not ray.is_initialized()
                 if connected_here:
-                    ray.shutdown()
-        return job.finish(computed=sum(part["stop"] - part["start"] for part in todo))
-    finally:
-        if job.audit is not None:
-            job.audit.close()
+                    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+                try:
+                    arguments = _actor_arguments(
+                        model, version, input_path, options, repository, actor_cpus, trust_pickle
+                    )
+                    done = job.total - sum(part["stop"] - part["start"] for part in todo)
+                    for part, start, stop, scored in _scored_parts(todo, arguments, actors, actor_cpus):
+                        job.commit(part, start, stop, scored)
+                        done += stop - start
+                        if progress is not None:
+                            progress(done, job.total)
+                finally:
+                    if connected_here:
+                        ray.shutdown()
+            return job.finish(computed=sum(part["stop"] - part["start"] for part in todo))
+        finally:
+            if job.audit is not None:
+                job.audit.close()
 
 
 def _job(

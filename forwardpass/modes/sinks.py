@@ -4,6 +4,7 @@ moment resumes with every input record exactly once in the output (or in the err
     OUTPUT/part-000000.parquet   predictions of input records [0, part_size), one row each (also .csv, .jsonl)
     OUTPUT/_errors/part-000000.jsonl   that part's bad records: {"id", "error", "type"}
     OUTPUT/_errors.jsonl         every bad record, gathered when the job ends ("_": readers of the parts skip it)
+    OUTPUT/_lock                 locked by the run writing the folder: a second one at the same time is refused
     OUTPUT/_manifest.json        the job's identity and token, and the parts done; rewritten atomically after each
                                  part
 
@@ -13,6 +14,7 @@ manifest does not name are leftovers of a killed run, deleted and computed again
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 from collections.abc import Callable, Sequence
@@ -24,10 +26,11 @@ import orjson
 
 from forwardpass.errors import InputError
 
-__all__ = ["ERRORS_FILE", "FORMATS", "MANIFEST_FILE", "Output", "PartDone", "atomic_write", "saved_job"]
+__all__ = ["ERRORS_FILE", "FORMATS", "LOCK_FILE", "MANIFEST_FILE", "Output", "PartDone", "atomic_write", "saved_job"]
 
 FORMATS = ("parquet", "csv", "jsonl")
 MANIFEST_FILE = "_manifest.json"
+LOCK_FILE = "_lock"  # flock-ed by the run writing the folder
 ERRORS_FILE = "_errors.jsonl"  # "_": Parquet and Arrow readers of the folder skip it
 PART_ERRORS_DIR = "_errors"
 Row = dict[str, Any]
@@ -89,26 +92,44 @@ class Output:
         self._manifest_path = directory / MANIFEST_FILE
         if directory.exists() and not directory.is_dir():
             raise InputError(f"OUTPUT '{directory}' is a file; give a folder (it will hold the part files)")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._lock: int | None = _lock(directory)
+        except OSError as exc:
+            raise _unwritable(directory, exc) from None
+        try:
+            self._manifest = self._open(job, resume)
+            self._done = {part.index: part for part in self._manifest.parts}
+            self._remove_leftovers()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, job: dict[str, Any], resume: bool) -> _Manifest:
+        """The manifest of the job this folder holds (resumed), or of a new one in an empty folder."""
         if self._manifest_path.is_file():
             if not resume:
                 raise InputError(
-                    f"OUTPUT '{directory}' holds a job already: pass --resume to finish it, or choose a new folder"
+                    f"OUTPUT '{self.directory}' holds a job already: pass --resume to finish it, or choose a new folder"
                 )
-            self._manifest = self._load(job)
-        else:
-            # a run killed before its first manifest write leaves only that write's temp file
-            if directory.is_dir() and any(not p.name.startswith(f".{MANIFEST_FILE}") for p in directory.iterdir()):
-                raise InputError(f"OUTPUT '{directory}' is not empty and holds no forwardpass job; choose a new folder")
-            self._manifest = _Manifest(job)
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
-                self._save()
-            except OSError as exc:
-                raise InputError(
-                    f"cannot create OUTPUT '{directory}' ({exc.strerror}); choose a folder you can write to"
-                ) from None
-        self._done = {part.index: part for part in self._manifest.parts}
-        self._remove_leftovers()
+            return self._load(job)
+        # a run killed before its first manifest write leaves only its lock and that write's temp file
+        if any(p.name != LOCK_FILE and not p.name.startswith(f".{MANIFEST_FILE}") for p in self.directory.iterdir()):
+            raise InputError(
+                f"OUTPUT '{self.directory}' is not empty and holds no forwardpass job; choose a new folder"
+            )
+        self._manifest = _Manifest(job)
+        try:
+            self._save()
+        except OSError as exc:
+            raise _unwritable(self.directory, exc) from None
+        return self._manifest
+
+    def close(self) -> None:
+        """Let another run have the folder (a run that ends any other way lets it go with its process)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     @property
     def finished(self) -> bool:
@@ -213,6 +234,25 @@ class Output:
             for path in errors_dir.iterdir():
                 if path.name not in keep_errors:
                     path.unlink()
+
+
+def _lock(directory: Path) -> int:
+    """The folder's lock, held while this run writes there (released by the kernel when the process ends, however
+    it ends): two runs writing one job's parts and manifest at once would lose parts or write them twice."""
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise InputError(
+            f"OUTPUT '{directory}' is being written by another run of the job (it holds {directory / LOCK_FILE}); "
+            "let that one finish, or choose another folder"
+        ) from None
+    return fd
+
+
+def _unwritable(directory: Path, exc: OSError) -> InputError:
+    return InputError(f"cannot write to OUTPUT '{directory}' ({exc.strerror}); choose a folder you can write to")
 
 
 # --- formats -------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import forwardpass
 from forwardpass.errors import InputError
 from forwardpass.model import Model
 from forwardpass.modes.batch import BatchOptions, run_batch
-from forwardpass.modes.sinks import ERRORS_FILE, MANIFEST_FILE
+from forwardpass.modes.sinks import ERRORS_FILE, LOCK_FILE, MANIFEST_FILE
 
 from .conftest import write_table
 
@@ -241,6 +241,7 @@ def test_a_run_killed_before_its_first_manifest_write_leaves_a_folder_that_start
     assert (summary.records, summary.rows) == (50, 50)
     assert sorted(p.name for p in output.iterdir()) == [
         ERRORS_FILE,
+        LOCK_FILE,
         MANIFEST_FILE,
         "part-000000.parquet",
         "part-000001.parquet",
@@ -252,7 +253,7 @@ def test_an_output_folder_that_cannot_be_made_is_refused_naming_it(tab_cls: Mode
     """A path under a file (or on a read-only disk) ended the job in a NotADirectoryError traceback, exit 1."""
     a_file = tmp_path / "notes.txt"
     a_file.write_text("not a folder", encoding="utf-8")
-    with pytest.raises(InputError, match=r"cannot create OUTPUT '.*notes.txt/scores' \(Not a directory\)"):
+    with pytest.raises(InputError, match=r"cannot write to OUTPUT '.*notes.txt/scores' \(Not a directory\)"):
         run_batch(tab_cls, table, a_file / "scores", BatchOptions())
 
 
