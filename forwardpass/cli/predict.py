@@ -42,7 +42,8 @@ def predict(
         ...,
         metavar="INPUT",
         help=(
-            "Image files (image models); text strings or .txt files, one input per file (text models); "
+            "Image files (image models); sound files, .wav / .flac / .ogg (audio models); text strings or .txt "
+            "files, one input per file (text models); "
             ".csv / .json / .jsonl files of records or an inline JSON object (tabular models); "
             ".npy / .npz / .json arrays (models without preprocessing)."
         ),
@@ -81,10 +82,12 @@ def predict(
     """Predict with a model: each INPUT is decoded as the model's config says, and the results are listed.
 
     Inputs go through the model together, in batches. What an INPUT holds:
-    image models: one image per file; text models: a string, or a .txt file
-    whose whole content is ONE input; tabular models: a CSV file (one record
-    per row, named FILE.csv#row1, ...), a JSON object or list of objects, a
-    JSONL file (one object per line), or an inline JSON object; models with
+    image models: one image per file; audio models: one sound file (WAV,
+    FLAC, OGG) per input, resampled to the model's rate; text models: a
+    string, or a .txt file whose whole content is ONE input; tabular
+    models: a CSV file (one record per row, named FILE.csv#row1, ...), a
+    JSON object or list of objects, a JSONL file (one object per line),
+    or an inline JSON object; models with
     no preprocessing: a .npy array that is a batch (one prediction per row)
     if it has the model's rank, one item if it has one dimension less.
 
@@ -96,6 +99,8 @@ def predict(
       forwardpass predict mobilenet_v2 samples/images/china.jpg --top-k 3
 
       forwardpass predict digits_cnn samples/digits/*.png --json
+
+      forwardpass predict silero_vad speech.wav
 
       forwardpass predict breast_cancer samples/records/breast_cancer.csv
 
@@ -270,11 +275,19 @@ def _result(prediction: Prediction) -> list[str]:
         return [
             f"{rank:>3}  {entry['item']}  {entry['score']:.4f}" for rank, entry in enumerate(prediction["items"], 1)
         ]
+    if "segments" in prediction:
+        return _speech(prediction["segments"], prediction["duration"])
     if "outputs" in prediction:
         return [_raw(name, value) for name, value in prediction["outputs"].items()]
     if any(key in prediction for key in FOUND):
         return _found(prediction)
     return [f"{key}: {value}" for key, value in prediction.items()]
+
+
+def _speech(segments: list[dict[str, float]], duration: float) -> list[str]:
+    """One line per speech segment, in seconds to the millisecond (--json gives them exactly)."""
+    lines = [f"speech {segment['start']:.3f} s to {segment['end']:.3f} s" for segment in segments]
+    return [*(lines or ["no speech"]), f"({duration:.3f} s of audio)"]
 
 
 def _found(prediction: Prediction) -> list[str]:

@@ -246,15 +246,20 @@ class DataPlane:
                 else:
                     work = [raw] if raws is None else raws
                     items = await asyncio.to_thread(lambda: [_preprocess(model, item, limits) for item in work])
-                batch = model.pipeline.collate(items)
                 preprocessed = time.perf_counter()
-                feeds = model.pipeline.feeds(batch)  # less what only the postprocessing reads
-                done = await self._run(served, feeds, len(items), _timeout_s(parameters, self._settings))
+                if model.steps is not None:  # a recording's chunks step through a stateful model, in order
+                    rows = await asyncio.to_thread(model.run_items, items)
+                    queued_s, run_s = 0.0, time.perf_counter() - preprocessed
+                else:
+                    batch = model.pipeline.collate(items)
+                    feeds = model.pipeline.feeds(batch)  # less what only the postprocessing reads
+                    done = await self._run(served, feeds, len(items), _timeout_s(parameters, self._settings))
+                    queued_s, run_s = done.queued_s, done.run_s
+                    rows = [
+                        (_item_outputs(served, done.outputs, i, len(items)), {k: v[i] for k, v in batch.items()})
+                        for i in range(len(items))
+                    ]
                 answered = time.perf_counter()
-                rows = [
-                    (_item_outputs(served, done.outputs, i, len(items)), {k: v[i] for k, v in batch.items()})
-                    for i in range(len(items))
-                ]
                 if model.audit is not None and model.audit.group_ms == 0:  # an SQLite commit: milliseconds, a disk
                     predictions = await asyncio.to_thread(model.postprocess, rows, top_k)
                 else:
@@ -268,9 +273,7 @@ class DataPlane:
         except Exception as exc:
             raise self._internal(served, exc, started) from exc
         finished = time.perf_counter()
-        timings = Timings(
-            done.queued_s, preprocessed - started, done.run_s, finished - answered, total=finished - started
-        )
+        timings = Timings(queued_s, preprocessed - started, run_s, finished - answered, total=finished - started)
         self.metrics.succeeded(served.name, served.version, timings)
         return predictions if raws is not None else predictions[0]
 

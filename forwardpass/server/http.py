@@ -290,8 +290,8 @@ class _Api:
         return encode_infer_response(response, infer_request)
 
     async def predict(self, request: Request) -> Response:
-        """The pipeline endpoint: an image (image/*), text (text/plain), a JSON record or a JSON list of records →
-        the postprocessed answer (a list for a list)."""
+        """The pipeline endpoint: an image (image/*), a sound file (audio/*), text (text/plain), a JSON record or a JSON
+        list of records → the postprocessed answer (a list for a list)."""
         name, version = _model(request)
         limits = self.dataplane.limits(name, version, tensors=False)  # an unknown model: 404 before any byte is read
         with self._rejections(limits):
@@ -395,7 +395,7 @@ def _drawn_png(image: bytes, prediction: dict[str, Any]) -> bytes:
 
 def _raw_item(content_type: str, body: bytes) -> object:
     kind = content_type.partition(";")[0].strip().lower()
-    if kind.startswith("image/") or kind == "application/octet-stream":
+    if kind.startswith(("image/", "audio/")) or kind == "application/octet-stream":
         return body
     if kind.startswith("text/"):
         try:
@@ -404,7 +404,7 @@ def _raw_item(content_type: str, body: bytes) -> object:
             raise InputError("text body is not valid UTF-8") from None
     if kind == JSON or kind.endswith("+json"):
         return decode_json(body)
-    raise InputError(f"unsupported Content-Type '{kind}': send image/*, text/plain or application/json")
+    raise InputError(f"unsupported Content-Type '{kind}': send image/*, audio/*, text/plain or application/json")
 
 
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:

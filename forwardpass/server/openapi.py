@@ -39,7 +39,7 @@ _OPS = "Operations"
 _PAGE = "Page"
 
 _INFER = {JSON: "InferRequest", "application/octet-stream": "BinaryInferRequest"}
-_RAW_ITEM = {"image/*": "Binary", "text/plain": "Text", JSON: "Record"}
+_RAW_ITEM = {"image/*": "Binary", "audio/*": "Binary", "text/plain": "Text", JSON: "Record"}
 
 # (method, path template) -> what it does. Versioned twins (/versions/{version}/...) share their description.
 DESCRIBED: dict[tuple[str, str], Operation] = {
@@ -59,8 +59,8 @@ DESCRIBED: dict[tuple[str, str], Operation] = {
     ("POST", "/v2/repository/models/{model}/unload"): Operation(_TRITON, "Unload a model once its requests finish"),
     ("POST", "/v2/models/{model}/predict"): Operation(
         _PIPELINE,
-        "The whole pipeline: an image, a text or a JSON record in; labels and scores, a value, an embedding, a"
-        " decision or detections out (?explain=true adds attributions)",
+        "The whole pipeline: an image, a sound file, a text or a JSON record in; labels and scores, a value, an"
+        " embedding, a decision, detections or speech segments out (?explain=true adds attributions)",
         _RAW_ITEM,
         "Prediction",
     ),

@@ -11,66 +11,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import soundfile as sf
-import soxr
-import yaml
-from onnx import TensorProto, helper
 
 import forwardpass
 from forwardpass.config import AudioConfig
 from forwardpass.errors import ConfigError, DecodeError, InputError
 from forwardpass.pipeline.audio import AudioPreprocessor
-from tests.vad_audio import voice
+from tests.vad_audio import (
+    VAD_RATE,
+    WAVEFORM_RATE,
+    WAVEFORM_SAMPLES,
+    as_read,
+    in_samples,
+    package_segments,
+    recording,
+    voice,
+    write,
+    write_waveform_model,
+)
 
 FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
-VAD_RATE = 16000
-WAVEFORM_RATE = 8000  # the waveform model's rate: every file below is resampled to it
-WAVEFORM_SAMPLES = 4000  # half a second per item
-FEATURES = 3
-
-
-def recording(seconds: float, rate: int, channels: int, seed: int = 1) -> np.ndarray:
-    """tests/vad_audio.py's speech-like signal at `rate` ([frames, channels]; the second channel quieter, with noise
-    of its own, so mixing matters)."""
-    speech = voice(seconds, seed).astype(np.float64)
-    if rate != VAD_RATE:
-        speech = soxr.resample(speech, VAD_RATE, rate)
-    if channels == 1:
-        return speech[:, None]
-    other = 0.5 * speech + 0.01 * np.random.default_rng(seed + 1).standard_normal(speech.size)
-    return np.stack([speech, other], axis=1)
-
-
-def write(path: Path, audio: np.ndarray, rate: int, subtype: str) -> Path:
-    sf.write(path, audio, rate, subtype=subtype)
-    return path
-
-
-def as_read(path: Path, model_rate: int) -> np.ndarray:
-    """What the pipeline must make of a file, done here with the libraries directly: soundfile's float samples, the
-    channels averaged, soxr to the model's rate."""
-    samples, rate = sf.read(path, dtype="float32", always_2d=True)
-    mono = samples.mean(axis=1, dtype=np.float32)
-    return mono if rate == model_rate else soxr.resample(mono, rate, model_rate).astype(np.float32)
-
-
-def package_segments(audio: np.ndarray) -> list[dict[str, int]]:
-    """The silero-vad package's own get_speech_timestamps, its defaults, on 16 kHz audio (in samples)."""
-    import silero_vad
-    import torch
-
-    timestamps = silero_vad.get_speech_timestamps(torch.from_numpy(audio), silero_vad.load_silero_vad(onnx=True))
-    return [{"start": int(segment["start"]), "end": int(segment["end"])} for segment in timestamps]
-
-
-def in_samples(prediction: dict[str, Any]) -> list[dict[str, int]]:
-    return [
-        {"start": round(segment["start"] * VAD_RATE), "end": round(segment["end"] * VAD_RATE)}
-        for segment in prediction["segments"]
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -112,26 +74,6 @@ def test_vad_at_16khz_mono_is_the_package_on_the_samples_as_written(vad: forward
 def test_silence_has_no_speech_segments(vad: forwardpass.Model, tmp_path: Path) -> None:
     path = write(tmp_path / "quiet.wav", np.zeros(VAD_RATE, np.float32), VAD_RATE, "PCM_16")
     assert vad.predict(str(path)) == {"segments": [], "duration": 1.0}
-
-
-def write_waveform_model(root: Path, **preprocess: Any) -> Path:
-    """features = waveform @ W on [batch, 4000] samples at 8 kHz: a stateless model that takes a fixed window."""
-    weights = np.random.default_rng(7).standard_normal((WAVEFORM_SAMPLES, FEATURES)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["waveform", "W"], ["features"])],
-        "waveform",
-        [helper.make_tensor_value_info("waveform", TensorProto.FLOAT, ["batch", WAVEFORM_SAMPLES])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", FEATURES])],
-        initializer=[helper.make_tensor("W", TensorProto.FLOAT, weights.shape, weights.ravel())],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    folder = root / "waveform"
-    (folder / "1").mkdir(parents=True)
-    onnx.save(model, folder / "1" / "model.onnx")
-    config = {"preprocess": {"kind": "audio", "sample_rate": WAVEFORM_RATE, "max_seconds": 5, **preprocess}}
-    (folder / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +162,7 @@ def test_what_is_no_sound_at_all_is_refused(tmp_path: Path) -> None:
         bounded()(str(path))
 
 
-def test_forwardpass_predict_answers_speech_segments_and_exit_2_for_a_bad_file(tmp_path: Path) -> None:
+def test_forwardpass_predict_lists_the_speech_segments_and_exits_2_for_a_bad_file(tmp_path: Path) -> None:
     speech = write(tmp_path / "speech.wav", recording(2.0, 44100, 2), 44100, "PCM_16")
     broken = tmp_path / "broken.flac"
     broken.write_bytes(b"fLaC but not really")
@@ -228,6 +170,9 @@ def test_forwardpass_predict_answers_speech_segments_and_exit_2_for_a_bad_file(t
         [FORWARDPASS, "predict", "silero_vad", str(speech), str(broken)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 2, done.stderr
-    assert "speech" in done.stdout and " s" in done.stdout
+    expected = package_segments(as_read(speech, VAD_RATE))
+    assert len(expected) >= 2
+    listed = [f"speech {s['start'] / VAD_RATE:.3f} s to {s['end'] / VAD_RATE:.3f} s" for s in expected]
+    assert [line.strip() for line in done.stdout.splitlines() if line.strip().startswith("speech ")] == listed
     errors = done.stderr.strip().splitlines()
     assert len(errors) == 1 and "broken.flac" in errors[0] and "not a sound file" in errors[0]
