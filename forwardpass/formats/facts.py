@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from forwardpass.config import ImageConfig
+
 __all__ = ["ModelFacts", "distribution_made_by", "merge_facts", "onnx_facts"]
 
 Task = Literal["classification", "regression"]
@@ -54,6 +56,8 @@ class ModelFacts:
     pooling: str | None = None  # how an encoder's token vectors become one embedding ("mean", "cls", "max", ...)
     normalized: bool | None = None  # whether that embedding is scaled to unit length
     tokenizer: Path | None = None  # the tokenizer.json that makes a text model's inputs (a Hugging Face folder's)
+    image: ImageConfig | None = None  # how the model's own image processor prepares an image (Hugging Face's)
+    preprocess_refused: str | None = None  # why its own preprocessing cannot be reproduced: a config must declare it
 
 
 def merge_facts(framework: ModelFacts, graph: ModelFacts | None) -> ModelFacts:
@@ -145,7 +149,8 @@ def distribution_made_by(
 
 def _class_labels(node: Any) -> tuple[str, ...] | None:
     for attribute in node.attribute:
-        if attribute.name == "classlabels_int64s" and attribute.ints:
+        # TreeEnsembleClassifier and ZipMap name their integer classes classlabels_int64s, the others classlabels_ints
+        if attribute.name in ("classlabels_int64s", "classlabels_ints") and attribute.ints:
             return tuple(str(value) for value in attribute.ints)
         if attribute.name == "classlabels_strings" and attribute.strings:
             return tuple(value.decode() for value in attribute.strings)

@@ -6,6 +6,7 @@ depended on the engine `auto` timed faster."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -124,3 +125,29 @@ def test_a_final_softmax_is_read_natively_and_its_probabilities_are_answered_as_
     assert isinstance(answers, list)
     scores = np.asarray([[entry["score"] for entry in sorted(a["top_k"], key=lambda e: e["index"])] for a in answers])
     assert np.abs(scores - expected).max() <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["linear", "svm", "forest"])
+def test_an_onnx_ml_classifiers_integer_classes_are_its_labels_without_zipmap(kind: str, tmp_path: Path) -> None:
+    """skl2onnx's classifiers with zipmap off: the classes 3, 8 and 13 are in the classifier node itself (as
+    classlabels_ints in LinearClassifier and SVMClassifier, classlabels_int64s in TreeEnsembleClassifier)."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import SVC
+
+    features, target = load_iris(return_X_y=True)
+    features = features.astype(np.float32)
+    classifier = {
+        "linear": LogisticRegression(max_iter=500),
+        "svm": SVC(),
+        "forest": RandomForestClassifier(n_estimators=3, random_state=0),
+    }[kind].fit(features, target * 5 + 3)
+    with warnings.catch_warnings(action="ignore", category=FutureWarning):  # skl2onnx reads SVC's deprecated probA_
+        converted = to_onnx(classifier, features[:1], options={"zipmap": False}, target_opset={"": 17, "ai.onnx.ml": 3})
+    (tmp_path / "classes.onnx").write_bytes(converted.SerializeToString())
+
+    model = forwardpass.load(tmp_path / "classes.onnx", intra_op_threads=1)
+    answers = model.predict([list(map(float, row)) for row in features[::10]])
+    assert [answer["label"] for answer in answers] == [str(label) for label in classifier.predict(features[::10])]
