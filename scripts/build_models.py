@@ -12,7 +12,7 @@ Writes, under the output root (all generated, never edited by hand):
   ``wine_anomaly``, ``iris_clusters`` and ``pixel_recommender``;
 - held-out sets ``data/digits/test/<digit>/<index>.png`` (the training split in ``data/digits/train``),
   ``data/<tabular model>/test.csv``;
-- samples ``samples/images/*.jpg``, ``samples/digits/*.png``, ``samples/records/*``.
+- samples ``samples/images/*.jpg``, ``samples/digits/*.png``, ``samples/records/*``, ``samples/audio/speech.wav``.
 
 Every ONNX model is checked against its framework (max abs diff <= 1e-4 on the held-out inputs) and its metrics are
 computed from ONNX Runtime outputs on the held-out inputs exactly as the declarative pipeline sees them.
@@ -612,10 +612,42 @@ def build_minilm(out_root: Path) -> str:
 
 SILERO_CHUNK = 512  # samples per step at 16 kHz, as the package's OnnxWrapper requires
 SILERO_CONTEXT = 64  # samples of the previous chunk the package prepends to each chunk
+SILERO_RATE = 16000
 
 
 def silero_onnx() -> Path:
     return Path(str(importlib.resources.files("silero_vad.data").joinpath("silero_vad.onnx")))
+
+
+def write_speech_sample(path: Path) -> np.ndarray:
+    """samples/audio/speech.wav (16 kHz, 16-bit): two phrases of five vowel-like syllables (harmonics of a wavering
+    pitch under a vowel's two formants), a pause between them, a little noise; what Silero hears as two stretches of
+    speech. Returns the samples as the file holds them."""
+    import soundfile
+
+    rng = np.random.default_rng(SEED)
+    vowels = [(700, 1200), (300, 2300), (500, 900), (400, 2000)]
+    parts = [np.zeros(int(SILERO_RATE * 0.3))]
+    for phrase in range(2):
+        for syllable in range(5):
+            t = np.arange(int(SILERO_RATE * 0.22)) / SILERO_RATE
+            f0 = 120 + 15 * np.sin(2 * np.pi * 3 * t) + 10 * rng.random()
+            phase = 2 * np.pi * np.cumsum(f0) / SILERO_RATE
+            first, second = vowels[(syllable + phrase) % len(vowels)]
+            pitch = f0.mean()
+            wave = sum(
+                np.sin(k * phase)
+                * (np.exp(-(((k * pitch - first) / 150) ** 2)) + 0.6 * np.exp(-(((k * pitch - second) / 200) ** 2)))
+                for k in range(1, 30)
+            )
+            parts += [np.hanning(t.size) * wave, np.zeros(int(SILERO_RATE * 0.05))]
+        parts.append(np.zeros(int(SILERO_RATE * 0.8)))
+    audio = np.concatenate(parts)
+    audio = 0.3 * audio / np.abs(audio).max() + 0.003 * rng.standard_normal(audio.size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, audio, SILERO_RATE, subtype="PCM_16")
+    written: np.ndarray = soundfile.read(path, dtype="float32")[0]
+    return written
 
 
 def build_silero_vad(out_root: Path) -> str:
@@ -638,7 +670,7 @@ def build_silero_vad(out_root: Path) -> str:
         ]
     )
     constants = {
-        "sr": np.array(16000, np.int64),
+        "sr": np.array(SILERO_RATE, np.int64),
         "context_start": np.array([-SILERO_CONTEXT], np.int64),
         "context_end": np.array([SILERO_CONTEXT + SILERO_CHUNK], np.int64),
         "context_axis": np.array([1], np.int64),
@@ -666,7 +698,7 @@ def build_silero_vad(out_root: Path) -> str:
             "max_batch_size": 16,
             # a sound file: its 512-sample chunks at 16 kHz stepped through in order, the speech segments found as
             # the package's get_speech_timestamps finds them (its defaults)
-            "preprocess": {"kind": "audio", "sample_rate": 16000, "window": SILERO_CHUNK, "split": "chunks"},
+            "preprocess": {"kind": "audio", "sample_rate": SILERO_RATE, "window": SILERO_CHUNK, "split": "chunks"},
             "postprocess": {"kind": "speech_segments"},
             "sequence_batching": {
                 "idle_timeout_s": 60.0,
@@ -690,7 +722,15 @@ def build_silero_vad(out_root: Path) -> str:
         reference = float(package(torch.from_numpy(chunk[0]), 16000)[0, 0])
         diff = max(diff, abs(float(probability[0, 0]) - reference))
     check_parity("silero_vad", np.zeros(1), np.array([diff]))
-    metrics = {"heldout": "32 chunks of seeded noise vs silero_vad.OnnxWrapper", "max_abs_diff": diff}
+    speech = write_speech_sample(out_root / "samples" / "audio" / "speech.wav")
+    from silero_vad import get_speech_timestamps
+
+    segments = get_speech_timestamps(torch.from_numpy(speech), package)  # what predict on the sample must answer
+    metrics = {
+        "heldout": "32 chunks of seeded noise vs silero_vad.OnnxWrapper",
+        "max_abs_diff": diff,
+        "speech.wav": {"package_segments_in_samples": [[int(s["start"]), int(s["end"])] for s in segments]},
+    }
     write_json(directory / "metrics.json", metrics)
     return summary("silero_vad", metrics, diff)
 
