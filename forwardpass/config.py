@@ -806,8 +806,8 @@ class ModelConfig(_Strict):
     outputs: list[TensorConfig] = Field(default=[], description="not read: the outputs are always the model's own")
     preprocess: PreprocessConfig | None = Field(
         default=None,
-        description="raw item (image, text, record, history, sound file) to input tensors (default: tabular where the model "
-        "names its features, else clients send tensors)",
+        description="raw item (image, text, record, history, sound file) to input tensors (default: tabular where "
+        "the model names its features, else clients send tensors)",
     )
     postprocess: PostprocessConfig | None = Field(
         default=None,
