@@ -10,6 +10,7 @@ or the errors file.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 from collections import deque
@@ -20,11 +21,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from forwardpass.config import ModelConfig
+import orjson
+
 from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.model import Model
 from forwardpass.modes.sinks import ERRORS_FILE, Output, PartDone
-from forwardpass.modes.sources import Item, open_source, utf8_text
+from forwardpass.modes.sources import Item, Source, files_fingerprint, open_source, utf8_text
 from forwardpass.pipeline import Arrays
 
 if TYPE_CHECKING:  # sqlite and the audit log: imported by the models that decide
@@ -40,6 +42,7 @@ __all__ = [
     "Summary",
     "error_row",
     "job_identity",
+    "model_fingerprint",
     "parts",
     "run_batch",
 ]
@@ -82,21 +85,35 @@ class Summary:
         )
 
 
-def job_identity(
-    model_name: str, version: int | None, input_path: Path, records: int, options: BatchOptions
-) -> dict[str, Any]:
+def job_identity(model: Model, input_path: Path, source: Source, records: int, options: BatchOptions) -> dict[str, Any]:
     """What makes two runs the same job: a resume must match it (else results of two jobs would mix). The record
-    count guards the numbering: an input that gained or lost records would shift every later part."""
+    count guards the numbering: an input that gained or lost records would shift every later part; the input's and
+    the model's fingerprints guard the results: a record edited in place, or a model retrained into the same
+    version folder, would give parts that disagree with the parts done."""
     return {
-        "model": model_name,
-        "version": version,
+        "model": model.name,
+        "version": model.version,
+        "model_fingerprint": model_fingerprint(model),
         "input": str(input_path.resolve()),
+        "input_fingerprint": source.fingerprint(),
         "records": records,
         "format": options.output_format,
         "part_size": options.part_size,
         "top_k": options.top_k,
         "drop": sorted(options.drop) or None,  # None: as a manifest written before --drop existed
     }
+
+
+def model_fingerprint(model: Model) -> str:
+    """The config as completed at load (but its engine settings), and the model's file (or folder of files): sizes
+    and modification times."""
+    # engine: settings of speed (threads, providers), not of results
+    config = model.config.model_dump(mode="json", exclude={"engine"})
+    artefact = model.entry.artefact
+    files = sorted(path for path in artefact.rglob("*") if path.is_file()) if artefact.is_dir() else [artefact]
+    digest = hashlib.blake2s(orjson.dumps(config, option=orjson.OPT_SORT_KEYS))
+    digest.update(files_fingerprint(files, artefact).encode())
+    return digest.hexdigest()
 
 
 def error_row(item_id: str, error: ForwardpassError) -> Row:
@@ -214,14 +231,7 @@ class Job:
     (resumed when asked: the parts its manifest names are done)."""
 
     def __init__(
-        self,
-        model_name: str,
-        version: int | None,
-        config: ModelConfig,
-        input_path: Path,
-        output_dir: Path,
-        options: BatchOptions,
-        audit: AuditLog | None,
+        self, model: Model, input_path: Path, output_dir: Path, options: BatchOptions, audit: AuditLog | None
     ) -> None:
         if input_path.is_dir() and output_dir.resolve().is_relative_to(input_path.resolve()):
             raise InputError(
@@ -232,9 +242,9 @@ class Job:
         self.options = options
         self.output_dir = output_dir
         self.audit = audit  # where the parts' decisions go
-        self.source = open_source(input_path, config, options.drop)
+        self.source = open_source(input_path, model.config, options.drop)
         self.total = self.source.count()
-        identity = job_identity(model_name, version, input_path, self.total, options)
+        identity = job_identity(model, input_path, self.source, self.total, options)
         self.output = Output(output_dir, options.output_format, identity, resume=options.resume)
 
     def __enter__(self) -> Job:
@@ -265,7 +275,7 @@ def run_batch(
     model: Model, input_path: Path, output_dir: Path, options: BatchOptions, progress: Progress | None = None
 ) -> Summary:
     """The whole job in this process (the default; `modes.ray_data` runs the same job on a Ray cluster)."""
-    with Job(model.name, model.version, model.config, input_path, output_dir, options, model.audit) as job:
+    with Job(model, input_path, output_dir, options, model.audit) as job:
         total = job.total
         done = 0
         computed = 0

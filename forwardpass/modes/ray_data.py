@@ -136,7 +136,7 @@ def _job(
     )
     audit, loaded.audit = loaded.audit, None  # the job's, not closed with the model
     try:
-        job = Job(loaded.name, loaded.version, loaded.config, input_path, output_dir, options, audit)
+        job = Job(loaded, input_path, output_dir, options, audit)
     except BaseException:
         if audit is not None:
             audit.close()

@@ -34,6 +34,11 @@ LOCK_FILE = "_lock"  # flock-ed by the run writing the folder
 ERRORS_FILE = "_errors.jsonl"  # "_": Parquet and Arrow readers of the folder skip it
 PART_ERRORS_DIR = "_errors"
 Row = dict[str, Any]
+# job keys whose values mean nothing to a reader: what a difference in them says instead
+FINGERPRINTS = {
+    "input_fingerprint": "INPUT's files were added, removed, replaced or edited since the job started",
+    "model_fingerprint": "the model's config or file changed since the job started",
+}
 
 
 @dataclass(frozen=True)
@@ -211,11 +216,18 @@ class Output:
             token = str(data.get("token") or secrets.token_hex(8))  # none in a manifest older than tokens
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise InputError(f"'{self._manifest_path}' is not a forwardpass batch manifest ({exc})") from None
-        changed = sorted(key for key in saved.keys() | job.keys() if saved.get(key) != job.get(key))
+        # a key the saved job lacks is newer than its manifest: not compared
+        changed = sorted(key for key in saved if saved[key] != job.get(key))
         if changed:
-            was = ", ".join(f"{key}={saved.get(key)!r}" for key in changed)
-            now = ", ".join(f"{key}={job.get(key)!r}" for key in changed)
-            raise InputError(f"--resume: OUTPUT '{self.directory}' holds a different job ({was}; now {now})")
+            reasons = [FINGERPRINTS[key] for key in changed if key in FINGERPRINTS]
+            if shown := [key for key in changed if key not in FINGERPRINTS]:
+                was = ", ".join(f"{key}={saved.get(key)!r}" for key in shown)
+                now = ", ".join(f"{key}={job.get(key)!r}" for key in shown)
+                reasons.insert(0, f"{was}; now {now}")
+            raise InputError(
+                f"--resume: OUTPUT '{self.directory}' holds a different job ({'; '.join(reasons)}); its parts would "
+                "disagree with the rest: finish it with the input and model it started with, or choose a new folder"
+            )
         return _Manifest(saved, token, parts, finished)
 
     def _remove_leftovers(self) -> None:

@@ -16,6 +16,7 @@ carries its error instead of a value, so it lands in the errors file and the job
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ __all__ = [
     "Source",
     "csv_header",
     "csv_items",
+    "files_fingerprint",
     "jsonl_items",
     "open_source",
     "parquet_items",
@@ -64,6 +66,10 @@ class Source(Protocol):
 
     def count(self) -> int:
         """How many records `items` gives (for progress and ETA); cheaper than reading them where it can be."""
+        ...
+
+    def fingerprint(self) -> str:
+        """What changes when a file of the input is added, removed, replaced or edited (names, sizes, times)."""
         ...
 
 
@@ -165,6 +171,9 @@ class _Images:
     def count(self) -> int:
         return len(self._files)
 
+    def fingerprint(self) -> str:
+        return files_fingerprint(self._files, self.root)
+
 
 # --- tables --------------------------------------------------------------------------------------------------------
 
@@ -191,6 +200,9 @@ class _Tables:
             known = _count_rows(path)
             total += known if known is not None else sum(1 for _ in self._file_items(path))
         return total
+
+    def fingerprint(self) -> str:
+        return files_fingerprint(self._files, self.root)
 
     def _file_items(self, path: Path) -> Iterator[Item]:
         name = _relative_name(path, self.root)
@@ -326,6 +338,19 @@ def _files(root: Path, suffixes: tuple[str, ...] | None) -> list[Path]:
         if suffixes is None or path.suffix.lower() in suffixes:
             found.append(path)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def files_fingerprint(files: list[Path], root: Path) -> str:
+    """A digest of the files' names (relative to `root`), sizes and modification times."""
+    digest = hashlib.blake2s()
+    for path in files:
+        try:
+            stat = path.stat()
+            seen = f"{stat.st_size} {stat.st_mtime_ns}"
+        except OSError as exc:  # gone since it was listed: the next run sees it gone
+            seen = f"unreadable ({exc.strerror})"
+        digest.update(f"{_relative_name(path, root)}\0{seen}\n".encode())
+    return digest.hexdigest()
 
 
 def _relative_name(path: Path, root: Path) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -227,6 +228,40 @@ def test_resume_refuses_an_input_that_changed(tab_cls: Model, tmp_path: Path):
     write_table(table, 130)  # 30 more records: every part after them would be numbered differently
     with pytest.raises(InputError, match="records=100"):
         run_batch(tab_cls, table, tmp_path / "out", BatchOptions(part_size=30, resume=True))
+
+
+def test_resume_refuses_an_input_edited_or_replaced_with_as_many_records(
+    tab_cls: Model, img_cls: Model, images: Path, tmp_path: Path
+):
+    """An edit that kept the count (a row's values changed, an image swapped for another) was resumed: the parts done
+    held the old records' predictions, the rest the new ones', under the same ids, exit 0."""
+    table = tmp_path / "rows.csv"
+    write_table(table, 100)
+    run_batch(tab_cls, table, tmp_path / "table", BatchOptions(part_size=30))
+    write_table(table, 100, seed=1)  # the same ids, other values
+    with pytest.raises(InputError, match="INPUT's files were added, removed, replaced or edited"):
+        run_batch(tab_cls, table, tmp_path / "table", BatchOptions(part_size=30, resume=True))
+
+    folder = tmp_path / "images"
+    shutil.copytree(images, folder)
+    run_batch(img_cls, folder, tmp_path / "images-out", BatchOptions(part_size=64))
+    first, *_, last = sorted(p for p in folder.rglob("*") if p.is_file())
+    last.unlink()
+    shutil.copy(first, first.with_name("0-added" + first.suffix))  # one out, one in: as many records
+    with pytest.raises(InputError, match="INPUT's files were added"):
+        run_batch(img_cls, folder, tmp_path / "images-out", BatchOptions(part_size=64, resume=True))
+
+
+def test_resume_refuses_a_model_changed_in_its_version_folder(repository: Path, table: Path, tmp_path: Path):
+    """A model retrained, or its config edited, under the same name and version was resumed: two models' parts."""
+    models = tmp_path / "models"
+    shutil.copytree(repository / "tab_cls", models / "tab_cls")
+    run_batch(forwardpass.load("tab_cls", repository=models), table, tmp_path / "out", BatchOptions(part_size=1000))
+    config = models / "tab_cls" / "config.yaml"
+    config.write_text(config.read_text(encoding="utf-8").replace("mean: 1.0", "mean: 1.5"), encoding="utf-8")
+    edited = forwardpass.load("tab_cls", repository=models)
+    with pytest.raises(InputError, match="the model's config or file changed"):
+        run_batch(edited, table, tmp_path / "out", BatchOptions(part_size=1000, resume=True))
 
 
 def test_a_run_killed_before_its_first_manifest_write_leaves_a_folder_that_starts_afresh(

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import csv
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 
-from forwardpass.modes.batch import BatchOptions
+from forwardpass.model import load
+from forwardpass.modes.batch import BatchOptions, run_batch
 from forwardpass.modes.ray_data import PartScorer, _actor_arguments, _job
 from tests.modes.conftest import write_table
 from tests.user_models import random_forest
@@ -64,3 +66,15 @@ def test_the_driver_counts_the_records_as_the_actors_read_them(tmp_path: Path):
     rows = write_records(tmp_path / "rows.csv", forest.records)
     job, version = _job(str(forest.artefact), rows, tmp_path / "out", BatchOptions(), None, None, trust_pickle=True)
     assert (job.total, version) == (len(forest.records), None)
+
+
+def test_the_driver_resumes_a_job_a_local_run_started(tmp_path: Path, repository: Path):
+    """The job's identity (the model's fingerprint among it) is the same whichever path opened the model: a job
+    started locally and resumed with --ray is the same job."""
+    write_table(tmp_path / "t.csv", 40)
+    options = BatchOptions(part_size=15, output_format="jsonl")
+    run_batch(load("tab_cls", repository=repository), tmp_path / "t.csv", tmp_path / "out", options)
+    resumed = replace(options, resume=True)
+    job, _ = _job("tab_cls", tmp_path / "t.csv", tmp_path / "out", resumed, repository, None, trust_pickle=False)
+    with job:
+        assert job.output.finished and job.total == 40
