@@ -16,12 +16,15 @@ requests arriving together still share a batch. Passes are timed per size class 
 a fast model's pass is mostly a fixed cost, so a time per row taken from small batches, times 32 rows, put the
 MLP's large batches at ~10x their time, and at load every one of them went to the thread. A batch runs in the
 thread until its class (or a smaller one, whose time per row is higher) has been timed, and whenever that estimate
-exceeds the bound: the loop never waits for a model that is slow on average. In the thread a pass is timed by the
-thread's CPU time: its wall time there counts its waits for the GIL, which the loop holds at load, so a fast model
-sent there once timed slow and stayed. (A model whose passes are usually fast and rarely slow can still hold the
-loop for that one slow pass; the estimate then sends the next passes to the thread until fast ones bring it down
-again. With ONNX Runtime's threads set not to spin, the calling thread's CPU time is less than a multi-threaded
-pass's wall time: such a model just over the bound may alternate between the two.)
+exceeds the bound: the loop never waits for a model that is slow on average. A class's estimate is the slowest but
+one of its last TIMED_PASSES passes: at load about one inline pass of the MLP in seven took over 200 µs of CPU, most
+with a collection of the youngest garbage generation inside (~190 µs each), and a running mean had then sent the
+next several passes to the thread for nothing. In the thread a pass is timed by the thread's CPU time: its wall time
+there counts its waits for the GIL, which the loop holds at load, so a fast model sent there once timed slow and
+stayed. (A model whose passes are usually fast and rarely slow holds the loop for each slow pass: the estimate passes
+over the odd one, but two slow passes in five send the next ones to the thread. With ONNX Runtime's threads set not
+to spin, the calling thread's CPU time is less than a multi-threaded pass's wall time: such a model just over the
+bound may alternate between the two.)
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ __all__ = ["Batched", "Batcher", "Runner"]
 # Forward passes estimated below this run on the event loop: about what a thread hop costs, and far below the
 # ~1 ms a loop iteration may take anyway at load.
 INLINE_RUN_S = 200e-6
-# Weight of the newest pass in the per-row time estimate.
-ESTIMATE_WEIGHT = 0.25
+# A size class's estimate is the slowest but one of its last passes: robust to the odd slow pass, not to two.
+TIMED_PASSES = 5
 
 Runner = Callable[[Arrays], Arrays]
 BatchObserver = Callable[[int, float], None]  # (rows in the batch, seconds its forward pass took)
@@ -101,6 +104,7 @@ class Batcher:
         self._drained: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._row_s: dict[int, float] = {}  # per size class (rows.bit_length()), the pass's time per row
+        self._timed: dict[int, deque[float]] = {}  # per size class, the time per row of its last passes
         self._dispatch_pending = False
         self._executor = ThreadPoolExecutor(max_workers=len(runners), thread_name_prefix=f"forwardpass-{name}")
 
@@ -261,9 +265,11 @@ class Batcher:
         idle again."""
         run_s = time.perf_counter() - started
         if pass_s is not None:
-            row_s, size = pass_s / rows, rows.bit_length()
-            previous = self._row_s.get(size)
-            self._row_s[size] = row_s if previous is None else previous + ESTIMATE_WEIGHT * (row_s - previous)
+            size = rows.bit_length()
+            timed = self._timed.setdefault(size, deque(maxlen=TIMED_PASSES))
+            timed.append(pass_s / rows)
+            ordered = sorted(timed)
+            self._row_s[size] = ordered[-2] if len(ordered) >= 3 else ordered[-1]
         for request, outcome in zip(batch, outcomes, strict=True):
             if request.future.done():
                 continue

@@ -327,6 +327,31 @@ async def test_a_model_whose_pass_is_a_fixed_cost_runs_its_large_batches_on_the_
 
 
 @pytest.mark.asyncio
+async def test_one_slow_pass_among_fast_ones_does_not_send_the_next_to_the_thread():
+    """A garbage collection or a preemption inside one pass makes it slow; the next pass of a fast model stays on the
+    loop (a running mean had sent it, and several after it, to the thread). Two slow passes in five do send it."""
+    runner = ThreadRecorder(pass_s=0.0)
+    batcher = Batcher([runner], max_batch_size=8, name="spiky")
+    on_loop_after_a_spike = []
+    for _ in range(8):
+        for _ in range(5):  # fast passes, so that the last five are fast (a preempted one may still be among them)
+            await asyncio.wait_for(batcher.submit(rows(1.0), 1), 5)
+        runner.pass_s = 0.002  # ten times the bound
+        await asyncio.wait_for(batcher.submit(rows(1.0), 1), 5)
+        runner.pass_s = 0.0
+        await asyncio.wait_for(batcher.submit(rows(1.0), 1), 5)
+        on_loop_after_a_spike.append(runner.threads[-1] == threading.get_ident())
+    assert sum(on_loop_after_a_spike) >= 4, on_loop_after_a_spike  # every one, but for preemptions at load
+    runner.pass_s = 0.002
+    for _ in range(2):
+        await asyncio.wait_for(batcher.submit(rows(1.0), 1), 5)
+    runner.pass_s = 0.0
+    await asyncio.wait_for(batcher.submit(rows(1.0), 1), 5)
+    assert runner.threads[-1] != threading.get_ident()
+    await batcher.drain()
+
+
+@pytest.mark.asyncio
 async def test_a_slow_model_never_runs_on_the_loop():
     runner = ThreadRecorder(pass_s=0.002)  # ten times the bound for running on the loop
     batcher = Batcher([runner], max_batch_size=8, name="slow")
