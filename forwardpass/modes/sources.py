@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -101,6 +101,9 @@ def csv_items(path: Path, name: str) -> Iterator[Item]:
         try:
             if reader.fieldnames is None:  # reads the header: none in a file without a line
                 yield Item(name, error=DecodeError(EMPTY_CSV))
+            elif twice := _named_twice(reader.fieldnames):
+                yield Item(name, error=DecodeError(twice))
+                return
             for row_number, row in enumerate(reader, 1):
                 extra = row.get(None)  # type: ignore[call-overload,unused-ignore]  # DictReader puts extra fields under None
                 if extra:
@@ -292,6 +295,10 @@ def parquet_items(path: Path, name: str) -> Iterator[Item]:
     except (OSError, pa.ArrowException) as exc:
         yield Item(name, error=DecodeError(f"is not a readable Parquet file ({exc})"))
         return
+    if twice := _named_twice(file.schema_arrow.names):
+        file.close()
+        yield Item(name, error=DecodeError(twice))
+        return
     numbers = itertools.count(1)
     with file:
         for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS):
@@ -310,12 +317,23 @@ def _count_rows(path: Path) -> int | None:
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            return int(pq.ParquetFile(path).metadata.num_rows)
+            with pq.ParquetFile(path) as file:  # a file refused whole is one record, counted by reading it
+                return None if _named_twice(file.schema_arrow.names) else int(file.metadata.num_rows)
         if suffix == ".npy":
             shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
             return int(shape[0]) if shape else None
     except Exception:  # unreadable: reading it counts its one error item
         return None
+    return None
+
+
+def _named_twice(columns: Sequence[str]) -> str | None:
+    """Why a table whose header names a column twice is refused (its readers keep the last one), or None."""
+    seen: set[str] = set()
+    for column in columns:
+        if column in seen and column:  # unnamed columns ("a,b,,") are no column a model reads
+            return f"names column {column!r} twice: which of the two is meant would be a guess; rename one"
+        seen.add(column)
     return None
 
 
