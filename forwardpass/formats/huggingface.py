@@ -1,12 +1,14 @@
 """Hugging Face model folders: config.json + *.safetensors weights + tokenizer.json (encoders: embeddings, sequence
-and token classification).
+and token classification) or preprocessor_config.json (image classification).
 
 Natively transformers runs them (extra `huggingface`); converted, torch.onnx exports them with dynamic batch and
 sequence axes. Outputs keep transformers' names: `last_hidden_state` for an encoder (pooling is the pipeline's job),
-`logits` for a `...ForSequenceClassification` head ([batch, classes]) or a `...ForTokenClassification` head
-([batch, sequence, classes]); any other head is refused, never dropped for the encoder under it. Inputs are
-`input_ids`, `attention_mask` and, for models with token types (BERT), `token_type_ids`. Each file is checked before
-transformers reads it, so a damaged one is named.
+`logits` for a `...ForSequenceClassification` or `...ForImageClassification` head ([batch, classes]) or a
+`...ForTokenClassification` head ([batch, sequence, classes]); any other head is refused naming its task, never
+dropped for the encoder under it. Text inputs are `input_ids`, `attention_mask` and, for models with token types
+(BERT), `token_type_ids`; an image classifier takes `pixel_values` [batch, channels, height, width], the height and
+width its image processor makes (`huggingface_image`). Each file is checked before transformers reads it, so a
+damaged one is named.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError
 from forwardpass.formats.base import ConvertOptions, LoadOptions, require
 from forwardpass.formats.facts import ModelFacts
+from forwardpass.formats.huggingface_image import PROCESSOR_CONFIG, image_preprocessing
+from forwardpass.formats.parity import random_samples
 from forwardpass.formats.torch import TorchSession, import_torch
 from forwardpass.tensor import DataType, TensorSpec
 
@@ -42,6 +46,22 @@ _TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _HEADS = {
     "ForSequenceClassification": "AutoModelForSequenceClassification",
     "ForTokenClassification": "AutoModelForTokenClassification",
+    "ForImageClassification": "AutoModelForImageClassification",
+}
+# Heads that answer one row of class scores per item: a classifier (or a regression) as transformers' pipelines read it
+_ITEM_HEADS = ("AutoModelForSequenceClassification", "AutoModelForImageClassification")
+_IMAGE_INPUT = "pixel_values"
+_UNSIZED_IMAGES = 64  # height and width of parity images where the model's processor fixes none
+# The task of a head no forwardpass pipeline reads, by the architecture's suffix: named in its refusal
+_UNRUN_TASKS = {
+    "ObjectDetection": "object detection",
+    "Segmentation": "image segmentation",
+    "DepthEstimation": "depth estimation",
+    "KeypointDetection": "keypoint detection",
+    "MaskedImageModeling": "masked image modeling",
+    "VideoClassification": "video classification",
+    "QuestionAnswering": "question answering",
+    "CausalLM": "text generation",
 }
 _ENCODER_ARCHITECTURES = ("Model", "ForMaskedLM", "ForPreTraining")
 # sentence-transformers' description of its modules (Transformer, Pooling, Normalize) and how Pooling names its modes
@@ -103,7 +123,7 @@ class HuggingFaceFormat:
         return (
             path.is_dir()
             and (path / _CONFIG).is_file()
-            and (path / _TOKENIZER).is_file()
+            and ((path / _TOKENIZER).is_file() or (path / PROCESSOR_CONFIG).is_file())
             and any(path.glob("*.safetensors"))
         )
 
@@ -117,7 +137,7 @@ class HuggingFaceFormat:
         torch, encoder = _load(path, attention="eager")  # the plainest attention exports to the plainest graph
         example = self.parity_samples(path, encoder.input_specs, 3)[-1]
         names = [spec.name for spec in encoder.input_specs]
-        dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
+        dynamic = {spec.name: _dynamic_axes(spec) for spec in encoder.input_specs}
         dynamic[encoder.output_name] = {0: "batch", 1: "sequence"} if encoder.per_token else {0: "batch"}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but honours the opset
@@ -139,15 +159,22 @@ class HuggingFaceFormat:
         return {"tool_versions": versions, "exporter": "torch.onnx.export(dynamo=False)"}
 
     def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
-        """A sequence head's task as transformers' pipeline reads it: a regression's value (problem_type), else a
-        classifier's labels (config.json `id2label`, in index order) over its logits; an encoder's pooling."""
+        """A sequence or image head's task as transformers' pipeline reads it: a regression's value (problem_type),
+        else a classifier's labels (config.json `id2label`, in index order) over its logits; an encoder's pooling;
+        how an image classifier's own processor prepares an image (or why forwardpass cannot)."""
         config = _read_config(path)
         tokenizer = path.resolve() / _TOKENIZER if (path / _TOKENIZER).is_file() else None
         said = ModelFacts(source="Hugging Face config.json", max_tokens=_max_tokens(config), tokenizer=tokenizer)
         id2label = config.get("id2label")
-        if _auto_class(path, config) == "AutoModel":
+        auto_class = _auto_class(path, config)
+        if auto_class == "AutoModel":
             return _sentence_transformers_facts(path, said)
-        if _auto_class(path, config) != "AutoModelForSequenceClassification":
+        if auto_class == "AutoModelForImageClassification":
+            try:
+                said = replace(said, max_tokens=None, image=image_preprocessing(path))
+            except ConfigError as exc:
+                said = replace(said, max_tokens=None, preprocess_refused=str(exc))
+        if auto_class not in _ITEM_HEADS:
             return said
         if config.get("problem_type") == "regression":
             return replace(said, task="regression")
@@ -166,7 +193,10 @@ class HuggingFaceFormat:
         )
 
     def parity_samples(self, path: Path, specs: Sequence[TensorSpec], n: int) -> list[dict[str, np.ndarray]]:
-        """Real sentences, tokenized by the folder's tokenizer, in batches of 1, 3, then 16, padded per batch."""
+        """Real sentences, tokenized by the folder's tokenizer, in batches of 1, 3, then 16, padded per batch; for an
+        image classifier, seeded random pixels of the size its processor makes."""
+        if any(spec.name == _IMAGE_INPUT for spec in specs):
+            return random_samples(specs, n, dynamic_size=_UNSIZED_IMAGES)
         tokenizer = _tokenizer(path)
         texts = [SENTENCES[i % len(SENTENCES)] for i in range(n)]
         batches, start = [], 0
@@ -180,6 +210,11 @@ class HuggingFaceFormat:
             }
             batches.append({spec.name: np.asarray(fields[spec.name], dtype=np.int64) for spec in specs})
         return batches
+
+
+def _dynamic_axes(spec: TensorSpec) -> dict[int, str]:
+    names = ("batch", "channels", "height", "width") if spec.name == _IMAGE_INPUT else ("batch", "sequence")
+    return {axis: names[axis] for axis, dim in enumerate(spec.shape) if dim == -1}
 
 
 def _batch_sizes(n: int) -> list[int]:
@@ -270,29 +305,53 @@ def _check_safetensors(file: Path) -> None:
 
 
 def _load(path: Path, attention: str | None) -> tuple[ModuleType, Any]:
-    """torch, and the model wrapped as an nn.Module taking the text inputs positionally and returning one tensor.
-    The folder's files are checked first, so a damaged one is named without importing a framework."""
+    """torch, and the model wrapped as an nn.Module taking its inputs positionally and returning one tensor. The
+    folder's files are checked first, so a damaged one is named without importing a framework."""
     config = _read_config(path)
-    _tokenizer(path)
+    auto_class = _auto_class(path, config)
+    image = auto_class == "AutoModelForImageClassification"
+    if not image:
+        _tokenizer(path)
     for weights in sorted(path.glob("*.safetensors")):
         _check_safetensors(weights)
     torch = import_torch(_EXTRA)
     transformers = require("transformers", _EXTRA)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    auto_class = _auto_class(path, config)
     auto = getattr(transformers, auto_class)
     try:
         model = auto.from_pretrained(str(path), local_files_only=True, attn_implementation=attention)
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for folders it cannot read
         raise ConfigError(f"{path}: transformers cannot load this huggingface folder: {exc}") from None
-    accepted = inspect.signature(model.forward).parameters
-    names = [name for name in _TEXT_INPUTS if name in accepted]
-    if "token_type_ids" in names and not config.get("type_vocab_size"):
-        names.remove("token_type_ids")
-    per_token = auto_class != "AutoModelForSequenceClassification"
+    if image:
+        channels = int(config.get("num_channels", 3))
+        specs = [TensorSpec(_IMAGE_INPUT, DataType.FP32, (-1, channels, *_image_size(path, config)))]
+    else:
+        accepted = inspect.signature(model.forward).parameters
+        names = [name for name in _TEXT_INPUTS if name in accepted]
+        if "token_type_ids" in names and not config.get("type_vocab_size"):
+            names.remove("token_type_ids")
+        specs = [TensorSpec(name, DataType.INT64, (-1, -1)) for name in names]
+    per_token = auto_class not in _ITEM_HEADS
     output_name = "last_hidden_state" if auto_class == "AutoModel" else "logits"
-    return torch, _encoder_module(torch, model.float(), names, output_name, per_token)
+    return torch, _encoder_module(torch, model.float(), specs, output_name, per_token)
+
+
+def _image_size(path: Path, config: dict[str, Any]) -> tuple[int, int]:
+    """The (height, width) of the images the folder's processor makes, else of those the model was configured for
+    (config.json image_size: where forwardpass does not read its processor, a config declares how images are
+    prepared); (-1, -1) where neither fixes one."""
+    try:
+        image = image_preprocessing(path)
+        crop, resize = image.crop, image.resize
+        fixed = crop if crop is not None else resize if isinstance(resize, tuple) else None
+    except ConfigError:
+        fixed = config.get("image_size")
+    if isinstance(fixed, int):
+        return fixed, fixed
+    if isinstance(fixed, tuple | list) and len(fixed) == 2:
+        return int(fixed[0]), int(fixed[1])
+    return -1, -1
 
 
 def _auto_class(path: Path, config: dict[str, Any]) -> str:
@@ -303,28 +362,37 @@ def _auto_class(path: Path, config: dict[str, Any]) -> str:
         head = next((suffix for suffix in _HEADS if architecture.endswith(suffix)), None)
         if head is not None:
             return _HEADS[head]
-    if all(name.endswith(_ENCODER_ARCHITECTURES) for name in architectures):
+    encoder = all(name.endswith(_ENCODER_ARCHITECTURES) for name in architectures)
+    images_only = not (path / _TOKENIZER).is_file() and (path / PROCESSOR_CONFIG).is_file()
+    if encoder and not images_only:
         return "AutoModel"
     runs = ", ".join(f"*{suffix}" for suffix in (*_ENCODER_ARCHITECTURES, *_HEADS))
-    unsupported = next(name for name in architectures if not name.endswith(_ENCODER_ARCHITECTURES))
+    if encoder:  # an image encoder: its features are no text embedding
+        unsupported, task = (architectures or [str(config["model_type"])])[0], "image feature extraction"
+    else:
+        unsupported = next(name for name in architectures if not name.endswith(_ENCODER_ARCHITECTURES))
+        task = next((task for suffix, task in _UNRUN_TASKS.items() if unsupported.endswith(suffix)), "")
     fix = (
         f"generate text with `forwardpass generate {path}`"
         if unsupported.endswith("ForCausalLM")
         else "export it to ONNX with its head (e.g. optimum-cli export onnx) and serve the .onnx file"
     )
-    raise ConfigError(f"{path / _CONFIG}: architecture {unsupported} is not one forwardpass runs ({runs}); {fix}")
+    named = f"{unsupported} ({task})" if task else unsupported
+    raise ConfigError(f"{path / _CONFIG}: architecture {named} is not one forwardpass runs ({runs}); {fix}")
 
 
-def _encoder_module(torch: ModuleType, model: Any, names: list[str], output_name: str, per_token: bool) -> Any:
+def _encoder_module(torch: ModuleType, model: Any, specs: list[TensorSpec], output_name: str, per_token: bool) -> Any:
+    names = [spec.name for spec in specs]
+
     class Encoder(torch.nn.Module):  # type: ignore[name-defined,misc]  # torch arrives as a ModuleType: Any
-        """Positional text inputs in, one named output out: the shape both torch and the ONNX exporter want."""
+        """Positional inputs in, one named output out: the shape both torch and the ONNX exporter want."""
 
         def __init__(self) -> None:
             super().__init__()
             self.model = model
             self.output_name = output_name
             self.per_token = per_token  # one output row per token, not per text
-            self.input_specs = [TensorSpec(name, DataType.INT64, (-1, -1)) for name in names]
+            self.input_specs = specs
 
         def forward(self, *tensors: Any) -> Any:
             return self.model(**dict(zip(names, tensors, strict=True)))[output_name]

@@ -68,7 +68,9 @@ def complete(
     if postprocess is not config.postprocess:
         update["postprocess"] = postprocess
     if config.preprocess is None:
-        preprocess = _tabular(visible, facts, inferred) or _tokenized(visible, facts, inferred)
+        preprocess = (
+            _tabular(visible, facts, inferred) or _tokenized(visible, facts, inferred) or _image(facts, inferred)
+        )
         if preprocess is not None:
             update["preprocess"] = preprocess
     elif isinstance(config.preprocess, TextConfig):
@@ -254,7 +256,14 @@ def _tabular(inputs: list[TensorSpec], facts: ModelFacts, inferred: Inferred) ->
     if not names:
         return None
     codes = facts.category_codes
-    columns = [TabularColumn(name=name, codes=list(codes[name]) if name in codes else None) for name in names]
+    columns = [
+        TabularColumn(
+            name=name,
+            codes=list(codes[name]) if name in codes else None,
+            missing="model" if name in facts.missing_values else "refuse",
+        )
+        for name in names
+    ]
     by_column = {spec.name for spec in inputs}
     if by_column == set(names) and all(spec.shape[1:] == (1,) for spec in inputs):
         inferred["preprocess"] = f"{facts.source}: {len(names)} named columns, one input each"
@@ -274,6 +283,14 @@ def _tokenized(inputs: list[TensorSpec], facts: ModelFacts, inferred: Inferred) 
     inferred["preprocess"] = f"{facts.source}: texts, tokenized by the folder's {facts.tokenizer.name} into {names}"
     fields: dict[TokenizerOutput, str] = {name: name for name in _TOKENIZER_OUTPUTS if name in names}
     return _text(TextConfig(kind="text", tokenizer=str(facts.tokenizer), inputs=fields), facts, inferred)
+
+
+def _image(facts: ModelFacts, inferred: Inferred) -> ImageConfig | None:
+    """Images prepared as the model's own image processor prepares them (a Hugging Face preprocessor_config.json)."""
+    if facts.image is None:
+        return None
+    inferred["preprocess"] = "the folder's preprocessor_config.json: images prepared as its image processor does"
+    return facts.image
 
 
 def _text(pre: TextConfig, facts: ModelFacts, inferred: Inferred) -> TextConfig:
@@ -328,6 +345,13 @@ def check(
     elif isinstance(post, EmbeddingConfig):
         _check_embedding(post, facts, source)
     pre = config.preprocess
+    if pre is None and facts.preprocess_refused is not None:
+        _refuse(
+            source,
+            "preprocess",
+            facts.preprocess_refused,
+            "declare preprocess in the model's config.yaml as its training prepared the inputs",
+        )
     if isinstance(pre, TabularConfig):
         _check_tabular(pre, [spec for spec in inputs if spec.name not in config.constants], source)
     elif isinstance(pre, ImageConfig):
