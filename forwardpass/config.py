@@ -787,6 +787,14 @@ class PipelineConfig(_Strict):
         return self
 
 
+class LatestVersions(_Strict):
+    latest: int = Field(gt=0, description="serve the highest N versions")
+
+
+class SpecificVersions(_Strict):
+    specific: list[Annotated[int, Field(gt=0)]] = Field(min_length=1, description="serve exactly these versions")
+
+
 class ModelConfig(_Strict):
     description: str = Field(default="", description="free text about the model, shown in the web UI")
     max_batch_size: int = Field(default=0, ge=0, description="0: no server-side batching")
@@ -819,6 +827,11 @@ class ModelConfig(_Strict):
     source: SourceConfig = Field(
         default=SourceConfig(),
         description="how a non-ONNX artefact (TorchScript, SavedModel, ...) is opened and converted",
+    )
+    version_policy: Literal["all"] | LatestVersions | SpecificVersions = Field(
+        default="all",
+        description="which versions are served and loaded by name: all, {latest: N} or {specific: [1, 3]} (Triton's "
+        "policies); a version outside it is not found",
     )
     precision: Literal["fp64", "fp32", "fp16", "bf16", "int8", "int8-dynamic", "int4", "mixed"] | None = Field(
         default=None, description="serve the highest version of this precision (forwardpass optimize); None: highest"

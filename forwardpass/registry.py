@@ -1,9 +1,9 @@
 """ModelRegistry: the models and versions a server runs, loaded from a Repository, each behind its own Batcher.
 
-Every numbered version of a model is served; a request without a version gets the highest. Loading (explicitly or
-because the repository changed) opens the new or changed versions in a thread while traffic flows, swaps them in
-with one assignment, and drains what they replace: requests already inside an old version finish there, new ones
-reach the new version, none fails.
+Every numbered version of a model is served (or those its config's `version_policy` names); a request without a
+version gets the highest. Loading (explicitly or because the repository changed) opens the new or changed versions
+in a thread while traffic flows, swaps them in with one assignment, and drains what they replace: requests already
+inside an old version finish there, new ones reach the new version, none fails.
 """
 
 from __future__ import annotations
@@ -275,7 +275,7 @@ class ModelRegistry:
             raise Forbidden(self.loads_refused)
 
     async def _sync(self, name: str) -> None:
-        numbers = self.repository.versions(name)
+        numbers = await asyncio.to_thread(self.repository.served_versions, name)  # reads the config: off the loop
         if not numbers:
             raise NotFoundError(f"model '{name}' has no numbered version folder with a model file")
         current = self._versions.get(name, {})

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from forwardpass.config import MAX_CONFIG_BYTES, read_yaml
+from forwardpass.config import MAX_CONFIG_BYTES, LatestVersions, ModelConfig, SpecificVersions, read_yaml
 from forwardpass.errors import ConfigError, NotFoundError, UnsafePathError
 
 __all__ = [
@@ -94,7 +94,13 @@ class Repository:
         )
 
     def versions(self, name: str) -> list[int]:
+        """Every version on disk (what `forwardpass optimize` numbers after), served or not."""
         return versions_in(self._model_dir(name))
+
+    def served_versions(self, name: str) -> list[int]:
+        """The versions the config's `version_policy` serves (all of them by default)."""
+        directory = self._model_dir(name)
+        return self._served(name, directory, versions_in(directory))
 
     def precisions(self, name: str) -> dict[int, str]:
         """Each version's precision: from its precision.json, "fp32" for a version that has none."""
@@ -114,7 +120,8 @@ class Repository:
     def resolve(self, name: str, version: int | None = None, precision: str | None = None) -> ModelEntry:
         """`version`, else the highest version of `precision` (when given), else the highest version."""
         directory = self._model_dir(name)
-        versions = versions_in(directory)
+        on_disk = versions_in(directory)
+        versions = self._served(name, directory, on_disk)
         if not versions:
             if declares_pipeline(directory):
                 raise _pipeline_not_model(name)
@@ -132,6 +139,10 @@ class Repository:
         if version is None:
             version = versions[-1]
         elif version not in versions:
+            if version in on_disk:
+                raise NotFoundError(
+                    f"model '{name}' version {version} is not served: its version_policy serves {versions}"
+                )
             folder = directory / str(version)
             if folder.is_dir():
                 raise NotFoundError(
@@ -162,6 +173,24 @@ class Repository:
             raise NotFoundError(f"unknown model '{name}' in repository '{self.root}'; {hint}models: {known}{more}")
         self._inside_root(directory, f"model '{name}'")
         return directory
+
+    def _served(self, name: str, directory: Path, on_disk: list[int]) -> list[int]:
+        config = directory / CONFIG_FILE
+        if not on_disk or not config.is_file():
+            return on_disk
+        self._inside_root(config, f"model '{name}''s {CONFIG_FILE}")
+        policy = ModelConfig.from_file(config).version_policy
+        if isinstance(policy, LatestVersions):
+            return on_disk[-policy.latest :]
+        if isinstance(policy, SpecificVersions):
+            missing = sorted(set(policy.specific) - set(on_disk))
+            if missing:
+                raise ConfigError(
+                    f"model '{name}': version_policy names version {', '.join(map(str, missing))}, which holds no "
+                    f"model file (versions: {on_disk})"
+                )
+            return sorted(set(policy.specific))
+        return on_disk
 
     def _inside_root(self, path: Path, what: str) -> None:
         if not lies_in(path, self._real_root):

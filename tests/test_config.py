@@ -219,8 +219,8 @@ def test_a_misspelt_key_is_refused_with_the_field_it_is_closest_to(tmp_path: Pat
 
 
 def test_an_unknown_key_near_no_field_is_refused_by_name(tmp_path: Path):
-    message = config_error(write(tmp_path, "version_policy: {latest: 2}\n"))
-    assert "field 'version_policy': Extra inputs are not permitted; remove it or check its spelling" in message
+    message = config_error(write(tmp_path, "response_cache: {enable: true}\n"))
+    assert "field 'response_cache': Extra inputs are not permitted; remove it or check its spelling" in message
 
 
 def test_unreadable_file(tmp_path: Path):

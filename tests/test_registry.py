@@ -78,6 +78,28 @@ async def test_the_config_precision_picks_the_default_version(repo: Path):
 
 
 @pytest.mark.asyncio
+async def test_the_version_policy_says_which_versions_are_served(repo: Path):
+    """Triton's policies: latest N, specific versions, all (the default); a change to it applies at the next load."""
+    write_config(repo / "add", {"max_batch_size": 8, "version_policy": {"latest": 1}})
+    registry = ModelRegistry(Repository(repo))
+    await registry.load_all()
+    assert registry.versions("add") == ["2"] and await answer(registry, "add") == 3.0
+    with pytest.raises(NotFoundError, match=r"model 'add' has no version '1'; versions: \[2\]"):
+        registry.get("add", "1")
+    write_config(repo / "add", {"max_batch_size": 8, "version_policy": {"specific": [1]}})
+    await registry.load("add")
+    assert registry.versions("add") == ["1"] and await answer(registry, "add") == 2.0
+    write_config(repo / "add", {"max_batch_size": 8, "version_policy": "all"})
+    await registry.load("add")
+    assert registry.versions("add") == ["1", "2"] and await answer(registry, "add") == 3.0
+    write_config(repo / "add", {"max_batch_size": 8, "version_policy": {"specific": [1, 3]}})
+    with pytest.raises(ConfigError, match=r"version_policy names version 3, which holds no model file \(versions"):
+        await registry.load("add")
+    assert registry.versions("add") == ["1", "2"]  # a failed reload keeps serving what it served
+    await registry.close()
+
+
+@pytest.mark.asyncio
 async def test_unknown_models_and_versions_are_not_found_with_a_reason(repo: Path):
     registry = ModelRegistry(Repository(repo))
     await registry.load_all()

@@ -233,3 +233,17 @@ def test_a_symlink_loop_in_the_repository_is_no_model_and_breaks_no_listing(repo
     with pytest.raises(NotFoundError, match=r"unknown model 'loop-a' .*; models: bert, resnet$"):
         repository.resolve("loop-a")
     assert pipelines_in(repo) == []
+
+
+def test_the_version_policy_limits_what_resolves(repo: Path):
+    (repo / "resnet" / "config.yaml").write_text("version_policy: {latest: 2}\n")
+    repository = Repository(repo)
+    assert repository.versions("resnet") == [1, 2, 10] and repository.served_versions("resnet") == [2, 10]
+    assert repository.resolve("resnet").version == 10 and repository.resolve("resnet", 2).version == 2
+    with pytest.raises(
+        NotFoundError, match=r"model 'resnet' version 1 is not served: its version_policy serves \[2, 10\]"
+    ):
+        repository.resolve("resnet", 1)
+    (repo / "resnet" / "config.yaml").write_text("version_policy: {specific: [1]}\n")
+    assert repository.resolve("resnet").version == 1
+    assert forwardpass.load("resnet", repository=repo).version == 1

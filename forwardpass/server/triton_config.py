@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from forwardpass.config import LatestVersions, SpecificVersions
 from forwardpass.registry import Served
 from forwardpass.tensor import DataType, TensorSpec
 
@@ -22,7 +23,7 @@ def triton_config(served: Served) -> dict[str, Any]:
         "name": served.name,
         "platform": PLATFORM,
         "backend": "onnxruntime",
-        "version_policy": {"all": {}},
+        "version_policy": _version_policy(config.version_policy),
         "max_batch_size": served.max_batch_size,
         "input": [_tensor_config(spec, batched) for spec in served.inputs],
         "output": [_tensor_config(spec, batched) for spec in served.outputs],
@@ -51,6 +52,14 @@ def triton_config(served: Served) -> dict[str, Any]:
             ],
         }
     return result
+
+
+def _version_policy(policy: object) -> dict[str, Any]:
+    if isinstance(policy, LatestVersions):
+        return {"latest": {"num_versions": policy.latest}}
+    if isinstance(policy, SpecificVersions):
+        return {"specific": {"versions": policy.specific}}
+    return {"all": {}}
 
 
 def _tensor_config(spec: TensorSpec, batched: bool) -> dict[str, Any]:

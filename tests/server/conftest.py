@@ -273,7 +273,7 @@ def build_repository(root: Path) -> Path:
     """The models most server tests share."""
     classification = {"kind": "classification", "output": "y", "labels": MLP_LABELS, "top_k": 3}
     save(mlp_graph(), root / "mlp" / "1", {"max_batch_size": 64, "postprocess": classification})
-    save(mlp_graph(), root / "mlp_unbatched" / "1", {"max_batch_size": 0})
+    save(mlp_graph(), root / "mlp_unbatched" / "1", {"max_batch_size": 0, "version_policy": {"latest": 1}})
     save(add_graph(1.0), root / "add" / "1", {"max_batch_size": 16})
     save(gather_graph(), root / "gather" / "1", {"max_batch_size": 32})
     save(strings_graph(), root / "strings" / "1", {"max_batch_size": 8})

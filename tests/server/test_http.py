@@ -69,7 +69,9 @@ def test_model_metadata_and_triton_config(client):
     assert config["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [10]}]
     assert config["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 256
     assert config["instance_group"][0]["count"] == 1
+    assert config["version_policy"] == {"all": {}}
     unbatched = client.get_model_config("mlp_unbatched", "1")
+    assert unbatched["version_policy"] == {"latest": {"num_versions": 1}}
     assert unbatched["max_batch_size"] == 0
     assert unbatched["input"][0]["dims"] == [-1, 64]
     assert "dynamic_batching" not in unbatched
