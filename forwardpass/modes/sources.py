@@ -286,7 +286,8 @@ def _npy_rows(file: Any, name: str, shape: tuple[int, ...], dtype: np.dtype[Any]
 
 
 def parquet_items(path: Path, name: str) -> Iterator[Item]:
-    """One record per row, a batch of rows decoded at a time (memory stays bounded whatever the file's size)."""
+    """One record per row, a batch of rows decoded at a time (memory stays bounded whatever the file's size); the
+    rows of a row group that cannot be read are bad records, as many as its metadata counts."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -301,9 +302,18 @@ def parquet_items(path: Path, name: str) -> Iterator[Item]:
         return
     numbers = itertools.count(1)
     with file:
-        for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-            for record in batch.to_pylist():
-                yield Item(f"{name}#row{next(numbers)}", record)
+        groups = file.num_row_groups
+        for group in range(groups):
+            left = file.metadata.row_group(group).num_rows
+            try:
+                for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
+                    for record in batch.to_pylist():
+                        left -= 1
+                        yield Item(f"{name}#row{next(numbers)}", record)
+            except (OSError, pa.ArrowException) as exc:  # damaged: its rows are bad records, the next group is read
+                problem = DecodeError(f"is in row group {group + 1} of {groups}, which cannot be read ({exc})")
+                for _ in range(left):
+                    yield Item(f"{name}#row{next(numbers)}", error=problem)
 
 
 # Table readers by input kind (`forwardpass.pipeline.kinds`); other kinds read .npy rows

@@ -27,3 +27,25 @@ def test_a_table_naming_a_column_twice_is_one_bad_record_not_its_last_column_rea
     assert items[0].error is not None and "names column 'a' twice" in str(items[0].error)
     config = forwardpass.load("tab_cls", repository=repository).config
     assert open_source(tmp_path / "twice.parquet", config).count() == 1  # as many records as it gives
+
+
+def test_a_parquet_row_group_that_cannot_be_read_is_one_bad_record_per_row_and_the_others_are_read(
+    repository: Path, tmp_path: Path
+):
+    """A damaged row group ended the job in pyarrow's OSError traceback, with nothing written."""
+    path = tmp_path / "damaged.parquet"
+    pq.write_table(pa.table({"a": [float(i) for i in range(30)]}), path, row_group_size=10, compression="snappy")
+    chunk = pq.ParquetFile(path).metadata.row_group(1).column(0)
+    data = bytearray(path.read_bytes())
+    middle = chunk.data_page_offset + chunk.total_compressed_size // 2
+    data[middle - 8 : middle + 8] = b"\xff" * 16  # the second group's compressed values
+    path.write_bytes(bytes(data))
+
+    items = list(parquet_items(path, "damaged.parquet"))
+    assert [item.name for item in items] == [f"damaged.parquet#row{n}" for n in range(1, 31)]
+    assert [item.raw for item in items[:10] + items[20:]] == [{"a": float(i)} for i in [*range(10), *range(20, 30)]]
+    assert all(
+        item.error is not None and "row group 2 of 3, which cannot be read" in str(item.error) for item in items[10:20]
+    )
+    config = forwardpass.load("tab_cls", repository=repository).config
+    assert open_source(path, config).count() == 30
