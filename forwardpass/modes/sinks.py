@@ -17,14 +17,15 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from forwardpass.errors import InputError
+from forwardpass.errors import ForwardpassError, InputError
 
 __all__ = ["ERRORS_FILE", "FORMATS", "LOCK_FILE", "MANIFEST_FILE", "Output", "PartDone", "atomic_write", "saved_job"]
 
@@ -162,35 +163,54 @@ class Output:
     def write(self, index: int, rows: Sequence[Row], errors: Sequence[Row]) -> None:
         """One part's rows and errors, each file whole or not at all; a part not `recorded` after it is a
         leftover, deleted on resume and computed again."""
-        if rows:
-            atomic_write(self.part_path(index), lambda temp: _WRITERS[self.format](temp, rows))
-        if errors:
-            (self.directory / PART_ERRORS_DIR).mkdir(exist_ok=True)
-            atomic_write(self._errors_path(index), lambda temp: _write_jsonl(temp, errors))
+        with self._resumable(f"part {index}"):
+            if rows:
+                atomic_write(self.part_path(index), lambda temp: _WRITERS[self.format](temp, rows))
+            if errors:
+                (self.directory / PART_ERRORS_DIR).mkdir(exist_ok=True)
+                atomic_write(self._errors_path(index), lambda temp: _write_jsonl(temp, errors))
 
     def record(self, part: PartDone) -> None:
         """A `written` part recorded as done: from here on it is never computed again."""
-        self._done[part.index] = part
         self._manifest.parts.append(part)
-        self._save()
+        try:
+            with self._resumable(f"the manifest recording part {part.index}"):
+                self._save()
+        except ForwardpassError:
+            self._manifest.parts.pop()  # not done: as on disk
+            raise
+        self._done[part.index] = part
 
     def gather_errors(self) -> Path:
         """Every part's bad records, in input order, as one _errors.jsonl (rewritten whole, atomically)."""
         path = self.directory / ERRORS_FILE
-
-        def write(temp: Path) -> None:
-            with temp.open("wb") as out:
-                for index in sorted(self._done):
-                    if self._done[index].errors:
-                        out.write(self._errors_path(index).read_bytes())
-
-        atomic_write(path, write)
+        with self._resumable(ERRORS_FILE):
+            atomic_write(path, self._gathered_errors)
         return path
 
     def finish(self) -> None:
         self.gather_errors()
         self._manifest.finished = True
-        self._save()
+        with self._resumable("the manifest recording the job finished"):
+            self._save()
+
+    @contextmanager
+    def _resumable(self, what: str) -> Iterator[None]:
+        """A write that failed (a full disk, a folder made read-only) ends the job in one line: the parts recorded
+        before it stay done, and --resume goes on from there."""
+        try:
+            yield
+        except OSError as exc:
+            raise ForwardpassError(
+                f"cannot write {what} to OUTPUT '{self.directory}' ({exc.strerror or exc}); the parts saved before it "
+                "stay: make room (or make the folder writable), then finish the job with --resume"
+            ) from None
+
+    def _gathered_errors(self, temp: Path) -> None:
+        with temp.open("wb") as out:
+            for index in sorted(self._done):
+                if self._done[index].errors:
+                    out.write(self._errors_path(index).read_bytes())
 
     def _errors_path(self, index: int) -> Path:
         return self.directory / PART_ERRORS_DIR / f"part-{index:06d}.jsonl"

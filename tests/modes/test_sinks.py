@@ -11,7 +11,7 @@ import pytest
 import forwardpass
 from forwardpass.errors import InputError
 from forwardpass.modes.batch import BatchOptions, run_batch
-from forwardpass.modes.sinks import Output
+from forwardpass.modes.sinks import Output, saved_job
 
 from .conftest import write_table
 from .test_batch import FORWARDPASS, read_rows
@@ -41,3 +41,23 @@ def test_a_second_run_on_a_folder_a_run_is_writing_is_refused_until_that_one_end
     assert len(read_rows(output)) == 60
     again = run_batch(tab_cls, table, output, BatchOptions(part_size=25, resume=True))  # the lock went with the run
     assert again.computed == 0
+
+
+def test_a_write_that_fails_ends_the_job_in_one_line_and_resume_finishes_it(repository: Path, tmp_path: Path):
+    """A full disk ended the job in an OSError traceback, exit 1. Files limited to 4 KiB (ulimit -f) make the same
+    failure: the manifest outgrows them after some tens of parts."""
+    table = tmp_path / "rows.csv"
+    write_table(table, 300)
+    output = tmp_path / "out"
+    job = [FORWARDPASS, "batch", "tab_cls", str(table), "-o", str(output), "--part-size", "5", "--format", "jsonl"]
+    env = {**os.environ, "FORWARDPASS_REPOSITORY": str(repository), "NO_COLOR": "1"}
+    small_files = ["bash", "-c", 'ulimit -f 4 && exec "$@"', "bash"]
+    failed = subprocess.run([*small_files, *job], env=env, capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1, failed.stderr
+    assert "Traceback" not in failed.stderr and "File too large" in failed.stderr and "--resume" in failed.stderr
+    saved = saved_job(output)
+    assert saved is not None and 0 < saved[1] < 300
+    finished = subprocess.run([*job, "--resume"], env=env, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    ids = sorted(row["id"] for row in read_rows(output, "jsonl"))
+    assert ids == sorted(f"rows.csv#row{n}" for n in range(1, 301))
