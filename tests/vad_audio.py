@@ -101,11 +101,25 @@ def write_waveform_model(root: Path, **preprocess: Any) -> Path:
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", FEATURES])],
         initializer=[helper.make_tensor("W", TensorProto.FLOAT, weights.shape, weights.ravel())],
     )
+    return _audio_model(graph, root / "waveform", {"max_seconds": 5, **preprocess})
+
+
+def write_mean_model(root: Path) -> Path:
+    """mean = the average of [batch, samples] samples at 8 kHz, of any length: takes each recording whole."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["waveform"], ["mean"], axes=[1], keepdims=0)],
+        "mean",
+        [helper.make_tensor_value_info("waveform", TensorProto.FLOAT, ["batch", "samples"])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch"])],
+    )
+    return _audio_model(graph, root / "mean", {})
+
+
+def _audio_model(graph: onnx.GraphProto, folder: Path, preprocess: dict[str, Any]) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    folder = root / "waveform"
     (folder / "1").mkdir(parents=True)
     onnx.save(model, folder / "1" / "model.onnx")
-    config = {"preprocess": {"kind": "audio", "sample_rate": WAVEFORM_RATE, "max_seconds": 5, **preprocess}}
+    config = {"preprocess": {"kind": "audio", "sample_rate": WAVEFORM_RATE, **preprocess}}
     (folder / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     return folder

@@ -18,7 +18,8 @@ import soundfile as sf
 import forwardpass
 from forwardpass.config import AudioConfig
 from forwardpass.errors import ConfigError, DecodeError, InputError
-from forwardpass.pipeline.audio import AudioPreprocessor
+from forwardpass.pipeline.audio import AudioPreprocessor, audio_window
+from forwardpass.tensor import DataType, TensorSpec
 from tests.vad_audio import (
     VAD_RATE,
     WAVEFORM_RATE,
@@ -29,6 +30,7 @@ from tests.vad_audio import (
     recording,
     voice,
     write,
+    write_mean_model,
     write_waveform_model,
 )
 
@@ -176,3 +178,32 @@ def test_forwardpass_predict_lists_the_speech_segments_and_exits_2_for_a_bad_fil
     assert [line.strip() for line in done.stdout.splitlines() if line.strip().startswith("speech ")] == listed
     errors = done.stderr.strip().splitlines()
     assert len(errors) == 1 and "broken.flac" in errors[0] and "not a sound file" in errors[0]
+
+
+def test_a_model_of_any_length_takes_each_recording_whole(tmp_path: Path) -> None:
+    files = [
+        write(tmp_path / "a.wav", recording(0.4, 16000, 2), 16000, "PCM_16"),
+        write(tmp_path / "b.wav", 0.5 + recording(1.1, 22050, 1, seed=2), 22050, "FLOAT"),
+    ]
+    answers = forwardpass.load(write_mean_model(tmp_path), warmup=0).predict([str(path) for path in files])
+    for answer, path in zip(answers, files, strict=True):
+        assert answer["outputs"]["mean"] == pytest.approx(float(as_read(path, 8000).mean()), abs=1e-6)
+    assert answers[1]["outputs"]["mean"] > 0.4  # the offset survives: no normalisation beyond int PCM's scaling
+
+
+@pytest.mark.parametrize(
+    ("audio", "stateful", "message"),
+    [
+        ({"split": "chunks"}, True, "chunks needs the samples per chunk"),
+        ({"split": "chunks", "window": 512}, False, "chunks are the steps of a stateful model"),
+        ({"split": "chunks", "window": 512, "channels": "keep"}, True, "set channels: mono"),
+        ({}, True, "a stateful model steps through a recording"),
+    ],
+)
+def test_chunks_are_for_stateful_models_and_stateful_models_take_chunks(
+    audio: dict[str, Any], stateful: bool, message: str
+) -> None:
+    config = AudioConfig(kind="audio", sample_rate=16000, **audio)
+    spec = TensorSpec("audio", DataType.FP32, (-1, -1))
+    with pytest.raises(ConfigError, match=message):
+        audio_window(config, spec, stateful)
