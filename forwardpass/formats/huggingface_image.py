@@ -62,6 +62,7 @@ _PROCESSORS = {
     "MobileNetV1ImageProcessor": _Processor(2, *(_STANDARD, _STANDARD), _SHORT_256, False, _SQUARE_224, True),
     "MobileNetV2ImageProcessor": _Processor(2, *(_STANDARD, _STANDARD), _SHORT_256, False, _SQUARE_224, True),
     "PvtImageProcessor": _Processor(3, *_IMAGENET, _SQUARE_224),
+    "BeitImageProcessor": _Processor(3, *(_STANDARD, _STANDARD), _SQUARE_224, crop_size=_SQUARE_224),
     "SiglipImageProcessor": _Processor(3, *(_STANDARD, _STANDARD), _SQUARE_224, default_to_square=False),
     "ConvNextImageProcessor": _Processor(
         3, *(_STANDARD, _STANDARD), {"shortest_edge": 384}, default_to_square=False, crop_pct=224 / 256

@@ -41,6 +41,8 @@ PROCESSORS: list[tuple[str, dict[str, Any]]] = [
     ("MobileNetV2ImageProcessor", {}),
     ("MobileNetV2ImageProcessor", {"size": {"shortest_edge": 64}, "do_center_crop": False, "resample": 0}),
     ("PvtImageProcessor", {"size": {"height": 32, "width": 32}, "resample": 1}),
+    ("BeitImageProcessor", {"do_reduce_labels": True}),  # segmentation maps' labels: images are not reduced
+    ("BeitImageProcessor", {"size": {"height": 67, "width": 67}, "do_center_crop": True, "crop_size": 64}),
     ("SiglipImageProcessor", {"rescale_factor": 1 / 127.5, "do_normalize": False}),
     ("ConvNextImageProcessor", {}),  # 384: warped to a square
     ("ConvNextImageProcessor", {"size": {"shortest_edge": 64}, "crop_pct": 0.9}),  # resized to 71, cropped to 64
