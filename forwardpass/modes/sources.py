@@ -135,12 +135,12 @@ def open_source(path: Path, config: ModelConfig, drop: Collection[str] = ()) -> 
     table columns in `drop` (a label, an id: fields the model would refuse as none of its columns)."""
     if not path.exists():
         raise NotFoundError(f"input '{path}': no such file or folder")
-    kind = kind_of(config).name
-    if drop and kind != "tabular":
-        raise InputError(f"--drop leaves out table columns, and this model takes no records of columns ({kind})")
-    if kind == "image":
+    kind = kind_of(config)
+    if drop and kind.name != "tabular":
+        raise InputError(f"--drop leaves out table columns, and this model takes no records of columns ({kind.name})")
+    if kind.file_items:
         return _Images(path)
-    read = _READERS.get(kind, _arrays)
+    read = _READERS.get(kind.name, _arrays)
     return _Tables(path, _without(read, frozenset(drop)) if drop else read)
 
 
@@ -159,7 +159,8 @@ def _without(read: _RecordReader, drop: frozenset[str]) -> _RecordReader:
 
 
 class _Images:
-    """Image files, passed on as their paths: decoding happens in the pipeline, in the job's decoding threads."""
+    """Image (or sound) files, passed on as their paths: decoding happens in the pipeline, in the job's decoding
+    threads."""
 
     def __init__(self, root: Path) -> None:
         self.root = root

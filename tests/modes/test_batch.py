@@ -23,6 +23,7 @@ from forwardpass.errors import InputError
 from forwardpass.model import Model
 from forwardpass.modes.batch import BatchOptions, run_batch
 from forwardpass.modes.sinks import ERRORS_FILE, LOCK_FILE, MANIFEST_FILE
+from tests.vad_audio import recording, write
 
 from .conftest import write_table
 
@@ -111,6 +112,25 @@ def test_image_folder_rows_equal_model_predict(img_cls: Model, images: Path, tmp
         name = path.relative_to(images).as_posix()
         if name not in errors:
             assert_close(rows[name], img_cls.predict(path), name)
+
+
+def test_a_folder_of_sound_files_gets_each_files_speech_segments(tmp_path: Path):
+    """The bundled VAD over recordings at three rates: each row is Model.predict's answer for its file, and a file
+    that is no sound is a bad record naming why."""
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    for take, (seconds, rate, channels) in enumerate([(2.0, 16000, 1), (2.5, 44100, 2), (3.0, 8000, 1)]):
+        write(folder / f"take{take}.wav", recording(seconds, rate, channels), rate, "PCM_16")
+    (folder / "notes.txt").write_text("not a sound", encoding="utf-8")
+    vad = forwardpass.load("silero_vad", warmup=0)
+    summary = run_batch(vad, folder, tmp_path / "out", BatchOptions())
+    assert (summary.records, summary.rows, summary.errors) == (4, 3, 1)
+    assert "not a sound file" in read_errors(tmp_path / "out")["notes.txt"]["error"]
+    rows = {row["id"]: row for row in read_rows(tmp_path / "out")}
+    for take in range(3):
+        expected = vad.predict(str(folder / f"take{take}.wav"))
+        assert expected["segments"]  # speech in every take: rows of nothing could not tell a wrong answer
+        assert {key: rows[f"take{take}.wav"][key] for key in expected} == expected
 
 
 @pytest.mark.parametrize("output_format", ["csv", "jsonl"])
