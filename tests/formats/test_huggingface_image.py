@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -20,6 +22,7 @@ from forwardpass.formats import ServeMode
 from forwardpass.formats.huggingface_image import PROCESSOR_CONFIG, image_preprocessing
 from forwardpass.formats.torch import import_torch
 from forwardpass.pipeline.image import ImagePreprocessor
+from tests.running_server import serve
 
 torch = import_torch("huggingface")  # before transformers: lets a torchvision built for another torch import
 
@@ -237,6 +240,24 @@ def test_forwardpass_predict_answers_a_folder_and_a_photo_as_the_pipeline_does(f
     assert_answers([json.loads(done.stdout)], pipeline_answers(folders["vit"], pillow=True)[:1], ATOL)
 
 
+def test_the_server_answers_a_photo_posted_to_the_folders_predict_as_the_pipeline_does(
+    folders: dict[str, Path], tmp_path: Path
+):
+    shutil.copytree(folders["vit"], tmp_path / "vit" / "1")
+    running = serve(tmp_path)
+    try:
+        answer = httpx.post(
+            f"{running.url}/v2/models/vit/predict?top_k={len(LABELS)}",
+            content=PHOTOS[0].read_bytes(),
+            headers={"Content-Type": "image/png"},
+            timeout=60,
+        )
+    finally:
+        running.stop()
+    assert answer.status_code == 200, answer.text
+    assert_answers([answer.json()], pipeline_answers(folders["vit"], pillow=True)[:1], ATOL)
+
+
 def unreproducible_folder(folder: Path) -> Path:
     """A ViT classifier whose preprocessor_config.json names a processor forwardpass does not reproduce."""
     vit(folder)
@@ -280,9 +301,9 @@ def test_a_folder_of_a_vision_task_forwardpass_does_not_run_is_refused_naming_th
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "architectures": [architecture]}))
     save_file({"weight": torch.zeros(1)}, tmp_path / "model.safetensors")
     write_processor(tmp_path, image_processor_type="ViTImageProcessor")
-    for serve in ("native", "onnx"):
+    for mode in ("native", "onnx"):
         with pytest.raises(ConfigError) as refused:
-            forwardpass.load(tmp_path, serve=serve, warmup=0)
+            forwardpass.load(tmp_path, serve=mode, warmup=0)
         assert str(refused.value).startswith(
             f"{tmp_path / 'config.json'}: architecture {architecture} ({task}) is not one forwardpass runs ("
         )
