@@ -244,11 +244,20 @@ class TabularColumn(_Strict):
         description="a category the model takes as one feature holding its code: the value's position in this list "
         "(LightGBM's and XGBoost's categorical features, in the order their files record)",
     )
+    missing: Literal["refuse", "model"] = Field(
+        default="refuse",
+        description="a null, empty or NaN value: refused unless impute fills it, or (model) given to the model as NaN, "
+        "for models that learnt what to do with one (XGBoost's and LightGBM's trees; filled in from the model file)",
+    )
 
     @model_validator(mode="after")
     def _check_scales(self) -> TabularColumn:
         if self.categories is not None and self.codes is not None:
             raise ValueError("a column is one-hot encoded (categories) or coded (codes), not both")
+        if self.missing == "model" and self.impute is not None:
+            raise ValueError("a missing value is filled by impute or missing: model, not both")
+        if self.missing == "model" and self.categories is not None:
+            raise ValueError("a one-hot encoded column (categories) has no feature to hold a missing value")
         if self.transform == "standard" and self.std == 0:
             raise ValueError("std must not be 0 for transform: standard")
         if self.transform == "minmax" and self.max == self.min:

@@ -47,6 +47,7 @@ class ModelFacts:
     feature_names: tuple[str, ...] | None = None  # the columns, in the model's input order
     string_features: frozenset[str] = frozenset()  # columns the model takes as text (categories)
     category_codes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # column → its categories in code order
+    missing_values: frozenset[str] = frozenset()  # columns where the model itself takes a missing value (NaN)
     distributions: dict[str, str] = field(default_factory=dict)  # output → "softmax" | "sigmoid" | "probabilities"
     decision_scores: bool = False  # a classifier's scores are a decision function, not probabilities
     multi_label: bool = False  # each class is scored on its own (a sigmoid per class), not one class of them

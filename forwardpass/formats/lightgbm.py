@@ -132,8 +132,15 @@ class LightGBMFormat:
         header = _fields(text.partition(b"\n\n")[0])
         features = _feature_names(header)
         codes = _pandas_category_codes(path, path.read_bytes(), header, features)
+        missing = frozenset(features or ())  # NaN takes a split's missing branch, or reads as 0 where none was learnt
         if objective not in CLASSIFIER_OBJECTIVES:
-            return ModelFacts(source="LightGBM", task="regression", feature_names=features, category_codes=codes)
+            return ModelFacts(
+                source="LightGBM",
+                task="regression",
+                feature_names=features,
+                category_codes=codes,
+                missing_values=missing,
+            )
         count = max(int(header.get(b"num_class", b"1")), 2)
         return ModelFacts(
             source="LightGBM",
@@ -143,6 +150,7 @@ class LightGBMFormat:
             label_output="label",
             feature_names=features,
             category_codes=codes,
+            missing_values=missing,
             distributions={"probabilities": "probabilities"},
         )
 

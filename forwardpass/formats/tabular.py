@@ -192,7 +192,8 @@ def threshold_samples(
 
     Random numbers rarely come near a split, so they cannot show a converter that rounds thresholds differently
     from the framework. Here each feature of each row sits at, just below or just above one of the model's own
-    thresholds on that feature (0 where no split uses it). Batches are cut as `random_samples` cuts them.
+    thresholds on that feature (0 where no split uses it), and about one value in eight is missing (NaN), which the
+    trees send down the branch they learnt for it. Batches are cut as `random_samples` cuts them.
     """
     from forwardpass.formats.parity import random_samples
 
@@ -211,6 +212,7 @@ def threshold_samples(
                 side = rng.integers(-1, 2, rows)  # the float32 below, at or above the threshold
                 toward = np.where(side < 0, np.float32(-np.inf), np.float32(np.inf))
                 values[:, feature] = np.where(side == 0, picked, np.nextafter(picked, toward))
+        values[rng.random(values.shape) < _MISSING_SHARE] = np.nan
         batch[INPUT_NAME] = values
     return batches
 
@@ -251,6 +253,7 @@ def read_in_child(reader: str, library: str, path: Path, format_name: str, suffi
         return copy.read_bytes()
 
 
+_MISSING_SHARE = 1 / 8  # of a tree model's parity inputs
 _CHILD_REFUSED = 3
 # A model's reader needs a small multiple of the file's size; a corrupt length field can ask for many gigabytes.
 _CHILD_MIN_MEMORY = 2 << 30

@@ -162,8 +162,15 @@ class XGBoostFormat:
         names = model.get("feature_names") or None
         features = tuple(str(name) for name in names) if names else None
         codes = _category_codes(model, features)
+        missing = frozenset(features or ())  # a missing value takes each split's default branch
         if learner.objective not in CLASSIFIER_OBJECTIVES:
-            return ModelFacts(source="XGBoost", task="regression", feature_names=features, category_codes=codes)
+            return ModelFacts(
+                source="XGBoost",
+                task="regression",
+                feature_names=features,
+                category_codes=codes,
+                missing_values=missing,
+            )
         # multi:softmax is served as its per-class margins (onnxmltools writes the same); the others as probabilities
         margins = learner.objective == "multi:softmax"
         return ModelFacts(
@@ -174,6 +181,7 @@ class XGBoostFormat:
             label_output="label",
             feature_names=features,
             category_codes=codes,
+            missing_values=missing,
             distributions={} if margins else {"probabilities": "probabilities"},
         )
 

@@ -256,7 +256,14 @@ def _tabular(inputs: list[TensorSpec], facts: ModelFacts, inferred: Inferred) ->
     if not names:
         return None
     codes = facts.category_codes
-    columns = [TabularColumn(name=name, codes=list(codes[name]) if name in codes else None) for name in names]
+    columns = [
+        TabularColumn(
+            name=name,
+            codes=list(codes[name]) if name in codes else None,
+            missing="model" if name in facts.missing_values else "refuse",
+        )
+        for name in names
+    ]
     by_column = {spec.name for spec in inputs}
     if by_column == set(names) and all(spec.shape[1:] == (1,) for spec in inputs):
         inferred["preprocess"] = f"{facts.source}: {len(names)} named columns, one input each"

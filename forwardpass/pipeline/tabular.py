@@ -3,7 +3,8 @@ category codes.
 
 A record must hold exactly the model's columns: an absent column or a field that is no column is an error naming it
 (a misspelled `BMI` for `bmi` would otherwise score as if the value were missing). `impute` fills null and empty
-values only; filling absent columns too takes `impute_absent: true`.
+values only; filling absent columns too takes `impute_absent: true`. A column with `missing: model` gives such a value
+to the model as NaN, for models that learnt what to do with one.
 
 Two layouts: the columns fill one [features] input in order (the common case), or — for models that take one
 [batch, 1] input per column (skl2onnx's mixed-type pipelines) — each column its own input, text kept as text.
@@ -66,7 +67,9 @@ class TabularPreprocessor:
         features: list[float] = []
         for column in self.columns:
             value = _filled(column, raw.get(column.name))
-            if column.categories is not None:
+            if value is _MODELS_MISSING:
+                features.append(math.nan)
+            elif column.categories is not None:
                 features.extend(_one_hot(column, value))
             elif column.codes is not None:
                 features.append(_code(column, value))
@@ -79,6 +82,12 @@ class TabularPreprocessor:
         value = _filled(column, value)
         assert self._per_column is not None
         dtype = self._per_column[column.name]
+        if value is _MODELS_MISSING:
+            if dtype is DataType.BYTES:
+                raise MissingFieldError(
+                    f"column '{column.name}' is empty: the model takes text there, which has no NaN"
+                )
+            return np.array([math.nan], dtype=dtype.numpy_dtype)
         if dtype is DataType.BYTES:
             return np.array([value if isinstance(value, str) else category_text(value)], dtype=object)
         if column.codes is not None:
@@ -86,9 +95,15 @@ class TabularPreprocessor:
         return np.array([_scale(column, _number(column.name, value), dtype.numpy_dtype)], dtype=dtype.numpy_dtype)
 
 
+# A missing value the model takes as NaN (`missing: model`)
+_MODELS_MISSING = object()
+
+
 def _filled(column: TabularColumn, value: object) -> object:
     if not is_missing(value):
         return value
+    if column.missing == "model":
+        return _MODELS_MISSING
     if column.impute is None:
         raise MissingFieldError(f"column '{column.name}' is empty (no impute value declared)")
     return column.impute

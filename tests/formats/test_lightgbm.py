@@ -23,7 +23,7 @@ from forwardpass.backends.base import Session
 from forwardpass.backends.ort import OrtSession
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, InputError, MissingExtraError
-from forwardpass.formats import convert_model
+from forwardpass.formats import ServeMode, convert_model
 from forwardpass.formats.base import ConvertOptions, LoadOptions
 from forwardpass.formats.lightgbm import LIGHTGBM
 from tests.formats.categorical_data import Categorical, class_scores
@@ -331,3 +331,22 @@ def test_category_lists_it_cannot_match_to_its_categorical_features_are_refused(
     classifier.booster_.save_model(tmp_path / "mixed.txt")
     with pytest.raises(ConfigError, match=r"lists 2 category columns for 3 categorical features, so which list codes"):
         forwardpass.load(tmp_path / "mixed.txt")
+
+
+@pytest.mark.parametrize("serve", ["native", "onnx"])
+def test_a_missing_value_takes_the_branch_the_model_learnt_for_it(serve: ServeMode, tmp_path: Path) -> None:
+    frame = load_breast_cancer(as_frame=True).frame.iloc[:, [0, 1, 2, 3, -1]]
+    frame.columns = ["radius", "texture", "perimeter", "area", "target"]
+    frame.loc[::3, "radius"] = np.nan
+    booster = lightgbm.train(
+        {"objective": "binary", "verbose": -1}, lightgbm.Dataset(frame.iloc[:, :4], frame.target), 10
+    )
+    booster.save_model(tmp_path / "holes.txt")
+
+    model = forwardpass.load(tmp_path / "holes.txt", serve=serve, intra_op_threads=1)
+    records = [
+        {key: None if np.isnan(value) else value for key, value in row.items()}
+        for row in frame.iloc[:12, :4].to_dict("records")
+    ]
+    answers = model.predict(records)
+    np.testing.assert_allclose(class_scores(answers)[:, 1], booster.predict(frame.iloc[:12, :4]), atol=TOLERANCE)

@@ -348,3 +348,25 @@ def test_categorical_features_take_the_categories_the_file_records(categorical: 
     np.testing.assert_allclose(scores, classifier.predict_proba(categorical.held_out), atol=TOLERANCE)
     with pytest.raises(InputError, match=r"column 'colour': 'purple' is not one of \['red', 'green', 'blue'\]"):
         model.predict({**categorical.records[0], "colour": "purple"})
+
+
+@pytest.mark.parametrize("serve", ["native", "onnx"])
+def test_a_missing_value_takes_the_branch_the_model_learnt_for_it(serve: ServeMode, tmp_path: Path) -> None:
+    features, targets = load_breast_cancer(return_X_y=True)
+    features = features[:, :4].astype(np.float32)
+    features[::3, 0] = np.nan
+    booster = xgboost.train({"objective": "binary:logistic"}, xgboost.DMatrix(features, targets), 10)
+    booster.feature_names = ["radius", "texture", "perimeter", "area"]
+    booster.save_model(tmp_path / "holes.json")
+
+    model = forwardpass.load(tmp_path / "holes.json", serve=serve, intra_op_threads=1)
+    records = [
+        {
+            "radius": None if np.isnan(row[0]) else float(row[0]),
+            **dict(zip(booster.feature_names[1:], map(float, row[1:]), strict=True)),
+        }
+        for row in features[:12]
+    ]
+    answers = model.predict(records)
+    expected = booster.predict(xgboost.DMatrix(features[:12], feature_names=booster.feature_names))
+    np.testing.assert_allclose(class_scores(answers)[:, 1], expected, atol=TOLERANCE)

@@ -196,3 +196,25 @@ def test_a_number_the_input_type_cannot_hold_is_refused_naming_the_column(value:
 def test_float64_columns_take_what_float32_cannot():
     pre = preprocessor([TabularColumn(name="age")], "FP64")
     assert pre({"age": 1e308})["features"][0] == 1e308
+
+
+@pytest.mark.parametrize("missing", [None, "", float("nan")])
+def test_a_column_whose_model_takes_missing_values_gives_it_nan(missing: object):
+    """XGBoost's and LightGBM's trees learnt a branch for a missing value: it is the model's own answer, no guess."""
+    columns = [
+        TabularColumn(name="age", transform="standard", mean=40.0, std=10.0, missing="model"),
+        TabularColumn(name="size", codes=["10", "20"], missing="model"),
+    ]
+    assert np.isnan(preprocessor(columns)({"age": missing, "size": missing})["features"]).all()
+    np.testing.assert_allclose(preprocessor(columns)({"age": 50, "size": 20})["features"], [1.0, 1.0])
+    with pytest.raises(DTypeError, match="'age': inf is not a finite number"):
+        preprocessor(columns)({"age": math.inf, "size": 20})
+    with pytest.raises(MissingFieldError, match="missing column 'size'"):
+        preprocessor(columns)({"age": 50})
+
+
+def test_a_missing_value_is_the_models_or_imputed_not_both():
+    with pytest.raises(ValueError, match="impute or missing: model, not both"):
+        TabularColumn(name="age", impute=40.0, missing="model")
+    with pytest.raises(ValueError, match="one-hot"):
+        TabularColumn(name="sex", categories=["f", "m"], missing="model")
