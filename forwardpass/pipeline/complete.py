@@ -350,7 +350,8 @@ def check(
             source,
             "preprocess",
             facts.preprocess_refused,
-            "declare preprocess in the model's config.yaml as its training prepared the inputs",
+            "declare preprocess as the model's own tooling prepares its inputs, in a config.yaml beside its version "
+            "folder (MODEL/config.yaml, the model in MODEL/1/)",
         )
     if isinstance(pre, TabularConfig):
         _check_tabular(pre, [spec for spec in inputs if spec.name not in config.constants], source)
