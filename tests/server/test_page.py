@@ -1,6 +1,6 @@
 """The page at / in a real headless Chromium (Debian's `chromium` and `chromium-driver`, installed by `make test`)
-against the real server with a token: it asks for the token, lists the models, and answers an image, a record and
-a tensor request; the screenshots are checked for the answer drawn, not only the page's text."""
+against the real server with a token: it asks for the token, lists the models, and answers an image, a sound file, a
+record and a tensor request; the screenshots are checked for the answer drawn, not only the page's text."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 from sklearn.datasets import load_digits
 
+from tests.vad_audio import recording, write
+
 RECORD = {"age": 54, "sex": 2, "bmi": 36.1, "bp": 115, "s1": 163, "s2": 98.4, "s3": 43, "s4": 4, "s5": 4.68, "s6": 101}
 FACES_PHOTO = Path(sysconfig.get_paths()["purelib"]) / "skimage" / "data" / "astronaut.png"  # make installs it
 BAR_BLUE = np.array([31, 111, 235])  # .bar .fill in style.css
@@ -33,6 +35,7 @@ WAIT_S = 30
 @pytest.fixture(scope="module")
 def guarded(kit: Any, repository: Path) -> Iterator[Any]:
     kit.copy_bundled("faces", repository)  # a detection model: its answer is drawn on the photo
+    kit.copy_bundled("silero_vad", repository)  # a sound file in, speech segments out
     running = kit.serve(repository, auth_token="secret")
     yield running
     running.stop()
@@ -103,6 +106,18 @@ def test_the_page_asks_for_the_token_then_answers_every_input_kind(
     boxed = canvas.screenshot_as_png
     (tmp_path / "faces_answer.png").write_bytes(boxed)
     assert _share(boxed, BOX_RED) > 0.002  # the box is drawn on the photo
+
+    vad = _card(browser, "silero_vad")
+    assert "audio → speech_segments" in vad.text
+    speech = write(tmp_path / "speech.wav", recording(3.0, 44100, 2), 44100, "PCM_16")
+    vad.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(speech))
+    spans = [line.text for line in _answer(browser, vad).find_elements(By.CSS_SELECTOR, ".value")]
+    segments = httpx.post(
+        f"{guarded.url}/v2/models/silero_vad/predict",
+        content=speech.read_bytes(),
+        headers={"Authorization": "Bearer secret", "Content-Type": "audio/wav"},
+    ).json()["segments"]
+    assert len(segments) >= 2 and spans == [f"speech {s['start']:.3f} s to {s['end']:.3f} s" for s in segments]
 
     diabetes = _card(browser, "diabetes")
     for column, value in RECORD.items():

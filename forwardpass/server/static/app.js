@@ -109,12 +109,13 @@ function predictPath(model) {
 // Builds the inputs that fit the model's input kind; returns a function that reads them into a request.
 function fields(model, box) {
   const post = (path, type, body) => ({ path, options: { method: "POST", headers: { "Content-Type": type }, body } });
-  if (model.input === "image") {
-    const drop = element("label", "Drop an image here, or choose one: ", "drop");
+  if (model.input === "image" || model.input === "audio") {
+    const what = model.input === "image" ? "an image" : "a sound file";
+    const drop = element("label", `Drop ${what} here, or choose one: `, "drop");
     const input = element("input");
     input.type = "file";
-    input.accept = "image/*";
-    input.name = "image";
+    input.accept = `${model.input}/*`;
+    input.name = model.input;
     drop.append(input);
     let dropped = null;
     drop.addEventListener("dragover", (event) => {
@@ -126,14 +127,15 @@ function fields(model, box) {
       event.preventDefault();
       drop.classList.remove("over");
       dropped = event.dataTransfer.files[0] || null;
-      drop.firstChild.textContent = dropped ? `${dropped.name} ` : "Drop an image here, or choose one: ";
+      drop.firstChild.textContent = dropped ? `${dropped.name} ` : `Drop ${what} here, or choose one: `;
     });
     input.addEventListener("change", () => (dropped = null));
     box.append(drop);
     return async () => {
       const file = dropped || input.files[0];
-      if (!file) throw new Error("choose or drop an image first");
-      return { ...post(predictPath(model), file.type || "application/octet-stream", file), image: file };
+      if (!file) throw new Error(`choose or drop ${what} first`);
+      const image = model.input === "image" ? file : null; // what detections are drawn on
+      return { ...post(predictPath(model), file.type || "application/octet-stream", file), image };
     };
   }
   if (model.input === "text" || model.input === "generate") {
@@ -201,6 +203,10 @@ function draw(answer, image) {
   }
   if ("cluster" in answer) parts.push(element("p", `cluster ${answer.label} (distance ${number(answer.distance)})`, "value"));
   if (answer.detections) parts.push(...detections(answer.detections, image));
+  if (answer.segments) {
+    const spans = answer.segments.map((span) => `speech ${span.start.toFixed(3)} s to ${span.end.toFixed(3)} s`);
+    parts.push(...(spans.length ? spans : ["no speech"]).map((line) => element("p", line, "value")));
+  }
   if (answer.outputs) parts.push(...answer.outputs.map(output));
   if ("text_output" in answer) parts.push(element("pre", answer.text_output));
   if (answer.action) parts.push(element("p", `decision: ${answer.action} (rule: ${answer.rule})`, "decision"));
