@@ -39,7 +39,8 @@ def eval_command(
     data: Path = typer.Argument(
         ...,
         metavar="DATA",
-        help="ImageFolder tree (DATA/<label>/<image>), CSV / Parquet / JSONL / JSON table with a label column,"
+        help="ImageFolder tree (DATA/<label>/<image>, or <label>/<sound file> for audio models), CSV / Parquet /"
+        " JSONL / JSON table with a label column,"
         " .npz of input arrays and a label array, or a COCO annotation file (detectors; images beside it).",
     ),
     top_k: int | None = top_k_option("Report top-1 and top-K accuracy (recall@1 and recall@K for embeddings)."),

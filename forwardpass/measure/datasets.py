@@ -1,16 +1,17 @@
-"""Labelled data sets for evaluation: an ImageFolder tree, a CSV / Parquet / JSONL / JSON table with a label column,
-or a `.npz` of input arrays and labels.
+"""Labelled data sets for evaluation: an ImageFolder tree (of images, or of sound files for an audio model), a CSV /
+Parquet / JSONL / JSON table with a label column, or a `.npz` of input arrays and labels.
 
     data/digits/test/             one subfolder per class; its name is the label
       0/1002.png
-      1/1049.png
+      1/1049.png                  (or 1/take3.wav: WAV, FLAC, OGG)
     data/diabetes/test.csv        a record per row; the label column holds a class name or a number
     data/rows.parquet             the same, as a Parquet file (needs pyarrow: pip install 'forwardpass[measure]')
     data/arrays.npz               arrays of one row per item: the label array ('label' or 'target'), the group array
                                   (--group-by), and the inputs: one array (any name) or one per model input name
 
-Each example keeps its raw form (an image path, a record, an array) so it goes through the model's own pipeline.
-A group column (`group_by`) tags each example for per-group metrics; the record keeps it, since it may be a feature.
+Each example keeps its raw form (an image or sound file's path, a record, an array) so it goes through the model's
+own pipeline. A group column (`group_by`) tags each example for per-group metrics; the record keeps it, since it may
+be a feature.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from forwardpass.errors import InputError, MissingExtraError, NotFoundError
 __all__ = ["DEFAULT_LABEL_COLUMNS", "IMAGE_SUFFIXES", "Dataset", "Example", "ItemError", "open_dataset"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga"})
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson", ".json", ".npz")
 DEFAULT_LABEL_COLUMNS = ("label", "target")
 
@@ -35,7 +37,7 @@ DEFAULT_LABEL_COLUMNS = ("label", "target")
 @dataclass(frozen=True, slots=True)
 class Example:
     source: str  # where it came from, for error reports: "cat/001.png", "row 3" (the third record)
-    raw: object  # what Model.preprocess takes: an image path, a record or an array
+    raw: object  # what Model.preprocess takes: an image or sound file's path, a record or an array
     label: str
     group: str | None = None  # the value of the group-by column
 
@@ -92,10 +94,14 @@ def open_dataset(path: Path, label_column: str | None = None, group_by: str | No
 def _image_folder(root: Path) -> Dataset:
     dataset = Dataset(root, None)
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for image in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
-            dataset.items.append(Example(str(image.relative_to(root)), image, folder.name))
+        files = (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | AUDIO_SUFFIXES and p.is_file())
+        for file in sorted(files):
+            dataset.items.append(Example(str(file.relative_to(root)), file, folder.name))
     if not dataset.items:
-        raise InputError(f"'{root}' holds no images in class subfolders; expected {root}/<label>/<image>")
+        raise InputError(
+            f"'{root}' holds no images or sound files in class subfolders; expected {root}/<label>/<image> "
+            "(or <label>/<sound file>)"
+        )
     return dataset
 
 

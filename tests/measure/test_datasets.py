@@ -25,6 +25,18 @@ def test_image_folder_labels_come_from_subfolders(tmp_path: Path) -> None:
     assert dataset.examples[0].raw == tmp_path / "cat" / "a.JPG"
 
 
+def test_a_folder_of_sound_files_is_labelled_by_subfolder_too(tmp_path: Path) -> None:
+    for relative in ("yes/a.wav", "yes/b.FLAC", "no/c.ogg", "no/notes.txt"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    dataset = open_dataset(tmp_path)
+    assert [(e.source, e.label) for e in dataset.examples] == [
+        ("no/c.ogg", "no"),
+        ("yes/a.wav", "yes"),
+        ("yes/b.FLAC", "yes"),
+    ]
+
+
 def test_an_image_folder_without_class_folders_is_refused(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(b"")
     with pytest.raises(InputError, match="<label>/<image>"):

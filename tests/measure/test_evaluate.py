@@ -18,6 +18,7 @@ from PIL import Image
 import forwardpass
 from forwardpass.errors import InputError
 from forwardpass.measure import EvalReport, evaluate, open_dataset
+from tests.vad_audio import WAVEFORM_RATE, as_read, recording, write, write_waveform_model
 
 metrics = pytest.importorskip("sklearn.metrics")
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -102,6 +103,28 @@ def test_image_folder_top_k_equals_sklearn(digits: tuple[Path, Path]) -> None:
     }
     assert [e.source for e in report.errors] == ["three/broken.png"]
     assert "image" in report.errors[0].error
+
+
+def test_a_folder_of_sound_files_top_1_equals_sklearn(tmp_path: Path) -> None:
+    """An audio classifier (the test waveform model's 3 features as class scores) over sound files at other rates in
+    class folders: top-1 accuracy is sklearn's on ONNX Runtime run over the files as the audio kind reads them."""
+    folder = write_waveform_model(tmp_path)
+    config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    config["postprocess"] = {"kind": "classification", "labels": ["a", "b", "c"]}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    data = tmp_path / "data"
+    files = []
+    for take in range(9):
+        path = data / "abc"[take % 3] / f"take{take}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rate = (16000, 44100)[take % 2]
+        files.append(write(path, recording(0.3 + 0.1 * take, rate, 1 + take % 2), rate, "PCM_16"))
+    scores = _ort(folder, np.stack([np.pad(as_read(path, WAVEFORM_RATE), (0, 4000))[:4000] for path in files]))
+    truth = [take % 3 for take in range(9)]
+    expected = metrics.top_k_accuracy_score(truth, scores, k=1, labels=range(3))
+    report = evaluate(forwardpass.load(folder, warmup=0), open_dataset(data))
+    assert report.n == 9 and not report.errors
+    assert report.metrics["top_k_accuracy"]["1"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_batch_size_does_not_change_the_result(digits: tuple[Path, Path]) -> None:
