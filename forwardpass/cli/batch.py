@@ -96,8 +96,11 @@ def batch(
     Memory stays bounded whatever the input's size. A job killed at any moment
     (even kill -9) or stopped with Ctrl-C or SIGTERM finishes with --resume, which takes
     the job's options from OUTPUT's manifest: every record ends up exactly once
-    in the output or the errors file. Ids are file paths relative to INPUT, plus
-    #rowN for a row of a table (#lineN for JSONL).
+    in the output or the errors file (and a decision model's audit log holds
+    each decision once). --resume is refused if INPUT's files or the model
+    changed since the job started, and while another run writes OUTPUT. Ids are
+    file paths relative to INPUT, plus #rowN for a row of a table (#lineN for
+    JSONL).
 
     Examples:
 

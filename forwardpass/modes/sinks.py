@@ -189,6 +189,9 @@ class Output:
         return path
 
     def finish(self) -> None:
+        if self.format == "parquet":
+            with self._resumable("a part, typed again"):
+                _unify_parquet([self.part_path(index) for index in sorted(self._done) if self._done[index].rows])
         self.gather_errors()
         self._manifest.finished = True
         with self._resumable("the manifest recording the job finished"):
@@ -295,6 +298,30 @@ def _write_parquet(path: Path, rows: Sequence[Row]) -> None:
     import pyarrow.parquet as pq
 
     pq.write_table(pa.Table.from_pylist(list(rows)), path)
+
+
+def _unify_parquet(parts: list[Path]) -> None:
+    """Each part's columns typed alike, as one dataset needs: pyarrow types a part from its own rows, so a part in
+    which no image had a detection holds a list of nulls, and one whose records all lacked a field has no column for
+    it; with such a part first, the folder could not be read ('Unsupported cast from struct to null'). Those parts
+    are written again (atomically: a run killed meanwhile does this again) with the types the others agree on."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schemas = {path: pq.read_schema(path) for path in parts}
+    try:
+        unified = pa.unify_schemas(list(schemas.values()), promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # a column of numbers in one part and of texts in another: as is
+        return
+    for path, schema in schemas.items():
+        if not schema.equals(unified):
+            table = pq.read_table(path)
+            columns = [
+                table[field.name] if field.name in schema.names else pa.nulls(table.num_rows, field.type)
+                for field in unified
+            ]
+            typed = pa.Table.from_arrays(columns, names=unified.names).cast(unified)
+            atomic_write(path, lambda temp, typed=typed: pq.write_table(typed, temp))
 
 
 def _write_jsonl(path: Path, rows: Sequence[Row]) -> None:

@@ -6,12 +6,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 import forwardpass
 from forwardpass.errors import InputError
 from forwardpass.modes.batch import BatchOptions, run_batch
-from forwardpass.modes.sinks import Output, saved_job
+from forwardpass.modes.sinks import Output, PartDone, saved_job
 
 from .conftest import write_table
 from .test_batch import FORWARDPASS, read_rows
@@ -61,3 +62,26 @@ def test_a_write_that_fails_ends_the_job_in_one_line_and_resume_finishes_it(repo
     assert finished.returncode == 0, finished.stderr
     ids = sorted(row["id"] for row in read_rows(output, "jsonl"))
     assert ids == sorted(f"rows.csv#row{n}" for n in range(1, 301))
+
+
+def test_parquet_parts_typed_from_rows_without_a_value_read_as_one_dataset(tmp_path: Path):
+    """A part in which no image had a detection wrote `detections` as a list of nulls, and a part of records that
+    all lacked a field wrote no column: with such a part first, pq.read_table (and pd.read_parquet) of the folder
+    failed ('Unsupported cast from struct<...> to null')."""
+    output = Output(tmp_path / "out", "parquet", JOB, resume=False)
+    found = {"box": [1.0, 2.0, 3.0, 4.0], "score": 0.9, "label": "face"}
+    parts = [
+        [{"id": "empty.png", "detections": []}],
+        [{"id": "one.png", "detections": [found], "note": "n"}, {"id": "none.png", "detections": []}],
+    ]
+    for index, rows in enumerate(parts):
+        output.write(index, rows, [])
+        output.record(PartDone(index, index, index + 1, len(rows), 0))
+    output.finish()
+    output.close()
+    read = pq.read_table(tmp_path / "out").to_pylist()
+    assert read == [
+        {"id": "empty.png", "detections": [], "note": None},
+        {"id": "one.png", "detections": [found], "note": "n"},
+        {"id": "none.png", "detections": [], "note": None},
+    ]
