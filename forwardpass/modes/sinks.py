@@ -20,6 +20,7 @@ import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -321,7 +322,7 @@ def _unify_parquet(parts: list[Path]) -> None:
                 for field in unified
             ]
             typed = pa.Table.from_arrays(columns, names=unified.names).cast(unified)
-            atomic_write(path, lambda temp, typed=typed: pq.write_table(typed, temp))
+            atomic_write(path, partial(pq.write_table, typed))
 
 
 def _write_jsonl(path: Path, rows: Sequence[Row]) -> None:

@@ -70,7 +70,7 @@ def test_parquet_parts_typed_from_rows_without_a_value_read_as_one_dataset(tmp_p
     failed ('Unsupported cast from struct<...> to null')."""
     output = Output(tmp_path / "out", "parquet", JOB, resume=False)
     found = {"box": [1.0, 2.0, 3.0, 4.0], "score": 0.9, "label": "face"}
-    parts = [
+    parts: list[list[dict[str, object]]] = [
         [{"id": "empty.png", "detections": []}],
         [{"id": "one.png", "detections": [found], "note": "n"}, {"id": "none.png", "detections": []}],
     ]
