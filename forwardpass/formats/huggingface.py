@@ -171,7 +171,7 @@ class HuggingFaceFormat:
             return _sentence_transformers_facts(path, said)
         if auto_class == "AutoModelForImageClassification":
             try:
-                said = replace(said, max_tokens=None, image=image_preprocessing(path))
+                said = replace(said, max_tokens=None, image=image_preprocessing(path, str(config["model_type"])))
             except ConfigError as exc:
                 said = replace(said, max_tokens=None, preprocess_refused=str(exc))
         if auto_class not in _ITEM_HEADS:
@@ -342,7 +342,7 @@ def _image_size(path: Path, config: dict[str, Any]) -> tuple[int, int]:
     (config.json image_size: where forwardpass does not read its processor, a config declares how images are
     prepared); (-1, -1) where neither fixes one."""
     try:
-        image = image_preprocessing(path)
+        image = image_preprocessing(path, str(config["model_type"]))
         crop, resize = image.crop, image.resize
         fixed = crop if crop is not None else resize if isinstance(resize, tuple) else None
     except ConfigError:

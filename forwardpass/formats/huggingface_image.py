@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from forwardpass.config import ImageConfig
 from forwardpass.errors import ConfigError
 
-__all__ = ["PROCESSOR_CONFIG", "image_preprocessing"]
+__all__ = ["PROCESSOR_BY_MODEL_TYPE", "PROCESSOR_CONFIG", "image_preprocessing"]
 
 PROCESSOR_CONFIG = "preprocessor_config.json"
 _STANDARD = (0.5, 0.5, 0.5)  # transformers' IMAGENET_STANDARD_MEAN and _STD
@@ -70,9 +70,26 @@ _PROCESSORS = {
 }
 
 
-def image_preprocessing(folder: Path) -> ImageConfig:
-    """The ImageConfig that prepares an image as the folder's preprocessor_config.json does, or a ConfigError naming
-    what forwardpass does not reproduce (one line)."""
+# The processor transformers picks by the model's config.json model_type when preprocessor_config.json names none
+# (AutoImageProcessor's mapping, for the model types of the processors above).
+PROCESSOR_BY_MODEL_TYPE = {
+    **dict.fromkeys(("vit", "vit_msn", "swin", "swinv2", "dinat", "ijepa", "swiftformer"), "ViTImageProcessor"),
+    **dict.fromkeys(("beit", "data2vec-vision"), "BeitImageProcessor"),
+    **dict.fromkeys(("bit", "dinov2", "focalnet", "hiera"), "BitImageProcessor"),
+    **dict.fromkeys(("convnext", "convnextv2", "cvt", "regnet", "resnet"), "ConvNextImageProcessor"),
+    **dict.fromkeys(("pvt", "pvt_v2"), "PvtImageProcessor"),
+    "deit": "DeiTImageProcessor",
+    "clip": "CLIPImageProcessor",
+    "mobilenet_v1": "MobileNetV1ImageProcessor",
+    "mobilenet_v2": "MobileNetV2ImageProcessor",
+    "siglip": "SiglipImageProcessor",
+}
+
+
+def image_preprocessing(folder: Path, model_type: str) -> ImageConfig:
+    """The ImageConfig that prepares an image as the folder's preprocessor_config.json does (its processor named
+    there, else the one transformers picks for `model_type`), or a ConfigError naming what forwardpass does not
+    reproduce (one line)."""
     file = folder / PROCESSOR_CONFIG
     try:
         said = json.loads(file.read_text(encoding="utf-8"))
@@ -80,11 +97,13 @@ def image_preprocessing(folder: Path) -> ImageConfig:
         raise ConfigError(f"{file}: not a readable image processor config (huggingface folder): {exc}") from None
     if not isinstance(said, dict):
         raise ConfigError(f"{file}: not an image processor config (huggingface folder): not a JSON object")
-    name = _class_name(said)
+    name = _class_name(said) or PROCESSOR_BY_MODEL_TYPE.get(model_type)
     processor = _PROCESSORS.get(name or "")
     if processor is None:
         runs = ", ".join(_PROCESSORS)
-        named = f"image processor {name}" if name else "no image processor class (image_processor_type)"
+        named = (
+            f"image processor {name}" if name else f"no image processor class (image_processor_type) for {model_type}"
+        )
         raise ConfigError(f"{file}: {named}, which forwardpass does not reproduce exactly (it reproduces {runs})")
     return _Reading(file, name or "", said, processor).config()
 

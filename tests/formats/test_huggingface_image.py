@@ -19,7 +19,7 @@ import yaml
 import forwardpass
 from forwardpass.errors import ConfigError
 from forwardpass.formats import ServeMode
-from forwardpass.formats.huggingface_image import PROCESSOR_CONFIG, image_preprocessing
+from forwardpass.formats.huggingface_image import PROCESSOR_BY_MODEL_TYPE, PROCESSOR_CONFIG, image_preprocessing
 from forwardpass.formats.torch import import_torch
 from forwardpass.pipeline.image import ImagePreprocessor
 from tests.running_server import serve
@@ -62,7 +62,7 @@ def test_an_image_is_prepared_as_the_processors_pillow_backend_prepares_it(
 ):
     processor = pil_backend(name)(**settings)
     processor.save_pretrained(tmp_path)
-    preprocessor = ImagePreprocessor(image_preprocessing(tmp_path), "pixel_values")
+    preprocessor = ImagePreprocessor(image_preprocessing(tmp_path, "vit"), "pixel_values")
     for photo in PHOTOS:
         with Image.open(photo) as image:
             expected = processor(images=image.convert("RGB"), return_tensors="np")["pixel_values"][0]
@@ -80,7 +80,7 @@ def write_processor(folder: Path, **said: Any) -> Path:
     ("said", "named"),
     [
         ({"image_processor_type": "EfficientNetImageProcessor"}, "image processor EfficientNetImageProcessor"),
-        ({"do_resize": True}, "no image processor class (image_processor_type)"),
+        ({"do_resize": True}, "no image processor class (image_processor_type) for efficientnet"),
         ({"image_processor_type": "ViTImageProcessor", "resample": 4}, "ViTImageProcessor with resample BOX"),
         (
             {"image_processor_type": "BitImageProcessor", "size": {"shortest_edge": 224, "longest_edge": 300}},
@@ -102,9 +102,22 @@ def test_a_processor_forwardpass_does_not_reproduce_is_refused_naming_it(
 ):
     file = write_processor(tmp_path, **said)
     with pytest.raises(ConfigError) as refused:
-        image_preprocessing(tmp_path)
+        image_preprocessing(tmp_path, "efficientnet")
     message = str(refused.value)
     assert message.startswith(f"{file}: {named}") and "\n" not in message
+
+
+@pytest.mark.parametrize("model_type", sorted(PROCESSOR_BY_MODEL_TYPE))
+def test_a_file_that_names_no_processor_is_read_as_the_one_transformers_picks_for_the_model_type(
+    model_type: str, tmp_path: Path
+):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    write_processor(tmp_path, do_resize=True)
+    picked = transformers.AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
+    assert f"{PROCESSOR_BY_MODEL_TYPE[model_type]}Pil" == type(picked).__name__
+    expected = picked(images=Image.open(PHOTOS[0]).convert("RGB"), return_tensors="np")["pixel_values"][0]
+    got = ImagePreprocessor(image_preprocessing(tmp_path, model_type), "pixel_values")(PHOTOS[0])["pixel_values"]
+    assert np.abs(got - expected).max() <= 1e-5
 
 
 def test_an_older_feature_extractor_file_is_read_with_its_processors_defaults(tmp_path: Path):
@@ -119,7 +132,7 @@ def test_an_older_feature_extractor_file_is_read_with_its_processors_defaults(tm
         resample=2,
         size=224,
     )
-    config = image_preprocessing(tmp_path)
+    config = image_preprocessing(tmp_path, "vit")
     assert (config.resize, config.crop, config.interpolation, config.scale) == ((224, 224), None, "bilinear", 1 / 255)
 
 
