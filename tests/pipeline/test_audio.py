@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-import soundfile as sf
+import soxr
 
 import forwardpass
 from forwardpass.config import AudioConfig
@@ -113,10 +113,27 @@ def bounded(**limits: Any) -> AudioPreprocessor:
     return AudioPreprocessor(AudioConfig(kind="audio", sample_rate=WAVEFORM_RATE, **limits), "waveform", None)
 
 
-def test_keeping_channels_gives_channels_first(tmp_path: Path) -> None:
-    path = write(tmp_path / "stereo.wav", recording(0.2, 8000, 2), 8000, "FLOAT")
+def test_keeping_channels_gives_channels_first_each_resampled(tmp_path: Path) -> None:
+    stereo = recording(0.2, 16000, 2)
+    path = write(tmp_path / "stereo.wav", stereo, 16000, "FLOAT")
     samples = AudioPreprocessor(AudioConfig(kind="audio", sample_rate=8000, channels="keep"), "x", None)(str(path))
-    np.testing.assert_array_equal(samples["x"], sf.read(path, dtype="float32")[0].T)
+    expected = np.stack([soxr.resample(stereo[:, channel].astype(np.float32), 16000, 8000) for channel in (0, 1)])
+    assert samples["x"].shape == (2, stereo.shape[0] // 2)
+    np.testing.assert_allclose(samples["x"], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("subtype", "dtype", "full_scale"),
+    [("PCM_16", np.int16, 2**15), ("PCM_32", np.int32, 2**31)],
+)
+def test_integer_pcm_becomes_float_in_minus_one_to_one(
+    tmp_path: Path, subtype: str, dtype: type[np.integer[Any]], full_scale: int
+) -> None:
+    """The scaling by hand: the most negative integer is -1.0, zero is 0, the largest is just under 1."""
+    extremes = np.array([np.iinfo(dtype).min, -full_scale // 2, 0, full_scale // 4, np.iinfo(dtype).max], dtype=dtype)
+    path = write(tmp_path / "pcm.wav", extremes, 8000, subtype)
+    samples = bounded(window=None)(str(path))["waveform"]
+    np.testing.assert_array_equal(samples, (extremes / full_scale).astype(np.float32))
 
 
 @pytest.mark.parametrize(
