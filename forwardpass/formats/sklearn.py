@@ -248,18 +248,32 @@ class SklearnFormat:
             log.warning("%s: %s", path, str(warning.message).strip().partition("\n")[0])
         if not callable(getattr(estimator, "predict", None)):
             raise ConfigError(f"{path}: the sklearn pickle holds a {type(estimator).__name__}, not a fitted model")
-        from sklearn.svm import SVC, NuSVC
-
-        final = _steps(estimator)[-1]
-        # their predict_proba is fitted apart from predict (scikit-learn's documentation: "may be inconsistent")
-        if isinstance(final, SVC | NuSVC) and final.probability:
-            raise ConfigError(
-                f"{path}: its {type(final).__name__}(probability=True) predicts a class other than its most probable "
-                "one on some rows (Platt scaling), so no answer is both its label and its scores; refit it as "
-                f"CalibratedClassifierCV({type(final).__name__}(), ensemble=False), or with probability=False for its "
-                "decision scores"
-            )
+        inconsistent = _predicts_another_class(_steps(estimator)[-1])
+        if inconsistent is not None:
+            why, fix = inconsistent
+            raise ConfigError(f"{path}: its {why}, so no answer is both its label and its scores; refit it as {fix}")
         return estimator
+
+
+def _predicts_another_class(final: Any) -> tuple[str, str] | None:
+    """Why a classifier predicts, on some rows, a class other than its most probable one (which forwardpass answers),
+    and how to refit it; None for one that does not. scikit-learn fits these probabilities apart from predict."""
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.svm import SVC, NuSVC
+
+    if isinstance(final, SVC | NuSVC) and final.probability:
+        name = type(final).__name__
+        return (
+            f"{name}(probability=True) scores classes by Platt scaling but predicts by its votes",
+            f"CalibratedClassifierCV({name}(), ensemble=False), or with probability=False for its decision scores",
+        )
+    if isinstance(final, SGDClassifier) and final.loss == "modified_huber" and len(final.classes_) > 2:
+        return (
+            "SGDClassifier(loss='modified_huber') scores every class alike where all their decisions are below -1, "
+            "but predicts the highest decision",
+            "SGDClassifier(loss='log_loss'), or in a CalibratedClassifierCV",
+        )
+    return None
 
 
 def _class_names(classes: np.ndarray) -> tuple[str, ...]:
@@ -274,6 +288,11 @@ def _is_classifier(estimator: Any, path: Path) -> bool:
     from sklearn.base import is_classifier, is_regressor
 
     if is_classifier(estimator):
+        if not hasattr(estimator, "predict_proba") and not hasattr(estimator, "decision_function"):
+            raise ConfigError(
+                f"{path}: the {type(estimator).__name__} gives neither probabilities nor decision scores, only its "
+                "votes; refit it with scores (a VotingClassifier with voting='soft')"
+            )
         classes = getattr(estimator, "classes_", None)
         if isinstance(classes, list):  # one array of classes per target: a multi-output (multi-label) classifier
             raise ConfigError(

@@ -359,3 +359,34 @@ def test_an_svc_whose_probabilities_and_predict_disagree_is_refused_at_load(tmp_
 
     with pytest.raises(ConfigError, match=r"svc.joblib: its SVC\(probability=True\) .* CalibratedClassifierCV"):
         forwardpass.load(tmp_path / "svc.joblib", trust_pickle=True)
+
+
+def test_a_modified_huber_classifier_of_several_classes_is_refused_at_load(tmp_path: Path) -> None:
+    """Its probabilities clip each class's decision to [-1, 1]: where every class scores below -1 they are all equal,
+    and the most probable class (the first) is not the one it predicts (the highest decision)."""
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import SGDClassifier
+
+    features, target = make_classification(400, 6, n_informative=3, n_classes=3, flip_y=0.3, random_state=0)
+    classifier = SGDClassifier(loss="modified_huber", random_state=0).fit(features, target)
+    assert (
+        classifier.classes_[classifier.predict_proba(features).argmax(axis=1)] != classifier.predict(features)
+    ).any()
+    joblib.dump(classifier, tmp_path / "huber.joblib")
+
+    with pytest.raises(
+        ConfigError,
+        match=r"huber.joblib: its SGDClassifier\(loss='modified_huber'\) .* as SGDClassifier\(loss='log_loss'\)",
+    ):
+        forwardpass.load(tmp_path / "huber.joblib", trust_pickle=True)
+
+
+def test_a_classifier_without_scores_is_refused_at_load_in_one_line(tmp_path: Path) -> None:
+    from sklearn.ensemble import VotingClassifier
+
+    features, target = load_iris(return_X_y=True)
+    members = [("linear", LogisticRegression(max_iter=500)), ("forest", RandomForestClassifier(3, random_state=0))]
+    joblib.dump(VotingClassifier(members, voting="hard").fit(features, target), tmp_path / "votes.joblib")
+
+    done = run_cli("predict", str(tmp_path / "votes.joblib"), "--trust-pickle", "[5.1, 3.5, 1.4, 0.2]")
+    assert_one_error(done, "votes.joblib", "VotingClassifier", "neither probabilities nor decision scores")
