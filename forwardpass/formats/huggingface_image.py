@@ -46,6 +46,8 @@ class _Processor:
     crop_size: dict[str, int] | None = None
     do_center_crop: bool = False
     crop_pct: float | None = None  # ConvNeXt's resize-then-crop ratio (its own resize rule)
+    normalizes: bool = True  # False: no mean and std, whatever do_normalize says (MobileViT's steps have none)
+    flip_channel_order: bool | None = None  # MobileViT's step to BGR, and its default; None: no such step
 
 
 _SQUARE_224 = {"height": 224, "width": 224}
@@ -64,6 +66,16 @@ _PROCESSORS = {
     "PvtImageProcessor": _Processor(3, *_IMAGENET, _SQUARE_224),
     "BeitImageProcessor": _Processor(3, *(_STANDARD, _STANDARD), _SQUARE_224, crop_size=_SQUARE_224),
     "SiglipImageProcessor": _Processor(3, *(_STANDARD, _STANDARD), _SQUARE_224, default_to_square=False),
+    "MobileViTImageProcessor": _Processor(
+        3,
+        *(_STANDARD, _STANDARD),
+        {"shortest_edge": 224},
+        False,
+        {"height": 256, "width": 256},
+        True,
+        normalizes=False,
+        flip_channel_order=True,
+    ),
     "ConvNextImageProcessor": _Processor(
         3, *(_STANDARD, _STANDARD), {"shortest_edge": 384}, default_to_square=False, crop_pct=224 / 256
     ),
@@ -82,6 +94,7 @@ PROCESSOR_BY_MODEL_TYPE = {
     "clip": "CLIPImageProcessor",
     "mobilenet_v1": "MobileNetV1ImageProcessor",
     "mobilenet_v2": "MobileNetV2ImageProcessor",
+    **dict.fromkeys(("mobilevit", "mobilevitv2"), "MobileViTImageProcessor"),
     "siglip": "SiglipImageProcessor",
 }
 
@@ -133,13 +146,15 @@ class _Reading:
         resize, crop = self._resize_and_crop()
         interpolation = self._interpolation()
         scale = float(self._value("rescale_factor", 1 / 255)) if self._flag("do_rescale", True) else 1.0
-        normalize = self._flag("do_normalize", True)
+        normalize = self.processor.normalizes and self._flag("do_normalize", True)
+        flip = self.processor.flip_channel_order
+        bgr = flip is not None and self._flag("do_flip_channel_order", flip)
         mean = self._channels("image_mean", self.processor.mean) if normalize else [0.0]
         std = self._channels("image_std", self.processor.std) if normalize else [1.0]
         return ImageConfig(
             kind="image",
             input="pixel_values",
-            color="RGB",  # transformers' pipeline reads every image as RGB (load_image)
+            color="BGR" if bgr else "RGB",  # the pipeline reads every image as RGB (load_image); MobileViT flips it
             resize=resize,
             crop=crop,
             crop_rounding="floor",

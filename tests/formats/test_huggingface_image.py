@@ -47,6 +47,8 @@ PROCESSORS: list[tuple[str, dict[str, Any]]] = [
     ("BeitImageProcessor", {"do_reduce_labels": True}),  # segmentation maps' labels: images are not reduced
     ("BeitImageProcessor", {"size": {"height": 67, "width": 67}, "do_center_crop": True, "crop_size": 64}),
     ("SiglipImageProcessor", {"rescale_factor": 1 / 127.5, "do_normalize": False}),
+    ("MobileViTImageProcessor", {"size": {"shortest_edge": 288}}),  # BGR, not normalized: apple/mobilevit-small's
+    ("MobileViTImageProcessor", {"size": 70, "crop_size": 64, "do_flip_channel_order": False, "do_normalize": True}),
     ("ConvNextImageProcessor", {}),  # 384: warped to a square
     ("ConvNextImageProcessor", {"size": {"shortest_edge": 64}, "crop_pct": 0.9}),  # resized to 71, cropped to 64
 ]
@@ -112,9 +114,11 @@ def test_a_file_that_names_no_processor_is_read_as_the_one_transformers_picks_fo
     model_type: str, tmp_path: Path
 ):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
-    write_processor(tmp_path, do_resize=True)
+    processor = PROCESSOR_BY_MODEL_TYPE[model_type]
+    # MobileViT's defaults crop 256 of a 224 shortest edge (padding, refused): its checkpoints resize to 288
+    write_processor(tmp_path, **({"size": 288} if processor == "MobileViTImageProcessor" else {}))
     picked = transformers.AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
-    assert f"{PROCESSOR_BY_MODEL_TYPE[model_type]}Pil" == type(picked).__name__
+    assert f"{processor}Pil" == type(picked).__name__
     expected = picked(images=Image.open(PHOTOS[0]).convert("RGB"), return_tensors="np")["pixel_values"][0]
     got = ImagePreprocessor(image_preprocessing(tmp_path, model_type), "pixel_values")(PHOTOS[0])["pixel_values"]
     assert np.abs(got - expected).max() <= 1e-5
