@@ -214,14 +214,18 @@ class Model:
             prediction["action"], prediction["rule"] = action, rule
         return predictions
 
-    def run_items(self, items: Sequence[Arrays], batch_size: int | None = None) -> list[tuple[Arrays, Arrays]]:
+    def run_items(
+        self, items: Sequence[Arrays], batch_size: int | None = None, *, deadline: float | None = None
+    ) -> list[tuple[Arrays, Arrays]]:
         """Preprocessed items → forward passes of at most `batch_size` (default: the model's) → (outputs row,
         inputs row) per item. Public for the code that reads the model's raw outputs per item rather than its
-        predictions (precision's agreement, MLPerf's system under test, benchmarks)."""
+        predictions (precision's agreement, MLPerf's system under test, benchmarks), and for the server, which runs
+        a recording's chunks here until its request's `deadline` (time.perf_counter(); `run_steps`)."""
         size = batch_size or self.batch_size
         rows: list[tuple[Arrays, Arrays]] = []
         if self.steps is not None:
-            return [(run_steps(self.forward, self.steps, self.pipeline.feeds(dict(item))), item) for item in items]
+            steps = self.steps
+            return [(run_steps(self.forward, steps, self.pipeline.feeds(dict(item)), deadline), item) for item in items]
         if self.whole_items:
             return [(self.forward(self.pipeline.feeds(dict(item))), item) for item in items]
         for start in range(0, len(items), size):

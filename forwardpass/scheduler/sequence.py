@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from forwardpass.config import SequenceBatchingConfig
-from forwardpass.errors import ClientQuotaExceeded, ConfigError, InputError, Overloaded, ShapeError
+from forwardpass.errors import ClientQuotaExceeded, ConfigError, DeadlineExceeded, InputError, Overloaded, ShapeError
 from forwardpass.scheduler.batcher import Batched, BatchObserver, Runner
 from forwardpass.scheduler.batches import Arrays, check_rows, fail_alone
 from forwardpass.tensor import TensorSpec
@@ -86,16 +86,21 @@ def state_slots(
 MAX_SEQUENCE_ID_BYTES = 128
 
 
-def run_steps(forward: Runner, slots: Sequence[StateSlot], steps: Arrays) -> Arrays:
+def run_steps(forward: Runner, slots: Sequence[StateSlot], steps: Arrays, deadline: float | None = None) -> Arrays:
     """One whole sequence that is all here at once (a recording's chunks): the arrays' first axis is its steps, in
     order; each step is one forward pass of one row, fed the state outputs of the step before (the initial state
     first). The other outputs of the steps, stacked along their first axis. No batcher: nothing waits between steps,
-    and a step cannot share a forward pass with the steps after it, which need its state."""
+    and a step cannot share a forward pass with the steps after it, which need its state. Past `deadline`
+    (time.perf_counter()) the steps left are not run: DeadlineExceeded."""
     state = {slot.input: slot.initial for slot in slots}
     fed_back = {slot.output: slot.input for slot in slots}
     count = len(next(iter(steps.values())))
     collected: dict[str, list[np.ndarray]] = {}
     for index in range(count):
+        if deadline is not None and time.perf_counter() > deadline:
+            raise DeadlineExceeded(
+                f"the sequence's steps ran past their deadline ({index} of {count} run); retry later, or send less"
+            )
         outputs = forward({**{name: array[index : index + 1] for name, array in steps.items()}, **state})
         for name, value in outputs.items():
             if name in fed_back:

@@ -247,13 +247,15 @@ class DataPlane:
                     work = [raw] if raws is None else raws
                     items = await asyncio.to_thread(lambda: [_preprocess(model, item, limits) for item in work])
                 preprocessed = time.perf_counter()
+                timeout_s = _timeout_s(parameters, self._settings)
                 if model.steps is not None:  # a recording's chunks step through a stateful model, in order
-                    rows = await asyncio.to_thread(model.run_items, items)
+                    deadline = preprocessed + timeout_s
+                    rows = await asyncio.to_thread(lambda: model.run_items(items, deadline=deadline))
                     queued_s, run_s = 0.0, time.perf_counter() - preprocessed
                 else:
                     batch = model.pipeline.collate(items)
                     feeds = model.pipeline.feeds(batch)  # less what only the postprocessing reads
-                    done = await self._run(served, feeds, len(items), _timeout_s(parameters, self._settings))
+                    done = await self._run(served, feeds, len(items), timeout_s)
                     queued_s, run_s = done.queued_s, done.run_s
                     rows = [
                         (_item_outputs(served, done.outputs, i, len(items)), {k: v[i] for k, v in batch.items()})

@@ -79,3 +79,20 @@ def test_a_corrupt_or_too_long_file_is_a_one_line_400(server: RunningServer) -> 
     assert "6.0 s of audio is over the limit of 5.0 s" in too_long.text
     path_as_text = predict(server, "waveform", b"/etc/passwd", "text/plain")
     assert path_as_text.status_code == 400 and "send its bytes" in path_as_text.text
+
+
+def test_a_recording_that_runs_past_the_request_timeout_is_refused_between_its_steps(
+    kit: Any, tmp_path: Path, server: RunningServer
+) -> None:
+    """A server whose requests have 50 ms: a minute of audio (1,875 steps, ~0.5 s of forward passes) stops at the
+    deadline with a 503 instead of holding a worker thread to its end; the same file is answered by a server with
+    time for it."""
+    path = write(tmp_path / "minute.wav", np.tile(recording(3.0, VAD_RATE, 1), (20, 1)), VAD_RATE, "PCM_16")
+    hurried = kit.serve(server.settings.repository, request_timeout_s=0.05)
+    try:
+        refused = predict(hurried, "silero_vad", path.read_bytes())
+    finally:
+        hurried.stop()
+    assert refused.status_code == 503
+    assert "ran past their deadline" in refused.text
+    assert predict(server, "silero_vad", path.read_bytes()).status_code == 200
