@@ -77,6 +77,16 @@ def _categories_by_column(estimator: Any) -> dict[str, list[Any]]:
     return found
 
 
+def _unknown_refused(estimator: Any) -> set[str]:
+    """Columns whose encoder refuses a category it never saw (OneHotEncoder's and OrdinalEncoder's default)."""
+    refused: set[str] = set()
+    for transformer, columns in _column_transformers(estimator):
+        encoder = next((step for step in _steps(transformer) if hasattr(step, "categories_")), None)
+        if encoder is not None and getattr(encoder, "handle_unknown", "error") == "error":
+            refused.update(columns)
+    return refused
+
+
 def _column_transformers(estimator: Any) -> list[tuple[Any, list[str]]]:
     """(transformer, its column names) of every ColumnTransformer in the model, nested pipelines included, and the
     one a HistGradientBoosting model fitted on DataFrame categories keeps to encode them (`_preprocessor`)."""
@@ -186,7 +196,8 @@ class SklearnFormat:
         )
 
     def parity_samples(self, path: Path, specs: Sequence[TensorSpec], n: int) -> list[dict[str, np.ndarray]]:
-        """Random numbers, and for text columns the categories the model was fitted on (plus one it never saw)."""
+        """Random numbers, and for text columns the categories the model was fitted on (plus one it never saw, where
+        its encoder takes one)."""
         from forwardpass.formats.parity import random_samples
 
         numeric = [spec for spec in specs if spec.dtype is not DataType.BYTES]
@@ -195,12 +206,14 @@ class SklearnFormat:
             return random_samples(specs, n)
         estimator = self._load(path, LoadOptions(trust_pickle=True))  # already trusted: this is its parity check
         categories = _categories_by_column(estimator)
+        refused = _unknown_refused(estimator)
         rng = np.random.default_rng(0)
         batches = random_samples(numeric, n) if numeric else [{} for _ in range(max(1, n // 8))]
         for batch in batches:
             rows = len(next(iter(batch.values()))) if batch else 8
             for spec in text:
-                known = [*categories.get(spec.name, []), "never seen"]
+                unseen = [] if spec.name in refused else ["never seen"]
+                known = [*categories.get(spec.name, []), *unseen]
                 batch[spec.name] = np.array(rng.choice(known, (rows, 1)), dtype=object)
         return batches
 

@@ -390,3 +390,23 @@ def test_a_classifier_without_scores_is_refused_at_load_in_one_line(tmp_path: Pa
 
     done = run_cli("predict", str(tmp_path / "votes.joblib"), "--trust-pickle", "[5.1, 3.5, 1.4, 0.2]")
     assert_one_error(done, "votes.joblib", "VotingClassifier", "neither probabilities nor decision scores")
+
+
+def test_a_pipeline_whose_encoder_refuses_unknown_categories_converts(categorical: Categorical, tmp_path: Path) -> None:
+    """OneHotEncoder's default refuses a category it never saw: the parity inputs hold only the ones it knows."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder
+
+    frame = categorical.frame.astype({"colour": str, "size": int})
+    # numbers first: after the encoder's float output skl2onnx gives the classifier a float output where ONNX Runtime
+    # expects double, and the conversion is refused
+    numbers = ("numbers", StandardScaler(), ["amount", "size"])
+    encode = ColumnTransformer([numbers, ("colour", OneHotEncoder(), ["colour"])])
+    classifier = make_pipeline(encode, LogisticRegression()).fit(frame, categorical.target)
+    joblib.dump(classifier, tmp_path / "encoded.joblib")
+
+    model = forwardpass.load(tmp_path / "encoded.joblib", trust_pickle=True, serve="onnx", intra_op_threads=1)
+    scores = class_scores(model.predict(categorical.records))
+    np.testing.assert_allclose(scores, classifier.predict_proba(frame.iloc[:12]), atol=TOLERANCE)
+    with pytest.raises(InputError, match="Unknown Category"):  # ONNX Runtime's OneHotEncoder, as converted
+        model.predict({**categorical.records[0], "colour": "purple"})
