@@ -260,6 +260,13 @@ class SklearnFormat:
         for warning in caught:  # e.g. saved by another scikit-learn version: worth knowing, not fatal
             log.warning("%s: %s", path, str(warning.message).strip().partition("\n")[0])
         if not callable(getattr(estimator, "predict", None)):
+            final = _steps(estimator)[-1]
+            if final is not estimator and hasattr(final, "transform"):
+                held = f"{type(estimator).__name__} ending in a {type(final).__name__}"
+                raise ConfigError(
+                    f"{path}: the sklearn pickle holds a {held}, which predicts nothing: a transformer; only "
+                    "classifiers and regressors are served"
+                )
             raise ConfigError(f"{path}: the sklearn pickle holds a {type(estimator).__name__}, not a fitted model")
         inconsistent = _predicts_another_class(_steps(estimator)[-1])
         if inconsistent is not None:

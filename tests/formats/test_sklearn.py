@@ -212,6 +212,15 @@ def test_a_pickle_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
         SKLEARN.open_native(path, ENGINE, TRUSTED)
 
 
+def test_a_pipeline_ending_in_a_transformer_is_refused_naming_its_last_step(tmp_path: Path) -> None:
+    from sklearn.decomposition import PCA
+
+    features, _ = load_iris(return_X_y=True)
+    path = save(make_pipeline(StandardScaler(), PCA(2)).fit(features), tmp_path / "reduce.joblib")
+    with pytest.raises(ConfigError, match="holds a Pipeline ending in a PCA, which predicts nothing: a transformer"):
+        SKLEARN.open_native(path, ENGINE, TRUSTED)
+
+
 def test_wrong_width_input_is_an_input_error(fitted_pickle: Path) -> None:
     session = SKLEARN.open_native(fitted_pickle, ENGINE, TRUSTED)
     with pytest.raises(InputError, match="refused the input"):
