@@ -93,25 +93,29 @@ def csv_header(path: Path) -> list[str]:
 
 
 def csv_items(path: Path, name: str) -> Iterator[Item]:
-    """One record (a {column: text} dict) per row, streamed; a row with more fields than the header is an error.
-    A file that stops parsing part-way gives one error item for the rest, after the rows read before it."""
+    """One record (a {column: text} dict) per row, streamed; a row with more or fewer fields than the header is an
+    error (fewer: a file cut short mid-line; an empty field is a missing value). A file that stops parsing part-way
+    gives one error item for the rest, after the rows read before it."""
     with _open_text(path) as file:
-        reader = csv.DictReader(file)
+        reader = csv.reader(file)
         row_number = 0
         try:
-            if reader.fieldnames is None:  # reads the header: none in a file without a line
+            header = next(reader, None)
+            if header is None:  # a file without a line
                 yield Item(name, error=DecodeError(EMPTY_CSV))
-            elif twice := _named_twice(reader.fieldnames):
+                return
+            if twice := _named_twice(header):
                 yield Item(name, error=DecodeError(twice))
                 return
-            for row_number, row in enumerate(reader, 1):
-                extra = row.get(None)  # type: ignore[call-overload,unused-ignore]  # DictReader puts extra fields under None
-                if extra:
-                    width = len(reader.fieldnames or ())
-                    message = f"has {width + len(extra)} fields, the header has {width}"
+            for fields in reader:
+                if not fields:  # a blank line: no record (as csv.DictReader reads it)
+                    continue
+                row_number += 1
+                if len(fields) != len(header):
+                    message = f"has {len(fields)} fields, the header has {len(header)}"
                     yield Item(f"{name}#row{row_number}", error=DecodeError(message))
                 else:
-                    yield Item(f"{name}#row{row_number}", row)
+                    yield Item(f"{name}#row{row_number}", dict(zip(header, fields, strict=True)))
         except (csv.Error, UnicodeDecodeError) as exc:
             yield Item(f"{name}#row{row_number + 1}", error=DecodeError(_csv_problem(exc)))
 

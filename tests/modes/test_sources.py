@@ -49,3 +49,18 @@ def test_a_parquet_row_group_that_cannot_be_read_is_one_bad_record_per_row_and_t
     )
     config = forwardpass.load("tab_cls", repository=repository).config
     assert open_source(path, config).count() == 30
+
+
+def test_a_csv_row_with_fewer_fields_than_the_header_is_a_bad_record(tmp_path: Path):
+    """A CSV cut short (its writer killed mid-line) ends in a row of fewer fields: DictReader filled the missing ones
+    with None, which a config that imputes takes for missing values, and the row was scored (its last number cut
+    too) with no error. An empty field stays a missing value."""
+    table = tmp_path / "cut.csv"
+    table.write_text("a,b,c\n1,2,3\n4,,6\n7,8", encoding="utf-8")
+    items = list(csv_items(table, "cut.csv"))
+    assert [(item.name, item.raw) for item in items[:2]] == [
+        ("cut.csv#row1", {"a": "1", "b": "2", "c": "3"}),
+        ("cut.csv#row2", {"a": "4", "b": "", "c": "6"}),
+    ]
+    assert items[2].name == "cut.csv#row3" and items[2].raw is None
+    assert "has 2 fields, the header has 3" in str(items[2].error)
