@@ -73,7 +73,18 @@ def build_app(command: str | None = None) -> typer.Typer:
 
 
 # The libraries whose version changes what a model answers or how fast: reported by `forwardpass --version`.
-LIBRARIES = ("onnxruntime", "numpy", "onnx", "torch", "tensorflow", "scikit-learn", "transformers", "pillow")
+LIBRARIES = (
+    "onnxruntime",
+    "numpy",
+    "onnx",
+    "torch",
+    "tensorflow",
+    "scikit-learn",
+    "transformers",
+    "pillow",
+    "soundfile",
+    "soxr",
+)
 
 
 def _group(
