@@ -5,6 +5,7 @@ array, and what is too long, too wide, too large or not audio at all is refused 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ import forwardpass
 from forwardpass.config import AudioConfig
 from forwardpass.errors import ConfigError, DecodeError, InputError
 from forwardpass.pipeline.audio import AudioPreprocessor, audio_window
+from forwardpass.repository import default_repository
 from forwardpass.tensor import DataType, TensorSpec
 from tests.vad_audio import (
     VAD_RATE,
@@ -224,3 +226,13 @@ def test_chunks_are_for_stateful_models_and_stateful_models_take_chunks(
     spec = TensorSpec("audio", DataType.FP32, (-1, -1))
     with pytest.raises(ConfigError, match=message):
         audio_window(config, spec, stateful)
+
+
+def test_the_bundled_speech_sample_gets_the_segments_the_package_found_when_it_was_built(
+    vad: forwardpass.Model,
+) -> None:
+    """README's example: samples/audio/speech.wav against what scripts/build_models.py recorded of the package."""
+    recorded = json.loads((default_repository() / "silero_vad" / "metrics.json").read_text(encoding="utf-8"))
+    expected = [{"start": start, "end": end} for start, end in recorded["speech.wav"]["package_segments_in_samples"]]
+    sample = Path(__file__).resolve().parents[2] / "samples" / "audio" / "speech.wav"
+    assert len(expected) == 2 and in_samples(vad.predict(str(sample))) == expected
