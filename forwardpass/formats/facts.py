@@ -116,7 +116,22 @@ def onnx_facts(path: Path) -> ModelFacts:
     if declared is not None:
         facts["classes"] = declared
     facts["batch_first"] = _shares_first_dim(graph)
+    facts["feature_names"] = _column_inputs(model)
     return ModelFacts(**facts)
+
+
+def _column_inputs(model: Any) -> tuple[str, ...] | None:
+    """The inputs' names, when an ONNX-ML graph takes one [batch, 1] input per column of a record (as skl2onnx
+    converts a pipeline of mixed-type columns): its records' fields. None for any other graph."""
+    if not any(entry.domain == "ai.onnx.ml" for entry in model.opset_import):
+        return None
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in initializers]
+    for value in inputs:
+        dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else []
+        if len(dims) != 2 or dims[1].dim_value != 1:
+            return None
+    return tuple(value.name for value in inputs) if len(inputs) > 1 else None
 
 
 def _distribution_of(name: str, producers: dict[str, Any]) -> str | None:

@@ -151,3 +151,30 @@ def test_an_onnx_ml_classifiers_integer_classes_are_its_labels_without_zipmap(ki
     model = forwardpass.load(tmp_path / "classes.onnx", intra_op_threads=1)
     answers = model.predict([list(map(float, row)) for row in features[::10]])
     assert [answer["label"] for answer in answers] == [str(label) for label in classifier.predict(features[::10])]
+
+
+def test_an_onnx_ml_graph_of_one_input_per_column_takes_records(tmp_path: Path) -> None:
+    """skl2onnx's mixed-type pipelines take each column as its own [batch, 1] input, named as the column."""
+    import pandas as pd
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"amount": rng.normal(size=60).astype(np.float32), "colour": rng.choice(["red", "blue"], 60)})
+    target = (frame["amount"] > 0) ^ (frame["colour"] == "red")
+    encode = ColumnTransformer(
+        [("colour", OneHotEncoder(handle_unknown="ignore"), ["colour"])], remainder="passthrough"
+    )
+    classifier = make_pipeline(encode, LogisticRegression()).fit(frame, target.astype(int))
+    inputs = [("amount", FloatTensorType([None, 1])), ("colour", StringTensorType([None, 1]))]
+    converted = convert_sklearn(classifier, initial_types=inputs, target_opset={"": 17, "ai.onnx.ml": 3})
+    (tmp_path / "columns.onnx").write_bytes(converted.SerializeToString())
+
+    model = forwardpass.load(tmp_path / "columns.onnx", intra_op_threads=1)
+    answers = model.predict(frame.iloc[:8].to_dict("records"))
+    scores = [[entry["score"] for entry in sorted(answer["top_k"], key=lambda e: e["index"])] for answer in answers]
+    np.testing.assert_allclose(scores, classifier.predict_proba(frame.iloc[:8]), atol=1e-5)
