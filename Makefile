@@ -31,6 +31,7 @@ demo: $(BUILT)
 	$(FP) predict iris_clusters samples/records/iris.json
 	$(FP) predict pixel_recommender samples/records/pixel_history.json
 	$(FP) predict minilm "A man is eating food." "Someone is having a meal."
+	$(FP) predict silero_vad samples/audio/speech.wav
 	$(FP) eval digits_cnn data/digits/test --top-k 5 -o .build/reports/digits_eval
 	$(FP) eval breast_cancer data/breast_cancer/test.csv
 	$(FP) eval diabetes data/diabetes/test.csv
