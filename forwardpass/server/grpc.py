@@ -162,9 +162,17 @@ class InferenceServicer:
             return item
         request, decoded = item
         try:
-            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, decoded))
+            return _final(pb.ModelStreamInferResponse(infer_response=await self._infer(request, decoded)))
         except Exception as error:
             return _stream_error(request, error)
+
+
+def _final(answer: pb.ModelStreamInferResponse) -> pb.ModelStreamInferResponse:
+    """Marks a request's answer its last, as Triton marks each stream answer (triton_final_response): no model here
+    is decoupled, so each request has one answer; a client written for Triton's streams (enable_empty_final_response)
+    reads the mark to know a request done."""
+    answer.infer_response.parameters["triton_final_response"].bool_param = True
+    return answer
 
 
 def _stream_error(request: pb.ModelInferRequest, error: Exception) -> pb.ModelStreamInferResponse:
@@ -176,7 +184,7 @@ def _stream_error(request: pb.ModelInferRequest, error: Exception) -> pb.ModelSt
         log.error("gRPC ModelStreamInfer request %r failed", request.id, exc_info=error)
         text = "internal error; see the server log"
     echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
-    return pb.ModelStreamInferResponse(error_message=text, infer_response=echo)
+    return _final(pb.ModelStreamInferResponse(error_message=text, infer_response=echo))
 
 
 class Health(health.HealthServicer):  # type: ignore[misc]  # grpcio-health-checking ships no types: Any

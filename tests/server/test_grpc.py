@@ -259,6 +259,26 @@ def test_streaming_answers_in_order_and_a_bad_request_fails_alone(client: triton
             np.testing.assert_array_equal(result.as_numpy("scores"), [[-0.5, 0.5, 1.5, 2.5]])
 
 
+def test_every_stream_answer_is_marked_final_as_triton_marks_it(grpc_server: Any) -> None:
+    """Triton puts triton_final_response on each ModelStreamInfer answer, true on a request's last one (a model that
+    is not decoupled answers once): a client that asks for enable_empty_final_response reads it to know a request
+    done; an error answer is a request's last one too."""
+    good = pb.ModelInferRequest(model_name="compass", id="good")
+    good.inputs.add(name="x", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend([0.5, 1.5, -2.0, 4.0])
+    asked = pb.ModelInferRequest()
+    asked.CopyFrom(good)
+    asked.id = "asked"
+    asked.parameters["triton_enable_empty_final_response"].bool_param = True
+    bad = pb.ModelInferRequest(model_name="compass", id="bad")
+    bad.inputs.add(name="x", datatype="FP32", shape=[1, 5]).contents.fp32_contents.extend([0.0] * 5)
+    with grpc.insecure_channel(grpc_server.grpc_address) as channel:
+        answers = list(GRPCInferenceServiceStub(channel).ModelStreamInfer(iter([good, asked, bad]), timeout=10))
+    assert [answer.infer_response.id for answer in answers] == ["good", "asked", "bad"]
+    assert [bool(answer.error_message) for answer in answers] == [False, False, True]
+    for answer in answers:
+        assert answer.infer_response.parameters["triton_final_response"].bool_param is True
+
+
 def test_stream_answers_keep_request_order_when_later_requests_finish_first(
     client: triton.InferenceServerClient,
 ) -> None:
