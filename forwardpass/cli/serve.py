@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from pydantic import ValidationError
 
 from forwardpass.cli.common import REPOSITORY, TRUST_PICKLE
 from forwardpass.errors import ConfigError
@@ -130,12 +129,7 @@ def serve_command(
         "access_log": access_log,
         "trust_pickle": trust_pickle,
     }
-    try:
-        settings = ServerSettings(**{key: value for key, value in options.items() if value is not None})
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(part) for part in error["loc"])
-        raise ConfigError(f"server setting '{field}': {error['msg']} (got {error.get('input')!r})") from None
+    settings = ServerSettings.from_options(options)
     if ray or ray_address:
         from forwardpass.modes.ray_serve import serve_on_ray  # Ray only when asked for
 

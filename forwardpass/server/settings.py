@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from forwardpass.errors import ConfigError
 from forwardpass.repository import default_repository
@@ -74,18 +74,44 @@ class ServerSettings(BaseModel):
     access_log: bool = Field(default=False, description="one JSON line per request on stderr")
     poll_interval_s: float = Field(default=0.0, ge=0, description="look for new/changed models this often; 0: never")
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="on SIGTERM, how long in-flight requests may take")
-    log_level: str = Field(default="warning", description="debug, info, warning, error")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="warning", description="debug, info, warning, error"
+    )
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> ServerSettings:
+        """Settings from the command line's options (None: not given) and the environment; a value that does not
+        validate is one ConfigError naming the option or the FORWARDPASS_ variable it came from."""
+        given = {key: value for key, value in options.items() if value is not None}
+        try:
+            return cls(**given)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            if not error["loc"]:  # the environment's own check (_from_environment)
+                raise ConfigError(str(error["ctx"]["error"])) from None
+            field = str(error["loc"][0])
+            source = f"server setting '{field}'" if field in given else environment_variable(field)
+            raise ConfigError(f"{source}: {error['msg']} (got {error.get('input')!r})") from None
 
     @model_validator(mode="before")
     @classmethod
     def _from_environment(cls, given: Any) -> Any:
         """FORWARDPASS_<FIELD> (any case) for each field the caller leaves out. (pydantic-settings did this, for
-        ~50 ms of CPU at every server start: a tenth of the start-up.)"""
+        ~50 ms of CPU at every server start: a tenth of the start-up.) An empty one is refused: read as a value it
+        would serve the current folder (REPOSITORY) or no token at all (AUTH_TOKEN) where one was meant."""
         if not isinstance(given, dict):
             return given
         environment = {key.upper(): value for key, value in os.environ.items()}
-        found = {name: environment.get(f"{ENVIRONMENT_PREFIX}{name.upper()}") for name in cls.model_fields}
+        found = {name: environment.get(environment_variable(name)) for name in cls.model_fields if name not in given}
+        for name, value in found.items():
+            if value is not None and not value.strip():
+                raise ValueError(f"{environment_variable(name)} is set but empty: unset it or give it a value")
         return {name: value for name, value in found.items() if value is not None} | given
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case(cls, level: Any) -> Any:
+        return level.lower() if isinstance(level, str) else level
 
     def checked(self) -> ServerSettings:
         """These settings with the tokens read from their files; a non-loopback address without an auth token is
@@ -104,6 +130,10 @@ class ServerSettings(BaseModel):
                 "--auth-token-file, or pass --allow-unauthenticated on a trusted network"
             )
         return settings
+
+
+def environment_variable(field: str) -> str:
+    return f"{ENVIRONMENT_PREFIX}{field.upper()}"
 
 
 def _token_from(path: Path, what: str) -> str:

@@ -213,7 +213,7 @@ def test_bad_settings_and_a_busy_port_end_with_one_line_errors(tmp_path: Path, k
         timeout=60,
     )
     assert bad_env.returncode == 2
-    assert bad_env.stderr.strip().count("\n") == 0 and "http_port" in bad_env.stderr
+    assert bad_env.stderr.strip().count("\n") == 0 and "FORWARDPASS_HTTP_PORT" in bad_env.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
