@@ -2,7 +2,9 @@
 channels mixed to mono or kept, resampled to the model's rate with soxr, fitted to the model's window or cut into
 the chunks a stateful model steps through (`forwardpass.scheduler.sequence.run_steps`).
 
-Every bound (file bytes, channels, seconds) is checked on the file's header, before a sample is decoded."""
+Every bound (file bytes, channels, seconds) is checked on the file's header, before a sample is decoded; so is the
+decoded size: a compressed file decodes to no more samples (frames x channels) than max_bytes lets a WAV hold, so a
+small FLAC of silence at a high rate over many channels cannot expand to gigabytes within max_seconds."""
 
 from __future__ import annotations
 
@@ -110,6 +112,11 @@ class AudioPreprocessor:
                 if frames > config.max_seconds * rate:
                     raise DecodeError(
                         f"{what}: {frames / rate:.1f} s of audio is over the limit of {config.max_seconds:.1f} s"
+                    )
+                if frames * channels > config.max_bytes:  # a compressed file's decoded size, as a WAV's
+                    raise DecodeError(
+                        f"{what}: {frames} frames of {channels} channels decode to more samples than max_bytes "
+                        f"({config.max_bytes}) lets an uncompressed file hold"
                     )
                 samples = sound.read(dtype="float32", always_2d=True)
         except soundfile.LibsndfileError as exc:

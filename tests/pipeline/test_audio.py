@@ -236,3 +236,17 @@ def test_the_bundled_speech_sample_gets_the_segments_the_package_found_when_it_w
     expected = [{"start": start, "end": end} for start, end in recorded["speech.wav"]["package_segments_in_samples"]]
     sample = Path(__file__).resolve().parents[2] / "samples" / "audio" / "speech.wav"
     assert len(expected) == 2 and in_samples(vad.predict(str(sample))) == expected
+
+
+def test_a_compressed_file_decodes_to_no_more_samples_than_max_bytes_lets_a_wav_hold(tmp_path: Path) -> None:
+    """A FLAC of silence is ~30 bytes a second: 8 channels at 192 kHz for max_seconds (600 s) was 93 KB a minute and
+    decoded to 3.7 GB of float32, under every limit (bytes, channels, seconds)."""
+    frames, channels = 8000, 4
+    path = write(tmp_path / "silence.flac", np.zeros((frames, channels), np.float32), 8000, "PCM_16")
+    limit = frames * channels - 1
+    assert path.stat().st_size < limit  # under the file limit: the decoded size is what is refused
+    with pytest.raises(
+        DecodeError, match=rf"8000 frames of 4 channels decode to more samples than max_bytes \({limit}\)"
+    ):
+        bounded(max_bytes=limit)(str(path))
+    assert bounded(max_bytes=limit + 1)(str(path))["waveform"].shape == (frames,)  # mixed to mono
