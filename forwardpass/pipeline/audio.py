@@ -73,6 +73,8 @@ class AudioPreprocessor:
             import soxr  # here, as soundfile: what a server without audio models should not load
 
             samples = soxr.resample(samples, rate, config.sample_rate)
+            if samples.shape[0] == 0:  # the model would be run on nothing (no chunk to step through)
+                raise DecodeError(f"{what}: too short to hold a sample at {config.sample_rate} Hz (it is at {rate} Hz)")
         samples = np.ascontiguousarray(samples.T, dtype=np.float32)  # [channels, samples]
         if config.channels == "mono":
             samples = samples[0]

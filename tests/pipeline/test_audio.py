@@ -5,6 +5,7 @@ array, and what is too long, too wide, too large or not audio at all is refused 
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+import soundfile as sf
 import soxr
 
 import forwardpass
@@ -250,3 +252,12 @@ def test_a_compressed_file_decodes_to_no_more_samples_than_max_bytes_lets_a_wav_
     ):
         bounded(max_bytes=limit)(str(path))
     assert bounded(max_bytes=limit + 1)(str(path))["waveform"].shape == (frames,)  # mixed to mono
+
+
+def test_a_recording_with_no_sample_at_the_models_rate_is_refused(vad: forwardpass.Model) -> None:
+    """1,000 frames at 2^31-1 Hz resample to none at 16 kHz: the VAD stepped through no chunk and its
+    postprocessing ended in KeyError 'output'."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(1000, np.float32), 2**31 - 1, format="WAV", subtype="PCM_16")
+    with pytest.raises(DecodeError, match="too short to hold a sample at 16000 Hz"):
+        vad.predict(buffer.getvalue())
