@@ -326,8 +326,10 @@ class _Api:
         return Response(encode_tf_response(response, rows), media_type=JSON)
 
     async def tf_status(self, request: Request) -> Response:
-        """TensorFlow Serving's model status; for a decoder language model, OpenAI's model object: OpenAI's
-        GET /v1/models/{id} (the SDK's models.retrieve) shares this path, and a decoder is served by that API."""
+        """TensorFlow Serving's model status, with KServe V1's model readiness ({"name", "ready"}) beside it: both
+        protocols share this path, and KServe's SDK reads only "ready"; for a decoder language model, OpenAI's model
+        object: OpenAI's GET /v1/models/{id} (the SDK's models.retrieve) shares it too, and a decoder is served by
+        that API."""
         name = request.path_params["model"]
         card = self.dataplane.decoder_card(name)
         if card is not None:
@@ -335,7 +337,7 @@ class _Api:
         metadata = self.dataplane.model_metadata(name)
         ok = {"error_code": "OK", "error_message": ""}
         statuses = [{"version": v, "state": "AVAILABLE", "status": ok} for v in metadata["versions"]]
-        return _json({"model_version_status": statuses})
+        return _json({"name": name, "ready": self.dataplane.model_ready(name), "model_version_status": statuses})
 
     # helpers
 

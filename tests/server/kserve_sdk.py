@@ -2,7 +2,8 @@
 pandas 2, the project protobuf 7 and pandas 3): `python kserve_sdk.py < plan.json` prints one JSON line of answers.
 
 The plan names the server (`rest`, `grpc`: addresses) and the `calls`, each `{"call": "infer" | "server_ready" |
-"server_live" | "model_ready", "transport": "rest" | "grpc", ...}`. An infer call carries `model`, `inputs` (name,
+"server_live" | "model_ready", "transport": "rest" | "grpc" | "v1", ...}`; over KServe's V1 protocol only
+"model_ready" and "infer" with `instances`. An infer call carries `model`, `inputs` (name,
 datatype, shape, data as nested lists, `binary`: sent as binary tensor data), optional `outputs` (name, `binary`,
 `parameters`), `parameters`, `binary_output` (the request's binary_data_output) and `id`. Its answer is `{"id",
 "model_version", "parameters", "outputs": {name: {"datatype", "shape", "data"}}}`, BYTES elements as base64 text; a
@@ -74,24 +75,32 @@ def answer_of(response: Any) -> dict[str, Any]:
 
 async def run(plan: dict[str, Any]) -> list[Any]:
     rest = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30))
+    v1 = InferenceRESTClient(RESTConfig(protocol="v1", timeout=30))
     remote = InferenceGRPCClient(plan["grpc"], timeout=30)
     base = f"http://{plan['rest']}"
     answers: list[Any] = []
     try:
         for call in plan["calls"]:
             try:
-                answers.append(await one(call, rest, remote, base))
+                answers.append(await one(call, rest, v1, remote, base))
             except httpx.HTTPStatusError as error:
                 answers.append({"error": str(error), "status": error.response.status_code})
             except grpc.RpcError as error:
                 answers.append({"error": error.details(), "status": error.code().name})
     finally:
         await rest.close()
+        await v1.close()
         await remote.close()
     return answers
 
 
-async def one(call: dict[str, Any], rest: InferenceRESTClient, remote: InferenceGRPCClient, base: str) -> Any:
+async def one(
+    call: dict[str, Any], rest: InferenceRESTClient, v1: InferenceRESTClient, remote: InferenceGRPCClient, base: str
+) -> Any:
+    if call["transport"] == "v1":  # KServe's V1 protocol, REST only: {"instances": ...} in, {"predictions": ...} out
+        if call["call"] == "model_ready":
+            return await v1.is_model_ready(base, call["model"])
+        return await v1.infer(base, {"instances": call["instances"]}, model_name=call["model"])
     grpc_call = call["transport"] == "grpc"
     if call["call"] == "server_ready":
         return await (remote.is_server_ready() if grpc_call else rest.is_server_ready(base))

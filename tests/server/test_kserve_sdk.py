@@ -63,8 +63,8 @@ def server(repository: Path, kit) -> Iterator[Any]:
 def answers(server) -> dict[tuple[str, str], Any]:
     """The SDK's answer to each of CALLS over each transport, {(call's name, transport): answer}: all sent by one
     process (importing kserve takes seconds)."""
-    named = [(name, transport) for name in CALLS for transport in TRANSPORTS]
-    calls = [{**CALLS[name], "transport": transport} for name, transport in named]
+    named = [(name, transport) for name in CALLS for transport in TRANSPORTS] + [(name, "v1") for name in V1_CALLS]
+    calls = [{**(CALLS | V1_CALLS)[name], "transport": transport} for name, transport in named]
     plan = {"rest": server.address, "grpc": server.grpc_address, "calls": calls}
     done = subprocess.run(
         [kserve_python(), HERE / "kserve_sdk.py"], input=json.dumps(plan), capture_output=True, text=True, timeout=120
@@ -234,3 +234,19 @@ def test_refusals_reach_the_sdk_with_their_status_and_message(answers, name, tra
     answer = answers[name, transport]
     assert answer["status"] == (status if transport == "rest" else code), answer
     assert words in answer["error"]
+
+
+V1_CALLS: dict[str, dict[str, Any]] = {
+    "v1 ready": {"call": "model_ready", "model": "mlp"},
+    "v1 missing ready": {"call": "model_ready", "model": "missing"},
+    "v1 predict": {"call": "infer", "model": "mlp", "instances": ROWS.tolist()},
+}
+
+
+def test_kserve_v1_protocol_readiness_and_predictions(answers, in_process):
+    """KServe's V1 protocol shares TF Serving's paths: GET /v1/models/<m> answers its {"name", "ready"} beside TF
+    Serving's model_version_status (the SDK read no "ready" there and called a served model not ready)."""
+    assert answers["v1 ready", "v1"] is True
+    assert answers["v1 missing ready", "v1"]["status"] == 404
+    predictions = np.array(answers["v1 predict", "v1"]["predictions"], dtype=np.float32)
+    np.testing.assert_array_equal(predictions, in_process("mlp").infer({"x": ROWS})["y"])
