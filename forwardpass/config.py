@@ -247,7 +247,8 @@ class TabularColumn(_Strict):
     missing: Literal["refuse", "model"] = Field(
         default="refuse",
         description="a null, empty or NaN value: refused unless impute fills it, or (model) given to the model as NaN, "
-        "for models that learnt what to do with one (XGBoost's and LightGBM's trees; filled in from the model file)",
+        "for models that fill or route one themselves (XGBoost's and LightGBM's trees, a scikit-learn pipeline's own "
+        "imputer, HistGradientBoosting; filled in from the model file)",
     )
 
     @model_validator(mode="after")

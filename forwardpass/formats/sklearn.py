@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import sys
 import warnings
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from forwardpass.formats.base import ConvertOptions, LoadOptions, require
 from forwardpass.formats.facts import ModelFacts
 from forwardpass.formats.tabular import (
     INPUT_NAME,
+    MISSING_SHARE,
     ColumnsSession,
     Scores,
     TabularSession,
@@ -75,6 +77,54 @@ def _categories_by_column(estimator: Any) -> dict[str, list[Any]]:
         for column, categories in zip(columns, encoder.categories_, strict=False):
             found[column] = list(categories)
     return found
+
+
+def _missing_columns(estimator: Any) -> set[str]:
+    """Numeric columns where the model itself takes a missing value (NaN): all of them when its first step does (an
+    imputer, HistGradientBoosting, XGBoost's and LightGBM's wrappers), else those a ColumnTransformer imputes.
+    scikit-learn's other trees take NaN too, but skl2onnx's conversion of them routes it elsewhere."""
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is None:
+        return set()
+    text = _string_columns(estimator)
+    if _takes_missing(_steps(estimator)[0]):
+        return {str(name) for name in names} - text
+    found = {
+        column
+        for transformer, columns in _column_transformers(estimator)
+        if _takes_missing(_steps(transformer)[0])
+        for column in columns
+    }
+    return found - text
+
+
+def _takes_missing(step: Any) -> bool:
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.impute import KNNImputer, SimpleImputer
+
+    if isinstance(step, SimpleImputer | KNNImputer):
+        missing = step.missing_values
+        return isinstance(missing, float) and math.isnan(missing)
+    library = type(step).__module__.partition(".")[0]
+    return isinstance(step, HistGradientBoostingClassifier | HistGradientBoostingRegressor) or library in (
+        "xgboost",
+        "lightgbm",
+    )
+
+
+def _with_missing(batches: list[dict[str, np.ndarray]], missing: set[str], names: Any) -> list[dict[str, np.ndarray]]:
+    """`batches` with about one value in eight of each column in `missing` made NaN (in the one [batch, features]
+    input, the columns `names` puts in `missing`)."""
+    rng = np.random.default_rng(1)
+    positions = [index for index, name in enumerate(names if names is not None else []) if str(name) in missing]
+    for batch in batches:
+        for name, values in batch.items():
+            if name == INPUT_NAME and positions:
+                holes = rng.random((len(values), len(positions))) < MISSING_SHARE
+                values[:, positions] = np.where(holes, np.nan, values[:, positions])
+            elif name in missing and values.dtype.kind == "f":
+                values[rng.random(values.shape) < MISSING_SHARE] = np.nan
+    return batches
 
 
 def _unknown_refused(estimator: Any) -> set[str]:
@@ -179,8 +229,15 @@ class SklearnFormat:
         names = getattr(estimator, "feature_names_in_", None)
         features = None if names is None else tuple(str(name) for name in names)
         codes = _tree_category_codes(estimator, path)
+        missing = frozenset(_missing_columns(estimator))
         if not _is_classifier(estimator, path):
-            return ModelFacts(source="scikit-learn", task="regression", feature_names=features, category_codes=codes)
+            return ModelFacts(
+                source="scikit-learn",
+                task="regression",
+                feature_names=features,
+                category_codes=codes,
+                missing_values=missing,
+            )
         probabilities = hasattr(estimator, "predict_proba")
         return ModelFacts(
             source="scikit-learn",
@@ -190,21 +247,23 @@ class SklearnFormat:
             label_output="label",
             feature_names=features,
             category_codes=codes,
+            missing_values=missing,
             string_features=frozenset(_string_columns(estimator)),
             distributions={"probabilities": "probabilities"} if probabilities else {},
             decision_scores=not probabilities,
         )
 
     def parity_samples(self, path: Path, specs: Sequence[TensorSpec], n: int) -> list[dict[str, np.ndarray]]:
-        """Random numbers, and for text columns the categories the model was fitted on (plus one it never saw, where
-        its encoder takes one)."""
+        """Random numbers (some missing where the model takes missing values), and for text columns the categories
+        the model was fitted on (plus one it never saw, where its encoder takes one)."""
         from forwardpass.formats.parity import random_samples
 
         numeric = [spec for spec in specs if spec.dtype is not DataType.BYTES]
         text = [spec for spec in specs if spec.dtype is DataType.BYTES]
-        if not text:
-            return random_samples(specs, n)
         estimator = self._load(path, LoadOptions(trust_pickle=True))  # already trusted: this is its parity check
+        missing, names = _missing_columns(estimator), getattr(estimator, "feature_names_in_", None)
+        if not text:
+            return _with_missing(random_samples(specs, n), missing, names)
         categories = _categories_by_column(estimator)
         refused = _unknown_refused(estimator)
         rng = np.random.default_rng(0)
@@ -215,7 +274,7 @@ class SklearnFormat:
                 unseen = [] if spec.name in refused else ["never seen"]
                 known = [*categories.get(spec.name, []), *unseen]
                 batch[spec.name] = np.array(rng.choice(known, (rows, 1)), dtype=object)
-        return batches
+        return _with_missing(batches, missing, names)
 
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         estimator = self._load(path, options)

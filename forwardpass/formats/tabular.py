@@ -20,6 +20,7 @@ from forwardpass.tensor import DataType, TensorSpec
 
 __all__ = [
     "INPUT_NAME",
+    "MISSING_SHARE",
     "ColumnsSession",
     "Scores",
     "TabularSession",
@@ -32,6 +33,7 @@ __all__ = [
 
 
 INPUT_NAME = "input"
+MISSING_SHARE = 1 / 8  # of the parity inputs of a column where the model takes a missing value (NaN)
 Scores = Callable[[np.ndarray], np.ndarray]
 
 
@@ -212,7 +214,7 @@ def threshold_samples(
                 side = rng.integers(-1, 2, rows)  # the float32 below, at or above the threshold
                 toward = np.where(side < 0, np.float32(-np.inf), np.float32(np.inf))
                 values[:, feature] = np.where(side == 0, picked, np.nextafter(picked, toward))
-        values[rng.random(values.shape) < _MISSING_SHARE] = np.nan
+        values[rng.random(values.shape) < MISSING_SHARE] = np.nan
         batch[INPUT_NAME] = values
     return batches
 
@@ -253,7 +255,6 @@ def read_in_child(reader: str, library: str, path: Path, format_name: str, suffi
         return copy.read_bytes()
 
 
-_MISSING_SHARE = 1 / 8  # of a tree model's parity inputs
 _CHILD_REFUSED = 3
 # A model's reader needs a small multiple of the file's size; a corrupt length field can ask for many gigabytes.
 _CHILD_MIN_MEMORY = 2 << 30

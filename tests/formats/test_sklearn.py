@@ -30,7 +30,7 @@ from forwardpass.backends.base import Session
 from forwardpass.backends.ort import OrtSession
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, InputError, MissingExtraError
-from forwardpass.formats import convert_model
+from forwardpass.formats import ServeMode, convert_model
 from forwardpass.formats.base import ConvertOptions, LoadOptions
 from forwardpass.formats.sklearn import SKLEARN
 from tests.formats.categorical_data import Categorical, class_scores
@@ -419,3 +419,30 @@ def test_a_pipeline_whose_encoder_refuses_unknown_categories_converts(categorica
     np.testing.assert_allclose(scores, classifier.predict_proba(frame.iloc[:12]), atol=TOLERANCE)
     with pytest.raises(InputError, match="Unknown Category"):  # ONNX Runtime's OneHotEncoder, as converted
         model.predict({**categorical.records[0], "colour": "purple"})
+
+
+@pytest.mark.parametrize(("kind", "serve"), [("imputer", "native"), ("imputer", "onnx"), ("boosting", "native")])
+def test_a_missing_value_the_model_fills_itself_reaches_it(kind: str, serve: ServeMode, tmp_path: Path) -> None:
+    """A pipeline's own SimpleImputer, or HistGradientBoosting's branch for missing values: the model's answer."""
+    import pandas as pd
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+
+    data = load_breast_cancer(as_frame=True)
+    frame = data.data.iloc[:, :4].astype(np.float32).astype(np.float64)
+    frame.columns = ["radius", "texture", "perimeter", "area"]
+    frame.loc[::3, "radius"] = np.nan
+    classifier = (
+        make_pipeline(SimpleImputer(), StandardScaler(), LogisticRegression())
+        if kind == "imputer"
+        else HistGradientBoostingClassifier(max_iter=10)
+    ).fit(frame, data.target)
+    joblib.dump(classifier, tmp_path / "holes.joblib")
+
+    model = forwardpass.load(tmp_path / "holes.joblib", trust_pickle=True, serve=serve, intra_op_threads=1)
+    records = [
+        {key: None if pd.isna(value) else value for key, value in row.items()}
+        for row in frame.iloc[:12].to_dict("records")
+    ]
+    scores = class_scores(model.predict(records))
+    np.testing.assert_allclose(scores, classifier.predict_proba(frame.iloc[:12]), atol=TOLERANCE)
