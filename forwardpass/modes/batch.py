@@ -244,8 +244,8 @@ class Job:
         self.audit = audit  # where the parts' decisions go
         self.source = open_source(input_path, model.config, options.drop)
         self.total = self.source.count()
-        identity = job_identity(model, input_path, self.source, self.total, options)
-        self.output = Output(output_dir, options.output_format, identity, resume=options.resume)
+        self.identity = job_identity(model, input_path, self.source, self.total, options)
+        self.output = Output(output_dir, options.output_format, self.identity, resume=options.resume)
 
     def __enter__(self) -> Job:
         return self
@@ -264,8 +264,14 @@ class Job:
         check_errors(self.output, self.options.max_errors)
 
     def finish(self, computed: int) -> Summary:
-        """The output completed (once), and what the job did; `computed`: records this run scored."""
+        """The output completed (once), and what the job did; `computed`: records this run scored. Refused if the
+        input changed while the job ran: its parts would mix records read before and after."""
         if not self.output.finished:
+            if self.source.fingerprint() != self.identity["input_fingerprint"]:
+                raise InputError(
+                    f"INPUT's files were added, removed, replaced or edited while the job ran: the parts in "
+                    f"'{self.output_dir}' may mix records read before and after; run the job again into a new folder"
+                )
             self.output.finish()
         seconds = time.perf_counter() - self.started
         return Summary(self.total, self.output.rows, self.output.errors, computed, seconds, self.output_dir)

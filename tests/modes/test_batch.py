@@ -395,3 +395,23 @@ def test_a_zero_byte_csv_is_a_bad_record_and_a_header_only_csv_has_no_records(ta
     summary = run_batch(tab_cls, tmp_path / "tables", tmp_path / "out", BatchOptions())
     assert (summary.records, summary.rows, summary.errors) == (1, 0, 1)
     assert "is empty: expected a header row" in read_errors(tmp_path / "out")["empty.csv"]["error"]
+
+
+def test_an_input_edited_while_the_job_runs_is_not_finished_as_one_job(tab_cls: Model, tmp_path: Path):
+    """Records rewritten while the job ran (here once the first part is scored): its first part came from the old
+    file, the rest from the new one, and the job finished, exit 0. It ends refused instead, and --resume refuses it
+    too: the parts done disagree with the input."""
+    table = tmp_path / "rows.csv"
+    write_table(table, 90)
+    edits: list[int] = []
+
+    def edit_once(done: int, total: int) -> None:
+        if done >= 30 and not edits:
+            edits.append(done)
+            write_table(table, 90, seed=1)  # the same ids, other values
+
+    with pytest.raises(InputError, match="INPUT's files were added, removed, replaced or edited while the job ran"):
+        run_batch(tab_cls, table, tmp_path / "out", BatchOptions(part_size=30), edit_once)
+    assert not json.loads((tmp_path / "out" / MANIFEST_FILE).read_bytes())["finished"]
+    with pytest.raises(InputError, match="INPUT's files were added, removed, replaced or edited since the job started"):
+        run_batch(tab_cls, table, tmp_path / "out", BatchOptions(part_size=30, resume=True))
