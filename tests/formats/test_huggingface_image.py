@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,18 @@ def write_processor(folder: Path, **said: Any) -> Path:
             {"image_processor_type": "ConvNextImageProcessor", "size": {"height": 224, "width": 224}},
             "ConvNextImageProcessor with size {'height': 224, 'width': 224}",
         ),
+        # hostile values: each loaded and answered NaN, inf, or a traceback (rescale_factor's float()), or refused
+        # every image at predict (a size over max_pixels)
+        (
+            {"image_processor_type": "ViTImageProcessor", "image_mean": [math.nan] * 3},
+            "ViTImageProcessor with image_mean",
+        ),
+        ({"image_processor_type": "ViTImageProcessor", "image_std": 1e400}, "ViTImageProcessor with image_std inf"),
+        ({"image_processor_type": "ViTImageProcessor", "image_std": [0.5, 0, 0.5]}, "ViTImageProcessor with image_std"),
+        ({"image_processor_type": "ViTImageProcessor", "rescale_factor": "1/255"}, "ViTImageProcessor with rescale_fa"),
+        ({"image_processor_type": "ViTImageProcessor", "rescale_factor": 0}, "ViTImageProcessor with rescale_factor 0"),
+        ({"image_processor_type": "ViTImageProcessor", "size": 100_000}, "ViTImageProcessor with a resize to 100000x"),
+        ({"image_processor_type": "ConvNextImageProcessor", "size": 9000}, "ConvNextImageProcessor with a resize to 9"),
     ],
 )
 def test_a_processor_forwardpass_does_not_reproduce_is_refused_naming_it(
