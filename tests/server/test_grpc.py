@@ -465,6 +465,8 @@ UNOFFERED_CALLS = [
     (lambda client: client.unregister_cuda_shared_memory(), "CUDA shared memory"),
     (lambda client: client.get_trace_settings(), "trace settings"),
     (lambda client: client.update_log_settings({"log_verbose_level": 1}), "log settings"),
+    (lambda client: client.get_log_settings(), "log settings"),
+    (lambda client: client.update_trace_settings(settings={"trace_rate": "1"}), "trace settings"),
 ]
 
 

@@ -208,6 +208,8 @@ UNOFFERED_CALLS = [
     (lambda client: client.unregister_cuda_shared_memory(), "CUDA shared memory"),
     (lambda client: client.get_trace_settings(model_name="mlp"), "trace settings"),
     (lambda client: client.update_log_settings({"log_verbose_level": 1}), "log settings"),
+    (lambda client: client.get_log_settings(), "log settings"),
+    (lambda client: client.update_trace_settings(model_name="mlp", settings={"trace_rate": "1"}), "trace settings"),
 ]
 
 
@@ -259,6 +261,44 @@ def test_versions_statistics_and_the_repository_api(client, server):
     client.load_model("add")
     assert client.is_model_ready("add")
     np.testing.assert_array_equal(client.infer("add", [tensor]).as_numpy("y"), x + 1)
+
+
+def test_async_infer_with_triton_request_options_and_statistics_that_add_up(tmp_path, kit, mlp):
+    """tritonclient's async_infer with a string sequence_id, a priority and a timeout (microseconds) on a model that
+    keeps no state: answers equal the model's; then the statistics add up: every request is counted once in success,
+    queue and each compute stage, its stages take no longer than the whole, executions are the batch_stats' sum."""
+    kit.save(kit.mlp_graph(), tmp_path / "mlp" / "1", {"max_batch_size": 8})
+    own = kit.serve(tmp_path)
+    rows = [RNG.standard_normal((1 + index % 3, 64)).astype(np.float32) for index in range(6)]
+    try:
+        client = triton.InferenceServerClient(own.address, concurrency=6)
+        pending = [
+            client.async_infer(
+                "mlp", [mlp_input(x, True)], request_id=f"r{i}", sequence_id="s-1", priority=1, timeout=10_000_000
+            )
+            for i, x in enumerate(rows)
+        ]
+        for i, (x, call) in enumerate(zip(rows, pending, strict=True)):
+            result = call.get_result(timeout=30)
+            assert result.get_response()["id"] == f"r{i}"
+            np.testing.assert_array_equal(result.as_numpy("y"), mlp.infer({"x": x})["y"])
+        with pytest.raises(InferenceServerException) as load:
+            client.load_model("mlp", config='{"max_batch_size": 2}', files={"file:1/model.onnx": b"onnx"})
+        assert load.value.status() == "400"
+        assert "['config', 'file:1/model.onnx'] are not supported" in load.value.message()
+        (stats,) = client.get_inference_statistics("mlp")["model_stats"]
+        client.close()
+    finally:
+        own.stop()
+    counted = stats["inference_stats"]
+    stages = ("queue", "compute_input", "compute_infer", "compute_output")
+    assert {name: counted[name]["count"] for name in ("success", *stages)} == dict.fromkeys(("success", *stages), 6)
+    assert counted["fail"]["count"] == 0
+    assert sum(counted[name]["ns"] for name in stages) <= counted["success"]["ns"] + len(stages) * 6  # ns truncated
+    assert stats["inference_count"] == sum(len(x) for x in rows)
+    batches = stats["batch_stats"]
+    assert stats["execution_count"] == sum(batch["compute_infer"]["count"] for batch in batches) <= 6
+    assert sum(batch["batch_size"] * batch["compute_infer"]["count"] for batch in batches) == stats["inference_count"]
 
 
 def test_tf_serving_predict_rows_and_columns(server, mlp):
