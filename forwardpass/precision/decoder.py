@@ -3,12 +3,13 @@ FP32 model in the same run (quantized greedy decoding legitimately departs from 
 equality is the wrong test), written as a new version with its precision.json.
 
 The quantizer is ONNX Runtime's own (`MatMulNBitsQuantizer`, round-to-nearest, block-wise, symmetric): every
-MatMul becomes MatMulNBits (accuracy level 4: INT8 activations inside the kernel) — the output projection at 8 bits
-whatever the precision. The token embedding becomes a GatherBlockQuantized at the variant's bits: at INT4 the
-quantizer's own 4-bit table; at INT8 a tied one reads a copy of the output projection's 8-bit blocks
-(forwardpass.generation.tied.quantize_lookups: why a copy), an untied one stays FP32. Its rows are read from the
-mapped weights file as tokens are looked up, so the narrower table is the smaller resident one (SmolLM2: the 8-bit
-copy at INT4 measured perplexity 1.132x FP32 instead of 1.143x, and up to 14 MB more resident). Gemm layers
+MatMul becomes MatMulNBits (accuracy level 4: INT8 activations inside the kernel). At INT4, weights that already lie
+on a 4-bit grid (a Q4_1 GGUF's, expanded to FP32 by the export) keep it instead of being rounded again
+(forwardpass.precision.gridded); when the whole body kept its grid the output projection is 4-bit too, else it
+stays at 8 bits whatever the precision (see BOUNDS). The token embedding becomes a GatherBlockQuantized at the
+variant's bits: at INT4 the quantizer's own 4-bit table; at INT8 a tied one reads a copy of the output projection's
+8-bit blocks (forwardpass.generation.tied.quantize_lookups: why a copy), an untied one stays FP32. Its rows are read
+from the mapped weights file as tokens are looked up, so the narrower table is the smaller resident one. Gemm layers
 (GPT-2's Conv1D) become MatMul + Add first, with ONNX Runtime's own rewrite.
 """
 
@@ -38,20 +39,23 @@ from forwardpass.generation.sampling import SamplingParams
 from forwardpass.generation.text import TextCodec
 from forwardpass.measure import machine_info
 from forwardpass.model import Model
+from forwardpass.precision import gridded
 from forwardpass.repository import PRECISION_FILE, versions_in
 
 __all__ = ["BOUNDS", "HELDOUT", "QuantizedPrecision", "perplexity", "quantize_decoder"]
 
 QuantizedPrecision = Literal["int4", "int8"]
 HELDOUT = Path(tied.__file__).with_name("heldout.txt")  # plain prose written for this purpose: in no training set
-# The largest perplexity / FP32 perplexity a variant may have; beyond it nothing is written. INT4: SmolLM2 from its
-# Q4_1 GGUF measures 1.143 (its "FP32" is Q4_1 expanded, and a Q4_1 block's offset is a float that MatMulNBits'
-# 4-bit zero points cannot hold: re-quantizing costs what quantizing did; float zero points are exact but ONNX
-# Runtime's CPU kernel then runs ~37x slower, measured). Its tied table is Q8_0 in the GGUF: the lookup at 8 bits
-# 1.132; the output projection at 4 bits too (ONNX Runtime GenAI's INT4 graph: one 4-bit table) 1.194, with blocks
-# of 16 1.187, asymmetric 1.232, k-quant 1.204; the table alone at 4 bits (every layer FP32) 1.031, at 8 bits 1.002.
+# The largest perplexity / FP32 perplexity a variant may have; beyond it nothing is written. INT4, SmolLM2 from its
+# Q4_1 GGUF (its "FP32" is Q4_1 expanded; held-out text, one run): body kept on its grid and the output projection
+# (its tied table, Q8_0 in the GGUF) rounded to 4 bits 1.046; body rounded again, projection at 8 bits 1.143; every
+# layer rounded again at 4 bits (ONNX Runtime GenAI's INT4 graph) 1.194, with blocks of 16 1.187, asymmetric 1.232,
+# k-quant 1.204, each block's scale searched for the least squared error 1.251; the table alone at 4 bits (every
+# other layer FP32) 1.031. The bound stays above 1.10 for decoders whose FP32 weights are on no grid (all their
+# layers are rounded, the projection at 8 bits).
 BOUNDS: dict[str, float] = {"int4": 1.15, "int8": 1.02}
 SPEED_TOKENS = 32
+ACCURACY_LEVEL = 4  # MatMulNBits computes with INT8 activations: ONNX Runtime's fast CPU path
 INT4_OPSET = 21  # the first opset with 4-bit types, which the quantizer's graphs declare
 
 
@@ -83,12 +87,21 @@ def quantize_decoder(
     ONNXModel(graph).replace_gemm_with_matmul()  # GPT-2's Conv1D layers are Gemms; the quantizer rewrites MatMuls
     graph = _at_least_opset(graph, INT4_OPSET)
     projection = _output_projection(graph)
+    weights = {tensor.name for tensor in graph.graph.initializer}
+    body = {
+        node.name
+        for node in graph.graph.node
+        if node.op_type == "MatMul" and node.input[1] in weights and node.name not in projection
+    }
+    kept, block_sums = gridded.keep_grid(graph, body, ACCURACY_LEVEL) if bits == 4 else ([], [])
+    # the output projection at 8 bits unless the whole body kept its grid (see BOUNDS)
+    projection_bits = 4 if body and len(kept) == len(body) else 8
     others = [node.name for node in graph.graph.node if node.op_type == "MatMul" and node.name not in projection]
-    graph = _quantized(graph, 8, block_size, ("MatMul",), exclude=others)  # the sensitive layer: always 8-bit
+    graph = _quantized(graph, projection_bits, block_size, ("MatMul",), exclude=others)
     # the quantizer's Gathers are 4-bit only: at INT8 a tied lookup copies the projection's 8-bit blocks
     copied = tied.quantize_lookups(graph, ties) if bits == 8 else []
     op_types = ("MatMul", "Gather") if bits == 4 else ("MatMul",)
-    graph = _quantized(graph, bits, block_size, op_types)
+    graph = _quantized(graph, bits, block_size, op_types, exclude=block_sums)
     version = max(versions_in(folder)) + 1
     with tempfile.TemporaryDirectory(dir=folder, prefix=".quantizing-") as work:
         staged = Path(work) / "model.onnx"
@@ -119,9 +132,11 @@ def quantize_decoder(
                 "bits": bits,
                 "block_size": block_size,
                 "symmetric": True,
-                "accuracy_level": 4,
+                "accuracy_level": ACCURACY_LEVEL,
                 "op_types": list(op_types),
-                "output_projection_int8": projection,
+                "output_projection": projection,
+                "output_projection_bits": projection_bits,
+                "kept_source_grid": kept,
                 "embedding_copies_output_projection": copied,
                 "quantized_nodes": _count_quantized(graph),
             },
@@ -199,7 +214,7 @@ def _quantized(
         bits=bits,
         block_size=block_size,
         is_symmetric=True,
-        accuracy_level=4,
+        accuracy_level=ACCURACY_LEVEL,
         nodes_to_exclude=exclude or [],
         op_types_to_quantize=op_types,
         quant_axes=(("MatMul", 0), ("Gather", 1)),
@@ -252,7 +267,8 @@ def _fp32_version(folder: Path) -> int:
 
 
 def _count_quantized(graph: onnx.ModelProto) -> dict[str, int]:
-    """Nodes by kind: MatMulNBits by their bits, the embedding lookups, what stayed MatMul (activations only)."""
+    """Nodes by kind: MatMulNBits by their bits, the embedding lookups, what stayed MatMul (on activations, or the
+    block sums of forwardpass.precision.gridded)."""
     counts: dict[str, int] = {}
     for node in graph.graph.node:
         if node.op_type == "MatMulNBits":

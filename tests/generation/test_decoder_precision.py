@@ -18,6 +18,7 @@ from onnx import numpy_helper
 import forwardpass
 from forwardpass.errors import ConfigError
 from forwardpass.generation import SamplingParams, open_generator
+from forwardpass.generation.export import save_with_weights_apart
 from forwardpass.precision.decoder import HELDOUT, perplexity, quantize_decoder
 
 FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
@@ -65,6 +66,45 @@ def test_variant_records_its_perplexity_against_fp32(folder: Path, precision: st
     finally:
         generator.close()
     assert len(tokens) == 4
+
+
+def test_a_body_on_a_4_bit_grid_keeps_it_and_the_projection_goes_to_4_bits(folder: Path) -> None:
+    source = folder / "1" / "model.onnx"
+    graph = onnx.load(str(source))
+    snapped = _snap_to_q4_1(graph)
+    save_with_weights_apart(graph, source)
+    record = json.loads((quantize_decoder(folder, "int4") / "precision.json").read_text())
+    settings = record["settings"]
+    assert len(settings["kept_source_grid"]) == 8 == snapped  # 2 layers x (attention in, out; MLP in, out)
+    assert settings["output_projection_bits"] == 4
+    assert (
+        settings["quantized_nodes"]["MatMulNBits(4 bits)"] == 9
+        and "MatMulNBits(8 bits)" not in settings["quantized_nodes"]
+    )
+    assert record["measured"]["perplexity_ratio"] <= record["evaluation"]["max_ratio"]
+
+
+def _snap_to_q4_1(model: onnx.ModelProto) -> int:
+    """Round every MatMul / Gemm weight that no embedding lookup reads to a Q4_1 grid (per block of 32 input rows and
+    column: d*q + m, q in 0..15), as an export of a Q4_1 GGUF holds it; how many."""
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    tables = {node.input[0] for node in model.graph.node if node.op_type == "Gather"}
+    count = 0
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or node.input[1] not in initializers or node.input[1] in tables:
+            continue
+        transposed = any(attribute.name == "transB" and attribute.i for attribute in node.attribute)
+        weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64)
+        weight = weight.T if transposed else weight
+        blocks = weight.reshape(weight.shape[0] // 32, 32, weight.shape[1])
+        low = blocks.min(axis=1, keepdims=True)
+        step = (blocks.max(axis=1, keepdims=True) - low) / 15
+        snapped = (np.rint((blocks - low) / step) * step + low).reshape(weight.shape).astype(np.float32)
+        initializers[node.input[1]].CopyFrom(
+            numpy_helper.from_array(snapped.T if transposed else snapped, node.input[1])
+        )
+        count += 1
+    return count
 
 
 def test_over_the_bound_nothing_is_written(folder: Path) -> None:
