@@ -130,9 +130,15 @@ def batch(
     )
     with progress(items="records") as bar:
         task = bar.add_task("scoring", total=None)
+        started = False
 
         def advance(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            nonlocal started
+            if started:
+                bar.update(task, completed=done, total=total)
+            else:  # the records done before this run: where the bar starts, not records scored at once
+                started = True
+                bar.reset(task, total=total, completed=done)
 
         try:
             if ray or ray_address:

@@ -283,25 +283,25 @@ def run_batch(
     """The whole job in this process (the default; `modes.ray_data` runs the same job on a Ray cluster)."""
     with Job(model, input_path, output_dir, options, model.audit) as job:
         total = job.total
-        done = 0
+        done = job.output.records  # before this run: reported once, first, so that no rate counts them
         computed = 0
+        if progress is not None:
+            progress(done, total)
         if not job.output.finished:
             with Scorer(model, batch_size=options.batch_size, top_k=options.top_k, workers=options.workers) as scorer:
                 for index, start, items in parts(job.source.items(), options.part_size):
-                    if not job.output.is_done(index):
-                        scored = done
+                    if job.output.is_done(index):
+                        continue
+                    scored = done + computed
 
-                        def batch_done(n: int) -> None:
-                            nonlocal scored
-                            scored += n
-                            if progress is not None:
-                                progress(scored, total)
+                    def batch_done(n: int) -> None:
+                        nonlocal scored
+                        scored += n
+                        if progress is not None:
+                            progress(scored, total)
 
-                        job.commit(index, start, start + len(items), scorer.score(items, batch_done))
-                        computed += len(items)
-                    done += len(items)
-                    if progress is not None:
-                        progress(done, total)
+                    job.commit(index, start, start + len(items), scorer.score(items, batch_done))
+                    computed += len(items)
         return job.finish(computed)
 
 

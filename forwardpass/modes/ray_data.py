@@ -102,7 +102,9 @@ def run_batch_on_ray(
                     arguments = _actor_arguments(
                         model, version, input_path, options, repository, actor_cpus, trust_pickle
                     )
-                    done = job.total - sum(part["stop"] - part["start"] for part in todo)
+                    done = job.output.records  # before this run: reported once, first, so that no rate counts them
+                    if progress is not None:
+                        progress(done, job.total)
                     for part, start, stop, scored in _scored_parts(todo, arguments, actors, actor_cpus):
                         job.commit(part, start, stop, scored)
                         done += stop - start

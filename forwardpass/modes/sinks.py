@@ -143,6 +143,11 @@ class Output:
         return self._manifest.finished
 
     @property
+    def records(self) -> int:
+        """Input records of the parts done."""
+        return sum(part.stop - part.start for part in self._done.values())
+
+    @property
     def rows(self) -> int:
         return sum(part.rows for part in self._done.values())
 

@@ -415,3 +415,23 @@ def test_an_input_edited_while_the_job_runs_is_not_finished_as_one_job(tab_cls: 
     assert not json.loads((tmp_path / "out" / MANIFEST_FILE).read_bytes())["finished"]
     with pytest.raises(InputError, match="INPUT's files were added, removed, replaced or edited since the job started"):
         run_batch(tab_cls, table, tmp_path / "out", BatchOptions(part_size=30, resume=True))
+
+
+def test_a_resumed_job_reports_the_records_done_before_it_once_and_first(tab_cls: Model, tmp_path: Path):
+    """Resumed, the job reported each part done before it as it skipped past it, in its first moments: the bar
+    counted them as scored then, so its rate (and time left) was thousands of records/s off."""
+    table = tmp_path / "rows.csv"
+    write_table(table, 100, bad_every=25)  # row 25, in the second part of 20, is bad
+    with pytest.raises(InputError, match="more than --max-errors 0"):
+        run_batch(tab_cls, table, tmp_path / "out", BatchOptions(part_size=20, max_errors=0))
+    reported: list[tuple[int, int]] = []
+    summary = run_batch(
+        tab_cls,
+        table,
+        tmp_path / "out",
+        BatchOptions(part_size=20, max_errors=None, resume=True),
+        lambda done, total: reported.append((done, total)),
+    )
+    assert reported[0] == (40, 100) and reported[-1] == (100, 100)
+    assert [done for done, _ in reported] == sorted(done for done, _ in reported)  # only forwards, from 40
+    assert (summary.records, summary.computed, summary.rows + summary.errors) == (100, 60, 100)
