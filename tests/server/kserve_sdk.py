@@ -3,7 +3,7 @@ pandas 2, the project protobuf 7 and pandas 3): `python kserve_sdk.py < plan.jso
 
 The plan names the server (`rest`, `grpc`: addresses) and the `calls`, each `{"call": "infer" | "server_ready" |
 "server_live" | "model_ready", "transport": "rest" | "grpc" | "v1", ...}`; over KServe's V1 protocol only
-"model_ready" and "infer" with `instances`. An infer call carries `model`, `inputs` (name,
+"server_live", "model_ready" and "infer" with `instances`. An infer call carries `model`, `inputs` (name,
 datatype, shape, data as nested lists, `binary`: sent as binary tensor data), optional `outputs` (name, `binary`,
 `parameters`), `parameters`, `binary_output` (the request's binary_data_output) and `id`. Its answer is `{"id",
 "model_version", "parameters", "outputs": {name: {"datatype", "shape", "data"}}}`, BYTES elements as base64 text; a
@@ -100,6 +100,11 @@ async def one(
     if call["transport"] == "v1":  # KServe's V1 protocol, REST only: {"instances": ...} in, {"predictions": ...} out
         if call["call"] == "model_ready":
             return await v1.is_model_ready(base, call["model"])
+        if call["call"] == "server_live":
+            try:
+                return await v1.is_server_live(base)
+            except ValueError as error:  # the answer was not JSON
+                return {"error": str(error), "status": "not JSON"}
         return await v1.infer(base, {"instances": call["instances"]}, model_name=call["model"])
     grpc_call = call["transport"] == "grpc"
     if call["call"] == "server_ready":

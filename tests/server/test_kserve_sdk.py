@@ -240,6 +240,7 @@ V1_CALLS: dict[str, dict[str, Any]] = {
     "v1 ready": {"call": "model_ready", "model": "mlp"},
     "v1 missing ready": {"call": "model_ready", "model": "missing"},
     "v1 predict": {"call": "infer", "model": "mlp", "instances": ROWS.tolist()},
+    "v1 live": {"call": "server_live"},
 }
 
 
@@ -250,3 +251,9 @@ def test_kserve_v1_protocol_readiness_and_predictions(answers, in_process):
     assert answers["v1 missing ready", "v1"]["status"] == 404
     predictions = np.array(answers["v1 predict", "v1"]["predictions"], dtype=np.float32)
     np.testing.assert_array_equal(predictions, in_process("mlp").infer({"x": ROWS})["y"])
+
+
+def test_kserve_v1_liveness_is_not_offered_at_the_root(answers):
+    """A known limitation (README): KServe V1's liveness is GET / answering {"status": "alive"}, and / is the page
+    to try the models in a browser; the V2 liveness (/v2/health/live) answers the SDK's V2 client (above)."""
+    assert answers["v1 live", "v1"]["status"] == "not JSON"
