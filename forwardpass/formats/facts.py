@@ -174,12 +174,14 @@ def _class_labels(node: Any) -> tuple[str, ...] | None:
 
 
 def _label_and_scores(outputs: list[str], graph: Any) -> tuple[str | None, str | None]:
-    """The converters' two outputs: a 1-D label tensor and the per-class scores (a tensor, or ZipMap's maps)."""
+    """The converters' two outputs: a 1-D label tensor and the per-class scores (a tensor, or ZipMap's maps). No
+    scores where several other outputs hold them between them (skl2onnx's zipmap='columns': one output per class)."""
     types = {value.name: value.type for value in graph.output}
     label = next((name for name in outputs if types[name].HasField("tensor_type") and _rank(types[name]) == 1), None)
-    scores = next((name for name in outputs if name != label and name.lower() in PROBABILITY_NAMES), None)
-    if scores is None:
-        scores = next((name for name in outputs if name != label), None)
+    others = [name for name in outputs if name != label]
+    scores = next((name for name in others if name.lower() in PROBABILITY_NAMES), None)
+    if scores is None and len(others) == 1:
+        scores = others[0]
     return label, scores
 
 

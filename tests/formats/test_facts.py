@@ -178,3 +178,23 @@ def test_an_onnx_ml_graph_of_one_input_per_column_takes_records(tmp_path: Path) 
     answers = model.predict(frame.iloc[:8].to_dict("records"))
     scores = [[entry["score"] for entry in sorted(answer["top_k"], key=lambda e: e["index"])] for answer in answers]
     np.testing.assert_allclose(scores, classifier.predict_proba(frame.iloc[:8]), atol=1e-5)
+
+
+def test_an_onnx_ml_classifier_with_one_output_per_class_is_no_single_score_output(tmp_path: Path) -> None:
+    """skl2onnx's zipmap='columns' gives each class's probability its own output: none of them is the class scores
+    (the first read as them gave class 'a''s probability as the answer for all three classes)."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    features, target = load_iris(return_X_y=True)
+    features = features.astype(np.float32)
+    classifier = LogisticRegression(max_iter=500).fit(features, np.array(["a", "b", "c"])[target])
+    converted = to_onnx(classifier, features[:1], options={"zipmap": "columns"}, target_opset={"": 17, "ai.onnx.ml": 3})
+    (tmp_path / "columns.onnx").write_bytes(converted.SerializeToString())
+
+    model = forwardpass.load(tmp_path / "columns.onnx", intra_op_threads=1)
+    assert model.config.postprocess is None
+    answer = model.infer({"X": features[:5]})
+    probabilities = np.column_stack([answer[f"s{name}"] for name in "abc"])
+    np.testing.assert_allclose(probabilities, classifier.predict_proba(features[:5]), atol=1e-5)
