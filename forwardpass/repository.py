@@ -130,6 +130,12 @@ class Repository:
             precisions = self.precisions(name)
             matching = [v for v in versions if precisions[v] == precision]
             if not matching:
+                unserved = [v for v in on_disk if precisions[v] == precision]
+                if unserved:  # made, but left out by the policy: "make one" would make another left out
+                    raise NotFoundError(
+                        f"model '{name}''s {precision} version {', '.join(map(str, unserved))} is not served: its "
+                        f"version_policy serves {versions}"
+                    )
                 have = ", ".join(f"{v}: {p}" for v, p in precisions.items())
                 raise NotFoundError(
                     f"model '{name}' has no {precision} version (versions: {have}); "

@@ -247,3 +247,13 @@ def test_the_version_policy_limits_what_resolves(repo: Path):
     (repo / "resnet" / "config.yaml").write_text("version_policy: {specific: [1]}\n")
     assert repository.resolve("resnet").version == 1
     assert forwardpass.load("resnet", repository=repo).version == 1
+
+
+def test_a_precision_whose_versions_the_policy_leaves_out_is_not_served_not_missing(repo: Path):
+    """It said 'has no int8 version (... 10: int8); make one with: forwardpass optimize', which made another."""
+    (repo / "resnet" / "10" / "precision.json").write_text('{"precision": "int8"}')
+    (repo / "resnet" / "config.yaml").write_text("version_policy: {specific: [1, 2]}\n")
+    with pytest.raises(
+        NotFoundError, match=r"model 'resnet''s int8 version 10 is not served: its version_policy serves \[1, 2\]$"
+    ):
+        Repository(repo).resolve("resnet", precision="int8")

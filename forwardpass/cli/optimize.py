@@ -14,6 +14,7 @@ from forwardpass.cli.common import REPOSITORY, VERSION
 from forwardpass.errors import ForwardpassError, InputError
 from forwardpass.model import locate_configured
 from forwardpass.precision import PRECISIONS, Int8Settings, OptimizeReport, OptimizeRequest, optimize
+from forwardpass.repository import Repository
 
 __all__ = ["register"]
 
@@ -219,7 +220,13 @@ def _print(report: OptimizeReport) -> None:
 def _say_the_default(report: OptimizeReport) -> None:
     """Said every time: a new version changes what every command runs by default, unless the config pins one."""
     entry, config = locate_configured(report.destination.parent)  # the model folder the new version went into
-    if entry.version == report.version:
+    served = Repository(entry.directory.parent).served_versions(entry.name)
+    if report.version not in served:
+        typer.echo(
+            f"version {report.version} of {report.model} is not served: its config.yaml's version_policy serves "
+            f"{served}; name {report.version} there to run it (predict, batch and serve run version {entry.version})"
+        )
+    elif entry.version == report.version:
         typer.echo(
             f"version {report.version} is now the default of {report.model} (its highest version) for predict, batch,"
             " serve and forwardpass.load; to run another, pass --version N, or set `precision:` in its config.yaml"

@@ -107,3 +107,13 @@ def test_help_teaches_by_example() -> None:
     done = subprocess.run([FORWARDPASS, "optimize", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert "--max-accuracy-drop 0.5" in done.stdout and 'precision="int8"' in done.stdout
+
+
+def test_a_new_version_the_version_policy_leaves_out_is_said_to_be_unserved(repo: Path) -> None:
+    """It said only 'the default stays version 1', as if the new version could be run by precision or number."""
+    (repo / "digits_cnn" / "config.yaml").write_text(
+        (repo / "digits_cnn" / "config.yaml").read_text() + "version_policy: {specific: [1]}\n"
+    )
+    done = run(repo, "-p", "fp16", "--eval", HELD_OUT)
+    assert done.returncode == 0, done.stderr
+    assert "version 2 of digits_cnn is not served: its config.yaml's version_policy serves [1]" in done.stdout
