@@ -184,6 +184,11 @@ class HuggingFaceFormat:
             ordered = sorted((int(index), str(label)) for index, label in id2label.items())
         except ValueError:
             return said
+        if [index for index, _ in ordered] != list(range(len(ordered))):  # its labels in order would be others'
+            raise ConfigError(
+                f"{path / 'config.json'}: id2label's indices {[index for index, _ in ordered]} are not the head's "
+                f"classes 0..{len(ordered) - 1}; number them so"
+            )
         return replace(
             said,
             task="classification",

@@ -372,3 +372,16 @@ def test_a_regression_head_answers_its_value_as_transformers_pipeline_does(tmp_p
         with torch.inference_mode():
             expected = reference(**tokenizer(text, return_tensors="pt")).logits.item()
         assert answer == {"value": pytest.approx(expected, abs=ATOL)}
+
+
+def test_an_id2label_whose_indices_are_not_the_heads_classes_is_refused_at_load(
+    classifier: tuple[Path, Any], tmp_path: Path
+):
+    """{0, 1, 5} over a head of 3 classes: class 2 was answered as label 5's (transformers' pipeline ends in
+    KeyError 2)."""
+    folder = shutil.copytree(classifier[0], tmp_path / "classifier")
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {"0": "spam", "1": "ham", "5": "eggs"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"id2label's indices \[0, 1, 5\] are not the head's classes 0\.\.2"):
+        forwardpass.load(folder, serve="native", warmup=0)
