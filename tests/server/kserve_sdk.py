@@ -5,9 +5,9 @@ The plan names the server (`rest`, `grpc`: addresses) and the `calls`, each `{"c
 "server_live" | "model_ready", "transport": "rest" | "grpc" | "v1", ...}`; over KServe's V1 protocol only
 "server_live", "model_ready" and "infer" with `instances`. An infer call carries `model`, `inputs` (name,
 datatype, shape, data as nested lists, `binary`: sent as binary tensor data), optional `outputs` (name, `binary`,
-`parameters`), `parameters`, `binary_output` (the request's binary_data_output) and `id`. Its answer is `{"id",
-"model_version", "parameters", "outputs": {name: {"datatype", "shape", "data"}}}`, BYTES elements as base64 text; a
-refusal is `{"error": message, "status": HTTP status or gRPC code name}`."""
+`parameters`), `parameters`, `binary_output` (the request's binary_data_output), `id` and `version`. Its answer
+is `{"id", "model_version", "parameters", "outputs": {name: {"datatype", "shape", "data"}}}`, BYTES elements as
+base64 text; a refusal is `{"error": message, "status": HTTP status or gRPC code name}`."""
 
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ def request_of(call: dict[str, Any]) -> InferRequest:
         request_id=call.get("id"),
         parameters=parameters or None,
         request_outputs=outputs,
+        model_version=call.get("version"),
     )
 
 

@@ -172,6 +172,8 @@ CALLS: dict[str, dict[str, Any]] = {
     "float64": infer("mlp", [tensor("x", "FP64", ROWS.astype(np.float64), True)]),
     "unknown model": infer("nothing", [tensor("x", "FP32", ROWS, False)]),
     "unknown output": infer("mlp", [tensor("x", "FP32", ROWS, False)], outputs=[{"name": "z", "binary": False}]),
+    "version 1": infer("mlp", [tensor("x", "FP32", ROWS, True)], version="1"),
+    "version 9": infer("mlp", [tensor("x", "FP32", ROWS, True)], version="9"),
 }
 EXPECTED = {  # the call's name: the model, its inputs
     **{f"mlp {i} {o}": ("mlp", {"x": ROWS}) for i in (False, True) for o in (False, True)},
@@ -257,3 +259,14 @@ def test_kserve_v1_liveness_is_not_offered_at_the_root(answers):
     """A known limitation (README): KServe V1's liveness is GET / answering {"status": "alive"}, and / is the page
     to try the models in a browser; the V2 liveness (/v2/health/live) answers the SDK's V2 client (above)."""
     assert answers["v1 live", "v1"]["status"] == "not JSON"
+
+
+def test_a_requested_version_reaches_the_server_over_grpc_only(answers, in_process):
+    """InferRequest(model_version=...) goes in gRPC's ModelInferRequest; the SDK's REST client posts to
+    /v2/models/<m>/infer whatever the version (a limitation of the SDK): the latest version answers."""
+    expected = in_process("mlp").infer({"x": ROWS})
+    for name in ("version 1", "version 9"):
+        assert_equal_exactly(answers[name, "rest"], expected)
+    assert_equal_exactly(answers["version 1", "grpc"], expected)
+    unknown = answers["version 9", "grpc"]
+    assert unknown["status"] == "NOT_FOUND" and "model 'mlp' has no version '9'" in unknown["error"]
