@@ -202,10 +202,28 @@ def _metadata_labels(model: Any) -> tuple[str, ...] | None:
     return None
 
 
+def _classifier_labels(graph: Any) -> set[str]:
+    """The graph's outputs that are an ONNX-ML classifier's label, as it made it or Identity/Cast passed it on."""
+    producers = {out: node for node in graph.node for out in node.output}
+    found = set()
+    for value in graph.output:
+        name = value.name
+        for _ in range(_MAX_PASS_THROUGH):
+            node = producers.get(name)
+            if node is None or node.op_type not in ("Identity", "Cast"):
+                break
+            name = node.input[0]
+        node = producers.get(name)
+        if node is not None and node.op_type in _ML_CLASSIFIERS and node.output[0] == name:
+            found.add(value.name)
+    return found
+
+
 def _shares_first_dim(graph: Any) -> bool | None:
     """True when every input and output has the same symbolic first dimension (a batch axis); False when one has a
     fixed or another first dimension; None when the graph names none (batch-first is then unchecked)."""
     initializers = {init.name for init in graph.initializer}
+    labels = _classifier_labels(graph)
     firsts = []
     for value in [*[v for v in graph.input if v.name not in initializers], *graph.output]:
         if not value.type.HasField("tensor_type"):
@@ -213,6 +231,8 @@ def _shares_first_dim(graph: Any) -> bool | None:
         dims = value.type.tensor_type.shape.dim
         if not dims:
             return False
+        if value.name in labels and len(dims) == 1 and dims[0].dim_value == 1:
+            continue  # onnxmltools declares a classifier's label [1] whatever the batch
         first = dims[0]
         firsts.append(
             first.dim_param if first.HasField("dim_param") else first.dim_value if first.dim_value > 0 else ""

@@ -198,3 +198,25 @@ def test_an_onnx_ml_classifier_with_one_output_per_class_is_no_single_score_outp
     answer = model.infer({"X": features[:5]})
     probabilities = np.column_stack([answer[f"s{name}"] for name in "abc"])
     np.testing.assert_allclose(probabilities, classifier.predict_proba(features[:5]), atol=1e-5)
+
+
+def test_an_onnxmltools_graph_whose_label_is_declared_one_row_still_batches(tmp_path: Path) -> None:
+    """onnxmltools declares a LightGBM classifier's label [1] whatever the batch: it is still the batch axis (every
+    record was refused as "input 'input': expected shape [-1, 4], got [4]")."""
+    import lightgbm
+    import onnxmltools
+    from onnxmltools.convert.common.data_types import FloatTensorType
+    from sklearn.datasets import load_iris
+
+    features, target = load_iris(return_X_y=True)
+    features = features.astype(np.float32)
+    classifier = lightgbm.LGBMClassifier(n_estimators=5, verbose=-1).fit(features, target)
+    converted = onnxmltools.convert_lightgbm(
+        classifier, initial_types=[("input", FloatTensorType([None, 4]))], target_opset=15, zipmap=False
+    )
+    assert converted.graph.output[0].type.tensor_type.shape.dim[0].dim_value == 1
+    (tmp_path / "lightgbm.onnx").write_bytes(converted.SerializeToString())
+
+    model = forwardpass.load(tmp_path / "lightgbm.onnx", intra_op_threads=1)
+    answers = model.predict([list(map(float, row)) for row in features[::15]])
+    assert [answer["label"] for answer in answers] == [str(label) for label in classifier.predict(features[::15])]
