@@ -187,6 +187,23 @@ class ImageConfig(_Strict):
             raise ValueError("pad_first applies to letterbox only; set letterbox: [height, width]")
         if self.jpeg_draft and (self.pad_first or self.resize_with == "opencv"):
             raise ValueError("jpeg_draft resamples the reduced decoding with Pillow: not with pad_first or opencv")
+        for name in ("resize", "crop", "letterbox"):  # larger: every image refused at predict
+            size = getattr(self, name)
+            height, width = (size, size) if isinstance(size, int) else size or (0, 0)
+            if height * width > self.max_pixels:
+                raise ValueError(f"{name} {size} makes images of over max_pixels ({self.max_pixels})")
+        return self
+
+    @model_validator(mode="after")
+    def _check_pixel_arithmetic(self) -> ImageConfig:
+        """NaN, an infinity or a std of 0 made every pixel NaN or inf, and every image was answered (NaN scores)."""
+        for name, values in (("scale", [self.scale]), ("pad_value", [self.pad_value]), ("mean", self.mean)):
+            if not all(map(math.isfinite, values)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+        if self.scale == 0:
+            raise ValueError("scale 0 makes every image the same")
+        if not all(math.isfinite(value) and value != 0 for value in self.std):
+            raise ValueError(f"std divides each channel: finite and non-zero, got {self.std}")
         return self
 
 

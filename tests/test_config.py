@@ -262,3 +262,23 @@ def test_engine_keyword_options_are_validated(tmp_path: Path, add_model):
 def test_max_shape_anywhere_but_inputs_is_refused(section: dict[str, object], field: str) -> None:
     with pytest.raises(ConfigError, match=rf"{field}\[\]\.max_shape bounds nothing there; write it under inputs"):
         ModelConfig.from_dict(section)
+
+
+@pytest.mark.parametrize(
+    ("setting", "problem"),
+    [
+        ("std: [0.0]", "std divides each channel: finite and non-zero, got [0.0]"),
+        ("std: [1.0, .nan, 1.0]", "std divides each channel"),
+        ("mean: [.inf]", "mean must be finite, got [inf]"),
+        ("scale: .nan", "scale must be finite, got nan"),
+        ("pad_value: -.inf", "pad_value must be finite, got -inf"),
+        ("scale: 0", "scale 0 makes every image the same"),
+        ("resize: [100000, 100000]", "resize (100000, 100000) makes images of over max_pixels (50000000)"),
+        ("letterbox: [10000, 5001]", "letterbox (10000, 5001) makes images of over max_pixels (50000000)"),
+    ],
+)
+def test_image_settings_that_answer_no_image_rightly_are_refused(tmp_path: Path, setting: str, problem: str):
+    """Each was loaded and answered every image with NaN scores, or the same scores (scale 0), exit 0; or refused
+    every image at predict (a size over max_pixels)."""
+    message = config_error(write(tmp_path, f"preprocess:\n  kind: image\n  {setting}\n"))
+    assert "preprocess" in message and problem in message

@@ -12,10 +12,11 @@ answered plausibly and wrongly, so it is never approximated.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
+
+from pydantic import ValidationError
 
 from forwardpass.config import ImageConfig
 from forwardpass.errors import ConfigError
@@ -33,7 +34,6 @@ _PIL_FILTERS = {4: "BOX", 5: "HAMMING"}
 # ConvNeXt's resize warps to a square from this shortest edge up; below it, it resizes to shortest_edge / crop_pct
 # and crops the square.
 _CONVNEXT_WARP_FROM = 384
-_MAX_PIXELS = ImageConfig.model_fields["max_pixels"].default  # the image preprocessing's bound on a resized image
 
 
 @dataclass(frozen=True)
@@ -146,11 +146,6 @@ class _Reading:
         if self._flag("do_pad", False):
             self._refuse("do_pad true (padding to a size)", "forwardpass pads only letterboxed images")
         resize, crop = self._resize_and_crop()
-        smallest = (resize, resize) if isinstance(resize, int) else resize
-        if smallest is not None and smallest[0] * smallest[1] > _MAX_PIXELS:  # every image refused at predict
-            self._refuse(
-                f"a resize to {smallest[0]}x{smallest[1]}", f"over {_MAX_PIXELS} pixels: preprocess.max_pixels"
-            )
         interpolation = self._interpolation()
         scale = self._rescale_factor() if self._flag("do_rescale", True) else 1.0
         normalize = self.processor.normalizes and self._flag("do_normalize", True)
@@ -158,21 +153,23 @@ class _Reading:
         bgr = flip is not None and self._flag("do_flip_channel_order", flip)
         mean = self._channels("image_mean", self.processor.mean) if normalize else [0.0]
         std = self._channels("image_std", self.processor.std) if normalize else [1.0]
-        if 0.0 in std:
-            self._refuse(f"image_std {std}", "a channel divided by 0 is no pixel value")
-        return ImageConfig(
-            kind="image",
-            input="pixel_values",
-            color="BGR" if bgr else "RGB",  # the pipeline reads every image as RGB (load_image); MobileViT flips it
-            resize=resize,
-            crop=crop,
-            crop_rounding="floor",
-            interpolation=interpolation,
-            scale=scale,
-            mean=mean,
-            std=std,
-            layout="NCHW",
-        )
+        try:
+            return ImageConfig(
+                kind="image",
+                input="pixel_values",
+                color="BGR" if bgr else "RGB",  # the pipeline reads every image as RGB (load_image); MobileViT flips
+                resize=resize,
+                crop=crop,
+                crop_rounding="floor",
+                interpolation=interpolation,
+                scale=scale,
+                mean=mean,
+                std=std,
+                layout="NCHW",
+            )
+        except ValidationError as exc:  # values no preprocessing can use (NaN, a std of 0, a pixel bomb)
+            problem = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            raise ConfigError(f"{self.file}: {self.name} as image preprocessing: {problem}") from None
 
     def _resize_and_crop(self) -> tuple[int | tuple[int, int] | None, tuple[int, int] | None]:
         """ImageConfig's resize (an int: the shortest edge; a pair: the exact [height, width]) and crop."""
@@ -244,14 +241,14 @@ class _Reading:
     def _channels(self, key: str, default: tuple[float, ...]) -> list[float]:
         value = self._value(key, default)
         values = [value] if isinstance(value, int | float) else value
-        if not isinstance(values, list | tuple) or len(values) not in (1, 3) or not all(map(_finite, values)):
-            self._refuse(f"{key} {value!r}", "one finite number or one per RGB channel")
+        if not isinstance(values, list | tuple) or len(values) not in (1, 3) or not all(map(_number, values)):
+            self._refuse(f"{key} {value!r}", "one value or one per RGB channel")
         return [float(number) for number in values]
 
     def _rescale_factor(self) -> float:
         factor = self._value("rescale_factor", 1 / 255)
-        if not _finite(factor) or factor <= 0:
-            self._refuse(f"rescale_factor {factor!r}", "a positive finite number")
+        if not _number(factor):
+            self._refuse(f"rescale_factor {factor!r}", "a number")
         return float(factor)
 
     def _flag(self, key: str, default: bool | None) -> bool | None:
@@ -274,6 +271,5 @@ def _positive(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _finite(value: object) -> bool:
-    """A JSON number that is one: Python's json reads NaN and Infinity, and 1e400 as inf."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

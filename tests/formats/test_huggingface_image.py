@@ -74,6 +74,9 @@ def test_an_image_is_prepared_as_the_processors_pillow_backend_prepares_it(
         assert np.abs(got - expected).max() <= 1e-5, photo.name
 
 
+VIT = {"image_processor_type": "ViTImageProcessor"}
+
+
 def write_processor(folder: Path, **said: Any) -> Path:
     (folder / PROCESSOR_CONFIG).write_text(json.dumps(said))
     return folder / PROCESSOR_CONFIG
@@ -98,18 +101,17 @@ def write_processor(folder: Path, **said: Any) -> Path:
             {"image_processor_type": "ConvNextImageProcessor", "size": {"height": 224, "width": 224}},
             "ConvNextImageProcessor with size {'height': 224, 'width': 224}",
         ),
-        # hostile values: each loaded and answered NaN, inf, or a traceback (rescale_factor's float()), or refused
-        # every image at predict (a size over max_pixels)
+        # hostile values: each loaded and answered NaN, or ended in float()'s traceback, or refused every image
+        ({**VIT, "image_mean": [math.nan] * 3}, "ViTImageProcessor as image preprocessing: mean must be finite"),
+        ({**VIT, "image_std": 1e400}, "ViTImageProcessor as image preprocessing: std divides each channel"),
+        ({**VIT, "image_std": [0.5, 0, 0.5]}, "ViTImageProcessor as image preprocessing: std divides each channel"),
+        ({**VIT, "rescale_factor": "1/255"}, "ViTImageProcessor with rescale_factor '1/255'"),
+        ({**VIT, "rescale_factor": 0}, "ViTImageProcessor as image preprocessing: scale 0 makes every image the same"),
+        ({**VIT, "size": 100_000}, "ViTImageProcessor as image preprocessing: resize (100000, 100000) makes images"),
         (
-            {"image_processor_type": "ViTImageProcessor", "image_mean": [math.nan] * 3},
-            "ViTImageProcessor with image_mean",
+            {"image_processor_type": "ConvNextImageProcessor", "size": 9000},
+            "ConvNextImageProcessor as image preprocessing: resize (9000, 9000) makes images of over max_pixels",
         ),
-        ({"image_processor_type": "ViTImageProcessor", "image_std": 1e400}, "ViTImageProcessor with image_std inf"),
-        ({"image_processor_type": "ViTImageProcessor", "image_std": [0.5, 0, 0.5]}, "ViTImageProcessor with image_std"),
-        ({"image_processor_type": "ViTImageProcessor", "rescale_factor": "1/255"}, "ViTImageProcessor with rescale_fa"),
-        ({"image_processor_type": "ViTImageProcessor", "rescale_factor": 0}, "ViTImageProcessor with rescale_factor 0"),
-        ({"image_processor_type": "ViTImageProcessor", "size": 100_000}, "ViTImageProcessor with a resize to 100000x"),
-        ({"image_processor_type": "ConvNextImageProcessor", "size": 9000}, "ConvNextImageProcessor with a resize to 9"),
     ],
 )
 def test_a_processor_forwardpass_does_not_reproduce_is_refused_naming_it(
