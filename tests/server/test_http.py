@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import io
 import logging
 from pathlib import Path
@@ -288,6 +289,10 @@ def test_async_infer_with_triton_request_options_and_statistics_that_add_up(tmp_
         assert "['config', 'file:1/model.onnx'] are not supported" in load.value.message()
         (stats,) = client.get_inference_statistics("mlp")["model_stats"]
         client.close()
+        # async_infer's gevent pool must be collected on this thread: a later collection on a server thread makes
+        # gevent raise in the client's __del__, failing whichever test runs then
+        del client, pending, result
+        gc.collect()
     finally:
         own.stop()
     counted = stats["inference_stats"]
