@@ -887,6 +887,13 @@ class ModelConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _check_pipeline_policy(self) -> ModelConfig:
+        """A pipeline has no versions of its own: a policy there would seem to choose its steps' versions."""
+        if self.pipeline is not None and "version_policy" in self.model_fields_set:
+            raise ValueError("version_policy chooses a model's versions; a pipeline has none: write it in its steps'")
+        return self
+
+    @model_validator(mode="after")
     def _check_max_shape(self) -> ModelConfig:
         """A bound is enforced on what clients send: written on an output or under source.inputs it would hold
         nothing back, so it is refused rather than ignored."""

@@ -282,3 +282,9 @@ def test_image_settings_that_answer_no_image_rightly_are_refused(tmp_path: Path,
     every image at predict (a size over max_pixels)."""
     message = config_error(write(tmp_path, f"preprocess:\n  kind: image\n  {setting}\n"))
     assert "preprocess" in message and problem in message
+
+
+def test_a_version_policy_on_a_pipeline_is_refused(tmp_path: Path):
+    """It was accepted and ignored: the steps' versions were served whatever it said."""
+    text = "pipeline:\n  steps:\n  - {model: det}\n  - {model: rec, input: crops}\nversion_policy: {latest: 1}\n"
+    assert "version_policy chooses a model's versions; a pipeline has none" in config_error(write(tmp_path, text))
