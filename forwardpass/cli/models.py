@@ -96,13 +96,19 @@ def _steps(repo: Repository, name: str) -> list[StepConfig]:
 
 
 def _versions(repo: Repository, name: str) -> str:
-    """e.g. "1, 2 (int8 of 1)"."""
+    """e.g. "1, 2 (int8 of 1)", "1 (not served), 2" where the config's version_policy leaves a version out."""
     precisions = repo.precisions(name)
     sources = repo.derived_from(name)
-    return ", ".join(
-        f"{version} ({precisions[version]} of {sources[version]})" if version in sources else str(version)
-        for version in repo.versions(name)
-    )
+    try:
+        served = set(repo.served_versions(name))
+    except ForwardpassError:  # a policy naming a missing version: the row's UNAVAILABLE says why
+        served = set(repo.versions(name))
+    listed = []
+    for version in repo.versions(name):
+        notes = [f"{precisions[version]} of {sources[version]}"] if version in sources else []
+        notes += [] if version in served else ["not served"]
+        listed.append(f"{version} ({', '.join(notes)})" if notes else str(version))
+    return ", ".join(listed)
 
 
 def _kind(section: object) -> str:

@@ -110,10 +110,19 @@ def test_help_teaches_by_example() -> None:
 
 
 def test_a_new_version_the_version_policy_leaves_out_is_said_to_be_unserved(repo: Path) -> None:
-    """It said only 'the default stays version 1', as if the new version could be run by precision or number."""
+    """optimize said only 'the default stays version 1', and models listed it as any other, as if it could be run
+    by precision or number."""
     (repo / "digits_cnn" / "config.yaml").write_text(
         (repo / "digits_cnn" / "config.yaml").read_text() + "version_policy: {specific: [1]}\n"
     )
     done = run(repo, "-p", "fp16", "--eval", HELD_OUT)
     assert done.returncode == 0, done.stderr
     assert "version 2 of digits_cnn is not served: its config.yaml's version_policy serves [1]" in done.stdout
+    listing = subprocess.run(
+        [FORWARDPASS, "models", "-r", str(repo)],
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "1, 2 (fp16 of 1, not served)" in listing.stdout  # it listed "1, 2 (fp16 of 1)", as if served
