@@ -113,7 +113,8 @@ class AudioPreprocessor:
                     raise DecodeError(f"{what}: {channels} channels is over the limit of {config.max_channels}")
                 if frames > config.max_seconds * rate:
                     raise DecodeError(
-                        f"{what}: {frames / rate:.1f} s of audio is over the limit of {config.max_seconds:.1f} s"
+                        f"{what}: {frames / rate:.1f} s of audio is over the limit of {config.max_seconds:.1f} s "
+                        f"({frames} samples at {rate} Hz)"
                     )
                 if frames * channels > config.max_bytes:  # a compressed file's decoded size, as a WAV's
                     raise DecodeError(

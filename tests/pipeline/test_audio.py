@@ -261,3 +261,12 @@ def test_a_recording_with_no_sample_at_the_models_rate_is_refused(vad: forwardpa
     sf.write(buffer, np.zeros(1000, np.float32), 2**31 - 1, format="WAV", subtype="PCM_16")
     with pytest.raises(DecodeError, match="too short to hold a sample at 16000 Hz"):
         vad.predict(buffer.getvalue())
+
+
+def test_a_recording_one_sample_over_max_seconds_is_refused_and_one_at_it_is_read(tmp_path: Path) -> None:
+    """The refusal names the samples: '1.0 s of audio is over the limit of 1.0 s' said nothing of why."""
+    at_limit = write(tmp_path / "at.wav", np.zeros(WAVEFORM_RATE, np.float32), WAVEFORM_RATE, "PCM_16")
+    assert bounded(max_seconds=1.0)(str(at_limit))["waveform"].shape == (WAVEFORM_RATE,)
+    over = write(tmp_path / "over.wav", np.zeros(WAVEFORM_RATE + 1, np.float32), WAVEFORM_RATE, "PCM_16")
+    with pytest.raises(DecodeError, match=r"1\.0 s of audio is over the limit of 1\.0 s \(8001 samples at 8000 Hz\)"):
+        bounded(max_seconds=1.0)(str(over))
