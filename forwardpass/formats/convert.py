@@ -60,7 +60,11 @@ def convert_with_parity(
             raise ConfigError(f"{source}: the {fmt.name} converter wrote no ONNX model")
         native = fmt.open_native(source, engine, options)
         try:
-            converted = OrtSession(staged, engine)
+            try:
+                converted = OrtSession(staged, engine)
+            except ConfigError as exc:  # it names the staged file, which the user never sees
+                reason = str(exc).partition(": ONNX Runtime cannot load this model: ")[2] or str(exc)
+                raise ConfigError(f"{source}: ONNX Runtime cannot run its {fmt.name} conversion ({reason})") from None
             try:
                 samples = parity_inputs(fmt, source, native.inputs, convert.parity_samples)
                 report = check_parity(native, converted, samples)

@@ -132,3 +132,21 @@ def test_files_of_no_known_format_and_missing_files(tmp_path: Path):
         convert(tmp_path / "notes.md", "-o", tmp_path / "out"), "notes.md", "not a model in any known format"
     )
     assert_one_error(convert(tmp_path / "absent.pt", "-o", tmp_path / "out"), "no model file or folder", "absent.pt")
+
+
+def test_a_conversion_onnx_runtime_cannot_run_is_refused_naming_the_source(tmp_path: Path):
+    """skl2onnx writes a double-precision Imputer, which ONNX Runtime does not implement: the refusal names the
+    user's file, not the staging folder the converted model was checked in."""
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder
+
+    frame = pd.DataFrame({"amount": [1.0, np.nan, 3.0, 4.0], "colour": ["red", "blue", "red", "blue"]})
+    columns = ColumnTransformer([("amount", SimpleImputer(), ["amount"]), ("colour", OneHotEncoder(), ["colour"])])
+    source = tmp_path / "imputed.pkl"
+    source.write_bytes(pickle.dumps(make_pipeline(columns, LogisticRegression()).fit(frame, [0, 1, 0, 1])))
+
+    done = convert(source, "-o", tmp_path / "imputed.onnx", "--trust-pickle")
+    assert_one_error(done, f"{source}: ONNX Runtime cannot run its sklearn conversion", "Imputer")
+    assert ".converting-" not in done.stderr
