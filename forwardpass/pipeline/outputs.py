@@ -16,7 +16,7 @@ from forwardpass.config import (
     RecommendationConfig,
     RegressionConfig,
 )
-from forwardpass.errors import ConfigError, InputError
+from forwardpass.errors import ConfigError, InputError, NonFiniteError
 
 __all__ = [
     "Classify",
@@ -46,6 +46,19 @@ def load_labels(labels: str | list[str] | None, model_dir: Path) -> list[str] | 
         raise ConfigError(f"postprocess.labels: cannot read {path} ({exc.strerror}); create it") from None
 
 
+def _answered(values: np.ndarray, output: str) -> np.ndarray:
+    """The model's output row as float64, refused where it holds NaN: a label, value, cluster or flag read from one
+    would be answered as if it meant something (a missing value given as NaN to a model that cannot take one, a
+    column's `missing: model` on a logistic regression, scores NaN; NaN is no JSON number either)."""
+    numbers = values.astype(np.float64).reshape(-1)
+    if np.isnan(numbers).any():
+        raise NonFiniteError(
+            f"the model answered NaN in '{output}' for this item: an input it cannot take (a missing value given to "
+            "a model that does not handle one?)"
+        )
+    return numbers
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max())
     probabilities: np.ndarray = shifted / shifted.sum()
@@ -63,7 +76,7 @@ class Classify:
         self._binary = labels is None or len(labels) == 2  # one label names the single score's class alone
 
     def __call__(self, outputs: Row, inputs: Row, top_k: int | None = None) -> Prediction:
-        scores = outputs[self.output].astype(np.float64).reshape(-1)
+        scores = _answered(outputs[self.output], self.output)
         if self.activation == "softmax":
             scores = _softmax(scores)
         elif self.activation == "sigmoid":
@@ -87,7 +100,7 @@ class Regress:
         self.target = config.target
 
     def __call__(self, outputs: Row, inputs: Row, top_k: int | None = None) -> Prediction:
-        values = outputs[self.output].astype(np.float64).reshape(-1)
+        values = _answered(outputs[self.output], self.output)
         if self.target is not None and self.target.transform == "standard":
             values = values * self.target.std + self.target.mean
         elif self.target is not None:
@@ -130,7 +143,7 @@ class DetectAnomaly:
         self.above = config.anomalous == "above"
 
     def __call__(self, outputs: Row, inputs: Row, top_k: int | None = None) -> Prediction:
-        score = float(outputs[self.output].reshape(-1)[0])
+        score = float(_answered(outputs[self.output], self.output)[0])
         flagged = score > self.threshold if self.above else score < self.threshold
         return {"anomaly_score": score, "anomaly": flagged}
 
@@ -143,7 +156,7 @@ class Cluster:
         self.labels = labels
 
     def __call__(self, outputs: Row, inputs: Row, top_k: int | None = None) -> Prediction:
-        distances = outputs[self.output].astype(np.float64).reshape(-1)
+        distances = _answered(outputs[self.output], self.output)
         nearest = int(np.argmin(distances))
         label = self.labels[nearest] if self.labels and nearest < len(self.labels) else str(nearest)
         return {"cluster": nearest, "label": label, "distance": float(distances[nearest])}

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
-from forwardpass.config import ClassificationConfig, EmbeddingConfig, ModelConfig, RegressionConfig, TargetScaling
-from forwardpass.errors import ConfigError
+import forwardpass
+from forwardpass.config import (
+    AnomalyConfig,
+    ClassificationConfig,
+    ClusterConfig,
+    EmbeddingConfig,
+    ModelConfig,
+    RegressionConfig,
+    TargetScaling,
+)
+from forwardpass.errors import ConfigError, NonFiniteError
 from forwardpass.pipeline import Pipeline
-from forwardpass.pipeline.outputs import Classify, Embed, RawOutputs, Regress, load_labels
+from forwardpass.pipeline.outputs import Classify, Cluster, DetectAnomaly, Embed, RawOutputs, Regress, load_labels
+from forwardpass.repository import default_repository
 from forwardpass.tensor import DataType, TensorSpec
 
 LOGITS = np.array([1.5, -0.3, 4.0, 0.2, 4.0, -2.0], dtype=np.float32)  # a tie at 2 and 4
@@ -199,3 +212,36 @@ def test_no_pooling_returns_the_vector():
 def test_raw_outputs_are_lists():
     result = RawOutputs()({"a": np.array([1.0, 2.0], np.float32), "b": np.array(3, np.int64)}, {})
     assert result == {"outputs": {"a": [1.0, 2.0], "b": 3}}
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        classify(),
+        Regress(RegressionConfig(kind="regression"), "logits"),
+        DetectAnomaly(AnomalyConfig(kind="anomaly", threshold=0.0), "logits"),
+        Cluster(ClusterConfig(kind="cluster"), "logits", None),
+    ],
+    ids=["classification", "regression", "anomaly", "cluster"],
+)
+def test_a_nan_output_is_refused_not_read_as_a_label_value_or_flag(head: Any):
+    """Each answered: class 0 with score NaN, value NaN, 'not anomalous', cluster 0."""
+    with pytest.raises(NonFiniteError, match="the model answered NaN in 'logits' for this item"):
+        head({"logits": np.array([np.nan, 1.0], np.float32)}, {})
+
+
+def test_a_missing_value_given_to_a_model_that_cannot_take_one_is_refused(tmp_path: Path):
+    """The bundled logistic regression with a column declared `missing: model`: a record without it was answered
+    'malignant' with score NaN."""
+    folder = shutil.copytree(default_repository() / "breast_cancer", tmp_path / "breast_cancer")
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    first = config["preprocess"]["columns"][0]
+    first.pop("impute")
+    first["missing"] = "model"
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    model = forwardpass.load(folder, warmup=0)
+    record: dict[str, float | None] = {column["name"]: 1.0 for column in config["preprocess"]["columns"]}
+    assert model.predict(record)["label"] in ("malignant", "benign")
+    record[first["name"]] = None
+    with pytest.raises(NonFiniteError, match="the model answered NaN"):
+        model.predict(record)
