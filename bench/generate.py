@@ -483,8 +483,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- {engine} skipped: {reason}")
     lines += [
         "- forwardpass's decoder is ONNX Runtime GenAI's model builder graph at FP32 (forwardpass's export path for "
-        "the architectures it knows), decoded by forwardpass's loop with the KV cache kept in place; its INT4 is "
-        "forwardpass's quantizer (output projection at 8 bits for perplexity) where ORT GenAI's is all 4-bit.",
+        "the architectures it knows), decoded by forwardpass's loop with the KV cache kept in place. Both INT4s have "
+        "every MatMul at 4 bits (block 32, symmetric, accuracy level 4); ORT GenAI's builder rounds the GGUF's "
+        "expanded weights again, forwardpass's quantizer keeps the body on the GGUF's own Q4_1 grid "
+        "(forwardpass.precision.gridded: each block's offset as extra rows, read by the input's block sums).",
         "- ORT GenAI's streams are one static batch (all prompts together, the batch ends with its longest); "
         "forwardpass's are requests submitted at once into its continuous batch (prompts prefilled shortest first, "
         "in small groups: each group's first tokens come as soon as it has run). Mixed lengths: stream i of n asks for "
