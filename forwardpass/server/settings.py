@@ -73,7 +73,12 @@ class ServerSettings(BaseModel):
     )
     access_log: bool = Field(default=False, description="one JSON line per request on stderr")
     poll_interval_s: float = Field(default=0.0, ge=0, description="look for new/changed models this often; 0: never")
-    shutdown_grace_s: float = Field(default=30.0, ge=0, description="on SIGTERM, how long in-flight requests may take")
+    shutdown_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=86_400,  # beyond what the event loop's clock holds (1e300 or inf ended SIGTERM in an OverflowError)
+        description="on SIGTERM, how long in-flight requests may take (at most a day)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="warning", description="debug, info, warning, error"
     )

@@ -18,6 +18,7 @@ from forwardpass.server.settings import ServerSettings
         ("forwardpass_request_timeout_s", "-1"),
         ("FORWARDPASS_POLL_INTERVAL_S", "nan"),
         ("FORWARDPASS_LOG_LEVEL", "loud"),  # was accepted, then logging's ValueError traceback at start
+        ("FORWARDPASS_SHUTDOWN_GRACE_S", "inf"),  # was accepted, then SIGTERM ended in an OverflowError traceback
     ],
 )
 def test_a_bad_environment_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
