@@ -45,6 +45,14 @@ def assert_one_error(done: subprocess.CompletedProcess[str], *words: str) -> Non
         assert word in errors[0], (word, errors[0])
 
 
+def models(repo: Path) -> subprocess.CompletedProcess[str]:
+    """`forwardpass models` on the repository, wide enough for its versions column."""
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "250"}
+    return subprocess.run(
+        [FORWARDPASS, "models", "-r", str(repo)], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
 def versions(repo: Path) -> list[str]:
     return sorted(p.name for p in (repo / "digits_cnn").iterdir())
 
@@ -61,13 +69,7 @@ def test_int8_writes_a_new_version_and_prints_the_comparison(repo: Path, calibra
     assert record["precision"] == "int8" and record["source"]["version"] == 1
     assert (repo / "digits_cnn" / "2" / "precision.png").is_file()
     assert not [p for p in (repo / "digits_cnn").iterdir() if p.name.startswith(".")]  # no staging left behind
-    listing = subprocess.run(
-        [FORWARDPASS, "models", "-r", str(repo)],
-        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "250"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    listing = models(repo)
     assert listing.returncode == 0, listing.stderr
     assert "1, 2 (int8 of 1)" in listing.stdout
 
@@ -118,11 +120,5 @@ def test_a_new_version_the_version_policy_leaves_out_is_said_to_be_unserved(repo
     done = run(repo, "-p", "fp16", "--eval", HELD_OUT)
     assert done.returncode == 0, done.stderr
     assert "version 2 of digits_cnn is not served: its config.yaml's version_policy serves [1]" in done.stdout
-    listing = subprocess.run(
-        [FORWARDPASS, "models", "-r", str(repo)],
-        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "250"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    listing = models(repo)
     assert "1, 2 (fp16 of 1, not served)" in listing.stdout  # it listed "1, 2 (fp16 of 1)", as if served
