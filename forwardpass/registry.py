@@ -121,6 +121,7 @@ class ModelRegistry:
         self._cores = cores or available_cores()
         self._versions: dict[str, dict[int, Served]] = {}
         self._latest: dict[str, Served] = {}
+        self._left_out: dict[str, set[int]] = {}  # per model, versions on disk its version_policy does not serve
         self._wanted: set[str] = set()  # models that should be loaded
         self._seen: set[str] = set()  # models the repository has shown us; polling only adds new ones
         self._failed: dict[str, str] = {}
@@ -144,6 +145,10 @@ class ModelRegistry:
             raise self._not_loaded(name)
         found = versions.get(int(version)) if version.isascii() and version.isdigit() and len(version) < 19 else None
         if found is None:
+            if version.isdigit() and len(version) < 19 and int(version) in self._left_out.get(name, ()):
+                raise NotFoundError(
+                    f"model '{name}' version {version} is not served: its version_policy serves {sorted(versions)}"
+                )
             shown = version if len(version) <= 64 else f"{version[:64]}…"
             raise NotFoundError(f"model '{name}' has no version '{shown}'; versions: {sorted(versions)}")
         return found
@@ -229,6 +234,7 @@ class ModelRegistry:
         async with self._lock(name):
             self._wanted.discard(name)
             self._latest.pop(name, None)
+            self._left_out.pop(name, None)
             old = self._versions.pop(name, {})
             await asyncio.gather(*(served.retire() for served in old.values()))
 
@@ -275,7 +281,10 @@ class ModelRegistry:
             raise Forbidden(self.loads_refused)
 
     async def _sync(self, name: str) -> None:
-        numbers = await asyncio.to_thread(self.repository.served_versions, name)  # reads the config: off the loop
+        # reads the config: off the loop
+        on_disk, numbers = await asyncio.to_thread(
+            lambda: (self.repository.versions(name), self.repository.served_versions(name))
+        )
         if not numbers:
             raise NotFoundError(f"model '{name}' has no numbered version folder with a model file")
         current = self._versions.get(name, {})
@@ -297,6 +306,7 @@ class ModelRegistry:
                 await served.retire()
             raise
         self._versions[name] = fresh
+        self._left_out[name] = set(on_disk) - set(numbers)
         self._latest[name] = fresh[default]
         kept = {id(served) for served in fresh.values()}
         for served in current.values():

@@ -84,8 +84,10 @@ async def test_the_version_policy_says_which_versions_are_served(repo: Path):
     registry = ModelRegistry(Repository(repo))
     await registry.load_all()
     assert registry.versions("add") == ["2"] and await answer(registry, "add") == 3.0
-    with pytest.raises(NotFoundError, match=r"model 'add' has no version '1'; versions: \[2\]"):
+    with pytest.raises(NotFoundError, match=r"model 'add' version 1 is not served: its version_policy serves \[2\]"):
         registry.get("add", "1")
+    with pytest.raises(NotFoundError, match=r"model 'add' has no version '3'; versions: \[2\]"):
+        registry.get("add", "3")
     write_config(repo / "add", {"max_batch_size": 8, "version_policy": {"specific": [1]}})
     await registry.load("add")
     assert registry.versions("add") == ["1"] and await answer(registry, "add") == 2.0
