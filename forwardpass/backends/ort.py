@@ -75,6 +75,12 @@ class OrtSession:
         # ZipMap (skl2onnx's default classifier output): one {class: probability} map per row, made a [batch, classes]
         self._maps = [arg.name for arg in self._session.get_outputs() if arg.type.startswith("seq(map(")]
         self._text_inputs = [spec.name for spec in self.inputs if spec.dtype is DataType.BYTES]
+        bfloat16 = self._bfloat16_inputs + self._bfloat16_outputs
+        if bfloat16 and self._text_inputs:  # only OrtValues carry BF16, and ONNX Runtime makes none from strings
+            raise ConfigError(
+                f"{path}: ONNX Runtime's Python API cannot feed the string input(s) {self._text_inputs} of a model "
+                f"with BF16 tensor(s) {bfloat16}; make those tensors FP32 or FP16 in the model"
+            )
         for _ in range(engine.warmup):
             self._warm_up()
 

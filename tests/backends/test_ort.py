@@ -245,3 +245,23 @@ def test_bfloat16_inputs_and_outputs_go_in_and_come_back_as_float32(tmp_path: Pa
     got = session.run({"scores": values, "values": values})
     np.testing.assert_array_equal(got["as_float"], rounded)  # to the nearest bfloat16, as ONNX's Cast rounds
     np.testing.assert_array_equal(got["halved"], rounded)
+
+
+def test_a_model_with_bf16_tensors_and_string_inputs_is_refused_at_load(tmp_path: Path):
+    """Only OrtValues carry BF16 through ONNX Runtime's Python API, and it makes none from strings: such a model
+    loaded, then failed every request with a RuntimeError (a 500 from the server)."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["words"], ["same"]), helper.make_node("Identity", ["scores"], ["kept"])],
+        "bfloat16_and_text",
+        [
+            helper.make_tensor_value_info("words", TensorProto.STRING, ["batch"]),
+            helper.make_tensor_value_info("scores", TensorProto.BFLOAT16, ["batch"]),
+        ],
+        [
+            helper.make_tensor_value_info("same", TensorProto.STRING, ["batch"]),
+            helper.make_tensor_value_info("kept", TensorProto.BFLOAT16, ["batch"]),
+        ],
+    )
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "model.onnx")
+    with pytest.raises(ConfigError, match=r"string input\(s\) \['words'\].*BF16 tensor\(s\) \['scores', 'kept'\]"):
+        OrtSession(path, EngineConfig(warmup=0))
