@@ -7,7 +7,9 @@ header size limit, but is several times slower; httptools buffers headers of any
   the request's first byte), and its body within `body_timeout_s` of the headers, else 408 and the connection
   closes — slowloris, and a body declared at 1,000 bytes that sends 5, hold nothing for long;
 - header limits: more than MAX_HEADER_BYTES of request line and headers, or more than MAX_HEADERS headers, is
-  answered 431 and the connection closes.
+  answered 431 and the connection closes;
+- a dropped connection reaches the request it is running: uvicorn tells only the last request it parsed, so a
+  pipelined one then running wrote to the closed socket (a traceback logged per request of a client gone).
 
 Deadlines cost a float per request: `enforce_deadlines` looks over the open connections a few times a second
 rather than arming a timer per request.
@@ -19,7 +21,8 @@ import asyncio
 from collections.abc import Set
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from forwardpass.server.codec import encode_json
 
@@ -47,6 +50,17 @@ class _LimitedHttp(HttpToolsProtocol):
         self.deadline: float | None = None  # loop time by which the request's head (or body) must have arrived
         self._waiting_for = "the request line and headers"
         self._head_refusal: str | None = None  # why the head just parsed is refused (431)
+        self._running: RequestResponseCycle | None = None  # the request whose answer is in progress
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._running is not None and not self._running.response_complete:
+            self._running.disconnected = True
+            self._running.message_event.set()
+        super().connection_lost(exc)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

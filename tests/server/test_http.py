@@ -8,6 +8,7 @@ import base64
 import gc
 import io
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -543,3 +544,18 @@ def test_the_access_log_writes_one_json_line_per_request(repository, kit, caplog
         ("POST", "/v2/models/mlp/versions/1/infer", 400),
     ]
     assert all(line["ms"] > 0 and line["client"] == "127.0.0.1" for line in lines[-3:])
+
+
+def test_a_client_that_pipelines_requests_and_leaves_costs_no_error_log(server, caplog):
+    """uvicorn marks only the last request it parsed as disconnected when a connection drops; the pipelined one
+    then running wrote its answer to the closed socket: 'Exception in ASGI application' with a traceback, per
+    request, for a client that merely went away."""
+    caplog.set_level(logging.ERROR, logger="uvicorn.error")
+    body = orjson.dumps(v2("x", [1, 64], [0.5] * 64))
+    head = f"POST /v2/models/mlp/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", server.port)) as connection:
+            connection.sendall((head + body) * 3)
+            assert connection.recv(12) == b"HTTP/1.1 200"
+    assert httpx.post(f"{server.url}/v2/models/mlp/infer", content=body).status_code == 200
+    assert [record.getMessage() for record in caplog.records if record.name == "uvicorn.error"] == []
