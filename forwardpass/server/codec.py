@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from forwardpass.server.limits import RequestLimits
 
 __all__ = [
+    "checked_booleans",
     "decode_binary_tensor",
     "decode_bytes_elements",
     "decode_infer_request",
@@ -342,9 +343,20 @@ def decode_binary_tensor(
             f"{role} '{name}': {dtype.name} shape {shape} needs {expected} bytes, binary_data_size is {len(buffer)}"
         )
     try:
-        return np.frombuffer(buffer, dtype=numpy_dtype.newbyteorder("<")).reshape(shape)
+        array = np.frombuffer(buffer, dtype=numpy_dtype.newbyteorder("<")).reshape(shape)
     except ValueError as exc:  # numpy's own limits: more than 64 dimensions, a dimension past intp
         raise ShapeError(f"{role} '{name}': shape {shape} is not valid here ({exc})"[:200]) from None
+    return checked_booleans(name, array, role)
+
+
+def checked_booleans(name: str, array: np.ndarray, role: str = "input") -> np.ndarray:
+    """`array` itself, refused when it is BOOL read from bytes other than 0 and 1: numpy takes the byte 2 for True,
+    but ONNX Runtime's kernels read the byte (Not gives True for it, Cast gives 2), a wrong answer."""
+    if array.dtype.kind == "b" and array.size:
+        largest = int(array.view(np.uint8).max())
+        if largest > 1:
+            raise DTypeError(f"{role} '{name}': BOOL bytes must be 0 (false) or 1 (true), got {largest}")
+    return array
 
 
 def _from_json(name: str, dtype: DataType, shape: list[int], data: object, booleans: bool) -> np.ndarray:

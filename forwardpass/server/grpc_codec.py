@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message as ProtoMessage
 
 from forwardpass.errors import DTypeError, ForwardpassError, InputError, ShapeError
-from forwardpass.server.codec import decode_bytes_elements, encode_bytes_elements
+from forwardpass.server.codec import checked_booleans, decode_bytes_elements, encode_bytes_elements
 from forwardpass.server.proto import grpc_service_pb2 as pb
 from forwardpass.server.proto import model_config_pb2
 from forwardpass.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
@@ -131,7 +131,7 @@ def _decode_raw(name: str, datatype: DataType, dtype: np.dtype, raw: bytes, coun
             f"input '{name}': raw contents hold {len(raw)} bytes; shape and {datatype.name} need "
             f"{count * dtype.itemsize} ({count} elements of {dtype.itemsize} bytes)"
         )
-    return np.frombuffer(raw, dtype=dtype)
+    return checked_booleans(name, np.frombuffer(raw, dtype=dtype))
 
 
 def _decode_contents(

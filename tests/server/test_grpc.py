@@ -24,6 +24,7 @@ import onnx
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
+import tritonclient.http as triton_http
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
@@ -55,7 +56,8 @@ def affine_graph(scale: float) -> onnx.GraphProto:
 
 
 def build_repository(root: Path, save: Callable[..., Path], slow: onnx.GraphProto) -> Path:
-    """compass: FP32 with labels, two versions; doubler: INT64 in and out; echo: BYTES in and out; slow: ~30 ms."""
+    """compass: FP32 with labels, two versions; doubler: INT64 in and out; echo: BYTES in and out; negation: BOOL
+    in and out; slow: ~30 ms."""
     compass = {
         "max_batch_size": 8,
         "postprocess": {"kind": "classification", "output": "scores", "activation": "none", "labels": LABELS},
@@ -77,6 +79,13 @@ def build_repository(root: Path, save: Callable[..., Path], slow: onnx.GraphProt
         [helper.make_tensor_value_info("same", TensorProto.STRING, ["batch", 2])],
     )
     save(echo, root / "echo" / "1", {"max_batch_size": 0})  # batching off: its config shows the whole shape
+    negation = helper.make_graph(
+        [helper.make_node("Not", ["flags"], ["negated"])],
+        "negation",
+        [helper.make_tensor_value_info("flags", TensorProto.BOOL, ["batch", 3])],
+        [helper.make_tensor_value_info("negated", TensorProto.BOOL, ["batch", 3])],
+    )
+    save(negation, root / "negation" / "1", {"max_batch_size": 4})
     save(slow, root / "slow" / "1")
     return root
 
@@ -656,3 +665,21 @@ def every_error_class(base: type[ForwardpassError] = ForwardpassError) -> list[t
 def test_every_error_class_names_a_real_grpc_status(error_class: type[ForwardpassError]) -> None:
     """A misspelt code would fall back to INTERNAL without a word."""
     assert error_class.grpc_code in grpc.StatusCode.__members__
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_bool_bytes_other_than_0_and_1_are_refused_not_misread(grpc_server: Any, transport: str) -> None:
+    """numpy reads the byte 2 as True; ONNX Runtime's Not gave True for it too, and Cast gave 2: a wrong answer with
+    status 200. Such a tensor is refused naming the byte; 0 and 1 are answered."""
+    module: Any = triton if transport == "grpc" else triton_http
+    address = grpc_server.grpc_address if transport == "grpc" else grpc_server.address
+    with module.InferenceServerClient(address) as connected:
+
+        def negate(raw: bytes) -> np.ndarray:
+            tensor = module.InferInput("flags", [1, 3], "BOOL")
+            tensor.set_data_from_numpy(np.frombuffer(raw, np.bool_).reshape(1, 3))
+            return connected.infer("negation", [tensor]).as_numpy("negated")
+
+        assert negate(b"\x01\x00\x01").tolist() == [[False, True, False]]
+        error = rpc_error(negate, b"\x02\x00\x01")
+    assert "input 'flags': BOOL bytes must be 0 (false) or 1 (true), got 2" in str(error)
