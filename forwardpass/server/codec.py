@@ -322,7 +322,7 @@ def _requested_outputs(value: object, binary_default: bool) -> list[RequestedOut
                 f"output '{entry['name']}': classification must be a non-negative integer, got {classification!r}"
             )
         outputs.append(RequestedOutput(entry["name"], binary, classification))
-    return outputs
+    return outputs or None  # none asked for: every output, as KServe V2 says and gRPC (no [] there) does
 
 
 def decode_binary_tensor(

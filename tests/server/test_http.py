@@ -559,3 +559,15 @@ def test_a_client_that_pipelines_requests_and_leaves_costs_no_error_log(server, 
             assert connection.recv(12) == b"HTTP/1.1 200"
     assert httpx.post(f"{server.url}/v2/models/mlp/infer", content=body).status_code == 200
     assert [record.getMessage() for record in caplog.records if record.name == "uvicorn.error"] == []
+
+
+def test_an_empty_outputs_list_answers_every_output_as_over_grpc(server, mlp):
+    """KServe V2 and Triton answer every output when none is asked for; '"outputs": []' was answered with no
+    output at all over HTTP (gRPC, whose repeated field cannot tell [] from absent, answered them all)."""
+    x = RNG.standard_normal((1, 64)).astype(np.float32)
+    body = {**v2("x", [1, 64], x.ravel().tolist()), "outputs": []}
+    response = httpx.post(f"{server.url}/v2/models/mlp/infer", content=orjson.dumps(body))
+    assert response.status_code == 200, response.text
+    [output] = response.json()["outputs"]
+    assert output["name"] == "y"
+    np.testing.assert_array_equal(np.array(output["data"], np.float32), mlp.infer({"x": x})["y"].ravel())
