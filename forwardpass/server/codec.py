@@ -101,6 +101,8 @@ def decode_infer_request(body: bytes, header_length: int | None, limits: Request
         else:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise InputError(f"input '{name}': binary_data_size must be a non-negative integer, got {size!r}")
+            if "data" in entry:  # two values for one tensor: answering either one is a guess
+                raise InputError(f"input '{name}' has both 'data' and parameters.binary_data_size; give one")
             if binary is None:
                 raise InputError(f"input '{name}' has binary_data_size but no Inference-Header-Content-Length header")
             if offset + size > len(binary):

@@ -471,6 +471,18 @@ def test_lying_binary_headers_get_a_400(server, size, declared, header_length, m
     assert message in error_of(response)
 
 
+def test_an_input_with_both_json_data_and_binary_data_is_refused(server):
+    """Two values for one tensor: the binary one was answered and the JSON 'data' silently dropped (gRPC refuses
+    typed contents beside raw ones the same way)."""
+    entry = {"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64, "parameters": {}}
+    entry["parameters"]["binary_data_size"] = 256
+    header = orjson.dumps({"inputs": [entry]})
+    headers = {"Inference-Header-Content-Length": str(len(header))}
+    response = httpx.post(f"{server.url}/v2/models/mlp/infer", content=header + bytes(256), headers=headers)
+    assert response.status_code == 400, response.text
+    assert error_of(response) == "input 'x' has both 'data' and parameters.binary_data_size; give one"
+
+
 def test_metrics_cover_requests_failures_stages_batches_and_queues(server, client):
     client.infer("mlp", [mlp_input(np.zeros((1, 64), np.float32), True)])
     httpx.post(f"{server.url}/v2/models/mlp/infer", content=b"{")
