@@ -474,8 +474,8 @@ def test_lying_binary_headers_get_a_400(server, size, declared, header_length, m
 def test_an_input_with_both_json_data_and_binary_data_is_refused(server):
     """Two values for one tensor: the binary one was answered and the JSON 'data' silently dropped (gRPC refuses
     typed contents beside raw ones the same way)."""
-    entry = {"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64, "parameters": {}}
-    entry["parameters"]["binary_data_size"] = 256
+    parameters = {"binary_data_size": 256}
+    entry = {"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64, "parameters": parameters}
     header = orjson.dumps({"inputs": [entry]})
     headers = {"Inference-Header-Content-Length": str(len(header))}
     response = httpx.post(f"{server.url}/v2/models/mlp/infer", content=header + bytes(256), headers=headers)
