@@ -51,6 +51,7 @@ _SAMPLING: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "ignore_eos": ("ignore_eos", bool),
 }
 _TRITON_FIELDS = {"text_input", "input_ids", "parameters", "id", "stream", *_SAMPLING}
+_TRITON_PARAMETERS = {"stream", *_SAMPLING}  # Triton's vLLM examples send "stream": false among the parameters
 
 
 class Generators:
@@ -145,6 +146,9 @@ class _GenerateApi:
         parameters = body.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise InputError("'parameters' must be a JSON object")
+        unknown = sorted(set(parameters) - _TRITON_PARAMETERS)
+        if unknown:
+            raise InputError(f"unknown generate parameter(s) {unknown}; accepted: {sorted(_TRITON_PARAMETERS)}")
         settings = {key: value for key, value in body.items() if key in _SAMPLING}
         settings.update(parameters)
         served, generator = self.generators.get(request.path_params["model"], request.path_params.get("version"))

@@ -269,3 +269,14 @@ def _encode(hf_folder: Path, text: str) -> list[int]:
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(hf_folder / "tokenizer.json")).encode(text).ids
+
+
+@pytest.mark.parametrize("parameters", [{"max_tokenz": 3}, {"stop": ["an"]}])
+def test_an_unknown_generate_parameter_is_refused_as_an_unknown_field_is(
+    server: Any, parameters: dict[str, Any]
+) -> None:
+    """A misspelt field at the top level was refused, the same inside 'parameters' silently ignored: the generation
+    ran to its default length, or on past the stop string asked for."""
+    response = generate(server, {"text_input": "Hi", "parameters": {"temperature": 0, "stream": False, **parameters}})
+    assert response.status_code == 400, response.text
+    assert f"unknown generate parameter(s) {list(parameters)}" in response.json()["error"]
