@@ -141,7 +141,7 @@ def encode_infer_response(response: InferResponse, request: InferRequest) -> tup
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = _to_json(tensor.data)
+            entry["data"] = _to_json(tensor.name, tensor.data)
         entries.append(entry)
     document: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
     if response.id:
@@ -465,9 +465,12 @@ def _to_binary(tensor: Tensor) -> bytes:
     return np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<")).tobytes()
 
 
-def _to_json(data: np.ndarray) -> object:
+def _to_json(name: str, data: np.ndarray) -> object:
     if data.dtype.kind in "OSU":
         return [_text(value) for value in data.reshape(-1).tolist()]
+    # JSON has no NaN or infinity: orjson writes null, which clients read as NaN (an inf came back as NaN)
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise InputError(f"output '{name}' holds NaN or infinity, which JSON cannot carry; ask for it as binary data")
     return np.ascontiguousarray(data).reshape(-1)
 
 

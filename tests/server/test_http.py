@@ -583,3 +583,17 @@ def test_an_empty_outputs_list_answers_every_output_as_over_grpc(server, mlp):
     [output] = response.json()["outputs"]
     assert output["name"] == "y"
     np.testing.assert_array_equal(np.array(output["data"], np.float32), mlp.infer({"x": x})["y"].ravel())
+
+
+def test_a_json_answer_refuses_nan_and_infinity_rather_than_sending_null(client):
+    """JSON has no NaN or infinity: they went as null, which tritonclient reads as NaN, so the model's inf and -inf
+    reached the client as NaN with status 200. Such an output is refused naming it; as binary data it is exact."""
+    special = np.array([[np.inf, -np.inf, np.nan, 0.5]], np.float32)
+    tensor = triton.InferInput("x", [1, 4], "FP32")
+    tensor.set_data_from_numpy(special, binary_data=True)
+    exact = client.infer("add", [tensor], outputs=[triton.InferRequestedOutput("y", binary_data=True)])
+    np.testing.assert_array_equal(exact.as_numpy("y"), special + 1)
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("add", [tensor], outputs=[triton.InferRequestedOutput("y", binary_data=False)])
+    assert refused.value.status() == "400"
+    assert "output 'y' holds NaN or infinity, which JSON cannot carry; ask for it as binary data" in str(refused.value)
