@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ _DISTRIBUTION_OPS = {"Softmax": "softmax", "Sigmoid": "sigmoid"}
 _PASS_THROUGH = {"Identity", "Reshape", "Squeeze", "ExpandDims", "Cast"}
 
 _Loaded = TypeVar("_Loaded")
+# The server's registry opens models in parallel threads. A thread that found "tensorflow" in sys.modules while
+# another was still importing it got the half-initialized module (AttributeError, the server ended at start-up), and
+# two threads swapping fd 2 for /dev/null at once could leave it there for good: both are done under this lock.
+_NATIVE = threading.RLock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +331,8 @@ def _tensorflow(engine: EngineConfig) -> ModuleType:
     """Import TensorFlow with Keras' folder inside the project (never the user's home) and its C++ logs quiet."""
     os.environ.setdefault("KERAS_HOME", str(Path.cwd() / ".build" / "keras"))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    tf = sys.modules.get("tensorflow") or _import_without_startup_notices()
+    with _NATIVE:
+        tf = sys.modules.get("tensorflow") or _import_without_startup_notices()
     tf.get_logger().setLevel(logging.ERROR)  # tf2onnx's TF1 code paths print deprecation notices users can't act on
     threading = tf.config.threading
     try:
@@ -349,15 +355,16 @@ def native_notices_silenced() -> Iterator[None]:
     """TensorFlow's C++ writes notices to stderr (oneDNN and CPU features at start-up, each TF Lite XNNPACK
     delegate) that no log level silences: they would bury forwardpass's one-line messages. Python errors still
     surface once stderr is back."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with _NATIVE:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "wb") as devnull:
+                os.dup2(devnull.fileno(), 2)
+                yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _convert_function(

@@ -358,3 +358,28 @@ def test_importing_the_tensorflow_formats_imports_no_framework(tmp_path: Path):
     run = [sys.executable, "-c", code]
     result = subprocess.run(run, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_models_opened_in_parallel_threads_all_load_and_leave_stderr_working(trained: Trained, tmp_path: Path):
+    """The server's registry opens a repository's models in threads: in a process that had not imported TensorFlow
+    yet, a thread got the module half imported by another (AttributeError), which ended `forwardpass serve`."""
+    np.save(tmp_path / "held_out.npy", trained.held_out)
+    code = (
+        "import sys, numpy as np, forwardpass\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "folder, held_out = sys.argv[1], np.load(sys.argv[2])\n"
+        "def probs(name):\n"
+        "    model = forwardpass.load(f'{folder}/{name}', serve='native', warmup=0)\n"
+        "    return next(iter(model.infer({model.session.inputs[0].name: held_out}).values()))\n"
+        "with ThreadPoolExecutor(3) as pool:\n"
+        "    answers = list(pool.map(probs, ['model.keras', 'saved_model', 'model.h5']))\n"
+        "np.save(sys.argv[3], np.stack(answers))\n"
+        "print('stderr still reaches the terminal', file=sys.stderr)\n"
+    )
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras_home")}
+    run = [sys.executable, "-c", code, str(trained.folder), str(tmp_path / "held_out.npy"), str(tmp_path / "out.npy")]
+    result = subprocess.run(run, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "stderr still reaches the terminal"
+    for probs in np.load(tmp_path / "out.npy"):
+        assert_matches(probs, trained.expected)
