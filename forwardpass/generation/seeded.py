@@ -12,7 +12,7 @@ from forwardpass.formats.base import require
 from forwardpass.formats.huggingface import SENTENCES
 from forwardpass.formats.torch import import_torch
 
-__all__ = ["CHAT_TEMPLATE", "EOS", "build_seeded_gpt2", "build_seeded_llama"]
+__all__ = ["CHAT_TEMPLATE", "EOS", "build_seeded_decoder", "build_seeded_gpt2", "build_seeded_llama"]
 
 EOS = "<|endoftext|>"
 TURN_START, TURN_END = "<|im_start|>", "<|im_end|>"
@@ -43,40 +43,38 @@ def build_seeded_gpt2(
 ) -> Path:
     """Write config.json, model.safetensors, tokenizer.json (vocabulary ~400, token 0 = end of text, 1 and 2 the
     ChatML turn markers) and tokenizer_config.json to `folder`; the same arguments always give the same weights."""
-    transformers = _transformers()
-    vocab = _save_tokenizer(folder)
-    config = transformers.GPT2Config(
-        vocab_size=vocab,
-        n_positions=context,
-        n_embd=width,
-        n_layer=layers,
-        n_head=heads,
-        initializer_range=0.2,  # peaked logits: greedy choices are clear-cut, not decided by rounding
-        bos_token_id=0,
-        eos_token_id=0,
+    return build_seeded_decoder(
+        folder, "GPT2LMHeadModel", seed=seed, n_positions=context, n_embd=width, n_layer=layers, n_head=heads
     )
-    return _save_model(transformers.GPT2LMHeadModel, config, folder, seed)
 
 
 def build_seeded_llama(folder: Path, *, layers: int = 2, width: int = 64, context: int = 512, seed: int = 0) -> Path:
     """As build_seeded_gpt2, a Llama-architecture model (rotary embedding, grouped-query attention: 4 query heads
     share 2 key/value heads, tied embeddings): what ONNX Runtime GenAI's model builder exports."""
-    transformers = _transformers()
-    vocab = _save_tokenizer(folder)
-    config = transformers.LlamaConfig(
-        vocab_size=vocab,
+    return build_seeded_decoder(
+        folder,
+        "LlamaForCausalLM",
+        seed=seed,
         hidden_size=width,
         intermediate_size=2 * width,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=context,
-        initializer_range=0.2,  # as above
         tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=0,
     )
-    return _save_model(transformers.LlamaForCausalLM, config, folder, seed)
+
+
+def build_seeded_decoder(folder: Path, architecture: str, *, seed: int = 0, **settings: object) -> Path:
+    """As build_seeded_gpt2, a model of any transformers causal-LM class (`architecture`, e.g. "MistralForCausalLM")
+    whose config takes `settings` (its sizes, sliding window, rope scaling...) over the tokenizer's vocabulary, token
+    0 as its begin and end token and peaked logits."""
+    transformers = _transformers()
+    model_class = getattr(transformers, architecture)
+    vocab = _save_tokenizer(folder)
+    # initializer_range 0.2: peaked logits, so greedy choices are clear-cut, not decided by rounding
+    defaults = {"vocab_size": vocab, "initializer_range": 0.2, "bos_token_id": 0, "eos_token_id": 0}
+    return _save_model(model_class, model_class.config_class(**{**defaults, **settings}), folder, seed)
 
 
 def _save_tokenizer(folder: Path) -> int:

@@ -1,0 +1,101 @@
+"""Decoders of architectures users bring, built tiny and seeded: the exported model's greedy tokens equal transformers'
+generate(do_sample=False), each prompt alone and all submitted together (different lengths in one batch), past
+what the model's attention window or cache layout would make go wrong."""
+
+from __future__ import annotations
+
+import json
+import queue
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import forwardpass
+from forwardpass.generation import SamplingParams, TokenEvent, open_generator
+from forwardpass.generation.export import export_decoder
+from forwardpass.generation.seeded import build_seeded_decoder
+
+PROMPTS = ["A man is eating", "The quick brown fox jumps over the lazy dog near the riverbank", "Hi"]
+NEW_TOKENS = 24
+SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+
+# Each with a sliding window of 8 tokens that the prompts and their continuations pass.
+SLIDING: dict[str, tuple[str, dict[str, Any]]] = {
+    # all layers slide, and its config names no layer_types: ONNX Runtime GenAI's builder made a graph that attends
+    # to every past token (other tokens from the 7th on, exit 0)
+    "mistral": ("MistralForCausalLM", {**SMALL, "num_key_value_heads": 2, "sliding_window": 8}),
+    # alternate layers slide: the exported graph dropped the oldest keys from their cache, and every request past the
+    # window failed
+    "gemma2": (
+        "Gemma2ForCausalLM",
+        {**SMALL, "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 8, "final_logit_softcapping": 3.0},
+    ),
+    # its last layer slides: the builder's graph wanted a windowed cache, and the export was refused
+    "qwen2": (
+        "Qwen2ForCausalLM",
+        {**SMALL, "num_key_value_heads": 2, "use_sliding_window": True, "sliding_window": 8, "max_window_layers": 1},
+    ),
+}
+
+
+def reference(folder: Path, prompts: list[list[int]]) -> list[list[int]]:
+    """transformers' greedy tokens for each prompt alone, no end token."""
+    from forwardpass.formats.torch import import_torch
+
+    torch = import_torch("huggingface")
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    answers = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
+        answers.append([int(token) for token in out[0, len(prompt) :]])
+    return answers
+
+
+def generated(exported: Path) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+    """The prompts' ids, and the greedy tokens of each prompt alone, then of all submitted together."""
+    generator = open_generator(forwardpass.load(exported))
+    params = SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
+    try:
+        prompts = [generator.encode(prompt) for prompt in PROMPTS]
+        alone = [[event.token_id for event in generator.tokens(prompt, params)] for prompt in prompts]
+        queues: list[queue.SimpleQueue[Any]] = [queue.SimpleQueue() for _ in prompts]
+        for prompt, events in zip(prompts, queues, strict=True):
+            generator.submit(prompt, params, events.put)
+        together = []
+        for events in queues:
+            tokens: list[int] = []
+            while len(tokens) < NEW_TOKENS:
+                event = events.get(timeout=30)
+                assert isinstance(event, TokenEvent), event
+                tokens.append(event.token_id)
+            together.append(tokens)
+    finally:
+        generator.close()
+    return prompts, alone, together
+
+
+@pytest.mark.parametrize("name", list(SLIDING))
+def test_a_sliding_window_is_honoured_past_its_length(name: str, tmp_path: Path) -> None:
+    architecture, settings = SLIDING[name]
+    folder = build_seeded_decoder(tmp_path / name, architecture, max_position_embeddings=128, **settings)
+    exported = export_decoder(folder, tmp_path / "exported")
+    prompts, alone, together = generated(exported)
+    assert len(prompts[1]) > 8  # a prompt longer than the window; every continuation passes it
+    expected = reference(folder, prompts)
+    assert alone == expected
+    assert together == expected
+    provenance = json.loads((exported / "1" / "model.json").read_text())
+    assert provenance["parity"]["cases"].endswith("decode 2x(9+1)")  # one step attends past the window
