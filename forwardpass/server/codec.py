@@ -58,6 +58,10 @@ def decode_json(body: bytes, what: str = "request body") -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        # tritonclient's JSON (python-rapidjson, as Triton reads it) writes NaN and Infinity
+        if bytes(body[exc.pos : exc.pos + 8]).startswith((b"NaN", b"Infinity")):
+            message = f"{what}: JSON has no NaN or Infinity; send such a tensor as binary data ({exc})"
+            raise InputError(message) from None
         raise InputError(f"{what} is not valid JSON: {exc}") from None
 
 

@@ -392,6 +392,18 @@ def v2(name: str, shape: list[int], data: object, datatype: str = "FP32") -> dic
 
 BAD_REQUESTS: list[tuple[str, bytes, dict[str, str], int, str]] = [
     ("/v2/models/mlp/infer", b"{not json", {}, 400, "not valid JSON"),
+    # tritonclient's JSON (python-rapidjson, as Triton reads it) writes NaN and Infinity: the refusal said only
+    # "unexpected character" at a column
+    *(
+        (
+            "/v2/models/add/infer",
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, %s, 3]}]}' % value,
+            {},
+            400,
+            "JSON has no NaN or Infinity; send such a tensor as binary data",
+        )
+        for value in (b"NaN", b"Infinity", b"-Infinity")
+    ),
     ("/v2/models/mlp/infer", orjson.dumps({"inputs": []}), {}, 400, "non-empty list"),
     ("/v2/models/mlp/infer", orjson.dumps(v2("z", [1, 64], [0.0] * 64)), {}, 400, "unknown input(s) ['z']"),
     (
