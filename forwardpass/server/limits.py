@@ -100,6 +100,10 @@ class RequestLimits:
         if spec.bound is not None:
             spec.bound.check(name, shape)
         if self.max_rows and shape and shape[0] > self.max_rows:
+            if self.sequences:  # not max_batch_size: the model's config may allow more rows, across sequences
+                raise InputError(
+                    f"input '{name}': a sequence step carries one row, this one {shape[0]}; send them as steps"
+                )
             raise InputError(
                 f"input '{name}': a batch of {shape[0]} rows is over model '{self.model}''s max_batch_size of "
                 f"{self.max_rows}; split the request"

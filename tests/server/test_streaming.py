@@ -380,3 +380,16 @@ def test_websocket_needs_the_token_when_the_server_has_one(stream_repository: Pa
             assert orjson.loads(websocket.recv(timeout=60))["outputs"][0]["data"] == [1.0] * 4
     finally:
         guarded.stop()
+
+
+def test_two_rows_in_one_sequence_step_are_refused_saying_a_step_is_one_row(
+    client: triton.InferenceServerClient,
+) -> None:
+    """The refusal named a 'max_batch_size of 1' that the model's config (16) and its Triton config (0) both
+    contradict: the bound is the sequence's, one row per step."""
+    tensor = triton.InferInput("audio", [2, CHUNK], "FP32")
+    tensor.set_data_from_numpy(np.zeros((2, CHUNK), np.float32))
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer("silero_vad", [tensor], sequence_id=77, sequence_start=True)
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "input 'audio': a sequence step carries one row, this one 2; send them as steps" in refused.value.message()
