@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 import yaml
+from onnx import helper
 
 from forwardpass.errors import ConfigError
 from forwardpass.formats.base import require
@@ -133,6 +134,7 @@ def _torch_onnx(
         except Exception as exc:  # the exporter raises many kinds for unsupported operators
             raise ConfigError(f"{source}: torch.onnx cannot export this decoder: {exc}") from None
     graph = onnx.load(str(staged))
+    _keep_fixed_inputs(graph, dynamic)
     shared = tied.share(graph)  # the tied embedding table stored once
     save_with_weights_apart(graph, staged)
     return {
@@ -141,6 +143,17 @@ def _torch_onnx(
         "parity": _parity(torch, decoder, staged, tolerance, source),
         "tied_embedding_stored_once": shared,
     }
+
+
+def _keep_fixed_inputs(graph: onnx.ModelProto, dynamic: dict[str, dict[int, str]]) -> None:
+    """Put back a fixed input that torch.onnx left out because the model never reads it (Bloom's ALiBi reads no
+    position ids), unused, in its place: the decode loop tells a graph that concatenates its cache by its
+    position_ids input, and a graph without it was taken for one that updates its cache in place."""
+    present = {value.name for value in graph.graph.input}
+    for index, name in enumerate(FIXED_INPUTS):
+        if name not in present:
+            axes = [dynamic[name][axis] for axis in sorted(dynamic[name])]
+            graph.graph.input.insert(index, helper.make_tensor_value_info(name, onnx.TensorProto.INT64, axes))
 
 
 def save_with_weights_apart(graph: onnx.ModelProto, path: Path) -> None:
@@ -246,7 +259,7 @@ def _parity(torch: ModuleType, decoder: Any, onnx_path: Path, tolerance: float, 
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    input_names = [arg.name for arg in session.get_inputs()]
+    input_names = [*FIXED_INPUTS, *decoder.names.past]  # the order of the example's tensors
     worst = 0.0
     past_length = max(5, (_sliding_window(decoder.model.config) or 0) + 1)
     for batch, past, new in ((3, 0, 7), (2, past_length, 1)):
