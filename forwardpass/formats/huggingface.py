@@ -32,7 +32,7 @@ from forwardpass.formats.base import ConvertOptions, LoadOptions, require
 from forwardpass.formats.facts import ModelFacts
 from forwardpass.formats.huggingface_image import PROCESSOR_CONFIG, image_preprocessing
 from forwardpass.formats.parity import random_samples
-from forwardpass.formats.torch import TorchSession, import_torch
+from forwardpass.formats.torch import TORCH_GLOBALS, TorchSession, import_torch
 from forwardpass.tensor import DataType, TensorSpec
 
 __all__ = ["HUGGINGFACE", "SENTENCES", "HuggingFaceFormat"]
@@ -139,7 +139,7 @@ class HuggingFaceFormat:
         names = [spec.name for spec in encoder.input_specs]
         dynamic = {spec.name: _dynamic_axes(spec) for spec in encoder.input_specs}
         dynamic[encoder.output_name] = {0: "batch", 1: "sequence"} if encoder.per_token else {0: "batch"}
-        with warnings.catch_warnings():
+        with TORCH_GLOBALS, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but honours the opset
             try:
                 torch.onnx.export(

@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import io
 import sys
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
@@ -29,10 +30,22 @@ from forwardpass.formats.facts import ModelFacts, distribution_made_by
 from forwardpass.formats.parity import random_samples
 from forwardpass.tensor import DataType, TensorSpec
 
-__all__ = ["TORCHSCRIPT", "TORCH_EXPORT", "TorchExportFormat", "TorchScriptFormat", "TorchSession", "import_torch"]
+__all__ = [
+    "TORCHSCRIPT",
+    "TORCH_EXPORT",
+    "TORCH_GLOBALS",
+    "TorchExportFormat",
+    "TorchScriptFormat",
+    "TorchSession",
+    "import_torch",
+]
 
 _SCRIPT_SUFFIXES = (".pt", ".pth", ".jit", ".torchscript")
 _EXPORT_SUFFIX = ".pt2"
+# torch keeps the program being read (torch.export.load) and the export under way (torch.onnx.export) in globals,
+# and the server's registry opens models in threads: two at once failed the second ("_CURRENT_DESERIALIZER is already
+# set": that model was not served; "GLOBALS.in_onnx_export must be False": it was served unconverted).
+TORCH_GLOBALS = threading.Lock()
 # Ops whose output is a distribution, and ops that pass a value on unchanged (see facts.distribution_made_by), as a
 # TorchScript graph and an exported program's ATen graph name them.
 _SCRIPT_DISTRIBUTIONS = {"aten::softmax": "softmax", "aten::_softmax": "softmax", "aten::sigmoid": "sigmoid"}
@@ -248,7 +261,7 @@ class TorchScriptFormat:
         # The exporter dumps the whole graph of a model it fails on, from C++ to stdout (where `predict --json`
         # writes its answers): to stderr instead
         torch._C._jit_set_onnx_log_output_stream("stderr")
-        with warnings.catch_warnings():
+        with TORCH_GLOBALS, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but honours the opset
             try:
                 torch.onnx.export(
@@ -365,7 +378,7 @@ class TorchExportFormat:
         torch, program = self._load(path)
         session = TorchSession(program.module(), _program_inputs(program), torch, path)
         opset = max(convert.opset, 18)  # the dynamo exporter writes opset 18 at least and cannot go lower
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with TORCH_GLOBALS, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             try:
                 exported = torch.onnx.export(
@@ -389,7 +402,8 @@ class TorchExportFormat:
             raise ConfigError(f"{path}: not a readable torch.export program (.pt2; truncated or corrupt?)")
         torch = import_torch()
         try:
-            return torch, torch.export.load(str(path))
+            with TORCH_GLOBALS:
+                return torch, torch.export.load(str(path))
         except Exception as exc:  # torch raises RuntimeError, KeyError, ... for damaged or foreign archives
             raise ConfigError(f"{path}: not a readable torch.export program: {_first_line(exc)}") from None
 

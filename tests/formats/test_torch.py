@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -314,3 +315,21 @@ def test_a_program_that_takes_bfloat16_is_refused_at_load_with_the_fix(tmp_path:
         f"{tmp_path / 'bf16.pt2'}: input 'input' is BF16, which numpy cannot hold and no request can carry as such; "
         "export the model with an FP32 input and cast it inside (e.g. self.net(x.to(torch.bfloat16)).float())"
     )
+
+
+def test_programs_opened_and_converted_in_parallel_threads_all_load(
+    artefacts: dict[str, Path], held_out: tuple[np.ndarray, np.ndarray], tmp_path: Path
+):
+    """The server's registry opens a repository's models in threads: a second torch.export program read at the same
+    time failed ("_CURRENT_DESERIALIZER is already set") and was not served; a second export to ONNX at the same time
+    failed too ("GLOBALS.in_onnx_export must be False")."""
+    jobs: list[tuple[Path, ServeMode]] = []
+    for i in range(3):
+        jobs.append((Path(shutil.copy(artefacts["program.pt2"], tmp_path / f"program{i}.pt2")), "native"))
+        jobs.append((Path(shutil.copy(artefacts["traced.pt"], tmp_path / f"traced{i}.pt")), "onnx"))
+    images, expected = held_out
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        models = list(pool.map(lambda job: forwardpass.load(job[0], serve=job[1], warmup=0), jobs))
+    for model, (_, serve) in zip(models, jobs, strict=True):
+        assert model.serving.engine == serve
+        assert_matches(model.infer({"image": images})["output"], expected)
