@@ -389,8 +389,12 @@ def _from_json(name: str, dtype: DataType, shape: list[int], data: object, boole
             limits = np.iinfo(numpy_dtype)
             if array.min() < limits.min or array.max() > limits.max:
                 raise DTypeError(f"input '{name}': a value is outside the {dtype.name} range")
-    with np.errstate(over="ignore"):  # 1e300 as FP32 is inf, as a numpy cast gives; the model's NaN policy decides
+    with np.errstate(over="ignore"):
         cast = array.astype(numpy_dtype, copy=False)
+    # JSON holds no infinity: one here is a number past the datatype's range (1e39 as FP32), refused as the Python
+    # API and TF Serving's route refuse it, not answered for as inf
+    if numpy_dtype.kind == "f" and np.isinf(cast).any():
+        raise DTypeError(f"input '{name}': values beyond the range of {dtype.name}")
     try:
         return cast.reshape(shape)
     except ValueError as exc:  # numpy's own limits: more than 64 dimensions, a dimension past intp

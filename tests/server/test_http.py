@@ -415,6 +415,8 @@ BAD_REQUESTS: list[tuple[str, bytes, dict[str, str], int, str]] = [
     ),
     ("/v2/models/mlp/infer", orjson.dumps(v2("x", [1, 64], [0.0] * 63)), {}, 400, "needs 64 values, 'data' holds 63"),
     ("/v2/models/mlp/infer", orjson.dumps(v2("x", [1, 64], ["a"] * 64)), {}, 400, "FP32 data must be numbers"),
+    # 1e39 became inf in FP32 and the model answered for it, 200; the Python API and TF Serving's route refused it
+    ("/v2/models/add/infer", orjson.dumps(v2("x", [1, 4], [1e39, 1, 2, 3])), {}, 400, "beyond the range of FP32"),
     ("/v2/models/mlp/infer", orjson.dumps(v2("x", [1, 64], [0] * 64, "FP99")), {}, 400, "unknown data type 'FP99'"),
     (
         "/v2/models/mlp/infer",
