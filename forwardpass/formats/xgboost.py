@@ -123,7 +123,7 @@ class XGBoostFormat:
         checked, learner = self._read(path)
         classifier = learner.objective in CLASSIFIER_OBJECTIVES
         wrapper = xgboost.XGBClassifier() if classifier else xgboost.XGBRegressor()
-        wrapper.load_model(bytearray(checked))
+        wrapper.load_model(bytearray(_without_estimator_type(checked)))
         wrapper.get_booster().feature_names = None  # onnxmltools reads features only as f0, f1, ...
         try:
             onnx_model = onnxmltools.convert_xgboost(
@@ -203,6 +203,15 @@ class XGBoostFormat:
         if problem:
             raise ConfigError(f"{path}: corrupt xgboost model: {problem}")
         return checked, learner
+
+
+def _without_estimator_type(model_json: bytes) -> bytes:
+    """The model without the scikit-learn estimator type its wrapper recorded: the wrapper converted is picked by the
+    objective, and XGBoost refuses to load an XGBRanker's (or a classifier's with a regression objective) into
+    another wrapper with a TypeError."""
+    model = json.loads(model_json)
+    model["learner"].get("attributes", {}).pop("scikit_learn", None)
+    return json.dumps(model).encode()
 
 
 def feature_category_codes(model_json: bytes) -> list[tuple[str, ...] | None]:

@@ -163,6 +163,21 @@ def test_model_saved_by_the_scikit_learn_wrapper_with_feature_names(tmp_path: Pa
         assert_matches_framework(session, test_x, expected)
 
 
+def test_a_ranker_saved_by_the_scikit_learn_wrapper_answers_its_scores(tmp_path: Path) -> None:
+    """XGBRanker records its estimator type in the file: the conversion loaded it into an XGBRegressor, which raised
+    TypeError, so `predict` ended in a traceback (exit 1) and `serve` did not start."""
+    train_x, train_y, test_x = split(load_diabetes)
+    ranker = xgboost.XGBRanker(n_estimators=ROUNDS, max_depth=3, n_jobs=1, objective="rank:ndcg")
+    half = len(train_x) // 2  # two query groups
+    ranker.fit(train_x, (train_y > np.median(train_y)).astype(int), group=[half, len(train_x) - half])
+    ranker.save_model(tmp_path / "ranker.json")
+
+    native, converted, _ = both_sessions(tmp_path / "ranker.json", tmp_path)
+    expected = {"variable": ranker.predict(test_x).reshape(-1, 1)}
+    for session in (native, converted):
+        assert_matches_framework(session, test_x, expected)
+
+
 @pytest.mark.parametrize("loader", [load_breast_cancer, load_iris])
 def test_early_stopped_model_answers_with_its_best_iteration_as_the_estimator_does(
     loader: Callable[..., Any], tmp_path: Path
