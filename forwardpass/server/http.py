@@ -43,6 +43,9 @@ from forwardpass.server.ui import PAGE_PATHS
 from forwardpass.tensor import DataType
 
 MAX_DRAWN_PIXELS = 50_000_000  # the image preprocessing's default limit: the model has decoded it already
+# A repository call's options are a few fields: a body of the server's 64 MiB held the event loop (JSON parsing
+# holds the GIL) for half a second, and the liveness probe with it
+OPTIONS_BYTES = 64 * 1024
 
 __all__ = [
     "INFER_PATHS",
@@ -355,7 +358,7 @@ class _Api:
 
     async def _options(self, request: Request, known: set[str]) -> dict[str, Any]:
         """A repository call's JSON body (empty: no options); a field other than `known` is refused by name."""
-        body = await self.guard.body(request)
+        body = await self.guard.body(request, OPTIONS_BYTES)
         if not body.strip():
             return {}
         options = decode_json(body)

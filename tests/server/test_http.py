@@ -446,6 +446,7 @@ BAD_REQUESTS: list[tuple[str, bytes, dict[str, str], int, str]] = [
     ("/v2/repository/models/mlp/unload", b'{"parameters": {"force": true}}', {}, 400, "['force'] are not supported"),
     ("/v2/repository/models/mlp/load", b'{"paramters": {}}', {}, 400, "unknown fields ['paramters']"),
     ("/v2/repository/index", b'{"ready": "yes"}', {}, 400, "'ready' must be true or false"),
+    ("/v2/repository/index", b'{"ready": true, "x": "%s"}' % (b"a" * 2**20), {}, 413, "over the limit of 65536"),
 ]
 
 
