@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import shutil
 import tempfile
 import warnings
@@ -28,7 +29,7 @@ import onnx
 import yaml
 from onnx import helper
 
-from forwardpass.errors import ConfigError
+from forwardpass.errors import ConfigError, ForwardpassError
 from forwardpass.formats.base import require
 from forwardpass.formats.torch import import_torch
 from forwardpass.generation import builder, tied
@@ -41,6 +42,8 @@ EXTRA = "huggingface"
 ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "model.onnx.data"
 FIXED_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+log = logging.getLogger(__name__)
 
 
 def is_causal_lm(path: Path) -> bool:
@@ -58,8 +61,8 @@ def is_causal_lm(path: Path) -> bool:
 def export_decoder(source: Path, destination: Path, *, opset: int = 17, tolerance: float = 1e-3) -> Path:
     """Export `source` (a Hugging Face folder or a .gguf file) into the model folder `destination`; returns it.
     Architectures ONNX Runtime GenAI's model builder knows (forwardpass.generation.builder) go through it, the
-    others through torch.onnx; either graph is checked against transformers (prefill, then a decode step) before
-    it is kept, and 1/model.json records which exporter made it."""
+    others (and those it fails on) through torch.onnx; either graph is checked against transformers (prefill, then
+    a decode step) before it is kept, and 1/model.json records which exporter made it."""
     torch = import_torch(EXTRA)
     transformers = require("transformers", EXTRA)
     transformers.utils.logging.set_verbosity_error()
@@ -68,13 +71,7 @@ def export_decoder(source: Path, destination: Path, *, opset: int = 17, toleranc
     architecture = next(iter(getattr(model.config, "architectures", None) or []), type(model).__name__)
     destination.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=destination, prefix=".exporting-") as work:
-        staged = Path(work) / ONNX_FILE
-        # the builder's graph attends to every cached token: it answered other tokens than transformers for a
-        # Mistral with sliding_window 8 once a sequence passed 8 tokens (its config names no layer_types)
-        if architecture in builder.ARCHITECTURES and _sliding_window(model.config) is None:
-            made = builder.build(torch, transformers, model, source, staged, tolerance)
-        else:
-            made = _torch_onnx(torch, transformers, model, source, staged, opset, tolerance)
+        staged, made = _export_graph(torch, transformers, model, architecture, source, Path(work), opset, tolerance)
         version_folder = destination / "1"
         version_folder.mkdir(exist_ok=True)
         for name in (ONNX_FILE, WEIGHTS_FILE):
@@ -103,6 +100,35 @@ def export_decoder(source: Path, destination: Path, *, opset: int = 17, toleranc
     }
     (destination / "1" / "model.json").write_text(json.dumps(provenance, indent=2), encoding="utf-8")
     return destination
+
+
+def _export_graph(
+    torch: ModuleType,
+    transformers: ModuleType,
+    model: Any,
+    architecture: str,
+    source: Path,
+    work: Path,
+    opset: int,
+    tolerance: float,
+) -> tuple[Path, dict[str, Any]]:
+    """The graph staged in `work` (its weights beside it) and how it was made: by the builder where it knows the
+    architecture, else, or where it fails or its graph differs from transformers, by torch.onnx."""
+    refused = None
+    # the builder's graph attends to every cached token: it answered other tokens than transformers for a
+    # Mistral with sliding_window 8 once a sequence passed 8 tokens (its config names no layer_types)
+    if architecture in builder.ARCHITECTURES and _sliding_window(model.config) is None:
+        staged = work / "builder" / ONNX_FILE
+        staged.parent.mkdir()
+        try:
+            return staged, builder.build(torch, transformers, model, source, staged, tolerance)
+        except ForwardpassError as exc:  # e.g. linear rope scaling, which its graph leaves out (parity off by 3.4)
+            refused = str(exc)
+            log.warning("%s; exporting with torch.onnx instead", refused)
+    staged = work / "torch" / ONNX_FILE
+    staged.parent.mkdir()
+    made = _torch_onnx(torch, transformers, model, source, staged, opset, tolerance)
+    return staged, made if refused is None else {**made, "builder_refused": refused}
 
 
 def _torch_onnx(

@@ -119,3 +119,13 @@ def test_a_sliding_window_is_honoured_past_its_length(name: str, tmp_path: Path)
 def test_greedy_tokens_equal_transformers(name: str, tmp_path: Path) -> None:
     architecture, settings = OTHERS[name]
     exported_equals_transformers(tmp_path, architecture, settings)
+
+
+def test_a_config_the_builder_gets_wrong_is_exported_by_torch_onnx(tmp_path: Path) -> None:
+    """Linear rope scaling: the builder's graph leaves it out and differed from transformers by 3.4, which refused
+    the export; torch.onnx exports it and says why it did."""
+    settings = {**SMALL, "num_key_value_heads": 2, "rope_scaling": {"rope_type": "linear", "factor": 4.0}}
+    exported = exported_equals_transformers(tmp_path, "LlamaForCausalLM", settings)
+    provenance = json.loads((exported / "1" / "model.json").read_text())
+    assert provenance["exporter"].startswith("torch.onnx")
+    assert "the builder's decoder differs from transformers" in provenance["builder_refused"]
