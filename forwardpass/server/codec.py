@@ -478,7 +478,8 @@ def _to_json(name: str, data: np.ndarray) -> object:
         return [_text(value) for value in data.reshape(-1).tolist()]
     # JSON has no NaN or infinity: orjson writes null, which clients read as NaN (an inf came back as NaN)
     if data.dtype.kind == "f" and not np.isfinite(data).all():
-        raise InputError(f"output '{name}' holds NaN or infinity, which JSON cannot carry; ask for it as binary data")
+        message = f"output '{name}' holds NaN or infinity, which JSON cannot carry"
+        raise InputError(f"{message}; ask for it as binary data (over HTTP), or use gRPC")
     return np.ascontiguousarray(data).reshape(-1)
 
 
