@@ -184,6 +184,12 @@ class ModelRegistry:
 
     async def load_all(self) -> None:
         """Load every model of the repository, side by side; a model that fails is logged and left unavailable."""
+        for folder in self.repository.misnamed():
+            log.warning(
+                "model folder '%s' is not served: its name is not a valid model name (letters, digits, '.', '_', "
+                "'-'); rename it",
+                folder,
+            )
         names = sorted(self.repository.names(), key=self._size, reverse=True)
         results = await asyncio.gather(*(self._load(name) for name in names), return_exceptions=True)
         for name, result in zip(names, results, strict=True):

@@ -90,8 +90,12 @@ class Repository:
         return sorted(
             p.name
             for p in self.root.iterdir()
-            if _NAME.fullmatch(p.name) and ".." not in p.name and lies_in(p, self._real_root) and versions_in(p)
+            if _valid_name(p.name) and lies_in(p, self._real_root) and versions_in(p)
         )
+
+    def misnamed(self) -> list[str]:
+        """Folders that hold a model's versions under a name no request can give ('modèle', 'my model')."""
+        return sorted(p.name for p in self.root.iterdir() if not _valid_name(p.name) and versions_in(p))
 
     def versions(self, name: str) -> list[int]:
         """Every version on disk (what `forwardpass optimize` numbers after), served or not."""
@@ -163,7 +167,7 @@ class Repository:
         return ModelEntry(name, version, directory, artefact)
 
     def _model_dir(self, name: str) -> Path:
-        if not _NAME.fullmatch(name) or ".." in name:
+        if not _valid_name(name):
             raise UnsafePathError(f"'{name}' is not a valid model name (letters, digits, '.', '_', '-'; no paths)")
         directory = self.root / name
         if not directory.is_dir():
@@ -255,6 +259,10 @@ def read_variant(folder: Path) -> dict[str, object]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _valid_name(name: str) -> bool:
+    return _NAME.fullmatch(name) is not None and ".." not in name
 
 
 def versions_in(directory: Path) -> list[int]:

@@ -132,6 +132,23 @@ async def test_a_broken_model_is_unavailable_with_its_reason_and_the_rest_serve(
 
 
 @pytest.mark.asyncio
+async def test_a_model_folder_whose_name_is_not_a_model_name_is_named_in_a_warning(
+    repo: Path, add_model, caplog: pytest.LogCaptureFixture
+):
+    """A folder such as 'modèle' or 'my model' was skipped without a word: the server started, the model was in
+    neither its ready nor its not-loaded list, and requests for it were 404."""
+    add_model(repo / "modèle" / "1" / "model.onnx")
+    add_model(repo / "my model" / "1" / "model.onnx")
+    registry = ModelRegistry(Repository(repo))
+    await registry.load_all()
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    for folder in ("modèle", "my model"):
+        assert f"model folder '{folder}' is not served: its name is not a valid model name" in "\n".join(warnings)
+    assert registry.ready() and sorted({row["name"] for row in registry.index()}) == ["add", "other"]
+    await registry.close()
+
+
+@pytest.mark.asyncio
 async def test_poll_loads_new_versions_and_models_and_drops_removed_ones(repo: Path, add_model):
     registry = ModelRegistry(Repository(repo))
     await registry.load_all()
