@@ -42,10 +42,11 @@ __all__ = [
 
 _SCRIPT_SUFFIXES = (".pt", ".pth", ".jit", ".torchscript")
 _EXPORT_SUFFIX = ".pt2"
-# torch keeps the program being read (torch.export.load) and the export under way (torch.onnx.export) in globals,
-# and the server's registry opens models in threads: two at once failed the second ("_CURRENT_DESERIALIZER is already
-# set": that model was not served; "GLOBALS.in_onnx_export must be False": it was served unconverted).
-TORCH_GLOBALS = threading.Lock()
+# torch keeps the program being read (torch.export.load), the export under way (torch.onnx.export) and its operators
+# in globals, and the server's registry opens models in threads: two at once failed the second ("_CURRENT_DESERIALIZER
+# is already set": that model was not served; "GLOBALS.in_onnx_export must be False": it was served unconverted;
+# torchvision's operators defined twice: `serve` ended at start-up).
+TORCH_GLOBALS = threading.RLock()
 # Ops whose output is a distribution, and ops that pass a value on unchanged (see facts.distribution_made_by), as a
 # TorchScript graph and an exported program's ATen graph name them.
 _SCRIPT_DISTRIBUTIONS = {"aten::softmax": "softmax", "aten::_softmax": "softmax", "aten::sigmoid": "sigmoid"}
@@ -79,7 +80,8 @@ _EXPORT_PASS_THROUGH = {
 
 def import_torch(extra: str = "torch") -> ModuleType:
     torch = require("torch", extra)
-    _let_a_mismatched_torchvision_import(torch)
+    with TORCH_GLOBALS:
+        _let_a_mismatched_torchvision_import(torch)
     return torch
 
 

@@ -333,3 +333,17 @@ def test_programs_opened_and_converted_in_parallel_threads_all_load(
     for model, (_, serve) in zip(models, jobs, strict=True):
         assert model.serving.engine == serve
         assert_matches(model.infer({"image": images})["output"], expected)
+
+
+def test_a_fresh_process_opens_torchscript_archives_in_parallel_threads(artefacts: dict[str, Path]):
+    """The first import of torch, in a process that had none (`forwardpass serve`), happened in each of the registry's
+    loading threads: where torchvision's C operators cannot load (a wheel for another torch variant), two threads
+    defined their stand-ins at once and the second's RuntimeError ended the server at start-up."""
+    code = (
+        "import sys, forwardpass\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "with ThreadPoolExecutor(6) as pool:\n"
+        "    list(pool.map(lambda _: forwardpass.load(sys.argv[1], serve='native', warmup=0), range(6)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(artefacts["traced.pt"])], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
