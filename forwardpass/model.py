@@ -234,7 +234,8 @@ class Model:
             count = len(next(iter(batch.values())))
             check_rows(outputs, count)
             for i in range(count):
-                rows.append(({k: v[i] for k, v in outputs.items()}, {k: v[i] for k, v in batch.items()}))
+                # [i, ...]: an array even where a row is one element (a string output's row is else a bare str)
+                rows.append(({k: v[i, ...] for k, v in outputs.items()}, {k: v[i] for k, v in batch.items()}))
         return rows
 
     # A list or tuple matches both signatures; the first wins, as the isinstance check below decides at run time.

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper
 from PIL import Image
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestRegressor
@@ -245,6 +247,22 @@ def test_predict_without_config_on_sklearn(repo: Path, iris):
     np.testing.assert_allclose(
         [[entry["score"] for entry in row] for row in scores], iris.predict_proba(rows.astype(np.float32)), atol=ATOL
     )
+
+
+def test_predict_answers_a_string_per_item_as_text(tmp_path: Path):
+    """A row of a [batch] string output is one str, not an array: predict ended in AttributeError ('str' object has
+    no attribute 'tolist'), and `forwardpass predict` in a traceback."""
+    graph = helper.make_graph(
+        [helper.make_node("StringConcat", ["text", "mark"], ["marked"])],
+        "mark",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info("marked", TensorProto.STRING, ["batch"])],
+        initializer=[helper.make_tensor("mark", TensorProto.STRING, [], [b"!"])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), tmp_path / "mark.onnx")
+    model = forwardpass.load(tmp_path / "mark.onnx")
+    predictions = model.predict([{"text": np.array(text)} for text in ("héllo", "b")])
+    assert predictions == [{"outputs": {"marked": "héllo!"}}, {"outputs": {"marked": "b!"}}]
 
 
 def test_predict_batches_at_the_default_size(repo: Path, cnn: TinyCNN):

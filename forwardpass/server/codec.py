@@ -183,12 +183,12 @@ def decode_tf_request(body: bytes, input_names: list[str]) -> tuple[dict[str, np
 
 
 def encode_tf_response(response: InferResponse, rows: bool) -> bytes:
-    outputs = {tensor.name: tensor.data for tensor in response.outputs}
+    outputs = {tensor.name: _finite(tensor.name, tensor.data) for tensor in response.outputs}
     if rows:
         if len(outputs) == 1:
             return encode_json({"predictions": _to_nested(next(iter(outputs.values())))})
         count = min(len(value) for value in outputs.values())
-        rows_out = [{name: _to_nested(value[i]) for name, value in outputs.items()} for i in range(count)]
+        rows_out = [{name: _to_nested(value[i, ...]) for name, value in outputs.items()} for i in range(count)]
         return encode_json({"predictions": rows_out})
     if len(outputs) == 1:
         return encode_json({"outputs": _to_nested(next(iter(outputs.values())))})
@@ -476,11 +476,16 @@ def _to_binary(tensor: Tensor) -> bytes:
 def _to_json(name: str, data: np.ndarray) -> object:
     if data.dtype.kind in "OSU":
         return [_text(value) for value in data.reshape(-1).tolist()]
-    # JSON has no NaN or infinity: orjson writes null, which clients read as NaN (an inf came back as NaN)
+    return np.ascontiguousarray(_finite(name, data)).reshape(-1)
+
+
+def _finite(name: str, data: np.ndarray) -> np.ndarray:
+    """`data`, refused when it holds NaN or infinity: JSON has neither, and orjson writes null, which clients read
+    as NaN (an inf came back as NaN)."""
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         message = f"output '{name}' holds NaN or infinity, which JSON cannot carry"
-        raise InputError(f"{message}; ask for it as binary data (over HTTP), or use gRPC")
-    return np.ascontiguousarray(data).reshape(-1)
+        raise InputError(f"{message}; ask for it as V2 binary data (over HTTP), or use gRPC")
+    return data
 
 
 def _to_nested(data: np.ndarray) -> object:

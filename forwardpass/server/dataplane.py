@@ -388,7 +388,7 @@ def _item_outputs(served: Served, outputs: Arrays, index: int, count: int) -> Ar
         if value.shape[:1] != (count,):
             shape = list(value.shape)
             raise ShapeError(f"model '{served.name}' gave output '{key}' of shape {shape} for {count} items")
-    return {key: value[index] for key, value in outputs.items()}
+    return {key: value[index, ...] for key, value in outputs.items()}  # an array, even of one string
 
 
 def _decisions_elsewhere(name: str) -> Forbidden:

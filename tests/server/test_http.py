@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http as triton
+from onnx import TensorProto, helper
 from PIL import Image
 from starlette.routing import Match, Route
 from tritonclient.utils import InferenceServerException
@@ -325,6 +326,13 @@ def test_tf_serving_predict_rows_and_columns(server, mlp):
     assert both.status_code == 400 and "exactly one of" in error_of(both)
 
 
+def test_tf_serving_refuses_an_answer_of_nan_or_infinity_rather_than_sending_null(server):
+    """Inputs near FP32's largest overflow the MLP's sums to inf and NaN: the predictions came back as nulls, 200."""
+    huge = httpx.post(f"{server.url}/v1/models/mlp:predict", json={"instances": [[3e38] * 64]})
+    assert huge.status_code == 400, huge.text
+    assert "output 'y' holds NaN or infinity, which JSON cannot carry" in error_of(huge)
+
+
 def test_tf_serving_binary_values_travel_as_b64(server):
     pairs = [["héllo", "wörld"], ["a", "b"]]
     b64 = [[{"b64": base64.b64encode(text.encode()).decode()} for text in row] for row in pairs]
@@ -334,6 +342,27 @@ def test_tf_serving_binary_values_travel_as_b64(server):
     for bad, problem in [([[{"b64": "@@"}, {"b64": "QQ=="}]], "not valid base64"), ([[{"x": 1}, 2]], "b64")]:
         refused = httpx.post(f"{server.url}/v1/models/strings:predict", json={"instances": bad})
         assert refused.status_code == 400 and problem in error_of(refused)
+
+
+def test_a_model_answering_one_string_per_item_answers_every_route(tmp_path, kit):
+    """A row of a [batch] string output is one str, not an array: /predict and TF Serving's rows answered 500."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["same"]), helper.make_node("Identity", ["text"], ["again"])],
+        "names",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info(name, TensorProto.STRING, ["batch"]) for name in ("same", "again")],
+    )
+    kit.save(graph, tmp_path / "names" / "1", {"max_batch_size": 4})
+    own = kit.serve(tmp_path)
+    try:
+        one = httpx.post(f"{own.url}/v2/models/names/predict", json={"text": "héllo"})
+        assert one.status_code == 200, one.text
+        assert one.json() == {"outputs": {"same": "héllo", "again": "héllo"}}
+        rows = httpx.post(f"{own.url}/v1/models/names:predict", json={"instances": ["héllo", "b"]})
+        assert rows.status_code == 200, rows.text
+        assert rows.json() == {"predictions": [{"same": t, "again": t} for t in ("héllo", "b")]}
+    finally:
+        own.stop()
 
 
 def digit_image(fmt: str) -> bytes:
@@ -611,4 +640,4 @@ def test_a_json_answer_refuses_nan_and_infinity_rather_than_sending_null(client)
     with pytest.raises(InferenceServerException) as refused:
         client.infer("add", [tensor], outputs=[triton.InferRequestedOutput("y", binary_data=False)])
     assert refused.value.status() == "400"
-    assert "output 'y' holds NaN or infinity, which JSON cannot carry; ask for it as binary data" in str(refused.value)
+    assert "holds NaN or infinity, which JSON cannot carry; ask for it as V2 binary data" in str(refused.value)
