@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestRegressor
@@ -257,7 +257,7 @@ def test_predict_answers_a_string_per_item_as_text(tmp_path: Path):
         "mark",
         [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
         [helper.make_tensor_value_info("marked", TensorProto.STRING, ["batch"])],
-        initializer=[helper.make_tensor("mark", TensorProto.STRING, [], [b"!"])],
+        initializer=[numpy_helper.from_array(np.array("!", dtype=object), "mark")],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), tmp_path / "mark.onnx")
     model = forwardpass.load(tmp_path / "mark.onnx")
