@@ -125,7 +125,10 @@ def decode_infer_request(body: bytes, header_length: int | None, limits: Request
     requested = document.get("outputs")
     if limits is not None and isinstance(requested, list):
         limits.check_outputs(len(requested))
-    outputs = _requested_outputs(requested, parameters.get("binary_data_output") is True)
+    binary_output = parameters.get("binary_data_output", False)
+    if not isinstance(binary_output, bool):  # "true" or 1 was read as false: JSON answers, unannounced
+        raise InputError(f"parameter 'binary_data_output' must be true or false, got {binary_output!r}")
+    outputs = _requested_outputs(requested, binary_output)
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InputError(f"request 'id' must be a string, got {type(request_id).__name__}")

@@ -434,6 +434,14 @@ BAD_REQUESTS: list[tuple[str, bytes, dict[str, str], int, str]] = [
         for value in (b"NaN", b"Infinity", b"-Infinity")
     ),
     ("/v2/models/mlp/infer", orjson.dumps({"inputs": []}), {}, 400, "non-empty list"),
+    # a request-level binary_data_output of "true" was read as false, where an output's binary_data was refused
+    (
+        "/v2/models/mlp/infer",
+        orjson.dumps({**v2("x", [1, 64], [0.0] * 64), "parameters": {"binary_data_output": "true"}}),
+        {},
+        400,
+        "parameter 'binary_data_output' must be true or false, got 'true'",
+    ),
     ("/v2/models/mlp/infer", orjson.dumps(v2("z", [1, 64], [0.0] * 64)), {}, 400, "unknown input(s) ['z']"),
     (
         "/v2/models/mlp/infer",
