@@ -381,7 +381,23 @@ def _is_classifier(estimator: Any, path: Path) -> bool:
         return True
     if is_regressor(estimator):
         return False
-    raise ConfigError(f"{path}: the sklearn pickle holds a {type(estimator).__name__}: only classifiers and regressors")
+    raise ConfigError(
+        f"{path}: the sklearn pickle holds a {type(estimator).__name__}: only classifiers and regressors are served "
+        f"from a pickle; {_how_to_serve(_steps(estimator)[-1])}"
+    )
+
+
+def _how_to_serve(final: Any) -> str:
+    """The fix for a pickled model of another kind: its ONNX conversion, whose postprocessing forwardpass has (the
+    kind is not inferred from the pickle: a clusterer's or an outlier detector's outputs mean nothing by their name)."""
+    from sklearn.base import ClusterMixin, OutlierMixin
+
+    convert = "convert it with skl2onnx (to_onnx(model, X[:1])) and serve the .onnx"
+    if isinstance(final, ClusterMixin):
+        return f"{convert} with config.yaml postprocess: {{kind: cluster, output: scores}}"
+    if isinstance(final, OutlierMixin):  # skl2onnx's scores are decision_function's: below 0 is an outlier
+        return f"{convert} with config.yaml postprocess: {{kind: anomaly, output: scores, anomalous: below}}"
+    return f"{convert}: its outputs come back raw"
 
 
 def _feature_count(estimator: Any, path: Path, options: LoadOptions) -> int:

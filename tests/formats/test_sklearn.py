@@ -221,6 +221,26 @@ def test_a_pipeline_ending_in_a_transformer_is_refused_naming_its_last_step(tmp_
         SKLEARN.open_native(path, ENGINE, TRUSTED)
 
 
+@pytest.mark.parametrize(
+    ("kind", "postprocess"),
+    [("kmeans", "{kind: cluster, output: scores}"), ("forest", "{kind: anomaly, output: scores, anomalous: below}")],
+)
+def test_a_clusterer_or_outlier_detector_is_refused_with_the_way_to_serve_it(
+    kind: str, postprocess: str, tmp_path: Path
+) -> None:
+    """The refusal said 'only classifiers and regressors', leaving a KMeans' or an IsolationForest's owner no way on."""
+    from sklearn.cluster import KMeans
+    from sklearn.ensemble import IsolationForest
+
+    features, _ = load_iris(return_X_y=True)
+    model = KMeans(3, n_init=1, random_state=0) if kind == "kmeans" else IsolationForest(n_estimators=5, random_state=0)
+    path = save(make_pipeline(StandardScaler(), model).fit(features), tmp_path / f"{kind}.joblib")
+    with pytest.raises(ConfigError) as refused:
+        SKLEARN.open_native(path, ENGINE, TRUSTED)
+    fix = "convert it with skl2onnx (to_onnx(model, X[:1])) and serve the .onnx with config.yaml postprocess: "
+    assert str(refused.value).endswith(fix + postprocess)
+
+
 def test_wrong_width_input_is_an_input_error(fitted_pickle: Path) -> None:
     session = SKLEARN.open_native(fitted_pickle, ENGINE, TRUSTED)
     with pytest.raises(InputError, match="refused the input"):
