@@ -145,6 +145,9 @@ class Generator:
         self.name = name
         self.chat = chat  # the model's chat template, if it has one
         self.layout = DecoderLayout.of(session, name)
+        # the token ids a prompt may hold: the tokenizer's that the model's embedding reads too (-1: the graph's
+        # logits do not say how many it reads)
+        self.vocab = min(codec.vocab_size, self.layout.vocab) if self.layout.vocab > 0 else codec.vocab_size
         self._pending: deque[_Sequence] = deque()
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -161,10 +164,7 @@ class Generator:
             return self.codec.encode(prompt, most_tokens=self.config.context_length)
         if not prompt:
             raise InputError("the prompt is empty")
-        vocab = self.codec.vocab_size
-        bad = [token for token in prompt if not 0 <= token < vocab]
-        if bad:
-            raise InputError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        self._check_vocabulary(prompt)
         return list(prompt)
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
@@ -185,6 +185,9 @@ class Generator:
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, listener: Listener) -> Ticket:
         """Queue a request; its listener hears every token (the last with a finish reason) or one error."""
+        # text too: a tokenizer can hold tokens past the model's embedding, and one such prompt made the decode step
+        # fail, with ONNX Runtime's Gather error, for every sequence of the running batch
+        self._check_vocabulary(prompt_ids)
         room = self.config.context_length - len(prompt_ids)
         if room < 1:
             raise InputError(
@@ -206,6 +209,12 @@ class Generator:
                 self._thread.start()
             self._condition.notify()
         return sequence.ticket
+
+    def _check_vocabulary(self, prompt_ids: list[int]) -> None:
+        bad = [token for token in prompt_ids if not 0 <= token < self.vocab]
+        if bad:
+            sizes = f"its tokenizer has {self.codec.vocab_size} tokens, the model reads {self.layout.vocab}"
+            raise InputError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.vocab}) ({sizes})")
 
     def tokens(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[TokenEvent]:
         """The tokens as they come (blocking). The request is queued now: a refusal raises here, not on iteration."""

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import forwardpass
+from forwardpass.errors import InputError
 from forwardpass.generation import SamplingParams, TokenEvent, open_generator
 from forwardpass.generation.export import export_decoder
 from forwardpass.generation.seeded import build_seeded_decoder
@@ -129,3 +130,24 @@ def test_a_config_the_builder_gets_wrong_is_exported_by_torch_onnx(tmp_path: Pat
     provenance = json.loads((exported / "1" / "model.json").read_text())
     assert provenance["exporter"].startswith("torch.onnx")
     assert "the builder's decoder differs from transformers" in provenance["builder_refused"]
+
+
+def test_a_token_past_the_models_embedding_is_refused_without_failing_the_batch(tmp_path: Path) -> None:
+    """A tokenizer with a token the model's embedding has no row for (added without resizing the model): a prompt
+    holding it made the decode step fail, ONNX Runtime's Gather error, for every sequence of the running batch."""
+    from tokenizers import AddedToken, Tokenizer
+
+    folder = build_seeded_decoder(tmp_path / "hf", "GPT2LMHeadModel", n_embd=64, n_layer=2, n_head=4)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.add_special_tokens([AddedToken("<extra>", special=True)])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    generator = open_generator(forwardpass.load(export_decoder(folder, tmp_path / "exported")))
+    try:
+        running = generator.tokens(generator.encode("A man is eating"), SamplingParams(max_new_tokens=64))
+        extra = generator.encode("Hi <extra>")
+        for prompt in (extra, [5, 400]):
+            with pytest.raises(InputError, match=r"token ids \[400\] are outside the vocabulary \[0, 400\)"):
+                generator.tokens(prompt, SamplingParams())
+        assert [event.finish_reason for event in running][-1] in ("stop", "length")
+    finally:
+        generator.close()
