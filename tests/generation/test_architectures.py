@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import queue
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +153,27 @@ def test_a_token_past_the_models_embedding_is_refused_without_failing_the_batch(
         assert [event.finish_reason for event in running][-1] in ("stop", "length")
     finally:
         generator.close()
+
+
+def test_a_decoder_torch_onnx_cannot_export_is_one_error_line(tmp_path: Path) -> None:
+    """LongRoPE (its frequencies switch past the original context with an in-place copy): the refusal came after
+    ~300 lines of Torch IR on standard output, the TorchScript exporter's C++ log."""
+    rope = {
+        "rope_type": "longrope",
+        "short_factor": [1.0] * 8,
+        "long_factor": [4.0] * 8,
+        "original_max_position_embeddings": 16,
+    }
+    folder = build_seeded_decoder(
+        tmp_path / "hf", "Olmo2ForCausalLM", **SMALL, max_position_embeddings=128, rope_scaling=rope
+    )
+    forwardpass_cli = Path(sys.executable).parent / "forwardpass"
+    done = subprocess.run(
+        [forwardpass_cli, "generate", folder, "Hi", "--json", "--export-to", tmp_path / "exported"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "torch.onnx cannot export this decoder" in done.stderr
