@@ -75,10 +75,16 @@ def decode_infer_request(body: bytes, header_length: int | None, limits: Request
     if header_length is not None and not 0 < header_length <= len(body):
         raise InputError(f"Inference-Header-Content-Length {header_length} is outside the {len(body)}-byte body")
     text = body if header_length is None else body[:header_length]
-    if header_length is None and len(body) > LARGE_JSON_BYTES:
-        document = _decode_large_json(body)
-    else:
-        document = decode_json(text, "inference request header")
+    try:
+        if header_length is None and len(body) > LARGE_JSON_BYTES:
+            document = _decode_large_json(body)
+        else:
+            document = decode_json(text, "inference request header")
+    except InputError as exc:
+        if header_length is None and not _utf8(body):  # a binary body without the header: "not valid UTF-8" alone
+            hint = "a body with binary tensor data needs the Inference-Header-Content-Length header"
+            raise InputError(f"{exc}; {hint}") from None
+        raise
     booleans = b"true" in text or b"false" in text  # else no list needs looking through for one (microseconds)
     if not isinstance(document, dict):
         raise InputError(f"inference request must be a JSON object, got {type(document).__name__}")
@@ -402,6 +408,14 @@ def _from_json(name: str, dtype: DataType, shape: list[int], data: object, boole
         return cast.reshape(shape)
     except ValueError as exc:  # numpy's own limits: more than 64 dimensions, a dimension past intp
         raise ShapeError(f"input '{name}': shape {shape} is not valid here ({exc})"[:200]) from None
+
+
+def _utf8(body: bytes) -> bool:
+    try:
+        bytes(body).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _wide_integers(name: str, dtype: DataType, data: object, array: np.ndarray) -> np.ndarray:

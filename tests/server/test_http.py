@@ -421,6 +421,8 @@ def v2(name: str, shape: list[int], data: object, datatype: str = "FP32") -> dic
 
 BAD_REQUESTS: list[tuple[str, bytes, dict[str, str], int, str]] = [
     ("/v2/models/mlp/infer", b"{not json", {}, 400, "not valid JSON"),
+    # a raw tensor sent without the header was told only that it is 'not valid UTF-8'
+    ("/v2/models/mlp/infer", bytes(range(256)), {}, 400, "needs the Inference-Header-Content-Length header"),
     # tritonclient's JSON (python-rapidjson, as Triton reads it) writes NaN and Infinity: the refusal said only
     # "unexpected character" at a column
     *(
