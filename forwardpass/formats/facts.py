@@ -96,8 +96,10 @@ def onnx_facts(path: Path) -> ModelFacts:
     producers = {out: node for node in graph.node for out in node.output}
     outputs = [value.name for value in graph.output]
     facts: dict[str, Any] = {"source": "ONNX graph", "distributions": {}}
+    ranks = _ranks(graph)
+    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     for name in outputs:
-        kind = _distribution_of(name, producers)
+        kind = _distribution_of(name, producers, ranks, opset)
         if kind is not None:
             facts["distributions"][name] = kind
     classifier = next((node for node in graph.node if node.op_type in _ML_CLASSIFIERS), None)
@@ -134,11 +136,38 @@ def _column_inputs(model: Any) -> tuple[str, ...] | None:
     return tuple(value.name for value in inputs) if len(inputs) > 1 else None
 
 
-def _distribution_of(name: str, producers: dict[str, Any]) -> str | None:
+def _distribution_of(name: str, producers: dict[str, Any], ranks: dict[str, int], opset: int) -> str | None:
+    reshaped = False  # a Reshape or Flatten after a Softmax regroups its values: [N, 3, 4] per row became [N, 12]
+
     def step(node: Any) -> tuple[str, Any]:
-        return node.op_type, producers.get(node.input[0]) if node.input else None
+        nonlocal reshaped
+        reshaped = reshaped or node.op_type in ("Reshape", "Flatten")
+        op = node.op_type
+        if op == "Softmax" and not _softmax_over_each_item(node, ranks, opset, reshaped):
+            op = "Softmax over another axis"  # not a distribution over the item's classes: no task read from it
+        return op, producers.get(node.input[0]) if node.input else None
 
     return distribution_made_by(producers.get(name), step, _DISTRIBUTION_OPS, _PASS_THROUGH)
+
+
+def _softmax_over_each_item(node: Any, ranks: dict[str, int], opset: int, reshaped: bool) -> bool:
+    """Whether a Softmax makes one distribution per item, read as its classes: not over axis 0 (the batch: each row
+    then depends on the others), and, where its output is reshaped on the way out, over a [batch, classes] input
+    (over the last of more axes it makes one distribution per position, which a reshape lays side by side)."""
+    axis = next((attribute.i for attribute in node.attribute if attribute.name == "axis"), -1 if opset >= 13 else 1)
+    if axis == 0:
+        return False
+    return not reshaped or ranks.get(node.input[0]) == 2
+
+
+def _ranks(graph: Any) -> dict[str, int]:
+    """The rank of each tensor whose shape the graph records (its inputs, outputs and value_info)."""
+    values = [*graph.input, *graph.output, *graph.value_info]
+    return {
+        value.name: len(value.type.tensor_type.shape.dim)
+        for value in values
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape")
+    }
 
 
 def distribution_made_by(

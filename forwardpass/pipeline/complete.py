@@ -98,6 +98,12 @@ def class_width(spec: TensorSpec) -> int | None:
     return None if width == -1 else width
 
 
+def one_row_an_item(spec: TensorSpec) -> bool:
+    """Whether a scores output holds one row of class scores an item: [batch, classes] and [batch, 1, classes] do,
+    [batch, positions, classes] does not."""
+    return all(dim == 1 for dim in spec.shape[1:-1])
+
+
 # --- postprocessing ------------------------------------------------------------------------------------------------
 
 
@@ -160,7 +166,11 @@ def _undeclared(by_name: dict[str, TensorSpec], facts: ModelFacts, inferred: Inf
     if facts.task == "regression" and len(floats) == 1:
         inferred["postprocess"] = f"{facts.source}: a regressor, its value in '{floats[0]}'"
         return RegressionConfig(kind="regression", output=floats[0])
-    if len(by_name) == 1 and facts.distributions.get(floats[0] if floats else "") == "softmax":
+    if (
+        len(by_name) == 1
+        and facts.distributions.get(floats[0] if floats else "") == "softmax"
+        and one_row_an_item(by_name[floats[0]])  # a softmax per token or pixel classifies no item: raw outputs
+    ):
         name = floats[0]
         inferred["postprocess"] = f"{facts.source}: '{name}' comes out of a Softmax, a distribution over classes"
         inferred["postprocess.activation"] = "none: the output already is a probability distribution"
@@ -381,7 +391,7 @@ def _check_classification(
     if spec is None:
         _refuse(source, "postprocess.output", f"the model has no output '{post.output}'; it has {list(by_output)}")
     _check_float(spec, source)
-    if any(dim != 1 for dim in spec.shape[1:-1]):  # [batch, classes] and [batch, 1, classes] hold one row an item
+    if not one_row_an_item(spec):
         _refuse(
             source,
             "postprocess.output",

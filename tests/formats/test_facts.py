@@ -220,3 +220,47 @@ def test_an_onnxmltools_graph_whose_label_is_declared_one_row_still_batches(tmp_
     model = forwardpass.load(tmp_path / "lightgbm.onnx", intra_op_threads=1)
     answers = model.predict([list(map(float, row)) for row in features[::15]])
     assert [answer["label"] for answer in answers] == [str(label) for label in classifier.predict(features[::15])]
+
+
+# x [N, 12] → ... → y: (the nodes, y's shape). Reshape's shapes are initializers "heads" [0, 3, 4] and "row" [0, 1, 12].
+SOFTMAX_GRAPHS: dict[str, tuple[list[tuple[str, list[str], int | None]], list[Any]]] = {
+    # three heads of 4 classes laid side by side: no 12-class distribution
+    "three heads flattened": (
+        [("Reshape", ["x", "heads"], None), ("Softmax", ["r"], -1), ("Flatten", ["s"], 1)],
+        ["N", 12],
+    ),
+    # one distribution per position: an item is no one row of classes
+    "per position": ([("Reshape", ["x", "heads"], None), ("Softmax", ["r"], -1)], ["N", 3, 4]),
+    "over the batch": ([("Softmax", ["x"], 0)], ["N", 12]),  # each row depends on the others
+    "one distribution reshaped": ([("Softmax", ["x"], -1), ("Reshape", ["s", "row"], None)], ["N", 1, 12]),
+    "one distribution": ([("Softmax", ["x"], -1)], ["N", 12]),
+}
+
+
+@pytest.mark.parametrize(("name", "classifies"), [(name, name.startswith("one")) for name in SOFTMAX_GRAPHS])
+def test_an_onnx_softmax_is_read_as_classes_only_where_it_is_one_distribution_an_item(
+    name: str, classifies: bool, tmp_path: Path
+) -> None:
+    """Three 4-way softmax heads flattened into [N, 12] were answered as one 12-class classifier ('label 9', scores
+    summing to 3), and a softmax over the batch axis as each row's class probabilities."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    steps, shape = SOFTMAX_GRAPHS[name]
+    outputs = {"Reshape": "r", "Softmax": "s", "Flatten": "f"}
+    nodes = []
+    for i, (op, inputs, axis) in enumerate(steps):
+        nodes.append(helper.make_node(op, inputs, ["y" if i == len(steps) - 1 else outputs[op]]))
+        if axis is not None:
+            nodes[-1].attribute.append(helper.make_attribute("axis", axis))
+    shapes = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("heads", [0, 3, 4]), ("row", [0, 1, 12]))]
+    graph = helper.make_graph(
+        nodes,
+        "softmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        initializer=shapes,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    answer = forwardpass.load(tmp_path / "m.onnx", warmup=0).predict(np.tile(ROWS[0], 3))
+    assert ("label" in answer) is classifies and ("outputs" in answer) is not classifies
