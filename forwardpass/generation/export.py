@@ -341,8 +341,23 @@ def _sliding_window(config: Any) -> int | None:
 
 
 def _context_length(config: Any) -> int:
+    longrope = _longrope_switch(config)
+    if longrope is not None:
+        return longrope
     for key in ("max_position_embeddings", "n_positions", "n_ctx"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 1:
             return value
     return 2048
+
+
+def _longrope_switch(config: Any) -> int | None:
+    """The length past which LongRoPE (Phi-3 128k, Phi-3.5) rotates by its long factors: transformers' generate()
+    then recomputes the whole cache with them, where the decode loop keeps the keys it cached and answered other
+    tokens from there on (measured: from the 17th of a Phi-3 whose switch is at 16). The context ends there."""
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    kinds = [rope, *(value for value in rope.values() if isinstance(value, dict))] if isinstance(rope, dict) else []
+    if not any(kind.get("rope_type", kind.get("type")) == "longrope" for kind in kinds):
+        return None
+    original = rope.get("original_max_position_embeddings") or getattr(config, "original_max_position_embeddings", 0)
+    return int(original) if isinstance(original, int) and original > 1 else None

@@ -42,7 +42,7 @@ SLIDING: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def reference(folder: Path, prompts: list[list[int]]) -> list[list[int]]:
+def reference(folder: Path, prompts: list[list[int]], new_tokens: int = NEW_TOKENS) -> list[list[int]]:
     """transformers' greedy tokens for each prompt alone, no end token."""
     from forwardpass.formats.torch import import_torch
 
@@ -58,8 +58,8 @@ def reference(folder: Path, prompts: list[list[int]]) -> list[list[int]]:
                 ids,
                 attention_mask=torch.ones_like(ids),
                 do_sample=False,
-                max_new_tokens=NEW_TOKENS,
-                min_new_tokens=NEW_TOKENS,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
                 eos_token_id=None,
                 pad_token_id=0,
             )
@@ -177,3 +177,32 @@ def test_a_decoder_torch_onnx_cannot_export_is_one_error_line(tmp_path: Path) ->
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1 and "torch.onnx cannot export this decoder" in done.stderr
+
+
+def test_longrope_generates_transformers_tokens_up_to_its_switch(tmp_path: Path) -> None:
+    """Phi-3 with LongRoPE (as Phi-3-mini-128k and Phi-3.5-mini write it): transformers switches to the long factors
+    past original_max_position_embeddings and recomputes the cache; the builder's graph, keeping its cached keys,
+    answered other tokens from there on (exit 0). The context now ends at the switch."""
+    factors = {"short_factor": [1.0 + 0.1 * i for i in range(8)], "long_factor": [1.0 + 0.9 * i for i in range(8)]}
+    settings = {**SMALL, "num_key_value_heads": 4, "max_position_embeddings": 128, "pad_token_id": 0}
+    rope = {"rope_type": "longrope", **factors}
+    folder = build_seeded_decoder(
+        tmp_path / "hf", "Phi3ForCausalLM", **settings, original_max_position_embeddings=16, rope_scaling=rope
+    )
+    config = json.loads((folder / "config.json").read_text())  # the hub's spelling, which the builder reads
+    config["rope_scaling"] = {"type": "longrope", **factors}
+    config["rope_theta"] = config.pop("rope_parameters")["rope_theta"]
+    (folder / "config.json").write_text(json.dumps(config))
+    exported = export_decoder(folder, tmp_path / "exported")
+    assert "context_length: 16" in (exported / "config.yaml").read_text()
+    generator = open_generator(forwardpass.load(exported))
+    try:
+        prompts = [generator.encode(prompt) for prompt in PROMPTS]
+        with pytest.raises(InputError, match="holds 16"):
+            generator.tokens(prompts[1], SamplingParams())
+        short = [prompts[0], prompts[2]]
+        got = [[event.token_id for event in generator.tokens(ids, SamplingParams(ignore_eos=True))] for ids in short]
+    finally:
+        generator.close()
+    assert [len(tokens) for tokens in got] == [16 - len(ids) for ids in short]
+    assert got == [reference(folder, [ids], len(tokens))[0] for ids, tokens in zip(short, got, strict=True)]
