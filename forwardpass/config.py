@@ -746,6 +746,13 @@ class GenerationConfig(_Strict):
     eos_token_ids: list[int] = Field(default=[], description="tokens that end a generation")
     context_length: int = Field(default=2048, gt=1, description="most tokens (prompt + generated) a sequence holds")
     max_new_tokens: int = Field(default=128, gt=0, description="default when a request names none")
+    repetition_penalty: float = Field(
+        default=1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="transformers' repetition_penalty, from the model's generation_config.json: the logits of the "
+        "tokens already in the sequence are divided by it (multiplied where negative) before the next is chosen",
+    )
     max_batch_size: int = Field(default=16, gt=0, description="sequences decoded together (continuous batching)")
     max_queue_size: int = Field(default=256, gt=0, description="requests waiting beyond this are refused (503)")
 

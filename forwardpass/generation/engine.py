@@ -27,7 +27,7 @@ from forwardpass.config import GenerationConfig
 from forwardpass.errors import ForwardpassError, InputError, Overloaded
 from forwardpass.generation.chat import ChatTemplate
 from forwardpass.generation.decoder import BatchCache, DecoderLayout, InPlaceCache, PromptInChunks, fewest_moves
-from forwardpass.generation.sampling import SamplingParams, log_probabilities, sample
+from forwardpass.generation.sampling import SamplingParams, log_probabilities, penalize_repetition, sample
 from forwardpass.generation.text import TextCodec
 
 if TYPE_CHECKING:
@@ -83,7 +83,19 @@ class Ticket:
 
 
 class _Sequence:
-    __slots__ = ("last", "limit", "listener", "matcher", "params", "produced", "prompt", "rng", "stops", "ticket")
+    __slots__ = (
+        "last",
+        "limit",
+        "listener",
+        "matcher",
+        "params",
+        "produced",
+        "prompt",
+        "rng",
+        "seen",
+        "stops",
+        "ticket",
+    )
 
     def __init__(self, prompt: list[int], params: SamplingParams, listener: Listener, limit: int, stops: set[int]):
         self.prompt = prompt
@@ -96,6 +108,7 @@ class _Sequence:
         self.produced = 0
         self.last = -1
         self.matcher = params.schema.matcher() if params.schema is not None else None
+        self.seen = set(prompt)  # the tokens a repetition penalty applies to: the prompt's and those generated
 
 
 class TokenStream:
@@ -340,10 +353,14 @@ class Generator:
         cache.keep(order)
         active[:] = [active[row] for row in order]
 
-    @staticmethod
-    def _choose(sequence: _Sequence, logits: np.ndarray, best: np.integer) -> int:
-        """The sequence's next token from its row of logits (`best` their argmax), inside its schema if it has one."""
+    def _choose(self, sequence: _Sequence, logits: np.ndarray, best: np.integer) -> int:
+        """The sequence's next token from its row of logits (`best` their argmax), after the model's repetition
+        penalty and inside its schema if it has one."""
         params = sequence.params
+        penalty = self.config.repetition_penalty
+        if penalty != 1:
+            logits = penalize_repetition(logits, sequence.seen, penalty)
+            best = logits.argmax()
         if sequence.matcher is not None:
             logits = sequence.matcher.constrain(logits)
             best = logits.argmax()
@@ -356,6 +373,7 @@ class Generator:
         """Tell the listener; True while the sequence goes on."""
         sequence.produced += 1
         sequence.last = token
+        sequence.seen.add(token)
         finished = token in sequence.stops or (sequence.matcher is not None and sequence.matcher.done)
         reason = "stop" if finished else "length" if sequence.produced >= sequence.limit else None
         top = sequence.params.logprobs

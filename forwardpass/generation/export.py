@@ -91,6 +91,7 @@ def export_decoder(source: Path, destination: Path, *, opset: int = 17, toleranc
             "tokenizer": "tokenizer.json",
             "eos_token_ids": _eos_token_ids(model),
             "context_length": _context_length(model.config),
+            **_repetition_penalty(model),
         },
     }
     (destination / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -329,6 +330,15 @@ def _eos_token_ids(model: Any) -> list[int]:
             if isinstance(token, int) and 0 <= token < vocab and token not in found:
                 found.append(token)
     return found
+
+
+def _repetition_penalty(model: Any) -> dict[str, float]:
+    """The generation_config.json's repetition_penalty where it has one (Qwen2.5 instruct: 1.05): transformers'
+    generate() applies it, greedy or not, and without it the greedy tokens were others."""
+    penalty = getattr(getattr(model, "generation_config", None), "repetition_penalty", None)
+    if isinstance(penalty, (int, float)) and penalty > 0 and penalty != 1:
+        return {"repetition_penalty": float(penalty)}
+    return {}
 
 
 def _sliding_window(config: Any) -> int | None:

@@ -14,7 +14,7 @@ from forwardpass.errors import InputError
 if TYPE_CHECKING:
     from forwardpass.generation.constraint import JsonSchema
 
-__all__ = ["MAX_LOGPROBS", "SamplingParams", "log_probabilities", "sample"]
+__all__ = ["MAX_LOGPROBS", "SamplingParams", "log_probabilities", "penalize_repetition", "sample"]
 
 MAX_LOGPROBS = 20  # OpenAI's limit on top_logprobs
 
@@ -74,6 +74,17 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
     last: int = probabilities.shape[0] - 1
     return min(index, last)
+
+
+def penalize_repetition(logits: np.ndarray, seen: set[int], penalty: float) -> np.ndarray:
+    """One row of logits with those of the `seen` tokens divided by `penalty` where positive, multiplied where
+    negative: transformers' RepetitionPenaltyLogitsProcessor, which generate() runs before any sampling step."""
+    ids = np.fromiter(seen, np.int64, len(seen))
+    ids = ids[ids < logits.shape[0]]
+    penalized = logits.copy()
+    chosen = penalized[ids]
+    penalized[ids] = np.where(chosen < 0, chosen * penalty, chosen / penalty)
+    return penalized
 
 
 def log_probabilities(logits: np.ndarray, token: int, top: int) -> tuple[float, tuple[tuple[int, float], ...]]:

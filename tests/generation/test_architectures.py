@@ -206,3 +206,17 @@ def test_longrope_generates_transformers_tokens_up_to_its_switch(tmp_path: Path)
         generator.close()
     assert [len(tokens) for tokens in got] == [16 - len(ids) for ids in short]
     assert got == [reference(folder, [ids], len(tokens))[0] for ids, tokens in zip(short, got, strict=True)]
+
+
+def test_the_models_repetition_penalty_applies_as_in_transformers(tmp_path: Path) -> None:
+    """A generation_config.json with repetition_penalty (Qwen2.5 instruct: 1.05): transformers' generate() applies
+    it, greedy or not; it was left out, and the greedy tokens were others (exit 0)."""
+    folder = build_seeded_decoder(tmp_path / "hf", "GPT2LMHeadModel", n_embd=64, n_layer=2, n_head=4)
+    defaults = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**defaults, "repetition_penalty": 1.3}))
+    exported = export_decoder(folder, tmp_path / "exported")
+    assert "repetition_penalty: 1.3" in (exported / "config.yaml").read_text()
+    prompts, alone, together = generated(exported)
+    expected = reference(folder, prompts)
+    assert alone == expected
+    assert together == expected
