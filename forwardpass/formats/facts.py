@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 
 from forwardpass.config import ImageConfig
 
-__all__ = ["ModelFacts", "distribution_made_by", "merge_facts", "onnx_facts"]
+__all__ = ["ModelFacts", "distribution_made_by", "merge_facts", "onnx_facts", "softmax_per_item"]
 
 Task = Literal["classification", "regression"]
 _Node = TypeVar("_Node")
@@ -25,6 +25,7 @@ _Node = TypeVar("_Node")
 _DISTRIBUTION_OPS = {"Softmax": "softmax", "Sigmoid": "sigmoid"}
 # Ops that pass a tensor on unchanged in value: the op before them decides.
 _PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
+_REGROUPING = {"Reshape", "Flatten"}  # of those, the ones that can lay a softmax's rows side by side
 # ai.onnx.ml classifiers: (label output, scores output), scores post-transformed to probabilities by converters.
 _ML_CLASSIFIERS = {"LinearClassifier", "TreeEnsembleClassifier", "SVMClassifier"}
 # Pass-through ops looked back through before an output's value is called unknown (a cycle-proof bound).
@@ -137,27 +138,24 @@ def _column_inputs(model: Any) -> tuple[str, ...] | None:
 
 
 def _distribution_of(name: str, producers: dict[str, Any], ranks: dict[str, int], opset: int) -> str | None:
-    reshaped = False  # a Reshape or Flatten after a Softmax regroups its values: [N, 3, 4] per row became [N, 12]
-
     def step(node: Any) -> tuple[str, Any]:
-        nonlocal reshaped
-        reshaped = reshaped or node.op_type in ("Reshape", "Flatten")
-        op = node.op_type
-        if op == "Softmax" and not _softmax_over_each_item(node, ranks, opset, reshaped):
-            op = "Softmax over another axis"  # not a distribution over the item's classes: no task read from it
-        return op, producers.get(node.input[0]) if node.input else None
+        return node.op_type, producers.get(node.input[0]) if node.input else None
 
-    return distribution_made_by(producers.get(name), step, _DISTRIBUTION_OPS, _PASS_THROUGH)
+    def per_item(node: Any, regrouped: bool) -> bool:
+        axis = next((attribute.i for attribute in node.attribute if attribute.name == "axis"), -1 if opset >= 13 else 1)
+        return softmax_per_item(axis, ranks.get(node.input[0]), regrouped)
+
+    return distribution_made_by(producers.get(name), step, _DISTRIBUTION_OPS, _PASS_THROUGH, per_item, _REGROUPING)
 
 
-def _softmax_over_each_item(node: Any, ranks: dict[str, int], opset: int, reshaped: bool) -> bool:
-    """Whether a Softmax makes one distribution per item, read as its classes: not over axis 0 (the batch: each row
-    then depends on the others), and, where its output is reshaped on the way out, over a [batch, classes] input
-    (over the last of more axes it makes one distribution per position, which a reshape lays side by side)."""
-    axis = next((attribute.i for attribute in node.attribute if attribute.name == "axis"), -1 if opset >= 13 else 1)
-    if axis == 0:
+def softmax_per_item(axis: int | None, rank: int | None, regrouped: bool) -> bool:
+    """Whether a softmax over `axis` of a tensor of `rank` (None: unknown) makes one distribution an item, read as
+    its classes: not over the batch axis (each row then depends on the others), and, where a reshape follows it
+    (`regrouped`), over a [batch, classes] tensor: over the last of more axes it makes one distribution per
+    position, which the reshape lays side by side ([N, 3, 4] became [N, 12]: three heads answered as 12 classes)."""
+    if axis is None or axis == 0 or (rank is not None and axis == -rank):
         return False
-    return not reshaped or ranks.get(node.input[0]) == 2
+    return not regrouped or rank == 2
 
 
 def _ranks(graph: Any) -> dict[str, int]:
@@ -175,19 +173,28 @@ def distribution_made_by(
     step: Callable[[_Node], tuple[str, _Node | None]],
     distribution_ops: Mapping[str, str],
     pass_through: Collection[str],
+    per_item: Callable[[_Node, bool], bool] | None = None,
+    regrouping: Collection[str] = (),
 ) -> str | None:
     """ "softmax" or "sigmoid" when the op that made an output's value is one (`distribution_ops`: a framework's op
     name → kind), looking back through ops that pass a value on unchanged (`pass_through`); else None. `step(node)`
-    gives a node's op name and the node its first input comes from (None where there is none). Every framework
-    names its ops its own way; the walk is the same."""
+    gives a node's op name and the node its first input comes from (None where there is none). A softmax counts
+    only where `per_item(node, regrouped)` says it makes one distribution an item (see `softmax_per_item`;
+    `regrouped`: one of the `regrouping` pass-through ops, a reshape, lies after it). Every framework names its ops
+    its own way; the walk is the same."""
+    regrouped = False
     for _ in range(_MAX_PASS_THROUGH):
         if node is None:
             return None
         op, previous = step(node)
         if op in distribution_ops:
-            return distribution_ops[op]
+            kind = distribution_ops[op]
+            if kind == "softmax" and per_item is not None and not per_item(node, regrouped):
+                return None
+            return kind
         if op not in pass_through:
             return None
+        regrouped = regrouped or op in regrouping
         node = previous
     return None
 

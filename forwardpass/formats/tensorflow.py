@@ -25,7 +25,7 @@ import numpy as np
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, InputError
 from forwardpass.formats.base import ConvertOptions, LoadOptions, require
-from forwardpass.formats.facts import ModelFacts, distribution_made_by
+from forwardpass.formats.facts import ModelFacts, distribution_made_by, softmax_per_item
 from forwardpass.tensor import DataType, TensorSpec
 
 __all__ = [
@@ -50,6 +50,7 @@ _GRAPH_ERROR = "Graph execution error:"
 # Ops whose output is a distribution, and ops that pass a value on unchanged (see facts.distribution_made_by).
 _DISTRIBUTION_OPS = {"Softmax": "softmax", "Sigmoid": "sigmoid"}
 _PASS_THROUGH = {"Identity", "Reshape", "Squeeze", "ExpandDims", "Cast"}
+_REGROUPING = {"Reshape"}  # of those, the one that can lay a softmax's rows side by side (facts.softmax_per_item)
 
 _Loaded = TypeVar("_Loaded")
 # The server's registry opens models in parallel threads. A thread that found "tensorflow" in sys.modules while
@@ -323,7 +324,11 @@ def _graph_facts(traced: _Traced, source: str) -> ModelFacts:
     def step(op: Any) -> tuple[str, Any]:
         return op.type, op.inputs[0].op if op.inputs else None
 
-    made = {name: distribution_made_by(op, step, _DISTRIBUTION_OPS, _PASS_THROUGH) for name, op in ops.items()}
+    def per_item(op: Any, regrouped: bool) -> bool:  # TensorFlow's Softmax is over the last axis
+        return softmax_per_item(-1, op.inputs[0].shape.rank, regrouped)
+
+    walk = (_DISTRIBUTION_OPS, _PASS_THROUGH, per_item, _REGROUPING)
+    made = {name: distribution_made_by(op, step, *walk) for name, op in ops.items()}
     return ModelFacts(source=source, distributions={name: kind for name, kind in made.items() if kind is not None})
 
 

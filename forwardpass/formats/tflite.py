@@ -40,6 +40,7 @@ __all__ = ["TFLITE", "TfliteFormat", "TfliteSession"]
 # a quantized model's QUANTIZE / DEQUANTIZE change its representation only.
 _DISTRIBUTION_OPS = {"SOFTMAX": "softmax", "LOGISTIC": "sigmoid"}
 _PASS_THROUGH = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "CAST", "QUANTIZE", "DEQUANTIZE"}
+_REGROUPING = {"RESHAPE"}  # of those, the one that can lay a softmax's rows side by side (facts.softmax_per_item)
 
 
 class TfliteFormat:
@@ -75,18 +76,24 @@ class TfliteFormat:
 
     def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
         """The outputs a final SOFTMAX or LOGISTIC op makes: what a flatbuffer records beyond its tensors."""
-        from forwardpass.formats.facts import ModelFacts, distribution_made_by
+        from forwardpass.formats.facts import ModelFacts, distribution_made_by, softmax_per_item
 
         interpreter = _interpreter(path, EngineConfig())
         ops = interpreter._get_ops_details()  # the one reader of a flatbuffer's ops that TF Lite's Python has
         # a delegate (XNNPACK) lists itself as making the outputs of the ops it took over, which stay listed too
         producers = {tensor: op for op in ops if op["op_name"] != "DELEGATE" for tensor in op["outputs"]}
 
+        ranks = {detail["index"]: len(detail["shape"]) for detail in interpreter.get_tensor_details()}
+
         def step(op: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
             return op["op_name"], producers.get(op["inputs"][0]) if len(op["inputs"]) else None
 
+        def per_item(op: dict[str, Any], regrouped: bool) -> bool:  # TF Lite's SOFTMAX is over the last axis
+            return softmax_per_item(-1, ranks.get(op["inputs"][0]), regrouped)
+
+        walk = (_DISTRIBUTION_OPS, _PASS_THROUGH, per_item, _REGROUPING)
         made = {
-            detail["name"]: distribution_made_by(producers.get(detail["index"]), step, _DISTRIBUTION_OPS, _PASS_THROUGH)
+            detail["name"]: distribution_made_by(producers.get(detail["index"]), step, *walk)
             for detail in interpreter.get_output_details()
         }
         return ModelFacts(source="TF Lite graph", distributions={name: k for name, k in made.items() if k is not None})

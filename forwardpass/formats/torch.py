@@ -26,7 +26,7 @@ from forwardpass.backends.base import Session
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, InputError
 from forwardpass.formats.base import ConvertOptions, LoadOptions, require
-from forwardpass.formats.facts import ModelFacts, distribution_made_by
+from forwardpass.formats.facts import ModelFacts, distribution_made_by, softmax_per_item
 from forwardpass.formats.parity import random_samples
 from forwardpass.tensor import DataType, TensorSpec
 
@@ -76,6 +76,9 @@ _EXPORT_PASS_THROUGH = {
     "aten._to_copy.default",
     "aten.alias.default",
 }
+# Of those, the ones that can lay a softmax's rows side by side (see facts.softmax_per_item).
+_SCRIPT_REGROUPING = {"aten::view", "aten::reshape", "aten::flatten"}
+_EXPORT_REGROUPING = {"aten.view.default", "aten.reshape.default", "aten.flatten.using_ints"}
 
 
 def import_torch(extra: str = "torch") -> ModuleType:
@@ -240,7 +243,7 @@ class TorchScriptFormat:
     def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
         """The outputs a final softmax or sigmoid makes, read from the archive's graph (submodules inlined), named
         as `name_outputs` names them."""
-        _, module = self._load(path)
+        torch, module = self._load(path)
         (returned,) = module.inlined_graph.outputs()
         node = returned.node()
         if node.kind() in ("prim::TupleConstruct", "prim::ListConstruct"):
@@ -255,7 +258,13 @@ class TorchScriptFormat:
             inputs = list(node.inputs())
             return node.kind(), inputs[0].node() if inputs else None
 
-        return _graph_facts("TorchScript graph", values, step, _SCRIPT_DISTRIBUTIONS, _SCRIPT_PASS_THROUGH)
+        def per_item(node: Any, regrouped: bool) -> bool:  # aten::softmax(input, dim, ...)
+            tensor, dim = list(node.inputs())[:2]
+            rank = tensor.type().dim() if isinstance(tensor.type(), torch.TensorType) else None
+            return softmax_per_item(dim.toIValue(), rank, regrouped)
+
+        walk = (_SCRIPT_DISTRIBUTIONS, _SCRIPT_PASS_THROUGH, per_item, _SCRIPT_REGROUPING)
+        return _graph_facts("TorchScript graph", values, step, *walk)
 
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         torch, module = self._load(path)
@@ -373,8 +382,14 @@ class TorchExportFormat:
             first = node.args[0] if node.args else None
             return str(node.target), first if hasattr(first, "target") else None
 
+        def per_item(node: Any, regrouped: bool) -> bool:  # aten.softmax(input, dim, ...)
+            tensor, dim = node.args[:2]
+            value = tensor.meta.get("val")
+            return softmax_per_item(dim, value.dim() if value is not None else None, regrouped)
+
         values = dict(zip(names, made, strict=True))
-        return _graph_facts("torch.export graph", values, step, _EXPORT_DISTRIBUTIONS, _EXPORT_PASS_THROUGH)
+        walk = (_EXPORT_DISTRIBUTIONS, _EXPORT_PASS_THROUGH, per_item, _EXPORT_REGROUPING)
+        return _graph_facts("torch.export graph", values, step, *walk)
 
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         torch, program = self._load(path)
@@ -416,8 +431,13 @@ def _graph_facts(
     step: Callable[[Any], tuple[str, Any]],
     distribution_ops: dict[str, str],
     pass_through: set[str],
+    per_item: Callable[[Any, bool], bool],
+    regrouping: set[str],
 ) -> ModelFacts:
-    made = {name: distribution_made_by(node, step, distribution_ops, pass_through) for name, node in outputs.items()}
+    made = {
+        name: distribution_made_by(node, step, distribution_ops, pass_through, per_item, regrouping)
+        for name, node in outputs.items()
+    }
     return ModelFacts(source=source, distributions={name: kind for name, kind in made.items() if kind is not None})
 
 

@@ -264,3 +264,57 @@ def test_an_onnx_softmax_is_read_as_classes_only_where_it_is_one_distribution_an
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
     answer = forwardpass.load(tmp_path / "m.onnx", warmup=0).predict(np.tile(ROWS[0], 3))
     assert ("label" in answer) is classifies and ("outputs" in answer) is not classifies
+
+
+def _torch_heads() -> Any:
+    torch = import_torch()
+    torch.manual_seed(0)
+
+    class Heads(torch.nn.Module):  # type: ignore[name-defined,misc]  # torch arrives as a ModuleType: Any
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(FEATURES, 12)
+
+        def forward(self, features: Any) -> Any:
+            return self.linear(features).view(-1, 3, 4).softmax(-1).flatten(1)
+
+    return torch, Heads().eval()
+
+
+def _keras_heads() -> Any:
+    import keras
+
+    features = keras.Input((FEATURES,), name="features")
+    grouped = keras.layers.Reshape((3, 4))(keras.layers.Dense(12)(features))
+    return keras.Model(features, keras.layers.Reshape((12,))(keras.layers.Softmax()(grouped)))
+
+
+def _heads_artefact(name: str, tf: ModuleType, folder: Path) -> Path:
+    if name == "torchscript":
+        torch, net = _torch_heads()
+        torch.jit.trace(net, torch.zeros(2, FEATURES)).save(str(folder / "model.pt"))
+        return folder / "model.pt"
+    if name == "torch.export":
+        torch, net = _torch_heads()
+        program = torch.export.export(net, (torch.zeros(2, FEATURES),), dynamic_shapes=({0: torch.export.Dim("b")},))
+        torch.export.save(program, str(folder / "model.pt2"))
+        return folder / "model.pt2"
+    if name == "keras":
+        _keras_heads().save(folder / "model.keras")
+        return folder / "model.keras"
+    (folder / "model.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(_keras_heads()).convert())
+    return folder / "model.tflite"
+
+
+@pytest.mark.parametrize("name", ["torchscript", "torch.export", "keras", "tflite"])
+def test_softmax_heads_laid_side_by_side_are_no_classifier_natively(name: str, tf: ModuleType, tmp_path: Path) -> None:
+    """Three 4-way softmax heads reshaped into 12 scores were read, in each framework's graph, as one distribution
+    over 12 classes: the model was answered as a 12-class classifier."""
+    artefact = _heads_artefact(name, tf, tmp_path)
+    if name == "torchscript":  # a traced archive records no input shape
+        config = {"source": {"serve": "native", "inputs": [{"name": "features", "shape": [-1, FEATURES]}]}}
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+        artefact = tmp_path
+    model = forwardpass.load(artefact, serve="native", warmup=0)
+    answer = model.predict(ROWS[0])
+    assert "outputs" in answer and "label" not in answer
