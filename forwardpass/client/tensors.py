@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from forwardpass.errors import DTypeError, ForwardpassError, InputError, ShapeError
-from forwardpass.server.codec import decode_binary_tensor, decode_json, encode_bytes_elements, encode_json
+from forwardpass.server.codec import (
+    decode_binary_tensor,
+    decode_json,
+    encode_bytes_elements,
+    encode_json,
+    json_numbers,
+)
 from forwardpass.tensor import DataType
 
 __all__ = [
@@ -185,7 +191,8 @@ def decode_http_response(body: bytes, header_length: int | None) -> dict[str, np
     if header_length is not None and not 0 < header_length <= len(body):
         raise _malformed(f"Inference-Header-Content-Length {header_length} is outside the {len(body)}-byte body")
     try:
-        document = decode_json(body if header_length is None else body[:header_length], "the server's answer")
+        header = body if header_length is None else body[:header_length]
+        document = decode_json(header, "the server's answer", special_floats=True)
         entries = document["outputs"]
         binary = memoryview(body)[header_length or len(body) :]
         offset = 0
@@ -207,7 +214,7 @@ def decode_http_response(body: bytes, header_length: int | None) -> dict[str, np
 
 def _json_data(name: str, datatype: DataType, array: np.ndarray) -> object:
     if datatype is not DataType.BYTES:
-        return np.ascontiguousarray(array).reshape(-1)
+        return json_numbers(array)
     try:
         return [value.decode("utf-8") if isinstance(value, bytes) else str(value) for value in array.reshape(-1)]
     except UnicodeDecodeError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 import struct
 from typing import TYPE_CHECKING, Any, Literal
@@ -36,6 +37,7 @@ __all__ = [
     "encode_infer_response",
     "encode_json",
     "encode_tf_response",
+    "json_numbers",
 ]
 
 _LENGTH = struct.Struct("<I")
@@ -54,14 +56,27 @@ _BUFFER_OF_KIND: dict[str, tuple[Literal["d", "i", "u"], np.dtype]] = {
 }
 
 
-def decode_json(body: bytes, what: str = "request body") -> Any:
+def decode_json(body: bytes, what: str = "request body", *, special_floats: bool = False) -> Any:
+    """`body` parsed; InputError naming `what` when it is not JSON. With `special_floats`, the NaN, Infinity and
+    -Infinity that Triton's V2 JSON carries (tritonclient writes them for a tensor sent without binary data, Triton
+    reads and writes them) are read as those floats."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        # tritonclient's JSON (python-rapidjson, as Triton reads it) writes NaN and Infinity
-        if bytes(body[exc.pos : exc.pos + 8]).startswith((b"NaN", b"Infinity")):
-            message = f"{what}: JSON has no NaN or Infinity; send such a tensor as binary data ({exc})"
-            raise InputError(message) from None
+        special = bytes(body[exc.pos : exc.pos + 9]).lstrip(b"-").startswith((b"NaN", b"Infinity"))
+        if special and special_floats:
+            return _decode_with_special_floats(body, what)
+        if special:
+            raise InputError(f"{what}: JSON has no NaN or Infinity ({exc})") from None
+        raise InputError(f"{what} is not valid JSON: {exc}") from None
+
+
+def _decode_with_special_floats(body: bytes, what: str) -> Any:
+    """The standard library's parser, which reads NaN, Infinity and -Infinity as Python does (and python-rapidjson):
+    only for the bodies orjson refused for one of them, so the usual path keeps orjson's speed."""
+    try:
+        return json.loads(bytes(body))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InputError(f"{what} is not valid JSON: {exc}") from None
 
 
@@ -79,7 +94,7 @@ def decode_infer_request(body: bytes, header_length: int | None, limits: Request
         if header_length is None and len(body) > LARGE_JSON_BYTES:
             document = _decode_large_json(body)
         else:
-            document = decode_json(text, "inference request header")
+            document = decode_json(text, "inference request header", special_floats=True)
     except InputError as exc:
         if header_length is None and not _utf8(body):  # a binary body without the header: "not valid UTF-8" alone
             hint = "a body with binary tensor data needs the Inference-Header-Content-Length header"
@@ -154,7 +169,7 @@ def encode_infer_response(response: InferResponse, request: InferRequest) -> tup
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = _to_json(tensor.name, tensor.data)
+            entry["data"] = _to_json(tensor.data)
         entries.append(entry)
     document: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
     if response.id:
@@ -241,7 +256,8 @@ def _decode_large_json(body: bytes) -> Any:
     try:
         document = simdjson.Parser().parse(body)  # one parser per body: a parser holds one document at a time
     except (ValueError, RuntimeError):  # not JSON, or JSON simdjson does not take (integers past 64 bits, nesting
-        return decode_json(body, "inference request header")  # past 1024): orjson reads it or says what is wrong
+        # past 1024, NaN): orjson reads it or says what is wrong
+        return decode_json(body, "inference request header", special_floats=True)
     if not isinstance(document, simdjson.Object) or _repeats_a_key(document):
         return _plain(document)
     plain = {key: _plain(document[key]) for key in document if key != "inputs"}
@@ -400,9 +416,9 @@ def _from_json(name: str, dtype: DataType, shape: list[int], data: object, boole
                 raise DTypeError(f"input '{name}': a value is outside the {dtype.name} range")
     with np.errstate(over="ignore"):
         cast = array.astype(numpy_dtype, copy=False)
-    # JSON holds no infinity: one here is a number past the datatype's range (1e39 as FP32), refused as the Python
-    # API and TF Serving's route refuse it, not answered for as inf
-    if numpy_dtype.kind == "f" and np.isinf(cast).any():
+    # an infinity the JSON did not write (Infinity) is a number past the datatype's range (1e39 as FP32), refused as
+    # the Python API and TF Serving's route refuse it, not answered for as inf
+    if numpy_dtype.kind == "f" and (np.isinf(cast) & ~np.isinf(array)).any():
         raise DTypeError(f"input '{name}': values beyond the range of {dtype.name}")
     try:
         return cast.reshape(shape)
@@ -490,10 +506,19 @@ def _to_binary(tensor: Tensor) -> bytes:
     return np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<")).tobytes()
 
 
-def _to_json(name: str, data: np.ndarray) -> object:
+def _to_json(data: np.ndarray) -> object:
     if data.dtype.kind in "OSU":
         return [_text(value) for value in data.reshape(-1).tolist()]
-    return np.ascontiguousarray(_finite(name, data)).reshape(-1)
+    return json_numbers(data)
+
+
+def json_numbers(data: np.ndarray) -> object:
+    """A numeric array as V2 JSON `data` (flat), for orjson to write. NaN, Infinity and -Infinity are written so,
+    as Triton writes them and tritonclient reads them: orjson would write null, which comes back as NaN (an inf
+    too)."""
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        return orjson.Fragment(json.dumps(data.reshape(-1).tolist()))
+    return np.ascontiguousarray(data).reshape(-1)
 
 
 def _finite(name: str, data: np.ndarray) -> np.ndarray:

@@ -36,6 +36,20 @@ def test_the_server_decodes_what_the_client_encodes(binary: bool):
     assert request.outputs[0].classification == 3 and request.parameters == {"timeout": 5}
 
 
+def test_nan_and_infinity_go_both_ways_in_json():
+    """Written as NaN, Infinity and -Infinity (as Triton and tritonclient do): orjson wrote null, read as NaN."""
+    special = np.array([np.inf, -np.inf, np.nan, 0.5], np.float32)
+    body, header_length = encode_http_request({"x": special}, None, False, 0, {})
+    assert b"[Infinity, -Infinity, NaN, 0.5]" in body
+    [tensor] = decode_infer_request(body, header_length).inputs
+    np.testing.assert_array_equal(tensor.data, special)
+    output = {"name": "y", "datatype": "FP32", "shape": [4], "data": tensor.data}
+    answer = orjson.dumps({"outputs": [output]}, option=orjson.OPT_SERIALIZE_NUMPY)
+    assert b"null" in answer  # what orjson alone writes
+    answer = answer.replace(b"[null,null,null,0.5]", b"[Infinity, -Infinity, NaN, 0.5]")
+    np.testing.assert_array_equal(decode_http_response(answer, None)["y"], special)
+
+
 def test_without_requested_outputs_binary_asks_for_binary_outputs():
     body, header_length = encode_http_request({"x": np.zeros(2, np.float32)}, None, True, 0, {})
     assert decode_infer_request(body, header_length).parameters == {"binary_data_output": True}

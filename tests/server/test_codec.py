@@ -137,7 +137,7 @@ TENSOR_HEAD = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], '
 UNUSUAL_BODIES = {
     "a number past FP64": TENSOR_HEAD + b'"data": [2e400]}]}',
     "a bracket too many": TENSOR_HEAD + b'"data": [1]]}',
-    "NaN": TENSOR_HEAD + b'"data": [NaN]}]}',
+    "Infinity, as Triton's JSON writes it": TENSOR_HEAD + b'"data": [Infinity]}]}',
     "a second document": TENSOR_HEAD + b'"data": [1]}]} {"inputs": []}',
     "not UTF-8": b'{"inputs": [{"name": "\xff", "datatype": "FP32", "shape": [1], "data": [1]}]}',
     "nested past 1024": TENSOR_HEAD + b'"data": ' + b"[" * 2000 + b"1" + b"]" * 2000 + b"}]}",

@@ -423,18 +423,22 @@ BAD_REQUESTS: list[tuple[str, bytes, dict[str, str], int, str]] = [
     ("/v2/models/mlp/infer", b"{not json", {}, 400, "not valid JSON"),
     # a raw tensor sent without the header was told only that it is 'not valid UTF-8'
     ("/v2/models/mlp/infer", bytes(range(256)), {}, 400, "needs the Inference-Header-Content-Length header"),
-    # tritonclient's JSON (python-rapidjson, as Triton reads it) writes NaN and Infinity: the refusal said only
-    # "unexpected character" at a column
+    # NaN and Infinity are read (tritonclient writes them, Triton reads them), but no integer is one
     *(
         (
-            "/v2/models/add/infer",
-            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, %s, 3]}]}' % value,
+            "/v2/models/gather/infer",
+            b'{"inputs": [{"name": "index", "datatype": "INT64", "shape": [1, 1], "data": [%s]}]}' % value,
             {},
             400,
-            "JSON has no NaN or Infinity; send such a tensor as binary data",
+            message,
         )
-        for value in (b"NaN", b"Infinity", b"-Infinity")
+        for value, message in (
+            (b"NaN", "INT64 data must be integers"),
+            (b"Infinity", "outside the INT64 range"),
+            (b"-Infinity", "outside the INT64 range"),
+        )
     ),
+    ("/v2/models/add/infer", b'{"inputs": [{"name": "x", "data": [NaN, 1, [}', {}, 400, "not valid JSON"),
     ("/v2/models/mlp/infer", orjson.dumps({"inputs": []}), {}, 400, "non-empty list"),
     # a request-level binary_data_output of "true" was read as false, where an output's binary_data was refused
     (
@@ -639,15 +643,13 @@ def test_an_empty_outputs_list_answers_every_output_as_over_grpc(server, mlp):
     np.testing.assert_array_equal(np.array(output["data"], np.float32), mlp.infer({"x": x})["y"].ravel())
 
 
-def test_a_json_answer_refuses_nan_and_infinity_rather_than_sending_null(client):
-    """JSON has no NaN or infinity: they went as null, which tritonclient reads as NaN, so the model's inf and -inf
-    reached the client as NaN with status 200. Such an output is refused naming it; as binary data it is exact."""
+def test_nan_and_infinity_travel_in_json_as_triton_writes_them(client):
+    """tritonclient writes NaN, Infinity and -Infinity in a JSON tensor and reads them in an answer, as Triton does
+    (its server PR 3870): the request was refused as not JSON, and an answer's inf and -inf went out as null, read
+    back as NaN."""
     special = np.array([[np.inf, -np.inf, np.nan, 0.5]], np.float32)
     tensor = triton.InferInput("x", [1, 4], "FP32")
-    tensor.set_data_from_numpy(special, binary_data=True)
-    exact = client.infer("add", [tensor], outputs=[triton.InferRequestedOutput("y", binary_data=True)])
-    np.testing.assert_array_equal(exact.as_numpy("y"), special + 1)
-    with pytest.raises(InferenceServerException) as refused:
-        client.infer("add", [tensor], outputs=[triton.InferRequestedOutput("y", binary_data=False)])
-    assert refused.value.status() == "400"
-    assert "holds NaN or infinity, which JSON cannot carry; ask for it as V2 binary data" in str(refused.value)
+    tensor.set_data_from_numpy(special, binary_data=False)
+    for binary in (False, True):
+        result = client.infer("add", [tensor], outputs=[triton.InferRequestedOutput("y", binary_data=binary)])
+        np.testing.assert_array_equal(result.as_numpy("y"), special + 1)
