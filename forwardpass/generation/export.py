@@ -306,16 +306,20 @@ def _parity(torch: ModuleType, decoder: Any, onnx_path: Path, tolerance: float, 
     one: the largest difference of any output."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     input_names = [*FIXED_INPUTS, *decoder.names.past]  # the order of the example's tensors
     worst = 0.0
     past_length = max(5, (_sliding_window(decoder.model.config) or 0) + 1)
-    for batch, past, new in ((3, 0, 7), (2, past_length, 1)):
-        example = decoder.example(batch, past, new, seed=1)
-        with torch.no_grad():
-            expected = [t.numpy() for t in decoder(*example)]
-        got = session.run(None, {name: t.numpy() for name, t in zip(input_names, example, strict=True)})
-        worst = max(worst, *(float(np.abs(e - g).max()) for e, g in zip(expected, got, strict=True)))
+    try:
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        for batch, past, new in ((3, 0, 7), (2, past_length, 1)):
+            example = decoder.example(batch, past, new, seed=1)
+            with torch.no_grad():
+                expected = [t.numpy() for t in decoder(*example)]
+            got = session.run(None, {name: t.numpy() for name, t in zip(input_names, example, strict=True)})
+            worst = max(worst, *(float(np.abs(e - g).max()) for e, g in zip(expected, got, strict=True)))
+    except Exception as exc:  # ONNX Runtime's own kinds (InvalidGraph, Fail...): e.g. Falcon's ALiBi as complex128
+        problem = str(exc).replace(str(onnx_path), "the exported graph").splitlines()[0]
+        raise ConfigError(f"{source}: ONNX Runtime cannot run the graph torch.onnx made: {problem}") from None
     if not worst <= tolerance:
         raise ConfigError(f"{source}: the ONNX decoder differs from transformers by {worst:.3g} (> {tolerance})")
     return {"max_abs_diff": worst, "tolerance": tolerance, "cases": f"prefill 3x7 (padded), decode 2x({past_length}+1)"}
