@@ -211,8 +211,13 @@ def encode_tf_response(response: InferResponse, rows: bool) -> bytes:
     if rows:
         if len(outputs) == 1:
             return encode_json({"predictions": _to_nested(next(iter(outputs.values())))})
-        count = min(len(value) for value in outputs.values())
-        rows_out = [{name: _to_nested(value[i, ...]) for name, value in outputs.items()} for i in range(count)]
+        counts = {value.shape[0] if value.ndim else -1 for value in outputs.values()}
+        if len(counts) != 1 or -1 in counts:  # a row each would drop or mix values: min() cut the longer ones
+            shapes = {name: list(value.shape) for name, value in outputs.items()}
+            raise InputError(
+                f"the outputs {shapes} hold no one row per instance; ask with 'inputs' (columns) for them whole"
+            )
+        rows_out = [{name: _to_nested(value[i, ...]) for name, value in outputs.items()} for i in range(counts.pop())]
         return encode_json({"predictions": rows_out})
     if len(outputs) == 1:
         return encode_json({"outputs": _to_nested(next(iter(outputs.values())))})
@@ -533,7 +538,8 @@ def _finite(name: str, data: np.ndarray) -> np.ndarray:
 def _to_nested(data: np.ndarray) -> object:
     if data.dtype.kind in "OSU":
         return np.vectorize(_text, otypes=[object])(data).tolist()
-    return np.ascontiguousarray(data)
+    # a 0-d array (an instance's one value) as its scalar: ascontiguousarray made it [value]
+    return data[()] if data.ndim == 0 else np.ascontiguousarray(data)
 
 
 def _text(value: object) -> str:
