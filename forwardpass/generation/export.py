@@ -217,21 +217,27 @@ def _load(transformers: ModuleType, source: Path) -> tuple[Any, str, ChatTemplat
         raise ConfigError(f"no Hugging Face folder or GGUF file at '{source}'")
     if not is_causal_lm(source):
         raise ConfigError(f"{source}: not a causal language model (a ...ForCausalLM folder or a .gguf file)")
-    folder, options = (source.parent, {"gguf_file": source.name}) if source.is_file() else (source, {})
+    gguf = source.is_file()
+    folder = source.parent if gguf else source
+    # no code from the folder runs (its config's auto_map): left unsaid, transformers asked on the terminal whether to
+    # run it, and ran it on a "y"
+    options: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
+    if gguf:
+        options["gguf_file"] = source.name
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(folder), local_files_only=True, attn_implementation="eager", dtype="float32", **options
+            str(folder), attn_implementation="eager", dtype="float32", **options
         )
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for files it cannot read
-        raise ConfigError(f"{source}: transformers cannot load this model: {exc}") from None
+        raise ConfigError(f"{source}: transformers cannot load this model: {_one_line(exc)}") from None
     tokenizer_file = folder / "tokenizer.json"
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True, **options)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), **options)
     except Exception as exc:  # as above
-        if options or not tokenizer_file.is_file():
-            raise ConfigError(f"{source}: no fast tokenizer to save as tokenizer.json: {exc}") from None
+        if gguf or not tokenizer_file.is_file():
+            raise ConfigError(f"{source}: no fast tokenizer to save as tokenizer.json: {_one_line(exc)}") from None
         return model.eval(), tokenizer_file.read_text(encoding="utf-8"), None  # a tokenizer.json alone: no template
-    tokenizer_json = tokenizer_file.read_text(encoding="utf-8") if not options and tokenizer_file.is_file() else None
+    tokenizer_json = tokenizer_file.read_text(encoding="utf-8") if not gguf and tokenizer_file.is_file() else None
     if tokenizer_json is None:
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
@@ -242,6 +248,10 @@ def _load(transformers: ModuleType, source: Path) -> tuple[Any, str, ChatTemplat
         template = template.get("default")
     chat = ChatTemplate(template, tokenizer.special_tokens_map, str(source)) if isinstance(template, str) else None
     return model.eval(), tokenizer_json, chat
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 class _Names:

@@ -238,3 +238,27 @@ def test_the_models_repetition_penalty_applies_as_in_transformers(tmp_path: Path
     expected = reference(folder, prompts)
     assert alone == expected
     assert together == expected
+
+
+def test_a_model_with_its_own_code_is_refused_without_asking_to_run_it(tmp_path: Path) -> None:
+    """A config.json whose auto_map names the folder's own modeling code: transformers asked on the terminal
+    whether to run it (and ran it on a "y"); it is refused in one line, nothing asked."""
+    folder = build_seeded_decoder(tmp_path / "hf", "GPT2LMHeadModel", n_embd=64, n_layer=2, n_head=4)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(
+        model_type="my_decoder",
+        architectures=["MyDecoderForCausalLM"],
+        auto_map={"AutoConfig": "my_code.MyConfig", "AutoModelForCausalLM": "my_code.MyDecoderForCausalLM"},
+    )
+    (folder / "config.json").write_text(json.dumps(config))
+    forwardpass_cli = Path(sys.executable).parent / "forwardpass"
+    done = subprocess.run(
+        [forwardpass_cli, "generate", folder, "Hi", "--export-to", tmp_path / "exported"],
+        input="y\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "Do you wish" not in done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and "contains custom code" in done.stderr
