@@ -5,7 +5,9 @@ weights in `1/model.onnx.data`, `1/model.json` (how it was made, with the measur
 metadata's, or the Hugging Face tokenizer's).
 
 Architectures ONNX Runtime GenAI's model builder knows are exported by it (forwardpass.generation.builder: fused
-attention, past lengths from the attention mask, right padding). The others go through torch.onnx: that graph takes
+attention, past lengths from the attention mask, right padding) unless the model's attention sees a sliding window
+shorter than its context, which that graph leaves out. The others, and those the builder fails on or gets wrong (its
+parity check), go through torch.onnx: that graph takes
 `input_ids`, `attention_mask` (past + new tokens), `position_ids` and `past_key_values.<i>.key|value` [batch, heads,
 past, head_dim]; it gives `logits` of the last position only and `present.<i>.key|value` (past + new). Explicit
 position ids and a full attention mask let one batch hold sequences of different lengths, left-padded.
