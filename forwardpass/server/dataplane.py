@@ -252,6 +252,10 @@ class DataPlane:
                     deadline = preprocessed + timeout_s
                     rows = await asyncio.to_thread(lambda: model.run_items(items, deadline=deadline))
                     queued_s, run_s = 0.0, time.perf_counter() - preprocessed
+                elif model.whole_items:  # no batch dimension: stacked, the items would gain one the model lacks
+                    alone = [await self._run(served, model.pipeline.feeds(dict(item)), 1, timeout_s) for item in items]
+                    queued_s, run_s = sum(done.queued_s for done in alone), sum(done.run_s for done in alone)
+                    rows = [(done.outputs, item) for done, item in zip(alone, items, strict=True)]
                 else:
                     batch = model.pipeline.collate(items)
                     feeds = model.pipeline.feeds(batch)  # less what only the postprocessing reads

@@ -400,6 +400,26 @@ def test_tf_serving_rows_give_each_instance_its_values_or_refuse(tmp_path, kit):
         own.stop()
 
 
+def test_the_pipeline_endpoint_answers_a_model_without_a_batch_dimension(tmp_path, kit):
+    """An output whose first dimension is not the batch ([4, N]) leaves a model unbatched, its items whole: /predict
+    stacked them all the same, and every request was refused (ONNX Runtime's 'Invalid rank for input: x Got: 3')."""
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0])],
+        "transpose",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [4, "N"])],
+    )
+    kit.save(graph, tmp_path / "transpose" / "1")
+    own = kit.serve(tmp_path)
+    x = [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
+    try:
+        answer = httpx.post(f"{own.url}/v2/models/transpose/predict", json={"x": x})
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"outputs": {"t": np.transpose(x).tolist()}}
+    finally:
+        own.stop()
+
+
 def digit_image(fmt: str) -> bytes:
     pixels = (np.random.default_rng(3).random((16, 16)) * 255).astype(np.uint8)
     buffer = io.BytesIO()
