@@ -538,8 +538,9 @@ def _finite(name: str, data: np.ndarray) -> np.ndarray:
 def _to_nested(data: np.ndarray) -> object:
     if data.dtype.kind in "OSU":
         return np.vectorize(_text, otypes=[object])(data).tolist()
-    # a 0-d array (an instance's one value) as its scalar: ascontiguousarray made it [value]
-    return data[()] if data.ndim == 0 else np.ascontiguousarray(data)
+    # a 0-d array (an instance's one value) as its scalar: ascontiguousarray made it [value]; item(), as orjson takes
+    # no numpy.longlong (ONNX Runtime's int64) scalar
+    return data.item() if data.ndim == 0 else np.ascontiguousarray(data)
 
 
 def _text(value: object) -> str:

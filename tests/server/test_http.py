@@ -371,31 +371,37 @@ def test_tf_serving_rows_give_each_instance_its_values_or_refuse(tmp_path, kit):
     graph = helper.make_graph(
         [
             helper.make_node("ReduceMax", ["x"], ["largest"], axes=[1], keepdims=0),  # one value per instance
+            helper.make_node("ArgMax", ["x"], ["where"], axis=1, keepdims=0),  # INT64: no numpy scalar orjson takes
             helper.make_node("ReduceMax", ["x"], ["overall"], keepdims=0),  # one value for the whole batch
         ],
         "maxima",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
         [
             helper.make_tensor_value_info("largest", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("where", TensorProto.INT64, ["batch"]),
             helper.make_tensor_value_info("x_again", TensorProto.FLOAT, ["batch", 2]),
             helper.make_tensor_value_info("overall", TensorProto.FLOAT, []),
         ],
     )
     graph.node.append(helper.make_node("Identity", ["x"], ["x_again"]))
     kit.save(graph, tmp_path / "maxima" / "1", {"max_batch_size": 0})
-    del graph.output[2]  # without the whole batch's value: every output has a row per instance
+    del graph.output[3]  # without the whole batch's value: every output has a row per instance
     kit.save(graph, tmp_path / "per_row" / "1", {"max_batch_size": 4})
     own = kit.serve(tmp_path)
     try:
         rows = httpx.post(f"{own.url}/v1/models/per_row:predict", json={"instances": [[1, 2], [4, 3]]})
         assert rows.json() == {
-            "predictions": [{"largest": 2.0, "x_again": [1.0, 2.0]}, {"largest": 4.0, "x_again": [4.0, 3.0]}]
+            "predictions": [
+                {"largest": 2.0, "where": 1, "x_again": [1.0, 2.0]},
+                {"largest": 4.0, "where": 0, "x_again": [4.0, 3.0]},
+            ]
         }
         refused = httpx.post(f"{own.url}/v1/models/maxima:predict", json={"instances": [[1, 2], [4, 3]]})
         assert refused.status_code == 400, refused.text
         assert "hold no one row per instance; ask with 'inputs' (columns)" in error_of(refused)
         columns = httpx.post(f"{own.url}/v1/models/maxima:predict", json={"inputs": [[1, 2], [4, 3]]})
-        assert columns.json()["outputs"] == {"largest": [2.0, 4.0], "x_again": [[1.0, 2.0], [4.0, 3.0]], "overall": 4.0}
+        outputs = {"largest": [2.0, 4.0], "where": [1, 0], "x_again": [[1.0, 2.0], [4.0, 3.0]], "overall": 4.0}
+        assert columns.json()["outputs"] == outputs
     finally:
         own.stop()
 
