@@ -145,7 +145,7 @@ def generate(
 def _exported(model: str, export_to: Path | None) -> str | Path:
     """A Hugging Face causal LM or GGUF file → its exported decoder folder (made once, or into `export_to`);
     anything else as given."""
-    from forwardpass.generation.export import export_decoder, is_causal_lm
+    from forwardpass.generation.export import EXPORT_REVISION, export_decoder, is_causal_lm
 
     path = Path(model).expanduser()
     if not path.exists() or not is_causal_lm(path):
@@ -153,7 +153,11 @@ def _exported(model: str, export_to: Path | None) -> str | Path:
             raise ConfigError(f"--export-to: '{model}' is not a Hugging Face causal-LM folder or a .gguf file")
         return model
     cache = path.parent / CACHE / f"{path.stem}-decoder" if path.is_file() else path / CACHE / "decoder"
-    fresh = (cache / "1" / "model.onnx").is_file() and (cache / "1" / "model.onnx").stat().st_mtime >= _newest(path)
+    fresh = (
+        (cache / "1" / "model.onnx").is_file()
+        and (cache / "1" / "model.onnx").stat().st_mtime >= _newest(path)
+        and _export_revision(cache) == EXPORT_REVISION
+    )
     if export_to is None and fresh:
         return cache
     with Console(stderr=True).status(f"exporting {path.name} to ONNX with its KV cache ..."):
@@ -172,6 +176,15 @@ def _with_variant(folder: Path, precision: str, block_size: int, threads: int) -
     with Console(stderr=True).status(f"quantizing {folder.name} to {precision}, measuring its perplexity ..."):
         made = quantize_decoder(folder, precision, block_size=block_size, threads=threads or 1)  # type: ignore[arg-type]
     typer.echo(f"made {made} ({precision})", err=True)
+
+
+def _export_revision(folder: Path) -> int | None:
+    """The export revision the folder's 1/model.json records (None: an export from before revisions were kept)."""
+    try:
+        revision = json.loads((folder / "1" / "model.json").read_text(encoding="utf-8")).get("export_revision")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return revision if isinstance(revision, int) else None
 
 
 def _newest(path: Path) -> float:

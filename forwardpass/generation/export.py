@@ -42,12 +42,16 @@ from forwardpass.generation import builder, tied
 from forwardpass.generation.chat import CONFIG_FILE as CHAT_CONFIG_FILE
 from forwardpass.generation.chat import ChatTemplate
 
-__all__ = ["EXTRA", "WEIGHTS_FILE", "export_decoder", "is_causal_lm", "save_with_weights_apart"]
+__all__ = ["EXPORT_REVISION", "EXTRA", "WEIGHTS_FILE", "export_decoder", "is_causal_lm", "save_with_weights_apart"]
 
 EXTRA = "huggingface"
 ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "model.onnx.data"
 FIXED_INPUTS = ("input_ids", "attention_mask", "position_ids")
+# Raised whenever the same model files would now export differently (a fix): `forwardpass generate` makes again the
+# exports it cached with another (2: sliding windows, LongRoPE's context and repetition_penalty, which revision 1
+# exported into wrong tokens)
+EXPORT_REVISION = 2
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,7 @@ def export_decoder(source: Path, destination: Path, *, opset: int = 17, toleranc
         "source": str(source),
         "architecture": architecture,
         "made": datetime.now(UTC).isoformat(timespec="seconds"),
+        "export_revision": EXPORT_REVISION,
         **made,
         "tool_versions": {**versions, **made.get("tool_versions", {})},
     }

@@ -71,3 +71,19 @@ def test_errors_are_one_line(tmp_path: Path, add_model) -> None:
     assert done.stderr.strip().count("\n") == 0 and "not a decoder with a KV cache" in done.stderr
     bad = run(tmp_path / "add", "Hi", "--top-p", "1.5")
     assert bad.returncode == 2
+
+
+def test_an_export_cached_before_a_fix_is_made_again(hf_folder: Path, tmp_path: Path) -> None:
+    """An export cached by a forwardpass whose exports gave wrong tokens for some models (a sliding window,
+    LongRoPE) was reused as long as the folder's files were older: its 1/model.json's export revision decides."""
+    import shutil
+
+    folder = Path(shutil.copytree(hf_folder, tmp_path / "hf"))
+    assert run(folder, "Hi", "-n", "3").returncode == 0
+    provenance_file = folder / ".forwardpass" / "decoder" / "1" / "model.json"
+    provenance = json.loads(provenance_file.read_text())
+    older = {key: value for key, value in provenance.items() if key != "export_revision"}
+    provenance_file.write_text(json.dumps(older))
+    again = run(folder, "Hi", "-n", "3")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(provenance_file.read_text())["export_revision"] == provenance["export_revision"]
