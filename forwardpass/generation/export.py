@@ -148,7 +148,7 @@ def _torch_onnx(
 ) -> dict[str, Any]:
     """The graph traced by torch.onnx into `staged` (weights beside it), its tied embedding stored once; how it was
     made, with the measured parity."""
-    decoder = _decoder_module(torch, transformers, model)
+    decoder = _decoder_module(torch, transformers, model, source)
     names = decoder.names
     example = decoder.example(batch=2, past=3, new=4)
     dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "position_ids": {0: "batch", 1: "sequence"}}
@@ -267,13 +267,21 @@ class _Names:
         self.present = [name.replace("past_key_values", "present") for name in self.past]
 
 
-def _decoder_module(torch: ModuleType, transformers: ModuleType, model: Any) -> Any:
+def _decoder_module(torch: ModuleType, transformers: ModuleType, model: Any, source: Path) -> Any:
     cache_class = transformers.DynamicCache
     accepted = inspect.signature(model.forward).parameters
     cache_argument = "cache" if "cache" in accepted else "past_key_values"
     with torch.no_grad():  # one probe pass: how many layers, and each layer's cache shape
         probe = model(input_ids=torch.zeros((1, 1), dtype=torch.long), use_cache=True)
     probe_cache = getattr(probe, cache_argument, None) or probe.past_key_values
+    # the decode loop carries attention keys and values: a state-space layer's state (Mamba, Jamba) ended the export
+    # in an AttributeError traceback
+    others = sorted({type(layer).__name__ for layer in probe_cache.layers if getattr(layer, "keys", None) is None})
+    if others:
+        raise ConfigError(
+            f"{source}: its cache holds more than attention keys and values ({', '.join(others)}): forwardpass "
+            "generates with a KV cache only"
+        )
     shapes = [(layer.keys.shape[1], layer.keys.shape[3], layer.values.shape[3]) for layer in probe_cache.layers]
 
     class Decoder(torch.nn.Module):  # type: ignore[name-defined,misc]  # torch arrives as a ModuleType: Any
