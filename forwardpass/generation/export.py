@@ -107,6 +107,7 @@ def export_decoder(source: Path, destination: Path, *, opset: int = 17, toleranc
         "architecture": architecture,
         "made": datetime.now(UTC).isoformat(timespec="seconds"),
         "export_revision": EXPORT_REVISION,
+        "generation_config_not_applied": _not_applied(model, source),
         **made,
         "tool_versions": {**versions, **made.get("tool_versions", {})},
     }
@@ -359,6 +360,41 @@ def _eos_token_ids(model: Any) -> list[int]:
             if isinstance(token, int) and 0 <= token < vocab and token not in found:
                 found.append(token)
     return found
+
+
+# generation_config.json settings with which transformers' generate() chooses other tokens, greedy or not, that the
+# decode loop does not apply, each with its value that changes nothing (None: any other value changes something)
+_NOT_APPLIED = {
+    "num_beams": 1,
+    "no_repeat_ngram_size": 0,
+    "min_length": 0,
+    "min_new_tokens": 0,
+    "bad_words_ids": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "sequence_bias": None,
+    "penalty_alpha": None,
+    "dola_layers": None,
+    "guidance_scale": 1.0,
+}
+
+
+def _not_applied(model: Any, source: Path) -> dict[str, Any]:
+    """The model's generation_config.json settings the decode loop leaves out, said on the log and kept in
+    1/model.json: they were left out without a word, and its tokens then differed from generate()'s."""
+    settings = getattr(model, "generation_config", None)
+    found = {
+        name: getattr(settings, name)
+        for name, neutral in _NOT_APPLIED.items()
+        if getattr(settings, name, None) is not None and getattr(settings, name) != neutral
+    }
+    if found:
+        named = ", ".join(f"{name}={value}" for name, value in found.items())
+        log.warning("%s: generation_config.json sets %s, which forwardpass does not apply", source, named)
+    kept: dict[str, Any] = json.loads(json.dumps(found, default=str))  # as model.json can hold them
+    return kept
 
 
 def _repetition_penalty(model: Any) -> dict[str, float]:

@@ -268,3 +268,16 @@ def test_a_model_with_its_own_code_is_refused_without_asking_to_run_it(tmp_path:
     assert done.returncode == 2
     assert "Do you wish" not in done.stdout + done.stderr
     assert done.stderr.count("\n") == 1 and "contains custom code" in done.stderr
+
+
+def test_generation_config_settings_left_out_are_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """no_repeat_ngram_size, num_beams...: generate() chooses other tokens with them, and the decode loop, which
+    does not apply them, left them out without a word."""
+    folder = build_seeded_decoder(tmp_path / "hf", "GPT2LMHeadModel", n_embd=64, n_layer=2, n_head=4)
+    defaults = json.loads((folder / "generation_config.json").read_text())
+    settings = {"no_repeat_ngram_size": 2, "num_beams": 3, "min_length": 0}  # min_length 0 changes nothing
+    (folder / "generation_config.json").write_text(json.dumps({**defaults, **settings}))
+    exported = export_decoder(folder, tmp_path / "exported")
+    provenance = json.loads((exported / "1" / "model.json").read_text())
+    assert provenance["generation_config_not_applied"] == {"no_repeat_ngram_size": 2, "num_beams": 3}
+    assert "sets num_beams=3, no_repeat_ngram_size=2, which forwardpass does not apply" in caplog.text
