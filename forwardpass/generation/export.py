@@ -272,8 +272,11 @@ def _decoder_module(torch: ModuleType, transformers: ModuleType, model: Any, sou
     cache_class = transformers.DynamicCache
     accepted = inspect.signature(model.forward).parameters
     cache_argument = "cache" if "cache" in accepted else "past_key_values"
-    with torch.no_grad():  # one probe pass: how many layers, and each layer's cache shape
-        probe = model(input_ids=torch.zeros((1, 1), dtype=torch.long), use_cache=True)
+    try:
+        with torch.no_grad():  # one probe pass: how many layers, and each layer's cache shape
+            probe = model(input_ids=torch.zeros((1, 1), dtype=torch.long), use_cache=True)
+    except Exception as exc:  # a config transformers loads but cannot run: a traceback from deep in its forward
+        raise ConfigError(f"{source}: transformers cannot run this model: {_one_line(exc)}") from None
     probe_cache = getattr(probe, cache_argument, None) or probe.past_key_values
     # the decode loop carries attention keys and values: a state-space layer's state (Mamba, Jamba) ended the export
     # in an AttributeError traceback
