@@ -11,11 +11,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
+import os
+import pickle
 import sys
 import threading
 import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,6 +45,9 @@ __all__ = [
 
 _SCRIPT_SUFFIXES = (".pt", ".pth", ".jit", ".torchscript")
 _EXPORT_SUFFIX = ".pt2"
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+# torch.export.pt2_archive.constants.OPAQUE_OBJ_FILENAME_PREFIX: constants torch.export.load reads with pickle.loads
+_OPAQUE_CONSTANT = "opaque_obj_"
 # torch keeps the program being read (torch.export.load), the export under way (torch.onnx.export) and its operators
 # in globals, and the server's registry opens models in threads: two at once failed the second ("_CURRENT_DESERIALIZER
 # is already set": that model was not served; "GLOBALS.in_onnx_export must be False": it was served unconverted;
@@ -358,14 +364,14 @@ class TorchExportFormat:
         return names is not None and any(name.endswith("/archive_format") for name in names)
 
     def open_native(self, path: Path, engine: EngineConfig, options: LoadOptions) -> Session:
-        torch, program = self._load(path)
+        torch, program = self._load(path, options)
         _set_threads(torch, engine)
         return TorchSession(program.module(), _program_inputs(program), torch, path)
 
     def facts(self, path: Path, options: LoadOptions) -> ModelFacts:
         """The outputs a final softmax or sigmoid makes, read from the program's ATen graph, named as
         `name_outputs` names them (a dict's keys, `output_<i>`, `output`)."""
-        _, program = self._load(path)
+        _, program = self._load(path, options)
         nodes = {node.name: node for node in program.graph.nodes}
         made = [nodes[name] for name in program.graph_signature.user_outputs]
         spec = program.call_spec.out_spec
@@ -392,7 +398,7 @@ class TorchExportFormat:
         return _graph_facts("torch.export graph", values, step, *walk)
 
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
-        torch, program = self._load(path)
+        torch, program = self._load(path, options)
         session = TorchSession(program.module(), _program_inputs(program), torch, path)
         opset = max(convert.opset, 18)  # the dynamo exporter writes opset 18 at least and cannot go lower
         with TORCH_GLOBALS, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -413,16 +419,67 @@ class TorchExportFormat:
         exporter = "torch.onnx.export(dynamo=True)"
         return {"tool_versions": versions, "exporter": exporter, "opset_requested": convert.opset}
 
-    def _load(self, path: Path) -> tuple[ModuleType, Any]:
-        """torch and the program; the archive is checked first, so a damaged file is named without importing torch."""
-        if _zip_names(path) is None:
+    def _load(self, path: Path, options: LoadOptions) -> tuple[ModuleType, Any]:
+        """torch and the program; the archive is checked first, so a damaged file is named without importing torch.
+
+        torch.export.load unpickles parts of the archive with full pickle (weights and constants marked
+        `use_pickle`, sample inputs a weights-only load refuses, opaque constants): a file could run any code.
+        Untrusted, every torch.load in it is forced weights-only and opaque constants (plain pickle.loads) are
+        refused, so the archive's tensors load and its Python objects never do."""
+        names = _zip_names(path)
+        if names is None:
             raise ConfigError(f"{path}: not a readable torch.export program (.pt2; truncated or corrupt?)")
+        refusal = (
+            f"{path}: the program holds pickled Python objects, and unpickling runs code from the file; "
+            "pass --trust-pickle (trust_pickle=True) if you trust it"
+        )
+        if not options.trust_pickle and _opaque_constants(path, names):
+            raise ConfigError(refusal)
         torch = import_torch()
         try:
-            with TORCH_GLOBALS:
+            with TORCH_GLOBALS, _weights_only(not options.trust_pickle), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # the weights-only unpickler's protocol notes
                 return torch, torch.export.load(str(path))
+        except pickle.UnpicklingError as exc:  # a weights-only load met a Python object
+            raise ConfigError(refusal if "Weights only load failed" in str(exc) else f"{path}: {exc}") from None
         except Exception as exc:  # torch raises RuntimeError, KeyError, ... for damaged or foreign archives
             raise ConfigError(f"{path}: not a readable torch.export program: {_first_line(exc)}") from None
+
+
+@contextlib.contextmanager
+def _weights_only(forced: bool) -> Iterator[None]:
+    """torch.load weights-only even where the caller asks otherwise (torch reads this variable on every call);
+    held under TORCH_GLOBALS, so no other forwardpass load sees it set or unset midway."""
+    before = os.environ.get(_FORCE_WEIGHTS_ONLY)
+    if forced:
+        os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_FORCE_WEIGHTS_ONLY, None)
+        else:
+            os.environ[_FORCE_WEIGHTS_ONLY] = before
+
+
+def _opaque_constants(path: Path, names: list[str]) -> bool:
+    """Whether the archive's constants configs list an object torch.export.load would read with pickle.loads
+    (no weights-only mode exists for those); a config that is not JSON is left to torch to refuse."""
+    with zipfile.ZipFile(path) as archive:
+        for name in names:
+            if not name.endswith("_constants_config.json"):
+                continue
+            try:
+                entries = json.loads(archive.read(name)).get("config", {})
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(entries, dict) and any(
+                str(entry.get("path_name", "")).startswith(_OPAQUE_CONSTANT)
+                for entry in entries.values()
+                if isinstance(entry, dict)
+            ):
+                return True
+    return False
 
 
 def _graph_facts(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import subprocess
 import sys
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -202,6 +204,44 @@ def test_a_checkpoint_is_not_a_model(artefacts: dict[str, Path], name: str):
     assert detect_format(artefacts[name]).name == "torchscript"
     with pytest.raises(ConfigError, match=rf"{name}: a torch.save checkpoint .* torch.jit.save"):
         forwardpass.load(artefacts[name], serve="native")
+
+
+class _WritesMarker:
+    """A pickle that touches a file when it is loaded: proof of whether a loader unpickled it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(self.marker),))
+
+
+def _with_payload(program: Path, hostile: Path, marker: Path, member: str) -> None:
+    """The program's archive with `member` (and, for a weight, its config marking it pickled) a code-running pickle."""
+    with zipfile.ZipFile(program) as source, zipfile.ZipFile(hostile, "w") as target:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            if info.filename.endswith("model_weights_config.json") and member == "weights/weight_0":
+                config = json.loads(data)
+                next(iter(config["config"].values()))["use_pickle"] = True
+                data = json.dumps(config).encode()
+            if info.filename.endswith("model_constants_config.json") and member == "constants/opaque_obj_0":
+                data = json.dumps({"config": {"c": {"path_name": "opaque_obj_0"}}}).encode()
+                target.writestr(info.filename.replace("model_constants_config.json", "opaque_obj_0"), b"")
+            if info.filename.endswith(f"/data/{member}"):
+                data = pickle.dumps(_WritesMarker(marker))
+            target.writestr(info, data)
+
+
+@pytest.mark.parametrize("member", ["sample_inputs/model.pt", "weights/weight_0", "constants/opaque_obj_0"])
+def test_a_program_that_pickles_python_objects_is_refused_without_the_trust_flag(
+    artefacts: dict[str, Path], tmp_path: Path, member: str
+):
+    hostile, marker = tmp_path / "hostile.pt2", tmp_path / "ran"
+    _with_payload(artefacts["program.pt2"], hostile, marker, member)
+    with pytest.raises(ConfigError, match=r"hostile.pt2: .*pickled Python objects.*--trust-pickle"):
+        forwardpass.load(hostile, serve="native")
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize(("name", "format_name"), [("traced.pt", "TorchScript"), ("program.pt2", "torch.export")])
