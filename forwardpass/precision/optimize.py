@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import onnx
 
 from forwardpass.errors import ConfigError, InputError
@@ -48,6 +49,9 @@ ORIGINAL = "original"
 # Precisions made for something other than speed (fp64: precision; fp16: half the file at FP32 speed on a CPU). Every
 # other variant exists to be faster, and one slower than its source is refused unless asked for with allow_slower.
 NOT_FOR_SPEED = frozenset({"fp64", "fp16"})
+# What FP16 and BF16 variants are held to (README): every output within this share of its largest FP32 magnitude.
+# Weights or activations past FP16's range (±65504) break it; such a variant is refused, never written as a version.
+HELD_TO = {"fp16": 1e-2, "bf16": 5e-2}
 # Dynamic INT8 only where it pays: MatMul-style layers. Dynamic convolutions (ConvInteger) are several times slower.
 DYNAMIC_OPS = ("MatMul", "Attention", "LSTM", "GRU")
 
@@ -138,7 +142,7 @@ def optimize(request: OptimizeRequest, progress: Progress | None = None) -> Opti
             else None
         )
         quality, eval_samples = quality_for(original, request.eval_data, calibration, entry.name)
-        search = _Search(request, staging, source, original, quality, calibration, opened, say)
+        search = _Search(request, staging, source, original, quality, calibration, eval_samples, opened, say)
         candidates = search.run()
         say("timing every candidate beside the original")
         _time(search, candidates, eval_samples, request)
@@ -224,10 +228,12 @@ class _Search:
         original: Model,
         quality: Quality,
         calibration: Samples | None,
+        eval_samples: Samples,
         opened: list[Model],
         say: Progress,
     ) -> None:
         self.request = request
+        self.eval_samples = eval_samples
         self.staging = staging
         self.source = source
         self.onnx_model = onnx.load(str(source))
@@ -303,6 +309,19 @@ class _Search:
         candidate.drop = self.original.score - candidate.score
         budget = self.request.max_accuracy_drop
         candidate.within_budget = budget is None or candidate.drop <= budget + 1e-9
+        held = HELD_TO.get(precision)
+        if held is not None:
+            # no budget asked for still means this much: an FP16 model that overflows is no FP16 version of it
+            spread = _spread(self.original_model, model, self.eval_samples.batches(16, self.original_model))
+            if spread > held:
+                why = (
+                    f"{label} moves the outputs by up to {spread:.3g} of their largest FP32 value on the eval items "
+                    f"({precision} is held to {held:g}; values past its range or resolution)"
+                )
+                if self.request.precision == precision:
+                    raise InputError(f"{why}; nothing was written. Keep FP32, or try another --precision")
+                self.say(why)
+                candidate.within_budget = False
         return candidate
 
     def _auto(self) -> list[Candidate]:
@@ -337,6 +356,19 @@ class _Search:
             if mixed.within_budget:
                 break
         return candidates
+
+
+def _spread(original: Model, candidate: Model, batches: Sequence[Arrays]) -> float:
+    """The largest difference between the two models' outputs, relative to the original's largest magnitude
+    (inf where the candidate gives NaN)."""
+    worst = 0.0
+    for batch in batches:
+        want, got = original.forward(original.validate(batch)), candidate.forward(candidate.validate(batch))
+        for name, expected in want.items():
+            scale = float(np.abs(expected).max()) or 1.0
+            difference = np.abs(np.asarray(got[name], dtype=np.float64) - expected)
+            worst = max(worst, float(np.nan_to_num(difference, nan=np.inf).max()) / scale)
+    return worst
 
 
 def _open(path: Path, threads: int, opened: list[Model]) -> Model:

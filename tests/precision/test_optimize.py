@@ -8,8 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
 import pytest
 import yaml
+from onnx import TensorProto, helper, numpy_helper
 
 import forwardpass
 from forwardpass.errors import InputError, NotFoundError
@@ -188,3 +191,39 @@ def test_a_variant_slower_than_its_source_is_refused_with_the_ratio_unless_asked
         optimize(replace(request, allow_slower=False))
     assert _versions(digits_repo) == ["1", "config.yaml", "labels.txt", "metrics.json"]
     assert optimize(request).version == 2
+
+
+def _overflowing_classifier(repo: Path) -> Path:
+    """A softmax classifier whose hidden activations (~5e5) lie past FP16's range (65504), and labelled .npz data
+    on which FP32 scores 100 %."""
+    rng = np.random.default_rng(1)
+    w1 = (rng.standard_normal((16, 32)) * 3e4).astype(np.float32)
+    w2 = (rng.standard_normal((32, 4)) * 1e-4).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("MatMul", ["h", "w2"], ["z"]),
+            helper.make_node("Softmax", ["z"], ["y"], axis=-1),
+        ],
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (repo / "big" / "1").mkdir(parents=True)
+    onnx.save(model, repo / "big" / "1" / "model.onnx")
+    x = rng.standard_normal((64, 16)).astype(np.float32)
+    data = repo.parent / "big.npz"
+    np.savez(data, x=x, label=(x @ w1 @ w2).argmax(1))
+    return data
+
+
+def test_fp16_that_overflows_is_refused_not_written_as_the_default_version(tmp_path: Path) -> None:
+    """No --max-accuracy-drop used to mean any drop: this FP16 variant scored far below FP32 and became version 2."""
+    repo = tmp_path / "repo"
+    data = _overflowing_classifier(repo)
+    with pytest.raises(InputError, match=r"fp16 moves the outputs by up to .* \(fp16 is held to 0\.01.*nothing was"):
+        optimize(_request(repo, "big", "fp16", eval_data=data, plot=False))
+    assert sorted(p.name for p in (repo / "big").iterdir()) == ["1"]
