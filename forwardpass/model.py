@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from forwardpass.decisions import AuditLog, Decider
     from forwardpass.decisions.audit import Decided
 
-__all__ = ["Model", "load", "locate", "locate_configured"]
+__all__ = ["Model", "file_in_model_folder", "load", "locate", "locate_configured"]
 
 # Items per forward pass in offline `predict` when the config sets no max_batch_size.
 DEFAULT_PREDICT_BATCH = 32
@@ -130,7 +130,11 @@ class Model:
             self.decider = Decider(decision, config, classes)
             self.audit = AuditLog(group_ms=decision.audit_group_ms) if decision.audit else None
         self.schema = SchemaCheck(config.input_schema) if config.input_schema is not None else None
-        self.profile = Profile.load(_inside(entry.directory, config.profile)) if config.profile is not None else None
+        self.profile = (
+            Profile.load(file_in_model_folder(entry.directory, config.profile, "profile"))
+            if config.profile is not None
+            else None
+        )
         self.window = InputWindow(self.profile) if self.profile is not None else None  # recent inputs, for drift
         self._version = str(self.version or "")
 
@@ -296,11 +300,12 @@ class Model:
         return {name: spec.validate(arrays[name]) for name, spec in specs.items()}
 
 
-def _inside(folder: Path, name: str) -> Path:
-    """A file a config names, refused when it would lie outside the model's folder (`..`, absolute, symlinks)."""
+def file_in_model_folder(folder: Path, name: str, field: str) -> Path:
+    """A file a config's `field` names, refused when it would lie outside the model's folder (`..`, absolute,
+    symlinks): a model handed over must not make forwardpass read other files."""
     path = folder / name
     if not path.resolve().is_relative_to(folder.resolve()):
-        raise ConfigError(f"profile: '{name}' points outside the model folder {folder}; keep the file in it")
+        raise ConfigError(f"{field}: '{name}' points outside the model folder {folder}; keep the file in it")
     return path
 
 

@@ -18,7 +18,7 @@ from rich.table import Table
 from forwardpass.cli.common import REPOSITORY, VERSION
 from forwardpass.config import ModelConfig
 from forwardpass.errors import ConfigError, DecodeError, InputError, NotFoundError
-from forwardpass.model import locate
+from forwardpass.model import file_in_model_folder, locate
 from forwardpass.modes.sources import jsonl_items
 from forwardpass.quality import Profile, drift_report
 from forwardpass.quality.drift import KS_ALPHA, PSI_LIMIT
@@ -62,7 +62,7 @@ def drift(
     config = ModelConfig.of(entry.config_path)
     if config.profile is None:
         raise ConfigError(f"model '{entry.name}' has no reference profile; add `profile:` to its config")
-    profile = Profile.load(entry.directory / config.profile)
+    profile = Profile.load(file_in_model_folder(entry.directory, config.profile, "profile"))
     columns = _read_columns(data, profile.names)
     report = drift_report(profile, columns, psi_limit=psi_limit, ks_alpha=ks_alpha)
     if as_json:

@@ -11,7 +11,7 @@ from forwardpass.generation.chat import ChatTemplate
 from forwardpass.generation.decoder import DecoderLayout
 from forwardpass.generation.engine import Generator
 from forwardpass.generation.text import TextCodec
-from forwardpass.model import Model
+from forwardpass.model import Model, file_in_model_folder
 
 __all__ = ["give_back_freed_heap", "open_generator"]
 
@@ -19,7 +19,7 @@ __all__ = ["give_back_freed_heap", "open_generator"]
 def open_generator(model: Model) -> Generator:
     DecoderLayout.of(model.session, model.name)  # first: "not a decoder" says more than a missing tokenizer
     config = model.config.generation or GenerationConfig()
-    tokenizer = model.entry.directory / config.tokenizer
+    tokenizer = file_in_model_folder(model.entry.directory, config.tokenizer, "generation.tokenizer")
     if not tokenizer.is_file():
         raise ConfigError(f"model '{model.name}': no tokenizer at {tokenizer} (generation.tokenizer in its config)")
     chat = ChatTemplate.of_folder(model.entry.directory)

@@ -38,7 +38,7 @@ from forwardpass.generation.export import WEIGHTS_FILE, save_with_weights_apart
 from forwardpass.generation.sampling import SamplingParams
 from forwardpass.generation.text import TextCodec
 from forwardpass.measure import machine_info
-from forwardpass.model import Model
+from forwardpass.model import Model, file_in_model_folder
 from forwardpass.precision import gridded
 from forwardpass.repository import PRECISION_FILE, versions_in
 
@@ -108,7 +108,7 @@ def quantize_decoder(
         save_with_weights_apart(graph, staged)
         variant = forwardpass.load(staged, intra_op_threads=threads, warmup=0)
         config = original.config.generation or GenerationConfig()
-        codec = TextCodec(folder / config.tokenizer)
+        codec = TextCodec(file_in_model_folder(folder, config.tokenizer, "generation.tokenizer"))
         ids = codec.encode(text.read_text(encoding="utf-8"))[: config.context_length]
         if len(ids) < 2:
             raise ConfigError(f"{text}: {len(ids)} token(s); perplexity needs at least 2")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,19 @@ def test_a_model_without_profile_is_one_line_exit_2(folder, tmp_path):
     done = run(folder, str(tmp_path / "bare"), "steady.csv")
     assert done.returncode == 2
     assert "has no reference profile" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_a_profile_outside_the_model_folder_is_not_read(folder, tmp_path):
+    """A handed-over model whose config named `profile: ../../<file>` made drift read a file outside its folder."""
+    (tmp_path / "escape" / "1").mkdir(parents=True)
+    (tmp_path / "escape" / "1" / "model.onnx").write_bytes(b"")
+    shutil.copy(folder / "m" / "profile.json", tmp_path / "outside.json")
+    config = yaml.safe_dump({"profile": "../outside.json"})
+    (tmp_path / "escape" / "config.yaml").write_text(config, encoding="utf-8")
+    done = run(folder, str(tmp_path / "escape"), "steady.csv")
+    assert done.returncode == 2, done.stdout
+    assert "profile: '../outside.json' points outside the model folder" in done.stderr
+    assert done.stderr.count("\n") == 1
 
 
 def test_jsonl_records_after_a_byte_order_mark_and_a_bad_line_named_by_number(folder, tmp_path):
