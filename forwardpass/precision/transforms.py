@@ -340,7 +340,8 @@ def _correct_biases(source: Path, quantized: Path, calibration: Sequence[Arrays]
         if node.name in rounded and len(node.input) > 2 and node.input[2] in initializers
         if not (node.op_type == "Gemm" and _attribute(node, "transA", 0))
     ]
-    means = _input_channel_means(model, [node.input[0] for node in layers], calibration)
+    # no biased Conv/Gemm (a MatMul-only model): nothing to correct, and a probe with no outputs cannot run
+    means = _input_channel_means(model, [node.input[0] for node in layers], calibration) if layers else {}
     for node in layers:
         weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64)
         bias_init = initializers[node.input[2]]

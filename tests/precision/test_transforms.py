@@ -115,6 +115,27 @@ def test_int4_refuses_a_model_without_matmul(tmp_path: Path) -> None:
         to_int4(source, tmp_path / "x.onnx", block_size=32)
 
 
+def test_int8_of_a_model_without_biased_layers_needs_no_bias_correction(tmp_path: Path) -> None:
+    """A MatMul-only model ended in ONNX Runtime's 'At least one output should be requested' traceback."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((6, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="dense")],
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    source = tmp_path / "matmul.onnx"
+    onnx.save(model, source)
+    x = rng.standard_normal((32, 6)).astype(np.float32)
+    converted = to_int8_static(source, tmp_path / "int8.onnx", [{"x": x[:16]}, {"x": x[16:]}], Int8Settings())
+    assert layer_precisions(model, onnx.load(str(converted.path))) == {"dense": "int8"}
+    assert np.abs(_run(converted.path, x) - x @ w).max() < 0.05 * np.abs(x @ w).max()
+
+
 @pytest.mark.parametrize("method", ["percentile", "entropy"])
 def test_histogram_calibration_takes_a_shorter_last_batch_and_shares_its_cache(
     method: str, mlp_path: Path, tmp_path: Path
