@@ -139,7 +139,8 @@ class ClassificationMetrics:
             for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
         }
         scored = bool(self.truth)
-        macro_f1 = metrics.f1_score(self.truth, self.predicted, labels=labels, average="macro", zero_division=0)
+        # over the classes in the data or the predictions (scikit-learn's default): a class with neither has no F1
+        macro_f1 = metrics.f1_score(self.truth, self.predicted, average="macro", zero_division=0)
         result: dict[str, Any] = {
             **self.top_k.result(),
             "accuracy": float(metrics.accuracy_score(self.truth, self.predicted)) if scored else float("nan"),
@@ -196,7 +197,7 @@ class ClassificationMetrics:
         ranks = np.asarray(self.top_k.ranks)
         scorers: dict[str, Callable[..., float]] = {
             "accuracy": metrics.accuracy_score,
-            "macro_f1": partial(metrics.f1_score, labels=self._labels(), average="macro", zero_division=0),
+            "macro_f1": partial(metrics.f1_score, average="macro", zero_division=0),
         }
         if self.positive_label is not None:
             from fairlearn.metrics import selection_rate

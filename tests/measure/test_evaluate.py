@@ -428,3 +428,31 @@ def test_npz_inputs_go_through_the_model(tabular: Path, tmp_path: Path) -> None:
 def test_top_k_must_be_positive(digits: tuple[Path, Path]) -> None:
     with pytest.raises(InputError, match="positive"):
         evaluate(forwardpass.load(digits[0]), open_dataset(digits[1]), top_k=[0])
+
+
+def test_macro_f1_averages_the_classes_in_the_data_or_the_predictions(tabular: Path, tmp_path: Path) -> None:
+    """A class neither in the data nor predicted has no F1; counted as 0, it made a model right on every item of
+    one class score macro F1 0.25 (0.5 with two classes), overall and per group."""
+    names = ["ant", "bee", "cat", "dog"]
+    truth = np.array(names)[np.load(tabular / "classes.npy")]
+    predicted = np.array(names)[_ort(tabular / "cls", _standardized(tabular), "probabilities").argmax(axis=1)]
+    rows = list(csv.DictReader((tabular / "test.csv").read_text().splitlines()))[:-2]
+    model = forwardpass.load(tabular / "cls")
+    two = np.isin(truth, ["ant", "bee"]) & np.isin(predicted, ["ant", "bee"])
+    perfect = (truth == predicted) & (truth == "ant")
+    for name, keep in (("two", two), ("perfect", perfect)):
+        sites = np.array(["north", "south"] * len(rows))[: int(keep.sum())]
+        path = tmp_path / f"{name}.csv"
+        with path.open("w", newline="") as file:
+            writer = csv.DictWriter(file, [*rows[0], "site"])
+            writer.writeheader()
+            kept = [row for row, wanted in zip(rows, keep, strict=True) if wanted]
+            writer.writerows({**row, "site": site} for row, site in zip(kept, sites, strict=True))
+        result = evaluate(model, open_dataset(path, group_by="site")).metrics
+        expected = metrics.f1_score(truth[keep], predicted[keep], average="macro")
+        assert result["macro_f1"] == pytest.approx(expected, abs=1e-12)
+        for site in ("north", "south"):
+            mine = sites == site
+            by_site = metrics.f1_score(truth[keep][mine], predicted[keep][mine], average="macro")
+            assert result["groups"]["by_group"][site]["macro_f1"] == pytest.approx(by_site, abs=1e-12)
+    assert expected == 1.0 and 0 < metrics.f1_score(truth[two], predicted[two], average="macro") < 1
