@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,17 +215,24 @@ def _npz(path: Path, label_column: str | None, group_by: str | None) -> Dataset:
 
 
 def _text(value: object) -> str:
-    """A label or group as text: 3.0 (a float array's integer) → '3', as a table would spell it."""
-    if isinstance(value, np.floating) and float(value).is_integer():
-        return str(int(value))
-    return str(value.item() if isinstance(value, np.generic) else value)
+    """A label or group as text: 3.0 (a float array's integer; Parquet and JSON store a pandas int column with gaps
+    as floats) → '3', as a table would spell it."""
+    number = value.item() if isinstance(value, np.generic) else value
+    if isinstance(number, float) and number.is_integer():
+        return str(int(number))
+    return str(number)
 
 
 def _add_record(dataset: Dataset, source: str, record: dict[str, object], label: object) -> None:
     group = None if dataset.group_by is None else record.get(dataset.group_by)
-    if label is None or label == "":
+    if _missing(label):
         dataset.items.append(ItemError(source, f"empty '{dataset.label_column}'"))
-    elif dataset.group_by is not None and (group is None or group == ""):
+    elif dataset.group_by is not None and _missing(group):
         dataset.items.append(ItemError(source, f"empty '{dataset.group_by}' (the group-by column)"))
     else:
-        dataset.items.append(Example(source, record, str(label), None if group is None else str(group)))
+        dataset.items.append(Example(source, record, _text(label), None if group is None else _text(group)))
+
+
+def _missing(value: object) -> bool:
+    """None, an empty cell, or NaN (how Parquet and pandas store a missing number)."""
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))

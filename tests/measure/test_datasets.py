@@ -109,3 +109,22 @@ def test_missing_and_unsupported_paths(tmp_path: Path) -> None:
     (tmp_path / "list.json").write_text('{"a": 1}', encoding="utf-8")
     with pytest.raises(InputError, match="JSON list of records"):
         open_dataset(tmp_path / "list.json")
+
+
+def test_an_int_label_column_with_gaps_stored_as_floats_keeps_its_class_names(tmp_path: Path) -> None:
+    """pandas stores an int column with a missing value as float64: the labels read '0.0' and 'nan', and eval
+    refused every item of a model with classes 0, 1, 2 ("'0.0', '1.0', 'nan' are not in the label set")."""
+    pandas = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    frame = pandas.DataFrame({"x": [0.5, 1.5, 2.5], "label": [0, None, 2], "site": [1.0, 2.0, 1.0]})
+    frame.to_parquet(tmp_path / "rows.parquet", index=False)
+    (tmp_path / "rows.jsonl").write_text(
+        "\n".join(json.dumps(row) for row in frame.to_dict("records")).replace("NaN", "null"), encoding="utf-8"
+    )
+    for name, row in (("rows.parquet", "row"), ("rows.jsonl", "line")):
+        dataset = open_dataset(tmp_path / name, group_by="site")
+        assert [(e.source, e.label, e.group) for e in dataset.examples] == [
+            (f"{row} 1", "0", "1"),
+            (f"{row} 3", "2", "1"),
+        ]
+        assert dataset.items[1] == ItemError(f"{row} 2", "empty 'label'")
