@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from forwardpass.errors import InputError, MissingExtraError, NotFoundError
+from forwardpass.pipeline.records import is_missing
 
 __all__ = ["DEFAULT_LABEL_COLUMNS", "IMAGE_SUFFIXES", "Dataset", "Example", "ItemError", "open_dataset"]
 
@@ -225,14 +225,9 @@ def _text(value: object) -> str:
 
 def _add_record(dataset: Dataset, source: str, record: dict[str, object], label: object) -> None:
     group = None if dataset.group_by is None else record.get(dataset.group_by)
-    if _missing(label):
+    if is_missing(label):
         dataset.items.append(ItemError(source, f"empty '{dataset.label_column}'"))
-    elif dataset.group_by is not None and _missing(group):
+    elif dataset.group_by is not None and is_missing(group):
         dataset.items.append(ItemError(source, f"empty '{dataset.group_by}' (the group-by column)"))
     else:
         dataset.items.append(Example(source, record, _text(label), None if group is None else _text(group)))
-
-
-def _missing(value: object) -> bool:
-    """None, an empty cell, or NaN (how Parquet and pandas store a missing number)."""
-    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
