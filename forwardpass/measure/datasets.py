@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from forwardpass.errors import InputError, MissingExtraError, NotFoundError
-from forwardpass.pipeline.records import is_missing
+from forwardpass.pipeline.records import data_columns, is_missing
 
 __all__ = ["DEFAULT_LABEL_COLUMNS", "IMAGE_SUFFIXES", "Dataset", "Example", "ItemError", "open_dataset"]
 
@@ -145,7 +145,8 @@ def _parquet_rows(path: Path) -> list[tuple[str, object]]:
     except ImportError:
         raise MissingExtraError("pyarrow", "measure") from None
     try:
-        rows = pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
+        rows = table.select(data_columns(table.column_names)).to_pylist()
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
         raise InputError(f"'{path}' is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
     return [(f"row {i}", row) for i, row in enumerate(rows, 1)]

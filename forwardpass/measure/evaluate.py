@@ -10,6 +10,7 @@ An item that cannot be read, preprocessed or run is counted and reported; it nev
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -162,8 +163,9 @@ def evaluate(
             on_progress(len(items))
     report.seconds = time.perf_counter() - start
     if report.n == 0:
-        reason = report.errors[0].error if report.errors else "none"
-        raise InputError(f"no item of '{dataset.path}' could be scored ({report.bad} bad); the first error: {reason}")
+        # the most common error: the first may be one row's own (an empty label) while every other row failed alike
+        reason, count = Counter(e.error for e in report.errors).most_common(1)[0] if report.errors else ("none", 0)
+        raise InputError(f"no item of '{dataset.path}' could be scored ({report.bad} bad); {count} of them: {reason}")
     report.metrics = metric.result()
     report.rows = metric.rows()
     return report

@@ -29,6 +29,7 @@ import orjson
 from forwardpass.config import ModelConfig
 from forwardpass.errors import DecodeError, ForwardpassError, InputError, NotFoundError
 from forwardpass.pipeline.kinds import kind_of
+from forwardpass.pipeline.records import data_columns
 
 __all__ = [
     "Item",
@@ -306,12 +307,13 @@ def parquet_items(path: Path, name: str) -> Iterator[Item]:
         yield Item(name, error=DecodeError(twice))
         return
     numbers = itertools.count(1)
+    columns = data_columns(file.schema_arrow.names)
     with file:
         groups = file.num_row_groups
         for group in range(groups):
             left = file.metadata.row_group(group).num_rows
             try:
-                for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
+                for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group], columns=columns):
                     for record in batch.to_pylist():
                         left -= 1
                         yield Item(f"{name}#row{next(numbers)}", record)

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 
 from forwardpass.errors import InputError, MissingFieldError
 
-__all__ = ["PLAIN_NUMBERS", "check_fields", "is_missing", "record_number"]
+__all__ = ["PLAIN_NUMBERS", "check_fields", "data_columns", "is_missing", "record_number"]
 
 PLAIN_NUMBERS = frozenset({float, int})  # exactly these types need no conversion (bool is a subclass of int: excluded)
 _BOOLEAN_TEXT = {"true": 1.0, "false": 0.0}
+# What pandas' to_parquet names an index that is not a plain range (a filtered or sampled frame's): no field
+_PANDAS_INDEX = re.compile(r"__index_level_\d+__")
 
 
 def record_number(value: object) -> float | None:
@@ -41,6 +44,11 @@ def is_missing(value: object) -> bool:
     if value is None or (isinstance(value, str) and value == ""):
         return True
     return isinstance(value, float | np.floating) and math.isnan(value)
+
+
+def data_columns(names: Iterable[str]) -> list[str]:
+    """A table's columns less the index pandas stored beside the data (`__index_level_0__`)."""
+    return [name for name in names if not _PANDAS_INDEX.fullmatch(name)]
 
 
 def check_fields(record: Mapping[str, object], columns: Iterable[str], *, absent_ok: bool, unknown_ok: bool) -> None:

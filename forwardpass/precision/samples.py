@@ -22,6 +22,7 @@ from forwardpass.errors import ForwardpassError, InputError, MissingExtraError, 
 from forwardpass.measure.datasets import DEFAULT_LABEL_COLUMNS, IMAGE_SUFFIXES
 from forwardpass.model import Model
 from forwardpass.pipeline import Arrays
+from forwardpass.pipeline.records import data_columns
 
 __all__ = ["Samples", "read_samples"]
 
@@ -127,7 +128,8 @@ def _parquet_rows(path: Path) -> list[object]:
     except ImportError:
         raise MissingExtraError("pyarrow", "measure") from None
     try:
-        return list(pq.read_table(path).to_pylist())
+        table = pq.read_table(path)
+        return list(table.select(data_columns(table.column_names)).to_pylist())
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
         raise InputError(f"'{path}' is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
 

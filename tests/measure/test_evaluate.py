@@ -456,3 +456,20 @@ def test_macro_f1_averages_the_classes_in_the_data_or_the_predictions(tabular: P
             by_site = metrics.f1_score(truth[keep][mine], predicted[keep][mine], average="macro")
             assert result["groups"]["by_group"][site]["macro_f1"] == pytest.approx(by_site, abs=1e-12)
     assert expected == 1.0 and 0 < metrics.f1_score(truth[two], predicted[two], average="macro") < 1
+
+
+def test_a_parquet_table_pandas_wrote_from_a_filtered_frame_scores_as_its_csv(tabular: Path, tmp_path: Path) -> None:
+    """The index pandas stores ('__index_level_0__') was taken for a feature: every item failed, and the refusal
+    named the first bad row's own problem ("empty 'label'") instead."""
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.read_csv(tabular / "test.csv").iloc[:-2]
+    frame[frame.label != "ant"].to_parquet(tmp_path / "rows.parquet")
+    frame[frame.label != "ant"].to_csv(tmp_path / "rows.csv", index=False)
+    model = forwardpass.load(tabular / "cls")
+    scored = [evaluate(model, open_dataset(tmp_path / name)) for name in ("rows.parquet", "rows.csv")]
+    assert scored[0].bad == 0 and scored[0].n == scored[1].n
+    assert scored[0].metrics["per_class"] == scored[1].metrics["per_class"]
+    frame.loc[0, "label"] = None  # one row's own problem, then every row failing alike
+    frame.assign(f0="abc").to_csv(tmp_path / "broken.csv", index=False)
+    with pytest.raises(InputError, match=rf"\({len(frame)} bad\); {len(frame) - 1} of them: .*'f0'"):
+        evaluate(model, open_dataset(tmp_path / "broken.csv"))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 import forwardpass
 from forwardpass.modes.sources import csv_items, open_source, parquet_items
@@ -64,3 +65,12 @@ def test_a_csv_row_with_fewer_fields_than_the_header_is_a_bad_record(tmp_path: P
     ]
     assert items[2].name == "cut.csv#row3" and items[2].raw is None
     assert "has 2 fields, the header has 3" in str(items[2].error)
+
+
+def test_the_index_pandas_stores_in_parquet_is_no_field(tmp_path: Path) -> None:
+    """A filtered or sampled frame's to_parquet adds '__index_level_0__': every record failed on that unknown field."""
+    pandas = pytest.importorskip("pandas")
+    pandas.DataFrame({"a": [1.0, 2.0, 3.0]}).iloc[[2, 0, 1]].to_parquet(tmp_path / "rows.parquet")
+    assert "__index_level_0__" in pq.read_schema(tmp_path / "rows.parquet").names
+    items = list(parquet_items(tmp_path / "rows.parquet", "rows.parquet"))
+    assert [item.raw for item in items] == [{"a": 3.0}, {"a": 1.0}, {"a": 2.0}]
