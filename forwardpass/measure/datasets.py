@@ -226,6 +226,8 @@ def _text(value: object) -> str:
 
 def _add_record(dataset: Dataset, source: str, record: dict[str, object], label: object) -> None:
     group = None if dataset.group_by is None else record.get(dataset.group_by)
+    if dataset.group_by == dataset.label_column:  # grouped by the label itself, which the record no longer holds
+        group = label
     if is_missing(label):
         dataset.items.append(ItemError(source, f"empty '{dataset.label_column}'"))
     elif dataset.group_by is not None and is_missing(group):

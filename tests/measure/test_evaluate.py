@@ -473,3 +473,13 @@ def test_a_parquet_table_pandas_wrote_from_a_filtered_frame_scores_as_its_csv(ta
     frame.assign(f0="abc").to_csv(tmp_path / "broken.csv", index=False)
     with pytest.raises(InputError, match=rf"\({len(frame)} bad\); {len(frame) - 1} of them: .*'f0'"):
         evaluate(model, open_dataset(tmp_path / "broken.csv"))
+
+
+def test_grouping_by_the_label_column_gives_each_class_its_recall(tabular: Path) -> None:
+    """It was refused: every item 'empty' in the group-by column, as the label was taken out of the record first."""
+    report = evaluate(forwardpass.load(tabular / "cls"), open_dataset(tabular / "test.csv", group_by="label"))
+    by_group = report.metrics["groups"]["by_group"]
+    assert sorted(by_group) == ["ant", "bee", "cat", "dog"]
+    for name, figures in report.metrics["per_class"].items():
+        assert by_group[name]["accuracy"] == pytest.approx(figures["recall"], abs=1e-12)
+        assert by_group[name]["n"] == figures["support"]
