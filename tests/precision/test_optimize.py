@@ -235,3 +235,23 @@ def test_bf16_traces_the_model_on_the_eval_items_when_no_calibration_is_given(tm
     data = _classifier(repo, 1.0)
     report = optimize(_request(repo, "big", "bf16", eval_data=data, plot=False))
     assert report.version == 2 and report.chosen.precision == "bf16"
+
+
+def test_fp16_of_a_classifier_with_a_class_name_output_is_checked_on_its_scores(tmp_path: Path) -> None:
+    """skl2onnx's classifiers give class names (strings) beside the probabilities: 18b0319's output check took
+    their absolute value (TypeError traceback)."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_iris(return_X_y=True)
+    names = np.array(["setosa", "versicolor", "virginica"])[y]
+    classifier = LogisticRegression(max_iter=500).fit(x, names)
+    options = {id(classifier): {"zipmap": False}}
+    graph = convert_sklearn(classifier, initial_types=[("input", FloatTensorType([None, 4]))], options=options)
+    (tmp_path / "repo" / "iris" / "1").mkdir(parents=True)
+    onnx.save(graph, tmp_path / "repo" / "iris" / "1" / "model.onnx")
+    np.savez(tmp_path / "iris.npz", input=x.astype(np.float32), label=names)
+    report = optimize(_request(tmp_path / "repo", "iris", "fp16", eval_data=tmp_path / "iris.npz", plot=False))
+    assert report.version == 2 and report.chosen.drop == pytest.approx(0.0, abs=1.0)
