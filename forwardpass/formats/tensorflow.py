@@ -26,6 +26,7 @@ from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, InputError
 from forwardpass.formats.base import ConvertOptions, LoadOptions, require
 from forwardpass.formats.facts import ModelFacts, distribution_made_by, softmax_per_item
+from forwardpass.formats.tensorflow_io import refuse_io_ops
 from forwardpass.tensor import DataType, TensorSpec
 
 __all__ = [
@@ -107,6 +108,8 @@ class SavedModelFormat:
         return {**provenance, "signature": options.signature or DEFAULT_SIGNATURE}
 
     def _trace(self, tf: ModuleType, path: Path, options: LoadOptions) -> _Traced:
+        if not options.trust_pickle:  # before loading: loading runs the SavedModel's initializers
+            refuse_io_ops(path, self._graphs(path), self.name)
         loaded = _load(path, self.name, lambda: tf.saved_model.load(str(path)))
         wanted = options.signature or DEFAULT_SIGNATURE
         if wanted not in loaded.signatures:
@@ -122,6 +125,19 @@ class SavedModelFormat:
             return signature(**dict(zip(names, tensors, strict=True)))
 
         return _traced(tf, path, call, specs, owner=loaded)
+
+    def _graphs(self, path: Path) -> list[Any]:
+        """The GraphDef of each of the SavedModel's meta graphs, read without running any of it."""
+        from google.protobuf import text_format
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        saved = saved_model_pb2.SavedModel()
+        binary = path / "saved_model.pb"
+        if binary.is_file():
+            _load(path, self.name, lambda: saved.ParseFromString(binary.read_bytes()))
+        else:
+            _load(path, self.name, lambda: text_format.Parse((path / "saved_model.pbtxt").read_text(), saved))
+        return [meta.graph_def for meta in saved.meta_graphs]
 
 
 class KerasFormat:
@@ -247,6 +263,8 @@ class FrozenGraphFormat:
         """The graph, its input specs and its output names (node names; ':N' only for a node's later outputs)."""
         graph_def = tf.compat.v1.GraphDef()
         _load(path, self.name, lambda: graph_def.ParseFromString(path.read_bytes()))
+        if not options.trust_pickle:
+            refuse_io_ops(path, [graph_def], self.name)
         nodes = {node.name: node for node in graph_def.node}
         if not nodes:
             raise ConfigError(f"{path}: cannot load as {self.name}: the graph has no nodes")

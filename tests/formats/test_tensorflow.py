@@ -257,6 +257,31 @@ def test_a_keras_lambda_layer_loads_only_when_trusted(tf: ModuleType, tmp_path: 
     np.testing.assert_array_equal(session.run({"value": np.ones((2, 3), np.float32)})["double"], np.full((2, 3), 2.0))
 
 
+def test_a_graph_that_reads_or_writes_files_is_refused_before_it_runs(tf: ModuleType, tmp_path: Path):
+    """A SavedModel whose function read a file outside its folder and wrote another ran both while it loaded (the
+    parity probe runs it); a frozen graph alike. Refused before TensorFlow opens them, unless trusted."""
+    secret, written = tmp_path / "secret.txt", tmp_path / "written"
+    secret.write_text("not the model's", encoding="utf-8")
+
+    def serve(value: Any) -> dict[str, Any]:
+        content = tf.io.read_file(str(secret))
+        tf.io.write_file(str(written), content)
+        return {"result": value + tf.cast(tf.strings.length(content), tf.float32)}
+
+    leaky = tf.Module()
+    leaky.serve = tf.function(serve, input_signature=[tf.TensorSpec([None, 3], tf.float32, name="value")])
+    tf.saved_model.save(leaky, str(tmp_path / "leaky"), signatures={"serving_default": leaky.serve})
+    frozen = tmp_path / "leaky.pb"
+    frozen.write_bytes(leaky.serve.get_concrete_function().graph.as_graph_def().SerializeToString())
+    for fmt, path in ((SAVED_MODEL, tmp_path / "leaky"), (FROZEN_GRAPH, frozen)):
+        with pytest.raises(ConfigError, match=r"reads, writes or reaches outside the model \(ReadFile, WriteFile\)"):
+            fmt.open_native(path, EngineConfig(), LoadOptions())
+    assert not written.exists()
+    session = SAVED_MODEL.open_native(tmp_path / "leaky", EngineConfig(), LoadOptions(trust_pickle=True))
+    np.testing.assert_array_equal(session.run({"value": np.zeros((1, 3), np.float32)})["result"], np.full((1, 3), 15))
+    assert written.read_text(encoding="utf-8") == "not the model's"
+
+
 def test_a_normalization_layer_tf2onnx_leaves_as_inputs_is_served_natively_and_right(tf: ModuleType, tmp_path: Path):
     import keras
 
