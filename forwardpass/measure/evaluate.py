@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from forwardpass.config import ClassificationConfig, EmbeddingConfig, RegressionConfig
@@ -101,6 +101,7 @@ def _check_labels(model: Model, dataset: Dataset) -> list[str] | None:
     known = label_set(model)
     if known is None:
         return None
+    _respell_decimals(dataset, set(known))
     unknown = sorted({example.label for example in dataset.examples} - set(known))
     if unknown:
         shown = ", ".join(repr(label) for label in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
@@ -109,6 +110,28 @@ def _check_labels(model: Model, dataset: Dataset) -> list[str] | None:
             f" (it knows {', '.join(known[:5])}{' ...' if len(known) > 5 else ''})"
         )
     return known
+
+
+def _respell_decimals(dataset: Dataset, known: set[str]) -> None:
+    """Labels a CSV spells as decimals ('1.0': how pandas writes an int column with a gap) that the model knows as
+    integers ('1') are respelled in `dataset`; only when every label it does not know then is one it knows."""
+    unknown = {example.label for example in dataset.examples} - known
+    respelled = {label: _integer(label) for label in unknown}
+    if not unknown or not set(respelled.values()) <= known:
+        return
+    dataset.items = [
+        replace(item, label=respelled[item.label]) if isinstance(item, Example) and item.label in respelled else item
+        for item in dataset.items
+    ]
+
+
+def _integer(label: str) -> str:
+    """'1.0' as '1'; any other label as it is."""
+    try:
+        number = float(label)
+    except ValueError:
+        return label
+    return str(int(number)) if number.is_integer() else label
 
 
 def evaluate(

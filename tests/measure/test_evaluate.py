@@ -483,3 +483,25 @@ def test_grouping_by_the_label_column_gives_each_class_its_recall(tabular: Path)
     for name, figures in report.metrics["per_class"].items():
         assert by_group[name]["accuracy"] == pytest.approx(figures["recall"], abs=1e-12)
         assert by_group[name]["n"] == figures["support"]
+
+
+def test_a_csv_spelling_integer_classes_as_decimals_is_scored_as_them(tmp_path: Path) -> None:
+    """pandas writes an int label column with a gap as 1.0, 2.0: every label was 'not in the label set' (0, 1, 2).
+    The identity model predicts the column holding the largest value."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+    )
+    columns = [{"name": name} for name in ("a", "b", "c")]
+    config = {"preprocess": {"kind": "tabular", "columns": columns}, "postprocess": {"kind": "classification"}}
+    model = forwardpass.load(_save(graph, tmp_path / "model", config))
+    rows = "a,b,c,label\n1,0,0,0.0\n0,1,0,1.0\n0,0,1,1.0\n0,0,1,\n"
+    (tmp_path / "gaps.csv").write_text(rows, encoding="utf-8")
+    report = evaluate(model, open_dataset(tmp_path / "gaps.csv"))
+    assert (report.n, report.bad, report.metrics["accuracy"]) == (3, 1, pytest.approx(2 / 3))
+    assert report.metrics["per_class"]["1"]["support"] == 2
+    (tmp_path / "halves.csv").write_text("a,b,c,label\n1,0,0,0.5\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"not in model 'model''s label set: '0\.5'"):
+        evaluate(model, open_dataset(tmp_path / "halves.csv"))
