@@ -15,6 +15,7 @@ argument that cannot be read at all becomes a single item carrying its error, so
 from __future__ import annotations
 
 import re
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,10 @@ ARRAY_SUFFIXES = (".npy", ".npz", ".json")
 # Files that are certainly not images; anything else goes to the image decoder, which names what is wrong with it.
 NOT_IMAGE_SUFFIXES = (*RECORD_SUFFIXES, ".txt", ".tsv", ".yaml", ".yml", ".md", ".npy", ".npz")
 _FILE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,5}")
+# An .npz member that expands more than this many times its stored bytes, to over NPZ_BOMB_BYTES, is a zip bomb:
+# numbers compress a few times, and even arrays of mostly zeros that expand further are far smaller.
+NPZ_MAX_RATIO = 100
+NPZ_BOMB_BYTES = 64 << 20
 
 
 Decoder = Callable[[str], list[Item]]
@@ -238,14 +243,30 @@ def _load_npy(path: Path) -> np.ndarray:
         raise InputError(f"cannot read ({exc.strerror})") from None
     except (ValueError, EOFError) as exc:
         raise DecodeError(f"is not a readable .npy array of numbers ({exc})") from None
+    except MemoryError:  # numpy allocates the shape its header declares before it reads a byte
+        raise DecodeError("declares an array larger than this machine's memory in its header") from None
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
+        _refuse_zip_bomb(path)
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, EOFError, AttributeError) as exc:
+    except (ValueError, OSError, EOFError, AttributeError, zipfile.BadZipFile) as exc:
         raise DecodeError(f"is not a readable .npz archive of arrays ({exc})") from None
+    except MemoryError:
+        raise DecodeError("declares an array larger than this machine's memory in its header") from None
+
+
+def _refuse_zip_bomb(path: Path) -> None:
+    """Refuses, before any of it is decompressed, an .npz member that would expand past the bounds above."""
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            if member.file_size > max(NPZ_BOMB_BYTES, NPZ_MAX_RATIO * member.compress_size):
+                raise DecodeError(
+                    f"member '{member.filename}' expands {member.compress_size:,} bytes to {member.file_size:,} "
+                    f"(over {NPZ_MAX_RATIO}x and {NPZ_BOMB_BYTES >> 20} MiB): a zip bomb, refused unread"
+                )
 
 
 def _json_array(data: Any) -> np.ndarray:

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,24 @@ def test_npy_batch_gives_one_prediction_per_row(cli: Cli, repository: Path, inpu
     weights = initializer(repository, "vec_raw", "w")
     inputs = np.concatenate([np.load(input_dir / "batch.npy"), np.load(input_dir / "item.npy")[None]])
     np.testing.assert_allclose([line["outputs"]["y"] for line in lines], inputs @ weights, rtol=1e-5, atol=1e-5)
+
+
+def test_array_files_that_declare_more_than_they_hold_are_refused_in_one_line(cli: Cli, tmp_path: Path) -> None:
+    """An .npy header declaring 2^40 rows ended in a MemoryError traceback (exit 1); an .npz of 0.5 MB expanding to
+    480 MB of zeros was decompressed whole and run row by row (GBs, minutes)."""
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 4), }".ljust(117) + "\n"
+    (tmp_path / "huge.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode())
+    with (
+        zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as archive,
+        archive.open("x.npy", "w", force_zip64=True) as member,
+    ):
+        np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False, "shape": (2**24, 4)})
+        for _ in range(16):
+            member.write(bytes(1 << 22))
+    for name, problem in (("huge.npy", "declares an array larger than"), ("bomb.npz", "a zip bomb, refused unread")):
+        done = cli("predict", "vec_raw", tmp_path / name)
+        assert done.returncode == 2, done.stderr
+        assert problem in done.stderr and done.stderr.count("\n") == 1, done.stderr
 
 
 def test_nan_row_fails_alone(cli: Cli) -> None:
