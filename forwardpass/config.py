@@ -947,6 +947,9 @@ def read_yaml(path: Path) -> Any:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" line {where.line + 1}" if where else ""
+        if isinstance(exc, yaml.constructor.ConstructorError):  # valid YAML: a tag the safe loader builds nothing for
+            tag = str(exc.problem).rpartition(" tag ")[2]
+            raise ConfigError(f"{path}:{line} uses the YAML tag {tag}, never loaded; plain YAML only") from None
         raise ConfigError(f"{path}:{line} is not valid YAML; fix the syntax") from None
     _check_size(data, path)
     return data

@@ -152,6 +152,14 @@ def test_invalid_yaml_names_the_line(tmp_path: Path):
     assert "fix the syntax" in message
 
 
+def test_a_python_tag_is_named_and_never_built(tmp_path: Path):
+    """A !!python/object tag was reported as "not valid YAML; fix the syntax": the YAML is valid, the tag refused."""
+    marker = tmp_path / "ran"
+    message = config_error(write(tmp_path, f'description: !!python/object/apply:os.system ["touch {marker}"]\n'))
+    assert "line 1 uses the YAML tag 'tag:yaml.org,2002:python/object/apply:os.system'" in message
+    assert "never loaded; plain YAML only" in message and not marker.exists()
+
+
 @pytest.mark.parametrize("text", ["- kind: image\n- kind: text\n", "just a sentence\n", "42\n"])
 def test_non_mapping_top_level(tmp_path: Path, text: str):
     message = config_error(write(tmp_path, text))
