@@ -18,6 +18,7 @@ import jinja2
 import jinja2.ext
 import jinja2.nodes
 import jinja2.parser
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from forwardpass.errors import ConfigError, InputError
@@ -27,11 +28,15 @@ __all__ = ["CONFIG_FILE", "ChatTemplate"]
 CONFIG_FILE = "tokenizer_config.json"  # Hugging Face's name: {"chat_template": "...", "bos_token": "...", ...}
 TEMPLATE_FILE = "chat_template.jinja"  # where transformers 5 saves a folder's template
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# A rendered prompt's bound, far past any context: a template's `"x" * 10**10` or output loops built gigabytes per
+# request in the server (the sandbox bounds range() only).
+MAX_RENDERED_CHARS = 16 << 20
+MAX_EXPONENT = 64  # of an integer `**`: larger ones only make numbers no prompt holds, slowly
 
 
 class ChatTemplate:
     def __init__(self, source: str, special_tokens: dict[str, str], origin: str = "chat template") -> None:
-        environment = ImmutableSandboxedEnvironment(
+        environment = _BoundedSandbox(
             trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
         )
         environment.filters["tojson"] = _tojson
@@ -69,13 +74,20 @@ class ChatTemplate:
         # as transformers does: a key whose value is None is left out (templates test for presence)
         plain = [{key: value for key, value in message.items() if value is not None} for message in messages]
         try:
-            return self._template.render(
+            pieces = self._template.generate(
                 messages=plain,
                 tools=None,
                 documents=None,
                 add_generation_prompt=add_generation_prompt,
                 **self.special_tokens,
             )
+            rendered, size = [], 0
+            for piece in pieces:
+                size += len(piece)
+                if size > MAX_RENDERED_CHARS:
+                    raise SecurityError(f"the prompt grows past {MAX_RENDERED_CHARS:,} characters")
+                rendered.append(piece)
+            return "".join(rendered)
         except jinja2.TemplateError as exc:
             raise InputError(f"the model's chat template refused the messages: {exc}") from None
         except (TypeError, KeyError, IndexError, AttributeError) as exc:  # a template reading what is not there
@@ -118,6 +130,23 @@ def _raise_exception(message: str) -> None:
 
 def _strftime_now(format: str) -> str:
     return datetime.now().strftime(format)
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with `*` and `**` bounded: one expression of a template could otherwise build a string
+    or a number of any size (the sandbox bounds range() only)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            sequence, times = (left, right) if isinstance(right, int) else (right, left)
+            repeated = isinstance(sequence, str | list | tuple) and isinstance(times, int)
+            if repeated and len(sequence) * times > MAX_RENDERED_CHARS:
+                raise SecurityError(f"a repetition past {MAX_RENDERED_CHARS:,} items")
+        elif isinstance(right, int) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"a power past {MAX_EXPONENT}")
+        return super().call_binop(context, operator, left, right)
 
 
 class _GenerationTag(jinja2.ext.Extension):

@@ -73,3 +73,17 @@ def test_refusals_and_the_sandbox(hf_folder: Path) -> None:
     with pytest.raises(InputError, match="unsafe"):
         escape.render([{"role": "user", "content": "x"}])
     assert ChatTemplate.of_folder(hf_folder.parent) is None  # a folder without a template
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        '{{ "x" * 10 ** 10 }}',  # one expression of gigabytes
+        "{{ 7 ** 100000000 }}",  # a number of 280 million digits, built slowly
+        "{% for a in range(100000) %}{% for b in range(1000) %}{{ messages[0].content }}{% endfor %}{% endfor %}",
+    ],
+)
+def test_a_template_cannot_build_a_prompt_of_any_size(source: str) -> None:
+    """A hostile model's template built gigabytes in the server for each chat request: bounded, refused in one line."""
+    with pytest.raises(InputError, match=r"refused the messages: (a repetition|a power|the prompt grows) past"):
+        ChatTemplate(source, {}).render([{"role": "user", "content": "Hello there"}])
