@@ -7,7 +7,11 @@ framework becomes one line naming the extra to install.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -18,7 +22,7 @@ from forwardpass.config import EngineConfig
 from forwardpass.errors import MissingExtraError
 from forwardpass.formats.facts import ModelFacts
 
-__all__ = ["ConvertOptions", "Format", "LoadOptions", "require"]
+__all__ = ["ConvertOptions", "Format", "LoadOptions", "descriptor_silenced", "require"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +76,18 @@ def require(module: str, extra: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError:
         raise MissingExtraError(module, extra) from None
+
+
+@contextlib.contextmanager
+def descriptor_silenced(descriptor: int) -> Iterator[None]:
+    """The process's file `descriptor` (1: standard output, 2: standard error) sent to /dev/null for the block:
+    frameworks' native code writes there past every Python logger."""
+    (sys.stdout if descriptor == 1 else sys.stderr).flush()
+    saved = os.dup(descriptor)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), descriptor)
+            yield
+    finally:
+        os.dup2(saved, descriptor)
+        os.close(saved)

@@ -24,7 +24,7 @@ import numpy as np
 
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, InputError
-from forwardpass.formats.base import ConvertOptions, LoadOptions, require
+from forwardpass.formats.base import ConvertOptions, LoadOptions, descriptor_silenced, require
 from forwardpass.formats.facts import ModelFacts, distribution_made_by, softmax_per_item
 from forwardpass.formats.tensorflow_io import refuse_io_ops
 from forwardpass.tensor import DataType, TensorSpec
@@ -378,16 +378,8 @@ def native_notices_silenced() -> Iterator[None]:
     """TensorFlow's C++ writes notices to stderr (oneDNN and CPU features at start-up, each TF Lite XNNPACK
     delegate) that no log level silences: they would bury forwardpass's one-line messages. Python errors still
     surface once stderr is back."""
-    with _NATIVE:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        try:
-            with open(os.devnull, "wb") as devnull:
-                os.dup2(devnull.fileno(), 2)
-                yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    with _NATIVE, descriptor_silenced(2):
+        yield
 
 
 def _convert_function(

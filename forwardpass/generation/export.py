@@ -15,16 +15,12 @@ position ids and a full attention mask let one batch hold sequences of different
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import logging
-import os
 import shutil
-import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -36,7 +32,7 @@ import yaml
 from onnx import helper
 
 from forwardpass.errors import ConfigError, ForwardpassError
-from forwardpass.formats.base import require
+from forwardpass.formats.base import descriptor_silenced, require
 from forwardpass.formats.torch import import_torch
 from forwardpass.generation import builder, tied
 from forwardpass.generation.chat import CONFIG_FILE as CHAT_CONFIG_FILE
@@ -157,7 +153,11 @@ def _torch_onnx(
     dynamic["logits"] = {0: "batch"}
     dynamic.update({name: {0: "batch", 2: "past"} for name in names.past})
     dynamic.update({name: {0: "batch", 2: "total"} for name in names.present})
-    with warnings.catch_warnings(), torch.no_grad(), _native_log_silenced():
+    # standard output sent nowhere: the TorchScript-based exporter turns its C++ log on whatever it is told (its
+    # setup_onnx_logging tests the flag's getter, not its value) and writes the whole Torch IR graph to it, ~300
+    # lines for a 2-layer model, before raising for an operator it cannot export; the one-line refusal is what the
+    # user should read (and `--json` output must stay JSON)
+    with warnings.catch_warnings(), torch.no_grad(), descriptor_silenced(1):
         warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but honours the opset
         try:
             torch.onnx.export(
@@ -182,23 +182,6 @@ def _torch_onnx(
         "parity": _parity(torch, decoder, staged, tolerance, source),
         "tied_embedding_stored_once": shared,
     }
-
-
-@contextlib.contextmanager
-def _native_log_silenced() -> Iterator[None]:
-    """The process's standard output sent nowhere: the TorchScript-based exporter turns its C++ log on whatever it
-    is told (its setup_onnx_logging tests the flag's getter, not its value) and writes the whole Torch IR graph to
-    it, ~300 lines for a 2-layer model, before raising for an operator it cannot export; the one-line refusal is
-    what the user should read (and `--json` output must stay JSON)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 1)
-            yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _keep_fixed_inputs(graph: onnx.ModelProto, dynamic: dict[str, dict[int, str]]) -> None:
