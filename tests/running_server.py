@@ -8,13 +8,14 @@ import asyncio
 import shutil
 import socket
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import uvloop
 
+import forwardpass
 from forwardpass.repository import default_repository
 from forwardpass.server.app import InferenceServer
 from forwardpass.server.settings import ServerSettings
@@ -136,3 +137,18 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def loaded_once(repository: Path) -> Iterator[Callable[[str], forwardpass.Model]]:
+    """For a fixture to yield from: the served models loaded in this process, once each, closed at its end (the
+    reference every answer must equal)."""
+    loaded: dict[str, forwardpass.Model] = {}
+
+    def get(name: str) -> forwardpass.Model:
+        if name not in loaded:
+            loaded[name] = forwardpass.load(repository / name)
+        return loaded[name]
+
+    yield get
+    for each in loaded.values():
+        each.close()

@@ -15,6 +15,7 @@ import pytest
 import forwardpass
 from forwardpass.client import AsyncGrpcInferenceClient, AsyncInferenceClient, GrpcInferenceClient, InferenceClient
 from forwardpass.server.settings import ServerSettings
+from tests.running_server import loaded_once
 
 _spec = importlib.util.spec_from_file_location(
     "forwardpass_tests_server_conftest", Path(__file__).parents[1] / "server" / "conftest.py"
@@ -59,16 +60,7 @@ def server(repository: Path) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def model(repository: Path) -> Iterator[Callable[[str], forwardpass.Model]]:
     """The in-process Model of a served model, loaded once per module: the reference every answer must equal."""
-    loaded: dict[str, forwardpass.Model] = {}
-
-    def get(name: str) -> forwardpass.Model:
-        if name not in loaded:
-            loaded[name] = forwardpass.load(repository / name)
-        return loaded[name]
-
-    yield get
-    for each in loaded.values():
-        each.close()
+    yield from loaded_once(repository)
 
 
 class Synced:

@@ -20,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import forwardpass
-from tests.running_server import free_port
+from tests.running_server import free_port, loaded_once
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
@@ -90,16 +90,7 @@ def repository(repository: Path, kit) -> Path:
 @pytest.fixture(scope="module")
 def in_process(repository: Path) -> Iterator[Callable[[str], forwardpass.Model]]:
     """The served models loaded in this process, once each: the reference every answer must equal."""
-    loaded: dict[str, forwardpass.Model] = {}
-
-    def get(name: str) -> forwardpass.Model:
-        if name not in loaded:
-            loaded[name] = forwardpass.load(repository / name)
-        return loaded[name]
-
-    yield get
-    for each in loaded.values():
-        each.close()
+    yield from loaded_once(repository)
 
 
 def tensor(name: str, datatype: str, array: np.ndarray, binary: bool) -> dict[str, Any]:
