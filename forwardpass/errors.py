@@ -8,6 +8,7 @@
     │   ├── DecodeError                   a file cannot be decoded (corrupt image, text given for an image)
     │   ├── MissingFieldError             a record lacks a declared column
     │   ├── SchemaError                   a record breaks the model's input schema (names the field and the rule)
+    │   ├── MethodNotAllowed          405                     an HTTP path asked with a method it does not take
     │   └── PayloadTooLarge           413 RESOURCE_EXHAUSTED  a request body over the server's size limit
     ├── NotFoundError                 404 NOT_FOUND           unknown model, version or file
     ├── AuditError                    500 INTERNAL            a decision could not be written to the audit log
@@ -41,6 +42,7 @@ __all__ = [
     "Forbidden",
     "ForwardpassError",
     "InputError",
+    "MethodNotAllowed",
     "MissingExtraError",
     "MissingFieldError",
     "NonFiniteError",
@@ -95,6 +97,13 @@ class MissingFieldError(InputError):
 
 class SchemaError(InputError):
     pass
+
+
+class MethodNotAllowed(InputError):
+    """A known HTTP path asked with a method it does not take (GET on infer); the answer's Allow header lists those it
+    takes."""
+
+    http_status = 405
 
 
 class PayloadTooLarge(InputError):
@@ -192,6 +201,7 @@ _BY_HTTP_STATUS: dict[int, type[ForwardpassError]] = {
     401: Unauthenticated,
     403: Forbidden,
     404: NotFoundError,
+    405: MethodNotAllowed,
     408: RequestTimeout,
     413: PayloadTooLarge,
     429: ClientQuotaExceeded,
@@ -216,7 +226,7 @@ def error_for_status(
 ) -> ForwardpassError:
     """The error a client raises for a server's failed answer (an HTTP status or a gRPC code name) with its message.
     `error_class` (the server's ERROR_CLASS_HEADER) names the exact class when it is one of ours with that status;
-    otherwise the most general class of the status, and a status no class here has (e.g. 405, UNIMPLEMENTED) gives a
+    otherwise the most general class of the status, and a status no class here has (e.g. 409, UNIMPLEMENTED) gives a
     ForwardpassError naming it."""
     named = _named_class(error_class)
     if named is not None and (named.http_status == http_status or named.grpc_code == grpc_code):

@@ -22,7 +22,7 @@ def test_each_status_a_server_sends_maps_back_to_a_class_with_that_status():
 @pytest.mark.parametrize(
     ("status", "expected"),
     [
-        ({"http_status": 405}, "HTTP 405: the message"),
+        ({"http_status": 409}, "HTTP 409: the message"),
         ({"grpc_code": "UNIMPLEMENTED"}, "gRPC UNIMPLEMENTED: the message"),
     ],
 )

@@ -13,17 +13,18 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
-from forwardpass.errors import ForwardpassError, InputError
+from forwardpass.errors import ForwardpassError, InputError, MethodNotAllowed
 from forwardpass.server.access import CONTROL_PREFIX, Access
 from forwardpass.server.codec import (
     decode_infer_request,
@@ -35,7 +36,7 @@ from forwardpass.server.codec import (
 )
 from forwardpass.server.dataplane import IGNORED_UNLOAD_PARAMETERS, DataPlane, unoffered
 from forwardpass.server.guard import OFFLOAD_BYTES, RequestGuard, answer_to, error_response, off_loop
-from forwardpass.server.limits import RequestLimits
+from forwardpass.server.limits import RequestLimits, clip
 from forwardpass.server.metrics import CONTENT_TYPE
 from forwardpass.server.openai import OPENAI_PATHS, openai_error
 from forwardpass.server.types import InferRequest, Tensor
@@ -116,7 +117,7 @@ def create_app(routes: Sequence[BaseRoute], guard: RequestGuard) -> ASGIApp:
     access log."""
     router = Router(routes=list(routes), default=_not_found)
     infer = next(r.endpoint for r in router.routes if isinstance(r, Route) and isinstance(r.endpoint, V2Infer))
-    app: ASGIApp = InferFirst(router, infer)
+    app: ASGIApp = InferFirst(JsonMethodRefusals(router), infer)
     if not guard.access.open:
         app = BearerAuth(app, guard.access, OPEN_PATHS)
     if guard.settings.access_log:
@@ -130,7 +131,7 @@ class InferFirst:
     µs of server CPU on the tiny MLP; the router keeps the infer routes for /openapi.json and its 405 to other
     methods."""
 
-    def __init__(self, app: Router, infer: V2Infer) -> None:
+    def __init__(self, app: ASGIApp, infer: V2Infer) -> None:
         self.app = app
         self._infer = infer
 
@@ -141,6 +142,30 @@ class InferFirst:
                 await self._infer.serve(scope, receive, send, *target)
                 return
         await self.app(scope, receive, send)
+
+
+class JsonMethodRefusals:
+    """The router, with its refusal of a known path asked with a method it does not take (405) in the JSON error
+    shape of every other error (Triton's 405 is JSON too; OpenAI's paths get OpenAI's), its Allow header kept.
+    Starlette's routes answer that in plain text, unless the scope names an application: then they raise it as an
+    HTTPException, for the application to answer, as this does."""
+
+    def __init__(self, app: Router) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self.app
+        try:
+            await self.app(scope, receive, send)
+        except HTTPException as exc:
+            if exc.status_code != 405 or exc.headers is None:
+                raise
+            allowed = exc.headers["Allow"]
+            path = scope["path"]
+            error = MethodNotAllowed(f"{scope['method']} is not allowed on {clip(path)}; use {allowed}")
+            response = _error_answer(path)(error)
+            response.headers["Allow"] = allowed
+            await response(scope, receive, send)
 
 
 def infer_target(path: str) -> tuple[str, str | None] | None:
@@ -425,6 +450,11 @@ async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
     await response(scope, receive, send)
 
 
+def _error_answer(path: str) -> Callable[[ForwardpassError], Response]:
+    """How an error is answered on `path`: OpenAI's shape on its paths (its SDK reads only that), V2's elsewhere."""
+    return openai_error if path in OPENAI_PATHS else error_response
+
+
 def _spans(path: str, start: str, end: str) -> bool:
     return path.startswith(start) and path.endswith(end)
 
@@ -443,8 +473,7 @@ class BearerAuth:
             try:
                 self._access.check(supplied, control=scope["path"].startswith(CONTROL_PREFIX))
             except ForwardpassError as error:
-                answer = openai_error if scope["path"] in OPENAI_PATHS else error_response
-                await answer(error)(scope, receive, send)
+                await _error_answer(scope["path"])(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

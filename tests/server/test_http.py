@@ -162,6 +162,32 @@ def test_the_router_keeps_infer_for_other_methods_and_a_path_only_it_matches(ser
     assert routed.json() == straight.json()
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/v2/models/mlp/infer", "POST"),
+        ("DELETE", "/v2/health/live", "GET, HEAD"),
+        ("PUT", "/v2/repository/index", "POST"),
+        ("POST", "/metrics", "GET, HEAD"),
+    ],
+)
+def test_a_known_path_asked_with_another_method_is_refused_in_the_json_error_shape(server, method, path, allowed):
+    # Starlette answered 'Method Not Allowed' in plain text, where every other error (and Triton's 405) is JSON
+    response = httpx.request(method, server.url + path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    assert response.headers["content-type"] == "application/json"
+    assert error_of(response) == f"{method} is not allowed on {path}; use {allowed}"
+
+
+def test_an_openai_path_asked_with_another_method_is_refused_in_openais_error_shape(server):
+    response = httpx.get(f"{server.url}/v1/embeddings")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    error = response.json()["error"]
+    assert error["message"] == "GET is not allowed on /v1/embeddings; use POST"
+    assert error["type"] == "invalid_request_error" and error["code"] == 405
+
+
 def test_infer_past_the_in_flight_limit_is_refused_with_503_and_counted(tmp_path, kit):
     kit.save(kit.slow_graph(), tmp_path / "slow" / "1", {"max_batch_size": 0})  # ~30 ms a pass
     limited = kit.serve(tmp_path, max_concurrent_requests=1)
