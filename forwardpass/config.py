@@ -12,10 +12,12 @@ import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from forwardpass.errors import ConfigError
+from forwardpass.tensor import DataType
 
 __all__ = [
     "AnchorsConfig",
@@ -164,7 +166,11 @@ class ImageConfig(_Strict):
     )
     std: list[float] = Field(default=[1.0], description="then divides them, per channel (one value: every channel)")
     layout: Literal["NCHW", "NHWC"] = Field(default="NCHW", description="NCHW: channels first; NHWC: channels last")
-    datatype: str = Field(default="FP32", description="the input tensor's datatype (FP32, FP16, UINT8, ...)")
+    datatype: str = Field(
+        default="FP32",
+        description="the input tensor's datatype (FP32, FP16, UINT8, ...); an integer one takes whole pixel values: "
+        "scale, mean and std must keep 0-255 whole and within its range (scale: 1 gives the pixels as they are)",
+    )
     max_pixels: int = Field(
         default=50_000_000,
         gt=0,
@@ -204,6 +210,32 @@ class ImageConfig(_Strict):
             raise ValueError("scale 0 makes every image the same")
         if not all(math.isfinite(value) and value != 0 for value in self.std):
             raise ValueError(f"std divides each channel: finite and non-zero, got {self.std}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_integer_pixels(self) -> ImageConfig:
+        """An integer input takes the scaled values as numpy casts them: truncated and wrapped, so scale 1/255 on a
+        UINT8 input gave every image as 0s and 1s, answered with exit 0. Each channel's (pixel * scale - mean) / std
+        must be whole for every whole pixel value, and in the datatype's range from 0 to 255 (and at pad_value)."""
+        dtype = DataType.from_name(self.datatype).numpy_dtype
+        if dtype is None or dtype.kind not in "iu":
+            return self
+        means = self.mean * (len(self.std) if len(self.mean) == 1 else 1)
+        stds = self.std * (len(means) if len(self.std) == 1 else 1)
+        steps = [(self.scale / std, mean / std) for mean, std in zip(means, stds, strict=False)]
+        whole = float(self.pad_value).is_integer() and all(
+            float(step).is_integer() and float(offset).is_integer() for step, offset in steps
+        )
+        values = [pixel * step - offset for step, offset in steps for pixel in (0.0, 255.0, self.pad_value)]
+        low, high = min(values), max(values)
+        limits = np.iinfo(dtype)
+        if not whole or low < limits.min or high > limits.max:
+            fractions = "" if whole else " in fractions"
+            raise ValueError(
+                f"pixel values 0-255 become {low} to {high}{fractions}, which {self.datatype} does not hold; an "
+                "integer input takes whole pixel values: keep scale, mean and std whole (scale: 1, mean: [0], std: "
+                "[1] gives the pixels as they are), or give the model the datatype it was trained on"
+            )
         return self
 
 

@@ -292,6 +292,33 @@ def test_image_settings_that_answer_no_image_rightly_are_refused(tmp_path: Path,
     assert "preprocess" in message and problem in message
 
 
+@pytest.mark.parametrize(
+    ("setting", "problem"),
+    [
+        ("scale: 0.00392156862745098", "pixel values 0-255 become 0.0 to 1.0 in fractions"),
+        ("scale: 1.0\n  mean: [0.5]\n  std: [0.25]", "pixel values 0-255 become -2.0 to 1018.0"),
+        ("scale: 1.0\n  mean: [128]", "pixel values 0-255 become -128.0 to 127.0"),
+        ("scale: 2.0", "pixel values 0-255 become 0.0 to 510.0"),
+    ],
+)
+def test_integer_pixels_that_scaling_leaves_fractional_or_out_of_range_are_refused(
+    tmp_path: Path, setting: str, problem: str
+):
+    """A UINT8 input took the scaled values cast as numpy casts: scale 1/255 gave every image as 0s and 1s, and a
+    mean and std wrapped past 255, each answered with exit 0."""
+    message = config_error(write(tmp_path, f"preprocess:\n  kind: image\n  datatype: UINT8\n  {setting}\n"))
+    assert "field 'preprocess'" in message and f"{problem}, which UINT8 does not hold" in message
+
+
+@pytest.mark.parametrize(
+    ("datatype", "setting"),
+    [("UINT8", "scale: 1.0"), ("INT8", "scale: 1.0\n  mean: [128]"), ("INT32", "scale: 255.0\n  mean: [1, 2, 3]")],
+)
+def test_integer_pixels_that_scaling_keeps_whole_and_in_range_are_accepted(tmp_path: Path, datatype: str, setting: str):
+    path = write(tmp_path, f"preprocess:\n  kind: image\n  datatype: {datatype}\n  {setting}\n")
+    assert ModelConfig.from_file(path).preprocess is not None
+
+
 def test_a_version_policy_on_a_pipeline_is_refused(tmp_path: Path):
     """It was accepted and ignored: the steps' versions were served whatever it said."""
     text = "pipeline:\n  steps:\n  - {model: det}\n  - {model: rec, input: crops}\nversion_policy: {latest: 1}\n"
