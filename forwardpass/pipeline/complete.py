@@ -501,7 +501,18 @@ def _check_tabular(pre: TabularConfig, inputs: list[TensorSpec], source: str) ->
 
 def _check_image(pre: ImageConfig, by_input: dict[str, TensorSpec], source: str) -> None:
     spec = by_input.get(pre.input) if pre.input else next(iter(by_input.values()), None)
-    if spec is None or len(spec.shape) != 4:
+    if spec is None:
+        return
+    made_dtype, taken_dtype = DataType.from_name(pre.datatype).numpy_dtype, spec.dtype.numpy_dtype
+    # float pixels go to any float input (cast as requests' tensors are); to an integer one every image was refused
+    if made_dtype is not None and taken_dtype is not None and made_dtype.kind == "f" and taken_dtype.kind != "f":
+        _refuse(
+            source,
+            "preprocess.datatype",
+            f"makes {pre.datatype} images, but input '{spec.name}' takes {spec.dtype.name} ({list(spec.shape)})",
+            f"set datatype to {spec.dtype.name}",
+        )
+    if len(spec.shape) != 4:
         return
     channels = spec.shape[1] if pre.layout == "NCHW" else spec.shape[3]
     made = 1 if pre.color == "L" else 3

@@ -60,6 +60,47 @@ def test_images_made_at_the_size_the_model_takes_are_answered(preprocess: dict[s
     assert model.predict(str(photo))["outputs"]["mean"] == pytest.approx(51 / 255)  # scale: 1/255 by default
 
 
+def uint8_image_model(root: Path, preprocess: dict[str, Any]) -> Path:
+    """A repository with one model taking [N, 1, 8, 8] UINT8 pixels (as a model that scales them itself does), their
+    mean out as a float."""
+    folder = root / "uint8"
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["pixels"], ["floats"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["floats"], ["mean"], axes=[1, 2, 3], keepdims=0),
+        ],
+        "mean_uint8_pixel",
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch"])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "1" / "model.onnx")
+    config = {
+        "preprocess": {"kind": "image", "color": "L", "resize": [8, 8], **preprocess},
+        "postprocess": {"kind": "raw"},
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def test_a_uint8_model_gets_the_pixels_as_they_are(tmp_path: Path) -> None:
+    photo = tmp_path / "grey.png"
+    Image.fromarray(np.full((30, 40), 51, np.uint8)).save(photo)
+    model = forwardpass.load("uint8", repository=uint8_image_model(tmp_path, {"datatype": "UINT8", "scale": 1}))
+    assert model.predict(str(photo))["outputs"]["mean"] == pytest.approx(51)
+
+
+def test_images_made_in_another_datatype_than_the_model_takes_are_refused_at_load(tmp_path: Path) -> None:
+    """The config loaded and every image was then refused with 'input 'pixels': expected UINT8 (uint8), got
+    float32', which blames the image for the config's datatype."""
+    with pytest.raises(ConfigError) as refused:
+        forwardpass.load("uint8", repository=uint8_image_model(tmp_path, {"scale": 1}))
+    assert str(refused.value) == (
+        f"{tmp_path / 'uint8' / 'config.yaml'}: field 'preprocess.datatype': makes FP32 images, but input 'pixels' "
+        "takes UINT8 ([-1, 1, 8, 8]); fix: set datatype to UINT8"
+    )
+
+
 def test_a_classification_over_scores_per_token_is_refused_at_load(tmp_path: Path) -> None:
     """A token classifier's [batch, sequence, classes]: one item's scores are many rows, which one top-k over all of
     them flattened would answer as a class index past the classes (exit 0)."""
