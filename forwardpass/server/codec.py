@@ -21,7 +21,7 @@ import simdjson
 
 from forwardpass.errors import DTypeError, InputError, ShapeError
 from forwardpass.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
-from forwardpass.tensor import DataType
+from forwardpass.tensor import DataType, TensorSpec
 
 if TYPE_CHECKING:
     from forwardpass.server.limits import RequestLimits
@@ -183,9 +183,19 @@ def encode_infer_response(response: InferResponse, request: InferRequest) -> tup
     return b"".join([header, *chunks]), len(header)
 
 
-def decode_tf_request(body: bytes, input_names: list[str]) -> tuple[dict[str, np.ndarray], bool]:
-    """TF Serving's predict body → (arrays by input name, whether it used the row format `instances`)."""
+def decode_tf_request(body: bytes, specs: dict[str, TensorSpec]) -> tuple[dict[str, np.ndarray], bool]:
+    """TF Serving's predict body → (arrays by input name, whether it used the row format `instances`), for a model
+    whose inputs are `specs`. A true or false for an input that is not BOOL is refused, as V2's JSON refuses it."""
     document = decode_json(body)
+    booleans = b"true" in body or b"false" in body  # else no list needs looking through for one
+    input_names = list(specs)
+
+    def read(name: str, value: object) -> np.ndarray:
+        spec = specs.get(name)  # None: an input the model lacks, which its validation names
+        if booleans and spec is not None:
+            _refuse_booleans(name, spec.dtype, value)
+        return _tf_values(name, value)
+
     if not isinstance(document, dict):
         raise InputError(f"predict request must be a JSON object, got {type(document).__name__}")
     if ("instances" in document) == ("inputs" in document):
@@ -198,12 +208,12 @@ def decode_tf_request(body: bytes, input_names: list[str]) -> tuple[dict[str, np
             names = list(instances[0])
             if any(not isinstance(row, dict) or list(row) != names for row in instances):
                 raise InputError(f"every instance must be an object with the same keys {names}")
-            return {name: _tf_array(name, [row[name] for row in instances]) for name in names}, True
-        return {_only_input(input_names): _tf_array(input_names[0], instances)}, True
+            return {name: read(name, [row[name] for row in instances]) for name in names}, True
+        return {_only_input(input_names): read(input_names[0], instances)}, True
     columns = document["inputs"]
     if isinstance(columns, dict):
-        return {name: _tf_array(name, value) for name, value in columns.items()}, False
-    return {_only_input(input_names): _tf_array(input_names[0], columns)}, False
+        return {name: read(name, value) for name, value in columns.items()}, False
+    return {_only_input(input_names): read(input_names[0], columns)}, False
 
 
 def encode_tf_response(response: InferResponse, rows: bool) -> bytes:
@@ -413,8 +423,8 @@ def _from_json(name: str, dtype: DataType, shape: list[int], data: object, boole
             array = _wide_integers(name, dtype, data, array)
         if array.dtype.kind not in accepted:
             raise DTypeError(f"input '{name}': {dtype.name} data must be {described}, got {_describe(array)}")
-        if booleans and numpy_dtype.kind != "b" and _holds_a_boolean(data):
-            raise DTypeError(f"input '{name}': {dtype.name} data must be {described}, got a boolean among them")
+        if booleans:
+            _refuse_booleans(name, dtype, data)
         if numpy_dtype.kind in "iu":
             limits = np.iinfo(numpy_dtype)
             if array.min() < limits.min or array.max() > limits.max:
@@ -453,6 +463,18 @@ def _wide_integers(name: str, dtype: DataType, data: object, array: np.ndarray) 
     if not all(type(value) is int for value in flat):
         return array
     return np.array(flat, dtype=dtype.numpy_dtype).reshape(values.shape)
+
+
+def _refuse_booleans(name: str, dtype: DataType, data: object) -> None:
+    """Refuses JSON true or false in the data of an input that is not BOOL: numpy reads them among numbers as 1 and
+    0, a list of them alone casts to any number type, and among strings they read as 'True': each a type confusion
+    answered as if the client had sent that."""
+    if dtype is not DataType.BOOL and _holds_a_boolean(data):
+        if dtype is DataType.BYTES:
+            described = "strings"
+        else:  # BF16 has no numpy type: its values are numbers
+            described = _KINDS[dtype.numpy_dtype.kind if dtype.numpy_dtype is not None else "f"][1]
+        raise DTypeError(f"input '{name}': {dtype.name} data must be {described}, got a boolean among them")
 
 
 def _holds_a_boolean(data: object) -> bool:
@@ -547,7 +569,7 @@ def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _tf_array(name: str, value: object) -> np.ndarray:
+def _tf_values(name: str, value: object) -> np.ndarray:
     if _holds_b64(value):
         return _tf_binary_array(name, value)
     try:

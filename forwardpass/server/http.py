@@ -348,7 +348,7 @@ class _Api:
             body = await self.guard.body(request, limits.max_body_bytes)
         with self.guard.admitted():
             with self._rejections(limits):
-                arrays, rows = await off_loop(len(body), decode_tf_request, body, list(limits.specs))
+                arrays, rows = await off_loop(len(body), decode_tf_request, body, limits.specs)
             tensors = [Tensor(key, DataType.from_numpy(value.dtype).name, value) for key, value in arrays.items()]
             response = await self.dataplane.infer(name, version, InferRequest(tensors))
         return Response(encode_tf_response(response, rows), media_type=JSON)

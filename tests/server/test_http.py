@@ -359,6 +359,27 @@ def test_tf_serving_refuses_an_answer_of_nan_or_infinity_rather_than_sending_nul
     assert "output 'y' holds NaN or infinity, which JSON cannot carry" in error_of(huge)
 
 
+@pytest.mark.parametrize(
+    ("model", "body", "message"),
+    [
+        ("add", {"instances": [[True, False, True, True]]}, "input 'x': FP32 data must be numbers"),
+        ("add", {"instances": [[True, 0.5, 1, 2]]}, "input 'x': FP32 data must be numbers"),
+        ("add", {"instances": [{"x": [1, 2, 3, False]}]}, "input 'x': FP32 data must be numbers"),
+        ("add", {"inputs": {"x": [[1, 2, 3, True]]}}, "input 'x': FP32 data must be numbers"),
+        ("gather", {"inputs": [[True]]}, "input 'index': INT64 data must be integers"),
+        ("strings", {"instances": [["a", True]]}, "input 'x': BYTES data must be strings"),
+    ],
+)
+def test_tf_serving_refuses_booleans_for_a_numeric_or_string_input_as_v2_does(server, model, body, message):
+    """true was read as 1.0 (and as 'True' for a string input), answered 200; V2's JSON refuses it, and so does TF
+    Serving ('is not of expected type')."""
+    refused = httpx.post(f"{server.url}/v1/models/{model}:predict", json=body)
+    assert refused.status_code == 400, refused.text
+    assert error_of(refused) == f"{message}, got a boolean among them"
+    v2_refused = httpx.post(f"{server.url}/v2/models/add/infer", json=v2("x", [1, 4], [1, 2, 3, True]))
+    assert error_of(v2_refused) == "input 'x': FP32 data must be numbers, got a boolean among them"
+
+
 def test_tf_serving_binary_values_travel_as_b64(server):
     pairs = [["héllo", "wörld"], ["a", "b"]]
     b64 = [[{"b64": base64.b64encode(text.encode()).decode()} for text in row] for row in pairs]
