@@ -175,7 +175,9 @@ class _Images:
 
     def items(self) -> Iterator[Item]:
         for path in self._files:
-            yield Item(_relative_name(path, self.root), str(path))
+            name = _relative_name(path, self.root)
+            problem = _no_file(path)
+            yield Item(name, error=DecodeError(problem)) if problem else Item(name, str(path))
 
     def count(self) -> int:
         return len(self._files)
@@ -215,6 +217,9 @@ class _Tables:
 
     def _file_items(self, path: Path) -> Iterator[Item]:
         name = _relative_name(path, self.root)
+        if problem := _no_file(path):
+            yield Item(name, error=DecodeError(problem))
+            return
         try:
             yield from self._read(path, name)
         except InputError as exc:  # a file that cannot be opened is one bad record, not the end of the job
@@ -362,17 +367,32 @@ def _unreadable(name: str, message: str) -> Iterator[Item]:
 
 
 def _files(root: Path, suffixes: tuple[str, ...] | None) -> list[Path]:
-    """`root` itself if a file, else the files under it (recursive), sorted by relative path, hidden ones left out."""
+    """`root` itself if a file, else the files under it (recursive), sorted by relative path, hidden ones left out.
+    Links to folders (not followed), broken links and pipes are listed too: each is a record that `_no_file` says
+    is bad, so that none of them is left out without a word (a table folder's, where their names say tables or a
+    link to a folder may hold some)."""
     if root.is_file():
         return [root]
     found = []
     for path in root.rglob("*"):
         relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+        if any(part.startswith(".") for part in relative.parts) or (path.is_dir() and not path.is_symlink()):
             continue
-        if suffixes is None or path.suffix.lower() in suffixes:
+        if suffixes is None or path.suffix.lower() in suffixes or path.is_dir():  # a linked folder may hold some
             found.append(path)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _no_file(path: Path) -> str | None:
+    """Why an entry of an input folder is no file to read, or None for a file (or a link to one)."""
+    if path.is_file():
+        return None
+    if path.is_symlink():
+        if path.is_dir():
+            return "is a link to a folder, which is not followed (a link can loop): give that folder as INPUT"
+        if not path.exists():
+            return "is a broken link: what it points to does not exist"
+    return "is not a regular file (a pipe, a socket or a device)"
 
 
 def files_fingerprint(files: list[Path], root: Path) -> str:
@@ -380,7 +400,8 @@ def files_fingerprint(files: list[Path], root: Path) -> str:
     digest = hashlib.blake2s()
     for path in files:
         try:
-            stat = path.stat()
+            # a link to what is no file is a bad record whatever it points to: the link itself is what counts
+            stat = path.stat() if path.is_file() else path.lstat()
             seen = f"{stat.st_size} {stat.st_mtime_ns}"
         except OSError as exc:  # gone since it was listed: the next run sees it gone
             seen = f"unreadable ({exc.strerror})"

@@ -381,6 +381,41 @@ def test_a_file_name_that_is_not_utf8_gets_an_id_with_the_byte_escaped(
     assert "photos/cut\\xe9.png" in error and "not an image" in error
 
 
+def test_links_and_pipes_in_an_input_folder_are_each_a_bad_record_not_left_out(img_cls: Model, tmp_path: Path):
+    """A broken link, a link to a folder and a named pipe were left out without a word: the job said '1 records:
+    1 predictions, no errors' for a folder of four entries (the linked folder's photos unscored, unmentioned)."""
+    folder, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    (folder / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "good.png")
+    Image.fromarray(pixels).save(elsewhere / "linked.png")
+    (folder / "gone.png").symlink_to(tmp_path / "deleted.png")
+    (folder / "more").symlink_to(elsewhere)
+    (folder / "sub" / "up").symlink_to(folder)  # followed, it would loop
+    os.mkfifo(folder / "pipe.png")  # opened, it would wait for a writer forever
+    summary = run_batch(img_cls, folder, tmp_path / "out", BatchOptions())
+    assert (summary.records, summary.rows, summary.errors) == (5, 1, 4)
+    errors = {name: error["error"] for name, error in read_errors(tmp_path / "out").items()}
+    assert errors == {
+        "gone.png": "is a broken link: what it points to does not exist",
+        "more": "is a link to a folder, which is not followed (a link can loop): give that folder as INPUT",
+        "pipe.png": "is not a regular file (a pipe, a socket or a device)",
+        "sub/up": "is a link to a folder, which is not followed (a link can loop): give that folder as INPUT",
+    }
+
+
+def test_a_broken_link_to_a_table_and_a_linked_folder_in_a_table_folder_are_bad_records(tab_cls: Model, tmp_path: Path):
+    (tmp_path / "tables").mkdir()
+    write_table(tmp_path / "tables" / "rows.csv", 3)
+    (tmp_path / "tables" / "old.csv").symlink_to(tmp_path / "deleted.csv")
+    (tmp_path / "tables" / "notes.md").symlink_to(tmp_path / "deleted.md")  # no table: not read either way
+    (tmp_path / "tables" / "more").symlink_to(tmp_path)
+    summary = run_batch(tab_cls, tmp_path / "tables", tmp_path / "out", BatchOptions())
+    assert (summary.records, summary.rows, summary.errors) == (5, 3, 2)
+    assert sorted(read_errors(tmp_path / "out")) == ["more", "old.csv"]
+
+
 def test_an_empty_image_folder_is_refused(img_cls: Model, tmp_path: Path):
     """It was a job of 0 records with exit 0, as a table folder without tables is not: most likely the wrong path."""
     (tmp_path / "photos" / ".thumbnails").mkdir(parents=True)
