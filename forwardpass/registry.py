@@ -125,6 +125,7 @@ class ModelRegistry:
         self._wanted: set[str] = set()  # models that should be loaded
         self._seen: set[str] = set()  # models the repository has shown us; polling only adds new ones
         self._failed: dict[str, str] = {}
+        self._unloaded: dict[str, list[int]] = {}  # the versions a model served when unloaded: the index keeps them
         self._failed_files: dict[str, dict[int, Fingerprint]] = {}  # what a failed load read: polls retry on a change
         self._locks: dict[str, asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
@@ -177,9 +178,10 @@ class ModelRegistry:
                 rows.extend(
                     {"name": name, "version": str(v), "state": "READY", "reason": reason} for v in sorted(versions)
                 )
-            else:
+            else:  # as Triton's index: each version it served, once unloaded ("" for a model never served)
                 reason = self._failed.get(name, "unloaded")
-                rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason})
+                served = [str(v) for v in self._unloaded.get(name, ())] or [""]
+                rows.extend({"name": name, "version": v, "state": "UNAVAILABLE", "reason": reason} for v in served)
         return rows
 
     async def load_all(self) -> None:
@@ -231,6 +233,7 @@ class ModelRegistry:
                 raise
             self._failed.pop(name, None)
             self._failed_files.pop(name, None)
+            self._unloaded.pop(name, None)
 
     async def _unload(self, name: str) -> None:
         if name not in self._versions and name not in self._wanted:  # not loaded: nothing to do, and no trace left
@@ -242,6 +245,8 @@ class ModelRegistry:
             self._latest.pop(name, None)
             self._left_out.pop(name, None)
             old = self._versions.pop(name, {})
+            if old:
+                self._unloaded[name] = sorted(old)
             await asyncio.gather(*(served.retire() for served in old.values()))
 
     async def poll(self) -> None:

@@ -191,6 +191,25 @@ async def test_a_changed_file_reloads_that_model_and_an_unloaded_model_stays_unl
 
 
 @pytest.mark.asyncio
+async def test_an_unloaded_model_keeps_its_versions_in_the_index_as_triton_does(repo: Path):
+    """The index showed an unloaded model with version '': Triton keeps each version it served, UNAVAILABLE."""
+    registry = ModelRegistry(Repository(repo))
+    await registry.load_all()
+    await registry.unload("add")
+    rows = [row for row in registry.index() if row["name"] == "add"]
+    assert rows == [
+        {"name": "add", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"},
+        {"name": "add", "version": "2", "state": "UNAVAILABLE", "reason": "unloaded"},
+    ]
+    await registry.load("add")
+    assert [(row["version"], row["state"]) for row in registry.index() if row["name"] == "add"] == [
+        ("1", "READY"),
+        ("2", "READY"),
+    ]
+    await registry.close()
+
+
+@pytest.mark.asyncio
 async def test_a_failed_reload_keeps_serving_says_why_and_is_retried_only_once_the_files_change(
     repo: Path, add_model, caplog: pytest.LogCaptureFixture
 ):

@@ -439,10 +439,9 @@ def test_models_unload_and_load_over_grpc(guarded: Any) -> None:
     with triton.InferenceServerClient(guarded.grpc_address) as client:
         client.unload_model("doubler", headers=headers)
         assert not client.is_model_ready("doubler", headers=headers)
-        states = {
-            m["name"]: m["state"] for m in client.get_model_repository_index(headers=headers, as_json=True)["models"]
-        }
-        assert states["doubler"] == "UNAVAILABLE"
+        index = client.get_model_repository_index(headers=headers, as_json=True)["models"]
+        unloaded = [m for m in index if m["name"] == "doubler"]
+        assert unloaded == [{"name": "doubler", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"}]
         error = rpc_error(
             client.infer, "doubler", [infer_input("n", np.ones((1, 3), np.int64), "INT64")], headers=headers
         )

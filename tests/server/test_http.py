@@ -283,7 +283,8 @@ def test_versions_statistics_and_the_repository_api(client, server):
     assert index["add"]["state"] == "READY"
     client.unload_model("add")
     assert not client.is_model_ready("add")
-    assert {row["name"]: row for row in client.get_model_repository_index()}["add"]["state"] == "UNAVAILABLE"
+    unloaded = [row for row in client.get_model_repository_index() if row["name"] == "add"]
+    assert unloaded == [{"name": "add", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"}]
     with pytest.raises(InferenceServerException, match="not loaded") as gone:
         client.infer("add", [tensor])
     assert gone.value.status() == "404"
