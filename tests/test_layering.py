@@ -51,7 +51,10 @@ SEPARATE_STEPS: list[tuple[set[str], set[str]]] = [
     # in neither group: geometry (the image transform preprocessing records and postprocessing maps back through),
     # kinds (which preprocessor a config names), complete (load-time config completion) and the package's assembly.
     (
-        {f"forwardpass.pipeline.{name}" for name in ("image", "text", "tabular", "interactions", "records", "audio")},
+        {
+            f"forwardpass.pipeline.{name}"
+            for name in ("image", "text", "tabular", "interactions", "records", "audio", "arrays")
+        },
         {
             f"forwardpass.pipeline.{name}"
             for name in ("outputs", "detection", "segmentation", "ocr", "anchors", "draw", "speech")

@@ -15,7 +15,6 @@ argument that cannot be read at all becomes a single item carrying its error, so
 from __future__ import annotations
 
 import re
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 from forwardpass.config import ModelConfig, TabularConfig
 from forwardpass.errors import DecodeError, ForwardpassError, InputError, NotFoundError, ShapeError
 from forwardpass.modes.sources import Item, csv_header, csv_items, jsonl_items, parquet_items, parse_json
+from forwardpass.pipeline.arrays import read_npy, read_npz
 from forwardpass.pipeline.kinds import kind_of
 from forwardpass.pipeline.records import check_fields
 from forwardpass.tensor import TensorSpec
@@ -36,10 +36,6 @@ ARRAY_SUFFIXES = (".npy", ".npz", ".json")
 # Files that are certainly not images; anything else goes to the image decoder, which names what is wrong with it.
 NOT_IMAGE_SUFFIXES = (*RECORD_SUFFIXES, ".txt", ".tsv", ".yaml", ".yml", ".md", ".npy", ".npz")
 _FILE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,5}")
-# An .npz member that expands more than this many times its stored bytes, to over NPZ_BOMB_BYTES, is a zip bomb:
-# numbers compress a few times, and even arrays of mostly zeros that expand further are far smaller.
-NPZ_MAX_RATIO = 100
-NPZ_BOMB_BYTES = 64 << 20
 
 
 Decoder = Callable[[str], list[Item]]
@@ -220,53 +216,18 @@ def _arrays(arg: str, specs: Sequence[TensorSpec], whole_items: bool) -> list[It
     names = [spec.name for spec in specs]
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        arrays = _load_npz(path)
+        arrays = read_npz(path)
     elif suffix not in ARRAY_SUFFIXES:
         raise DecodeError(f"expected an array file (.npy, .npz or .json), got a '{_suffix(path)}' file")
     elif len(names) != 1:
         raise InputError(f"this model takes {len(names)} inputs {names}: give an .npz file with arrays of those names")
     elif suffix == ".npy":
-        arrays = {names[0]: _load_npy(path)}
+        arrays = {names[0]: read_npy(path)}
     else:
         arrays = {names[0]: _json_array(parse_json(_read_bytes(path)))}
     if sorted(arrays) != sorted(names):
         raise InputError(f"holds arrays {sorted(arrays)}; the model takes {names}")
     return [Item(arg, arrays)] if whole_items else _split(arg, arrays, specs)
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        with path.open("rb") as file:
-            # read_array, not np.load: it insists on the .npy header instead of guessing the file is a pickle
-            return np.lib.format.read_array(file, allow_pickle=False)
-    except OSError as exc:
-        raise InputError(f"cannot read ({exc.strerror})") from None
-    except (ValueError, EOFError) as exc:
-        raise DecodeError(f"is not a readable .npy array of numbers ({exc})") from None
-    except MemoryError:  # numpy allocates the shape its header declares before it reads a byte
-        raise DecodeError("declares an array larger than this machine's memory in its header") from None
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        _refuse_zip_bomb(path)
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, EOFError, AttributeError, zipfile.BadZipFile) as exc:
-        raise DecodeError(f"is not a readable .npz archive of arrays ({exc})") from None
-    except MemoryError:
-        raise DecodeError("declares an array larger than this machine's memory in its header") from None
-
-
-def _refuse_zip_bomb(path: Path) -> None:
-    """Refuses, before any of it is decompressed, an .npz member that would expand past the bounds above."""
-    with zipfile.ZipFile(path) as archive:
-        for member in archive.infolist():
-            if member.file_size > max(NPZ_BOMB_BYTES, NPZ_MAX_RATIO * member.compress_size):
-                raise DecodeError(
-                    f"member '{member.filename}' expands {member.compress_size:,} bytes to {member.file_size:,} "
-                    f"(over {NPZ_MAX_RATIO}x and {NPZ_BOMB_BYTES >> 20} MiB): a zip bomb, refused unread"
-                )
 
 
 def _json_array(data: Any) -> np.ndarray:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from forwardpass.errors import InputError, MissingExtraError, NotFoundError
+from forwardpass.pipeline.arrays import read_npz
 from forwardpass.pipeline.records import data_columns, is_missing
 
 __all__ = ["DEFAULT_LABEL_COLUMNS", "IMAGE_SUFFIXES", "Dataset", "Example", "ItemError", "open_dataset"]
@@ -194,10 +195,9 @@ def _records(path: Path, parsed: list[tuple[str, object]], label_column: str | N
 
 def _npz(path: Path, label_column: str | None, group_by: str | None) -> Dataset:
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError) as exc:
-        raise InputError(f"'{path}' is not a readable .npz file of plain arrays ({exc})") from None
+        arrays = read_npz(path)
+    except InputError as exc:
+        raise type(exc)(f"'{path}' {exc}") from None
     label = _pick_label(path, list(arrays), label_column)
     group = _pick_group(path, list(arrays), group_by)
     inputs = {name: array for name, array in arrays.items() if name not in (label, group)}

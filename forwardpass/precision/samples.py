@@ -16,12 +16,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from forwardpass.errors import ForwardpassError, InputError, MissingExtraError, NotFoundError
 from forwardpass.measure.datasets import DEFAULT_LABEL_COLUMNS, IMAGE_SUFFIXES
 from forwardpass.model import Model
 from forwardpass.pipeline import Arrays
+from forwardpass.pipeline.arrays import read_npy, read_npz
 from forwardpass.pipeline.records import data_columns
 
 __all__ = ["Samples", "read_samples"]
@@ -96,12 +95,13 @@ def _raw_items(path: Path, role: str) -> tuple[list[tuple[str, object]], str]:
             records = data if isinstance(data, list) else [data]
             return [(f"record {n}", _unlabelled(r)) for n, r in enumerate(records, 1)], "records"
         if suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-            return [(f"row {n}", row) for n, row in enumerate(array, 1)], "arrays"
+            return [(f"row {n}", row) for n, row in enumerate(read_npy(path), 1)], "arrays"
         if suffix in (".npz", ".parquet"):
             return _table_items(path), "arrays" if suffix == ".npz" else "records"
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{role} data '{path}' cannot be read: {exc}") from None
+    except InputError as exc:  # the array and table readers' own, which say what is wrong with the file
+        raise type(exc)(f"{role} data '{path}' {exc}") from None
     raise InputError(
         f"{role} data '{path}': unsupported file; give a folder of images or a .txt/.csv/.jsonl/.parquet/.npy/.npz"
     )
@@ -111,10 +111,9 @@ def _table_items(path: Path) -> list[tuple[str, object]]:
     """A .npz or .parquet file's items as `forwardpass eval` reads them, without their labels."""
     if path.suffix.lower() == ".parquet":
         return [(f"row {n}", _unlabelled(row)) for n, row in enumerate(_parquet_rows(path), 1)]
-    with np.load(path, allow_pickle=False) as archive:
-        inputs = {name: archive[name] for name in archive.files if name not in DEFAULT_LABEL_COLUMNS}
+    inputs = {name: array for name, array in read_npz(path).items() if name not in DEFAULT_LABEL_COLUMNS}
     if not inputs:
-        raise InputError(f"'{path}' holds no input arrays")
+        raise InputError("holds no input arrays")
     count = len(next(iter(inputs.values())))
     if len(inputs) == 1:
         rows = next(iter(inputs.values()))
@@ -131,7 +130,7 @@ def _parquet_rows(path: Path) -> list[object]:
         table = pq.read_table(path)
         return list(table.select(data_columns(table.column_names)).to_pylist())
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-        raise InputError(f"'{path}' is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
 
 
 def _record(line: str) -> object:

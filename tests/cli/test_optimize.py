@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pipeline.test_arrays import write_npy_declaring_a_terabyte, write_npz_bomb
 from tests.precision.digits_resnet import write_digits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,6 +95,19 @@ def test_calibration_data_that_does_not_match_the_model(repo: Path, tmp_path: Pa
     records.write_text("a,b\n1,2\n")
     done = run(repo, "-p", "int8", "--calibration", records)
     assert_one_error(done, "calibration data", "does not match model 'digits_cnn'")
+    assert versions(repo) == ["1", "config.yaml", "labels.txt", "metrics.json"]
+
+
+def test_a_zip_bomb_as_samples_is_refused_unread(repo: Path, tmp_path: Path) -> None:
+    """optimize's samples reader decompressed a 0.5 MB .npz of 512 MB of zeros whole before refusing it (9.3 GB
+    resident, 60 s); it is refused as predict's reader refuses it, before a byte of it is decompressed."""
+    bomb = write_npz_bomb(tmp_path / "bomb.npz", member_bytes=512 << 20)
+    for option in ("--eval", "--calibration"):
+        done = run(repo, "-p", "int8" if option == "--calibration" else "fp16", option, bomb)
+        assert_one_error(done, f"data '{bomb}' member 'x0.npy' expands", "a zip bomb, refused unread")
+    # and an .npy whose header declares 2^40 rows ended in a MemoryError traceback
+    huge = write_npy_declaring_a_terabyte(tmp_path / "huge.npy")
+    assert_one_error(run(repo, "-p", "int8", "--calibration", huge), f"data '{huge}' declares an array larger than")
     assert versions(repo) == ["1", "config.yaml", "labels.txt", "metrics.json"]
 
 

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ import pytest
 import yaml
 from onnx import numpy_helper
 from PIL import Image
+
+from tests.pipeline.test_arrays import write_npy_declaring_a_terabyte, write_npz_bomb
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 LABELS = ["cat", "dog", "bird"]
@@ -175,18 +176,16 @@ def test_npy_batch_gives_one_prediction_per_row(cli: Cli, repository: Path, inpu
 
 def test_array_files_that_declare_more_than_they_hold_are_refused_in_one_line(cli: Cli, tmp_path: Path) -> None:
     """An .npy header declaring 2^40 rows ended in a MemoryError traceback (exit 1); an .npz of 0.5 MB expanding to
-    480 MB of zeros was decompressed whole and run row by row (GBs, minutes)."""
-    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 4), }".ljust(117) + "\n"
-    (tmp_path / "huge.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode())
-    with (
-        zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as archive,
-        archive.open("x.npy", "w", force_zip64=True) as member,
+    480 MB of zeros was decompressed whole and run row by row (GBs, minutes). eval's reader of .npz data decompressed
+    it whole before refusing it (586 MB resident)."""
+    write_npy_declaring_a_terabyte(tmp_path / "huge.npy")
+    write_npz_bomb(tmp_path / "bomb.npz")
+    for command, name, problem in (
+        ("predict", "huge.npy", "declares an array larger than"),
+        ("predict", "bomb.npz", "a zip bomb, refused unread"),
+        ("eval", "bomb.npz", "a zip bomb, refused unread"),
     ):
-        np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False, "shape": (2**24, 4)})
-        for _ in range(16):
-            member.write(bytes(1 << 22))
-    for name, problem in (("huge.npy", "declares an array larger than"), ("bomb.npz", "a zip bomb, refused unread")):
-        done = cli("predict", "vec_raw", tmp_path / name)
+        done = cli(command, "vec_raw", tmp_path / name)
         assert done.returncode == 2, done.stderr
         assert problem in done.stderr and done.stderr.count("\n") == 1, done.stderr
 
