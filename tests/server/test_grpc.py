@@ -682,3 +682,44 @@ def test_bool_bytes_other_than_0_and_1_are_refused_not_misread(grpc_server: Any,
         assert negate(b"\x01\x00\x01").tolist() == [[False, True, False]]
         error = rpc_error(negate, b"\x02\x00\x01")
     assert "input 'flags': BOOL bytes must be 0 (false) or 1 (true), got 2" in str(error)
+
+
+def test_a_bf16_models_metadata_names_the_datatype_every_transport_takes(tmp_path: Path, kit: Any) -> None:
+    """numpy has no bfloat16: a model's BF16 tensors travel as FP32 (rounded to the nearest bfloat16 on the way in,
+    widened exactly on the way out). Metadata and config on both transports say FP32, FP32 is answered on each,
+    and BF16 is refused naming what to send: what metadata says is what the server takes."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "bfloat16_identity",
+        [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["batch", 4])],
+    )
+    kit.save(graph, tmp_path / "bf16" / "1", {"max_batch_size": 4})
+    running = serve_grpc(kit, tmp_path)
+    x = np.array([[1.0, 1.00390625, 3.14159, -2.5]], np.float32)
+    rounded = np.array([[1.0, 1.0, 3.140625, -2.5]], np.float32)  # each the nearest bfloat16
+    try:
+        with triton.InferenceServerClient(running.grpc_address) as grpc_client:
+            http_client = triton_http.InferenceServerClient(running.address)
+            metadata = [http_client.get_model_metadata("bf16"), grpc_client.get_model_metadata("bf16", as_json=True)]
+            for described in metadata:
+                assert [t["datatype"] for t in described["inputs"] + described["outputs"]] == ["FP32", "FP32"]
+            config = http_client.get_model_config("bf16")
+            assert [t["data_type"] for t in config["input"] + config["output"]] == ["TYPE_FP32", "TYPE_FP32"]
+            for binary in (False, True):
+                sent = triton_http.InferInput("x", [1, 4], "FP32")
+                sent.set_data_from_numpy(x, binary_data=binary)
+                answer = http_client.infer("bf16", [sent])
+                assert answer.get_output("y")["datatype"] == "FP32"
+                np.testing.assert_array_equal(answer.as_numpy("y"), rounded)
+            answer = grpc_client.infer("bf16", [infer_input("x", x, "FP32")])
+            assert answer.get_output("y").datatype == "FP32"
+            np.testing.assert_array_equal(answer.as_numpy("y"), rounded)
+            bf16 = triton_http.InferInput("x", [1, 4], "BF16")
+            bf16.set_data_from_numpy(x, binary_data=True)
+            with pytest.raises(InferenceServerException, match="datatype BF16 does not match the model's FP32"):
+                http_client.infer("bf16", [bf16])
+            with pytest.raises(InferenceServerException, match="unsupported datatype 'BF16'"):
+                grpc_client.infer("bf16", [infer_input("x", x, "BF16")])
+    finally:
+        running.stop()
