@@ -49,6 +49,7 @@ TEXT_FIELD = "text"
 PARQUET_BATCH_ROWS = 1024  # rows decoded at a time: memory stays bounded whatever the file's size
 NPY_CHUNK_BYTES = 16 * 2**20  # .npy bytes read at a time
 EMPTY_CSV = "is empty: expected a header row with the column names"
+OPEN_QUOTE = "unexpected end of data"  # what a strict csv reader says of input that ends inside a quoted field
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,7 @@ def csv_header(path: Path) -> list[str]:
     """The column names of a CSV file (its first row)."""
     with _open_text(path) as file:
         try:
-            header = next(csv.reader(file), None)
+            header = next(csv.reader(file, strict=True), None)
         except (csv.Error, UnicodeDecodeError) as exc:
             raise DecodeError(_csv_problem(exc)) from None
     if not header:
@@ -98,7 +99,7 @@ def csv_items(path: Path, name: str) -> Iterator[Item]:
     error (fewer: a file cut short mid-line; an empty field is a missing value). A file that stops parsing part-way
     gives one error item for the rest, after the rows read before it."""
     with _open_text(path) as file:
-        reader = csv.reader(file)
+        reader = csv.reader(file, strict=True)  # not strict, a quote left open is a value cut short, or eats rows
         row_number = 0
         try:
             header = next(reader, None)
@@ -427,4 +428,8 @@ def _open_text(path: Path) -> Any:
 
 
 def _csv_problem(exc: Exception) -> str:
-    return "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"is not valid CSV ({exc})"
+    if isinstance(exc, UnicodeDecodeError):
+        return "is not UTF-8 text"
+    if str(exc) == OPEN_QUOTE:
+        return "is not valid CSV: a quote opened in this row is never closed (a file cut short, or a stray quote)"
+    return f"is not valid CSV ({exc})"

@@ -67,6 +67,29 @@ def test_a_csv_row_with_fewer_fields_than_the_header_is_a_bad_record(tmp_path: P
     assert "has 2 fields, the header has 3" in str(items[2].error)
 
 
+def test_a_quoted_csv_field_left_open_is_a_bad_record_not_a_value_or_the_rows_after_it(tmp_path: Path):
+    """A CSV cut short inside a quoted last field was scored with that field cut (no error), and a stray opening
+    quote made every row after it part of one field: rows 2 and 3 here were neither scored nor reported."""
+    cut = tmp_path / "cut.csv"
+    cut.write_text('id,text\n1,"whole"\n2,"cut sho', encoding="utf-8")
+    items = list(csv_items(cut, "cut.csv"))
+    assert [(item.name, item.raw) for item in items[:1]] == [("cut.csv#row1", {"id": "1", "text": "whole"})]
+    assert [item.name for item in items[1:]] == ["cut.csv#row2"]
+    assert "a quote opened in this row is never closed" in str(items[1].error)
+
+    stray = tmp_path / "stray.csv"
+    stray.write_text('id,text\n1,"oops\n2,two\n3,three\n', encoding="utf-8")
+    (item,) = csv_items(stray, "stray.csv")
+    assert item.name == "stray.csv#row1" and "a quote opened in this row is never closed" in str(item.error)
+
+    quoted = tmp_path / "quoted.csv"  # what CSV writers write: quoted commas, quotes and line breaks
+    quoted.write_text('id,text\r\n1,"a, ""b""\r\nc"\r\n2,plain\r\n', encoding="utf-8")
+    assert [item.raw for item in csv_items(quoted, "quoted.csv")] == [
+        {"id": "1", "text": 'a, "b"\r\nc'},
+        {"id": "2", "text": "plain"},
+    ]
+
+
 def test_the_index_pandas_stores_in_parquet_is_no_field(tmp_path: Path) -> None:
     """A filtered or sampled frame's to_parquet adds '__index_level_0__': every record failed on that unknown field."""
     pandas = pytest.importorskip("pandas")
