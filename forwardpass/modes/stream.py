@@ -35,7 +35,7 @@ from forwardpass.config import ModelConfig
 from forwardpass.errors import ConfigError, DecodeError, ForwardpassError
 from forwardpass.measure.stats import LatencySummary
 from forwardpass.model import Model
-from forwardpass.modes.sources import TEXT_FIELD, parse_json
+from forwardpass.modes.sources import OPEN_QUOTE, TEXT_FIELD, parse_json
 from forwardpass.pipeline.kinds import kind_of
 
 __all__ = [
@@ -105,9 +105,14 @@ class RecordParser:
 
 
 def _csv_fields(line: str) -> list[str]:
-    try:
-        return next(csv.reader([line]), [])
+    try:  # strict: not strict, a quote left open ends with the line, and a record of the fields so far is answered
+        return next(csv.reader([line], strict=True), [])
     except csv.Error as exc:
+        if str(exc) == OPEN_QUOTE:
+            raise DecodeError(
+                "is not a CSV row: a quote opened on this line is not closed on it (a CSV stream takes one record "
+                "per line)"
+            ) from None
         raise DecodeError(f"is not a CSV row ({exc})") from None
 
 

@@ -148,6 +148,19 @@ def test_csv_streams_start_with_their_header(model: Model) -> None:
     assert answers.lines[2] == {"line": 4, "error": "has 3 fields, the header has 2"}
 
 
+def test_a_csv_line_whose_quoted_field_is_not_closed_on_it_is_an_error_not_a_record(model: Model) -> None:
+    """A stream takes one record per line: '2,"1' (a field whose line break was inside its quotes) was answered as
+    a=2, b=1, a record its writer never wrote."""
+    answers = Answers()
+    run_stream(model, ["a,b\n", '2,"1\n', '0",7\n', '1,"2"\n'], answers, record_format="csv")
+    assert [answer["line"] for answer in answers.lines] == [2, 3, 4]
+    assert answers.lines[0]["error"] == (
+        "is not a CSV row: a quote opened on this line is not closed on it (a CSV stream takes one record per line)"
+    )
+    assert answers.lines[1]["error"] == "column 'a': '0\"' is not a number"  # the rest of that field, alone
+    assert answers.lines[2] == {"line": 4, "prediction": {"value": pytest.approx(1.0)}}
+
+
 @pytest.mark.parametrize(
     ("record_format", "lines"),
     [("csv", ["\ufeffa,b\n", "2,1\n"]), ("jsonl", ['\ufeff{"a": 2, "b": 1}\n'])],
