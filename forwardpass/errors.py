@@ -9,6 +9,7 @@
     │   ├── MissingFieldError             a record lacks a declared column
     │   ├── SchemaError                   a record breaks the model's input schema (names the field and the rule)
     │   ├── MethodNotAllowed          405                     an HTTP path asked with a method it does not take
+    │   ├── AnswerTooLarge            400 RESOURCE_EXHAUSTED  a request whose answer is over the server's size limit
     │   └── PayloadTooLarge           413 RESOURCE_EXHAUSTED  a request body over the server's size limit
     ├── NotFoundError                 404 NOT_FOUND           unknown model, version or file
     ├── AuditError                    500 INTERNAL            a decision could not be written to the audit log
@@ -33,6 +34,7 @@ import contextlib
 
 __all__ = [
     "ERROR_CLASS_HEADER",
+    "AnswerTooLarge",
     "AuditError",
     "ClientQuotaExceeded",
     "ConfigError",
@@ -104,6 +106,13 @@ class MethodNotAllowed(InputError):
     takes."""
 
     http_status = 405
+
+
+class AnswerTooLarge(InputError):
+    """The request is valid, but its answer would be larger than the server sends: the client asked for it (fewer
+    rows or outputs fit), so a 400, with gRPC's own code for a message over its size limit."""
+
+    grpc_code = "RESOURCE_EXHAUSTED"
 
 
 class PayloadTooLarge(InputError):

@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from forwardpass.config import PipelineConfig
 from forwardpass.ensemble import check_steps, unready
 from forwardpass.errors import (
+    AnswerTooLarge,
     DeadlineExceeded,
     DecodeError,
     Forbidden,
@@ -206,6 +207,7 @@ class DataPlane:
                     done = await self._run(served, batch, rows, timeout_s)
                 answered = time.perf_counter()
                 outputs = [self._output(served, done.outputs, output) for output in wanted]
+                self._check_answer_size(served.name, [(tensor.name, tensor.data) for tensor in outputs])
         except ForwardpassError as exc:
             self.metrics.failed(served.name, served.version, exc, time.perf_counter() - started)
             raise
@@ -266,6 +268,7 @@ class DataPlane:
                         for i in range(len(items))
                     ]
                 answered = time.perf_counter()
+                self._check_answer_size(served.name, [pair for outputs, _ in rows for pair in outputs.items()])
                 if model.audit is not None and model.audit.group_ms == 0:  # an SQLite commit: milliseconds, a disk
                     predictions = await asyncio.to_thread(model.postprocess, rows, top_k)
                 else:
@@ -320,6 +323,22 @@ class DataPlane:
                 wanted.name, "BYTES", _classify(data, wanted.classification, labels, served.max_batch_size > 0)
             )
         return Tensor(wanted.name, DataType.from_numpy(data.dtype).name, data)
+
+    def _check_answer_size(self, model: str, outputs: list[tuple[str, np.ndarray]]) -> None:
+        """Refuses an answer whose outputs hold more than max_response_bytes, before any of it is encoded: a request
+        of a few bytes can ask for gigabytes (a shape fed to ConstantOfShape), and each encoding copies them again.
+        Sizes are as binary data carries them; V2 JSON text of the same numbers takes a few times more."""
+        limit = self._settings.max_response_bytes
+        sizes: dict[str, int] = {}
+        for name, data in outputs:
+            sizes[name] = sizes.get(name, 0) + _binary_bytes(data)
+        total = sum(sizes.values())
+        if total > limit:
+            largest = max(sizes, key=sizes.__getitem__)
+            raise AnswerTooLarge(
+                f"model '{model}' answers {total:,} bytes (output '{largest}': {sizes[largest]:,}), over the "
+                f"server's max_response_bytes of {limit:,}; ask for fewer rows or outputs"
+            )
 
     def _internal(self, served: Served, exc: Exception, started: float) -> ForwardpassError:
         log.exception("model '%s' version %s failed unexpectedly", served.name, served.version)
@@ -393,6 +412,13 @@ def _item_outputs(served: Served, outputs: Arrays, index: int, count: int) -> Ar
             shape = list(value.shape)
             raise ShapeError(f"model '{served.name}' gave output '{key}' of shape {shape} for {count} items")
     return {key: value[index, ...] for key, value in outputs.items()}  # an array, even of one string
+
+
+def _binary_bytes(data: np.ndarray) -> int:
+    """An output's bytes as binary data carries it: its elements, and for strings each one's 4-byte length too."""
+    if data.dtype.kind != "O":
+        return data.nbytes
+    return sum(4 + len(value) for value in data.reshape(-1).tolist())
 
 
 def _decisions_elsewhere(name: str) -> Forbidden:

@@ -41,6 +41,12 @@ class ServerSettings(BaseModel):
         "(a trusted network only)",
     )
     max_request_bytes: int = Field(default=64 * 2**20, gt=0, description="larger request bodies are refused (413)")
+    max_response_bytes: int = Field(
+        default=256 * 2**20,
+        gt=0,
+        description="an answer whose outputs hold more bytes than this (as binary data carries them) is refused "
+        "(400) before it is encoded",
+    )
     max_concurrent_requests: int = Field(
         default=1024, gt=0, description="inference requests in progress at once; more are refused (503) unread"
     )
