@@ -10,7 +10,8 @@ initial value; a request for an id that is not open and has no `start` is refuse
 client cannot take every slot. Steps of one sequence run one at a time, in the order they were submitted; steps of
 different sequences share forward passes, so interleaved sequences give exactly what each gives alone. A sequence
 frees its state after its `end` step, or after `idle_timeout_s` without a request. A failed step fails alone and
-leaves its sequence's state as it was; so does a step whose deadline passed, queued or running.
+leaves its sequence's state as it was; so does a step whose deadline passed, queued or running (a `start` resets it
+either way: what follows it is the new stream's).
 """
 
 from __future__ import annotations
@@ -342,9 +343,12 @@ class SequenceBatcher:
         return jobs
 
     def _next_step(self, sequence: _Sequence) -> _Step | None:
-        """The sequence's first step still wanted; steps whose caller gave up (timed out) are dropped."""
+        """The sequence's first step still wanted; steps whose caller gave up (timed out) are dropped. A dropped
+        `start` resets the state all the same, as one given up while it ran does: the steps after it belong to the
+        new stream, not to the one before the restart."""
         while sequence.pending and sequence.pending[0].future.done():
-            sequence.pending.popleft()
+            if sequence.pending.popleft().start:
+                sequence.state = None
             self._queued -= 1
         return sequence.pending[0] if sequence.pending else None
 

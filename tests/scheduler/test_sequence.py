@@ -185,6 +185,46 @@ async def test_a_step_whose_deadline_passed_while_it_ran_leaves_the_state_as_it_
 
 
 @pytest.mark.asyncio
+async def test_a_restart_whose_deadline_passed_in_the_queue_leaves_no_state_of_the_sequence_before_it(
+    vad: Model,
+) -> None:
+    """A `start` given up while it waited was dropped unrun, and the sequence's next steps went on from the state of
+    the stream before the restart; one given up while it ran already reset the state. Both now reset it."""
+    holding, running, release = threading.Event(), threading.Event(), threading.Event()
+
+    def slow(arrays: Arrays) -> Arrays:
+        if holding.is_set():
+            running.set()
+            assert release.wait(WAIT_S)
+        return vad.session.run(arrays)
+
+    old, new = voice(1.0, 4).reshape(-1, CHUNK)[:6], voice(1.0, 5).reshape(-1, CHUNK)[:3]
+    sequencer = batcher(vad, slow)
+    await sequencer.submit("s", step(old[0]), start=True, end=False)
+    for chunk in old[1:]:
+        await sequencer.submit("s", step(chunk), start=False, end=False)
+    holding.set()
+    busy = sequencer.submit("other", step(old[0]), start=True, end=False)  # holds the one instance
+    assert await asyncio.to_thread(running.wait, WAIT_S)
+    restart = sequencer.submit("s", step(new[0]), start=True, end=False)
+    restart.set_exception(DeadlineExceeded("model 'vad' did not answer within 0.01 s"))  # as the data plane does
+    holding.clear()
+    release.set()
+    await busy
+    rest = [await sequencer.submit("s", step(chunk), start=False, end=False) for chunk in new[1:]]
+    fresh = batcher(vad)  # new[0] was never run: the rest go on from the initial state
+    alone = [await fresh.submit("s", step(new[1]), start=True, end=False)]
+    alone += [await fresh.submit("s", step(chunk), start=False, end=False) for chunk in new[2:]]
+    np.testing.assert_allclose(
+        [answer.outputs["output"][0, 0] for answer in rest],
+        [answer.outputs["output"][0, 0] for answer in alone],
+        atol=1e-6,
+    )
+    await sequencer.drain()
+    await fresh.drain()
+
+
+@pytest.mark.asyncio
 async def test_unknown_ended_and_too_many_sequences_are_refused(vad: Model) -> None:
     sequencer = batcher(vad, max_sequences=2)
     chunk = step(np.zeros(CHUNK, np.float32))
