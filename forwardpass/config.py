@@ -359,7 +359,9 @@ class AudioConfig(_Strict):
     )
     sample_rate: int = Field(gt=0, description="samples per second the model takes; other rates are resampled (soxr)")
     channels: Literal["mono", "keep"] = Field(
-        default="mono", description="mono: the channels averaged ([samples]); keep: [channels, samples]"
+        default="mono",
+        description="mono: the channels averaged ([samples]; [1, samples] for an input of [batch, 1, samples]); "
+        "keep: [channels, samples]",
     )
     window: int | None = Field(
         default=None,

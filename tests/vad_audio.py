@@ -115,6 +115,18 @@ def write_mean_model(root: Path) -> Path:
     return _audio_model(graph, root / "mean", {})
 
 
+def write_channel_mean_model(root: Path, channels: int | str, **preprocess: Any) -> Path:
+    """mean = the average of each channel of [batch, channels, samples] samples at 8 kHz, of any length: the layout
+    torch audio models take (a mono one as [batch, 1, samples])."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["waveform"], ["mean"], axes=[2], keepdims=0)],
+        "channel_mean",
+        [helper.make_tensor_value_info("waveform", TensorProto.FLOAT, ["batch", channels, "samples"])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch", channels])],
+    )
+    return _audio_model(graph, root / "channel_mean", preprocess)
+
+
 def _audio_model(graph: onnx.GraphProto, folder: Path, preprocess: dict[str, Any]) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

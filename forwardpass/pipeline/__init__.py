@@ -28,10 +28,9 @@ from forwardpass.config import (
     TextDetectionConfig,
 )
 from forwardpass.errors import ConfigError, DecodeError, ShapeError
-from forwardpass.pipeline.audio import SAMPLES, AudioPreprocessor, audio_window
+from forwardpass.pipeline.audio import SAMPLES, AudioPreprocessor, audio_window, mono_channel_axis
 from forwardpass.pipeline.detection import Detect
 from forwardpass.pipeline.geometry import TRANSFORM
-from forwardpass.pipeline.image import ImagePreprocessor
 from forwardpass.pipeline.interactions import InteractionsPreprocessor
 from forwardpass.pipeline.kinds import kind_of
 from forwardpass.pipeline.ocr import CtcDecode, DetectText
@@ -138,6 +137,8 @@ def _preprocessor(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path
 
 
 def _image(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path) -> Built:
+    from forwardpass.pipeline.image import ImagePreprocessor  # Pillow: only for a model that takes images
+
     declared = config.preprocess
     assert isinstance(declared, ImageConfig)
     image = ImagePreprocessor(declared, _pick(declared.input, inputs, "preprocess.input"), _maps_coordinates(config))
@@ -174,7 +175,8 @@ def _audio(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path) -> Bu
     assert isinstance(declared, AudioConfig)
     name = _pick(declared.input, inputs, "preprocess.input")
     spec = next(spec for spec in inputs if spec.name == name)
-    return AudioPreprocessor(declared, name, audio_window(declared, spec, config.sequence_batching is not None)), stack
+    window = audio_window(declared, spec, config.sequence_batching is not None)
+    return AudioPreprocessor(declared, name, window, mono_channel_axis(declared, spec)), stack
 
 
 def _tensors(config: ModelConfig, inputs: list[TensorSpec], model_dir: Path) -> Built:

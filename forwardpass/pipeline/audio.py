@@ -17,7 +17,7 @@ from forwardpass.config import AudioConfig
 from forwardpass.errors import ConfigError, DecodeError
 from forwardpass.tensor import TensorSpec
 
-__all__ = ["SAMPLES", "AudioPreprocessor", "audio_window"]
+__all__ = ["SAMPLES", "AudioPreprocessor", "audio_window", "mono_channel_axis"]
 
 # The context array a chunked recording hands its postprocessing: how many samples it had before its last chunk was
 # padded (where its last speech segment ends: `forwardpass.pipeline.speech`)
@@ -50,14 +50,36 @@ def audio_window(config: AudioConfig, spec: TensorSpec, stateful: bool) -> int |
     return window
 
 
-class AudioPreprocessor:
-    """One sound file (path or bytes) → {input: float32 samples} ([samples], [channels, samples], or [chunks, window]
-    with split: chunks, plus the recording's length in SAMPLES)."""
+def mono_channel_axis(config: AudioConfig, spec: TensorSpec) -> bool:
+    """Whether a mixed recording keeps a channel axis of one ([1, samples]), for an input of [batch, 1, samples] as
+    torch audio models take it; channels the input cannot take are refused at load rather than on every recording."""
+    rank = len(spec.shape) if spec.shape[:1] in ((-1,), (1,)) else 0  # no batch axis first: the item is the input
+    if config.channels == "keep":
+        if rank == 2:
+            raise ConfigError(
+                f"preprocess.channels: keep makes [channels, samples] items, but input '{spec.name}' "
+                f"{list(spec.shape)} takes [samples]; set channels: mono"
+            )
+        return False
+    if rank != 3 or config.split == "chunks":
+        return False
+    if spec.shape[1] not in (1, -1):
+        raise ConfigError(
+            f"preprocess.channels: mono makes one channel, but input '{spec.name}' {list(spec.shape)} takes "
+            f"{spec.shape[1]}; set channels: keep"
+        )
+    return True
 
-    def __init__(self, config: AudioConfig, input_name: str, window: int | None) -> None:
+
+class AudioPreprocessor:
+    """One sound file (path or bytes) → {input: float32 samples} ([samples], [channels, samples] (also mono, with
+    `channel_axis`), or [chunks, window] with split: chunks, plus the recording's length in SAMPLES)."""
+
+    def __init__(self, config: AudioConfig, input_name: str, window: int | None, channel_axis: bool = False) -> None:
         self.config = config
         self.input_name = input_name
         self.window = window
+        self.channel_axis = channel_axis
 
     def __call__(self, raw: object) -> dict[str, np.ndarray]:
         if not isinstance(raw, str | Path | bytes):
@@ -76,7 +98,7 @@ class AudioPreprocessor:
             if samples.shape[0] == 0:  # the model would be run on nothing (no chunk to step through)
                 raise DecodeError(f"{what}: too short to hold a sample at {config.sample_rate} Hz (it is at {rate} Hz)")
         samples = np.ascontiguousarray(samples.T, dtype=np.float32)  # [channels, samples]
-        if config.channels == "mono":
+        if config.channels == "mono" and not self.channel_axis:
             samples = samples[0]
         if config.split == "chunks":
             assert self.window is not None  # audio_window refused chunks without a window

@@ -17,6 +17,7 @@ import onnxruntime as ort
 import pytest
 import soundfile as sf
 import soxr
+import yaml
 
 import forwardpass
 from forwardpass.config import AudioConfig
@@ -34,6 +35,7 @@ from tests.vad_audio import (
     recording,
     voice,
     write,
+    write_channel_mean_model,
     write_mean_model,
     write_waveform_model,
 )
@@ -210,6 +212,38 @@ def test_a_model_of_any_length_takes_each_recording_whole(tmp_path: Path) -> Non
     for answer, path in zip(answers, files, strict=True):
         assert answer["outputs"]["mean"] == pytest.approx(float(as_read(path, 8000).mean()), abs=1e-6)
     assert answers[1]["outputs"]["mean"] > 0.4  # the offset survives: no normalisation beyond int PCM's scaling
+
+
+def test_a_mono_model_with_a_channel_axis_takes_the_channels_mixed(tmp_path: Path) -> None:
+    """A [batch, 1, samples] input (torch's Conv1d layout) refused every recording, mixed to [samples] by
+    channels: mono, and channels: keep fits it only with mono files."""
+    path = write(tmp_path / "stereo.wav", recording(0.4, 44100, 2), 44100, "PCM_16")
+    answer = forwardpass.load(write_channel_mean_model(tmp_path, 1), warmup=0).predict(str(path))
+    assert answer["outputs"]["mean"] == pytest.approx([float(as_read(path, 8000).mean())], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("channels", "audio", "message"),
+    [
+        (2, {}, r"channels: mono makes one channel, but input 'waveform' \[-1, 2, -1\] takes 2; set channels: keep"),
+        (
+            None,
+            {"channels": "keep"},
+            r"channels: keep makes \[channels, samples\] items, but input 'waveform' \[-1, -1\] takes \[samples\]; "
+            "set channels: mono",
+        ),
+    ],
+)
+def test_channels_the_models_input_cannot_take_are_refused_at_load(
+    tmp_path: Path, channels: int | None, audio: dict[str, Any], message: str
+) -> None:
+    """Each loaded, then refused every recording with a shape error naming the input."""
+    folder = write_mean_model(tmp_path) if channels is None else write_channel_mean_model(tmp_path, channels)
+    (folder / "config.yaml").write_text(
+        yaml.safe_dump({"preprocess": {"kind": "audio", "sample_rate": 8000, **audio}}), encoding="utf-8"
+    )
+    with pytest.raises(ConfigError, match=message):
+        forwardpass.load(folder, warmup=0)
 
 
 @pytest.mark.parametrize(
