@@ -30,7 +30,12 @@ __all__ = ["MAX_HEADERS", "MAX_HEADER_BYTES", "enforce_deadlines", "limited_prot
 
 MAX_HEADER_BYTES = 32 * 1024  # nginx's default is 4 x 8 KB, Node's 16 KB
 MAX_HEADERS = 100  # Apache's LimitRequestFields
-_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+_REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
 
 
 class _HeadTooLarge(Exception):
@@ -113,10 +118,11 @@ class _LimitedHttp(HttpToolsProtocol):
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to what its parser refuses: in the JSON error shape (its own is plain text)."""
         if self._head_refusal is not None:
             self._refuse(431, self._head_refusal)
         else:
-            super().send_400_response(msg)
+            self._refuse(400, "the request is not valid HTTP/1.1: its request line or headers do not parse")
 
     def expire(self) -> None:
         """Past the deadline: 408 (unless the answer has begun) and close."""

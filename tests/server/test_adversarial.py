@@ -305,6 +305,23 @@ def test_a_head_over_the_limit_that_arrives_in_one_read_is_refused_too(server: S
         assert client.recv(100).startswith(b"HTTP/1.1 431")
 
 
+@pytest.mark.parametrize(
+    "request_head",
+    [b"GARBAGE\r\n\r\n", b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\ncontent-length: ten\r\n\r\n"],
+)
+def test_a_request_that_is_not_http_gets_the_json_error_shape(server: Server, request_head: bytes) -> None:
+    """uvicorn answered 'Invalid HTTP request received.' in plain text, where every other refusal is JSON."""
+    with server.watched(), socket.create_connection(("127.0.0.1", server.port)) as client:
+        client.settimeout(5)
+        client.sendall(request_head)
+        answer = b""
+        while chunk := client.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"content-type: application/json" in head
+    assert json.loads(body) == {"error": "the request is not valid HTTP/1.1: its request line or headers do not parse"}
+
+
 def from_host(host: str, port: int) -> socket.socket:
     """A connection to the server from another loopback address: another client host, as the server sees it."""
     return socket.create_connection(("127.0.0.1", port), source_address=(host, 0))
