@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import platform
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -25,13 +26,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from forwardpass.errors import MissingExtraError
+from forwardpass.errors import ForwardpassError, InputError, MissingExtraError
 from forwardpass.model import load
-from forwardpass.modes.batch import BatchOptions, Job, Progress, Scored, Scorer, Summary
+from forwardpass.modes.batch import BatchOptions, Job, Progress, Scored, Scorer, Summary, model_fingerprint
 from forwardpass.modes.sources import open_source
 from forwardpass.repository import default_repository
 
-__all__ = ["PartScorer", "run_batch_on_ray"]
+__all__ = ["PartScorer", "part_scored", "run_batch_on_ray"]
 
 
 class PartScorer:
@@ -50,17 +51,34 @@ class PartScorer:
         drop: list[str],
         trust_pickle: bool,
     ) -> None:
-        self.model = load(
-            model, repository=repository, version=version, intra_op_threads=intra_op_threads, trust_pickle=trust_pickle
-        )
-        self.source = open_source(Path(input_path), self.model.config, drop)
+        # A model or input this node cannot open is sent back as the answer to each part, not raised: raised here it
+        # reached the driver as pages of Ray's tracebacks (the actor died, Ray restarted it), exit 1.
+        self.refused: str | None = None
+        try:
+            self.model = load(
+                model,
+                repository=repository,
+                version=version,
+                intra_op_threads=intra_op_threads,
+                trust_pickle=trust_pickle,
+            )
+            self.source = open_source(Path(input_path), self.model.config, drop)
+        except ForwardpassError as exc:
+            self.refused = f"on Ray node {platform.node()}: {exc}"
+            return
+        # what the driver checks against the job's: another node's copy of the input or model would score other data
+        self.seen = {"input_fingerprint": self.source.fingerprint(), "model_fingerprint": model_fingerprint(self.model)}
         self.scorer = Scorer(self.model, batch_size=batch_size, top_k=top_k, workers=workers)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = []
         for start, stop in zip(batch["start"].tolist(), batch["stop"].tolist(), strict=True):
+            if self.refused is not None:
+                results.append(orjson.dumps({"refused": self.refused}))
+                continue
             scored = self.scorer.score(itertools.islice(self.source.items(), start, stop))
-            results.append(orjson.dumps(asdict(scored), option=orjson.OPT_SERIALIZE_NUMPY))
+            answer = {**asdict(scored), "node": platform.node(), **self.seen}
+            results.append(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY))
         return {
             "part": batch["part"],
             "start": batch["start"],
@@ -105,7 +123,8 @@ def run_batch_on_ray(
                     done = job.output.records  # before this run: reported once, first, so that no rate counts them
                     if progress is not None:
                         progress(done, job.total)
-                    for part, start, stop, scored in _scored_parts(todo, arguments, actors, actor_cpus):
+                    scored_parts = _scored_parts(todo, arguments, actors, actor_cpus, job.identity)
+                    for part, start, stop, scored in scored_parts:
                         job.commit(part, start, stop, scored)
                         done += stop - start
                         if progress is not None:
@@ -159,9 +178,10 @@ def _parts_to_do(job: Job) -> list[dict[str, int]]:
 
 
 def _scored_parts(
-    todo: list[dict[str, int]], arguments: dict[str, Any], actors: int, actor_cpus: float
+    todo: list[dict[str, int]], arguments: dict[str, Any], actors: int, actor_cpus: float, identity: dict[str, Any]
 ) -> Iterator[tuple[int, int, int, Scored]]:
-    """(part, start, stop, its records scored) of every part to do, scored by a pool of `PartScorer` actors."""
+    """(part, start, stop, its records scored) of every part to do, scored by a pool of `PartScorer` actors of the
+    job with this `identity`."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
@@ -176,7 +196,24 @@ def _scored_parts(
     for batch in scored.iter_batches(batch_size=1, batch_format="numpy"):
         columns = (batch["part"].tolist(), batch["start"].tolist(), batch["stop"].tolist(), batch["result"])
         for part, start, stop, result in zip(*columns, strict=True):
-            yield part, start, stop, Scored(**orjson.loads(result))
+            yield part, start, stop, part_scored(result, identity)
+
+
+def part_scored(result: bytes, identity: dict[str, Any]) -> Scored:
+    """A `PartScorer`'s answer for one part: its records scored, or refused in one line (InputError) where the
+    actor could not open the model or input, or opened other files than the job's under the same names (a node
+    whose copy differs: no shared file system)."""
+    answer = orjson.loads(result)
+    if "refused" in answer:
+        raise InputError(f"the job's Ray actors cannot score it, {answer['refused']}")
+    for key, what in (("input_fingerprint", "INPUT's files"), ("model_fingerprint", "the model's config or files")):
+        if answer.pop(key) != identity[key]:
+            raise InputError(
+                f"on Ray node {answer['node']}, {what} differ from those the job started with (names, sizes or "
+                "modification times): every node must read the same files, from a shared file system"
+            )
+    del answer["node"]
+    return Scored(**answer)
 
 
 def _actor_arguments(

@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import orjson
 
 from forwardpass.decisions import AuditLog
-from forwardpass.modes.batch import BatchOptions, Scored
-from forwardpass.modes.ray_data import PartScorer, _actor_arguments, _job
+from forwardpass.modes.batch import BatchOptions
+from forwardpass.modes.ray_data import PartScorer, _actor_arguments, _job, part_scored
 from forwardpass.modes.sinks import saved_job
 
 FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
@@ -130,7 +129,7 @@ def test_a_ray_actor_sends_its_decisions_with_its_part_for_the_driver_to_audit(t
     assert not list(AuditLog(audit_log).query())
     job, _ = _job("triage", table, tmp_path / "out", BatchOptions(), tasks.root, None, trust_pickle=False)
     assert job.audit is not None
-    scored = Scored(**orjson.loads(result))
+    scored = part_scored(result, job.identity)
     job.commit(0, 0, 30, scored)
     job.finish(30)
     job.audit.close()

@@ -12,9 +12,10 @@ import numpy as np
 import orjson
 import pytest
 
+from forwardpass.errors import InputError
 from forwardpass.model import load
 from forwardpass.modes.batch import BatchOptions, run_batch
-from forwardpass.modes.ray_data import PartScorer, _actor_arguments, _job
+from forwardpass.modes.ray_data import PartScorer, _actor_arguments, _job, part_scored
 from tests.modes.conftest import write_table
 from tests.user_models import random_forest
 
@@ -78,3 +79,25 @@ def test_the_driver_resumes_a_job_a_local_run_started(tmp_path: Path, repository
     job, _ = _job("tab_cls", tmp_path / "t.csv", tmp_path / "out", resumed, repository, None, trust_pickle=False)
     with job:
         assert job.output.finished and job.total == 40
+
+
+def test_an_actor_that_cannot_open_the_input_or_opens_other_files_refuses_the_job_in_one_line(
+    tmp_path: Path, repository: Path
+):
+    """A node without the input (no shared file system) ended `batch --ray` in ~250 lines of Ray tracebacks, exit 1
+    (the actor raised as Ray built it); a node whose copy differed scored its own records under the job's ids."""
+    table = tmp_path / "t.csv"
+    write_table(table, 30)
+    job, _ = _job("tab_cls", table, tmp_path / "out", BatchOptions(), repository, None, trust_pickle=False)
+    arguments = _actor_arguments("tab_cls", 1, table, BatchOptions(), repository, 0.5, trust_pickle=False)
+    batch = {"part": np.array([0]), "start": np.array([0]), "stop": np.array([30])}
+    with job:
+        assert len(part_scored(PartScorer(**arguments)(batch)["result"][0], job.identity).rows) == 30
+
+        write_table(table, 30, seed=9)  # another node's copy: as many records, other values
+        with pytest.raises(InputError, match=r"INPUT's files differ from those the job started with .*shared file"):
+            part_scored(PartScorer(**arguments)(batch)["result"][0], job.identity)
+
+        table.unlink()
+        with pytest.raises(InputError, match=r"cannot score it, on Ray node .*: input '.*t.csv': no such file"):
+            part_scored(PartScorer(**arguments)(batch)["result"][0], job.identity)
