@@ -16,7 +16,6 @@ from __future__ import annotations
 import inspect
 import json
 import struct
-import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +31,7 @@ from forwardpass.formats.base import ConvertOptions, LoadOptions, require
 from forwardpass.formats.facts import ModelFacts
 from forwardpass.formats.huggingface_image import PROCESSOR_CONFIG, image_preprocessing
 from forwardpass.formats.parity import random_samples
-from forwardpass.formats.torch import TORCH_GLOBALS, TorchSession, import_torch
+from forwardpass.formats.torch import TorchSession, import_torch, script_exporting
 from forwardpass.tensor import DataType, TensorSpec
 
 __all__ = ["HUGGINGFACE", "SENTENCES", "HuggingFaceFormat"]
@@ -139,8 +138,7 @@ class HuggingFaceFormat:
         names = [spec.name for spec in encoder.input_specs]
         dynamic = {spec.name: _dynamic_axes(spec) for spec in encoder.input_specs}
         dynamic[encoder.output_name] = {0: "batch", 1: "sequence"} if encoder.per_token else {0: "batch"}
-        with TORCH_GLOBALS, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but honours the opset
+        with script_exporting(torch):
             try:
                 torch.onnx.export(
                     encoder,

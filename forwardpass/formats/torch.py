@@ -28,7 +28,7 @@ import numpy as np
 from forwardpass.backends.base import Session
 from forwardpass.config import EngineConfig
 from forwardpass.errors import ConfigError, InputError
-from forwardpass.formats.base import ConvertOptions, LoadOptions, require
+from forwardpass.formats.base import ConvertOptions, LoadOptions, descriptor_silenced, require
 from forwardpass.formats.facts import ModelFacts, distribution_made_by, softmax_per_item
 from forwardpass.formats.parity import random_samples
 from forwardpass.tensor import DataType, TensorSpec
@@ -41,6 +41,7 @@ __all__ = [
     "TorchScriptFormat",
     "TorchSession",
     "import_torch",
+    "script_exporting",
 ]
 
 _SCRIPT_SUFFIXES = (".pt", ".pth", ".jit", ".torchscript")
@@ -275,11 +276,7 @@ class TorchScriptFormat:
     def convert(self, path: Path, output: Path, options: LoadOptions, convert: ConvertOptions) -> dict[str, Any]:
         torch, module = self._load(path)
         session = TorchSession(module, self._inputs(module, path, options), torch, path)
-        # The exporter dumps the whole graph of a model it fails on, from C++ to stdout (where `predict --json`
-        # writes its answers): to stderr instead
-        torch._C._jit_set_onnx_log_output_stream("stderr")
-        with TORCH_GLOBALS, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but honours the opset
+        with script_exporting(torch):
             try:
                 torch.onnx.export(
                     module,
@@ -444,6 +441,18 @@ class TorchExportFormat:
             raise ConfigError(refusal if "Weights only load failed" in str(exc) else f"{path}: {exc}") from None
         except Exception as exc:  # torch raises RuntimeError, KeyError, ... for damaged or foreign archives
             raise ConfigError(f"{path}: not a readable torch.export program: {_first_line(exc)}") from None
+
+
+@contextlib.contextmanager
+def script_exporting(torch: ModuleType) -> Iterator[None]:
+    """Held around the TorchScript-based torch.onnx.export: under TORCH_GLOBALS, its deprecation warning ignored (it
+    honours the opset), and the whole graph of a model it fails on, which it dumps from C++ on every failure (its
+    log switch is left on by torch's own setup_onnx_logging), kept off both standard streams: on stdout it fell among
+    `predict --json`'s answers, on stderr it buried the one line saying why the model is served natively."""
+    torch._C._jit_set_onnx_log_output_stream("stderr")
+    with TORCH_GLOBALS, warnings.catch_warnings(), descriptor_silenced(2):
+        warnings.simplefilter("ignore")
+        yield
 
 
 @contextlib.contextmanager

@@ -321,7 +321,9 @@ class NamedOutputs(nn.Module):
         return {"logits": logits, "probabilities": logits.softmax(dim=1)}
 
 
-def test_the_graph_the_exporter_dumps_on_failing_stays_out_of_predict_json(tmp_path: Path):
+def test_the_graph_the_exporter_dumps_on_failing_stays_out_of_predicts_output(tmp_path: Path):
+    """The dump went to stdout among --json's answers, then to stderr: 27 lines of TorchScript IR above the one line
+    saying the model is served natively."""
     torch.manual_seed(3)
     module = NamedOutputs().eval()
     torch.jit.save(torch.jit.trace(module, torch.randn(2, 3), strict=False), tmp_path / "named.pt")
@@ -339,6 +341,10 @@ def test_the_graph_the_exporter_dumps_on_failing_stays_out_of_predict_json(tmp_p
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "named.pt: serving natively; auto: conversion refused: named.pt: torch.onnx cannot export this TorchScript "
+        "model: Exporting the operator 'prim::DictConstruct' to ONNX opset version 17 is not supported"
+    ]
     answers = [json.loads(line) for line in done.stdout.splitlines()]  # every line of stdout an answer
     got = np.array([answer["outputs"]["probabilities"] for answer in answers])
     assert np.abs(got - expected).max() <= ATOL
