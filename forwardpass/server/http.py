@@ -160,7 +160,7 @@ class JsonMethodRefusals:
         except HTTPException as exc:
             if exc.status_code != 405 or exc.headers is None:
                 raise
-            allowed = exc.headers["Allow"]
+            allowed = ", ".join(sorted(exc.headers["Allow"].split(", ")))  # Starlette's are a set: in any order
             path = scope["path"]
             error = MethodNotAllowed(f"{scope['method']} is not allowed on {clip(path)}; use {allowed}")
             response = _error_answer(path)(error)
