@@ -49,6 +49,7 @@ TEXT_FIELD = "text"
 PARQUET_BATCH_ROWS = 1024  # rows decoded at a time: memory stays bounded whatever the file's size
 NPY_CHUNK_BYTES = 16 * 2**20  # .npy bytes read at a time
 EMPTY_CSV = "is empty: expected a header row with the column names"
+NOT_UTF8 = "is not UTF-8 text"
 OPEN_QUOTE = "unexpected end of data"  # what a strict csv reader says of input that ends inside a quoted field
 
 
@@ -87,10 +88,12 @@ def csv_header(path: Path) -> list[str]:
     with _open_text(path) as file:
         try:
             header = next(csv.reader(file, strict=True), None)
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except csv.Error as exc:
             raise DecodeError(_csv_problem(exc)) from None
     if not header:
         raise DecodeError(EMPTY_CSV)
+    if not _utf8(*header):
+        raise DecodeError(NOT_UTF8)
     return header
 
 
@@ -106,34 +109,36 @@ def csv_items(path: Path, name: str) -> Iterator[Item]:
             if header is None:  # a file without a line
                 yield Item(name, error=DecodeError(EMPTY_CSV))
                 return
-            if twice := _named_twice(header):
-                yield Item(name, error=DecodeError(twice))
+            if problem := _named_twice(header) or (None if _utf8(*header) else NOT_UTF8):
+                yield Item(name, error=DecodeError(problem))
                 return
             for fields in reader:
                 if not fields:  # a blank line: no record (as csv.DictReader reads it)
                     continue
                 row_number += 1
-                if len(fields) != len(header):
+                if not _utf8(*fields):
+                    yield Item(f"{name}#row{row_number}", error=DecodeError(NOT_UTF8))
+                elif len(fields) != len(header):
                     message = f"has {len(fields)} fields, the header has {len(header)}"
                     yield Item(f"{name}#row{row_number}", error=DecodeError(message))
                 else:
                     yield Item(f"{name}#row{row_number}", dict(zip(header, fields, strict=True)))
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except csv.Error as exc:
             yield Item(f"{name}#row{row_number + 1}", error=DecodeError(_csv_problem(exc)))
 
 
 def jsonl_items(path: Path, name: str) -> Iterator[Item]:
     """One parsed JSON value per non-blank line, streamed; a line that is not JSON is an error item."""
     with _open_text(path) as file:
-        try:
-            for line_number, line in enumerate(file, 1):
-                if line.strip():
-                    try:
-                        yield Item(f"{name}#line{line_number}", parse_json(line))
-                    except DecodeError as exc:
-                        yield Item(f"{name}#line{line_number}", error=exc)
-        except UnicodeDecodeError:
-            yield Item(f"{name}#line?", error=DecodeError("is not UTF-8 text"))
+        for line_number, line in enumerate(file, 1):
+            if not line.strip():
+                continue
+            try:
+                if not _utf8(line):
+                    raise DecodeError(NOT_UTF8)
+                yield Item(f"{name}#line{line_number}", parse_json(line))
+            except DecodeError as exc:
+                yield Item(f"{name}#line{line_number}", error=exc)
 
 
 def open_source(path: Path, config: ModelConfig, drop: Collection[str] = ()) -> Source:
@@ -254,12 +259,13 @@ def _text_of(item: Item) -> Item:
 
 def _text_lines(path: Path, name: str) -> Iterator[Item]:
     with _open_text(path) as file:
-        try:
-            for line_number, line in enumerate(file, 1):
-                if line.strip():
-                    yield Item(f"{name}#line{line_number}", line.rstrip("\r\n"))
-        except UnicodeDecodeError:
-            yield Item(f"{name}#line?", error=DecodeError("is not UTF-8 text"))
+        for line_number, line in enumerate(file, 1):
+            if not line.strip():
+                continue
+            if _utf8(line):
+                yield Item(f"{name}#line{line_number}", line.rstrip("\r\n"))
+            else:
+                yield Item(f"{name}#line{line_number}", error=DecodeError(NOT_UTF8))
 
 
 def _arrays(path: Path, name: str) -> Iterator[Item]:
@@ -421,15 +427,25 @@ def utf8_text(text: str) -> str:
 
 
 def _open_text(path: Path) -> Any:
+    """Bytes that are not UTF-8 are read as lone surrogates: `_utf8` finds them in their own record, where a strict
+    decoder stopped the whole file at the block that held one (the records before it in that block with it)."""
     try:
-        return path.open(newline="", encoding="utf-8-sig")
+        return path.open(newline="", encoding="utf-8-sig", errors="surrogateescape")
     except OSError as exc:
         raise InputError(f"'{path}': cannot read ({exc.strerror})") from None
 
 
-def _csv_problem(exc: Exception) -> str:
-    if isinstance(exc, UnicodeDecodeError):
-        return "is not UTF-8 text"
+def _utf8(*texts: str) -> bool:
+    """No byte of these texts, read by `_open_text`, was other than UTF-8."""
+    try:
+        for text in texts:
+            text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: a byte that was not UTF-8
+        return False
+    return True
+
+
+def _csv_problem(exc: csv.Error) -> str:
     if str(exc) == OPEN_QUOTE:
         return "is not valid CSV: a quote opened in this row is never closed (a file cut short, or a stray quote)"
     return f"is not valid CSV ({exc})"

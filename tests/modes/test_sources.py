@@ -90,6 +90,28 @@ def test_a_quoted_csv_field_left_open_is_a_bad_record_not_a_value_or_the_rows_af
     ]
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".txt"])
+def test_a_byte_that_is_not_utf8_spoils_its_own_record_only(repository: Path, tmp_path: Path, suffix: str):
+    """One Latin-1 'é' on line 2 made the whole file one bad record, 'x.jsonl#line?: is not UTF-8 text': the lines
+    before it (read in the same block) and every line after it were neither scored nor named."""
+    lines = {
+        ".jsonl": [b'{"text": "hello"}', b'{"text": "caf\xe9"}', b'{"text": "world"}', b'{"text": "cats"}'],
+        ".csv": [b"text", b"hello", b'"caf\xe9"', b"world", b"cats"],
+        ".txt": [b"hello", b"caf\xe9", b"world", b"cats"],
+    }[suffix]
+    (tmp_path / f"x{suffix}").write_bytes(b"\n".join(lines) + b"\n")
+    model = forwardpass.load("text_emb", repository=repository)
+    items = list(open_source(tmp_path / f"x{suffix}", model.config).items())
+    row = "row" if suffix == ".csv" else "line"
+    assert [(item.name, item.raw) for item in items] == [
+        (f"x{suffix}#{row}1", "hello"),
+        (f"x{suffix}#{row}2", None),
+        (f"x{suffix}#{row}3", "world"),
+        (f"x{suffix}#{row}4", "cats"),
+    ]
+    assert str(items[1].error) == "is not UTF-8 text"
+
+
 def test_the_index_pandas_stores_in_parquet_is_no_field(tmp_path: Path) -> None:
     """A filtered or sampled frame's to_parquet adds '__index_level_0__': every record failed on that unknown field."""
     pandas = pytest.importorskip("pandas")
