@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 import threading
 from pathlib import Path
@@ -77,6 +78,8 @@ def stream(
         out.write(line)
         out.flush()
 
+    if source is None and isinstance(sys.stdin, io.TextIOWrapper):
+        sys.stdin.reconfigure(encoding="utf-8", errors="surrogateescape")  # as `_open`'s, whatever the locale
     file = sys.stdin if source is None else _open(source)
     stop_on_sigterm()
     try:
@@ -111,8 +114,10 @@ def _record_format(given: str | None, source: Path | None) -> RecordFormat:
 
 
 def _open(source: Path) -> TextIO:
+    """A byte that is not UTF-8 is read escaped: its line gets an error answer (`run_stream`), where a strict
+    decoder ended the reader, and with it the stream, at the block that held one."""
     try:
-        return source.open(encoding="utf-8")
+        return source.open(encoding="utf-8", errors="surrogateescape")
     except FileNotFoundError:
         raise NotFoundError(f"no such file: {source}") from None
     except OSError as exc:

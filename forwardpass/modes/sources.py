@@ -37,6 +37,7 @@ __all__ = [
     "csv_header",
     "csv_items",
     "files_fingerprint",
+    "is_utf8",
     "jsonl_items",
     "open_source",
     "parquet_items",
@@ -92,7 +93,7 @@ def csv_header(path: Path) -> list[str]:
             raise DecodeError(_csv_problem(exc)) from None
     if not header:
         raise DecodeError(EMPTY_CSV)
-    if not _utf8(*header):
+    if not is_utf8(*header):
         raise DecodeError(NOT_UTF8)
     return header
 
@@ -109,14 +110,14 @@ def csv_items(path: Path, name: str) -> Iterator[Item]:
             if header is None:  # a file without a line
                 yield Item(name, error=DecodeError(EMPTY_CSV))
                 return
-            if problem := _named_twice(header) or (None if _utf8(*header) else NOT_UTF8):
+            if problem := _named_twice(header) or (None if is_utf8(*header) else NOT_UTF8):
                 yield Item(name, error=DecodeError(problem))
                 return
             for fields in reader:
                 if not fields:  # a blank line: no record (as csv.DictReader reads it)
                     continue
                 row_number += 1
-                if not _utf8(*fields):
+                if not is_utf8(*fields):
                     yield Item(f"{name}#row{row_number}", error=DecodeError(NOT_UTF8))
                 elif len(fields) != len(header):
                     message = f"has {len(fields)} fields, the header has {len(header)}"
@@ -134,7 +135,7 @@ def jsonl_items(path: Path, name: str) -> Iterator[Item]:
             if not line.strip():
                 continue
             try:
-                if not _utf8(line):
+                if not is_utf8(line):
                     raise DecodeError(NOT_UTF8)
                 yield Item(f"{name}#line{line_number}", parse_json(line))
             except DecodeError as exc:
@@ -262,7 +263,7 @@ def _text_lines(path: Path, name: str) -> Iterator[Item]:
         for line_number, line in enumerate(file, 1):
             if not line.strip():
                 continue
-            if _utf8(line):
+            if is_utf8(line):
                 yield Item(f"{name}#line{line_number}", line.rstrip("\r\n"))
             else:
                 yield Item(f"{name}#line{line_number}", error=DecodeError(NOT_UTF8))
@@ -427,7 +428,7 @@ def utf8_text(text: str) -> str:
 
 
 def _open_text(path: Path) -> Any:
-    """Bytes that are not UTF-8 are read as lone surrogates: `_utf8` finds them in their own record, where a strict
+    """Bytes that are not UTF-8 are read as lone surrogates: `is_utf8` finds them in their own record, where a strict
     decoder stopped the whole file at the block that held one (the records before it in that block with it)."""
     try:
         return path.open(newline="", encoding="utf-8-sig", errors="surrogateescape")
@@ -435,8 +436,8 @@ def _open_text(path: Path) -> Any:
         raise InputError(f"'{path}': cannot read ({exc.strerror})") from None
 
 
-def _utf8(*texts: str) -> bool:
-    """No byte of these texts, read by `_open_text`, was other than UTF-8."""
+def is_utf8(*texts: str) -> bool:
+    """No byte of these texts, read with errors="surrogateescape" (`_open_text`, streams), was other than UTF-8."""
     try:
         for text in texts:
             text.encode("utf-8")

@@ -35,7 +35,7 @@ from forwardpass.config import ModelConfig
 from forwardpass.errors import ConfigError, DecodeError, ForwardpassError
 from forwardpass.measure.stats import LatencySummary
 from forwardpass.model import Model
-from forwardpass.modes.sources import OPEN_QUOTE, TEXT_FIELD, parse_json
+from forwardpass.modes.sources import NOT_UTF8, OPEN_QUOTE, TEXT_FIELD, is_utf8, parse_json
 from forwardpass.pipeline.kinds import kind_of
 
 __all__ = [
@@ -281,6 +281,8 @@ def _answer(
             )
             continue
         try:
+            if not is_utf8(record.text):  # bytes read escaped (as the CLI reads FILE and stdin): no model takes them
+                raise DecodeError(NOT_UTF8)
             if parser.is_header(record.text):
                 continue
             raws[index] = parser.parse(record.text)

@@ -158,6 +158,28 @@ def test_follow_reads_a_growing_file_until_interrupted(run: Any, repository: Pat
     assert "forwardpass stream: 2 records (0 errors)" in stderr
 
 
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_a_line_that_is_not_utf8_gets_an_error_line_and_the_stream_goes_on(
+    repository: Path, tmp_path: Path, source: str
+) -> None:
+    """From a FILE, one Latin-1 byte killed the reader thread (a UnicodeDecodeError traceback): no record answered,
+    not even the line before it, and exit 0; from stdin in a UTF-8 locale the same, and a text model's stream with
+    such a line (stdin in the C locale) ended in a TypeError traceback, exit 1."""
+    lines = b"hello world\ncaf\xe9 cats\ndogs\n"
+    (tmp_path / "texts.txt").write_bytes(lines)
+    env = {**os.environ, "FORWARDPASS_REPOSITORY": str(repository), "LC_ALL": "C.UTF-8"}
+    command = [FORWARDPASS, "stream", "text_emb", "--format", "text"]
+    if source == "file":
+        done = subprocess.run([*command, tmp_path / "texts.txt"], capture_output=True, env=env, timeout=WAIT_S)
+    else:
+        done = subprocess.run(command, input=lines, capture_output=True, env=env, timeout=WAIT_S)
+    assert done.returncode == 0, done.stderr.decode()
+    answers = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert [answer["line"] for answer in answers] == [1, 2, 3]
+    assert answers[1] == {"line": 2, "error": "is not UTF-8 text"}
+    assert "embedding" in answers[0]["prediction"] and "embedding" in answers[2]["prediction"]
+
+
 def test_usage_errors_are_one_line(run: Any) -> None:
     for args, message in (
         (("tab_reg", "--follow"), "--follow needs a file"),
