@@ -63,20 +63,34 @@ def _column_inputs(estimator: Any) -> list[tuple[str, bool]] | None:
 
 
 def _string_columns(estimator: Any) -> set[str]:
-    """Columns the fitted model encodes as text: those its encoders (OneHotEncoder, OrdinalEncoder, ...) inside a
-    ColumnTransformer learnt string categories for."""
-    return {name for name, categories in _categories_by_column(estimator).items() if _holds_text(categories)}
+    """Columns the fitted model takes as text: those its encoders (OneHotEncoder, OrdinalEncoder, ...) inside a
+    ColumnTransformer learnt string categories for, those a text vectorizer reads, and those it drops, which may
+    hold anything (a TF-IDF column or a dropped text column was refused as 'not a number' on every record)."""
+    text = {name for name, categories in _categories_by_column(estimator).items() if _holds_text(categories)}
+    return text | _dropped_columns(estimator)
 
 
 def _categories_by_column(estimator: Any) -> dict[str, list[Any]]:
+    """Each encoded column's categories; a text vectorizer's column its vocabulary (words its texts may hold)."""
     found: dict[str, list[Any]] = {}
     for transformer, columns in _column_transformers(estimator):
-        encoder = next((step for step in _steps(transformer) if hasattr(step, "categories_")), None)
-        if encoder is None:
-            continue
-        for column, categories in zip(columns, encoder.categories_, strict=False):
-            found[column] = list(categories)
+        steps = _steps(transformer)
+        encoder = next((step for step in steps if hasattr(step, "categories_")), None)
+        if encoder is not None:
+            for column, categories in zip(columns, encoder.categories_, strict=False):
+                found[column] = list(categories)
+        elif isinstance(getattr(steps[0], "vocabulary_", None), dict) and len(columns) == 1:
+            found[columns[0]] = sorted(steps[0].vocabulary_)
     return found
+
+
+def _dropped_columns(estimator: Any) -> set[str]:
+    """Columns a ColumnTransformer drops (explicitly or as its remainder) and no other transformer reads."""
+    dropped: set[str] = set()
+    read: set[str] = set()
+    for transformer, columns in _column_transformers(estimator):
+        (dropped if isinstance(transformer, str) and transformer == "drop" else read).update(columns)
+    return dropped - read
 
 
 def _missing_columns(estimator: Any) -> set[str]:

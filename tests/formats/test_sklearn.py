@@ -466,3 +466,49 @@ def test_a_missing_value_the_model_fills_itself_reaches_it(kind: str, serve: Ser
     ]
     scores = class_scores(model.predict(records))
     np.testing.assert_allclose(scores, classifier.predict_proba(frame.iloc[:12]), atol=TOLERANCE)
+
+
+def reviews() -> tuple[Any, np.ndarray]:
+    """Shop reviews: a free-text review, stars, a shop code, and two columns every model below drops (a user id and
+    a text note)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    words = ["good", "bad", "great", "awful", "fine", "meh"]
+    frame = pd.DataFrame(
+        {
+            "review": [" ".join(rng.choice(words, 4)) for _ in range(120)],
+            "stars": rng.integers(1, 6, 120).astype(float),
+            "shop": rng.choice(["north", "south"], 120),
+            "user_id": rng.integers(1000, 9999, 120),
+            "note": rng.choice(["gift", "repeat", "first"], 120),
+        }
+    )
+    target = (frame["review"].str.count("good|great") + frame["stars"] > 4).astype(int).to_numpy()
+    return frame, target
+
+
+@pytest.mark.parametrize("serve", ["native", "auto"])
+def test_a_pipeline_reading_free_text_and_dropping_columns_answers_as_sklearn(serve: ServeMode, tmp_path: Path) -> None:
+    """Every record was refused ("column 'review': 'meh awful awful bad' is not a number"): only columns an encoder
+    learnt string categories for were taken as text, so neither a TF-IDF column nor a dropped text column was."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import OneHotEncoder
+
+    frame, target = reviews()
+    columns = ColumnTransformer(
+        [
+            ("words", TfidfVectorizer(), "review"),
+            ("stars", StandardScaler(), ["stars"]),
+            ("shop", OneHotEncoder(handle_unknown="ignore"), ["shop"]),
+        ],
+        remainder="drop",
+    )
+    classifier = make_pipeline(columns, LogisticRegression()).fit(frame, target)
+    joblib.dump(classifier, tmp_path / "reviews.joblib")
+    held_out = frame.iloc[:10]
+    records = [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for _, row in held_out.iterrows()]
+
+    model = forwardpass.load(tmp_path / "reviews.joblib", trust_pickle=True, serve=serve, intra_op_threads=1)
+    np.testing.assert_allclose(class_scores(model.predict(records)), classifier.predict_proba(held_out), atol=TOLERANCE)
