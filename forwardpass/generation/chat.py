@@ -5,11 +5,18 @@ Templates are code from whoever published the model: they run in jinja2's immuta
 transformers' `apply_chat_template` sets up (trim_blocks, lstrip_blocks, loop controls, a `tojson` that does not
 escape HTML, `raise_exception`, `strftime_now`, the tokenizer's special tokens as variables), so that both render
 the same text for the same messages.
+
+A template's size and time are bounded: its repetitions, powers and output by size, and its loops, calls and filters
+by a render deadline, checked as its loops go and at each call (loops that print nothing otherwise ran for hours).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,13 @@ SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token
 # request in the server (the sandbox bounds range() only).
 MAX_RENDERED_CHARS = 16 << 20
 MAX_EXPONENT = 64  # of an integer `**`: larger ones only make numbers no prompt holds, slowly
+# Real templates render in well under a millisecond; nested loops that print nothing (`range` is bounded per call, not
+# per render) or recursive macros ran for hours per chat request.
+RENDER_SECONDS = 1.0
+BOUNDED_FILTER = "_loop_bounded_by_the_render_deadline"  # what each {% for %} iterates through
+DEADLINE_STRIDE = 256  # loop items between two readings of the clock: far under a millisecond of an empty loop
+# When the render in progress in this thread (or task) must stop; None outside a render
+_deadline: ContextVar[float | None] = ContextVar("chat_template_deadline", default=None)
 
 
 class ChatTemplate:
@@ -40,10 +54,11 @@ class ChatTemplate:
             trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
         )
         environment.filters["tojson"] = _tojson
+        environment.filters[BOUNDED_FILTER] = _bounded
         environment.globals["raise_exception"] = _raise_exception
         environment.globals["strftime_now"] = _strftime_now
         try:
-            self._template = environment.from_string(source)
+            self._template = environment.from_string(_loops_bounded(environment.parse(source)))
         except jinja2.TemplateError as exc:
             raise ConfigError(f"{origin}: the chat template does not compile: {exc}") from None
         self.source = source
@@ -73,6 +88,7 @@ class ChatTemplate:
         does not know, roles out of order) is an InputError with the template's own words."""
         # as transformers does: a key whose value is None is left out (templates test for presence)
         plain = [{key: value for key, value in message.items() if value is not None} for message in messages]
+        started = _deadline.set(time.monotonic() + RENDER_SECONDS)
         try:
             pieces = self._template.generate(
                 messages=plain,
@@ -92,6 +108,10 @@ class ChatTemplate:
             raise InputError(f"the model's chat template refused the messages: {exc}") from None
         except (TypeError, KeyError, IndexError, AttributeError) as exc:  # a template reading what is not there
             raise InputError(f"the model's chat template cannot render these messages: {exc}") from None
+        except RecursionError:  # a macro or recursive loop that calls itself without end
+            raise InputError("the model's chat template recurses past Python's depth limit") from None
+        finally:
+            _deadline.reset(started)
 
     def settings(self) -> dict[str, Any]:
         """What tokenizer_config.json holds for it."""
@@ -132,11 +152,63 @@ def _strftime_now(format: str) -> str:
     return datetime.now().strftime(format)
 
 
+def _loops_bounded(template: jinja2.nodes.Template) -> jinja2.nodes.Template:
+    """`template` with each `{% for %}` iterating through `_bounded`, which checks the deadline."""
+    for loop in template.find_all(jinja2.nodes.For):
+        # a filter, not a call: jinja calls a filter directly, where a call costs the sandbox's checks
+        loop.iter = jinja2.nodes.Filter(loop.iter, BOUNDED_FILTER, [], [], None, None, lineno=loop.iter.lineno)
+    return template
+
+
+def _bounded(iterable: Iterable[Any]) -> Iterable[Any]:
+    """`iterable` with the deadline checked every DEADLINE_STRIDE items: the clock costs more than an empty loop's
+    item. A short sequence (a conversation's messages) is iterated as it is, checked once."""
+    _check_deadline()
+    if not isinstance(iterable, list | tuple | str | range):
+        return _checked_items(iterable)
+    if len(iterable) <= DEADLINE_STRIDE:
+        return iterable
+    return itertools.chain.from_iterable(_checked_slices(iterable))  # items pass in C, slices are checked
+
+
+def _checked_items(iterable: Iterable[Any]) -> Iterator[Any]:
+    for count, item in enumerate(iterable, 1):
+        if not count % DEADLINE_STRIDE:
+            _check_deadline()
+        yield item
+
+
+def _checked_slices(sequence: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(sequence), DEADLINE_STRIDE):
+        _check_deadline()
+        yield sequence[start : start + DEADLINE_STRIDE]
+
+
+def _check_deadline() -> None:
+    deadline = _deadline.get()
+    if deadline is not None and time.monotonic() > deadline:
+        raise SecurityError(f"the template ran past its {RENDER_SECONDS:g} s render deadline")
+
+
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox, with `*` and `**` bounded: one expression of a template could otherwise build a string
-    or a number of any size (the sandbox bounds range() only)."""
+    or a number of any size (the sandbox bounds range() only); and with the render deadline checked at each item of
+    a loop (`_bounded`), each call (macros, recursive loops, methods) and each filter or test that `map`, `select` and
+    the like apply per item."""
 
     intercepted_binops = frozenset({"*", "**"})
+
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:  # positional: a template's keywords
+        _check_deadline()
+        return super().call(context, obj, *args, **kwargs)
+
+    def call_filter(self, name: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_deadline()
+        return super().call_filter(name, value, *args, **kwargs)
+
+    def call_test(self, name: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_deadline()
+        return super().call_test(name, value, *args, **kwargs)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":

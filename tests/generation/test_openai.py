@@ -32,6 +32,11 @@ CHAT: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Where is the nearest train station?"},
 ]
 
+HOSTILE_TEMPLATE = (
+    "{% macro f() %}{{ f() }}{% endmacro %}{% if messages[0].content == 'recurse' %}{{ f() }}{% else %}"
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{% endif %}"
+)
+
 
 @pytest.fixture(scope="module")
 def server(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -39,6 +44,10 @@ def server(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     root = tmp_path_factory.mktemp("openai-repository")
     shutil.copytree(exported, root / "gpt2")
     shutil.copytree(MINILM, root / "minilm")
+    shutil.copytree(exported, root / "hostile")  # the same decoder with a chat template that loops or recurses
+    settings = json.loads((root / "hostile" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    settings["chat_template"] = HOSTILE_TEMPLATE
+    (root / "hostile" / "tokenizer_config.json").write_text(json.dumps(settings), encoding="utf-8")
     process = subprocess.Popen(
         [FORWARDPASS, "serve", "-r", str(root), "--http-port", "0", "--grpc-port", "0"],
         stdout=subprocess.PIPE,
@@ -393,6 +402,18 @@ def test_a_prompt_of_megabytes_is_refused_before_it_is_tokenized(server: str) ->
     ]:
         refused = httpx.post(f"{server}{path}", json=body, timeout=60)
         assert refused.status_code == 400 and "characters: over 128 tokens" in refused.text, refused.text
+
+
+def test_a_chat_template_that_loops_or_recurses_is_a_client_error_in_a_second(server: str) -> None:
+    """A template whose loops print nothing held a server thread for hours per request; one that recursed without
+    end answered 500 with Python's RecursionError."""
+    for content, problem in (("hi", "ran past its 1 s render deadline"), ("recurse", "recurses past Python's")):
+        started = time.monotonic()
+        body = {"model": "hostile", "messages": [{"role": "user", "content": content}], "max_tokens": 1}
+        refused = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=60)
+        assert refused.status_code == 400 and problem in refused.text, refused.text
+        assert time.monotonic() - started < 2.0
+    assert httpx.get(f"{server}/v2/health/live", timeout=5).status_code == 200
 
 
 def test_an_error_never_echoes_the_request_back(server: str) -> None:
