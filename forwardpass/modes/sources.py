@@ -39,6 +39,7 @@ __all__ = [
     "files_fingerprint",
     "is_utf8",
     "jsonl_items",
+    "named_twice",
     "open_source",
     "parquet_items",
     "parse_json",
@@ -110,7 +111,7 @@ def csv_items(path: Path, name: str) -> Iterator[Item]:
             if header is None:  # a file without a line
                 yield Item(name, error=DecodeError(EMPTY_CSV))
                 return
-            if problem := _named_twice(header) or (None if is_utf8(*header) else NOT_UTF8):
+            if problem := named_twice(header) or (None if is_utf8(*header) else NOT_UTF8):
                 yield Item(name, error=DecodeError(problem))
                 return
             for fields in reader:
@@ -315,7 +316,7 @@ def parquet_items(path: Path, name: str) -> Iterator[Item]:
     except (OSError, pa.ArrowException) as exc:
         yield Item(name, error=DecodeError(f"is not a readable Parquet file ({exc})"))
         return
-    if twice := _named_twice(file.schema_arrow.names):
+    if twice := named_twice(file.schema_arrow.names):
         file.close()
         yield Item(name, error=DecodeError(twice))
         return
@@ -348,7 +349,7 @@ def _count_rows(path: Path) -> int | None:
             import pyarrow.parquet as pq
 
             with pq.ParquetFile(path) as file:  # a file refused whole is one record, counted by reading it
-                return None if _named_twice(file.schema_arrow.names) else int(file.metadata.num_rows)
+                return None if named_twice(file.schema_arrow.names) else int(file.metadata.num_rows)
         if suffix == ".npy":
             shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
             return int(shape[0]) if shape else None
@@ -357,7 +358,7 @@ def _count_rows(path: Path) -> int | None:
     return None
 
 
-def _named_twice(columns: Sequence[str]) -> str | None:
+def named_twice(columns: Sequence[str]) -> str | None:
     """Why a table whose header names a column twice is refused (its readers keep the last one), or None."""
     seen: set[str] = set()
     for column in columns:

@@ -35,7 +35,7 @@ from forwardpass.config import ModelConfig
 from forwardpass.errors import ConfigError, DecodeError, ForwardpassError
 from forwardpass.measure.stats import LatencySummary
 from forwardpass.model import Model
-from forwardpass.modes.sources import NOT_UTF8, OPEN_QUOTE, TEXT_FIELD, is_utf8, parse_json
+from forwardpass.modes.sources import NOT_UTF8, OPEN_QUOTE, TEXT_FIELD, is_utf8, named_twice, parse_json
 from forwardpass.pipeline.kinds import kind_of
 
 __all__ = [
@@ -76,6 +76,7 @@ class RecordParser:
         self.format = record_format
         self._text_model = kind_of(config).name == "text"
         self.header: list[str] | None = None
+        self._header_problem: str | None = None  # a header naming a column twice: every record's error
 
     def is_header(self, line: str) -> bool:
         """True for (and consumes) a CSV stream's first line."""
@@ -84,6 +85,8 @@ class RecordParser:
         self.header = _csv_fields(line)
         if not self.header:
             raise DecodeError("the first line of a CSV stream must name the columns")
+        if twice := named_twice(self.header):
+            self._header_problem = f"the header {twice}"
         return True
 
     def parse(self, line: str) -> object:
@@ -91,6 +94,8 @@ class RecordParser:
             return line
         if self.format == "csv":
             assert self.header is not None, "is_header() sees the first line"
+            if self._header_problem is not None:
+                raise DecodeError(self._header_problem)
             fields = _csv_fields(line)
             if len(fields) != len(self.header):
                 raise DecodeError(f"has {len(fields)} fields, the header has {len(self.header)}")

@@ -148,6 +148,14 @@ def test_csv_streams_start_with_their_header(model: Model) -> None:
     assert answers.lines[2] == {"line": 4, "error": "has 3 fields, the header has 2"}
 
 
+def test_a_csv_stream_whose_header_names_a_column_twice_answers_each_record_with_that_error(model: Model) -> None:
+    """'a,b,a' gave each record the last 'a' (the header's dict kept one), where a batch job refuses such a table."""
+    answers = Answers()
+    run_stream(model, ["a,b,a\n", "1,2,5\n", "3,4,6\n"], answers, record_format="csv")
+    twice = "the header names column 'a' twice: which of the two is meant would be a guess; rename one"
+    assert answers.lines == [{"line": 2, "error": twice}, {"line": 3, "error": twice}]
+
+
 def test_a_csv_line_whose_quoted_field_is_not_closed_on_it_is_an_error_not_a_record(model: Model) -> None:
     """A stream takes one record per line: '2,"1' (a field whose line break was inside its quotes) was answered as
     a=2, b=1, a record its writer never wrote."""
