@@ -77,6 +77,20 @@ def batcher(vad: Model, runner: object = None, **options: object) -> SequenceBat
     )
 
 
+class HeldRunner:
+    """The model's session, whose calls wait for `release` while `holding` is set (`running`: one is waiting)."""
+
+    def __init__(self, vad: Model) -> None:
+        self.vad = vad
+        self.holding, self.running, self.release = threading.Event(), threading.Event(), threading.Event()
+
+    def __call__(self, arrays: Arrays) -> Arrays:
+        if self.holding.is_set():
+            self.running.set()
+            assert self.release.wait(WAIT_S)
+        return self.vad.session.run(arrays)
+
+
 def step(chunk: np.ndarray) -> Arrays:
     return {"audio": chunk.reshape(1, CHUNK)}
 
@@ -159,24 +173,17 @@ async def test_a_failed_step_fails_alone_and_leaves_the_state_as_it_was(vad: Mod
 async def test_a_step_whose_deadline_passed_while_it_ran_leaves_the_state_as_it_was(vad: Model) -> None:
     """Its caller was told it failed (DeadlineExceeded), so it sends the chunk again: the state must take it once.
     The step's state was kept, and the retried chunk went into the sequence twice."""
-    holding, running, release = threading.Event(), threading.Event(), threading.Event()
-
-    def slow(arrays: Arrays) -> Arrays:
-        if holding.is_set():
-            running.set()
-            assert release.wait(WAIT_S)
-        return vad.session.run(arrays)
-
+    slow = HeldRunner(vad)
     chunks = voice(1.0, 3).reshape(-1, CHUNK)[:4]
     sequencer = batcher(vad, slow)
     answers = [await sequencer.submit("s", step(chunks[0]), start=True, end=False)]
-    holding.set()
+    slow.holding.set()
     expiring = sequencer.submit("s", step(chunks[1]), start=False, end=False)
-    assert await asyncio.to_thread(running.wait, WAIT_S)
+    assert await asyncio.to_thread(slow.running.wait, WAIT_S)
     expiring.set_exception(DeadlineExceeded("model 'vad' did not answer within 0.01 s"))  # as the data plane does
     assert isinstance(expiring.exception(), DeadlineExceeded)
-    holding.clear()
-    release.set()
+    slow.holding.clear()
+    slow.release.set()
     for chunk in chunks[1:]:  # the caller's retry, then the rest
         answers.append(await sequencer.submit("s", step(chunk), start=False, end=False))
     served = [answer.outputs["output"][0, 0] for answer in answers]
@@ -190,26 +197,19 @@ async def test_a_restart_whose_deadline_passed_in_the_queue_leaves_no_state_of_t
 ) -> None:
     """A `start` given up while it waited was dropped unrun, and the sequence's next steps went on from the state of
     the stream before the restart; one given up while it ran already reset the state. Both now reset it."""
-    holding, running, release = threading.Event(), threading.Event(), threading.Event()
-
-    def slow(arrays: Arrays) -> Arrays:
-        if holding.is_set():
-            running.set()
-            assert release.wait(WAIT_S)
-        return vad.session.run(arrays)
-
+    slow = HeldRunner(vad)
     old, new = voice(1.0, 4).reshape(-1, CHUNK)[:6], voice(1.0, 5).reshape(-1, CHUNK)[:3]
     sequencer = batcher(vad, slow)
     await sequencer.submit("s", step(old[0]), start=True, end=False)
     for chunk in old[1:]:
         await sequencer.submit("s", step(chunk), start=False, end=False)
-    holding.set()
+    slow.holding.set()
     busy = sequencer.submit("other", step(old[0]), start=True, end=False)  # holds the one instance
-    assert await asyncio.to_thread(running.wait, WAIT_S)
+    assert await asyncio.to_thread(slow.running.wait, WAIT_S)
     restart = sequencer.submit("s", step(new[0]), start=True, end=False)
     restart.set_exception(DeadlineExceeded("model 'vad' did not answer within 0.01 s"))  # as the data plane does
-    holding.clear()
-    release.set()
+    slow.holding.clear()
+    slow.release.set()
     await busy
     rest = [await sequencer.submit("s", step(chunk), start=False, end=False) for chunk in new[1:]]
     fresh = batcher(vad)  # new[0] was never run: the rest go on from the initial state
