@@ -15,6 +15,7 @@ from forwardpass.errors import InputError
 from forwardpass.measure import RawSession, RoundDone, SpeedPoint, bench, evaluate, open_dataset
 from forwardpass.measure.datasets import Dataset
 from forwardpass.measure.report import configuration
+from forwardpass.measure.speed import check_batch_sizes
 from forwardpass.measure.variants import DEFAULT_PRECISION, precision_of, variants
 from forwardpass.model import Model
 
@@ -160,6 +161,7 @@ def _time(
     record: Callable[[SpeedPoint], dict[str, Any]],
 ) -> None:
     """Each batch size timed and `record`ed as soon as it is measured (so that Ctrl-C keeps the finished ones)."""
+    check_batch_sizes(model, sizes)  # all of them before any is timed
     raw = RawSession(model)
     threads = model.engine.intra_op_threads or "default"
     with progress() as bar:

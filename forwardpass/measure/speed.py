@@ -22,6 +22,7 @@ __all__ = [
     "RawSession",
     "SpeedPoint",
     "bench",
+    "check_batch_sizes",
     "random_inputs",
 ]
 
@@ -45,6 +46,18 @@ def random_inputs(
         shape = (batch_size, *(dynamic_dim if dim == -1 else dim for dim in rest)) if spec.shape else ()
         batch[spec.name] = _random(spec, shape, rng)
     return batch
+
+
+def check_batch_sizes(model: Model, batch_sizes: Sequence[int]) -> None:
+    """Refuses a batch size over the model's max_batch_size: its server refuses such a batch and splits none, so a
+    figure for it would time a forward pass that serving the model never runs."""
+    most = model.config.max_batch_size
+    over = [size for size in batch_sizes if most and size > most]
+    if over:
+        raise InputError(
+            f"batch size {', '.join(map(str, over))} is over model '{model.name}''s max_batch_size of {most} (its "
+            f"config): a forward pass of it never holds more items; time batch sizes up to {most}"
+        )
 
 
 def _random(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -113,6 +126,7 @@ def bench(
         raise InputError("batch sizes must be positive integers")
     if seconds <= 0 or warmup_seconds < 0:
         raise InputError("the duration must be positive and the warm-up not negative")
+    check_batch_sizes(model, batch_sizes)
     rounds = rounds or max(2, math.ceil(seconds / ROUND_SECONDS))
     reference = raw or RawSession(model)
     points = []

@@ -426,6 +426,21 @@ def test_compare_two_bench_reports(fp: Cli, tmp_path: Path) -> None:
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_refuses_batch_sizes_over_the_models_max_batch_size(fp: Cli, measure_repo: Repo, tmp_path: Path) -> None:
+    """bench timed batch 8 of the bundled ocr_cls (max_batch_size 6) without a word: a figure for batches that the
+    model's server refuses ('over the model's max_batch_size; split it') and that no forward pass of it runs."""
+    _save(tmp_path, "vec_max4", onnx.load(measure_repo.root / "vec_raw" / "1" / "model.onnx"), {"max_batch_size": 4})
+    done = fp("bench", "vec_max4", "-r", tmp_path, "--batch-size", "1,8", "--duration", "0.1", "--warmup", "0")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: batch size 8 is over model 'vec_max4''s max_batch_size of 4 (its config): a forward pass of it never "
+        "holds more items; time batch sizes up to 4"
+    ]
+    assert "measured" not in done.stdout + done.stderr  # refused before batch 1 was timed
+    within = fp("bench", "vec_max4", "-r", tmp_path, "--batch-size", "4", "--duration", "0.1", "--warmup", "0")
+    assert within.returncode == 0, within.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
