@@ -95,21 +95,33 @@ def _dropped_columns(estimator: Any) -> set[str]:
 
 def _missing_columns(estimator: Any) -> set[str]:
     """Numeric columns where the model itself takes a missing value (NaN): all of them when its first step does (an
-    imputer, HistGradientBoosting, XGBoost's and LightGBM's wrappers), else those a ColumnTransformer imputes.
-    scikit-learn's other trees take NaN too, but skl2onnx's conversion of them routes it elsewhere."""
+    imputer, HistGradientBoosting, XGBoost's and LightGBM's wrappers), else those a ColumnTransformer imputes, and
+    those it passes through to a final step that does (its only other step). scikit-learn's other trees take NaN
+    too, but skl2onnx's conversion of them routes it elsewhere."""
     names = getattr(estimator, "feature_names_in_", None)
     if names is None:
         return set()
     text = _string_columns(estimator)
-    if _takes_missing(_steps(estimator)[0]):
+    steps = _steps(estimator)
+    if _takes_missing(steps[0]):
         return {str(name) for name in names} - text
+    passed_to_missing = len(steps) == 2 and _takes_missing(steps[1])
     found = {
         column
         for transformer, columns in _column_transformers(estimator)
-        if _takes_missing(_steps(transformer)[0])
+        if _takes_missing(_steps(transformer)[0]) or (passed_to_missing and _passes_through(transformer))
         for column in columns
     }
     return found - text
+
+
+def _passes_through(transformer: Any) -> bool:
+    """'passthrough', which a fitted ColumnTransformer keeps as an identity FunctionTransformer (func None)."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    if isinstance(transformer, str):
+        return transformer == "passthrough"
+    return isinstance(transformer, FunctionTransformer) and transformer.func is None
 
 
 def _takes_missing(step: Any) -> bool:

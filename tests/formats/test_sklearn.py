@@ -512,3 +512,30 @@ def test_a_pipeline_reading_free_text_and_dropping_columns_answers_as_sklearn(se
 
     model = forwardpass.load(tmp_path / "reviews.joblib", trust_pickle=True, serve=serve, intra_op_threads=1)
     np.testing.assert_allclose(class_scores(model.predict(records)), classifier.predict_proba(held_out), atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("serve", ["native", "auto"])
+def test_columns_passed_through_to_a_model_that_takes_missing_values_take_them(
+    serve: ServeMode, tmp_path: Path
+) -> None:
+    """A record with no 'bmi' was refused ("column 'bmi' is empty (no impute value declared)") although the
+    ColumnTransformer passes it through to HistGradientBoosting, which routes a missing value itself."""
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.preprocessing import OrdinalEncoder
+
+    data = load_diabetes(as_frame=True)
+    frame = data.data[["age", "bmi", "bp"]].assign(shop=np.random.default_rng(0).choice(["north", "south"], 442))
+    frame.loc[frame.index % 9 == 0, "bmi"] = np.nan
+    columns = ColumnTransformer([("shop", OrdinalEncoder(), ["shop"])], remainder="passthrough")
+    regressor = make_pipeline(columns, HistGradientBoostingRegressor(max_iter=20)).fit(frame, data.target)
+    joblib.dump(regressor, tmp_path / "progression.joblib")
+    held_out = frame.iloc[:12].assign(bmi=[None, *frame["bmi"].iloc[1:12]])
+    records = [
+        {name: (None if pd.isna(value) else value) for name, value in row.items()} for _, row in held_out.iterrows()
+    ]
+
+    model = forwardpass.load(tmp_path / "progression.joblib", trust_pickle=True, serve=serve, intra_op_threads=1)
+    values = [answer["value"] for answer in model.predict(records)]
+    np.testing.assert_allclose(values, regressor.predict(held_out.astype({"bmi": float})), rtol=1e-5)
