@@ -230,13 +230,15 @@ def run_stream(
     stats = stats if stats is not None else StreamStats()
     parser = RecordParser(record_format, model.config)
     limit = max_batch or model.batch_size
-    records: queue.Queue[_Record | None] = queue.Queue(QUEUED_BATCHES * limit)
+    records: queue.Queue[_Record | ForwardpassError | None] = queue.Queue(QUEUED_BATCHES * limit)
     reader = threading.Thread(target=_read, args=(lines, records), name="forwardpass-stream-reader", daemon=True)
     reader.start()
     ended = False
+    failure: ForwardpassError | None = None  # the input failed to read: raised once the records before it are answered
     while not ended:
         first = records.get()
-        if first is None:
+        if first is None or isinstance(first, ForwardpassError):
+            failure = first
             break
         # Not the server's Batcher: this loop is one thread answering in input order, and never waits for a fuller
         # batch; the forward passes are Model.predict_each's (see forwardpass.scheduler.batches).
@@ -246,16 +248,19 @@ def run_stream(
                 waiting = records.get_nowait()
             except queue.Empty:
                 break
-            if waiting is None:
-                ended = True
+            if waiting is None or isinstance(waiting, ForwardpassError):
+                ended, failure = True, waiting
                 break
             batch.append(waiting)
         _answer(model, parser, batch, write, top_k, stats)
     stats.finished = time.perf_counter()
+    if failure is not None:
+        raise failure
     return stats
 
 
-def _read(lines: Iterable[str | LineTooLong], records: queue.Queue[_Record | None]) -> None:
+def _read(lines: Iterable[str | LineTooLong], records: queue.Queue[_Record | ForwardpassError | None]) -> None:
+    number = 0  # the last line read: the next is where a failure to read came
     try:
         for number, text in enumerate(lines, 1):
             if isinstance(text, LineTooLong):
@@ -265,6 +270,8 @@ def _read(lines: Iterable[str | LineTooLong], records: queue.Queue[_Record | Non
                 text = text.removeprefix("\ufeff")  # a byte order mark (Excel's "CSV UTF-8"), file or stdin
             if text.strip():
                 records.put(_Record(number, text.rstrip("\r\n"), time.perf_counter()))
+    except OSError as exc:  # not the input's end: the stream must not end as if it were
+        records.put(ForwardpassError(f"cannot read line {number + 1} of the input ({exc.strerror or exc})"))
     finally:
         records.put(None)
 

@@ -3,6 +3,7 @@ a forward pass, order is kept, bad records fail alone, and every format parses a
 
 from __future__ import annotations
 
+import errno
 import queue
 import threading
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import forwardpass
 from forwardpass.config import ModelConfig
-from forwardpass.errors import ConfigError, DecodeError
+from forwardpass.errors import ConfigError, DecodeError, ForwardpassError
 from forwardpass.model import Model
 from forwardpass.modes import stream
 from forwardpass.modes.stream import (
@@ -181,6 +182,21 @@ def test_a_byte_order_mark_before_the_first_line_is_not_read_as_data(
     answers = Answers()
     run_stream(model, lines, answers, record_format=record_format)
     assert answers.lines == [{"line": len(lines), "prediction": {"value": pytest.approx(4.0)}}]
+
+
+def test_an_input_that_fails_to_read_ends_the_stream_with_an_error_after_the_lines_read(model: Model) -> None:
+    """A read error (EIO: `forwardpass stream MODEL /proc/self/mem`, a network file system gone) ended the reader
+    thread in a traceback and the stream as if its input had ended: exit 0, every record after it unanswered."""
+
+    def lines() -> Iterator[str]:
+        yield '{"a": 1}\n'
+        yield '{"a": 2}\n'
+        raise OSError(errno.EIO, "Input/output error")
+
+    answers = Answers()
+    with pytest.raises(ForwardpassError, match=r"^cannot read line 3 of the input \(Input/output error\)"):
+        run_stream(model, lines(), answers)
+    assert [answer["prediction"]["value"] for answer in answers.lines] == [pytest.approx(3.0), pytest.approx(5.0)]
 
 
 def test_the_parser_reads_text_and_text_records_for_text_models() -> None:
