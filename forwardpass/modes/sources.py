@@ -232,6 +232,8 @@ class _Tables:
             yield from self._read(path, name)
         except InputError as exc:  # a file that cannot be opened is one bad record, not the end of the job
             yield Item(name, error=exc)
+        except OSError as exc:  # nor one that fails part-way (a disk or network error): the rest of it is one
+            yield Item(name, error=DecodeError(f"cannot be read ({exc.strerror or exc})"))
 
 
 def _records(path: Path, name: str) -> Iterator[Item]:

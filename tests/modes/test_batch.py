@@ -416,6 +416,19 @@ def test_a_broken_link_to_a_table_and_a_linked_folder_in_a_table_folder_are_bad_
     assert sorted(read_errors(tmp_path / "out")) == ["more", "old.csv"]
 
 
+def test_a_table_that_fails_to_read_is_a_bad_record_not_the_end_of_the_job(tab_cls: Model, tmp_path: Path):
+    """A read error (EIO, here /proc/self/mem's) in one CSV or JSONL of a folder ended the job in an OSError
+    traceback, exit 1, before any record was scored."""
+    (tmp_path / "tables").mkdir()
+    write_table(tmp_path / "tables" / "rows.csv", 3)
+    for name in ("broken.csv", "broken.jsonl"):
+        (tmp_path / "tables" / name).symlink_to("/proc/self/mem")
+    summary = run_batch(tab_cls, tmp_path / "tables", tmp_path / "out", BatchOptions())
+    assert (summary.records, summary.rows, summary.errors) == (5, 3, 2)
+    errors = read_errors(tmp_path / "out")
+    assert errors["broken.csv"]["error"] == errors["broken.jsonl"]["error"] == "cannot be read (Input/output error)"
+
+
 def test_an_empty_image_folder_is_refused(img_cls: Model, tmp_path: Path):
     """It was a job of 0 records with exit 0, as a table folder without tables is not: most likely the wrong path."""
     (tmp_path / "photos" / ".thumbnails").mkdir(parents=True)
