@@ -43,6 +43,7 @@ __all__ = [
     "open_source",
     "parquet_items",
     "parse_json",
+    "parse_json_line",
     "utf8_text",
 ]
 
@@ -83,6 +84,16 @@ def parse_json(data: bytes | str) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"is not valid JSON ({exc})") from None
+
+
+def parse_json_line(line: str) -> Any:
+    """One JSONL line's value; a failure says where in the line, as the record's id (or answer) names the line: the
+    parser's own 'line 2 column 1' counts from the line it was given, the newline ending it starting a second."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        where = "at the end of the line" if exc.lineno > 1 else f"at column {exc.colno}"
+        raise DecodeError(f"is not valid JSON ({exc.msg} {where})") from None
 
 
 def csv_header(path: Path) -> list[str]:
@@ -138,7 +149,7 @@ def jsonl_items(path: Path, name: str) -> Iterator[Item]:
             try:
                 if not is_utf8(line):
                     raise DecodeError(NOT_UTF8)
-                yield Item(f"{name}#line{line_number}", parse_json(line))
+                yield Item(f"{name}#line{line_number}", parse_json_line(line))
             except DecodeError as exc:
                 yield Item(f"{name}#line{line_number}", error=exc)
 

@@ -35,7 +35,7 @@ from forwardpass.config import ModelConfig
 from forwardpass.errors import ConfigError, DecodeError, ForwardpassError
 from forwardpass.measure.stats import LatencySummary
 from forwardpass.model import Model
-from forwardpass.modes.sources import NOT_UTF8, OPEN_QUOTE, TEXT_FIELD, is_utf8, named_twice, parse_json
+from forwardpass.modes.sources import NOT_UTF8, OPEN_QUOTE, TEXT_FIELD, is_utf8, named_twice, parse_json_line
 from forwardpass.pipeline.kinds import kind_of
 
 __all__ = [
@@ -101,7 +101,7 @@ class RecordParser:
                 raise DecodeError(f"has {len(fields)} fields, the header has {len(self.header)}")
             record: object = dict(zip(self.header, fields, strict=True))
         else:
-            record = parse_json(line)
+            record = parse_json_line(line)
         if self._text_model and isinstance(record, dict):
             if TEXT_FIELD not in record:
                 raise DecodeError(f"a text model's record needs a '{TEXT_FIELD}' field; it has {sorted(record)}")

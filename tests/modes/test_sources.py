@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import forwardpass
-from forwardpass.modes.sources import csv_items, open_source, parquet_items
+from forwardpass.modes.sources import csv_items, jsonl_items, open_source, parquet_items
 
 
 def test_a_table_naming_a_column_twice_is_one_bad_record_not_its_last_column_read(repository: Path, tmp_path: Path):
@@ -110,6 +110,20 @@ def test_a_byte_that_is_not_utf8_spoils_its_own_record_only(repository: Path, tm
         (f"x{suffix}#{row}4", "cats"),
     ]
     assert str(items[1].error) == "is not UTF-8 text"
+
+
+def test_a_bad_jsonl_line_is_named_by_its_own_number_not_by_the_json_parsers(tmp_path: Path):
+    """Line 3's error said 'line 2 column 1' (the parser counts lines within the one it was given, the newline
+    starting a second), contradicting the record's id."""
+    table = tmp_path / "x.jsonl"
+    table.write_text('{"a": 1}\n\n{"a": 1,\n{"a" 2}\n{"a": 3}\n', encoding="utf-8")
+    items = list(jsonl_items(table, "x.jsonl"))
+    assert [item.name for item in items] == ["x.jsonl#line1", "x.jsonl#line3", "x.jsonl#line4", "x.jsonl#line5"]
+    assert [str(item.error) for item in items[1:3]] == [
+        "is not valid JSON (unexpected end of data at the end of the line)",
+        "is not valid JSON (unexpected character, expected ':' after key at column 6)",
+    ]
+    assert items[3].raw == {"a": 3}
 
 
 def test_the_index_pandas_stores_in_parquet_is_no_field(tmp_path: Path) -> None:
