@@ -198,7 +198,7 @@ def _print(report: OptimizeReport) -> None:
         table.add_column(column, justify="left" if column in ("candidate", "precision", "") else "right")
     base = report.original
     for candidate in [base, *report.candidates]:
-        mark = "chosen" if candidate is report.chosen else ("" if candidate.within_budget else "over budget")
+        mark = "chosen" if candidate is report.chosen else candidate.refusal
         table.add_row(
             candidate.label,
             candidate.precision,

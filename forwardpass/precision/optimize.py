@@ -90,7 +90,20 @@ class Candidate:
     latency_ms: float = 0.0
     size_bytes: int = 0
     drop: float = 0.0
-    within_budget: bool = True
+    within_budget: bool = True  # its drop is within --max-accuracy-drop (always, when none was given)
+    # Why a reduced-float variant is no version of the model whatever the budget (its outputs leave FP32's by more
+    # than HELD_TO), in a few words; None when they do not
+    off_range: str | None = None
+
+    @property
+    def qualifies(self) -> bool:
+        return self.within_budget and self.off_range is None
+
+    @property
+    def refusal(self) -> str:
+        """Why it cannot be chosen, in a few words ('' when it can): the reason, never 'over budget' for one where
+        no budget was given."""
+        return "over budget" if not self.within_budget else (self.off_range or "")
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -102,6 +115,7 @@ class Candidate:
             "latency_ms_p50": self.latency_ms,
             "size_bytes": self.size_bytes,
             "within_budget": self.within_budget,
+            "off_range": self.off_range,
         }
 
 
@@ -318,7 +332,7 @@ class _Search:
                 if self.request.precision == precision:
                     raise InputError(f"{why}; nothing was written. Keep FP32, or try another --precision")
                 self.say(why)
-                candidate.within_budget = False
+                candidate.off_range = f"past {precision}'s range: outputs moved {spread:.2g} (held to {held:g})"
         return candidate
 
     def _auto(self) -> list[Candidate]:
@@ -335,7 +349,7 @@ class _Search:
             candidates.append(self._make("int8-dynamic", "int8-dynamic", self._transform("int8-dynamic-matmul")))
         if "MatMul" in has:
             candidates.append(self._make("int4", "int4", self._transform("int4")))
-        if int8.within_budget:
+        if int8.qualifies:
             return candidates
         layers = compute_layers(self.onnx_model)
         gains = {}
@@ -343,14 +357,14 @@ class _Search:
             single = self._make(f"int8 except {layer}", "mixed", self._transform("int8", [layer]))
             gains[layer] = single.score - int8.score
             candidates.append(single)
-            if single.within_budget:
+            if single.qualifies:
                 return candidates  # one layer in FP32 suffices; more would only be slower
         ranked = sorted(layers, key=lambda name: gains[name], reverse=True)
         for count in range(2, len(ranked)):
             kept = ranked[:count]
             mixed = self._make(f"int8, {count} layers fp32", "mixed", self._transform("int8", kept))
             candidates.append(mixed)
-            if mixed.within_budget:
+            if mixed.qualifies:
                 break
         return candidates
 
@@ -389,7 +403,7 @@ def _copy_model_files(entry: ModelEntry, staging: Path) -> None:
 
 
 def _choose(candidates: list[Candidate], request: OptimizeRequest, metric: str) -> Candidate:
-    qualified = [c for c in candidates if c.within_budget]
+    qualified = [c for c in candidates if c.qualifies]
     if not qualified:
         best = max(candidates, key=lambda c: c.score)
         raise InputError(

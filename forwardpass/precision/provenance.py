@@ -101,7 +101,7 @@ def plot_candidates(
 
     figure, axes = pyplot.subplots(figsize=(7, 4.5))
     for candidate in [original, *candidates]:
-        marker = "*" if candidate is chosen else ("o" if candidate.within_budget else "x")
+        marker = "*" if candidate is chosen else ("o" if candidate.qualifies else "x")
         axes.scatter(candidate.throughput, candidate.score, marker=marker, s=140 if candidate is chosen else 50)
         axes.annotate(
             candidate.label,
@@ -116,7 +116,7 @@ def plot_candidates(
     if accuracies and "%" in metric:  # never above 100 %, and a visible range even when every point is equal
         margin = max(0.5, (max(accuracies) - min(accuracies)) * 0.15)
         axes.set_ylim(max(0.0, min(accuracies) - margin), min(100.0, max(accuracies) + margin))
-    axes.set_title(f"{metric} vs throughput; chosen: {chosen.label}\n(star: chosen, o: within budget, x: over it)")
+    axes.set_title(f"{metric} vs throughput; chosen: {chosen.label}\n(star: chosen, o: within budget, x: refused)")
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -14,6 +14,7 @@ import pytest
 
 from tests.pipeline.test_arrays import write_npy_declaring_a_terabyte, write_npz_bomb
 from tests.precision.digits_resnet import write_digits
+from tests.precision.test_optimize import scaled_classifier
 
 ROOT = Path(__file__).resolve().parents[2]
 FORWARDPASS = str(Path(sys.executable).parent / "forwardpass")
@@ -109,6 +110,32 @@ def test_a_zip_bomb_as_samples_is_refused_unread(repo: Path, tmp_path: Path) -> 
     huge = write_npy_declaring_a_terabyte(tmp_path / "huge.npy")
     assert_one_error(run(repo, "-p", "int8", "--calibration", huge), f"data '{huge}' declares an array larger than")
     assert versions(repo) == ["1", "config.yaml", "labels.txt", "metrics.json"]
+
+
+def test_auto_says_why_it_left_out_an_fp16_that_overflows_when_no_budget_was_given(tmp_path: Path) -> None:
+    """Its table marked the FP16 variant past FP16's range 'over budget', though no --max-accuracy-drop was given."""
+    (tmp_path / "repo").mkdir()
+    data = scaled_classifier(tmp_path / "repo", 3e4)
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "250"}
+    command = [FORWARDPASS, "optimize", "big", "-r", str(tmp_path / "repo"), "-p", "auto", "--eval", str(data)]
+    options = [
+        "--calibration",
+        str(data),
+        "--duration",
+        "0.2",
+        "--allow-slower",
+        "--no-plot",
+        "-o",
+        str(tmp_path / "o"),
+    ]
+    done = subprocess.run([*command, *options], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    fp16 = next(line for line in done.stdout.splitlines() if line.split()[:2] == ["fp16", "fp16"])
+    assert "past fp16's range: outputs moved" in fp16 and "(held to 0.01)" in fp16, fp16
+    assert "over budget" not in done.stdout
+    record = json.loads((tmp_path / "o" / "precision.json").read_text())
+    refused = next(c for c in record["candidates"] if c["label"] == "fp16")
+    assert refused["within_budget"] and refused["off_range"].startswith("past fp16's range"), refused
 
 
 def test_an_impossible_budget_writes_nothing(repo: Path, calibration: Path) -> None:

@@ -193,7 +193,7 @@ def test_a_variant_slower_than_its_source_is_refused_with_the_ratio_unless_asked
     assert optimize(request).version == 2
 
 
-def _classifier(repo: Path, scale: float) -> Path:
+def scaled_classifier(repo: Path, scale: float) -> Path:
     """A softmax classifier "big" whose hidden activations reach about 20 x `scale` (3e4: past FP16's range, 65504),
     and labelled .npz data on which FP32 scores 100 %."""
     rng = np.random.default_rng(1)
@@ -223,7 +223,7 @@ def _classifier(repo: Path, scale: float) -> Path:
 def test_fp16_that_overflows_is_refused_not_written_as_the_default_version(tmp_path: Path) -> None:
     """No --max-accuracy-drop used to mean any drop: this FP16 variant scored far below FP32 and became version 2."""
     repo = tmp_path / "repo"
-    data = _classifier(repo, 3e4)
+    data = scaled_classifier(repo, 3e4)
     with pytest.raises(InputError, match=r"fp16 moves the outputs by up to .* \(fp16 is held to 0\.01.*nothing was"):
         optimize(_request(repo, "big", "fp16", eval_data=data, plot=False))
     assert sorted(p.name for p in (repo / "big").iterdir()) == ["1"]
@@ -232,7 +232,7 @@ def test_fp16_that_overflows_is_refused_not_written_as_the_default_version(tmp_p
 def test_bf16_traces_the_model_on_the_eval_items_when_no_calibration_is_given(tmp_path: Path) -> None:
     """It asked for '--calibration DATA or --eval DATA' although --eval was given."""
     repo = tmp_path / "repo"
-    data = _classifier(repo, 1.0)
+    data = scaled_classifier(repo, 1.0)
     report = optimize(_request(repo, "big", "bf16", eval_data=data, plot=False))
     assert report.version == 2 and report.chosen.precision == "bf16"
 
