@@ -4,8 +4,11 @@ with no config, loaded with `forwardpass.load` and compared numerically with the
 from __future__ import annotations
 
 import io
+import json
 import math
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -263,6 +266,34 @@ def test_predict_answers_a_string_per_item_as_text(tmp_path: Path):
     model = forwardpass.load(tmp_path / "mark.onnx")
     predictions = model.predict([{"text": np.array(text)} for text in ("héllo", "b")])
     assert predictions == [{"outputs": {"marked": "héllo!"}}, {"outputs": {"marked": "b!"}}]
+
+
+@pytest.mark.parametrize("shape", [["batch"], ["batch", 1]])
+def test_a_string_input_model_takes_a_text_as_its_item(tmp_path: Path, shape: list[Any]):
+    """A model whose one input is strings (a Keras TextVectorization model, an ONNX string pipeline) refused a text
+    ('this model declares no preprocessing: expected an array, got str'), on predict and on the server's /predict."""
+    graph = helper.make_graph(
+        [helper.make_node("StringConcat", ["text", "mark"], ["marked"])],
+        "mark",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, shape)],
+        [helper.make_tensor_value_info("marked", TensorProto.STRING, shape)],
+        initializer=[numpy_helper.from_array(np.array("!", dtype=object), "mark")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), tmp_path / "mark.onnx")
+    marked = forwardpass.load(tmp_path / "mark.onnx").predict(["héllo", "b"])
+    expected = ["héllo!", "b!"] if len(shape) == 1 else [["héllo!"], ["b!"]]
+    assert [prediction["outputs"]["marked"] for prediction in marked] == expected
+    (tmp_path / "b.txt").write_text("b\n", encoding="utf-8")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "forwardpass"), "predict", "mark.onnx", "héllo", "b.txt", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr  # it was 'error: héllo: no such file', exit 2
+    assert [json.loads(line)["outputs"]["marked"] for line in done.stdout.splitlines()] == expected
 
 
 def test_predict_batches_at_the_default_size(repo: Path, cnn: TinyCNN):

@@ -24,6 +24,7 @@ import numpy as np
 from forwardpass.config import ModelConfig, TabularConfig
 from forwardpass.errors import DecodeError, ForwardpassError, InputError, NotFoundError, ShapeError
 from forwardpass.modes.sources import Item, csv_header, csv_items, jsonl_items, parquet_items, parse_json
+from forwardpass.pipeline import text_item_shape
 from forwardpass.pipeline.arrays import read_npy, read_npz
 from forwardpass.pipeline.kinds import kind_of
 from forwardpass.pipeline.records import check_fields
@@ -63,6 +64,8 @@ def _decoder(config: ModelConfig, inputs: Sequence[TensorSpec], whole_items: boo
     if kind == "tabular":
         assert isinstance(declared, TabularConfig)
         return lambda arg: _records(arg, declared)
+    if kind == "tensor" and text_item_shape(inputs) is not None:  # a text, or an array file of them
+        return lambda arg: _arrays(arg, inputs, whole_items) if arg.lower().endswith(ARRAY_SUFFIXES) else _text(arg)
     if kind == "tensor":
         return lambda arg: _arrays(arg, inputs, whole_items)
     return _READERS[kind]

@@ -49,9 +49,9 @@ from forwardpass.pipeline.segmentation import Segment
 from forwardpass.pipeline.speech import SpeechSegments
 from forwardpass.pipeline.tabular import TabularPreprocessor
 from forwardpass.pipeline.text import TextPreprocessor
-from forwardpass.tensor import TensorSpec, as_array
+from forwardpass.tensor import DataType, TensorSpec, as_array
 
-__all__ = ["Arrays", "Collate", "Pipeline", "Postprocessor", "Prediction", "Preprocessor", "stack"]
+__all__ = ["Arrays", "Collate", "Pipeline", "Postprocessor", "Prediction", "Preprocessor", "stack", "text_item_shape"]
 
 Arrays = dict[str, np.ndarray]
 Collate = Callable[[Sequence[Arrays]], Arrays]
@@ -73,17 +73,29 @@ def stack(items: Sequence[Arrays]) -> Arrays:
         raise ShapeError("items in one batch differ in shape; send them separately or pad them") from None
 
 
+def text_item_shape(inputs: Sequence[TensorSpec]) -> tuple[int, ...] | None:
+    """The shape a text takes as an item of a model whose only input holds one string per item ([batch] or [batch,
+    1]: a Keras TextVectorization model, an ONNX string pipeline); None for any other model."""
+    if len(inputs) != 1 or inputs[0].dtype is not DataType.BYTES:
+        return None
+    shape = inputs[0].shape
+    return (1,) * (len(shape) - 1) if all(dim in (1, -1) for dim in shape[1:]) else None
+
+
 class TensorInput:
     """No declared preprocessing: an array (single-input models) or a {name: array} mapping per item."""
 
     def __init__(self, inputs: list[TensorSpec]) -> None:
         self.names = [spec.name for spec in inputs]
+        self.text_shape = text_item_shape(inputs)
 
     def __call__(self, raw: object) -> Arrays:
         if isinstance(raw, Mapping):
             return dict(raw)
         if isinstance(raw, np.ndarray | list) and len(self.names) == 1:
             return {self.names[0]: as_array(self.names[0], raw)}
+        if isinstance(raw, str) and self.text_shape is not None:
+            return {self.names[0]: np.array(raw, dtype=object).reshape(self.text_shape)}
         expected = "an array" if len(self.names) == 1 else f"a mapping of {self.names} to arrays"
         raise DecodeError(f"this model declares no preprocessing: expected {expected}, got {type(raw).__name__}")
 
