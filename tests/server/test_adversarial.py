@@ -42,7 +42,12 @@ HEADERS = {"authorization": f"bearer {TOKEN}"}  # a lowercase scheme is as good 
 ADMIN_TOKEN = "adversarial-admin-token"
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 SEQUENCES_PER_CLIENT = 2
-LIVE_MS = 100  # /v2/health/live answers within this while a bad request is in progress
+# /v2/health/live answers within this while a bad request is in progress, stretched by the machine's load: on 2
+# cores shared with other work a healthy loop answered in 165 ms, while a request decoded on the loop blocks it for
+# seconds
+LIVE_MS = 100
+
+
 RSS_MB = 50  # growth over steady state one bad request may cause
 MAX_REQUEST_BYTES = 16 * 2**20
 MAX_CONNECTIONS = 200
@@ -128,7 +133,8 @@ class Server:
 
     @contextmanager
     def watched(self, rss_mb: float = RSS_MB) -> Iterator[None]:
-        """Asserts, over the block, that /v2/health/live answers within LIVE_MS and RSS grows under `rss_mb`."""
+        """Asserts, over the block, that /v2/health/live answers within LIVE_MS (times the load per core, where that
+        is over 1) and RSS grows under `rss_mb`."""
         before = self.rss_mb()
         worst = [0.0]
         done = threading.Event()
@@ -148,7 +154,8 @@ class Server:
         finally:
             done.set()
             watcher.join(timeout=20)
-        assert worst[0] * 1000 < LIVE_MS, f"/v2/health/live took {worst[0] * 1000:.0f} ms"
+        bound_ms = LIVE_MS * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+        assert worst[0] * 1000 < bound_ms, f"/v2/health/live took {worst[0] * 1000:.0f} ms (bound {bound_ms:.0f} ms)"
         assert self.rss_mb() - before < rss_mb, f"RSS grew {self.rss_mb() - before:.0f} MB"
 
 
