@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +36,7 @@ __all__ = [
     "Source",
     "csv_header",
     "csv_items",
+    "csv_reader",
     "files_fingerprint",
     "is_utf8",
     "jsonl_items",
@@ -53,6 +54,7 @@ PARQUET_BATCH_ROWS = 1024  # rows decoded at a time: memory stays bounded whatev
 NPY_CHUNK_BYTES = 16 * 2**20  # .npy bytes read at a time
 EMPTY_CSV = "is empty: expected a header row with the column names"
 NOT_UTF8 = "is not UTF-8 text"
+MAX_FIELD_CHARS = 8 << 20  # a CSV field: far beyond any record's, short of a quote that is never closed
 OPEN_QUOTE = "unexpected end of data"  # what a strict csv reader says of input that ends inside a quoted field
 
 
@@ -96,11 +98,19 @@ def parse_json_line(line: str) -> Any:
         raise DecodeError(f"is not valid JSON ({exc.msg} {where})") from None
 
 
+def csv_reader(lines: Iterable[str]) -> Iterator[list[str]]:
+    """The rows of CSV text, strict (not strict, a quote left open gives a value cut short, or eats the rows after
+    it), and with fields up to MAX_FIELD_CHARS (csv's default, 128 Ki characters, refused a long text, and with it
+    every row after it in the file)."""
+    csv.field_size_limit(MAX_FIELD_CHARS)
+    return csv.reader(lines, strict=True)
+
+
 def csv_header(path: Path) -> list[str]:
     """The column names of a CSV file (its first row)."""
     with _open_text(path) as file:
         try:
-            header = next(csv.reader(file, strict=True), None)
+            header = next(csv_reader(file), None)
         except csv.Error as exc:
             raise DecodeError(_csv_problem(exc)) from None
     if not header:
@@ -115,7 +125,7 @@ def csv_items(path: Path, name: str) -> Iterator[Item]:
     error (fewer: a file cut short mid-line; an empty field is a missing value). A file that stops parsing part-way
     gives one error item for the rest, after the rows read before it."""
     with _open_text(path) as file:
-        reader = csv.reader(file, strict=True)  # not strict, a quote left open is a value cut short, or eats rows
+        reader = csv_reader(file)
         row_number = 0
         try:
             header = next(reader, None)

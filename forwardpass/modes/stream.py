@@ -35,7 +35,15 @@ from forwardpass.config import ModelConfig
 from forwardpass.errors import ConfigError, DecodeError, ForwardpassError
 from forwardpass.measure.stats import LatencySummary
 from forwardpass.model import Model
-from forwardpass.modes.sources import NOT_UTF8, OPEN_QUOTE, TEXT_FIELD, is_utf8, named_twice, parse_json_line
+from forwardpass.modes.sources import (
+    NOT_UTF8,
+    OPEN_QUOTE,
+    TEXT_FIELD,
+    csv_reader,
+    is_utf8,
+    named_twice,
+    parse_json_line,
+)
 from forwardpass.pipeline.kinds import kind_of
 
 __all__ = [
@@ -111,7 +119,7 @@ class RecordParser:
 
 def _csv_fields(line: str) -> list[str]:
     try:  # strict: not strict, a quote left open ends with the line, and a record of the fields so far is answered
-        return next(csv.reader([line], strict=True), [])
+        return next(csv_reader([line]), [])
     except csv.Error as exc:
         if str(exc) == OPEN_QUOTE:
             raise DecodeError(

@@ -126,6 +126,16 @@ def test_a_bad_jsonl_line_is_named_by_its_own_number_not_by_the_json_parsers(tmp
     assert items[3].raw == {"a": 3}
 
 
+def test_a_csv_field_longer_than_the_csv_modules_default_limit_is_read_with_the_rows_after_it(tmp_path: Path):
+    """A 200,000-character text (csv's default limit: 131,072) made it and every row after it one bad record, 'field
+    larger than field limit', where the same text in a JSONL file was scored."""
+    long = "cats " * 40_000
+    table = tmp_path / "texts.csv"
+    table.write_text(f'text\nhello\n"{long}"\nworld\n', encoding="utf-8")
+    read = [item.raw for item in csv_items(table, "texts.csv")]
+    assert read == [{"text": "hello"}, {"text": long}, {"text": "world"}]
+
+
 def test_the_index_pandas_stores_in_parquet_is_no_field(tmp_path: Path) -> None:
     """A filtered or sampled frame's to_parquet adds '__index_level_0__': every record failed on that unknown field."""
     pandas = pytest.importorskip("pandas")
