@@ -350,3 +350,25 @@ def test_a_missing_value_takes_the_branch_the_model_learnt_for_it(serve: ServeMo
     ]
     answers = model.predict(records)
     np.testing.assert_allclose(class_scores(answers)[:, 1], booster.predict(frame.iloc[:12, :4]), atol=TOLERANCE)
+
+
+def test_a_categorical_feature_of_numeric_codes_answers_as_lightgbm_for_any_value(tmp_path: Path) -> None:
+    """LightGBM truncates a categorical feature's value to a whole code (2.7 is category 2); onnxmltools' conversion
+    compared it with each category exactly, so the converted model, which auto served (2.5x faster), answered 2.7 as
+    a category never seen (-2.63 where LightGBM answers -1.61, exit 0)."""
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((600, 4))
+    features[:, 3] = rng.integers(0, 6, 600)
+    target = features[:, 0] + np.array([0, 3, -2, 5, 1, -4])[features[:, 3].astype(int)]
+    names = ["a", "b", "c", "shop"]
+    data = lightgbm.Dataset(features, target, categorical_feature=[3], feature_name=names)
+    booster = lightgbm.train({"verbose": -1, "min_data_per_group": 5, "cat_smooth": 1}, data, 30)
+    booster.save_model(tmp_path / "model.txt")
+    codes = [0, 2, 2.7, 3.2, 9, -1, -0.5, 5.99, np.nan]
+    rows = np.array([[0.3, 0.1, -0.2, code] for code in codes])
+    records = [{**dict(zip(names, row, strict=True)), "shop": None if np.isnan(row[3]) else row[3]} for row in rows]
+
+    for serve in ("onnx", "native"):
+        model = forwardpass.load(tmp_path / "model.txt", serve=serve, intra_op_threads=1)
+        values = [answer["value"] for answer in model.predict(records)]
+        np.testing.assert_allclose(values, booster.predict(rows), rtol=1e-5)
