@@ -391,10 +391,12 @@ class ClassificationConfig(_Strict):
         description="the output holding one score per class (default: the one the model marks as its class "
         "scores, else its only floating-point output)",
     )
-    activation: Literal["softmax", "sigmoid", "none"] | None = Field(
+    activation: Literal["softmax", "sigmoid", "none", "decision"] | None = Field(
         default=None,
         description="applied to the scores (default: none when the model already outputs probabilities, as a "
-        "final Softmax/Sigmoid or a converter's 'probabilities'; sigmoid for one score; softmax for logits)",
+        "final Softmax/Sigmoid or a converter's 'probabilities'; decision for a classifier without probabilities; "
+        "sigmoid for one score; softmax for logits). decision: the scores are a decision function, answered as they "
+        "are, no probabilities; one score is the second class's, and the first class's is its negative",
     )
     labels: str | list[str] | None = Field(
         default=None,

@@ -8,6 +8,7 @@ import numpy as np
 from forwardpass.config import ClassificationConfig, RegressionConfig
 from forwardpass.errors import ConfigError
 from forwardpass.model import Model
+from forwardpass.pipeline.outputs import class_scores
 
 __all__ = ["input_dtype", "scalar_outputs", "target_of"]
 
@@ -47,16 +48,9 @@ def _scalar(model: Model, outputs: dict[str, np.ndarray], rows: int, index: int)
     config = model.config.postprocess
     if isinstance(config, ClassificationConfig):
         name = config.output or model.outputs[0].name
-        scores = outputs[name].astype(np.float64).reshape(rows, -1)
-        if config.activation == "softmax":
-            shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-            scores = shifted / shifted.sum(axis=1, keepdims=True)
-        elif config.activation == "sigmoid":
-            scores = 1.0 / (1.0 + np.exp(-scores))
         labels = config.labels if isinstance(config.labels, list) else None
-        if scores.shape[1] == 1 and (labels is None or len(labels) == 2):  # as Classify reads one score
-            scores = np.hstack([1.0 - scores, scores])
-        return scores[:, index]
+        scores = outputs[name].astype(np.float64).reshape(rows, -1)
+        return class_scores(scores, config.activation, labels is None or len(labels) == 2)[:, index]
     assert isinstance(config, RegressionConfig)
     name = config.output or model.outputs[0].name
     values = outputs[name].astype(np.float64).reshape(rows, -1)[:, index]

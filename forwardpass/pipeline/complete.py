@@ -52,7 +52,7 @@ Inferred = dict[str, str]
 _POOLINGS = ("mean", "cls")
 _EMBEDDING_MODULES = "sentence-transformers modules.json"
 _TOKEN_VECTORS = "last_hidden_state"  # a Hugging Face encoder's output of one vector per token
-Activation = Literal["softmax", "sigmoid", "none"]
+Activation = Literal["softmax", "sigmoid", "none", "decision"]
 TokenizerOutput = Literal["input_ids", "attention_mask", "token_type_ids"]
 _TOKENIZER_OUTPUTS: tuple[TokenizerOutput, ...] = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -189,14 +189,17 @@ def _activation(spec: TensorSpec, facts: ModelFacts) -> tuple[Activation, str]:
         return "none", f"{facts.source}: '{spec.name}' already holds probabilities ({how})"
     if facts.multi_label:
         return "sigmoid", f"{facts.source}: a multi-label classifier: each class is scored on its own"
+    if facts.decision_scores:  # a sigmoid of one would be no probability: nothing calibrated it
+        return (
+            "decision",
+            f"{facts.source}: '{spec.name}' holds decision-function scores (the model has no probabilities), "
+            "answered as they are",
+        )
     if class_width(spec) == 1:
-        what = "a decision function" if facts.decision_scores else "one logit"
         return (
             "sigmoid",
-            f"'{spec.name}' holds one score per item ({what}): sigmoid gives the second class's probability",
+            f"'{spec.name}' holds one score per item (one logit): sigmoid gives the second class's probability",
         )
-    if facts.decision_scores:
-        return "none", f"{facts.source}: '{spec.name}' holds decision-function scores (the model has no probabilities)"
     return "softmax", f"nothing marks '{spec.name}' as probabilities: read as logits"
 
 
@@ -412,7 +415,7 @@ def _check_classification(
             f"list {width} labels, in the model's class order" + (f" ({list(facts.classes)})" if facts.classes else ""),
         )
     already = facts.distributions.get(spec.name)
-    if already is not None and post.activation in ("softmax", "sigmoid"):
+    if already is not None and post.activation in ("softmax", "sigmoid", "decision"):
         _refuse(
             source,
             "postprocess.activation",

@@ -27,6 +27,7 @@ __all__ = [
     "RawOutputs",
     "Recommend",
     "Regress",
+    "class_scores",
     "load_labels",
 ]
 
@@ -59,10 +60,19 @@ def _answered(values: np.ndarray, output: str) -> np.ndarray:
     return numbers
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max())
-    probabilities: np.ndarray = shifted / shifted.sum()
-    return probabilities
+def class_scores(scores: np.ndarray, activation: str | None, binary: bool) -> np.ndarray:
+    """Scores [..., classes] as answered, per class: the activation applied over the last axis; one score of a binary
+    classifier is the second class's, the first class's its complement (a probability) or its negative (a decision
+    function: scikit-learn predicts the second class where it is above 0)."""
+    if activation == "softmax":
+        shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        scores = shifted / shifted.sum(axis=-1, keepdims=True)
+    elif activation == "sigmoid":
+        scores = 1.0 / (1.0 + np.exp(-scores))
+    if scores.shape[-1] == 1 and binary:
+        first = -scores if activation == "decision" else 1.0 - scores
+        scores = np.concatenate([first, scores], axis=-1)
+    return scores
 
 
 class Classify:
@@ -76,13 +86,7 @@ class Classify:
         self._binary = labels is None or len(labels) == 2  # one label names the single score's class alone
 
     def __call__(self, outputs: Row, inputs: Row, top_k: int | None = None) -> Prediction:
-        scores = _answered(outputs[self.output], self.output)
-        if self.activation == "softmax":
-            scores = _softmax(scores)
-        elif self.activation == "sigmoid":
-            scores = 1.0 / (1.0 + np.exp(-scores))
-        if scores.size == 1 and self._binary:  # one score: the second class's probability (a binary classifier)
-            scores = np.array([1.0 - scores[0], scores[0]])
+        scores = class_scores(_answered(outputs[self.output], self.output), self.activation, self._binary)
         k = min(top_k or self.top_k, scores.size)
         best = np.argsort(-scores, kind="stable")[:k]
         ranked = [{"label": self._label(int(i)), "index": int(i), "score": float(scores[i])} for i in best]

@@ -19,7 +19,7 @@ import pytest
 import xgboost
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier, SGDClassifier
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -28,7 +28,7 @@ from sklearn.svm import LinearSVC
 import forwardpass
 from forwardpass.backends.base import Session
 from forwardpass.backends.ort import OrtSession
-from forwardpass.config import EngineConfig
+from forwardpass.config import ClassificationConfig, EngineConfig
 from forwardpass.errors import ConfigError, InputError, MissingExtraError
 from forwardpass.formats import ServeMode, convert_model
 from forwardpass.formats.base import ConvertOptions, LoadOptions
@@ -138,6 +138,39 @@ def test_classifier_without_predict_proba_gives_its_decision_scores(tmp_path: Pa
     }
     for session in (native, converted):
         assert_matches_framework(session, test_x, expected)
+
+
+WITHOUT_PROBABILITIES = {
+    "binary LinearSVC": (load_breast_cancer, lambda: LinearSVC(random_state=0)),
+    "multi-class LinearSVC": (load_iris, lambda: LinearSVC(random_state=0)),
+    "binary RidgeClassifier": (load_breast_cancer, lambda: RidgeClassifier()),
+    "multi-class SGDClassifier(loss='hinge')": (load_iris, lambda: SGDClassifier(loss="hinge", random_state=0)),
+}
+
+
+@pytest.mark.parametrize("case", list(WITHOUT_PROBABILITIES))
+def test_a_classifier_without_probabilities_answers_its_decision_scores_as_they_are(case: str, tmp_path: Path) -> None:
+    """A binary one's single decision score went through a sigmoid and was answered as two probabilities (a
+    LinearSVC's 10.4 margin as 0.99997), though nothing calibrated it; a multi-class one's scores were answered raw.
+    Both answer the decision function now: for two classes, the second class's score and its negative."""
+    loader, make = WITHOUT_PROBABILITIES[case]
+    train_x, train_y, test_x = split(loader)
+    scaler = StandardScaler().fit(train_x)
+    estimator = make().fit(scaler.transform(train_x), train_y)
+    path = save(estimator, tmp_path / "model.pkl")
+    features = scaler.transform(test_x)
+    decision = estimator.decision_function(features)
+    expected = np.column_stack([-decision, decision]) if decision.ndim == 1 else decision
+    for serve in ("native", "onnx"):
+        model = forwardpass.load(path, trust_pickle=True, serve=serve, intra_op_threads=1)
+        assert isinstance(model.config.postprocess, ClassificationConfig)
+        assert model.config.postprocess.activation == "decision"
+        answers = model.predict(list(features))
+        labels = [answer["label"] for answer in answers]
+        assert labels == [str(label) for label in estimator.predict(features)], serve
+        scores = np.array([[top["score"] for top in sorted(a["top_k"], key=lambda t: t["index"])] for a in answers])
+        np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4, err_msg=serve)
+        model.close()
 
 
 def test_string_class_labels_survive_both_ways(tmp_path: Path) -> None:
