@@ -366,7 +366,9 @@ def _predicts_another_class(final: Any) -> tuple[str, str] | None:
     from sklearn.linear_model import SGDClassifier
     from sklearn.svm import SVC, NuSVC
 
-    if isinstance(final, SVC | NuSVC) and final.probability:
+    # predict_proba, not `probability`: scikit-learn 1.9 deprecated the parameter, whose default is now the truthy
+    # 'deprecated' of an SVC without probabilities
+    if isinstance(final, SVC | NuSVC) and hasattr(final, "predict_proba"):
         name = type(final).__name__
         return (
             f"{name}(probability=True) scores classes by Platt scaling but predicts by its votes",
@@ -459,13 +461,17 @@ def _convert_sklearn(estimator: Any, classifier: bool, inputs: list[tuple[str, A
 
     opsets = {"": opset, "ai.onnx.ml": _ml_opset(opset)}
     try:
-        if classifier:
-            try:
-                return convert_sklearn(estimator, initial_types=inputs, target_opset=opsets, options={"zipmap": False})
-            except NameError as exc:  # skl2onnx's error for an option this classifier does not take
-                if "zipmap" not in str(exc):
-                    raise
-        return convert_sklearn(estimator, initial_types=inputs, target_opset=opsets)
+        with warnings.catch_warnings():
+            # skl2onnx reads every SVC's Platt scaling attributes, which scikit-learn 1.9 deprecated: not the user's
+            warnings.filterwarnings("ignore", r"Attribute `prob[AB]_` was deprecated", FutureWarning)
+            if classifier:
+                try:
+                    options = {"zipmap": False}
+                    return convert_sklearn(estimator, initial_types=inputs, target_opset=opsets, options=options)
+                except NameError as exc:  # skl2onnx's error for an option this classifier does not take
+                    if "zipmap" not in str(exc):
+                        raise
+            return convert_sklearn(estimator, initial_types=inputs, target_opset=opsets)
     except Exception as exc:  # skl2onnx raises many kinds for what it cannot convert
         raise ConfigError(f"{path}: skl2onnx cannot convert this sklearn model ({first_line(exc)})") from None
 

@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier, SGD
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import LinearSVC
+from sklearn.svm import SVC, LinearSVC
 
 import forwardpass
 from forwardpass.backends.base import Session
@@ -140,11 +140,15 @@ def test_classifier_without_predict_proba_gives_its_decision_scores(tmp_path: Pa
         assert_matches_framework(session, test_x, expected)
 
 
-WITHOUT_PROBABILITIES = {
-    "binary LinearSVC": (load_breast_cancer, lambda: LinearSVC(random_state=0)),
-    "multi-class LinearSVC": (load_iris, lambda: LinearSVC(random_state=0)),
-    "binary RidgeClassifier": (load_breast_cancer, lambda: RidgeClassifier()),
-    "multi-class SGDClassifier(loss='hinge')": (load_iris, lambda: SGDClassifier(loss="hinge", random_state=0)),
+BOTH: tuple[ServeMode, ...] = ("native", "onnx")
+WITHOUT_PROBABILITIES: dict[str, tuple[Callable[..., Any], Callable[[], Any], tuple[ServeMode, ...]]] = {
+    "binary LinearSVC": (load_breast_cancer, lambda: LinearSVC(random_state=0), BOTH),
+    "multi-class LinearSVC": (load_iris, lambda: LinearSVC(random_state=0), BOTH),
+    # skl2onnx gives a binary SVC's two scores, where scikit-learn gives one: natively (auto's choice) only
+    "binary SVC": (load_breast_cancer, lambda: SVC(), ("native",)),
+    "multi-class SVC": (load_iris, lambda: SVC(), BOTH),  # refused as 'SVC(probability=True)' under sklearn 1.9
+    "binary RidgeClassifier": (load_breast_cancer, lambda: RidgeClassifier(), BOTH),
+    "multi-class SGDClassifier(loss='hinge')": (load_iris, lambda: SGDClassifier(loss="hinge", random_state=0), BOTH),
 }
 
 
@@ -153,7 +157,7 @@ def test_a_classifier_without_probabilities_answers_its_decision_scores_as_they_
     """A binary one's single decision score went through a sigmoid and was answered as two probabilities (a
     LinearSVC's 10.4 margin as 0.99997), though nothing calibrated it; a multi-class one's scores were answered raw.
     Both answer the decision function now: for two classes, the second class's score and its negative."""
-    loader, make = WITHOUT_PROBABILITIES[case]
+    loader, make, serves = WITHOUT_PROBABILITIES[case]
     train_x, train_y, test_x = split(loader)
     scaler = StandardScaler().fit(train_x)
     estimator = make().fit(scaler.transform(train_x), train_y)
@@ -161,7 +165,7 @@ def test_a_classifier_without_probabilities_answers_its_decision_scores_as_they_
     features = scaler.transform(test_x)
     decision = estimator.decision_function(features)
     expected = np.column_stack([-decision, decision]) if decision.ndim == 1 else decision
-    for serve in ("native", "onnx"):
+    for serve in serves:
         model = forwardpass.load(path, trust_pickle=True, serve=serve, intra_op_threads=1)
         assert isinstance(model.config.postprocess, ClassificationConfig)
         assert model.config.postprocess.activation == "decision"
