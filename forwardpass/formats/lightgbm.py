@@ -30,6 +30,7 @@ from forwardpass.formats.tabular import (
     read_in_child,
     save_onnx,
     threshold_samples,
+    truncate_category_codes,
 )
 from forwardpass.tensor import TensorSpec
 
@@ -106,7 +107,8 @@ class LightGBMFormat:
         except Exception as exc:  # onnxmltools raises RuntimeError, TypeError, ... for what it cannot convert
             raise ConfigError(f"{path}: onnxmltools cannot convert this lightgbm model ({first_line(exc)})") from None
         opsets = save_onnx(onnx_model, output, convert.opset, path)
-        _truncate_category_codes(output, _categorical_features(text), booster.num_feature())
+        # LightGBM truncates a categorical feature's value to a whole code (2.7 is category 2, -0.5 is 0)
+        truncate_category_codes(output, _categorical_features(text), booster.num_feature(), negative="ceil")
         return {
             "tool_versions": {"lightgbm": lightgbm.__version__, "onnxmltools": onnxmltools.__version__},
             "converter": "onnxmltools",
@@ -200,39 +202,6 @@ def _categorical_features(text: bytes) -> list[int]:
     a numeric one's range, `[lo:hi]`)."""
     infos = _fields(text.partition(b"\n\n")[0]).get(b"feature_infos", b"").split()
     return [index for index, info in enumerate(infos) if not info.startswith((b"[", b"none"))]
-
-
-def _truncate_category_codes(converted: Path, categorical: list[int], n_features: int) -> None:
-    """LightGBM truncates a categorical feature's value to a whole code (2.7 is category 2, -0.5 is 0) before it
-    looks it up; onnxmltools' trees compare the value with each category exactly, so 2.7 was answered as a category
-    never seen. The converted graph, at its final opset, truncates those features first."""
-    if not categorical:
-        return
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.load(str(converted))
-    graph = model.graph
-    whole = f"{INPUT_NAME}_category_codes_truncated"
-    for node in graph.node:
-        for position, name in enumerate(node.input):
-            if name == INPUT_NAME:
-                node.input[position] = whole
-    numeric = np.ones(n_features, dtype=bool)
-    numeric[categorical] = False
-    graph.initializer.append(numpy_helper.from_array(numeric, f"{whole}_numeric"))
-    graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), f"{whole}_zero"))
-    steps = [  # toward zero, as a C cast: Ceil below 0, Floor from 0 (NaN and infinities stay as they are)
-        helper.make_node("Less", [INPUT_NAME, f"{whole}_zero"], [f"{whole}_negative"]),
-        helper.make_node("Ceil", [INPUT_NAME], [f"{whole}_ceil"]),
-        helper.make_node("Floor", [INPUT_NAME], [f"{whole}_floor"]),
-        helper.make_node("Where", [f"{whole}_negative", f"{whole}_ceil", f"{whole}_floor"], [f"{whole}_trunc"]),
-        helper.make_node("Where", [f"{whole}_numeric", INPUT_NAME, f"{whole}_trunc"], [whole]),
-    ]
-    nodes = [*steps, *graph.node]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    onnx.save(model, str(converted))
 
 
 def _pandas_category_codes(

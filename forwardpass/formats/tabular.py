@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -29,6 +29,7 @@ __all__ = [
     "read_in_child",
     "save_onnx",
     "threshold_samples",
+    "truncate_category_codes",
 ]
 
 
@@ -185,6 +186,44 @@ def save_onnx(model: Any, output: Path, opset: int, source: Path) -> dict[str, i
         domain = entry.domain or "ai.onnx"
         opsets[domain] = max(opsets.get(domain, 0), entry.version)
     return opsets
+
+
+def truncate_category_codes(
+    converted: Path, categorical: list[int], n_features: int, negative: Literal["ceil", "keep"]
+) -> None:
+    """Truncate the categorical features of the converted tree model at `converted` (one [batch, features] input) to
+    whole codes before its trees read them, as the tree library does (2.7 is category 2): onnxmltools' trees compare
+    a value with each category exactly, so 2.7 was answered as a category never seen. Below 0, `negative` says what
+    the library does: LightGBM truncates toward zero (ceil: -0.5 is category 0), XGBoost takes any negative value as
+    no category (keep). NaN stays NaN. Done at the graph's final opset (Where needs 9)."""
+    if not categorical:
+        return
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(converted))
+    graph = model.graph
+    whole = f"{INPUT_NAME}_category_codes_truncated"
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            if name == INPUT_NAME:
+                node.input[position] = whole
+    numeric = np.ones(n_features, dtype=bool)
+    numeric[categorical] = False
+    graph.initializer.append(numpy_helper.from_array(numeric, f"{whole}_numeric"))
+    graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), f"{whole}_zero"))
+    below_zero = "Ceil" if negative == "ceil" else "Identity"
+    steps = [
+        helper.make_node("Less", [INPUT_NAME, f"{whole}_zero"], [f"{whole}_negative"]),
+        helper.make_node(below_zero, [INPUT_NAME], [f"{whole}_below"]),
+        helper.make_node("Floor", [INPUT_NAME], [f"{whole}_floor"]),
+        helper.make_node("Where", [f"{whole}_negative", f"{whole}_below", f"{whole}_floor"], [f"{whole}_code"]),
+        helper.make_node("Where", [f"{whole}_numeric", INPUT_NAME, f"{whole}_code"], [whole]),
+    ]
+    nodes = [*steps, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(converted))
 
 
 def threshold_samples(

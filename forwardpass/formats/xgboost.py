@@ -33,6 +33,7 @@ from forwardpass.formats.tabular import (
     read_in_child,
     save_onnx,
     threshold_samples,
+    truncate_category_codes,
 )
 from forwardpass.tensor import TensorSpec
 
@@ -134,6 +135,10 @@ class XGBoostFormat:
         except Exception as exc:  # onnxmltools raises RuntimeError, ValueError, ... for what it cannot convert
             raise ConfigError(f"{path}: onnxmltools cannot convert this xgboost model ({first_line(exc)})") from None
         opsets = save_onnx(onnx_model, output, convert.opset, path)
+        # XGBoost truncates a categorical feature's value to a whole code (2.7 is category 2); a negative one is none
+        kinds = json.loads(checked)["learner"].get("feature_types", [])
+        categorical = [index for index, kind in enumerate(kinds) if kind == "c"]
+        truncate_category_codes(output, categorical, wrapper.get_booster().num_features(), negative="keep")
         return {
             "tool_versions": {"xgboost": xgboost.__version__, "onnxmltools": onnxmltools.__version__},
             "converter": "onnxmltools",

@@ -385,3 +385,25 @@ def test_a_missing_value_takes_the_branch_the_model_learnt_for_it(serve: ServeMo
     answers = model.predict(records)
     expected = booster.predict(xgboost.DMatrix(features[:12], feature_names=booster.feature_names))
     np.testing.assert_allclose(class_scores(answers)[:, 1], expected, atol=TOLERANCE)
+
+
+def test_a_categorical_feature_of_numeric_codes_answers_as_xgboost_for_any_value(tmp_path: Path) -> None:
+    """XGBoost truncates a categorical feature's value to a whole code (2.7 is category 2); onnxmltools' conversion
+    compared it with each category exactly, so the converted model, which auto served (7x faster), answered 2.7 as a
+    category never seen (5.34 where XGBoost answers -1.72, exit 0)."""
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((600, 4))
+    features[:, 3] = rng.integers(0, 6, 600)
+    target = features[:, 0] + np.array([0, 3, -2, 5, 1, -4])[features[:, 3].astype(int)]
+    names, types = ["a", "b", "c", "shop"], ["q", "q", "q", "c"]
+    data = xgboost.DMatrix(features, target, feature_names=names, feature_types=types, enable_categorical=True)
+    booster = xgboost.train({"tree_method": "hist", "max_cat_to_onehot": 1}, data, 30)
+    booster.save_model(tmp_path / "model.json")
+    rows = np.array([[0.3, 0.1, -0.2, code] for code in [0, 2, 2.7, 3.2, 9, -1, -0.5, 5.99, np.nan]])
+    records = [{**dict(zip(names, row, strict=True)), "shop": None if np.isnan(row[3]) else row[3]} for row in rows]
+    expected = booster.predict(xgboost.DMatrix(rows, feature_names=names, feature_types=types, enable_categorical=True))
+
+    for serve in ("onnx", "native"):
+        model = forwardpass.load(tmp_path / "model.json", serve=serve, intra_op_threads=1)
+        values = [answer["value"] for answer in model.predict(records)]
+        np.testing.assert_allclose(values, expected, rtol=1e-5)
