@@ -156,7 +156,10 @@ def evaluate(
             positive_label = labels[1]
         if positive_label is not None and labels is not None and positive_label not in labels:
             raise InputError(f"positive label {positive_label!r} is not one of the model's labels")
-        metric = ClassificationMetrics(top_k, labels, positive_label)
+        decision = isinstance(model.config.postprocess, ClassificationConfig) and (
+            model.config.postprocess.activation == "decision"
+        )
+        metric = ClassificationMetrics(top_k, labels, positive_label, probabilities=not decision)
     elif task == "regression":
         metric = RegressionMetrics()
     else:

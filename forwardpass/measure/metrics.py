@@ -107,10 +107,19 @@ class TopKAccuracy:
 class ClassificationMetrics:
     """Top-K accuracy plus scikit-learn's per-class report, confusion matrix and calibration of the top-1 score."""
 
-    def __init__(self, ks: Sequence[int], labels: list[str] | None, positive_label: str | None = None) -> None:
+    def __init__(
+        self,
+        ks: Sequence[int],
+        labels: list[str] | None,
+        positive_label: str | None = None,
+        *,
+        probabilities: bool = True,
+    ) -> None:
+        """`probabilities`: whether the scores are the model's probabilities; decision scores get no calibration."""
         self.top_k = TopKAccuracy(ks)
         self.labels = labels
         self.positive_label = positive_label
+        self.probabilities = probabilities
         self.truth: list[str] = []
         self.predicted: list[str] = []
         self.confidence: list[float] = []
@@ -168,7 +177,7 @@ class ClassificationMetrics:
         """Expected calibration error over equal-width bins of the top-1 score (only where scores are
         probabilities): sum over bins of (share of items) x |accuracy - mean score|."""
         confidence = np.asarray(self.confidence, dtype=np.float64)
-        if not len(confidence) or confidence.min() < 0 or confidence.max() > 1:
+        if not self.probabilities or not len(confidence) or confidence.min() < 0 or confidence.max() > 1:
             return {"ece": float("nan"), "bins": []}
         correct = np.asarray(self.truth) == np.asarray(self.predicted)
         edges = np.linspace(0.0, 1.0, CALIBRATION_BINS + 1)

@@ -505,3 +505,22 @@ def test_a_csv_spelling_integer_classes_as_decimals_is_scored_as_them(tmp_path: 
     (tmp_path / "halves.csv").write_text("a,b,c,label\n1,0,0,0.5\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"not in model 'model''s label set: '0\.5'"):
         evaluate(model, open_dataset(tmp_path / "halves.csv"))
+
+
+def test_decision_scores_get_no_calibration(tmp_path: Path) -> None:
+    """A LinearSVC has no probabilities: its margins (all within [0, 1] here) were binned as confidences and an
+    expected calibration error printed for them, as for a calibrated classifier's probabilities."""
+    import joblib
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.svm import LinearSVC
+
+    features, target = load_breast_cancer(return_X_y=True)
+    features = (features - features.mean(axis=0)) / features.std(axis=0)
+    classifier = LinearSVC(C=1e-5).fit(features, target)
+    assert np.abs(classifier.decision_function(features)).max() < 1.0
+    joblib.dump(classifier, tmp_path / "svc.joblib")
+    np.savez(tmp_path / "data.npz", input=features, label=target)
+    model = forwardpass.load(tmp_path / "svc.joblib", trust_pickle=True, intra_op_threads=1)
+    report = evaluate(model, open_dataset(tmp_path / "data.npz"))
+    assert dict(report.rows)["top-1 accuracy"] == pytest.approx((classifier.predict(features) == target).mean())
+    assert np.isnan(dict(report.rows)["ECE"]) and report.metrics["calibration"]["bins"] == []
