@@ -46,7 +46,7 @@ class ModelFacts:
     scores_output: str | None = None  # the output holding one score per class
     label_output: str | None = None  # the output holding the predicted class itself
     feature_names: tuple[str, ...] | None = None  # the columns, in the model's input order
-    string_features: frozenset[str] = frozenset()  # columns the model takes as text (categories)
+    imputed_text: dict[str, str] = field(default_factory=dict)  # text column → what the model's imputer fills in
     category_codes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # column → its categories in code order
     missing_values: frozenset[str] = frozenset()  # columns where the model itself takes a missing value (NaN)
     distributions: dict[str, str] = field(default_factory=dict)  # output → "softmax" | "sigmoid" | "probabilities"

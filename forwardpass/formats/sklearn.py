@@ -124,6 +124,23 @@ def _passes_through(transformer: Any) -> bool:
     return isinstance(transformer, FunctionTransformer) and transformer.func is None
 
 
+def _imputed_text(estimator: Any) -> dict[str, str]:
+    """Text columns whose ColumnTransformer entry starts with a SimpleImputer of NaN: the value it fills a missing
+    one with (its statistics_), which the encoder after it then reads. Given as the column's impute value, a record
+    with none there is answered as scikit-learn answers it (a null text was refused, as no NaN fits a string)."""
+    from sklearn.impute import SimpleImputer
+
+    text = _string_columns(estimator)
+    found: dict[str, str] = {}
+    for transformer, columns in _column_transformers(estimator):
+        first = _steps(transformer)[0]
+        if isinstance(first, SimpleImputer) and _takes_missing(first):
+            for column, value in zip(columns, first.statistics_, strict=False):
+                if column in text and isinstance(value, str):
+                    found[column] = value
+    return found
+
+
 def _takes_missing(step: Any) -> bool:
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.impute import KNNImputer, SimpleImputer
@@ -263,6 +280,7 @@ class SklearnFormat:
                 feature_names=features,
                 category_codes=codes,
                 missing_values=missing,
+                imputed_text=_imputed_text(estimator),
             )
         probabilities = hasattr(estimator, "predict_proba")
         return ModelFacts(
@@ -274,7 +292,7 @@ class SklearnFormat:
             feature_names=features,
             category_codes=codes,
             missing_values=missing,
-            string_features=frozenset(_string_columns(estimator)),
+            imputed_text=_imputed_text(estimator),
             distributions={"probabilities": "probabilities"} if probabilities else {},
             decision_scores=not probabilities,
         )

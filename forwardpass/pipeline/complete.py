@@ -274,6 +274,7 @@ def _tabular(inputs: list[TensorSpec], facts: ModelFacts, inferred: Inferred) ->
             name=name,
             codes=list(codes[name]) if name in codes else None,
             missing="model" if name in facts.missing_values else "refuse",
+            impute=facts.imputed_text.get(name),
         )
         for name in names
     ]

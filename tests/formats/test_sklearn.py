@@ -576,3 +576,28 @@ def test_columns_passed_through_to_a_model_that_takes_missing_values_take_them(
     model = forwardpass.load(tmp_path / "progression.joblib", trust_pickle=True, serve=serve, intra_op_threads=1)
     values = [answer["value"] for answer in model.predict(records)]
     np.testing.assert_allclose(values, regressor.predict(held_out.astype({"bmi": float})), rtol=1e-5)
+
+
+def test_a_text_column_the_pipeline_imputes_takes_an_empty_value_as_sklearn_does(tmp_path: Path) -> None:
+    """A record with no 'shop' was refused ("column 'shop' is empty (no impute value declared)") although the
+    pipeline's SimpleImputer fills it with the most frequent shop before its encoder reads it."""
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder
+
+    frame, target = reviews()
+    frame = frame[["stars", "shop"]].astype({"shop": object})
+    frame.loc[frame.index % 7 == 0, "shop"] = np.nan
+    shops = make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore"))
+    columns = ColumnTransformer([("stars", StandardScaler(), ["stars"]), ("shop", shops, ["shop"])])
+    classifier = make_pipeline(columns, LogisticRegression()).fit(frame, target)
+    joblib.dump(classifier, tmp_path / "shops.joblib")
+    held_out = frame.iloc[:8]
+    records = [
+        {name: (None if pd.isna(value) else value) for name, value in row.items()} for _, row in held_out.iterrows()
+    ]
+    assert any(record["shop"] is None for record in records)
+
+    model = forwardpass.load(tmp_path / "shops.joblib", trust_pickle=True, intra_op_threads=1)
+    np.testing.assert_allclose(class_scores(model.predict(records)), classifier.predict_proba(held_out), atol=TOLERANCE)
