@@ -57,7 +57,12 @@ def optimize_command(
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="INT8 weight scales."),
     block_size: int = typer.Option(16, "--block-size", help="INT4: weights per quantization block."),
     threads: int = typer.Option(0, "--threads", help="ONNX Runtime intra-op threads when timing (0: default)."),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Batch size at which throughput is measured."),
+    batch_size: int = typer.Option(
+        0,
+        "--batch-size",
+        "-b",
+        help="Batch size at which throughput is measured (0: 16, or the model's max_batch_size where smaller).",
+    ),
     duration: float = typer.Option(1.0, "--duration", help="Seconds of timing per candidate and batch size."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Save precision.png (accuracy vs throughput)."),
     allow_slower: bool = typer.Option(

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from forwardpass.errors import ConfigError, InputError
+from forwardpass.measure.speed import check_batch_sizes
 from forwardpass.model import Model, load, locate
 from forwardpass.pipeline import Arrays
 from forwardpass.precision.provenance import plot_candidates, provenance
@@ -46,6 +47,7 @@ Precision = Literal["fp64", "fp32", "fp16", "bf16", "int8", "int8-dynamic", "int
 PRECISIONS: tuple[Precision, ...] = ("fp64", "fp32", "fp16", "bf16", "int8", "int8-dynamic", "int4", "auto")
 NEEDS_CALIBRATION = frozenset({"int8", "auto"})
 ORIGINAL = "original"
+TIMED_BATCH = 16  # the default batch size throughput is timed at
 # Precisions made for something other than speed (fp64: precision; fp16: half the file at FP32 speed on a CPU). Every
 # other variant exists to be faster, and one slower than its source is refused unless asked for with allow_slower.
 NOT_FOR_SPEED = frozenset({"fp64", "fp16"})
@@ -72,7 +74,7 @@ class OptimizeRequest:
     int8: Int8Settings = field(default_factory=Int8Settings)
     block_size: int = 16
     threads: int = 0
-    batch_size: int = 16
+    batch_size: int = 0  # 0: TIMED_BATCH, or the model's max_batch_size where that is smaller
     seconds: float = 1.0
     calibration_limit: int = 256
     plot: bool = True
@@ -144,6 +146,7 @@ def optimize(request: OptimizeRequest, progress: Progress | None = None) -> Opti
     try:
         source = _stage(entry, staging)
         original = _open(source, request.threads, opened)
+        request = replace(request, batch_size=_timed_batch_size(original, request.batch_size))
         say("reading calibration and eval data")
         calibration = (
             read_samples(
@@ -179,8 +182,8 @@ def _validated(request: OptimizeRequest) -> ModelEntry:
         raise InputError(f"unknown precision '{request.precision}'; use one of {', '.join(PRECISIONS)}")
     if request.max_accuracy_drop is not None and request.max_accuracy_drop < 0:
         raise InputError("--max-accuracy-drop must not be negative")
-    if request.batch_size < 1 or request.seconds <= 0 or request.calibration_limit < 1:
-        raise InputError("--batch-size, --duration and --calibration-limit must be positive")
+    if request.batch_size < 0 or request.seconds <= 0 or request.calibration_limit < 1:
+        raise InputError("--duration and --calibration-limit must be positive, --batch-size not negative")
     entry = locate(request.model, request.repository, request.version)
     if entry.artefact.suffix != ".onnx":
         raise ConfigError(
@@ -191,6 +194,15 @@ def _validated(request: OptimizeRequest) -> ModelEntry:
     if request.output is not None and request.output.exists():
         raise InputError(f"output '{request.output}' already exists; choose a new folder")
     return entry
+
+
+def _timed_batch_size(model: Model, asked: int) -> int:
+    """The batch size throughput is timed at: the one asked for, refused over the model's max_batch_size (no forward
+    pass of the served model holds more), or by default TIMED_BATCH capped by that maximum."""
+    if asked:
+        check_batch_sizes(model, [asked])
+        return asked
+    return min(TIMED_BATCH, model.config.max_batch_size or TIMED_BATCH)
 
 
 def _stage(entry: ModelEntry, staging: Path) -> Path:

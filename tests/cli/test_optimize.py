@@ -163,3 +163,16 @@ def test_a_new_version_the_version_policy_leaves_out_is_said_to_be_unserved(repo
     assert "version 2 of digits_cnn is not served: its config.yaml's version_policy serves [1]" in done.stdout
     listing = models(repo)
     assert "1, 2 (fp16 of 1, not served)" in listing.stdout  # it listed "1, 2 (fp16 of 1)", as if served
+
+
+def test_throughput_is_timed_at_a_batch_the_model_takes(repo: Path) -> None:
+    """optimize timed batches of 16 (its default) for a model whose max_batch_size is smaller: ocr_cls (6) and
+    ocr_det (4) were timed at passes their server never runs. The default is now capped by the model's maximum, and a
+    larger batch asked for by name is refused as bench refuses it."""
+    config = repo / "digits_cnn" / "config.yaml"
+    config.write_text(config.read_text().replace("max_batch_size: 64", "max_batch_size: 8"))
+    assert_one_error(run(repo, "-p", "fp16", "--eval", HELD_OUT, "-b", "16"), "batch size 16", "max_batch_size of 8")
+    done = run(repo, "-p", "fp16", "--eval", HELD_OUT, "--no-plot")
+    assert done.returncode == 0, done.stderr
+    record = json.loads((repo / "digits_cnn" / "2" / "precision.json").read_text())
+    assert record["measured"]["batch_size"] == 8
