@@ -4,9 +4,10 @@ Bounds say on which side a boundary value lands: `at_least: 0.9` fires at exactl
 `at_most` and `below` likewise from the other side.
 
 Rules that cannot be right are refused at load: a rule no score can fire (its bounds exclude each other, or lie
-outside the score's range, such as a probability `at_least: 90`), a rule that earlier rules reading the same score
-always fire before (`>= 0.5 -> review` ahead of `>= 0.9 -> block`), and a class the model does not have. A score
-that is NaN meets no bound: that item is refused, never given the default action.
+outside the score's range, such as a probability `at_least: 90`; a classifier's decision scores have no range), a
+rule that earlier rules reading the same score always fire before (`>= 0.5 -> review` ahead of `>= 0.9 -> block`),
+and a class the model does not have. A score that is NaN meets no bound: that item is refused, never given the
+default action.
 """
 
 from __future__ import annotations
@@ -119,9 +120,10 @@ _Interval = tuple[float, bool, float, bool]
 
 def _score_range(model: ModelConfig) -> _Interval:
     """The values the decision's score can take: a classifier's are probabilities (as `score` and `label` read
-    them; a model that gives logits takes `activation: softmax`), a cluster's distances are from 0."""
+    them; a model that gives logits takes `activation: softmax`) unless it answers decision scores (margins, any
+    real number), a cluster's distances are from 0."""
     post = model.postprocess
-    if isinstance(post, ClassificationConfig):
+    if isinstance(post, ClassificationConfig) and post.activation != "decision":
         return (0.0, True, 1.0, True)
     if isinstance(post, ClusterConfig):
         return (0.0, True, math.inf, False)

@@ -322,3 +322,51 @@ def test_utc_now_sorts_and_matches_the_clock():
     assert stamps == sorted(stamps)
     parsed = datetime.strptime(stamps[0], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     assert before.replace(microsecond=0) <= parsed <= after
+
+
+def _linear_model(folder: Path, weights: list[list[float]], config: dict[str, Any]) -> None:
+    """x @ weights as `y`, a real ONNX graph, with `config` beside it."""
+    matrix = np.asarray(weights, np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", matrix.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", matrix.shape[1]])],
+        initializer=[onnx.numpy_helper.from_array(matrix, "W")],
+    )
+    (folder / "1").mkdir(parents=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "1" / "model.onnx")
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_rules_on_a_classifier_without_probabilities_read_its_decision_scores(audit_log, tmp_path):
+    """A classifier answering decision scores (activation: decision, a LinearSVC's margins) has scores beyond
+    [0, 1]: rules on them are kept, and each margin gets what its bounds say."""
+    _linear_model(
+        tmp_path / "margin",
+        [[1.0], [0.0]],
+        {
+            "postprocess": {
+                "kind": "classification",
+                "output": "y",
+                "activation": "decision",
+                "labels": ["ok", "fraud"],
+            },
+            "decision": {
+                "rules": [
+                    {"label": "fraud", "at_least": 2.0, "action": "block"},
+                    {"label": "fraud", "above": -1.0, "action": "review"},
+                ],
+                "default": "allow",
+            },
+        },
+    )
+    model = forwardpass.load("margin", repository=tmp_path)
+    margins = [3.5, 2.0, 1.999, 0.0, -1.0, -4.0]
+    answers = [model.predict(np.array([margin, 0.0], np.float32)) for margin in margins]
+    expected = ["block" if m >= 2.0 else "review" if m > -1.0 else "allow" for m in np.array(margins, np.float32)]
+    assert (
+        [answer["action"] for answer in answers] == expected == ["block", "block", "review", "review", "allow", "allow"]
+    )
+    assert [row.action for row in AuditLog(audit_log).query()] == expected
+    model.close()
