@@ -32,7 +32,7 @@ from forwardpass.formats import (
 )
 from forwardpass.pipeline import Arrays, Pipeline, Prediction
 from forwardpass.pipeline.complete import check, complete
-from forwardpass.pipeline.outputs import Classify
+from forwardpass.pipeline.outputs import Classify, Regress
 from forwardpass.quality import InputWindow, Profile, SchemaCheck
 from forwardpass.repository import (
     CONFIG_FILE,
@@ -126,8 +126,14 @@ class Model:
         if decision is not None:  # decisions, their audit log and sqlite: imported by the models that decide
             from forwardpass.decisions import AuditLog, Decider
 
-            classes = self.pipeline.postprocess.labels if isinstance(self.pipeline.postprocess, Classify) else None
-            self.decider = Decider(decision, config, classes)
+            post = self.pipeline.postprocess
+            classes = post.labels if isinstance(post, Classify) else None
+            scored = next(
+                (spec for spec in self.outputs if isinstance(post, Classify | Regress) and spec.name == post.output),
+                None,
+            )
+            item_scored = scored if scored is None or self.whole_items else scored.unbatched()
+            self.decider = Decider(decision, config, classes, item_scored)
             self.audit = AuditLog(group_ms=decision.audit_group_ms) if decision.audit else None
         self.schema = SchemaCheck(config.input_schema) if config.input_schema is not None else None
         self.profile = (

@@ -27,6 +27,7 @@ from forwardpass.config import (
 )
 from forwardpass.errors import ConfigError, InputError
 from forwardpass.pipeline import Prediction
+from forwardpass.tensor import TensorSpec
 
 __all__ = ["Decider", "Decision"]
 
@@ -51,8 +52,16 @@ class Decision:
 
 
 class Decider:
-    def __init__(self, config: DecisionConfig, model: ModelConfig, labels: Sequence[str] | None = None) -> None:
-        """`labels`: the classifier's class names, where known (rules naming another class are refused)."""
+    def __init__(
+        self,
+        config: DecisionConfig,
+        model: ModelConfig,
+        labels: Sequence[str] | None = None,
+        scored: TensorSpec | None = None,
+    ) -> None:
+        """`labels`: the classifier's class names, where known (rules naming another class are refused); `scored`:
+        one item's spec of the output the score comes from, where known (a classifier without names has its
+        classes named by index; a regression of several values gives no one value to read)."""
         expected = _SOURCES[config.score]
         if not isinstance(model.postprocess, expected):
             kind = model.postprocess.kind if model.postprocess else "none"
@@ -60,6 +69,14 @@ class Decider:
         labelled = [rule.label for rule in config.rules if rule.label is not None]
         if labelled and config.score != "score":
             raise ConfigError("decision.rules: 'label' reads a class probability; it needs score: score")
+        width = math.prod(scored.shape) if scored is not None and -1 not in scored.shape else None
+        if config.score == "value" and scored is not None and width is not None and width > 1:
+            raise ConfigError(
+                f"decision.score 'value': output '{scored.name}' gives {width} values an item ({list(scored.shape)}); "
+                "a rule reads one"
+            )
+        if labels is None and expected is ClassificationConfig and width is not None:
+            labels = [str(index) for index in range(max(width, 2))]  # as predictions name them; one score is binary
         unknown = [label for label in labelled if labels is not None and label not in labels]
         if unknown:
             raise ConfigError(

@@ -370,3 +370,48 @@ def test_rules_on_a_classifier_without_probabilities_read_its_decision_scores(au
     )
     assert [row.action for row in AuditLog(audit_log).query()] == expected
     model.close()
+
+
+@pytest.mark.parametrize(
+    ("weights", "config", "refusal"),
+    [
+        (  # two targets: a rule on 'value' has no one value to read
+            [[1.0, 2.0], [0.0, 1.0]],
+            {
+                "postprocess": {"kind": "regression", "output": "y"},
+                "decision": {"score": "value", "rules": [{"at_least": 1.0, "action": "block"}], "default": "allow"},
+            },
+            r"decision.score 'value': output 'y' gives 2 values an item \(\[2\]\)",
+        ),
+        (  # no class names: its classes are named by index, and 'cat' is none of them
+            [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+            {
+                "postprocess": {"kind": "classification", "output": "y", "activation": "softmax"},
+                "decision": {"rules": [{"label": "cat", "at_least": 0.5, "action": "block"}], "default": "allow"},
+            },
+            r"no class 'cat'; its classes are \['0', '1', '2'\]",
+        ),
+    ],
+)
+def test_rules_the_model_cannot_answer_are_refused_at_load_not_at_each_request(tmp_path, weights, config, refusal):
+    _linear_model(tmp_path / "user", weights, config)
+    with pytest.raises(ConfigError, match=refusal):
+        forwardpass.load("user", repository=tmp_path)
+
+
+def test_a_rule_on_a_class_index_of_a_classifier_without_names_is_decided(audit_log, tmp_path):
+    _linear_model(
+        tmp_path / "indexed",
+        [[1.0], [0.0]],
+        {
+            "postprocess": {"kind": "classification", "output": "y", "activation": "sigmoid"},
+            "decision": {"rules": [{"label": "1", "at_least": 0.7, "action": "block"}], "default": "allow"},
+        },
+    )
+    model = forwardpass.load("indexed", repository=tmp_path)
+    logits = np.array([2.0, 0.8473, 0.8472, -3.0], np.float32)
+    answers = [model.predict(np.array([logit, 0.0], np.float32)) for logit in logits]
+    probabilities = 1.0 / (1.0 + np.exp(-logits))
+    expected = ["block" if p >= 0.7 else "allow" for p in probabilities]
+    assert [answer["action"] for answer in answers] == expected == ["block", "block", "allow", "allow"]
+    model.close()
