@@ -10,10 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
-from PIL import Image
 
 from forwardpass.config import (
     ClassificationConfig,
@@ -27,10 +26,12 @@ from forwardpass.errors import ConfigError, DecodeError, ForwardpassError, NotFo
 from forwardpass.model import Model, load
 from forwardpass.pipeline import Prediction
 from forwardpass.pipeline.detection import Detect
-from forwardpass.pipeline.image import decode_image
 from forwardpass.pipeline.ocr import DetectText, crop_quad
 from forwardpass.repository import CONFIG_FILE, declares_pipeline, default_repository, lies_in
 from forwardpass.tensor import FLOATS, DataType, TensorSpec
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = [
     "Ensemble",
@@ -172,6 +173,10 @@ class Ensemble:
             model.close()
 
     def _decode(self, raw: object) -> Image.Image:
+        from PIL import Image  # Pillow only when a pipeline runs: a server of models that take no images never does
+
+        from forwardpass.pipeline.image import decode_image
+
         if not isinstance(raw, str | Path | bytes | Image.Image):
             raise DecodeError(f"expected an image (file path, bytes or PIL image), got {type(raw).__name__}")
         return decode_image(raw, self.image_config.max_pixels).convert("RGB")
@@ -294,6 +299,8 @@ def apply_answer(step: StepConfig, region: dict[str, Any], crop: Image.Image, an
     if step.min_score is not None and float(answer.get("score", 0.0)) < step.min_score:
         return None
     if step.rotate_label is not None and _turned(step, answer):
+        from PIL import Image
+
         return crop.transpose(Image.Transpose.ROTATE_180)
     return crop
 
@@ -311,6 +318,8 @@ def _regions(found: Prediction) -> list[dict[str, Any]]:
 
 def _crop(image: Image.Image, pixels: np.ndarray, region: dict[str, Any]) -> Image.Image:
     if "points" in region:
+        from PIL import Image
+
         return Image.fromarray(np.ascontiguousarray(crop_quad(pixels, np.asarray(region["points"]))))
     x1, y1, x2, y2 = (round(value) for value in region["box"])
     return image.crop((x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)))

@@ -7,7 +7,6 @@ import io
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from forwardpass.config import ImageConfig
 from forwardpass.errors import ConfigError
@@ -70,6 +69,8 @@ def saliency_png(saliency: list[list[float]], scale: int = 1) -> bytes:
     peak = float(values.max())
     heat = values / peak if peak > 0 else values
     rgb = np.stack([np.full_like(heat, 255.0), 255.0 * (1 - heat), 255.0 * (1 - heat)], axis=-1).astype(np.uint8)
+    from PIL import Image  # only when an image model is explained: a server of other models never imports Pillow
+
     picture = Image.fromarray(rgb, mode="RGB")
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)

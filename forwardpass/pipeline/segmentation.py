@@ -7,7 +7,6 @@ import base64
 import io
 
 import numpy as np
-from PIL import Image
 
 from forwardpass.config import SegmentationConfig
 from forwardpass.errors import ShapeError
@@ -42,6 +41,8 @@ class Segment:
         shares = [
             {"label": self._label(int(i)), "index": int(i), "fraction": float(counts[i] / best.size)} for i in present
         ]
+        from PIL import Image  # only for a segmentation model: a server of other models never imports Pillow
+
         mode = "L" if classes <= 256 else "I;16"
         buffer = io.BytesIO()
         Image.fromarray(best.astype(np.uint8 if mode == "L" else np.uint16), mode).save(buffer, format="PNG")
@@ -68,4 +69,6 @@ def _to_original(best: np.ndarray, transform: ImageTransform) -> np.ndarray:
 
 def mask_of(prediction: Prediction) -> np.ndarray:
     """The class-index array of a segmentation answer."""
+    from PIL import Image
+
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(prediction["mask_png"]))))

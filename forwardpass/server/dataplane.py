@@ -18,7 +18,6 @@ from importlib.metadata import version as package_version
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from forwardpass.config import PipelineConfig
 from forwardpass.ensemble import check_steps, unready
@@ -363,6 +362,8 @@ def _preprocess(model: Model, raw: object, limits: RequestLimits) -> Arrays:
         # the image and audio pipelines read a str as a file path: over the network that would open the server's own
         raise DecodeError(f"model '{model.name}' takes {kind.name} files: send its bytes (Content-Type {kind.name}/*)")
     if isinstance(raw, bytes) and limits.max_pixels is not None:
+        from PIL import Image, UnidentifiedImageError  # on use: a server of models that take no images never needs it
+
         with contextlib.suppress(UnidentifiedImageError, OSError):  # not an image: the pipeline says so
             with Image.open(io.BytesIO(raw)) as image:  # reads the header only
                 size = image.size

@@ -8,17 +8,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
-
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from forwardpass.config import ImageConfig, ModelConfig, PipelineConfig
 from forwardpass.ensemble import apply_answer, cut_regions, find_pipeline, pipelines_in, unready
 from forwardpass.errors import ConfigError, DecodeError
 from forwardpass.model import Model
 from forwardpass.pipeline import Prediction
-from forwardpass.pipeline.image import decode_image
 from forwardpass.repository import CONFIG_FILE
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["Pipelines", "ServedModel", "StepPredict"]
 
@@ -89,6 +89,8 @@ class Pipelines:
             raise DecodeError(f"pipeline '{name}' takes an image: send its bytes (Content-Type image/*)")
         if not isinstance(first.config.preprocess, ImageConfig):
             raise ConfigError(f"pipeline '{name}' step 1 ({first.name}) must take images (preprocess kind image)")
+        from forwardpass.pipeline.image import decode_image  # Pillow only when a pipeline of image models is asked
+
         max_pixels = first.config.preprocess.max_pixels
         image = await asyncio.to_thread(lambda: decode_image(raw, max_pixels).convert("RGB"))
         found = await step(pipeline.steps[0].model, image, parameters)
