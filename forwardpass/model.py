@@ -291,6 +291,18 @@ class Model:
             return []
         return fail_alone(lambda group: self.postprocess(self.run_items(group), top_k), items, ForwardpassError)
 
+    def check_audit_log(self) -> None:
+        """ConfigError, the session closed, unless a decision model's audit log can be written (see
+        `AuditLog.check_writable`): for the code that starts deciding, so that it is refused before anything is
+        scored."""
+        if self.audit is None:
+            return
+        try:
+            self.audit.check_writable()
+        except ConfigError:
+            self.session.close()  # not self.close(): closing its audit log would try to write it
+            raise
+
     def close(self) -> None:
         """Closes the session and the audit log; sessions from `instances` are their owner's to close."""
         self.session.close()

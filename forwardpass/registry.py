@@ -338,8 +338,7 @@ class ModelRegistry:
             trust_pickle=self.trust_pickle,
             intra_op_threads=threads,
         )
-        if model.audit is not None:
-            _check_writable(model)
+        _check_writable(model)
         config = model.config  # as completed from the model: batching inferred where the config leaves it out
         instances = model.instances(config.instances)
         sessions = [session for session, _ in instances]
@@ -401,19 +400,10 @@ class ModelRegistry:
 def _check_writable(model: Model) -> None:
     """A decision model answers only once its decisions are recorded: an audit log it cannot write fails its load
     (the model UNAVAILABLE, readiness 503) rather than every request."""
-    assert model.audit is not None
-    folder = model.audit.path.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        problem = None if os.access(folder, os.W_OK) else "permission denied"
-    except OSError as exc:
-        problem = exc.strerror or type(exc).__name__
-    if problem is not None:
-        model.session.close()  # not model.close(): closing its audit log would try to write it
-        raise ConfigError(
-            f"model '{model.name}' records decisions in {model.audit.path}, but {folder} cannot be written "
-            f"({problem}): set FORWARDPASS_AUDIT_LOG to a writable path"
-        )
+        model.check_audit_log()
+    except ConfigError as exc:
+        raise ConfigError(f"model '{model.name}': {exc}") from None
 
 
 def _fingerprint(repository: Repository, name: str, version: int) -> Fingerprint:

@@ -138,7 +138,7 @@ def open_model(
             f"'{model}' is a pipeline of models and this command takes one model; "
             f"forwardpass predict {model} and forwardpass serve run pipelines"
         )
-    return load(
+    loaded = load(
         model,
         repository=repository,
         version=version,
@@ -146,6 +146,8 @@ def open_model(
         trust_pickle=trust_pickle,
         **engine_options,
     )
+    loaded.check_audit_log()  # refused once, before any record is scored, not on every decision
+    return loaded
 
 
 class Terminated(KeyboardInterrupt):

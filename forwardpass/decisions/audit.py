@@ -41,7 +41,7 @@ import orjson
 
 from forwardpass.decisions import journal
 from forwardpass.decisions.journal import Mover, journal_folder
-from forwardpass.errors import AuditError, InputError, NotFoundError
+from forwardpass.errors import AuditError, ConfigError, InputError, NotFoundError
 
 __all__ = [
     "AUDIT_LOG_ENV",
@@ -177,6 +177,24 @@ class AuditLog:
         self._journal_lock = threading.Lock()  # the journal being appended to
         self._journal: _Journal | None = None
         self._mover_process: _MoverProcess | None = None
+
+    def check_writable(self) -> None:
+        """ConfigError unless the log and its journal folder can be written: opened as SQLite (created if new, its
+        tables made) and the folder made. Run where a process starts deciding, so that a log it cannot write is
+        refused once there, before anything is scored, rather than failing each decision."""
+        try:
+            with self._db_lock:
+                self._connect()
+            self.journal_dir.mkdir(parents=True, exist_ok=True)
+            problem = None if os.access(self.journal_dir, os.W_OK) else "permission denied"
+        except sqlite3.Error as exc:
+            problem = str(exc)
+        except OSError as exc:
+            problem = f"{exc.strerror or type(exc).__name__}: {exc.filename}" if exc.filename else str(exc)
+        if problem is not None:
+            raise ConfigError(
+                f"audit log {self.path} cannot be written ({problem}): set {AUDIT_LOG_ENV} to a writable path"
+            )
 
     def write_decisions(self, model: str, version: str, decisions: Iterable[Decided]) -> None:
         """One request's decisions, recorded before it is answered (journal or commit), or AuditError; kept in

@@ -135,3 +135,24 @@ def test_a_ray_actor_sends_its_decisions_with_its_part_for_the_driver_to_audit(t
     job.audit.close()
     assert sorted(row.action for row in AuditLog(audit_log).query()) == sorted(row["action"] for row in scored.rows)
     assert len(scored.rows) == 30
+
+
+def test_an_audit_log_that_cannot_be_written_is_refused_before_any_record_is_scored(tasks, tmp_path):
+    """A log that is no SQLite database (or under a file): predict and batch refuse it at start in one line, exit 2,
+    and batch leaves no part of unaudited decisions in its output; before, batch scored and wrote a part, then
+    failed (exit 1), and predict failed every record alone."""
+    table = write_records(tmp_path / "records.csv", tasks.data["triage"][:3])
+    (tmp_path / "notes.txt").write_text("not a database " * 100)
+    for log in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "audit.sqlite"):
+        env = {**os.environ, "FORWARDPASS_AUDIT_LOG": str(log), "NO_COLOR": "1"}
+        for command in (
+            ["predict", "triage", str(table)],
+            ["batch", "triage", str(table), "-o", str(tmp_path / "out")],
+        ):
+            done = subprocess.run(
+                [FORWARDPASS, *command, "--repository", str(tasks.root)], env=env, capture_output=True, text=True
+            )
+            assert done.returncode == 2, (command, done.stderr)
+            assert done.stdout == ""
+            assert done.stderr.count("\n") == 1 and f"audit log {log} cannot be written" in done.stderr
+            assert not list(tmp_path.glob("out/part-*"))

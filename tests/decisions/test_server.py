@@ -122,3 +122,21 @@ def test_audit_survives_kill_9(tasks, tmp_path):
     rows = list(AuditLog(log).query())
     assert len(rows) == answered
     assert {row.model for row in rows} == {"triage"}
+
+
+def test_a_server_whose_audit_log_is_no_database_does_not_serve_the_decision_model(tasks, tmp_path):
+    """The log's folder is writable but the log is not SQLite: the model's load fails (not ready, naming the log)
+    rather than the model answering every request with a failure to record it."""
+    log = tmp_path / "audit.sqlite"
+    log.write_text("not a database " * 100)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FORWARDPASS_AUDIT_LOG", str(log))
+        running = serve(tasks.root)
+    try:
+        assert httpx.get(f"{running.url}/v2/models/triage/ready").status_code != 200
+        assert httpx.post(f"{running.url}/v2/models/triage/predict", json=RECORD).status_code == 404  # not loaded
+        index = {entry["name"]: entry for entry in httpx.post(f"{running.url}/v2/repository/index").json()}
+        assert index["triage"]["state"] == "UNAVAILABLE"
+        assert f"audit log {log} cannot be written (file is not a database)" in index["triage"]["reason"]
+    finally:
+        running.stop()
