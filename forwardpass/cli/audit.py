@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import re
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -14,13 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from forwardpass.decisions import AUDIT_LOG_ENV, AuditRecord, default_audit_path
-from forwardpass.decisions.audit import COLUMNS, open_existing, owned_by
+from forwardpass.decisions.audit import COLUMNS, open_existing, owned_by, utc_prefix
 from forwardpass.errors import InputError
 
 __all__ = ["register"]
-
-# Times are compared as ISO 8601 text, so a prefix of one selects what it covers; anything else would match nothing.
-ISO_PREFIX = re.compile(r"\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d{1,6})?)?)?)?)?)?")
 
 
 def audit(
@@ -65,11 +61,8 @@ def audit(
 
       forwardpass audit --log /var/lib/forwardpass/audit.sqlite --csv - | head
     """
-    for option, value in (("--since", since), ("--until", until)):
-        if value is not None and not ISO_PREFIX.fullmatch(value):
-            raise InputError(
-                f"{option} '{value}' is not a UTC time: give ISO 8601 such as 2026-11-26 or 2026-11-26T14:30"
-            )
+    since = utc_prefix("--since", since) if since is not None else None  # refused before the log is opened
+    until = utc_prefix("--until", until) if until is not None else None
     path = log or default_audit_path()
     if csv_file not in (None, "-"):
         _refuse_overwriting(Path(csv_file), path)

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import mmap
 import os
+import re
 import secrets
 import sqlite3
 import subprocess
@@ -33,6 +34,7 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,7 @@ __all__ = [
     "open_existing",
     "owned_by",
     "utc_now",
+    "utc_prefix",
 ]
 
 AUDIT_LOG_ENV = "FORWARDPASS_AUDIT_LOG"
@@ -92,6 +95,25 @@ def owned_by(log: Path) -> list[Path]:
 
 def utc_now() -> str:
     return journal.utc_text(time.time_ns() // 1000)
+
+
+_ISO_PREFIX = re.compile(r"\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d{1,6})?)?)?)?)?)?Z?")
+_EARLIEST = "0001-01-01T00:00:00"
+
+
+def utc_prefix(option: str, value: str) -> str:
+    """A time the log's rows are compared with as text ('2026-11-26T14:30:00.123456Z'), from an ISO 8601 prefix
+    in UTC: a year, a date, a time to the minute, second or microsecond, with 'T' or a space, with or without the
+    rows' own 'Z'. A space becomes 'T' (it sorts before 'T', so a day's every row would compare after its noon);
+    InputError naming `option` for what is no such time, a month 13 or a 30 February included."""
+    text = value.replace(" ", "T", 1).removesuffix("Z")
+    try:
+        valid = _ISO_PREFIX.fullmatch(value) is not None and bool(datetime.fromisoformat(text + _EARLIEST[len(text) :]))
+    except ValueError:
+        valid = False
+    if not valid:
+        raise InputError(f"{option} '{value}' is not a UTC time: give ISO 8601 such as 2026-11-26 or 2026-11-26T14:30")
+    return text
 
 
 # A model's few (name, dtype, shape): encoded once, and a hash state already fed with the encoding to copy.
@@ -246,7 +268,7 @@ class AuditLog:
         limit: int | None = None,
     ) -> Iterator[AuditRecord]:
         """Decisions in time order (journals moved in first); `since` / `until` are ISO 8601 prefixes in UTC (since
-        inclusive, until not)."""
+        inclusive, until not; see `utc_prefix`)."""
         try:
             self._move_journals()
         except (AuditError, OSError) as exc:  # e.g. a reader without write access: the table is still worth reading
@@ -254,6 +276,8 @@ class AuditLog:
                 "audit log %s: journals not moved (%s); decisions still in them are not listed", self.path, exc
             )
         clauses, values = [], []
+        since = utc_prefix("since", since) if since is not None else None
+        until = utc_prefix("until", until) if until is not None else None
         for column, op, value in (("model", "=", model), ("action", "=", action), ("time", ">=", since)):
             if value is not None:
                 clauses.append(f"{column} {op} ?")

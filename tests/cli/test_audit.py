@@ -130,11 +130,14 @@ def test_a_file_that_is_not_an_audit_log_is_refused_and_left_as_it_was(repositor
 
 
 def test_a_log_that_cannot_be_opened_refuses_the_decision_in_one_line(repository, tmp_path):
-    """The decision is withheld (never answered unaudited); closing the model added a second error line about
-    journals it never had, and its own exit code."""
+    """Refused before any decision is made (never answered unaudited), exit 2; closing the model added a second
+    error line about journals it never had, and its own exit code."""
     done = run(repository, tmp_path, "predict", "risk", '{"radius": 18, "texture": 22}')
-    assert done.returncode == 1
-    assert done.stderr.endswith(f"audit log {tmp_path}: unable to open database file; the decision was not recorded\n")
+    assert done.returncode == 2
+    assert done.stderr.endswith(
+        f"audit log {tmp_path} cannot be written (unable to open database file): set FORWARDPASS_AUDIT_LOG to a "
+        "writable path\n"
+    )
     assert done.stderr.count("\n") == 1 and done.stdout == ""
 
 
@@ -180,3 +183,32 @@ def test_predict_explain_adds_attributions(repository, tmp_path):
     assert set(explanation["attributions"]) == set(COLUMNS)
     total = sum(explanation["attributions"].values())
     assert np.isclose(total, prediction["score"] - explanation["base_value"], atol=1e-5)
+
+
+def test_audit_times_with_a_space_or_the_tables_z_are_compared_as_times(repository, tmp_path):
+    """'2026-01-02 12:00' (ISO 8601's space) once compared as text with '2026-01-02T...' rows: a space sorts before
+    'T', so --since took the whole day and --until none of it. The table's own times (…Z) were refused; a month 13
+    matched nothing, exit 0. Each is now read as the time it names, or refused."""
+    from forwardpass.decisions import AuditLog, AuditRecord
+
+    log = tmp_path / "audit.sqlite"
+    store = AuditLog(log)
+    store.write(
+        [
+            AuditRecord(f"2026-01-02T{hour}:00:00.000000Z", "m", "1", f"h{hour}", {}, "allow", "default -> allow")
+            for hour in ("06", "18")
+        ]
+    )
+    store.close()
+    for options, hashes in (
+        (["--since", "2026-01-02 12:00"], ["h18"]),
+        (["--until", "2026-01-02 12:00"], ["h06"]),
+        (["--since", "2026-01-02T18:00:00.000000Z"], ["h18"]),
+        (["--until", "2026-01-02T18:00:00.000000Z"], ["h06"]),
+    ):
+        done = run(repository, log, "audit", "--csv", "-", *options)
+        assert done.returncode == 0, done.stderr
+        assert [row["input_hash"] for row in csv.DictReader(io.StringIO(done.stdout))] == hashes, options
+    for wrong in ("2026-13-01", "2026-02-30", "2026-01-02T25:00"):
+        done = run(repository, log, "audit", "--since", wrong)
+        assert done.returncode == 2 and done.stderr.startswith(f"error: --since '{wrong}' is not a UTC time"), wrong
