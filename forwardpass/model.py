@@ -210,14 +210,21 @@ class Model:
         rows its batcher split."""
         if self.decider is None:
             return [self.pipeline.postprocess(out, inp, top_k) for out, inp in rows]
-        listed = _EVERY_CLASS if self.decider.reads_classes else top_k
+        read = self.decider.read_classes
+        listed = _EVERY_CLASS if read else top_k
         predictions = [self.pipeline.postprocess(out, inp, listed) for out, inp in rows]
         decided: list[Decided] = []
         for prediction, (_, inputs) in zip(predictions, rows, strict=True):
             decision = self.decider.decide(prediction)
+            audited = prediction
             if listed is _EVERY_CLASS and isinstance(self.config.postprocess, ClassificationConfig):
-                prediction["top_k"] = prediction["top_k"][: top_k or self.config.postprocess.top_k]
-            decided.append((inputs, prediction, decision.action, decision.rule))
+                shown = top_k or self.config.postprocess.top_k
+                ranked = prediction["top_k"]
+                prediction["top_k"] = ranked[:shown]
+                # the audit row keeps every score a rule read, so that the log alone shows why each action
+                kept = [entry for index, entry in enumerate(ranked) if index < shown or entry["label"] in read]
+                audited = {**prediction, "top_k": kept}
+            decided.append((inputs, audited, decision.action, decision.rule))
         if self.audit is not None:  # serialized now, before each prediction gets its action and rule
             self.audit.write_decisions(self.name, self._version, decided)
         for prediction, (_, _, action, rule) in zip(predictions, decided, strict=True):

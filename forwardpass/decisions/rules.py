@@ -84,8 +84,8 @@ class Decider:
             )
         _check_every_rule_can_fire(config, _score_range(model))
         self.config: DecisionConfig = config
-        # rules that read classes beyond the top one: postprocessing must list every class
-        self.reads_classes: bool = bool(labelled)
+        # the classes rules read, beyond the top one: postprocessing must list every class, and the audit these
+        self.read_classes: frozenset[str] = frozenset(labelled)
         self._rules: list[tuple[DecisionRule, str]] = [(rule, _describe(rule, config.score)) for rule in config.rules]
 
     def decide(self, prediction: Prediction) -> Decision:

@@ -251,8 +251,11 @@ def test_every_prediction_carries_its_action_and_one_audit_row(tasks, audit_log)
     assert {row.model for row in rows} == {"triage"} and {row.version for row in rows} == {"1"}
     assert [row.rule for row in rows] == [p["rule"] for p in predictions]
     assert len({row.input_hash for row in rows}) == len(records)
-    assert rows[0].scores["top_k"] == predictions[0]["top_k"]
     assert len(predictions[0]["top_k"]) == 1  # every class was read for the rules, the config's top_k is shown
+    for row, prediction, probability in zip(rows, predictions, malignant, strict=True):  # and the score read, audited
+        assert row.scores["top_k"][:1] == prediction["top_k"]
+        read = {entry["label"]: entry["score"] for entry in row.scores["top_k"]}
+        assert read["malignant"] == pytest.approx(probability, abs=1e-6)
     model.predict(records[0])
     again = list(AuditLog(audit_log).query())
     assert len(again) == len(records) + 1 and again[-1].input_hash == rows[0].input_hash
@@ -414,4 +417,28 @@ def test_a_rule_on_a_class_index_of_a_classifier_without_names_is_decided(audit_
     probabilities = 1.0 / (1.0 + np.exp(-logits))
     expected = ["block" if p >= 0.7 else "allow" for p in probabilities]
     assert [answer["action"] for answer in answers] == expected == ["block", "block", "allow", "allow"]
+    model.close()
+
+
+def test_the_audit_row_holds_the_score_each_rule_read_beyond_the_classes_answered(audit_log, tmp_path):
+    """top_k: 1 answers the top class alone; the rules read class 'c' too. Its score was left out of the audit
+    row (only the answered top_k was recorded), so a decision on it could not be checked from the log."""
+    _linear_model(
+        tmp_path / "three",
+        [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+        {
+            "postprocess": {"kind": "classification", "output": "y", "activation": "none", "labels": ["a", "b", "c"]},
+            "decision": {"rules": [{"label": "c", "at_least": 0.25, "action": "review"}], "default": "allow"},
+        },
+    )
+    model = forwardpass.load("three", repository=tmp_path)
+    answers = [model.predict(np.array(p, np.float32), top_k=1) for p in ([0.6, 0.1, 0.3], [0.6, 0.3, 0.1])]
+    assert [answer["action"] for answer in answers] == ["review", "allow"]
+    assert [[entry["label"] for entry in answer["top_k"]] for answer in answers] == [["a"], ["a"]]
+    rows = list(AuditLog(audit_log).query())
+    read = [{entry["label"]: entry["score"] for entry in row.scores["top_k"]} for row in rows]
+    assert [(row.action, scores["a"], scores["c"]) for row, scores in zip(rows, read, strict=True)] == [
+        ("review", pytest.approx(0.6), pytest.approx(0.3)),
+        ("allow", pytest.approx(0.6), pytest.approx(0.1)),
+    ]
     model.close()
