@@ -79,18 +79,41 @@ def keep_grid(model: onnx.ModelProto, names: set[str], accuracy_level: int) -> t
 
 def _grid(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(codes [blocks, GRID_BLOCK, N] in 0..15, scales d [blocks, N], offsets m + 8d [blocks, N]) when every block of
-    `weight` [K, N] is d*q + m, else None."""
+    `weight` [K, N] is d*q + m, else None. A block's codes need not reach both 0 and 15: Q4_0 (d*(q - 8), d set by
+    the value of largest magnitude) and Q4_K (its sub-blocks' d*q - m, scale and minimum searched) leave most blocks
+    a narrower span, so the step d is the block's range over the widest span of codes that puts every value on one."""
     rows, columns = weight.shape
     if rows % GRID_BLOCK:
         return None
     blocks = weight.astype(np.float64).reshape(rows // GRID_BLOCK, GRID_BLOCK, columns)
-    low = blocks.min(axis=1)
-    step = (blocks.max(axis=1) - low) / _LEVELS
-    steps = (blocks - low[:, None]) / np.where(step == 0, 1.0, step)[:, None]
-    codes = np.rint(steps)
-    if np.abs(steps - codes).max() > _ON_GRID:
+    pairs = blocks.transpose(0, 2, 1).reshape(-1, GRID_BLOCK)  # one row per block and column
+    low = pairs.min(axis=1)
+    extent = pairs.max(axis=1) - low
+    spans = np.zeros(len(pairs))  # the span of codes found for each pair; 0 where none yet
+    for span in range(_LEVELS, 0, -1):
+        left = np.flatnonzero(spans == 0)
+        if not len(left):
+            break
+        if span == _LEVELS - 1 and not _spans_any(pairs[left[0]] - low[left[0]], extent[left[0]]):
+            return None  # a pair on no grid at all: the weight is not (an FP32 one ends here, after one pass)
+        steps = (pairs[left] - low[left, None]) / np.where(extent[left] == 0, 1.0, extent[left] / span)[:, None]
+        spans[left[np.abs(steps - np.rint(steps)).max(axis=1) <= _ON_GRID]] = span
+    if not spans.all():
         return None
-    return codes.astype(np.uint8), step, low + 8 * step
+    step = extent / spans
+    codes = np.rint((pairs - low[:, None]) / np.where(step == 0, 1.0, step)[:, None])
+    shaped = codes.reshape(rows // GRID_BLOCK, columns, GRID_BLOCK).transpose(0, 2, 1)
+    step, low = step.reshape(rows // GRID_BLOCK, columns), low.reshape(rows // GRID_BLOCK, columns)
+    return shaped.astype(np.uint8), step, low + 8 * step
+
+
+def _spans_any(shifted: np.ndarray, extent: float) -> bool:
+    """Whether one block's values less its minimum are whole steps of extent / span for some span of 1..15."""
+    for span in range(1, _LEVELS + 1):
+        steps = shifted / (extent / span if extent else 1.0)
+        if np.abs(steps - np.rint(steps)).max() <= _ON_GRID:
+            return True
+    return False
 
 
 def _offset_rows(rows: int) -> int:

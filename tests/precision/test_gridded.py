@@ -24,6 +24,16 @@ def _on_q4_1_grid(rng: np.random.Generator) -> np.ndarray:
     return (codes * steps + offsets).reshape(ROWS, COLUMNS).astype(np.float32)
 
 
+def _on_q4_0_grid(rng: np.random.Generator) -> np.ndarray:
+    """A weight [ROWS, COLUMNS] as a Q4_0 GGUF holds it, by gguf's own quantizer: d*(q - 8) per block, d set by the
+    value of largest magnitude, so most blocks' codes span less than 0..15."""
+    import gguf
+
+    rows = rng.standard_normal((COLUMNS, ROWS)).astype(np.float32)  # GGUF's rows run along the input
+    quantized = gguf.quants.quantize(rows, gguf.GGMLQuantizationType.Q4_0)
+    return np.ascontiguousarray(gguf.quants.dequantize(quantized, gguf.GGMLQuantizationType.Q4_0).T)
+
+
 def _graph(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     """x [1, ROWS] through one MatMul per weight, each its own output."""
     nodes = [helper.make_node("MatMul", ["x", name], [f"{name}_out"], name=f"{name}_matmul") for name in weights]
@@ -68,3 +78,19 @@ def test_weights_on_a_grid_are_kept_and_computed_closely() -> None:
         kept_error, again_error = _relative_error(got[index], exact[index]), _relative_error(again[index], exact[index])
         # what is left is the offsets held in two 4-bit rows (~1e-3 here); rounding again costs ~60x that
         assert kept_error < 3e-3 and kept_error < again_error / 20, (kept_error, again_error)
+
+
+def test_a_grid_whose_codes_span_less_than_16_levels_is_kept() -> None:
+    """Q4_0 and Q4_K files (what users mostly bring) were re-rounded at INT4 as if on no grid: the grid was found only
+    where a block's codes reached both 0 and 15, as Q4_1's do."""
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 12, (ROWS // GRID_BLOCK, GRID_BLOCK, COLUMNS))  # 0..11, as a Q4_K sub-block's may be
+    codes[:, 0], codes[:, 1] = 0, 11
+    narrow = codes * rng.uniform(0.005, 0.02, (ROWS // GRID_BLOCK, 1, COLUMNS)) - 0.1
+    weights = {"q4_0": _on_q4_0_grid(rng), "narrow": narrow.reshape(ROWS, COLUMNS).astype(np.float32)}
+    x = rng.standard_normal((1, ROWS)).astype(np.float32)
+    model = _graph(weights)
+    kept, _ = keep_grid(model, {"q4_0_matmul", "narrow_matmul"}, accuracy_level=0)
+    assert kept == ["q4_0_matmul", "narrow_matmul"]
+    for got, weight in zip(_run(model, x), weights.values(), strict=True):
+        assert _relative_error(got, x @ weight) < 3e-3
