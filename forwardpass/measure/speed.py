@@ -55,8 +55,8 @@ def check_batch_sizes(model: Model, batch_sizes: Sequence[int]) -> None:
     over = [size for size in batch_sizes if most and size > most]
     if over:
         raise InputError(
-            f"batch size {', '.join(map(str, over))} is over model '{model.name}''s max_batch_size of {most} (its "
-            f"config): a forward pass of it never holds more items; time batch sizes up to {most}"
+            f"batch size {', '.join(map(str, over))} is over model '{model.name}''s max_batch_size of {most}: a "
+            f"forward pass of it never holds more items; time batch sizes up to {most}"
         )
 
 

@@ -433,8 +433,8 @@ def test_bench_refuses_batch_sizes_over_the_models_max_batch_size(fp: Cli, measu
     done = fp("bench", "vec_max4", "-r", tmp_path, "--batch-size", "1,8", "--duration", "0.1", "--warmup", "0")
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
-        "error: batch size 8 is over model 'vec_max4''s max_batch_size of 4 (its config): a forward pass of it never "
-        "holds more items; time batch sizes up to 4"
+        "error: batch size 8 is over model 'vec_max4''s max_batch_size of 4: a forward pass of it never holds more "
+        "items; time batch sizes up to 4"
     ]
     assert "measured" not in done.stdout + done.stderr  # refused before batch 1 was timed
     within = fp("bench", "vec_max4", "-r", tmp_path, "--batch-size", "4", "--duration", "0.1", "--warmup", "0")
