@@ -3,7 +3,10 @@ built here (onnx.helper), loaded by real ONNX Runtime sessions, each mismatch na
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +179,38 @@ def test_a_pipeline_config_symlinked_outside_the_repository_is_refused(tmp_path:
     (root / "lines" / "config.yaml").unlink()
     (root / "lines" / "config.yaml").write_bytes(outside.read_bytes())
     assert pipelines_in(root) == ["lines"]
+
+
+def test_a_pipeline_whose_config_is_refused_is_listed_unavailable_beside_the_others(tmp_path: Path) -> None:
+    """A typo in one pipeline's config.yaml (here a step 'version', which steps do not take) made the server's
+    repository index answer 400 for every model, and `forwardpass models` exit 2 listing none; that pipeline is
+    now one UNAVAILABLE row naming the refusal."""
+    import httpx
+
+    from tests.running_server import serve
+
+    finder(tmp_path / "finder")
+    reader(tmp_path / "reader", ["batch", 3, 16, 32])
+    pipeline(tmp_path)
+    steps = [{"model": "finder"}, {"model": "reader", "input": "crops", "version": 1}]
+    (tmp_path / "pinned").mkdir()
+    (tmp_path / "pinned" / "config.yaml").write_text(yaml.safe_dump({"pipeline": {"steps": steps}}))
+    refusal = "field 'pipeline.steps.1.version': Extra inputs are not permitted"
+    running = serve(tmp_path)
+    try:
+        answer = httpx.post(f"{running.url}/v2/repository/index")
+        assert answer.status_code == 200, answer.text
+        rows = {row["name"]: row for row in answer.json()}
+        assert rows["lines"]["state"] == "READY" and rows["finder"]["state"] == "READY"
+        assert rows["pinned"]["state"] == "UNAVAILABLE" and refusal in rows["pinned"]["reason"]
+    finally:
+        running.stop()
+    listed = subprocess.run(
+        [str(Path(sys.executable).parent / "forwardpass"), "models", "-r", str(tmp_path)],
+        env={**os.environ, "COLUMNS": "400", "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "pipeline of models" in listed.stdout and refusal in listed.stdout

@@ -11,7 +11,7 @@ from rich.table import Table
 from forwardpass.cli.common import REPOSITORY, TRUST_PICKLE
 from forwardpass.config import ModelConfig, StepConfig
 from forwardpass.ensemble import pipelines_in, unready
-from forwardpass.errors import ForwardpassError
+from forwardpass.errors import ConfigError, ForwardpassError
 from forwardpass.model import Model, load
 from forwardpass.repository import CONFIG_FILE, Repository, default_repository
 from forwardpass.tensor import TensorSpec
@@ -41,7 +41,7 @@ def models(repository: Path | None = REPOSITORY, trust_pickle: bool = TRUST_PICK
         table.add_column(column, overflow="fold")  # a narrow terminal wraps the names of tensors, never cuts them
     inferred_any = False
     pipelines = {name: _steps(repo, name) for name in pipelines_in(repo.root)}
-    steps_of_pipelines = {step.model for steps in pipelines.values() for step in steps}
+    steps_of_pipelines = {step.model for steps in pipelines.values() if isinstance(steps, list) for step in steps}
     kept: dict[str, Model] = {}  # the pipelines' steps, open until the pipelines are checked
     for name in repo.names():
         try:
@@ -79,6 +79,9 @@ def models(repository: Path | None = REPOSITORY, trust_pickle: bool = TRUST_PICK
         else:
             model.close()
     for name, steps in pipelines.items():  # pipelines of the models above: no artefact, no versions of their own
+        if isinstance(steps, ConfigError):
+            table.add_row(name, "", "", "", "", f"[red]UNAVAILABLE[/]: {steps}", "")
+            continue
         reason = unready(name, steps, kept.get)
         state = "pipeline of models" if reason is None else f"[red]UNAVAILABLE[/]: {reason}"
         table.add_row(name, "", "image", "regions", " → ".join(step.model for step in steps), state, "")
@@ -89,8 +92,12 @@ def models(repository: Path | None = REPOSITORY, trust_pickle: bool = TRUST_PICK
         Console().print("* inferred from the model, not declared; 'forwardpass init MODEL' writes it out with why")
 
 
-def _steps(repo: Repository, name: str) -> list[StepConfig]:
-    pipeline = ModelConfig.from_file(repo.root / name / CONFIG_FILE).pipeline
+def _steps(repo: Repository, name: str) -> list[StepConfig] | ConfigError:
+    """The pipeline's steps, or why its config is refused (its row says so; the other models are listed)."""
+    try:
+        pipeline = ModelConfig.from_file(repo.root / name / CONFIG_FILE).pipeline
+    except ConfigError as exc:
+        return exc
     assert pipeline is not None  # pipelines_in found it declared
     return pipeline.steps
 

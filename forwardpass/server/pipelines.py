@@ -51,7 +51,11 @@ class Pipelines:
         """Rows of Triton's repository index for the pipelines, each with its steps."""
         rows = []
         for name in pipelines_in(self.root):
-            pipeline = self.find(name)
+            try:
+                pipeline = self.find(name)
+            except ConfigError as exc:  # this pipeline's refusal, not the index's: the others are listed
+                rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": str(exc), "steps": []})
+                continue
             if pipeline is None:  # removed since listed
                 continue
             reason = unready(name, pipeline.steps, served)
