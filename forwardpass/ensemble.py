@@ -28,7 +28,7 @@ from forwardpass.pipeline import Prediction
 from forwardpass.pipeline.detection import Detect
 from forwardpass.pipeline.ocr import DetectText, crop_quad
 from forwardpass.repository import CONFIG_FILE, declares_pipeline, default_repository, lies_in
-from forwardpass.tensor import FLOATS, DataType, TensorSpec
+from forwardpass.tensor import FLOATS, TensorSpec
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -244,10 +244,8 @@ def _crop_misfit(model: Model) -> str | None:
     unfed = [spec.name for spec in model.inputs if spec.name not in fed]
     if unfed:
         return f"it also needs input(s) {unfed}, which a crop does not give"
+    # (a datatype its preprocessing cannot feed is refused by the model's own load)
     spec = next(spec for spec in model.inputs if spec.name == (pre.input or model.inputs[0].name))
-    made = DataType.from_name(pre.datatype)
-    if spec.dtype is not made:
-        return f"input {_describe(spec)}, but its preprocessing makes {made.name} (preprocess.datatype)"
     if len(spec.shape) != 4:
         return f"input {_describe(spec)}, but crops are batched as [batch, {_AXES[pre.layout]}] (rank 4)"
     height, width = _crop_size(pre)

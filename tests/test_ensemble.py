@@ -104,10 +104,6 @@ def test_steps_that_fit_read_each_region(tmp_path: Path) -> None:
     ("reader_options", "problem"),
     [
         (
-            {"shape": ["batch", 3, 16, 32], "elem_type": TensorProto.UINT8},
-            r"input 'x' \(UINT8 \[-1, 3, 16, 32\]\), but its preprocessing makes FP32",
-        ),
-        (
             {"shape": ["batch", 3, 16, 32], "preprocess": {"kind": "image"}},
             r"input 'x' \(FP32 \[-1, 3, 16, 32\]\) takes height 16, but its preprocessing makes a crop's height "
             r"each crop's own",
@@ -129,7 +125,7 @@ def test_steps_that_fit_read_each_region(tmp_path: Path) -> None:
             r"it also needs input\(s\) \['scale'\], which a crop does not give",
         ),
     ],
-    ids=["datatype", "size of its own", "width", "rank", "another input"],
+    ids=["size of its own", "width", "rank", "another input"],
 )
 def test_a_step_whose_input_does_not_take_the_crops_is_refused_naming_both(
     tmp_path: Path, reader_options: dict[str, Any], problem: str
@@ -146,6 +142,13 @@ def test_a_step_whose_input_does_not_take_the_crops_is_refused_naming_both(
     )
     assert "\n" not in message
     assert re.search(problem, message), message
+
+
+def test_a_step_whose_preprocessing_cannot_feed_its_input_is_refused_by_its_own_load(tmp_path: Path) -> None:
+    finder(tmp_path / "finder")
+    reader(tmp_path / "reader", shape=["batch", 3, 16, 32], elem_type=TensorProto.UINT8)  # FP32 pixels for UINT8
+    with pytest.raises(ConfigError, match=r"field 'preprocess.datatype': makes FP32 images, but input 'x' takes UINT8"):
+        forwardpass.load_pipeline(pipeline(tmp_path))
 
 
 def test_a_first_step_whose_output_cannot_hold_regions_is_refused(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from forwardpass.precision.transforms import (
     Converted,
     Int8Settings,
     compute_layers,
+    keep_interface,
     layer_precisions,
     to_bf16_torch,
     to_fp16,
@@ -317,6 +318,8 @@ class _Search:
         converted = transform(folder / "model.onnx")
         for stray in folder.glob("*.onnx.data"):
             stray.unlink()
+        if converted.engine == "onnxruntime":
+            keep_interface(self.onnx_model, converted.path)
         self.folders[label] = folder
         model = _open(converted.path, self.request.threads, self.opened)
         self.models[label] = model

@@ -30,6 +30,7 @@ __all__ = [
     "Int8Settings",
     "compute_layers",
     "dequantized_initializers",
+    "keep_interface",
     "layer_precisions",
     "to_bf16_torch",
     "to_fp16",
@@ -131,6 +132,24 @@ def layer_precisions(source: onnx.ModelProto, converted: onnx.ModelProto) -> dic
 def _is_dequantized(tensor: str, producers: dict[str, onnx.NodeProto]) -> bool:
     producer = producers.get(tensor)
     return producer is not None and producer.op_type == "DequantizeLinear"
+
+
+def keep_interface(source: onnx.ModelProto, variant: Path) -> None:
+    """The variant's inputs and outputs declared as the source declares them (where their types are the same: FP64
+    widens them on purpose). Shape inference in the quantization tools renames a batch axis it cannot follow through
+    a Loop (an nn.EmbeddingBag's output becomes [Loop_27_o0__d0, 1] beside ids [batch, 10]); the variant then
+    looked like a model with no batch axis, fed one item at a time with no batch dimension, and was refused."""
+    model = onnx.load(str(variant))
+    declared = {value.name: value for value in [*source.graph.input, *source.graph.output]}
+    changed = False
+    for value in [*model.graph.input, *model.graph.output]:
+        wanted = declared.get(value.name)
+        same_type = wanted is not None and wanted.type.tensor_type.elem_type == value.type.tensor_type.elem_type
+        if wanted is not None and same_type and value != wanted:
+            value.CopyFrom(wanted)
+            changed = True
+    if changed:
+        onnx.save(model, str(variant))
 
 
 def to_fp32(source: Path, output: Path) -> Converted:
