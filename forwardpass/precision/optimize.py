@@ -350,6 +350,16 @@ class _Search:
                 candidate.off_range = f"past {precision}'s range: outputs moved {spread:.2g} (held to {held:g})"
         return candidate
 
+    def _optional(self, precision: str, transform: Callable[[Path], Converted]) -> list[Candidate]:
+        """The candidate, or none where its tool cannot make a model of this graph that ONNX Runtime loads (the INT4
+        quantizer raises the opset to 21 but leaves a Loop body's ReduceMean with its opset-17 axes attribute): the
+        other candidates still compete, where the whole search used to end in that load error."""
+        try:
+            return [self._make(precision, precision, transform)]
+        except ConfigError as exc:
+            self.say(f"{precision} left out: {exc}")
+            return []
+
     def _auto(self) -> list[Candidate]:
         """Whole-model precisions first; then, when full INT8 misses the budget, mixed precision: layers ranked by
         how much keeping each alone in FP32 recovers, and added back to FP32 in that order until the budget holds."""
@@ -361,9 +371,9 @@ class _Search:
         int8 = self._make("int8", "int8", self._transform("int8"))
         candidates.append(int8)
         if has & set(DYNAMIC_OPS):  # never for convolutions: DYNAMIC_OPS leaves them in FP32
-            candidates.append(self._make("int8-dynamic", "int8-dynamic", self._transform("int8-dynamic-matmul")))
+            candidates += self._optional("int8-dynamic", self._transform("int8-dynamic-matmul"))
         if "MatMul" in has:
-            candidates.append(self._make("int4", "int4", self._transform("int4")))
+            candidates += self._optional("int4", self._transform("int4"))
         if int8.qualifies:
             return candidates
         layers = compute_layers(self.onnx_model)

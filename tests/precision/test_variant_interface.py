@@ -15,7 +15,8 @@ from forwardpass.precision import OptimizeRequest, optimize
 
 def _embedding_bag_recommender(folder: Path) -> None:
     """An nn.EmbeddingBag scorer exported by torch: it averages int64 ids in an ONNX Loop, whose output's batch axis
-    ONNX Runtime's shape inference (quant_pre_process) cannot tell from the input's."""
+    ONNX Runtime's shape inference (quant_pre_process) cannot tell from the input's, and whose body ONNX Runtime's
+    INT4 quantizer leaves at the old opset."""
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
 
@@ -69,3 +70,23 @@ def test_int8_of_a_model_with_a_loop_keeps_its_batch_axis(tmp_path: Path) -> Non
     rows = [outputs["score"] for outputs, _ in model.run_items([{"ids": row} for row in ids[:8]])]
     assert np.stack(rows) == pytest.approx(expected, abs=1e-6)
 
+
+def test_auto_leaves_out_a_candidate_onnx_runtime_cannot_load(tmp_path: Path) -> None:
+    _embedding_bag_recommender(tmp_path / "repo" / "rec" / "1")
+    np.save(tmp_path / "ids.npy", np.random.default_rng(0).integers(0, 100, (40, 5)))
+    said: list[str] = []
+    report = optimize(
+        OptimizeRequest(
+            "rec",
+            "auto",
+            repository=tmp_path / "repo",
+            calibration=tmp_path / "ids.npy",
+            seconds=0.2,
+            plot=False,
+            allow_slower=True,
+        ),
+        said.append,
+    )
+    assert report.version == 2
+    assert "int4" not in {candidate.label for candidate in report.candidates}
+    assert any(line.startswith("int4 left out: ") and "cannot load" in line for line in said)
