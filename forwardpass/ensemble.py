@@ -41,6 +41,7 @@ __all__ = [
     "find_pipeline",
     "load_pipeline",
     "pipelines_in",
+    "step_failed",
     "unready",
 ]
 
@@ -147,16 +148,16 @@ class Ensemble:
         regions: list[tuple[int, dict[str, Any], Image.Image]] = []  # (item, region, its crop)
         for i, outcome in zip(images, found, strict=True):
             if isinstance(outcome, ForwardpassError):
-                outcomes[i] = outcome
+                outcomes[i] = step_failed(self.name, 1, self.steps[0].name, outcome)
                 continue
             outcomes[i] = {"regions": []}
             regions += [(i, region, crop) for region, crop in cut_regions(images[i], outcome)]
-        for step, model in zip(self.plan[1:], self.steps[1:], strict=True):
+        for number, (step, model) in enumerate(zip(self.plan[1:], self.steps[1:], strict=True), start=2):
             answers = _by_aspect(model, [crop for _, _, crop in regions])
             kept = []
             for (i, region, crop), answer in zip(regions, answers, strict=True):
                 if isinstance(answer, ForwardpassError):
-                    outcomes[i] = answer
+                    outcomes[i] = step_failed(self.name, number, model.name, answer)
                     continue
                 following = apply_answer(step, region, crop, answer)
                 if following is not None:
@@ -180,6 +181,17 @@ class Ensemble:
         if not isinstance(raw, str | Path | bytes | Image.Image):
             raise DecodeError(f"expected an image (file path, bytes or PIL image), got {type(raw).__name__}")
         return decode_image(raw, self.image_config.max_pixels).convert("RGB")
+
+
+def step_failed(pipeline: str, number: int, model: str, error: ForwardpassError) -> ForwardpassError:
+    """`error`, of its own class (so its status), saying which step of the pipeline raised it: "the model answered
+    NaN" alone does not say which of the pipeline's models did."""
+    try:
+        named = type(error)(f"pipeline '{pipeline}' step {number} ({model}): {error}")
+    except TypeError:  # a class whose constructor takes more than the message: kept as raised
+        return error
+    named.__dict__.update(error.__dict__)
+    return named
 
 
 def unready(name: str, plan: list[StepConfig], loaded: Callable[[str], Model | None]) -> str | None:

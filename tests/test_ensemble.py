@@ -3,6 +3,7 @@ built here (onnx.helper), loaded by real ONNX Runtime sessions, each mismatch na
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -19,7 +20,7 @@ from PIL import Image
 
 import forwardpass
 from forwardpass.ensemble import pipelines_in
-from forwardpass.errors import ConfigError, NotFoundError, UnsafePathError
+from forwardpass.errors import ConfigError, ForwardpassError, NotFoundError, UnsafePathError
 
 FINDER_PREPROCESS = {"kind": "image", "max_side": 64, "multiple_of": 32}
 FINDER_POSTPROCESS = {"kind": "text_detection", "threshold": 0.6, "box_threshold": 0.6, "min_size": 1}
@@ -217,3 +218,57 @@ def test_a_pipeline_whose_config_is_refused_is_listed_unavailable_beside_the_oth
     )
     assert listed.returncode == 0, listed.stderr
     assert "pipeline of models" in listed.stdout and refusal in listed.stdout
+
+
+def test_a_step_that_fails_for_one_image_fails_that_request_alone_naming_the_step(tmp_path: Path) -> None:
+    """The reader answers NaN for a dim crop (log of its mean less 0.3): that image's request fails whole, no
+    partial regions, and the error names the pipeline's step; it said 'the model answered NaN', which of the
+    pipeline's models it did not say. Another image's request is answered."""
+    import httpx
+
+    from tests.running_server import serve
+
+    finder(tmp_path / "finder")
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["means"], axes=[2, 3], keepdims=0),
+        helper.make_node("Sub", ["means", "floor"], ["above"]),
+        helper.make_node("Log", ["above"], ["logs"]),
+        helper.make_node("MatMul", ["logs", "weights"], ["scores"]),
+    ]
+    constants = [
+        helper.make_tensor("floor", TensorProto.FLOAT, [], [0.3]),
+        helper.make_tensor("weights", TensorProto.FLOAT, [3, 2], [1, 0, 0, 1, 1, 1]),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 32])]
+    outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 2])]
+    graph = helper.make_graph(nodes, "reader", inputs, outputs, constants)
+    save(
+        tmp_path / "reader",
+        graph,
+        {
+            "preprocess": {"kind": "image", "resize": [16, 32], "scale": 1 / 255},
+            "postprocess": {**READER_POSTPROCESS, "output": "scores"},
+            "engine": {"warmup": 0},
+        },
+    )
+    pipeline(tmp_path)
+    bright = np.zeros((48, 64, 3), dtype=np.uint8)
+    bright[10:30, 8:56] = 255
+    dim = np.zeros_like(bright)
+    dim[20:28, 4:60] = 120  # a line the finder finds, too dim for the reader
+    named = "pipeline 'lines' step 2 (reader): the model answered NaN in 'scores' for this item"
+    lines = forwardpass.load_pipeline("lines", repository=tmp_path)
+    failed, answered = lines.predict_each([Image.fromarray(dim), Image.fromarray(bright)])
+    lines.close()
+    assert isinstance(failed, ForwardpassError) and str(failed).startswith(named)
+    assert isinstance(answered, dict) and len(answered["regions"]) == 1
+    running = serve(tmp_path)
+    try:
+        png = io.BytesIO()
+        Image.fromarray(dim).save(png, format="PNG")
+        answer = httpx.post(
+            f"{running.url}/v2/models/lines/predict", content=png.getvalue(), headers={"content-type": "image/png"}
+        )
+        assert answer.status_code == 400 and answer.json()["error"].startswith(named)
+    finally:
+        running.stop()

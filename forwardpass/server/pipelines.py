@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from forwardpass.config import ImageConfig, ModelConfig, PipelineConfig
-from forwardpass.ensemble import apply_answer, cut_regions, find_pipeline, pipelines_in, unready
-from forwardpass.errors import ConfigError, DecodeError
+from forwardpass.ensemble import apply_answer, cut_regions, find_pipeline, pipelines_in, step_failed, unready
+from forwardpass.errors import ConfigError, DecodeError, ForwardpassError
 from forwardpass.model import Model
 from forwardpass.pipeline import Prediction
 from forwardpass.repository import CONFIG_FILE
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = ["Pipelines", "ServedModel", "StepPredict"]
+
+T = TypeVar("T")
 
 # (model name, one item, request parameters) → that model's answer, through its batcher
 StepPredict = Callable[[str, object, dict[str, Any]], Awaitable[Any]]
@@ -97,10 +99,12 @@ class Pipelines:
 
         max_pixels = first.config.preprocess.max_pixels
         image = await asyncio.to_thread(lambda: decode_image(raw, max_pixels).convert("RGB"))
-        found = await step(pipeline.steps[0].model, image, parameters)
+        found = await _named(name, 1, pipeline.steps[0].model, step(pipeline.steps[0].model, image, parameters))
         regions: list[tuple[dict[str, Any], Image.Image]] = await asyncio.to_thread(cut_regions, image, found)
-        for declared in pipeline.steps[1:]:
-            answers = await asyncio.gather(*(step(declared.model, crop, {}) for _, crop in regions))
+        for number, declared in enumerate(pipeline.steps[1:], start=2):
+            answers = await _named(
+                name, number, declared.model, asyncio.gather(*(step(declared.model, crop, {}) for _, crop in regions))
+            )
             kept = []
             for (region, crop), answer in zip(regions, answers, strict=True):
                 following = apply_answer(declared, region, crop, answer)
@@ -108,3 +112,11 @@ class Pipelines:
                     kept.append((region, following))
             regions = kept
         return {"regions": [region for region, _ in regions]}
+
+
+async def _named(pipeline: str, number: int, model: str, answer: Awaitable[T]) -> T:
+    """`answer` awaited, a forwardpass error naming the step that raised it (see `step_failed`)."""
+    try:
+        return await answer
+    except ForwardpassError as exc:
+        raise step_failed(pipeline, number, model, exc) from None
