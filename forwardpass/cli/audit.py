@@ -11,6 +11,7 @@ import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from forwardpass.decisions import AUDIT_LOG_ENV, AuditRecord, default_audit_path
 from forwardpass.decisions.audit import COLUMNS, open_existing, owned_by, utc_prefix
@@ -113,15 +114,8 @@ def _print_table(records: list[AuditRecord], path: Path) -> None:
     title = f"{len(records)} decisions in {path}"
     table = Table("id", "time (UTC)", "model", "version", "input", "action", "rule", title=title)
     for record in records:
-        table.add_row(
-            str(record.id),
-            record.time,
-            record.model,
-            record.version,
-            record.input_hash[:12],
-            record.action,
-            record.rule,
-        )
+        cells = [str(record.id), record.time, record.model, record.version, record.input_hash[:12]]
+        table.add_row(*(Text(cell) for cell in (*cells, record.action, record.rule)))  # '[UNK]' is no markup
     Console(soft_wrap=True, highlight=False).print(table)
 
 

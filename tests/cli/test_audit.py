@@ -212,3 +212,20 @@ def test_audit_times_with_a_space_or_the_tables_z_are_compared_as_times(reposito
     for wrong in ("2026-13-01", "2026-02-30", "2026-01-02T25:00"):
         done = run(repository, log, "audit", "--since", wrong)
         assert done.returncode == 2 and done.stderr.startswith(f"error: --since '{wrong}' is not a UTC time"), wrong
+
+
+def test_the_audit_table_shows_actions_and_rules_as_written(repository, tmp_path):
+    """Text in brackets is no markup there: a rule on class '[UNK]' showed as 'P() >= 0.5', and an action ending
+    in '[/]' ended `forwardpass audit` in rich's MarkupError traceback."""
+    from forwardpass.decisions import AuditLog, AuditRecord
+
+    log = tmp_path / "audit.sqlite"
+    store = AuditLog(log)
+    rules = [("review", "P([UNK]) >= 0.5 -> review"), ("hold[/]", "P([b]x) >= 0.9 -> hold[/]")]
+    stamp = "2026-01-02T06:00:00.000000Z"
+    store.write([AuditRecord(stamp, "m", "1", "h", {}, action, rule) for action, rule in rules])
+    store.close()
+    done = run(repository, log, "audit")
+    assert done.returncode == 0, done.stderr
+    for action, rule in rules:
+        assert action in done.stdout and rule in done.stdout
