@@ -216,11 +216,19 @@ def _load(transformers: ModuleType, source: Path) -> tuple[Any, str, ChatTemplat
     if gguf:
         options["gguf_file"] = source.name
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(folder), attn_implementation="eager", dtype="float32", **options
+        # sizes that differ from the config are loaded (as random weights) only to be named below: transformers'
+        # own refusal said 'look at the above report', a report its log level hides
+        model, loading = transformers.AutoModelForCausalLM.from_pretrained(
+            str(folder),
+            attn_implementation="eager",
+            dtype="float32",
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
+            **options,
         )
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for files it cannot read
         raise ConfigError(f"{source}: transformers cannot load this model: {_one_line(exc)}") from None
+    _refuse_unloaded(source, loading)
     tokenizer_file = folder / "tokenizer.json"
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), **options)
@@ -239,6 +247,23 @@ def _load(transformers: ModuleType, source: Path) -> tuple[Any, str, ChatTemplat
         template = template.get("default")
     chat = ChatTemplate(template, tokenizer.special_tokens_map, str(source)) if isinstance(template, str) else None
     return model.eval(), tokenizer_json, chat
+
+
+def _refuse_unloaded(source: Path, loading: dict[str, Any]) -> None:
+    """Refuse a model with weights the files did not give: transformers fills a weight they lack, or one whose shape
+    differs from the config's, with random values and goes on (a GGUF without blk.1.ffn_up.weight generated tokens
+    of those random values, exit 0)."""
+    missing = sorted(loading.get("missing_keys") or ())
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ConfigError(f"{source}: the file has no weight for {missing[0]}{more}, which the model needs")
+    mismatched = sorted(loading.get("mismatched_keys") or ())
+    if mismatched:
+        name, held, wanted = mismatched[0]
+        raise ConfigError(
+            f"{source}: its weight for {name} is {list(held)} where its config (its metadata's sizes: vocab_size, "
+            f"embedding length...) makes it {list(wanted)}"
+        )
 
 
 def _one_line(exc: Exception) -> str:

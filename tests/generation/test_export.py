@@ -104,9 +104,12 @@ def test_a_model_without_kv_cache_is_refused_by_generation(tmp_path: Path, add_m
         open_generator(forwardpass.load(untokenized))
 
 
-def write_tiny_llama_gguf(path: Path) -> tuple[Any, Any]:
+def write_tiny_llama_gguf(
+    path: Path, *, declared_vocab_size: int | None = None, leave_out: str | None = None
+) -> tuple[Any, Any]:
     """A seeded two-layer Llama (grouped-query attention) and a byte-level BPE tokenizer trained here, written to `path`
-    as llama.cpp's converter writes GGUF: its names, its metadata, q and k rows permuted for its rotary layout.
+    as llama.cpp's converter writes GGUF: its names, its metadata, q and k rows permuted for its rotary layout (with
+    `declared_vocab_size` as its metadata's vocab_size, and without the tensor `leave_out`, to make a bad file).
     Returns the transformers model holding the same weights and the tokenizer."""
     import gguf
     import torch
@@ -155,7 +158,7 @@ def write_tiny_llama_gguf(path: Path) -> tuple[Any, Any]:
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_freq_base(10000.0)  # transformers' default for Llama
     writer.add_rope_dimension_count(width // heads)
-    writer.add_vocab_size(len(tokens))
+    writer.add_vocab_size(declared_vocab_size or len(tokens))
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
@@ -189,12 +192,28 @@ def write_tiny_llama_gguf(path: Path) -> tuple[Any, Any]:
             tensor = rotary_layout(tensor, heads)
         elif target.endswith("attn_k"):
             tensor = rotary_layout(tensor, kv_heads)
+        if f"{target}.weight" == leave_out:
+            continue
         writer.add_tensor(f"{target}.weight", np.ascontiguousarray(tensor, np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return model, tokenizer
+
+
+def test_a_gguf_file_without_a_weight_or_with_other_sizes_is_refused(tmp_path: Path) -> None:
+    """transformers filled what the file lacked with random weights: the decoder was exported and generated, exit 0."""
+    lacking = tmp_path / "lacking" / "tiny.gguf"
+    lacking.parent.mkdir()
+    write_tiny_llama_gguf(lacking, leave_out="blk.1.ffn_up.weight")
+    with pytest.raises(ConfigError, match=r"no weight for model\.layers\.1\.mlp\.up_proj\.weight, which the model"):
+        export_decoder(lacking, tmp_path / "repository" / "lacking")
+    resized = tmp_path / "resized" / "tiny.gguf"
+    resized.parent.mkdir()
+    write_tiny_llama_gguf(resized, declared_vocab_size=500)
+    with pytest.raises(ConfigError, match=r"weight for lm_head\.weight is \[\d+, 64\] where its config .* \[500, 64\]"):
+        export_decoder(resized, tmp_path / "repository" / "resized")
 
 
 def test_a_gguf_file_generates_what_its_weights_generate_in_torch(tmp_path: Path) -> None:
