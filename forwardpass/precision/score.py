@@ -3,7 +3,8 @@
 Scores are in points (0-100), higher is better, and each names the metric it is -- never one for another: on
 labelled eval data, top-1 accuracy on the labels (classifiers) or R² x 100 (regressors); on unlabelled data, the
 share of items whose top-1 class is the original's (classifiers: "top-1 agreement"), else the mean cosine
-similarity x 100 of each item's result (embedding, or first output) to the original's.
+similarity x 100 of each item's result (embedding, or first output) to the original's, or where that result is one
+number, R² x 100 of the results against the original's.
 This is the small internal helper that `forwardpass.measure` may absorb: it uses `measure.evaluate` and
 `measure.timing.interleave` as they are.
 """
@@ -109,6 +110,20 @@ class CosineQuality:
         return np.stack(rows)
 
 
+class OutputR2Quality(CosineQuality):
+    """R² x 100 of each item's one-number result against the original's, over the items: the cosine of two single
+    numbers is only whether their signs agree (an INT8 recommender whose scores moved by 0.084 on a range of 0.44
+    scored 100.000)."""
+
+    metric = "R² of the outputs against the original's (x 100)"
+    key = "output_r2"
+
+    def measure(self, model: Model) -> float:
+        residual = float(np.sum((self._vectors(model) - self.reference) ** 2))
+        spread = float(np.sum((self.reference - self.reference.mean()) ** 2))
+        return 100.0 * (1.0 - residual / spread) if spread else 100.0 * float(residual == 0.0)
+
+
 def quality_for(
     original: Model, eval_data: Path | None, calibration: Samples | None, name: str
 ) -> tuple[Quality, Samples]:
@@ -129,8 +144,10 @@ def quality_for(
 
 
 def _agreement(samples: Samples, original: Model) -> Quality:
-    classifier = isinstance(original.config.postprocess, ClassificationConfig)
-    return Top1AgreementQuality(samples, original) if classifier else CosineQuality(samples, original)
+    if isinstance(original.config.postprocess, ClassificationConfig):
+        return Top1AgreementQuality(samples, original)
+    cosine = CosineQuality(samples, original)
+    return OutputR2Quality(samples, original) if cosine.reference.shape[1] == 1 else cosine
 
 
 @dataclass(frozen=True, slots=True)
