@@ -15,7 +15,9 @@ position ids and a full attention mask let one batch hold sequences of different
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import json
 import logging
 import shutil
@@ -218,14 +220,17 @@ def _load(transformers: ModuleType, source: Path) -> tuple[Any, str, ChatTemplat
     try:
         # sizes that differ from the config are loaded (as random weights) only to be named below: transformers'
         # own refusal said 'look at the above report', a report its log level hides
-        model, loading = transformers.AutoModelForCausalLM.from_pretrained(
-            str(folder),
-            attn_implementation="eager",
-            dtype="float32",
-            ignore_mismatched_sizes=True,
-            output_loading_info=True,
-            **options,
-        )
+        # transformers' GGUF reader draws its own tqdm bar, which disable_progress_bar leaves on: on stderr before
+        # every GGUF export's output, and before the one line of a refusal
+        with contextlib.redirect_stderr(io.StringIO()) if gguf else contextlib.nullcontext():
+            model, loading = transformers.AutoModelForCausalLM.from_pretrained(
+                str(folder),
+                attn_implementation="eager",
+                dtype="float32",
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
+                **options,
+            )
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for files it cannot read
         raise ConfigError(f"{source}: transformers cannot load this model: {_one_line(exc)}") from None
     _refuse_unloaded(source, loading)

@@ -87,3 +87,16 @@ def test_an_export_cached_before_a_fix_is_made_again(hf_folder: Path, tmp_path: 
     again = run(folder, "Hi", "-n", "3")
     assert again.returncode == 0, again.stderr
     assert json.loads(provenance_file.read_text())["export_revision"] == provenance["export_revision"]
+
+
+def test_a_refused_gguf_file_is_one_line(tmp_path: Path) -> None:
+    """transformers' GGUF reader drew its progress bar on stderr before the refusal."""
+    from tests.generation.test_export import write_tiny_llama_gguf
+
+    source = tmp_path / "tiny.gguf"
+    write_tiny_llama_gguf(source, leave_out="blk.0.attn_q.weight")
+    done = run(source, "The quick")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {source}: the file has no weight for model.layers.0.self_attn.q_proj.weight, which the model needs"
+    ]
