@@ -699,8 +699,11 @@ def test_a_bf16_models_metadata_names_the_datatype_every_transport_takes(tmp_pat
     x = np.array([[1.0, 1.00390625, 3.14159, -2.5]], np.float32)
     rounded = np.array([[1.0, 1.0, 3.140625, -2.5]], np.float32)  # each the nearest bfloat16
     try:
-        with triton.InferenceServerClient(running.grpc_address) as grpc_client:
-            http_client = triton_http.InferenceServerClient(running.address)
+        # the HTTP client closed here: its gevent pool, closed by the collector later, raised in another thread
+        with (
+            triton.InferenceServerClient(running.grpc_address) as grpc_client,
+            triton_http.InferenceServerClient(running.address) as http_client,
+        ):
             metadata = [http_client.get_model_metadata("bf16"), grpc_client.get_model_metadata("bf16", as_json=True)]
             for described in metadata:
                 assert [t["datatype"] for t in described["inputs"] + described["outputs"]] == ["FP32", "FP32"]
